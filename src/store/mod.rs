@@ -1,0 +1,1 @@
+//! PostgreSQL: the audit trail, the usage timeline, virtual keys and sealed credentials.
