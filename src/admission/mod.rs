@@ -1,0 +1,172 @@
+//! Admission of custom resources against their CRD, the way a Kubernetes API server does it:
+//! prune unknown fields, apply schema defaults, check the structural schema, then evaluate every
+//! `x-kubernetes-validations` rule (with `oldSelf` on updates) through `kube-cel`.
+//!
+//! The sandbox API server calls this on every create, update and patch of a custom resource, and
+//! the tests call it on the manifests in `examples/`. It never talks to a cluster and never
+//! mutates anything but the object it returns.
+
+mod cause;
+mod cel;
+mod structural;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use serde_json::Value;
+
+pub use cause::{Cause, CauseReason, invalid_message};
+
+/// Why a CRD cannot be used for admission.
+#[derive(Debug, thiserror::Error)]
+pub enum CrdSchemaError {
+    /// A served version has no `schema.openAPIV3Schema`.
+    #[error("CRD {crd}: version {version} has no openAPIV3Schema")]
+    MissingSchema {
+        /// The CRD's name.
+        crd: String,
+        /// The version without a schema.
+        version: String,
+    },
+    /// The schema could not be turned into JSON.
+    #[error("CRD {crd}: version {version} has a schema that cannot be serialised")]
+    Serialise {
+        /// The CRD's name.
+        crd: String,
+        /// The version whose schema failed.
+        version: String,
+        /// The serialiser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// An `x-kubernetes-validations` rule does not compile.
+    #[error("CRD {crd}: version {version}: {details}")]
+    InvalidRule {
+        /// The CRD's name.
+        crd: String,
+        /// The version with the broken rule.
+        version: String,
+        /// The compiler's messages.
+        details: String,
+    },
+}
+
+/// The outcome of a successful admission.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admitted {
+    /// The object as it would be stored: pruned and defaulted.
+    pub object: Value,
+    /// Paths of fields that were pruned because the schema does not know them
+    /// (what `fieldValidation=Strict` refuses and `Warn` reports).
+    pub unknown_fields: Vec<String>,
+}
+
+/// The admission rules of one CRD, compiled once and reused for every object.
+pub struct CrdValidator {
+    group: String,
+    kind: String,
+    versions: BTreeMap<String, VersionSchema>,
+}
+
+struct VersionSchema {
+    schema: Value,
+    compiled: kube_cel::CompiledSchema,
+}
+
+impl CrdValidator {
+    /// Compiles the schemas and CEL rules of every served version of `crd`.
+    pub fn new(crd: &CustomResourceDefinition) -> Result<Self, CrdSchemaError> {
+        let crd_name = crd.metadata.name.clone().unwrap_or_default();
+        let mut versions = BTreeMap::new();
+        for version in crd.spec.versions.iter().filter(|v| v.served) {
+            let schema = version
+                .schema
+                .as_ref()
+                .and_then(|s| s.open_api_v3_schema.as_ref())
+                .ok_or_else(|| CrdSchemaError::MissingSchema {
+                    crd: crd_name.clone(),
+                    version: version.name.clone(),
+                })?;
+            let schema = serde_json::to_value(schema).map_err(|source| CrdSchemaError::Serialise {
+                crd: crd_name.clone(),
+                version: version.name.clone(),
+                source,
+            })?;
+            let compiled = kube_cel::compile_schema(&schema);
+            if compiled.has_errors() {
+                let details = compiled
+                    .compilation_errors()
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                return Err(CrdSchemaError::InvalidRule {
+                    crd: crd_name,
+                    version: version.name.clone(),
+                    details,
+                });
+            }
+            versions.insert(version.name.clone(), VersionSchema { schema, compiled });
+        }
+        Ok(Self {
+            group: crd.spec.group.clone(),
+            kind: crd.spec.names.kind.clone(),
+            versions,
+        })
+    }
+
+    /// The CRD's kind, e.g. `Agent`.
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// Admits `new` (a create when `old` is `None`, else an update of `old`) at `version`.
+    ///
+    /// Returns the pruned and defaulted object, or every reason to refuse it, each naming
+    /// the field, like the causes of a `422 Invalid` Status.
+    pub fn admit(&self, version: &str, new: &Value, old: Option<&Value>) -> Result<Admitted, Vec<Cause>> {
+        let Some(vs) = self.versions.get(version) else {
+            return Err(vec![Cause::new(
+                CauseReason::NotSupported,
+                "apiVersion",
+                format!(
+                    "Unsupported value: \"{}/{version}\": version {version} of {} is not served",
+                    self.group, self.kind
+                ),
+            )]);
+        };
+        let mut object = new.clone();
+        let mut unknown_fields = Vec::new();
+        structural::prune(&vs.schema, &mut object, "", true, &mut unknown_fields);
+        let object = kube_cel::apply_defaults(&vs.schema, &object);
+
+        // The old object went through admission when it was stored; defaulting it again only
+        // matters for defaults added to the schema since, and matches the API server.
+        let old = old.map(|o| {
+            let mut o = o.clone();
+            structural::prune(&vs.schema, &mut o, "", true, &mut Vec::new());
+            kube_cel::apply_defaults(&vs.schema, &o)
+        });
+
+        let mut causes = structural::check(&vs.schema, &object, old.as_ref());
+        causes.extend(cel::check(self, vs, &object, old.as_ref()));
+        if causes.is_empty() {
+            Ok(Admitted { object, unknown_fields })
+        } else {
+            Err(causes)
+        }
+    }
+}
+
+/// One-shot form of [`CrdValidator::admit`] for callers that do not keep a validator: admits
+/// `new` at its own `apiVersion`.
+pub fn validate(crd: &CustomResourceDefinition, new: &Value, old: Option<&Value>) -> Result<Admitted, Vec<Cause>> {
+    let validator = CrdValidator::new(crd)
+        .map_err(|e| vec![Cause::new(CauseReason::Invalid, "", format!("Internal error: {e}"))])?;
+    let version = new
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .and_then(|av| av.rsplit_once('/').map(|(_, v)| v.to_owned()))
+        .unwrap_or_default();
+    validator.admit(&version, new, old)
+}
