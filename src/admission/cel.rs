@@ -52,19 +52,12 @@ fn schema_type_at(schema: &Value, path: &str) -> String {
             .or_else(|| s.get("additionalProperties").filter(|a| a.is_object())),
         Step::Index(_) => s.get("items"),
     });
-    node.and_then(|n| n.get("type"))
-        .and_then(Value::as_str)
-        .unwrap_or("object")
-        .to_owned()
+    node.and_then(|n| n.get("type")).and_then(Value::as_str).unwrap_or("object").to_owned()
 }
 
 pub(super) fn check(validator: &CrdValidator, vs: &VersionSchema, object: &Value, old: Option<&Value>) -> Vec<Cause> {
     let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_owned();
-    let root = RootContext {
-        api_version,
-        api_group: validator.group.clone(),
-        kind: validator.kind.clone(),
-    };
+    let root = RootContext { api_version, api_group: validator.group.clone(), kind: validator.kind.clone() };
     let Err(errors) = Validator::new().validate_compiled_with_context(&vs.compiled, object, old, Some(&root)) else {
         return Vec::new();
     };

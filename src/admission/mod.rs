@@ -79,14 +79,9 @@ impl CrdValidator {
         let crd_name = crd.metadata.name.clone().unwrap_or_default();
         let mut versions = BTreeMap::new();
         for version in crd.spec.versions.iter().filter(|v| v.served) {
-            let schema = version
-                .schema
-                .as_ref()
-                .and_then(|s| s.open_api_v3_schema.as_ref())
-                .ok_or_else(|| CrdSchemaError::MissingSchema {
-                    crd: crd_name.clone(),
-                    version: version.name.clone(),
-                })?;
+            let schema = version.schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref()).ok_or_else(|| {
+                CrdSchemaError::MissingSchema { crd: crd_name.clone(), version: version.name.clone() }
+            })?;
             let schema = serde_json::to_value(schema).map_err(|source| CrdSchemaError::Serialise {
                 crd: crd_name.clone(),
                 version: version.name.clone(),
@@ -94,25 +89,13 @@ impl CrdValidator {
             })?;
             let compiled = kube_cel::compile_schema(&schema);
             if compiled.has_errors() {
-                let details = compiled
-                    .compilation_errors()
-                    .iter()
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                return Err(CrdSchemaError::InvalidRule {
-                    crd: crd_name,
-                    version: version.name.clone(),
-                    details,
-                });
+                let details =
+                    compiled.compilation_errors().iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ");
+                return Err(CrdSchemaError::InvalidRule { crd: crd_name, version: version.name.clone(), details });
             }
             versions.insert(version.name.clone(), VersionSchema { schema, compiled });
         }
-        Ok(Self {
-            group: crd.spec.group.clone(),
-            kind: crd.spec.names.kind.clone(),
-            versions,
-        })
+        Ok(Self { group: crd.spec.group.clone(), kind: crd.spec.names.kind.clone(), versions })
     }
 
     /// The CRD's kind, e.g. `Agent`.
@@ -150,11 +133,7 @@ impl CrdValidator {
 
         let mut causes = structural::check(&vs.schema, &object, old.as_ref());
         causes.extend(cel::check(self, vs, &object, old.as_ref()));
-        if causes.is_empty() {
-            Ok(Admitted { object, unknown_fields })
-        } else {
-            Err(causes)
-        }
+        if causes.is_empty() { Ok(Admitted { object, unknown_fields }) } else { Err(causes) }
     }
 }
 

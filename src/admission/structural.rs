@@ -54,7 +54,13 @@ pub(super) fn prune(schema: &Value, value: &mut Value, path: &str, is_resource_r
     }
 }
 
-fn prune_object(schema: &Value, map: &mut Map<String, Value>, path: &str, is_resource_root: bool, unknown: &mut Vec<String>) {
+fn prune_object(
+    schema: &Value,
+    map: &mut Map<String, Value>,
+    path: &str,
+    is_resource_root: bool,
+    unknown: &mut Vec<String>,
+) {
     let preserve = flag(schema, "x-kubernetes-preserve-unknown-fields");
     let embedded = is_resource_root || flag(schema, "x-kubernetes-embedded-resource");
     let properties = schema.get("properties").and_then(Value::as_object);
@@ -150,7 +156,11 @@ fn check_node(schema: &Value, value: &Value, old: Option<&Value>, path: &str, ca
             causes.push(Cause::new(
                 CauseReason::TypeInvalid,
                 path,
-                format!("Invalid value: {}: {path} in body must be of type integer-or-string: {:?}", render_value(value), json_type(value)),
+                format!(
+                    "Invalid value: {}: {path} in body must be of type integer-or-string: {:?}",
+                    render_value(value),
+                    json_type(value)
+                ),
             ));
         }
         return;
@@ -192,7 +202,9 @@ fn type_matches(expected: &str, value: &Value) -> bool {
         "string" => value.is_string(),
         "boolean" => value.is_boolean(),
         "number" => value.is_number(),
-        "integer" => value.as_i64().is_some() || value.as_u64().is_some() || value.as_f64().is_some_and(|f| f.fract() == 0.0),
+        "integer" => {
+            value.as_i64().is_some() || value.as_u64().is_some() || value.as_f64().is_some_and(|f| f.fract() == 0.0)
+        }
         _ => true,
     }
 }
@@ -301,7 +313,11 @@ fn check_array(schema: &Value, items: &[Value], value: &Value, path: &str, cause
         let mut seen = HashSet::new();
         for (i, item) in items.iter().enumerate() {
             if !seen.insert(item.to_string()) {
-                causes.push(Cause::new(CauseReason::Duplicate, format!("{path}[{i}]"), format!("Duplicate value: {}", render_value(item))));
+                causes.push(Cause::new(
+                    CauseReason::Duplicate,
+                    format!("{path}[{i}]"),
+                    format!("Duplicate value: {}", render_value(item)),
+                ));
             }
         }
     }
@@ -316,7 +332,11 @@ fn check_array(schema: &Value, items: &[Value], value: &Value, path: &str, cause
                 .map(|k| item.get(k).map(Value::to_string).unwrap_or_default())
                 .collect();
             if !seen.insert(key.clone()) {
-                causes.push(Cause::new(CauseReason::Duplicate, format!("{path}[{i}]"), format!("Duplicate value: {}", key.join(","))));
+                causes.push(Cause::new(
+                    CauseReason::Duplicate,
+                    format!("{path}[{i}]"),
+                    format!("Duplicate value: {}", key.join(",")),
+                ));
             }
         }
     }
@@ -339,7 +359,11 @@ fn check_map(schema: &Value, map: &Map<String, Value>, old: Option<&Value>, path
     if let Some(max) = schema.get("maxProperties").and_then(Value::as_u64)
         && count > max
     {
-        causes.push(Cause::new(CauseReason::TooMany, path, format!("Too many: {count}: must have at most {max} items")));
+        causes.push(Cause::new(
+            CauseReason::TooMany,
+            path,
+            format!("Too many: {count}: must have at most {max} items"),
+        ));
     }
     let properties = schema.get("properties").and_then(Value::as_object);
     let additional = schema.get("additionalProperties").filter(|s| s.is_object());

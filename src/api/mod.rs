@@ -47,10 +47,8 @@ pub fn crd_file_name(crd: &CustomResourceDefinition) -> String {
 
 /// One CRD as a YAML document, starting with `---` so the files concatenate into a stream.
 pub fn crd_yaml(crd: &CustomResourceDefinition) -> Result<String, CrdRenderError> {
-    let body = serde_norway::to_string(crd).map_err(|source| CrdRenderError::Yaml {
-        name: crd.metadata.name.clone().unwrap_or_default(),
-        source,
-    })?;
+    let body = serde_norway::to_string(crd)
+        .map_err(|source| CrdRenderError::Yaml { name: crd.metadata.name.clone().unwrap_or_default(), source })?;
     Ok(format!("---\n{body}"))
 }
 

@@ -87,8 +87,8 @@ pub fn redact_url(url: &str) -> String {
 
 /// Opens a connection pool to `url`.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
-    let options = PgConnectOptions::from_str(url)
-        .map_err(|source| StoreError::InvalidUrl { url: redact_url(url), source })?;
+    let options =
+        PgConnectOptions::from_str(url).map_err(|source| StoreError::InvalidUrl { url: redact_url(url), source })?;
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))

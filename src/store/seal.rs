@@ -24,7 +24,9 @@ pub const PREVIOUS_KEYS_ENV: &str = "CRABGLAMP_SEALING_PREVIOUS_KEYS";
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SealError {
     /// No sealing key configured.
-    #[error("no sealing key: set {SEALING_KEY_ENV} to the standard base64 of 32 random bytes (e.g. `openssl rand -base64 32`)")]
+    #[error(
+        "no sealing key: set {SEALING_KEY_ENV} to the standard base64 of 32 random bytes (e.g. `openssl rand -base64 32`)"
+    )]
     MissingKey,
     /// A configured key is not base64 of exactly 32 bytes.
     #[error("sealing key {key_id:?} is malformed: {reason} (expected the standard base64 of 32 random bytes)")]
@@ -97,9 +99,8 @@ impl fmt::Debug for SealingKeys {
 
 fn parse_key(key_id: &str, encoded: &str) -> Result<Aes256Gcm, SealError> {
     let malformed = |reason: &str| SealError::MalformedKey { key_id: key_id.to_owned(), reason: reason.to_owned() };
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .map_err(|_| malformed("not valid base64"))?;
+    let bytes =
+        base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| malformed("not valid base64"))?;
     if bytes.len() != 32 {
         return Err(malformed(&format!("decodes to {} bytes, not 32", bytes.len())));
     }
@@ -165,7 +166,12 @@ impl SealingKeys {
 }
 
 /// Seals and stores a credential, replacing any previous value of that row.
-pub async fn put_credential(pool: &PgPool, keys: &SealingKeys, id: &CredentialId, plaintext: &[u8]) -> Result<(), StoreError> {
+pub async fn put_credential(
+    pool: &PgPool,
+    keys: &SealingKeys,
+    id: &CredentialId,
+    plaintext: &[u8],
+) -> Result<(), StoreError> {
     let sealed = keys.seal(id, plaintext)?;
     sqlx::query!(
         r#"INSERT INTO sealed_credentials (scope, resource_uid, name, key_id, nonce, ciphertext)
@@ -186,7 +192,11 @@ pub async fn put_credential(pool: &PgPool, keys: &SealingKeys, id: &CredentialId
 }
 
 /// Reads and opens a credential; `None` when the row does not exist.
-pub async fn get_credential(pool: &PgPool, keys: &SealingKeys, id: &CredentialId) -> Result<Option<Vec<u8>>, StoreError> {
+pub async fn get_credential(
+    pool: &PgPool,
+    keys: &SealingKeys,
+    id: &CredentialId,
+) -> Result<Option<Vec<u8>>, StoreError> {
     let row = sqlx::query_as!(
         Sealed,
         "SELECT key_id, nonce, ciphertext FROM sealed_credentials WHERE scope = $1 AND resource_uid = $2 AND name = $3",

@@ -114,7 +114,10 @@ fn an_agent_may_change_owner_but_not_region() {
     let causes = admit(&moved, Some(&old)).expect_err("region change refused");
     assert_eq!(causes.len(), 1, "{causes:?}");
     assert_eq!(causes[0].field, "spec.region");
-    assert_eq!(causes[0].message, "Invalid value: \"string\": spec.region is immutable: an Agent stays in the region it was created in");
+    assert_eq!(
+        causes[0].message,
+        "Invalid value: \"string\": spec.region is immutable: an Agent stays in the region it was created in"
+    );
 }
 
 #[test]

@@ -9,7 +9,8 @@ fn committed_crds_are_not_stale() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
     for crd in all_crds() {
         let file = dir.join(crd_file_name(&crd));
-        let committed = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()));
+        let committed =
+            std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()));
         let generated = crd_yaml(&crd).expect("render CRD");
         assert!(
             committed == generated,

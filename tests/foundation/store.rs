@@ -25,7 +25,8 @@ fn destroyed(uid: &str) -> NewAuditEvent {
         region: Some("us".into()),
         cloud_ids: json!({"serverId": 4711, "tunnelId": "6f1c", "dnsRecordId": "abc"}),
         details: json!({"deletionPolicy": "Delete", "note": "ünïcode ✓"}),
-        occurred_at: Utc.with_ymd_and_hms(2026, 11, 25, 3, 4, 5).single().expect("time") + chrono::Duration::nanoseconds(123_456_789),
+        occurred_at: Utc.with_ymd_and_hms(2026, 11, 25, 3, 4, 5).single().expect("time")
+            + chrono::Duration::nanoseconds(123_456_789),
     }
 }
 
@@ -90,7 +91,8 @@ async fn fifty_parallel_appends_form_one_verifiable_chain() {
     let report = audit::verify_chain(&db.pool).await.expect("verify");
     assert_eq!(report.first_break, None);
     assert_eq!(report.verified, 50);
-    let seqs: Vec<i64> = sqlx::query_scalar("SELECT seq FROM audit_events ORDER BY seq").fetch_all(&db.pool).await.expect("seqs");
+    let seqs: Vec<i64> =
+        sqlx::query_scalar("SELECT seq FROM audit_events ORDER BY seq").fetch_all(&db.pool).await.expect("seqs");
     assert_eq!(seqs, (1..=50).collect::<Vec<_>>(), "no gap, no fork");
 }
 
@@ -98,11 +100,9 @@ async fn fifty_parallel_appends_form_one_verifiable_chain() {
 async fn update_delete_and_truncate_are_refused_by_the_database() {
     let db = TestDb::fresh().await;
     audit::append(&db.pool, &destroyed("uid-1")).await.expect("append");
-    for statement in [
-        "UPDATE audit_events SET owners = ARRAY['acct_evil']",
-        "DELETE FROM audit_events",
-        "TRUNCATE audit_events",
-    ] {
+    for statement in
+        ["UPDATE audit_events SET owners = ARRAY['acct_evil']", "DELETE FROM audit_events", "TRUNCATE audit_events"]
+    {
         let err = sqlx::query(statement).execute(&db.pool).await.expect_err(statement);
         assert!(err.to_string().contains("audit_events is append-only"), "{statement}: {err}");
     }
@@ -114,10 +114,7 @@ async fn update_delete_and_truncate_are_refused_by_the_database() {
 async fn a_role_with_insert_and_select_only_can_append_but_not_rewrite() {
     let db = TestDb::fresh().await;
     let role = format!("crabglamp_op_{}", uuid::Uuid::new_v4().simple());
-    for sql in [
-        format!("CREATE ROLE {role} LOGIN"),
-        format!("GRANT SELECT, INSERT ON audit_events TO {role}"),
-    ] {
+    for sql in [format!("CREATE ROLE {role} LOGIN"), format!("GRANT SELECT, INSERT ON audit_events TO {role}")] {
         sqlx::query(&sql).execute(&db.pool).await.expect("set up role");
     }
     let mut url = url::Url::parse(&db.url).expect("url");
@@ -210,7 +207,12 @@ async fn virtual_keys_keep_a_hash_never_the_key() {
     let secret = "cgk_ab12_the-secret-part";
     let key = NewVirtualKey {
         key_id: "vk_1".into(),
-        resource: ResourceRef { kind: "VirtualKey".into(), namespace: "team-a".into(), name: "k".into(), uid: "uid-k".into() },
+        resource: ResourceRef {
+            kind: "VirtualKey".into(),
+            namespace: "team-a".into(),
+            name: "k".into(),
+            uid: "uid-k".into(),
+        },
         owner: "acct_7f3a".into(),
         key_sha256: keys::key_sha256(secret),
         prefix: "cgk_ab12".into(),
@@ -226,7 +228,12 @@ async fn virtual_keys_keep_a_hash_never_the_key() {
     assert_eq!(stored.budget_monthly_usd, "50.000000");
     let dump = psql(&db.url, "SELECT row_to_json(v)::text FROM virtual_keys v");
     assert!(!String::from_utf8_lossy(&dump.stdout).contains("the-secret-part"), "the key is not stored");
-    let negative = NewVirtualKey { key_id: "vk_2".into(), budget_monthly_usd: "-1".into(), key_sha256: keys::key_sha256("other"), ..key.clone() };
+    let negative = NewVirtualKey {
+        key_id: "vk_2".into(),
+        budget_monthly_usd: "-1".into(),
+        key_sha256: keys::key_sha256("other"),
+        ..key.clone()
+    };
     assert!(keys::insert(&db.pool, &negative).await.is_err(), "the database refuses a negative budget");
     assert!(keys::revoke(&db.pool, "vk_1", Utc::now()).await.expect("revoke"));
     assert!(!keys::revoke(&db.pool, "vk_1", Utc::now()).await.expect("revoke again"));
@@ -238,13 +245,19 @@ async fn sealed_credentials_round_trip_and_do_not_open_in_another_row() {
     let keys = SealingKeys::new("k1", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", &[]).expect("key");
     let id = CredentialId { scope: "tunnel-token".into(), resource_uid: "uid-1".into(), name: "token".into() };
     seal::put_credential(&db.pool, &keys, &id, b"eyJhIjoidG9rZW4ifQ==").await.expect("put");
-    assert_eq!(seal::get_credential(&db.pool, &keys, &id).await.expect("get").as_deref(), Some(&b"eyJhIjoidG9rZW4ifQ=="[..]));
+    assert_eq!(
+        seal::get_credential(&db.pool, &keys, &id).await.expect("get").as_deref(),
+        Some(&b"eyJhIjoidG9rZW4ifQ=="[..])
+    );
     let dump = psql(&db.url, "SELECT encode(ciphertext, 'escape') FROM sealed_credentials");
     assert!(!String::from_utf8_lossy(&dump.stdout).contains("eyJhIjoidG9rZW4ifQ"), "stored sealed");
 
     // A superuser copying the ciphertext into another object's row gains nothing.
-    let out = psql(&db.url, "INSERT INTO sealed_credentials (scope, resource_uid, name, key_id, nonce, ciphertext) \
-                             SELECT scope, 'uid-2', name, key_id, nonce, ciphertext FROM sealed_credentials");
+    let out = psql(
+        &db.url,
+        "INSERT INTO sealed_credentials (scope, resource_uid, name, key_id, nonce, ciphertext) \
+                             SELECT scope, 'uid-2', name, key_id, nonce, ciphertext FROM sealed_credentials",
+    );
     assert!(out.status.success());
     let moved = CredentialId { resource_uid: "uid-2".into(), ..id.clone() };
     assert!(seal::get_credential(&db.pool, &keys, &moved).await.is_err());
