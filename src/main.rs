@@ -14,6 +14,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the Hetzner Cloud or Cloudflare API simulator standalone.
+    Sim(crabglamp_operator::sim::cli::SimCommand),
     /// Print the CustomResourceDefinitions of all kinds as one YAML stream.
     Crd {
         /// Write one file per CRD into this directory instead of printing (how `crds/` is made).
@@ -30,6 +32,9 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Start the local sandbox: Kubernetes API server, Hetzner and Cloudflare simulators,
+    /// PostgreSQL and Redis, with a kubeconfig for kubectl; runs until Ctrl-C.
+    Sandbox(crabglamp_operator::sandbox::SandboxArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -86,6 +91,7 @@ async fn audit_verify(database: DatabaseArgs) -> anyhow::Result<bool> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Sim(sim) => sim.run()?,
         Command::Crd { out_dir: None } => {
             print!("{}", crabglamp_operator::api::all_crds_yaml()?);
         }
@@ -97,6 +103,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Migrate { database } => block_on(migrate(database))?,
+        Command::Sandbox(args) => block_on(async { Ok(crabglamp_operator::sandbox::run(args).await?) })?,
         Command::Audit { command: AuditCommand::Verify { database } } => {
             if !block_on(audit_verify(database))? {
                 std::process::exit(2);

@@ -1,0 +1,102 @@
+//! The `sim` subcommand: runs the Hetzner or Cloudflare simulator standalone on a local
+//! address, prints its base URL once it accepts connections, and serves until Ctrl-C.
+//! It never prints the token it was given.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use crate::sim::{cloudflare, hetzner};
+
+/// `crabglamp-operator sim <provider> ...`
+#[derive(Args, Debug)]
+pub struct SimCommand {
+    #[command(subcommand)]
+    pub provider: SimProvider,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SimProvider {
+    /// Serve a simulated Hetzner Cloud API at http://LISTEN/v1.
+    Hetzner {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        /// The API token clients must send as `Authorization: Bearer`.
+        #[arg(long, env = "HCLOUD_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Requests per hour (RateLimit-Limit).
+        #[arg(long, default_value_t = 3600)]
+        rate_limit_per_hour: u32,
+        /// How long each action takes, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        action_duration_ms: u64,
+    },
+    /// Serve a simulated Cloudflare API at http://LISTEN/client/v4.
+    Cloudflare {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        /// The API token clients must send as `Authorization: Bearer`.
+        #[arg(long, env = "CLOUDFLARE_API_TOKEN", hide_env_values = true)]
+        token: String,
+        #[arg(long)]
+        account_id: String,
+        #[arg(long)]
+        zone_id: String,
+        #[arg(long, default_value = "example.com")]
+        zone_name: String,
+        /// Requests per five minutes.
+        #[arg(long, default_value_t = 1200)]
+        rate_limit: u32,
+    },
+}
+
+impl SimCommand {
+    /// Runs the simulator on its own runtime until Ctrl-C.
+    pub fn run(self) -> anyhow::Result<()> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        runtime.block_on(self.serve())
+    }
+
+    async fn serve(self) -> anyhow::Result<()> {
+        let (listen, sim) = match self.provider {
+            SimProvider::Hetzner { listen, token, rate_limit_per_hour, action_duration_ms } => {
+                let listener = bind(&listen).await?;
+                let config = hetzner::HetznerSimConfig {
+                    token,
+                    rate_limit_per_hour,
+                    rate_refill_per_sec: None,
+                    action_duration: Duration::from_millis(action_duration_ms),
+                };
+                (listen, hetzner::spawn(config, listener).await)
+            }
+            SimProvider::Cloudflare { listen, token, account_id, zone_id, zone_name, rate_limit } => {
+                let listener = bind(&listen).await?;
+                let config = cloudflare::CloudflareSimConfig {
+                    token,
+                    account_id,
+                    zone_id,
+                    zone_name,
+                    rate_limit,
+                    rate_refill_per_sec: None,
+                };
+                (listen, cloudflare::spawn(config, listener).await)
+            }
+        };
+        let sim = sim.with_context(|| format!("cannot start the simulator on {listen}"))?;
+        // The one line scripts wait for: the base URL, printed only once the socket accepts.
+        println!("{}", sim.base_url);
+        tokio::signal::ctrl_c().await.context("cannot wait for Ctrl-C")?;
+        sim.shutdown().await.context("simulator did not stop cleanly")?;
+        Ok(())
+    }
+}
+
+async fn bind(listen: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))
+}

@@ -1,0 +1,576 @@
+//! HTTP plumbing the Hetzner and Cloudflare simulators share: serving and shutdown, bearer
+//! auth, both error envelopes, the rate-limit bucket and its headers, fault injection and the
+//! request log tests read. It owns no provider resources and must never log a token.
+
+use std::any::Any;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Which API a simulator speaks: decides the error envelope, auth failures and rate headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Hetzner,
+    Cloudflare,
+}
+
+/// A request budget: `capacity` requests in a burst, refilled continuously.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RateBudget {
+    pub capacity: u32,
+    pub refill_per_sec: f64,
+}
+
+impl RateBudget {
+    /// Hetzner's documented default: 3600 requests per hour, +1 per second.
+    pub const HETZNER_DEFAULT: RateBudget = RateBudget {
+        capacity: 3600,
+        refill_per_sec: 1.0,
+    };
+    /// Cloudflare's documented default: 1200 requests per five minutes.
+    pub const CLOUDFLARE_DEFAULT: RateBudget = RateBudget {
+        capacity: 1200,
+        refill_per_sec: 4.0,
+    };
+
+    /// The window in which the whole capacity refills (Cloudflare's `w=` parameter).
+    fn window_secs(&self) -> u64 {
+        if self.refill_per_sec <= 0.0 {
+            return 0;
+        }
+        (f64::from(self.capacity) / self.refill_per_sec).ceil() as u64
+    }
+}
+
+/// An error a fault rule answers with instead of the real handler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InjectedError {
+    ServerError,
+    BadGateway,
+    Unavailable,
+    Timeout,
+    /// Hetzner `conflict` (409): "resource changed mid-request, retry".
+    Conflict,
+}
+
+impl InjectedError {
+    fn status(self) -> StatusCode {
+        match self {
+            InjectedError::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
+            InjectedError::BadGateway => StatusCode::BAD_GATEWAY,
+            InjectedError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            InjectedError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            InjectedError::Conflict => StatusCode::CONFLICT,
+        }
+    }
+
+    fn hetzner_code(self) -> &'static str {
+        match self {
+            InjectedError::ServerError => "server_error",
+            InjectedError::BadGateway => "bad_gateway",
+            InjectedError::Unavailable => "unavailable",
+            InjectedError::Timeout => "timeout",
+            InjectedError::Conflict => "conflict",
+        }
+    }
+}
+
+/// One fault rule: requests whose method matches (None = any) and whose path contains
+/// `path_contains` fail with `error` at probability `rate`.
+#[derive(Clone, Debug)]
+pub struct FaultRule {
+    pub method: Option<Method>,
+    pub path_contains: String,
+    pub rate: f64,
+    pub error: InjectedError,
+}
+
+impl FaultRule {
+    /// Any request fails with a random 5xx at probability `rate`.
+    pub fn any_5xx(rate: f64) -> Vec<FaultRule> {
+        [
+            InjectedError::ServerError,
+            InjectedError::BadGateway,
+            InjectedError::Unavailable,
+            InjectedError::Timeout,
+        ]
+        .into_iter()
+        .map(|error| FaultRule {
+            method: None,
+            path_contains: String::new(),
+            rate: rate / 4.0,
+            error,
+        })
+        .collect()
+    }
+}
+
+/// What a simulator does wrong on purpose. Changed at run time through [`RunningSim::set_faults`].
+#[derive(Clone, Debug, Default)]
+pub struct FaultPlan {
+    pub rules: Vec<FaultRule>,
+    /// Added to every request before it is handled.
+    pub latency: Duration,
+    /// The next this-many requests are answered 429 whatever the budget says.
+    pub rate_limit_storm: u32,
+    /// Seed of the fault dice, so a failing run can be replayed.
+    pub seed: u64,
+    /// When true, a request that fails by injection has already been applied (the response
+    /// was "lost"), the nastiest case for idempotency.
+    pub fail_after_apply: bool,
+}
+
+/// One line of the request log. Never holds headers or bodies (they carry secrets).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RequestRecord {
+    pub method: Method,
+    pub path: String,
+    pub query: Option<String>,
+    pub status: u16,
+    pub injected: bool,
+}
+
+/// Continuous-refill token bucket, the server side of a rate limit.
+#[derive(Debug)]
+struct ServerBucket {
+    budget: RateBudget,
+    tokens: f64,
+    last: Instant,
+}
+
+impl ServerBucket {
+    fn new(budget: RateBudget) -> Self {
+        ServerBucket {
+            budget,
+            tokens: f64::from(budget.capacity),
+            last: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens =
+            (self.tokens + elapsed * self.budget.refill_per_sec).min(f64::from(self.budget.capacity));
+        self.last = now;
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn remaining(&self) -> u32 {
+        self.tokens.max(0.0).floor() as u32
+    }
+
+    /// Seconds until the bucket is full again.
+    fn secs_to_full(&self) -> u64 {
+        if self.budget.refill_per_sec <= 0.0 {
+            return 0;
+        }
+        ((f64::from(self.budget.capacity) - self.tokens).max(0.0) / self.budget.refill_per_sec).ceil() as u64
+    }
+
+    /// Seconds until one more request is allowed.
+    fn secs_to_next(&self) -> u64 {
+        if self.budget.refill_per_sec <= 0.0 {
+            return 1;
+        }
+        ((1.0 - self.tokens).max(0.0) / self.budget.refill_per_sec).ceil().max(1.0) as u64
+    }
+}
+
+/// Shared control surface of one running simulator: config knobs, log and counters.
+pub struct SimControl {
+    dialect: Dialect,
+    token: String,
+    log: Mutex<Vec<RequestRecord>>,
+    faults: Mutex<(FaultPlan, StdRng)>,
+    bucket: Mutex<ServerBucket>,
+}
+
+/// Locks a mutex, recovering the data if a handler panicked while holding it: the simulator
+/// state stays usable, which is what a test wants to inspect afterwards.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl SimControl {
+    fn new(dialect: Dialect, token: String, budget: RateBudget) -> Self {
+        SimControl {
+            dialect,
+            token,
+            log: Mutex::new(Vec::new()),
+            faults: Mutex::new((FaultPlan::default(), StdRng::seed_from_u64(0))),
+            bucket: Mutex::new(ServerBucket::new(budget)),
+        }
+    }
+
+    /// Replaces the fault plan (and reseeds the dice from it).
+    pub fn set_faults(&self, plan: FaultPlan) {
+        let rng = StdRng::seed_from_u64(plan.seed);
+        *lock(&self.faults) = (plan, rng);
+    }
+
+    /// Starts a storm: the next `n` requests are answered 429.
+    pub fn rate_limit_storm(&self, n: u32) {
+        lock(&self.faults).0.rate_limit_storm = n;
+    }
+
+    /// Replaces the rate budget and refills the bucket.
+    pub fn set_rate_budget(&self, budget: RateBudget) {
+        *lock(&self.bucket) = ServerBucket::new(budget);
+    }
+
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        lock(&self.log).clone()
+    }
+
+    /// Requests answered with this status.
+    pub fn count_status(&self, status: u16) -> usize {
+        lock(&self.log).iter().filter(|r| r.status == status).count()
+    }
+
+    /// Requests with this method whose path contains `path_contains`.
+    pub fn count(&self, method: &Method, path_contains: &str) -> usize {
+        lock(&self.log)
+            .iter()
+            .filter(|r| &r.method == method && r.path.contains(path_contains))
+            .count()
+    }
+
+    fn record(&self, record: RequestRecord) {
+        lock(&self.log).push(record);
+    }
+
+    /// Decides whether this request is faulted: Some((error, applied_first)).
+    fn roll_fault(&self, method: &Method, path: &str) -> Option<(InjectedError, bool)> {
+        let mut guard = lock(&self.faults);
+        let (plan, rng) = &mut *guard;
+        for rule in &plan.rules {
+            if rule.method.as_ref().is_some_and(|m| m != method) || !path.contains(&rule.path_contains) {
+                continue;
+            }
+            if rng.random::<f64>() < rule.rate {
+                return Some((rule.error, plan.fail_after_apply && *method != Method::GET));
+            }
+        }
+        None
+    }
+
+    fn take_storm(&self) -> bool {
+        let mut guard = lock(&self.faults);
+        if guard.0.rate_limit_storm > 0 {
+            guard.0.rate_limit_storm -= 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn latency(&self) -> Duration {
+        lock(&self.faults).0.latency
+    }
+
+    fn authorized(&self, headers: &HeaderMap) -> Result<(), Response> {
+        let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        match (self.dialect, auth) {
+            (Dialect::Hetzner, Some(v)) if bearer(v) == Some(self.token.as_str()) => Ok(()),
+            (Dialect::Hetzner, _) => Err(hetzner_error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "unable to authenticate",
+                Value::Null,
+            )),
+            (Dialect::Cloudflare, None) => Err(cloudflare_errors(
+                StatusCode::BAD_REQUEST,
+                json!([{"code": 9106, "message": "Missing X-Auth-Email header"},
+                       {"code": 9107, "message": "Missing X-Auth-Key header"}]),
+            )),
+            (Dialect::Cloudflare, Some(v)) => match bearer(v) {
+                None => Err(cloudflare_errors(
+                    StatusCode::BAD_REQUEST,
+                    json!([{"code": 6003, "message": "Invalid request headers",
+                            "error_chain": [{"code": 6111, "message": "Invalid format for Authorization header"}]}]),
+                )),
+                Some(t) if t == self.token => Ok(()),
+                Some(_) => Err(cloudflare_error(StatusCode::UNAUTHORIZED, 1000, "Invalid API Token")),
+            },
+        }
+    }
+
+    fn rate_limited_response(&self, bucket: &ServerBucket) -> Response {
+        let mut resp = match self.dialect {
+            Dialect::Hetzner => hetzner_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_exceeded",
+                "limit of requests per hour reached",
+                Value::Null,
+            ),
+            Dialect::Cloudflare => cloudflare_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                971,
+                "More than 1200 requests per 300 seconds reached. Please wait and consider throttling your request speed",
+            ),
+        };
+        if let Ok(v) = HeaderValue::from_str(&bucket.secs_to_next().to_string()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        resp
+    }
+
+    fn rate_headers(&self, bucket: &ServerBucket, headers: &mut HeaderMap) {
+        let mut put = |name: &'static str, value: String| {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(name, v);
+            }
+        };
+        match self.dialect {
+            Dialect::Hetzner => {
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                put("ratelimit-limit", bucket.budget.capacity.to_string());
+                put("ratelimit-remaining", bucket.remaining().to_string());
+                put("ratelimit-reset", (now + bucket.secs_to_full()).to_string());
+            }
+            Dialect::Cloudflare => {
+                put(
+                    "ratelimit",
+                    format!("\"default\";r={};t={}", bucket.remaining(), bucket.secs_to_full()),
+                );
+                put(
+                    "ratelimit-policy",
+                    format!("\"burst\";q={};w={}", bucket.budget.capacity, bucket.budget.window_secs()),
+                );
+            }
+        }
+    }
+
+    fn injected_response(&self, error: InjectedError) -> Response {
+        match self.dialect {
+            Dialect::Hetzner => hetzner_error(
+                error.status(),
+                error.hetzner_code(),
+                "injected fault",
+                Value::Null,
+            ),
+            Dialect::Cloudflare => cloudflare_error(error.status(), 10000 + u32::from(error.status().as_u16()), "injected fault"),
+        }
+    }
+}
+
+fn bearer(value: &str) -> Option<&str> {
+    value.strip_prefix("Bearer ").map(str::trim)
+}
+
+/// Hetzner's error envelope: `{"error": {"code", "message", "details"}}`.
+pub fn hetzner_error(status: StatusCode, code: &str, message: &str, details: Value) -> Response {
+    json_response(
+        status,
+        &json!({"error": {"code": code, "message": message, "details": details}}),
+    )
+}
+
+/// Cloudflare's failure envelope with one error.
+pub fn cloudflare_error(status: StatusCode, code: u32, message: &str) -> Response {
+    cloudflare_errors(status, json!([{"code": code, "message": message}]))
+}
+
+/// Cloudflare's failure envelope: `success: false, result: null`, `messages` always empty.
+pub fn cloudflare_errors(status: StatusCode, errors: Value) -> Response {
+    json_response(
+        status,
+        &json!({"success": false, "errors": errors, "messages": [], "result": null}),
+    )
+}
+
+/// A JSON response with `Content-Type` exactly `application/json` (cloudflared only reads
+/// error bodies with that exact value).
+pub fn json_response(status: StatusCode, body: &Value) -> Response {
+    let mut resp = Response::new(Body::from(body.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// The middleware every simulator request passes: latency, auth, budget, faults, log.
+async fn gate(State(control): State<Arc<SimControl>>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().map(str::to_owned);
+    let latency = control.latency();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let (response, injected) = handle_gated(&control, req, next, &method, &path).await;
+    control.record(RequestRecord {
+        method,
+        path,
+        query,
+        status: response.status().as_u16(),
+        injected,
+    });
+    response
+}
+
+async fn handle_gated(
+    control: &SimControl,
+    req: Request,
+    next: Next,
+    method: &Method,
+    path: &str,
+) -> (Response, bool) {
+    if let Err(resp) = control.authorized(req.headers()) {
+        return (resp, false);
+    }
+    // Every authenticated request counts against the budget, failed ones included, as on
+    // both real APIs.
+    let allowed = lock(&control.bucket).take(Instant::now());
+    let storm = control.take_storm();
+    if !allowed || storm {
+        let bucket = lock(&control.bucket);
+        let mut resp = control.rate_limited_response(&bucket);
+        control.rate_headers(&bucket, resp.headers_mut());
+        return (resp, storm);
+    }
+    let fault = control.roll_fault(method, path);
+    let (mut resp, injected) = match fault {
+        Some((error, true)) => {
+            // The change happens, the answer is lost.
+            let _ = next.run(req).await;
+            (control.injected_response(error), true)
+        }
+        Some((error, false)) => (control.injected_response(error), true),
+        None => (next.run(req).await, false),
+    };
+    let bucket = lock(&control.bucket);
+    control.rate_headers(&bucket, resp.headers_mut());
+    (resp, injected)
+}
+
+/// A simulator serving on a local socket. Dropping it does not stop the server: call
+/// [`RunningSim::shutdown`] (tests) or let the process end (CLI).
+pub struct RunningSim {
+    /// Base URL clients are pointed at, e.g. `http://127.0.0.1:4000/v1`.
+    pub base_url: String,
+    pub addr: SocketAddr,
+    control: Arc<SimControl>,
+    state: Arc<dyn Any + Send + Sync>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl RunningSim {
+    pub fn control(&self) -> &SimControl {
+        &self.control
+    }
+
+    pub fn set_faults(&self, plan: FaultPlan) {
+        self.control.set_faults(plan);
+    }
+
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.control.requests()
+    }
+
+    /// The provider state, for the provider module's test hooks (downcast there).
+    pub(crate) fn state<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        Arc::clone(&self.state).downcast::<T>().ok()
+    }
+
+    /// Stops accepting requests and waits for the server task to end.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.map_err(std::io::Error::other)?,
+            None => Ok(()),
+        }
+    }
+
+    /// Serves until the server task ends (used by the CLI, which ends on Ctrl-C).
+    pub async fn wait(mut self) -> std::io::Result<()> {
+        match self.task.take() {
+            Some(task) => task.await.map_err(std::io::Error::other)?,
+            None => Ok(()),
+        }
+    }
+}
+
+/// Everything a provider module hands over to be served.
+pub(crate) struct SimParts {
+    pub dialect: Dialect,
+    pub token: String,
+    pub budget: RateBudget,
+    /// e.g. `/v1`; the base URL is `http://ADDR{base_path}`.
+    pub base_path: &'static str,
+    pub router: Router,
+    pub state: Arc<dyn Any + Send + Sync>,
+}
+
+/// Serves `parts.router` under its base path, behind [`gate`].
+pub(crate) async fn serve(parts: SimParts, listener: TcpListener) -> std::io::Result<RunningSim> {
+    let addr = listener.local_addr()?;
+    let control = Arc::new(SimControl::new(parts.dialect, parts.token, parts.budget));
+    let dialect = parts.dialect;
+    let app = Router::new()
+        .nest(parts.base_path, parts.router)
+        .fallback(move || async move { not_found(dialect) })
+        .layer(middleware::from_fn_with_state(Arc::clone(&control), gate));
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx.await;
+            })
+            .await
+    });
+    Ok(RunningSim {
+        base_url: format!("http://{addr}{}", parts.base_path),
+        addr,
+        control,
+        state: parts.state,
+        shutdown: Some(tx),
+        task: Some(task),
+    })
+}
+
+/// The answer for a path no route knows.
+pub fn not_found(dialect: Dialect) -> Response {
+    match dialect {
+        Dialect::Hetzner => hetzner_error(StatusCode::NOT_FOUND, "not_found", "not found", Value::Null),
+        Dialect::Cloudflare => cloudflare_error(StatusCode::NOT_FOUND, 7003, "Could not route to the requested path"),
+    }
+}
+
+/// Answers a request whose body is not valid JSON (or not the expected shape).
+pub fn bad_json(dialect: Dialect, why: &str) -> Response {
+    match dialect {
+        Dialect::Hetzner => hetzner_error(StatusCode::BAD_REQUEST, "json_error", why, Value::Null),
+        Dialect::Cloudflare => cloudflare_error(StatusCode::BAD_REQUEST, 9207, why),
+    }
+}
+
+/// Current time as RFC 3339 with a `+00:00` offset, as both APIs print it.
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
+}
