@@ -4,5 +4,6 @@
 
 pub mod hetzner;
 pub mod http;
+pub mod kube;
 pub mod cli;
 pub mod cloudflare;

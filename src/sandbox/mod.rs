@@ -1,0 +1,153 @@
+//! `crabglamp-operator sandbox`: the Kubernetes API server, the Hetzner and Cloudflare
+//! simulators, PostgreSQL and Redis in one process, with a kubeconfig and a JSON file naming
+//! every endpoint and credential, until Ctrl-C.
+//!
+//! It only wires existing pieces together and prints what it did; it never changes what the
+//! simulators or the API server do.
+
+pub mod manifests;
+pub mod services;
+
+use std::path::PathBuf;
+
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::sim::cloudflare::{self, CloudflareSimConfig};
+use crate::sim::hetzner::{self, HetznerSimConfig};
+use crate::sim::kube::{self, KubeApiConfig};
+
+/// Options of the `sandbox` command.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SandboxArgs {
+    /// Where to write the kubeconfig for kubectl and the operator.
+    #[arg(long, default_value = "sandbox.kubeconfig")]
+    pub kubeconfig: PathBuf,
+    /// Where to write the JSON file with every endpoint and credential.
+    #[arg(long, default_value = "sandbox.json")]
+    pub info: PathBuf,
+    /// Apply the manifests (*.yaml, *.yml, *.json) in this directory at start.
+    #[arg(long)]
+    pub apply: Option<PathBuf>,
+    /// Port of the Kubernetes API server (0 = any free port).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+}
+
+/// Why the sandbox could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// A socket or file could not be used.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was attempted.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The API server did not start.
+    #[error("the Kubernetes API server did not start: {0}")]
+    Kube(#[from] kube::StartError),
+    /// PostgreSQL or Redis is unavailable.
+    #[error("{0}")]
+    Service(#[from] services::ServiceError),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
+    let what = what.into();
+    move |source| SandboxError::Io { what, source }
+}
+
+async fn loopback(port: u16, what: &str) -> Result<TcpListener, SandboxError> {
+    TcpListener::bind(("127.0.0.1", port)).await.map_err(io(format!("cannot listen for the {what}")))
+}
+
+/// Runs the sandbox until Ctrl-C.
+pub async fn run(args: SandboxArgs) -> Result<(), SandboxError> {
+    let kube_api = kube::spawn(KubeApiConfig::default(), loopback(args.port, "Kubernetes API server").await?).await?;
+    let hetzner_config = HetznerSimConfig::default();
+    let hcloud = hetzner::spawn(hetzner_config.clone(), loopback(0, "Hetzner simulator").await?)
+        .await
+        .map_err(io("cannot start the Hetzner simulator"))?;
+    let cloudflare_config = CloudflareSimConfig::default();
+    let cf = cloudflare::spawn(cloudflare_config.clone(), loopback(0, "Cloudflare simulator").await?)
+        .await
+        .map_err(io("cannot start the Cloudflare simulator"))?;
+
+    let workdir = std::env::temp_dir().join(format!("crabglamp-sandbox-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&workdir).map_err(io(format!("cannot create {}", workdir.display())))?;
+    let postgres = services::postgres(&workdir).await;
+    let redis = services::redis(&workdir).await;
+    let (postgres, redis) = match (postgres, redis) {
+        (Ok(p), Ok(r)) => (p, r),
+        (p, r) => {
+            let mut first_error = None;
+            for result in [p, r] {
+                match result {
+                    Ok(service) => service.stop().await,
+                    Err(e) => first_error = first_error.or(Some(e)),
+                }
+            }
+            let _ = std::fs::remove_dir_all(&workdir);
+            return Err(first_error.map(SandboxError::from).unwrap_or_else(|| SandboxError::Io {
+                what: "services".into(),
+                source: std::io::Error::other("unknown failure"),
+            }));
+        }
+    };
+
+    std::fs::write(&args.kubeconfig, kube_api.kubeconfig_yaml())
+        .map_err(io(format!("cannot write {}", args.kubeconfig.display())))?;
+    let kubeconfig_abs = std::fs::canonicalize(&args.kubeconfig).unwrap_or_else(|_| args.kubeconfig.clone());
+    let info = json!({
+        "kubeconfig": kubeconfig_abs.display().to_string(),
+        "kube_api": kube_api.base_url,
+        "hcloud_endpoint": hcloud.base_url,
+        "hcloud_token": hetzner_config.token,
+        "cloudflare_endpoint": cf.base_url,
+        "cloudflare_token": cloudflare_config.token,
+        "cloudflare_account_id": cloudflare_config.account_id,
+        "cloudflare_zone_id": cloudflare_config.zone_id,
+        "cloudflare_zone_name": cloudflare_config.zone_name,
+        "database_url": postgres.url,
+        "redis_url": redis.url,
+    });
+    let pretty = serde_json::to_string_pretty(&info).unwrap_or_default();
+    std::fs::write(&args.info, format!("{pretty}\n")).map_err(io(format!("cannot write {}", args.info.display())))?;
+
+    println!("crabglamp sandbox is running");
+    println!("  Kubernetes API   {}  (CRDs installed)", kube_api.base_url);
+    println!("  Hetzner Cloud    {}", hcloud.base_url);
+    println!("  Cloudflare       {}", cf.base_url);
+    println!("  PostgreSQL       {} ({})", postgres.url, postgres.origin);
+    println!("  Redis            {} ({})", redis.url, redis.origin);
+    println!("  kubeconfig       {}", args.kubeconfig.display());
+    println!("  endpoints+tokens {}", args.info.display());
+    println!("The controllers are not yet part of the sandbox: objects are stored and validated, not reconciled.");
+
+    if let Some(dir) = &args.apply {
+        for outcome in manifests::apply_dir(&kube_api, dir) {
+            println!("  {outcome}");
+        }
+    }
+
+    let kc = args.kubeconfig.display();
+    println!();
+    println!("Try this (from another shell):");
+    println!("  export KUBECONFIG={kc}");
+    println!("  kubectl apply -f examples/");
+    println!("  kubectl get crabglamp -A");
+    println!("  kubectl get agents -w");
+    println!("  kubectl describe agent research-bot");
+    println!("  kubectl apply -f examples/invalid/agent-unknown-region.yaml   # refused with its rule");
+    println!("Press Ctrl-C to stop.");
+
+    let _ = tokio::signal::ctrl_c().await;
+    println!("stopping");
+    postgres.stop().await;
+    redis.stop().await;
+    let _ = std::fs::remove_dir_all(&workdir);
+    drop((hcloud, cf, kube_api));
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! Legacy discovery documents (`/version`, `/api`, `/api/v1`, `/apis`, `/apis/G/V`) built from
+//! the served kinds. Aggregated discovery is not offered: kubectl, kube-rs and the Python client
+//! all fall back to these. Pure functions.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::resource::ResourceType;
+
+/// `/version`.
+pub fn version() -> Value {
+    json!({
+        "major": "1", "minor": "32", "gitVersion": "v1.32.0", "gitCommit": "crabglamp-sandbox",
+        "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.23.0",
+        "compiler": "gc", "platform": "linux/amd64",
+    })
+}
+
+/// `/api`.
+pub fn core_versions(server_address: &str) -> Value {
+    json!({
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}],
+    })
+}
+
+/// `/apis`: every non-core group with its versions (first = preferred).
+pub fn groups(types: &[Arc<ResourceType>]) -> Value {
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+    for t in types.iter().filter(|t| !t.group.is_empty()) {
+        match groups.iter_mut().find(|(g, _)| *g == t.group) {
+            Some((_, versions)) => {
+                if !versions.contains(&t.version) {
+                    versions.push(t.version.clone());
+                }
+            }
+            None => groups.push((t.group.clone(), vec![t.version.clone()])),
+        }
+    }
+    let groups: Vec<Value> = groups
+        .into_iter()
+        .map(|(g, versions)| {
+            let vs: Vec<Value> =
+                versions.iter().map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v})).collect();
+            json!({"name": g, "versions": vs, "preferredVersion": vs[0]})
+        })
+        .collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+/// `/apis/G` for one group.
+pub fn group(types: &[Arc<ResourceType>], group: &str) -> Option<Value> {
+    let all = groups(types);
+    all["groups"].as_array()?.iter().find(|g| g["name"] == group).map(|g| {
+        let mut g = g.clone();
+        g["kind"] = json!("APIGroup");
+        g["apiVersion"] = json!("v1");
+        g
+    })
+}
+
+/// `/api/v1` or `/apis/G/V`; None when nothing is served there.
+pub fn resources(types: &[Arc<ResourceType>], group: &str, version: &str) -> Option<Value> {
+    let served: Vec<&Arc<ResourceType>> = types.iter().filter(|t| t.group == group && t.version == version).collect();
+    if served.is_empty() {
+        return None;
+    }
+    let mut resources = Vec::new();
+    for t in served {
+        let mut r = json!({
+            "name": t.plural,
+            "singularName": t.singular,
+            "namespaced": t.namespaced,
+            "kind": t.kind,
+            "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+        });
+        if !t.short_names.is_empty() {
+            r["shortNames"] = json!(t.short_names);
+        }
+        if !t.categories.is_empty() {
+            r["categories"] = json!(t.categories);
+        }
+        resources.push(r);
+        if t.status_subresource {
+            resources.push(json!({
+                "name": format!("{}/status", t.plural), "singularName": "", "namespaced": t.namespaced,
+                "kind": t.kind, "verbs": ["get", "patch", "update"],
+            }));
+        }
+    }
+    let gv = if group.is_empty() { version.to_owned() } else { format!("{group}/{version}") };
+    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
+}

@@ -1,0 +1,372 @@
+//! The HTTP face of the API server: parses paths, query parameters and content types, then
+//! hands over to discovery, OpenAPI, reads, writes and watches. Never mutates objects itself.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::Shared;
+use super::discovery;
+use super::error::ApiError;
+use super::openapi;
+use super::resource::ResourceType;
+use super::selector::{FieldSelector, LabelSelector};
+use super::table::{self, IncludeObject, Rendering};
+use super::watch::{self, WatchRequest};
+use super::write::{self, DeleteOptions, Deleted, FieldValidation, PatchKind, Propagation, Target, Verb, WriteOptions};
+
+/// The router of the whole server.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new().fallback(handle).with_state(shared)
+}
+
+/// A JSON response with optional `Warning` headers.
+pub fn json_response(code: StatusCode, body: &Value, warnings: &[String]) -> Response {
+    let mut resp = (code, body.to_string()).into_response();
+    let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    for w in warnings {
+        let text = format!("299 - {}", serde_json::to_string(w).unwrap_or_default());
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            headers.append(header::WARNING, v);
+        }
+    }
+    resp
+}
+
+fn ok(body: &Value) -> Response {
+    json_response(StatusCode::OK, body, &[])
+}
+
+struct Request {
+    method: Method,
+    headers: HeaderMap,
+    query: HashMap<String, String>,
+    body: Bytes,
+}
+
+impl Request {
+    fn q(&self, key: &str) -> Option<&str> {
+        self.query.get(key).map(String::as_str)
+    }
+
+    fn flag(&self, key: &str) -> bool {
+        matches!(self.q(key), Some("true" | "1"))
+    }
+
+    fn header(&self, name: header::HeaderName) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default()
+    }
+
+    fn write_options(&self, verb: Verb) -> Result<WriteOptions, ApiError> {
+        let manager = match self.q("fieldManager") {
+            Some(m) => m.to_owned(),
+            None if verb == Verb::Apply => String::new(),
+            None => {
+                let ua = self.header(header::USER_AGENT);
+                let product = ua.split('/').next().unwrap_or_default();
+                if product.is_empty() { "unknown".to_owned() } else { product.to_owned() }
+            }
+        };
+        Ok(WriteOptions {
+            field_validation: FieldValidation::parse(self.q("fieldValidation"))?,
+            manager,
+            dry_run: self.q("dryRun") == Some("All"),
+            verb,
+        })
+    }
+
+    fn json_body(&self) -> Result<Value, ApiError> {
+        serde_json::from_slice(&self.body).or_else(|_| {
+            serde_norway::from_slice(&self.body)
+                .map_err(|e| ApiError::bad_request(format!("the request body could not be decoded: {e}")))
+        })
+    }
+}
+
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let query: HashMap<String, String> =
+        Query::<Vec<(String, String)>>::try_from_uri(&uri).map(|q| q.0.into_iter().collect()).unwrap_or_default();
+    let req = Request { method, headers, query, body };
+    let path = uri.path().to_owned();
+    match route(&shared, &path, &req) {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn route(shared: &Arc<Shared>, path: &str, req: &Request) -> Result<Response, ApiError> {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let state = || shared.lock();
+    match segments.as_slice() {
+        ["version"] => Ok(ok(&discovery::version())),
+        ["healthz" | "readyz" | "livez"] => Ok((StatusCode::OK, "ok").into_response()),
+        ["api"] => Ok(ok(&discovery::core_versions(&shared.server_address))),
+        ["apis"] => Ok(ok(&discovery::groups(state().types()))),
+        ["apis", group] => discovery::group(state().types(), group).map(|v| ok(&v)).ok_or_else(ApiError::unknown_path),
+        ["api", version] => {
+            discovery::resources(state().types(), "", version).map(|v| ok(&v)).ok_or_else(ApiError::unknown_path)
+        }
+        ["apis", group, version] => {
+            discovery::resources(state().types(), group, version).map(|v| ok(&v)).ok_or_else(ApiError::unknown_path)
+        }
+        ["openapi", "v3"] => Ok(ok(&openapi::index(state().types()))),
+        ["openapi", "v3", "api", version] => {
+            openapi::group_version(state().types(), "", version).map(|v| ok(&v)).ok_or_else(ApiError::unknown_path)
+        }
+        ["openapi", "v3", "apis", group, version] => {
+            openapi::group_version(state().types(), group, version).map(|v| ok(&v)).ok_or_else(ApiError::unknown_path)
+        }
+        ["api", version, rest @ ..] => resource_request(shared, "", version, rest, req),
+        ["apis", group, version, rest @ ..] => resource_request(shared, group, version, rest, req),
+        _ => Err(ApiError::unknown_path()),
+    }
+}
+
+fn resource_request(
+    shared: &Arc<Shared>,
+    group: &str,
+    version: &str,
+    rest: &[&str],
+    req: &Request,
+) -> Result<Response, ApiError> {
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, plural, tail @ ..] if !(tail.is_empty() && matches!(*plural, "status" | "finalize")) => {
+            (Some((*ns).to_owned()), [&[*plural][..], tail].concat())
+        }
+        other => (None, other.to_vec()),
+    };
+    let (plural, name, subresource) = match rest.as_slice() {
+        [p] => (*p, None, ""),
+        [p, n] => (*p, Some(*n), ""),
+        [p, n, s] => (*p, Some(*n), *s),
+        _ => return Err(ApiError::unknown_path()),
+    };
+    let rt = shared.lock().find_type(group, version, plural).ok_or_else(ApiError::unknown_path)?;
+    if !matches!(subresource, "" | "status") || (subresource == "status" && !rt.status_subresource) {
+        return Err(ApiError::unknown_path());
+    }
+    if !rt.namespaced && namespace.is_some() {
+        return Err(ApiError::unknown_path());
+    }
+    let ns = if rt.namespaced { namespace.clone() } else { Some(String::new()) };
+    match (&req.method, name) {
+        (&Method::GET, Some(name)) => get(shared, &rt, ns.as_deref().unwrap_or_default(), name, req),
+        (&Method::GET, None) if req.flag("watch") => watch(shared, &rt, namespace, req),
+        (&Method::GET, None) => list(shared, &rt, namespace.as_deref(), req),
+        (&Method::POST, None) => {
+            let Some(ns) = ns else { return Err(ApiError::method_not_allowed()) };
+            let opts = req.write_options(Verb::Create)?;
+            let body = req.json_body()?;
+            let mut state = shared.lock();
+            let written = write::create(&mut state, &Target { rt: &rt, namespace: &ns, subresource: "" }, body, &opts)?;
+            shared.notify(&state);
+            let code = if written.created { StatusCode::CREATED } else { StatusCode::OK };
+            Ok(json_response(code, &written.object, &written.warnings))
+        }
+        (&Method::PUT, Some(name)) => {
+            let Some(ns) = ns else { return Err(ApiError::unknown_path()) };
+            let opts = req.write_options(Verb::Update)?;
+            let body = req.json_body()?;
+            let mut state = shared.lock();
+            let written =
+                write::update(&mut state, &Target { rt: &rt, namespace: &ns, subresource }, name, body, &opts)?;
+            shared.notify(&state);
+            Ok(json_response(StatusCode::OK, &written.object, &written.warnings))
+        }
+        (&Method::PATCH, Some(name)) => {
+            let Some(ns) = ns else { return Err(ApiError::unknown_path()) };
+            let kind = PatchKind::from_content_type(req.header(header::CONTENT_TYPE)).ok_or_else(|| {
+                ApiError::unsupported_media_type(
+                    "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+                )
+            })?;
+            let verb = if kind == PatchKind::Apply { Verb::Apply } else { Verb::Patch };
+            let opts = req.write_options(verb)?;
+            let mut state = shared.lock();
+            let written = write::patch(
+                &mut state,
+                &Target { rt: &rt, namespace: &ns, subresource },
+                name,
+                kind,
+                &req.body,
+                req.flag("force"),
+                &opts,
+            )?;
+            shared.notify(&state);
+            let code = if written.created { StatusCode::CREATED } else { StatusCode::OK };
+            Ok(json_response(code, &written.object, &written.warnings))
+        }
+        (&Method::DELETE, Some(name)) => {
+            let Some(ns) = ns else { return Err(ApiError::unknown_path()) };
+            let opts = delete_options(req)?;
+            let mut state = shared.lock();
+            let result = write::delete(&mut state, &rt, &ns, name, &opts)?;
+            shared.notify(&state);
+            Ok(match result {
+                Deleted::Pending(obj) => ok(&obj),
+                Deleted::Gone(status) => ok(&status),
+            })
+        }
+        (&Method::DELETE, None) => {
+            let opts = delete_options(req)?;
+            let labels = LabelSelector::parse(req.q("labelSelector").unwrap_or_default())?;
+            let fields = FieldSelector::parse(req.q("fieldSelector").unwrap_or_default(), &rt)?;
+            let mut state = shared.lock();
+            let doomed: Vec<(String, String)> = state
+                .list(&rt.storage, namespace.as_deref())
+                .iter()
+                .filter(|o| labels.matches(o) && fields.matches(o))
+                .map(|o| {
+                    let s = |k: &str| o.pointer(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+                    (s("/metadata/namespace"), s("/metadata/name"))
+                })
+                .collect();
+            let mut items = Vec::new();
+            for (ns, name) in doomed {
+                match write::delete(&mut state, &rt, &ns, &name, &opts) {
+                    Ok(Deleted::Pending(obj)) => items.push(obj),
+                    Ok(Deleted::Gone(_)) | Err(_) => {}
+                }
+            }
+            shared.notify(&state);
+            Ok(ok(&json!({
+                "kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(),
+                "metadata": {"resourceVersion": state.rv().to_string()}, "items": items,
+            })))
+        }
+        _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+fn delete_options(req: &Request) -> Result<DeleteOptions, ApiError> {
+    let body: Value = if req.body.iter().all(u8::is_ascii_whitespace) { json!({}) } else { req.json_body()? };
+    let policy = body
+        .get("propagationPolicy")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or_else(|| req.q("propagationPolicy").map(str::to_owned))
+        .or_else(|| {
+            let orphan =
+                body.get("orphanDependents").and_then(Value::as_bool) == Some(true) || req.flag("orphanDependents");
+            orphan.then(|| "Orphan".to_owned())
+        });
+    let propagation = match policy.as_deref() {
+        None | Some("Background") => Propagation::Background,
+        Some("Foreground") => Propagation::Foreground,
+        Some("Orphan") => Propagation::Orphan,
+        Some(other) => return Err(ApiError::bad_request(format!("propagationPolicy: Unsupported value: \"{other}\""))),
+    };
+    let dry_run = body.get("dryRun").and_then(Value::as_array).is_some_and(|a| a.iter().any(|v| v == "All"))
+        || req.q("dryRun") == Some("All");
+    let pre = |k: &str| body.pointer(&format!("/preconditions/{k}")).and_then(Value::as_str).map(str::to_owned);
+    Ok(DeleteOptions { propagation, uid: pre("uid"), resource_version: pre("resourceVersion"), dry_run })
+}
+
+fn get(
+    shared: &Arc<Shared>,
+    rt: &Arc<ResourceType>,
+    ns: &str,
+    name: &str,
+    req: &Request,
+) -> Result<Response, ApiError> {
+    let obj =
+        shared.lock().get(&rt.storage, ns, name).ok_or_else(|| ApiError::not_found(&rt.plural, &rt.group, name))?;
+    let presented = write::present(rt, &obj);
+    Ok(match Rendering::from_accept(req.header(header::ACCEPT)) {
+        Rendering::Full => ok(&presented),
+        Rendering::Metadata => ok(&table::partial_metadata(&presented)),
+        Rendering::Table => {
+            let rv = presented.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null);
+            ok(&table::table(
+                rt,
+                &[presented],
+                json!({"resourceVersion": rv}),
+                IncludeObject::parse(req.q("includeObject")),
+                true,
+            ))
+        }
+    })
+}
+
+fn list(shared: &Arc<Shared>, rt: &Arc<ResourceType>, ns: Option<&str>, req: &Request) -> Result<Response, ApiError> {
+    let labels = LabelSelector::parse(req.q("labelSelector").unwrap_or_default())?;
+    let fields = FieldSelector::parse(req.q("fieldSelector").unwrap_or_default(), rt)?;
+    let limit: usize = req.q("limit").and_then(|l| l.parse().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
+    let offset: usize = match req.q("continue") {
+        Some(c) if !c.is_empty() => c.parse().map_err(|_| ApiError::bad_request("invalid continue token"))?,
+        _ => 0,
+    };
+    let (matching, rv) = {
+        let state = shared.lock();
+        let matching: Vec<Value> = state
+            .list(&rt.storage, ns)
+            .iter()
+            .filter(|o| labels.matches(o) && fields.matches(o))
+            .map(|o| write::present(rt, o))
+            .collect();
+        (matching, state.rv())
+    };
+    let total = matching.len();
+    let page: Vec<Value> = matching.into_iter().skip(offset).take(limit).collect();
+    let next = offset.saturating_add(page.len());
+    let mut meta = json!({"resourceVersion": rv.to_string()});
+    if next < total {
+        meta["continue"] = json!(next.to_string());
+        meta["remainingItemCount"] = json!(total - next);
+    }
+    Ok(match Rendering::from_accept(req.header(header::ACCEPT)) {
+        Rendering::Full => ok(
+            &json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": meta, "items": page}),
+        ),
+        Rendering::Metadata => ok(&json!({
+            "kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta,
+            "items": page.iter().map(table::partial_metadata).collect::<Vec<_>>(),
+        })),
+        Rendering::Table => ok(&table::table(rt, &page, meta, IncludeObject::parse(req.q("includeObject")), true)),
+    })
+}
+
+fn watch(
+    shared: &Arc<Shared>,
+    rt: &Arc<ResourceType>,
+    namespace: Option<String>,
+    req: &Request,
+) -> Result<Response, ApiError> {
+    if let Some(m) = req.q("resourceVersionMatch") {
+        if m != "NotOlderThan" || !req.flag("sendInitialEvents") {
+            return Err(ApiError::bad_request(format!(
+                "resourceVersionMatch: Forbidden: {m} is not allowed for watch"
+            )));
+        }
+    }
+    let request = WatchRequest {
+        rt: rt.clone(),
+        namespace,
+        labels: LabelSelector::parse(req.q("labelSelector").unwrap_or_default())?,
+        fields: FieldSelector::parse(req.q("fieldSelector").unwrap_or_default(), rt)?,
+        resource_version: req.q("resourceVersion").map(str::to_owned),
+        send_initial_events: req.flag("sendInitialEvents"),
+        bookmarks: req.flag("allowWatchBookmarks"),
+        timeout: req.q("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).map(Duration::from_secs),
+        rendering: Rendering::from_accept(req.header(header::ACCEPT)),
+        include: IncludeObject::parse(req.q("includeObject")),
+    };
+    let stream = watch::start(shared.clone(), request)?;
+    let mut resp = Response::new(Body::from_stream(stream));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(resp)
+}

@@ -1,0 +1,244 @@
+//! An in-process Kubernetes API server that the unchanged `kube::Client`, `kube_runtime` and
+//! real `kubectl` accept: legacy discovery, OpenAPI v3, get/list/watch/create/update/patch/
+//! delete of the crabglamp CRDs and the built-ins the operator uses (Namespaces, Secrets,
+//! ConfigMaps, core and events.k8s.io Events, Leases, CustomResourceDefinitions), with CRD
+//! admission through [`crate::admission`], Table output and server-side apply.
+//!
+//! It owns only its in-memory state; it never talks to a real cluster and never persists
+//! anything.
+//!
+//! Deliberate differences from a real API server (kept because no client here depends on them):
+//! - Plain HTTP on loopback, no authentication or authorisation, HTTP/1.1 only, JSON only
+//!   (protobuf is never offered; Accept lists with protobuf first get JSON).
+//! - Legacy discovery only (no aggregated `apidiscovery.k8s.io` documents); `/openapi/v2` is
+//!   404. OpenAPI v3 schemas of built-in kinds are open (`x-kubernetes-preserve-unknown-fields`).
+//! - Strategic merge patches of built-ins are applied as JSON merge patches (directives such as
+//!   `$patch` are dropped): lists are replaced, never merged by key.
+//! - Server-side apply tracks ownership per leaf field; every list is atomic whatever its
+//!   `x-kubernetes-list-type`; managedFields entries have no `"."` markers. The
+//!   `last-applied-configuration` annotation is never owned by an Update manager.
+//! - Garbage collection is synchronous: dependents go in the same request as their owner;
+//!   Foreground deletion deletes dependents first without the `foregroundDeletion` finalizer
+//!   and Orphan strips the ownerReferences without the `orphan` finalizer. Deleting a namespace
+//!   deletes its content and the namespace at once (no `Terminating` phase).
+//! - Deleting a CRD drops its objects without DELETED events to their watchers' selectors
+//!   beyond the storage's own events.
+//! - A watch filters by the object's new state only: an object that stops matching a selector
+//!   produces no DELETED event for that watch.
+//! - `continue` tokens are offsets into the current list (not a consistent snapshot); `limit`
+//!   is honoured.
+//! - Defaults are applied on write only, not re-applied to stored objects on read.
+//! - No admission webhooks, quotas, RBAC, `gracePeriodSeconds` (deletions are immediate), pods
+//!   or any controller other than garbage collection.
+//! - The event history holds [`state::HISTORY_LIMIT`] changes (configurable): a watch resumed
+//!   from before it gets the `410 Expired` ERROR event, as after a real etcd compaction.
+
+pub mod discovery;
+pub mod error;
+pub mod events;
+pub mod fields;
+pub mod http;
+pub mod jsonpath;
+pub mod meta;
+pub mod openapi;
+pub mod resource;
+pub mod selector;
+pub mod state;
+pub mod table;
+pub mod watch;
+pub mod write;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use self::resource::{ResourceType, Special};
+use self::state::State;
+use self::write::{FieldValidation, Target, Verb, WriteOptions};
+
+/// What the server shares between requests.
+pub struct Shared {
+    state: Mutex<State>,
+    latest: tokio::sync::watch::Sender<u64>,
+    server_address: String,
+}
+
+impl Shared {
+    /// The state; a poisoned lock is taken over (a panicking request leaves consistent data,
+    /// since every write builds the new object before storing it).
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes the watches after a write.
+    pub fn notify(&self, state: &State) {
+        self.latest.send_replace(state.rv());
+    }
+}
+
+/// How to start the server.
+#[derive(Debug, Clone)]
+pub struct KubeApiConfig {
+    /// Install the crabglamp CRDs ([`crate::api::all_crds`]) at start.
+    pub install_crds: bool,
+    /// How many changes the watch history keeps.
+    pub history_limit: usize,
+}
+
+impl Default for KubeApiConfig {
+    fn default() -> Self {
+        Self { install_crds: true, history_limit: state::HISTORY_LIMIT }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listener is unusable.
+    #[error("cannot use the listener: {0}")]
+    Io(#[from] std::io::Error),
+    /// A built-in CRD was refused.
+    #[error("cannot install CRD {name}: {message}")]
+    Crd {
+        /// The CRD.
+        name: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Why a client for the server could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The base URL does not parse (cannot happen for a URL this module built).
+    #[error("invalid server URL: {0}")]
+    Url(#[from] axum::http::uri::InvalidUri),
+    /// kube-client refused the configuration (e.g. a proxy variable it cannot honour).
+    #[error("cannot build a kube client: {0}")]
+    Kube(#[from] ::kube::Error),
+}
+
+/// A running server; stops when dropped.
+pub struct RunningKube {
+    /// `http://127.0.0.1:PORT`.
+    pub base_url: String,
+    /// The bound address.
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+impl RunningKube {
+    /// A kubeconfig pointing at this server (context `sandbox`, namespace `default`).
+    pub fn kubeconfig_yaml(&self) -> String {
+        kubeconfig_yaml(&self.base_url)
+    }
+
+    /// A kube client for this server.
+    pub fn client(&self) -> Result<::kube::Client, ClientError> {
+        let url = self.base_url.parse::<axum::http::Uri>()?;
+        Ok(::kube::Client::try_from(::kube::Config::new(url))?)
+    }
+
+    /// Server-side applies `manifest` (any served kind) as `manager`, forcing conflicts: what
+    /// `sandbox --apply` uses. Namespaced objects without a namespace go to `default`.
+    pub fn apply(&self, manifest: &serde_json::Value, manager: &str) -> Result<serde_json::Value, error::ApiError> {
+        let s = |p: &str| manifest.pointer(p).and_then(serde_json::Value::as_str).unwrap_or_default().to_owned();
+        let (api_version, kind, name) = (s("/apiVersion"), s("/kind"), s("/metadata/name"));
+        let mut state = self.shared.lock();
+        let rt = state
+            .types()
+            .iter()
+            .find(|t| t.api_version() == api_version && t.kind == kind)
+            .cloned()
+            .ok_or_else(|| error::ApiError::not_found("kinds", "", &format!("{api_version}, Kind={kind}")))?;
+        let namespace = if rt.namespaced {
+            Some(s("/metadata/namespace")).filter(|n| !n.is_empty()).unwrap_or_else(|| "default".into())
+        } else {
+            String::new()
+        };
+        let opts = WriteOptions {
+            field_validation: FieldValidation::Strict,
+            manager: manager.into(),
+            dry_run: false,
+            verb: Verb::Apply,
+        };
+        let target = Target { rt: &rt, namespace: &namespace, subresource: "" };
+        let body = manifest.to_string();
+        let written = write::patch(&mut state, &target, &name, write::PatchKind::Apply, body.as_bytes(), true, &opts);
+        self.shared.notify(&state);
+        written.map(|w| w.object)
+    }
+
+    /// Forgets the watch history up to now, as an etcd compaction does: a watch resumed from an
+    /// older resourceVersion then gets the `410 Expired` ERROR event. A test hook.
+    pub fn compact_history(&self) {
+        self.shared.lock().compact();
+    }
+
+    /// The current resourceVersion (for tests that need to know how far the server got).
+    pub fn resource_version(&self) -> u64 {
+        self.shared.lock().rv()
+    }
+}
+
+impl Drop for RunningKube {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A kubeconfig for a server at `base_url`, with an empty user (no credentials).
+pub fn kubeconfig_yaml(base_url: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: sandbox\n  cluster:\n    server: {base_url}\ncontexts:\n- name: sandbox\n  context:\n    cluster: sandbox\n    user: sandbox\n    namespace: default\ncurrent-context: sandbox\nusers:\n- name: sandbox\n  user: {{}}\npreferences: {{}}\n"
+    )
+}
+
+fn builtin_type(state: &State, special: Special, plural: &str) -> Option<Arc<ResourceType>> {
+    state.types().iter().find(|t| t.special == special && t.plural == plural).cloned()
+}
+
+/// Starts the server on `listener`.
+pub async fn spawn(config: KubeApiConfig, listener: TcpListener) -> Result<RunningKube, StartError> {
+    let addr = listener.local_addr()?;
+    let mut state = State::with_history_limit(config.history_limit);
+    let opts = WriteOptions {
+        field_validation: FieldValidation::Strict,
+        manager: "sandbox".into(),
+        dry_run: false,
+        verb: Verb::Create,
+    };
+    if let Some(ns_type) = builtin_type(&state, Special::Namespace, "namespaces") {
+        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            let target = Target { rt: &ns_type, namespace: "", subresource: "" };
+            let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+            write::create(&mut state, &target, body, &opts)
+                .map_err(|e| StartError::Crd { name: ns.into(), message: e.message })?;
+        }
+    }
+    if config.install_crds {
+        if let Some(crd_type) = builtin_type(&state, Special::Crd, "customresourcedefinitions") {
+            for crd in crate::api::all_crds() {
+                let name = crd.metadata.name.clone().unwrap_or_default();
+                let body = serde_json::to_value(&crd)
+                    .map_err(|e| StartError::Crd { name: name.clone(), message: e.to_string() })?;
+                let target = Target { rt: &crd_type, namespace: "", subresource: "" };
+                write::create(&mut state, &target, body, &opts)
+                    .map_err(|e| StartError::Crd { name, message: e.message })?;
+            }
+        }
+    }
+    let (latest, _) = tokio::sync::watch::channel(state.rv());
+    let shared = Arc::new(Shared { state: Mutex::new(state), latest, server_address: addr.to_string() });
+    let app = http::router(shared.clone());
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "kube API server stopped");
+        }
+    });
+    Ok(RunningKube { base_url: format!("http://{addr}"), addr, shared, task })
+}

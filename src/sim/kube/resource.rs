@@ -1,0 +1,282 @@
+//! The kinds the server serves: built-ins (Namespaces, Secrets, ConfigMaps, Events, Leases, CRDs)
+//! and one entry per served version of every installed CRD.
+//!
+//! This is the only place that knows a kind's names, scope, printer columns and schema; it never
+//! stores objects.
+
+use std::sync::Arc;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use serde_json::Value;
+
+use crate::admission::CrdValidator;
+
+/// Where a kind's objects live: two kinds may share a storage (core and events.k8s.io Events).
+pub type StorageKey = (String, String);
+
+/// One column of `kubectl get` output.
+#[derive(Debug, Clone)]
+pub struct PrinterColumn {
+    /// Header.
+    pub name: String,
+    /// `string`, `integer`, `number`, `boolean` or `date`.
+    pub type_: String,
+    /// Column format (`name` for the Name column).
+    pub format: String,
+    /// Description shown by `kubectl explain`-like tools.
+    pub description: String,
+    /// 0 = always shown, >0 only with `-o wide`.
+    pub priority: i64,
+    /// JSONPath into the object.
+    pub json_path: String,
+}
+
+impl PrinterColumn {
+    fn new(name: &str, type_: &str, json_path: &str) -> Self {
+        Self {
+            name: name.into(),
+            type_: type_.into(),
+            format: String::new(),
+            description: String::new(),
+            priority: 0,
+            json_path: json_path.into(),
+        }
+    }
+}
+
+/// Special behaviours of built-in kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Special {
+    /// Nothing special.
+    None,
+    /// Namespaces: deleting one deletes its content.
+    Namespace,
+    /// events.k8s.io/v1 Events, stored as core/v1 Events.
+    EventsV1,
+    /// CustomResourceDefinitions: writing one (re)registers the kind it defines.
+    Crd,
+}
+
+/// One served group/version/kind.
+pub struct ResourceType {
+    /// API group (`""` for core).
+    pub group: String,
+    /// Version.
+    pub version: String,
+    /// Kind.
+    pub kind: String,
+    /// Plural resource name.
+    pub plural: String,
+    /// Singular resource name.
+    pub singular: String,
+    /// Namespaced or cluster-scoped.
+    pub namespaced: bool,
+    /// `kubectl` short names.
+    pub short_names: Vec<String>,
+    /// Categories (`kubectl get crabglamp`).
+    pub categories: Vec<String>,
+    /// Whether `status` is a subresource.
+    pub status_subresource: bool,
+    /// Columns of Table output, after the Name column.
+    pub columns: Vec<PrinterColumn>,
+    /// The OpenAPI v3 schema of the kind (CRDs only).
+    pub schema: Option<Value>,
+    /// Admission for custom resources.
+    pub validator: Option<Arc<CrdValidator>>,
+    /// Field selectors a CRD declares (`selectableFields`), as paths without the leading dot.
+    pub selectable_fields: Vec<String>,
+    /// Where objects are stored.
+    pub storage: StorageKey,
+    /// Built-in behaviour.
+    pub special: Special,
+}
+
+impl ResourceType {
+    /// `G/V`, or `v1` for the core group.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) }
+    }
+
+    /// Whether this is a custom resource (admission, no strategic merge).
+    pub fn is_custom(&self) -> bool {
+        self.validator.is_some()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn builtin(
+        group: &str,
+        version: &str,
+        kind: &str,
+        plural: &str,
+        namespaced: bool,
+        short_names: &[&str],
+        columns: Vec<PrinterColumn>,
+        special: Special,
+    ) -> Self {
+        Self {
+            group: group.into(),
+            version: version.into(),
+            kind: kind.into(),
+            plural: plural.into(),
+            singular: kind.to_lowercase(),
+            namespaced,
+            short_names: short_names.iter().map(|s| (*s).to_owned()).collect(),
+            categories: Vec::new(),
+            status_subresource: matches!(special, Special::Namespace | Special::Crd),
+            columns,
+            schema: None,
+            validator: None,
+            selectable_fields: Vec::new(),
+            storage: (if special == Special::EventsV1 { String::new() } else { group.into() }, plural.into()),
+            special,
+        }
+    }
+}
+
+fn age() -> PrinterColumn {
+    PrinterColumn::new("Age", "date", ".metadata.creationTimestamp")
+}
+
+/// The built-in kinds.
+pub fn builtins() -> Vec<ResourceType> {
+    vec![
+        ResourceType::builtin(
+            "",
+            "v1",
+            "Namespace",
+            "namespaces",
+            false,
+            &["ns"],
+            vec![PrinterColumn::new("Status", "string", ".status.phase"), age()],
+            Special::Namespace,
+        ),
+        ResourceType::builtin(
+            "",
+            "v1",
+            "Secret",
+            "secrets",
+            true,
+            &[],
+            vec![PrinterColumn::new("Type", "string", ".type"), age()],
+            Special::None,
+        ),
+        ResourceType::builtin("", "v1", "ConfigMap", "configmaps", true, &["cm"], vec![age()], Special::None),
+        ResourceType::builtin(
+            "",
+            "v1",
+            "Event",
+            "events",
+            true,
+            &["ev"],
+            vec![
+                PrinterColumn::new("Type", "string", ".type"),
+                PrinterColumn::new("Reason", "string", ".reason"),
+                PrinterColumn::new("Object", "string", ".involvedObject.name"),
+                PrinterColumn::new("Message", "string", ".message"),
+            ],
+            Special::None,
+        ),
+        ResourceType::builtin(
+            "events.k8s.io",
+            "v1",
+            "Event",
+            "events",
+            true,
+            &["ev"],
+            vec![
+                PrinterColumn::new("Type", "string", ".type"),
+                PrinterColumn::new("Reason", "string", ".reason"),
+                PrinterColumn::new("Object", "string", ".regarding.name"),
+                PrinterColumn::new("Note", "string", ".note"),
+            ],
+            Special::EventsV1,
+        ),
+        ResourceType::builtin(
+            "coordination.k8s.io",
+            "v1",
+            "Lease",
+            "leases",
+            true,
+            &[],
+            vec![PrinterColumn::new("Holder", "string", ".spec.holderIdentity"), age()],
+            Special::None,
+        ),
+        ResourceType::builtin(
+            "apiextensions.k8s.io",
+            "v1",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+            false,
+            &["crd", "crds"],
+            vec![PrinterColumn::new("Created At", "date", ".metadata.creationTimestamp")],
+            Special::Crd,
+        ),
+    ]
+}
+
+/// Why a CRD cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum CrdError {
+    /// The object is not a valid CustomResourceDefinition.
+    #[error("{0}")]
+    Decode(#[from] serde_json::Error),
+    /// Its schema or rules are unusable.
+    #[error("{0}")]
+    Schema(#[from] crate::admission::CrdSchemaError),
+}
+
+/// One [`ResourceType`] per served version of `crd`.
+pub fn from_crd(crd_json: &Value) -> Result<Vec<ResourceType>, CrdError> {
+    let crd: CustomResourceDefinition = serde_json::from_value(crd_json.clone())?;
+    let validator = Arc::new(CrdValidator::new(&crd)?);
+    let names = &crd.spec.names;
+    let plural = names.plural.clone();
+    let singular = names.singular.clone().unwrap_or_else(|| names.kind.to_lowercase());
+    let mut out = Vec::new();
+    for version in crd.spec.versions.iter().filter(|v| v.served) {
+        let mut columns: Vec<PrinterColumn> = version
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| PrinterColumn {
+                name: c.name.clone(),
+                type_: c.type_.clone(),
+                format: c.format.clone().unwrap_or_default(),
+                description: c.description.clone().unwrap_or_default(),
+                priority: i64::from(c.priority.unwrap_or(0)),
+                json_path: c.json_path.clone(),
+            })
+            .collect();
+        if columns.is_empty() {
+            columns.push(age());
+        }
+        let schema = version
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .and_then(|s| serde_json::to_value(s).ok());
+        out.push(ResourceType {
+            group: crd.spec.group.clone(),
+            version: version.name.clone(),
+            kind: names.kind.clone(),
+            plural: plural.clone(),
+            singular: singular.clone(),
+            namespaced: crd.spec.scope == "Namespaced",
+            short_names: names.short_names.clone().unwrap_or_default(),
+            categories: names.categories.clone().unwrap_or_default(),
+            status_subresource: version.subresources.as_ref().is_some_and(|s| s.status.is_some()),
+            columns,
+            schema,
+            validator: Some(validator.clone()),
+            selectable_fields: version
+                .selectable_fields
+                .iter()
+                .flatten()
+                .map(|f| f.json_path.trim_start_matches('.').to_owned())
+                .collect(),
+            storage: (crd.spec.group.clone(), plural.clone()),
+            special: Special::None,
+        });
+    }
+    Ok(out)
+}

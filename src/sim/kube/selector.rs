@@ -1,0 +1,143 @@
+//! Label and field selectors (`labelSelector=`, `fieldSelector=`), parsed once per request and
+//! matched against stored objects. Never touches the store.
+
+use serde_json::Value;
+
+use super::error::ApiError;
+use super::resource::ResourceType;
+
+#[derive(Debug, Clone)]
+enum LabelTerm {
+    Eq(String, String),
+    NotEq(String, String),
+    In(String, Vec<String>),
+    NotIn(String, Vec<String>),
+    Exists(String),
+    NotExists(String),
+}
+
+/// A parsed label selector; empty matches everything.
+#[derive(Debug, Clone, Default)]
+pub struct LabelSelector(Vec<LabelTerm>);
+
+/// Splits on commas that are not inside parentheses.
+fn split_terms(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut depth = 0;
+    let mut cur = String::new();
+    for ch in s.chars() {
+        match ch {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(std::mem::take(&mut cur));
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(ch);
+    }
+    out.push(cur);
+    out.into_iter().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect()
+}
+
+fn parse_set(s: &str) -> Result<Vec<String>, ApiError> {
+    let inner = s
+        .trim()
+        .strip_prefix('(')
+        .and_then(|r| r.strip_suffix(')'))
+        .ok_or_else(|| ApiError::bad_request(format!("unable to parse requirement: invalid set {s:?}")))?;
+    Ok(inner.split(',').map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()).collect())
+}
+
+impl LabelSelector {
+    /// Parses `a=b,c!=d,e in (f,g),!h`.
+    pub fn parse(s: &str) -> Result<Self, ApiError> {
+        let mut terms = Vec::new();
+        for term in split_terms(s) {
+            let t = if let Some(k) = term.strip_prefix('!') {
+                LabelTerm::NotExists(k.trim().to_owned())
+            } else if let Some((k, v)) = term.split_once("!=") {
+                LabelTerm::NotEq(k.trim().into(), v.trim().into())
+            } else if let Some((k, v)) = term.split_once("==") {
+                LabelTerm::Eq(k.trim().into(), v.trim().into())
+            } else if let Some((k, v)) = term.split_once('=') {
+                LabelTerm::Eq(k.trim().into(), v.trim().into())
+            } else if let Some((k, v)) = term.split_once(" notin ") {
+                LabelTerm::NotIn(k.trim().into(), parse_set(v)?)
+            } else if let Some((k, v)) = term.split_once(" in ") {
+                LabelTerm::In(k.trim().into(), parse_set(v)?)
+            } else {
+                LabelTerm::Exists(term.clone())
+            };
+            terms.push(t);
+        }
+        Ok(Self(terms))
+    }
+
+    /// Whether `object`'s labels satisfy every term.
+    pub fn matches(&self, object: &Value) -> bool {
+        let labels = object.pointer("/metadata/labels");
+        let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
+        self.0.iter().all(|t| match t {
+            LabelTerm::Eq(k, v) => get(k) == Some(v.as_str()),
+            LabelTerm::NotEq(k, v) => get(k) != Some(v.as_str()),
+            LabelTerm::In(k, vs) => get(k).is_some_and(|x| vs.iter().any(|v| v == x)),
+            LabelTerm::NotIn(k, vs) => get(k).is_none_or(|x| vs.iter().all(|v| v != x)),
+            LabelTerm::Exists(k) => get(k).is_some(),
+            LabelTerm::NotExists(k) => get(k).is_none(),
+        })
+    }
+}
+
+/// A parsed field selector: `path=value` / `path!=value` terms.
+#[derive(Debug, Clone, Default)]
+pub struct FieldSelector(Vec<(String, bool, String)>);
+
+impl FieldSelector {
+    /// Parses and checks the fields against what `rt` supports (400 otherwise, as real servers).
+    pub fn parse(s: &str, rt: &ResourceType) -> Result<Self, ApiError> {
+        let mut terms = Vec::new();
+        for term in split_terms(s) {
+            let (k, eq, v) = if let Some((k, v)) = term.split_once("!=") {
+                (k, false, v)
+            } else if let Some((k, v)) = term.split_once("==") {
+                (k, true, v)
+            } else if let Some((k, v)) = term.split_once('=') {
+                (k, true, v)
+            } else {
+                return Err(ApiError::bad_request(format!("invalid selector: '{s}'; can't understand '{term}'")));
+            };
+            let k = k.trim();
+            let allowed = k == "metadata.name"
+                || k == "metadata.namespace"
+                || rt.selectable_fields.iter().any(|f| f == k)
+                || !rt.is_custom();
+            if !allowed {
+                return Err(ApiError::bad_request(format!(
+                    "Unable to find \"{}, Resource={}\" field label \"{k}\": field label not supported: {k}",
+                    rt.api_version(),
+                    rt.plural
+                )));
+            }
+            terms.push((k.to_owned(), eq, v.trim().to_owned()));
+        }
+        Ok(Self(terms))
+    }
+
+    /// Whether `object` satisfies every term (a missing field reads as "").
+    pub fn matches(&self, object: &Value) -> bool {
+        self.0.iter().all(|(path, eq, want)| {
+            let mut cur = Some(object);
+            for part in path.split('.') {
+                cur = cur.and_then(|c| c.get(part));
+            }
+            let have = match cur {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Null) | None => String::new(),
+                Some(other) => other.to_string(),
+            };
+            (have == *want) == *eq
+        })
+    }
+}

@@ -1,0 +1,201 @@
+//! Watch streams: initial events, live changes read from the history in resourceVersion order,
+//! bookmarks, the initial-events-end bookmark of streaming lists, and the `410 Expired` ERROR
+//! event for a resourceVersion older than the history.
+//!
+//! A watcher reads the history from its own cursor, so a slow client delays only itself and
+//! never loses or reorders an event; it never holds the state lock while writing to the socket.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::Shared;
+use super::error::ApiError;
+use super::resource::ResourceType;
+use super::selector::{FieldSelector, LabelSelector};
+use super::table::{self, IncludeObject, Rendering};
+use super::write::present;
+
+/// How often an idle watch that asked for bookmarks gets one.
+const BOOKMARK_INTERVAL: Duration = Duration::from_secs(10);
+/// How many history entries one pass reads under the lock.
+const BATCH: usize = 1000;
+
+/// A parsed watch request.
+pub struct WatchRequest {
+    /// The kind watched.
+    pub rt: Arc<ResourceType>,
+    /// Namespace, or all.
+    pub namespace: Option<String>,
+    /// `labelSelector`.
+    pub labels: LabelSelector,
+    /// `fieldSelector`.
+    pub fields: FieldSelector,
+    /// `resourceVersion`.
+    pub resource_version: Option<String>,
+    /// `sendInitialEvents=true`.
+    pub send_initial_events: bool,
+    /// `allowWatchBookmarks=true`.
+    pub bookmarks: bool,
+    /// `timeoutSeconds`.
+    pub timeout: Option<Duration>,
+    /// What the Accept header asked for.
+    pub rendering: Rendering,
+    /// `includeObject` for Table renderings.
+    pub include: IncludeObject,
+}
+
+struct Renderer {
+    rt: Arc<ResourceType>,
+    rendering: Rendering,
+    include: IncludeObject,
+    columns_sent: bool,
+}
+
+impl Renderer {
+    fn line(&mut self, kind: &str, object: &Value) -> Bytes {
+        let presented = present(&self.rt, object);
+        let rendered = match self.rendering {
+            Rendering::Full => presented,
+            Rendering::Metadata => table::partial_metadata(&presented),
+            Rendering::Table => {
+                let first = !self.columns_sent;
+                self.columns_sent = true;
+                let rv = presented.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null);
+                table::table(&self.rt, &[presented], json!({"resourceVersion": rv}), self.include, first)
+            }
+        };
+        encode(kind, &rendered)
+    }
+
+    fn bookmark(&self, rv: u64, initial_end: bool) -> Bytes {
+        let mut metadata = json!({"resourceVersion": rv.to_string()});
+        if initial_end {
+            metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        encode("BOOKMARK", &json!({"kind": self.rt.kind, "apiVersion": self.rt.api_version(), "metadata": metadata}))
+    }
+}
+
+fn encode(kind: &str, object: &Value) -> Bytes {
+    let mut line = json!({"type": kind, "object": object}).to_string();
+    line.push('\n');
+    Bytes::from(line)
+}
+
+fn expired(asked: u64, oldest: u64) -> Bytes {
+    let status = ApiError::new(410, "Expired", format!("too old resource version: {asked} ({oldest})")).to_status();
+    encode("ERROR", &status)
+}
+
+impl WatchRequest {
+    fn matches(&self, namespace: &str, object: &Value) -> bool {
+        self.namespace.as_deref().is_none_or(|ns| ns == namespace)
+            && self.labels.matches(object)
+            && self.fields.matches(object)
+    }
+}
+
+/// Starts the watch: returns the stream of event lines (the response body).
+pub fn start(
+    shared: Arc<Shared>,
+    req: WatchRequest,
+) -> Result<impl futures::Stream<Item = Result<Bytes, Infallible>>, ApiError> {
+    let (tx, rx) = mpsc::channel::<Bytes>(256);
+    let mut latest = shared.latest.subscribe();
+    let mut renderer =
+        Renderer { rt: req.rt.clone(), rendering: req.rendering, include: req.include, columns_sent: false };
+    let mut initial = Vec::new();
+    let mut initial_end = None;
+    let cursor;
+    {
+        let state = shared.lock();
+        latest.borrow_and_update();
+        let asked = match req.resource_version.as_deref() {
+            None | Some("") | Some("0") => None,
+            Some(rv) => Some(
+                rv.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv:?}")))?,
+            ),
+        };
+        match asked {
+            Some(rv) if !req.send_initial_events => {
+                if rv < state.compacted() {
+                    initial.push(expired(rv, state.compacted()));
+                    cursor = None;
+                } else {
+                    cursor = Some(rv);
+                }
+            }
+            _ => {
+                for obj in state.list(&req.rt.storage, req.namespace.as_deref()) {
+                    let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default();
+                    if req.matches(ns, &obj) {
+                        initial.push(renderer.line("ADDED", &obj));
+                    }
+                }
+                if req.send_initial_events {
+                    initial_end = Some(renderer.bookmark(state.rv(), true));
+                }
+                cursor = Some(state.rv());
+            }
+        }
+    }
+    initial.extend(initial_end);
+    let deadline = req.timeout.map(|t| tokio::time::Instant::now() + t);
+    tokio::spawn(async move {
+        for line in initial {
+            if tx.send(line).await.is_err() {
+                return;
+            }
+        }
+        let Some(mut cursor) = cursor else { return };
+        loop {
+            let (changes, oldest) = {
+                let state = shared.lock();
+                latest.borrow_and_update();
+                (state.changes_after(cursor, BATCH), state.compacted())
+            };
+            if cursor < oldest {
+                let _ = tx.send(expired(cursor, oldest)).await;
+                return;
+            }
+            let idle = changes.is_empty();
+            for change in changes {
+                cursor = change.rv;
+                if change.storage != req.rt.storage || !req.matches(&change.namespace, &change.object) {
+                    continue;
+                }
+                if tx.send(renderer.line(change.kind.as_str(), &change.object)).await.is_err() {
+                    return;
+                }
+            }
+            if !idle {
+                continue;
+            }
+            let sleep_until = deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                changed = latest.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep(BOOKMARK_INTERVAL), if req.bookmarks => {
+                    if tx.send(renderer.bookmark(cursor, false)).await.is_err() {
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep_until(sleep_until) => {
+                    if deadline.is_some() {
+                        return;
+                    }
+                }
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    Ok(tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok))
+}

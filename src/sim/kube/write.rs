@@ -1,0 +1,870 @@
+//! Every write: create, update, patch (merge, JSON, strategic-as-merge, server-side apply),
+//! delete with finalizers and propagation, and ownerReference garbage collection.
+//!
+//! All of it runs under the state lock so a write, its resourceVersion and its watch event are
+//! one step. This is the only module that calls admission and the only one that mutates stored
+//! objects.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::events;
+use super::fields::{self, Conflict};
+use super::meta::{self, meta_mut, meta_str, now_time};
+use super::resource::{ResourceType, Special, from_crd};
+use super::state::{EventType, State};
+use crate::admission::{Cause, CauseReason};
+
+/// `fieldValidation` of a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldValidation {
+    /// Unknown fields are refused.
+    Strict,
+    /// Unknown fields are dropped with a `Warning` header (the default).
+    Warn,
+    /// Unknown fields are dropped silently.
+    Ignore,
+}
+
+impl FieldValidation {
+    /// Parses the query parameter (absent = Warn).
+    pub fn parse(v: Option<&str>) -> Result<Self, ApiError> {
+        match v {
+            None | Some("Warn") => Ok(Self::Warn),
+            Some("Strict") => Ok(Self::Strict),
+            Some("Ignore") => Ok(Self::Ignore),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "fieldValidation: Unsupported value: \"{other}\": supported values: \"Ignore\", \"Strict\", \"Warn\""
+            ))),
+        }
+    }
+}
+
+/// Which request a write came from (decides how unknown fields are refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    /// POST.
+    Create,
+    /// PUT.
+    Update,
+    /// PATCH (merge, JSON, strategic).
+    Patch,
+    /// PATCH with application/apply-patch+yaml.
+    Apply,
+}
+
+/// Request-wide options of a write.
+#[derive(Debug, Clone)]
+pub struct WriteOptions {
+    /// `fieldValidation`.
+    pub field_validation: FieldValidation,
+    /// `fieldManager`, or the User-Agent's product name.
+    pub manager: String,
+    /// `dryRun=All`.
+    pub dry_run: bool,
+    /// The request kind.
+    pub verb: Verb,
+}
+
+/// The result of a successful write.
+#[derive(Debug)]
+pub struct Written {
+    /// The object as stored (or as it would be, for dry runs).
+    pub object: Value,
+    /// `Warning` header values.
+    pub warnings: Vec<String>,
+    /// 201 instead of 200.
+    pub created: bool,
+}
+
+/// Who owns the fields a write sets.
+enum Ownership {
+    /// An Update-operation manager; ownership computed from the change.
+    Update,
+    /// Server-side apply already computed `metadata.managedFields`.
+    Precomputed,
+}
+
+/// Where an object lives.
+pub struct Target<'a> {
+    /// Its kind.
+    pub rt: &'a Arc<ResourceType>,
+    /// Namespace ("" for cluster-scoped).
+    pub namespace: &'a str,
+    /// `""` or `"status"`.
+    pub subresource: &'a str,
+}
+
+fn name_of(object: &Value) -> String {
+    meta_str(object, "name").unwrap_or_default().to_owned()
+}
+
+/// The object as clients see it in this kind's version.
+pub fn present(rt: &ResourceType, object: &Value) -> Value {
+    if rt.special == Special::EventsV1 {
+        return events::to_events_v1(object);
+    }
+    let mut v = object.clone();
+    if let Some(m) = v.as_object_mut() {
+        m.insert("apiVersion".into(), Value::String(rt.api_version()));
+        m.insert("kind".into(), Value::String(rt.kind.clone()));
+    }
+    v
+}
+
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let id = uuid::Uuid::new_v4();
+    id.as_bytes()[..5].iter().map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char).collect()
+}
+
+/// POST: creates `body` in `target`.
+pub fn create(state: &mut State, target: &Target, body: Value, opts: &WriteOptions) -> Result<Written, ApiError> {
+    let rt = target.rt;
+    let mut body = if rt.special == Special::EventsV1 { events::to_core(&body) } else { body };
+    if !body.is_object() {
+        return Err(ApiError::bad_request("the body of the request must be a JSON object"));
+    }
+    if meta_str(&body, "resourceVersion").is_some_and(|rv| !rv.is_empty()) {
+        return Err(ApiError::bad_request("resourceVersion should not be set on objects to be created"));
+    }
+    if rt.namespaced {
+        match meta_str(&body, "namespace") {
+            Some(ns) if !ns.is_empty() && ns != target.namespace => {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+            _ => {}
+        }
+    }
+    if meta_str(&body, "name").is_none_or(str::is_empty) {
+        match meta_str(&body, "generateName") {
+            Some(prefix) if !prefix.is_empty() => {
+                let name = format!("{prefix}{}", random_suffix());
+                meta_mut(&mut body).insert("name".into(), json!(name));
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    &rt.kind,
+                    &rt.group,
+                    "",
+                    &[Cause::new(
+                        CauseReason::Required,
+                        "metadata.name",
+                        "Required value: name or generateName is required",
+                    )],
+                ));
+            }
+        }
+    }
+    insert(state, target, body, opts, Ownership::Update)
+}
+
+fn insert(
+    state: &mut State,
+    target: &Target,
+    mut body: Value,
+    opts: &WriteOptions,
+    ownership: Ownership,
+) -> Result<Written, ApiError> {
+    let rt = target.rt;
+    let name = name_of(&body);
+    if rt.namespaced && state.get(&(String::new(), "namespaces".into()), "", target.namespace).is_none() {
+        return Err(ApiError::not_found("namespaces", "", target.namespace));
+    }
+    if state.get(&rt.storage, target.namespace, &name).is_some() {
+        return Err(ApiError::already_exists(&rt.plural, &rt.group, &name));
+    }
+    if rt.status_subresource && rt.special != Special::Namespace {
+        if let Some(m) = body.as_object_mut() {
+            m.remove("status");
+        }
+    }
+    {
+        let meta = meta_mut(&mut body);
+        for key in ["deletionTimestamp", "deletionGracePeriodSeconds", "resourceVersion"] {
+            meta.remove(key);
+        }
+        if rt.namespaced {
+            meta.insert("namespace".into(), json!(target.namespace));
+        } else {
+            meta.remove("namespace");
+        }
+        meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+        meta.insert("creationTimestamp".into(), json!(now_time()));
+        if rt.is_custom() || rt.special == Special::Crd {
+            meta.insert("generation".into(), json!(1));
+        }
+        if !matches!(ownership, Ownership::Precomputed) {
+            meta.remove("managedFields");
+        }
+    }
+    commit(state, target, None, body, opts, ownership)
+}
+
+/// PUT: replaces the stored object with `body`.
+pub fn update(
+    state: &mut State,
+    target: &Target,
+    name: &str,
+    body: Value,
+    opts: &WriteOptions,
+) -> Result<Written, ApiError> {
+    let rt = target.rt;
+    let body = if rt.special == Special::EventsV1 { events::to_core(&body) } else { body };
+    let Some(old) = state.get(&rt.storage, target.namespace, name) else {
+        return Err(ApiError::not_found(&rt.plural, &rt.group, name));
+    };
+    if meta_str(&body, "name").is_some_and(|n| n != name) {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({}) does not match the name on the URL ({name})",
+            name_of(&body)
+        )));
+    }
+    if rt.is_custom() && meta_str(&body, "resourceVersion").is_none_or(str::is_empty) {
+        return Err(ApiError::invalid(
+            &rt.kind,
+            &rt.group,
+            name,
+            &[Cause::new(
+                CauseReason::Invalid,
+                "metadata.resourceVersion",
+                "Invalid value: 0: must be specified for an update",
+            )],
+        ));
+    }
+    commit(state, target, Some(old), body, opts, Ownership::Update)
+}
+
+/// The body formats of PATCH.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchKind {
+    /// application/merge-patch+json.
+    Merge,
+    /// application/json-patch+json.
+    Json,
+    /// application/strategic-merge-patch+json (built-ins only; treated as a merge patch).
+    Strategic,
+    /// application/apply-patch+yaml.
+    Apply,
+}
+
+impl PatchKind {
+    /// From a Content-Type.
+    pub fn from_content_type(ct: &str) -> Option<Self> {
+        let ct = ct.split(';').next().unwrap_or_default().trim();
+        match ct {
+            "application/merge-patch+json" => Some(Self::Merge),
+            "application/json-patch+json" => Some(Self::Json),
+            "application/strategic-merge-patch+json" => Some(Self::Strategic),
+            "application/apply-patch+yaml" | "application/apply-patch+json" => Some(Self::Apply),
+            _ => None,
+        }
+    }
+}
+
+/// Applies a JSON patch with the quirk kube-rs's finalizer helper relies on: `test` of a
+/// missing member against `null` succeeds when the parent exists.
+fn json_patch(doc: &mut Value, body: &[u8]) -> Result<(), ApiError> {
+    let ops: Vec<json_patch::PatchOperation> =
+        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding JSON patch: {e}")))?;
+    let rejected = || ApiError::new(422, "Invalid", "the server rejected our request due to an error in our request");
+    for op in ops {
+        if let json_patch::PatchOperation::Test(t) = &op {
+            let path = t.path.as_str();
+            if t.value.is_null() && doc.pointer(path).is_none() {
+                let parent = path.rsplit_once('/').map(|(p, _)| p).unwrap_or_default();
+                if doc.pointer(parent).is_some() {
+                    continue;
+                }
+                return Err(rejected());
+            }
+        }
+        json_patch::patch_unsafe(doc, std::slice::from_ref(&op)).map_err(|_| rejected())?;
+    }
+    Ok(())
+}
+
+/// Drops strategic-merge directives (`$patch`, `$setElementOrder/...`, `$retainKeys`) so the
+/// rest can be applied as a merge patch.
+fn strip_directives(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|k, _| !k.starts_with('$'));
+            for c in m.values_mut() {
+                strip_directives(c);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_directives),
+        _ => {}
+    }
+}
+
+fn conflict_error(rt: &ResourceType, name: &str, conflicts: &[Conflict]) -> ApiError {
+    let n = conflicts.len();
+    let message = if n == 1 {
+        format!("Apply failed with 1 conflict: {}: {}", conflicts[0].owner_text(), conflicts[0].field)
+    } else {
+        let lines: Vec<String> = conflicts.iter().map(|c| format!("{}: {}", c.owner_text(), c.field)).collect();
+        format!("Apply failed with {n} conflicts: {}", lines.join("\n"))
+    };
+    let causes: Vec<Value> = conflicts
+        .iter()
+        .map(|c| json!({"reason": "FieldManagerConflict", "message": c.owner_text(), "field": c.field}))
+        .collect();
+    ApiError::new(409, "Conflict", message)
+        .with_details(json!({"name": name, "group": rt.group, "kind": rt.plural, "causes": causes}))
+}
+
+/// PATCH of every kind.
+pub fn patch(
+    state: &mut State,
+    target: &Target,
+    name: &str,
+    kind: PatchKind,
+    body: &[u8],
+    force: bool,
+    opts: &WriteOptions,
+) -> Result<Written, ApiError> {
+    let rt = target.rt;
+    if force && kind != PatchKind::Apply {
+        return Err(ApiError::invalid(
+            &rt.kind,
+            &rt.group,
+            name,
+            &[Cause::new(CauseReason::Forbidden, "force", "Forbidden: may not be specified for non-apply patch")],
+        ));
+    }
+    if kind == PatchKind::Strategic && rt.is_custom() {
+        return Err(ApiError::unsupported_media_type(
+            "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+        ));
+    }
+    let old = state.get(&rt.storage, target.namespace, name);
+    if kind == PatchKind::Apply {
+        return server_side_apply(state, target, name, old, body, force, opts);
+    }
+    let Some(old) = old else {
+        return Err(ApiError::not_found(&rt.plural, &rt.group, name));
+    };
+    // The stored resourceVersion stays in the document: a patch that sets another one is a
+    // precondition that fails with 409, one that leaves it alone is unconditional.
+    let mut doc = present(rt, &old);
+    match kind {
+        PatchKind::Json => json_patch(&mut doc, body)?,
+        PatchKind::Merge | PatchKind::Strategic => {
+            let mut p: Value = serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+            if kind == PatchKind::Strategic {
+                strip_directives(&mut p);
+            }
+            json_patch::merge(&mut doc, &p);
+        }
+        PatchKind::Apply => {}
+    }
+    let doc = if rt.special == Special::EventsV1 { events::to_core(&doc) } else { doc };
+    commit(state, target, Some(old), doc, opts, Ownership::Update)
+}
+
+fn server_side_apply(
+    state: &mut State,
+    target: &Target,
+    name: &str,
+    old: Option<Arc<Value>>,
+    body: &[u8],
+    force: bool,
+    opts: &WriteOptions,
+) -> Result<Written, ApiError> {
+    let rt = target.rt;
+    if opts.manager.is_empty() {
+        return Err(ApiError::invalid(
+            &rt.kind,
+            &rt.group,
+            name,
+            &[Cause::new(CauseReason::Required, "fieldManager", "Required value: is required for apply patch")],
+        ));
+    }
+    let mut config: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(_) => {
+            serde_norway::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
+        }
+    };
+    if !config.is_object() {
+        return Err(ApiError::bad_request("the apply patch must be an object"));
+    }
+    let body_av = config.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_owned();
+    if body_av != rt.api_version() {
+        return Err(ApiError::bad_request(format!(
+            "Incorrect version specified in apply patch. Specified patch version: {body_av}, expected: {}",
+            rt.api_version()
+        )));
+    }
+    if config.pointer("/metadata/managedFields").is_some() {
+        return Err(ApiError::bad_request("metadata.managedFields must be nil"));
+    }
+    if rt.special == Special::EventsV1 {
+        config = events::to_core(&config);
+    }
+    {
+        let meta = meta_mut(&mut config);
+        meta.insert("name".into(), json!(name));
+        if rt.namespaced {
+            meta.insert("namespace".into(), json!(target.namespace));
+        }
+    }
+    let live = old.as_deref().map(|o| present_storage(rt, o));
+    let merged = fields::apply(live.as_ref(), &config, &opts.manager, force, target.subresource, rt.status_subresource)
+        .map_err(|c| conflict_error(rt, name, &c))?;
+    match old {
+        None => {
+            if target.subresource == "status" {
+                return Err(ApiError::not_found(&rt.plural, &rt.group, name));
+            }
+            insert(state, target, merged, opts, Ownership::Precomputed)
+        }
+        Some(old) => commit(state, target, Some(old), merged, opts, Ownership::Precomputed),
+    }
+}
+
+/// The stored form with this kind's apiVersion (events stay in core form).
+fn present_storage(rt: &ResourceType, object: &Value) -> Value {
+    if rt.special == Special::EventsV1 { object.clone() } else { present(rt, object) }
+}
+
+/// The common tail of every create and update: status rules, server-owned fields, admission,
+/// finalizer rules, generation, field ownership, then storage and the watch event.
+fn commit(
+    state: &mut State,
+    target: &Target,
+    old: Option<Arc<Value>>,
+    mut new: Value,
+    opts: &WriteOptions,
+    ownership: Ownership,
+) -> Result<Written, ApiError> {
+    let rt = target.rt;
+    let storage_av = if rt.special == Special::EventsV1 { "v1".to_owned() } else { rt.api_version() };
+    let storage_kind = rt.kind.clone();
+    let name = match &old {
+        Some(o) => name_of(o),
+        None => name_of(&new),
+    };
+    if let Some(m) = new.as_object_mut() {
+        m.insert("apiVersion".into(), json!(storage_av));
+        m.insert("kind".into(), json!(storage_kind));
+    }
+    if let Some(old) = &old {
+        let wanted_rv = meta_str(&new, "resourceVersion").map(str::to_owned);
+        if let Some(rv) = wanted_rv.filter(|rv| !rv.is_empty()) {
+            if Some(rv.as_str()) != meta_str(old, "resourceVersion") {
+                return Err(ApiError::conflict(&rt.plural, &rt.group, &name));
+            }
+        }
+        if target.subresource == "status" {
+            let status = new.get("status").cloned();
+            let managed = new.pointer("/metadata/managedFields").cloned();
+            new = present_storage(rt, old);
+            match status {
+                Some(s) => new["status"] = s,
+                None => {
+                    if let Some(m) = new.as_object_mut() {
+                        m.remove("status");
+                    }
+                }
+            }
+            if let (Ownership::Precomputed, Some(mf)) = (&ownership, managed) {
+                meta_mut(&mut new).insert("managedFields".into(), mf);
+            }
+        } else if rt.status_subresource {
+            match old.get("status") {
+                Some(s) => new["status"] = s.clone(),
+                None => {
+                    if let Some(m) = new.as_object_mut() {
+                        m.remove("status");
+                    }
+                }
+            }
+        }
+        let managed = new.pointer("/metadata/managedFields").cloned();
+        meta::keep_server_fields(&mut new, old);
+        if let (Ownership::Precomputed, Some(mf)) = (&ownership, managed) {
+            meta_mut(&mut new).insert("managedFields".into(), mf);
+        }
+        let meta = meta_mut(&mut new);
+        meta.insert("name".into(), json!(name));
+        if rt.namespaced {
+            meta.insert("namespace".into(), json!(target.namespace));
+        }
+    }
+
+    let mut warnings = Vec::new();
+    if let Some(validator) = &rt.validator {
+        let old_json = old.as_deref().map(|o| present(rt, o));
+        match validator.admit(&rt.version, &new, old_json.as_ref()) {
+            Ok(admitted) => {
+                if !admitted.unknown_fields.is_empty() {
+                    match opts.field_validation {
+                        FieldValidation::Ignore => {}
+                        FieldValidation::Warn => {
+                            warnings.extend(admitted.unknown_fields.iter().map(|f| format!("unknown field \"{f}\"")));
+                        }
+                        FieldValidation::Strict => {
+                            let list = admitted
+                                .unknown_fields
+                                .iter()
+                                .map(|f| format!("unknown field \"{f}\""))
+                                .collect::<Vec<_>>()
+                                .join(", ");
+                            return Err(match opts.verb {
+                                Verb::Create | Verb::Update => ApiError::bad_request(format!(
+                                    "{kind} in version \"{v}\" cannot be handled as a {kind}: strict decoding error: {list}",
+                                    kind = rt.kind,
+                                    v = rt.version
+                                )),
+                                Verb::Patch | Verb::Apply => ApiError::invalid(
+                                    &rt.kind,
+                                    &rt.group,
+                                    &name,
+                                    &[Cause::new(
+                                        CauseReason::Invalid,
+                                        "patch",
+                                        format!("Invalid value: \"object\": strict decoding error: {list}"),
+                                    )],
+                                ),
+                            });
+                        }
+                    }
+                }
+                new = admitted.object;
+            }
+            Err(causes) => return Err(ApiError::invalid(&rt.kind, &rt.group, &name, &causes)),
+        }
+    }
+
+    let mut crd_types = None;
+    if rt.special == Special::Crd {
+        let types = from_crd(&new).map_err(|e| {
+            ApiError::invalid(
+                &rt.kind,
+                &rt.group,
+                &name,
+                &[Cause::new(CauseReason::Invalid, "spec", format!("Invalid value: \"object\": {e}"))],
+            )
+        })?;
+        new["status"] = crd_status(&new);
+        crd_types = Some(types);
+    }
+    if rt.special == Special::Namespace && new.pointer("/status/phase").is_none() {
+        new["status"] = json!({"phase": "Active"});
+    }
+
+    if let Some(old) = &old {
+        if old.pointer("/metadata/deletionTimestamp").is_some() {
+            let before = meta::finalizers(old);
+            let added: Vec<String> = meta::finalizers(&new).into_iter().filter(|f| !before.contains(f)).collect();
+            if !added.is_empty() {
+                return Err(ApiError::invalid(
+                    &rt.kind,
+                    &rt.group,
+                    &name,
+                    &[Cause::new(
+                        CauseReason::Forbidden,
+                        "metadata.finalizers",
+                        format!(
+                            "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {}",
+                            serde_json::to_string(&added).unwrap_or_default()
+                        ),
+                    )],
+                ));
+            }
+        }
+        if rt.is_custom() || rt.special == Special::Crd {
+            let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+            let bumped = if meta::spec_changed(old, &new, rt.status_subresource) { generation + 1 } else { generation };
+            meta_mut(&mut new).insert("generation".into(), json!(bumped));
+        }
+    }
+    meta::normalise(&mut new);
+    if matches!(ownership, Ownership::Update) {
+        fields::record_update(
+            old.as_deref(),
+            &mut new,
+            &opts.manager,
+            target.subresource,
+            &rt.api_version(),
+            rt.status_subresource,
+        );
+    }
+
+    if let Some(old) = &old {
+        if meta::content(old) == meta::content(&new) && same_owners(old, &new) {
+            return Ok(Written { object: present(rt, old), warnings, created: false });
+        }
+    }
+    if opts.dry_run {
+        return Ok(Written { object: present(rt, &new), warnings, created: old.is_none() });
+    }
+    let deleting = new.pointer("/metadata/deletionTimestamp").is_some();
+    if deleting && meta::finalizers(&new).is_empty() {
+        let rv = state.next_rv();
+        meta_mut(&mut new).insert("resourceVersion".into(), json!(rv.to_string()));
+        let last = state.remove(&rt.storage, target.namespace, &name, new, rv);
+        after_removal(state, rt, &last);
+        return Ok(Written { object: present(rt, &last), warnings, created: false });
+    }
+    let rv = state.next_rv();
+    meta_mut(&mut new).insert("resourceVersion".into(), json!(rv.to_string()));
+    let event = if old.is_some() { EventType::Modified } else { EventType::Added };
+    let stored = state.put(&rt.storage, target.namespace, &name, new, event, rv);
+    if let Some(types) = crd_types {
+        let group = stored.pointer("/spec/group").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let plural = stored.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or_default().to_owned();
+        state.set_crd_types(&group, &plural, types);
+    }
+    Ok(Written { object: present(rt, &stored), warnings, created: old.is_none() })
+}
+
+/// Whether two objects have the same field owners (ignoring the times of the entries).
+fn same_owners(a: &Value, b: &Value) -> bool {
+    let owners = |v: &Value| -> Vec<Value> {
+        v.pointer("/metadata/managedFields")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .map(|e| {
+                        let mut e = e.clone();
+                        if let Some(m) = e.as_object_mut() {
+                            m.remove("time");
+                        }
+                        e
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    owners(a) == owners(b)
+}
+
+fn crd_status(crd: &Value) -> Value {
+    let now = now_time();
+    json!({
+        "acceptedNames": crd.pointer("/spec/names").cloned().unwrap_or_else(|| json!({})),
+        "conditions": [
+            {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now},
+            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now},
+        ],
+        "storedVersions": crd.pointer("/spec/versions").and_then(Value::as_array).map(|vs| {
+            vs.iter().filter(|v| v.get("storage").and_then(Value::as_bool) == Some(true)).filter_map(|v| v.get("name").cloned()).collect::<Vec<_>>()
+        }).unwrap_or_default(),
+    })
+}
+
+/// `propagationPolicy` of a delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Propagation {
+    /// Owner first, dependents after (the default).
+    Background,
+    /// Dependents first.
+    Foreground,
+    /// Dependents keep living, without the ownerReference.
+    Orphan,
+}
+
+/// Options of a DELETE.
+#[derive(Debug, Clone)]
+pub struct DeleteOptions {
+    /// `propagationPolicy`.
+    pub propagation: Propagation,
+    /// `preconditions.uid`.
+    pub uid: Option<String>,
+    /// `preconditions.resourceVersion`.
+    pub resource_version: Option<String>,
+    /// `dryRun=All`.
+    pub dry_run: bool,
+}
+
+/// What a delete returned.
+pub enum Deleted {
+    /// Still present (finalizers): the object with its deletionTimestamp.
+    Pending(Value),
+    /// Gone: a success Status.
+    Gone(Value),
+}
+
+/// DELETE of one object.
+pub fn delete(
+    state: &mut State,
+    rt: &Arc<ResourceType>,
+    namespace: &str,
+    name: &str,
+    opts: &DeleteOptions,
+) -> Result<Deleted, ApiError> {
+    let Some(old) = state.get(&rt.storage, namespace, name) else {
+        return Err(ApiError::not_found(&rt.plural, &rt.group, name));
+    };
+    if opts.uid.as_deref().is_some_and(|u| Some(u) != meta_str(&old, "uid"))
+        || opts.resource_version.as_deref().is_some_and(|r| Some(r) != meta_str(&old, "resourceVersion"))
+    {
+        return Err(ApiError::conflict(&rt.plural, &rt.group, name));
+    }
+    let uid = meta_str(&old, "uid").unwrap_or_default().to_owned();
+    if opts.dry_run {
+        return Ok(Deleted::Pending(present(rt, &old)));
+    }
+    match opts.propagation {
+        Propagation::Orphan => orphan_dependents(state, &uid),
+        Propagation::Foreground => delete_dependents(state, &uid),
+        Propagation::Background => {}
+    }
+    if !meta::finalizers(&old).is_empty() {
+        if old.pointer("/metadata/deletionTimestamp").is_some() {
+            return Ok(Deleted::Pending(present(rt, &old)));
+        }
+        let mut new = (*old).clone();
+        let generation = new.pointer("/metadata/generation").and_then(Value::as_i64);
+        let rv = state.next_rv();
+        let meta = meta_mut(&mut new);
+        meta.insert("deletionTimestamp".into(), json!(now_time()));
+        meta.insert("deletionGracePeriodSeconds".into(), json!(0));
+        if let Some(g) = generation {
+            meta.insert("generation".into(), json!(g + 1));
+        }
+        meta.insert("resourceVersion".into(), json!(rv.to_string()));
+        let stored = state.put(&rt.storage, namespace, name, new, EventType::Modified, rv);
+        return Ok(Deleted::Pending(present(rt, &stored)));
+    }
+    let rv = state.next_rv();
+    let mut last = (*old).clone();
+    meta_mut(&mut last).insert("resourceVersion".into(), json!(rv.to_string()));
+    let last = state.remove(&rt.storage, namespace, name, last, rv);
+    after_removal(state, rt, &last);
+    Ok(Deleted::Gone(json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "details": {"name": name, "group": rt.group, "kind": rt.plural, "uid": uid},
+    })))
+}
+
+/// What removing an object implies: its dependents are collected, a namespace takes its
+/// content along, a CRD its kind and objects.
+fn after_removal(state: &mut State, rt: &ResourceType, last: &Value) {
+    let uid = meta_str(last, "uid").unwrap_or_default().to_owned();
+    match rt.special {
+        Special::Namespace => {
+            let ns = name_of(last);
+            let doomed: Vec<(Arc<ResourceType>, String)> = state
+                .buckets()
+                .flat_map(|(_, b)| b.iter())
+                .filter(|((n, _), _)| *n == ns)
+                .filter_map(|((_, name), obj)| type_of(state, obj).map(|t| (t, name.clone())))
+                .collect();
+            for (t, name) in doomed {
+                let _ = delete(state, &t, &ns, &name, &background());
+            }
+        }
+        Special::Crd => {
+            let group = last.pointer("/spec/group").and_then(Value::as_str).unwrap_or_default().to_owned();
+            let plural = last.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or_default().to_owned();
+            let storage = (group.clone(), plural.clone());
+            let doomed: Vec<(String, String)> =
+                state.buckets().filter(|(k, _)| **k == storage).flat_map(|(_, b)| b.keys().cloned()).collect();
+            for (ns, name) in doomed {
+                if let Some(obj) = state.get(&storage, &ns, &name) {
+                    let rv = state.next_rv();
+                    let mut o = (*obj).clone();
+                    meta_mut(&mut o).insert("resourceVersion".into(), json!(rv.to_string()));
+                    state.remove(&storage, &ns, &name, o, rv);
+                }
+            }
+            state.set_crd_types(&group, &plural, Vec::new());
+        }
+        _ => {}
+    }
+    collect_garbage(state, &uid);
+}
+
+fn background() -> DeleteOptions {
+    DeleteOptions { propagation: Propagation::Background, uid: None, resource_version: None, dry_run: false }
+}
+
+/// The kind an object is stored as (by its apiVersion and kind).
+fn type_of(state: &State, object: &Value) -> Option<Arc<ResourceType>> {
+    let av = object.get("apiVersion")?.as_str()?;
+    let kind = object.get("kind")?.as_str()?;
+    state.types().iter().find(|t| t.api_version() == av && t.kind == kind && t.special != Special::EventsV1).cloned()
+}
+
+/// (kind, namespace, name) of every object with an ownerReference to `uid`.
+fn dependents(state: &State, uid: &str) -> Vec<(Arc<ResourceType>, String, String)> {
+    if uid.is_empty() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (_, bucket) in state.buckets() {
+        for ((ns, name), obj) in bucket {
+            let owned = obj
+                .pointer("/metadata/ownerReferences")
+                .and_then(Value::as_array)
+                .is_some_and(|refs| refs.iter().any(|r| r.get("uid").and_then(Value::as_str) == Some(uid)));
+            if owned {
+                if let Some(t) = type_of(state, obj) {
+                    out.push((t, ns.clone(), name.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn uid_exists(state: &State, uid: &str) -> bool {
+    state.buckets().flat_map(|(_, b)| b.values()).any(|o| meta_str(o, "uid") == Some(uid))
+}
+
+/// Rewrites a dependent without the ownerReferences matching `drop`.
+fn strip_owner_refs(state: &mut State, rt: &ResourceType, ns: &str, name: &str, drop: &dyn Fn(&Value) -> bool) {
+    let Some(obj) = state.get(&rt.storage, ns, name) else { return };
+    let mut new = (*obj).clone();
+    if let Some(Value::Array(refs)) = new.pointer_mut("/metadata/ownerReferences") {
+        refs.retain(|r| !drop(r));
+    }
+    meta::normalise(&mut new);
+    let rv = state.next_rv();
+    meta_mut(&mut new).insert("resourceVersion".into(), json!(rv.to_string()));
+    state.put(&rt.storage, ns, name, new, EventType::Modified, rv);
+}
+
+/// Background garbage collection after the object with `uid` went away: dependents whose
+/// owners are all gone are deleted (recursively); the others lose the dangling reference.
+fn collect_garbage(state: &mut State, uid: &str) {
+    for (t, ns, name) in dependents(state, uid) {
+        let Some(obj) = state.get(&t.storage, &ns, &name) else { continue };
+        let other_owner_alive =
+            obj.pointer("/metadata/ownerReferences").and_then(Value::as_array).is_some_and(|refs| {
+                refs.iter()
+                    .filter_map(|r| r.get("uid").and_then(Value::as_str))
+                    .any(|u| u != uid && uid_exists(state, u))
+            });
+        if other_owner_alive {
+            strip_owner_refs(state, &t, &ns, &name, &|r| r.get("uid").and_then(Value::as_str) == Some(uid));
+        } else {
+            let _ = delete(state, &t, &ns, &name, &background());
+        }
+    }
+}
+
+fn orphan_dependents(state: &mut State, uid: &str) {
+    for (t, ns, name) in dependents(state, uid) {
+        strip_owner_refs(state, &t, &ns, &name, &|r| r.get("uid").and_then(Value::as_str) == Some(uid));
+    }
+}
+
+fn delete_dependents(state: &mut State, uid: &str) {
+    for (t, ns, name) in dependents(state, uid) {
+        let _ = delete(state, &t, &ns, &name, &background());
+    }
+}

@@ -1,0 +1,14 @@
+//! The in-process Kubernetes API server (`sim::kube`) against real clients: kubectl 1.32 (on
+//! PATH) and 1.35 (`KUBECTL_135`), kube-rs's `Api`, `Controller`, `watcher`, `reflector` and
+//! `finalizer()`, and the official Python client (`CRABGLAMP_PYTHON`).
+//!
+//! One test binary (links are slow here); each scenario starts its own server on a free port.
+
+#[path = "kube/common.rs"]
+mod common;
+#[path = "kube/kubectl.rs"]
+mod kubectl;
+#[path = "kube/python.rs"]
+mod python;
+#[path = "kube/runtime.rs"]
+mod runtime;
