@@ -1,7 +1,7 @@
 //! The `x-kubernetes-validations` half of admission: kube-cel evaluates the rules, this module
 //! turns its errors into Kubernetes causes and ratchets rules that do not look at `oldSelf`.
 
-use kube_cel::{ErrorKind, RootContext, Validator};
+use kube_cel::{ErrorKind, RootContext};
 use serde_json::Value;
 
 use super::cause::{Cause, CauseReason};
@@ -58,7 +58,7 @@ fn schema_type_at(schema: &Value, path: &str) -> String {
 pub(super) fn check(validator: &CrdValidator, vs: &VersionSchema, object: &Value, old: Option<&Value>) -> Vec<Cause> {
     let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_owned();
     let root = RootContext { api_version, api_group: validator.group.clone(), kind: validator.kind.clone() };
-    let Err(errors) = Validator::new().validate_compiled_with_context(&vs.compiled, object, old, Some(&root)) else {
+    let Err(errors) = validator.cel.validate_compiled_with_context(&vs.compiled, object, old, Some(&root)) else {
         return Vec::new();
     };
     errors

@@ -66,6 +66,8 @@ pub struct CrdValidator {
     group: String,
     kind: String,
     versions: BTreeMap<String, VersionSchema>,
+    // Registering the CEL function library is costly; one evaluator serves every admission.
+    cel: kube_cel::Validator,
 }
 
 struct VersionSchema {
@@ -95,7 +97,12 @@ impl CrdValidator {
             }
             versions.insert(version.name.clone(), VersionSchema { schema, compiled });
         }
-        Ok(Self { group: crd.spec.group.clone(), kind: crd.spec.names.kind.clone(), versions })
+        Ok(Self {
+            group: crd.spec.group.clone(),
+            kind: crd.spec.names.kind.clone(),
+            versions,
+            cel: kube_cel::Validator::new(),
+        })
     }
 
     /// The CRD's kind, e.g. `Agent`.
