@@ -36,15 +36,9 @@ pub struct RateBudget {
 
 impl RateBudget {
     /// Hetzner's documented default: 3600 requests per hour, +1 per second.
-    pub const HETZNER_DEFAULT: RateBudget = RateBudget {
-        capacity: 3600,
-        refill_per_sec: 1.0,
-    };
+    pub const HETZNER_DEFAULT: RateBudget = RateBudget { capacity: 3600, refill_per_sec: 1.0 };
     /// Cloudflare's documented default: 1200 requests per five minutes.
-    pub const CLOUDFLARE_DEFAULT: RateBudget = RateBudget {
-        capacity: 1200,
-        refill_per_sec: 4.0,
-    };
+    pub const CLOUDFLARE_DEFAULT: RateBudget = RateBudget { capacity: 1200, refill_per_sec: 4.0 };
 
     /// The window in which the whole capacity refills (Cloudflare's `w=` parameter).
     fn window_secs(&self) -> u64 {
@@ -64,6 +58,8 @@ pub enum InjectedError {
     Timeout,
     /// Hetzner `conflict` (409): "resource changed mid-request, retry".
     Conflict,
+    /// One of the four 5xx above, picked at random each time.
+    Any5xx,
 }
 
 impl InjectedError {
@@ -74,12 +70,13 @@ impl InjectedError {
             InjectedError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             InjectedError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             InjectedError::Conflict => StatusCode::CONFLICT,
+            InjectedError::Any5xx => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn hetzner_code(self) -> &'static str {
         match self {
-            InjectedError::ServerError => "server_error",
+            InjectedError::ServerError | InjectedError::Any5xx => "server_error",
             InjectedError::BadGateway => "bad_gateway",
             InjectedError::Unavailable => "unavailable",
             InjectedError::Timeout => "timeout",
@@ -101,20 +98,7 @@ pub struct FaultRule {
 impl FaultRule {
     /// Any request fails with a random 5xx at probability `rate`.
     pub fn any_5xx(rate: f64) -> Vec<FaultRule> {
-        [
-            InjectedError::ServerError,
-            InjectedError::BadGateway,
-            InjectedError::Unavailable,
-            InjectedError::Timeout,
-        ]
-        .into_iter()
-        .map(|error| FaultRule {
-            method: None,
-            path_contains: String::new(),
-            rate: rate / 4.0,
-            error,
-        })
-        .collect()
+        vec![FaultRule { method: None, path_contains: String::new(), rate, error: InjectedError::Any5xx }]
     }
 }
 
@@ -153,17 +137,12 @@ struct ServerBucket {
 
 impl ServerBucket {
     fn new(budget: RateBudget) -> Self {
-        ServerBucket {
-            budget,
-            tokens: f64::from(budget.capacity),
-            last: Instant::now(),
-        }
+        ServerBucket { budget, tokens: f64::from(budget.capacity), last: Instant::now() }
     }
 
     fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens =
-            (self.tokens + elapsed * self.budget.refill_per_sec).min(f64::from(self.budget.capacity));
+        self.tokens = (self.tokens + elapsed * self.budget.refill_per_sec).min(f64::from(self.budget.capacity));
         self.last = now;
     }
 
@@ -251,10 +230,7 @@ impl SimControl {
 
     /// Requests with this method whose path contains `path_contains`.
     pub fn count(&self, method: &Method, path_contains: &str) -> usize {
-        lock(&self.log)
-            .iter()
-            .filter(|r| &r.method == method && r.path.contains(path_contains))
-            .count()
+        lock(&self.log).iter().filter(|r| r.method == *method && r.path.contains(path_contains)).count()
     }
 
     fn record(&self, record: RequestRecord) {
@@ -270,7 +246,16 @@ impl SimControl {
                 continue;
             }
             if rng.random::<f64>() < rule.rate {
-                return Some((rule.error, plan.fail_after_apply && *method != Method::GET));
+                let error = match rule.error {
+                    InjectedError::Any5xx => [
+                        InjectedError::ServerError,
+                        InjectedError::BadGateway,
+                        InjectedError::Unavailable,
+                        InjectedError::Timeout,
+                    ][rng.random_range(0..4)],
+                    e => e,
+                };
+                return Some((error, plan.fail_after_apply && *method != Method::GET));
             }
         }
         None
@@ -290,29 +275,27 @@ impl SimControl {
         lock(&self.faults).0.latency
     }
 
-    fn authorized(&self, headers: &HeaderMap) -> Result<(), Response> {
+    /// The answer to a request whose credentials are missing or wrong; `None` when they are fine.
+    fn auth_failure(&self, headers: &HeaderMap) -> Option<Response> {
         let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         match (self.dialect, auth) {
-            (Dialect::Hetzner, Some(v)) if bearer(v) == Some(self.token.as_str()) => Ok(()),
-            (Dialect::Hetzner, _) => Err(hetzner_error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "unable to authenticate",
-                Value::Null,
-            )),
-            (Dialect::Cloudflare, None) => Err(cloudflare_errors(
+            (Dialect::Hetzner, Some(v)) if bearer(v) == Some(self.token.as_str()) => None,
+            (Dialect::Hetzner, _) => {
+                Some(hetzner_error(StatusCode::UNAUTHORIZED, "unauthorized", "unable to authenticate", Value::Null))
+            }
+            (Dialect::Cloudflare, None) => Some(cloudflare_errors(
                 StatusCode::BAD_REQUEST,
                 json!([{"code": 9106, "message": "Missing X-Auth-Email header"},
                        {"code": 9107, "message": "Missing X-Auth-Key header"}]),
             )),
             (Dialect::Cloudflare, Some(v)) => match bearer(v) {
-                None => Err(cloudflare_errors(
+                None => Some(cloudflare_errors(
                     StatusCode::BAD_REQUEST,
                     json!([{"code": 6003, "message": "Invalid request headers",
                             "error_chain": [{"code": 6111, "message": "Invalid format for Authorization header"}]}]),
                 )),
-                Some(t) if t == self.token => Ok(()),
-                Some(_) => Err(cloudflare_error(StatusCode::UNAUTHORIZED, 1000, "Invalid API Token")),
+                Some(t) if t == self.token => None,
+                Some(_) => Some(cloudflare_error(StatusCode::UNAUTHORIZED, 1000, "Invalid API Token")),
             },
         }
     }
@@ -331,7 +314,11 @@ impl SimControl {
                 "More than 1200 requests per 300 seconds reached. Please wait and consider throttling your request speed",
             ),
         };
-        if let Ok(v) = HeaderValue::from_str(&bucket.secs_to_next().to_string()) {
+        // Cloudflare documents `Retry-After` on 429; for Hetzner it is unverified and the
+        // official clients ignore it, so only `RateLimit-Reset` tells when the budget is back.
+        if self.dialect == Dialect::Cloudflare
+            && let Ok(v) = HeaderValue::from_str(&bucket.secs_to_next().to_string())
+        {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
         }
         resp
@@ -351,10 +338,7 @@ impl SimControl {
                 put("ratelimit-reset", (now + bucket.secs_to_full()).to_string());
             }
             Dialect::Cloudflare => {
-                put(
-                    "ratelimit",
-                    format!("\"default\";r={};t={}", bucket.remaining(), bucket.secs_to_full()),
-                );
+                put("ratelimit", format!("\"default\";r={};t={}", bucket.remaining(), bucket.secs_to_full()));
                 put(
                     "ratelimit-policy",
                     format!("\"burst\";q={};w={}", bucket.budget.capacity, bucket.budget.window_secs()),
@@ -365,13 +349,10 @@ impl SimControl {
 
     fn injected_response(&self, error: InjectedError) -> Response {
         match self.dialect {
-            Dialect::Hetzner => hetzner_error(
-                error.status(),
-                error.hetzner_code(),
-                "injected fault",
-                Value::Null,
-            ),
-            Dialect::Cloudflare => cloudflare_error(error.status(), 10000 + u32::from(error.status().as_u16()), "injected fault"),
+            Dialect::Hetzner => hetzner_error(error.status(), error.hetzner_code(), "injected fault", Value::Null),
+            Dialect::Cloudflare => {
+                cloudflare_error(error.status(), 10000 + u32::from(error.status().as_u16()), "injected fault")
+            }
         }
     }
 }
@@ -382,10 +363,7 @@ fn bearer(value: &str) -> Option<&str> {
 
 /// Hetzner's error envelope: `{"error": {"code", "message", "details"}}`.
 pub fn hetzner_error(status: StatusCode, code: &str, message: &str, details: Value) -> Response {
-    json_response(
-        status,
-        &json!({"error": {"code": code, "message": message, "details": details}}),
-    )
+    json_response(status, &json!({"error": {"code": code, "message": message, "details": details}}))
 }
 
 /// Cloudflare's failure envelope with one error.
@@ -395,10 +373,7 @@ pub fn cloudflare_error(status: StatusCode, code: u32, message: &str) -> Respons
 
 /// Cloudflare's failure envelope: `success: false, result: null`, `messages` always empty.
 pub fn cloudflare_errors(status: StatusCode, errors: Value) -> Response {
-    json_response(
-        status,
-        &json!({"success": false, "errors": errors, "messages": [], "result": null}),
-    )
+    json_response(status, &json!({"success": false, "errors": errors, "messages": [], "result": null}))
 }
 
 /// A JSON response with `Content-Type` exactly `application/json` (cloudflared only reads
@@ -406,8 +381,7 @@ pub fn cloudflare_errors(status: StatusCode, errors: Value) -> Response {
 pub fn json_response(status: StatusCode, body: &Value) -> Response {
     let mut resp = Response::new(Body::from(body.to_string()));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
@@ -421,24 +395,12 @@ async fn gate(State(control): State<Arc<SimControl>>, req: Request, next: Next) 
         tokio::time::sleep(latency).await;
     }
     let (response, injected) = handle_gated(&control, req, next, &method, &path).await;
-    control.record(RequestRecord {
-        method,
-        path,
-        query,
-        status: response.status().as_u16(),
-        injected,
-    });
+    control.record(RequestRecord { method, path, query, status: response.status().as_u16(), injected });
     response
 }
 
-async fn handle_gated(
-    control: &SimControl,
-    req: Request,
-    next: Next,
-    method: &Method,
-    path: &str,
-) -> (Response, bool) {
-    if let Err(resp) = control.authorized(req.headers()) {
+async fn handle_gated(control: &SimControl, req: Request, next: Next, method: &Method, path: &str) -> (Response, bool) {
+    if let Some(resp) = control.auth_failure(req.headers()) {
         return (resp, false);
     }
     // Every authenticated request counts against the budget, failed ones included, as on

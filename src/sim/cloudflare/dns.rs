@@ -72,10 +72,7 @@ type Q = Query<Vec<(String, String)>>;
 pub fn router() -> Router<Arc<CfState>> {
     Router::new()
         .route("/zones/{zone}/dns_records", get(list).post(create))
-        .route(
-            "/zones/{zone}/dns_records/{id}",
-            get(get_one).patch(patch).put(put).delete(delete),
-        )
+        .route("/zones/{zone}/dns_records/{id}", get(get_one).patch(patch).put(put).delete(delete))
 }
 
 fn check_zone(st: &CfState, zone: &str) -> Result<(), CfError> {
@@ -118,9 +115,7 @@ fn parse_record(body: &serde_json::Map<String, Value>, base: Option<&Record>, zo
         .ok_or_else(|| CfError::bad_request(9007, "Content for the record is invalid."))?;
     let ttl = match body.get("ttl") {
         None => base.map_or(1, |b| b.ttl),
-        Some(v) => v
-            .as_i64()
-            .ok_or_else(|| CfError::bad_request(9021, "Invalid TTL."))?,
+        Some(v) => v.as_i64().ok_or_else(|| CfError::bad_request(9021, "Invalid TTL."))?,
     };
     if ttl != 1 && !(60..=86400).contains(&ttl) {
         return Err(CfError::bad_request(
@@ -138,11 +133,7 @@ fn parse_record(body: &serde_json::Map<String, Value>, base: Option<&Record>, zo
     let comment = match body.get("comment") {
         None => base.and_then(|b| b.comment.clone()),
         Some(Value::Null) => None,
-        Some(v) => Some(
-            v.as_str()
-                .ok_or_else(|| CfError::bad_request(9101, "comment must be a string"))?
-                .to_owned(),
-        ),
+        Some(v) => Some(v.as_str().ok_or_else(|| CfError::bad_request(9101, "comment must be a string"))?.to_owned()),
     };
     let tags = match body.get("tags") {
         None => base.map(|b| b.tags.clone()).unwrap_or_default(),
@@ -181,10 +172,7 @@ fn check_conflicts(records: &Records, r: &Record) -> Result<(), CfError> {
         }
         let address = |k: &str| matches!(k, "A" | "AAAA");
         if r.kind == "CNAME" && (address(&other.kind) || other.kind == "CNAME") {
-            return Err(CfError::bad_request(
-                81053,
-                "An A, AAAA, or CNAME record with that host already exists.",
-            ));
+            return Err(CfError::bad_request(81053, "An A, AAAA, or CNAME record with that host already exists."));
         }
         if address(&r.kind) && other.kind == "CNAME" {
             return Err(CfError::bad_request(81054, "A CNAME record with that host already exists."));
@@ -204,10 +192,13 @@ async fn create(State(st): St, Path(zone): Path<String>, body: Bytes) -> Reply {
     ok(json)
 }
 
+/// A test one string filter applies to a field's value.
+type Matcher = Box<dyn Fn(&str) -> bool>;
+
 /// One string filter, `field=` (exact) or `field.exact|contains|startswith|endswith=`,
 /// case-insensitive as documented.
-fn string_filters(q: &[(String, String)], field: &str) -> Vec<Box<dyn Fn(&str) -> bool>> {
-    let mut out: Vec<Box<dyn Fn(&str) -> bool>> = Vec::new();
+fn string_filters(q: &[(String, String)], field: &str) -> Vec<Matcher> {
+    let mut out: Vec<Matcher> = Vec::new();
     for (k, v) in q {
         let v = v.to_ascii_lowercase();
         let op = if k == field { Some("exact") } else { k.strip_prefix(field).and_then(|r| r.strip_prefix('.')) };

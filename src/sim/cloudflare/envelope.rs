@@ -36,10 +36,7 @@ impl IntoResponse for CfError {
 }
 
 pub fn ok(result: Value) -> Reply {
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"success": true, "errors": [], "messages": [], "result": result}),
-    ))
+    Ok(json_response(StatusCode::OK, &json!({"success": true, "errors": [], "messages": [], "result": result})))
 }
 
 /// A page of `items`; pages past the end are empty (the Python SDK walks until one is).

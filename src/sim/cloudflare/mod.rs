@@ -51,28 +51,16 @@ pub(crate) struct CfState {
 pub async fn spawn(config: CloudflareSimConfig, listener: TcpListener) -> std::io::Result<RunningSim> {
     let budget = RateBudget {
         capacity: config.rate_limit,
-        refill_per_sec: config
-            .rate_refill_per_sec
-            .unwrap_or(f64::from(config.rate_limit) / 300.0),
+        refill_per_sec: config.rate_refill_per_sec.unwrap_or(f64::from(config.rate_limit) / 300.0),
     };
     let state = Arc::new(CfState {
         config: config.clone(),
         tunnels: Mutex::new(tunnels::Tunnels::default()),
         dns: Mutex::new(dns::Records::default()),
     });
-    let router = Router::new()
-        .merge(tunnels::router())
-        .merge(dns::router())
-        .with_state(Arc::clone(&state));
+    let router = Router::new().merge(tunnels::router()).merge(dns::router()).with_state(Arc::clone(&state));
     serve(
-        SimParts {
-            dialect: Dialect::Cloudflare,
-            token: config.token,
-            budget,
-            base_path: "/client/v4",
-            router,
-            state,
-        },
+        SimParts { dialect: Dialect::Cloudflare, token: config.token, budget, base_path: "/client/v4", router, state },
         listener,
     )
     .await
@@ -80,20 +68,15 @@ pub async fn spawn(config: CloudflareSimConfig, listener: TcpListener) -> std::i
 
 /// Test hook: a connector connects to the tunnel (so delete without `cascade` is refused).
 pub fn connect_tunnel(sim: &RunningSim, tunnel_id: &str) -> bool {
-    sim.state::<CfState>()
-        .is_some_and(|st| lock(&st.tunnels).connect(tunnel_id))
+    sim.state::<CfState>().is_some_and(|st| lock(&st.tunnels).connect(tunnel_id))
 }
 
 /// Names of the tunnels not deleted (tests check for duplicates with it).
 pub fn live_tunnel_names(sim: &RunningSim) -> Vec<String> {
-    sim.state::<CfState>()
-        .map(|st| lock(&st.tunnels).live_names())
-        .unwrap_or_default()
+    sim.state::<CfState>().map(|st| lock(&st.tunnels).live_names()).unwrap_or_default()
 }
 
 /// Number of DNS records in the zone.
 pub fn dns_record_count(sim: &RunningSim) -> usize {
-    sim.state::<CfState>()
-        .map(|st| lock(&st.dns).len())
-        .unwrap_or_default()
+    sim.state::<CfState>().map(|st| lock(&st.dns).len()).unwrap_or_default()
 }

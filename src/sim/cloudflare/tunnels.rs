@@ -91,11 +91,7 @@ impl Tunnels {
     }
 
     pub fn live_names(&self) -> Vec<String> {
-        self.by_id
-            .values()
-            .filter(|t| t.deleted_at.is_none())
-            .map(|t| t.name.clone())
-            .collect()
+        self.by_id.values().filter(|t| t.deleted_at.is_none()).map(|t| t.name.clone()).collect()
     }
 }
 
@@ -107,14 +103,8 @@ pub fn router() -> Router<Arc<CfState>> {
         .route("/accounts/{account}/cfd_tunnel", get(list).post(create))
         .route("/accounts/{account}/cfd_tunnel/{id}", get(get_one).patch(patch).delete(delete))
         .route("/accounts/{account}/cfd_tunnel/{id}/token", get(token))
-        .route(
-            "/accounts/{account}/cfd_tunnel/{id}/configurations",
-            get(get_config).put(put_config),
-        )
-        .route(
-            "/accounts/{account}/cfd_tunnel/{id}/connections",
-            get(connections).delete(drop_connections),
-        )
+        .route("/accounts/{account}/cfd_tunnel/{id}/configurations", get(get_config).put(put_config))
+        .route("/accounts/{account}/cfd_tunnel/{id}/connections", get(connections).delete(drop_connections))
 }
 
 fn check_account(st: &CfState, account: &str) -> Result<(), CfError> {
@@ -129,9 +119,7 @@ fn parse_secret(v: Option<&Value>) -> Result<Option<Vec<u8>>, CfError> {
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => {
-            let bytes = B64
-                .decode(s)
-                .map_err(|_| CfError::bad_request(1003, "tunnel_secret must be base64"))?;
+            let bytes = B64.decode(s).map_err(|_| CfError::bad_request(1003, "tunnel_secret must be base64"))?;
             if bytes.len() < 32 {
                 return Err(CfError::bad_request(1003, "tunnel_secret must be at least 32 bytes"));
             }
@@ -219,17 +207,11 @@ async fn list(State(st): St, Path(account): Path<String>, Query(q): Q) -> Reply 
 }
 
 fn find<'a>(tunnels: &'a Tunnels, id: &str) -> Result<&'a Tunnel, CfError> {
-    Uuid::parse_str(id)
-        .ok()
-        .and_then(|id| tunnels.by_id.get(&id))
-        .ok_or_else(not_found)
+    Uuid::parse_str(id).ok().and_then(|id| tunnels.by_id.get(&id)).ok_or_else(not_found)
 }
 
 fn find_mut<'a>(tunnels: &'a mut Tunnels, id: &str) -> Result<&'a mut Tunnel, CfError> {
-    Uuid::parse_str(id)
-        .ok()
-        .and_then(|id| tunnels.by_id.get_mut(&id))
-        .ok_or_else(not_found)
+    Uuid::parse_str(id).ok().and_then(|id| tunnels.by_id.get_mut(&id)).ok_or_else(not_found)
 }
 
 async fn get_one(State(st): St, Path((account, id)): Path<(String, String)>) -> Reply {
@@ -272,10 +254,7 @@ async fn delete(State(st): St, Path((account, id)): Path<(String, String)>, Quer
         return Err(CfError::bad_request(1003, "Tunnel has already been deleted"));
     }
     if !t.connections.is_empty() && !cascade {
-        return Err(CfError::bad_request(
-            1022,
-            "Cannot delete tunnel because it has active connections",
-        ));
+        return Err(CfError::bad_request(1022, "Cannot delete tunnel because it has active connections"));
     }
     t.connections.clear();
     t.deleted_at = Some(now());
@@ -307,9 +286,7 @@ async fn put_config(State(st): St, Path((account, id)): Path<(String, String)>, 
         _ => return Err(CfError::bad_request(1001, "config is required")),
     };
     if let Some(ingress) = config.get("ingress") {
-        let rules = ingress
-            .as_array()
-            .ok_or_else(|| CfError::bad_request(1001, "config.ingress must be a list"))?;
+        let rules = ingress.as_array().ok_or_else(|| CfError::bad_request(1001, "config.ingress must be a list"))?;
         for rule in rules {
             if rule.get("service").and_then(Value::as_str).is_none_or(str::is_empty) {
                 return Err(CfError::bad_request(1001, "every ingress rule needs a service"));

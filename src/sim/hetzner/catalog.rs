@@ -16,12 +16,66 @@ pub struct Location {
 }
 
 pub const LOCATIONS: &[Location] = &[
-    Location { id: 1, name: "fsn1", description: "Falkenstein DC Park 1", country: "DE", city: "Falkenstein", latitude: 50.47612, longitude: 12.370071, network_zone: "eu-central" },
-    Location { id: 2, name: "nbg1", description: "Nuremberg DC Park 1", country: "DE", city: "Nuremberg", latitude: 49.452102, longitude: 11.076665, network_zone: "eu-central" },
-    Location { id: 3, name: "hel1", description: "Helsinki DC Park 1", country: "FI", city: "Helsinki", latitude: 60.169855, longitude: 24.938379, network_zone: "eu-central" },
-    Location { id: 4, name: "ash", description: "Ashburn, VA", country: "US", city: "Ashburn, VA", latitude: 39.045821, longitude: -77.487073, network_zone: "us-east" },
-    Location { id: 5, name: "hil", description: "Hillsboro, OR", country: "US", city: "Hillsboro, OR", latitude: 45.54222, longitude: -122.951924, network_zone: "us-west" },
-    Location { id: 6, name: "sin", description: "Singapore", country: "SG", city: "Singapore", latitude: 1.283333, longitude: 103.833333, network_zone: "ap-southeast" },
+    Location {
+        id: 1,
+        name: "fsn1",
+        description: "Falkenstein DC Park 1",
+        country: "DE",
+        city: "Falkenstein",
+        latitude: 50.47612,
+        longitude: 12.370071,
+        network_zone: "eu-central",
+    },
+    Location {
+        id: 2,
+        name: "nbg1",
+        description: "Nuremberg DC Park 1",
+        country: "DE",
+        city: "Nuremberg",
+        latitude: 49.452102,
+        longitude: 11.076665,
+        network_zone: "eu-central",
+    },
+    Location {
+        id: 3,
+        name: "hel1",
+        description: "Helsinki DC Park 1",
+        country: "FI",
+        city: "Helsinki",
+        latitude: 60.169855,
+        longitude: 24.938379,
+        network_zone: "eu-central",
+    },
+    Location {
+        id: 4,
+        name: "ash",
+        description: "Ashburn, VA",
+        country: "US",
+        city: "Ashburn, VA",
+        latitude: 39.045821,
+        longitude: -77.487073,
+        network_zone: "us-east",
+    },
+    Location {
+        id: 5,
+        name: "hil",
+        description: "Hillsboro, OR",
+        country: "US",
+        city: "Hillsboro, OR",
+        latitude: 45.54222,
+        longitude: -122.951924,
+        network_zone: "us-west",
+    },
+    Location {
+        id: 6,
+        name: "sin",
+        description: "Singapore",
+        country: "SG",
+        city: "Singapore",
+        latitude: 1.283333,
+        longitude: 103.833333,
+        network_zone: "ap-southeast",
+    },
 ];
 
 /// Where a server type can be ordered.
@@ -49,6 +103,8 @@ pub struct ServerType {
     pub monthly_eur: f64,
 }
 
+/// One row of the static table below; positional so the table reads like the price list.
+#[allow(clippy::too_many_arguments)]
 const fn st(
     id: i64,
     name: &'static str,
@@ -114,14 +170,70 @@ pub struct Image {
 }
 
 pub const IMAGES: &[Image] = &[
-    Image { id: 161547269, name: "ubuntu-24.04", description: "Ubuntu 24.04", os_flavor: "ubuntu", os_version: "24.04", arm: false },
-    Image { id: 161547270, name: "ubuntu-24.04", description: "Ubuntu 24.04", os_flavor: "ubuntu", os_version: "24.04", arm: true },
-    Image { id: 67794396, name: "ubuntu-22.04", description: "Ubuntu 22.04", os_flavor: "ubuntu", os_version: "22.04", arm: false },
-    Image { id: 103908070, name: "ubuntu-22.04", description: "Ubuntu 22.04", os_flavor: "ubuntu", os_version: "22.04", arm: true },
-    Image { id: 114690387, name: "debian-12", description: "Debian 12", os_flavor: "debian", os_version: "12", arm: false },
-    Image { id: 114690389, name: "debian-12", description: "Debian 12", os_flavor: "debian", os_version: "12", arm: true },
-    Image { id: 202151510, name: "debian-13", description: "Debian 13", os_flavor: "debian", os_version: "13", arm: false },
-    Image { id: 202151511, name: "debian-13", description: "Debian 13", os_flavor: "debian", os_version: "13", arm: true },
+    Image {
+        id: 161547269,
+        name: "ubuntu-24.04",
+        description: "Ubuntu 24.04",
+        os_flavor: "ubuntu",
+        os_version: "24.04",
+        arm: false,
+    },
+    Image {
+        id: 161547270,
+        name: "ubuntu-24.04",
+        description: "Ubuntu 24.04",
+        os_flavor: "ubuntu",
+        os_version: "24.04",
+        arm: true,
+    },
+    Image {
+        id: 67794396,
+        name: "ubuntu-22.04",
+        description: "Ubuntu 22.04",
+        os_flavor: "ubuntu",
+        os_version: "22.04",
+        arm: false,
+    },
+    Image {
+        id: 103908070,
+        name: "ubuntu-22.04",
+        description: "Ubuntu 22.04",
+        os_flavor: "ubuntu",
+        os_version: "22.04",
+        arm: true,
+    },
+    Image {
+        id: 114690387,
+        name: "debian-12",
+        description: "Debian 12",
+        os_flavor: "debian",
+        os_version: "12",
+        arm: false,
+    },
+    Image {
+        id: 114690389,
+        name: "debian-12",
+        description: "Debian 12",
+        os_flavor: "debian",
+        os_version: "12",
+        arm: true,
+    },
+    Image {
+        id: 202151510,
+        name: "debian-13",
+        description: "Debian 13",
+        os_flavor: "debian",
+        os_version: "13",
+        arm: false,
+    },
+    Image {
+        id: 202151511,
+        name: "debian-13",
+        description: "Debian 13",
+        os_flavor: "debian",
+        os_version: "13",
+        arm: true,
+    },
 ];
 
 impl Image {
@@ -131,7 +243,12 @@ impl Image {
 }
 
 /// Finds by id (JSON number or numeric string) or by name.
-fn by_id_or_name<'a, T>(items: &'a [T], key: &Value, id: impl Fn(&T) -> i64, name: impl Fn(&T) -> &str) -> Option<&'a T> {
+fn by_id_or_name<'a, T>(
+    items: &'a [T],
+    key: &Value,
+    id: impl Fn(&T) -> i64,
+    name: impl Fn(&T) -> &str,
+) -> Option<&'a T> {
     match key {
         Value::Number(n) => n.as_i64().and_then(|n| items.iter().find(|i| id(i) == n)),
         Value::String(s) => match s.parse::<i64>() {
@@ -153,9 +270,7 @@ pub fn find_server_type(key: &Value) -> Option<&'static ServerType> {
 /// An image by id, or by name for the architecture the server type needs.
 pub fn find_image(key: &Value, arm: bool) -> Option<&'static Image> {
     match key {
-        Value::String(s) if s.parse::<i64>().is_err() => {
-            IMAGES.iter().find(|i| i.name == s && i.arm == arm)
-        }
+        Value::String(s) if s.parse::<i64>().is_err() => IMAGES.iter().find(|i| i.name == s && i.arm == arm),
         _ => by_id_or_name(IMAGES, key, |i| i.id, |i| i.name),
     }
 }

@@ -103,9 +103,7 @@ fn is_name(s: &str, allow_empty: bool) -> bool {
     if s.is_empty() {
         return allow_empty;
     }
-    let ok_chars = s
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    let ok_chars = s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
     let ends_ok = s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
         && s.chars().last().is_some_and(|c| c.is_ascii_alphanumeric());
     s.len() <= 63 && ok_chars && ends_ok

@@ -46,18 +46,14 @@ impl HetznerSimConfig {
     fn budget(&self) -> RateBudget {
         RateBudget {
             capacity: self.rate_limit_per_hour,
-            refill_per_sec: self
-                .rate_refill_per_sec
-                .unwrap_or(f64::from(self.rate_limit_per_hour) / 3600.0),
+            refill_per_sec: self.rate_refill_per_sec.unwrap_or(f64::from(self.rate_limit_per_hour) / 3600.0),
         }
     }
 }
 
 /// Serves a fresh, empty project on `listener`; the base URL ends in `/v1`.
 pub async fn spawn(config: HetznerSimConfig, listener: TcpListener) -> std::io::Result<RunningSim> {
-    let state = Arc::new(HzState {
-        world: Mutex::new(World::new(config.action_duration)),
-    });
+    let state = Arc::new(HzState { world: Mutex::new(World::new(config.action_duration)) });
     serve(
         SimParts {
             dialect: Dialect::Hetzner,
@@ -75,8 +71,7 @@ pub async fn spawn(config: HetznerSimConfig, listener: TcpListener) -> std::io::
 /// Fault hook: the server disappears behind everyone's back (as if deleted in the console).
 /// Returns whether it existed.
 pub fn vanish_server(sim: &RunningSim, id: i64) -> bool {
-    sim.state::<HzState>()
-        .is_some_and(|st| lock(&st.world).remove_server(id).is_some())
+    sim.state::<HzState>().is_some_and(|st| lock(&st.world).remove_server(id).is_some())
 }
 
 /// Names of all servers now in the project (tests check for duplicates with it).
@@ -88,7 +83,10 @@ pub fn server_names(sim: &RunningSim) -> Vec<String> {
 
 /// Number of firewalls now in the project.
 pub fn firewall_count(sim: &RunningSim) -> usize {
-    sim.state::<HzState>()
-        .map(|st| lock(&st.world).firewalls.len())
-        .unwrap_or_default()
+    sim.state::<HzState>().map(|st| lock(&st.world).firewalls.len()).unwrap_or_default()
+}
+
+/// Servers ever created in this project, deleted ones included.
+pub fn servers_created(sim: &RunningSim) -> u64 {
+    sim.state::<HzState>().map(|st| lock(&st.world).servers_created).unwrap_or_default()
 }

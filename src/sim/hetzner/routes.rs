@@ -136,9 +136,7 @@ fn labels_field(body: &serde_json::Map<String, Value>) -> Result<Option<BTreeMap
         Some(Value::Object(m)) => {
             let mut labels = BTreeMap::new();
             for (k, v) in m {
-                let v = v
-                    .as_str()
-                    .ok_or_else(|| ApiError::invalid_input("labels", "label values must be strings"))?;
+                let v = v.as_str().ok_or_else(|| ApiError::invalid_input("labels", "label values must be strings"))?;
                 labels.insert(k.clone(), v.to_owned());
             }
             validate_labels(&labels).map_err(|e| ApiError::invalid_input("labels", e))?;
@@ -207,11 +205,9 @@ fn sort_items(items: &mut [Value], q: &[(String, String)]) -> Result<(), ApiErro
 
 fn compare_json(a: &Value, b: &Value) -> std::cmp::Ordering {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x
-            .as_f64()
-            .unwrap_or(0.0)
-            .partial_cmp(&y.as_f64().unwrap_or(0.0))
-            .unwrap_or(std::cmp::Ordering::Equal),
+        (Value::Number(x), Value::Number(y)) => {
+            x.as_f64().unwrap_or(0.0).partial_cmp(&y.as_f64().unwrap_or(0.0)).unwrap_or(std::cmp::Ordering::Equal)
+        }
         (Value::String(x), Value::String(y)) => x.cmp(y),
         _ => a.to_string().cmp(&b.to_string()),
     }
@@ -314,7 +310,9 @@ async fn create_server(State(st): St, body: Bytes) -> Reply {
             .iter()
             .find(|l| server_type.available_in(l.name))
             .ok_or_else(|| ApiError::invalid_input("server_type", "server type is not orderable"))?,
-        Some(v) => catalog::find_location(v).ok_or_else(|| ApiError::invalid_input("location", "location not found"))?,
+        Some(v) => {
+            catalog::find_location(v).ok_or_else(|| ApiError::invalid_input("location", "location not found"))?
+        }
     };
     if !server_type.available_in(location.name) {
         return Err(ApiError::invalid_input("server_type", "unsupported location for server type"));
@@ -374,6 +372,7 @@ async fn create_server(State(st): St, body: Bytes) -> Reply {
         return Err(ApiError::uniqueness("name"));
     }
 
+    w.servers_created += 1;
     let id = w.next_id();
     let duration = w.action_duration;
     let now = Instant::now();
@@ -496,7 +495,12 @@ async fn server_command(State(st): St, Path((id, command)): Path<(String, String
 
 // ---------- actions ----------
 
-fn actions_for(w: &World, q: &[(String, String)], scope: Option<(i64, &str)>, kind: Option<&str>) -> Result<Vec<Value>, ApiError> {
+fn actions_for(
+    w: &World,
+    q: &[(String, String)],
+    scope: Option<(i64, &str)>,
+    kind: Option<&str>,
+) -> Result<Vec<Value>, ApiError> {
     let ids: Vec<i64> = q_all(q, "id")
         .into_iter()
         .map(|s| s.parse::<i64>().map_err(|_| ApiError::invalid_input("id", "id must be an integer")))
@@ -581,9 +585,8 @@ fn parse_ips(rule: &Value, key: &str) -> Result<Vec<String>, ApiError> {
     list.iter()
         .map(|ip| {
             let s = ip.as_str().ok_or_else(|| ApiError::invalid_input(key, "must be CIDR strings"))?;
-            let net: ipnet::IpNet = s
-                .parse()
-                .map_err(|_| ApiError::invalid_input(key, format!("'{s}' is not a valid CIDR")))?;
+            let net: ipnet::IpNet =
+                s.parse().map_err(|_| ApiError::invalid_input(key, format!("'{s}' is not a valid CIDR")))?;
             // IPv6 networks come back canonicalised; IPv4 as given.
             Ok(match net {
                 ipnet::IpNet::V6(v6) => v6.to_string(),
@@ -597,10 +600,7 @@ fn valid_port(port: &str) -> bool {
     let num = |s: &str| s.parse::<u16>().ok().filter(|p| *p >= 1);
     port == "any"
         || num(port).is_some()
-        || port
-            .split_once('-')
-            .and_then(|(a, b)| Some((num(a)?, num(b)?)))
-            .is_some_and(|(a, b)| a <= b)
+        || port.split_once('-').and_then(|(a, b)| Some((num(a)?, num(b)?))).is_some_and(|(a, b)| a <= b)
 }
 
 fn parse_rule(rule: &Value) -> Result<FirewallRule, ApiError> {
@@ -802,7 +802,11 @@ async fn firewall_command(State(st): St, Path((id, command)): Path<(String, Stri
                 if let AppliedTo::Server(s) = e
                     && !w.servers.contains_key(s)
                 {
-                    return Err(ApiError::new(StatusCode::NOT_FOUND, "firewall_resource_not_found", "server not found"));
+                    return Err(ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        "firewall_resource_not_found",
+                        "server not found",
+                    ));
                 }
                 if current.contains(e) {
                     return Err(ApiError::code_422("firewall_already_applied", "firewall is already applied"));
@@ -820,7 +824,11 @@ async fn firewall_command(State(st): St, Path((id, command)): Path<(String, Stri
             for e in &entries {
                 if let AppliedTo::Server(s) = e {
                     if !w.servers.contains_key(s) {
-                        return Err(ApiError::new(StatusCode::NOT_FOUND, "firewall_resource_not_found", "server not found"));
+                        return Err(ApiError::new(
+                            StatusCode::NOT_FOUND,
+                            "firewall_resource_not_found",
+                            "server not found",
+                        ));
                     }
                     let by_selector = w.firewalls.get(&id).is_some_and(|f| w.firewall_servers(f).contains(s));
                     if !current.contains(e) && by_selector {
@@ -998,10 +1006,6 @@ async fn list_images(Query(q): Q, headers: HeaderMap) -> Reply {
 }
 
 async fn get_image(Path(id): Path<String>) -> Reply {
-    let i = id
-        .parse::<i64>()
-        .ok()
-        .and_then(catalog::image_by_id)
-        .ok_or_else(|| ApiError::not_found("image"))?;
+    let i = id.parse::<i64>().ok().and_then(catalog::image_by_id).ok_or_else(|| ApiError::not_found("image"))?;
     created(StatusCode::OK, json!({"image": catalog::image_json(i)}))
 }

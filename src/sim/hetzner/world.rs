@@ -95,11 +95,7 @@ impl Action {
         } else {
             100
         };
-        let resources: Vec<Value> = self
-            .resources
-            .iter()
-            .map(|(id, kind)| json!({"id": id, "type": kind}))
-            .collect();
+        let resources: Vec<Value> = self.resources.iter().map(|(id, kind)| json!({"id": id, "type": kind})).collect();
         json!({
             "id": self.id,
             "command": self.command,
@@ -115,6 +111,8 @@ impl Action {
 
 pub struct World {
     next_id: i64,
+    /// Servers ever created (deleted ones included): the duplicate check of fault tests.
+    pub servers_created: u64,
     pub action_duration: Duration,
     pub servers: BTreeMap<i64, Server>,
     pub firewalls: BTreeMap<i64, Firewall>,
@@ -126,6 +124,7 @@ impl World {
     pub fn new(action_duration: Duration) -> Self {
         World {
             next_id: 1000,
+            servers_created: 0,
             action_duration,
             servers: BTreeMap::new(),
             firewalls: BTreeMap::new(),
@@ -163,12 +162,7 @@ impl World {
     }
 
     /// Starts an action; returns its id.
-    pub fn start_action(
-        &mut self,
-        command: &'static str,
-        resources: Vec<(i64, &'static str)>,
-        effect: Effect,
-    ) -> i64 {
+    pub fn start_action(&mut self, command: &'static str, resources: Vec<(i64, &'static str)>, effect: Effect) -> i64 {
         let id = self.next_id();
         self.actions.insert(
             id,
@@ -290,11 +284,7 @@ impl World {
 
     /// Servers a firewall currently reaches (direct entries and selector matches).
     pub fn firewall_servers(&self, fw: &Firewall) -> BTreeSet<i64> {
-        self.servers
-            .values()
-            .filter(|s| applies_to(fw, s))
-            .map(|s| s.id)
-            .collect()
+        self.servers.values().filter(|s| applies_to(fw, s)).map(|s| s.id).collect()
     }
 
     /// Removes a server and every direct firewall attachment to it (what delete does).

@@ -1,0 +1,69 @@
+//! Prometheus counters of outside-API traffic: every request by provider, endpoint
+//! (operation name, never an id) and outcome, plus time spent waiting for the budget.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub provider: String,
+    pub endpoint: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    pub provider: String,
+}
+
+/// Cheap to clone: clones share the same counters.
+#[derive(Clone, Debug, Default)]
+pub struct CloudMetrics {
+    requests: Family<RequestLabels, Counter>,
+    rate_limit_wait_ms: Family<ProviderLabels, Counter>,
+}
+
+impl CloudMetrics {
+    /// Counters registered in `registry` under `cloud_`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = CloudMetrics::default();
+        registry.register(
+            "cloud_requests",
+            "Requests to outside APIs by provider, endpoint and outcome",
+            m.requests.clone(),
+        );
+        registry.register(
+            "cloud_rate_limit_wait_milliseconds",
+            "Time callers waited for the request budget",
+            m.rate_limit_wait_ms.clone(),
+        );
+        m
+    }
+
+    pub fn count(&self, provider: &str, endpoint: &str, outcome: &str) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                provider: provider.to_owned(),
+                endpoint: endpoint.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn waited(&self, provider: &str, millis: u64) {
+        self.rate_limit_wait_ms.get_or_create(&ProviderLabels { provider: provider.to_owned() }).inc_by(millis);
+    }
+
+    /// Current value of one request counter (for tests and status pages).
+    pub fn requests(&self, provider: &str, endpoint: &str, outcome: &str) -> u64 {
+        self.requests
+            .get_or_create(&RequestLabels {
+                provider: provider.to_owned(),
+                endpoint: endpoint.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .get()
+    }
+}

@@ -1,0 +1,195 @@
+//! The request budget shared by every caller of one account: a token bucket that starts from
+//! the configured budget, is corrected by the provider's rate-limit headers, and pauses
+//! everyone after a 429. Callers wait here; nothing in this module sends requests.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// What one response said about the budget.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RateObservation {
+    /// Burst size (`RateLimit-Limit`, Cloudflare's policy `q=`).
+    pub limit: Option<u32>,
+    /// Requests left now (`RateLimit-Remaining`, Cloudflare's `r=`).
+    pub remaining: Option<u32>,
+    /// Time in which a full budget refills (Cloudflare's policy `w=`; an hour at Hetzner).
+    pub window: Option<Duration>,
+}
+
+/// A continuous-refill token bucket on an explicit clock, so tests can drive it.
+#[derive(Clone, Debug)]
+pub struct TokenBucket {
+    capacity: f64,
+    window: Duration,
+    tokens: f64,
+    last: Instant,
+    not_before: Option<Instant>,
+}
+
+impl TokenBucket {
+    /// A full bucket of `capacity` requests refilling completely in `window`.
+    pub fn new(capacity: u32, window: Duration, now: Instant) -> Self {
+        // `window` is how long the whole `capacity` takes to refill, so the refill rate is
+        // capacity / window.
+        TokenBucket {
+            capacity: f64::from(capacity.max(1)),
+            window,
+            tokens: f64::from(capacity.max(1)),
+            last: now,
+            not_before: None,
+        }
+    }
+
+    fn refill_per_sec(&self) -> f64 {
+        self.capacity / self.window.as_secs_f64().max(1e-9)
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.refill_per_sec()).min(self.capacity);
+        self.last = now;
+    }
+
+    /// Takes one token, or says how long to wait before trying again.
+    pub fn try_acquire(&mut self, now: Instant) -> Result<(), Duration> {
+        if let Some(t) = self.not_before {
+            if now < t {
+                return Err(t - now);
+            }
+            self.not_before = None;
+        }
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = (1.0 - self.tokens) / self.refill_per_sec();
+            Err(Duration::from_secs_f64(wait.max(0.0)).max(Duration::from_micros(50)))
+        }
+    }
+
+    /// Takes the provider's word: it may be shared with other processes, so the bucket
+    /// only ever gets more cautious from what a response says.
+    pub fn observe(&mut self, obs: RateObservation, now: Instant) {
+        self.refill(now);
+        // The burst is the smaller of ours and the provider's: a configured burst below the
+        // provider's leaves headroom for requests that bunch up in flight.
+        if let Some(limit) = obs.limit.filter(|l| *l > 0) {
+            self.capacity = self.capacity.min(f64::from(limit));
+            self.tokens = self.tokens.min(self.capacity);
+        }
+        if let Some(window) = obs.window.filter(|w| !w.is_zero()) {
+            self.window = self.window.max(window);
+        }
+        if let Some(remaining) = obs.remaining {
+            self.tokens = self.tokens.min(f64::from(remaining));
+        }
+    }
+
+    /// After a 429: nobody sends before `now + wait`, and the bucket restarts empty.
+    pub fn pause(&mut self, wait: Duration, now: Instant) {
+        self.refill(now);
+        self.tokens = 0.0;
+        let until = now + wait;
+        self.not_before = Some(self.not_before.map_or(until, |t| t.max(until)));
+    }
+
+    /// Time for one token to come back (how long a 429 without `Retry-After` should pause).
+    pub fn one_token(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / self.refill_per_sec())
+    }
+}
+
+/// The async face of [`TokenBucket`], shared (in an `Arc`) by all callers of one account.
+#[derive(Debug)]
+pub struct RateLimiter {
+    bucket: Mutex<TokenBucket>,
+}
+
+impl RateLimiter {
+    pub fn new(capacity: u32, window: Duration) -> Self {
+        RateLimiter { bucket: Mutex::new(TokenBucket::new(capacity, window, Instant::now())) }
+    }
+
+    /// Hetzner's default budget: 3600 requests per hour.
+    pub fn hetzner_default() -> Self {
+        Self::new(3600, Duration::from_secs(3600))
+    }
+
+    /// Cloudflare's default budget: 1200 requests per five minutes.
+    pub fn cloudflare_default() -> Self {
+        Self::new(1200, Duration::from_secs(300))
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut TokenBucket) -> T) -> T {
+        let mut guard = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+
+    /// Waits until the budget allows one more request; returns how long it waited.
+    pub async fn acquire(&self) -> Duration {
+        let started = Instant::now();
+        loop {
+            match self.with(|b| b.try_acquire(Instant::now())) {
+                Ok(()) => return started.elapsed(),
+                Err(wait) => tokio::time::sleep(wait).await,
+            }
+        }
+    }
+
+    pub fn observe(&self, obs: RateObservation) {
+        self.with(|b| b.observe(obs, Instant::now()));
+    }
+
+    pub fn pause(&self, wait: Duration) {
+        self.with(|b| b.pause(wait, Instant::now()));
+    }
+
+    pub fn one_token(&self) -> Duration {
+        self.with(|b| b.one_token())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 10,000 callers against a 100-request bucket refilling 100 per simulated second: every
+    /// one gets through, and no one-second window ever sees more than the budget allows.
+    #[test]
+    fn burst_of_10000_stays_within_budget() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(100, Duration::from_secs(1), start);
+        let mut now = start;
+        let mut sent: Vec<Instant> = Vec::with_capacity(10_000);
+        while sent.len() < 10_000 {
+            match bucket.try_acquire(now) {
+                Ok(()) => sent.push(now),
+                Err(wait) => now += wait,
+            }
+        }
+        // Any window of length w may hold at most capacity + refill * w requests.
+        let mut lo = 0;
+        for hi in 0..sent.len() {
+            while sent[hi] - sent[lo] > Duration::from_secs(1) {
+                lo += 1;
+            }
+            assert!(hi - lo + 1 <= 201, "{} requests in one second", hi - lo + 1);
+        }
+        let took = now - start;
+        assert!(took >= Duration::from_secs(98) && took <= Duration::from_secs(101), "{took:?}");
+    }
+
+    #[test]
+    fn headers_only_make_it_more_cautious() {
+        let now = Instant::now();
+        let mut b = TokenBucket::new(100, Duration::from_secs(100), now);
+        b.observe(RateObservation { limit: Some(50), remaining: Some(3), window: None }, now);
+        for _ in 0..3 {
+            assert!(b.try_acquire(now).is_ok());
+        }
+        assert!(b.try_acquire(now).is_err());
+        b.pause(Duration::from_secs(5), now);
+        assert_eq!(b.try_acquire(now + Duration::from_secs(4)), Err(Duration::from_secs(1)));
+    }
+}

@@ -1,0 +1,99 @@
+//! The Cloudflare client against the simulator: tunnels, configuration, token, DNS records
+//! and every error class.
+
+use crabglamp_operator::cloud::CloudError;
+use crabglamp_operator::cloud::cloudflare::{IngressRule, TunnelSecret, derive_tunnel_token};
+use crabglamp_operator::sim::cloudflare as cfsim;
+use crabglamp_operator::sim::http::{FaultPlan, FaultRule};
+
+use super::support::*;
+
+#[tokio::test]
+async fn tunnel_lifecycle() {
+    let sim = cloudflare_sim(cf_config()).await;
+    let c = cloudflare_client(&sim, CF_TOKEN, fast_retry(1));
+    let secret = TunnelSecret::generate();
+
+    let (tunnel, adopted) = c.create_tunnel("agent-uid-1", &secret).await.expect("create");
+    assert!(!adopted);
+    assert_eq!(tunnel.config_src.as_deref(), Some("cloudflare"));
+    let (again, adopted) = c.create_tunnel("agent-uid-1", &secret).await.expect("adopt");
+    assert!(adopted && again.id == tunnel.id);
+    assert_eq!(c.find_tunnel_by_name("agent-uid-1").await.unwrap().map(|t| t.id), Some(tunnel.id.clone()));
+    assert_eq!(c.list_tunnels(Some("agent-")).await.unwrap().len(), 1);
+
+    // The token we derive locally is the one the API hands out.
+    let fetched = c.tunnel_token(&tunnel.id).await.expect("token");
+    assert_eq!(fetched, derive_tunnel_token(c.account_id(), &tunnel.id, &secret));
+
+    let rules =
+        [IngressRule { hostname: Some("bot.example.com".into()), service: "http://localhost:8080".into(), path: None }];
+    let v1 = c.put_tunnel_config(&tunnel.id, &rules).await.expect("config");
+    let v2 = c.put_tunnel_config(&tunnel.id, &rules).await.expect("config again");
+    assert!(v2.version > v1.version, "version grows on every PUT");
+    let got = c.get_tunnel_config(&tunnel.id).await.unwrap();
+    assert_eq!(got.config["ingress"][1]["service"], "http_status:404", "catch-all appended");
+
+    // A connected tunnel is deleted with cascade.
+    assert!(cfsim::connect_tunnel(&sim, &tunnel.id));
+    assert!(c.delete_tunnel(&tunnel.id).await.expect("delete"));
+    assert!(!c.delete_tunnel(&tunnel.id).await.expect("second delete"), "already deleted");
+    assert!(c.find_tunnel_by_name("agent-uid-1").await.unwrap().is_none());
+    let gone = c.get_tunnel(&tunnel.id).await.unwrap().expect("deleted tunnels stay readable");
+    assert!(gone.deleted_at.is_some());
+    // The name is free again.
+    c.create_tunnel("agent-uid-1", &TunnelSecret::generate()).await.expect("recreate");
+    assert_eq!(cfsim::live_tunnel_names(&sim), vec!["agent-uid-1".to_string()]);
+    sim.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn dns_records() {
+    let sim = cloudflare_sim(cf_config()).await;
+    let c = cloudflare_client(&sim, CF_TOKEN, fast_retry(1));
+    let target = "6f1c0d9e-0000-4000-8000-000000000001.cfargotunnel.com";
+
+    let (rec, adopted) = c.create_cname("bot.example.com", target, Some("crabglamp:uid-1")).await.expect("create");
+    assert!(!adopted && rec.proxied && rec.ttl == 1);
+    let (same, adopted) = c.create_cname("bot.example.com", target, None).await.expect("adopt identical");
+    assert!(adopted && same.id == rec.id);
+    let other = c.create_cname("bot.example.com", "other.cfargotunnel.com", None).await.unwrap_err();
+    assert!(matches!(other, CloudError::Conflict(ref d) if d.code == "81053"), "{other}");
+
+    assert_eq!(c.list_dns_records("bot.example.com").await.unwrap().len(), 1);
+    assert_eq!(c.list_dns_records("BOT.example.com").await.unwrap().len(), 1, "names are case-insensitive");
+    assert!(c.list_dns_records("nobody.example.com").await.unwrap().is_empty());
+
+    let updated = c.update_dns_record(&rec.id, "new.cfargotunnel.com", true).await.expect("patch");
+    assert_eq!(updated.content, "new.cfargotunnel.com");
+    assert_eq!(updated.comment.as_deref(), Some("crabglamp:uid-1"), "PATCH keeps other fields");
+
+    assert!(c.delete_dns_record(&rec.id).await.unwrap());
+    assert!(!c.delete_dns_record(&rec.id).await.unwrap());
+    assert_eq!(cfsim::dns_record_count(&sim), 0);
+    sim.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn error_classes() {
+    let sim = cloudflare_sim(cf_config()).await;
+    let bad = cloudflare_client(&sim, "not-the-token", fast_retry(3));
+    let err = bad.find_tunnel_by_name("x").await.unwrap_err();
+    assert!(matches!(err, CloudError::Permanent(ref d) if d.status == Some(401)), "{err}");
+    assert!(!err.to_string().contains("not-the-token"));
+
+    let c = cloudflare_client(&sim, CF_TOKEN, fast_retry(3));
+    let err = c.get_tunnel_config("00000000-0000-0000-0000-000000000000").await.unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+
+    sim.set_faults(FaultPlan { rules: FaultRule::any_5xx(1.0), ..FaultPlan::default() });
+    let err = c.list_dns_records("a.example.com").await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    sim.set_faults(FaultPlan::default());
+
+    // One 429: Cloudflare sends Retry-After (a second); the client waits and succeeds.
+    sim.control().rate_limit_storm(1);
+    c.list_dns_records("a.example.com").await.expect("succeeds after waiting");
+    assert_eq!(sim.control().count_status(429), 1);
+    sim.shutdown().await.unwrap();
+}

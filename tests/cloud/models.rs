@@ -1,0 +1,120 @@
+//! The simulators' raw responses decode into the `hcloud` crate's own models (generated
+//! from Hetzner's OpenAPI document): a mismatch is a simulator bug.
+
+use hcloud::models;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use super::support::*;
+
+async fn fetch<T: DeserializeOwned>(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    body: Option<Value>,
+) -> T {
+    let mut req = http.request(method, &url).bearer_auth(HZ_TOKEN);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status();
+    let text = resp.text().await.expect("body");
+    assert!(status.is_success(), "{url}: {status} {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{url}: does not decode into the hcloud model: {e}\n{text}"))
+}
+
+#[tokio::test]
+async fn hetzner_responses_decode_into_hcloud_models() {
+    let sim = hetzner_sim(hz_config()).await;
+    let http = reqwest::Client::new();
+    let base = sim.base_url.clone();
+    use reqwest::Method as M;
+
+    let locations: models::ListLocationsResponse = fetch(&http, M::GET, format!("{base}/locations"), None).await;
+    let names: Vec<_> = locations.locations.iter().map(|l| l.name.as_str()).collect();
+    assert!(names.contains(&"hel1") && names.contains(&"hil"), "{names:?}");
+    let _: models::GetLocationResponse = fetch(&http, M::GET, format!("{base}/locations/3"), None).await;
+    let types: models::ListServerTypesResponse =
+        fetch(&http, M::GET, format!("{base}/server_types?per_page=50"), None).await;
+    assert!(types.server_types.iter().all(|t| !t.prices.is_empty()));
+    let _: models::GetServerTypeResponse = fetch(&http, M::GET, format!("{base}/server_types/112"), None).await;
+    let images: models::ListImagesResponse =
+        fetch(&http, M::GET, format!("{base}/images?name=ubuntu-24.04"), None).await;
+    assert_eq!(images.images.len(), 2, "one per architecture");
+    let _: models::GetImageResponse = fetch(&http, M::GET, format!("{base}/images/161547269"), None).await;
+
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ0YXV0aWZ1bCBrZXkgZm9yIHRlc3Rpbmcgb25seSEh ops@example.com";
+    let k: models::CreateSshKeyResponse =
+        fetch(&http, M::POST, format!("{base}/ssh_keys"), Some(json!({"name": "ops", "public_key": key}))).await;
+    assert_eq!(k.ssh_key.fingerprint.split(':').count(), 16, "an MD5 fingerprint");
+    let _: models::ListSshKeysResponse =
+        fetch(&http, M::GET, format!("{base}/ssh_keys?fingerprint={}", k.ssh_key.fingerprint), None).await;
+
+    let fw: models::CreateFirewallResponse = fetch(
+        &http,
+        M::POST,
+        format!("{base}/firewalls"),
+        Some(json!({"name": "fw", "labels": {"a": "b"}, "rules": [
+            {"direction": "in", "protocol": "tcp", "port": "22", "source_ips": ["0.0.0.0/0", "::/0"]},
+            {"direction": "out", "protocol": "icmp", "destination_ips": ["0.0.0.0/0"]}
+        ], "apply_to": [{"type": "label_selector", "label_selector": {"selector": "a=b"}}]})),
+    )
+    .await;
+    let fw_id = fw.firewall.expect("firewall").id;
+
+    let created: models::CreateServerResponse = fetch(
+        &http,
+        M::POST,
+        format!("{base}/servers"),
+        Some(json!({"name": "decode-1", "server_type": 112, "image": "ubuntu-24.04", "location": 3,
+                    "labels": {"a": "b"}, "ssh_keys": ["ops"], "firewalls": [{"firewall": fw_id}],
+                    "public_net": {"enable_ipv4": false, "enable_ipv6": true}})),
+    )
+    .await;
+    assert!(created.root_password.is_none(), "an SSH key means no root password");
+    assert!(created.server.public_net.ipv4.is_none());
+    let id = created.server.id;
+    let _: models::GetServerResponse = fetch(&http, M::GET, format!("{base}/servers/{id}"), None).await;
+    let _: models::ListServersResponse =
+        fetch(&http, M::GET, format!("{base}/servers?label_selector=a%3Db&sort=name:desc"), None).await;
+    let _: models::ReplaceServerResponse =
+        fetch(&http, M::PUT, format!("{base}/servers/{id}"), Some(json!({"labels": {"a": "b", "c": ""}}))).await;
+    let action = created.action.id;
+    let _: models::GetActionResponse = fetch(&http, M::GET, format!("{base}/actions/{action}"), None).await;
+    let _: models::GetMultipleActionsResponse =
+        fetch(&http, M::GET, format!("{base}/actions?id={action}&id=1&sort=status&sort=id"), None).await;
+    let _: models::GetActionResponse =
+        fetch(&http, M::GET, format!("{base}/servers/{id}/actions/{action}"), None).await;
+    let listed: models::ListActionsResponse = fetch(&http, M::GET, format!("{base}/servers/{id}/actions"), None).await;
+    assert!(listed.actions.iter().any(|a| a.id == action));
+    let _: models::ListFirewallsResponse = fetch(&http, M::GET, format!("{base}/firewalls"), None).await;
+    let got: models::GetFirewallResponse = fetch(&http, M::GET, format!("{base}/firewalls/{fw_id}"), None).await;
+    let applied = &got.firewall.applied_to[0];
+    assert_eq!(applied.applied_to_resources.as_ref().map(Vec::len), Some(1), "the selector matches the server");
+    let _: models::SetRulesResponse =
+        fetch(&http, M::POST, format!("{base}/firewalls/{fw_id}/actions/set_rules"), Some(json!({"rules": []}))).await;
+    // Created with the firewall, so it is applied directly: remove it.
+    let _: models::RemoveFromResourcesResponse = fetch(
+        &http,
+        M::POST,
+        format!("{base}/firewalls/{fw_id}/actions/remove_from_resources"),
+        Some(json!({"remove_from": [{"type": "server", "server": {"id": id}}]})),
+    )
+    .await;
+    // The server is locked until its create and start actions finish.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let list: models::ListActionsResponse =
+            fetch(&http, M::GET, format!("{base}/servers/{id}/actions?status=running"), None).await;
+        if list.actions.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "actions still running at the deadline");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let _: models::ResetServerResponse =
+        fetch(&http, M::POST, format!("{base}/servers/{id}/actions/reset"), None).await;
+    let _: models::DeleteServerResponse = fetch(&http, M::DELETE, format!("{base}/servers/{id}"), None).await;
+    sim.shutdown().await.unwrap();
+}
