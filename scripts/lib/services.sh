@@ -135,7 +135,7 @@ find_or_start_redis() {
 # Exports CRABGLAMP_PYTHON: a venv with the official Hetzner, Cloudflare and Kubernetes Python
 # clients, the independent judges of the simulators.
 ensure_python_clients() {
-  local venv="$CACHE_DIR/venv" stamp="$CACHE_DIR/venv/.crabglamp-clients-v1"
+  local venv="$HOME/.cache/crabglamp-venv" stamp="$HOME/.cache/crabglamp-venv/.crabglamp-clients-v1"
   if [ ! -f "$stamp" ]; then
     command -v python3 >/dev/null 2>&1 || { can_apt && apt_install python3; } || die "python3 is missing (Debian: apt-get install python3 python3-venv)"
     python3 -m venv "$venv" >/dev/null 2>&1 || { rm -rf "$venv"; can_apt && apt_install python3-venv && python3 -m venv "$venv"; } \
