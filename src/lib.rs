@@ -4,7 +4,7 @@
 
 pub mod admission;
 pub mod api;
-pub mod sandbox;
 pub mod cloud;
+pub mod sandbox;
 pub mod sim;
 pub mod store;

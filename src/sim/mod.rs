@@ -2,8 +2,8 @@
 //! server, and the Hetzner Cloud and Cloudflare APIs. Used by the tests and by `sandbox`;
 //! the controllers never know whether they talk to these or to the real thing.
 
+pub mod cli;
+pub mod cloudflare;
 pub mod hetzner;
 pub mod http;
 pub mod kube;
-pub mod cli;
-pub mod cloudflare;
