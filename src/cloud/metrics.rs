@@ -67,3 +67,25 @@ impl CloudMetrics {
             .get()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_exported() {
+        let mut registry = Registry::default();
+        let m = CloudMetrics::register(&mut registry);
+        m.count("hetzner", "create_server", "ok");
+        m.count("hetzner", "create_server", "ok");
+        m.waited("hetzner", 12);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        assert!(
+            text.contains(r#"cloud_requests_total{provider="hetzner",endpoint="create_server",outcome="ok"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains("cloud_rate_limit_wait_milliseconds_total"), "{text}");
+        assert_eq!(m.requests("hetzner", "create_server", "ok"), 2);
+    }
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
+use crate::sim::http::{FaultPlan, FaultRule};
 use crate::sim::{cloudflare, hetzner};
 
 /// `crabglamp-operator sim <provider> ...`
@@ -31,6 +32,11 @@ pub enum SimProvider {
         /// How long each action takes, in milliseconds.
         #[arg(long, default_value_t = 500)]
         action_duration_ms: u64,
+        /// Most servers the project may hold.
+        #[arg(long, default_value_t = 100)]
+        server_limit: usize,
+        #[command(flatten)]
+        faults: FaultArgs,
     },
     /// Serve a simulated Cloudflare API at http://LISTEN/client/v4.
     Cloudflare {
@@ -48,7 +54,34 @@ pub enum SimProvider {
         /// Requests per five minutes.
         #[arg(long, default_value_t = 1200)]
         rate_limit: u32,
+        #[command(flatten)]
+        faults: FaultArgs,
     },
+}
+
+/// Faults to inject from the start (tests change them at run time through `RunningSim`).
+#[derive(Args, Debug, Default)]
+pub struct FaultArgs {
+    /// Probability (0..1) that any request fails with a random 5xx.
+    #[arg(long, default_value_t = 0.0)]
+    pub fault_rate: f64,
+    /// Latency added to every request, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Seed of the fault dice (printed runs replay exactly).
+    #[arg(long, default_value_t = 0)]
+    pub fault_seed: u64,
+}
+
+impl FaultArgs {
+    fn plan(&self) -> FaultPlan {
+        FaultPlan {
+            rules: if self.fault_rate > 0.0 { FaultRule::any_5xx(self.fault_rate) } else { Vec::new() },
+            latency: Duration::from_millis(self.latency_ms),
+            seed: self.fault_seed,
+            ..FaultPlan::default()
+        }
+    }
 }
 
 impl SimCommand {
@@ -62,18 +95,19 @@ impl SimCommand {
     }
 
     async fn serve(self) -> anyhow::Result<()> {
-        let (listen, sim) = match self.provider {
-            SimProvider::Hetzner { listen, token, rate_limit_per_hour, action_duration_ms } => {
+        let (listen, sim, faults) = match self.provider {
+            SimProvider::Hetzner { listen, token, rate_limit_per_hour, action_duration_ms, server_limit, faults } => {
                 let listener = bind(&listen).await?;
                 let config = hetzner::HetznerSimConfig {
                     token,
                     rate_limit_per_hour,
                     rate_refill_per_sec: None,
                     action_duration: Duration::from_millis(action_duration_ms),
+                    server_limit,
                 };
-                (listen, hetzner::spawn(config, listener).await)
+                (listen, hetzner::spawn(config, listener).await, faults)
             }
-            SimProvider::Cloudflare { listen, token, account_id, zone_id, zone_name, rate_limit } => {
+            SimProvider::Cloudflare { listen, token, account_id, zone_id, zone_name, rate_limit, faults } => {
                 let listener = bind(&listen).await?;
                 let config = cloudflare::CloudflareSimConfig {
                     token,
@@ -83,10 +117,11 @@ impl SimCommand {
                     rate_limit,
                     rate_refill_per_sec: None,
                 };
-                (listen, cloudflare::spawn(config, listener).await)
+                (listen, cloudflare::spawn(config, listener).await, faults)
             }
         };
         let sim = sim.with_context(|| format!("cannot start the simulator on {listen}"))?;
+        sim.set_faults(faults.plan());
         // The one line scripts wait for: the base URL, printed only once the socket accepts.
         println!("{}", sim.base_url);
         tokio::signal::ctrl_c().await.context("cannot wait for Ctrl-C")?;

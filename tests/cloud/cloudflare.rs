@@ -44,6 +44,11 @@ async fn tunnel_lifecycle() {
     // The name is free again.
     c.create_tunnel("agent-uid-1", &TunnelSecret::generate()).await.expect("recreate");
     assert_eq!(cfsim::live_tunnel_names(&sim), vec!["agent-uid-1".to_string()]);
+    // Purged out of band: not found at all, and deleting it again is a no-op.
+    let (t, _) = c.create_tunnel("agent-uid-2", &TunnelSecret::generate()).await.unwrap();
+    assert!(cfsim::vanish_tunnel(&sim, &t.id));
+    assert!(c.get_tunnel(&t.id).await.unwrap().is_none());
+    assert!(!c.delete_tunnel(&t.id).await.unwrap());
     sim.shutdown().await.unwrap();
 }
 

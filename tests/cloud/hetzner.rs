@@ -198,6 +198,14 @@ async fn error_classes() {
     assert_eq!(sim.control().count_status(429) - before, 3);
     assert_eq!(c3.metrics().requests("hetzner", "list_servers", "rate_limited"), 3);
 
+    // Quota: permanent until something changes.
+    let small = hetzner_sim(hzsim::HetznerSimConfig { server_limit: 1, ..hz_config() }).await;
+    let cs = hetzner_client(&small, fast_retry(3));
+    cs.create_server(&spec("vm-q1", "q1")).await.expect("first server fits");
+    let err = cs.create_server(&spec("vm-q2", "q2")).await.unwrap_err();
+    assert!(matches!(err, CloudError::Permanent(ref d) if d.code == "resource_limit_exceeded"), "{err}");
+    small.shutdown().await.unwrap();
+
     // A server that vanishes behind our back is simply not found.
     let id = c.create_server(&spec("vm-vanish", "uid-v")).await.unwrap().server.id;
     assert!(hzsim::vanish_server(&sim, id));

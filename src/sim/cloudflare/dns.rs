@@ -31,11 +31,14 @@ pub struct Record {
     tags: Vec<String>,
     created_on: String,
     modified_on: String,
+    /// Set once a comment or tags were written, as the API reports them.
+    comment_modified_on: Option<String>,
+    tags_modified_on: Option<String>,
 }
 
 impl Record {
     fn json(&self, zone_id: &str, zone_name: &str) -> Value {
-        json!({
+        let mut json = json!({
             "id": self.id,
             "zone_id": zone_id,
             "zone_name": zone_name,
@@ -51,7 +54,14 @@ impl Record {
             "meta": {},
             "created_on": self.created_on,
             "modified_on": self.modified_on,
-        })
+        });
+        if let Some(at) = &self.comment_modified_on {
+            json["comment_modified_on"] = json!(at);
+        }
+        if let Some(at) = &self.tags_modified_on {
+            json["tags_modified_on"] = json!(at);
+        }
+        json
     }
 }
 
@@ -159,6 +169,16 @@ fn parse_record(body: &serde_json::Map<String, Value>, base: Option<&Record>, zo
         comment,
         tags,
         created_on: base.map_or_else(|| stamp.clone(), |b| b.created_on.clone()),
+        comment_modified_on: if body.contains_key("comment") {
+            Some(stamp.clone())
+        } else {
+            base.and_then(|b| b.comment_modified_on.clone())
+        },
+        tags_modified_on: if body.contains_key("tags") {
+            Some(stamp.clone())
+        } else {
+            base.and_then(|b| b.tags_modified_on.clone())
+        },
         modified_on: stamp,
     })
 }

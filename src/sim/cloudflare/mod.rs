@@ -80,3 +80,8 @@ pub fn live_tunnel_names(sim: &RunningSim) -> Vec<String> {
 pub fn dns_record_count(sim: &RunningSim) -> usize {
     sim.state::<CfState>().map(|st| lock(&st.dns).len()).unwrap_or_default()
 }
+
+/// Fault hook: the tunnel disappears behind everyone's back. Returns whether it existed.
+pub fn vanish_tunnel(sim: &RunningSim, tunnel_id: &str) -> bool {
+    sim.state::<CfState>().is_some_and(|st| lock(&st.tunnels).vanish(tunnel_id))
+}

@@ -73,6 +73,11 @@ pub struct Tunnels {
 }
 
 impl Tunnels {
+    /// Removes a tunnel without a trace (not even as deleted), as if purged out of band.
+    pub fn vanish(&mut self, id: &str) -> bool {
+        Uuid::parse_str(id).ok().and_then(|id| self.by_id.remove(&id)).is_some()
+    }
+
     pub fn connect(&mut self, id: &str) -> bool {
         let Some(t) = Uuid::parse_str(id).ok().and_then(|id| self.by_id.get_mut(&id)) else {
             return false;

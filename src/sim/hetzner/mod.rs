@@ -29,6 +29,8 @@ pub struct HetznerSimConfig {
     pub rate_refill_per_sec: Option<f64>,
     /// How long every action takes to finish.
     pub action_duration: Duration,
+    /// Most servers the project may hold (`resource_limit_exceeded` beyond it).
+    pub server_limit: usize,
 }
 
 impl Default for HetznerSimConfig {
@@ -38,6 +40,7 @@ impl Default for HetznerSimConfig {
             rate_limit_per_hour: 3600,
             rate_refill_per_sec: None,
             action_duration: Duration::from_millis(500),
+            server_limit: 100,
         }
     }
 }
@@ -53,7 +56,7 @@ impl HetznerSimConfig {
 
 /// Serves a fresh, empty project on `listener`; the base URL ends in `/v1`.
 pub async fn spawn(config: HetznerSimConfig, listener: TcpListener) -> std::io::Result<RunningSim> {
-    let state = Arc::new(HzState { world: Mutex::new(World::new(config.action_duration)) });
+    let state = Arc::new(HzState { world: Mutex::new(World::new(config.action_duration, config.server_limit)) });
     serve(
         SimParts {
             dialect: Dialect::Hetzner,

@@ -371,6 +371,14 @@ async fn create_server(State(st): St, body: Bytes) -> Reply {
     if w.servers.values().any(|s| s.name == name) {
         return Err(ApiError::uniqueness("name"));
     }
+    if w.servers.len() >= w.server_limit {
+        return Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            code: "resource_limit_exceeded",
+            message: "server limit exceeded".into(),
+            details: json!({"limits": [{"name": "server_limit"}]}),
+        });
+    }
 
     w.servers_created += 1;
     let id = w.next_id();

@@ -114,6 +114,7 @@ pub struct World {
     /// Servers ever created (deleted ones included): the duplicate check of fault tests.
     pub servers_created: u64,
     pub action_duration: Duration,
+    pub server_limit: usize,
     pub servers: BTreeMap<i64, Server>,
     pub firewalls: BTreeMap<i64, Firewall>,
     pub ssh_keys: BTreeMap<i64, SshKey>,
@@ -121,8 +122,9 @@ pub struct World {
 }
 
 impl World {
-    pub fn new(action_duration: Duration) -> Self {
+    pub fn new(action_duration: Duration, server_limit: usize) -> Self {
         World {
+            server_limit,
             next_id: 1000,
             servers_created: 0,
             action_duration,
