@@ -47,10 +47,11 @@ pub fn owned_leaves(v: &Value, status_subresource: bool, subresource: &str) -> B
             _ => leaves(child, vec![k.clone()], &mut out),
         }
     }
-    if status_subresource && subresource == "status" {
-        if let Some(s) = obj.get("status") {
-            leaves(s, vec!["status".into()], &mut out);
-        }
+    if status_subresource
+        && subresource == "status"
+        && let Some(s) = obj.get("status")
+    {
+        leaves(s, vec!["status".into()], &mut out);
     }
     out
 }

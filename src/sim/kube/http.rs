@@ -346,12 +346,10 @@ fn watch(
     namespace: Option<String>,
     req: &Request,
 ) -> Result<Response, ApiError> {
-    if let Some(m) = req.q("resourceVersionMatch") {
-        if m != "NotOlderThan" || !req.flag("sendInitialEvents") {
-            return Err(ApiError::bad_request(format!(
-                "resourceVersionMatch: Forbidden: {m} is not allowed for watch"
-            )));
-        }
+    if let Some(m) = req.q("resourceVersionMatch")
+        && (m != "NotOlderThan" || !req.flag("sendInitialEvents"))
+    {
+        return Err(ApiError::bad_request(format!("resourceVersionMatch: Forbidden: {m} is not allowed for watch")));
     }
     let request = WatchRequest {
         rt: rt.clone(),

@@ -82,7 +82,10 @@ fn index<'a>(v: &'a Value, inner: &str) -> Vec<&'a Value> {
                 let got = select(item, lhs);
                 let eq = got.first().is_some_and(|g| match g {
                     Value::String(s) => s == rhs,
-                    other => other.to_string() == rhs,
+                    other => {
+                        let text = other.to_string();
+                        text == rhs
+                    }
                 });
                 eq == op
             })

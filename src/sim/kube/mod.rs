@@ -220,16 +220,16 @@ pub async fn spawn(config: KubeApiConfig, listener: TcpListener) -> Result<Runni
                 .map_err(|e| StartError::Crd { name: ns.into(), message: e.message })?;
         }
     }
-    if config.install_crds {
-        if let Some(crd_type) = builtin_type(&state, Special::Crd, "customresourcedefinitions") {
-            for crd in crate::api::all_crds() {
-                let name = crd.metadata.name.clone().unwrap_or_default();
-                let body = serde_json::to_value(&crd)
-                    .map_err(|e| StartError::Crd { name: name.clone(), message: e.to_string() })?;
-                let target = Target { rt: &crd_type, namespace: "", subresource: "" };
-                write::create(&mut state, &target, body, &opts)
-                    .map_err(|e| StartError::Crd { name, message: e.message })?;
-            }
+    if config.install_crds
+        && let Some(crd_type) = builtin_type(&state, Special::Crd, "customresourcedefinitions")
+    {
+        for crd in crate::api::all_crds() {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            let body = serde_json::to_value(&crd)
+                .map_err(|e| StartError::Crd { name: name.clone(), message: e.to_string() })?;
+            let target = Target { rt: &crd_type, namespace: "", subresource: "" };
+            write::create(&mut state, &target, body, &opts)
+                .map_err(|e| StartError::Crd { name, message: e.message })?;
         }
     }
     let (latest, _) = tokio::sync::watch::channel(state.rv());

@@ -178,10 +178,11 @@ fn insert(
     if state.get(&rt.storage, target.namespace, &name).is_some() {
         return Err(ApiError::already_exists(&rt.plural, &rt.group, &name));
     }
-    if rt.status_subresource && rt.special != Special::Namespace {
-        if let Some(m) = body.as_object_mut() {
-            m.remove("status");
-        }
+    if rt.status_subresource
+        && rt.special != Special::Namespace
+        && let Some(m) = body.as_object_mut()
+    {
+        m.remove("status");
     }
     {
         let meta = meta_mut(&mut body);
@@ -458,10 +459,10 @@ fn commit(
     }
     if let Some(old) = &old {
         let wanted_rv = meta_str(&new, "resourceVersion").map(str::to_owned);
-        if let Some(rv) = wanted_rv.filter(|rv| !rv.is_empty()) {
-            if Some(rv.as_str()) != meta_str(old, "resourceVersion") {
-                return Err(ApiError::conflict(&rt.plural, &rt.group, &name));
-            }
+        if let Some(rv) = wanted_rv.filter(|rv| !rv.is_empty())
+            && Some(rv.as_str()) != meta_str(old, "resourceVersion")
+        {
+            return Err(ApiError::conflict(&rt.plural, &rt.group, &name));
         }
         if target.subresource == "status" {
             let status = new.get("status").cloned();
@@ -599,10 +600,11 @@ fn commit(
         );
     }
 
-    if let Some(old) = &old {
-        if meta::content(old) == meta::content(&new) && same_owners(old, &new) {
-            return Ok(Written { object: present(rt, old), warnings, created: false });
-        }
+    if let Some(old) = &old
+        && meta::content(old) == meta::content(&new)
+        && same_owners(old, &new)
+    {
+        return Ok(Written { object: present(rt, old), warnings, created: false });
     }
     if opts.dry_run {
         return Ok(Written { object: present(rt, &new), warnings, created: old.is_none() });
@@ -811,10 +813,8 @@ fn dependents(state: &State, uid: &str) -> Vec<(Arc<ResourceType>, String, Strin
                 .pointer("/metadata/ownerReferences")
                 .and_then(Value::as_array)
                 .is_some_and(|refs| refs.iter().any(|r| r.get("uid").and_then(Value::as_str) == Some(uid)));
-            if owned {
-                if let Some(t) = type_of(state, obj) {
-                    out.push((t, ns.clone(), name.clone()));
-                }
+            if owned && let Some(t) = type_of(state, obj) {
+                out.push((t, ns.clone(), name.clone()));
             }
         }
     }
