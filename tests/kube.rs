@@ -12,3 +12,5 @@ mod kubectl;
 mod python;
 #[path = "kube/runtime.rs"]
 mod runtime;
+#[path = "kube/sandbox.rs"]
+mod sandbox;

@@ -48,14 +48,15 @@ pub fn apply_dir(kube: &RunningKube, dir: &Path) -> Vec<String> {
             }
         };
         for mut doc in docs {
-            // The annotation `kubectl apply` keeps, so a later `kubectl apply -f` of the same
-            // files finds them unchanged instead of warning about a missing annotation.
-            let last_applied = format!("{doc}\n");
+            // The annotation `kubectl apply` keeps, rendered as kubectl does (sorted keys,
+            // `annotations: {}` present, trailing newline), so a later `kubectl apply -f` of the
+            // same files finds them unchanged instead of warning about a missing annotation.
             if let Some(meta) = doc.get_mut("metadata").and_then(Value::as_object_mut) {
-                let annotations = meta.entry("annotations").or_insert_with(|| Value::Object(Default::default()));
-                if let Some(a) = annotations.as_object_mut() {
-                    a.insert("kubectl.kubernetes.io/last-applied-configuration".into(), Value::String(last_applied));
-                }
+                meta.entry("annotations").or_insert_with(|| Value::Object(Default::default()));
+            }
+            let last_applied = format!("{doc}\n");
+            if let Some(a) = doc.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut) {
+                a.insert("kubectl.kubernetes.io/last-applied-configuration".into(), Value::String(last_applied));
             }
             let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("?").to_lowercase();
             let name = doc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("?").to_owned();
