@@ -36,7 +36,12 @@ def check_hetzner(url, token):
     st = client.server_types.get_by_name("cpx22")
     assert any(p["location"] == "hil" for p in st.prices), st.prices
     assert client.images.get_by_name_and_architecture("ubuntu-24.04", "x86") is not None
-    step("catalog: locations, server types, images")
+    try:
+        client.datacenters.get_all()
+        raise AssertionError("datacenters still served")
+    except hcloud.APIException as e:
+        assert e.code == "deprecated_api_endpoint", e.code
+    step("catalog: locations, server types, images; datacenters gone (410)")
 
     labels = {"crabglamp.com/kind": "plainvm", "crabglamp.com/uid": "abc-123"}
     created = client.servers.create(
@@ -53,7 +58,7 @@ def check_hetzner(url, token):
     created.action.wait_until_finished()
     for a in created.next_actions:
         a.wait_until_finished()
-    server = client.servers.get_by_id(server.id)
+    server = client.servers.get_by_name("py-check-1")
     assert server.status == "running", server.status
     assert server.location.name == "hel1"
     assert server.labels == labels
@@ -85,7 +90,14 @@ def check_hetzner(url, token):
     assert client.servers.get_by_id(server.id).status == "off"
     server.power_on().wait_until_finished()
     assert client.servers.get_by_id(server.id).status == "running"
-    step("powered off and on")
+    server.reboot().wait_until_finished()
+    server.shutdown().wait_until_finished()
+    assert client.servers.get_by_id(server.id).status == "off"
+    server.power_on().wait_until_finished()
+    server.update(labels={**labels, "extra": "yes"})
+    assert client.servers.get_by_id(server.id).labels["extra"] == "yes"
+    assert any(a.command == "stop_server" for a in server.get_actions())
+    step("powered off and on, rebooted, shut down, relabelled")
 
     fw_resp = client.firewalls.create(
         name="py-check-fw",
@@ -133,6 +145,10 @@ def check_hetzner(url, token):
 
 def check_cloudflare(url, token, account_id, zone_id, zone_name):
     cf = cloudflare.Cloudflare(api_token=token, base_url=url, max_retries=2)
+    assert cf.user.tokens.verify().status == "active"
+    zones = list(cf.zones.list(name=zone_name))
+    assert [z.id for z in zones] == [zone_id], zones
+    step("token verified, zone found by name")
     secret = base64.b64encode(b"s" * 32).decode()
     tunnel = cf.zero_trust.tunnels.cloudflared.create(
         account_id=account_id, name="py-check-tunnel", config_src="cloudflare", tunnel_secret=secret

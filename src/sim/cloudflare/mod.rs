@@ -2,6 +2,7 @@
 //! remote configuration and token, and DNS records of one zone, in Cloudflare's envelope.
 //! It never reaches the network beyond its own listener and never logs a tunnel secret.
 
+mod account;
 mod dns;
 mod envelope;
 mod tunnels;
@@ -58,7 +59,11 @@ pub async fn spawn(config: CloudflareSimConfig, listener: TcpListener) -> std::i
         tunnels: Mutex::new(tunnels::Tunnels::default()),
         dns: Mutex::new(dns::Records::default()),
     });
-    let router = Router::new().merge(tunnels::router()).merge(dns::router()).with_state(Arc::clone(&state));
+    let router = Router::new()
+        .merge(account::router())
+        .merge(tunnels::router())
+        .merge(dns::router())
+        .with_state(Arc::clone(&state));
     serve(
         SimParts { dialect: Dialect::Cloudflare, token: config.token, budget, base_path: "/client/v4", router, state },
         listener,

@@ -102,6 +102,8 @@ pub fn router(state: Arc<HzState>) -> Router {
         .route("/server_types/{id}", get(get_server_type))
         .route("/images", get(list_images))
         .route("/images/{id}", get(get_image))
+        .route("/datacenters", get(datacenters_gone))
+        .route("/datacenters/{id}", get(datacenters_gone))
         .with_state(state)
 }
 
@@ -1016,4 +1018,15 @@ async fn list_images(Query(q): Q, headers: HeaderMap) -> Reply {
 async fn get_image(Path(id): Path<String>) -> Reply {
     let i = id.parse::<i64>().ok().and_then(catalog::image_by_id).ok_or_else(|| ApiError::not_found("image"))?;
     created(StatusCode::OK, json!({"image": catalog::image_json(i)}))
+}
+
+/// `/datacenters` was deprecated and answers 410 since 2026-10-01; availability per location
+/// lives in `server_type.locations` now.
+async fn datacenters_gone() -> Reply {
+    Err(ApiError {
+        status: StatusCode::GONE,
+        code: "deprecated_api_endpoint",
+        message: "this endpoint was removed; use server_types[].locations".into(),
+        details: json!({"announcement": "the datacenters endpoints were removed on 2026-10-01"}),
+    })
 }
