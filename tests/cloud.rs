@@ -8,6 +8,7 @@ mod cloud {
 
     mod cli;
     mod cloudflare;
+    mod envelopes;
     mod faults;
     mod hetzner;
     mod limits;

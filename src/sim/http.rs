@@ -283,6 +283,16 @@ impl SimControl {
             (Dialect::Hetzner, _) => {
                 Some(hetzner_error(StatusCode::UNAUTHORIZED, "unauthorized", "unable to authenticate", Value::Null))
             }
+            // Legacy global-key auth: the simulator's token doubles as the key.
+            (Dialect::Cloudflare, None) if headers.contains_key("x-auth-key") => {
+                let key = headers.get("x-auth-key").and_then(|v| v.to_str().ok());
+                let email = headers.get("x-auth-email").and_then(|v| v.to_str().ok());
+                match (email, key) {
+                    (Some(_), Some(k)) if k == self.token => None,
+                    (None, _) => Some(cloudflare_error(StatusCode::BAD_REQUEST, 9106, "Missing X-Auth-Email header")),
+                    _ => Some(cloudflare_error(StatusCode::FORBIDDEN, 9103, "Unknown X-Auth-Key or X-Auth-Email")),
+                }
+            }
             (Dialect::Cloudflare, None) => Some(cloudflare_errors(
                 StatusCode::BAD_REQUEST,
                 json!([{"code": 9106, "message": "Missing X-Auth-Email header"},
@@ -297,6 +307,20 @@ impl SimControl {
                 Some(t) if t == self.token => None,
                 Some(_) => Some(cloudflare_error(StatusCode::UNAUTHORIZED, 1000, "Invalid API Token")),
             },
+        }
+    }
+
+    /// The router answers a known path with the wrong method by a bare 405; the real APIs
+    /// answer in their envelopes.
+    fn envelope_405(&self, resp: Response) -> Response {
+        if resp.status() != StatusCode::METHOD_NOT_ALLOWED {
+            return resp;
+        }
+        match self.dialect {
+            Dialect::Hetzner => {
+                hetzner_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed", Value::Null)
+            }
+            Dialect::Cloudflare => cloudflare_error(StatusCode::METHOD_NOT_ALLOWED, 10405, "Method not allowed"),
         }
     }
 
@@ -421,7 +445,7 @@ async fn handle_gated(control: &SimControl, req: Request, next: Next, method: &M
             (control.injected_response(error), true)
         }
         Some((error, false)) => (control.injected_response(error), true),
-        None => (next.run(req).await, false),
+        None => (control.envelope_405(next.run(req).await), false),
     };
     let bucket = lock(&control.bucket);
     control.rate_headers(&bucket, resp.headers_mut());
