@@ -339,3 +339,77 @@ async fn status_generation_conflicts_and_garbage_collection() {
         .await
         .expect("gc");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streaming_lists_metadata_watches_and_selector_transitions() {
+    let sb = start().await;
+    let client = sb.client();
+    let agents: Api<Agent> = Api::namespaced(client.clone(), NS);
+    agents.create(&PostParams::default(), &agent("first", "us")).await.expect("create");
+
+    // Streaming list: the initial events end with the initial-events-end bookmark.
+    let mut streaming = watcher(agents.clone(), watcher::Config::default().streaming_lists()).boxed();
+    within("the streaming list", async {
+        let mut initial = Vec::new();
+        while let Some(e) = streaming.try_next().await.expect("streaming watch") {
+            match e {
+                watcher::Event::InitApply(a) => initial.push(a.name_any()),
+                watcher::Event::InitDone => break,
+                _ => {}
+            }
+        }
+        assert_eq!(initial, ["first"]);
+    })
+    .await;
+
+    // A label-selected watch sees an object enter (ADDED) and leave (DELETED) the selection.
+    let wp = WatchParams::default().labels("tier=gold").timeout(60);
+    let rv = agents.list(&ListParams::default()).await.expect("list").metadata.resource_version.expect("rv");
+    let mut selected = agents.watch(&wp, &rv).await.expect("watch").boxed();
+    agents
+        .patch("first", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"tier": "gold"}}})))
+        .await
+        .expect("label");
+    agents
+        .patch("first", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"tier": "lead"}}})))
+        .await
+        .expect("relabel");
+    let mut kinds = Vec::new();
+    within("the selector transitions", async {
+        while kinds.len() < 2 {
+            match selected.try_next().await.expect("watch").expect("open") {
+                WatchEvent::Added(_) => kinds.push("ADDED"),
+                WatchEvent::Deleted(_) => kinds.push("DELETED"),
+                WatchEvent::Modified(_) => kinds.push("MODIFIED"),
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(kinds, ["ADDED", "DELETED"]);
+
+    // Controller::owns uses a metadata watcher: a change to an owned Secret triggers its owner.
+    let owner = agents.get("first").await.expect("get").controller_owner_ref(&()).expect("owner ref");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let (tx, mut seen) = mpsc::unbounded_channel::<String>();
+    let controller = Controller::new(agents.clone(), watcher::Config::default())
+        .owns(secrets.clone(), watcher::Config::default())
+        .run(
+            |obj: Arc<Agent>, tx: Arc<mpsc::UnboundedSender<String>>| async move {
+                let _ = tx.send(obj.name_any());
+                Ok::<_, Infallible>(Action::await_change())
+            },
+            |_, _: &Infallible, _| Action::await_change(),
+            Arc::new(tx),
+        )
+        .for_each(|_| async {});
+    let controller = tokio::spawn(controller);
+    within("the first reconcile", seen.recv()).await.expect("reconcile");
+    let secret: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "first-data", "ownerReferences": [owner]}, "stringData": {"a": "b"}}),
+    )
+    .expect("secret");
+    secrets.create(&PostParams::default(), &secret).await.expect("create secret");
+    within("the reconcile triggered by the owned Secret", seen.recv()).await.expect("reconcile");
+    controller.abort();
+}

@@ -23,8 +23,6 @@
 //!   deletes its content and the namespace at once (no `Terminating` phase).
 //! - Deleting a CRD drops its objects without DELETED events to their watchers' selectors
 //!   beyond the storage's own events.
-//! - A watch filters by the object's new state only: an object that stops matching a selector
-//!   produces no DELETED event for that watch.
 //! - `continue` tokens are offsets into the current list (not a consistent snapshot); `limit`
 //!   is honoured.
 //! - Defaults are applied on write only, not re-applied to stored objects on read.

@@ -50,6 +50,9 @@ pub struct Change {
     pub kind: EventType,
     /// The object after the change (before it, for DELETED, with the new resourceVersion).
     pub object: Arc<Value>,
+    /// The object before a MODIFIED change (lets a watch turn a selector transition into
+    /// ADDED or DELETED, as real servers do).
+    pub previous: Option<Arc<Value>>,
 }
 
 /// Objects of one storage, by (namespace, name).
@@ -158,11 +161,9 @@ impl State {
         rv: u64,
     ) -> Arc<Value> {
         let object = Arc::new(object);
-        self.objects
-            .entry(storage.clone())
-            .or_default()
-            .insert((namespace.to_owned(), name.to_owned()), object.clone());
-        self.record(storage, namespace, kind, object.clone(), rv);
+        let previous =
+            self.objects.entry(storage.clone()).or_default().insert((namespace.to_owned(), name.to_owned()), object.clone());
+        self.record(storage, namespace, kind, object.clone(), previous, rv);
         object
     }
 
@@ -172,12 +173,28 @@ impl State {
             bucket.remove(&(namespace.to_owned(), name.to_owned()));
         }
         let last = Arc::new(last);
-        self.record(storage, namespace, EventType::Deleted, last.clone(), rv);
+        self.record(storage, namespace, EventType::Deleted, last.clone(), None, rv);
         last
     }
 
-    fn record(&mut self, storage: &StorageKey, namespace: &str, kind: EventType, object: Arc<Value>, rv: u64) {
-        self.history.push_back(Change { rv, storage: storage.clone(), namespace: namespace.to_owned(), kind, object });
+    fn record(
+        &mut self,
+        storage: &StorageKey,
+        namespace: &str,
+        kind: EventType,
+        object: Arc<Value>,
+        previous: Option<Arc<Value>>,
+        rv: u64,
+    ) {
+        let previous = if kind == EventType::Modified { previous } else { None };
+        self.history.push_back(Change {
+            rv,
+            storage: storage.clone(),
+            namespace: namespace.to_owned(),
+            kind,
+            object,
+            previous,
+        });
         while self.history.len() > self.history_limit {
             if let Some(old) = self.history.pop_front() {
                 self.compacted = old.rv;

@@ -17,6 +17,7 @@ use super::Shared;
 use super::error::ApiError;
 use super::resource::ResourceType;
 use super::selector::{FieldSelector, LabelSelector};
+use super::state::EventType;
 use super::table::{self, IncludeObject, Rendering};
 use super::write::present;
 
@@ -166,10 +167,19 @@ pub fn start(
             let idle = changes.is_empty();
             for change in changes {
                 cursor = change.rv;
-                if change.storage != req.rt.storage || !req.matches(&change.namespace, &change.object) {
+                if change.storage != req.rt.storage {
                     continue;
                 }
-                if tx.send(renderer.line(change.kind.as_str(), &change.object)).await.is_err() {
+                let now = req.matches(&change.namespace, &change.object);
+                let before = change.previous.as_ref().map(|p| req.matches(&change.namespace, p));
+                // An object entering or leaving the selection is ADDED or DELETED for this watch.
+                let kind = match (change.kind, before, now) {
+                    (_, _, false) if before != Some(true) => continue,
+                    (EventType::Modified, Some(true), false) => "DELETED",
+                    (EventType::Modified, Some(false), true) => "ADDED",
+                    (kind, _, _) => kind.as_str(),
+                };
+                if tx.send(renderer.line(kind, &change.object)).await.is_err() {
                     return;
                 }
             }
