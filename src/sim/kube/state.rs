@@ -161,8 +161,11 @@ impl State {
         rv: u64,
     ) -> Arc<Value> {
         let object = Arc::new(object);
-        let previous =
-            self.objects.entry(storage.clone()).or_default().insert((namespace.to_owned(), name.to_owned()), object.clone());
+        let previous = self
+            .objects
+            .entry(storage.clone())
+            .or_default()
+            .insert((namespace.to_owned(), name.to_owned()), object.clone());
         self.record(storage, namespace, kind, object.clone(), previous, rv);
         object
     }
