@@ -48,6 +48,14 @@ async fn scenario(kubectl: &Path) {
         assert!(out.contains(kind), "{kind} missing in {out}");
     }
 
+    // Imperative creates of built-ins arrive as protobuf.
+    sb.kubectl(kubectl, &["create", "namespace", "scratch"]).await;
+    sb.kubectl(kubectl, &["create", "secret", "generic", "creds", "-n", "scratch", "--from-literal=token=s3cret"])
+        .await;
+    let out = sb.kubectl(kubectl, &["get", "secret", "creds", "-n", "scratch", "-o", "jsonpath={.data.token}"]).await;
+    assert_eq!(out, "czNjcmV0");
+    sb.kubectl(kubectl, &["delete", "namespace", "scratch"]).await;
+
     let out = sb.kubectl(kubectl, &["explain", "agent.spec.region"]).await;
     assert!(out.contains("Region the server runs in"), "{out}");
 

@@ -61,6 +61,7 @@ except ApiException as e:
 core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="py")))
 core.create_namespaced_secret("py", client.V1Secret(metadata=client.V1ObjectMeta(name="s", labels={"a": "b"}), string_data={"k": "v"}))
 core.patch_namespaced_secret("s", "py", {"metadata": {"labels": {"c": "d"}}})
+assert core.read_namespaced_secret("s", "py").data == {"k": "dg=="}, "stringData folds into data"
 secrets = core.list_namespaced_secret("py", label_selector="a=b,c=d")
 assert [s.metadata.name for s in secrets.items] == ["s"], secrets
 core.delete_namespaced_secret("s", "py", propagation_policy="Background")

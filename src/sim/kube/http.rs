@@ -84,6 +84,10 @@ impl Request {
     }
 
     fn json_body(&self) -> Result<Value, ApiError> {
+        if self.header(header::CONTENT_TYPE).starts_with("application/vnd.kubernetes.protobuf") {
+            return super::protobuf::decode(&self.body)
+                .map_err(|e| ApiError::new(415, "UnsupportedMediaType", e.to_string()));
+        }
         serde_json::from_slice(&self.body).or_else(|_| {
             serde_norway::from_slice(&self.body)
                 .map_err(|e| ApiError::bad_request(format!("the request body could not be decoded: {e}")))

@@ -8,8 +8,9 @@
 //! anything.
 //!
 //! Deliberate differences from a real API server (kept because no client here depends on them):
-//! - Plain HTTP on loopback, no authentication or authorisation, HTTP/1.1 only, JSON only
-//!   (protobuf is never offered; Accept lists with protobuf first get JSON).
+//! - Plain HTTP on loopback, no authentication or authorisation, HTTP/1.1 only. Responses are
+//!   always JSON (Accept lists with protobuf first get JSON); protobuf request bodies are read
+//!   only for Namespace, Secret and ConfigMap (what `kubectl create` sends that way).
 //! - Legacy discovery only (no aggregated `apidiscovery.k8s.io` documents); `/openapi/v2` is
 //!   404. OpenAPI v3 schemas of built-in kinds are open (`x-kubernetes-preserve-unknown-fields`).
 //! - Strategic merge patches of built-ins are applied as JSON merge patches (directives such as
@@ -39,6 +40,7 @@ pub mod http;
 pub mod jsonpath;
 pub mod meta;
 pub mod openapi;
+pub mod protobuf;
 pub mod resource;
 pub mod selector;
 pub mod state;

@@ -558,6 +558,9 @@ fn commit(
         new["status"] = crd_status(&new);
         crd_types = Some(types);
     }
+    if rt.group.is_empty() && rt.kind == "Secret" {
+        fold_string_data(&mut new);
+    }
     if rt.special == Special::Namespace && new.pointer("/status/phase").is_none() {
         new["status"] = json!({"phase": "Active"});
     }
@@ -627,6 +630,21 @@ fn commit(
         state.set_crd_types(&group, &plural, types);
     }
     Ok(Written { object: present(rt, &stored), warnings, created: old.is_none() })
+}
+
+/// A Secret's write-only `stringData` goes into `data`, base64-encoded, as the API server does.
+fn fold_string_data(secret: &mut Value) {
+    use base64::Engine;
+    let Some(Value::Object(plain)) = secret.as_object_mut().and_then(|m| m.remove("stringData")) else { return };
+    if !secret.get("data").is_some_and(Value::is_object) {
+        secret["data"] = json!({});
+    }
+    if let Some(data) = secret.get_mut("data").and_then(Value::as_object_mut) {
+        for (k, v) in plain {
+            let text = v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
+            data.insert(k, json!(base64::engine::general_purpose::STANDARD.encode(text)));
+        }
+    }
 }
 
 /// Whether two objects have the same field owners (ignoring the times of the entries).
