@@ -137,6 +137,19 @@ impl RateLimiter {
         }
     }
 
+    /// Like [`acquire`](Self::acquire), but gives up without waiting when the budget is back
+    /// only after `max_wait`: `Err(wait)` says when to come back.
+    pub async fn acquire_within(&self, max_wait: Duration) -> Result<Duration, Duration> {
+        let started = Instant::now();
+        loop {
+            match self.with(|b| b.try_acquire(Instant::now())) {
+                Ok(()) => return Ok(started.elapsed()),
+                Err(wait) if wait > max_wait => return Err(wait),
+                Err(wait) => tokio::time::sleep(wait).await,
+            }
+        }
+    }
+
     pub fn observe(&self, obs: RateObservation) {
         self.with(|b| b.observe(obs, Instant::now()));
     }

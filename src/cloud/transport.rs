@@ -19,6 +19,10 @@ use super::secret::Secret;
 /// A 429 storm must not turn into an endless loop: after this many rate-limit pauses in one
 /// call the caller gets `RateLimited` and requeues.
 const MAX_RATE_LIMIT_PAUSES: u32 = 50;
+/// A longer wait than this (Cloudflare blocks for five minutes; an empty hourly budget
+/// refills slowly) is not waited out inside a call: the caller gets `RateLimited { reset }`
+/// and requeues, while the shared limiter holds every other caller back until the reset.
+const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
 
 /// One API call as the clients describe it.
 pub(crate) struct Call<'a> {
@@ -94,7 +98,17 @@ impl Transport {
         let mut retries = 0;
         let mut pauses = 0;
         loop {
-            let waited = self.limiter.acquire().await;
+            let waited = match self.limiter.acquire_within(MAX_RATE_LIMIT_WAIT).await {
+                Ok(waited) => waited,
+                Err(reset) => {
+                    // Our own budget says no for longer than a call should block: nothing is
+                    // sent, the caller requeues after `reset`.
+                    self.metrics.count(self.provider.as_str(), call.operation, "rate_limited");
+                    let message = "request budget exhausted; not sent".to_owned();
+                    let error = self.error(call.operation, None, "client_rate_limit", message);
+                    return Err(CloudError::RateLimited { error, reset });
+                }
+            };
             if waited >= Duration::from_millis(1) {
                 self.metrics.waited(self.provider.as_str(), waited.as_millis() as u64);
             }
@@ -103,9 +117,12 @@ impl Transport {
             self.metrics.count(self.provider.as_str(), call.operation, outcome);
             match result {
                 Ok(value) => return Ok(value),
-                Err(CloudError::RateLimited { reset, .. }) if pauses < MAX_RATE_LIMIT_PAUSES => {
+                Err(CloudError::RateLimited { error, reset }) => {
                     // Everyone sharing the budget pauses, not just this caller.
                     self.limiter.pause(reset);
+                    if pauses >= MAX_RATE_LIMIT_PAUSES || reset > MAX_RATE_LIMIT_WAIT {
+                        return Err(CloudError::RateLimited { error, reset });
+                    }
                     pauses += 1;
                 }
                 Err(CloudError::Retryable(detail)) if retries + 1 < self.retry.max_attempts => {

@@ -133,11 +133,18 @@ struct ServerBucket {
     budget: RateBudget,
     tokens: f64,
     last: Instant,
+    /// Cloudflare blocks every call for a whole window once the budget is spent.
+    penalty: Option<Duration>,
+    blocked_until: Option<Instant>,
 }
 
 impl ServerBucket {
-    fn new(budget: RateBudget) -> Self {
-        ServerBucket { budget, tokens: f64::from(budget.capacity), last: Instant::now() }
+    fn new(budget: RateBudget, dialect: Dialect) -> Self {
+        let penalty = match dialect {
+            Dialect::Hetzner => None,
+            Dialect::Cloudflare => Some(Duration::from_secs(budget.window_secs())),
+        };
+        ServerBucket { budget, tokens: f64::from(budget.capacity), last: Instant::now(), penalty, blocked_until: None }
     }
 
     fn refill(&mut self, now: Instant) {
@@ -148,10 +155,17 @@ impl ServerBucket {
 
     fn take(&mut self, now: Instant) -> bool {
         self.refill(now);
+        if let Some(until) = self.blocked_until {
+            if now < until {
+                return false;
+            }
+            self.blocked_until = None;
+        }
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
         } else {
+            self.blocked_until = self.penalty.map(|p| now + p);
             false
         }
     }
@@ -170,6 +184,9 @@ impl ServerBucket {
 
     /// Seconds until one more request is allowed.
     fn secs_to_next(&self) -> u64 {
+        if let Some(until) = self.blocked_until {
+            return until.saturating_duration_since(Instant::now()).as_secs_f64().ceil().max(1.0) as u64;
+        }
         if self.budget.refill_per_sec <= 0.0 {
             return 1;
         }
@@ -177,11 +194,23 @@ impl ServerBucket {
     }
 }
 
+/// The request log: the most recent requests in full, exact counters for all of them (a
+/// long-running sandbox must not grow without bound).
+#[derive(Default)]
+struct RequestLog {
+    recent: std::collections::VecDeque<RequestRecord>,
+    total: u64,
+    by_status: std::collections::BTreeMap<u16, u64>,
+}
+
+/// How many requests the log keeps in full.
+const LOG_CAPACITY: usize = 100_000;
+
 /// Shared control surface of one running simulator: config knobs, log and counters.
 pub struct SimControl {
     dialect: Dialect,
     token: String,
-    log: Mutex<Vec<RequestRecord>>,
+    log: Mutex<RequestLog>,
     faults: Mutex<(FaultPlan, StdRng)>,
     bucket: Mutex<ServerBucket>,
 }
@@ -197,9 +226,9 @@ impl SimControl {
         SimControl {
             dialect,
             token,
-            log: Mutex::new(Vec::new()),
+            log: Mutex::new(RequestLog::default()),
             faults: Mutex::new((FaultPlan::default(), StdRng::seed_from_u64(0))),
-            bucket: Mutex::new(ServerBucket::new(budget)),
+            bucket: Mutex::new(ServerBucket::new(budget, dialect)),
         }
     }
 
@@ -216,25 +245,37 @@ impl SimControl {
 
     /// Replaces the rate budget and refills the bucket.
     pub fn set_rate_budget(&self, budget: RateBudget) {
-        *lock(&self.bucket) = ServerBucket::new(budget);
+        *lock(&self.bucket) = ServerBucket::new(budget, self.dialect);
     }
 
+    /// The most recent requests (up to 100,000), oldest first.
     pub fn requests(&self) -> Vec<RequestRecord> {
-        lock(&self.log).clone()
+        lock(&self.log).recent.iter().cloned().collect()
     }
 
-    /// Requests answered with this status.
+    /// All requests served since the start.
+    pub fn total_requests(&self) -> u64 {
+        lock(&self.log).total
+    }
+
+    /// Requests answered with this status, since the start.
     pub fn count_status(&self, status: u16) -> usize {
-        lock(&self.log).iter().filter(|r| r.status == status).count()
+        lock(&self.log).by_status.get(&status).copied().unwrap_or(0) as usize
     }
 
-    /// Requests with this method whose path contains `path_contains`.
+    /// Recent requests with this method whose path contains `path_contains`.
     pub fn count(&self, method: &Method, path_contains: &str) -> usize {
-        lock(&self.log).iter().filter(|r| r.method == *method && r.path.contains(path_contains)).count()
+        lock(&self.log).recent.iter().filter(|r| r.method == *method && r.path.contains(path_contains)).count()
     }
 
     fn record(&self, record: RequestRecord) {
-        lock(&self.log).push(record);
+        let mut log = lock(&self.log);
+        log.total += 1;
+        *log.by_status.entry(record.status).or_default() += 1;
+        if log.recent.len() == LOG_CAPACITY {
+            log.recent.pop_front();
+        }
+        log.recent.push_back(record);
     }
 
     /// Decides whether this request is faulted: Some((error, applied_first)).

@@ -1,9 +1,11 @@
 //! The Cloudflare client against the simulator: tunnels, configuration, token, DNS records
 //! and every error class.
 
+use std::time::Duration;
+
 use crabglamp_operator::cloud::CloudError;
 use crabglamp_operator::cloud::cloudflare::{IngressRule, TunnelSecret, derive_tunnel_token};
-use crabglamp_operator::sim::cloudflare as cfsim;
+use crabglamp_operator::sim::cloudflare::{self as cfsim, CloudflareSimConfig};
 use crabglamp_operator::sim::http::{FaultPlan, FaultRule};
 
 use super::support::*;
@@ -101,4 +103,29 @@ async fn error_classes() {
     c.list_dns_records("a.example.com").await.expect("succeeds after waiting");
     assert_eq!(sim.control().count_status(429), 1);
     sim.shutdown().await.unwrap();
+
+    // A budget of 3 per five minutes. The client learns it from the headers and, once it is
+    // spent, answers `RateLimited` at once without sending (nor hanging in the call).
+    let tiny = cloudflare_sim(CloudflareSimConfig { rate_limit: 3, ..cf_config() }).await;
+    let c = cloudflare_client(&tiny, CF_TOKEN, fast_retry(3));
+    for _ in 0..3 {
+        c.list_dns_records("a.example.com").await.expect("within budget");
+    }
+    let started = std::time::Instant::now();
+    let err = c.list_dns_records("a.example.com").await.unwrap_err();
+    assert!(
+        matches!(err, CloudError::RateLimited { ref error, reset } if error.code == "client_rate_limit" && reset >= Duration::from_secs(60)),
+        "{err}"
+    );
+    assert_eq!(tiny.control().total_requests(), 3, "nothing sent over the budget");
+    // A second process that does not know yet gets the API's 429, and the API then blocks
+    // every call for the whole window (Retry-After near five minutes).
+    let stranger = cloudflare_client(&tiny, CF_TOKEN, fast_retry(3));
+    let err = stranger.list_dns_records("a.example.com").await.unwrap_err();
+    assert!(
+        matches!(err, CloudError::RateLimited { ref error, reset } if error.status == Some(429) && reset >= Duration::from_secs(240)),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "did not wait out a five-minute block");
+    tiny.shutdown().await.unwrap();
 }
