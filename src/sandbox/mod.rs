@@ -29,6 +29,10 @@ pub struct SandboxArgs {
     /// Apply the manifests (*.yaml, *.yml, *.json) in this directory at start.
     #[arg(long)]
     pub apply: Option<PathBuf>,
+    /// Start throwaway PostgreSQL and Redis servers even when DATABASE_URL/REDIS_URL are set or
+    /// servers answer on localhost (an isolated sandbox).
+    #[arg(long)]
+    pub fresh_services: bool,
     /// Port of the Kubernetes API server (0 = any free port).
     #[arg(long, default_value_t = 0)]
     pub port: u16,
@@ -63,6 +67,21 @@ async fn loopback(port: u16, what: &str) -> Result<TcpListener, SandboxError> {
     TcpListener::bind(("127.0.0.1", port)).await.map_err(io(format!("cannot listen for the {what}")))
 }
 
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM, so throwaway servers are stopped either way.
+async fn wait_for_stop() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 /// Runs the sandbox until Ctrl-C.
 pub async fn run(args: SandboxArgs) -> Result<(), SandboxError> {
     let kube_api = kube::spawn(KubeApiConfig::default(), loopback(args.port, "Kubernetes API server").await?).await?;
@@ -77,8 +96,8 @@ pub async fn run(args: SandboxArgs) -> Result<(), SandboxError> {
 
     let workdir = std::env::temp_dir().join(format!("crabglamp-sandbox-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&workdir).map_err(io(format!("cannot create {}", workdir.display())))?;
-    let postgres = services::postgres(&workdir).await;
-    let redis = services::redis(&workdir).await;
+    let postgres = services::postgres(&workdir, args.fresh_services).await;
+    let redis = services::redis(&workdir, args.fresh_services).await;
     let (postgres, redis) = match (postgres, redis) {
         (Ok(p), Ok(r)) => (p, r),
         (p, r) => {
@@ -138,12 +157,12 @@ pub async fn run(args: SandboxArgs) -> Result<(), SandboxError> {
     println!("  export KUBECONFIG={kc}");
     println!("  kubectl apply -f examples/");
     println!("  kubectl get crabglamp -A");
-    println!("  kubectl get agents -w");
-    println!("  kubectl describe agent research-bot");
+    println!("  kubectl get agents -n team-a -w");
+    println!("  kubectl describe agent research-bot -n team-a");
     println!("  kubectl apply -f examples/invalid/agent-unknown-region.yaml   # refused with its rule");
     println!("Press Ctrl-C to stop.");
 
-    let _ = tokio::signal::ctrl_c().await;
+    wait_for_stop().await;
     println!("stopping");
     postgres.stop().await;
     redis.stop().await;

@@ -159,18 +159,32 @@ async fn run(mut cmd: Command, what: &str) -> Result<(), ServiceError> {
     }
 }
 
-/// PostgreSQL: `DATABASE_URL`, else 127.0.0.1:5432 as `postgres`, else a throwaway server in `dir`.
-pub async fn postgres(dir: &Path) -> Result<Service, ServiceError> {
+/// PostgreSQL: `DATABASE_URL`, else 127.0.0.1:5432 as `postgres`, else (or when `fresh`) a
+/// throwaway server in `dir`.
+pub async fn postgres(dir: &Path, fresh: bool) -> Result<Service, ServiceError> {
+    if !fresh {
+        if let Some(found) = existing_postgres().await? {
+            return Ok(found);
+        }
+    }
+    start_postgres(dir).await
+}
+
+async fn existing_postgres() -> Result<Option<Service>, ServiceError> {
     if let Ok(url) = std::env::var("DATABASE_URL") {
         if !postgres_answers(&url).await {
             return Err(ServiceError::Unreachable { env: "DATABASE_URL", url: redact(&url) });
         }
-        return Ok(Service { url, origin: "DATABASE_URL".into(), cleanup: Cleanup::None });
+        return Ok(Some(Service { url, origin: "DATABASE_URL".into(), cleanup: Cleanup::None }));
     }
     let local = "postgres://postgres@127.0.0.1:5432/postgres".to_owned();
     if port_open(5432).await && postgres_answers(&local).await {
-        return Ok(Service { url: local, origin: "found on 127.0.0.1:5432".into(), cleanup: Cleanup::None });
+        return Ok(Some(Service { url: local, origin: "found on 127.0.0.1:5432".into(), cleanup: Cleanup::None }));
     }
+    Ok(None)
+}
+
+async fn start_postgres(dir: &Path) -> Result<Service, ServiceError> {
     let missing = || ServiceError::Missing { binary: "initdb/pg_ctl", package: "postgresql", env: "DATABASE_URL" };
     let initdb = find_binary("initdb").ok_or_else(missing)?;
     let pg_ctl = find_binary("pg_ctl").ok_or_else(missing)?;
@@ -211,18 +225,32 @@ pub async fn postgres(dir: &Path) -> Result<Service, ServiceError> {
     })
 }
 
-/// Redis: `REDIS_URL`, else 127.0.0.1:6379, else a throwaway `redis-server` in `dir`.
-pub async fn redis(dir: &Path) -> Result<Service, ServiceError> {
+/// Redis: `REDIS_URL`, else 127.0.0.1:6379, else (or when `fresh`) a throwaway `redis-server`
+/// in `dir`.
+pub async fn redis(dir: &Path, fresh: bool) -> Result<Service, ServiceError> {
+    if !fresh {
+        if let Some(found) = existing_redis().await? {
+            return Ok(found);
+        }
+    }
+    start_redis(dir).await
+}
+
+async fn existing_redis() -> Result<Option<Service>, ServiceError> {
     if let Ok(url) = std::env::var("REDIS_URL") {
         if !redis_answers(&url).await {
             return Err(ServiceError::Unreachable { env: "REDIS_URL", url: redact(&url) });
         }
-        return Ok(Service { url, origin: "REDIS_URL".into(), cleanup: Cleanup::None });
+        return Ok(Some(Service { url, origin: "REDIS_URL".into(), cleanup: Cleanup::None }));
     }
     let local = "redis://127.0.0.1:6379".to_owned();
     if redis_answers(&local).await {
-        return Ok(Service { url: local, origin: "found on 127.0.0.1:6379".into(), cleanup: Cleanup::None });
+        return Ok(Some(Service { url: local, origin: "found on 127.0.0.1:6379".into(), cleanup: Cleanup::None }));
     }
+    Ok(None)
+}
+
+async fn start_redis(dir: &Path) -> Result<Service, ServiceError> {
     let binary = find_binary("redis-server").ok_or(ServiceError::Missing {
         binary: "redis-server",
         package: "redis-server",

@@ -22,8 +22,7 @@
 //!   Foreground deletion deletes dependents first without the `foregroundDeletion` finalizer
 //!   and Orphan strips the ownerReferences without the `orphan` finalizer. Deleting a namespace
 //!   deletes its content and the namespace at once (no `Terminating` phase).
-//! - Deleting a CRD drops its objects without DELETED events to their watchers' selectors
-//!   beyond the storage's own events.
+//! - Deleting a CRD deletes its objects at once, finalizers notwithstanding.
 //! - `continue` tokens are offsets into the current list (not a consistent snapshot); `limit`
 //!   is honoured.
 //! - Defaults are applied on write only, not re-applied to stored objects on read.
