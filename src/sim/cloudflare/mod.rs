@@ -1,6 +1,11 @@
 //! A stateful simulator of the Cloudflare API (`/client/v4`): Cloudflare Tunnels with their
 //! remote configuration and token, and DNS records of one zone, in Cloudflare's envelope.
 //! It never reaches the network beyond its own listener and never logs a tunnel secret.
+//!
+//! Choices where the public material is silent or unverified: an unknown token gets 401 code
+//! 1000; deleting an already deleted tunnel 400 code 1003; the catch-all ingress rule is not
+//! enforced API-side (cloudflared enforces it); once the budget is spent every call gets 429
+//! for a whole window, with `Retry-After`.
 
 mod account;
 mod dns;

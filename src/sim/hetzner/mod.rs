@@ -1,6 +1,16 @@
 //! A stateful simulator of the Hetzner Cloud API (`/v1`): servers, power actions, firewalls,
 //! SSH keys, actions and the read-only catalog, faithful enough for the official clients.
 //! It never reaches the network beyond its own listener.
+//!
+//! Choices where the public material is silent or unverified (judged by what hcloud-python,
+//! hcloud-go and the `hcloud` crate's models accept):
+//! - `create_server` and `start_server` finish together, so waiting for the create action
+//!   (as the documented examples do) leaves a running, unlocked server.
+//! - 429 carries `RateLimit-*` but no `Retry-After` (unverified for Hetzner; clients ignore it).
+//! - Deleting a server detaches its firewalls at once; the server disappears immediately.
+//! - `server_type.locations[]` carries `available`/`recommended` although the crate's model
+//!   predates them; a type is listed only where it is sold (or everywhere once deprecated).
+//! - `/datacenters` answers 410 `deprecated_api_endpoint` (removed 2026-10-01).
 
 mod catalog;
 pub mod labels;
