@@ -77,6 +77,14 @@ async fn server_lifecycle_and_power() {
     c.wait_for_actions(&[off.id], Duration::from_millis(10), Instant::now() + WAIT).await.unwrap();
     assert_eq!(c.get_server(server.id).await.unwrap().unwrap().status, hcloud::models::server::Status::Off);
 
+    // An action that fails ends the wait with its code, and changes nothing.
+    hzsim::fail_next_actions(&sim, 1);
+    let on = c.power_on(server.id).await.expect("poweron accepted");
+    let err = c.wait_for_actions(&[on.id], Duration::from_millis(10), Instant::now() + WAIT).await.unwrap_err();
+    assert!(matches!(err, CloudError::Permanent(ref d) if d.code == "action_failed"), "{err}");
+    assert_eq!(c.get_action(on.id).await.unwrap().status, hcloud::models::action::Status::Error);
+    assert_eq!(c.get_server(server.id).await.unwrap().unwrap().status, hcloud::models::server::Status::Off);
+
     assert!(c.delete_server(server.id).await.unwrap().is_some());
     assert!(c.delete_server(server.id).await.unwrap().is_none(), "second delete is a no-op");
     assert!(c.get_server(server.id).await.unwrap().is_none());

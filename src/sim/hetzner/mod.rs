@@ -103,3 +103,11 @@ pub fn firewall_count(sim: &RunningSim) -> usize {
 pub fn servers_created(sim: &RunningSim) -> u64 {
     sim.state::<HzState>().map(|st| lock(&st.world).servers_created).unwrap_or_default()
 }
+
+/// Fault hook: the next `n` actions started end in status `error` (code `action_failed`)
+/// and change nothing.
+pub fn fail_next_actions(sim: &RunningSim, n: u32) {
+    if let Some(st) = sim.state::<HzState>() {
+        lock(&st.world).fail_next_actions = n;
+    }
+}

@@ -500,6 +500,9 @@ async fn server_command(State(st): St, Path((id, command)): Path<(String, String
         }
     };
     let a = w.start_action(name, vec![(id, "server")], effect);
+    if let Some(action) = w.actions.get_mut(&a) {
+        action.revert = Effect::ServerStatus(id, current);
+    }
     created(StatusCode::CREATED, json!({"action": w.action_json(a, Instant::now())}))
 }
 

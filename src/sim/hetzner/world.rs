@@ -76,6 +76,10 @@ pub struct Action {
     pub resources: Vec<(i64, &'static str)>,
     pub finished: Option<String>,
     pub effect: Effect,
+    /// Ends in `error` instead of `success` (fault injection); its effect is not applied.
+    pub fails: bool,
+    /// What a failed action restores (the server status before it started).
+    pub revert: Effect,
 }
 
 impl Action {
@@ -99,12 +103,20 @@ impl Action {
         json!({
             "id": self.id,
             "command": self.command,
-            "status": if self.running() { "running" } else { "success" },
+            "status": match (self.running(), self.fails) {
+                (true, _) => "running",
+                (false, true) => "error",
+                (false, false) => "success",
+            },
             "progress": progress,
             "started": self.started,
             "finished": self.finished,
             "resources": resources,
-            "error": null,
+            "error": if self.fails && !self.running() {
+                json!({"code": "action_failed", "message": "action failed (injected)"})
+            } else {
+                Value::Null
+            },
         })
     }
 }
@@ -113,6 +125,8 @@ pub struct World {
     next_id: i64,
     /// Servers ever created (deleted ones included): the duplicate check of fault tests.
     pub servers_created: u64,
+    /// This many next actions will fail (fault injection).
+    pub fail_next_actions: u32,
     pub action_duration: Duration,
     pub server_limit: usize,
     pub servers: BTreeMap<i64, Server>,
@@ -127,6 +141,7 @@ impl World {
             server_limit,
             next_id: 1000,
             servers_created: 0,
+            fail_next_actions: 0,
             action_duration,
             servers: BTreeMap::new(),
             firewalls: BTreeMap::new(),
@@ -146,7 +161,7 @@ impl World {
         for action in self.actions.values_mut().filter(|a| a.running()) {
             if now.saturating_duration_since(action.started_at) >= action.duration {
                 action.finished = Some(now_rfc3339());
-                effects.push(action.effect);
+                effects.push(if action.fails { action.revert } else { action.effect });
             }
         }
         for effect in effects {
@@ -166,6 +181,8 @@ impl World {
     /// Starts an action; returns its id.
     pub fn start_action(&mut self, command: &'static str, resources: Vec<(i64, &'static str)>, effect: Effect) -> i64 {
         let id = self.next_id();
+        let fails = self.fail_next_actions > 0;
+        self.fail_next_actions = self.fail_next_actions.saturating_sub(1);
         self.actions.insert(
             id,
             Action {
@@ -177,6 +194,8 @@ impl World {
                 resources,
                 finished: None,
                 effect,
+                fails,
+                revert: Effect::None,
             },
         );
         id
