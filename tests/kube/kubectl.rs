@@ -86,19 +86,16 @@ async fn scenario(kubectl: &Path) {
     let agent = agents.get("research-bot").await.expect("get");
     let recorder = kube::runtime::events::Recorder::new(sb.client(), "crabglamp-operator".into());
     let reference = kube::Resource::object_ref(&agent, &());
-    recorder
-        .publish(
-            &kube::runtime::events::Event {
-                type_: kube::runtime::events::EventType::Normal,
-                reason: "ServerCreated".into(),
-                note: Some("created server research-bot in hil".into()),
-                action: "Provision".into(),
-                secondary: None,
-            },
-            &reference,
-        )
-        .await
-        .expect("publish event");
+    let event = kube::runtime::events::Event {
+        type_: kube::runtime::events::EventType::Normal,
+        reason: "ServerCreated".into(),
+        note: Some("created server research-bot in hil".into()),
+        action: "Provision".into(),
+        secondary: None,
+    };
+    // The repeat is a merge PATCH adding `series` to the same events.k8s.io/v1 Event.
+    recorder.publish(&event, &reference).await.expect("publish event");
+    recorder.publish(&event, &reference).await.expect("publish the event again");
     let out = sb.kubectl(kubectl, &["describe", "agent", "research-bot", "-n", NS]).await;
     assert!(
         out.contains("Events:") && out.contains("ServerCreated") && out.contains("created server research-bot"),
@@ -290,6 +287,12 @@ async fn invalid_examples(kubectl: &Path) {
         assert!(!run.ok, "{} was accepted: {}", file.display(), run.stdout);
         assert!(run.stderr.contains(&rule), "{}: expected {rule:?} in:\n{}", file.display(), run.stderr);
     }
+    // Deleting the directory (namespace first) deletes every object: the namespace stays
+    // Terminating long enough for kubectl to delete each one itself.
+    let out = sb.kubectl(kubectl, &["delete", "-f", "examples/"]).await;
+    assert!(out.contains("agent.crabglamp.com \"research-bot\" deleted"), "{out}");
+    let run = sb.kubectl_run(kubectl, &["get", "namespace", "team-a"]).await;
+    assert!(!run.ok && run.stderr.contains("not found"), "{}{}", run.stdout, run.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -20,8 +20,10 @@
 //!   `last-applied-configuration` annotation is never owned by an Update manager.
 //! - Garbage collection is synchronous: dependents go in the same request as their owner;
 //!   Foreground deletion deletes dependents first without the `foregroundDeletion` finalizer
-//!   and Orphan strips the ownerReferences without the `orphan` finalizer. Deleting a namespace
-//!   deletes its content and the namespace at once (no `Terminating` phase).
+//!   and Orphan strips the ownerReferences without the `orphan` finalizer.
+//! - A deleted namespace is `Terminating` for [`NAMESPACE_GRACE`] before the built-in namespace
+//!   controller deletes its content (so `kubectl delete -f dir/` can still delete each object),
+//!   then goes once empty; it carries no `kubernetes` finalizer in `spec`.
 //! - Deleting a CRD deletes its objects at once, finalizers notwithstanding.
 //! - `continue` tokens are offsets into the current list (not a consistent snapshot); `limit`
 //!   is honoured.
@@ -57,6 +59,9 @@ use tokio::task::JoinHandle;
 use self::resource::{ResourceType, Special};
 use self::state::State;
 use self::write::{FieldValidation, Target, Verb, WriteOptions};
+
+/// How long a deleted namespace stays Terminating before its content is deleted.
+pub const NAMESPACE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What the server shares between requests.
 pub struct Shared {
@@ -234,9 +239,26 @@ pub async fn spawn(config: KubeApiConfig, listener: TcpListener) -> Result<Runni
     let (latest, _) = tokio::sync::watch::channel(state.rv());
     let shared = Arc::new(Shared { state: Mutex::new(state), latest, server_address: addr.to_string() });
     let app = http::router(shared.clone());
+    let controller_state = shared.clone();
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "kube API server stopped");
+        let namespace_controller = async move {
+            let grace = chrono::Duration::from_std(NAMESPACE_GRACE).unwrap_or_else(|_| chrono::Duration::seconds(1));
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                let mut state = controller_state.lock();
+                if write::purge_terminating_namespaces(&mut state, grace) {
+                    controller_state.notify(&state);
+                }
+            }
+        };
+        tokio::select! {
+            served = axum::serve(listener, app) => {
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "kube API server stopped");
+                }
+            }
+            () = namespace_controller => {}
         }
     });
     Ok(RunningKube { base_url: format!("http://{addr}"), addr, shared, task })

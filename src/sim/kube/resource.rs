@@ -208,7 +208,7 @@ pub fn builtins() -> Vec<ResourceType> {
             "customresourcedefinitions",
             false,
             &["crd", "crds"],
-            vec![PrinterColumn::new("Created At", "date", ".metadata.creationTimestamp")],
+            vec![PrinterColumn::new("Created At", "string", ".metadata.creationTimestamp")],
             Special::Crd,
         ),
     ]

@@ -172,8 +172,22 @@ fn insert(
 ) -> Result<Written, ApiError> {
     let rt = target.rt;
     let name = name_of(&body);
-    if rt.namespaced && state.get(&(String::new(), "namespaces".into()), "", target.namespace).is_none() {
-        return Err(ApiError::not_found("namespaces", "", target.namespace));
+    if rt.namespaced {
+        match state.get(&(String::new(), "namespaces".into()), "", target.namespace) {
+            None => return Err(ApiError::not_found("namespaces", "", target.namespace)),
+            Some(ns) if ns.pointer("/metadata/deletionTimestamp").is_some() => {
+                return Err(ApiError::new(
+                    403,
+                    "Forbidden",
+                    format!(
+                        "{} \"{name}\" is forbidden: unable to create new content in namespace {} because it is being terminated",
+                        super::error::qualified(&rt.plural, &rt.group),
+                        target.namespace
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
     }
     if state.get(&rt.storage, target.namespace, &name).is_some() {
         return Err(ApiError::already_exists(&rt.plural, &rt.group, &name));
@@ -739,11 +753,16 @@ pub fn delete(
         Propagation::Foreground => delete_dependents(state, &uid),
         Propagation::Background => {}
     }
-    if !meta::finalizers(&old).is_empty() {
+    // Namespaces go through Terminating: the namespace controller empties them first.
+    let terminates = rt.special == Special::Namespace;
+    if terminates || !meta::finalizers(&old).is_empty() {
         if old.pointer("/metadata/deletionTimestamp").is_some() {
             return Ok(Deleted::Pending(present(rt, &old)));
         }
         let mut new = (*old).clone();
+        if terminates {
+            new["status"] = json!({"phase": "Terminating"});
+        }
         let generation = new.pointer("/metadata/generation").and_then(Value::as_i64);
         let rv = state.next_rv();
         let meta = meta_mut(&mut new);
@@ -806,6 +825,56 @@ fn after_removal(state: &mut State, rt: &ResourceType, last: &Value) {
         _ => {}
     }
     collect_garbage(state, &uid);
+}
+
+/// The namespace controller: every namespace whose deletion started at least `grace` ago has
+/// its content deleted, and is removed once nothing is left in it (objects held by finalizers
+/// keep it Terminating). Returns whether anything changed.
+pub fn purge_terminating_namespaces(state: &mut State, grace: chrono::Duration) -> bool {
+    let now = chrono::Utc::now();
+    let ns_storage: (String, String) = (String::new(), "namespaces".into());
+    let due: Vec<Arc<Value>> = state
+        .list(&ns_storage, None)
+        .into_iter()
+        .filter(|ns| {
+            ns.pointer("/metadata/deletionTimestamp")
+                .and_then(Value::as_str)
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .is_some_and(|t| now - t.with_timezone(&chrono::Utc) >= grace)
+        })
+        .collect();
+    let mut changed = false;
+    for ns in due {
+        let name = name_of(&ns);
+        let content: Vec<(Arc<ResourceType>, String, bool)> = state
+            .buckets()
+            .flat_map(|(_, b)| b.iter())
+            .filter(|((n, _), _)| *n == name)
+            .filter_map(|((_, obj_name), obj)| {
+                let deleting = obj.pointer("/metadata/deletionTimestamp").is_some();
+                type_of(state, obj).map(|t| (t, obj_name.clone(), deleting))
+            })
+            .collect();
+        if content.is_empty() {
+            let Some(ns_type) = state.types().iter().find(|t| t.special == Special::Namespace).cloned() else {
+                continue;
+            };
+            let rv = state.next_rv();
+            let mut last = (*ns).clone();
+            meta_mut(&mut last).insert("resourceVersion".into(), json!(rv.to_string()));
+            let last = state.remove(&ns_storage, "", &name, last, rv);
+            after_removal(state, &ns_type, &last);
+            changed = true;
+            continue;
+        }
+        for (t, obj_name, deleting) in content {
+            if !deleting {
+                let _ = delete(state, &t, &name, &obj_name, &background());
+                changed = true;
+            }
+        }
+    }
+    changed
 }
 
 fn background() -> DeleteOptions {
