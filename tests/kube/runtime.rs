@@ -413,3 +413,59 @@ async fn streaming_lists_metadata_watches_and_selector_transitions() {
     within("the reconcile triggered by the owned Secret", seen.recv()).await.expect("reconcile");
     controller.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn discovery_status_apply_and_finalizer_rules() {
+    let sb = start().await;
+    let client = sb.client();
+    let version = client.apiserver_version().await.expect("version");
+    assert_eq!(version.major, "1");
+
+    // Legacy discovery resolves the CRDs and the built-ins.
+    let discovery = kube::discovery::Discovery::new(client.clone()).run().await.expect("discovery");
+    let gvk = kube::api::GroupVersionKind::gvk("crabglamp.com", "v1alpha1", "Agent");
+    let (resource, caps) = discovery.resolve_gvk(&gvk).expect("Agent discovered");
+    assert_eq!(resource.plural, "agents");
+    assert_eq!(caps.scope, kube::discovery::Scope::Namespaced);
+    assert!(discovery.has_group("coordination.k8s.io") && discovery.has_group("events.k8s.io"));
+
+    // Server-side apply of status through the subresource, as status-writing controllers do.
+    let agents: Api<Agent> = Api::namespaced(client.clone(), NS);
+    agents.create(&PostParams::default(), &agent("st", "us")).await.expect("create");
+    let status = json!({"apiVersion": "crabglamp.com/v1alpha1", "kind": "Agent",
+                        "status": {"phase": "Provisioning", "observedGeneration": 1}});
+    let a = agents
+        .patch_status("st", &PatchParams::apply("agent-controller").force(), &Patch::Apply(&status))
+        .await
+        .expect("apply status");
+    assert_eq!(a.metadata.generation, Some(1));
+    assert!(a.status.is_some());
+    assert_eq!(a.spec.region, crabglamp_operator::api::Region::Us);
+
+    // A deleting object accepts no new finalizers.
+    agents
+        .patch("st", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": ["a.example.com/x"]}})))
+        .await
+        .expect("finalizer");
+    agents.delete("st", &DeleteParams::default()).await.expect("delete");
+    let err = agents
+        .patch(
+            "st",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": ["a.example.com/x", "b.example.com/y"]}})),
+        )
+        .await
+        .expect_err("no new finalizers");
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 422 && s.message.contains("no new finalizers")),
+        "{err}"
+    );
+    // Removing the last one completes the deletion and returns the object.
+    let last = agents
+        .patch("st", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
+        .await
+        .expect("release");
+    assert!(last.metadata.deletion_timestamp.is_some());
+    let gone = agents.get_opt("st").await.expect("get");
+    assert!(gone.is_none());
+}
