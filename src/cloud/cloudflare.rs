@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::backoff::RetryPolicy;
-use super::error::{CloudError, Provider};
+use super::error::{CloudError, ConfigError, Provider};
 use super::metrics::CloudMetrics;
 use super::ratelimit::RateLimiter;
 use super::secret::Secret;
@@ -48,6 +48,23 @@ impl CloudflareConfig {
             retry: RetryPolicy::default(),
             timeout: Duration::from_secs(30),
         }
+    }
+
+    /// From `CLOUDFLARE_API_TOKEN`, `CLOUDFLARE_ACCOUNT_ID`, `CLOUDFLARE_ZONE_ID` (required)
+    /// and `CLOUDFLARE_ENDPOINT` (default: the public API).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`from_env`](Self::from_env) with any source of variables (tests, flags).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let required = |name: &'static str| lookup(name).filter(|v| !v.is_empty()).ok_or(ConfigError::Missing(name));
+        let token = required("CLOUDFLARE_API_TOKEN")?;
+        let account_id = required("CLOUDFLARE_ACCOUNT_ID")?;
+        let zone_id = required("CLOUDFLARE_ZONE_ID")?;
+        let endpoint =
+            lookup("CLOUDFLARE_ENDPOINT").filter(|e| !e.is_empty()).unwrap_or_else(|| CLOUDFLARE_API.to_owned());
+        Ok(Self::new(endpoint, token, account_id, zone_id))
     }
 }
 
@@ -333,6 +350,23 @@ fn not_found_as_none<T>(r: Result<T, CloudError>) -> Result<Option<T>, CloudErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_from_variables() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+        };
+        let err = CloudflareConfig::from_lookup(vars(&[("CLOUDFLARE_API_TOKEN", "t")])).unwrap_err();
+        assert_eq!(err, ConfigError::Missing("CLOUDFLARE_ACCOUNT_ID"));
+        let c = CloudflareConfig::from_lookup(vars(&[
+            ("CLOUDFLARE_API_TOKEN", "secret-t"),
+            ("CLOUDFLARE_ACCOUNT_ID", "a"),
+            ("CLOUDFLARE_ZONE_ID", "z"),
+        ]))
+        .unwrap();
+        assert_eq!((c.base_url.as_str(), c.account_id.as_str()), (CLOUDFLARE_API, "a"));
+        assert!(!format!("{c:?}").contains("secret-t"), "the token never shows in Debug");
+    }
 
     #[test]
     fn token_derivation_matches_cloudflared_format() {

@@ -108,6 +108,14 @@ impl CloudError {
     }
 }
 
+/// A client cannot be configured: a required setting is missing (the name says which; the
+/// value is never echoed).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} is not set")]
+    Missing(&'static str),
+}
+
 /// Classifies a Hetzner error code (documented list, plus the 5xx codes clients retry).
 pub fn classify_hetzner(detail: ProviderError, retry_after: Duration) -> CloudError {
     match detail.code.as_str() {

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::backoff::RetryPolicy;
-use super::error::{CloudError, Provider, ProviderError};
+use super::error::{CloudError, ConfigError, Provider, ProviderError};
 use super::metrics::CloudMetrics;
 use super::ratelimit::RateLimiter;
 use super::secret::Secret;
@@ -46,6 +46,18 @@ impl HetznerConfig {
             retry: RetryPolicy::default(),
             timeout: Duration::from_secs(30),
         }
+    }
+
+    /// From `HCLOUD_TOKEN` (required) and `HCLOUD_ENDPOINT` (default: the public API).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`from_env`](Self::from_env) with any source of variables (tests, flags).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let token = lookup("HCLOUD_TOKEN").filter(|t| !t.is_empty()).ok_or(ConfigError::Missing("HCLOUD_TOKEN"))?;
+        let endpoint = lookup("HCLOUD_ENDPOINT").filter(|e| !e.is_empty()).unwrap_or_else(|| HETZNER_API.to_owned());
+        Ok(Self::new(endpoint, token))
     }
 }
 
@@ -448,5 +460,45 @@ fn not_found_as_none<T>(r: Result<T, CloudError>) -> Result<Option<T>, CloudErro
         Ok(v) => Ok(Some(v)),
         Err(CloudError::NotFound(_)) => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+/// The cloud-init document that installs `ssh_keys` for root: how servers get their keys
+/// (see [`ServerSpec`] for why not `/ssh_keys`). Start of a `#cloud-config` the caller may
+/// extend; keys are written as YAML strings, so a comment in a key cannot break the document.
+pub fn ssh_keys_cloud_config(ssh_keys: &[String]) -> String {
+    let mut doc = String::from("#cloud-config\nssh_authorized_keys:");
+    if ssh_keys.is_empty() {
+        doc.push_str(" []");
+    }
+    for key in ssh_keys {
+        // JSON strings are valid YAML double-quoted scalars.
+        doc.push_str("\n  - ");
+        doc.push_str(&Value::String(key.trim().to_owned()).to_string());
+    }
+    doc.push('\n');
+    doc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_from_variables() {
+        let none = HetznerConfig::from_lookup(|_| None).unwrap_err();
+        assert_eq!(none, ConfigError::Missing("HCLOUD_TOKEN"));
+        let c = HetznerConfig::from_lookup(|n| (n == "HCLOUD_TOKEN").then(|| "secret-t".to_owned())).unwrap();
+        assert_eq!(c.base_url, HETZNER_API);
+        assert!(!format!("{c:?}").contains("secret-t"), "the token never shows in Debug");
+    }
+
+    #[test]
+    fn cloud_config_quotes_keys() {
+        let doc = ssh_keys_cloud_config(&["ssh-ed25519 AAAAC3 ops: \"laptop\" #1".to_owned()]);
+        assert_eq!(doc, "#cloud-config\nssh_authorized_keys:\n  - \"ssh-ed25519 AAAAC3 ops: \\\"laptop\\\" #1\"\n");
+        let parsed: serde_json::Value = serde_norway::from_str(&doc).unwrap();
+        assert_eq!(parsed["ssh_authorized_keys"][0], "ssh-ed25519 AAAAC3 ops: \"laptop\" #1");
+        assert_eq!(ssh_keys_cloud_config(&[]), "#cloud-config\nssh_authorized_keys: []\n");
     }
 }

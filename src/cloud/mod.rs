@@ -11,7 +11,7 @@ pub mod secret;
 mod transport;
 
 pub use backoff::RetryPolicy;
-pub use error::{CloudError, Provider, ProviderError};
+pub use error::{CloudError, ConfigError, Provider, ProviderError};
 pub use metrics::CloudMetrics;
 pub use ratelimit::{RateLimiter, RateObservation, TokenBucket};
 pub use secret::Secret;

@@ -15,14 +15,16 @@ use hcloud::models::{Rule, rule};
 
 use super::support::*;
 
+/// The default seed; `CRABGLAMP_FAULT_SEED=<n>` replays (or explores) another one.
 const SEED: u64 = 0x5eed_0003;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_operations_under_faults_without_duplicates() {
-    println!("fault seed {SEED:#x}");
+    let seed = std::env::var("CRABGLAMP_FAULT_SEED").ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(SEED);
+    println!("fault seed {seed} (replay with CRABGLAMP_FAULT_SEED={seed})");
     let hz = hetzner_sim(hzsim::HetznerSimConfig { action_duration: Duration::from_millis(20), ..hz_config() }).await;
     let cf = cloudflare_sim(cf_config()).await;
-    for (sim, seed) in [(&hz, SEED), (&cf, SEED + 1)] {
+    for (sim, seed) in [(&hz, seed), (&cf, seed.wrapping_add(1))] {
         sim.set_faults(FaultPlan {
             rules: FaultRule::any_5xx(0.3),
             seed,
