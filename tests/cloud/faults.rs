@@ -126,3 +126,44 @@ async fn two_hundred_operations_under_faults_without_duplicates() {
     hz.shutdown().await.unwrap();
     cf.shutdown().await.unwrap();
 }
+
+/// Ten controllers racing to create the same object's server (under faults that lose
+/// answers) end with exactly one server, adopted by the nine that lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_creates_make_one_server() {
+    let hz = hetzner_sim(hz_config()).await;
+    hz.set_faults(FaultPlan {
+        rules: FaultRule::any_5xx(0.3),
+        seed: SEED,
+        fail_after_apply: true,
+        ..FaultPlan::default()
+    });
+    let client = Arc::new(hetzner_client(&hz, fast_retry(15)));
+    let labels: BTreeMap<String, String> = [("crabglamp.com/uid".to_string(), "race".to_string())].into();
+    let spec = ServerSpec {
+        name: "agent-race".into(),
+        server_type: "cpx22".into(),
+        image: "ubuntu-24.04".into(),
+        location: "hel1".into(),
+        labels,
+        start_after_create: true,
+        ..ServerSpec::default()
+    };
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let (client, spec) = (Arc::clone(&client), spec.clone());
+        tasks.push(tokio::spawn(async move { client.create_server(&spec).await }));
+    }
+    let mut ids = Vec::new();
+    let mut fresh = 0;
+    for t in tasks {
+        let created = t.await.expect("task").expect("every racer gets the server");
+        fresh += usize::from(!created.adopted);
+        ids.push(created.server.id);
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "all racers see the same server");
+    assert!(fresh <= 1, "at most one racer created it ({fresh})");
+    assert_eq!(hzsim::servers_created(&hz), 1);
+    hz.shutdown().await.unwrap();
+}
