@@ -253,6 +253,13 @@ impl SimControl {
         lock(&self.log).recent.iter().cloned().collect()
     }
 
+    /// Requests the budget allows right now (what `RateLimit-Remaining` would say).
+    pub fn budget_remaining(&self) -> u32 {
+        let mut bucket = lock(&self.bucket);
+        bucket.refill(Instant::now());
+        bucket.remaining()
+    }
+
     /// All requests served since the start.
     pub fn total_requests(&self) -> u64 {
         lock(&self.log).total
