@@ -238,6 +238,13 @@ impl HetznerClient {
         }
     }
 
+    /// Replaces the server's labels (Hetzner replaces the whole set), e.g. after a transfer.
+    pub async fn set_server_labels(&self, id: i64, labels: &BTreeMap<String, String>) -> Result<Server, CloudError> {
+        let body = json!({"labels": labels});
+        let call = Call::new("update_server", Method::PUT, format!("/servers/{id}")).body(&body);
+        Ok(self.t.call::<ServerBody>(call).await?.server)
+    }
+
     /// Deletes a server; `None` when it was already gone (deletion is idempotent).
     pub async fn delete_server(&self, id: i64) -> Result<Option<Action>, CloudError> {
         let call = Call::new("delete_server", Method::DELETE, format!("/servers/{id}"));

@@ -65,6 +65,14 @@ async fn server_lifecycle_and_power() {
     let foreign = c.create_server(&spec("vm-a", "uid-other")).await.unwrap_err();
     assert!(matches!(foreign, CloudError::Conflict(ref d) if d.code == "uniqueness_error"), "{foreign}");
 
+    let mut relabelled = spec("vm-a", "uid-a").labels;
+    relabelled.insert("crabglamp.com/owner".into(), "acct_2".into());
+    let updated = c.set_server_labels(server.id, &relabelled).await.expect("relabel");
+    assert_eq!(updated.labels.get("crabglamp.com/owner").map(String::as_str), Some("acct_2"));
+    let bad = labels(&[("hetzner.cloud/reserved", "x")]);
+    let err = c.set_server_labels(server.id, &bad).await.unwrap_err();
+    assert!(matches!(err, CloudError::Permanent(ref d) if d.code == "invalid_input"), "{err}");
+
     let off = c.shutdown(server.id).await.expect("shutdown");
     c.wait_for_actions(&[off.id], Duration::from_millis(10), Instant::now() + WAIT).await.unwrap();
     assert_eq!(c.get_server(server.id).await.unwrap().unwrap().status, hcloud::models::server::Status::Off);
