@@ -87,7 +87,13 @@ async fn sandbox_command_applies_examples_and_serves_kubectl() {
     let (ok, out, err) = kubectl(&kubeconfig, cache, &["get", "agents", "-n", "team-a"]).await;
     assert!(ok && out.contains("research-bot"), "{out}{err}");
     let (ok, out, err) = kubectl(&kubeconfig, cache, &["apply", "-f", "examples/"]).await;
-    assert!(ok && out.contains("research-bot unchanged"), "{out}{err}");
+    if !out.contains("research-bot unchanged") {
+        let (_, live, _) =
+            kubectl(&kubeconfig, cache, &["get", "agent", "research-bot", "-n", "team-a", "-o", "json"]).await;
+        let (_, verbose, verr) = kubectl(&kubeconfig, cache, &["apply", "-f", "examples/agent.yaml", "-v=8"]).await;
+        panic!("{out}{err}\nlive: {live}\nverbose: {verbose}{verr}");
+    }
+    assert!(ok, "{out}{err}");
     assert!(!err.contains("missing the kubectl.kubernetes.io/last-applied-configuration"), "{err}");
     let (ok, _, err) =
         kubectl(&kubeconfig, cache, &["apply", "-f", "examples/invalid/agent-unknown-region.yaml"]).await;

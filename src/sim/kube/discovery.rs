@@ -1,6 +1,7 @@
-//! Legacy discovery documents (`/version`, `/api`, `/api/v1`, `/apis`, `/apis/G/V`) built from
-//! the served kinds. Aggregated discovery is not offered: kubectl, kube-rs and the Python client
-//! all fall back to these. Pure functions.
+//! Discovery documents built from the served kinds: legacy (`/version`, `/api`, `/api/v1`,
+//! `/apis`, `/apis/G/V`, what the Python client and kube-rs's `Discovery::run` read) and
+//! aggregated `apidiscovery.k8s.io/v2` (what kubectl asks for first, and `run_aggregated`).
+//! Pure functions.
 
 use std::sync::Arc;
 
@@ -92,4 +93,68 @@ pub fn resources(types: &[Arc<ResourceType>], group: &str, version: &str) -> Opt
     }
     let gv = if group.is_empty() { version.to_owned() } else { format!("{group}/{version}") };
     Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
+}
+
+/// The Content-Type of aggregated discovery documents.
+pub const AGGREGATED_CONTENT_TYPE: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// Whether an Accept header asks for aggregated discovery (apidiscovery.k8s.io/v2).
+pub fn wants_aggregated(accept: &str) -> bool {
+    accept.split(',').any(|part| {
+        let params: Vec<String> = part.split(';').map(|p| p.trim().to_owned()).collect();
+        let has = |p: &str| params.iter().any(|x| x == p);
+        has("g=apidiscovery.k8s.io") && has("v=v2") && has("as=APIGroupDiscoveryList")
+    })
+}
+
+/// Aggregated discovery: the core group (`core = true`, for `/api`) or every other group (`/apis`).
+pub fn aggregated(types: &[Arc<ResourceType>], core: bool) -> Value {
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+    for t in types.iter().filter(|t| t.group.is_empty() == core) {
+        match groups.iter_mut().find(|(g, _)| *g == t.group) {
+            Some((_, versions)) => {
+                if !versions.contains(&t.version) {
+                    versions.push(t.version.clone());
+                }
+            }
+            None => groups.push((t.group.clone(), vec![t.version.clone()])),
+        }
+    }
+    let items: Vec<Value> = groups
+        .into_iter()
+        .map(|(g, versions)| {
+            let versions: Vec<Value> = versions
+                .iter()
+                .map(|v| {
+                    let resources: Vec<Value> = types
+                        .iter()
+                        .filter(|t| t.group == g && &t.version == v)
+                        .map(|t| {
+                            let kind = json!({"group": t.group, "version": t.version, "kind": t.kind});
+                            let mut r = json!({
+                                "resource": t.plural,
+                                "responseKind": kind,
+                                "scope": if t.namespaced { "Namespaced" } else { "Cluster" },
+                                "singularResource": t.singular,
+                                "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+                            });
+                            if !t.short_names.is_empty() {
+                                r["shortNames"] = json!(t.short_names);
+                            }
+                            if !t.categories.is_empty() {
+                                r["categories"] = json!(t.categories);
+                            }
+                            if t.status_subresource {
+                                r["subresources"] = json!([{"subresource": "status", "responseKind": kind, "verbs": ["get", "patch", "update"]}]);
+                            }
+                            r
+                        })
+                        .collect();
+                    json!({"version": v, "freshness": "Current", "resources": resources})
+                })
+                .collect();
+            json!({"metadata": {"name": g}, "versions": versions})
+        })
+        .collect();
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
 }

@@ -118,6 +118,13 @@ fn route(shared: &Arc<Shared>, path: &str, req: &Request) -> Result<Response, Ap
     match segments.as_slice() {
         ["version"] => Ok(ok(&discovery::version())),
         ["healthz" | "readyz" | "livez"] => Ok((StatusCode::OK, "ok").into_response()),
+        ["api" | "apis"] if discovery::wants_aggregated(req.header(header::ACCEPT)) => {
+            let body = discovery::aggregated(state().types(), segments[0] == "api");
+            let mut resp = ok(&body);
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(discovery::AGGREGATED_CONTENT_TYPE));
+            Ok(resp)
+        }
         ["api"] => Ok(ok(&discovery::core_versions(&shared.server_address))),
         ["apis"] => Ok(ok(&discovery::groups(state().types()))),
         ["apis", group] => discovery::group(state().types(), group).map(|v| ok(&v)).ok_or_else(ApiError::unknown_path),

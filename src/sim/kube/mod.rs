@@ -11,8 +11,8 @@
 //! - Plain HTTP on loopback, no authentication or authorisation, HTTP/1.1 only. Responses are
 //!   always JSON (Accept lists with protobuf first get JSON); protobuf request bodies are read
 //!   only for Namespace, Secret and ConfigMap (what `kubectl create` sends that way).
-//! - Legacy discovery only (no aggregated `apidiscovery.k8s.io` documents); `/openapi/v2` is
-//!   404. OpenAPI v3 schemas of built-in kinds are open (`x-kubernetes-preserve-unknown-fields`).
+//! - `/openapi/v2` is 404 (kubectl uses v3). OpenAPI v3 schemas of built-in kinds are open
+//!   (`x-kubernetes-preserve-unknown-fields`).
 //! - Strategic merge patches of built-ins are applied as JSON merge patches (directives such as
 //!   `$patch` are dropped): lists are replaced, never merged by key.
 //! - Server-side apply tracks ownership per leaf field; every list is atomic whatever its
