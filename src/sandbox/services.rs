@@ -162,10 +162,8 @@ async fn run(mut cmd: Command, what: &str) -> Result<(), ServiceError> {
 /// PostgreSQL: `DATABASE_URL`, else 127.0.0.1:5432 as `postgres`, else (or when `fresh`) a
 /// throwaway server in `dir`.
 pub async fn postgres(dir: &Path, fresh: bool) -> Result<Service, ServiceError> {
-    if !fresh {
-        if let Some(found) = existing_postgres().await? {
-            return Ok(found);
-        }
+    if !fresh && let Some(found) = existing_postgres().await? {
+        return Ok(found);
     }
     start_postgres(dir).await
 }
@@ -228,10 +226,8 @@ async fn start_postgres(dir: &Path) -> Result<Service, ServiceError> {
 /// Redis: `REDIS_URL`, else 127.0.0.1:6379, else (or when `fresh`) a throwaway `redis-server`
 /// in `dir`.
 pub async fn redis(dir: &Path, fresh: bool) -> Result<Service, ServiceError> {
-    if !fresh {
-        if let Some(found) = existing_redis().await? {
-            return Ok(found);
-        }
+    if !fresh && let Some(found) = existing_redis().await? {
+        return Ok(found);
     }
     start_redis(dir).await
 }
