@@ -120,9 +120,32 @@ fn random_suffix() -> String {
     id.as_bytes()[..5].iter().map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char).collect()
 }
 
+/// A body naming another apiVersion or kind than the URL is refused, as real servers do.
+fn check_type(rt: &ResourceType, body: &Value) -> Result<(), ApiError> {
+    let field = |k: &str| body.get(k).and_then(Value::as_str).filter(|v| !v.is_empty());
+    if let Some(av) = field("apiVersion")
+        && av != rt.api_version()
+    {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({av}) does not match the expected API version ({})",
+            rt.api_version()
+        )));
+    }
+    if let Some(kind) = field("kind")
+        && kind != rt.kind
+    {
+        return Err(ApiError::bad_request(format!(
+            "the kind in the data ({kind}) does not match the expected kind ({})",
+            rt.kind
+        )));
+    }
+    Ok(())
+}
+
 /// POST: creates `body` in `target`.
 pub fn create(state: &mut State, target: &Target, body: Value, opts: &WriteOptions) -> Result<Written, ApiError> {
     let rt = target.rt;
+    check_type(rt, &body)?;
     let mut body = if rt.special == Special::EventsV1 { events::to_core(&body) } else { body };
     if !body.is_object() {
         return Err(ApiError::bad_request("the body of the request must be a JSON object"));
@@ -229,6 +252,7 @@ pub fn update(
     opts: &WriteOptions,
 ) -> Result<Written, ApiError> {
     let rt = target.rt;
+    check_type(rt, &body)?;
     let body = if rt.special == Special::EventsV1 { events::to_core(&body) } else { body };
     let Some(old) = state.get(&rt.storage, target.namespace, name) else {
         return Err(ApiError::not_found(&rt.plural, &rt.group, name));
@@ -320,11 +344,25 @@ fn strip_directives(v: &mut Value) {
 
 fn conflict_error(rt: &ResourceType, name: &str, conflicts: &[Conflict]) -> ApiError {
     let n = conflicts.len();
+    // The wording of structured-merge-diff: one conflict inline, several grouped by manager.
     let message = if n == 1 {
         format!("Apply failed with 1 conflict: {}: {}", conflicts[0].owner_text(), conflicts[0].field)
     } else {
-        let lines: Vec<String> = conflicts.iter().map(|c| format!("{}: {}", c.owner_text(), c.field)).collect();
-        format!("Apply failed with {n} conflicts: {}", lines.join("\n"))
+        let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
+        for c in conflicts {
+            let owner = c.owner_text().replacen("conflict with", "conflicts with", 1);
+            match groups.iter_mut().find(|(o, _)| *o == owner) {
+                Some((_, fields)) => fields.push(&c.field),
+                None => groups.push((owner, vec![&c.field])),
+            }
+        }
+        let text: Vec<String> = groups
+            .iter()
+            .map(|(owner, fields)| {
+                format!("{owner}:\n{}", fields.iter().map(|f| format!("- {f}")).collect::<Vec<_>>().join("\n"))
+            })
+            .collect();
+        format!("Apply failed with {n} conflicts: {}", text.join("\n"))
     };
     let causes: Vec<Value> = conflicts
         .iter()
