@@ -1,6 +1,6 @@
 //! An in-process Kubernetes API server that the unchanged `kube::Client`, `kube_runtime` and
-//! real `kubectl` accept: legacy discovery, OpenAPI v3, get/list/watch/create/update/patch/
-//! delete of the crabglamp CRDs and the built-ins the operator uses (Namespaces, Secrets,
+//! real `kubectl` accept: legacy and aggregated discovery, OpenAPI v3, get/list/watch/create/
+//! update/patch/delete of the crabglamp CRDs and the built-ins the operator uses (Namespaces, Secrets,
 //! ConfigMaps, core and events.k8s.io Events, Leases, CustomResourceDefinitions), with CRD
 //! admission through [`crate::admission`], Table output and server-side apply.
 //!
@@ -29,7 +29,13 @@
 //!   is honoured.
 //! - Defaults are applied on write only, not re-applied to stored objects on read.
 //! - No admission webhooks, quotas, RBAC, `gracePeriodSeconds` (deletions are immediate), pods
-//!   or any controller other than garbage collection.
+//!   or any controller other than garbage collection and the namespace controller; no CRD
+//!   version conversion (every CRD here has one version).
+//! - A watch whose client reads slower than the history turns over gets `410 Expired` (a real
+//!   watch cache drops such a watcher too, with a different message).
+//! - Field selectors of built-in kinds accept any field path (real servers allow a fixed list
+//!   per kind); custom resources accept `metadata.name`, `metadata.namespace` and their
+//!   `selectableFields`, as real servers do.
 //! - The event history holds [`state::HISTORY_LIMIT`] changes (configurable): a watch resumed
 //!   from before it gets the `410 Expired` ERROR event, as after a real etcd compaction.
 
