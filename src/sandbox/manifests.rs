@@ -21,6 +21,33 @@ pub fn documents(text: &str) -> Result<Vec<Value>, serde_norway::Error> {
     Ok(out)
 }
 
+/// JSON as Go's `encoding/json` writes it (what kubectl stores in the last-applied annotation):
+/// object keys sorted whatever serde_json's map order, `<`, `>`, `&`, U+2028 and U+2029 escaped.
+pub fn go_json(v: &Value) -> String {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            let fields: Vec<String> =
+                keys.into_iter().map(|k| format!("{}:{}", go_string(k), go_json(&m[k.as_str()]))).collect();
+            format!("{{{}}}", fields.join(","))
+        }
+        Value::Array(a) => format!("[{}]", a.iter().map(go_json).collect::<Vec<_>>().join(",")),
+        Value::String(s) => go_string(s),
+        other => other.to_string(),
+    }
+}
+
+fn go_string(s: &str) -> String {
+    Value::String(s.to_owned())
+        .to_string()
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026")
+        .replace('\u{2028}', "\\u2028")
+        .replace('\u{2029}', "\\u2029")
+}
+
 /// Applies every manifest in `dir`; one line per object or failure.
 pub fn apply_dir(kube: &RunningKube, dir: &Path) -> Vec<String> {
     let mut files: Vec<_> = match std::fs::read_dir(dir) {
@@ -54,7 +81,7 @@ pub fn apply_dir(kube: &RunningKube, dir: &Path) -> Vec<String> {
             if let Some(meta) = doc.get_mut("metadata").and_then(Value::as_object_mut) {
                 meta.entry("annotations").or_insert_with(|| Value::Object(Default::default()));
             }
-            let last_applied = format!("{doc}\n");
+            let last_applied = format!("{}\n", go_json(&doc));
             if let Some(a) = doc.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut) {
                 a.insert("kubectl.kubernetes.io/last-applied-configuration".into(), Value::String(last_applied));
             }
@@ -67,4 +94,16 @@ pub fn apply_dir(kube: &RunningKube, dir: &Path) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn renders_like_go() {
+        let v = json!({"b": 1, "a": {"z": "x<y&z", "c": [true, null]}});
+        assert_eq!(go_json(&v), r#"{"a":{"c":[true,null],"z":"x\u003cy\u0026z"},"b":1}"#);
+    }
 }

@@ -184,3 +184,40 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtobufError> {
         _ => Err(ProtobufError::Unsupported(format!("{api_version}/{kind}"))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(number: u64, bytes: &[u8]) -> Vec<u8> {
+        let mut out =
+            vec![u8::try_from(number << 3 | 2).unwrap_or_default(), u8::try_from(bytes.len()).unwrap_or_default()];
+        out.extend_from_slice(bytes);
+        out
+    }
+
+    #[test]
+    fn decodes_a_secret_as_kubectl_sends_it() {
+        let meta =
+            [field(1, b"creds"), field(3, b"ns"), field(11, &[field(1, b"a"), field(2, b"b")].concat())].concat();
+        let secret =
+            [field(1, &meta), field(2, &[field(1, b"token"), field(2, b"s3cret")].concat()), field(3, b"Opaque")]
+                .concat();
+        let type_meta = [field(1, b"v1"), field(2, b"Secret")].concat();
+        let body = [MAGIC.to_vec(), field(1, &type_meta), field(2, &secret)].concat();
+        let v = decode(&body).unwrap_or_default();
+        assert_eq!(v["metadata"]["name"], "creds");
+        assert_eq!(v["metadata"]["namespace"], "ns");
+        assert_eq!(v["metadata"]["labels"]["a"], "b");
+        assert_eq!(v["data"]["token"], "czNjcmV0");
+        assert_eq!(v["type"], "Opaque");
+    }
+
+    #[test]
+    fn refuses_other_kinds_and_garbage() {
+        let type_meta = [field(1, b"apps/v1"), field(2, b"Deployment")].concat();
+        let body = [MAGIC.to_vec(), field(1, &type_meta)].concat();
+        assert!(matches!(decode(&body), Err(ProtobufError::Unsupported(_))));
+        assert!(matches!(decode(b"{}"), Err(ProtobufError::Malformed)));
+    }
+}

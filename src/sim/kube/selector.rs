@@ -141,3 +141,22 @@ impl FieldSelector {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn label_selectors() {
+        let obj = json!({"metadata": {"labels": {"tier": "gold", "app": "x"}}});
+        let m = |s: &str| LabelSelector::parse(s).map(|l| l.matches(&obj)).unwrap_or(false);
+        assert!(m("tier=gold"));
+        assert!(m("tier==gold,app"));
+        assert!(m("tier in (gold, silver)"));
+        assert!(!m("tier notin (gold)"));
+        assert!(m("!missing"));
+        assert!(!m("tier!=gold"));
+        assert!(m(""));
+    }
+}
