@@ -157,6 +157,23 @@ async fn scenario(kubectl: &Path) {
     let out = sb.kubectl(kubectl, &["get", "agent", "ssa-bot", "-n", NS, "-o", "jsonpath={.spec.owner}"]).await;
     assert_eq!(out, "acct_other");
 
+    // Moving from client-side to server-side apply: kubectl migrates the field ownership, so
+    // fields dropped from the manifest afterwards are removed.
+    let mig = sb.dir.path().join("mig.yaml");
+    let mig_path = mig.to_string_lossy().into_owned();
+    let manifest = |labels: &str| {
+        format!(
+            "apiVersion: crabglamp.com/v1alpha1\nkind: Agent\nmetadata:\n  name: mig\n  namespace: team-a\n  labels: {{{labels}}}\nspec:\n  owner: acct_7f3a\n  region: us\n"
+        )
+    };
+    std::fs::write(&mig, manifest("keep: \"1\", drop: \"1\"")).expect("write");
+    sb.kubectl(kubectl, &["apply", "-f", &mig_path]).await;
+    sb.kubectl(kubectl, &["apply", "--server-side", "-f", &mig_path]).await;
+    std::fs::write(&mig, manifest("keep: \"1\"")).expect("write");
+    sb.kubectl(kubectl, &["apply", "--server-side", "-f", &mig_path]).await;
+    let out = sb.kubectl(kubectl, &["get", "agent", "mig", "-n", NS, "-o", "jsonpath={.metadata.labels}"]).await;
+    assert_eq!(out, r#"{"keep":"1"}"#);
+
     // patch: merge, JSON, and the strategic default that custom resources refuse.
     let out = sb
         .kubectl(

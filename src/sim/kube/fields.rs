@@ -13,8 +13,6 @@ use super::meta::now_time;
 /// A field path such as `["spec", "region"]`.
 pub type FieldPath = Vec<String>;
 
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
 /// One entry of `metadata.managedFields`.
 #[derive(Debug, Clone)]
 struct Manager {
@@ -228,8 +226,6 @@ pub fn record_update(
     let mut changed: BTreeSet<FieldPath> =
         new_leaves.iter().filter(|p| old.and_then(|o| get_path(o, p)) != get_path(new, p)).cloned().collect();
     changed.extend(old_leaves.difference(&new_leaves).cloned());
-    let last_applied = vec!["metadata".to_owned(), "annotations".to_owned(), LAST_APPLIED.to_owned()];
-    changed.remove(&last_applied);
     if changed.is_empty() {
         write_managers(new, &managers);
         return;

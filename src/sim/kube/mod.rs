@@ -16,8 +16,8 @@
 //! - Strategic merge patches of built-ins are applied as JSON merge patches (directives such as
 //!   `$patch` are dropped): lists are replaced, never merged by key.
 //! - Server-side apply tracks ownership per leaf field; every list is atomic whatever its
-//!   `x-kubernetes-list-type`; managedFields entries have no `"."` markers. The
-//!   `last-applied-configuration` annotation is never owned by an Update manager.
+//!   `x-kubernetes-list-type`; managedFields entries have no `"."` markers. A client may
+//!   rewrite `managedFields` (kubectl's client-side to server-side apply migration does).
 //! - Garbage collection is synchronous: dependents go in the same request as their owner;
 //!   Foreground deletion deletes dependents first without the `foregroundDeletion` finalizer
 //!   and Orphan strips the ownerReferences without the `orphan` finalizer.

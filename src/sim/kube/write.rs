@@ -496,7 +496,7 @@ fn commit(
     old: Option<Arc<Value>>,
     mut new: Value,
     opts: &WriteOptions,
-    ownership: Ownership,
+    mut ownership: Ownership,
 ) -> Result<Written, ApiError> {
     let rt = target.rt;
     let storage_av = if rt.special == Special::EventsV1 { "v1".to_owned() } else { rt.api_version() };
@@ -542,6 +542,13 @@ fn commit(
             }
         }
         let managed = new.pointer("/metadata/managedFields").cloned();
+        // A client may rewrite managedFields itself (kubectl does when it moves client-side
+        // apply ownership to server-side apply); the server then records nothing of its own.
+        let rewritten = managed.as_ref().is_some_and(|m| m.as_array().is_some_and(|a| !a.is_empty()))
+            && managed.as_ref() != old.pointer("/metadata/managedFields");
+        if rewritten {
+            ownership = Ownership::Precomputed;
+        }
         meta::keep_server_fields(&mut new, old);
         if let (Ownership::Precomputed, Some(mf)) = (&ownership, managed) {
             meta_mut(&mut new).insert("managedFields".into(), mf);
