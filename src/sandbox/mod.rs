@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 
 use crate::sim::cloudflare::{self, CloudflareSimConfig};
 use crate::sim::hetzner::{self, HetznerSimConfig};
+use crate::sim::http::RunningSim;
 use crate::sim::kube::{self, KubeApiConfig};
 
 /// Options of the `sandbox` command.
@@ -82,71 +83,129 @@ async fn wait_for_stop() {
     }
 }
 
+/// What a sandbox needs besides its ports.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxOptions {
+    /// Port of the Kubernetes API server (0 = any free port).
+    pub kube_port: u16,
+    /// Always start throwaway PostgreSQL and Redis.
+    pub fresh_services: bool,
+}
+
+/// Every piece of a running sandbox: the same fixtures the `sandbox` command and integration
+/// tests use. Dropping it stops the servers; call [`Sandbox::stop`] to also stop throwaway
+/// PostgreSQL and Redis and remove their directory.
+pub struct Sandbox {
+    /// The Kubernetes API server.
+    pub kube: kube::RunningKube,
+    /// The Hetzner Cloud simulator (base URL ends in `/v1`).
+    pub hcloud: RunningSim,
+    /// Its configuration (token).
+    pub hetzner_config: HetznerSimConfig,
+    /// The Cloudflare simulator (base URL ends in `/client/v4`).
+    pub cloudflare: RunningSim,
+    /// Its configuration (token, account, zone).
+    pub cloudflare_config: CloudflareSimConfig,
+    /// PostgreSQL.
+    pub postgres: services::Service,
+    /// Redis.
+    pub redis: services::Service,
+    workdir: PathBuf,
+}
+
+impl Sandbox {
+    /// Starts every piece.
+    pub async fn start(options: SandboxOptions) -> Result<Self, SandboxError> {
+        let kube_api =
+            kube::spawn(KubeApiConfig::default(), loopback(options.kube_port, "Kubernetes API server").await?).await?;
+        let hetzner_config = HetznerSimConfig::default();
+        let hcloud = hetzner::spawn(hetzner_config.clone(), loopback(0, "Hetzner simulator").await?)
+            .await
+            .map_err(io("cannot start the Hetzner simulator"))?;
+        let cloudflare_config = CloudflareSimConfig::default();
+        let cf = cloudflare::spawn(cloudflare_config.clone(), loopback(0, "Cloudflare simulator").await?)
+            .await
+            .map_err(io("cannot start the Cloudflare simulator"))?;
+
+        let workdir = std::env::temp_dir().join(format!("crabglamp-sandbox-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&workdir).map_err(io(format!("cannot create {}", workdir.display())))?;
+        let postgres = services::postgres(&workdir, options.fresh_services).await;
+        let redis = services::redis(&workdir, options.fresh_services).await;
+        let (postgres, redis) = match (postgres, redis) {
+            (Ok(p), Ok(r)) => (p, r),
+            (p, r) => {
+                let mut first_error = None;
+                for result in [p, r] {
+                    match result {
+                        Ok(service) => service.stop().await,
+                        Err(e) => first_error = first_error.or(Some(e)),
+                    }
+                }
+                let _ = std::fs::remove_dir_all(&workdir);
+                return Err(first_error.map(SandboxError::from).unwrap_or_else(|| SandboxError::Io {
+                    what: "services".into(),
+                    source: std::io::Error::other("unknown failure"),
+                }));
+            }
+        };
+        Ok(Self { kube: kube_api, hcloud, hetzner_config, cloudflare: cf, cloudflare_config, postgres, redis, workdir })
+    }
+
+    /// Every endpoint and credential, as written to `--info` (`kubeconfig` is the given path).
+    pub fn info(&self, kubeconfig: &std::path::Path) -> serde_json::Value {
+        json!({
+            "kubeconfig": kubeconfig.display().to_string(),
+            "kube_api": self.kube.base_url,
+            "hcloud_endpoint": self.hcloud.base_url,
+            "hcloud_token": self.hetzner_config.token,
+            "cloudflare_endpoint": self.cloudflare.base_url,
+            "cloudflare_token": self.cloudflare_config.token,
+            "cloudflare_account_id": self.cloudflare_config.account_id,
+            "cloudflare_zone_id": self.cloudflare_config.zone_id,
+            "cloudflare_zone_name": self.cloudflare_config.zone_name,
+            "database_url": self.postgres.url,
+            "redis_url": self.redis.url,
+        })
+    }
+
+    /// Stops everything, throwaway PostgreSQL and Redis included.
+    pub async fn stop(self) {
+        let Self { kube, hcloud, cloudflare, postgres, redis, workdir, .. } = self;
+        postgres.stop().await;
+        redis.stop().await;
+        let _ = std::fs::remove_dir_all(&workdir);
+        drop((hcloud, cloudflare, kube));
+    }
+}
+
 /// Runs the sandbox until Ctrl-C.
 pub async fn run(args: SandboxArgs) -> Result<(), SandboxError> {
-    let kube_api = kube::spawn(KubeApiConfig::default(), loopback(args.port, "Kubernetes API server").await?).await?;
-    let hetzner_config = HetznerSimConfig::default();
-    let hcloud = hetzner::spawn(hetzner_config.clone(), loopback(0, "Hetzner simulator").await?)
-        .await
-        .map_err(io("cannot start the Hetzner simulator"))?;
-    let cloudflare_config = CloudflareSimConfig::default();
-    let cf = cloudflare::spawn(cloudflare_config.clone(), loopback(0, "Cloudflare simulator").await?)
-        .await
-        .map_err(io("cannot start the Cloudflare simulator"))?;
-
-    let workdir = std::env::temp_dir().join(format!("crabglamp-sandbox-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&workdir).map_err(io(format!("cannot create {}", workdir.display())))?;
-    let postgres = services::postgres(&workdir, args.fresh_services).await;
-    let redis = services::redis(&workdir, args.fresh_services).await;
-    let (postgres, redis) = match (postgres, redis) {
-        (Ok(p), Ok(r)) => (p, r),
-        (p, r) => {
-            let mut first_error = None;
-            for result in [p, r] {
-                match result {
-                    Ok(service) => service.stop().await,
-                    Err(e) => first_error = first_error.or(Some(e)),
-                }
-            }
-            let _ = std::fs::remove_dir_all(&workdir);
-            return Err(first_error.map(SandboxError::from).unwrap_or_else(|| SandboxError::Io {
-                what: "services".into(),
-                source: std::io::Error::other("unknown failure"),
-            }));
-        }
-    };
-
-    std::fs::write(&args.kubeconfig, kube_api.kubeconfig_yaml())
-        .map_err(io(format!("cannot write {}", args.kubeconfig.display())))?;
-    let kubeconfig_abs = std::fs::canonicalize(&args.kubeconfig).unwrap_or_else(|_| args.kubeconfig.clone());
-    let info = json!({
-        "kubeconfig": kubeconfig_abs.display().to_string(),
-        "kube_api": kube_api.base_url,
-        "hcloud_endpoint": hcloud.base_url,
-        "hcloud_token": hetzner_config.token,
-        "cloudflare_endpoint": cf.base_url,
-        "cloudflare_token": cloudflare_config.token,
-        "cloudflare_account_id": cloudflare_config.account_id,
-        "cloudflare_zone_id": cloudflare_config.zone_id,
-        "cloudflare_zone_name": cloudflare_config.zone_name,
-        "database_url": postgres.url,
-        "redis_url": redis.url,
-    });
-    let pretty = serde_json::to_string_pretty(&info).unwrap_or_default();
-    std::fs::write(&args.info, format!("{pretty}\n")).map_err(io(format!("cannot write {}", args.info.display())))?;
+    let sandbox = Sandbox::start(SandboxOptions { kube_port: args.port, fresh_services: args.fresh_services }).await?;
+    let written = std::fs::write(&args.kubeconfig, sandbox.kube.kubeconfig_yaml())
+        .map_err(io(format!("cannot write {}", args.kubeconfig.display())))
+        .and_then(|()| {
+            let kubeconfig_abs = std::fs::canonicalize(&args.kubeconfig).unwrap_or_else(|_| args.kubeconfig.clone());
+            let pretty = serde_json::to_string_pretty(&sandbox.info(&kubeconfig_abs)).unwrap_or_default();
+            std::fs::write(&args.info, format!("{pretty}\n"))
+                .map_err(io(format!("cannot write {}", args.info.display())))
+        });
+    if let Err(e) = written {
+        sandbox.stop().await;
+        return Err(e);
+    }
 
     println!("crabglamp sandbox is running");
-    println!("  Kubernetes API   {}  (CRDs installed)", kube_api.base_url);
-    println!("  Hetzner Cloud    {}", hcloud.base_url);
-    println!("  Cloudflare       {}", cf.base_url);
-    println!("  PostgreSQL       {} ({})", postgres.url, postgres.origin);
-    println!("  Redis            {} ({})", redis.url, redis.origin);
+    println!("  Kubernetes API   {}  (CRDs installed)", sandbox.kube.base_url);
+    println!("  Hetzner Cloud    {}", sandbox.hcloud.base_url);
+    println!("  Cloudflare       {}", sandbox.cloudflare.base_url);
+    println!("  PostgreSQL       {} ({})", sandbox.postgres.url, sandbox.postgres.origin);
+    println!("  Redis            {} ({})", sandbox.redis.url, sandbox.redis.origin);
     println!("  kubeconfig       {}", args.kubeconfig.display());
     println!("  endpoints+tokens {}", args.info.display());
     println!("The controllers are not yet part of the sandbox: objects are stored and validated, not reconciled.");
 
     if let Some(dir) = &args.apply {
-        for outcome in manifests::apply_dir(&kube_api, dir) {
+        for outcome in manifests::apply_dir(&sandbox.kube, dir) {
             println!("  {outcome}");
         }
     }
@@ -164,9 +223,6 @@ pub async fn run(args: SandboxArgs) -> Result<(), SandboxError> {
 
     wait_for_stop().await;
     println!("stopping");
-    postgres.stop().await;
-    redis.stop().await;
-    let _ = std::fs::remove_dir_all(&workdir);
-    drop((hcloud, cf, kube_api));
+    sandbox.stop().await;
     Ok(())
 }

@@ -212,6 +212,12 @@ fn builtin_type(state: &State, special: Special, plural: &str) -> Option<Arc<Res
     state.types().iter().find(|t| t.special == special && t.plural == plural).cloned()
 }
 
+/// Starts a server with the crabglamp CRDs on a free loopback port (what tests want).
+pub async fn spawn_loopback() -> Result<RunningKube, StartError> {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    spawn(KubeApiConfig::default(), listener).await
+}
+
 /// Starts the server on `listener`.
 pub async fn spawn(config: KubeApiConfig, listener: TcpListener) -> Result<RunningKube, StartError> {
     let addr = listener.local_addr()?;
