@@ -495,3 +495,48 @@ async fn discovery_status_apply_and_finalizer_rules() {
     let gone = agents.get_opt("st").await.expect("get");
     assert!(gone.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crd_written_through_the_api_is_served_validated_and_defaulted_on_read() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+
+    let sb = start().await;
+    let client = sb.client();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = |schema: serde_json::Value| -> CustomResourceDefinition {
+        serde_json::from_value(json!({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "gadgets.example.com"},
+            "spec": {"group": "example.com", "scope": "Namespaced",
+                     "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget"},
+                     "versions": [{"name": "v1", "served": true, "storage": true,
+                                   "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": schema}}}}]},
+        }))
+        .expect("crd")
+    };
+    let spec = json!({"type": "object", "properties": {"size": {"type": "integer", "maximum": 10}}});
+    crds.create(&PostParams::default(), &crd(spec)).await.expect("create CRD");
+
+    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("example.com", "v1", "Gadget"), "gadgets");
+    let gadgets: Api<DynamicObject> = Api::namespaced_with(client.clone(), NS, &ar);
+    let gadget = |name: &str, size: i64| -> DynamicObject {
+        serde_json::from_value(json!({"apiVersion": "example.com/v1", "kind": "Gadget", "metadata": {"name": name}, "spec": {"size": size}}))
+            .expect("gadget")
+    };
+    gadgets.create(&PostParams::default(), &gadget("small", 3)).await.expect("create gadget");
+    let err = gadgets.create(&PostParams::default(), &gadget("huge", 30)).await.expect_err("maximum");
+    assert!(matches!(err, kube::Error::Api(ref s) if s.code == 422 && s.message.contains("spec.size")), "{err}");
+
+    // A default added to the schema later shows on the object stored before it.
+    let mut updated = crds.get("gadgets.example.com").await.expect("get CRD");
+    let spec = json!({"type": "object", "properties": {
+        "size": {"type": "integer", "maximum": 10},
+        "colour": {"type": "string", "default": "red"},
+    }});
+    let fresh = crd(spec);
+    updated.spec = fresh.spec;
+    crds.replace("gadgets.example.com", &PostParams::default(), &updated).await.expect("update CRD");
+    let small = gadgets.get("small").await.expect("get gadget");
+    assert_eq!(small.data["spec"]["colour"], "red", "{:?}", small.data);
+}

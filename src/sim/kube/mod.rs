@@ -27,7 +27,6 @@
 //! - Deleting a CRD deletes its objects at once, finalizers notwithstanding.
 //! - `continue` tokens are offsets into the current list (not a consistent snapshot); `limit`
 //!   is honoured.
-//! - Defaults are applied on write only, not re-applied to stored objects on read.
 //! - No admission webhooks, quotas, RBAC, `gracePeriodSeconds` (deletions are immediate), pods
 //!   or any controller other than garbage collection and the namespace controller; no CRD
 //!   version conversion (every CRD here has one version).

@@ -101,12 +101,17 @@ fn name_of(object: &Value) -> String {
     meta_str(object, "name").unwrap_or_default().to_owned()
 }
 
-/// The object as clients see it in this kind's version.
+/// The object as clients see it in this kind's version. Custom resources get their schema's
+/// defaults again, as a real server applies them on read: a default added to a CRD later shows
+/// on objects stored before it.
 pub fn present(rt: &ResourceType, object: &Value) -> Value {
     if rt.special == Special::EventsV1 {
         return events::to_events_v1(object);
     }
-    let mut v = object.clone();
+    let mut v = match (&rt.schema, rt.is_custom()) {
+        (Some(schema), true) => kube_cel::apply_defaults(schema, object),
+        _ => object.clone(),
+    };
     if let Some(m) = v.as_object_mut() {
         m.insert("apiVersion".into(), Value::String(rt.api_version()));
         m.insert("kind".into(), Value::String(rt.kind.clone()));
