@@ -14,4 +14,5 @@ mod cloud {
     mod limits;
     mod models;
     mod python;
+    mod secrets;
 }

@@ -75,7 +75,8 @@ pub struct ServerSpec {
     pub location: String,
     /// Marks pointing back to the owning object; also what adoption checks.
     pub labels: BTreeMap<String, String>,
-    pub user_data: Option<String>,
+    /// cloud-init; a secret because it carries the tunnel token (`Debug` must not print it).
+    pub user_data: Option<Secret>,
     pub ssh_keys: Vec<String>,
     pub firewalls: Vec<i64>,
     pub start_after_create: bool,
@@ -167,7 +168,7 @@ impl HetznerClient {
             "start_after_create": spec.start_after_create,
         });
         if let Some(ud) = &spec.user_data {
-            body["user_data"] = json!(ud);
+            body["user_data"] = json!(ud.expose());
         }
         if !spec.ssh_keys.is_empty() {
             body["ssh_keys"] = json!(spec.ssh_keys);
