@@ -214,6 +214,28 @@ async fn scenario(kubectl: &Path) {
         )
         .await;
     assert!(out.starts_with("false cpx32 "), "{out}");
+    let out = sb
+        .kubectl(
+            kubectl,
+            &[
+                "patch",
+                "agent",
+                "research-bot",
+                "-n",
+                NS,
+                "--subresource=status",
+                "--type",
+                "merge",
+                "-p",
+                r#"{"status":{"phase":"Stopping"},"spec":{"running":true}}"#,
+            ],
+        )
+        .await;
+    assert!(out.contains("patched"), "{out}");
+    let out = sb
+        .kubectl(kubectl, &["get", "agent", "research-bot", "-n", NS, "-o", "jsonpath={.status.phase} {.spec.running}"])
+        .await;
+    assert_eq!(out, "Stopping false", "a status patch must not change spec");
     let run = sb
         .kubectl_run(kubectl, &["patch", "agent", "research-bot", "-n", NS, "-p", r#"{"spec":{"running":true}}"#])
         .await;
