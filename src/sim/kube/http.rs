@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::Shared;
+use super::delete::{self, DeleteOptions, Deleted, Propagation};
 use super::discovery;
 use super::error::ApiError;
 use super::openapi;
@@ -20,7 +21,7 @@ use super::resource::ResourceType;
 use super::selector::{FieldSelector, LabelSelector};
 use super::table::{self, IncludeObject, Rendering};
 use super::watch::{self, WatchRequest};
-use super::write::{self, DeleteOptions, Deleted, FieldValidation, PatchKind, Propagation, Target, Verb, WriteOptions};
+use super::write::{self, FieldValidation, PatchKind, Target, Verb, WriteOptions};
 
 /// The router of the whole server.
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -225,7 +226,7 @@ fn resource_request(
             let Some(ns) = ns else { return Err(ApiError::unknown_path()) };
             let opts = delete_options(req)?;
             let mut state = shared.lock();
-            let result = write::delete(&mut state, &rt, &ns, name, &opts)?;
+            let result = delete::delete(&mut state, &rt, &ns, name, &opts)?;
             shared.notify(&state);
             Ok(match result {
                 Deleted::Pending(obj) => ok(&obj),
@@ -248,7 +249,7 @@ fn resource_request(
                 .collect();
             let mut items = Vec::new();
             for (ns, name) in doomed {
-                match write::delete(&mut state, &rt, &ns, &name, &opts) {
+                match delete::delete(&mut state, &rt, &ns, &name, &opts) {
                     Ok(Deleted::Pending(obj)) => items.push(obj),
                     Ok(Deleted::Gone(_)) | Err(_) => {}
                 }

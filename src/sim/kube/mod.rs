@@ -38,6 +38,7 @@
 //! - The event history holds [`state::HISTORY_LIMIT`] changes (configurable): a watch resumed
 //!   from before it gets the `410 Expired` ERROR event, as after a real etcd compaction.
 
+pub mod delete;
 pub mod discovery;
 pub mod error;
 pub mod events;
@@ -258,7 +259,7 @@ pub async fn spawn(config: KubeApiConfig, listener: TcpListener) -> Result<Runni
             loop {
                 tick.tick().await;
                 let mut state = controller_state.lock();
-                if write::purge_terminating_namespaces(&mut state, grace) {
+                if delete::purge_terminating_namespaces(&mut state, grace) {
                     controller_state.notify(&state);
                 }
             }

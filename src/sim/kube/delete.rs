@@ -1,0 +1,275 @@
+//! Deletion: finalizers and `deletionTimestamp`, propagation policies, ownerReference garbage
+//! collection, the namespace controller, and what a removed namespace or CRD takes along.
+//!
+//! Runs under the state lock like every write; it never admits objects (deletions need no
+//! admission) and never removes an object that still has finalizers, except a CRD's objects.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::meta::{self, meta_mut, meta_str, now_time};
+use super::resource::{ResourceType, Special};
+use super::state::{EventType, State};
+use super::write::{name_of, present};
+
+/// `propagationPolicy` of a delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Propagation {
+    /// Owner first, dependents after (the default).
+    Background,
+    /// Dependents first.
+    Foreground,
+    /// Dependents keep living, without the ownerReference.
+    Orphan,
+}
+
+/// Options of a DELETE.
+#[derive(Debug, Clone)]
+pub struct DeleteOptions {
+    /// `propagationPolicy`.
+    pub propagation: Propagation,
+    /// `preconditions.uid`.
+    pub uid: Option<String>,
+    /// `preconditions.resourceVersion`.
+    pub resource_version: Option<String>,
+    /// `dryRun=All`.
+    pub dry_run: bool,
+}
+
+/// What a delete returned.
+pub enum Deleted {
+    /// Still present (finalizers): the object with its deletionTimestamp.
+    Pending(Value),
+    /// Gone: a success Status.
+    Gone(Value),
+}
+
+/// DELETE of one object.
+pub fn delete(
+    state: &mut State,
+    rt: &Arc<ResourceType>,
+    namespace: &str,
+    name: &str,
+    opts: &DeleteOptions,
+) -> Result<Deleted, ApiError> {
+    let Some(old) = state.get(&rt.storage, namespace, name) else {
+        return Err(ApiError::not_found(&rt.plural, &rt.group, name));
+    };
+    if opts.uid.as_deref().is_some_and(|u| Some(u) != meta_str(&old, "uid"))
+        || opts.resource_version.as_deref().is_some_and(|r| Some(r) != meta_str(&old, "resourceVersion"))
+    {
+        return Err(ApiError::conflict(&rt.plural, &rt.group, name));
+    }
+    let uid = meta_str(&old, "uid").unwrap_or_default().to_owned();
+    if opts.dry_run {
+        return Ok(Deleted::Pending(present(rt, &old)));
+    }
+    match opts.propagation {
+        Propagation::Orphan => orphan_dependents(state, &uid),
+        Propagation::Foreground => delete_dependents(state, &uid),
+        Propagation::Background => {}
+    }
+    // Namespaces go through Terminating: the namespace controller empties them first.
+    let terminates = rt.special == Special::Namespace;
+    if terminates || !meta::finalizers(&old).is_empty() {
+        if old.pointer("/metadata/deletionTimestamp").is_some() {
+            return Ok(Deleted::Pending(present(rt, &old)));
+        }
+        let mut new = (*old).clone();
+        if terminates {
+            new["status"] = json!({"phase": "Terminating"});
+        }
+        let generation = new.pointer("/metadata/generation").and_then(Value::as_i64);
+        let rv = state.next_rv();
+        let meta = meta_mut(&mut new);
+        meta.insert("deletionTimestamp".into(), json!(now_time()));
+        meta.insert("deletionGracePeriodSeconds".into(), json!(0));
+        if let Some(g) = generation {
+            meta.insert("generation".into(), json!(g + 1));
+        }
+        meta.insert("resourceVersion".into(), json!(rv.to_string()));
+        let stored = state.put(&rt.storage, namespace, name, new, EventType::Modified, rv);
+        return Ok(Deleted::Pending(present(rt, &stored)));
+    }
+    let rv = state.next_rv();
+    let mut last = (*old).clone();
+    meta_mut(&mut last).insert("resourceVersion".into(), json!(rv.to_string()));
+    let last = state.remove(&rt.storage, namespace, name, last, rv);
+    after_removal(state, rt, &last);
+    Ok(Deleted::Gone(json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "details": {"name": name, "group": rt.group, "kind": rt.plural, "uid": uid},
+    })))
+}
+
+/// What removing an object implies: its dependents are collected, a namespace takes its
+/// content along, a CRD its kind and objects.
+pub(super) fn after_removal(state: &mut State, rt: &ResourceType, last: &Value) {
+    let uid = meta_str(last, "uid").unwrap_or_default().to_owned();
+    match rt.special {
+        Special::Namespace => {
+            let ns = name_of(last);
+            let doomed: Vec<(Arc<ResourceType>, String)> = state
+                .buckets()
+                .flat_map(|(_, b)| b.iter())
+                .filter(|((n, _), _)| *n == ns)
+                .filter_map(|((_, name), obj)| type_of(state, obj).map(|t| (t, name.clone())))
+                .collect();
+            for (t, name) in doomed {
+                let _ = delete(state, &t, &ns, &name, &background());
+            }
+        }
+        Special::Crd => {
+            let group = last.pointer("/spec/group").and_then(Value::as_str).unwrap_or_default().to_owned();
+            let plural = last.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or_default().to_owned();
+            let storage = (group.clone(), plural.clone());
+            let doomed: Vec<(String, String)> =
+                state.buckets().filter(|(k, _)| **k == storage).flat_map(|(_, b)| b.keys().cloned()).collect();
+            for (ns, name) in doomed {
+                if let Some(obj) = state.get(&storage, &ns, &name) {
+                    let rv = state.next_rv();
+                    let mut o = (*obj).clone();
+                    meta_mut(&mut o).insert("resourceVersion".into(), json!(rv.to_string()));
+                    state.remove(&storage, &ns, &name, o, rv);
+                }
+            }
+            state.set_crd_types(&group, &plural, Vec::new());
+        }
+        _ => {}
+    }
+    collect_garbage(state, &uid);
+}
+
+/// The namespace controller: every namespace whose deletion started at least `grace` ago has
+/// its content deleted, and is removed once nothing is left in it (objects held by finalizers
+/// keep it Terminating). Returns whether anything changed.
+pub fn purge_terminating_namespaces(state: &mut State, grace: chrono::Duration) -> bool {
+    let now = chrono::Utc::now();
+    let ns_storage: (String, String) = (String::new(), "namespaces".into());
+    let due: Vec<Arc<Value>> = state
+        .list(&ns_storage, None)
+        .into_iter()
+        .filter(|ns| {
+            ns.pointer("/metadata/deletionTimestamp")
+                .and_then(Value::as_str)
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .is_some_and(|t| now - t.with_timezone(&chrono::Utc) >= grace)
+        })
+        .collect();
+    let mut changed = false;
+    for ns in due {
+        let name = name_of(&ns);
+        let content: Vec<(Arc<ResourceType>, String, bool)> = state
+            .buckets()
+            .flat_map(|(_, b)| b.iter())
+            .filter(|((n, _), _)| *n == name)
+            .filter_map(|((_, obj_name), obj)| {
+                let deleting = obj.pointer("/metadata/deletionTimestamp").is_some();
+                type_of(state, obj).map(|t| (t, obj_name.clone(), deleting))
+            })
+            .collect();
+        if content.is_empty() {
+            let Some(ns_type) = state.types().iter().find(|t| t.special == Special::Namespace).cloned() else {
+                continue;
+            };
+            let rv = state.next_rv();
+            let mut last = (*ns).clone();
+            meta_mut(&mut last).insert("resourceVersion".into(), json!(rv.to_string()));
+            let last = state.remove(&ns_storage, "", &name, last, rv);
+            after_removal(state, &ns_type, &last);
+            changed = true;
+            continue;
+        }
+        for (t, obj_name, deleting) in content {
+            if !deleting {
+                let _ = delete(state, &t, &name, &obj_name, &background());
+                changed = true;
+            }
+        }
+    }
+    changed
+}
+
+fn background() -> DeleteOptions {
+    DeleteOptions { propagation: Propagation::Background, uid: None, resource_version: None, dry_run: false }
+}
+
+/// The kind an object is stored as (by its apiVersion and kind).
+fn type_of(state: &State, object: &Value) -> Option<Arc<ResourceType>> {
+    let av = object.get("apiVersion")?.as_str()?;
+    let kind = object.get("kind")?.as_str()?;
+    state.types().iter().find(|t| t.api_version() == av && t.kind == kind && t.special != Special::EventsV1).cloned()
+}
+
+/// (kind, namespace, name) of every object with an ownerReference to `uid`.
+fn dependents(state: &State, uid: &str) -> Vec<(Arc<ResourceType>, String, String)> {
+    if uid.is_empty() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (_, bucket) in state.buckets() {
+        for ((ns, name), obj) in bucket {
+            let owned = obj
+                .pointer("/metadata/ownerReferences")
+                .and_then(Value::as_array)
+                .is_some_and(|refs| refs.iter().any(|r| r.get("uid").and_then(Value::as_str) == Some(uid)));
+            if owned && let Some(t) = type_of(state, obj) {
+                out.push((t, ns.clone(), name.clone()));
+            }
+        }
+    }
+    out
+}
+
+fn uid_exists(state: &State, uid: &str) -> bool {
+    state.buckets().flat_map(|(_, b)| b.values()).any(|o| meta_str(o, "uid") == Some(uid))
+}
+
+/// Rewrites a dependent without the ownerReferences matching `drop`.
+fn strip_owner_refs(state: &mut State, rt: &ResourceType, ns: &str, name: &str, drop: &dyn Fn(&Value) -> bool) {
+    let Some(obj) = state.get(&rt.storage, ns, name) else { return };
+    let mut new = (*obj).clone();
+    if let Some(Value::Array(refs)) = new.pointer_mut("/metadata/ownerReferences") {
+        refs.retain(|r| !drop(r));
+    }
+    meta::normalise(&mut new);
+    let rv = state.next_rv();
+    meta_mut(&mut new).insert("resourceVersion".into(), json!(rv.to_string()));
+    state.put(&rt.storage, ns, name, new, EventType::Modified, rv);
+}
+
+/// Background garbage collection after the object with `uid` went away: dependents whose
+/// owners are all gone are deleted (recursively); the others lose the dangling reference.
+fn collect_garbage(state: &mut State, uid: &str) {
+    for (t, ns, name) in dependents(state, uid) {
+        let Some(obj) = state.get(&t.storage, &ns, &name) else { continue };
+        let other_owner_alive =
+            obj.pointer("/metadata/ownerReferences").and_then(Value::as_array).is_some_and(|refs| {
+                refs.iter()
+                    .filter_map(|r| r.get("uid").and_then(Value::as_str))
+                    .any(|u| u != uid && uid_exists(state, u))
+            });
+        if other_owner_alive {
+            strip_owner_refs(state, &t, &ns, &name, &|r| r.get("uid").and_then(Value::as_str) == Some(uid));
+        } else {
+            let _ = delete(state, &t, &ns, &name, &background());
+        }
+    }
+}
+
+fn orphan_dependents(state: &mut State, uid: &str) {
+    for (t, ns, name) in dependents(state, uid) {
+        strip_owner_refs(state, &t, &ns, &name, &|r| r.get("uid").and_then(Value::as_str) == Some(uid));
+    }
+}
+
+fn delete_dependents(state: &mut State, uid: &str) {
+    for (t, ns, name) in dependents(state, uid) {
+        let _ = delete(state, &t, &ns, &name, &background());
+    }
+}
