@@ -540,3 +540,19 @@ async fn a_crd_written_through_the_api_is_served_validated_and_defaulted_on_read
     let small = gadgets.get("small").await.expect("get gadget");
     assert_eq!(small.data["spec"]["colour"], "red", "{:?}", small.data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dropping_the_server_ends_open_watches() {
+    let sb = start().await;
+    let api: Api<Agent> = Api::namespaced(sb.client(), NS);
+    let rv = api.list(&ListParams::default()).await.expect("list").metadata.resource_version.expect("rv");
+    let mut stream = api.watch(&WatchParams::default(), &rv).await.expect("watch").boxed();
+    let crate::common::Sandbox { kube, dir, .. } = sb;
+    drop(kube);
+    within("the watch to end", async {
+        // The stream ends, cleanly or with a transport error; it must not hang.
+        while let Ok(Some(_)) = stream.try_next().await {}
+    })
+    .await;
+    drop(dir);
+}

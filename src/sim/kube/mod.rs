@@ -60,7 +60,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
 use self::resource::{ResourceType, Special};
 use self::state::State;
@@ -73,6 +72,8 @@ pub const NAMESPACE_GRACE: std::time::Duration = std::time::Duration::from_secs(
 pub struct Shared {
     state: Mutex<State>,
     latest: tokio::sync::watch::Sender<u64>,
+    /// Set when the server stops: open watches end, so their clients see the connection close.
+    stopping: tokio::sync::watch::Sender<bool>,
     server_address: String,
 }
 
@@ -138,7 +139,6 @@ pub struct RunningKube {
     /// The bound address.
     pub addr: SocketAddr,
     shared: Arc<Shared>,
-    task: JoinHandle<()>,
 }
 
 impl RunningKube {
@@ -197,7 +197,8 @@ impl RunningKube {
 
 impl Drop for RunningKube {
     fn drop(&mut self) {
-        self.task.abort();
+        // Watches end and idle connections close; the task finishes once every connection has.
+        self.shared.stopping.send_replace(true);
     }
 }
 
@@ -249,10 +250,12 @@ pub async fn spawn(config: KubeApiConfig, listener: TcpListener) -> Result<Runni
         }
     }
     let (latest, _) = tokio::sync::watch::channel(state.rv());
-    let shared = Arc::new(Shared { state: Mutex::new(state), latest, server_address: addr.to_string() });
+    let (stopping, _) = tokio::sync::watch::channel(false);
+    let shared = Arc::new(Shared { state: Mutex::new(state), latest, stopping, server_address: addr.to_string() });
+    let mut stop_signal = shared.stopping.subscribe();
     let app = http::router(shared.clone());
     let controller_state = shared.clone();
-    let task = tokio::spawn(async move {
+    tokio::spawn(async move {
         let namespace_controller = async move {
             let grace = chrono::Duration::from_std(NAMESPACE_GRACE).unwrap_or_else(|_| chrono::Duration::seconds(1));
             let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
@@ -265,7 +268,10 @@ pub async fn spawn(config: KubeApiConfig, listener: TcpListener) -> Result<Runni
             }
         };
         tokio::select! {
-            served = axum::serve(listener, app) => {
+            served = axum::serve(listener, app).with_graceful_shutdown(async move {
+                // Only `true` is ever sent; an error means the server state is gone.
+                let _ = stop_signal.changed().await;
+            }) => {
                 if let Err(e) = served {
                     tracing::error!(error = %e, "kube API server stopped");
                 }
@@ -273,5 +279,5 @@ pub async fn spawn(config: KubeApiConfig, listener: TcpListener) -> Result<Runni
             () = namespace_controller => {}
         }
     });
-    Ok(RunningKube { base_url: format!("http://{addr}"), addr, shared, task })
+    Ok(RunningKube { base_url: format!("http://{addr}"), addr, shared })
 }

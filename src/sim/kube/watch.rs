@@ -108,6 +108,7 @@ pub fn start(
 ) -> Result<impl futures::Stream<Item = Result<Bytes, Infallible>>, ApiError> {
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     let mut latest = shared.latest.subscribe();
+    let mut stopping = shared.stopping.subscribe();
     let mut renderer =
         Renderer { rt: req.rt.clone(), rendering: req.rendering, include: req.include, columns_sent: false };
     let mut initial = Vec::new();
@@ -204,6 +205,8 @@ pub fn start(
                     }
                 }
                 _ = tx.closed() => return,
+                // Only `true` is ever sent: any change means the server stops.
+                _ = stopping.changed() => return,
             }
         }
     });
