@@ -12,8 +12,9 @@ use serde_json::Value;
 
 use super::resource::{ResourceType, StorageKey, builtins};
 
-/// How many events the history keeps; a watch resumed from before them gets `410 Expired`.
-pub const HISTORY_LIMIT: usize = 100_000;
+/// How many changes the history keeps (memory stays bounded in a long-running sandbox); a watch
+/// resumed from before them gets `410 Expired`, as after an etcd compaction.
+pub const HISTORY_LIMIT: usize = 25_000;
 
 /// The kind of a watch event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
