@@ -276,6 +276,17 @@ async fn server_side_apply_keeps_two_lease_holders_apart() {
     let lease =
         leases.patch("leader", &PatchParams::apply("lease-b"), &Patch::Apply(apply("b"))).await.expect("b takes it");
     assert_eq!(lease.spec.and_then(|s| s.holder_identity).as_deref(), Some("b"));
+    // kube-lease-manager renews and counts transitions with strategic merge patches.
+    let lease = leases
+        .patch(
+            "leader",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"leaseTransitions": 1, "renewTime": "2026-11-25T04:00:00.000000Z"}})),
+        )
+        .await
+        .expect("strategic patch of a Lease");
+    let spec = lease.spec.expect("spec");
+    assert_eq!((spec.lease_transitions, spec.holder_identity.as_deref()), (Some(1), Some("b")));
     let again = leases
         .create(
             &PostParams::default(),
