@@ -5,6 +5,7 @@
 //! It only wires existing pieces together and prints what it did; it never changes what the
 //! simulators or the API server do.
 
+pub mod activity;
 pub mod manifests;
 pub mod services;
 
@@ -219,9 +220,15 @@ pub async fn run(args: SandboxArgs) -> Result<(), SandboxError> {
     println!("  kubectl get agents -n team-a -w");
     println!("  kubectl describe agent research-bot -n team-a");
     println!("  kubectl apply -f examples/invalid/agent-unknown-region.yaml   # refused with its rule");
-    println!("Press Ctrl-C to stop.");
-
+    let activity = match sandbox.kube.client() {
+        Ok(client) => Some(activity::start(client).await),
+        Err(_) => None,
+    };
+    println!("Press Ctrl-C to stop. Changes to Agents, PlainVMs and VirtualKeys are listed below.");
     wait_for_stop().await;
+    if let Some(task) = activity {
+        task.abort();
+    }
     println!("stopping");
     sandbox.stop().await;
     Ok(())

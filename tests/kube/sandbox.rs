@@ -99,6 +99,21 @@ async fn sandbox_command_applies_examples_and_serves_kubectl() {
         kubectl(&kubeconfig, cache, &["apply", "-f", "examples/invalid/agent-unknown-region.yaml"]).await;
     assert!(!ok && err.contains("supported values"), "{err}");
 
+    // The activity log shows what kubectl changed.
+    let (ok, _, err) =
+        kubectl(&kubeconfig, cache, &["label", "agent", "research-bot", "-n", "team-a", "tried=yes"]).await;
+    assert!(ok, "{err}");
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.expect("read") {
+            if line.contains("agent team-a/research-bot applied") {
+                return;
+            }
+        }
+        panic!("the sandbox exited early");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no activity line for the label change"));
+
     let pid = child.id().expect("pid").to_string();
     let status = std::process::Command::new("kill").args(["-INT", &pid]).status().expect("kill runs");
     assert!(status.success());
