@@ -48,6 +48,9 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    /// A database name that is not a plain lowercase identifier (or a server URL it cannot join).
+    #[error("cannot use {0:?} as a database name: lowercase letters, digits and '_' only, at most 63")]
+    InvalidDatabaseName(String),
     /// A stored value does not have the shape the schema promises.
     #[error("corrupt row while {what}: {detail}")]
     Corrupt {
@@ -95,6 +98,41 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreErr
         .connect_with(options)
         .await
         .map_err(|source| StoreError::Connect { url: redact_url(url), source })
+}
+
+/// Creates the database `name` on the server `server_url` points at (when missing), applies the
+/// migrations to it and returns its URL: how the sandbox gets a database of its own instead of
+/// filling whichever database the server URL names.
+pub async fn ensure_migrated_database(server_url: &str, name: &str) -> Result<String, StoreError> {
+    let valid_name = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !valid_name {
+        return Err(StoreError::InvalidDatabaseName(name.to_owned()));
+    }
+    let admin = connect(server_url, 1).await?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(&admin)
+        .await
+        .during("looking up the database")?;
+    if !exists {
+        // CREATE DATABASE takes no bind parameters; the name was checked to be a plain identifier.
+        let created = sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await;
+        match created {
+            Ok(_) => {}
+            // Another process created it between our check and our create.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            Err(source) => return Err(StoreError::Query { what: "creating the database", source }),
+        }
+    }
+    admin.close().await;
+    let mut url = url::Url::parse(server_url).map_err(|_| StoreError::InvalidDatabaseName(name.to_owned()))?;
+    url.set_path(&format!("/{name}"));
+    let pool = connect(url.as_str(), 2).await?;
+    migrate(&pool).await?;
+    pool.close().await;
+    Ok(url.to_string())
 }
 
 /// Applies every pending migration.

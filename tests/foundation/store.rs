@@ -264,3 +264,21 @@ async fn sealed_credentials_round_trip_and_do_not_open_in_another_row() {
     assert!(seal::delete_credential(&db.pool, &id).await.expect("delete"));
     assert_eq!(seal::get_credential(&db.pool, &keys, &id).await.expect("get"), None);
 }
+
+#[tokio::test]
+async fn ensure_migrated_database_creates_once_and_migrates() {
+    let name = format!("crabglamp_test_{}", uuid::Uuid::new_v4().simple());
+    let admin = super::db::admin_url();
+    let url = crabglamp_operator::store::ensure_migrated_database(&admin, &name).await.expect("create and migrate");
+    let again = crabglamp_operator::store::ensure_migrated_database(&admin, &name).await.expect("idempotent");
+    assert_eq!(url, again);
+    let out = psql(&url, "SELECT count(*) FROM _sqlx_migrations WHERE success");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        crabglamp_operator::store::MIGRATOR.iter().count().to_string()
+    );
+    let out = psql(&admin, &format!("DROP DATABASE {name} WITH (FORCE)"));
+    assert!(out.status.success());
+    let bad = crabglamp_operator::store::ensure_migrated_database(&admin, "x; DROP DATABASE postgres").await;
+    assert!(bad.is_err(), "names are plain identifiers only");
+}
