@@ -157,7 +157,7 @@ impl HetznerClient {
     /// Creates a server, or adopts the one an earlier attempt created: when the name is
     /// taken by a server carrying all of `spec.labels`, that server is returned with
     /// `adopted: true`; a server with that name but other labels is someone else's, and the
-    /// conflict is returned.
+    /// conflict is returned. With empty `spec.labels` nothing is ever adopted.
     pub async fn create_server(&self, spec: &ServerSpec) -> Result<ServerCreated, CloudError> {
         let mut body = json!({
             "name": spec.name,
@@ -185,7 +185,7 @@ impl HetznerClient {
             }
             Err(CloudError::Conflict(detail)) if detail.code == "uniqueness_error" => {
                 match self.find_server_by_name(&spec.name).await? {
-                    Some(server) if labels_contain(&server.labels, &spec.labels) => {
+                    Some(server) if carries_marks(&server.labels, &spec.labels) => {
                         Ok(ServerCreated { server, actions: Vec::new(), adopted: true })
                     }
                     _ => Err(CloudError::Conflict(detail)),
@@ -332,7 +332,7 @@ impl HetznerClient {
     // ---------- firewalls ----------
 
     /// Creates a firewall (applied to `servers`), or adopts one of that name carrying all of
-    /// `labels`.
+    /// `labels` (never with empty `labels`).
     pub async fn create_firewall(
         &self,
         name: &str,
@@ -356,7 +356,7 @@ impl HetznerClient {
             }
             Err(CloudError::Conflict(detail)) if detail.code == "uniqueness_error" => {
                 match self.find_firewall_by_name(name).await? {
-                    Some(fw) if fw.labels.as_ref().is_some_and(|l| labels_contain(l, labels)) => {
+                    Some(fw) if fw.labels.as_ref().is_some_and(|l| carries_marks(l, labels)) => {
                         Ok(FirewallCreated { firewall: fw, actions: Vec::new(), adopted: true })
                     }
                     _ => Err(CloudError::Conflict(detail)),
@@ -459,8 +459,11 @@ pub fn offered_in(server_type: &ServerType, location: &str) -> bool {
     server_type.locations.iter().any(|l| l.name == location && l.deprecation.is_none())
 }
 
-fn labels_contain(have: &std::collections::HashMap<String, String>, want: &BTreeMap<String, String>) -> bool {
-    want.iter().all(|(k, v)| have.get(k) == Some(v))
+/// Whether a resource found under our name is ours: it carries every one of our marks. No
+/// marks prove nothing (every label set contains the empty one), so a spec without labels
+/// never adopts: SPEC §7 forbids taking over a resource that merely shares a name.
+fn carries_marks(have: &std::collections::HashMap<String, String>, marks: &BTreeMap<String, String>) -> bool {
+    !marks.is_empty() && marks.iter().all(|(k, v)| have.get(k) == Some(v))
 }
 
 fn not_found_as_none<T>(r: Result<T, CloudError>) -> Result<Option<T>, CloudError> {
@@ -499,6 +502,18 @@ mod tests {
         let c = HetznerConfig::from_lookup(|n| (n == "HCLOUD_TOKEN").then(|| "secret-t".to_owned())).unwrap();
         assert_eq!(c.base_url, HETZNER_API);
         assert!(!format!("{c:?}").contains("secret-t"), "the token never shows in Debug");
+    }
+
+    #[test]
+    fn adoption_needs_every_mark_and_at_least_one() {
+        let have: std::collections::HashMap<String, String> =
+            [("crabglamp.com/uid".to_owned(), "u1".to_owned()), ("team".to_owned(), "x".to_owned())].into();
+        let marks = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        };
+        assert!(carries_marks(&have, &marks(&[("crabglamp.com/uid", "u1")])));
+        assert!(!carries_marks(&have, &marks(&[("crabglamp.com/uid", "u2")])));
+        assert!(!carries_marks(&have, &marks(&[])), "no marks never prove ownership");
     }
 
     #[test]

@@ -99,6 +99,24 @@ async fn server_lifecycle_and_power() {
     sim.shutdown().await.unwrap();
 }
 
+/// A spec without labels has no mark to prove a same-named server is ours: the name clash is
+/// reported, never adopted (SPEC §7), for servers and firewalls alike.
+#[tokio::test]
+async fn unlabelled_creates_never_adopt() {
+    let sim = hetzner_sim(hz_config()).await;
+    let c = hetzner_client(&sim, fast_retry(1));
+    let mut bare = spec("vm-bare", "unused");
+    bare.labels.clear();
+    c.create_server(&spec("vm-bare", "someone-else")).await.expect("someone else's server");
+    let err = c.create_server(&bare).await.unwrap_err();
+    assert!(matches!(err, CloudError::Conflict(ref d) if d.code == "uniqueness_error"), "{err}");
+
+    c.create_firewall("fw-bare", &labels(&[("team", "other")]), &[], &[]).await.expect("someone else's firewall");
+    let err = c.create_firewall("fw-bare", &BTreeMap::new(), &[], &[]).await.unwrap_err();
+    assert!(matches!(err, CloudError::Conflict(ref d) if d.code == "uniqueness_error"), "{err}");
+    sim.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn list_by_label_selector_across_pages() {
     let sim = hetzner_sim(hz_config()).await;
