@@ -358,17 +358,33 @@ impl SimControl {
         }
     }
 
-    /// The router answers a known path with the wrong method by a bare 405; the real APIs
-    /// answer in their envelopes.
-    fn envelope_405(&self, resp: Response) -> Response {
-        if resp.status() != StatusCode::METHOD_NOT_ALLOWED {
+    /// The router and axum's extractors answer some requests themselves (wrong method: a bare
+    /// 405; a path segment that is not UTF-8 or a body over the size limit: plain text); the
+    /// real APIs answer every failure in their envelope, which is all an official client
+    /// parses. Responses already in JSON pass through untouched.
+    async fn envelope_rejection(&self, resp: Response) -> Response {
+        let status = resp.status();
+        let is_json = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v == "application/json");
+        if !(status.is_client_error() || status.is_server_error()) || is_json {
             return resp;
         }
-        match self.dialect {
-            Dialect::Hetzner => {
-                hetzner_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed", Value::Null)
+        // The rejection's text says what was wrong; it never holds a header or a body.
+        let text = axum::body::to_bytes(resp.into_body(), 4096)
+            .await
+            .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+            .unwrap_or_default();
+        let message = if text.is_empty() { status.canonical_reason().unwrap_or("invalid request") } else { &text };
+        match (self.dialect, status) {
+            (_, StatusCode::NOT_FOUND) => not_found(self.dialect),
+            (Dialect::Hetzner, StatusCode::METHOD_NOT_ALLOWED) => {
+                hetzner_error(status, "method_not_allowed", "method not allowed", Value::Null)
             }
-            Dialect::Cloudflare => cloudflare_error(StatusCode::METHOD_NOT_ALLOWED, 10405, "Method not allowed"),
+            (Dialect::Hetzner, StatusCode::BAD_REQUEST) => hetzner_error(status, "json_error", message, Value::Null),
+            (Dialect::Hetzner, _) => hetzner_error(status, "invalid_input", message, Value::Null),
+            (Dialect::Cloudflare, StatusCode::METHOD_NOT_ALLOWED) => {
+                cloudflare_error(status, 10405, "Method not allowed")
+            }
+            (Dialect::Cloudflare, _) => cloudflare_error(status, 10001, message),
         }
     }
 
@@ -493,7 +509,7 @@ async fn handle_gated(control: &SimControl, req: Request, next: Next, method: &M
             (control.injected_response(error), true)
         }
         Some((error, false)) => (control.injected_response(error), true),
-        None => (control.envelope_405(next.run(req).await), false),
+        None => (control.envelope_rejection(next.run(req).await).await, false),
     };
     let bucket = lock(&control.bucket);
     control.rate_headers(&bucket, resp.headers_mut());

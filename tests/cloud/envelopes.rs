@@ -106,3 +106,88 @@ async fn cloudflare_envelopes_auth_and_pages() {
     assert!(headers.contains_key("retry-after"));
     sim.shutdown().await.unwrap();
 }
+
+/// Malformed or extreme requests get an answer in the provider's envelope, never a dropped
+/// connection (a handler panic) or a 5xx, and the simulator keeps serving afterwards.
+#[tokio::test]
+async fn malformed_requests_never_crash_a_simulator() {
+    let hz = hetzner_sim(hz_config()).await;
+    let cf = cloudflare_sim(cf_config()).await;
+    let http = reqwest::Client::new();
+    let max = i64::MAX;
+    let mut hz_cases = Vec::new();
+    for path in ["/servers", "/firewalls", "/ssh_keys", "/servers/actions", "/locations", "/images"] {
+        for q in [
+            format!("page={max}"),
+            format!("page={max}&per_page=50"),
+            format!("page=2&per_page={max}"),
+            "page=-1".to_owned(),
+            "per_page=0".to_owned(),
+            "sort=:desc".to_owned(),
+            "sort=id:sideways".to_owned(),
+            "label_selector=a%20in%20".to_owned(),
+            "label_selector=((((".to_owned(),
+            "label_selector=!".to_owned(),
+        ] {
+            hz_cases.push(("GET", format!("{path}?{q}"), String::new()));
+        }
+    }
+    for body in ["[]", "null", "{\"name\": 7}", "{\"labels\": [1]}", "{\"rules\": {}}", "{\"apply_to\": [{}]}"] {
+        for path in ["/servers", "/firewalls", "/ssh_keys", "/firewalls/1/actions/set_rules"] {
+            hz_cases.push(("POST", path.to_owned(), body.to_owned()));
+        }
+        hz_cases.push(("PUT", "/servers/99999999999999999999".to_owned(), body.to_owned()));
+    }
+    hz_cases.push(("GET", format!("/actions?id={max}&id=-1"), String::new()));
+    hz_cases.push(("POST", "/servers/1/actions/%ff".to_owned(), String::new()));
+    let hz_base = hz.base_url.clone();
+    let ids = cf_config();
+    let mut cf_cases = Vec::new();
+    for path in [format!("/accounts/{}/cfd_tunnel", ids.account_id), format!("/zones/{}/dns_records", ids.zone_id)] {
+        for q in [
+            format!("page={}", u64::MAX),
+            format!("page={}&per_page=5000000", u64::MAX),
+            "page=0".to_owned(),
+            "per_page=-3".to_owned(),
+            "is_deleted=maybe".to_owned(),
+            "name.contains=%00".to_owned(),
+        ] {
+            cf_cases.push(("GET", format!("{path}?{q}"), String::new()));
+        }
+        for body in ["[]", "null", "{\"name\": 7}", "{\"tunnel_secret\": \"%%%\"}", "{\"ttl\": \"x\"}"] {
+            cf_cases.push(("POST", path.clone(), body.to_owned()));
+        }
+    }
+    for (sim_base, token, cases, hetzner) in
+        [(&hz_base, HZ_TOKEN, &hz_cases, true), (&cf.base_url, CF_TOKEN, &cf_cases, false)]
+    {
+        for (method, path, body) in cases.iter() {
+            let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+            let req = http
+                .request(method.clone(), format!("{sim_base}{path}"))
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body(body.clone());
+            let resp = req.send().await.unwrap_or_else(|e| panic!("{method} {path} {body}: no answer: {e}"));
+            let status = resp.status().as_u16();
+            let json = resp.json::<Value>().await.unwrap_or(Value::Null);
+            assert!(status < 500, "{method} {path} {body}: {status} {json}");
+            if status >= 400 {
+                let envelope_ok = if hetzner {
+                    json["error"]["code"].is_string()
+                } else {
+                    json["success"] == false && json["errors"][0]["code"].is_number()
+                };
+                assert!(envelope_ok, "{method} {path} {body}: {status} not in the envelope: {json}");
+            }
+        }
+        let (status, _, _) = call(
+            http.get(format!("{sim_base}/{}", if hetzner { "servers" } else { "user/tokens/verify" }))
+                .bearer_auth(token),
+        )
+        .await;
+        assert_eq!(status, 200, "still serving");
+    }
+    hz.shutdown().await.unwrap();
+    cf.shutdown().await.unwrap();
+}

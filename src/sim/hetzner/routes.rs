@@ -235,12 +235,14 @@ fn paginate(items: Vec<Value>, q: &[(String, String)], key: &str, headers: &Head
             .min(50),
     };
     let total = items.len() as i64;
-    let last = ((total + per_page - 1) / per_page).max(1);
-    let start = ((page - 1) * per_page).min(total) as usize;
-    let end = (page * per_page).min(total) as usize;
-    let slice: Vec<Value> = items[start..end].to_vec();
+    let last = (total.div_euclid(per_page) + i64::from(total % per_page != 0)).max(1);
+    // Saturating: `page` comes from the query and may be anything up to i64::MAX; a page
+    // past the end is simply empty.
+    let start = (page - 1).saturating_mul(per_page).min(total) as usize;
+    let end = page.saturating_mul(per_page).min(total) as usize;
+    let slice: Vec<Value> = items.get(start..end).map(<[Value]>::to_vec).unwrap_or_default();
     let previous = (page > 1).then(|| (page - 1).min(last));
-    let next = (page < last).then_some(page + 1);
+    let next = (page < last).then(|| page + 1);
     let body = json!({
         key: slice,
         "meta": {"pagination": {
