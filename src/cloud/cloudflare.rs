@@ -188,17 +188,28 @@ impl CloudflareClient {
     // ---------- tunnels ----------
 
     /// Creates a remotely managed tunnel with `secret`, or adopts the live tunnel of that
-    /// name (a retry whose first answer was lost). Adopting is only safe because names are
-    /// deterministic per object; the caller must then fetch the token (the secret may differ).
+    /// name when it was made with this very `secret` (a retry whose first answer was lost).
+    /// Tunnels carry no labels, so the secret is the only proof of ownership: a same-named
+    /// tunnel with another secret is someone else's (or an attempt whose secret was never
+    /// stored) and comes back as `Conflict`, never adopted (SPEC §7). A caller that must
+    /// survive a crash between this call and its own record stores the secret first and
+    /// passes the same one again; the derived token then stays valid for the adopted tunnel.
     pub async fn create_tunnel(&self, name: &str, secret: &TunnelSecret) -> Result<(Tunnel, bool), CloudError> {
         let body = json!({"name": name, "config_src": "cloudflare", "tunnel_secret": secret.to_base64().expose()});
         let call = Call::new("create_tunnel", Method::POST, self.tunnels()).body(&body);
         match self.result::<Tunnel>(call).await {
             Ok(t) => Ok((t, false)),
-            Err(CloudError::Conflict(d)) => match self.find_tunnel_by_name(name).await? {
-                Some(t) => Ok((t, true)),
-                None => Err(CloudError::Conflict(d)),
-            },
+            Err(CloudError::Conflict(d)) => {
+                let Some(existing) = self.find_tunnel_by_name(name).await? else {
+                    return Err(CloudError::Conflict(d));
+                };
+                let token = self.tunnel_token(&existing.id).await?;
+                if token_secret(&token).is_some_and(|s| s == secret.0) {
+                    Ok((existing, true))
+                } else {
+                    Err(CloudError::Conflict(d))
+                }
+            }
             Err(e) => Err(e),
         }
     }
@@ -283,8 +294,9 @@ impl CloudflareClient {
     }
 
     /// Creates a proxied CNAME `name -> target` (ttl automatic). If the name already holds
-    /// exactly that CNAME (an earlier attempt), it is returned with `true`; anything else
-    /// there is a conflict we do not overwrite.
+    /// exactly that CNAME (an earlier attempt) and, when `comment` is our mark, carries that
+    /// mark, it is returned with `true`; anything else there is a conflict we do not
+    /// overwrite (SPEC §7: records we own carry our comment).
     pub async fn create_cname(
         &self,
         name: &str,
@@ -298,7 +310,12 @@ impl CloudflareClient {
             Ok(r) => Ok((r, false)),
             Err(CloudError::Conflict(d)) => {
                 let existing = self.list_dns_records(name).await?;
-                match existing.into_iter().find(|r| r.kind == "CNAME" && r.content.eq_ignore_ascii_case(target)) {
+                let ours = |r: &DnsRecord| {
+                    r.kind == "CNAME"
+                        && r.content.eq_ignore_ascii_case(target)
+                        && comment.is_none_or(|c| r.comment.as_deref() == Some(c))
+                };
+                match existing.into_iter().find(ours) {
                     Some(r) => Ok((r, true)),
                     None => Err(CloudError::Conflict(d)),
                 }
@@ -339,6 +356,13 @@ impl CloudflareClient {
     }
 }
 
+/// The tunnel secret inside a connector token (`base64({"a","t","s": base64(secret)})`);
+/// `None` when the token is not in that form.
+fn token_secret(token: &Secret) -> Option<Vec<u8>> {
+    let inner: Value = serde_json::from_slice(&B64.decode(token.expose()).ok()?).ok()?;
+    B64.decode(inner.get("s")?.as_str()?).ok()
+}
+
 fn not_found_as_none<T>(r: Result<T, CloudError>) -> Result<Option<T>, CloudError> {
     match r {
         Ok(v) => Ok(Some(v)),
@@ -375,5 +399,7 @@ mod tests {
         let decoded: Value = serde_json::from_slice(&B64.decode(token.expose()).unwrap()).unwrap();
         assert_eq!(decoded, json!({"a": "acc", "t": "tid", "s": B64.encode([7u8; 32])}));
         assert!(!format!("{secret:?} {token:?}").contains(&B64.encode([7u8; 32])));
+        assert_eq!(token_secret(&token), Some(vec![7u8; 32]), "the secret reads back out of the token");
+        assert_eq!(token_secret(&Secret::new("not base64 json")), None);
     }
 }

@@ -21,6 +21,9 @@ async fn tunnel_lifecycle() {
     assert_eq!(tunnel.config_src.as_deref(), Some("cloudflare"));
     let (again, adopted) = c.create_tunnel("agent-uid-1", &secret).await.expect("adopt");
     assert!(adopted && again.id == tunnel.id);
+    // Same name, another secret: not provably ours, so reported and never adopted.
+    let foreign = c.create_tunnel("agent-uid-1", &TunnelSecret::generate()).await.unwrap_err();
+    assert!(matches!(foreign, CloudError::Conflict(ref d) if d.code == "1013"), "{foreign}");
     assert_eq!(c.find_tunnel_by_name("agent-uid-1").await.unwrap().map(|t| t.id), Some(tunnel.id.clone()));
     assert_eq!(c.list_tunnels(Some("agent-")).await.unwrap().len(), 1);
 
@@ -64,6 +67,9 @@ async fn dns_records() {
     assert!(!adopted && rec.proxied && rec.ttl == 1);
     let (same, adopted) = c.create_cname("bot.example.com", target, None).await.expect("adopt identical");
     assert!(adopted && same.id == rec.id);
+    // Same target, another mark: made by someone else, reported rather than taken over.
+    let marked = c.create_cname("bot.example.com", target, Some("crabglamp:uid-2")).await.unwrap_err();
+    assert!(matches!(marked, CloudError::Conflict(ref d) if d.code == "81058"), "{marked}");
     let other = c.create_cname("bot.example.com", "other.cfargotunnel.com", None).await.unwrap_err();
     assert!(matches!(other, CloudError::Conflict(ref d) if d.code == "81053"), "{other}");
 
