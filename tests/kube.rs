@@ -10,6 +10,8 @@ mod common;
 mod kubectl;
 #[path = "kube/python.rs"]
 mod python;
+#[path = "kube/robustness.rs"]
+mod robustness;
 #[path = "kube/runtime.rs"]
 mod runtime;
 #[path = "kube/sandbox.rs"]

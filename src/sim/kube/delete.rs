@@ -79,7 +79,7 @@ pub fn delete(
         }
         let mut new = (*old).clone();
         if terminates {
-            new["status"] = json!({"phase": "Terminating"});
+            meta::set_field(&mut new, "status", Some(json!({"phase": "Terminating"})));
         }
         let generation = new.pointer("/metadata/generation").and_then(Value::as_i64);
         let rv = state.next_rv();

@@ -96,13 +96,24 @@ impl Request {
     }
 }
 
+/// The largest request body accepted, as on a real API server (etcd's request limit).
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
 async fn handle(
     State(shared): State<Arc<Shared>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
+    // Read here rather than with the `Bytes` extractor so an oversized body is a `Status` too.
+    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            let message = format!("Request entity too large: limit is {MAX_BODY_BYTES}");
+            return ApiError::new(413, "RequestEntityTooLarge", message).into_response();
+        }
+    };
     let query: HashMap<String, String> =
         Query::<Vec<(String, String)>>::try_from_uri(&uri).map(|q| q.0.into_iter().collect()).unwrap_or_default();
     let req = Request { method, headers, query, body };
@@ -265,7 +276,14 @@ fn resource_request(
 }
 
 fn delete_options(req: &Request) -> Result<DeleteOptions, ApiError> {
-    let body: Value = if req.body.iter().all(u8::is_ascii_whitespace) { json!({}) } else { req.json_body()? };
+    let body = if req.body.iter().all(u8::is_ascii_whitespace) { Value::Null } else { req.json_body()? };
+    let body = match body {
+        Value::Null => json!({}),
+        options @ Value::Object(_) => options,
+        // Anything else is not DeleteOptions: refused, never read as "no options" (which would
+        // delete the object).
+        _ => return Err(ApiError::bad_request("the body of a delete must be a DeleteOptions object")),
+    };
     let policy = body
         .get("propagationPolicy")
         .and_then(Value::as_str)

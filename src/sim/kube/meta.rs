@@ -29,16 +29,117 @@ pub fn human_age(since: &str) -> Option<String> {
     })
 }
 
-/// The `metadata` map of an object, created when absent.
+/// `v` as a map, replacing anything else by an empty one. Writes refuse non-object bodies
+/// before they get here; this keeps a slip from turning into a panic that drops the connection.
+fn as_map(v: &mut Value) -> &mut Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        other => {
+            *other = Value::Object(Map::new());
+            as_map(other)
+        }
+    }
+}
+
+/// The `metadata` map of an object, created when absent (or not a map).
 pub fn meta_mut(object: &mut Value) -> &mut Map<String, Value> {
-    if !object.get("metadata").is_some_and(Value::is_object) {
-        object["metadata"] = Value::Object(Map::new());
+    as_map(as_map(object).entry("metadata").or_insert_with(|| Value::Object(Map::new())))
+}
+
+/// Sets (`Some`) or removes (`None`) a top-level field of an object.
+pub fn set_field(object: &mut Value, key: &str, value: Option<Value>) {
+    let root = as_map(object);
+    match value {
+        Some(v) => {
+            root.insert(key.to_owned(), v);
+        }
+        None => {
+            root.remove(key);
+        }
     }
-    match object.get_mut("metadata") {
+}
+
+/// Why `object` cannot be decoded as a Kubernetes object (not a JSON object, or `metadata`
+/// fields of the wrong type), in the words of Go's decoder; None when it can. Stored objects
+/// must always decode: one a typed client cannot parse breaks every watcher of its kind.
+pub fn decode_error(object: &Value) -> Option<String> {
+    let Some(root) = object.as_object() else {
+        return Some(format!("cannot unmarshal {} into an object", json_type(object)));
+    };
+    let meta = match root.get("metadata") {
+        None | Some(Value::Null) => return None,
         Some(Value::Object(m)) => m,
-        // The branch above made it an object.
-        _ => unreachable!("metadata was just set to an object"),
+        Some(other) => return Some(wrong_type("metadata", other, "ObjectMeta")),
+    };
+    use GoType::{Int64, ObjectList, String as Str, StringList, StringMap};
+    let fields = [
+        ("name", Str),
+        ("generateName", Str),
+        ("namespace", Str),
+        ("uid", Str),
+        ("resourceVersion", Str),
+        ("creationTimestamp", Str),
+        ("deletionTimestamp", Str),
+        ("generation", Int64),
+        ("deletionGracePeriodSeconds", Int64),
+        ("labels", StringMap),
+        ("annotations", StringMap),
+        ("finalizers", StringList),
+        ("ownerReferences", ObjectList("[]OwnerReference")),
+        ("managedFields", ObjectList("[]ManagedFieldsEntry")),
+    ];
+    fields.into_iter().find_map(|(key, go_type)| match meta.get(key) {
+        None | Some(Value::Null) => None,
+        Some(v) if go_type.accepts(v) => None,
+        Some(v) => Some(wrong_type(&format!("metadata.{key}"), v, go_type.name())),
+    })
+}
+
+/// The Go types of ObjectMeta's fields, as far as JSON can get them wrong.
+#[derive(Clone, Copy)]
+enum GoType {
+    String,
+    Int64,
+    StringMap,
+    StringList,
+    ObjectList(&'static str),
+}
+
+impl GoType {
+    fn accepts(self, v: &Value) -> bool {
+        match self {
+            Self::String => v.is_string(),
+            Self::Int64 => v.is_i64(),
+            Self::StringMap => v.as_object().is_some_and(|m| m.values().all(|x| x.is_string() || x.is_null())),
+            Self::StringList => v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
+            Self::ObjectList(_) => v.as_array().is_some_and(|a| a.iter().all(Value::is_object)),
+        }
     }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::String => "string",
+            Self::Int64 => "int64",
+            Self::StringMap => "map[string]string",
+            Self::StringList => "[]string",
+            Self::ObjectList(name) => name,
+        }
+    }
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn wrong_type(field: &str, v: &Value, go_type: &str) -> String {
+    format!("json: cannot unmarshal {} into Go struct field {field} of type {go_type}", json_type(v))
 }
 
 /// A string field of `metadata`.
@@ -113,4 +214,34 @@ pub fn content(object: &Value) -> Value {
     meta.remove("resourceVersion");
     meta.remove("managedFields");
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn decode_errors_name_the_field_as_go_does() {
+        assert_eq!(decode_error(&json!({"metadata": {"name": "a", "labels": {"x": "y"}}})), None);
+        assert_eq!(decode_error(&json!({"metadata": null})), None);
+        assert_eq!(decode_error(&json!([])).as_deref(), Some("cannot unmarshal array into an object"));
+        let labels = decode_error(&json!({"metadata": {"labels": "x"}})).unwrap_or_default();
+        assert_eq!(
+            labels,
+            "json: cannot unmarshal string into Go struct field metadata.labels of type map[string]string"
+        );
+        assert!(decode_error(&json!({"metadata": {"finalizers": [1]}})).is_some());
+        assert!(decode_error(&json!({"metadata": {"generation": "1"}})).is_some());
+    }
+
+    #[test]
+    fn meta_mut_never_panics() {
+        let mut v = json!([1]);
+        meta_mut(&mut v).insert("name".into(), json!("a"));
+        assert_eq!(v, json!({"metadata": {"name": "a"}}));
+        let mut v = json!({"metadata": "x"});
+        meta_mut(&mut v);
+        assert_eq!(v, json!({"metadata": {}}));
+    }
 }

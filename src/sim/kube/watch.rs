@@ -147,7 +147,8 @@ pub fn start(
         }
     }
     initial.extend(initial_end);
-    let deadline = req.timeout.map(|t| tokio::time::Instant::now() + t);
+    // A timeout beyond what the clock can represent means no timeout (and must not overflow).
+    let deadline = req.timeout.and_then(|t| tokio::time::Instant::now().checked_add(t));
     tokio::spawn(async move {
         for line in initial {
             if tx.send(line).await.is_err() {

@@ -14,7 +14,7 @@ use super::delete::after_removal;
 use super::error::ApiError;
 use super::events;
 use super::fields::{self, Conflict};
-use super::meta::{self, meta_mut, meta_str, now_time};
+use super::meta::{self, meta_mut, meta_str, now_time, set_field};
 use super::resource::{ResourceType, Special, from_crd};
 use super::state::{EventType, State};
 use crate::admission::{Cause, CauseReason};
@@ -149,14 +149,25 @@ fn check_type(rt: &ResourceType, body: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Refuses a body (or patch result) that is no object of this kind, as a real server's decoder
+/// does, before anything reads or rewrites its metadata.
+fn check_decodes(rt: &ResourceType, object: &Value) -> Result<(), ApiError> {
+    match meta::decode_error(object) {
+        None => Ok(()),
+        Some(why) => Err(ApiError::bad_request(format!(
+            "{kind} in version \"{v}\" cannot be handled as a {kind}: {why}",
+            kind = rt.kind,
+            v = rt.version
+        ))),
+    }
+}
+
 /// POST: creates `body` in `target`.
 pub fn create(state: &mut State, target: &Target, body: Value, opts: &WriteOptions) -> Result<Written, ApiError> {
     let rt = target.rt;
     check_type(rt, &body)?;
     let mut body = if rt.special == Special::EventsV1 { events::to_core(&body) } else { body };
-    if !body.is_object() {
-        return Err(ApiError::bad_request("the body of the request must be a JSON object"));
-    }
+    check_decodes(rt, &body)?;
     if meta_str(&body, "resourceVersion").is_some_and(|rv| !rv.is_empty()) {
         return Err(ApiError::bad_request("resourceVersion should not be set on objects to be created"));
     }
@@ -260,6 +271,7 @@ pub fn update(
 ) -> Result<Written, ApiError> {
     let rt = target.rt;
     check_type(rt, &body)?;
+    check_decodes(rt, &body)?;
     let body = if rt.special == Special::EventsV1 { events::to_core(&body) } else { body };
     let Some(old) = state.get(&rt.storage, target.namespace, name) else {
         return Err(ApiError::not_found(&rt.plural, &rt.group, name));
@@ -453,9 +465,7 @@ fn server_side_apply(
             serde_norway::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
         }
     };
-    if !config.is_object() {
-        return Err(ApiError::bad_request("the apply patch must be an object"));
-    }
+    check_decodes(rt, &config)?;
     let body_av = config.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_owned();
     if body_av != rt.api_version() {
         return Err(ApiError::bad_request(format!(
@@ -506,6 +516,9 @@ fn commit(
     mut ownership: Ownership,
 ) -> Result<Written, ApiError> {
     let rt = target.rt;
+    // Patches can produce anything: a merge patch that is no object, a JSON patch replacing the
+    // root or setting `metadata.labels` to a number.
+    check_decodes(rt, &new)?;
     let storage_av = if rt.special == Special::EventsV1 { "v1".to_owned() } else { rt.api_version() };
     let storage_kind = rt.kind.clone();
     let name = match &old {
@@ -527,26 +540,12 @@ fn commit(
             let status = new.get("status").cloned();
             let managed = new.pointer("/metadata/managedFields").cloned();
             new = present_storage(rt, old);
-            match status {
-                Some(s) => new["status"] = s,
-                None => {
-                    if let Some(m) = new.as_object_mut() {
-                        m.remove("status");
-                    }
-                }
-            }
+            set_field(&mut new, "status", status);
             if let (Ownership::Precomputed, Some(mf)) = (&ownership, managed) {
                 meta_mut(&mut new).insert("managedFields".into(), mf);
             }
         } else if rt.status_subresource {
-            match old.get("status") {
-                Some(s) => new["status"] = s.clone(),
-                None => {
-                    if let Some(m) = new.as_object_mut() {
-                        m.remove("status");
-                    }
-                }
-            }
+            set_field(&mut new, "status", old.get("status").cloned());
         }
         let managed = new.pointer("/metadata/managedFields").cloned();
         // A client may rewrite managedFields itself (kubectl does when it moves client-side
@@ -621,14 +620,15 @@ fn commit(
                 &[Cause::new(CauseReason::Invalid, "spec", format!("Invalid value: \"object\": {e}"))],
             )
         })?;
-        new["status"] = crd_status(&new);
+        let status = crd_status(&new);
+        set_field(&mut new, "status", Some(status));
         crd_types = Some(types);
     }
     if rt.group.is_empty() && rt.kind == "Secret" {
         fold_string_data(&mut new);
     }
     if rt.special == Special::Namespace && new.pointer("/status/phase").is_none() {
-        new["status"] = json!({"phase": "Active"});
+        set_field(&mut new, "status", Some(json!({"phase": "Active"})));
     }
 
     if let Some(old) = &old {
@@ -703,7 +703,7 @@ fn fold_string_data(secret: &mut Value) {
     use base64::Engine;
     let Some(Value::Object(plain)) = secret.as_object_mut().and_then(|m| m.remove("stringData")) else { return };
     if !secret.get("data").is_some_and(Value::is_object) {
-        secret["data"] = json!({});
+        set_field(secret, "data", Some(json!({})));
     }
     if let Some(data) = secret.get_mut("data").and_then(Value::as_object_mut) {
         for (k, v) in plain {

@@ -1,0 +1,175 @@
+//! Malformed and odd requests: every one gets a Kubernetes `Status` error, never a dropped
+//! connection (a panic in a handler), and the server keeps serving and keeps its objects.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::common::start;
+
+const AGENTS: &str = "/apis/crabglamp.com/v1alpha1/namespaces/default/agents";
+const SECRETS: &str = "/api/v1/namespaces/default/secrets";
+const NAMESPACE: &str = "/api/v1/namespaces/default";
+const JSON: &str = "application/json";
+
+struct Raw {
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Raw {
+    fn request(&self, method: &str, path: &str, content_type: &str, body: &str) -> reqwest::RequestBuilder {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        self.client
+            .request(method, format!("{}{path}", self.base))
+            .header("Content-Type", content_type)
+            .body(body.to_owned())
+            .timeout(Duration::from_secs(30))
+    }
+
+    /// The code and body; a connection closed without an answer (a panic) fails the test.
+    async fn send(&self, method: &str, path: &str, content_type: &str, body: &str) -> (u16, Value) {
+        let what = format!("{method} {path} ({content_type}) {body:?}");
+        let resp = self
+            .request(method, path, content_type, body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: no answer ({e})"));
+        let code = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_else(|e| panic!("{what}: body cut off ({e})"));
+        (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_bodies_and_parameters_get_a_status_and_never_crash_the_server() {
+    let sb = start().await;
+    let raw =
+        Raw { client: reqwest::Client::builder().no_proxy().build().expect("client"), base: sb.kube.base_url.clone() };
+    let agent = json!({"apiVersion": "crabglamp.com/v1alpha1", "kind": "Agent", "metadata": {"name": "a"},
+                       "spec": {"owner": "o", "region": "us"}});
+    assert_eq!(raw.send("POST", AGENTS, JSON, &agent.to_string()).await.0, 201);
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {"k": "dg=="}});
+    assert_eq!(raw.send("POST", SECRETS, JSON, &secret.to_string()).await.0, 201);
+
+    let odd_bodies = [
+        "[]",
+        "[1]",
+        "\"x\"",
+        "42",
+        "true",
+        "{",
+        "- a\n- b\n",
+        "\u{0}\u{1}",
+        r#"{"metadata":[]}"#,
+        r#"{"metadata":"x"}"#,
+        r#"{"metadata":{"name":7,"labels":"x","finalizers":{}}}"#,
+    ];
+    let objects = [
+        format!("{AGENTS}/a"),
+        format!("{AGENTS}/a/status"),
+        format!("{SECRETS}/s"),
+        NAMESPACE.to_owned(),
+        format!("{NAMESPACE}/status"),
+    ];
+    let patch_types = [
+        "application/merge-patch+json",
+        "application/json-patch+json",
+        "application/apply-patch+yaml",
+        "application/strategic-merge-patch+json",
+    ];
+    let mut cases: Vec<(&str, String, &str, String)> = Vec::new();
+    for body in odd_bodies {
+        for path in [AGENTS, SECRETS, "/api/v1/namespaces"] {
+            cases.push(("POST", path.to_owned(), JSON, body.to_owned()));
+        }
+        for path in &objects {
+            cases.push(("PUT", path.clone(), JSON, body.to_owned()));
+            for ct in patch_types {
+                if body == "[]" && ct == "application/json-patch+json" {
+                    continue; // an empty JSON patch is a valid no-op
+                }
+                cases.push(("PATCH", path.clone(), ct, body.to_owned()));
+            }
+            // A body that is not DeleteOptions must not be read as "no options".
+            if !serde_json::from_str::<Value>(body).is_ok_and(|v| v.is_object()) {
+                cases.push(("DELETE", path.clone(), JSON, body.to_owned()));
+            }
+        }
+    }
+    let json_patches = [
+        r#"[{"op":"replace","path":"","value":[]}]"#,
+        r#"[{"op":"replace","path":"","value":"x"}]"#,
+        r#"[{"op":"replace","path":"/metadata","value":[]}]"#,
+        r#"[{"op":"add","path":"/metadata/finalizers","value":"x"}]"#,
+        r#"[{"op":"test","path":"/a/b/c","value":null}]"#,
+        r#"[{"op":"bogus"}]"#,
+    ];
+    for patch in json_patches {
+        for path in &objects {
+            cases.push(("PATCH", path.clone(), "application/json-patch+json", patch.to_owned()));
+        }
+    }
+    for query in [
+        "?watch=true&resourceVersion=-1",
+        "?watch=true&resourceVersionMatch=Exact",
+        "?limit=-1&continue=x",
+        "?continue=99999999999999999999",
+        "?labelSelector=a%20in%20(b",
+        "?fieldSelector=x",
+        "?fieldSelector=spec.bogus%3Dx",
+    ] {
+        cases.push(("GET", format!("{AGENTS}{query}"), JSON, String::new()));
+    }
+    cases.push(("POST", format!("{AGENTS}?fieldValidation=Bogus"), JSON, agent.to_string()));
+
+    for (method, path, ct, body) in &cases {
+        let (code, answer) = raw.send(method, path, ct, body).await;
+        let what = format!("{method} {path} ({ct}) {body:?} -> {code} {answer}");
+        assert!((400..500).contains(&code), "{what}");
+        assert_eq!(answer["kind"], "Status", "{what}");
+    }
+
+    // An oversized body is refused with a Status too.
+    let huge = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "huge"},
+                      "data": {"k": "A".repeat(4 * 1024 * 1024)}});
+    let (code, answer) = raw.send("POST", SECRETS, JSON, &huge.to_string()).await;
+    assert_eq!((code, answer["reason"].as_str()), (413, Some("RequestEntityTooLarge")), "{answer}");
+
+    // Nothing above changed or deleted an object.
+    for (path, rv) in [(format!("{AGENTS}/a"), "spec"), (format!("{SECRETS}/s"), "data")] {
+        let (code, object) = raw.send("GET", &path, JSON, "").await;
+        assert_eq!(code, 200, "{path}: {object}");
+        assert!(object.get(rv).is_some(), "{path}: {object}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_timeout_beyond_the_clock_is_no_timeout() {
+    let sb = start().await;
+    let raw =
+        Raw { client: reqwest::Client::builder().no_proxy().build().expect("client"), base: sb.kube.base_url.clone() };
+    let resp = raw
+        .client
+        .get(format!("{}{SECRETS}?watch=true&timeoutSeconds=18446744073709551615", raw.base))
+        .send()
+        .await
+        .expect("the watch is answered");
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut body = resp.bytes_stream();
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "seen"}});
+    assert_eq!(raw.send("POST", SECRETS, JSON, &secret.to_string()).await.0, 201);
+    // The watch is still open and delivers the change.
+    let mut received = String::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !received.contains("\"seen\"") {
+            let chunk = body.next().await.expect("the watch ended").expect("the watch broke");
+            received.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no ADDED event within 30 s: {received}"));
+    let event: Value = serde_json::from_str(received.lines().next().unwrap_or_default()).expect("a JSON event line");
+    assert_eq!((event["type"].as_str(), event["object"]["metadata"]["name"].as_str()), (Some("ADDED"), Some("seen")));
+}
