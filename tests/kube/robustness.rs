@@ -173,3 +173,25 @@ async fn a_watch_timeout_beyond_the_clock_is_no_timeout() {
     let event: Value = serde_json::from_str(received.lines().next().unwrap_or_default()).expect("a JSON event line");
     assert_eq!((event["type"].as_str(), event["object"]["metadata"]["name"].as_str()), (Some("ADDED"), Some("seen")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn names_that_no_url_could_address_are_refused() {
+    let sb = start().await;
+    let raw =
+        Raw { client: reqwest::Client::builder().no_proxy().build().expect("client"), base: sb.kube.base_url.clone() };
+    let body =
+        |kind: &str, name: &str| json!({"apiVersion": "v1", "kind": kind, "metadata": {"name": name}}).to_string();
+    for (path, kind, name, words) in [
+        (SECRETS, "Secret", "a/b", "RFC 1123 subdomain"),
+        (SECRETS, "Secret", "Upper", "RFC 1123 subdomain"),
+        ("/api/v1/namespaces/default/configmaps", "ConfigMap", "..", "RFC 1123 subdomain"),
+        ("/api/v1/namespaces", "Namespace", "team.a", "RFC 1123 label"),
+    ] {
+        let (code, answer) = raw.send("POST", path, JSON, &body(kind, name)).await;
+        assert_eq!((code, answer["reason"].as_str()), (422, Some("Invalid")), "{kind} {name:?}: {answer}");
+        let message = answer["message"].as_str().unwrap_or_default();
+        assert!(message.contains("metadata.name") && message.contains(words), "{message}");
+    }
+    let (code, answer) = raw.send("POST", SECRETS, JSON, &body("Secret", "db-creds.v2")).await;
+    assert_eq!(code, 201, "{answer}");
+}

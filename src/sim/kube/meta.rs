@@ -142,6 +142,31 @@ fn wrong_type(field: &str, v: &Value, go_type: &str) -> String {
     format!("json: cannot unmarshal {} into Go struct field {field} of type {go_type}", json_type(v))
 }
 
+/// Why `name` is no valid name for a built-in kind (a DNS-1123 label for namespaces, a subdomain
+/// otherwise), in the API server's words. Custom resources are checked by admission.
+pub fn name_error(name: &str, label_only: bool) -> Option<String> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if label_only {
+        return (!label_ok(name)).then(|| {
+            format!(
+                "Invalid value: {name:?}: a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
+            )
+        });
+    }
+    let ok = name.len() <= 253 && name.split('.').all(label_ok);
+    (!ok).then(|| {
+        format!(
+            "Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+        )
+    })
+}
+
 /// A string field of `metadata`.
 pub fn meta_str<'a>(object: &'a Value, field: &str) -> Option<&'a str> {
     object.get("metadata")?.get(field)?.as_str()
@@ -233,6 +258,17 @@ mod tests {
         );
         assert!(decode_error(&json!({"metadata": {"finalizers": [1]}})).is_some());
         assert!(decode_error(&json!({"metadata": {"generation": "1"}})).is_some());
+    }
+
+    #[test]
+    fn names_of_built_ins() {
+        assert_eq!(name_error("db-creds.v2", false), None);
+        assert_eq!(name_error("team-a", true), None);
+        for bad in ["", "a/b", "..", "Upper", "-x", "x-", &"a".repeat(254)] {
+            assert!(name_error(bad, false).is_some(), "{bad:?}");
+        }
+        assert!(name_error("a.b", true).is_some());
+        assert!(name_error(&"a".repeat(64), true).is_some());
     }
 
     #[test]

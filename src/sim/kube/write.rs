@@ -213,6 +213,18 @@ fn insert(
 ) -> Result<Written, ApiError> {
     let rt = target.rt;
     let name = name_of(&body);
+    // Custom resources get the same check from admission. A name that is no valid path segment
+    // (`a/b`) would leave an object no client can address again.
+    if !rt.is_custom()
+        && let Some(message) = meta::name_error(&name, rt.special == Special::Namespace)
+    {
+        return Err(ApiError::invalid(
+            &rt.kind,
+            &rt.group,
+            &name,
+            &[Cause::new(CauseReason::Invalid, "metadata.name", message)],
+        ));
+    }
     if rt.namespaced {
         match state.get(&(String::new(), "namespaces".into()), "", target.namespace) {
             None => return Err(ApiError::not_found("namespaces", "", target.namespace)),
