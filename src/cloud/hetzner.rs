@@ -419,13 +419,15 @@ impl HetznerClient {
         }
     }
 
-    /// Removes the firewall from a server.
+    /// Removes the firewall from a server. Idempotent like the deletes: when the firewall or
+    /// the server is gone (`not_found`, `firewall_resource_not_found`) nothing is applied any
+    /// more, so teardown after a lost answer or a vanished server goes on (no actions).
     pub async fn remove_firewall(&self, firewall: i64, server: i64) -> Result<Vec<Action>, CloudError> {
         let body = json!({"remove_from": [{"type": "server", "server": {"id": server}}]});
         let call =
             Call::new("remove_firewall", Method::POST, format!("/firewalls/{firewall}/actions/remove_from_resources"))
                 .body(&body);
-        Ok(self.t.call::<ActionsBody>(call).await?.actions)
+        Ok(not_found_as_none(self.t.call::<ActionsBody>(call).await)?.map(|b| b.actions).unwrap_or_default())
     }
 
     /// Deletes a firewall; `false` when it was already gone. Still applied: `Conflict`

@@ -176,7 +176,10 @@ async fn firewalls_apply_rules_remove_delete() {
     let in_use = c.delete_firewall(fw.id).await.unwrap_err();
     assert!(matches!(in_use, CloudError::Conflict(ref d) if d.code == "resource_in_use"), "{in_use}");
     c.remove_firewall(fw.id, server.id).await.expect("remove");
+    assert!(hzsim::vanish_server(&sim, server.id));
+    assert!(c.remove_firewall(fw.id, server.id).await.expect("server gone: nothing to remove").is_empty());
     assert!(c.delete_firewall(fw.id).await.unwrap());
+    assert!(c.remove_firewall(fw.id, server.id).await.expect("firewall gone: nothing to remove").is_empty());
     assert!(!c.delete_firewall(fw.id).await.unwrap(), "second delete is a no-op");
     assert_eq!(c.list_firewalls(Some("crabglamp.com/uid=uid-fw")).await.unwrap().len(), 0);
 
