@@ -20,6 +20,7 @@ const SEED: u64 = 0x5eed_0003;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_operations_under_faults_without_duplicates() {
+    let _cpu_heavy = TIMING.read().await;
     let seed = std::env::var("CRABGLAMP_FAULT_SEED").ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(SEED);
     println!("fault seed {seed} (replay with CRABGLAMP_FAULT_SEED={seed})");
     let hz = hetzner_sim(hzsim::HetznerSimConfig { action_duration: Duration::from_millis(20), ..hz_config() }).await;

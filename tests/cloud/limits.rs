@@ -25,6 +25,7 @@ const CONTROL_CALLERS: usize = 100;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn burst_of_10000_stays_within_budget() {
+    let _alone = TIMING.write().await;
     let sim = hetzner_sim(HetznerSimConfig {
         rate_limit_per_hour: BURST,
         rate_refill_per_sec: Some(REFILL_PER_SEC),

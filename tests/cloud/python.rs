@@ -19,6 +19,7 @@ async fn official_python_clients_drive_both_simulators() {
              (scripts/test does this for you)."
         )
     };
+    let _cpu_heavy = TIMING.read().await;
     let hz = hetzner_sim(hz_config()).await;
     let cf = cloudflare_sim(cf_config()).await;
     let d = CloudflareSimConfig::default();

@@ -10,6 +10,12 @@ use crabglamp_operator::sim::cloudflare::{self as cfsim, CloudflareSimConfig};
 use crabglamp_operator::sim::hetzner::{self as hzsim, HetznerSimConfig};
 use crabglamp_operator::sim::http::RunningSim;
 
+/// The rate-limit test measures timing: its budget leaves the simulator ~40 ms of slack
+/// before requests bunch up into a 429. On a two-core machine a Python interpreter or the
+/// 200-operation fault run beside it stalls the simulator longer than that, so the timing
+/// test holds this exclusively and the CPU-heavy tests hold it shared: never both at once.
+pub static TIMING: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 pub const HZ_TOKEN: &str = "test-hetzner-token";
 pub const CF_TOKEN: &str = "test-cloudflare-token";
 
