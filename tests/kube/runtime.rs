@@ -567,3 +567,37 @@ async fn dropping_the_server_ends_open_watches() {
     .await;
     drop(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_quiet_watch_gets_bookmarks_while_other_kinds_keep_changing() {
+    let config = crabglamp_operator::sim::kube::KubeApiConfig {
+        bookmark_interval: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let sb = crate::common::start_with(config).await;
+    let agents: Api<Agent> = Api::namespaced(sb.client(), NS);
+    let cms: Api<ConfigMap> = Api::namespaced(sb.client(), NS);
+    let start_rv: u64 = sb.kube.resource_version();
+    let mut stream =
+        agents.watch(&WatchParams::default().timeout(60), &start_rv.to_string()).await.expect("watch").boxed();
+    // ConfigMaps change faster than the bookmark interval, so the Agent watch is never idle for
+    // a whole interval; it must get bookmarks anyway.
+    let writer = tokio::spawn(async move {
+        for n in 0.. {
+            let cm: ConfigMap =
+                serde_json::from_value(json!({"metadata": {"name": format!("noise-{n}")}})).expect("cm");
+            if cms.create(&PostParams::default(), &cm).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    // No Agent changes, so the first event must be a bookmark.
+    let bookmark_rv = match within("a bookmark", stream.try_next()).await.expect("watch").expect("the watch ended") {
+        WatchEvent::Bookmark(b) => b.metadata.resource_version,
+        other => panic!("unexpected event {other:?}"),
+    };
+    writer.abort();
+    let bookmark_rv: u64 = bookmark_rv.parse().expect("numeric resourceVersion");
+    assert!(bookmark_rv > start_rv, "the bookmark must carry the watch forward: {bookmark_rv} <= {start_rv}");
+}

@@ -75,6 +75,7 @@ pub struct Shared {
     /// Set when the server stops: open watches end, so their clients see the connection close.
     stopping: tokio::sync::watch::Sender<bool>,
     server_address: String,
+    bookmark_interval: std::time::Duration,
 }
 
 impl Shared {
@@ -97,11 +98,13 @@ pub struct KubeApiConfig {
     pub install_crds: bool,
     /// How many changes the watch history keeps.
     pub history_limit: usize,
+    /// How often a watch that allows bookmarks gets one, busy or not.
+    pub bookmark_interval: std::time::Duration,
 }
 
 impl Default for KubeApiConfig {
     fn default() -> Self {
-        Self { install_crds: true, history_limit: state::HISTORY_LIMIT }
+        Self { install_crds: true, history_limit: state::HISTORY_LIMIT, bookmark_interval: watch::BOOKMARK_INTERVAL }
     }
 }
 
@@ -251,7 +254,13 @@ pub async fn spawn(config: KubeApiConfig, listener: TcpListener) -> Result<Runni
     }
     let (latest, _) = tokio::sync::watch::channel(state.rv());
     let (stopping, _) = tokio::sync::watch::channel(false);
-    let shared = Arc::new(Shared { state: Mutex::new(state), latest, stopping, server_address: addr.to_string() });
+    let shared = Arc::new(Shared {
+        state: Mutex::new(state),
+        latest,
+        stopping,
+        server_address: addr.to_string(),
+        bookmark_interval: config.bookmark_interval,
+    });
     let mut stop_signal = shared.stopping.subscribe();
     let app = http::router(shared.clone());
     let controller_state = shared.clone();

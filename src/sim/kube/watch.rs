@@ -21,8 +21,8 @@ use super::state::EventType;
 use super::table::{self, IncludeObject, Rendering};
 use super::write::present;
 
-/// How often an idle watch that asked for bookmarks gets one.
-const BOOKMARK_INTERVAL: Duration = Duration::from_secs(10);
+/// How often a watch that asked for bookmarks gets one (the default).
+pub const BOOKMARK_INTERVAL: Duration = Duration::from_secs(10);
 /// How many history entries one pass reads under the lock.
 const BATCH: usize = 1000;
 
@@ -93,6 +93,11 @@ fn expired(asked: u64, oldest: u64) -> Bytes {
     encode("ERROR", &status)
 }
 
+/// `now + d`, saturating far in the future instead of overflowing.
+fn later(now: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
+    now.checked_add(d).unwrap_or_else(|| now + Duration::from_secs(86_400 * 365))
+}
+
 impl WatchRequest {
     fn matches(&self, namespace: &str, object: &Value) -> bool {
         self.namespace.as_deref().is_none_or(|ns| ns == namespace)
@@ -149,6 +154,8 @@ pub fn start(
     initial.extend(initial_end);
     // A timeout beyond what the clock can represent means no timeout (and must not overflow).
     let deadline = req.timeout.and_then(|t| tokio::time::Instant::now().checked_add(t));
+    // Never zero: a bookmark due on every pass would spin.
+    let bookmark_interval = shared.bookmark_interval.max(Duration::from_millis(10));
     tokio::spawn(async move {
         for line in initial {
             if tx.send(line).await.is_err() {
@@ -156,6 +163,10 @@ pub fn start(
             }
         }
         let Some(mut cursor) = cursor else { return };
+        // Bookmarks keep a quiet kind's watcher close to the head of the history while other kinds
+        // change, so its next watch resumes instead of meeting `410 Expired` and relisting: they
+        // are due by the clock, not only after a quiet spell.
+        let mut next_bookmark = later(tokio::time::Instant::now(), bookmark_interval);
         loop {
             let (changes, oldest) = {
                 let state = shared.lock();
@@ -172,10 +183,10 @@ pub fn start(
                 if change.storage != req.rt.storage {
                     continue;
                 }
-                let now = req.matches(&change.namespace, &change.object);
+                let after = req.matches(&change.namespace, &change.object);
                 let before = change.previous.as_ref().map(|p| req.matches(&change.namespace, p));
                 // An object entering or leaving the selection is ADDED or DELETED for this watch.
-                let kind = match (change.kind, before, now) {
+                let kind = match (change.kind, before, after) {
                     (_, _, false) if before != Some(true) => continue,
                     (EventType::Modified, Some(true), false) => "DELETED",
                     (EventType::Modified, Some(false), true) => "ADDED",
@@ -185,21 +196,28 @@ pub fn start(
                     return;
                 }
             }
+            let now = tokio::time::Instant::now();
+            if req.bookmarks && now >= next_bookmark {
+                next_bookmark = later(now, bookmark_interval);
+                if tx.send(renderer.bookmark(cursor, false)).await.is_err() {
+                    return;
+                }
+            }
+            if deadline.is_some_and(|d| now >= d) {
+                return;
+            }
             if !idle {
                 continue;
             }
-            let sleep_until = deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            let sleep_until = deadline.unwrap_or_else(|| later(now, Duration::from_secs(3600)));
             tokio::select! {
                 changed = latest.changed() => {
                     if changed.is_err() {
                         return;
                     }
                 }
-                _ = tokio::time::sleep(BOOKMARK_INTERVAL), if req.bookmarks => {
-                    if tx.send(renderer.bookmark(cursor, false)).await.is_err() {
-                        return;
-                    }
-                }
+                // The bookmark itself goes out at the top of the next pass.
+                _ = tokio::time::sleep_until(next_bookmark), if req.bookmarks => {}
                 _ = tokio::time::sleep_until(sleep_until) => {
                     if deadline.is_some() {
                         return;
