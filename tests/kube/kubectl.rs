@@ -302,7 +302,7 @@ async fn scenario(kubectl: &Path) {
         .await
         .expect("gone");
     let run = sb.kubectl_run(kubectl, &["get", "agent", "research-bot", "-n", NS]).await;
-    assert!(!run.ok && run.stderr.contains("NotFound") || run.stderr.contains("not found"), "{}", run.stderr);
+    assert!(!run.ok && (run.stderr.contains("NotFound") || run.stderr.contains("not found")), "{}", run.stderr);
 }
 
 async fn invalid_examples(kubectl: &Path) {
