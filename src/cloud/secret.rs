@@ -35,6 +35,16 @@ impl From<String> for Secret {
     }
 }
 
+/// So a command-line flag can be a `Secret` (clap parses through `FromStr`) and the parsed
+/// command's `Debug` never shows it.
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
 impl From<&str> for Secret {
     fn from(value: &str) -> Self {
         Secret(value.to_owned())

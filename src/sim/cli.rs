@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
+use crate::cloud::Secret;
 use crate::sim::http::{FaultPlan, FaultRule};
 use crate::sim::{cloudflare, hetzner};
 
@@ -25,7 +26,7 @@ pub enum SimProvider {
         listen: String,
         /// The API token clients must send as `Authorization: Bearer`.
         #[arg(long, env = "HCLOUD_TOKEN", hide_env_values = true)]
-        token: String,
+        token: Secret,
         /// Requests per hour (RateLimit-Limit).
         #[arg(long, default_value_t = 3600)]
         rate_limit_per_hour: u32,
@@ -44,7 +45,7 @@ pub enum SimProvider {
         listen: String,
         /// The API token clients must send as `Authorization: Bearer`.
         #[arg(long, env = "CLOUDFLARE_API_TOKEN", hide_env_values = true)]
-        token: String,
+        token: Secret,
         #[arg(long)]
         account_id: String,
         #[arg(long)]
@@ -99,7 +100,7 @@ impl SimCommand {
             SimProvider::Hetzner { listen, token, rate_limit_per_hour, action_duration_ms, server_limit, faults } => {
                 let listener = bind(&listen).await?;
                 let config = hetzner::HetznerSimConfig {
-                    token,
+                    token: token.expose().to_owned(),
                     rate_limit_per_hour,
                     rate_refill_per_sec: None,
                     action_duration: Duration::from_millis(action_duration_ms),
@@ -110,7 +111,7 @@ impl SimCommand {
             SimProvider::Cloudflare { listen, token, account_id, zone_id, zone_name, rate_limit, faults } => {
                 let listener = bind(&listen).await?;
                 let config = cloudflare::CloudflareSimConfig {
-                    token,
+                    token: token.expose().to_owned(),
                     account_id,
                     zone_id,
                     zone_name,
@@ -132,4 +133,33 @@ impl SimCommand {
 
 async fn bind(listen: &str) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(subcommand)]
+        provider: super::SimProvider,
+    }
+
+    #[test]
+    fn parsed_command_never_shows_the_token() {
+        let cli = Cli::try_parse_from(["sim", "hetzner", "--token", "hunter2-token"]).expect("parses");
+        assert!(!format!("{cli:?}").contains("hunter2-token"), "{cli:?}");
+        let cli = Cli::try_parse_from([
+            "sim",
+            "cloudflare",
+            "--token",
+            "hunter2-token",
+            "--account-id",
+            "a",
+            "--zone-id",
+            "z",
+        ])
+        .expect("parses");
+        assert!(!format!("{cli:?}").contains("hunter2-token"), "{cli:?}");
+    }
 }

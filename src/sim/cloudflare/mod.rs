@@ -21,7 +21,7 @@ pub use crate::sim::http::RunningSim;
 use crate::sim::http::{Dialect, RateBudget, SimParts, lock, serve};
 
 /// The account and zone a simulated token may use.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct CloudflareSimConfig {
     /// The API token (compared, never logged).
     pub token: String,
@@ -44,6 +44,20 @@ impl Default for CloudflareSimConfig {
             rate_limit: 1200,
             rate_refill_per_sec: None,
         }
+    }
+}
+
+/// By hand so the token never shows (the sandbox prints its configuration).
+impl std::fmt::Debug for CloudflareSimConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CloudflareSimConfig")
+            .field("token", &"<redacted>")
+            .field("account_id", &self.account_id)
+            .field("zone_id", &self.zone_id)
+            .field("zone_name", &self.zone_name)
+            .field("rate_limit", &self.rate_limit)
+            .field("rate_refill_per_sec", &self.rate_refill_per_sec)
+            .finish()
     }
 }
 

@@ -28,7 +28,7 @@ use routes::HzState;
 use world::World;
 
 /// How a simulated Hetzner project behaves.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct HetznerSimConfig {
     /// The project's API token (compared, never logged).
     pub token: String,
@@ -52,6 +52,19 @@ impl Default for HetznerSimConfig {
             action_duration: Duration::from_millis(500),
             server_limit: 100,
         }
+    }
+}
+
+/// By hand so the token never shows (the sandbox prints its configuration).
+impl std::fmt::Debug for HetznerSimConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HetznerSimConfig")
+            .field("token", &"<redacted>")
+            .field("rate_limit_per_hour", &self.rate_limit_per_hour)
+            .field("rate_refill_per_sec", &self.rate_refill_per_sec)
+            .field("action_duration", &self.action_duration)
+            .field("server_limit", &self.server_limit)
+            .finish()
     }
 }
 
