@@ -4,7 +4,7 @@
 
 use futures::StreamExt;
 use kube::api::Api;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
@@ -26,7 +26,8 @@ async fn log_changes<K>(client: kube::Client, ready: tokio::sync::oneshot::Sende
 where
     K: Resource<DynamicType = ()> + ResourceExt + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
-    let mut events = watcher(Api::<K>::all(client), watcher::Config::default()).boxed();
+    // Backoff: without it a failing watch is retried at once, in a tight loop.
+    let mut events = watcher(Api::<K>::all(client), watcher::Config::default()).default_backoff().boxed();
     let mut initialised = false;
     let mut ready = Some(ready);
     while let Some(event) = events.next().await {
@@ -40,7 +41,7 @@ where
             Ok(watcher::Event::Apply(obj)) if initialised => println!("{}", describe("applied", &obj)),
             Ok(watcher::Event::Delete(obj)) => println!("{}", describe("deleted", &obj)),
             Ok(_) => {}
-            // The watcher retries by itself; a 410 after a compaction is routine.
+            // The watcher retries by itself (with backoff); a 410 after a compaction is routine.
             Err(_) => {}
         }
     }

@@ -199,8 +199,9 @@ pub async fn run(args: SandboxArgs) -> Result<(), SandboxError> {
     println!("  Kubernetes API   {}  (CRDs installed)", sandbox.kube.base_url);
     println!("  Hetzner Cloud    {}", sandbox.hcloud.base_url);
     println!("  Cloudflare       {}", sandbox.cloudflare.base_url);
-    println!("  PostgreSQL       {} ({})", sandbox.postgres.url, sandbox.postgres.origin);
-    println!("  Redis            {} ({})", sandbox.redis.url, sandbox.redis.origin);
+    // DATABASE_URL/REDIS_URL may carry passwords: those stay in the info file, not on the terminal.
+    println!("  PostgreSQL       {} ({})", services::redact(&sandbox.postgres.url), sandbox.postgres.origin);
+    println!("  Redis            {} ({})", services::redact(&sandbox.redis.url), sandbox.redis.origin);
     println!("  kubeconfig       {}", args.kubeconfig.display());
     println!("  endpoints+tokens {}", args.info.display());
     println!("The controllers are not yet part of the sandbox: objects are stored and validated, not reconciled.");
