@@ -258,8 +258,14 @@ impl CloudflareClient {
         match self.result::<Tunnel>(call).await {
             Ok(_) => Ok(true),
             Err(CloudError::NotFound(_)) => Ok(false),
-            // "Already deleted" (code unverified against the real API; the simulator's).
-            Err(CloudError::Permanent(d)) if d.code == "1003" => Ok(false),
+            // The code for "already deleted" is unverified (the simulator says 1003), and
+            // trusting a code that means something else would report a live tunnel as gone: a
+            // leak. So a refused delete counts as done only if the tunnel reads as deleted.
+            Err(CloudError::Permanent(d)) if d.status == Some(400) => match self.get_tunnel(id).await? {
+                None => Ok(false),
+                Some(t) if t.deleted_at.is_some() => Ok(false),
+                Some(_) => Err(CloudError::Permanent(d)),
+            },
             Err(e) => Err(e),
         }
     }
