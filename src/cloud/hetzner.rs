@@ -227,16 +227,7 @@ impl HetznerClient {
 
     /// Every server matching a label selector, page by page (one request per 50 servers).
     pub async fn list_servers(&self, label_selector: Option<&str>) -> Result<Vec<Server>, CloudError> {
-        let mut all = Vec::new();
-        let mut page = 1;
-        loop {
-            let p = self.list_servers_page(label_selector, page, MAX_PER_PAGE).await?;
-            all.extend(p.items);
-            match p.pagination.next_page {
-                Some(next) if next > i64::from(page) => page = next as u32,
-                _ => return Ok(all),
-            }
-        }
+        all_pages(|page| self.list_servers_page(label_selector, page, MAX_PER_PAGE)).await
     }
 
     /// Replaces the server's labels (Hetzner replaces the whole set), e.g. after a transfer.
@@ -377,25 +368,27 @@ impl HetznerClient {
         Ok(r.firewalls.into_iter().find(|f| f.name == name))
     }
 
+    /// One page of firewalls matching a label selector (`None` = all).
+    pub async fn list_firewalls_page(
+        &self,
+        label_selector: Option<&str>,
+        page: u32,
+        per_page: u32,
+    ) -> Result<Page<Firewall>, CloudError> {
+        let mut call = Call::new("list_firewalls", Method::GET, "/firewalls")
+            .query("page", page)
+            .query("per_page", per_page.min(MAX_PER_PAGE))
+            .query("sort", "id:asc");
+        if let Some(sel) = label_selector {
+            call = call.query("label_selector", sel);
+        }
+        let r: models::ListFirewallsResponse = self.t.call(call).await?;
+        Ok(Page { items: r.firewalls, pagination: *r.meta.pagination })
+    }
+
     /// Every firewall matching a label selector, page by page.
     pub async fn list_firewalls(&self, label_selector: Option<&str>) -> Result<Vec<Firewall>, CloudError> {
-        let mut all = Vec::new();
-        let mut page: i64 = 1;
-        loop {
-            let mut call = Call::new("list_firewalls", Method::GET, "/firewalls")
-                .query("page", page)
-                .query("per_page", MAX_PER_PAGE)
-                .query("sort", "id:asc");
-            if let Some(sel) = label_selector {
-                call = call.query("label_selector", sel);
-            }
-            let r: models::ListFirewallsResponse = self.t.call(call).await?;
-            all.extend(r.firewalls);
-            match r.meta.pagination.next_page {
-                Some(next) if next > page => page = next,
-                _ => return Ok(all),
-            }
-        }
+        all_pages(|page| self.list_firewalls_page(label_selector, page, MAX_PER_PAGE)).await
     }
 
     /// Replaces all rules (`[]` clears them).
@@ -466,6 +459,25 @@ pub fn offered_in(server_type: &ServerType, location: &str) -> bool {
 /// never adopts: SPEC §7 forbids taking over a resource that merely shares a name.
 fn carries_marks(have: &std::collections::HashMap<String, String>, marks: &BTreeMap<String, String>) -> bool {
     !marks.is_empty() && marks.iter().all(|(k, v)| have.get(k) == Some(v))
+}
+
+/// Follows `meta.pagination.next_page` from page 1 and gathers every item. Only a next page
+/// beyond the current one is followed, so an answer that points backwards cannot loop.
+async fn all_pages<T, F, Fut>(mut fetch: F) -> Result<Vec<T>, CloudError>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: std::future::Future<Output = Result<Page<T>, CloudError>>,
+{
+    let mut all = Vec::new();
+    let mut page: u32 = 1;
+    loop {
+        let p = fetch(page).await?;
+        all.extend(p.items);
+        match p.pagination.next_page.and_then(|n| u32::try_from(n).ok()) {
+            Some(next) if next > page => page = next,
+            _ => return Ok(all),
+        }
+    }
 }
 
 fn not_found_as_none<T>(r: Result<T, CloudError>) -> Result<Option<T>, CloudError> {
