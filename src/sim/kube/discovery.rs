@@ -27,10 +27,16 @@ pub fn core_versions(server_address: &str) -> Value {
     })
 }
 
-/// `/apis`: every non-core group with its versions (first = preferred).
-pub fn groups(types: &[Arc<ResourceType>]) -> Value {
+/// The verbs of every resource (all of them are served).
+const RESOURCE_VERBS: [&str; 8] = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+/// The verbs of a `/status` subresource.
+const STATUS_VERBS: [&str; 3] = ["get", "patch", "update"];
+
+/// The core group (`core = true`) or every other group, each with its versions, in the order
+/// the kinds were installed (the first version is the preferred one).
+pub fn group_versions(types: &[Arc<ResourceType>], core: bool) -> Vec<(String, Vec<String>)> {
     let mut groups: Vec<(String, Vec<String>)> = Vec::new();
-    for t in types.iter().filter(|t| !t.group.is_empty()) {
+    for t in types.iter().filter(|t| t.group.is_empty() == core) {
         match groups.iter_mut().find(|(g, _)| *g == t.group) {
             Some((_, versions)) => {
                 if !versions.contains(&t.version) {
@@ -40,12 +46,18 @@ pub fn groups(types: &[Arc<ResourceType>]) -> Value {
             None => groups.push((t.group.clone(), vec![t.version.clone()])),
         }
     }
-    let groups: Vec<Value> = groups
+    groups
+}
+
+/// `/apis`: every non-core group with its versions (first = preferred).
+pub fn groups(types: &[Arc<ResourceType>]) -> Value {
+    let groups: Vec<Value> = group_versions(types, false)
         .into_iter()
         .map(|(g, versions)| {
             let vs: Vec<Value> =
                 versions.iter().map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v})).collect();
-            json!({"name": g, "versions": vs, "preferredVersion": vs[0]})
+            let preferred = vs.first().cloned().unwrap_or(Value::Null);
+            json!({"name": g, "versions": vs, "preferredVersion": preferred})
         })
         .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
@@ -75,7 +87,7 @@ pub fn resources(types: &[Arc<ResourceType>], group: &str, version: &str) -> Opt
             "singularName": t.singular,
             "namespaced": t.namespaced,
             "kind": t.kind,
-            "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+            "verbs": RESOURCE_VERBS,
         });
         if !t.short_names.is_empty() {
             r["shortNames"] = json!(t.short_names);
@@ -87,7 +99,7 @@ pub fn resources(types: &[Arc<ResourceType>], group: &str, version: &str) -> Opt
         if t.status_subresource {
             resources.push(json!({
                 "name": format!("{}/status", t.plural), "singularName": "", "namespaced": t.namespaced,
-                "kind": t.kind, "verbs": ["get", "patch", "update"],
+                "kind": t.kind, "verbs": STATUS_VERBS,
             }));
         }
     }
@@ -109,18 +121,7 @@ pub fn wants_aggregated(accept: &str) -> bool {
 
 /// Aggregated discovery: the core group (`core = true`, for `/api`) or every other group (`/apis`).
 pub fn aggregated(types: &[Arc<ResourceType>], core: bool) -> Value {
-    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
-    for t in types.iter().filter(|t| t.group.is_empty() == core) {
-        match groups.iter_mut().find(|(g, _)| *g == t.group) {
-            Some((_, versions)) => {
-                if !versions.contains(&t.version) {
-                    versions.push(t.version.clone());
-                }
-            }
-            None => groups.push((t.group.clone(), vec![t.version.clone()])),
-        }
-    }
-    let items: Vec<Value> = groups
+    let items: Vec<Value> = group_versions(types, core)
         .into_iter()
         .map(|(g, versions)| {
             let versions: Vec<Value> = versions
@@ -136,7 +137,7 @@ pub fn aggregated(types: &[Arc<ResourceType>], core: bool) -> Value {
                                 "responseKind": kind,
                                 "scope": if t.namespaced { "Namespaced" } else { "Cluster" },
                                 "singularResource": t.singular,
-                                "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+                                "verbs": RESOURCE_VERBS,
                             });
                             if !t.short_names.is_empty() {
                                 r["shortNames"] = json!(t.short_names);
@@ -145,7 +146,8 @@ pub fn aggregated(types: &[Arc<ResourceType>], core: bool) -> Value {
                                 r["categories"] = json!(t.categories);
                             }
                             if t.status_subresource {
-                                r["subresources"] = json!([{"subresource": "status", "responseKind": kind, "verbs": ["get", "patch", "update"]}]);
+                                r["subresources"] =
+                                    json!([{"subresource": "status", "responseKind": kind, "verbs": STATUS_VERBS}]);
                             }
                             r
                         })

@@ -13,23 +13,12 @@ fn gv_path(group: &str, version: &str) -> String {
     if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") }
 }
 
-/// Every group-version served, in first-seen order.
-fn group_versions(types: &[Arc<ResourceType>]) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    for t in types {
-        let gv = (t.group.clone(), t.version.clone());
-        if !out.contains(&gv) {
-            out.push(gv);
-        }
-    }
-    out
-}
-
 /// `/openapi/v3`: the index, each entry's hash changes with its document so kubectl's URL cache
 /// never serves a stale schema.
 pub fn index(types: &[Arc<ResourceType>]) -> Value {
     let mut paths = Map::new();
-    for (g, v) in group_versions(types) {
+    let all = [true, false].into_iter().flat_map(|core| super::discovery::group_versions(types, core));
+    for (g, v) in all.flat_map(|(g, versions)| versions.into_iter().map(move |v| (g.clone(), v))) {
         let doc = group_version(types, &g, &v).unwrap_or(Value::Null);
         let hash = hex::encode(Sha256::digest(doc.to_string().as_bytes()));
         let p = gv_path(&g, &v);
