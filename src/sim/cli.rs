@@ -96,6 +96,11 @@ impl SimCommand {
     }
 
     async fn serve(self) -> anyhow::Result<()> {
+        let token = match &self.provider {
+            SimProvider::Hetzner { token, .. } | SimProvider::Cloudflare { token, .. } => token,
+        };
+        // An empty token would make every request without credentials look authenticated.
+        anyhow::ensure!(!token.expose().trim().is_empty(), "--token must not be empty");
         let (listen, sim, faults) = match self.provider {
             SimProvider::Hetzner { listen, token, rate_limit_per_hour, action_duration_ms, server_limit, faults } => {
                 let listener = bind(&listen).await?;

@@ -445,8 +445,10 @@ impl SimControl {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` header. An empty token is no token: a
+/// simulator started with an empty `--token` must still refuse a bare `Bearer `.
 fn bearer(value: &str) -> Option<&str> {
-    value.strip_prefix("Bearer ").map(str::trim)
+    value.strip_prefix("Bearer ").map(str::trim).filter(|t| !t.is_empty())
 }
 
 /// Hetzner's error envelope: `{"error": {"code", "message", "details"}}`.
@@ -623,4 +625,15 @@ pub fn bad_json(dialect: Dialect, why: &str) -> Response {
 /// Current time as RFC 3339 with a `+00:00` offset, as both APIs print it.
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bearer_tokens() {
+        assert_eq!(super::bearer("Bearer abc"), Some("abc"));
+        assert_eq!(super::bearer("Bearer  abc "), Some("abc"));
+        assert_eq!(super::bearer("Bearer "), None, "an empty token authenticates nobody");
+        assert_eq!(super::bearer("Basic abc"), None);
+    }
 }
