@@ -195,3 +195,30 @@ async fn names_that_no_url_could_address_are_refused() {
     let (code, answer) = raw.send("POST", SECRETS, JSON, &body("Secret", "db-creds.v2")).await;
     assert_eq!(code, 201, "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_default_namespace_cannot_be_deleted() {
+    let sb = start().await;
+    let raw =
+        Raw { client: reqwest::Client::builder().no_proxy().build().expect("client"), base: sb.kube.base_url.clone() };
+    for ns in ["default", "kube-system", "kube-public"] {
+        let (code, answer) = raw.send("DELETE", &format!("/api/v1/namespaces/{ns}"), JSON, "").await;
+        assert_eq!((code, answer["reason"].as_str()), (403, Some("Forbidden")), "{ns}: {answer}");
+    }
+    // Still Active, and still accepting objects.
+    let (code, answer) = raw.send("GET", NAMESPACE, JSON, "").await;
+    assert_eq!((code, answer["status"]["phase"].as_str()), (200, Some("Active")), "{answer}");
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "after"}});
+    assert_eq!(raw.send("POST", SECRETS, JSON, &secret.to_string()).await.0, 201);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn boolean_parameters_are_read_as_go_reads_them() {
+    let sb = start().await;
+    let raw =
+        Raw { client: reqwest::Client::builder().no_proxy().build().expect("client"), base: sb.kube.base_url.clone() };
+    // `True` is a watch (not a list), ended by its timeout after the synthetic ADDED events.
+    let (code, answer) = raw.send("GET", &format!("{SECRETS}?watch=True&timeoutSeconds=1"), JSON, "").await;
+    assert_eq!(code, 200);
+    assert!(answer.get("kind").is_none(), "a list instead of a watch: {answer}");
+}

@@ -14,6 +14,9 @@ use super::resource::{ResourceType, Special};
 use super::state::{EventType, State};
 use super::write::{name_of, present};
 
+/// Namespaces a real API server refuses to delete.
+pub const PROTECTED_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
+
 /// `propagationPolicy` of a delete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Propagation {
@@ -61,6 +64,16 @@ pub fn delete(
         || opts.resource_version.as_deref().is_some_and(|r| Some(r) != meta_str(&old, "resourceVersion"))
     {
         return Err(ApiError::conflict(&rt.plural, &rt.group, name));
+    }
+    // As on a real server: without these the sandbox would lose `default` (and every write to
+    // it) for good, since nothing recreates them.
+    if rt.special == Special::Namespace && PROTECTED_NAMESPACES.contains(&name) {
+        return Err(ApiError::new(
+            403,
+            "Forbidden",
+            format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted"),
+        )
+        .with_details(json!({"name": name, "kind": "namespaces"})));
     }
     let uid = meta_str(&old, "uid").unwrap_or_default().to_owned();
     if opts.dry_run {

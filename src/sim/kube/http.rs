@@ -58,8 +58,9 @@ impl Request {
         self.query.get(key).map(String::as_str)
     }
 
+    /// A boolean parameter, read as Go's `strconv.ParseBool` reads it.
     fn flag(&self, key: &str) -> bool {
-        matches!(self.q(key), Some("true" | "1"))
+        matches!(self.q(key), Some("true" | "True" | "TRUE" | "t" | "T" | "1"))
     }
 
     fn header(&self, name: header::HeaderName) -> &str {
