@@ -5,6 +5,16 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// The longest wait any header may impose. Retry-After, `t=` and `w=` come from the network:
+/// a malformed or hostile value (`Retry-After: 18446744073709551615`) must neither overflow
+/// `Instant` arithmetic (a panic) nor park every caller of the account for centuries.
+pub(crate) const MAX_HEADER_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+/// A duration in seconds, clamped to `MAX_HEADER_WAIT` (NaN and negatives become zero).
+fn clamped_secs(secs: f64) -> Duration {
+    Duration::try_from_secs_f64(secs.max(0.0)).map_or(MAX_HEADER_WAIT, |d| d.min(MAX_HEADER_WAIT))
+}
+
 /// What one response said about the budget.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct RateObservation {
@@ -64,7 +74,7 @@ impl TokenBucket {
             Ok(())
         } else {
             let wait = (1.0 - self.tokens) / self.refill_per_sec();
-            Err(Duration::from_secs_f64(wait.max(0.0)).max(Duration::from_micros(50)))
+            Err(clamped_secs(wait).max(Duration::from_micros(50)))
         }
     }
 
@@ -79,7 +89,7 @@ impl TokenBucket {
             self.tokens = self.tokens.min(self.capacity);
         }
         if let Some(window) = obs.window.filter(|w| !w.is_zero()) {
-            self.window = self.window.max(window);
+            self.window = self.window.max(window.min(MAX_HEADER_WAIT));
         }
         if let Some(remaining) = obs.remaining {
             self.tokens = self.tokens.min(f64::from(remaining));
@@ -90,13 +100,13 @@ impl TokenBucket {
     pub fn pause(&mut self, wait: Duration, now: Instant) {
         self.refill(now);
         self.tokens = 0.0;
-        let until = now + wait;
+        let until = now.checked_add(wait.min(MAX_HEADER_WAIT)).unwrap_or(now);
         self.not_before = Some(self.not_before.map_or(until, |t| t.max(until)));
     }
 
     /// Time for one token to come back (how long a 429 without `Retry-After` should pause).
     pub fn one_token(&self) -> Duration {
-        Duration::from_secs_f64(1.0 / self.refill_per_sec())
+        clamped_secs(1.0 / self.refill_per_sec())
     }
 }
 
@@ -192,6 +202,22 @@ mod tests {
         }
         let took = now - start;
         assert!(took >= Duration::from_secs(98) && took <= Duration::from_secs(101), "{took:?}");
+    }
+
+    #[test]
+    fn extreme_headers_neither_panic_nor_park_forever() {
+        let now = Instant::now();
+        let mut b = TokenBucket::new(10, Duration::from_secs(10), now);
+        b.observe(RateObservation { limit: Some(1), remaining: Some(0), window: Some(Duration::MAX) }, now);
+        let wait = b.try_acquire(now).unwrap_err();
+        assert!(wait <= MAX_HEADER_WAIT, "{wait:?}");
+        assert!(b.one_token() <= MAX_HEADER_WAIT);
+        b.pause(Duration::MAX, now);
+        let wait = b.try_acquire(now).unwrap_err();
+        assert!(wait <= MAX_HEADER_WAIT, "{wait:?}");
+        let mut tiny = TokenBucket::new(1, Duration::MAX, now);
+        assert!(tiny.try_acquire(now).is_ok());
+        assert!(tiny.try_acquire(now).unwrap_err() <= MAX_HEADER_WAIT);
     }
 
     #[test]

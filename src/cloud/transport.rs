@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::backoff::RetryPolicy;
 use super::error::{CloudError, Provider, ProviderError, classify_cloudflare, classify_hetzner};
 use super::metrics::CloudMetrics;
-use super::ratelimit::{RateLimiter, RateObservation};
+use super::ratelimit::{MAX_HEADER_WAIT, RateLimiter, RateObservation};
 use super::secret::Secret;
 
 /// A 429 storm must not turn into an endless loop: after this many rate-limit pauses in one
@@ -211,16 +211,16 @@ impl Transport {
     }
 
     /// How long to stay away after a 429: `Retry-After`, else Cloudflare's `t=`, else the
-    /// time one request takes to refill.
+    /// time one request takes to refill. Clamped: the caller requeues after it.
     fn retry_after(&self, headers: &HeaderMap) -> Duration {
         let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         if let Some(secs) = text("retry-after").and_then(|v| v.trim().parse::<u64>().ok()) {
-            return Duration::from_secs(secs);
+            return Duration::from_secs(secs).min(MAX_HEADER_WAIT);
         }
         if self.provider == Provider::Cloudflare
             && let Some(secs) = text("ratelimit").and_then(|v| structured_param::<u64>(v, "t"))
         {
-            return Duration::from_secs(secs.max(1));
+            return Duration::from_secs(secs.max(1)).min(MAX_HEADER_WAIT);
         }
         self.limiter.one_token()
     }
