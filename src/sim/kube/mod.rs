@@ -35,8 +35,9 @@
 //! - Field selectors of built-in kinds accept any field path (real servers allow a fixed list
 //!   per kind); custom resources accept `metadata.name`, `metadata.namespace` and their
 //!   `selectableFields`, as real servers do.
-//! - The event history holds [`state::HISTORY_LIMIT`] changes (configurable): a watch resumed
-//!   from before it gets the `410 Expired` ERROR event, as after a real etcd compaction.
+//! - The event history holds [`state::HISTORY_LIMIT`] changes and about [`state::HISTORY_BYTES`]
+//!   of objects (both configurable): a watch resumed from before it gets the `410 Expired` ERROR
+//!   event, as after a real etcd compaction.
 
 pub mod delete;
 pub mod discovery;
@@ -98,13 +99,20 @@ pub struct KubeApiConfig {
     pub install_crds: bool,
     /// How many changes the watch history keeps.
     pub history_limit: usize,
+    /// How many bytes (estimated) of objects the watch history keeps.
+    pub history_bytes: usize,
     /// How often a watch that allows bookmarks gets one, busy or not.
     pub bookmark_interval: std::time::Duration,
 }
 
 impl Default for KubeApiConfig {
     fn default() -> Self {
-        Self { install_crds: true, history_limit: state::HISTORY_LIMIT, bookmark_interval: watch::BOOKMARK_INTERVAL }
+        Self {
+            install_crds: true,
+            history_limit: state::HISTORY_LIMIT,
+            history_bytes: state::HISTORY_BYTES,
+            bookmark_interval: watch::BOOKMARK_INTERVAL,
+        }
     }
 }
 
@@ -225,7 +233,7 @@ pub async fn spawn_loopback() -> Result<RunningKube, StartError> {
 /// Starts the server on `listener`.
 pub async fn spawn(config: KubeApiConfig, listener: TcpListener) -> Result<RunningKube, StartError> {
     let addr = listener.local_addr()?;
-    let mut state = State::with_history_limit(config.history_limit);
+    let mut state = State::with_history_limits(config.history_limit, config.history_bytes);
     let opts = WriteOptions {
         field_validation: FieldValidation::Strict,
         manager: "sandbox".into(),

@@ -16,6 +16,10 @@ use super::resource::{ResourceType, StorageKey, builtins};
 /// resumed from before them gets `410 Expired`, as after an etcd compaction.
 pub const HISTORY_LIMIT: usize = 25_000;
 
+/// How many bytes (estimated) of objects the history keeps: the count alone would let 25,000
+/// versions of multi-megabyte Secrets pile up.
+pub const HISTORY_BYTES: usize = 256 * 1024 * 1024;
+
 /// The kind of a watch event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventType {
@@ -54,6 +58,8 @@ pub struct Change {
     /// The object before a MODIFIED change (lets a watch turn a selector transition into
     /// ADDED or DELETED, as real servers do).
     pub previous: Option<Arc<Value>>,
+    /// Estimated bytes of `object` (`previous` is counted with the change that stored it).
+    size: usize,
 }
 
 /// Objects of one storage, by (namespace, name).
@@ -66,6 +72,8 @@ pub struct State {
     objects: HashMap<StorageKey, Bucket>,
     history: VecDeque<Change>,
     history_limit: usize,
+    history_bytes: usize,
+    history_byte_limit: usize,
     /// Every change with an rv above this is in `history`.
     compacted: u64,
 }
@@ -84,12 +92,20 @@ impl State {
 
     /// An empty server whose watch history keeps `limit` changes.
     pub fn with_history_limit(limit: usize) -> Self {
+        Self::with_history_limits(limit, HISTORY_BYTES)
+    }
+
+    /// An empty server whose watch history keeps at most `limit` changes and `bytes` bytes
+    /// (estimated) of objects; the newest change is always kept.
+    pub fn with_history_limits(limit: usize, bytes: usize) -> Self {
         Self {
             rv: 1,
             types: builtins().into_iter().map(Arc::new).collect(),
             objects: HashMap::new(),
             history: VecDeque::new(),
             history_limit: limit.max(1),
+            history_bytes: 0,
+            history_byte_limit: bytes,
             compacted: 1,
         }
     }
@@ -191,6 +207,8 @@ impl State {
         rv: u64,
     ) {
         let previous = if kind == EventType::Modified { previous } else { None };
+        let size = approx_size(&object);
+        self.history_bytes += size;
         self.history.push_back(Change {
             rv,
             storage: storage.clone(),
@@ -198,17 +216,21 @@ impl State {
             kind,
             object,
             previous,
+            size,
         });
-        while self.history.len() > self.history_limit {
-            if let Some(old) = self.history.pop_front() {
-                self.compacted = old.rv;
-            }
+        while self.history.len() > self.history_limit
+            || (self.history_bytes > self.history_byte_limit && self.history.len() > 1)
+        {
+            let Some(old) = self.history.pop_front() else { break };
+            self.history_bytes -= old.size;
+            self.compacted = old.rv;
         }
     }
 
     /// Drops the whole history (an etcd compaction at the current resourceVersion).
     pub fn compact(&mut self) {
         self.history.clear();
+        self.history_bytes = 0;
         self.compacted = self.rv;
     }
 
@@ -216,5 +238,51 @@ impl State {
     pub fn changes_after(&self, after: u64, max: usize) -> Vec<Change> {
         let start = self.history.partition_point(|c| c.rv <= after);
         self.history.range(start..).take(max).cloned().collect()
+    }
+}
+
+/// Roughly the heap bytes of a JSON value: cheap enough for every write (no serialisation),
+/// and iterative, so a deeply nested object cannot exhaust the stack.
+fn approx_size(v: &Value) -> usize {
+    const NODE: usize = 32;
+    let mut total = 0;
+    let mut pending = vec![v];
+    while let Some(v) = pending.pop() {
+        total += NODE;
+        match v {
+            Value::String(s) => total += s.len(),
+            Value::Array(items) => pending.extend(items),
+            Value::Object(fields) => {
+                for (k, child) in fields {
+                    total += k.len() + NODE;
+                    pending.push(child);
+                }
+            }
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn history_is_bounded_by_bytes_but_keeps_the_newest_change() {
+        let mut state = State::with_history_limits(100, 10_000);
+        let storage: StorageKey = (String::new(), "configmaps".into());
+        let big = json!({"data": {"k": "x".repeat(4_000)}});
+        for i in 0..10 {
+            let rv = state.next_rv();
+            state.put(&storage, "default", &format!("cm-{i}"), big.clone(), EventType::Added, rv);
+        }
+        assert!(state.changes_after(0, 100).len() <= 2, "history holds ~8 KB of 10 KB");
+        assert_eq!(state.compacted(), state.rv() - state.changes_after(0, 100).len() as u64);
+        let mut state = State::with_history_limits(100, 10);
+        let rv = state.next_rv();
+        state.put(&storage, "default", "huge", big, EventType::Added, rv);
+        assert_eq!(state.changes_after(0, 100).len(), 1, "the newest change stays, whatever its size");
     }
 }
