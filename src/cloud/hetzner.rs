@@ -293,6 +293,11 @@ impl HetznerClient {
         poll: Duration,
         deadline: Instant,
     ) -> Result<Vec<Action>, CloudError> {
+        // The API answers each id once: a repeated id would otherwise never count as done.
+        let mut unique = ids.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        let ids = unique.as_slice();
         loop {
             let actions = self.get_actions(ids).await?;
             if let Some(failed) = actions.iter().find(|a| a.status == models::action::Status::Error) {

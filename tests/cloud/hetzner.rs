@@ -74,7 +74,8 @@ async fn server_lifecycle_and_power() {
     assert!(matches!(err, CloudError::Permanent(ref d) if d.code == "invalid_input"), "{err}");
 
     let off = c.shutdown(server.id).await.expect("shutdown");
-    c.wait_for_actions(&[off.id], Duration::from_millis(10), Instant::now() + WAIT).await.unwrap();
+    // Waiting on the same action twice (two callers' lists merged) still finishes.
+    c.wait_for_actions(&[off.id, off.id], Duration::from_millis(10), Instant::now() + WAIT).await.unwrap();
     assert_eq!(c.get_server(server.id).await.unwrap().unwrap().status, hcloud::models::server::Status::Off);
     let on = c.power_on(server.id).await.expect("poweron");
     // While an action runs the server is locked: a retryable error.
