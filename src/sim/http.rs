@@ -165,7 +165,7 @@ impl ServerBucket {
             self.tokens -= 1.0;
             true
         } else {
-            self.blocked_until = self.penalty.map(|p| now + p);
+            self.blocked_until = self.penalty.and_then(|p| now.checked_add(p));
             false
         }
     }
