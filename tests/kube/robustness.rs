@@ -222,3 +222,29 @@ async fn boolean_parameters_are_read_as_go_reads_them() {
     assert_eq!(code, 200);
     assert!(answer.get("kind").is_none(), "a list instead of a watch: {answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn json_patches_cannot_nest_an_object_deeper_than_clients_can_read() {
+    let sb = start().await;
+    let raw =
+        Raw { client: reqwest::Client::builder().no_proxy().build().expect("client"), base: sb.kube.base_url.clone() };
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "deep"}});
+    let path = "/api/v1/namespaces/default/configmaps";
+    assert_eq!(raw.send("POST", path, JSON, &cm.to_string()).await.0, 201);
+    // Each value nests 90 levels (a body may nest 128); the second lands inside the first.
+    let mut value = json!("leaf");
+    for _ in 0..90 {
+        value = json!({ "a": value });
+    }
+    let inner = format!("/x{}", "/a".repeat(80));
+    let patch = json!([{"op": "add", "path": "/x", "value": value}, {"op": "add", "path": format!("{inner}/b"), "value": value}]);
+    let (code, answer) =
+        raw.send("PATCH", &format!("{path}/deep"), "application/json-patch+json", &patch.to_string()).await;
+    assert_eq!(code, 400, "{answer}");
+    assert!(answer["message"].as_str().unwrap_or_default().contains("nested deeper"), "{answer}");
+    // The first value alone stays within the limit.
+    let patch = json!([{"op": "add", "path": "/x", "value": value}]);
+    let (code, answer) =
+        raw.send("PATCH", &format!("{path}/deep"), "application/json-patch+json", &patch.to_string()).await;
+    assert_eq!(code, 200, "{answer}");
+}

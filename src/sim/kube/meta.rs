@@ -66,6 +66,9 @@ pub fn decode_error(object: &Value) -> Option<String> {
     let Some(root) = object.as_object() else {
         return Some(format!("cannot unmarshal {} into an object", json_type(object)));
     };
+    if nesting_exceeds(object, MAX_NESTING) {
+        return Some(format!("the object is nested deeper than {MAX_NESTING} levels"));
+    }
     let meta = match root.get("metadata") {
         None | Some(Value::Null) => return None,
         Some(Value::Object(m)) => m,
@@ -125,6 +128,29 @@ impl GoType {
             Self::ObjectList(name) => name,
         }
     }
+}
+
+/// How deep a stored object may nest. Request bodies cannot exceed serde_json's 128 levels, but
+/// JSON patches can add nesting to nesting; an object deeper than that limit (minus the list,
+/// watch and Table wrappers around it) is one kube-rs cannot decode, and every watcher of its
+/// kind would fail on it.
+pub const MAX_NESTING: usize = 100;
+
+/// Whether `v` nests arrays and objects deeper than `limit` (iterative: no deep recursion).
+fn nesting_exceeds(v: &Value, limit: usize) -> bool {
+    let mut pending = vec![(v, 1usize)];
+    while let Some((v, depth)) = pending.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(fields) => Box::new(fields.values()),
+            _ => continue,
+        };
+        if depth > limit {
+            return true;
+        }
+        pending.extend(children.map(|c| (c, depth + 1)));
+    }
+    false
 }
 
 fn json_type(v: &Value) -> &'static str {
@@ -258,6 +284,12 @@ mod tests {
         );
         assert!(decode_error(&json!({"metadata": {"finalizers": [1]}})).is_some());
         assert!(decode_error(&json!({"metadata": {"generation": "1"}})).is_some());
+        let mut deep = json!("leaf");
+        for _ in 0..MAX_NESTING {
+            deep = json!({ "a": deep });
+        }
+        assert_eq!(decode_error(&deep), None, "exactly {MAX_NESTING} levels");
+        assert!(decode_error(&json!({ "a": deep })).is_some());
     }
 
     #[test]
