@@ -122,6 +122,11 @@ async fn unlabelled_creates_never_adopt() {
 async fn list_by_label_selector_across_pages() {
     let sim = hetzner_sim(hz_config()).await;
     let c = hetzner_client(&sim, fast_retry(1));
+    // A malformed selector is refused even when nothing would be filtered.
+    let bad = c.list_servers(Some("a in (b")).await.unwrap_err();
+    assert!(matches!(bad, CloudError::Permanent(ref d) if d.code == "invalid_input"), "{bad}");
+    let bad = c.list_firewalls(Some("!")).await.unwrap_err();
+    assert!(matches!(bad, CloudError::Permanent(ref d) if d.code == "invalid_input"), "{bad}");
     for i in 0..57 {
         let mut s = spec(&format!("vm-{i}"), &format!("uid-{i}"));
         if i % 3 == 0 {

@@ -173,19 +173,24 @@ fn created(status: StatusCode, body: Value) -> Reply {
     Ok(json_response(status, &body))
 }
 
-fn matches_filters(q: &[(String, String)], name: &str, labels: &BTreeMap<String, String>) -> Result<bool, ApiError> {
-    if let Some(n) = q_get(q, "name")
-        && n != name
-    {
-        return Ok(false);
+/// The `name` and `label_selector` filters of a list, parsed once: a bad selector is refused
+/// even when there is nothing to filter, as the real API does.
+struct ListFilter<'a> {
+    name: Option<&'a str>,
+    selector: Option<super::labels::Selector>,
+}
+
+impl<'a> ListFilter<'a> {
+    fn parse(q: &'a [(String, String)]) -> Result<Self, ApiError> {
+        let selector = q_get(q, "label_selector")
+            .map(|sel| parse_selector(sel).map_err(|e| ApiError::invalid_input("label_selector", e)))
+            .transpose()?;
+        Ok(ListFilter { name: q_get(q, "name"), selector })
     }
-    if let Some(sel) = q_get(q, "label_selector") {
-        let sel = parse_selector(sel).map_err(|e| ApiError::invalid_input("label_selector", e))?;
-        if !sel.matches(labels) {
-            return Ok(false);
-        }
+
+    fn matches(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
+        self.name.is_none_or(|n| n == name) && self.selector.as_ref().is_none_or(|sel| sel.matches(labels))
     }
-    Ok(true)
 }
 
 /// Applies `sort=field[:asc|:desc]` (repeatable, first one wins) to rendered items.
@@ -277,11 +282,12 @@ fn world(state: &HzState) -> std::sync::MutexGuard<'_, World> {
 // ---------- servers ----------
 
 async fn list_servers(State(st): St, Query(q): Q, headers: HeaderMap) -> Reply {
+    let filter = ListFilter::parse(&q)?;
     let w = world(&st);
     let statuses = q_all(&q, "status");
     let mut items = Vec::new();
     for s in w.servers.values() {
-        if matches_filters(&q, &s.name, &s.labels)? && (statuses.is_empty() || statuses.contains(&s.status)) {
+        if filter.matches(&s.name, &s.labels) && (statuses.is_empty() || statuses.contains(&s.status)) {
             items.push(w.server_json(s));
         }
     }
@@ -705,10 +711,11 @@ fn actions_json(w: &World, ids: &[i64]) -> Value {
 }
 
 async fn list_firewalls(State(st): St, Query(q): Q, headers: HeaderMap) -> Reply {
+    let filter = ListFilter::parse(&q)?;
     let w = world(&st);
     let mut items = Vec::new();
     for fw in w.firewalls.values() {
-        if matches_filters(&q, &fw.name, &fw.labels)? {
+        if filter.matches(&fw.name, &fw.labels) {
             items.push(w.firewall_json(fw));
         }
     }
@@ -901,10 +908,11 @@ fn fingerprint(public_key: &str) -> Option<String> {
 }
 
 async fn list_ssh_keys(State(st): St, Query(q): Q, headers: HeaderMap) -> Reply {
+    let filter = ListFilter::parse(&q)?;
     let w = world(&st);
     let mut items = Vec::new();
     for k in w.ssh_keys.values() {
-        if matches_filters(&q, &k.name, &k.labels)? && q_get(&q, "fingerprint").is_none_or(|f| f == k.fingerprint) {
+        if filter.matches(&k.name, &k.labels) && q_get(&q, "fingerprint").is_none_or(|f| f == k.fingerprint) {
             items.push(ssh_key_json(k));
         }
     }
