@@ -195,21 +195,15 @@ fn resource_request(
             let Some(ns) = ns else { return Err(ApiError::method_not_allowed()) };
             let opts = req.write_options(Verb::Create)?;
             let body = req.json_body()?;
-            let mut state = shared.lock();
-            let written = write::create(&mut state, &Target { rt: &rt, namespace: &ns, subresource: "" }, body, &opts)?;
-            shared.notify(&state);
-            let code = if written.created { StatusCode::CREATED } else { StatusCode::OK };
-            Ok(json_response(code, &written.object, &written.warnings))
+            let target = Target { rt: &rt, namespace: &ns, subresource: "" };
+            written(shared, |state| write::create(state, &target, body, &opts))
         }
         (&Method::PUT, Some(name)) => {
             let Some(ns) = ns else { return Err(ApiError::unknown_path()) };
             let opts = req.write_options(Verb::Update)?;
             let body = req.json_body()?;
-            let mut state = shared.lock();
-            let written =
-                write::update(&mut state, &Target { rt: &rt, namespace: &ns, subresource }, name, body, &opts)?;
-            shared.notify(&state);
-            Ok(json_response(StatusCode::OK, &written.object, &written.warnings))
+            let target = Target { rt: &rt, namespace: &ns, subresource };
+            written(shared, |state| write::update(state, &target, name, body, &opts))
         }
         (&Method::PATCH, Some(name)) => {
             let Some(ns) = ns else { return Err(ApiError::unknown_path()) };
@@ -220,19 +214,8 @@ fn resource_request(
             })?;
             let verb = if kind == PatchKind::Apply { Verb::Apply } else { Verb::Patch };
             let opts = req.write_options(verb)?;
-            let mut state = shared.lock();
-            let written = write::patch(
-                &mut state,
-                &Target { rt: &rt, namespace: &ns, subresource },
-                name,
-                kind,
-                &req.body,
-                req.flag("force"),
-                &opts,
-            )?;
-            shared.notify(&state);
-            let code = if written.created { StatusCode::CREATED } else { StatusCode::OK };
-            Ok(json_response(code, &written.object, &written.warnings))
+            let target = Target { rt: &rt, namespace: &ns, subresource };
+            written(shared, |state| write::patch(state, &target, name, kind, &req.body, req.flag("force"), &opts))
         }
         (&Method::DELETE, Some(name)) => {
             let Some(ns) = ns else { return Err(ApiError::unknown_path()) };
@@ -274,6 +257,19 @@ fn resource_request(
         }
         _ => Err(ApiError::method_not_allowed()),
     }
+}
+
+/// Runs one write under the lock, wakes the watches, and answers with the object (201 when it
+/// was created).
+fn written(
+    shared: &Shared,
+    write: impl FnOnce(&mut super::state::State) -> Result<write::Written, ApiError>,
+) -> Result<Response, ApiError> {
+    let mut state = shared.lock();
+    let written = write(&mut state)?;
+    shared.notify(&state);
+    let code = if written.created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok(json_response(code, &written.object, &written.warnings))
 }
 
 fn delete_options(req: &Request) -> Result<DeleteOptions, ApiError> {
