@@ -123,6 +123,9 @@ async fn malformed_bodies_and_parameters_get_a_status_and_never_crash_the_server
         cases.push(("GET", format!("{AGENTS}{query}"), JSON, String::new()));
     }
     cases.push(("POST", format!("{AGENTS}?fieldValidation=Bogus"), JSON, agent.to_string()));
+    let mut wrong_kind = agent.clone();
+    wrong_kind["kind"] = json!("PlainVM");
+    cases.push(("PATCH", format!("{AGENTS}/a?fieldManager=x"), "application/apply-patch+yaml", wrong_kind.to_string()));
 
     for (method, path, ct, body) in &cases {
         let (code, answer) = raw.send(method, path, ct, body).await;

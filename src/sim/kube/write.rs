@@ -485,6 +485,8 @@ fn server_side_apply(
             rt.api_version()
         )));
     }
+    // Else the object would be stored as the URL's kind whatever the body said.
+    check_type(rt, &config)?;
     if config.pointer("/metadata/managedFields").is_some() {
         return Err(ApiError::bad_request("metadata.managedFields must be nil"));
     }
