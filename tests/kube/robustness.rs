@@ -117,6 +117,7 @@ async fn malformed_bodies_and_parameters_get_a_status_and_never_crash_the_server
         "?limit=-1&continue=x",
         "?continue=99999999999999999999",
         "?labelSelector=a%20in%20(b",
+        "?labelSelector=tier%3Dgold%20silver",
         "?fieldSelector=x",
         "?fieldSelector=spec.bogus%3Dx",
     ] {

@@ -14,6 +14,33 @@ enum LabelTerm {
     NotIn(String, Vec<String>),
     Exists(String),
     NotExists(String),
+    Gt(String, i64),
+    Lt(String, i64),
+}
+
+/// A label key: an optional DNS-subdomain prefix and `/`, then a name of at most 63
+/// alphanumerics, `-`, `_` or `.`, starting and ending alphanumeric.
+fn valid_key(key: &str) -> bool {
+    let (prefix, name) = key.rsplit_once('/').unwrap_or(("", key));
+    let prefix_ok = key.rsplit_once('/').is_none()
+        || (!prefix.is_empty()
+            && prefix.len() <= 253
+            && prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'));
+    prefix_ok && !name.is_empty() && valid_value(name)
+}
+
+/// A label value: empty, or at most 63 alphanumerics, `-`, `_` or `.`, starting and ending
+/// alphanumeric.
+fn valid_value(value: &str) -> bool {
+    let edge_ok = |c: Option<char>| c.is_none_or(|c| c.is_ascii_alphanumeric());
+    value.len() <= 63
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && edge_ok(value.chars().next())
+        && edge_ok(value.chars().last())
+}
+
+fn unparsable(term: &str) -> ApiError {
+    ApiError::bad_request(format!("unable to parse requirement: invalid label selector term {term:?}"))
 }
 
 /// A parsed label selector; empty matches everything.
@@ -67,9 +94,25 @@ impl LabelSelector {
                 LabelTerm::NotIn(k.trim().into(), parse_set(v)?)
             } else if let Some((k, v)) = term.split_once(" in ") {
                 LabelTerm::In(k.trim().into(), parse_set(v)?)
+            } else if let Some((k, v)) = term.split_once('>') {
+                LabelTerm::Gt(k.trim().into(), v.trim().parse().map_err(|_| unparsable(&term))?)
+            } else if let Some((k, v)) = term.split_once('<') {
+                LabelTerm::Lt(k.trim().into(), v.trim().parse().map_err(|_| unparsable(&term))?)
             } else {
                 LabelTerm::Exists(term.clone())
             };
+            // A typo must be a 400, as on a real server, not a selector that silently matches
+            // nothing.
+            let (key, values): (&str, Vec<&str>) = match &t {
+                LabelTerm::Eq(k, v) | LabelTerm::NotEq(k, v) => (k, vec![v.as_str()]),
+                LabelTerm::In(k, vs) | LabelTerm::NotIn(k, vs) => (k, vs.iter().map(String::as_str).collect()),
+                LabelTerm::Exists(k) | LabelTerm::NotExists(k) | LabelTerm::Gt(k, _) | LabelTerm::Lt(k, _) => {
+                    (k, Vec::new())
+                }
+            };
+            if !valid_key(key) || !values.iter().all(|v| valid_value(v)) {
+                return Err(unparsable(&term));
+            }
             terms.push(t);
         }
         Ok(Self(terms))
@@ -86,6 +129,8 @@ impl LabelSelector {
             LabelTerm::NotIn(k, vs) => get(k).is_none_or(|x| vs.iter().all(|v| v != x)),
             LabelTerm::Exists(k) => get(k).is_some(),
             LabelTerm::NotExists(k) => get(k).is_none(),
+            LabelTerm::Gt(k, n) => get(k).and_then(|x| x.parse::<i64>().ok()).is_some_and(|x| x > *n),
+            LabelTerm::Lt(k, n) => get(k).and_then(|x| x.parse::<i64>().ok()).is_some_and(|x| x < *n),
         })
     }
 }
@@ -158,5 +203,12 @@ mod tests {
         assert!(m("!missing"));
         assert!(!m("tier!=gold"));
         assert!(m(""));
+        assert!(m("app.kubernetes.io/name!=y,tier"));
+        let obj = json!({"metadata": {"labels": {"gen": "3"}}});
+        assert!(LabelSelector::parse("gen>2").is_ok_and(|l| l.matches(&obj)));
+        assert!(LabelSelector::parse("gen<3").is_ok_and(|l| !l.matches(&obj)));
+        for typo in ["a b", "tier=gold silver", "-x", "Tier/x=y", "a in (b c)", "gen>two", "x=-y"] {
+            assert!(LabelSelector::parse(typo).is_err(), "{typo:?} must be refused");
+        }
     }
 }
