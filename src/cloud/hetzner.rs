@@ -214,13 +214,7 @@ impl HetznerClient {
         page: u32,
         per_page: u32,
     ) -> Result<Page<Server>, CloudError> {
-        let mut call = Call::new("list_servers", Method::GET, "/servers")
-            .query("page", page)
-            .query("per_page", per_page.min(MAX_PER_PAGE))
-            .query("sort", "id:asc");
-        if let Some(sel) = label_selector {
-            call = call.query("label_selector", sel);
-        }
+        let call = list_page_call("list_servers", "/servers", label_selector, page, per_page);
         let r: models::ListServersResponse = self.t.call(call).await?;
         Ok(Page { items: r.servers, pagination: *r.meta.pagination })
     }
@@ -380,13 +374,7 @@ impl HetznerClient {
         page: u32,
         per_page: u32,
     ) -> Result<Page<Firewall>, CloudError> {
-        let mut call = Call::new("list_firewalls", Method::GET, "/firewalls")
-            .query("page", page)
-            .query("per_page", per_page.min(MAX_PER_PAGE))
-            .query("sort", "id:asc");
-        if let Some(sel) = label_selector {
-            call = call.query("label_selector", sel);
-        }
+        let call = list_page_call("list_firewalls", "/firewalls", label_selector, page, per_page);
         let r: models::ListFirewallsResponse = self.t.call(call).await?;
         Ok(Page { items: r.firewalls, pagination: *r.meta.pagination })
     }
@@ -464,6 +452,24 @@ pub fn offered_in(server_type: &ServerType, location: &str) -> bool {
 /// never adopts: SPEC §7 forbids taking over a resource that merely shares a name.
 fn carries_marks(have: &std::collections::HashMap<String, String>, marks: &BTreeMap<String, String>) -> bool {
     !marks.is_empty() && marks.iter().all(|(k, v)| have.get(k) == Some(v))
+}
+
+/// One page of a list, sorted by id so pages stay stable while resources come and go.
+fn list_page_call(
+    operation: &'static str,
+    path: &'static str,
+    label_selector: Option<&str>,
+    page: u32,
+    per_page: u32,
+) -> Call<'static> {
+    let call = Call::new(operation, Method::GET, path)
+        .query("page", page)
+        .query("per_page", per_page.min(MAX_PER_PAGE))
+        .query("sort", "id:asc");
+    match label_selector {
+        Some(sel) => call.query("label_selector", sel),
+        None => call,
+    }
 }
 
 /// Follows `meta.pagination.next_page` from page 1 and gathers every item. Only a next page
