@@ -5,13 +5,14 @@
 use serde_json::{Map, Value};
 
 /// (events.k8s.io/v1 name, core/v1 name) of every renamed field.
-const RENAMES: [(&str, &str); 6] = [
+const RENAMES: [(&str, &str); 7] = [
     ("regarding", "involvedObject"),
     ("note", "message"),
     ("reportingController", "reportingComponent"),
     ("deprecatedSource", "source"),
     ("deprecatedCount", "count"),
     ("deprecatedFirstTimestamp", "firstTimestamp"),
+    ("deprecatedLastTimestamp", "lastTimestamp"),
 ];
 
 fn rename(object: &Value, to_core: bool) -> Value {
@@ -19,7 +20,7 @@ fn rename(object: &Value, to_core: bool) -> Value {
     let mut out = Map::new();
     for (k, v) in map {
         let mut name = k.as_str();
-        for (v1, core) in RENAMES.iter().chain([("deprecatedLastTimestamp", "lastTimestamp")].iter()) {
+        for (v1, core) in RENAMES {
             if to_core && k == v1 {
                 name = core;
             } else if !to_core && k == core {

@@ -115,8 +115,11 @@ async fn handle(
             return ApiError::new(413, "RequestEntityTooLarge", message).into_response();
         }
     };
-    let query: HashMap<String, String> =
-        Query::<Vec<(String, String)>>::try_from_uri(&uri).map(|q| q.0.into_iter().collect()).unwrap_or_default();
+    // An unreadable query is refused: ignoring it would turn e.g. a watch into a list.
+    let query: HashMap<String, String> = match Query::<Vec<(String, String)>>::try_from_uri(&uri) {
+        Ok(q) => q.0.into_iter().collect(),
+        Err(e) => return ApiError::bad_request(format!("invalid query string: {e}")).into_response(),
+    };
     let req = Request { method, headers, query, body };
     let path = uri.path().to_owned();
     match route(&shared, &path, &req) {
@@ -207,11 +210,8 @@ fn resource_request(
         }
         (&Method::PATCH, Some(name)) => {
             let Some(ns) = ns else { return Err(ApiError::unknown_path()) };
-            let kind = PatchKind::from_content_type(req.header(header::CONTENT_TYPE)).ok_or_else(|| {
-                ApiError::unsupported_media_type(
-                    "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
-                )
-            })?;
+            let kind = PatchKind::from_content_type(req.header(header::CONTENT_TYPE))
+                .ok_or_else(|| ApiError::unsupported_media_type(write::CUSTOM_PATCH_TYPES))?;
             let verb = if kind == PatchKind::Apply { Verb::Apply } else { Verb::Patch };
             let opts = req.write_options(verb)?;
             let target = Target { rt: &rt, namespace: &ns, subresource };

@@ -309,6 +309,10 @@ pub fn update(
     commit(state, target, Some(old), body, opts, Ownership::Update)
 }
 
+/// The patch types custom resources accept, as a 415 lists them (kubectl quotes it).
+pub const CUSTOM_PATCH_TYPES: &str =
+    "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml";
+
 /// The body formats of PATCH.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PatchKind {
@@ -423,9 +427,7 @@ pub fn patch(
         ));
     }
     if kind == PatchKind::Strategic && rt.is_custom() {
-        return Err(ApiError::unsupported_media_type(
-            "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
-        ));
+        return Err(ApiError::unsupported_media_type(CUSTOM_PATCH_TYPES));
     }
     let old = state.get(&rt.storage, target.namespace, name);
     if kind == PatchKind::Apply {
