@@ -337,18 +337,16 @@ fn list(shared: &Arc<Shared>, rt: &Arc<ResourceType>, ns: Option<&str>, req: &Re
         Some(c) if !c.is_empty() => c.parse().map_err(|_| ApiError::bad_request("invalid continue token"))?,
         _ => 0,
     };
-    let (matching, rv) = {
+    // Only the snapshot is taken under the lock (the objects are shared, immutable versions);
+    // selecting and rendering them must not hold up writers.
+    let (objects, rv) = {
         let state = shared.lock();
-        let matching: Vec<Value> = state
-            .list(&rt.storage, ns)
-            .iter()
-            .filter(|o| labels.matches(o) && fields.matches(o))
-            .map(|o| write::present(rt, o))
-            .collect();
-        (matching, state.rv())
+        (state.list(&rt.storage, ns), state.rv())
     };
+    let matching: Vec<&Value> =
+        objects.iter().map(|o| o.as_ref()).filter(|o| labels.matches(o) && fields.matches(o)).collect();
     let total = matching.len();
-    let page: Vec<Value> = matching.into_iter().skip(offset).take(limit).collect();
+    let page: Vec<Value> = matching.into_iter().skip(offset).take(limit).map(|o| write::present(rt, o)).collect();
     let next = offset.saturating_add(page.len());
     let mut meta = json!({"resourceVersion": rv.to_string()});
     if next < total {

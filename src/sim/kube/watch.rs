@@ -116,7 +116,9 @@ pub fn start(
     let mut stopping = shared.stopping.subscribe();
     let mut renderer =
         Renderer { rt: req.rt.clone(), rendering: req.rendering, include: req.include, columns_sent: false };
-    let mut initial = Vec::new();
+    // Taken under the lock with the cursor, rendered after it (by the watch's own task).
+    let mut initial_objects: Vec<Arc<Value>> = Vec::new();
+    let mut expired_line = None;
     let mut initial_end = None;
     let cursor;
     {
@@ -131,33 +133,34 @@ pub fn start(
         match asked {
             Some(rv) if !req.send_initial_events => {
                 if rv < state.compacted() {
-                    initial.push(expired(rv, state.compacted()));
+                    expired_line = Some(expired(rv, state.compacted()));
                     cursor = None;
                 } else {
                     cursor = Some(rv);
                 }
             }
             _ => {
-                for obj in state.list(&req.rt.storage, req.namespace.as_deref()) {
-                    let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default();
-                    if req.matches(ns, &obj) {
-                        initial.push(renderer.line("ADDED", &obj));
-                    }
-                }
+                initial_objects = state.list(&req.rt.storage, req.namespace.as_deref());
                 if req.send_initial_events {
-                    initial_end = Some(renderer.bookmark(state.rv(), true));
+                    initial_end = Some(state.rv());
                 }
                 cursor = Some(state.rv());
             }
         }
     }
-    initial.extend(initial_end);
     // A timeout beyond what the clock can represent means no timeout (and must not overflow).
     let deadline = req.timeout.and_then(|t| tokio::time::Instant::now().checked_add(t));
     // Never zero: a bookmark due on every pass would spin.
     let bookmark_interval = shared.bookmark_interval.max(Duration::from_millis(10));
     tokio::spawn(async move {
-        for line in initial {
+        for obj in initial_objects {
+            let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default();
+            if req.matches(ns, &obj) && tx.send(renderer.line("ADDED", &obj)).await.is_err() {
+                return;
+            }
+        }
+        let opening = expired_line.into_iter().chain(initial_end.map(|rv| renderer.bookmark(rv, true)));
+        for line in opening.collect::<Vec<_>>() {
             if tx.send(line).await.is_err() {
                 return;
             }
