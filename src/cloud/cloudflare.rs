@@ -153,6 +153,23 @@ struct Envelope<T> {
     result: T,
 }
 
+/// A list answer: the page's items and, when the API sends it, where the list ends.
+#[derive(Deserialize)]
+struct ListEnvelope<T> {
+    result: Vec<T>,
+    #[serde(default)]
+    result_info: Option<ResultInfo>,
+}
+
+#[derive(Deserialize)]
+struct ResultInfo {
+    #[serde(default)]
+    total_pages: Option<u64>,
+}
+
+/// Items asked for per page.
+const PER_PAGE: usize = 100;
+
 pub struct CloudflareClient {
     t: Transport,
     account_id: String,
@@ -229,22 +246,31 @@ impl CloudflareClient {
 
     /// Live tunnels whose names start with `prefix`, all pages.
     pub async fn list_tunnels(&self, prefix: Option<&str>) -> Result<Vec<Tunnel>, CloudError> {
+        self.all_pages(|| {
+            let call = Call::new("list_tunnels", Method::GET, self.tunnels()).query("is_deleted", false);
+            match prefix {
+                Some(p) => call.query("include_prefix", p),
+                None => call,
+            }
+        })
+        .await
+    }
+
+    /// Every page of a list. The end is where `result_info.total_pages` says; without it, an
+    /// empty page (the Python SDK's rule). A short page is not the end: the server may cap
+    /// `per_page` below what we asked, and stopping there would hide resources from the
+    /// sweeper (a leak).
+    async fn all_pages<T: DeserializeOwned>(&self, call: impl Fn() -> Call<'static>) -> Result<Vec<T>, CloudError> {
         let mut all = Vec::new();
-        for page in 1.. {
-            let mut call = Call::new("list_tunnels", Method::GET, self.tunnels())
-                .query("is_deleted", false)
-                .query("page", page)
-                .query("per_page", 100);
-            if let Some(p) = prefix {
-                call = call.query("include_prefix", p);
-            }
-            let list: Vec<Tunnel> = self.result(call).await?;
-            if list.is_empty() {
-                break;
-            }
-            let short = list.len() < 100;
-            all.extend(list);
-            if short {
+        for page in 1u64.. {
+            let answer: ListEnvelope<T> = self.t.call(call().query("page", page).query("per_page", PER_PAGE)).await?;
+            let empty = answer.result.is_empty();
+            all.extend(answer.result);
+            let last = match answer.result_info.and_then(|i| i.total_pages) {
+                Some(total) => page >= total,
+                None => empty,
+            };
+            if last || empty {
                 break;
             }
         }
@@ -332,20 +358,7 @@ impl CloudflareClient {
 
     /// Records with exactly this name (all types), all pages.
     pub async fn list_dns_records(&self, name: &str) -> Result<Vec<DnsRecord>, CloudError> {
-        let mut all = Vec::new();
-        for page in 1.. {
-            let call = Call::new("list_dns_records", Method::GET, self.records())
-                .query("name.exact", name)
-                .query("page", page)
-                .query("per_page", 100);
-            let list: Vec<DnsRecord> = self.result(call).await?;
-            let short = list.len() < 100;
-            all.extend(list);
-            if short {
-                break;
-            }
-        }
-        Ok(all)
+        self.all_pages(|| Call::new("list_dns_records", Method::GET, self.records()).query("name.exact", name)).await
     }
 
     /// Points a record elsewhere (PATCH: other fields stay).

@@ -57,6 +57,21 @@ async fn tunnel_lifecycle() {
     sim.shutdown().await.unwrap();
 }
 
+/// Lists walk every page: 130 tunnels are more than one page of 100.
+#[tokio::test]
+async fn tunnel_list_spans_pages() {
+    let sim = cloudflare_sim(cf_config()).await;
+    let c = cloudflare_client(&sim, CF_TOKEN, fast_retry(1));
+    for i in 0..130 {
+        c.create_tunnel(&format!("bulk-{i:03}"), &TunnelSecret::generate()).await.expect("create");
+    }
+    c.create_tunnel("other", &TunnelSecret::generate()).await.expect("create");
+    let listed = c.list_tunnels(Some("bulk-")).await.expect("list");
+    assert_eq!(listed.len(), 130);
+    assert_eq!(c.list_tunnels(None).await.expect("list").len(), 131);
+    sim.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn dns_records() {
     let sim = cloudflare_sim(cf_config()).await;
