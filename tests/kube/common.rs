@@ -16,11 +16,16 @@ pub struct Sandbox {
 
 /// kube-client refuses to start when proxy variables are set; tests talk to loopback only.
 pub fn clear_proxies() {
-    for var in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"] {
-        // SAFETY: called before any test thread reads the environment concurrently is not
-        // guaranteed, but every test clears the same variables to the same state.
-        unsafe { std::env::remove_var(var) };
-    }
+    static CLEARED: std::sync::Once = std::sync::Once::new();
+    // Once, and before anything else: changing the environment while another thread reads it is
+    // a data race (glibc's getenv/setenv), so every test calls this first and the other callers
+    // wait here until it is done; nothing changes the environment afterwards.
+    CLEARED.call_once(|| {
+        for var in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"] {
+            // SAFETY: see above: no test thread reads the environment before this returns.
+            unsafe { std::env::remove_var(var) };
+        }
+    });
 }
 
 pub async fn start_with(config: KubeApiConfig) -> Sandbox {
