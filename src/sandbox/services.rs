@@ -131,12 +131,12 @@ fn find_binary(name: &str) -> Option<PathBuf> {
     dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
 }
 
+/// Whether this process runs as root (by its uid: `USER` may be stale or unset in containers).
 fn is_root() -> bool {
-    std::env::var("USER").is_ok_and(|u| u == "root")
-        || Path::new("/proc/self").metadata().is_ok_and(|m| {
-            use std::os::unix::fs::MetadataExt;
-            m.uid() == 0
-        })
+    Path::new("/proc/self").metadata().is_ok_and(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.uid() == 0
+    })
 }
 
 /// initdb refuses to run as root: run PostgreSQL as the `postgres` user Debian's package creates.
