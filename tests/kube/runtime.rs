@@ -550,6 +550,12 @@ async fn a_crd_written_through_the_api_is_served_validated_and_defaulted_on_read
     crds.replace("gadgets.example.com", &PostParams::default(), &updated).await.expect("update CRD");
     let small = gadgets.get("small").await.expect("get gadget");
     assert_eq!(small.data["spec"]["colour"], "red", "{:?}", small.data);
+    // ... and a metadata write does not count the materialised default as a spec change.
+    let labelled = gadgets
+        .patch("small", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})))
+        .await
+        .expect("label gadget");
+    assert_eq!(labelled.metadata.generation, Some(1), "{:?}", labelled.metadata);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -647,36 +647,42 @@ fn commit(
         set_field(&mut new, "status", Some(json!({"phase": "Active"})));
     }
 
-    if let Some(old) = &old {
-        if old.pointer("/metadata/deletionTimestamp").is_some() {
-            let before = meta::finalizers(old);
-            let added: Vec<String> = meta::finalizers(&new).into_iter().filter(|f| !before.contains(f)).collect();
-            if !added.is_empty() {
-                return Err(ApiError::invalid(
-                    &rt.kind,
-                    &rt.group,
-                    &name,
-                    &[Cause::new(
-                        CauseReason::Forbidden,
-                        "metadata.finalizers",
-                        format!(
-                            "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {}",
-                            serde_json::to_string(&added).unwrap_or_default()
-                        ),
-                    )],
-                ));
-            }
+    if let Some(old) = &old
+        && old.pointer("/metadata/deletionTimestamp").is_some()
+    {
+        let before = meta::finalizers(old);
+        let added: Vec<String> = meta::finalizers(&new).into_iter().filter(|f| !before.contains(f)).collect();
+        if !added.is_empty() {
+            return Err(ApiError::invalid(
+                &rt.kind,
+                &rt.group,
+                &name,
+                &[Cause::new(
+                    CauseReason::Forbidden,
+                    "metadata.finalizers",
+                    format!(
+                        "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {}",
+                        serde_json::to_string(&added).unwrap_or_default()
+                    ),
+                )],
+            ));
         }
-        if rt.is_custom() || rt.special == Special::Crd {
-            let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
-            let bumped = if meta::spec_changed(old, &new, rt.status_subresource) { generation + 1 } else { generation };
-            meta_mut(&mut new).insert("generation".into(), json!(bumped));
-        }
+    }
+    // The old object as clients read it (schema defaults applied): a default added to the CRD
+    // after the object was stored is no change of the object, as on a real server, which
+    // defaults what it reads from etcd before comparing.
+    let old_view = old.as_deref().map(|o| present_storage(rt, o));
+    if let Some(old_view) = &old_view
+        && (rt.is_custom() || rt.special == Special::Crd)
+    {
+        let generation = old_view.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+        let changed = meta::spec_changed(old_view, &new, rt.status_subresource);
+        meta_mut(&mut new).insert("generation".into(), json!(if changed { generation + 1 } else { generation }));
     }
     meta::normalise(&mut new);
     if matches!(ownership, Ownership::Update) {
         fields::record_update(
-            old.as_deref(),
+            old_view.as_ref(),
             &mut new,
             &opts.manager,
             target.subresource,
@@ -685,8 +691,8 @@ fn commit(
         );
     }
 
-    if let Some(old) = &old
-        && meta::content(old) == meta::content(&new)
+    if let (Some(old), Some(old_view)) = (&old, &old_view)
+        && meta::content(old_view) == meta::content(&new)
         && same_owners(old, &new)
     {
         return Ok(Written { object: present(rt, old), warnings, created: false });
