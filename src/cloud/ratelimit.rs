@@ -18,11 +18,13 @@ fn clamped_secs(secs: f64) -> Duration {
 /// What one response said about the budget.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct RateObservation {
-    /// Burst size (`RateLimit-Limit`, Cloudflare's policy `q=`).
+    /// Without `window`: the burst size of the provider's own bucket (`RateLimit-Limit`).
+    /// With `window`: a quota, at most `limit` requests in any `window` (Cloudflare's policy
+    /// `q=` and `w=`).
     pub limit: Option<u32>,
     /// Requests left now (`RateLimit-Remaining`, Cloudflare's `r=`).
     pub remaining: Option<u32>,
-    /// Time in which a full budget refills (Cloudflare's policy `w=`; an hour at Hetzner).
+    /// The quota's window (Cloudflare's policy `w=`); `None` for a bucket like Hetzner's.
     pub window: Option<Duration>,
 }
 
@@ -84,16 +86,31 @@ impl TokenBucket {
         self.refill(now);
         // The burst is the smaller of ours and the provider's: a configured burst below the
         // provider's leaves headroom for requests that bunch up in flight.
-        if let Some(limit) = obs.limit.filter(|l| *l > 0) {
-            self.capacity = self.capacity.min(f64::from(limit));
-            self.tokens = self.tokens.min(self.capacity);
-        }
-        if let Some(window) = obs.window.filter(|w| !w.is_zero()) {
-            self.window = self.window.max(window.min(MAX_HEADER_WAIT));
+        match (obs.limit.filter(|l| *l > 0), obs.window.filter(|w| !w.is_zero())) {
+            (Some(quota), Some(window)) => self.fit_quota(quota, window.min(MAX_HEADER_WAIT)),
+            (Some(limit), None) => {
+                self.capacity = self.capacity.min(f64::from(limit));
+                self.tokens = self.tokens.min(self.capacity);
+            }
+            _ => {}
         }
         if let Some(remaining) = obs.remaining {
             self.tokens = self.tokens.min(f64::from(remaining));
         }
+    }
+
+    /// Shapes the bucket so that no stretch of `window` ever holds more than `quota`
+    /// requests. A bucket lets through its burst plus its refill over any stretch, so a
+    /// bucket of `quota` refilling `quota` per `window` would allow twice the quota, and at
+    /// Cloudflare the second half earns a five-minute block of every call. So: a burst of at
+    /// most a sixth of the quota, and a refill of the rest spread over the window.
+    pub fn fit_quota(&mut self, quota: u32, window: Duration) {
+        let quota = f64::from(quota.max(1));
+        let current_refill = self.refill_per_sec();
+        self.capacity = self.capacity.min((quota / 6.0).floor().max(1.0));
+        self.tokens = self.tokens.min(self.capacity);
+        let refill = current_refill.min((quota - self.capacity).max(1.0) / window.as_secs_f64().max(1e-9));
+        self.window = clamped_secs(self.capacity / refill);
     }
 
     /// After a 429: nobody sends before `now + wait`, and the bucket restarts empty.
@@ -126,9 +143,12 @@ impl RateLimiter {
         Self::new(3600, Duration::from_secs(3600))
     }
 
-    /// Cloudflare's default budget: 1200 requests per five minutes.
+    /// Cloudflare's default budget: at most 1200 requests in any five minutes (see
+    /// [`TokenBucket::fit_quota`] for why that is a burst of 200 and 1000 more per window).
     pub fn cloudflare_default() -> Self {
-        Self::new(1200, Duration::from_secs(300))
+        let mut bucket = TokenBucket::new(1200, Duration::from_secs(300), Instant::now());
+        bucket.fit_quota(1200, Duration::from_secs(300));
+        RateLimiter { bucket: Mutex::new(bucket) }
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut TokenBucket) -> T) -> T {
@@ -202,6 +222,49 @@ mod tests {
         }
         let took = now - start;
         assert!(took >= Duration::from_secs(98) && took <= Duration::from_secs(101), "{took:?}");
+    }
+
+    /// The most requests a bucket lets through in any stretch of `window`, driven greedily.
+    fn busiest_window(mut bucket: TokenBucket, start: Instant, requests: usize, window: Duration) -> usize {
+        let mut now = start;
+        let mut sent: Vec<Instant> = Vec::with_capacity(requests);
+        while sent.len() < requests {
+            match bucket.try_acquire(now) {
+                Ok(()) => sent.push(now),
+                Err(wait) => now += wait,
+            }
+        }
+        let (mut lo, mut most) = (0, 0);
+        for hi in 0..sent.len() {
+            while sent[hi] - sent[lo] >= window {
+                lo += 1;
+            }
+            most = most.max(hi - lo + 1);
+        }
+        most
+    }
+
+    /// Cloudflare counts 1200 per five minutes: neither our default nor a bucket corrected
+    /// by the policy header ever puts more than that into any five-minute stretch.
+    #[test]
+    fn cloudflare_quota_holds_in_every_window() {
+        let start = Instant::now();
+        let five_minutes = Duration::from_secs(300);
+        let default = RateLimiter::cloudflare_default().with(|b| b.clone());
+        let default = TokenBucket { last: start, ..default };
+        let most = busiest_window(default, start, 5000, five_minutes);
+        assert!((1150..=1200).contains(&most), "{most} requests in five minutes");
+
+        let mut observed = TokenBucket::new(1200, five_minutes, start);
+        let policy = RateObservation { limit: Some(1200), remaining: None, window: Some(five_minutes) };
+        observed.observe(policy, start);
+        let most = busiest_window(observed, start, 5000, five_minutes);
+        assert!((1150..=1200).contains(&most), "{most} requests in five minutes");
+
+        // A smaller account quota seen in the header wins over our default.
+        let mut small = TokenBucket::new(1200, five_minutes, start);
+        small.observe(RateObservation { limit: Some(300), remaining: None, window: Some(five_minutes) }, start);
+        assert!(busiest_window(small, start, 2000, five_minutes) <= 300);
     }
 
     #[test]
