@@ -252,3 +252,38 @@ async fn json_patches_cannot_nest_an_object_deeper_than_clients_can_read() {
         raw.send("PATCH", &format!("{path}/deep"), "application/json-patch+json", &patch.to_string()).await;
     assert_eq!(code, 200, "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn secret_and_config_map_payloads_must_decode_and_errors_never_quote_them() {
+    let sb = start().await;
+    let raw =
+        Raw { client: reqwest::Client::builder().no_proxy().build().expect("client"), base: sb.kube.base_url.clone() };
+    let configmaps = "/api/v1/namespaces/default/configmaps";
+    for (path, body) in [
+        (
+            SECRETS,
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "raw"}, "data": {"token": "hunter2!"}}),
+        ),
+        (
+            SECRETS,
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "num"}, "stringData": {"token": 42}}),
+        ),
+        (SECRETS, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "list"}, "data": ["hunter2!"]})),
+        (
+            configmaps,
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "bin"}, "binaryData": {"b": "hunter2!"}}),
+        ),
+        (configmaps, json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "num"}, "data": {"n": 1}})),
+    ] {
+        let (code, answer) = raw.send("POST", path, JSON, &body.to_string()).await;
+        assert_eq!(code, 400, "{body}: {answer}");
+        assert!(!answer.to_string().contains("hunter2"), "the error quotes the payload: {answer}");
+    }
+    // A valid one is accepted, and a patch cannot break it afterwards.
+    let good =
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "good"}, "data": {"token": "aHVudGVyMg=="}});
+    assert_eq!(raw.send("POST", SECRETS, JSON, &good.to_string()).await.0, 201);
+    let patch = json!({"data": {"token": "not base64"}}).to_string();
+    let (code, answer) = raw.send("PATCH", &format!("{SECRETS}/good"), "application/merge-patch+json", &patch).await;
+    assert_eq!(code, 400, "{answer}");
+}

@@ -640,6 +640,9 @@ fn commit(
         set_field(&mut new, "status", Some(status));
         crd_types = Some(types);
     }
+    if rt.group.is_empty() && matches!(rt.kind.as_str(), "Secret" | "ConfigMap") {
+        check_payload(rt, &new)?;
+    }
     if rt.group.is_empty() && rt.kind == "Secret" {
         fold_string_data(&mut new);
     }
@@ -718,6 +721,42 @@ fn commit(
         state.set_crd_types(&group, &plural, types);
     }
     Ok(Written { object: present(rt, &stored), warnings, created: old.is_none() })
+}
+
+/// Refuses a Secret or ConfigMap whose payload Go could not decode: `data` of a Secret and
+/// `binaryData` of a ConfigMap are maps of base64 strings, `stringData` and a ConfigMap's `data`
+/// maps of strings. Stored anyway, such an object would fail every typed client that lists the
+/// kind. The message never quotes a value (it may be a secret).
+fn check_payload(rt: &ResourceType, object: &Value) -> Result<(), ApiError> {
+    use base64::Engine;
+    let (base64_field, text_field) = if rt.kind == "Secret" { ("data", "stringData") } else { ("binaryData", "data") };
+    let refuse = |why: String| {
+        ApiError::bad_request(format!(
+            "{kind} in version \"{v}\" cannot be handled as a {kind}: {why}",
+            kind = rt.kind,
+            v = rt.version
+        ))
+    };
+    for (field, base64) in [(base64_field, true), (text_field, false)] {
+        let entries = match object.get(field) {
+            None | Some(Value::Null) => continue,
+            Some(Value::Object(entries)) => entries,
+            Some(_) => return Err(refuse(format!("{field} must be a map of strings"))),
+        };
+        for (key, value) in entries {
+            let Some(text) = value.as_str() else {
+                return Err(refuse(format!("{field}[{key:?}] must be a string")));
+            };
+            if base64 && let Err(e) = base64::engine::general_purpose::STANDARD.decode(text) {
+                let at = match e {
+                    base64::DecodeError::InvalidByte(at, _) | base64::DecodeError::InvalidLastSymbol(at, _) => at,
+                    _ => text.len(),
+                };
+                return Err(refuse(format!("{field}[{key:?}]: illegal base64 data at input byte {at}")));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A Secret's write-only `stringData` goes into `data`, base64-encoded, as the API server does.
