@@ -190,6 +190,10 @@ impl CloudflareClient {
         Ok(CloudflareClient { t, account_id: config.account_id, zone_id: config.zone_id })
     }
 
+    pub fn metrics(&self) -> &CloudMetrics {
+        &self.t.metrics
+    }
+
     pub fn account_id(&self) -> &str {
         &self.account_id
     }

@@ -1,5 +1,6 @@
 //! Prometheus counters of outside-API traffic: every request by provider, endpoint
 //! (operation name, never an id) and outcome, plus time spent waiting for the budget.
+//! Outcome `not_sent` counts calls our own budget refused before anything was sent.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

@@ -102,8 +102,9 @@ impl Transport {
                 Ok(waited) => waited,
                 Err(reset) => {
                     // Our own budget says no for longer than a call should block: nothing is
-                    // sent, the caller requeues after `reset`.
-                    self.metrics.count(self.provider.as_str(), call.operation, "rate_limited");
+                    // sent, the caller requeues after `reset`. Counted apart from the API's
+                    // 429s (`rate_limited`), which did reach the provider.
+                    self.metrics.count(self.provider.as_str(), call.operation, "not_sent");
                     let message = "request budget exhausted; not sent".to_owned();
                     let error = self.error(call.operation, None, "client_rate_limit", message);
                     return Err(CloudError::RateLimited { error, reset });

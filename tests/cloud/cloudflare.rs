@@ -144,6 +144,8 @@ async fn error_classes() {
         "{err}"
     );
     assert_eq!(tiny.control().total_requests(), went_through as u64, "nothing sent over the budget");
+    assert_eq!(c.metrics().requests("cloudflare", "list_dns_records", "not_sent"), 1);
+    assert_eq!(c.metrics().requests("cloudflare", "list_dns_records", "rate_limited"), 0, "no 429 was answered");
     // Someone else spends the rest; a second process that does not know yet gets the API's
     // 429, and the API then blocks every call for the whole window (Retry-After ~5 min).
     let http = reqwest::Client::new();
