@@ -67,6 +67,15 @@ async fn scenario(kubectl: &Path) {
         &["wait", "--for=jsonpath={.status.phase}=Running", "agent/research-bot", "-n", NS, "--timeout=60s"],
     );
     let agents: Api<Agent> = Api::namespaced(sb.client(), NS);
+    // Both must be watching (not merely started) when the condition appears, or a broken watch
+    // would go unnoticed: each would find the condition met by its first GET.
+    let watching = sb.kube.open_watches();
+    wait_for("both kubectl wait commands to watch", async {
+        while sb.kube.open_watches() < watching + 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
     let generation = agents.get("research-bot").await.expect("get").metadata.generation;
     let status = json!({"status": {
         "observedGeneration": generation,

@@ -77,6 +77,8 @@ pub struct Shared {
     stopping: tokio::sync::watch::Sender<bool>,
     server_address: String,
     bookmark_interval: std::time::Duration,
+    /// Watches whose streams are open (a test hook: "the client is watching now").
+    open_watches: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -200,6 +202,12 @@ impl RunningKube {
         self.shared.lock().compact();
     }
 
+    /// How many watch streams are open: lets a test wait until a client (kubectl wait, delete)
+    /// is really watching before it makes the change the client waits for.
+    pub fn open_watches(&self) -> usize {
+        self.shared.open_watches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// The current resourceVersion (for tests that need to know how far the server got).
     pub fn resource_version(&self) -> u64 {
         self.shared.lock().rv()
@@ -268,6 +276,7 @@ pub async fn spawn(config: KubeApiConfig, listener: TcpListener) -> Result<Runni
         stopping,
         server_address: addr.to_string(),
         bookmark_interval: config.bookmark_interval,
+        open_watches: std::sync::atomic::AtomicUsize::new(0),
     });
     let mut stop_signal = shared.stopping.subscribe();
     let app = http::router(shared.clone());

@@ -93,6 +93,22 @@ fn expired(asked: u64, oldest: u64) -> Bytes {
     encode("ERROR", &status)
 }
 
+/// Counts a watch as open for as long as its task runs.
+struct OpenWatch(Arc<Shared>);
+
+impl OpenWatch {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.open_watches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(shared.clone())
+    }
+}
+
+impl Drop for OpenWatch {
+    fn drop(&mut self) {
+        self.0.open_watches.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// `now + d`, saturating far in the future instead of overflowing.
 fn later(now: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
     now.checked_add(d).unwrap_or_else(|| now + Duration::from_secs(86_400 * 365))
@@ -153,6 +169,7 @@ pub fn start(
     // Never zero: a bookmark due on every pass would spin.
     let bookmark_interval = shared.bookmark_interval.max(Duration::from_millis(10));
     tokio::spawn(async move {
+        let _open = OpenWatch::new(&shared);
         for obj in initial_objects {
             let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default();
             if req.matches(ns, &obj) && tx.send(renderer.line("ADDED", &obj)).await.is_err() {
