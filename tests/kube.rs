@@ -1,6 +1,7 @@
 //! The in-process Kubernetes API server (`sim::kube`) against real clients: kubectl 1.32 (on
 //! PATH) and 1.35 (`KUBECTL_135`), kube-rs's `Api`, `Controller`, `watcher`, `reflector` and
-//! `finalizer()`, and the official Python client (`CRABGLAMP_PYTHON`).
+//! `finalizer()`, and the official Python client (`CRABGLAMP_PYTHON`); and raw HTTP with
+//! malformed requests, none of which may crash it.
 //!
 //! One test binary (links are slow here); each scenario starts its own server on a free port.
 

@@ -19,6 +19,11 @@ struct Raw {
 }
 
 impl Raw {
+    /// A plain HTTP client for `sb`'s server (no proxy: the server is on loopback).
+    fn new(sb: &crate::common::Sandbox) -> Self {
+        Self { client: reqwest::Client::builder().no_proxy().build().expect("client"), base: sb.kube.base_url.clone() }
+    }
+
     fn request(&self, method: &str, path: &str, content_type: &str, body: &str) -> reqwest::RequestBuilder {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         self.client
@@ -45,8 +50,7 @@ impl Raw {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn malformed_bodies_and_parameters_get_a_status_and_never_crash_the_server() {
     let sb = start().await;
-    let raw =
-        Raw { client: reqwest::Client::builder().no_proxy().build().expect("client"), base: sb.kube.base_url.clone() };
+    let raw = Raw::new(&sb);
     let agent = json!({"apiVersion": "crabglamp.com/v1alpha1", "kind": "Agent", "metadata": {"name": "a"},
                        "spec": {"owner": "o", "region": "us"}});
     assert_eq!(raw.send("POST", AGENTS, JSON, &agent.to_string()).await.0, 201);
@@ -152,8 +156,7 @@ async fn malformed_bodies_and_parameters_get_a_status_and_never_crash_the_server
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_watch_timeout_beyond_the_clock_is_no_timeout() {
     let sb = start().await;
-    let raw =
-        Raw { client: reqwest::Client::builder().no_proxy().build().expect("client"), base: sb.kube.base_url.clone() };
+    let raw = Raw::new(&sb);
     let resp = raw
         .client
         .get(format!("{}{SECRETS}?watch=true&timeoutSeconds=18446744073709551615", raw.base))
@@ -181,8 +184,7 @@ async fn a_watch_timeout_beyond_the_clock_is_no_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn names_that_no_url_could_address_are_refused() {
     let sb = start().await;
-    let raw =
-        Raw { client: reqwest::Client::builder().no_proxy().build().expect("client"), base: sb.kube.base_url.clone() };
+    let raw = Raw::new(&sb);
     let body =
         |kind: &str, name: &str| json!({"apiVersion": "v1", "kind": kind, "metadata": {"name": name}}).to_string();
     for (path, kind, name, words) in [
@@ -203,8 +205,7 @@ async fn names_that_no_url_could_address_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_default_namespace_cannot_be_deleted() {
     let sb = start().await;
-    let raw =
-        Raw { client: reqwest::Client::builder().no_proxy().build().expect("client"), base: sb.kube.base_url.clone() };
+    let raw = Raw::new(&sb);
     for ns in ["default", "kube-system", "kube-public"] {
         let (code, answer) = raw.send("DELETE", &format!("/api/v1/namespaces/{ns}"), JSON, "").await;
         assert_eq!((code, answer["reason"].as_str()), (403, Some("Forbidden")), "{ns}: {answer}");
@@ -219,8 +220,7 @@ async fn the_default_namespace_cannot_be_deleted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn boolean_parameters_are_read_as_go_reads_them() {
     let sb = start().await;
-    let raw =
-        Raw { client: reqwest::Client::builder().no_proxy().build().expect("client"), base: sb.kube.base_url.clone() };
+    let raw = Raw::new(&sb);
     // `True` is a watch (not a list), ended by its timeout after the synthetic ADDED events.
     let (code, answer) = raw.send("GET", &format!("{SECRETS}?watch=True&timeoutSeconds=1"), JSON, "").await;
     assert_eq!(code, 200);
@@ -230,8 +230,7 @@ async fn boolean_parameters_are_read_as_go_reads_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn json_patches_cannot_nest_an_object_deeper_than_clients_can_read() {
     let sb = start().await;
-    let raw =
-        Raw { client: reqwest::Client::builder().no_proxy().build().expect("client"), base: sb.kube.base_url.clone() };
+    let raw = Raw::new(&sb);
     let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "deep"}});
     let path = "/api/v1/namespaces/default/configmaps";
     assert_eq!(raw.send("POST", path, JSON, &cm.to_string()).await.0, 201);
@@ -256,8 +255,7 @@ async fn json_patches_cannot_nest_an_object_deeper_than_clients_can_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn secret_and_config_map_payloads_must_decode_and_errors_never_quote_them() {
     let sb = start().await;
-    let raw =
-        Raw { client: reqwest::Client::builder().no_proxy().build().expect("client"), base: sb.kube.base_url.clone() };
+    let raw = Raw::new(&sb);
     let configmaps = "/api/v1/namespaces/default/configmaps";
     for (path, body) in [
         (
