@@ -288,11 +288,17 @@ pub fn apply(
             }
             for m in managers.iter().filter(|m| !is_me(m)) {
                 if let Some(owned) = m.fields.iter().find(|p| overlaps(p, path)) {
+                    let field = format!(".{}", owned.join("."));
+                    // Several applied leaves under one owned leaf (an atomic list, an object
+                    // owned whole) are one conflict, as structured-merge-diff reports it.
+                    if conflicts.iter().any(|c: &Conflict| c.manager == m.manager && c.field == field) {
+                        continue;
+                    }
                     conflicts.push(Conflict {
                         manager: m.manager.clone(),
                         operation: m.operation.clone(),
                         api_version: m.api_version.clone(),
-                        field: format!(".{}", owned.join(".")),
+                        field,
                     });
                 }
             }
@@ -359,6 +365,15 @@ mod tests {
         assert_eq!(err[0].field, ".spec.holder");
         let forced = apply(Some(&live), &b, "b", true, "", false).unwrap_or_default();
         assert_eq!(forced["spec"]["holder"], "b");
+    }
+
+    #[test]
+    fn one_owned_field_is_one_conflict() {
+        let a = json!({"apiVersion": "v1", "kind": "X", "spec": {"tags": {}}});
+        let live = apply(None, &a, "a", false, "", false).unwrap_or_default();
+        let b = json!({"apiVersion": "v1", "kind": "X", "spec": {"tags": {"x": "1", "y": "2"}}});
+        let err = apply(Some(&live), &b, "b", false, "", false).err().unwrap_or_default();
+        assert_eq!(err.iter().map(|c| c.field.as_str()).collect::<Vec<_>>(), [".spec.tags"]);
     }
 
     #[test]
