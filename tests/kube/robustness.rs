@@ -118,6 +118,9 @@ async fn malformed_bodies_and_parameters_get_a_status_and_never_crash_the_server
     for query in [
         "?watch=true&resourceVersion=-1",
         "?watch=true&resourceVersionMatch=Exact",
+        "?watch=true&resourceVersionMatch=NotOlderThan",
+        "?watch=true&sendInitialEvents=true",
+        "?watch=true&sendInitialEvents=true&resourceVersionMatch=Exact",
         "?limit=-1&continue=x",
         "?continue=99999999999999999999",
         "?labelSelector=a%20in%20(b",
@@ -284,4 +287,18 @@ async fn secret_and_config_map_payloads_must_decode_and_errors_never_quote_them(
     let patch = json!({"data": {"token": "not base64"}}).to_string();
     let (code, answer) = raw.send("PATCH", &format!("{SECRETS}/good"), "application/merge-patch+json", &patch).await;
     assert_eq!(code, 400, "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streaming_list_options_are_checked_as_a_real_server_checks_them() {
+    let sb = start().await;
+    let raw = Raw::new(&sb);
+    let (code, answer) = raw.send("GET", &format!("{AGENTS}?watch=true&sendInitialEvents=true"), JSON, "").await;
+    assert_eq!((code, answer["reason"].as_str()), (422, Some("Invalid")), "{answer}");
+    let message = answer["message"].as_str().unwrap_or_default();
+    assert!(
+        message
+            .starts_with("ListOptions.meta.k8s.io \"\" is invalid: resourceVersionMatch: Forbidden: sendInitialEvents"),
+        "{message}"
+    );
 }

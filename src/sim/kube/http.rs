@@ -22,6 +22,7 @@ use super::selector::{FieldSelector, LabelSelector};
 use super::table::{self, IncludeObject, Rendering};
 use super::watch::{self, WatchRequest};
 use super::write::{self, FieldValidation, PatchKind, Target, Verb, WriteOptions};
+use crate::admission::{Cause, CauseReason};
 
 /// The router of the whole server.
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -371,10 +372,30 @@ fn watch(
     namespace: Option<String>,
     req: &Request,
 ) -> Result<Response, ApiError> {
-    if let Some(m) = req.q("resourceVersionMatch")
-        && (m != "NotOlderThan" || !req.flag("sendInitialEvents"))
-    {
-        return Err(ApiError::bad_request(format!("resourceVersionMatch: Forbidden: {m} is not allowed for watch")));
+    // The ListOptions rules of a real server (422, which kubectl 1.35 treats as "no streaming
+    // lists here"): sendInitialEvents and resourceVersionMatch=NotOlderThan go together.
+    let list_options_invalid = |field: &str, message: &str| {
+        ApiError::invalid(
+            "ListOptions",
+            "meta.k8s.io",
+            "",
+            &[Cause::new(CauseReason::Forbidden, field, format!("Forbidden: {message}"))],
+        )
+    };
+    match (req.q("sendInitialEvents").is_some(), req.q("resourceVersionMatch")) {
+        (true, Some("NotOlderThan")) | (false, None) => {}
+        (true, _) => {
+            return Err(list_options_invalid(
+                "resourceVersionMatch",
+                "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+            ));
+        }
+        (false, Some(_)) => {
+            return Err(list_options_invalid(
+                "resourceVersionMatch",
+                "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+            ));
+        }
     }
     let request = WatchRequest {
         rt: rt.clone(),
