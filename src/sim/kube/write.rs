@@ -744,6 +744,9 @@ fn check_payload(rt: &ResourceType, object: &Value) -> Result<(), ApiError> {
             Some(_) => return Err(refuse(format!("{field} must be a map of strings"))),
         };
         for (key, value) in entries {
+            if value.is_null() {
+                continue; // Go reads null as an empty value
+            }
             let Some(text) = value.as_str() else {
                 return Err(refuse(format!("{field}[{key:?}] must be a string")));
             };
