@@ -101,6 +101,36 @@ impl Request {
 /// The largest request body accepted, as on a real API server (etcd's request limit).
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
+/// How much of an oversized body is still read (and dropped) before the 413 goes out: a client
+/// still sending when the server closes gets a reset instead of the answer.
+const DRAIN_BYTES: usize = 64 * 1024 * 1024;
+
+/// The request body, at most [`MAX_BODY_BYTES`] of it: read here rather than with the `Bytes`
+/// extractor so an oversized body gets a `Status` too.
+async fn read_body(body: Body) -> Result<Bytes, ApiError> {
+    use futures::StreamExt;
+    let mut chunks = body.into_data_stream();
+    let mut kept = Vec::new();
+    let mut total = 0usize;
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("the request body could not be read: {e}")))?;
+        total = total.saturating_add(chunk.len());
+        if total <= MAX_BODY_BYTES {
+            kept.extend_from_slice(&chunk);
+        } else {
+            kept = Vec::new();
+            if total > DRAIN_BYTES {
+                break;
+            }
+        }
+    }
+    if total > MAX_BODY_BYTES {
+        let message = format!("Request entity too large: limit is {MAX_BODY_BYTES}");
+        return Err(ApiError::new(413, "RequestEntityTooLarge", message));
+    }
+    Ok(Bytes::from(kept))
+}
+
 async fn handle(
     State(shared): State<Arc<Shared>>,
     method: Method,
@@ -108,13 +138,9 @@ async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    // Read here rather than with the `Bytes` extractor so an oversized body is a `Status` too.
-    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+    let body = match read_body(body).await {
         Ok(b) => b,
-        Err(_) => {
-            let message = format!("Request entity too large: limit is {MAX_BODY_BYTES}");
-            return ApiError::new(413, "RequestEntityTooLarge", message).into_response();
-        }
+        Err(e) => return e.into_response(),
     };
     // An unreadable query is refused: ignoring it would turn e.g. a watch into a list.
     let query: HashMap<String, String> = match Query::<Vec<(String, String)>>::try_from_uri(&uri) {
