@@ -60,6 +60,8 @@ async fn scenario(kubectl: &Path) {
     assert!(out.contains("Region the server runs in"), "{out}");
 
     // wait --for=condition=Ready: started before the condition exists, so it must watch.
+    // (Counted before they start: no other watch is open at this point of the scenario.)
+    let watching = sb.kube.open_watches();
     let mut wait_ready =
         sb.kubectl_spawn(kubectl, &["wait", "--for=condition=Ready", "agent/research-bot", "-n", NS, "--timeout=60s"]);
     let mut wait_phase = sb.kubectl_spawn(
@@ -69,7 +71,6 @@ async fn scenario(kubectl: &Path) {
     let agents: Api<Agent> = Api::namespaced(sb.client(), NS);
     // Both must be watching (not merely started) when the condition appears, or a broken watch
     // would go unnoticed: each would find the condition met by its first GET.
-    let watching = sb.kube.open_watches();
     wait_for("both kubectl wait commands to watch", async {
         while sb.kube.open_watches() < watching + 2 {
             tokio::time::sleep(Duration::from_millis(50)).await;
