@@ -287,6 +287,10 @@ async fn secret_and_config_map_payloads_must_decode_and_errors_never_quote_them(
     let patch = json!({"data": {"token": "not base64"}}).to_string();
     let (code, answer) = raw.send("PATCH", &format!("{SECRETS}/good"), "application/merge-patch+json", &patch).await;
     assert_eq!(code, 400, "{answer}");
+    // A null value is an empty one, as Go reads it.
+    let empty = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "empty"}, "data": {"k": null}});
+    let (code, answer) = raw.send("POST", SECRETS, JSON, &empty.to_string()).await;
+    assert_eq!((code, answer["data"]["k"].as_str()), (201, Some("")), "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -642,6 +642,12 @@ fn commit(
     }
     if rt.group.is_empty() && matches!(rt.kind.as_str(), "Secret" | "ConfigMap") {
         check_payload(rt, &new)?;
+        // Stored as Go would store them: typed clients cannot read a null value back.
+        for field in ["data", "binaryData", "stringData"] {
+            if let Some(entries) = new.get_mut(field).and_then(Value::as_object_mut) {
+                entries.values_mut().filter(|v| v.is_null()).for_each(|v| *v = json!(""));
+            }
+        }
     }
     if rt.group.is_empty() && rt.kind == "Secret" {
         fold_string_data(&mut new);
@@ -745,7 +751,7 @@ fn check_payload(rt: &ResourceType, object: &Value) -> Result<(), ApiError> {
         };
         for (key, value) in entries {
             if value.is_null() {
-                continue; // Go reads null as an empty value
+                continue; // Go reads null as an empty value; stored as "" (see below)
             }
             let Some(text) = value.as_str() else {
                 return Err(refuse(format!("{field}[{key:?}] must be a string")));
