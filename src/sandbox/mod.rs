@@ -19,6 +19,9 @@ use crate::sim::hetzner::{self, HetznerSimConfig};
 use crate::sim::http::RunningSim;
 use crate::sim::kube::{self, KubeApiConfig};
 
+/// The database the sandbox creates (when missing) and migrates on the PostgreSQL it uses.
+pub const SANDBOX_DATABASE: &str = "crabglamp_sandbox";
+
 /// Options of the `sandbox` command.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SandboxArgs {
@@ -55,6 +58,9 @@ pub enum SandboxError {
     /// The API server did not start.
     #[error("the Kubernetes API server did not start: {0}")]
     Kube(#[from] kube::StartError),
+    /// The sandbox database could not be created or migrated.
+    #[error("cannot prepare the sandbox database: {0}")]
+    Store(#[from] crate::store::StoreError),
     /// PostgreSQL or Redis is unavailable.
     #[error("{0}")]
     Service(#[from] services::ServiceError),
@@ -109,6 +115,9 @@ pub struct Sandbox {
     pub cloudflare_config: CloudflareSimConfig,
     /// PostgreSQL.
     pub postgres: services::Service,
+    /// The sandbox's own database on that server, migrated (not whichever database the
+    /// server URL names, so the sandbox never fills someone's `postgres` database).
+    pub database_url: String,
     /// Redis.
     pub redis: services::Service,
     workdir: PathBuf,
@@ -149,7 +158,26 @@ impl Sandbox {
                 }));
             }
         };
-        Ok(Self { kube: kube_api, hcloud, hetzner_config, cloudflare: cf, cloudflare_config, postgres, redis, workdir })
+        let database_url = match crate::store::ensure_migrated_database(&postgres.url, SANDBOX_DATABASE).await {
+            Ok(url) => url,
+            Err(e) => {
+                postgres.stop().await;
+                redis.stop().await;
+                let _ = std::fs::remove_dir_all(&workdir);
+                return Err(e.into());
+            }
+        };
+        Ok(Self {
+            kube: kube_api,
+            hcloud,
+            hetzner_config,
+            cloudflare: cf,
+            cloudflare_config,
+            postgres,
+            database_url,
+            redis,
+            workdir,
+        })
     }
 
     /// Every endpoint and credential, as written to `--info` (`kubeconfig` is the given path).
@@ -164,7 +192,7 @@ impl Sandbox {
             "cloudflare_account_id": self.cloudflare_config.account_id,
             "cloudflare_zone_id": self.cloudflare_config.zone_id,
             "cloudflare_zone_name": self.cloudflare_config.zone_name,
-            "database_url": self.postgres.url,
+            "database_url": self.database_url,
             "redis_url": self.redis.url,
         })
     }
@@ -200,8 +228,12 @@ pub async fn run(args: SandboxArgs) -> Result<(), SandboxError> {
     println!("  Hetzner Cloud    {}", sandbox.hcloud.base_url);
     println!("  Cloudflare       {}", sandbox.cloudflare.base_url);
     // DATABASE_URL/REDIS_URL may carry passwords: those stay in the info file, not on the terminal.
-    println!("  PostgreSQL       {} ({})", services::redact(&sandbox.postgres.url), sandbox.postgres.origin);
-    println!("  Redis            {} ({})", services::redact(&sandbox.redis.url), sandbox.redis.origin);
+    println!(
+        "  PostgreSQL       {} ({}, migrated)",
+        crate::store::redact_url(&sandbox.database_url),
+        sandbox.postgres.origin
+    );
+    println!("  Redis            {} ({})", crate::store::redact_url(&sandbox.redis.url), sandbox.redis.origin);
     println!("  kubeconfig       {}", args.kubeconfig.display());
     println!("  endpoints+tokens {}", args.info.display());
     println!("The controllers are not yet part of the sandbox: objects are stored and validated, not reconciled.");

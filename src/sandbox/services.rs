@@ -12,6 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
+use crate::store::redact_url;
+
 /// Why a service could not be provided.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -77,16 +79,6 @@ impl Service {
                 let _ = child.kill().await;
             }
         }
-    }
-}
-
-/// `url` without its password (`postgres://user:***@host/db`), for anything printed or logged.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else { return url.to_owned() };
-    match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
     }
 }
 
@@ -174,7 +166,7 @@ pub async fn postgres(dir: &Path, fresh: bool) -> Result<Service, ServiceError> 
 async fn existing_postgres() -> Result<Option<Service>, ServiceError> {
     if let Ok(url) = std::env::var("DATABASE_URL") {
         if !postgres_answers(&url).await {
-            return Err(ServiceError::Unreachable { env: "DATABASE_URL", url: redact(&url) });
+            return Err(ServiceError::Unreachable { env: "DATABASE_URL", url: redact_url(&url) });
         }
         return Ok(Some(Service { url, origin: "DATABASE_URL".into(), cleanup: Cleanup::None }));
     }
@@ -238,7 +230,7 @@ pub async fn redis(dir: &Path, fresh: bool) -> Result<Service, ServiceError> {
 async fn existing_redis() -> Result<Option<Service>, ServiceError> {
     if let Ok(url) = std::env::var("REDIS_URL") {
         if !redis_answers(&url).await {
-            return Err(ServiceError::Unreachable { env: "REDIS_URL", url: redact(&url) });
+            return Err(ServiceError::Unreachable { env: "REDIS_URL", url: redact_url(&url) });
         }
         return Ok(Some(Service { url, origin: "REDIS_URL".into(), cleanup: Cleanup::None }));
     }
@@ -281,16 +273,16 @@ async fn start_redis(dir: &Path) -> Result<Service, ServiceError> {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use crate::store::redact_url;
 
     #[test]
     fn redact_hides_only_the_password() {
-        assert_eq!(redact("postgres://app:s3cret@db:5432/app"), "postgres://app:***@db:5432/app");
-        assert_eq!(redact("redis://:s3cret@127.0.0.1:6379"), "redis://:***@127.0.0.1:6379");
+        assert_eq!(redact_url("postgres://app:s3cret@db:5432/app"), "postgres://app:****@db:5432/app");
+        assert_eq!(redact_url("redis://:s3cret@127.0.0.1:6379"), "redis://:****@127.0.0.1:6379");
         assert_eq!(
-            redact("postgres://postgres@127.0.0.1:5432/postgres"),
+            redact_url("postgres://postgres@127.0.0.1:5432/postgres"),
             "postgres://postgres@127.0.0.1:5432/postgres"
         );
-        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 }
