@@ -8,6 +8,7 @@
 
 mod cause;
 mod cel;
+mod names;
 mod structural;
 
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use serde_json::Value;
 
 pub use cause::{Cause, CauseReason, invalid_message};
+pub use names::name_error;
 
 /// Why a CRD cannot be used for admission.
 #[derive(Debug, thiserror::Error)]

@@ -116,28 +116,9 @@ pub(super) fn check(schema: &Value, value: &Value, old: Option<&Value>) -> Vec<C
 
 fn check_object_meta(value: &Value, causes: &mut Vec<Cause>) {
     let Some(name) = value.pointer("/metadata/name").and_then(Value::as_str) else { return };
-    let label = regex_lite_subdomain(name);
-    if !label {
-        causes.push(Cause::new(
-            CauseReason::Invalid,
-            "metadata.name",
-            format!(
-                "Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
-            ),
-        ));
+    if let Some(message) = super::names::name_error(name, false) {
+        causes.push(Cause::new(CauseReason::Invalid, "metadata.name", message));
     }
-}
-
-/// RFC 1123 subdomain, as Kubernetes requires for custom resource names.
-fn regex_lite_subdomain(name: &str) -> bool {
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    !name.is_empty() && name.len() <= 253 && name.split('.').all(label_ok)
 }
 
 fn check_node(schema: &Value, value: &Value, old: Option<&Value>, path: &str, causes: &mut Vec<Cause>) {
@@ -262,7 +243,7 @@ fn format_matches(format: &str, s: &str) -> bool {
         "ipv4" => s.parse::<std::net::Ipv4Addr>().is_ok(),
         "ipv6" => s.parse::<std::net::Ipv6Addr>().is_ok(),
         "cidr" => s.parse::<ipnet::IpNet>().is_ok(),
-        "hostname" => regex_lite_subdomain(s),
+        "hostname" => super::names::name_error(s, false).is_none(),
         _ => true,
     }
 }

@@ -168,30 +168,7 @@ fn wrong_type(field: &str, v: &Value, go_type: &str) -> String {
     format!("json: cannot unmarshal {} into Go struct field {field} of type {go_type}", json_type(v))
 }
 
-/// Why `name` is no valid name for a built-in kind (a DNS-1123 label for namespaces, a subdomain
-/// otherwise), in the API server's words. Custom resources are checked by admission.
-pub fn name_error(name: &str, label_only: bool) -> Option<String> {
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    if label_only {
-        return (!label_ok(name)).then(|| {
-            format!(
-                "Invalid value: {name:?}: a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
-            )
-        });
-    }
-    let ok = name.len() <= 253 && name.split('.').all(label_ok);
-    (!ok).then(|| {
-        format!(
-            "Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
-        )
-    })
-}
+pub use crate::admission::name_error;
 
 /// A string field of `metadata`.
 pub fn meta_str<'a>(object: &'a Value, field: &str) -> Option<&'a str> {
