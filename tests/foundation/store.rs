@@ -111,6 +111,19 @@ async fn update_delete_and_truncate_are_refused_by_the_database() {
 }
 
 #[tokio::test]
+async fn cloud_ids_and_details_must_be_json_objects() {
+    let db = TestDb::fresh().await;
+    let mut event = destroyed("uid-1");
+    event.details = json!(["not", "an", "object"]);
+    let err = audit::append(&db.pool, &event).await.expect_err("details must be an object");
+    assert!(format!("{err:?}").contains("audit_events_details_object"), "{err:?}");
+    let mut event = destroyed("uid-2");
+    event.cloud_ids = json!("4711");
+    assert!(audit::append(&db.pool, &event).await.is_err(), "cloud_ids must be an object");
+    assert_eq!(audit::verify_chain(&db.pool).await.expect("verify").verified, 0, "nothing was written");
+}
+
+#[tokio::test]
 async fn a_role_with_insert_and_select_only_can_append_but_not_rewrite() {
     let db = TestDb::fresh().await;
     let role = format!("crabglamp_op_{}", uuid::Uuid::new_v4().simple());
