@@ -80,8 +80,10 @@ impl TunnelSecret {
         TunnelSecret(bytes)
     }
 
-    pub fn from_bytes(bytes: Vec<u8>) -> Self {
-        TunnelSecret(bytes)
+    /// A secret read back (e.g. unsealed from the database); `None` below the 32 bytes the API
+    /// requires, which would otherwise surface only as a permanent 400 at tunnel creation.
+    pub fn from_bytes(bytes: Vec<u8>) -> Option<Self> {
+        (bytes.len() >= 32).then_some(TunnelSecret(bytes))
     }
 
     pub fn to_base64(&self) -> Secret {
@@ -417,7 +419,8 @@ mod tests {
 
     #[test]
     fn token_derivation_matches_cloudflared_format() {
-        let secret = TunnelSecret::from_bytes(vec![7u8; 32]);
+        let secret = TunnelSecret::from_bytes(vec![7u8; 32]).expect("32 bytes");
+        assert!(TunnelSecret::from_bytes(vec![7u8; 31]).is_none(), "too short for the API");
         let token = derive_tunnel_token("acc", "tid", &secret);
         let decoded: Value = serde_json::from_slice(&B64.decode(token.expose()).unwrap()).unwrap();
         assert_eq!(decoded, json!({"a": "acc", "t": "tid", "s": B64.encode([7u8; 32])}));
