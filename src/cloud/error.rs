@@ -124,7 +124,9 @@ pub fn classify_hetzner(detail: ProviderError, retry_after: Duration) -> CloudEr
         "conflict" | "locked" | "server_error" | "unavailable" | "timeout" | "bad_gateway" | "maintenance" => {
             CloudError::Retryable(detail)
         }
-        "not_found" | "firewall_resource_not_found" => CloudError::NotFound(detail),
+        "not_found" => CloudError::NotFound(detail),
+        // 404 on apply/remove (the server is gone); 422 on create, where a firewall the request
+        // names is missing: the status below tells which, so a create is not read as "not found".
         "uniqueness_error" | "resource_in_use" | "firewall_already_applied" | "server_already_added" => {
             CloudError::Conflict(detail)
         }
@@ -182,6 +184,8 @@ mod tests {
             (502, "whatever", "retryable"),
             (422, "resource_in_use", "conflict"),
             (401, "unauthorized", "permanent"),
+            (404, "firewall_resource_not_found", "not_found"),
+            (422, "firewall_resource_not_found", "permanent"),
         ] {
             assert_eq!(classify_hetzner(detail(status, code), d).outcome(), outcome, "{code}");
         }
