@@ -336,7 +336,8 @@ impl HetznerClient {
         match self.t.call::<models::CreateFirewallResponse>(call).await {
             Ok(r) => {
                 let firewall = r.firewall.map(|f| *f).ok_or_else(|| {
-                    CloudError::Permanent(self.detail(
+                    // As for an undecodable answer: the firewall may exist; a retry adopts it.
+                    CloudError::Retryable(self.detail(
                         "create_firewall",
                         "decode".into(),
                         "no firewall in answer".into(),

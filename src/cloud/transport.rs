@@ -158,8 +158,11 @@ impl Transport {
         let bytes = response.bytes().await.map_err(transport)?;
         if status.is_success() {
             let body: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+            // Retryable, not Permanent: the call succeeded, so for a create the resource now
+            // exists. Retrying meets the name taken and adopts it by its marks; giving up would
+            // leave it unrecorded until the sweeper found it.
             return serde_json::from_slice(body).map_err(|e| {
-                CloudError::Permanent(self.error(
+                CloudError::Retryable(self.error(
                     call.operation,
                     Some(status.as_u16()),
                     "decode",

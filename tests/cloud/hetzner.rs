@@ -255,3 +255,46 @@ async fn error_classes() {
     assert!(c.get_server(id).await.unwrap().is_none());
     sim.shutdown().await.unwrap();
 }
+
+/// A 2xx whose body does not decode means the call took effect (a create made its server), so
+/// it is retryable, never permanent: the retry meets the taken name and adopts by labels.
+#[tokio::test]
+async fn an_undecodable_success_is_retryable() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = listener().await;
+    let base_url = format!("http://{}/v1", listener.local_addr().expect("addr"));
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&answered);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 64 * 1024];
+            let _ = socket.read(&mut buf).await;
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let body = r#"{"unexpected": true}"#;
+            let response = format!(
+                "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(response.as_bytes()).await;
+        }
+    });
+    let mut config = crabglamp_operator::cloud::hetzner::HetznerConfig::new(base_url, HZ_TOKEN);
+    config.retry = fast_retry(2);
+    let client = crabglamp_operator::cloud::hetzner::HetznerClient::new(
+        config,
+        Arc::new(RateLimiter::hetzner_default()),
+        crabglamp_operator::cloud::CloudMetrics::default(),
+    )
+    .expect("client");
+    let spec = ServerSpec {
+        name: "agent-decode".into(),
+        server_type: "cpx22".into(),
+        image: "ubuntu-24.04".into(),
+        location: "hel1".into(),
+        ..ServerSpec::default()
+    };
+    let err = client.create_server(&spec).await.expect_err("garbage answer");
+    assert!(matches!(err, CloudError::Retryable(_)), "{err:?}");
+    assert_eq!(err.code(), "decode");
+    assert_eq!(answered.load(std::sync::atomic::Ordering::SeqCst), 2, "retried within the policy");
+}
