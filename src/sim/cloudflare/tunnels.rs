@@ -67,12 +67,30 @@ impl Tunnel {
     }
 }
 
+/// Deleted tunnels stay listable (as on Cloudflare) up to this many; the longest-deleted go
+/// first, so a long-running sandbox does not grow without bound.
+const KEPT_DELETED_TUNNELS: usize = 10_000;
+
 #[derive(Default)]
 pub struct Tunnels {
     by_id: BTreeMap<Uuid, Tunnel>,
 }
 
 impl Tunnels {
+    /// Forgets the longest-deleted tunnels beyond [`KEPT_DELETED_TUNNELS`].
+    fn forget_old_deleted(&mut self) {
+        let mut deleted: Vec<(String, Uuid)> =
+            self.by_id.values().filter_map(|t| t.deleted_at.clone().map(|at| (at, t.id))).collect();
+        if deleted.len() <= KEPT_DELETED_TUNNELS {
+            return;
+        }
+        // RFC 3339 timestamps of one format sort chronologically.
+        deleted.sort();
+        for (_, id) in &deleted[..deleted.len() - KEPT_DELETED_TUNNELS] {
+            self.by_id.remove(id);
+        }
+    }
+
     /// Removes a tunnel without a trace (not even as deleted), as if purged out of band.
     pub fn vanish(&mut self, id: &str) -> bool {
         Uuid::parse_str(id).ok().and_then(|id| self.by_id.remove(&id)).is_some()
@@ -263,7 +281,9 @@ async fn delete(State(st): St, Path((account, id)): Path<(String, String)>, Quer
     }
     t.connections.clear();
     t.deleted_at = Some(now());
-    ok(t.json(&account))
+    let answer = t.json(&account);
+    tunnels.forget_old_deleted();
+    ok(answer)
 }
 
 async fn token(State(st): St, Path((account, id)): Path<(String, String)>) -> Reply {
@@ -337,4 +357,41 @@ async fn drop_connections(State(st): St, Path((account, id)): Path<(String, Stri
         None => t.connections.clear(),
     }
     ok(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tunnel(n: usize, deleted_at: Option<String>) -> Tunnel {
+        Tunnel {
+            id: Uuid::new_v4(),
+            name: format!("t{n}"),
+            created_at: now(),
+            deleted_at,
+            config_src: "cloudflare".into(),
+            secret: vec![0; 32],
+            connections: Vec::new(),
+            config: None,
+        }
+    }
+
+    #[test]
+    fn only_the_longest_deleted_tunnels_are_forgotten() {
+        let mut tunnels = Tunnels::default();
+        let live = tunnel(0, None);
+        let live_id = live.id;
+        tunnels.by_id.insert(live_id, live);
+        let oldest = tunnel(1, Some("2026-01-01T00:00:00Z".into()));
+        let oldest_id = oldest.id;
+        tunnels.by_id.insert(oldest_id, oldest);
+        for n in 0..KEPT_DELETED_TUNNELS {
+            let t = tunnel(n + 2, Some(format!("2026-06-01T00:00:00.{n:06}Z")));
+            tunnels.by_id.insert(t.id, t);
+        }
+        tunnels.forget_old_deleted();
+        assert_eq!(tunnels.by_id.len(), KEPT_DELETED_TUNNELS + 1);
+        assert!(tunnels.by_id.contains_key(&live_id), "live tunnels are never forgotten");
+        assert!(!tunnels.by_id.contains_key(&oldest_id), "the longest-deleted goes first");
+    }
 }

@@ -121,6 +121,10 @@ impl Action {
     }
 }
 
+/// Finished actions kept for `GET /actions`: older ones are forgotten, so a long-running
+/// sandbox neither grows without bound nor scans an ever longer list on every tick.
+const KEPT_ACTIONS: usize = 10_000;
+
 pub struct World {
     next_id: i64,
     /// Servers ever created (deleted ones included): the duplicate check of fault tests.
@@ -198,7 +202,16 @@ impl World {
                 revert: Effect::None,
             },
         );
+        self.forget_old_actions();
         id
+    }
+
+    /// Drops the oldest finished actions beyond [`KEPT_ACTIONS`]; running ones always stay.
+    fn forget_old_actions(&mut self) {
+        while self.actions.len() > KEPT_ACTIONS {
+            let Some(oldest) = self.actions.iter().find(|(_, a)| !a.running()).map(|(id, _)| *id) else { break };
+            self.actions.remove(&oldest);
+        }
     }
 
     pub fn action_json(&self, id: i64, now: Instant) -> Value {
@@ -341,4 +354,23 @@ pub fn ssh_key_json(k: &SshKey) -> Value {
         "id": k.id, "name": k.name, "fingerprint": k.fingerprint, "public_key": k.public_key,
         "labels": k.labels, "created": k.created,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn old_finished_actions_are_forgotten_running_ones_kept() {
+        let mut world = World::new(Duration::from_secs(3600), 10);
+        let first = world.start_action("start_server", vec![], Effect::None);
+        world.action_duration = Duration::ZERO;
+        for _ in 0..KEPT_ACTIONS + 5 {
+            world.start_action("start_server", vec![], Effect::None);
+        }
+        world.advance(Instant::now());
+        world.start_action("start_server", vec![], Effect::None);
+        assert_eq!(world.actions.len(), KEPT_ACTIONS);
+        assert!(world.actions.contains_key(&first), "the running action is never forgotten");
+    }
 }
