@@ -1,21 +1,24 @@
-//! The `crabglamp-operator` command line: run the operator, print CRDs, migrate the database,
-//! verify the audit trail, and start the local sandbox.
+//! The `crabglamp-operator` command line: print CRDs, migrate the database, verify the audit
+//! trail. The stand-ins and the sandbox are another binary (`crabglamp-sandbox`).
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use crabglamp_operator::store;
+use crabglamp_operator::telemetry::{self, LogFormat};
 
 #[derive(Parser, Debug)]
 #[command(name = "crabglamp-operator", version, about = "Kubernetes operator for Agents, PlainVMs and VirtualKeys")]
 struct Cli {
+    /// Log line format on standard error: `text` for people, `json` for log pipelines. The
+    /// filter comes from `RUST_LOG` (default: our crates at info, the rest at warn).
+    #[arg(long, global = true, value_enum, default_value = "text", env = "CRABGLAMP_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the Hetzner Cloud or Cloudflare API simulator standalone.
-    Sim(crabglamp_operator::sim::cli::SimCommand),
     /// Print the CustomResourceDefinitions of all kinds as one YAML stream.
     Crd {
         /// Write one file per CRD into this directory instead of printing (how `crds/` is made).
@@ -32,9 +35,6 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
-    /// Start the local sandbox: Kubernetes API server, Hetzner and Cloudflare simulators,
-    /// PostgreSQL and Redis, with a kubeconfig for kubectl; runs until Ctrl-C.
-    Sandbox(crabglamp_operator::sandbox::SandboxArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -90,8 +90,8 @@ async fn audit_verify(database: DatabaseArgs) -> anyhow::Result<bool> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    telemetry::init(cli.log_format)?;
     match cli.command {
-        Command::Sim(sim) => sim.run()?,
         Command::Crd { out_dir: None } => {
             print!("{}", crabglamp_operator::api::all_crds_yaml()?);
         }
@@ -103,7 +103,6 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Migrate { database } => block_on(migrate(database))?,
-        Command::Sandbox(args) => block_on(async { Ok(crabglamp_operator::sandbox::run(args).await?) })?,
         Command::Audit { command: AuditCommand::Verify { database } } => {
             if !block_on(audit_verify(database))? {
                 std::process::exit(2);

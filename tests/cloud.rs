@@ -1,18 +1,14 @@
-//! Integration tests of the cloud layer: the Rust clients against the in-process Hetzner and
-//! Cloudflare simulators, the simulators against the `hcloud` crate's models and the official
-//! Python clients, the shared rate limiter, and a fault-injected 200-operation run.
+//! Integration tests of the cloud layer: the operator's Rust clients against the sandbox's
+//! Hetzner and Cloudflare simulators, the shared rate limiter, secrets that never leak, and a
+//! fault-injected 200-operation run. (The simulators' own tests live in `sandbox/tests`.)
 //! One test binary (each extra one costs a long link); the topics live in `tests/cloud/`.
 
 mod cloud {
     mod support;
 
-    mod cli;
     mod cloudflare;
-    mod envelopes;
     mod faults;
     mod hetzner;
     mod limits;
-    mod models;
-    mod python;
     mod secrets;
 }

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use crabglamp_operator::cloud::CloudError;
 use crabglamp_operator::cloud::cloudflare::{IngressRule, TunnelSecret, derive_tunnel_token};
-use crabglamp_operator::sim::cloudflare::{self as cfsim, CloudflareSimConfig};
-use crabglamp_operator::sim::http::{FaultPlan, FaultRule};
+use crabglamp_sandbox::cloudflare::{self as cfsim, CloudflareSimConfig};
+use crabglamp_sandbox::http::{FaultPlan, FaultRule};
 
 use super::support::*;
 

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use crabglamp_operator::cloud::RateLimiter;
 use crabglamp_operator::cloud::cloudflare::{IngressRule, TunnelSecret};
 use crabglamp_operator::cloud::hetzner::ServerSpec;
-use crabglamp_operator::sim::http::{FaultPlan, FaultRule};
-use crabglamp_operator::sim::{cloudflare as cfsim, hetzner as hzsim};
+use crabglamp_sandbox::http::{FaultPlan, FaultRule};
+use crabglamp_sandbox::{cloudflare as cfsim, hetzner as hzsim};
 use hcloud::models::{Rule, rule};
 
 use super::support::*;

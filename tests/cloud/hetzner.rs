@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use crabglamp_operator::cloud::hetzner::{ServerSpec, offered_in};
 use crabglamp_operator::cloud::{CloudError, RateLimiter};
-use crabglamp_operator::sim::hetzner as hzsim;
-use crabglamp_operator::sim::http::FaultPlan;
+use crabglamp_sandbox::hetzner as hzsim;
+use crabglamp_sandbox::http::FaultPlan;
 use hcloud::models::{Rule, rule};
 
 use super::support::*;
@@ -225,7 +225,7 @@ async fn error_classes() {
     assert!(!err.to_string().contains("wrong"), "token must not appear in errors: {err}");
 
     // Injected 5xx on every call: retried, then reported as retryable with the code.
-    sim.set_faults(FaultPlan { rules: crabglamp_operator::sim::http::FaultRule::any_5xx(1.0), ..FaultPlan::default() });
+    sim.set_faults(FaultPlan { rules: crabglamp_sandbox::http::FaultRule::any_5xx(1.0), ..FaultPlan::default() });
     // A fast refill, so the pause after a 429 (one token's time) is 10 ms, not a second.
     let c3 =
         hetzner_client_with(&sim, HZ_TOKEN, fast_retry(3), Arc::new(RateLimiter::new(3600, Duration::from_secs(36))));

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crabglamp_operator::cloud::RateLimiter;
-use crabglamp_operator::sim::hetzner::HetznerSimConfig;
+use crabglamp_sandbox::hetzner::HetznerSimConfig;
 
 use super::support::*;
 

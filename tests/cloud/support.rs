@@ -6,9 +6,9 @@ use std::time::Duration;
 use crabglamp_operator::cloud::cloudflare::{CloudflareClient, CloudflareConfig};
 use crabglamp_operator::cloud::hetzner::{HetznerClient, HetznerConfig};
 use crabglamp_operator::cloud::{CloudMetrics, RateLimiter, RetryPolicy};
-use crabglamp_operator::sim::cloudflare::{self as cfsim, CloudflareSimConfig};
-use crabglamp_operator::sim::hetzner::{self as hzsim, HetznerSimConfig};
-use crabglamp_operator::sim::http::RunningSim;
+use crabglamp_sandbox::cloudflare::{self as cfsim, CloudflareSimConfig};
+use crabglamp_sandbox::hetzner::{self as hzsim, HetznerSimConfig};
+use crabglamp_sandbox::http::RunningSim;
 
 /// The rate-limit test measures timing: its budget leaves the simulator ~40 ms of slack
 /// before requests bunch up into a 429. On a two-core machine a Python interpreter or the

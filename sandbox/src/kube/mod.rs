@@ -1,0 +1,309 @@
+//! An in-process Kubernetes API server that the unchanged `kube::Client`, `kube_runtime` and
+//! real `kubectl` accept: legacy and aggregated discovery, OpenAPI v3, get/list/watch/create/
+//! update/patch/delete of the crabglamp CRDs and the built-ins the operator uses (Namespaces, Secrets,
+//! ConfigMaps, core and events.k8s.io Events, Leases, CustomResourceDefinitions), with CRD
+//! admission through [`crate::admission`], Table output and server-side apply.
+//!
+//! It owns only its in-memory state; it never talks to a real cluster and never persists
+//! anything.
+//!
+//! Deliberate differences from a real API server (kept because no client here depends on them):
+//! - Plain HTTP on loopback, no authentication or authorisation, HTTP/1.1 only. Responses are
+//!   always JSON (Accept lists with protobuf first get JSON); protobuf request bodies are read
+//!   only for Namespace, Secret and ConfigMap (what `kubectl create` sends that way).
+//! - `/openapi/v2` is 404 (kubectl uses v3). OpenAPI v3 schemas of built-in kinds are open
+//!   (`x-kubernetes-preserve-unknown-fields`).
+//! - Strategic merge patches of built-ins are applied as JSON merge patches (directives such as
+//!   `$patch` are dropped): lists are replaced, never merged by key.
+//! - Server-side apply tracks ownership per leaf field; every list is atomic whatever its
+//!   `x-kubernetes-list-type`; managedFields entries have no `"."` markers. A client may
+//!   rewrite `managedFields` (kubectl's client-side to server-side apply migration does).
+//! - Garbage collection is synchronous: dependents go in the same request as their owner;
+//!   Foreground deletion deletes dependents first without the `foregroundDeletion` finalizer
+//!   and Orphan strips the ownerReferences without the `orphan` finalizer.
+//! - A deleted namespace is `Terminating` for [`NAMESPACE_GRACE`] before the built-in namespace
+//!   controller deletes its content (so `kubectl delete -f dir/` can still delete each object),
+//!   then goes once empty; it carries no `kubernetes` finalizer in `spec`.
+//! - Deleting a CRD deletes its objects at once, finalizers notwithstanding.
+//! - `continue` tokens are offsets into the current list (not a consistent snapshot); `limit`
+//!   is honoured.
+//! - No admission webhooks, quotas, RBAC, `gracePeriodSeconds` (deletions are immediate), pods
+//!   or any controller other than garbage collection and the namespace controller; no CRD
+//!   version conversion (every CRD here has one version).
+//! - A watch whose client reads slower than the history turns over gets `410 Expired` (a real
+//!   watch cache drops such a watcher too, with a different message).
+//! - Field selectors of built-in kinds accept any field path (real servers allow a fixed list
+//!   per kind); custom resources accept `metadata.name`, `metadata.namespace` and their
+//!   `selectableFields`, as real servers do.
+//! - The event history holds [`state::HISTORY_LIMIT`] changes and about [`state::HISTORY_BYTES`]
+//!   of objects (both configurable): a watch resumed from before it gets the `410 Expired` ERROR
+//!   event, as after a real etcd compaction.
+
+pub mod delete;
+pub mod discovery;
+pub mod error;
+pub mod events;
+pub mod fields;
+pub mod http;
+pub mod jsonpath;
+pub mod meta;
+pub mod openapi;
+pub mod protobuf;
+pub mod resource;
+pub mod selector;
+pub mod state;
+pub mod table;
+pub mod watch;
+pub mod write;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use self::resource::{ResourceType, Special};
+use self::state::State;
+use self::write::{FieldValidation, Target, Verb, WriteOptions};
+
+/// How long a deleted namespace stays Terminating before its content is deleted.
+pub const NAMESPACE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What the server shares between requests.
+pub struct Shared {
+    state: Mutex<State>,
+    latest: tokio::sync::watch::Sender<u64>,
+    /// Set when the server stops: open watches end, so their clients see the connection close.
+    stopping: tokio::sync::watch::Sender<bool>,
+    server_address: String,
+    bookmark_interval: std::time::Duration,
+    /// Watches whose streams are open (a test hook: "the client is watching now").
+    open_watches: std::sync::atomic::AtomicUsize,
+}
+
+impl Shared {
+    /// The state; a poisoned lock is taken over (a panicking request leaves consistent data,
+    /// since every write builds the new object before storing it).
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes the watches after a write.
+    pub fn notify(&self, state: &State) {
+        self.latest.send_replace(state.rv());
+    }
+}
+
+/// How to start the server.
+#[derive(Debug, Clone)]
+pub struct KubeApiConfig {
+    /// Install the crabglamp CRDs ([`crabglamp_operator::api::all_crds`]) at start.
+    pub install_crds: bool,
+    /// How many changes the watch history keeps.
+    pub history_limit: usize,
+    /// How many bytes (estimated) of objects the watch history keeps.
+    pub history_bytes: usize,
+    /// How often a watch that allows bookmarks gets one, busy or not.
+    pub bookmark_interval: std::time::Duration,
+}
+
+impl Default for KubeApiConfig {
+    fn default() -> Self {
+        Self {
+            install_crds: true,
+            history_limit: state::HISTORY_LIMIT,
+            history_bytes: state::HISTORY_BYTES,
+            bookmark_interval: watch::BOOKMARK_INTERVAL,
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listener is unusable.
+    #[error("cannot use the listener: {0}")]
+    Io(#[from] std::io::Error),
+    /// A built-in CRD was refused.
+    #[error("cannot install CRD {name}: {message}")]
+    Crd {
+        /// The CRD.
+        name: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Why a client for the server could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The base URL does not parse (cannot happen for a URL this module built).
+    #[error("invalid server URL: {0}")]
+    Url(#[from] axum::http::uri::InvalidUri),
+    /// kube-client refused the configuration (e.g. a proxy variable it cannot honour).
+    #[error("cannot build a kube client: {0}")]
+    Kube(#[from] ::kube::Error),
+}
+
+/// A running server; stops when dropped.
+pub struct RunningKube {
+    /// `http://127.0.0.1:PORT`.
+    pub base_url: String,
+    /// The bound address.
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl RunningKube {
+    /// A kubeconfig pointing at this server (context `sandbox`, namespace `default`).
+    pub fn kubeconfig_yaml(&self) -> String {
+        kubeconfig_yaml(&self.base_url)
+    }
+
+    /// A kube client for this server.
+    pub fn client(&self) -> Result<::kube::Client, ClientError> {
+        let url = self.base_url.parse::<axum::http::Uri>()?;
+        Ok(::kube::Client::try_from(::kube::Config::new(url))?)
+    }
+
+    /// Server-side applies `manifest` (any served kind) as `manager`, forcing conflicts: what
+    /// `sandbox --apply` uses. Namespaced objects without a namespace go to `default`.
+    pub fn apply(&self, manifest: &serde_json::Value, manager: &str) -> Result<serde_json::Value, error::ApiError> {
+        let s = |p: &str| manifest.pointer(p).and_then(serde_json::Value::as_str).unwrap_or_default().to_owned();
+        let (api_version, kind, name) = (s("/apiVersion"), s("/kind"), s("/metadata/name"));
+        let mut state = self.shared.lock();
+        let rt = state
+            .types()
+            .iter()
+            .find(|t| t.api_version() == api_version && t.kind == kind)
+            .cloned()
+            .ok_or_else(|| error::ApiError::not_found("kinds", "", &format!("{api_version}, Kind={kind}")))?;
+        let namespace = if rt.namespaced {
+            Some(s("/metadata/namespace")).filter(|n| !n.is_empty()).unwrap_or_else(|| "default".into())
+        } else {
+            String::new()
+        };
+        let opts = WriteOptions {
+            field_validation: FieldValidation::Strict,
+            manager: manager.into(),
+            dry_run: false,
+            verb: Verb::Apply,
+        };
+        let target = Target { rt: &rt, namespace: &namespace, subresource: "" };
+        let body = manifest.to_string();
+        let written = write::patch(&mut state, &target, &name, write::PatchKind::Apply, body.as_bytes(), true, &opts);
+        self.shared.notify(&state);
+        written.map(|w| w.object)
+    }
+
+    /// Forgets the watch history up to now, as an etcd compaction does: a watch resumed from an
+    /// older resourceVersion then gets the `410 Expired` ERROR event. A test hook.
+    pub fn compact_history(&self) {
+        self.shared.lock().compact();
+    }
+
+    /// How many watch streams are open: lets a test wait until a client (kubectl wait, delete)
+    /// is really watching before it makes the change the client waits for.
+    pub fn open_watches(&self) -> usize {
+        self.shared.open_watches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The current resourceVersion (for tests that need to know how far the server got).
+    pub fn resource_version(&self) -> u64 {
+        self.shared.lock().rv()
+    }
+}
+
+impl Drop for RunningKube {
+    fn drop(&mut self) {
+        // Watches end and idle connections close; the task finishes once every connection has.
+        self.shared.stopping.send_replace(true);
+    }
+}
+
+/// A kubeconfig for a server at `base_url`, with an empty user (no credentials).
+pub fn kubeconfig_yaml(base_url: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: sandbox\n  cluster:\n    server: {base_url}\ncontexts:\n- name: sandbox\n  context:\n    cluster: sandbox\n    user: sandbox\n    namespace: default\ncurrent-context: sandbox\nusers:\n- name: sandbox\n  user: {{}}\npreferences: {{}}\n"
+    )
+}
+
+fn builtin_type(state: &State, special: Special, plural: &str) -> Option<Arc<ResourceType>> {
+    state.types().iter().find(|t| t.special == special && t.plural == plural).cloned()
+}
+
+/// Starts a server with the crabglamp CRDs on a free loopback port (what tests want).
+pub async fn spawn_loopback() -> Result<RunningKube, StartError> {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    spawn(KubeApiConfig::default(), listener).await
+}
+
+/// Starts the server on `listener`.
+pub async fn spawn(config: KubeApiConfig, listener: TcpListener) -> Result<RunningKube, StartError> {
+    let addr = listener.local_addr()?;
+    let mut state = State::with_history_limits(config.history_limit, config.history_bytes);
+    let opts = WriteOptions {
+        field_validation: FieldValidation::Strict,
+        manager: "sandbox".into(),
+        dry_run: false,
+        verb: Verb::Create,
+    };
+    if let Some(ns_type) = builtin_type(&state, Special::Namespace, "namespaces") {
+        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            let target = Target { rt: &ns_type, namespace: "", subresource: "" };
+            let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+            write::create(&mut state, &target, body, &opts)
+                .map_err(|e| StartError::Crd { name: ns.into(), message: e.message })?;
+        }
+    }
+    if config.install_crds
+        && let Some(crd_type) = builtin_type(&state, Special::Crd, "customresourcedefinitions")
+    {
+        for crd in crabglamp_operator::api::all_crds() {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            let body = serde_json::to_value(&crd)
+                .map_err(|e| StartError::Crd { name: name.clone(), message: e.to_string() })?;
+            let target = Target { rt: &crd_type, namespace: "", subresource: "" };
+            write::create(&mut state, &target, body, &opts)
+                .map_err(|e| StartError::Crd { name, message: e.message })?;
+        }
+    }
+    let (latest, _) = tokio::sync::watch::channel(state.rv());
+    let (stopping, _) = tokio::sync::watch::channel(false);
+    let shared = Arc::new(Shared {
+        state: Mutex::new(state),
+        latest,
+        stopping,
+        server_address: addr.to_string(),
+        bookmark_interval: config.bookmark_interval,
+        open_watches: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let mut stop_signal = shared.stopping.subscribe();
+    let app = http::router(shared.clone());
+    let controller_state = shared.clone();
+    tokio::spawn(async move {
+        let namespace_controller = async move {
+            let grace = chrono::Duration::from_std(NAMESPACE_GRACE).unwrap_or_else(|_| chrono::Duration::seconds(1));
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                let mut state = controller_state.lock();
+                if delete::purge_terminating_namespaces(&mut state, grace) {
+                    controller_state.notify(&state);
+                }
+            }
+        };
+        tokio::select! {
+            served = axum::serve(listener, app).with_graceful_shutdown(async move {
+                // Only `true` is ever sent; an error means the server state is gone.
+                let _ = stop_signal.changed().await;
+            }) => {
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "kube API server stopped");
+                }
+            }
+            () = namespace_controller => {}
+        }
+    });
+    Ok(RunningKube { base_url: format!("http://{addr}"), addr, shared })
+}

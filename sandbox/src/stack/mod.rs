@@ -1,0 +1,273 @@
+//! `crabglamp-sandbox`: the Kubernetes API server, the Hetzner and Cloudflare
+//! simulators, PostgreSQL and Redis in one process, with a kubeconfig and a JSON file naming
+//! every endpoint and credential, until Ctrl-C.
+//!
+//! It only wires existing pieces together and prints what it did; it never changes what the
+//! simulators or the API server do.
+
+pub mod activity;
+pub mod manifests;
+pub mod services;
+
+use std::path::PathBuf;
+
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::cloudflare::{self, CloudflareSimConfig};
+use crate::hetzner::{self, HetznerSimConfig};
+use crate::http::RunningSim;
+use crate::kube::{self, KubeApiConfig};
+
+/// The database the sandbox creates (when missing) and migrates on the PostgreSQL it uses.
+pub const SANDBOX_DATABASE: &str = "crabglamp_sandbox";
+
+/// Options of the `sandbox` command.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SandboxArgs {
+    /// Where to write the kubeconfig for kubectl and the operator.
+    #[arg(long, default_value = "sandbox.kubeconfig")]
+    pub kubeconfig: PathBuf,
+    /// Where to write the JSON file with every endpoint and credential.
+    #[arg(long, default_value = "sandbox.json")]
+    pub info: PathBuf,
+    /// Apply the manifests (*.yaml, *.yml, *.json) in this directory at start.
+    #[arg(long)]
+    pub apply: Option<PathBuf>,
+    /// Start throwaway PostgreSQL and Redis servers even when DATABASE_URL/REDIS_URL are set or
+    /// servers answer on localhost (an isolated sandbox).
+    #[arg(long)]
+    pub fresh_services: bool,
+    /// Port of the Kubernetes API server (0 = any free port).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+}
+
+/// Why the sandbox could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// A socket or file could not be used.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was attempted.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The API server did not start.
+    #[error("the Kubernetes API server did not start: {0}")]
+    Kube(#[from] kube::StartError),
+    /// The sandbox database could not be created or migrated.
+    #[error("cannot prepare the sandbox database: {0}")]
+    Store(#[from] crabglamp_operator::store::StoreError),
+    /// PostgreSQL or Redis is unavailable.
+    #[error("{0}")]
+    Service(#[from] services::ServiceError),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
+    let what = what.into();
+    move |source| SandboxError::Io { what, source }
+}
+
+async fn loopback(port: u16, what: &str) -> Result<TcpListener, SandboxError> {
+    TcpListener::bind(("127.0.0.1", port)).await.map_err(io(format!("cannot listen for the {what}")))
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM, so throwaway servers are stopped either way.
+async fn wait_for_stop() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// What a sandbox needs besides its ports.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxOptions {
+    /// Port of the Kubernetes API server (0 = any free port).
+    pub kube_port: u16,
+    /// Always start throwaway PostgreSQL and Redis.
+    pub fresh_services: bool,
+}
+
+/// Every piece of a running sandbox: the same fixtures the `sandbox` command and integration
+/// tests use. Dropping it stops the servers; call [`Sandbox::stop`] to also stop throwaway
+/// PostgreSQL and Redis and remove their directory.
+pub struct Sandbox {
+    /// The Kubernetes API server.
+    pub kube: kube::RunningKube,
+    /// The Hetzner Cloud simulator (base URL ends in `/v1`).
+    pub hcloud: RunningSim,
+    /// Its configuration (token).
+    pub hetzner_config: HetznerSimConfig,
+    /// The Cloudflare simulator (base URL ends in `/client/v4`).
+    pub cloudflare: RunningSim,
+    /// Its configuration (token, account, zone).
+    pub cloudflare_config: CloudflareSimConfig,
+    /// PostgreSQL.
+    pub postgres: services::Service,
+    /// The sandbox's own database on that server, migrated (not whichever database the
+    /// server URL names, so the sandbox never fills someone's `postgres` database).
+    pub database_url: String,
+    /// Redis.
+    pub redis: services::Service,
+    workdir: PathBuf,
+}
+
+impl Sandbox {
+    /// Starts every piece.
+    pub async fn start(options: SandboxOptions) -> Result<Self, SandboxError> {
+        let kube_api =
+            kube::spawn(KubeApiConfig::default(), loopback(options.kube_port, "Kubernetes API server").await?).await?;
+        let hetzner_config = HetznerSimConfig::default();
+        let hcloud = hetzner::spawn(hetzner_config.clone(), loopback(0, "Hetzner simulator").await?)
+            .await
+            .map_err(io("cannot start the Hetzner simulator"))?;
+        let cloudflare_config = CloudflareSimConfig::default();
+        let cf = cloudflare::spawn(cloudflare_config.clone(), loopback(0, "Cloudflare simulator").await?)
+            .await
+            .map_err(io("cannot start the Cloudflare simulator"))?;
+
+        let workdir = std::env::temp_dir().join(format!("crabglamp-sandbox-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&workdir).map_err(io(format!("cannot create {}", workdir.display())))?;
+        let postgres = services::postgres(&workdir, options.fresh_services).await;
+        let redis = services::redis(&workdir, options.fresh_services).await;
+        let (postgres, redis) = match (postgres, redis) {
+            (Ok(p), Ok(r)) => (p, r),
+            (p, r) => {
+                let mut first_error = None;
+                for result in [p, r] {
+                    match result {
+                        Ok(service) => service.stop().await,
+                        Err(e) => first_error = first_error.or(Some(e)),
+                    }
+                }
+                let _ = std::fs::remove_dir_all(&workdir);
+                return Err(first_error.map(SandboxError::from).unwrap_or_else(|| SandboxError::Io {
+                    what: "services".into(),
+                    source: std::io::Error::other("unknown failure"),
+                }));
+            }
+        };
+        let database_url =
+            match crabglamp_operator::store::ensure_migrated_database(&postgres.url, SANDBOX_DATABASE).await {
+                Ok(url) => url,
+                Err(e) => {
+                    postgres.stop().await;
+                    redis.stop().await;
+                    let _ = std::fs::remove_dir_all(&workdir);
+                    return Err(e.into());
+                }
+            };
+        Ok(Self {
+            kube: kube_api,
+            hcloud,
+            hetzner_config,
+            cloudflare: cf,
+            cloudflare_config,
+            postgres,
+            database_url,
+            redis,
+            workdir,
+        })
+    }
+
+    /// Every endpoint and credential, as written to `--info` (`kubeconfig` is the given path).
+    pub fn info(&self, kubeconfig: &std::path::Path) -> serde_json::Value {
+        json!({
+            "kubeconfig": kubeconfig.display().to_string(),
+            "kube_api": self.kube.base_url,
+            "hcloud_endpoint": self.hcloud.base_url,
+            "hcloud_token": self.hetzner_config.token,
+            "cloudflare_endpoint": self.cloudflare.base_url,
+            "cloudflare_token": self.cloudflare_config.token,
+            "cloudflare_account_id": self.cloudflare_config.account_id,
+            "cloudflare_zone_id": self.cloudflare_config.zone_id,
+            "cloudflare_zone_name": self.cloudflare_config.zone_name,
+            "database_url": self.database_url,
+            "redis_url": self.redis.url,
+        })
+    }
+
+    /// Stops everything, throwaway PostgreSQL and Redis included.
+    pub async fn stop(self) {
+        let Self { kube, hcloud, cloudflare, postgres, redis, workdir, .. } = self;
+        postgres.stop().await;
+        redis.stop().await;
+        let _ = std::fs::remove_dir_all(&workdir);
+        drop((hcloud, cloudflare, kube));
+    }
+}
+
+/// Runs the sandbox until Ctrl-C.
+pub async fn run(args: SandboxArgs) -> Result<(), SandboxError> {
+    let sandbox = Sandbox::start(SandboxOptions { kube_port: args.port, fresh_services: args.fresh_services }).await?;
+    let written = std::fs::write(&args.kubeconfig, sandbox.kube.kubeconfig_yaml())
+        .map_err(io(format!("cannot write {}", args.kubeconfig.display())))
+        .and_then(|()| {
+            let kubeconfig_abs = std::fs::canonicalize(&args.kubeconfig).unwrap_or_else(|_| args.kubeconfig.clone());
+            let pretty = serde_json::to_string_pretty(&sandbox.info(&kubeconfig_abs)).unwrap_or_default();
+            std::fs::write(&args.info, format!("{pretty}\n"))
+                .map_err(io(format!("cannot write {}", args.info.display())))
+        });
+    if let Err(e) = written {
+        sandbox.stop().await;
+        return Err(e);
+    }
+
+    println!("crabglamp sandbox is running");
+    println!("  Kubernetes API   {}  (CRDs installed)", sandbox.kube.base_url);
+    println!("  Hetzner Cloud    {}", sandbox.hcloud.base_url);
+    println!("  Cloudflare       {}", sandbox.cloudflare.base_url);
+    // DATABASE_URL/REDIS_URL may carry passwords: those stay in the info file, not on the terminal.
+    println!(
+        "  PostgreSQL       {} ({}, migrated)",
+        crabglamp_operator::store::redact_url(&sandbox.database_url),
+        sandbox.postgres.origin
+    );
+    println!(
+        "  Redis            {} ({})",
+        crabglamp_operator::store::redact_url(&sandbox.redis.url),
+        sandbox.redis.origin
+    );
+    println!("  kubeconfig       {}", args.kubeconfig.display());
+    println!("  endpoints+tokens {}", args.info.display());
+    println!("The controllers are not yet part of the sandbox: objects are stored and validated, not reconciled.");
+
+    if let Some(dir) = &args.apply {
+        for outcome in manifests::apply_dir(&sandbox.kube, dir) {
+            println!("  {outcome}");
+        }
+    }
+
+    let kc = args.kubeconfig.display();
+    println!();
+    println!("Try this (from another shell):");
+    println!("  export KUBECONFIG={kc}");
+    println!("  kubectl apply -f examples/");
+    println!("  kubectl get crabglamp -A");
+    println!("  kubectl get agents -n team-a -w");
+    println!("  kubectl describe agent research-bot -n team-a");
+    println!("  kubectl apply -f examples/invalid/agent-unknown-region.yaml   # refused with its rule");
+    let activity = match sandbox.kube.client() {
+        Ok(client) => Some(activity::start(client).await),
+        Err(_) => None,
+    };
+    println!("Press Ctrl-C to stop. Changes to Agents, PlainVMs and VirtualKeys are listed below.");
+    wait_for_stop().await;
+    if let Some(task) = activity {
+        task.abort();
+    }
+    println!("stopping");
+    sandbox.stop().await;
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! The `crabglamp-sandbox` command end to end: it starts, applies `examples/`, writes
+//! its kubeconfig and info file, serves real kubectl, and stops on Ctrl-C (SIGINT).
+
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::common::{clear_proxies, kubectl_132, repo};
+
+async fn kubectl(kubeconfig: &std::path::Path, cache: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(kubectl_132())
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--cache-dir")
+            .arg(cache.join(uuid::Uuid::new_v4().simple().to_string()))
+            .args(args)
+            .current_dir(repo())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("kubectl finished in time")
+    .expect("kubectl runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sandbox_command_applies_examples_and_serves_kubectl() {
+    clear_proxies();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("sandbox.kubeconfig");
+    let info = dir.path().join("sandbox.json");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_crabglamp-sandbox"))
+        .arg("--apply")
+        .arg("examples/")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .arg("--info")
+        .arg(&info)
+        .current_dir(repo())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("sandbox starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut banner = String::new();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(line) = lines.next_line().await.expect("read") {
+            banner.push_str(&line);
+            banner.push('\n');
+            if line.contains("Press Ctrl-C") {
+                return;
+            }
+        }
+        panic!("the sandbox exited early:\n{banner}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the sandbox did not come up in time"));
+    assert!(banner.contains("controllers are not yet part"), "{banner}");
+    assert!(banner.contains("agent/research-bot applied"), "{banner}");
+
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&info).expect("info file")).expect("JSON");
+    for key in [
+        "kubeconfig",
+        "hcloud_endpoint",
+        "hcloud_token",
+        "cloudflare_endpoint",
+        "cloudflare_token",
+        "cloudflare_account_id",
+        "cloudflare_zone_id",
+        "cloudflare_zone_name",
+        "database_url",
+        "redis_url",
+    ] {
+        assert!(info.get(key).and_then(|v| v.as_str()).is_some_and(|v| !v.is_empty()), "{key} missing in {info}");
+    }
+
+    let cache = dir.path();
+    let (ok, out, err) = kubectl(&kubeconfig, cache, &["get", "agents", "-n", "team-a"]).await;
+    assert!(ok && out.contains("research-bot"), "{out}{err}");
+    let (ok, out, err) = kubectl(&kubeconfig, cache, &["apply", "-f", "examples/"]).await;
+    if !out.contains("research-bot unchanged") {
+        let (_, live, _) =
+            kubectl(&kubeconfig, cache, &["get", "agent", "research-bot", "-n", "team-a", "-o", "json"]).await;
+        let (_, verbose, verr) = kubectl(&kubeconfig, cache, &["apply", "-f", "examples/agent.yaml", "-v=8"]).await;
+        panic!("{out}{err}\nlive: {live}\nverbose: {verbose}{verr}");
+    }
+    assert!(ok, "{out}{err}");
+    assert!(!err.contains("missing the kubectl.kubernetes.io/last-applied-configuration"), "{err}");
+    let (ok, _, err) =
+        kubectl(&kubeconfig, cache, &["apply", "-f", "examples/invalid/agent-unknown-region.yaml"]).await;
+    assert!(!ok && err.contains("supported values"), "{err}");
+
+    // The activity log shows what kubectl changed.
+    let (ok, _, err) =
+        kubectl(&kubeconfig, cache, &["label", "agent", "research-bot", "-n", "team-a", "tried=yes"]).await;
+    assert!(ok, "{err}");
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.expect("read") {
+            if line.contains("agent team-a/research-bot applied") {
+                return;
+            }
+        }
+        panic!("the sandbox exited early");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no activity line for the label change"));
+
+    // The signal goes from Rust: a minimal Debian has no `kill` program (procps).
+    let pid = child.id().expect("pid");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGINT)
+        .expect("SIGINT is delivered");
+    let exit =
+        tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("stops on SIGINT").expect("wait");
+    assert!(exit.success(), "sandbox exit status {exit}");
+}

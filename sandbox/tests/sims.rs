@@ -1,0 +1,18 @@
+//! The cloud simulators and the admission module judged by outside references: the `hcloud`
+//! crate's models (generated from Hetzner's OpenAPI document), the official Python clients,
+//! the raw HTTP envelopes of the real APIs, the standalone `sim` command, and every manifest
+//! in `examples/` and `examples/invalid/` through admission.
+//! One test binary (each extra one costs a long link); the topics live in `tests/sims/`.
+
+mod sims {
+    // The same fixtures the operator's cloud-client tests use (simulators on ephemeral ports).
+    #[path = "../../../tests/cloud/support.rs"]
+    #[allow(dead_code)] // the clients in it serve tests/cloud; these tests use the simulators only
+    mod support;
+
+    mod admission;
+    mod cli;
+    mod envelopes;
+    mod models;
+    mod python;
+}
