@@ -7,5 +7,7 @@
 
 pub mod api;
 pub mod cloud;
+pub mod controllers;
+pub mod operator;
 pub mod store;
 pub mod telemetry;

@@ -101,6 +101,8 @@ pub struct AgentStatus {
     pub phase: Option<Phase>,
     /// Standard conditions: `Ready`, `ServerReady`, `TunnelReady`, `DnsReady`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    // A map keyed by type, as metav1.Condition lists are: server-side apply merges per condition.
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// The Hetzner server as last observed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -129,6 +131,9 @@ pub struct TunnelStatus {
     /// Id of the proxied CNAME record pointing the hostname at the tunnel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_record_id: Option<String>,
+    /// The in-server service the tunnel's ingress routes the hostname to, as last configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 fn default_server_type() -> String {

@@ -150,6 +150,8 @@ pub struct PlainVMStatus {
     pub phase: Option<Phase>,
     /// Standard conditions: `Ready`, `ServerReady`, `FirewallReady`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    // A map keyed by type, as metav1.Condition lists are: server-side apply merges per condition.
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// The Hetzner server as last observed.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -104,6 +104,8 @@ pub struct VirtualKeyStatus {
     pub rotation_token: Option<String>,
     /// Standard conditions: `Ready`, `KeyReady`, `BudgetExceeded`, `Expired`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    // A map keyed by type, as metav1.Condition lists are: server-side apply merges per condition.
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
 

@@ -86,6 +86,11 @@ impl TunnelSecret {
         (bytes.len() >= 32).then_some(TunnelSecret(bytes))
     }
 
+    /// The raw bytes, to seal them (never to print them).
+    pub fn expose_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     pub fn to_base64(&self) -> Secret {
         Secret::new(B64.encode(&self.0))
     }
@@ -365,6 +370,22 @@ impl CloudflareClient {
     /// Records with exactly this name (all types), all pages.
     pub async fn list_dns_records(&self, name: &str) -> Result<Vec<DnsRecord>, CloudError> {
         self.all_pages(|| Call::new("list_dns_records", Method::GET, self.records()).query("name.exact", name)).await
+    }
+
+    /// Records whose comment starts with `prefix`, all pages: how the operator finds every
+    /// record carrying its mark in one paged list instead of a lookup per object.
+    pub async fn list_dns_records_by_comment_prefix(&self, prefix: &str) -> Result<Vec<DnsRecord>, CloudError> {
+        self.all_pages(|| {
+            Call::new("list_dns_records", Method::GET, self.records()).query("comment.startswith", prefix)
+        })
+        .await
+    }
+
+    /// Replaces a record's comment (`None` clears it): how an orphaned record loses our mark.
+    pub async fn set_dns_record_comment(&self, id: &str, comment: Option<&str>) -> Result<DnsRecord, CloudError> {
+        let body = json!({"comment": comment});
+        let call = Call::new("update_dns_record", Method::PATCH, format!("{}/{id}", self.records())).body(&body);
+        self.result(call).await
     }
 
     /// Points a record elsewhere (PATCH: other fields stay).

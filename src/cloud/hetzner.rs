@@ -108,6 +108,74 @@ pub struct FirewallCreated {
     pub adopted: bool,
 }
 
+/// A server as the controllers read it from a list: only the fields they use, decoded
+/// tolerantly. The generated model fails a whole page on one value it does not know (a server
+/// status Hetzner adds next year); here unknown values stay text and unknown fields are ignored.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct ServerSummary {
+    pub id: i64,
+    pub name: String,
+    /// `initializing`, `starting`, `running`, `stopping`, `off`, `deleting`, ... as sent.
+    pub status: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub public_net: PublicNetSummary,
+    #[serde(default)]
+    pub server_type: Option<NamedSummary>,
+    #[serde(default)]
+    pub location: Option<NamedSummary>,
+}
+
+/// The addresses and firewalls of a [`ServerSummary`].
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct PublicNetSummary {
+    #[serde(default)]
+    pub ipv4: Option<AddressSummary>,
+    #[serde(default)]
+    pub ipv6: Option<AddressSummary>,
+    #[serde(default)]
+    pub firewalls: Vec<FirewallAttachment>,
+}
+
+/// One address (`ip` is a network such as `2001:db8::/64` for IPv6).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct AddressSummary {
+    pub ip: String,
+}
+
+/// A firewall applied to a server; `status` is `applied` or `pending`.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct FirewallAttachment {
+    pub id: i64,
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
+/// A referenced catalog entry, by name.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct NamedSummary {
+    pub name: String,
+}
+
+impl ServerSummary {
+    /// The summary of a server decoded with the generated model (e.g. a create's answer).
+    pub fn from_model(server: &Server) -> Option<Self> {
+        serde_json::to_value(server).ok().and_then(|v| serde_json::from_value(v).ok())
+    }
+}
+
+#[derive(Deserialize)]
+struct SummaryPage {
+    servers: Vec<ServerSummary>,
+    meta: SummaryMeta,
+}
+
+#[derive(Deserialize)]
+struct SummaryMeta {
+    pagination: Pagination,
+}
+
 #[derive(Deserialize)]
 struct ServerBody {
     server: Server,
@@ -222,6 +290,17 @@ impl HetznerClient {
     /// Every server matching a label selector, page by page (one request per 50 servers).
     pub async fn list_servers(&self, label_selector: Option<&str>) -> Result<Vec<Server>, CloudError> {
         all_pages(|page| self.list_servers_page(label_selector, page, MAX_PER_PAGE)).await
+    }
+
+    /// Every server matching a label selector as tolerant summaries, page by page (one
+    /// request per 50 servers): what the controllers' shared fleet view is built from.
+    pub async fn list_server_summaries(&self, label_selector: Option<&str>) -> Result<Vec<ServerSummary>, CloudError> {
+        all_pages(|page| async move {
+            let call = list_page_call("list_servers", "/servers", label_selector, page, MAX_PER_PAGE);
+            let r: SummaryPage = self.t.call(call).await?;
+            Ok(Page { items: r.servers, pagination: r.meta.pagination })
+        })
+        .await
     }
 
     /// Replaces the server's labels (Hetzner replaces the whole set), e.g. after a transfer.

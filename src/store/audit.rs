@@ -251,8 +251,14 @@ impl From<Row> for AuditEvent {
 /// Safe under any number of concurrent writers in any number of processes: the advisory lock
 /// makes "read the tail, write the next row" atomic, and the primary key on `seq` plus the
 /// unique `prev_hash` would refuse a fork even from a writer that skipped the lock.
-pub async fn append(pool: &PgPool, event: &NewAuditEvent) -> Result<Appended, StoreError> {
-    let mut tx = pool.begin().await.during("starting an audit transaction")?;
+///
+/// `conn` is a pool, a connection or a caller's transaction (then this runs in a savepoint and
+/// commits with the caller's writes, e.g. the last usage row and a destroy event together).
+pub async fn append<'c>(
+    conn: impl sqlx::Acquire<'c, Database = sqlx::Postgres>,
+    event: &NewAuditEvent,
+) -> Result<Appended, StoreError> {
+    let mut tx = conn.begin().await.during("starting an audit transaction")?;
     // `query!` cannot describe a `void` result column, hence the unchecked form for this one.
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(CHAIN_LOCK)

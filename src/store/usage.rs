@@ -50,7 +50,8 @@ pub struct UsageTransition {
 }
 
 /// Records `t`; returns `false` when a transition with the same key was recorded before.
-pub async fn record(pool: &PgPool, t: &UsageTransition) -> Result<bool, StoreError> {
+/// `executor` is a pool, a connection or a caller's transaction.
+pub async fn record(executor: impl sqlx::PgExecutor<'_>, t: &UsageTransition) -> Result<bool, StoreError> {
     let result = sqlx::query!(
         r#"INSERT INTO usage_timeline (transition_key, resource_kind, resource_namespace, resource_name, resource_uid,
                                        owner, region, server_type, price_cell, transition, occurred_at)
@@ -68,7 +69,7 @@ pub async fn record(pool: &PgPool, t: &UsageTransition) -> Result<bool, StoreErr
         t.transition.as_str(),
         t.occurred_at.trunc_subsecs(6),
     )
-    .execute(pool)
+    .execute(executor)
     .await
     .during("recording a usage transition")?;
     Ok(result.rows_affected() == 1)

@@ -1,0 +1,292 @@
+//! Everything a reconciler needs, handed in once: the clients, the database, the sealing keys,
+//! the event recorder, the shared fleet view, settings and metrics. Reconcilers reach the
+//! outside world only through this, which is what makes them testable against stand-ins.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use sqlx::PgPool;
+
+use crate::cloud::cloudflare::CloudflareClient;
+use crate::cloud::hetzner::HetznerClient;
+use crate::store::seal::SealingKeys;
+
+use super::fleet::Fleet;
+
+/// Settings of the controllers (flags and environment of `crabglamp-operator run`).
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// The Cloudflare zone's name (`CLOUDFLARE_ZONE_NAME`): default hostnames live in it.
+    pub zone_name: String,
+    /// How often settled objects and the shared lists are looked at again.
+    pub resync: Duration,
+    /// How often the shared lists run while some object waits for the cloud.
+    pub fast_poll: Duration,
+    /// How long a guest may take to obey an ACPI shutdown before a hard power-off.
+    pub shutdown_timeout: Duration,
+    /// How long a labelled resource without an object must stay so before the sweeper
+    /// removes it (covers an object whose watch event has not arrived yet).
+    pub sweeper_grace: Duration,
+    /// The fleet firewall's rules are re-read every this many resyncs (its attachment is
+    /// visible in every server list already).
+    pub firewall_audit_every: u32,
+    /// Longest per-object retry delay after repeated failures.
+    pub max_backoff: Duration,
+    /// Only objects with this value of the label `crabglamp.com/shard` (none = all).
+    pub shard: Option<String>,
+    /// Name of this instance in Events (`reportingInstance`), e.g. the pod name.
+    pub instance: String,
+}
+
+impl ControllerConfig {
+    /// Defaults for production: a five-minute resync, a two-minute ACPI timeout.
+    pub fn new(zone_name: impl Into<String>) -> Self {
+        ControllerConfig {
+            zone_name: zone_name.into(),
+            resync: Duration::from_secs(300),
+            fast_poll: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(120),
+            sweeper_grace: Duration::from_secs(600),
+            firewall_audit_every: 12,
+            max_backoff: Duration::from_secs(300),
+            shard: None,
+            instance: "crabglamp-operator".into(),
+        }
+    }
+}
+
+/// When this process asked a guest to shut down (per owner UID). Kept in memory on purpose:
+/// after a restart the operator asks again and the timeout starts anew, which costs one
+/// request and at worst delays the hard power-off by one timeout.
+#[derive(Debug, Default)]
+pub struct PowerMemory {
+    shutdowns: Mutex<HashMap<String, Instant>>,
+}
+
+impl PowerMemory {
+    fn with<R>(&self, f: impl FnOnce(&mut HashMap<String, Instant>) -> R) -> R {
+        f(&mut self.shutdowns.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    pub fn shutdown_sent(&self, uid: &str, at: Instant) {
+        self.with(|m| m.insert(uid.to_owned(), at));
+    }
+
+    pub fn shutdown_sent_at(&self, uid: &str) -> Option<Instant> {
+        self.with(|m| m.get(uid).copied())
+    }
+
+    pub fn forget(&self, uid: &str) {
+        self.with(|m| m.remove(uid));
+    }
+}
+
+/// Hostnames refused because a record we do not own holds them (per owner UID), so the
+/// reconciler tries again only after a resync period, not on every pass.
+#[derive(Debug, Default)]
+pub struct DnsTaken {
+    refused: Mutex<HashMap<String, (String, Instant)>>,
+    retry_after: Duration,
+}
+
+impl DnsTaken {
+    fn with<R>(&self, f: impl FnOnce(&mut HashMap<String, (String, Instant)>) -> R) -> R {
+        f(&mut self.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    pub fn taken(&self, uid: &str, hostname: &str) {
+        self.with(|m| m.insert(uid.to_owned(), (hostname.to_owned(), Instant::now())));
+    }
+
+    /// The refused hostname, while the refusal is fresh.
+    pub fn get(&self, uid: &str) -> Option<String> {
+        let retry_after = self.retry_after;
+        self.with(|m| m.get(uid).filter(|(_, at)| at.elapsed() < retry_after).map(|(h, _)| h.clone()))
+    }
+
+    pub fn clear(&self, uid: &str) {
+        self.with(|m| m.remove(uid));
+    }
+}
+
+/// Consecutive failures per object, for capped exponential backoff.
+#[derive(Debug, Default)]
+pub struct Failures {
+    counts: Mutex<HashMap<String, u32>>,
+}
+
+impl Failures {
+    /// Counts one more failure; returns how many in a row.
+    pub fn failed(&self, uid: &str) -> u32 {
+        let mut m = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = m.entry(uid.to_owned()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    }
+
+    pub fn succeeded(&self, uid: &str) {
+        self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(uid);
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindOutcome {
+    kind: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindStep {
+    kind: String,
+    step: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Swept {
+    resource: String,
+}
+
+/// The controllers' Prometheus metrics. Clones share the counters.
+#[derive(Clone, Debug, Default)]
+pub struct ControllerMetrics {
+    reconciles: Family<KindOutcome, Counter>,
+    steps: Family<KindStep, Counter>,
+    swept: Family<Swept, Counter>,
+    status_writes: Family<KindStep, Counter>,
+    leader: Gauge,
+}
+
+impl ControllerMetrics {
+    /// Registered in `registry` under `crabglamp_`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = ControllerMetrics::default();
+        registry.register("crabglamp_reconciles", "Reconciles by kind and outcome", m.reconciles.clone());
+        registry.register("crabglamp_steps", "Changes made in the outside world, by kind and step", m.steps.clone());
+        registry.register("crabglamp_swept", "Orphaned resources removed by the sweeper", m.swept.clone());
+        registry.register("crabglamp_status_writes", "Status patches, by kind", m.status_writes.clone());
+        registry.register("crabglamp_leader", "1 while this instance leads", m.leader.clone());
+        m
+    }
+
+    pub fn count_reconcile(&self, kind: &str, outcome: &str) {
+        self.reconciles.get_or_create(&KindOutcome { kind: kind.into(), outcome: outcome.into() }).inc();
+    }
+
+    pub fn count_step(&self, kind: &str, step: &str) {
+        self.steps.get_or_create(&KindStep { kind: kind.into(), step: step.into() }).inc();
+    }
+
+    pub fn count_status_write(&self, kind: &str) {
+        self.status_writes.get_or_create(&KindStep { kind: kind.into(), step: "status".into() }).inc();
+    }
+
+    pub fn count_swept(&self, resource: &str) {
+        self.swept.get_or_create(&Swept { resource: resource.into() }).inc();
+    }
+
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// Current value of a step counter (tests, benchmarks).
+    pub fn steps(&self, kind: &str, step: &str) -> u64 {
+        self.steps.get_or_create(&KindStep { kind: kind.into(), step: step.into() }).get()
+    }
+
+    /// Status patches made for a kind so far (tests, benchmarks).
+    pub fn status_writes(&self, kind: &str) -> u64 {
+        self.status_writes.get_or_create(&KindStep { kind: kind.into(), step: "status".into() }).get()
+    }
+
+    /// Resources the sweeper removed so far.
+    pub fn swept(&self, resource: &str) -> u64 {
+        self.swept.get_or_create(&Swept { resource: resource.into() }).get()
+    }
+}
+
+/// What every reconciler gets.
+pub struct Context {
+    pub client: Client,
+    pub hetzner: HetznerClient,
+    pub cloudflare: CloudflareClient,
+    pub db: PgPool,
+    pub sealing: SealingKeys,
+    pub recorder: Recorder,
+    pub config: ControllerConfig,
+    pub fleet: Fleet,
+    pub power: PowerMemory,
+    pub failures: Failures,
+    pub dns_taken: DnsTaken,
+    pub metrics: ControllerMetrics,
+    /// The fleet firewall every Agent server is created behind (set once it exists).
+    pub fleet_firewall: Mutex<Option<i64>>,
+}
+
+impl Context {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        client: Client,
+        hetzner: HetznerClient,
+        cloudflare: CloudflareClient,
+        db: PgPool,
+        sealing: SealingKeys,
+        config: ControllerConfig,
+        metrics: ControllerMetrics,
+    ) -> Self {
+        let dns_retry_after = config.resync;
+        let reporter = Reporter { controller: "crabglamp-operator".into(), instance: Some(config.instance.clone()) };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            hetzner,
+            cloudflare,
+            db,
+            sealing,
+            config,
+            fleet: Fleet::default(),
+            power: PowerMemory::default(),
+            failures: Failures::default(),
+            dns_taken: DnsTaken { refused: Mutex::default(), retry_after: dns_retry_after },
+            metrics,
+            fleet_firewall: Mutex::new(None),
+        }
+    }
+
+    pub fn fleet_firewall(&self) -> Option<i64> {
+        *self.fleet_firewall.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn set_fleet_firewall(&self, id: i64) {
+        *self.fleet_firewall.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(id);
+    }
+
+    /// Publishes a Kubernetes Event about `object`; a failure is logged, never fatal (the
+    /// change it reports has happened either way).
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        warning: bool,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "cannot publish an Event");
+        }
+    }
+}

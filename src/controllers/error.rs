@@ -1,0 +1,62 @@
+//! What can stop a reconcile, with a stable metric label per variant. Messages name the call
+//! that failed and never carry a secret (the cloud clients' errors never do).
+
+use crate::cloud::CloudError;
+use crate::store::StoreError;
+
+/// Why a reconcile did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// A Hetzner call failed.
+    #[error("Hetzner Cloud: {0}")]
+    Hetzner(#[source] CloudError),
+    /// A Cloudflare call failed.
+    #[error("Cloudflare: {0}")]
+    Cloudflare(#[source] CloudError),
+    /// PostgreSQL.
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    /// The Kubernetes API.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The finalizer helper failed to add or remove the finalizer.
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+    /// The object lacks something every stored object has.
+    #[error("the object has no {0} (not stored by an API server?)")]
+    NotStored(&'static str),
+    /// An answer did not carry what it must.
+    #[error("unexpected answer: no {0}")]
+    Decode(&'static str),
+    /// The tunnel secret could not be sealed or opened.
+    #[error("tunnel secret: {0}")]
+    Secret(String),
+    /// The cloud-init document could not be rendered.
+    #[error("user data: {0}")]
+    UserData(String),
+}
+
+impl ReconcileError {
+    /// The metric label of the error class.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ReconcileError::Hetzner(_) => "hetzner",
+            ReconcileError::Cloudflare(_) => "cloudflare",
+            ReconcileError::Store(_) => "database",
+            ReconcileError::Kube(_) => "kubernetes",
+            ReconcileError::Finalizer(_) => "finalizer",
+            ReconcileError::NotStored(_) => "not_stored",
+            ReconcileError::Decode(_) => "decode",
+            ReconcileError::Secret(_) => "secret",
+            ReconcileError::UserData(_) => "user_data",
+        }
+    }
+
+    /// The cloud error inside, if any.
+    pub fn cloud(&self) -> Option<&CloudError> {
+        match self {
+            ReconcileError::Hetzner(e) | ReconcileError::Cloudflare(e) => Some(e),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! The shared view of the cloud: every server, tunnel and DNS record the operator owns, read
+//! with paged lists (one request per 50 servers, per 100 tunnels or records) and shared by all
+//! reconcilers, so no reconcile ever reads one object from a rate-limited API.
+//!
+//! Lists run at the resync period when everything is settled, and at a short interval while
+//! some object waits for a state only the cloud can show (a tunnel to connect, a server to
+//! stop), still one list for all waiting objects. What a reconciler itself did (a create, a
+//! power action, a delete) is recorded here at once and wins over any list that started
+//! before it, so a slow list never resurrects a deleted server nor hides a new one.
+//! It never writes to a cloud: the refresher only lists.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::cloud::cloudflare::{DnsRecord, Tunnel};
+use crate::cloud::hetzner::ServerSummary;
+
+/// One observation and when it was made.
+#[derive(Clone, Debug)]
+struct Entry<T> {
+    /// `None`: known to be gone (a tombstone, so an older list cannot bring it back).
+    value: Option<T>,
+    at: Instant,
+}
+
+/// A collection keyed by owner UID (servers, records) or by name (tunnels).
+#[derive(Debug)]
+struct Observed<T> {
+    entries: HashMap<String, Entry<T>>,
+    /// When the last complete list started (none yet: nothing can be concluded from absence).
+    listed_from: Option<Instant>,
+    /// When the last list attempt ended, successful or not (paces the next one).
+    attempted_at: Option<Instant>,
+    /// Objects waiting for a change only a list can show, and since when.
+    waiting: HashMap<String, Instant>,
+}
+
+impl<T: Clone> Default for Observed<T> {
+    fn default() -> Self {
+        Observed { entries: HashMap::new(), listed_from: None, attempted_at: None, waiting: HashMap::new() }
+    }
+}
+
+impl<T: Clone> Observed<T> {
+    fn get(&self, key: &str) -> Option<T> {
+        self.entries.get(key).and_then(|e| e.value.clone())
+    }
+
+    fn record(&mut self, key: &str, value: Option<T>, now: Instant) {
+        self.entries.insert(key.to_owned(), Entry { value, at: now });
+    }
+
+    /// Pure merge of a complete list that started at `started`: listed items replace what is
+    /// older than the list; what the list lacks is gone unless recorded after it started.
+    fn merge(&mut self, listed: HashMap<String, T>, started: Instant, now: Instant) {
+        self.entries.retain(|key, e| e.at > started || listed.contains_key(key));
+        for (key, value) in listed {
+            match self.entries.get(&key) {
+                Some(e) if e.at > started => {}
+                _ => {
+                    self.entries.insert(key, Entry { value: Some(value), at: started });
+                }
+            }
+        }
+        // Tombstones older than the list have served their purpose.
+        self.entries.retain(|_, e| e.value.is_some() || e.at > started);
+        self.listed_from = Some(started);
+        self.attempted_at = Some(now);
+    }
+
+    /// When the next list is due: soon while anyone waits, else at the resync period.
+    fn next_due(&self, resync: Duration, fast: Duration) -> Option<Instant> {
+        let last = self.attempted_at?;
+        Some(last + if self.waiting.is_empty() { resync } else { fast })
+    }
+
+    fn values(&self) -> Vec<(String, T)> {
+        self.entries.iter().filter_map(|(k, e)| e.value.clone().map(|v| (k.clone(), v))).collect()
+    }
+}
+
+/// A tunnel as the reconcilers need it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedTunnel {
+    pub id: String,
+    pub name: String,
+    /// `healthy`, `degraded`, `inactive`, `down`, as Cloudflare reports it.
+    pub status: String,
+    pub connections: usize,
+}
+
+impl ObservedTunnel {
+    pub fn from_api(t: &Tunnel) -> Self {
+        ObservedTunnel {
+            id: t.id.clone(),
+            name: t.name.clone(),
+            status: t.status.clone().unwrap_or_else(|| "inactive".to_owned()),
+            connections: t.connections.len(),
+        }
+    }
+
+    /// A connector is attached and serving.
+    pub fn connected(&self) -> bool {
+        self.connections > 0 && matches!(self.status.as_str(), "healthy" | "degraded")
+    }
+}
+
+#[derive(Debug, Default)]
+struct FleetState {
+    servers: Observed<ServerSummary>,
+    tunnels: Observed<ObservedTunnel>,
+    dns: Observed<DnsRecord>,
+}
+
+/// The shared view. Cheap to read; every method takes the lock briefly and never awaits.
+#[derive(Debug, Default)]
+pub struct Fleet {
+    state: Mutex<FleetState>,
+    /// Wakes the refresher when someone starts waiting (so it need not poll for waiters).
+    pub(crate) wake: Notify,
+}
+
+/// Which collection a list refreshed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Collection {
+    Servers,
+    Tunnels,
+    Dns,
+}
+
+impl Fleet {
+    fn with<R>(&self, f: impl FnOnce(&mut FleetState) -> R) -> R {
+        // A poisoned lock only means a panic elsewhere mid-update of plain maps: keep serving.
+        let mut guard = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut guard)
+    }
+
+    /// The server of the object with `uid`, as last seen or done.
+    pub fn server(&self, uid: &str) -> Option<ServerSummary> {
+        self.with(|s| s.servers.get(uid))
+    }
+
+    /// Whether a complete server list has been seen, so "not in the view" means "not there".
+    pub fn servers_known(&self) -> bool {
+        self.with(|s| s.servers.listed_from.is_some())
+    }
+
+    /// Whether the last complete server list started after `since`: only then does the
+    /// absence of a server created before `since` prove it is gone.
+    pub fn servers_listed_since(&self, since: Instant) -> bool {
+        self.with(|s| s.servers.listed_from.is_some_and(|t| t > since))
+    }
+
+    pub fn record_server(&self, uid: &str, server: ServerSummary) {
+        self.with(|s| s.servers.record(uid, Some(server), Instant::now()));
+    }
+
+    pub fn forget_server(&self, uid: &str) {
+        self.with(|s| s.servers.record(uid, None, Instant::now()));
+    }
+
+    /// Every managed server with its owner UID.
+    pub fn servers(&self) -> Vec<(String, ServerSummary)> {
+        self.with(|s| s.servers.values())
+    }
+
+    /// The tunnel named `name`.
+    pub fn tunnel(&self, name: &str) -> Option<ObservedTunnel> {
+        self.with(|s| s.tunnels.get(name))
+    }
+
+    pub fn tunnels_known(&self) -> bool {
+        self.with(|s| s.tunnels.listed_from.is_some())
+    }
+
+    pub fn record_tunnel(&self, tunnel: ObservedTunnel) {
+        let name = tunnel.name.clone();
+        self.with(|s| s.tunnels.record(&name, Some(tunnel), Instant::now()));
+    }
+
+    pub fn forget_tunnel(&self, name: &str) {
+        self.with(|s| s.tunnels.record(name, None, Instant::now()));
+    }
+
+    pub fn tunnels(&self) -> Vec<ObservedTunnel> {
+        self.with(|s| s.tunnels.values().into_iter().map(|(_, t)| t).collect())
+    }
+
+    /// Our DNS record of the object with `uid`.
+    pub fn dns_record(&self, uid: &str) -> Option<DnsRecord> {
+        self.with(|s| s.dns.get(uid))
+    }
+
+    pub fn dns_known(&self) -> bool {
+        self.with(|s| s.dns.listed_from.is_some())
+    }
+
+    pub fn record_dns(&self, uid: &str, record: DnsRecord) {
+        self.with(|s| s.dns.record(uid, Some(record), Instant::now()));
+    }
+
+    pub fn forget_dns(&self, uid: &str) {
+        self.with(|s| s.dns.record(uid, None, Instant::now()));
+    }
+
+    pub fn dns_records(&self) -> Vec<(String, DnsRecord)> {
+        self.with(|s| s.dns.values())
+    }
+
+    /// The object waits for a server state change: servers are listed at the short interval
+    /// until it stops waiting.
+    pub fn wait_for_servers(&self, uid: &str) {
+        let new = self.with(|s| s.servers.waiting.insert(uid.to_owned(), Instant::now()).is_none());
+        if new {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The object waits for its tunnel to connect.
+    pub fn wait_for_tunnel(&self, uid: &str) {
+        let new = self.with(|s| s.tunnels.waiting.insert(uid.to_owned(), Instant::now()).is_none());
+        if new {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The object waits for nothing any more.
+    pub fn done_waiting(&self, uid: &str) {
+        self.with(|s| {
+            s.servers.waiting.remove(uid);
+            s.tunnels.waiting.remove(uid);
+        });
+    }
+
+    /// Applies a complete server list (keyed by owner UID) that started at `started`.
+    pub fn merge_servers(&self, listed: HashMap<String, ServerSummary>, started: Instant) {
+        self.with(|s| s.servers.merge(listed, started, Instant::now()));
+    }
+
+    /// Applies a complete tunnel list (keyed by name).
+    pub fn merge_tunnels(&self, listed: HashMap<String, ObservedTunnel>, started: Instant) {
+        self.with(|s| s.tunnels.merge(listed, started, Instant::now()));
+    }
+
+    /// Applies a complete list of our DNS records (keyed by owner UID).
+    pub fn merge_dns(&self, listed: HashMap<String, DnsRecord>, started: Instant) {
+        self.with(|s| s.dns.merge(listed, started, Instant::now()));
+    }
+
+    /// A failed list still paces the next attempt (no tight loop against a failing API).
+    pub fn list_failed(&self, which: Collection) {
+        let now = Instant::now();
+        self.with(|s| match which {
+            Collection::Servers => s.servers.attempted_at = Some(now),
+            Collection::Tunnels => s.tunnels.attempted_at = Some(now),
+            Collection::Dns => s.dns.attempted_at = Some(now),
+        });
+    }
+
+    /// Which collections are due at `now`, and when the next one will be.
+    pub fn due(&self, now: Instant, resync: Duration, fast: Duration) -> (Vec<Collection>, Option<Instant>) {
+        self.with(|s| {
+            let mut due = Vec::new();
+            let mut next: Option<Instant> = None;
+            let slots = [
+                (Collection::Servers, s.servers.next_due(resync, fast)),
+                (Collection::Tunnels, s.tunnels.next_due(resync, fast)),
+                // DNS records change only through us or a person: the resync period suffices.
+                (Collection::Dns, s.dns.next_due(resync, resync)),
+            ];
+            for (which, at) in slots {
+                match at {
+                    None => due.push(which),
+                    Some(at) if at <= now => due.push(which),
+                    Some(at) => next = Some(next.map_or(at, |n| n.min(at))),
+                }
+            }
+            (due, next)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(id: i64, status: &str) -> ServerSummary {
+        ServerSummary { id, name: format!("s{id}"), status: status.into(), ..ServerSummary::default() }
+    }
+
+    #[test]
+    fn a_list_that_started_before_a_local_change_does_not_undo_it() {
+        let fleet = Fleet::default();
+        let before = Instant::now();
+        fleet.record_server("created-during-list", server(1, "initializing"));
+        fleet.record_server("deleted-during-list", server(2, "running"));
+        fleet.forget_server("deleted-during-list");
+        let listed = HashMap::from([
+            ("deleted-during-list".to_owned(), server(2, "running")),
+            ("old".to_owned(), server(3, "off")),
+        ]);
+        fleet.merge_servers(listed, before);
+        assert_eq!(fleet.server("created-during-list").map(|s| s.id), Some(1), "a list cannot hide a new server");
+        assert!(fleet.server("deleted-during-list").is_none(), "a list cannot resurrect a deleted one");
+        assert_eq!(fleet.server("old").map(|s| s.status), Some("off".to_owned()));
+        assert!(fleet.servers_known());
+    }
+
+    #[test]
+    fn a_newer_list_replaces_older_knowledge() {
+        let fleet = Fleet::default();
+        fleet.record_server("a", server(1, "starting"));
+        fleet.record_server("gone", server(2, "running"));
+        let after = Instant::now() + Duration::from_millis(1);
+        fleet.merge_servers(HashMap::from([("a".to_owned(), server(1, "running"))]), after);
+        assert_eq!(fleet.server("a").map(|s| s.status), Some("running".to_owned()));
+        assert!(fleet.server("gone").is_none(), "deleted behind our back: the list shows it");
+        assert!(fleet.servers_listed_since(after - Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn lists_are_due_fast_only_while_someone_waits() {
+        let fleet = Fleet::default();
+        let (resync, fast) = (Duration::from_secs(300), Duration::from_secs(2));
+        let now = Instant::now();
+        let (due, _) = fleet.due(now, resync, fast);
+        assert_eq!(due, vec![Collection::Servers, Collection::Tunnels, Collection::Dns], "first lists at once");
+        fleet.merge_servers(HashMap::new(), now);
+        fleet.merge_tunnels(HashMap::new(), now);
+        fleet.merge_dns(HashMap::new(), now);
+        let (due, next) = fleet.due(now, resync, fast);
+        assert!(due.is_empty());
+        assert!(next.is_some_and(|n| n >= now + resync - Duration::from_secs(1)));
+        fleet.wait_for_tunnel("uid");
+        let (due, _) = fleet.due(now + fast + Duration::from_secs(1), resync, fast);
+        assert_eq!(due, vec![Collection::Tunnels], "only the collection someone waits on goes fast");
+        fleet.done_waiting("uid");
+        let (due, _) = fleet.due(now + fast + Duration::from_secs(1), resync, fast);
+        assert!(due.is_empty());
+    }
+
+    #[test]
+    fn tunnel_connection_needs_a_connector() {
+        let t = |status: &str, connections| ObservedTunnel {
+            id: "i".into(),
+            name: "n".into(),
+            status: status.into(),
+            connections,
+        };
+        assert!(t("healthy", 1).connected());
+        assert!(!t("healthy", 0).connected());
+        assert!(!t("inactive", 0).connected());
+        assert!(!t("down", 0).connected());
+    }
+}

@@ -1,0 +1,115 @@
+//! The controllers: one reconciler per kind, and what they share (the fleet view and its
+//! refresher, the server machinery, the sweeper, the context).
+//!
+//! [`run`] wires them to a cluster with kube-runtime's `Controller` and stops them gracefully:
+//! on the stop signal no new reconcile starts, in-flight ones finish, and it returns.
+
+pub mod agent;
+pub mod cloud_init;
+pub mod conditions;
+pub mod context;
+pub mod error;
+pub mod fleet;
+pub mod names;
+pub mod refresher;
+pub mod server;
+pub mod status_patch;
+pub mod sweeper;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::Api;
+use kube::runtime::controller::Controller;
+use kube::runtime::watcher;
+
+use crate::api::Agent;
+
+pub use context::{Context, ControllerConfig, ControllerMetrics};
+pub use error::ReconcileError;
+
+/// The label that assigns an object to one of several operator deployments (`--shard`).
+pub const SHARD_LABEL: &str = "crabglamp.com/shard";
+
+/// Capped exponential backoff with full jitter: `base * 2^(failures-1)`, at most `cap`.
+pub fn backoff_delay(failures: u32, base: Duration, cap: Duration) -> Duration {
+    let exp = base.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    let ceiling = exp.min(cap).max(base);
+    // Jitter in [ceiling/2, ceiling]: retries of many objects spread out instead of bunching.
+    let jitter: f64 = rand::random::<f64>() * 0.5 + 0.5;
+    ceiling.mul_f64(jitter)
+}
+
+fn watcher_config(config: &ControllerConfig) -> watcher::Config {
+    let wc = watcher::Config::default();
+    match &config.shard {
+        Some(shard) => wc.labels(&format!("{SHARD_LABEL}={shard}")),
+        None => wc,
+    }
+}
+
+/// Runs every controller until `stop` turns true; returns once in-flight reconciles finished.
+pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
+    // The fleet firewall must exist before any Agent server is created behind it.
+    loop {
+        match refresher::ensure_fleet_firewall(&ctx).await {
+            Ok(id) => {
+                tracing::info!(firewall = id, "fleet firewall ready");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot prepare the fleet firewall; retrying");
+                let mut s = stop.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(ctx.config.fast_poll) => {}
+                    _ = s.changed() => {}
+                }
+                if *stop.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+    let refresher = tokio::spawn(refresher::run(Arc::clone(&ctx), stop.clone()));
+
+    let agents: Api<Agent> = Api::all(ctx.client.clone());
+    let controller = Controller::new(agents, watcher_config(&ctx.config).any_semantic());
+    let sweeper = tokio::spawn(sweeper::run(Arc::clone(&ctx), controller.store(), stop.clone()));
+    let mut shutdown = stop.clone();
+    controller
+        .graceful_shutdown_on(async move {
+            while !*shutdown.borrow() {
+                if shutdown.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .run(agent::reconcile, agent::error_policy, Arc::clone(&ctx))
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+    let _ = refresher.await;
+    let _ = sweeper.await;
+    tracing::info!("controllers stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let base = Duration::from_secs(1);
+        let cap = Duration::from_secs(60);
+        for failures in 1..40 {
+            let d = backoff_delay(failures, base, cap);
+            assert!(d >= base / 2 && d <= cap, "{failures}: {d:?}");
+        }
+        assert!(backoff_delay(10, base, cap) >= Duration::from_secs(30), "large counts reach the cap range");
+        assert!(backoff_delay(1, base, cap) <= base);
+    }
+}

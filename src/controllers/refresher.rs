@@ -1,0 +1,117 @@
+//! The one task that reads the clouds for everybody: paged lists of our servers (by label),
+//! tunnels (by name prefix) and DNS records (by comment mark), on the pace the fleet view asks
+//! for, plus the fleet firewall every Agent server is created behind. It lists and repairs the
+//! fleet firewall; it never creates, changes or deletes anything an object owns.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::cloud::CloudError;
+use crate::cloud::hetzner::FirewallCreated;
+
+use super::context::Context;
+use super::fleet::{Collection, ObservedTunnel};
+use super::names::{TUNNEL_PREFIX, uid_from_dns_comment, uid_from_tunnel_name};
+use super::server::{MANAGED_BY, MANAGED_BY_LABEL, UID_LABEL, fleet_selector};
+
+/// The fleet firewall's name: one per Hetzner project, no inbound rules at all.
+pub const FLEET_FIREWALL_NAME: &str = "crabglamp-agents-closed";
+/// Label that tells the fleet firewall apart from per-VM firewalls.
+pub const ROLE_LABEL: &str = "crabglamp.com/role";
+/// Its value.
+pub const FLEET_FIREWALL_ROLE: &str = "agent-fleet-firewall";
+
+fn fleet_firewall_labels() -> std::collections::BTreeMap<String, String> {
+    std::collections::BTreeMap::from([
+        (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+        (ROLE_LABEL.to_owned(), FLEET_FIREWALL_ROLE.to_owned()),
+    ])
+}
+
+/// Finds or creates the fleet firewall (closed: no rules), and closes it again if someone
+/// added a rule. Returns its id.
+pub async fn ensure_fleet_firewall(ctx: &Context) -> Result<i64, CloudError> {
+    let selector = format!("{ROLE_LABEL}={FLEET_FIREWALL_ROLE}");
+    let found = ctx.hetzner.list_firewalls(Some(&selector)).await?;
+    let firewall = match found.into_iter().min_by_key(|f| f.id) {
+        Some(f) => f,
+        None => {
+            let FirewallCreated { firewall, adopted, .. } =
+                ctx.hetzner.create_firewall(FLEET_FIREWALL_NAME, &fleet_firewall_labels(), &[], &[]).await?;
+            tracing::info!(firewall = firewall.id, adopted, "fleet firewall ready (no inbound rules)");
+            firewall
+        }
+    };
+    if !firewall.rules.is_empty() {
+        tracing::warn!(firewall = firewall.id, rules = firewall.rules.len(), "fleet firewall had rules: removing them");
+        ctx.hetzner.set_firewall_rules(firewall.id, &[]).await?;
+        ctx.metrics.count_step("Agent", "close_fleet_firewall");
+    }
+    ctx.set_fleet_firewall(firewall.id);
+    Ok(firewall.id)
+}
+
+/// Lists one collection and merges it into the fleet view.
+async fn refresh(ctx: &Context, which: Collection) -> Result<(), CloudError> {
+    let started = Instant::now();
+    match which {
+        Collection::Servers => {
+            let servers = ctx.hetzner.list_server_summaries(Some(&fleet_selector())).await?;
+            let listed: HashMap<_, _> =
+                servers.into_iter().filter_map(|s| s.labels.get(UID_LABEL).cloned().map(|uid| (uid, s))).collect();
+            ctx.fleet.merge_servers(listed, started);
+        }
+        Collection::Tunnels => {
+            let tunnels = ctx.cloudflare.list_tunnels(Some(TUNNEL_PREFIX)).await?;
+            let listed: HashMap<_, _> = tunnels
+                .iter()
+                .filter(|t| t.deleted_at.is_none() && uid_from_tunnel_name(&t.name).is_some())
+                .map(|t| (t.name.clone(), ObservedTunnel::from_api(t)))
+                .collect();
+            ctx.fleet.merge_tunnels(listed, started);
+        }
+        Collection::Dns => {
+            let records = ctx.cloudflare.list_dns_records_by_comment_prefix(super::names::DNS_MARK_PREFIX).await?;
+            let listed: HashMap<_, _> = records
+                .into_iter()
+                .filter_map(|r| r.comment.as_deref().and_then(uid_from_dns_comment).map(str::to_owned).map(|u| (u, r)))
+                .collect();
+            ctx.fleet.merge_dns(listed, started);
+        }
+    }
+    Ok(())
+}
+
+/// Runs until `stop` resolves: lists what is due, then sleeps until the next list is due or
+/// someone starts waiting.
+pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
+    let mut stop = stop;
+    let mut last_firewall_audit = Instant::now();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let now = Instant::now();
+        let (due, next) = ctx.fleet.due(now, ctx.config.resync, ctx.config.fast_poll);
+        for which in due {
+            if let Err(e) = refresh(&ctx, which).await {
+                tracing::warn!(error = %e, collection = ?which, "shared list failed; the next try follows its pace");
+                ctx.fleet.list_failed(which);
+            }
+        }
+        let audit_every = ctx.config.resync.saturating_mul(ctx.config.firewall_audit_every.max(1));
+        if last_firewall_audit.elapsed() >= audit_every {
+            last_firewall_audit = Instant::now();
+            if let Err(e) = ensure_fleet_firewall(&ctx).await {
+                tracing::warn!(error = %e, "cannot audit the fleet firewall");
+            }
+        }
+        let sleep_until = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+        tokio::select! {
+            _ = tokio::time::sleep_until(sleep_until.into()) => {}
+            _ = ctx.fleet.wake.notified() => {}
+            _ = stop.changed() => {}
+        }
+    }
+}

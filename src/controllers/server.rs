@@ -1,0 +1,406 @@
+//! The Hetzner-server machinery Agents and PlainVMs share: deterministic names, ownership
+//! labels, the create spec, power decisions, the usage timeline, drift and deletion.
+//!
+//! Everything here is either a pure function (names, labels, decisions: unit-tested below) or
+//! one idempotent cloud step. It never decides what a kind adds around its server (tunnel,
+//! firewall); it never polls a single server: observations come from the shared fleet view.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use kube::Resource;
+
+use crate::api::{Region, ServerStatus};
+use crate::cloud::hetzner::{ServerSpec, ServerSummary};
+use crate::cloud::{CloudError, Secret};
+use crate::store::audit::ResourceRef;
+use crate::store::usage::{self, Transition, UsageTransition};
+
+use super::context::Context;
+use super::error::ReconcileError;
+
+/// Label on everything the operator creates in Hetzner: what the fleet list selects.
+pub const MANAGED_BY_LABEL: &str = "crabglamp.com/managed-by";
+/// Its value.
+pub const MANAGED_BY: &str = "crabglamp-operator";
+/// The owning object's UID: the proof of ownership that adoption and the sweeper check.
+pub const UID_LABEL: &str = "crabglamp.com/uid";
+/// `agent` or `plainvm`.
+pub const KIND_LABEL: &str = "crabglamp.com/kind";
+/// The owning object's namespace and name, for people reading the Hetzner console.
+pub const NAMESPACE_LABEL: &str = "crabglamp.com/namespace";
+/// See [`NAMESPACE_LABEL`].
+pub const NAME_LABEL: &str = "crabglamp.com/name";
+
+/// The label selector of the shared fleet list: every server the operator manages.
+pub fn fleet_selector() -> String {
+    format!("{MANAGED_BY_LABEL}={MANAGED_BY}")
+}
+
+/// What a kind asks of its server; the rest of this module needs nothing else of the object.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerIntent {
+    /// `agent` or `plainvm` (label value and price-cell product).
+    pub product: &'static str,
+    pub region: Region,
+    pub server_type: String,
+    pub image: String,
+    pub running: bool,
+    pub owner: String,
+}
+
+impl ServerIntent {
+    /// Stripe price cell, e.g. `agent-us-cpx22`.
+    pub fn price_cell(&self) -> String {
+        format!("{}-{}-{}", self.product, self.region.as_str(), self.server_type)
+    }
+}
+
+/// The identity of the object a server belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+impl Owner {
+    /// From a namespaced object that has been stored (it has a UID).
+    pub fn of<K: Resource>(object: &K, kind: &'static str) -> Result<Self, ReconcileError> {
+        let uid = object.meta().uid.clone().ok_or(ReconcileError::NotStored("uid"))?;
+        let namespace = object.meta().namespace.clone().ok_or(ReconcileError::NotStored("namespace"))?;
+        Ok(Owner { kind, namespace, name: object.meta().name.clone().unwrap_or_default(), uid })
+    }
+
+    /// `Agent/team-a/research-bot`: what spans and messages name.
+    pub fn display(&self) -> String {
+        format!("{}/{}/{}", self.kind, self.namespace, self.name)
+    }
+
+    /// The audit and usage rows' view of the object.
+    pub fn resource_ref(&self) -> ResourceRef {
+        ResourceRef {
+            kind: self.kind.to_owned(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+        }
+    }
+}
+
+/// `<name>-<first 8 hex digits of the UID>`: unique per object (a re-created object of the same
+/// name gets a new server), stable across retries, and a DNS label because admission keeps
+/// names within 50 characters.
+pub fn server_name(name: &str, uid: &str) -> String {
+    let uid8: String = uid.chars().filter(char::is_ascii_hexdigit).take(8).collect::<String>().to_ascii_lowercase();
+    format!("{name}-{uid8}")
+}
+
+/// The ownership labels of an object's server. Every value is a Kubernetes name or UID, which
+/// already fits Hetzner's label rules (at most 63 characters, alphanumerics, `-`, `_`, `.`).
+pub fn server_labels(owner: &Owner, product: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+        (KIND_LABEL.to_owned(), product.to_owned()),
+        (UID_LABEL.to_owned(), owner.uid.clone()),
+        (NAMESPACE_LABEL.to_owned(), owner.namespace.clone()),
+        (NAME_LABEL.to_owned(), owner.name.clone()),
+    ])
+}
+
+/// The labels left on a server after an `Orphan` deletion: the owner's own labels stay, ours
+/// go, so neither the fleet list nor the sweeper ever sees it again.
+pub fn without_our_labels(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    labels.iter().filter(|(k, _)| !k.starts_with("crabglamp.com/")).map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// The create call for an object's server: attached to `firewalls` from its first instant,
+/// with `user_data` (a secret: it may carry a token).
+pub fn create_spec(
+    owner: &Owner,
+    intent: &ServerIntent,
+    user_data: Secret,
+    firewalls: Vec<i64>,
+) -> ServerSpec {
+    ServerSpec {
+        name: server_name(&owner.name, &owner.uid),
+        server_type: intent.server_type.clone(),
+        image: intent.image.clone(),
+        location: intent.region.hetzner_location().to_owned(),
+        labels: server_labels(owner, intent.product),
+        user_data: Some(user_data),
+        ssh_keys: Vec::new(),
+        firewalls,
+        start_after_create: intent.running,
+    }
+}
+
+/// The status block of an observed server.
+pub fn server_status(server: &ServerSummary, status_override: Option<&str>) -> ServerStatus {
+    ServerStatus {
+        id: Some(server.id),
+        name: Some(server.name.clone()),
+        location: server.location.as_ref().map(|l| l.name.clone()),
+        status: Some(status_override.unwrap_or(&server.status).to_owned()),
+        ipv4: server.public_net.ipv4.as_ref().map(|a| a.ip.clone()),
+        ipv6: server.public_net.ipv6.as_ref().map(|a| a.ip.clone()),
+    }
+}
+
+/// Whether a status means the machine is (or is about to be) up.
+pub fn is_up(status: &str) -> bool {
+    matches!(status, "running" | "starting" | "initializing" | "rebuilding" | "migrating")
+}
+
+/// The next power step for a server in `status` when the spec wants `running`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PowerStep {
+    /// Nothing to do now (already there, or a transition is under way).
+    Hold,
+    PowerOn,
+    /// ACPI: the guest shuts down cleanly if it listens.
+    Shutdown,
+    /// Hard power-off: the guest ignored the ACPI request for longer than the timeout.
+    PowerOff,
+}
+
+/// Pure: what to do about power. `shutdown_sent` is when this operator last asked the guest to
+/// shut down (none = never, or the request was forgotten in a restart: then it is asked again).
+pub fn decide_power(
+    want_running: bool,
+    status: &str,
+    shutdown_sent: Option<Instant>,
+    now: Instant,
+    timeout: Duration,
+) -> PowerStep {
+    match (want_running, status) {
+        (true, "off") => PowerStep::PowerOn,
+        (false, "running") => match shutdown_sent {
+            None => PowerStep::Shutdown,
+            Some(sent) if now.saturating_duration_since(sent) >= timeout => PowerStep::PowerOff,
+            Some(_) => PowerStep::Hold,
+        },
+        _ => PowerStep::Hold,
+    }
+}
+
+/// Pure: the usage-timeline row an observed status calls for, given the last one recorded.
+/// `running` after nothing or a stop is a start; `off` after a start is a stop. States in
+/// between (`starting`, `stopping`) record nothing until they settle.
+pub fn decide_transition(last_recorded: Option<Transition>, observed_status: &str) -> Option<Transition> {
+    match (last_recorded, observed_status) {
+        (None | Some(Transition::Stop), "running") => Some(Transition::Start),
+        (Some(Transition::Start), "off") => Some(Transition::Stop),
+        _ => None,
+    }
+}
+
+/// The key of the `n`th transition of an object (1-based): a retried write of the same
+/// transition is the same key, and the next real transition has the next `n`, so a server
+/// restarted twice without a spec change is four rows, never two.
+pub fn transition_key(uid: &str, n: usize, transition: Transition) -> String {
+    format!("{uid}/{n}/{}", transition.as_str())
+}
+
+/// The recorded transitions of an object: how many, and the last.
+pub async fn timeline_tail(ctx: &Context, uid: &str) -> Result<(usize, Option<Transition>), ReconcileError> {
+    let rows = usage::transitions_for_resource(&ctx.db, uid).await?;
+    let last = rows.last().map(|r| if r.transition == "start" { Transition::Start } else { Transition::Stop });
+    Ok((rows.len(), last))
+}
+
+/// Appends the transition an observed status calls for, if any (idempotent by key). Returns
+/// the transition recorded.
+pub async fn record_observed_transition(
+    ctx: &Context,
+    owner: &Owner,
+    intent: &ServerIntent,
+    observed_status: &str,
+) -> Result<Option<Transition>, ReconcileError> {
+    let (count, last) = timeline_tail(ctx, &owner.uid).await?;
+    let Some(transition) = decide_transition(last, observed_status) else { return Ok(None) };
+    let row = UsageTransition {
+        transition_key: transition_key(&owner.uid, count + 1, transition),
+        resource: owner.resource_ref(),
+        owner: intent.owner.clone(),
+        region: intent.region.as_str().to_owned(),
+        server_type: intent.server_type.clone(),
+        price_cell: intent.price_cell(),
+        transition,
+        occurred_at: Utc::now(),
+    };
+    usage::record(&ctx.db, &row).await?;
+    Ok(Some(transition))
+}
+
+/// The closing `stop` row of a server that is being deleted while its timeline says it runs,
+/// for the caller to write in the same transaction as the destroy event.
+pub async fn closing_transition(
+    ctx: &Context,
+    owner: &Owner,
+    intent: &ServerIntent,
+) -> Result<Option<UsageTransition>, ReconcileError> {
+    let (count, last) = timeline_tail(ctx, &owner.uid).await?;
+    Ok((last == Some(Transition::Start)).then(|| UsageTransition {
+        transition_key: transition_key(&owner.uid, count + 1, Transition::Stop),
+        resource: owner.resource_ref(),
+        owner: intent.owner.clone(),
+        region: intent.region.as_str().to_owned(),
+        server_type: intent.server_type.clone(),
+        price_cell: intent.price_cell(),
+        transition: Transition::Stop,
+        occurred_at: Utc::now(),
+    }))
+}
+
+/// Creates (or adopts) the object's server and records it in the fleet view at once, so the
+/// next pass sees it without a list. The server id reaches status right after this returns,
+/// before its create action finishes.
+pub async fn create_server(ctx: &Context, owner: &Owner, spec: &ServerSpec) -> Result<ServerSummary, ReconcileError> {
+    let created = ctx.hetzner.create_server(spec).await.map_err(ReconcileError::Hetzner)?;
+    let summary = ServerSummary::from_model(&created.server).ok_or(ReconcileError::Decode("server"))?;
+    ctx.fleet.record_server(&owner.uid, summary.clone());
+    if created.adopted {
+        tracing::info!(server = summary.id, "adopted the server an earlier attempt created");
+    } else {
+        tracing::info!(server = summary.id, "server created");
+    }
+    ctx.metrics.count_step(owner.kind, "create_server");
+    Ok(summary)
+}
+
+/// Performs a power step; the fleet view shows the transition as under way so nothing asks
+/// twice, and the fast refresh watches for it to settle.
+pub async fn apply_power(ctx: &Context, owner: &Owner, server: &ServerSummary, step: PowerStep) -> Result<(), ReconcileError> {
+    let (result, under_way) = match step {
+        PowerStep::Hold => return Ok(()),
+        PowerStep::PowerOn => (ctx.hetzner.power_on(server.id).await, "starting"),
+        PowerStep::Shutdown => {
+            let r = ctx.hetzner.shutdown(server.id).await;
+            if r.is_ok() {
+                ctx.power.shutdown_sent(&owner.uid, Instant::now());
+            }
+            // ACPI leaves the status `running` until the guest is down.
+            (r, "running")
+        }
+        PowerStep::PowerOff => (ctx.hetzner.power_off(server.id).await, "stopping"),
+    };
+    result.map_err(ReconcileError::Hetzner)?;
+    let mut seen = server.clone();
+    seen.status = under_way.to_owned();
+    ctx.fleet.record_server(&owner.uid, seen);
+    ctx.fleet.wait_for_servers(&owner.uid);
+    ctx.metrics.count_step(owner.kind, step_name(step));
+    Ok(())
+}
+
+fn step_name(step: PowerStep) -> &'static str {
+    match step {
+        PowerStep::Hold => "hold",
+        PowerStep::PowerOn => "power_on",
+        PowerStep::Shutdown => "shutdown",
+        PowerStep::PowerOff => "power_off",
+    }
+}
+
+/// Deletes the server (gone already counts as done) and forgets it in the fleet view.
+pub async fn delete_server(ctx: &Context, owner: &Owner, id: i64) -> Result<bool, ReconcileError> {
+    let existed = ctx.hetzner.delete_server(id).await.map_err(ReconcileError::Hetzner)?.is_some();
+    ctx.fleet.forget_server(&owner.uid);
+    ctx.power.forget(&owner.uid);
+    ctx.metrics.count_step(owner.kind, "delete_server");
+    Ok(existed)
+}
+
+/// Takes our labels off a server being orphaned (the owner's own labels stay).
+pub async fn unmark_server(ctx: &Context, owner: &Owner, server: &ServerSummary) -> Result<(), ReconcileError> {
+    match ctx.hetzner.set_server_labels(server.id, &without_our_labels(&server.labels)).await {
+        Ok(_) => {}
+        Err(CloudError::NotFound(_)) => {}
+        Err(e) => return Err(ReconcileError::Hetzner(e)),
+    }
+    ctx.fleet.forget_server(&owner.uid);
+    ctx.power.forget(&owner.uid);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UID: &str = "3f2a9c1e-0b4d-4c55-9e1a-7d2b8c6f0a11";
+
+    #[test]
+    fn server_names_are_dns_labels_within_hetzner_limits() {
+        assert_eq!(server_name("research-bot", UID), "research-bot-3f2a9c1e");
+        let longest = "a".repeat(50);
+        let name = server_name(&longest, UID);
+        assert_eq!(name.len(), 59);
+        assert!(name.len() <= 63 && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+        assert_eq!(server_name("x", "ABCDEF12-3456"), "x-abcdef12", "uppercase UIDs still give a lowercase name");
+    }
+
+    #[test]
+    fn labels_point_back_and_orphaning_removes_only_ours() {
+        let owner = Owner { kind: "Agent", namespace: "team-a".into(), name: "bot".into(), uid: UID.into() };
+        let labels = server_labels(&owner, "agent");
+        assert_eq!(labels[UID_LABEL], UID);
+        assert_eq!(labels[MANAGED_BY_LABEL], MANAGED_BY);
+        for (k, v) in &labels {
+            let name = k.rsplit('/').next().unwrap_or(k);
+            assert!(name.len() <= 63 && v.len() <= 63, "{k}={v}");
+            assert!(v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)), "{v}");
+        }
+        let mut theirs = labels.clone();
+        theirs.insert("team".into(), "x".into());
+        assert_eq!(without_our_labels(&theirs), BTreeMap::from([("team".to_owned(), "x".to_owned())]));
+    }
+
+    #[test]
+    fn power_decisions_over_every_status() {
+        let now = Instant::now();
+        let t = Duration::from_secs(60);
+        let statuses = ["initializing", "starting", "running", "stopping", "off", "deleting", "rebuilding", "unknown"];
+        for status in statuses {
+            let want_on = decide_power(true, status, None, now, t);
+            assert_eq!(want_on, if status == "off" { PowerStep::PowerOn } else { PowerStep::Hold }, "{status}");
+            let want_off = decide_power(false, status, None, now, t);
+            assert_eq!(want_off, if status == "running" { PowerStep::Shutdown } else { PowerStep::Hold }, "{status}");
+        }
+        let sent = now.checked_sub(Duration::from_secs(30)).unwrap_or(now);
+        assert_eq!(decide_power(false, "running", Some(sent), now, t), PowerStep::Hold, "ACPI still has time");
+        let long_ago = now.checked_sub(Duration::from_secs(61)).unwrap_or(now);
+        assert_eq!(decide_power(false, "running", Some(long_ago), now, t), PowerStep::PowerOff, "the guest ignored ACPI");
+        assert_eq!(decide_power(true, "running", Some(long_ago), now, t), PowerStep::Hold, "a stale request is moot");
+    }
+
+    #[test]
+    fn timeline_records_each_real_transition_once() {
+        use Transition::*;
+        assert_eq!(decide_transition(None, "running"), Some(Start));
+        assert_eq!(decide_transition(None, "off"), None, "a server never started has nothing to stop");
+        assert_eq!(decide_transition(Some(Start), "running"), None, "a retry records nothing");
+        assert_eq!(decide_transition(Some(Start), "stopping"), None, "wait until it settles");
+        assert_eq!(decide_transition(Some(Start), "off"), Some(Stop));
+        assert_eq!(decide_transition(Some(Stop), "off"), None);
+        assert_eq!(decide_transition(Some(Stop), "running"), Some(Start));
+        // Keys: the same logical transition is one key; the next one another.
+        assert_eq!(transition_key(UID, 1, Start), transition_key(UID, 1, Start));
+        assert_ne!(transition_key(UID, 1, Start), transition_key(UID, 3, Start));
+    }
+
+    #[test]
+    fn price_cells() {
+        let intent = ServerIntent {
+            product: "agent",
+            region: Region::Us,
+            server_type: "cpx22".into(),
+            image: "ubuntu-24.04".into(),
+            running: true,
+            owner: "acct".into(),
+        };
+        assert_eq!(intent.price_cell(), "agent-us-cpx22");
+    }
+}

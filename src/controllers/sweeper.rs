@@ -1,0 +1,160 @@
+//! The orphan sweeper: removes servers, tunnels and DNS records that carry our marks but whose
+//! object no longer exists (a crash between a create and its record, a finalizer removed by
+//! hand), after a grace period. It reads only the shared fleet view and the controllers'
+//! caches; every removal is logged and counted. It never touches anything without our marks,
+//! nor anything of an object that exists (an object being created is in the cache).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube::ResourceExt;
+use kube::runtime::reflector::Store;
+
+use crate::api::Agent;
+use crate::store::seal::{self, CredentialId};
+
+use super::context::Context;
+use super::names::uid_from_tunnel_name;
+use super::server::KIND_LABEL;
+
+/// A marked resource seen without its object, and since when.
+#[derive(Debug, Default)]
+pub struct Suspects {
+    first_seen: HashMap<String, Instant>,
+}
+
+impl Suspects {
+    /// Pure: of the `orphans` seen now, those orphaned for longer than `grace`; forgets the
+    /// ones that are no longer orphans.
+    pub fn due(&mut self, orphans: &HashSet<String>, now: Instant, grace: Duration) -> Vec<String> {
+        self.first_seen.retain(|k, _| orphans.contains(k));
+        let mut due = Vec::new();
+        for key in orphans {
+            let since = *self.first_seen.entry(key.clone()).or_insert(now);
+            if now.saturating_duration_since(since) >= grace {
+                due.push(key.clone());
+            }
+        }
+        due.sort();
+        due
+    }
+}
+
+fn secret_id(uid: &str) -> CredentialId {
+    CredentialId { scope: "agent-tunnel".into(), resource_uid: uid.into(), name: "tunnel-secret".into() }
+}
+
+/// One sweep over the fleet view.
+async fn sweep(ctx: &Context, agents: &Store<Agent>, suspects: &mut Suspects) {
+    let live: HashSet<String> = agents.state().iter().filter_map(|a| a.uid()).collect();
+    let now = Instant::now();
+    let grace = ctx.config.sweeper_grace;
+
+    // Servers: keyed by owner UID; only Agent servers are judged against the Agent cache.
+    let servers: HashMap<String, i64> = ctx
+        .fleet
+        .servers()
+        .into_iter()
+        .filter(|(_, s)| s.labels.get(KIND_LABEL).map(String::as_str) == Some("agent"))
+        .map(|(uid, s)| (uid, s.id))
+        .collect();
+    let tunnels: HashMap<String, String> = ctx
+        .fleet
+        .tunnels()
+        .into_iter()
+        .filter_map(|t| uid_from_tunnel_name(&t.name).map(|u| (u.to_owned(), t.id.clone())))
+        .collect();
+    let records: HashMap<String, String> = ctx.fleet.dns_records().into_iter().map(|(u, r)| (u, r.id)).collect();
+
+    let mut orphans = HashSet::new();
+    orphans.extend(servers.keys().filter(|u| !live.contains(*u)).map(|u| format!("server/{u}")));
+    orphans.extend(tunnels.keys().filter(|u| !live.contains(*u)).map(|u| format!("tunnel/{u}")));
+    orphans.extend(records.keys().filter(|u| !live.contains(*u)).map(|u| format!("dns/{u}")));
+
+    for key in suspects.due(&orphans, now, grace) {
+        let Some((what, uid)) = key.split_once('/') else { continue };
+        let result = match what {
+            "server" => match servers.get(uid) {
+                Some(&id) => ctx.hetzner.delete_server(id).await.map(|_| ctx.fleet.forget_server(uid)),
+                None => Ok(()),
+            },
+            "tunnel" => {
+                // Tunnels carry no labels: ours are the ones whose secret we still hold (an
+                // orphaned Agent's secret is forgotten, so its tunnel is left alone).
+                match seal::get_credential(&ctx.db, &ctx.sealing, &secret_id(uid)).await {
+                    Ok(Some(_)) => match tunnels.get(uid) {
+                        Some(id) => ctx.cloudflare.delete_tunnel(id).await.map(|_| {
+                            ctx.fleet.forget_tunnel(&super::names::tunnel_name(uid));
+                        }),
+                        None => Ok(()),
+                    },
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "sweeper cannot read a tunnel secret");
+                        continue;
+                    }
+                }
+            }
+            "dns" => match records.get(uid) {
+                Some(id) => ctx.cloudflare.delete_dns_record(id).await.map(|_| ctx.fleet.forget_dns(uid)),
+                None => Ok(()),
+            },
+            _ => continue,
+        };
+        match result {
+            Ok(()) => {
+                if what == "tunnel" {
+                    let _ = seal::delete_credential(&ctx.db, &secret_id(uid)).await;
+                }
+                ctx.metrics.count_swept(what);
+                tracing::warn!(resource = what, owner_uid = uid, "sweeper removed a resource whose object is gone");
+            }
+            Err(e) => tracing::warn!(resource = what, owner_uid = uid, error = %e, "sweeper could not remove an orphan"),
+        }
+    }
+}
+
+/// Sweeps once per resync period until `stop`, starting once the Agent cache is complete
+/// (before that, every server would look orphaned).
+pub async fn run(ctx: Arc<Context>, agents: Store<Agent>, stop: tokio::sync::watch::Receiver<bool>) {
+    let mut stop = stop;
+    tokio::select! {
+        r = agents.wait_until_ready() => if r.is_err() { return },
+        _ = stop.changed() => return,
+    }
+    let mut suspects = Suspects::default();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        if ctx.fleet.servers_known() && ctx.fleet.tunnels_known() && ctx.fleet.dns_known() {
+            sweep(&ctx, &agents, &mut suspects).await;
+        }
+        // Sweep at the grace period's pace when it is shorter, so a short grace (tests) acts.
+        let pause = ctx.config.resync.min(ctx.config.sweeper_grace.max(Duration::from_millis(200)));
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_orphan_goes_only_after_the_grace_period_and_a_returning_object_saves_it() {
+        let mut s = Suspects::default();
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(60);
+        let orphans: HashSet<String> = ["server/a".to_owned()].into();
+        assert!(s.due(&orphans, t0, grace).is_empty(), "first sight starts the clock");
+        assert!(s.due(&orphans, t0 + Duration::from_secs(30), grace).is_empty());
+        assert_eq!(s.due(&orphans, t0 + grace, grace), vec!["server/a".to_owned()]);
+        // Seen live again: the clock restarts.
+        assert!(s.due(&HashSet::new(), t0 + grace, grace).is_empty());
+        assert!(s.due(&orphans, t0 + grace + Duration::from_secs(1), grace).is_empty());
+    }
+}

@@ -1,0 +1,78 @@
+//! Wiring of `crabglamp-operator run`: builds the clients, the database pool and the sealing
+//! keys from settings (flags or environment, SPEC section 6), then runs the controllers until
+//! told to stop. The sandbox calls the same functions with its stand-ins' endpoints, so both
+//! paths build the operator the same way.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+
+use crate::cloud::cloudflare::{CloudflareClient, CloudflareConfig};
+use crate::cloud::hetzner::{HetznerClient, HetznerConfig};
+use crate::cloud::{CloudMetrics, RateLimiter};
+use crate::controllers::{self, Context, ControllerConfig, ControllerMetrics};
+use crate::store::{self, seal::SealingKeys};
+
+/// Why the operator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot configure the Kubernetes client: {0}")]
+    Kube(String),
+    #[error("cannot configure a cloud client: {0}")]
+    Cloud(String),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("sealing key: {0}")]
+    Sealing(#[from] store::seal::SealError),
+}
+
+/// Everything `run` needs besides the Kubernetes client.
+#[derive(Clone, Debug)]
+pub struct OperatorSettings {
+    pub database_url: String,
+    pub hetzner: HetznerConfig,
+    pub cloudflare: CloudflareConfig,
+    pub controllers: ControllerConfig,
+}
+
+/// The operator, connected: the reconcilers' context and the metrics registry.
+pub struct Connected {
+    pub context: Arc<Context>,
+    pub registry: Registry,
+}
+
+/// Connects to PostgreSQL (and checks its schema is migrated), builds both cloud clients on
+/// their shared rate budgets.
+pub async fn connect(
+    client: kube::Client,
+    settings: OperatorSettings,
+    sealing: SealingKeys,
+) -> Result<Connected, StartError> {
+    let mut registry = Registry::with_prefix("crabglamp");
+    let cloud_metrics = CloudMetrics::register(&mut registry);
+    let metrics = ControllerMetrics::register(&mut registry);
+    let db = store::connect(&settings.database_url, 8).await?;
+    let hetzner = HetznerClient::new(settings.hetzner, Arc::new(RateLimiter::hetzner_default()), cloud_metrics.clone())
+        .map_err(|e| StartError::Cloud(e.to_string()))?;
+    let cloudflare =
+        CloudflareClient::new(settings.cloudflare, Arc::new(RateLimiter::cloudflare_default()), cloud_metrics)
+            .map_err(|e| StartError::Cloud(e.to_string()))?;
+    let context = Context::new(client, hetzner, cloudflare, db, sealing, settings.controllers, metrics);
+    Ok(Connected { context: Arc::new(context), registry })
+}
+
+/// Runs the controllers until `stop` turns true, then waits at most `drain` for in-flight
+/// reconciles to finish.
+pub async fn run(context: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>, drain: Duration) {
+    let mut watch_stop = stop.clone();
+    let task = tokio::spawn(controllers::run(context, stop));
+    tokio::pin!(task);
+    tokio::select! {
+        _ = &mut task => return,
+        _ = async { while !*watch_stop.borrow() { if watch_stop.changed().await.is_err() { break; } } } => {}
+    }
+    if tokio::time::timeout(drain, &mut task).await.is_err() {
+        tracing::warn!(?drain, "in-flight reconciles did not finish in time; exiting anyway");
+    }
+}
