@@ -13,3 +13,4 @@ pub mod http;
 pub mod kube;
 pub mod sim_cli;
 pub mod stack;
+pub mod time_scale;

@@ -18,7 +18,7 @@ mod routes;
 mod world;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 
@@ -123,4 +123,36 @@ pub fn fail_next_actions(sim: &RunningSim, n: u32) {
     if let Some(st) = sim.state::<HzState>() {
         lock(&st.world).fail_next_actions = n;
     }
+}
+
+/// A server whose simulated OS has finished booting: what a guest agent (cloud-init running
+/// `cloudflared`, say) would see as "up", with the `user_data` it was created with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootedServer {
+    pub id: i64,
+    pub name: String,
+    pub user_data: Option<String>,
+}
+
+/// The `user_data` a server was created with: `None` when there is no such server,
+/// `Some(None)` when it was created without any.
+pub fn server_user_data(sim: &RunningSim, id: i64) -> Option<Option<String>> {
+    let st = sim.state::<HzState>()?;
+    let w = lock(&st.world);
+    w.servers.get(&id).map(|s| s.user_data.clone())
+}
+
+/// Servers that are `running` and whose simulated OS finished booting (the boot delay after
+/// turning `running`, scaled like every simulated duration), in id order.
+pub fn booted_servers(sim: &RunningSim) -> Vec<BootedServer> {
+    let Some(st) = sim.state::<HzState>() else { return Vec::new() };
+    let now = Instant::now();
+    let mut w = lock(&st.world);
+    w.advance(now);
+    let boot_delay = w.boot_delay;
+    w.servers
+        .values()
+        .filter(|s| s.booted(now, boot_delay))
+        .map(|s| BootedServer { id: s.id, name: s.name.clone(), user_data: s.user_data.clone() })
+        .collect()
 }

@@ -328,9 +328,8 @@ async fn create_server(State(st): St, body: Bytes) -> Reply {
         return Err(ApiError::invalid_input("server_type", "unsupported location for server type"));
     }
     let labels = labels_field(&body)?.unwrap_or_default();
-    if let Some(ud) = string_field(&body, "user_data")?
-        && ud.len() > 32 * 1024
-    {
+    let user_data = string_field(&body, "user_data")?;
+    if user_data.is_some_and(|ud| ud.len() > 32 * 1024) {
         return Err(ApiError::invalid_input("user_data", "user_data must not exceed 32 KiB"));
     }
     for unsupported in ["networks", "volumes", "placement_group"] {
@@ -408,6 +407,8 @@ async fn create_server(State(st): St, body: Bytes) -> Reply {
             has_ipv4,
             has_ipv6,
             starting_at: start.then(|| now + duration / 2),
+            user_data: user_data.map(str::to_owned),
+            running_since: None,
         },
     );
     for fw in firewall_ids {

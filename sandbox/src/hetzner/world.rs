@@ -24,6 +24,17 @@ pub struct Server {
     pub has_ipv6: bool,
     /// When the create action flips the status from `initializing` to `starting`.
     pub starting_at: Option<Instant>,
+    /// The cloud-init `user_data` given at create (what a booted OS would run).
+    pub user_data: Option<String>,
+    /// When the server last turned `running` (its simulated OS boots from then on).
+    pub running_since: Option<Instant>,
+}
+
+impl Server {
+    /// Running, and the simulated OS has had `boot_delay` since power-on to finish booting.
+    pub fn booted(&self, now: Instant, boot_delay: Duration) -> bool {
+        self.status == "running" && self.running_since.is_some_and(|t| now.saturating_duration_since(t) >= boot_delay)
+    }
 }
 
 #[derive(Clone)]
@@ -132,6 +143,8 @@ pub struct World {
     /// This many next actions will fail (fault injection).
     pub fail_next_actions: u32,
     pub action_duration: Duration,
+    /// How long the simulated OS takes to boot once the server is `running`.
+    pub boot_delay: Duration,
     pub server_limit: usize,
     pub servers: BTreeMap<i64, Server>,
     pub firewalls: BTreeMap<i64, Firewall>,
@@ -147,6 +160,7 @@ impl World {
             servers_created: 0,
             fail_next_actions: 0,
             action_duration,
+            boot_delay: action_duration,
             servers: BTreeMap::new(),
             firewalls: BTreeMap::new(),
             ssh_keys: BTreeMap::new(),
@@ -165,13 +179,17 @@ impl World {
         for action in self.actions.values_mut().filter(|a| a.running()) {
             if now.saturating_duration_since(action.started_at) >= action.duration {
                 action.finished = Some(now_rfc3339());
-                effects.push(if action.fails { action.revert } else { action.effect });
+                let at = action.started_at + action.duration;
+                effects.push((at, if action.fails { action.revert } else { action.effect }));
             }
         }
-        for effect in effects {
+        for (at, effect) in effects {
             if let Effect::ServerStatus(id, status) = effect
                 && let Some(server) = self.servers.get_mut(&id)
             {
+                if status == "running" && server.status != "running" {
+                    server.running_since = Some(at);
+                }
                 server.status = status;
             }
         }
