@@ -1,0 +1,12 @@
+//! The Agent controller end to end through the sandbox's stand-ins (Kubernetes API server,
+//! Hetzner and Cloudflare simulators) with the real PostgreSQL: create -> Ready, power,
+//! transfer, delete and its audit event, and the request budget.
+//! One test binary (links are slow here); the scenarios live in `tests/agents/`.
+
+#[path = "foundation/db.rs"]
+mod db;
+
+mod agents {
+    pub mod fixture;
+    mod lifecycle;
+}

@@ -1,0 +1,178 @@
+//! A whole operator against fresh stand-ins and a fresh database, with timings short enough
+//! for tests (resync in seconds), and helpers that wait on conditions with deadlines.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crabglamp_operator::api::Agent;
+use crabglamp_operator::cloud::cloudflare::CloudflareConfig;
+use crabglamp_operator::cloud::hetzner::HetznerConfig;
+use crabglamp_operator::controllers::{Context, ControllerConfig};
+use crabglamp_operator::operator::{self, OperatorSettings};
+use crabglamp_operator::store::seal::SealingKeys;
+use crabglamp_sandbox::cloudflare::{self as cfsim, CloudflareSimConfig};
+use crabglamp_sandbox::hetzner::{self as hzsim, HetznerSimConfig};
+use crabglamp_sandbox::http::RunningSim;
+use crabglamp_sandbox::kube::RunningKube;
+use kube::Api;
+use kube::api::PostParams;
+
+use crate::db::TestDb;
+
+pub const ZONE: &str = "agents.example.com";
+
+pub struct Operator {
+    pub kube: RunningKube,
+    pub client: kube::Client,
+    pub hetzner: Arc<RunningSim>,
+    pub cloudflare: Arc<RunningSim>,
+    pub db: TestDb,
+    pub context: Arc<Context>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    cloudflared: tokio::task::JoinHandle<()>,
+}
+
+pub fn test_config() -> ControllerConfig {
+    let mut c = ControllerConfig::new(ZONE);
+    c.resync = Duration::from_secs(3);
+    c.fast_poll = Duration::from_millis(150);
+    c.shutdown_timeout = Duration::from_secs(2);
+    c.sweeper_grace = Duration::from_secs(1);
+    c
+}
+
+async fn listener() -> tokio::net::TcpListener {
+    tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind")
+}
+
+impl Operator {
+    pub async fn start() -> Operator {
+        Self::start_with(test_config()).await
+    }
+
+    pub async fn start_with(config: ControllerConfig) -> Operator {
+        let kube = crabglamp_sandbox::kube::spawn_loopback().await.expect("API server starts");
+        let client = kube.client().expect("client");
+        let hz_config = HetznerSimConfig {
+            token: "hz-test".into(),
+            action_duration: Duration::from_millis(100),
+            ..HetznerSimConfig::default()
+        };
+        let hetzner = Arc::new(hzsim::spawn(hz_config, listener().await).await.expect("Hetzner simulator"));
+        let cf_config = CloudflareSimConfig { token: "cf-test".into(), zone_name: ZONE.into(), ..CloudflareSimConfig::default() };
+        let cloudflare = Arc::new(cfsim::spawn(cf_config.clone(), listener().await).await.expect("Cloudflare simulator"));
+        let db = TestDb::fresh().await;
+        let settings = OperatorSettings {
+            database_url: db.url.clone(),
+            hetzner: HetznerConfig::new(hetzner.base_url.clone(), "hz-test"),
+            cloudflare: CloudflareConfig::new(
+                cloudflare.base_url.clone(),
+                "cf-test",
+                cf_config.account_id.clone(),
+                cf_config.zone_id.clone(),
+            ),
+            controllers: config,
+        };
+        let sealing = SealingKeys::new("k1", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", &[]).expect("sealing key");
+        let connected = operator::connect(client.clone(), settings, sealing).await.expect("operator connects");
+        let context = connected.context;
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(operator::run(Arc::clone(&context), stop_rx, Duration::from_secs(10)));
+        // The sandbox plays cloudflared: a booted server whose user data carries a valid token
+        // connects its tunnel.
+        let cloudflared = tokio::spawn(play_cloudflared(Arc::clone(&hetzner), Arc::clone(&cloudflare)));
+        Operator { kube, client, hetzner, cloudflare, db, context, stop, task: Some(task), cloudflared }
+    }
+
+    pub fn agents(&self, ns: &str) -> Api<Agent> {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    pub async fn create_namespace(&self, ns: &str) {
+        let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
+        let namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).expect("namespace");
+        let _ = api.create(&PostParams::default(), &namespace).await;
+    }
+
+    /// Stops the controllers (as SIGTERM would) and waits for them.
+    pub async fn stop(mut self) -> Self {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task).await.expect("controllers stop in time").expect("join");
+        }
+        self.cloudflared.abort();
+        self
+    }
+}
+
+/// An Agent manifest.
+pub fn agent(name: &str, owner: &str, running: bool) -> Agent {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "crabglamp.com/v1alpha1",
+        "kind": "Agent",
+        "metadata": {"name": name},
+        "spec": {"owner": owner, "region": "eu", "serverType": "cpx22", "image": "ubuntu-24.04", "running": running,
+                 "sshKeys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOpsTestKey ops@example.com"],
+                 "tunnel": {"service": "http://localhost:8080"}}
+    }))
+    .expect("agent manifest")
+}
+
+/// Waits until `check` holds for the Agent, or panics after `deadline` with the last status.
+pub async fn wait_for(api: &Api<Agent>, name: &str, deadline: Duration, what: &str, check: impl Fn(&Agent) -> bool) -> Agent {
+    let start = tokio::time::Instant::now();
+    loop {
+        let last = api.get_opt(name).await.expect("get agent");
+        if let Some(a) = &last {
+            if check(a) {
+                return a.clone();
+            }
+        }
+        if start.elapsed() > deadline {
+            panic!("{what}: not reached within {deadline:?}; last: {:#?}", last.map(|a| a.status));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `check` holds, polling a synchronous probe.
+pub async fn wait_until(deadline: Duration, what: &str, check: impl Fn() -> bool) {
+    let start = tokio::time::Instant::now();
+    while !check() {
+        assert!(start.elapsed() < deadline, "{what}: not reached within {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn ready(a: &Agent) -> bool {
+    condition(a, "Ready") == Some("True".to_owned())
+}
+
+pub fn condition(a: &Agent, type_: &str) -> Option<String> {
+    a.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).map(|c| c.status.clone())
+}
+
+
+/// Connects the tunnel of every booted server whose user data carries a valid token, as
+/// cloudflared on that server would.
+async fn play_cloudflared(hetzner: Arc<RunningSim>, cloudflare: Arc<RunningSim>) {
+    use base64::Engine;
+    let mut connected = std::collections::HashSet::new();
+    loop {
+        for server in hzsim::booted_servers(&hetzner) {
+            let Some(user_data) = server.user_data else { continue };
+            for word in user_data.split(|c: char| !(c.is_ascii_alphanumeric() || "+/=".contains(c))) {
+                let Some(at) = word.find("eyJ") else { continue };
+                let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(&word[at..]) else { continue };
+                let Ok(token) = serde_json::from_slice::<serde_json::Value>(&raw) else { continue };
+                if let Some(tunnel) = token["t"].as_str()
+                    && connected.insert(tunnel.to_owned())
+                {
+                    cfsim::connect_tunnel(&cloudflare, tunnel);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
