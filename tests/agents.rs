@@ -8,5 +8,6 @@ mod db;
 
 mod agents {
     pub mod fixture;
+    mod budget;
     mod lifecycle;
 }

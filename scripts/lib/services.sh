@@ -147,6 +147,20 @@ ensure_python_clients() {
   export CRABGLAMP_PYTHON="$venv/bin/python"
 }
 
+# Puts Debian's `cloud-init` on PATH: tests/cloud_init.rs validates the operator's user data
+# with its own `cloud-init schema`, the judge a real server applies. Installing it only to
+# validate must not change how this machine boots: cloud-init's generator skips every
+# cloud-init unit while /etc/cloud/cloud-init.disabled exists, so that file is written first
+# (harmless in a container or on CI, where nothing boots with systemd; never written on a
+# machine that already had cloud-init, which presumably wants it).
+ensure_cloud_init() {
+  command -v cloud-init >/dev/null 2>&1 && return 0
+  can_apt || die "cloud-init is missing (Debian: sudo apt-get install --no-install-recommends cloud-init); the user-data tests validate with its schema checker"
+  mkdir -p /etc/cloud && touch /etc/cloud/cloud-init.disabled
+  apt_install --no-install-recommends cloud-init
+  command -v cloud-init >/dev/null 2>&1 || die "cloud-init was installed but is not on PATH"
+}
+
 # Makes sure rustfmt and clippy exist (a minimal rustup profile lacks them).
 ensure_rust_components() {
   if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then

@@ -160,12 +160,12 @@ pub fn decide(
         steps.push(Step::Power(power));
     }
     let wait = if spec.running {
-        if effective != "running" {
-            Wait::Server
-        } else if !tunnel.connected() {
-            Wait::Tunnel
-        } else {
-            Wait::Nothing
+        match effective.as_str() {
+            // Booting: the tunnel connecting is the proof it is up, and one tunnel list serves
+            // every waiting Agent, so no server list is spent on it.
+            "running" | "initializing" | "starting" if !tunnel.connected() => Wait::Tunnel,
+            "running" => Wait::Nothing,
+            _ => Wait::Server,
         }
     } else if effective != "off" {
         Wait::Server
@@ -674,4 +674,174 @@ pub fn error_policy(agent: Arc<Agent>, error: &ReconcileError, ctx: Arc<Context>
     let delay = super::backoff_delay(failures, ctx.config.fast_poll, ctx.config.max_backoff);
     tracing::warn!(kind = KIND, namespace = %agent.namespace().unwrap_or_default(), name = %agent.name_any(), error = %error, class = error.metric_label(), retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Region;
+    use crate::cloud::hetzner::{FirewallAttachment, PublicNetSummary};
+
+    const HOST: &str = "bot-team-a.agents.example.com";
+
+    fn spec(running: bool) -> AgentSpec {
+        serde_json::from_value(json!({"owner": "acct_a", "region": "eu", "running": running})).expect("spec")
+    }
+
+    fn server(status: &str, firewalls: &[i64]) -> ServerSummary {
+        ServerSummary {
+            id: 7,
+            name: "bot-12345678".into(),
+            status: status.into(),
+            public_net: PublicNetSummary {
+                firewalls: firewalls.iter().map(|&id| FirewallAttachment { id, status: Some("applied".into()) }).collect(),
+                ..PublicNetSummary::default()
+            },
+            ..ServerSummary::default()
+        }
+    }
+
+    fn tunnel(connections: usize) -> ObservedTunnel {
+        ObservedTunnel {
+            id: "t1".into(),
+            name: "crabglamp-u".into(),
+            status: if connections > 0 { "healthy" } else { "inactive" }.into(),
+            connections,
+        }
+    }
+
+    fn dns(name: &str, target: &str) -> DnsRecord {
+        DnsRecord {
+            id: "r1".into(),
+            kind: "CNAME".into(),
+            name: name.into(),
+            content: target.into(),
+            proxied: true,
+            ttl: 1,
+            comment: None,
+            tags: Vec::new(),
+        }
+    }
+
+    fn known() -> Observed {
+        Observed { servers_known: true, tunnels_known: true, dns_known: true, fleet_firewall: Some(99), ..Observed::default() }
+    }
+
+    fn configured(owner: &str) -> AgentStatus {
+        AgentStatus {
+            owner: Some(owner.into()),
+            tunnel: Some(TunnelStatus {
+                id: Some("t1".into()),
+                hostname: Some(HOST.into()),
+                dns_record_id: Some("r1".into()),
+                service: Some("http://localhost:8080".into()),
+            }),
+            ..AgentStatus::default()
+        }
+    }
+
+    fn plan(spec: &AgentSpec, status: &AgentStatus, observed: &Observed) -> Plan {
+        decide(spec, status, HOST, observed, Instant::now(), Duration::from_secs(60))
+    }
+
+    #[test]
+    fn nothing_happens_before_the_first_complete_lists() {
+        let p = plan(&spec(true), &configured("acct_a"), &Observed::default());
+        assert_eq!(p, Plan { steps: vec![], wait: Wait::Lists });
+    }
+
+    #[test]
+    fn a_new_agent_gets_its_tunnel_first_then_config_dns_and_server() {
+        let s = spec(true);
+        let p = plan(&s, &AgentStatus::default(), &known());
+        assert_eq!(p.steps, vec![Step::AcceptOwner, Step::CreateTunnel]);
+        let mut o = known();
+        o.tunnel = Some(tunnel(0));
+        let p = plan(&s, &AgentStatus { owner: Some("acct_a".into()), ..AgentStatus::default() }, &o);
+        assert_eq!(p.steps, vec![Step::ConfigureTunnel, Step::CreateDns, Step::CreateServer]);
+    }
+
+    #[test]
+    fn a_booting_server_waits_on_the_tunnel_list_not_the_server_list() {
+        let mut o = known();
+        o.tunnel = Some(tunnel(0));
+        o.dns = Some(dns(HOST, "t1.cfargotunnel.com"));
+        for status in ["initializing", "starting", "running"] {
+            o.server = Some(server(status, &[99]));
+            let p = plan(&spec(true), &configured("acct_a"), &o);
+            assert_eq!(p, Plan { steps: vec![], wait: Wait::Tunnel }, "{status}");
+        }
+        o.tunnel = Some(tunnel(1));
+        o.server = Some(server("initializing", &[99]));
+        assert_eq!(plan(&spec(true), &configured("acct_a"), &o).wait, Wait::Nothing, "a connected tunnel proves it is up");
+    }
+
+    #[test]
+    fn power_follows_the_spec_and_waits_on_the_server_list() {
+        let mut o = known();
+        o.tunnel = Some(tunnel(1));
+        o.dns = Some(dns(HOST, "t1.cfargotunnel.com"));
+        o.server = Some(server("running", &[99]));
+        let p = plan(&spec(false), &configured("acct_a"), &o);
+        assert_eq!(p, Plan { steps: vec![Step::Power(PowerStep::Shutdown)], wait: Wait::Server });
+        o.shutdown_sent = Instant::now().checked_sub(Duration::from_secs(61));
+        assert_eq!(plan(&spec(false), &configured("acct_a"), &o).steps, vec![Step::Power(PowerStep::PowerOff)]);
+        o.server = Some(server("off", &[99]));
+        assert_eq!(plan(&spec(false), &configured("acct_a"), &o), Plan { steps: vec![], wait: Wait::Nothing });
+        o.tunnel = Some(tunnel(0));
+        assert_eq!(plan(&spec(true), &configured("acct_a"), &o), Plan { steps: vec![Step::Power(PowerStep::PowerOn)], wait: Wait::Server });
+    }
+
+    #[test]
+    fn drift_is_repaired() {
+        let mut o = known();
+        o.tunnel = Some(tunnel(1));
+        o.dns = Some(dns(HOST, "t1.cfargotunnel.com"));
+        o.server = Some(server("running", &[]));
+        assert_eq!(plan(&spec(true), &configured("acct_a"), &o).steps, vec![Step::AttachFirewall], "firewall detached");
+        o.server = None;
+        assert_eq!(plan(&spec(true), &configured("acct_a"), &o).steps, vec![Step::CreateServer], "server deleted");
+        o.server = Some(server("running", &[99]));
+        o.dns = Some(dns(HOST, "old.cfargotunnel.com"));
+        assert_eq!(plan(&spec(true), &configured("acct_a"), &o).steps, vec![Step::RepointDns]);
+        o.dns = None;
+        o.dns_name_taken = Some(HOST.into());
+        assert_eq!(plan(&spec(true), &configured("acct_a"), &o).steps, vec![], "a foreign record is left alone");
+        o.dns_name_taken = None;
+        assert_eq!(plan(&spec(true), &configured("acct_a"), &o).steps, vec![Step::CreateDns]);
+    }
+
+    #[test]
+    fn an_owner_change_is_one_transfer() {
+        let mut s = spec(true);
+        s.owner = "acct_b".into();
+        let p = plan(&s, &configured("acct_a"), &known());
+        assert_eq!(p.steps.first(), Some(&Step::RecordTransfer { from: "acct_a".into(), to: "acct_b".into() }));
+        let p = plan(&s, &configured("acct_b"), &known());
+        assert!(!p.steps.iter().any(|s| matches!(s, Step::RecordTransfer { .. })));
+    }
+
+    #[test]
+    fn ready_means_the_world_matches_the_spec() {
+        let now = Timestamp::now();
+        let mut o = known();
+        o.tunnel = Some(tunnel(1));
+        o.dns = Some(dns(HOST, "t1.cfargotunnel.com"));
+        o.server = Some(server("running", &[99]));
+        let st = desired_status(Some(1), &spec(true), &configured("acct_a"), HOST, &o, None, now);
+        let ready = conditions::find(&st.conditions, "Ready").map(|c| c.status.clone());
+        assert_eq!(ready.as_deref(), Some("True"));
+        assert_eq!(st.phase, Some(Phase::Running));
+        assert_eq!(st.price_cell.as_deref(), Some("agent-eu-cpx22"));
+        assert!(conditions::find(&st.conditions, "Reconciling").is_none());
+        // The same world described again is the same status: no write.
+        assert_eq!(desired_status(Some(1), &spec(true), &st, HOST, &o, None, now), st);
+        o.tunnel = Some(tunnel(0));
+        let st = desired_status(Some(1), &spec(true), &st, HOST, &o, None, now);
+        assert_eq!(conditions::find(&st.conditions, "Ready").map(|c| c.reason.as_str()), Some("WaitingForConnector"));
+        let stalled = desired_status(Some(1), &spec(true), &st, HOST, &o, Some(("QuotaExceeded", "no more servers".into())), now);
+        assert_eq!(stalled.phase, Some(Phase::Failed));
+        assert_eq!(conditions::find(&stalled.conditions, "Stalled").map(|c| c.status.as_str()), Some("True"));
+        let _ = Region::Eu;
+    }
 }

@@ -53,24 +53,26 @@ pub fn agent_user_data(ssh_keys: &[String], tunnel_token: &Secret) -> Result<Sec
     }
     check_tunnel_token(tunnel_token.expose())?;
 
-    // One function renders keys (also used for PlainVMs): the document starts with its output.
-    let mut doc = ssh_keys_cloud_config(ssh_keys);
+    // One function renders keys (also used for PlainVMs). cloud-init's schema wants at least
+    // one item in `ssh_authorized_keys` (minItems 1), so no keys means no key at all.
+    let mut doc = if ssh_keys.is_empty() { String::from("#cloud-config\n") } else { ssh_keys_cloud_config(ssh_keys) };
     // cc_ssh writes the keys to root without a prefix only when disable_root is false (with it
     // true, the default on Ubuntu and Debian images, root's keys get a `command="echo Please
-    // login as..."` prefix). `users: []` replaces the image's default user list, so no
-    // distro user (ubuntu, debian) is created to receive the keys as well.
-    doc.push_str("disable_root: false\nusers: []\n");
+    // login as..."` prefix). A `users` list without `default` replaces the image's, so no
+    // distro user (ubuntu, debian) is created to receive the keys as well; cc_users_groups
+    // skips creating the existing root but still applies lock_passwd to it.
+    doc.push_str("disable_root: false\nusers:\n  - name: \"root\"\n    lock_passwd: true\n");
     // cc_set_passwords: PasswordAuthentication no in sshd's configuration.
     doc.push_str("ssh_pwauth: false\n");
     doc.push_str("write_files:\n");
     push_file(&mut doc, TUNNEL_ENV_PATH, "0600", &format!("TUNNEL_TOKEN={}\n", tunnel_token.expose()));
     push_file(&mut doc, CLOUDFLARED_UNIT_PATH, "0644", CLOUDFLARED_UNIT);
     push_file(&mut doc, INSTALL_SCRIPT_PATH, "0755", INSTALL_SCRIPT);
-    // runcmd runs in cloud-final, after cc_set_passwords: Hetzner generates a root password for
-    // a server created without `ssh_keys` objects (ours get their keys here) and returns it in
-    // the create response; locking it here, once everything else has set passwords, leaves the
-    // keys as the only login, on the web console too. `passwd -l` is what cloud-init's own
-    // `lock_passwd` runs.
+    // Locked again at the end: Hetzner generates a root password for a server created without
+    // `ssh_keys` objects (ours get their keys here) and returns it in the create response, and
+    // a chpasswd from vendor data would run in cc_set_passwords, after cc_users_groups. runcmd
+    // runs in cloud-final, after every module that sets passwords, so the keys stay the only
+    // login, on the web console too. `passwd -l` is what cloud-init's lock_passwd runs.
     doc.push_str("runcmd:\n");
     doc.push_str("  - [\"passwd\", \"-l\", \"root\"]\n");
     doc.push_str(&format!("  - [{}]\n", quoted(INSTALL_SCRIPT_PATH)));
@@ -105,9 +107,13 @@ fn check_ssh_key(index: usize, key: &str) -> Result<(), CloudInitError> {
     if key.is_empty() {
         return Err(CloudInitError::InvalidSshKey { index, reason: "is empty" });
     }
-    let breaks_yaml = |c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}');
+    let breaks_yaml =
+        |c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}');
     if key.chars().any(breaks_yaml) {
-        return Err(CloudInitError::InvalidSshKey { index, reason: "contains a line break or another control character" });
+        return Err(CloudInitError::InvalidSshKey {
+            index,
+            reason: "contains a line break or another control character",
+        });
     }
     Ok(())
 }
@@ -138,7 +144,7 @@ Wants=network-online.target
 # cloudflared reports ready (sd_notify) once connected to Cloudflare's edge.
 TimeoutStartSec=15
 Type=notify
-# TUNNEL_TOKEN is how `tunnel run` reads --token from the environment.
+# `tunnel run` takes its token flag from TUNNEL_TOKEN when the flag is absent.
 EnvironmentFile=/etc/cloudflared/tunnel.env
 # Updates come from the apt repository; cloudflared must not replace a packaged binary.
 ExecStart=/usr/bin/cloudflared --no-autoupdate tunnel run
@@ -202,7 +208,7 @@ mod tests {
         assert_eq!(parsed["ssh_authorized_keys"], serde_json::json!(keys));
         assert_eq!(parsed["disable_root"], false);
         assert_eq!(parsed["ssh_pwauth"], false);
-        assert_eq!(parsed["users"], serde_json::json!([]));
+        assert_eq!(parsed["users"], serde_json::json!([{"name": "root", "lock_passwd": true}]));
         let env = file(&parsed, TUNNEL_ENV_PATH);
         assert_eq!(env["permissions"], "0600");
         assert_eq!(env["owner"], "root:root");
@@ -246,7 +252,8 @@ mod tests {
     #[test]
     fn no_keys_still_renders_a_valid_document() {
         let parsed = parse(&agent_user_data(&[], &token()).unwrap());
-        assert_eq!(parsed["ssh_authorized_keys"], serde_json::json!([]));
+        // cloud-init's schema refuses an empty list (minItems 1): the key is left out.
+        assert!(parsed.get("ssh_authorized_keys").is_none());
     }
 
     #[test]
@@ -277,7 +284,8 @@ mod tests {
 
     #[test]
     fn keys_that_would_add_lines_are_refused() {
-        for bad in ["ssh-ed25519 AAAA a\nssh-rsa BBBB b", "ssh-ed25519 AAAA a\rb", "a\u{85}b", "a\u{2028}b", "a\0b", ""] {
+        for bad in ["ssh-ed25519 AAAA a\nssh-rsa BBBB b", "ssh-ed25519 AAAA a\rb", "a\u{85}b", "a\u{2028}b", "a\0b", ""]
+        {
             let keys = vec!["ssh-ed25519 AAAA ok".to_owned(), bad.to_owned()];
             let err = agent_user_data(&keys, &token()).unwrap_err();
             assert!(matches!(err, CloudInitError::InvalidSshKey { index: 1, .. }), "{bad:?}: {err:?}");

@@ -1,0 +1,153 @@
+//! The Agent user data judged by the real validator: Debian's `cloud-init schema`, the same
+//! schema a server's cloud-init applies. `scripts/test` installs cloud-init (ensure_cloud_init
+//! in scripts/lib/services.sh); without it these tests fail rather than pass unchecked.
+
+use std::path::Path;
+use std::process::Command;
+
+use crabglamp_operator::cloud::Secret;
+use crabglamp_operator::cloud::cloudflare::{TunnelSecret, derive_tunnel_token};
+use crabglamp_operator::controllers::cloud_init::{
+    CLOUDFLARED_UNIT_PATH, CloudInitError, INSTALL_SCRIPT_PATH, TUNNEL_ENV_PATH, USER_DATA_LIMIT, agent_user_data,
+};
+use serde_json::Value;
+
+fn token() -> Secret {
+    let secret = TunnelSecret::from_bytes((0u8..32).collect()).expect("32 bytes");
+    derive_tunnel_token("5ab4e9dfbd435d24068829fda0077963", "c1744f8b-faa1-48a4-9e5c-02ac921467fa", &secret)
+}
+
+fn cloud_init() -> &'static str {
+    let found = Command::new("cloud-init").arg("--version").output();
+    match found {
+        Ok(out) if out.status.success() => "cloud-init",
+        _ => panic!(
+            "cloud-init is not installed: the user-data tests validate with its schema checker. \
+             Install it with `sudo apt-get install --no-install-recommends cloud-init` (Debian/Ubuntu), \
+             or run scripts/test, which installs it (ensure_cloud_init in scripts/lib/services.sh)."
+        ),
+    }
+}
+
+/// `cloud-init schema --config-file` exits 0 for a valid document and 1 otherwise (22.4, Debian
+/// 12); `--annotate` exits 0 even with errors there, so it only explains a failure. Deprecation
+/// warnings are failures too: they become errors in later cloud-init releases.
+fn assert_valid(name: &str, doc: &Secret) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(format!("{name}.yaml"));
+    std::fs::write(&path, doc.expose()).expect("write user data");
+    let out = Command::new(cloud_init()).args(["schema", "--config-file"]).arg(&path).output().expect("run cloud-init");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let deprecated = format!("{stdout}{stderr}").to_lowercase().contains("deprecat");
+    if !out.status.success() || !stdout.contains("Valid cloud-config") || deprecated {
+        panic!(
+            "{name}: cloud-init schema refused the user data ({}):\n{stdout}{stderr}\nannotated:\n{}",
+            out.status,
+            annotate(&path)
+        );
+    }
+    eprintln!("{name}: {} bytes, {}", doc.expose().len(), stdout.trim());
+}
+
+fn annotate(path: &Path) -> String {
+    let out = Command::new(cloud_init()).args(["schema", "--annotate", "--config-file"]).arg(path).output();
+    out.map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+        .unwrap_or_else(|e| e.to_string())
+}
+
+fn parse(doc: &Secret) -> Value {
+    serde_norway::from_str(doc.expose()).expect("user data parses as YAML")
+}
+
+fn file_content(parsed: &Value, path: &str) -> (String, String) {
+    let files = parsed["write_files"].as_array().expect("write_files");
+    let f = files.iter().find(|f| f["path"] == path).unwrap_or_else(|| panic!("{path} is written"));
+    (f["content"].as_str().expect("content").to_owned(), f["permissions"].as_str().expect("permissions").to_owned())
+}
+
+/// The server starts cloudflared with this token: root-only env file, a unit that reads it and
+/// passes no token on the command line, and a first-boot script that installs and enables it.
+fn assert_starts_cloudflared(doc: &Secret, token: &Secret) {
+    assert_eq!(doc.expose().matches(token.expose()).count(), 1, "the token appears exactly once");
+    let parsed = parse(doc);
+    let (env, mode) = file_content(&parsed, TUNNEL_ENV_PATH);
+    assert_eq!(env, format!("TUNNEL_TOKEN={}\n", token.expose()));
+    assert_eq!(mode, "0600");
+    let (unit, _) = file_content(&parsed, CLOUDFLARED_UNIT_PATH);
+    let lines: Vec<&str> = unit.lines().collect();
+    assert!(lines.contains(&"EnvironmentFile=/etc/cloudflared/tunnel.env"), "{unit}");
+    assert!(lines.contains(&"ExecStart=/usr/bin/cloudflared --no-autoupdate tunnel run"), "{unit}");
+    assert!(lines.contains(&"WantedBy=multi-user.target"), "{unit}");
+    assert!(!unit.contains("--token"), "no token on a command line");
+    let (script, mode) = file_content(&parsed, INSTALL_SCRIPT_PATH);
+    assert_eq!(mode, "0755");
+    assert!(script.contains("apt_get install -y --no-install-recommends cloudflared"));
+    assert!(script.contains("systemctl enable --now --no-block cloudflared.service"));
+    // The real shell checks the script's syntax (it only parses with -n, never runs).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script_path = dir.path().join("install-cloudflared");
+    std::fs::write(&script_path, &script).expect("write script");
+    let sh = Command::new("sh").arg("-n").arg(&script_path).output().expect("run sh -n");
+    assert!(sh.status.success(), "install script syntax: {}", String::from_utf8_lossy(&sh.stderr));
+    let runcmd = parsed["runcmd"].as_array().expect("runcmd");
+    assert_eq!(runcmd.last(), Some(&serde_json::json!([INSTALL_SCRIPT_PATH])), "runcmd runs the script last");
+}
+
+#[test]
+fn no_keys() {
+    let doc = agent_user_data(&[], &token()).expect("render");
+    assert_valid("no-keys", &doc);
+    assert_starts_cloudflared(&doc, &token());
+    assert!(parse(&doc).get("ssh_authorized_keys").is_none(), "an empty list is schema-invalid");
+}
+
+#[test]
+fn several_keys_with_yaml_syntax_in_comments() {
+    let keys = vec![
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJp2mR0nq6d1oP4W1wz7jv6S3bJb5V4tq1k3T8F2nQ1m ops@example.com".to_owned(),
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBc ops: \"laptop\" #1 - [x] {y: z} &a *b !c |d >e %f @g `h' ".to_owned(),
+        "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTY= josé 🦀 C:\\keys\\id".to_owned(),
+        "from=\"10.0.0.0/8\",no-agent-forwarding ssh-ed25519 AAAAC3NzaC1lZDI1NTE5 restricted: yes".to_owned(),
+    ];
+    let doc = agent_user_data(&keys, &token()).expect("render");
+    assert_valid("several-keys", &doc);
+    assert_starts_cloudflared(&doc, &token());
+    let trimmed: Vec<&str> = keys.iter().map(|k| k.trim()).collect();
+    assert_eq!(parse(&doc)["ssh_authorized_keys"], serde_json::json!(trimmed), "each key is one string, unchanged");
+}
+
+#[test]
+fn keys_up_to_the_size_limit() {
+    // Realistic RSA-4096-sized keys until the next one would not fit, then one key padded so
+    // the document is exactly Hetzner's limit.
+    let key = |i: usize, pad: usize| format!("ssh-rsa AAAAB3NzaC1yc2E{} key-{i}{}", "A".repeat(700), "x".repeat(pad));
+    let mut keys: Vec<String> = Vec::new();
+    while agent_user_data(&[keys.clone(), vec![key(keys.len(), 0)]].concat(), &token()).is_ok() {
+        keys.push(key(keys.len(), 0));
+    }
+    assert!(keys.len() >= 30, "room for {} keys only", keys.len());
+    let size = agent_user_data(&keys, &token()).expect("render").expose().len();
+    let last = keys.len() - 1;
+    keys[last] = key(last, USER_DATA_LIMIT - size);
+    let doc = agent_user_data(&keys, &token()).expect("exactly at the limit");
+    assert_eq!(doc.expose().len(), USER_DATA_LIMIT);
+    assert_valid("max-size", &doc);
+    assert_starts_cloudflared(&doc, &token());
+
+    keys[last].push('x');
+    let err = agent_user_data(&keys, &token()).expect_err("one byte over");
+    assert_eq!(err, CloudInitError::TooLarge { size: USER_DATA_LIMIT + 1, limit: USER_DATA_LIMIT });
+    let twenty_big = vec![format!("ssh-rsa {}", "A".repeat(16 * 1024)); 20];
+    assert!(matches!(agent_user_data(&twenty_big, &token()), Err(CloudInitError::TooLarge { .. })));
+}
+
+#[test]
+fn the_validator_refuses_a_broken_document() {
+    // The judge is not a rubber stamp: a wrong type is an error (exit 1).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("broken.yaml");
+    std::fs::write(&path, "#cloud-config\nwrite_files:\n  - path: /x\n    permissions: 600\n").expect("write");
+    let out = Command::new(cloud_init()).args(["schema", "--config-file"]).arg(&path).output().expect("run");
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
