@@ -82,6 +82,12 @@ struct RunArgs {
     /// The zone's name: default hostnames are `<name>-<namespace>.<zone>`.
     #[arg(long, env = "CLOUDFLARE_ZONE_NAME")]
     cloudflare_zone_name: String,
+    /// The Hetzner project's request budget per hour (raise it only when Hetzner raised it).
+    #[arg(long, env = "CRABGLAMP_HETZNER_REQUESTS_PER_HOUR", default_value_t = 3600)]
+    hetzner_requests_per_hour: u32,
+    /// The Cloudflare token's request budget per five minutes.
+    #[arg(long, env = "CRABGLAMP_CLOUDFLARE_REQUESTS_PER_5MIN", default_value_t = 1200)]
+    cloudflare_requests_per_5min: u32,
     /// Seconds between looks at settled objects and the shared cloud lists.
     #[arg(long, env = "CRABGLAMP_RESYNC_SECONDS", default_value_t = 300)]
     resync_seconds: u64,
@@ -183,6 +189,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.cloudflare_zone_id,
         ),
         controllers,
+        hetzner_requests_per_hour: args.hetzner_requests_per_hour,
+        cloudflare_requests_per_5min: args.cloudflare_requests_per_5min,
     };
     if args.redis_url.is_some() {
         tracing::info!("REDIS_URL is set; the VirtualKey controller that uses it is not part of this build yet");

@@ -34,6 +34,10 @@ pub struct OperatorSettings {
     pub hetzner: HetznerConfig,
     pub cloudflare: CloudflareConfig,
     pub controllers: ControllerConfig,
+    /// The Hetzner project's requests per hour (3600 unless Hetzner raised it).
+    pub hetzner_requests_per_hour: u32,
+    /// The Cloudflare token's requests per five minutes (1200 unless the plan raises it).
+    pub cloudflare_requests_per_5min: u32,
 }
 
 /// The operator, connected: the reconcilers' context and the metrics registry.
@@ -53,10 +57,13 @@ pub async fn connect(
     let cloud_metrics = CloudMetrics::register(&mut registry);
     let metrics = ControllerMetrics::register(&mut registry);
     let db = store::connect(&settings.database_url, 8).await?;
-    let hetzner = HetznerClient::new(settings.hetzner, Arc::new(RateLimiter::hetzner_default()), cloud_metrics.clone())
+    let hetzner = HetznerClient::new(settings.hetzner, Arc::new(RateLimiter::new(
+        settings.hetzner_requests_per_hour.max(1),
+        Duration::from_secs(3600),
+    )), cloud_metrics.clone())
         .map_err(|e| StartError::Cloud(e.to_string()))?;
     let cloudflare =
-        CloudflareClient::new(settings.cloudflare, Arc::new(RateLimiter::cloudflare_default()), cloud_metrics)
+        CloudflareClient::new(settings.cloudflare, Arc::new(RateLimiter::cloudflare(settings.cloudflare_requests_per_5min.max(1))), cloud_metrics)
             .map_err(|e| StartError::Cloud(e.to_string()))?;
     let context = Context::new(client, hetzner, cloudflare, db, sealing, settings.controllers, metrics);
     Ok(Connected { context: Arc::new(context), registry })

@@ -146,8 +146,13 @@ impl RateLimiter {
     /// Cloudflare's default budget: at most 1200 requests in any five minutes (see
     /// [`TokenBucket::fit_quota`] for why that is a burst of 200 and 1000 more per window).
     pub fn cloudflare_default() -> Self {
-        let mut bucket = TokenBucket::new(1200, Duration::from_secs(300), Instant::now());
-        bucket.fit_quota(1200, Duration::from_secs(300));
+        Self::cloudflare(1200)
+    }
+
+    /// A Cloudflare budget of `quota` requests in any five minutes (a plan with a raised limit).
+    pub fn cloudflare(quota: u32) -> Self {
+        let mut bucket = TokenBucket::new(quota, Duration::from_secs(300), Instant::now());
+        bucket.fit_quota(quota, Duration::from_secs(300));
         RateLimiter { bucket: Mutex::new(bucket) }
     }
 

@@ -466,6 +466,11 @@ async fn record_transfer(ctx: &Context, owner: &Owner, agent: &Agent, from: &str
 /// One pass over a live Agent.
 async fn apply(agent: Arc<Agent>, ctx: &Context) -> Result<Action, ReconcileError> {
     let owner = Owner::of(agent.as_ref(), KIND)?;
+    // Until the first complete lists, absence proves nothing: deciding (or describing the
+    // world in status) then would flap conditions of every Agent at each operator restart.
+    if !(ctx.fleet.servers_known() && ctx.fleet.tunnels_known() && ctx.fleet.dns_known()) {
+        return Ok(Action::requeue(ctx.config.fast_poll));
+    }
     let hostname = hostname(&agent, &ctx.config.zone_name);
     let old = agent.status.clone().unwrap_or_default();
     let mut status = old.clone();

@@ -28,6 +28,7 @@ pub struct Operator {
     pub cloudflare: Arc<RunningSim>,
     pub db: TestDb,
     pub context: Arc<Context>,
+    settings: OperatorSettings,
     stop: tokio::sync::watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
     cloudflared: tokio::task::JoinHandle<()>,
@@ -52,6 +53,11 @@ impl Operator {
     }
 
     pub async fn start_with(config: ControllerConfig) -> Operator {
+        // Logs go through the test harness's capture (shown for a failing test); RUST_LOG filters.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(crabglamp_operator::telemetry::filter_from_env().expect("RUST_LOG"))
+            .with_test_writer()
+            .try_init();
         let kube = crabglamp_sandbox::kube::spawn_loopback().await.expect("API server starts");
         let client = kube.client().expect("client");
         let hz_config = HetznerSimConfig {
@@ -73,16 +79,31 @@ impl Operator {
                 cf_config.zone_id.clone(),
             ),
             controllers: config,
+            hetzner_requests_per_hour: 3600,
+            // As a raised plan: the default five-minute shaping would make a 100-Agent test
+            // wait half a minute on our own limiter (what production would do, but slowly).
+            cloudflare_requests_per_5min: 12_000,
         };
-        let sealing = SealingKeys::new("k1", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", &[]).expect("sealing key");
-        let connected = operator::connect(client.clone(), settings, sealing).await.expect("operator connects");
-        let context = connected.context;
-        let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(operator::run(Arc::clone(&context), stop_rx, Duration::from_secs(10)));
+        let (context, stop, task) = launch(&client, settings.clone()).await;
         // The sandbox plays cloudflared: a booted server whose user data carries a valid token
         // connects its tunnel.
         let cloudflared = tokio::spawn(play_cloudflared(Arc::clone(&hetzner), Arc::clone(&cloudflare)));
-        Operator { kube, client, hetzner, cloudflare, db, context, stop, task: Some(task), cloudflared }
+        Operator { kube, client, hetzner, cloudflare, db, context, settings, stop, task: Some(task), cloudflared }
+    }
+
+    /// Stops the controllers and starts a fresh operator process's worth of them (no memory
+    /// carried over) against the same cluster, clouds and database.
+    pub async fn restart_with(mut self, config: ControllerConfig) -> Self {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task).await.expect("controllers stop in time").expect("join");
+        }
+        self.settings.controllers = config;
+        let (context, stop, task) = launch(&self.client, self.settings.clone()).await;
+        self.context = context;
+        self.stop = stop;
+        self.task = Some(task);
+        self
     }
 
     pub fn agents(&self, ns: &str) -> Api<Agent> {
@@ -104,6 +125,18 @@ impl Operator {
         self.cloudflared.abort();
         self
     }
+}
+
+async fn launch(
+    client: &kube::Client,
+    settings: OperatorSettings,
+) -> (Arc<Context>, tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    let sealing = SealingKeys::new("k1", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", &[]).expect("sealing key");
+    let connected = operator::connect(client.clone(), settings, sealing).await.expect("operator connects");
+    let context = connected.context;
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(operator::run(Arc::clone(&context), stop_rx, Duration::from_secs(10)));
+    (context, stop, task)
 }
 
 /// An Agent manifest.
