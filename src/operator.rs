@@ -73,13 +73,13 @@ pub async fn connect(
 /// reconciles to finish.
 pub async fn run(context: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>, drain: Duration) {
     let mut watch_stop = stop.clone();
-    let task = tokio::spawn(controllers::run(context, stop));
-    tokio::pin!(task);
+    // Dropping this future (a crash of its task) aborts the controllers with it.
+    let mut task = controllers::AbortOnDrop::spawn(controllers::run(context, stop));
     tokio::select! {
-        _ = &mut task => return,
+        _ = task.join() => return,
         _ = async { while !*watch_stop.borrow() { if watch_stop.changed().await.is_err() { break; } } } => {}
     }
-    if tokio::time::timeout(drain, &mut task).await.is_err() {
+    if tokio::time::timeout(drain, task.join()).await.is_err() {
         tracing::warn!(?drain, "in-flight reconciles did not finish in time; exiting anyway");
     }
 }

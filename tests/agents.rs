@@ -9,5 +9,6 @@ mod db;
 mod agents {
     pub mod fixture;
     mod budget;
+    mod crash;
     mod lifecycle;
 }

@@ -546,8 +546,10 @@ async fn write_status(ctx: &Context, agent: &Agent, old: &AgentStatus, new: &Age
 /// event; the finalizer goes only after that commit.
 async fn cleanup(agent: Arc<Agent>, ctx: &Context) -> Result<Action, ReconcileError> {
     let owner = Owner::of(agent.as_ref(), KIND)?;
+    // Not `Ok(requeue)`: the finalizer helper takes any `Ok` from cleanup as "done" and
+    // releases the finalizer, which would leak whatever the lists have not shown yet.
     if !(ctx.fleet.servers_known() && ctx.fleet.tunnels_known() && ctx.fleet.dns_known()) {
-        return Ok(Action::requeue(ctx.config.fast_poll));
+        return Err(ReconcileError::NotReady("the first complete lists of servers, tunnels and DNS records"));
     }
     ctx.fleet.done_waiting(&owner.uid);
     let status = agent.status.clone().unwrap_or_default();

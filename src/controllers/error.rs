@@ -31,6 +31,9 @@ pub enum ReconcileError {
     /// The tunnel secret could not be sealed or opened.
     #[error("tunnel secret: {0}")]
     Secret(String),
+    /// Something must be known before this step can be taken safely; try again shortly.
+    #[error("waiting for {0}")]
+    NotReady(&'static str),
     /// The cloud-init document could not be rendered.
     #[error("user data: {0}")]
     UserData(String),
@@ -49,6 +52,7 @@ impl ReconcileError {
             ReconcileError::Decode(_) => "decode",
             ReconcileError::Secret(_) => "secret",
             ReconcileError::UserData(_) => "user_data",
+            ReconcileError::NotReady(_) => "not_ready",
         }
     }
 

@@ -71,11 +71,13 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
             }
         }
     }
-    let refresher = tokio::spawn(refresher::run(Arc::clone(&ctx), stop.clone()));
+    // Children are aborted if this future is dropped (a crash of the task running it), so a
+    // stopped operator never leaves a refresher or sweeper behind.
+    let mut refresher = AbortOnDrop::spawn(refresher::run(Arc::clone(&ctx), stop.clone()));
 
     let agents: Api<Agent> = Api::all(ctx.client.clone());
     let controller = Controller::new(agents, watcher_config(&ctx.config).any_semantic());
-    let sweeper = tokio::spawn(sweeper::run(Arc::clone(&ctx), controller.store(), stop.clone()));
+    let mut sweeper = AbortOnDrop::spawn(sweeper::run(Arc::clone(&ctx), controller.store(), stop.clone()));
     let mut shutdown = stop.clone();
     controller
         .graceful_shutdown_on(async move {
@@ -92,9 +94,34 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
             }
         })
         .await;
-    let _ = refresher.await;
-    let _ = sweeper.await;
+    refresher.join().await;
+    sweeper.join().await;
     tracing::info!("controllers stopped");
+}
+
+/// A spawned task that is aborted when its handle is dropped.
+pub struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl AbortOnDrop {
+    pub fn spawn(task: impl std::future::Future<Output = ()> + Send + 'static) -> Self {
+        AbortOnDrop(tokio::spawn(task))
+    }
+
+    /// Waits for the task to end on its own (or to be aborted).
+    pub async fn join(&mut self) {
+        let _ = (&mut self.0).await;
+    }
+
+    /// Whether the task has ended.
+    pub fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[cfg(test)]

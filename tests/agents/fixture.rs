@@ -98,6 +98,21 @@ impl Operator {
         if let Some(task) = self.task.take() {
             tokio::time::timeout(Duration::from_secs(30), task).await.expect("controllers stop in time").expect("join");
         }
+        self.relaunch(config).await
+    }
+
+    /// Kills the controllers mid-step (the task and everything it spawned is aborted, nothing
+    /// finishes) and starts fresh ones, as a crashed and rescheduled pod would.
+    pub async fn crash_and_restart(mut self) -> Self {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+        let config = self.settings.controllers.clone();
+        self.relaunch(config).await
+    }
+
+    async fn relaunch(mut self, config: ControllerConfig) -> Self {
         self.settings.controllers = config;
         let (context, stop, task) = launch(&self.client, self.settings.clone()).await;
         self.context = context;
