@@ -509,6 +509,7 @@ async fn apply(agent: Arc<Agent>, ctx: &Context) -> Result<Action, ReconcileErro
     next.owner = status.owner.clone();
     write_status(ctx, &agent, &old, &next).await?;
     ctx.failures.succeeded(&owner.uid);
+    tracing::debug!(wait = ?plan.wait, stalled = stalled.is_some(), "pass done");
     Ok(match (stalled.is_some(), plan.wait) {
         (true, _) => {
             ctx.fleet.done_waiting(&owner.uid);

@@ -94,7 +94,10 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
         }
         let now = Instant::now();
         let (due, next) = ctx.fleet.due(now, ctx.config.resync, ctx.config.fast_poll);
+        // `next` only knows the collections that were not due: after listing, look again.
+        let listed_any = !due.is_empty();
         for which in due {
+            tracing::debug!(collection = ?which, "listing");
             if let Err(e) = refresh(&ctx, which).await {
                 tracing::warn!(error = %e, collection = ?which, "shared list failed; the next try follows its pace");
                 ctx.fleet.list_failed(which);
@@ -106,6 +109,9 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
             if let Err(e) = ensure_fleet_firewall(&ctx).await {
                 tracing::warn!(error = %e, "cannot audit the fleet firewall");
             }
+        }
+        if listed_any {
+            continue;
         }
         let sleep_until = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
         tokio::select! {
