@@ -2,12 +2,14 @@
 //! address, prints its base URL once it accepts connections, and serves until Ctrl-C.
 //! It never prints the token it was given.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use crate::http::{FaultPlan, FaultRule};
+use crate::http::FaultPlan;
+use crate::http::control::{FaultPlanSpec, FaultRuleSpec};
 use crate::{cloudflare, hetzner};
 use crabglamp_operator::cloud::Secret;
 
@@ -30,12 +32,14 @@ pub enum SimProvider {
         /// Requests per hour (RateLimit-Limit).
         #[arg(long, default_value_t = 3600)]
         rate_limit_per_hour: u32,
-        /// How long each action takes, in milliseconds.
+        /// How long each action takes, in milliseconds (before the time scale).
         #[arg(long, default_value_t = 500)]
         action_duration_ms: u64,
-        /// Most servers the project may hold.
-        #[arg(long, default_value_t = 100)]
-        server_limit: usize,
+        #[command(flatten)]
+        project: HetznerArgs,
+        #[arg(long, default_value_t = 1.0)]
+        /// How much faster than real time simulated time runs (actions, boots, rate windows).
+        time_scale: f64,
         #[command(flatten)]
         faults: FaultArgs,
     },
@@ -55,17 +59,104 @@ pub enum SimProvider {
         /// Requests per five minutes.
         #[arg(long, default_value_t = 1200)]
         rate_limit: u32,
+        /// How much faster than real time simulated time runs (the five-minute window).
+        #[arg(long, default_value_t = 1.0)]
+        time_scale: f64,
         #[command(flatten)]
         faults: FaultArgs,
     },
 }
 
-/// Faults to inject from the start (tests change them at run time through `RunningSim`).
+/// What a simulated Hetzner project is like, beyond its token (shared by `sim hetzner` and
+/// the sandbox).
+#[derive(Args, Debug, Clone, Default)]
+pub struct HetznerArgs {
+    /// How long one kind of action takes in simulated time, `COMMAND=DURATION` (e.g.
+    /// `create_server=15s`, `start_server=800ms`); repeatable.
+    #[arg(long = "action-duration", value_name = "COMMAND=DURATION", value_parser = parse_action_duration)]
+    pub action_durations: Vec<(String, Duration)>,
+    /// Most servers the project may hold (`resource_limit_exceeded` beyond).
+    #[arg(long)]
+    pub server_limit: Option<usize>,
+    /// Most firewalls the project may hold.
+    #[arg(long)]
+    pub firewall_limit: Option<usize>,
+}
+
+impl HetznerArgs {
+    /// `config` with these settings applied.
+    pub fn apply(&self, mut config: hetzner::HetznerSimConfig) -> hetzner::HetznerSimConfig {
+        if let Some(n) = self.server_limit {
+            config.server_limit = n;
+        }
+        // TODO(other engineer's per-command durations and firewall limit): wire
+        // `action_durations` and `firewall_limit` once HetznerSimConfig has them.
+        config
+    }
+}
+
+/// `15s`, `500ms`, `2m`, `1h`, or a bare number of seconds (`1.5`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 15s or 500ms"))?;
+    let seconds = match unit {
+        "" | "s" => number,
+        "ms" => number / 1000.0,
+        "m" | "min" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (ms, s, m, h)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is not a valid duration"))
+}
+
+fn parse_action_duration(text: &str) -> Result<(String, Duration), String> {
+    let (command, duration) =
+        text.split_once('=').ok_or_else(|| format!("{text:?}: expected COMMAND=DURATION, e.g. create_server=15s"))?;
+    let command = command.trim();
+    if command.is_empty() || !command.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+        return Err(format!("{command:?} is not an action command like create_server"));
+    }
+    Ok((command.to_owned(), parse_duration(duration)?))
+}
+
+/// A time scale must be a positive, finite factor.
+pub fn check_time_scale(scale: f64) -> anyhow::Result<()> {
+    anyhow::ensure!(crate::time_scale::valid(scale), "--time-scale must be a positive number, not {scale}");
+    Ok(())
+}
+
+/// A fault plan from `--fault-file` (the body of `PUT /_sim/faults`) plus `--fault` rules.
+pub fn fault_plan(file: Option<&std::path::Path>, rules: &[FaultRuleSpec], seed: u64) -> anyhow::Result<FaultPlan> {
+    let mut spec = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            serde_json::from_str::<FaultPlanSpec>(&text)
+                .with_context(|| format!("{} is not a fault plan", path.display()))?
+        }
+        None => FaultPlanSpec::default(),
+    };
+    spec.rules.extend(rules.iter().cloned());
+    if seed != 0 {
+        spec.seed = seed;
+    }
+    Ok(FaultPlan::try_from(spec)?)
+}
+
+/// Faults to inject from the start (changed at run time through the control API).
 #[derive(Args, Debug, Default)]
 pub struct FaultArgs {
     /// Probability (0..1) that any request fails with a random 5xx.
     #[arg(long, default_value_t = 0.0)]
     pub fault_rate: f64,
+    /// A fault rule `METHOD ROUTE RATE [ERROR] [lost]` (e.g. `POST /v1/servers 0.5`, `* * 0.1
+    /// timeout`); repeatable.
+    #[arg(long = "fault", value_name = "RULE")]
+    pub faults: Vec<FaultRuleSpec>,
+    /// A fault plan in JSON, the body `PUT /_sim/faults` takes (see CONTROL-API.md).
+    #[arg(long)]
+    pub fault_file: Option<PathBuf>,
     /// Latency added to every request, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
@@ -75,13 +166,16 @@ pub struct FaultArgs {
 }
 
 impl FaultArgs {
-    fn plan(&self) -> FaultPlan {
-        FaultPlan {
-            rules: if self.fault_rate > 0.0 { FaultRule::any_5xx(self.fault_rate) } else { Vec::new() },
-            latency: Duration::from_millis(self.latency_ms),
-            seed: self.fault_seed,
-            ..FaultPlan::default()
+    fn plan(&self) -> anyhow::Result<FaultPlan> {
+        let mut rules = self.faults.clone();
+        if self.fault_rate > 0.0 {
+            rules.push(FaultRuleSpec { rate: self.fault_rate, ..FaultRuleSpec::default() });
         }
+        let mut plan = fault_plan(self.fault_file.as_deref(), &rules, self.fault_seed)?;
+        if self.latency_ms > 0 {
+            plan.latency = Duration::from_millis(self.latency_ms);
+        }
+        Ok(plan)
     }
 }
 
@@ -102,18 +196,36 @@ impl SimCommand {
         // An empty token would make every request without credentials look authenticated.
         anyhow::ensure!(!token.expose().trim().is_empty(), "--token must not be empty");
         let (listen, sim, faults) = match self.provider {
-            SimProvider::Hetzner { listen, token, rate_limit_per_hour, action_duration_ms, server_limit, faults } => {
+            SimProvider::Hetzner {
+                listen,
+                token,
+                rate_limit_per_hour,
+                action_duration_ms,
+                project,
+                time_scale,
+                faults,
+            } => {
+                check_time_scale(time_scale)?;
                 let listener = bind(&listen).await?;
-                let config = hetzner::HetznerSimConfig {
+                let config = project.apply(hetzner::HetznerSimConfig {
                     token: token.expose().to_owned(),
                     rate_limit_per_hour,
-                    rate_refill_per_sec: None,
                     action_duration: Duration::from_millis(action_duration_ms),
-                    server_limit,
-                };
+                    ..hetzner::HetznerSimConfig::default()
+                });
                 (listen, hetzner::spawn(config, listener).await, faults)
             }
-            SimProvider::Cloudflare { listen, token, account_id, zone_id, zone_name, rate_limit, faults } => {
+            SimProvider::Cloudflare {
+                listen,
+                token,
+                account_id,
+                zone_id,
+                zone_name,
+                rate_limit,
+                time_scale,
+                faults,
+            } => {
+                check_time_scale(time_scale)?;
                 let listener = bind(&listen).await?;
                 let config = cloudflare::CloudflareSimConfig {
                     token: token.expose().to_owned(),
@@ -122,12 +234,14 @@ impl SimCommand {
                     zone_name,
                     rate_limit,
                     rate_refill_per_sec: None,
+                    time_scale,
                 };
                 (listen, cloudflare::spawn(config, listener).await, faults)
             }
         };
+        let plan = faults.plan()?;
         let sim = sim.with_context(|| format!("cannot start the simulator on {listen}"))?;
-        sim.set_faults(faults.plan());
+        sim.set_faults(plan);
         // The one line scripts wait for: the base URL, printed only once the socket accepts.
         println!("{}", sim.base_url);
         tokio::signal::ctrl_c().await.context("cannot wait for Ctrl-C")?;

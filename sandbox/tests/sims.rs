@@ -12,6 +12,7 @@ mod sims {
 
     mod admission;
     mod cli;
+    mod control_api;
     mod envelopes;
     mod models;
     mod python;

@@ -13,6 +13,8 @@
 //! - `/datacenters` answers 410 `deprecated_api_endpoint` (removed 2026-10-01).
 
 mod catalog;
+// The Hetzner half of the control API (`/_sim/`), wired in by `crate::http::control`.
+pub(crate) mod control;
 pub mod labels;
 mod routes;
 mod world;
