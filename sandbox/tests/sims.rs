@@ -12,6 +12,7 @@ mod sims {
 
     mod admission;
     mod cli;
+    mod cloudflare_connectors;
     mod control_api;
     mod envelopes;
     mod models;
