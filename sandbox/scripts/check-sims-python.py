@@ -15,6 +15,7 @@ import time
 
 import cloudflare
 import hcloud
+import requests
 from hcloud import Client
 from hcloud.firewalls import FirewallResource, FirewallRule
 from hcloud.images import Image
@@ -193,6 +194,44 @@ def check_cloudflare(url, token, account_id, zone_id, zone_name):
     cf.dns.records.delete(dns_record_id=rec.id, zone_id=zone_id)
     assert list(cf.dns.records.list(zone_id=zone_id, name={"exact": hostname})) == []
     step("proxied CNAME created, listed, deleted")
+
+    tunnels = cf.zero_trust.tunnels.cloudflared
+    assert tunnels.get(tunnel_id=tunnel.id, account_id=account_id).status == "inactive"
+    # A connector through the control API (what the sandbox's cloudflared does for a booted
+    # server): the typed models read its connections and connectors.
+    control = url.split("/client/v4")[0] + "/_sim"
+    auth = {"Authorization": f"Bearer {token}"}
+    r = requests.post(f"{control}/tunnels/{tunnel.id}/connections", headers=auth, timeout=10)
+    assert r.status_code == 200, r.text
+    got = tunnels.get(tunnel_id=tunnel.id, account_id=account_id)
+    assert got.status == "healthy" and got.conns_inactive_at is None, got
+    assert all(c.colo_name and c.is_pending_reconnect is False and c.client_id for c in got.connections), got
+    connectors = list(tunnels.connections.get(tunnel_id=tunnel.id, account_id=account_id))
+    assert len(connectors) == 1 and len(connectors[0].conns) == len(got.connections), connectors
+    tunnels.connections.delete(tunnel_id=tunnel.id, account_id=account_id)
+    assert tunnels.get(tunnel_id=tunnel.id, account_id=account_id).status == "down"
+    step("connector through the control API: healthy, connections typed, dropped: down")
+
+    # Cloudflare's 429 as the SDK sees it, on a budget shrunk through the control API: the
+    # whole window is blocked, with Retry-After.
+    before = requests.get(f"{control}/rate_limit", headers=auth, timeout=10).json()
+    r = requests.put(f"{control}/rate_limit", headers=auth, timeout=10,
+                     json={"capacity": 2, "refill_per_sec": 2 / 300})
+    assert r.status_code == 200, r.text
+    strict = cloudflare.Cloudflare(api_token=token, base_url=url, max_retries=0)
+    for _ in range(2):
+        strict.zero_trust.tunnels.cloudflared.get(tunnel_id=tunnel.id, account_id=account_id)
+    try:
+        strict.zero_trust.tunnels.cloudflared.get(tunnel_id=tunnel.id, account_id=account_id)
+        raise AssertionError("over the budget and not refused")
+    except cloudflare.RateLimitError as e:
+        assert e.status_code == 429
+        assert int(e.response.headers["retry-after"]) >= 290, e.response.headers
+        assert e.response.headers["ratelimit-policy"] == '"burst";q=2;w=300', e.response.headers
+        assert e.body["errors"][0]["code"] == 971, e.body
+    requests.put(f"{control}/rate_limit", headers=auth, timeout=10,
+                 json={"capacity": before["capacity"], "refill_per_sec": before["refill_per_sec"]})
+    step("429 once the budget is spent: RateLimitError with Retry-After for the whole window")
 
     deleted = cf.zero_trust.tunnels.cloudflared.delete(tunnel_id=tunnel.id, account_id=account_id)
     assert deleted.deleted_at is not None
