@@ -929,6 +929,35 @@ pub fn now_rfc3339() -> String {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn logged_bodies_keep_no_secret() {
+        let token = "eyJhIjoiYWNjIiwidCI6InR1bm5lbCIsInMiOiJjMlZqY21WMCJ9";
+        let body = json!({
+            "name": "web-1",
+            "tunnel_secret": "c2VjcmV0c2VjcmV0",
+            "user_data": format!("#cloud-config\nruncmd: [cloudflared service install {token}]"),
+            "nested": [{"api_token": "t0k", "root_password": "pw", "public_key": "ssh-ed25519 AAAA"}],
+            "comment": format!("token {token} inside"),
+            "none": null,
+        });
+        let logged = super::redact_body(body).to_string();
+        for secret in ["c2VjcmV0c2VjcmV0", token, "t0k", "\"pw\"", "cloud-config"] {
+            assert!(!logged.contains(secret), "{secret} in {logged}");
+        }
+        for kept in ["web-1", "ssh-ed25519 AAAA", "token <redacted> inside", "\"none\":null"] {
+            assert!(logged.contains(kept), "{kept} missing in {logged}");
+        }
+    }
+
+    #[test]
+    fn token_runs_start_at_a_boundary() {
+        assert_eq!(super::token_like_runs("x eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOjF9.c2ln y"), vec![2..40]);
+        assert!(super::token_like_runs("xeyJhbGciOiJIUzI1NiJ9").is_empty(), "not at a boundary");
+        assert!(super::token_like_runs("eyJhYg").is_empty(), "too short to be a token");
+    }
+
     #[test]
     fn bearer_tokens() {
         assert_eq!(super::bearer("Bearer abc"), Some("abc"));
