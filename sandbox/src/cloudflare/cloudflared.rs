@@ -124,7 +124,7 @@ pub fn sync_origins(sim: &RunningSim, running: &[Origin], connect_delay: Duratio
     sync(&st, running, connect_delay, Instant::now())
 }
 
-fn sync(st: &CfState, running: &[Origin], connect_delay: Duration, now: Instant) -> Vec<ConnectorChange> {
+pub(super) fn sync(st: &CfState, running: &[Origin], connect_delay: Duration, now: Instant) -> Vec<ConnectorChange> {
     let mut changes = Vec::new();
     let mut origins = lock(&st.origins);
     let mut tunnels = lock(&st.tunnels);

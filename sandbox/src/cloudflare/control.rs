@@ -6,13 +6,18 @@
 use std::any::Any;
 use std::sync::Arc;
 
+use std::time::{Duration, Instant};
+
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::routing::{delete, get, post};
-use serde_json::json;
+use serde::Deserialize;
+use serde_json::{Value, json};
 
 use super::CfState;
-use crate::http::control::{ControlError, ControlReply, ok};
+use super::cloudflared::{Origin, sync};
+use crate::http::control::{ControlError, ControlReply, ok, parse_body};
 use crate::http::lock;
 
 type St = State<Arc<CfState>>;
@@ -47,6 +52,40 @@ async fn vanish_record(State(st): St, Path(id): Path<String>) -> ControlReply {
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OriginSpec {
+    key: String,
+    #[serde(default)]
+    user_data: Option<String>,
+    #[serde(default)]
+    origin_ip: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Running {
+    origins: Vec<OriginSpec>,
+    #[serde(default)]
+    connect_delay_ms: u64,
+}
+
+/// The machines running now, for a simulator whose machines live in another process: what
+/// the sandbox's cloudflared does in-process ([`super::sync_origins`]).
+async fn running_origins(State(st): St, body: Bytes) -> ControlReply {
+    let running: Running = parse_body(&body)?;
+    let origins: Vec<Origin> = running
+        .origins
+        .into_iter()
+        .map(|o| Origin { key: o.key, user_data: o.user_data, origin_ip: o.origin_ip })
+        .collect();
+    let changes: Vec<Value> = sync(&st, &origins, Duration::from_millis(running.connect_delay_ms), Instant::now())
+        .into_iter()
+        .map(|c| json!({"origin": c.origin, "tunnel_id": c.tunnel_id, "connected": c.connected}))
+        .collect();
+    ok(json!({"changes": changes}))
+}
+
 /// The routes, relative to `/_sim`; empty if `state` is not a Cloudflare simulator's.
 pub(crate) fn router(state: Arc<dyn Any + Send + Sync>) -> Router {
     let Ok(st) = state.downcast::<CfState>() else { return Router::new() };
@@ -55,5 +94,6 @@ pub(crate) fn router(state: Arc<dyn Any + Send + Sync>) -> Router {
         .route("/tunnels/{id}", delete(vanish_tunnel))
         .route("/tunnels/{id}/connections", post(connect))
         .route("/dns_records/{id}", delete(vanish_record))
+        .route("/origins", post(running_origins))
         .with_state(st)
 }
