@@ -36,6 +36,10 @@ def check_hetzner(url, token):
     assert client.locations.get_by_name("hil") is not None
     st = client.server_types.get_by_name("cpx22")
     assert any(p["location"] == "hil" for p in st.prices), st.prices
+    # Numbers typed as the API types them (JSON 80 is an int, 80.0 a float, to Python too).
+    assert (type(st.cores), type(st.memory), type(st.disk)) == (int, float, int), (st.cores, st.memory, st.disk)
+    assert all(isinstance(p["price_hourly"]["net"], str) and isinstance(p["included_traffic"], int)
+               for p in st.prices), st.prices
     assert client.images.get_by_name_and_architecture("ubuntu-24.04", "x86") is not None
     try:
         client.datacenters.get_all()
@@ -63,6 +67,7 @@ def check_hetzner(url, token):
     assert server.status == "running", server.status
     assert server.location.name == "hel1"
     assert server.labels == labels
+    assert (type(server.primary_disk_size), type(server.included_traffic)) == (int, int), server.primary_disk_size
     step(f"server {server.id} created in hel1 and running")
 
     try:
@@ -89,6 +94,13 @@ def check_hetzner(url, token):
 
     server.power_off().wait_until_finished()
     assert client.servers.get_by_id(server.id).status == "off"
+    server.change_type(ServerType(name="cpx32"), upgrade_disk=True).wait_until_finished()
+    retyped = client.servers.get_by_id(server.id)
+    assert (retyped.server_type.name, retyped.primary_disk_size) == ("cpx32", 160), retyped.primary_disk_size
+    rebuilt = server.rebuild(Image(name="debian-12"), user_data="#cloud-config\n")
+    assert rebuilt.root_password, "created without SSH keys: a new root password"
+    rebuilt.action.wait_until_finished()
+    assert client.servers.get_by_id(server.id).image.name == "debian-12"
     server.power_on().wait_until_finished()
     assert client.servers.get_by_id(server.id).status == "running"
     server.reboot().wait_until_finished()
@@ -98,7 +110,7 @@ def check_hetzner(url, token):
     server.update(labels={**labels, "extra": "yes"})
     assert client.servers.get_by_id(server.id).labels["extra"] == "yes"
     assert any(a.command == "stop_server" for a in server.get_actions())
-    step("powered off and on, rebooted, shut down, relabelled")
+    step("powered off, retyped, rebuilt, on, rebooted, shut down, relabelled")
 
     fw_resp = client.firewalls.create(
         name="py-check-fw",

@@ -15,6 +15,7 @@ mod sims {
     mod cloudflare_connectors;
     mod control_api;
     mod envelopes;
+    mod hetzner_physics;
     mod models;
     mod python;
 }

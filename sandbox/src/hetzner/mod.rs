@@ -226,3 +226,19 @@ pub fn booted_servers(sim: &RunningSim) -> Vec<BootedServer> {
     })
     .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_time_scale_speeds_the_refill_not_the_burst() {
+        let real = HetznerSimConfig::default().budget();
+        assert_eq!((real.capacity, real.refill_per_sec), (3600, 1.0), "3600 an hour, +1 a second");
+        let fast = HetznerSimConfig { time_scale: 60.0, ..HetznerSimConfig::default() }.budget();
+        assert_eq!((fast.capacity, fast.refill_per_sec), (3600, 60.0), "the hour lasts a minute");
+        let explicit =
+            HetznerSimConfig { rate_refill_per_sec: Some(10.0), time_scale: 6.0, ..HetznerSimConfig::default() };
+        assert_eq!(explicit.budget().refill_per_sec, 60.0);
+    }
+}

@@ -763,4 +763,21 @@ mod tests {
         assert_eq!(world.schedule.len(), 1000, "nothing due, nothing taken off");
         assert!(world.actions.values().all(Action::running));
     }
+
+    #[test]
+    fn durations_follow_the_figures_the_seed_and_the_scale() {
+        let durations = |seed, time_scale| {
+            let mut w = World::new(&HetznerSimConfig { seed, time_scale, ..HetznerSimConfig::default() });
+            Command::ALL.map(|c| w.duration_of(c))
+        };
+        assert_eq!(durations(5, 1.0), durations(5, 1.0), "a seed replays its timings");
+        assert_ne!(durations(5, 1.0), durations(6, 1.0));
+        let figures = ActionDurations::default();
+        for (c, d) in Command::ALL.into_iter().zip(durations(5, 10.0)) {
+            let real = figures.of(c).as_secs_f64() / 10.0;
+            assert!(d.as_secs_f64() >= real * 0.9 - 1e-9 && d.as_secs_f64() <= real * 1.1 + 1e-9, "{c:?}: {d:?}");
+        }
+        let w = World::new(&HetznerSimConfig { time_scale: 10.0, ..HetznerSimConfig::default() });
+        assert_eq!(w.boot_delay, Duration::from_millis(1500), "15 s of boot at scale 10");
+    }
 }
