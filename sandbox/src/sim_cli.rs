@@ -32,13 +32,14 @@ pub enum SimProvider {
         /// Requests per hour (RateLimit-Limit).
         #[arg(long, default_value_t = 3600)]
         rate_limit_per_hour: u32,
-        /// How long each action takes, in milliseconds (before the time scale).
-        #[arg(long, default_value_t = 500)]
-        action_duration_ms: u64,
+        /// Every action takes this many milliseconds and guests boot at once (a flat test
+        /// profile; default: Hetzner's real-world figures, see hetzner/physics.rs).
+        #[arg(long)]
+        action_duration_ms: Option<u64>,
         #[command(flatten)]
         project: HetznerArgs,
+        /// How much faster than real time simulated time runs (actions, boots, rate refill).
         #[arg(long, default_value_t = 1.0)]
-        /// How much faster than real time simulated time runs (actions, boots, rate windows).
         time_scale: f64,
         #[command(flatten)]
         faults: FaultArgs,
@@ -81,17 +82,30 @@ pub struct HetznerArgs {
     /// Most firewalls the project may hold.
     #[arg(long)]
     pub firewall_limit: Option<usize>,
+    /// Most firewalls that may apply to one server.
+    #[arg(long)]
+    pub firewalls_per_server: Option<usize>,
+    /// The project's guests ignore ACPI shutdown and reboot (per server: the control API).
+    #[arg(long)]
+    pub ignores_acpi: bool,
 }
 
 impl HetznerArgs {
-    /// `config` with these settings applied.
-    pub fn apply(&self, mut config: hetzner::HetznerSimConfig) -> hetzner::HetznerSimConfig {
-        if let Some(n) = self.server_limit {
-            config.server_limit = n;
+    /// `config` with these settings applied; an unknown action command is refused.
+    pub fn apply(&self, mut config: hetzner::HetznerSimConfig) -> anyhow::Result<hetzner::HetznerSimConfig> {
+        for (command, d) in &self.action_durations {
+            // The guest OS's own steps are figures beside the action commands.
+            match command.as_str() {
+                "boot" => config.durations.boot = *d,
+                "acpi_shutdown" => config.durations.acpi_shutdown = *d,
+                _ => config.durations.set(command, *d).context("--action-duration")?,
+            }
         }
-        // TODO(other engineer's per-command durations and firewall limit): wire
-        // `action_durations` and `firewall_limit` once HetznerSimConfig has them.
-        config
+        config.server_limit = self.server_limit.unwrap_or(config.server_limit);
+        config.firewall_limit = self.firewall_limit.unwrap_or(config.firewall_limit);
+        config.firewalls_per_server = self.firewalls_per_server.unwrap_or(config.firewalls_per_server);
+        config.ignores_acpi |= self.ignores_acpi;
+        Ok(config)
     }
 }
 
@@ -206,13 +220,18 @@ impl SimCommand {
                 faults,
             } => {
                 check_time_scale(time_scale)?;
-                let listener = bind(&listen).await?;
+                let defaults = hetzner::HetznerSimConfig::default();
+                let durations = action_duration_ms.map_or(defaults.durations.clone(), |ms| {
+                    hetzner::ActionDurations::uniform(Duration::from_millis(ms))
+                });
                 let config = project.apply(hetzner::HetznerSimConfig {
                     token: token.expose().to_owned(),
                     rate_limit_per_hour,
-                    action_duration: Duration::from_millis(action_duration_ms),
-                    ..hetzner::HetznerSimConfig::default()
-                });
+                    durations,
+                    time_scale,
+                    ..defaults
+                })?;
+                let listener = bind(&listen).await?;
                 (listen, hetzner::spawn(config, listener).await, faults)
             }
             SimProvider::Cloudflare {

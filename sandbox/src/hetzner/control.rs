@@ -1,6 +1,6 @@
 //! The Hetzner half of the control API (`/_sim/...` on the simulator's port): servers and
-//! firewalls that vanish, a server's `user_data`, failing actions, project limits and a
-//! summary of the project. Behind the token like every control route
+//! firewalls that vanish, a server's `user_data`, guests that ignore ACPI, failing actions,
+//! project limits and a summary of the project. Behind the token like every control route
 //! ([`crate::http::control`]). `user_data` (which may carry a tunnel token) leaves only
 //! through its own endpoint, never in a summary or the request log.
 
@@ -11,7 +11,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -52,7 +52,7 @@ async fn summary(State(st): St) -> ControlReply {
 }
 
 fn limits_json(w: &super::world::World) -> Value {
-    json!({"servers": w.server_limit})
+    json!({"servers": w.server_limit, "firewalls": w.firewall_limit, "firewalls_per_server": w.firewalls_per_server})
 }
 
 async fn vanish_server(State(st): St, Path(id): Path<String>) -> ControlReply {
@@ -94,6 +94,8 @@ async fn fail_next_actions(State(st): St, body: Bytes) -> ControlReply {
 #[serde(deny_unknown_fields)]
 struct Limits {
     servers: Option<usize>,
+    firewalls: Option<usize>,
+    firewalls_per_server: Option<usize>,
 }
 
 async fn get_limits(State(st): St) -> ControlReply {
@@ -103,10 +105,26 @@ async fn get_limits(State(st): St) -> ControlReply {
 async fn put_limits(State(st): St, body: Bytes) -> ControlReply {
     let limits: Limits = parse_body(&body)?;
     let mut w = lock(&st.world);
-    if let Some(n) = limits.servers {
-        w.server_limit = n;
-    }
+    w.server_limit = limits.servers.unwrap_or(w.server_limit);
+    w.firewall_limit = limits.firewalls.unwrap_or(w.firewall_limit);
+    w.firewalls_per_server = limits.firewalls_per_server.unwrap_or(w.firewalls_per_server);
     ok(limits_json(&w))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Acpi {
+    ignores_acpi: bool,
+}
+
+async fn set_ignores_acpi(State(st): St, Path(id): Path<String>, body: Bytes) -> ControlReply {
+    let id = server_id(&id)?;
+    let Acpi { ignores_acpi } = parse_body(&body)?;
+    if lock(&st.world).set_ignores_acpi(id, ignores_acpi) {
+        ok(json!({"id": id, "ignores_acpi": ignores_acpi}))
+    } else {
+        Err(ControlError::not_found("no such server"))
+    }
 }
 
 /// The routes, relative to `/_sim`; empty if `state` is not a Hetzner simulator's.
@@ -116,6 +134,7 @@ pub(crate) fn router(state: Arc<dyn Any + Send + Sync>) -> Router {
         .route("/hetzner", get(summary))
         .route("/servers/{id}", delete(vanish_server))
         .route("/servers/{id}/user_data", get(user_data))
+        .route("/servers/{id}/ignores_acpi", put(set_ignores_acpi))
         .route("/firewalls/{id}", delete(vanish_firewall))
         .route("/actions/fail_next", post(fail_next_actions))
         .route("/limits", get(get_limits).put(put_limits))

@@ -150,8 +150,10 @@ impl SandboxOptions {
         let plan = |file: &Option<PathBuf>, rules: &[FaultRuleSpec]| {
             fault_plan(file.as_deref(), rules, args.fault_seed).map_err(SandboxError::Config)
         };
-        let hetzner = args.hetzner.apply(HetznerSimConfig { ..HetznerSimConfig::default() });
-        // TODO(time_scale): hetzner.time_scale = args.time_scale once HetznerSimConfig has it.
+        let hetzner = args
+            .hetzner
+            .apply(HetznerSimConfig { time_scale: args.time_scale, ..HetznerSimConfig::default() })
+            .map_err(SandboxError::Config)?;
         Ok(SandboxOptions {
             kube_port: args.port,
             fresh_services: args.fresh_services,
