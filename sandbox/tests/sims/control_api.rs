@@ -221,6 +221,7 @@ async fn the_sandbox_is_driven_through_its_control_api_alone() {
     assert!(code == 200 && plan["rules"] == json!([]), "{plan}");
     let (code, body) = sb.create_server("after-faults", None).await;
     assert_eq!(code, 201, "faults cleared: {body}");
+    let obeys_acpi = body["server"]["id"].as_i64().expect("id");
 
     // --- user_data: readable through its own endpoint, never in the request log.
     let user_data = "#cloud-config\nruncmd:\n  - echo s3cr3t-marker\n";
@@ -322,6 +323,41 @@ async fn the_sandbox_is_driven_through_its_control_api_alone() {
     };
     let ratio = elapsed.as_secs_f64() / expected.as_secs_f64();
     assert!((0.75..=1.25).contains(&ratio), "create took {elapsed:?}, expected {expected:?} (x{ratio:.2})");
+
+    // --- A guest that ignores ACPI stays up through a shutdown; one that obeys goes off.
+    let ignores_acpi = created["server"]["id"].as_i64().expect("id");
+    let (code, set) = sb
+        .control(
+            "hcloud",
+            Method::PUT,
+            &format!("/servers/{ignores_acpi}/ignores_acpi"),
+            Some(json!({"ignores_acpi": true})),
+        )
+        .await;
+    assert_eq!(code, 200, "{set}");
+    for server in [obeys_acpi, ignores_acpi] {
+        let (code, body) = sb.hcloud(Method::POST, &format!("/servers/{server}/actions/shutdown"), None).await;
+        assert_eq!(code, 201, "{body}");
+    }
+    let until = Instant::now() + Duration::from_secs(30);
+    while sb.hcloud(Method::GET, &format!("/servers/{obeys_acpi}"), None).await.1["server"]["status"] != "off" {
+        assert!(Instant::now() < until, "the obeying guest never shut down");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, server) = sb.hcloud(Method::GET, &format!("/servers/{ignores_acpi}"), None).await;
+    assert_eq!(server["server"]["status"], "running", "the guest ignoring ACPI is still up");
+
+    // --- Project limits, read and set.
+    let (code, limits) = sb.control("hcloud", Method::GET, "/limits", None).await;
+    assert_eq!(code, 200, "{limits}");
+    let (_, project) = sb.control("hcloud", Method::GET, "/hetzner", None).await;
+    let held = project["servers"].as_array().expect("servers").len();
+    let (code, _) = sb.control("hcloud", Method::PUT, "/limits", Some(json!({"servers": held}))).await;
+    assert_eq!(code, 200);
+    let (code, body) = sb.create_server("over-the-limit", None).await;
+    assert_eq!((code, body["error"]["code"].as_str()), (403, Some("resource_limit_exceeded")), "{body}");
+    let (_, restored) = sb.control("hcloud", Method::PUT, "/limits", Some(json!({"servers": limits["servers"]}))).await;
+    assert_eq!(restored, limits);
 
     // --- Vanishing resources and storms, through the control API.
     let (code, _) = sb.control("hcloud", Method::DELETE, &format!("/servers/{id}"), None).await;
