@@ -199,6 +199,9 @@ pub fn rfc3339(t: SystemTime) -> String {
 /// sandbox does not grow without bound.
 const KEPT_ACTIONS: usize = 10_000;
 
+/// The longest simulated duration (see [`World::sim_duration`]).
+const LONGEST: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// Something the world does at a given instant.
 #[derive(Clone, Copy)]
 enum Event {
@@ -262,7 +265,7 @@ impl World {
             fail_next_actions: 0,
             durations: config.durations.clone(),
             time_scale: config.time_scale,
-            boot_delay: scaled(config.durations.boot, config.time_scale),
+            boot_delay: scaled(config.durations.boot, config.time_scale).min(LONGEST),
             ignores_acpi: config.ignores_acpi,
             server_limit: config.server_limit,
             firewall_limit: config.firewall_limit,
@@ -297,10 +300,11 @@ impl World {
         self.work.set(w);
     }
 
-    /// A real-world figure as it passes in this world: jittered, then scaled.
+    /// A real-world figure as it passes in this world: jittered, then scaled, and capped so
+    /// that a tiny time scale cannot overflow an `Instant` (a century is "never" here).
     fn sim_duration(&mut self, real: Duration) -> Duration {
         let jittered = self.durations.jittered(real, &mut self.rng);
-        scaled(jittered, self.time_scale)
+        scaled(jittered, self.time_scale).min(LONGEST)
     }
 
     /// How long `command` takes this time.
