@@ -72,8 +72,9 @@ pub enum SimProvider {
 /// the sandbox).
 #[derive(Args, Debug, Clone, Default)]
 pub struct HetznerArgs {
-    /// How long one kind of action takes in simulated time, `COMMAND=DURATION` (e.g.
-    /// `create_server=15s`, `start_server=800ms`); repeatable.
+    /// How long one action command or guest step takes in simulated time,
+    /// `COMMAND=DURATION` (e.g. `create_server=15s`, `start_server=800ms`, `boot=5s`,
+    /// `acpi_shutdown=2s`); repeatable.
     #[arg(long = "action-duration", value_name = "COMMAND=DURATION", value_parser = parse_action_duration)]
     pub action_durations: Vec<(String, Duration)>,
     /// Most servers the project may hold (`resource_limit_exceeded` beyond).

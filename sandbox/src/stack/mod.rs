@@ -46,8 +46,9 @@ pub struct SandboxArgs {
     /// Port of the Kubernetes API server (0 = any free port).
     #[arg(long, default_value_t = 0)]
     pub port: u16,
-    /// How much faster than real time the simulated clouds run: actions, boots, cloudflared
-    /// and Cloudflare's five-minute rate window all take 1/N of their simulated duration.
+    /// How much faster than real time the simulated clouds run: actions, boots, cloudflared,
+    /// Hetzner's rate refill and Cloudflare's five-minute rate window all take 1/N of their
+    /// simulated duration.
     #[arg(long, default_value_t = DEFAULT_TIME_SCALE)]
     pub time_scale: f64,
     #[command(flatten)]
