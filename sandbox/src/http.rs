@@ -156,7 +156,8 @@ impl FaultRule {
     }
 }
 
-/// What a simulator does wrong on purpose. Changed at run time through [`RunningSim::set_faults`].
+/// What a simulator does wrong on purpose. Changed at run time through
+/// [`RunningSim::set_faults`] or, from another process, `PUT /_sim/faults`.
 #[derive(Clone, Debug, Default)]
 pub struct FaultPlan {
     pub rules: Vec<FaultRule>,

@@ -285,6 +285,46 @@ mod tests {
     }
 
     #[test]
+    fn durations_and_action_flags() {
+        use std::time::Duration;
+        assert_eq!(super::parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(super::parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(super::parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(super::parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(super::parse_duration("15 parsecs").is_err());
+        assert!(super::parse_duration("-1s").is_err());
+
+        let cli = Cli::try_parse_from([
+            "sim",
+            "hetzner",
+            "--token",
+            "t",
+            "--action-duration",
+            "create_server=30s",
+            "--action-duration",
+            "boot=2s",
+            "--firewall-limit",
+            "3",
+            "--fault",
+            "POST /v1/servers 0.5 timeout",
+        ])
+        .expect("parses");
+        let super::SimProvider::Hetzner { project, faults, .. } = cli.provider else { panic!("hetzner") };
+        let config = project.apply(crate::hetzner::HetznerSimConfig::default()).expect("known commands");
+        assert_eq!(config.durations.create_server, Duration::from_secs(30));
+        assert_eq!(config.durations.boot, Duration::from_secs(2));
+        assert_eq!(config.firewall_limit, 3);
+        let plan = faults.plan().expect("valid plan");
+        assert_eq!(plan.rules.len(), 1);
+        assert_eq!(plan.rules[0].error, crate::http::InjectedError::Timeout);
+
+        let cli = Cli::try_parse_from(["sim", "hetzner", "--token", "t", "--action-duration", "make_coffee=1s"])
+            .expect("parses");
+        let super::SimProvider::Hetzner { project, .. } = cli.provider else { panic!("hetzner") };
+        assert!(project.apply(crate::hetzner::HetznerSimConfig::default()).is_err(), "unknown command refused");
+    }
+
+    #[test]
     fn parsed_command_never_shows_the_token() {
         let cli = Cli::try_parse_from(["sim", "hetzner", "--token", "hunter2-token"]).expect("parses");
         assert!(!format!("{cli:?}").contains("hunter2-token"), "{cli:?}");
