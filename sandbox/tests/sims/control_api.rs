@@ -1,6 +1,7 @@
 //! The control API (`/_sim/`) from outside the process, as another program would use it: the
 //! `crabglamp-sandbox` binary is started and driven over HTTP alone (no in-process handle):
-//! counters, request log, fault rules, user_data, the sandbox's cloudflared and the time scale.
+//! counters, request log, fault rules, user_data, the sandbox's cloudflared and the time scale;
+//! and the standalone `sim` command's flags as its control API reports them.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -381,4 +382,39 @@ async fn the_sandbox_is_driven_through_its_control_api_alone() {
     assert!(sb.banner().contains(&format!("cloudflared on hcloud-server-{host} connected tunnel {tunnel_id}")));
     assert!(!sb.banner().contains(&token), "the token was printed");
     sb.stop().await;
+}
+
+/// `sim cloudflare` standalone: its flags set the fault plan and the scaled rate window, and
+/// its control API answers on the printed base URL's port.
+#[tokio::test]
+async fn standalone_simulator_flags_reach_its_control_api() {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_crabglamp-sandbox"))
+        .args(["sim", "cloudflare", "--listen", "127.0.0.1:0", "--token", "t0k", "--account-id", "acc"])
+        .args(["--zone-id", "zone", "--rate-limit", "5", "--time-scale", "100"])
+        .args(["--fault", "GET /accounts/{account}/cfd_tunnel 1.0 unavailable", "--fault-seed", "3"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the binary");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let base = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("base URL printed within 20 s")
+        .expect("read stdout")
+        .expect("a line");
+    let control = format!("{}/_sim", base.trim_end_matches("/client/v4"));
+    let http = reqwest::Client::builder().no_proxy().build().expect("client");
+
+    let (code, plan) = send(http.get(format!("{control}/faults")).bearer_auth("t0k"), None).await;
+    assert_eq!(code, 200, "{plan}");
+    assert_eq!(plan["seed"], 3);
+    assert_eq!(plan["rules"][0]["route"], "/client/v4/accounts/{account}/cfd_tunnel", "base path added: {plan}");
+    let (code, body) = send(http.get(format!("{base}/accounts/acc/cfd_tunnel")).bearer_auth("t0k"), None).await;
+    assert_eq!((code, body["success"].as_bool()), (503, Some(false)), "{body}");
+    let (code, budget) = send(http.get(format!("{control}/rate_limit")).bearer_auth("t0k"), None).await;
+    assert_eq!(code, 200);
+    assert_eq!((budget["capacity"].as_u64(), budget["window_secs"].as_f64()), (Some(5), Some(3.0)), "{budget}");
+    let (_, counters) = send(http.get(format!("{control}/counters")).bearer_auth("t0k"), None).await;
+    assert_eq!(counters["by_status"], json!({"503": 1}), "{counters}");
+    child.kill().await.expect("stopped");
 }
