@@ -10,7 +10,8 @@
 //! - `shutdown` (ACPI) finishes once the signal is sent, as Hetzner documents; the server
 //!   stays `running` until its guest powers off `acpi_shutdown` later, or forever when the
 //!   guest ignores ACPI ([`set_ignores_acpi`]). `reboot` is ACPI too: an ignoring guest does
-//!   not restart.
+//!   not restart. A `poweron` while the guest shuts down changes nothing (it still runs);
+//!   `poweroff` and `reset` override the pending shutdown.
 //! - 429 carries `RateLimit-*` but no `Retry-After` (unverified for Hetzner; clients ignore it).
 //! - Deleting a server detaches its firewalls at once; the server disappears immediately.
 //! - `server_type.locations[]` carries `available`/`recommended` although the crate's model

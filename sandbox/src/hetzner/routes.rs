@@ -465,6 +465,14 @@ async fn create_server(State(st): St, body: Bytes) -> Reply {
         let running = Effect::Power { server: id, status: "running", boots: true };
         let a = w.start_action_for(Command::StartServer, duration, vec![(id, "server")], running);
         next_actions.push(w.action_json(a, now));
+        // A create or start that fails (fault injection) leaves the server off, not
+        // `starting` for ever.
+        let off = Effect::Power { server: id, status: "off", boots: false };
+        for action in [create, a] {
+            if let Some(action) = w.actions.get_mut(&action) {
+                action.revert = off;
+            }
+        }
     }
     let root_password: Value = if ssh_key_count == 0 { Value::String(root_password()) } else { Value::Null };
     let server = w.servers.get(&id).map(|s| w.server_json(s)).unwrap_or(Value::Null);

@@ -568,3 +568,20 @@ async fn a_get_costs_its_page_not_the_project() {
     assert_eq!(work, (0, 2, 2));
     sim.shutdown().await.unwrap();
 }
+
+/// A create whose actions fail (fault injection) leaves the server `off` and unlocked, not
+/// `starting` for ever.
+#[tokio::test]
+async fn a_failed_create_leaves_the_server_off() {
+    let sim = hetzner_sim(hz_config()).await;
+    let api = Api::new(&sim);
+    hzsim::fail_next_actions(&sim, 2);
+    let created = api.create("fails-1", json!({})).await;
+    let id = created["server"]["id"].as_i64().expect("id");
+    let start = created["next_actions"][0]["id"].as_i64().expect("start action");
+    wait_for("the start fails", || async { api.action_status(start).await == "error" }).await;
+    let server = api.server(id).await;
+    assert_eq!((server["status"].as_str(), server["locked"].as_bool()), (Some("off"), Some(false)));
+    assert!(hzsim::booted_servers(&sim).is_empty());
+    sim.shutdown().await.unwrap();
+}
