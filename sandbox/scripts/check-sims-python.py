@@ -15,6 +15,7 @@ import time
 
 import cloudflare
 import hcloud
+import requests
 from hcloud import Client
 from hcloud.firewalls import FirewallResource, FirewallRule
 from hcloud.images import Image
@@ -35,6 +36,10 @@ def check_hetzner(url, token):
     assert client.locations.get_by_name("hil") is not None
     st = client.server_types.get_by_name("cpx22")
     assert any(p["location"] == "hil" for p in st.prices), st.prices
+    # Numbers typed as the API types them (JSON 80 is an int, 80.0 a float, to Python too).
+    assert (type(st.cores), type(st.memory), type(st.disk)) == (int, float, int), (st.cores, st.memory, st.disk)
+    assert all(isinstance(p["price_hourly"]["net"], str) and isinstance(p["included_traffic"], int)
+               for p in st.prices), st.prices
     assert client.images.get_by_name_and_architecture("ubuntu-24.04", "x86") is not None
     try:
         client.datacenters.get_all()
@@ -62,6 +67,7 @@ def check_hetzner(url, token):
     assert server.status == "running", server.status
     assert server.location.name == "hel1"
     assert server.labels == labels
+    assert (type(server.primary_disk_size), type(server.included_traffic)) == (int, int), server.primary_disk_size
     step(f"server {server.id} created in hel1 and running")
 
     try:
@@ -88,6 +94,13 @@ def check_hetzner(url, token):
 
     server.power_off().wait_until_finished()
     assert client.servers.get_by_id(server.id).status == "off"
+    server.change_type(ServerType(name="cpx32"), upgrade_disk=True).wait_until_finished()
+    retyped = client.servers.get_by_id(server.id)
+    assert (retyped.server_type.name, retyped.primary_disk_size) == ("cpx32", 160), retyped.primary_disk_size
+    rebuilt = server.rebuild(Image(name="debian-12"), user_data="#cloud-config\n")
+    assert rebuilt.root_password, "created without SSH keys: a new root password"
+    rebuilt.action.wait_until_finished()
+    assert client.servers.get_by_id(server.id).image.name == "debian-12"
     server.power_on().wait_until_finished()
     assert client.servers.get_by_id(server.id).status == "running"
     server.reboot().wait_until_finished()
@@ -97,7 +110,7 @@ def check_hetzner(url, token):
     server.update(labels={**labels, "extra": "yes"})
     assert client.servers.get_by_id(server.id).labels["extra"] == "yes"
     assert any(a.command == "stop_server" for a in server.get_actions())
-    step("powered off and on, rebooted, shut down, relabelled")
+    step("powered off, retyped, rebuilt, on, rebooted, shut down, relabelled")
 
     fw_resp = client.firewalls.create(
         name="py-check-fw",
@@ -193,6 +206,44 @@ def check_cloudflare(url, token, account_id, zone_id, zone_name):
     cf.dns.records.delete(dns_record_id=rec.id, zone_id=zone_id)
     assert list(cf.dns.records.list(zone_id=zone_id, name={"exact": hostname})) == []
     step("proxied CNAME created, listed, deleted")
+
+    tunnels = cf.zero_trust.tunnels.cloudflared
+    assert tunnels.get(tunnel_id=tunnel.id, account_id=account_id).status == "inactive"
+    # A connector through the control API (what the sandbox's cloudflared does for a booted
+    # server): the typed models read its connections and connectors.
+    control = url.split("/client/v4")[0] + "/_sim"
+    auth = {"Authorization": f"Bearer {token}"}
+    r = requests.post(f"{control}/tunnels/{tunnel.id}/connections", headers=auth, timeout=10)
+    assert r.status_code == 200, r.text
+    got = tunnels.get(tunnel_id=tunnel.id, account_id=account_id)
+    assert got.status == "healthy" and got.conns_inactive_at is None, got
+    assert all(c.colo_name and c.is_pending_reconnect is False and c.client_id for c in got.connections), got
+    connectors = list(tunnels.connections.get(tunnel_id=tunnel.id, account_id=account_id))
+    assert len(connectors) == 1 and len(connectors[0].conns) == len(got.connections), connectors
+    tunnels.connections.delete(tunnel_id=tunnel.id, account_id=account_id)
+    assert tunnels.get(tunnel_id=tunnel.id, account_id=account_id).status == "down"
+    step("connector through the control API: healthy, connections typed, dropped: down")
+
+    # Cloudflare's 429 as the SDK sees it, on a budget shrunk through the control API: the
+    # whole window is blocked, with Retry-After.
+    before = requests.get(f"{control}/rate_limit", headers=auth, timeout=10).json()
+    r = requests.put(f"{control}/rate_limit", headers=auth, timeout=10,
+                     json={"capacity": 2, "refill_per_sec": 2 / 300})
+    assert r.status_code == 200, r.text
+    strict = cloudflare.Cloudflare(api_token=token, base_url=url, max_retries=0)
+    for _ in range(2):
+        strict.zero_trust.tunnels.cloudflared.get(tunnel_id=tunnel.id, account_id=account_id)
+    try:
+        strict.zero_trust.tunnels.cloudflared.get(tunnel_id=tunnel.id, account_id=account_id)
+        raise AssertionError("over the budget and not refused")
+    except cloudflare.RateLimitError as e:
+        assert e.status_code == 429
+        assert int(e.response.headers["retry-after"]) >= 290, e.response.headers
+        assert e.response.headers["ratelimit-policy"] == '"burst";q=2;w=300', e.response.headers
+        assert e.body["errors"][0]["code"] == 971, e.body
+    requests.put(f"{control}/rate_limit", headers=auth, timeout=10,
+                 json={"capacity": before["capacity"], "refill_per_sec": before["refill_per_sec"]})
+    step("429 once the budget is spent: RateLimitError with Retry-After for the whole window")
 
     deleted = cf.zero_trust.tunnels.cloudflared.delete(tunnel_id=tunnel.id, account_id=account_id)
     assert deleted.deleted_at is not None

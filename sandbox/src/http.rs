@@ -1,6 +1,9 @@
 //! HTTP plumbing the Hetzner and Cloudflare simulators share: serving and shutdown, bearer
-//! auth, both error envelopes, the rate-limit bucket and its headers, fault injection and the
-//! request log tests read. It owns no provider resources and must never log a token.
+//! auth, both error envelopes, the rate-limit bucket and its headers, fault injection, the
+//! request log and counters, and the generic half of the control API ([`control`]). It owns no
+//! provider resources and must never log, record or echo a token or any other secret.
+
+pub mod control;
 
 use std::any::Any;
 use std::net::SocketAddr;
@@ -9,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -40,12 +43,18 @@ impl RateBudget {
     /// Cloudflare's documented default: 1200 requests per five minutes.
     pub const CLOUDFLARE_DEFAULT: RateBudget = RateBudget { capacity: 1200, refill_per_sec: 4.0 };
 
-    /// The window in which the whole capacity refills (Cloudflare's `w=` parameter).
-    fn window_secs(&self) -> u64 {
+    /// The window in which the whole capacity refills (Cloudflare's five minutes, shorter
+    /// under a time scale).
+    fn window(&self) -> Duration {
         if self.refill_per_sec <= 0.0 {
-            return 0;
+            return Duration::ZERO;
         }
-        (f64::from(self.capacity) / self.refill_per_sec).ceil() as u64
+        Duration::try_from_secs_f64(f64::from(self.capacity) / self.refill_per_sec).unwrap_or(Duration::MAX)
+    }
+
+    /// The window in whole seconds, as Cloudflare's `w=` parameter prints it.
+    fn window_secs(&self) -> u64 {
+        self.window().as_secs_f64().ceil() as u64
     }
 }
 
@@ -74,6 +83,32 @@ impl InjectedError {
         }
     }
 
+    /// The name the control API and the `--fault` flag use.
+    pub fn name(self) -> &'static str {
+        match self {
+            InjectedError::ServerError => "server_error",
+            InjectedError::BadGateway => "bad_gateway",
+            InjectedError::Unavailable => "unavailable",
+            InjectedError::Timeout => "timeout",
+            InjectedError::Conflict => "conflict",
+            InjectedError::Any5xx => "any_5xx",
+        }
+    }
+
+    /// The error named `name` (see [`InjectedError::name`]).
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            InjectedError::ServerError,
+            InjectedError::BadGateway,
+            InjectedError::Unavailable,
+            InjectedError::Timeout,
+            InjectedError::Conflict,
+            InjectedError::Any5xx,
+        ]
+        .into_iter()
+        .find(|e| e.name() == name)
+    }
+
     fn hetzner_code(self) -> &'static str {
         match self {
             InjectedError::ServerError | InjectedError::Any5xx => "server_error",
@@ -85,24 +120,44 @@ impl InjectedError {
     }
 }
 
-/// One fault rule: requests whose method matches (None = any) and whose path contains
-/// `path_contains` fail with `error` at probability `rate`.
-#[derive(Clone, Debug)]
+/// One fault rule: requests whose method matches (None = any), whose route template is
+/// `route` (None = any) and whose concrete path contains `path_contains` fail with `error` at
+/// probability `rate`.
+#[derive(Clone, Debug, PartialEq)]
 pub struct FaultRule {
     pub method: Option<Method>,
+    /// The route pattern with the base path, e.g. `/v1/servers/{id}` (not a concrete path).
+    pub route: Option<String>,
     pub path_contains: String,
     pub rate: f64,
     pub error: InjectedError,
+    /// The change is applied and only the answer is lost (as [`FaultPlan::fail_after_apply`]
+    /// does for every rule).
+    pub lose_answer: bool,
 }
 
 impl FaultRule {
     /// Any request fails with a random 5xx at probability `rate`.
     pub fn any_5xx(rate: f64) -> Vec<FaultRule> {
-        vec![FaultRule { method: None, path_contains: String::new(), rate, error: InjectedError::Any5xx }]
+        vec![FaultRule {
+            method: None,
+            route: None,
+            path_contains: String::new(),
+            rate,
+            error: InjectedError::Any5xx,
+            lose_answer: false,
+        }]
+    }
+
+    fn matches(&self, method: &Method, route: Option<&str>, path: &str) -> bool {
+        self.method.as_ref().is_none_or(|m| m == method)
+            && self.route.as_deref().is_none_or(|r| Some(r) == route)
+            && path.contains(&self.path_contains)
     }
 }
 
-/// What a simulator does wrong on purpose. Changed at run time through [`RunningSim::set_faults`].
+/// What a simulator does wrong on purpose. Changed at run time through
+/// [`RunningSim::set_faults`] or, from another process, `PUT /_sim/faults`.
 #[derive(Clone, Debug, Default)]
 pub struct FaultPlan {
     pub rules: Vec<FaultRule>,
@@ -117,14 +172,34 @@ pub struct FaultPlan {
     pub fail_after_apply: bool,
 }
 
-/// One line of the request log. Never holds headers or bodies (they carry secrets).
+/// One line of the request log. Never holds headers (they carry credentials); bodies only
+/// as [`redact_body`] leaves them.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RequestRecord {
+    /// Position in the log since the start (1, 2, ...), kept across [`SimControl::reset`]
+    /// so a reader can ask for what came after the last line it saw.
+    pub seq: u64,
     pub method: Method,
     pub path: String,
     pub query: Option<String>,
+    /// The route pattern the request matched (`/v1/servers/{id}`); None when none did.
+    pub route: Option<String>,
     pub status: u16,
     pub injected: bool,
+    /// When the request arrived (RFC 3339, milliseconds).
+    pub at: String,
+    /// The JSON body of a POST, PUT or PATCH, secrets replaced (see [`redact_body`]).
+    pub body: Option<Value>,
+}
+
+/// How many requests with one method and route pattern got one status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteCount {
+    pub method: String,
+    /// None for requests no route matched (answered 404).
+    pub route: Option<String>,
+    pub status: u16,
+    pub count: u64,
 }
 
 /// Continuous-refill token bucket, the server side of a rate limit.
@@ -140,9 +215,11 @@ struct ServerBucket {
 
 impl ServerBucket {
     fn new(budget: RateBudget, dialect: Dialect) -> Self {
+        // Cloudflare: "exceeding the limit blocks all calls for the next five minutes", i.e.
+        // one whole window (scaled with the refill rate under a time scale).
         let penalty = match dialect {
             Dialect::Hetzner => None,
-            Dialect::Cloudflare => Some(Duration::from_secs(budget.window_secs())),
+            Dialect::Cloudflare => Some(budget.window()),
         };
         ServerBucket { budget, tokens: f64::from(budget.capacity), last: Instant::now(), penalty, blocked_until: None }
     }
@@ -201,6 +278,9 @@ struct RequestLog {
     recent: std::collections::VecDeque<RequestRecord>,
     total: u64,
     by_status: std::collections::BTreeMap<u16, u64>,
+    by_route: std::collections::BTreeMap<(String, Option<String>, u16), u64>,
+    /// Never reset: [`RequestRecord::seq`] keeps growing.
+    seq: u64,
 }
 
 /// How many requests the log keeps in full.
@@ -210,6 +290,8 @@ const LOG_CAPACITY: usize = 100_000;
 pub struct SimControl {
     dialect: Dialect,
     token: String,
+    /// e.g. `/v1`: fault rules may name routes with or without it.
+    base_path: &'static str,
     log: Mutex<RequestLog>,
     faults: Mutex<(FaultPlan, StdRng)>,
     bucket: Mutex<ServerBucket>,
@@ -222,20 +304,72 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl SimControl {
-    fn new(dialect: Dialect, token: String, budget: RateBudget) -> Self {
+    fn new(dialect: Dialect, token: String, budget: RateBudget, base_path: &'static str) -> Self {
         SimControl {
             dialect,
             token,
+            base_path,
             log: Mutex::new(RequestLog::default()),
             faults: Mutex::new((FaultPlan::default(), StdRng::seed_from_u64(0))),
             bucket: Mutex::new(ServerBucket::new(budget, dialect)),
         }
     }
 
-    /// Replaces the fault plan (and reseeds the dice from it).
-    pub fn set_faults(&self, plan: FaultPlan) {
+    /// Replaces the fault plan (and reseeds the dice from it). A rule's route may leave out
+    /// the base path (`/servers` means `/v1/servers` on Hetzner).
+    pub fn set_faults(&self, mut plan: FaultPlan) {
+        for rule in &mut plan.rules {
+            if let Some(route) = &mut rule.route
+                && !route.starts_with(self.base_path)
+            {
+                *route = format!("{}{route}", self.base_path);
+            }
+        }
         let rng = StdRng::seed_from_u64(plan.seed);
         *lock(&self.faults) = (plan, rng);
+    }
+
+    /// The fault plan in force (`rate_limit_storm` is what is left of the storm).
+    pub fn faults(&self) -> FaultPlan {
+        lock(&self.faults).0.clone()
+    }
+
+    /// The rate budget in force.
+    pub fn rate_budget(&self) -> RateBudget {
+        lock(&self.bucket).budget
+    }
+
+    /// Forgets the request log and every counter (positions keep counting up).
+    pub fn reset(&self) {
+        let mut log = lock(&self.log);
+        let seq = log.seq;
+        *log = RequestLog { seq, ..RequestLog::default() };
+    }
+
+    /// Request counts by method, route pattern and status, since the start or the last reset.
+    pub fn route_counts(&self) -> Vec<RouteCount> {
+        lock(&self.log)
+            .by_route
+            .iter()
+            .map(|((method, route, status), count)| RouteCount {
+                method: method.clone(),
+                route: route.clone(),
+                status: *status,
+                count: *count,
+            })
+            .collect()
+    }
+
+    /// Requests since the start (or the last reset) answered with each status.
+    pub fn status_counts(&self) -> std::collections::BTreeMap<u16, u64> {
+        lock(&self.log).by_status.clone()
+    }
+
+    /// Logged requests after position `since`, oldest first, at most `limit`.
+    pub fn requests_since(&self, since: u64, limit: usize) -> Vec<RequestRecord> {
+        let log = lock(&self.log);
+        let start = log.recent.partition_point(|r| r.seq <= since);
+        log.recent.iter().skip(start).take(limit).cloned().collect()
     }
 
     /// Starts a storm: the next `n` requests are answered 429.
@@ -275,10 +409,13 @@ impl SimControl {
         lock(&self.log).recent.iter().filter(|r| r.method == *method && r.path.contains(path_contains)).count()
     }
 
-    fn record(&self, record: RequestRecord) {
+    fn record(&self, mut record: RequestRecord) {
         let mut log = lock(&self.log);
+        log.seq += 1;
+        record.seq = log.seq;
         log.total += 1;
         *log.by_status.entry(record.status).or_default() += 1;
+        *log.by_route.entry((record.method.to_string(), record.route.clone(), record.status)).or_default() += 1;
         if log.recent.len() == LOG_CAPACITY {
             log.recent.pop_front();
         }
@@ -286,11 +423,11 @@ impl SimControl {
     }
 
     /// Decides whether this request is faulted: Some((error, applied_first)).
-    fn roll_fault(&self, method: &Method, path: &str) -> Option<(InjectedError, bool)> {
+    fn roll_fault(&self, method: &Method, route: Option<&str>, path: &str) -> Option<(InjectedError, bool)> {
         let mut guard = lock(&self.faults);
         let (plan, rng) = &mut *guard;
         for rule in &plan.rules {
-            if rule.method.as_ref().is_some_and(|m| m != method) || !path.contains(&rule.path_contains) {
+            if !rule.matches(method, route, path) {
                 continue;
             }
             if rng.random::<f64>() < rule.rate {
@@ -303,7 +440,8 @@ impl SimControl {
                     ][rng.random_range(0..4)],
                     e => e,
                 };
-                return Some((error, plan.fail_after_apply && *method != Method::GET));
+                let lose_answer = plan.fail_after_apply || rule.lose_answer;
+                return Some((error, lose_answer && *method != Method::GET));
             }
         }
         None
@@ -399,7 +537,11 @@ impl SimControl {
             Dialect::Cloudflare => cloudflare_error(
                 StatusCode::TOO_MANY_REQUESTS,
                 971,
-                "More than 1200 requests per 300 seconds reached. Please wait and consider throttling your request speed",
+                &format!(
+                    "More than {} requests per {} seconds reached. Please wait and consider throttling your request speed",
+                    bucket.budget.capacity,
+                    bucket.budget.window_secs()
+                ),
             ),
         };
         // Cloudflare documents `Retry-After` on 429; for Hetzner it is unverified and the
@@ -475,21 +617,155 @@ pub fn json_response(status: StatusCode, body: &Value) -> Response {
     resp
 }
 
-/// The middleware every simulator request passes: latency, auth, budget, faults, log.
+/// Bodies larger than this are logged as their size only (Hetzner's `user_data` alone may be
+/// 32 KiB).
+const LOGGED_BODY_LIMIT: u64 = 256 * 1024;
+
+/// The middleware every simulator request passes (never the control API): latency, auth,
+/// budget, faults, log. It runs after routing, so it knows the route pattern.
 async fn gate(State(control): State<Arc<SimControl>>, req: Request, next: Next) -> Response {
+    let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
+    let (req, body) = logged_body(req).await;
     let latency = control.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let (response, injected) = handle_gated(&control, req, next, &method, &path).await;
-    control.record(RequestRecord { method, path, query, status: response.status().as_u16(), injected });
+    let (response, injected) = handle_gated(&control, req, next, &method, route.as_deref(), &path).await;
+    let status = response.status().as_u16();
+    control.record(RequestRecord { seq: 0, method, path, query, route, status, injected, at, body });
     response
 }
 
-async fn handle_gated(control: &SimControl, req: Request, next: Next, method: &Method, path: &str) -> (Response, bool) {
+/// Reads the body of a write (POST, PUT, PATCH) for the log, redacted, and hands the request
+/// on unchanged. Bodies of unknown or excessive length stay unread: the handler's own limits
+/// and errors must not change because the log looked.
+async fn logged_body(req: Request) -> (Request, Option<Value>) {
+    if !matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) {
+        return (req, None);
+    }
+    let length = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    match length {
+        Some(0) | None => (req, None),
+        Some(n) if n > LOGGED_BODY_LIMIT => (req, Some(json!(format!("<{n} bytes, not logged>")))),
+        Some(n) => {
+            let (parts, body) = req.into_parts();
+            match axum::body::to_bytes(body, n as usize).await {
+                Ok(bytes) => {
+                    let logged = match serde_json::from_slice::<Value>(&bytes) {
+                        Ok(v) => redact_body(v),
+                        // Not JSON: it could be anything, secrets included.
+                        Err(_) => json!(format!("<{} bytes, not JSON>", bytes.len())),
+                    };
+                    (Request::from_parts(parts, Body::from(bytes)), Some(logged))
+                }
+                // The client went away mid-body: the handler sees an empty body and the
+                // client never reads the answer anyway.
+                Err(_) => (Request::from_parts(parts, Body::empty()), None),
+            }
+        }
+    }
+}
+
+/// What replaces a secret in a logged body.
+const REDACTED: &str = "<redacted>";
+
+/// Whether a JSON key names a secret wherever it appears (`tunnel_secret`, `token`,
+/// `root_password`, `api_key`...).
+fn secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["secret", "token", "password", "passwd", "api_key", "apikey", "authorization", "credential", "private_key"]
+        .iter()
+        .any(|s| key.contains(s))
+}
+
+/// A request body as the request log keeps it: every value under a secret-looking key
+/// replaced, `user_data` (cloud-init, which may carry a tunnel token) reduced to its size, and
+/// token-like strings (base64 JSON such as cloudflared tokens and JWTs) cut out of every other
+/// string. The one redaction function of the simulators.
+pub fn redact_body(value: Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| {
+                    let v = if k == "user_data" {
+                        match v {
+                            Value::String(s) => {
+                                json!(format!("<{} bytes, read it at /_sim/servers/{{id}}/user_data>", s.len()))
+                            }
+                            Value::Null => Value::Null,
+                            _ => json!(REDACTED),
+                        }
+                    } else if secret_key(&k) && !v.is_null() {
+                        json!(REDACTED)
+                    } else {
+                        redact_body(v)
+                    };
+                    (k, v)
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(redact_body).collect()),
+        Value::String(s) => Value::String(redact_tokens(&s)),
+        other => other,
+    }
+}
+
+/// The shortest base64 run taken for a token: `{"a":"x"}` is already 12 characters.
+const MIN_TOKEN_LEN: usize = 16;
+
+/// Runs of base64 (standard or URL-safe) characters that start like base64 of a JSON object
+/// (`eyJ` = `{"`): cloudflared tunnel tokens and JWTs look like this. Returned as byte ranges
+/// of `text`.
+pub fn token_like_runs(text: &str) -> Vec<std::ops::Range<usize>> {
+    let is_b64 = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_' | b'.');
+    let bytes = text.as_bytes();
+    let mut runs = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if !is_b64(bytes[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && is_b64(bytes[i]) {
+            i += 1;
+        }
+        // A run starts at a non-base64 boundary, so `xeyJ...` is not mistaken for a token.
+        if text[start..i].starts_with("eyJ") && i - start >= MIN_TOKEN_LEN {
+            runs.push(start..i);
+        }
+    }
+    runs
+}
+
+fn redact_tokens(text: &str) -> String {
+    let runs = token_like_runs(text);
+    if runs.is_empty() {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for run in runs {
+        out.push_str(&text[last..run.start]);
+        out.push_str(REDACTED);
+        last = run.end;
+    }
+    out.push_str(&text[last..]);
+    out
+}
+
+async fn handle_gated(
+    control: &SimControl,
+    req: Request,
+    next: Next,
+    method: &Method,
+    route: Option<&str>,
+    path: &str,
+) -> (Response, bool) {
     if let Some(resp) = control.auth_failure(req.headers()) {
         return (resp, false);
     }
@@ -503,7 +779,7 @@ async fn handle_gated(control: &SimControl, req: Request, next: Next, method: &M
         control.rate_headers(&bucket, resp.headers_mut());
         return (resp, storm);
     }
-    let fault = control.roll_fault(method, path);
+    let fault = control.roll_fault(method, route, path);
     let (mut resp, injected) = match fault {
         Some((error, true)) => {
             // The change happens, the answer is lost.
@@ -533,6 +809,24 @@ pub struct RunningSim {
 impl RunningSim {
     pub fn control(&self) -> &SimControl {
         &self.control
+    }
+
+    /// A second handle on the same simulator, for a task that watches or drives it (the
+    /// sandbox's cloudflared): it sees the same state; its `shutdown` and `wait` do nothing.
+    pub fn handle(&self) -> RunningSim {
+        RunningSim {
+            base_url: self.base_url.clone(),
+            addr: self.addr,
+            control: Arc::clone(&self.control),
+            state: Arc::clone(&self.state),
+            shutdown: None,
+            task: None,
+        }
+    }
+
+    /// Base URL of the control API (`http://ADDR/_sim`).
+    pub fn control_url(&self) -> String {
+        format!("http://{}{}", self.addr, control::PREFIX)
     }
 
     pub fn set_faults(&self, plan: FaultPlan) {
@@ -579,15 +873,22 @@ pub(crate) struct SimParts {
     pub state: Arc<dyn Any + Send + Sync>,
 }
 
-/// Serves `parts.router` under its base path, behind [`gate`].
+/// Serves `parts.router` under its base path behind [`gate`], and the control API under
+/// [`control::PREFIX`] beside it (never behind the gate: not logged, counted, limited nor
+/// faulted).
 pub(crate) async fn serve(parts: SimParts, listener: TcpListener) -> std::io::Result<RunningSim> {
     let addr = listener.local_addr()?;
-    let control = Arc::new(SimControl::new(parts.dialect, parts.token, parts.budget));
+    let control = Arc::new(SimControl::new(parts.dialect, parts.token, parts.budget, parts.base_path));
     let dialect = parts.dialect;
+    let gated = middleware::from_fn_with_state(Arc::clone(&control), gate);
+    // Paths no route knows pass the same gate (auth, budget, log) as the real APIs' 404s.
+    let unknown = Router::new().fallback(move || async move { not_found(dialect) }).layer(gated.clone());
     let app = Router::new()
         .nest(parts.base_path, parts.router)
-        .fallback(move || async move { not_found(dialect) })
-        .layer(middleware::from_fn_with_state(Arc::clone(&control), gate));
+        // After routing, so the gate knows the matched pattern (`/v1/servers/{id}`).
+        .route_layer(gated)
+        .nest(control::PREFIX, control::router(Arc::clone(&control), dialect, Arc::clone(&parts.state)))
+        .fallback_service(unknown);
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -629,6 +930,35 @@ pub fn now_rfc3339() -> String {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn logged_bodies_keep_no_secret() {
+        let token = "eyJhIjoiYWNjIiwidCI6InR1bm5lbCIsInMiOiJjMlZqY21WMCJ9";
+        let body = json!({
+            "name": "web-1",
+            "tunnel_secret": "c2VjcmV0c2VjcmV0",
+            "user_data": format!("#cloud-config\nruncmd: [cloudflared service install {token}]"),
+            "nested": [{"api_token": "t0k", "root_password": "pw", "public_key": "ssh-ed25519 AAAA"}],
+            "comment": format!("token {token} inside"),
+            "none": null,
+        });
+        let logged = super::redact_body(body).to_string();
+        for secret in ["c2VjcmV0c2VjcmV0", token, "t0k", "\"pw\"", "cloud-config"] {
+            assert!(!logged.contains(secret), "{secret} in {logged}");
+        }
+        for kept in ["web-1", "ssh-ed25519 AAAA", "token <redacted> inside", "\"none\":null"] {
+            assert!(logged.contains(kept), "{kept} missing in {logged}");
+        }
+    }
+
+    #[test]
+    fn token_runs_start_at_a_boundary() {
+        assert_eq!(super::token_like_runs("x eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOjF9.c2ln y"), vec![2..40]);
+        assert!(super::token_like_runs("xeyJhbGciOiJIUzI1NiJ9").is_empty(), "not at a boundary");
+        assert!(super::token_like_runs("eyJhYg").is_empty(), "too short to be a token");
+    }
+
     #[test]
     fn bearer_tokens() {
         assert_eq!(super::bearer("Bearer abc"), Some("abc"));

@@ -12,7 +12,10 @@ mod sims {
 
     mod admission;
     mod cli;
+    mod cloudflare_connectors;
+    mod control_api;
     mod envelopes;
+    mod hetzner_physics;
     mod models;
     mod python;
 }

@@ -23,7 +23,11 @@ async fn two_hundred_operations_under_faults_without_duplicates() {
     let _cpu_heavy = TIMING.read().await;
     let seed = std::env::var("CRABGLAMP_FAULT_SEED").ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(SEED);
     println!("fault seed {seed} (replay with CRABGLAMP_FAULT_SEED={seed})");
-    let hz = hetzner_sim(hzsim::HetznerSimConfig { action_duration: Duration::from_millis(20), ..hz_config() }).await;
+    let hz = hetzner_sim(hzsim::HetznerSimConfig {
+        durations: hzsim::ActionDurations::uniform(Duration::from_millis(20)),
+        ..hz_config()
+    })
+    .await;
     let cf = cloudflare_sim(cf_config()).await;
     for (sim, seed) in [(&hz, seed), (&cf, seed.wrapping_add(1))] {
         sim.set_faults(FaultPlan {

@@ -23,10 +23,12 @@ pub async fn listener() -> tokio::net::TcpListener {
     tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind an ephemeral port")
 }
 
+/// Every action takes 40 ms and the guest OS boots and obeys ACPI at once: client tests
+/// wait on actions, not on real-world physics.
 pub fn hz_config() -> HetznerSimConfig {
     HetznerSimConfig {
         token: HZ_TOKEN.into(),
-        action_duration: Duration::from_millis(40),
+        durations: hzsim::ActionDurations::uniform(Duration::from_millis(40)),
         ..HetznerSimConfig::default()
     }
 }

@@ -74,6 +74,11 @@ impl Records {
     pub fn len(&self) -> usize {
         self.by_id.len()
     }
+
+    /// Removes a record behind the client's back (as if deleted in the dashboard).
+    pub fn vanish(&mut self, id: &str) -> bool {
+        self.by_id.remove(id).is_some()
+    }
 }
 
 type St = State<Arc<CfState>>;

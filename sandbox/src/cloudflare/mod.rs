@@ -6,19 +6,28 @@
 //! 1000; deleting an already deleted tunnel 400 code 1003; the catch-all ingress rule is not
 //! enforced API-side (cloudflared enforces it); once the budget is spent every call gets 429
 //! for a whole window, with `Retry-After`.
+//!
+//! It can also play `cloudflared` for machines someone else simulates ([`sync_origins`]): a
+//! machine whose user_data carries a valid tunnel token connects that tunnel.
 
 mod account;
+mod cloudflared;
+pub(crate) mod control;
 mod dns;
 mod envelope;
 mod tunnels;
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use cloudflared::{ConnectorChange, Origin, TunnelToken, find_tunnel_tokens, sync_origins};
 
 use axum::Router;
 use tokio::net::TcpListener;
 
 pub use crate::http::RunningSim;
 use crate::http::{Dialect, RateBudget, SimParts, lock, serve};
+use crate::time_scale::scaled;
 
 /// The account and zone a simulated token may use.
 #[derive(Clone)]
@@ -30,8 +39,11 @@ pub struct CloudflareSimConfig {
     pub zone_name: String,
     /// Requests per window (1200 per 300 s on the real API).
     pub rate_limit: u32,
-    /// Refill speed; `None` = `rate_limit / 300` per second.
+    /// Refill speed; `None` = `rate_limit` per five minutes (divided by `time_scale`).
     pub rate_refill_per_sec: Option<f64>,
+    /// How much faster than real time the simulated world runs: the five-minute window lasts
+    /// `300 s / time_scale`, as Hetzner's actions do under the same scale.
+    pub time_scale: f64,
 }
 
 impl Default for CloudflareSimConfig {
@@ -43,6 +55,7 @@ impl Default for CloudflareSimConfig {
             zone_name: "example.com".to_owned(),
             rate_limit: 1200,
             rate_refill_per_sec: None,
+            time_scale: 1.0,
         }
     }
 }
@@ -57,7 +70,21 @@ impl std::fmt::Debug for CloudflareSimConfig {
             .field("zone_name", &self.zone_name)
             .field("rate_limit", &self.rate_limit)
             .field("rate_refill_per_sec", &self.rate_refill_per_sec)
+            .field("time_scale", &self.time_scale)
             .finish()
+    }
+}
+
+/// Cloudflare's rate-limit window.
+const RATE_WINDOW: Duration = Duration::from_secs(300);
+
+impl CloudflareSimConfig {
+    fn budget(&self) -> RateBudget {
+        let window = scaled(RATE_WINDOW, self.time_scale).as_secs_f64().max(f64::EPSILON);
+        RateBudget {
+            capacity: self.rate_limit,
+            refill_per_sec: self.rate_refill_per_sec.unwrap_or(f64::from(self.rate_limit) / window),
+        }
     }
 }
 
@@ -65,18 +92,18 @@ pub(crate) struct CfState {
     pub config: CloudflareSimConfig,
     pub tunnels: Mutex<tunnels::Tunnels>,
     pub dns: Mutex<dns::Records>,
+    /// Machines seen running cloudflared and since when ([`sync_origins`]).
+    pub origins: Mutex<cloudflared::Origins>,
 }
 
 /// Serves a fresh account and zone on `listener`; the base URL ends in `/client/v4`.
 pub async fn spawn(config: CloudflareSimConfig, listener: TcpListener) -> std::io::Result<RunningSim> {
-    let budget = RateBudget {
-        capacity: config.rate_limit,
-        refill_per_sec: config.rate_refill_per_sec.unwrap_or(f64::from(config.rate_limit) / 300.0),
-    };
+    let budget = config.budget();
     let state = Arc::new(CfState {
         config: config.clone(),
         tunnels: Mutex::new(tunnels::Tunnels::default()),
         dns: Mutex::new(dns::Records::default()),
+        origins: Mutex::new(cloudflared::Origins::default()),
     });
     let router = Router::new()
         .merge(account::router())
@@ -108,4 +135,14 @@ pub fn dns_record_count(sim: &RunningSim) -> usize {
 /// Fault hook: the tunnel disappears behind everyone's back. Returns whether it existed.
 pub fn vanish_tunnel(sim: &RunningSim, tunnel_id: &str) -> bool {
     sim.state::<CfState>().is_some_and(|st| lock(&st.tunnels).vanish(tunnel_id))
+}
+
+/// Fault hook: the DNS record disappears behind everyone's back. Returns whether it existed.
+pub fn vanish_dns_record(sim: &RunningSim, record_id: &str) -> bool {
+    sim.state::<CfState>().is_some_and(|st| lock(&st.dns).vanish(record_id))
+}
+
+/// The status the API reports for a tunnel (`inactive`, `healthy`, `down`), if it exists.
+pub fn tunnel_status(sim: &RunningSim, tunnel_id: &str) -> Option<&'static str> {
+    sim.state::<CfState>().and_then(|st| lock(&st.tunnels).status_of(tunnel_id))
 }

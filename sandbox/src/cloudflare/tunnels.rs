@@ -29,11 +29,32 @@ pub struct Tunnel {
     secret: Vec<u8>,
     pub connections: Vec<Value>,
     pub config: Option<(i64, Value, String)>,
+    /// Connectors the sandbox's cloudflared runs: origin name → the connector's `client_id`
+    /// (its connections carry it). Connections made through the test hook have no origin.
+    origins: BTreeMap<String, String>,
+    /// When the tunnel last gained its first connection (null while it has none).
+    conns_active_at: Option<String>,
+    /// When it last lost its last connection; None while it never had one.
+    conns_inactive_at: Option<String>,
 }
 
+/// How many connections one cloudflared opens (its `--ha-connections` default), spread over
+/// two data centres.
+const HA_CONNECTIONS: usize = 4;
+const COLOS: [&str; 2] = ["fra06", "ams01"];
+
 impl Tunnel {
+    /// Cloudflare's statuses: `inactive` never ran, `healthy` has connections, `down` had
+    /// some and has none now (`degraded`, some connections failing, is not simulated).
+    pub fn status(&self) -> &'static str {
+        match (self.connections.is_empty(), &self.conns_inactive_at) {
+            (false, _) => "healthy",
+            (true, None) => "inactive",
+            (true, Some(_)) => "down",
+        }
+    }
+
     fn json(&self, account: &str) -> Value {
-        let status = if !self.connections.is_empty() { "healthy" } else { "inactive" };
         json!({
             "id": self.id.to_string(),
             "account_tag": account,
@@ -41,14 +62,65 @@ impl Tunnel {
             "created_at": self.created_at,
             "deleted_at": self.deleted_at,
             "connections": self.connections,
-            "conns_active_at": self.connections.first().map(|c| c["opened_at"].clone()),
-            "conns_inactive_at": if self.connections.is_empty() { Value::String(self.created_at.clone()) } else { Value::Null },
+            "conns_active_at": self.conns_active_at,
+            // Never run: inactive since it was made.
+            "conns_inactive_at": if self.connections.is_empty() {
+                Value::String(self.conns_inactive_at.clone().unwrap_or_else(|| self.created_at.clone()))
+            } else {
+                Value::Null
+            },
             "config_src": self.config_src,
             "remote_config": self.config_src == "cloudflare",
-            "status": status,
+            "status": self.status(),
             "tun_type": "cfd_tunnel",
             "metadata": {},
         })
+    }
+
+    /// Whether `token` names this tunnel with its account and current secret, as the edge
+    /// checks a connecting cloudflared.
+    pub fn accepts(&self, account: &str, token: &super::TunnelToken) -> bool {
+        self.deleted_at.is_none()
+            && token.account_tag == account
+            && token.tunnel_id == self.id.to_string()
+            && B64.decode(&token.secret).is_ok_and(|s| s == self.secret)
+    }
+
+    /// One connector with its [`HA_CONNECTIONS`] connections; returns its client id.
+    fn add_connector(&mut self, origin_ip: &str) -> String {
+        let client_id = Uuid::new_v4().to_string();
+        let opened_at = now();
+        for i in 0..HA_CONNECTIONS {
+            let conn_id = Uuid::new_v4().to_string();
+            self.connections.push(json!({
+                "id": conn_id,
+                "uuid": conn_id,
+                "client_id": client_id,
+                "client_version": "2026.11.0",
+                "colo_name": COLOS[i % COLOS.len()],
+                "is_pending_reconnect": false,
+                "origin_ip": origin_ip,
+                "opened_at": opened_at,
+            }));
+        }
+        if self.conns_active_at.is_none() {
+            self.conns_active_at = Some(opened_at);
+        }
+        client_id
+    }
+
+    /// Drops the connections of one connector (every one when `client_id` is None).
+    fn drop_connector(&mut self, client_id: Option<&str>) {
+        let before = self.connections.len();
+        match client_id {
+            Some(client) => self.connections.retain(|c| c["client_id"] != client),
+            None => self.connections.clear(),
+        }
+        self.origins.retain(|_, c| client_id.is_some_and(|id| id != c.as_str()));
+        if self.connections.is_empty() && before > 0 {
+            self.conns_active_at = None;
+            self.conns_inactive_at = Some(now());
+        }
     }
 
     fn config_json(&self, account: &str) -> Value {
@@ -96,21 +168,67 @@ impl Tunnels {
         Uuid::parse_str(id).ok().and_then(|id| self.by_id.remove(&id)).is_some()
     }
 
+    /// A connector with no origin machine connects (the test hook): it stays until the
+    /// tunnel is deleted or its connections are dropped through the API.
     pub fn connect(&mut self, id: &str) -> bool {
         let Some(t) = Uuid::parse_str(id).ok().and_then(|id| self.by_id.get_mut(&id)) else {
             return false;
         };
-        t.connections.push(json!({
-            "id": Uuid::new_v4().to_string(),
-            "uuid": Uuid::new_v4().to_string(),
-            "client_id": Uuid::new_v4().to_string(),
-            "client_version": "2026.11.0",
-            "colo_name": "hel01",
-            "is_pending_reconnect": false,
-            "origin_ip": "198.51.100.7",
-            "opened_at": now(),
-        }));
+        if t.deleted_at.is_some() {
+            return false;
+        }
+        t.add_connector("198.51.100.7");
         true
+    }
+
+    /// The live tunnel `token` opens, if any.
+    pub fn accepting(&self, account: &str, token: &super::TunnelToken) -> Option<Uuid> {
+        let id = Uuid::parse_str(&token.tunnel_id).ok()?;
+        self.by_id.get(&id).filter(|t| t.accepts(account, token)).map(|t| t.id)
+    }
+
+    /// The tunnel `origin`'s cloudflared is connected to.
+    pub fn connected_origin(&self, origin: &str) -> Option<Uuid> {
+        self.by_id.values().find(|t| t.origins.contains_key(origin)).map(|t| t.id)
+    }
+
+    /// Every origin with a connector, and its tunnel.
+    pub fn connected_origins(&self) -> Vec<(String, Uuid)> {
+        self.by_id.values().flat_map(|t| t.origins.keys().map(|o| (o.clone(), t.id))).collect()
+    }
+
+    /// `origin`'s cloudflared connects to tunnel `id`.
+    pub fn connect_origin(&mut self, id: Uuid, origin: &str, origin_ip: &str) {
+        if let Some(t) = self.by_id.get_mut(&id) {
+            let client_id = t.add_connector(origin_ip);
+            t.origins.insert(origin.to_owned(), client_id);
+        }
+    }
+
+    /// `origin`'s cloudflared is gone (its machine stopped): its connections close.
+    pub fn disconnect_origin(&mut self, origin: &str) -> Option<Uuid> {
+        let t = self.by_id.values_mut().find(|t| t.origins.contains_key(origin))?;
+        let client_id = t.origins.get(origin).cloned();
+        t.drop_connector(client_id.as_deref());
+        Some(t.id)
+    }
+
+    /// (id, name, status, connections) of every tunnel, deleted ones included.
+    pub fn summary(&self) -> Vec<Value> {
+        self.by_id
+            .values()
+            .map(|t| {
+                json!({
+                    "id": t.id.to_string(), "name": t.name, "status": t.status(),
+                    "deleted": t.deleted_at.is_some(), "connections": t.connections.len(),
+                    "origins": t.origins.keys().collect::<Vec<_>>(),
+                })
+            })
+            .collect()
+    }
+
+    pub fn status_of(&self, id: &str) -> Option<&'static str> {
+        Uuid::parse_str(id).ok().and_then(|id| self.by_id.get(&id)).map(Tunnel::status)
     }
 
     pub fn live_names(&self) -> Vec<String> {
@@ -187,6 +305,9 @@ async fn create(State(st): St, Path(account): Path<String>, body: Bytes) -> Repl
         secret,
         connections: Vec::new(),
         config: None,
+        origins: BTreeMap::new(),
+        conns_active_at: None,
+        conns_inactive_at: None,
     };
     let json = tunnel.json(&account);
     tunnels.by_id.insert(id, tunnel);
@@ -279,7 +400,7 @@ async fn delete(State(st): St, Path((account, id)): Path<(String, String)>, Quer
     if !t.connections.is_empty() && !cascade {
         return Err(CfError::bad_request(1022, "Cannot delete tunnel because it has active connections"));
     }
-    t.connections.clear();
+    t.drop_connector(None);
     t.deleted_at = Some(now());
     let answer = t.json(&account);
     tunnels.forget_old_deleted();
@@ -335,16 +456,21 @@ async fn connections(State(st): St, Path((account, id)): Path<(String, String)>)
     check_account(&st, &account)?;
     let tunnels = lock(&st.tunnels);
     let t = find(&tunnels, &id)?;
-    let connectors: Vec<Value> = t
-        .connections
-        .iter()
-        .map(|c| {
-            json!({
+    // One connector (a cloudflared process, by client_id) holds several connections.
+    let mut connectors: Vec<Value> = Vec::new();
+    for c in &t.connections {
+        match connectors.iter_mut().find(|k| k["id"] == c["client_id"]) {
+            Some(k) => {
+                if let Some(conns) = k["conns"].as_array_mut() {
+                    conns.push(c.clone());
+                }
+            }
+            None => connectors.push(json!({
                 "id": c["client_id"], "features": ["ha-origin"], "version": c["client_version"],
                 "arch": "linux_amd64", "run_at": c["opened_at"], "conns": [c],
-            })
-        })
-        .collect();
+            })),
+        }
+    }
     ok(Value::Array(connectors))
 }
 
@@ -352,10 +478,7 @@ async fn drop_connections(State(st): St, Path((account, id)): Path<(String, Stri
     check_account(&st, &account)?;
     let mut tunnels = lock(&st.tunnels);
     let t = find_mut(&mut tunnels, &id)?;
-    match q_get(&q, "client_id") {
-        Some(client) => t.connections.retain(|c| c["client_id"] != client),
-        None => t.connections.clear(),
-    }
+    t.drop_connector(q_get(&q, "client_id"));
     ok(Value::Null)
 }
 
@@ -373,6 +496,9 @@ mod tests {
             secret: vec![0; 32],
             connections: Vec::new(),
             config: None,
+            origins: BTreeMap::new(),
+            conns_active_at: None,
+            conns_inactive_at: None,
         }
     }
 

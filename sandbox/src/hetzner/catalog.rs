@@ -1,6 +1,12 @@
 //! The read-only Hetzner catalog the simulator serves: locations, server types with
 //! per-location availability and prices, and system images per architecture. Static data
 //! shaped like the real API's (2026 line-up); nothing here changes at run time.
+//!
+//! Numbers are typed as the API types them, because strict decoders (hcloud-go's `int`
+//! fields, serde's `i64`) refuse `40.0` where an integer belongs: ids, `cores`, `disk`,
+//! `included_traffic` and `primary_disk_size` render as integers; the API's `number` fields
+//! (`memory`, `disk_size`, `image_size`, latitude and longitude) as floats, `4.0` as Hetzner
+//! prints them; prices as decimal strings.
 
 use serde_json::{Value, json};
 
@@ -92,9 +98,11 @@ pub enum Reach {
 pub struct ServerType {
     pub id: i64,
     pub name: &'static str,
+    /// Typed as the API types them: `cores` and `disk` (GB) are integers (hcloud-go decodes
+    /// them into `int`, which refuses `40.0`), `memory` (GB) a float (`float32` there).
     pub cores: i32,
     pub memory: f64,
-    pub disk: f64,
+    pub disk: i64,
     pub dedicated: bool,
     pub arm: bool,
     pub category: &'static str,
@@ -110,7 +118,7 @@ const fn st(
     name: &'static str,
     cores: i32,
     memory: f64,
-    disk: f64,
+    disk: i64,
     dedicated: bool,
     arm: bool,
     category: &'static str,
@@ -121,25 +129,25 @@ const fn st(
 }
 
 pub const SERVER_TYPES: &[ServerType] = &[
-    st(22, "cx22", 2, 4.0, 40.0, false, false, "cost_optimized", Reach::Nowhere, 3.79),
-    st(101, "cx23", 2, 4.0, 40.0, false, false, "cost_optimized", Reach::Eu, 3.49),
-    st(102, "cx33", 4, 8.0, 80.0, false, false, "cost_optimized", Reach::Eu, 5.49),
-    st(103, "cx43", 8, 16.0, 160.0, false, false, "cost_optimized", Reach::Eu, 9.49),
-    st(104, "cx53", 16, 32.0, 320.0, false, false, "cost_optimized", Reach::Eu, 17.49),
-    st(11, "cpx11", 2, 2.0, 40.0, false, false, "regular_purpose", Reach::Nowhere, 4.35),
-    st(111, "cpx12", 1, 2.0, 40.0, false, false, "regular_purpose", Reach::All, 4.99),
-    st(112, "cpx22", 2, 4.0, 80.0, false, false, "regular_purpose", Reach::All, 7.99),
-    st(113, "cpx32", 4, 8.0, 160.0, false, false, "regular_purpose", Reach::All, 13.99),
-    st(114, "cpx42", 8, 16.0, 320.0, false, false, "regular_purpose", Reach::All, 25.49),
-    st(115, "cpx52", 12, 24.0, 480.0, false, false, "regular_purpose", Reach::All, 36.49),
-    st(116, "cpx62", 16, 32.0, 640.0, false, false, "regular_purpose", Reach::All, 49.99),
-    st(45, "cax11", 2, 4.0, 40.0, false, true, "cost_optimized", Reach::Eu, 3.79),
-    st(93, "cax21", 4, 8.0, 80.0, false, true, "cost_optimized", Reach::Eu, 6.49),
-    st(94, "cax31", 8, 16.0, 160.0, false, true, "cost_optimized", Reach::Eu, 12.49),
-    st(95, "cax41", 16, 32.0, 320.0, false, true, "cost_optimized", Reach::Eu, 24.49),
-    st(96, "ccx13", 2, 8.0, 80.0, true, false, "general_purpose", Reach::All, 12.49),
-    st(97, "ccx23", 4, 16.0, 160.0, true, false, "general_purpose", Reach::All, 24.49),
-    st(98, "ccx33", 8, 32.0, 240.0, true, false, "general_purpose", Reach::All, 48.49),
+    st(22, "cx22", 2, 4.0, 40, false, false, "cost_optimized", Reach::Nowhere, 3.79),
+    st(101, "cx23", 2, 4.0, 40, false, false, "cost_optimized", Reach::Eu, 3.49),
+    st(102, "cx33", 4, 8.0, 80, false, false, "cost_optimized", Reach::Eu, 5.49),
+    st(103, "cx43", 8, 16.0, 160, false, false, "cost_optimized", Reach::Eu, 9.49),
+    st(104, "cx53", 16, 32.0, 320, false, false, "cost_optimized", Reach::Eu, 17.49),
+    st(11, "cpx11", 2, 2.0, 40, false, false, "regular_purpose", Reach::Nowhere, 4.35),
+    st(111, "cpx12", 1, 2.0, 40, false, false, "regular_purpose", Reach::All, 4.99),
+    st(112, "cpx22", 2, 4.0, 80, false, false, "regular_purpose", Reach::All, 7.99),
+    st(113, "cpx32", 4, 8.0, 160, false, false, "regular_purpose", Reach::All, 13.99),
+    st(114, "cpx42", 8, 16.0, 320, false, false, "regular_purpose", Reach::All, 25.49),
+    st(115, "cpx52", 12, 24.0, 480, false, false, "regular_purpose", Reach::All, 36.49),
+    st(116, "cpx62", 16, 32.0, 640, false, false, "regular_purpose", Reach::All, 49.99),
+    st(45, "cax11", 2, 4.0, 40, false, true, "cost_optimized", Reach::Eu, 3.79),
+    st(93, "cax21", 4, 8.0, 80, false, true, "cost_optimized", Reach::Eu, 6.49),
+    st(94, "cax31", 8, 16.0, 160, false, true, "cost_optimized", Reach::Eu, 12.49),
+    st(95, "cax41", 16, 32.0, 320, false, true, "cost_optimized", Reach::Eu, 24.49),
+    st(96, "ccx13", 2, 8.0, 80, true, false, "general_purpose", Reach::All, 12.49),
+    st(97, "ccx23", 4, 16.0, 160, true, false, "general_purpose", Reach::All, 24.49),
+    st(98, "ccx33", 8, 32.0, 240, true, false, "general_purpose", Reach::All, 48.49),
 ];
 
 impl ServerType {
@@ -287,8 +295,22 @@ pub fn location_json(l: &Location) -> Value {
     })
 }
 
+/// A price as Hetzner renders it: decimal strings, the net amount with 10 decimals and the
+/// gross (19% German VAT) with 16 (`"4.9900000000"`, `"5.9381000000000000"`), computed in
+/// integer units of 1e-12 EUR so no binary float noise reaches the digits.
 fn price(net: f64) -> Value {
-    json!({"net": format!("{net:.4}"), "gross": format!("{:.4}", net * 1.19)})
+    let net_e10 = (net * 1e10).round() as i64;
+    let gross_e12 = net_e10 * 119;
+    json!({
+        "net": format!("{}.{:010}", net_e10 / 10_000_000_000, net_e10 % 10_000_000_000),
+        "gross": format!("{}.{:012}0000", gross_e12 / 1_000_000_000_000, gross_e12 % 1_000_000_000_000),
+    })
+}
+
+/// Traffic included per month, in bytes (an integer: hcloud-go decodes it as `uint64`):
+/// 20 TB in the EU, 1 TB in the US and Singapore.
+pub fn included_traffic(l: &Location) -> i64 {
+    if l.network_zone == "eu-central" { 21_990_232_555_520 } else { 1_099_511_627_776 }
 }
 
 pub fn server_type_json(t: &ServerType) -> Value {
@@ -301,7 +323,7 @@ pub fn server_type_json(t: &ServerType) -> Value {
                 "location": l.name,
                 "price_hourly": price(monthly / 730.0),
                 "price_monthly": price(monthly),
-                "included_traffic": if l.network_zone == "eu-central" { 21_990_232_555_520_i64 } else { 1_099_511_627_776_i64 },
+                "included_traffic": included_traffic(l),
                 "price_per_tb_traffic": price(1.0),
             })
         })
@@ -333,7 +355,7 @@ pub fn server_type_json(t: &ServerType) -> Value {
 pub fn image_json(i: &Image) -> Value {
     json!({
         "id": i.id, "type": "system", "status": "available", "name": i.name,
-        "description": i.description, "image_size": null, "disk_size": 5, "created":
+        "description": i.description, "image_size": null, "disk_size": 5.0, "created":
         "2024-04-25T00:00:00+00:00", "created_from": null, "bound_to": null,
         "os_flavor": i.os_flavor, "os_version": i.os_version, "rapid_deploy": true,
         "protection": {"delete": false}, "deprecated": null, "deleted": null, "labels": {},

@@ -2,7 +2,7 @@
 //! pagination, sorting and the status codes of the real API. State lives in [`World`];
 //! these handlers never sleep or hold the lock across an await.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -18,7 +18,10 @@ use serde_json::{Value, json};
 
 use super::catalog;
 use super::labels::{parse_selector, validate_labels};
-use super::world::{AppliedTo, Effect, Firewall, FirewallRule, Server, SshKey, World, ssh_key_json};
+use super::physics::Command;
+use super::world::{
+    Action, AppliedTo, Effect, Firewall, FirewallRule, NewServer, Server, SshKey, World, rfc3339, ssh_key_json,
+};
 use crate::http::{hetzner_error, json_response, lock, now_rfc3339};
 
 pub struct HzState {
@@ -28,6 +31,9 @@ pub struct HzState {
 type St = State<Arc<HzState>>;
 type Q = Query<Vec<(String, String)>>;
 type Reply = Result<Response, ApiError>;
+
+/// Hetzner's cap on cloud-init `user_data`: 32 KiB.
+const USER_DATA_MAX: usize = 32 * 1024;
 
 /// A Hetzner error: status, code, message and `details` (null unless the code has some).
 pub struct ApiError {
@@ -69,6 +75,16 @@ impl ApiError {
     }
     fn code_422(code: &'static str, message: &str) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    }
+    /// A project limit: 403 `resource_limit_exceeded` naming the limit in `details.limits`,
+    /// as Hetzner's error table documents.
+    fn limit(name: &str, message: &str) -> Self {
+        ApiError {
+            status: StatusCode::FORBIDDEN,
+            code: "resource_limit_exceeded",
+            message: message.to_owned(),
+            details: json!({"limits": [{"name": name}]}),
+        }
     }
 }
 
@@ -193,17 +209,19 @@ impl<'a> ListFilter<'a> {
     }
 }
 
-/// Applies `sort=field[:asc|:desc]` (repeatable, first one wins) to rendered items.
-fn sort_items(items: &mut [Value], q: &[(String, String)]) -> Result<(), ApiError> {
+/// Applies `sort=field[:asc|:desc]` (repeatable, first one wins) to `items`, reading each
+/// field through `field` (cheap keys, never a rendered resource). Unknown fields sort as
+/// null (a no-op), as before.
+fn sort_items<T>(items: &mut [T], q: &[(String, String)], field: impl Fn(&T, &str) -> Value) -> Result<(), ApiError> {
     for raw in q_all(q, "sort").into_iter().rev() {
-        let (field, desc) = match raw.split_once(':') {
+        let (name, desc) = match raw.split_once(':') {
             Some((f, "asc")) => (f, false),
             Some((f, "desc")) => (f, true),
             Some(_) => return Err(ApiError::invalid_input("sort", format!("invalid sort '{raw}'"))),
             None => (raw, false),
         };
         items.sort_by(|a, b| {
-            let ord = compare_json(&a[field], &b[field]);
+            let ord = compare_json(&field(a, name), &field(b, name));
             if desc { ord.reverse() } else { ord }
         });
     }
@@ -220,8 +238,21 @@ fn compare_json(a: &Value, b: &Value) -> std::cmp::Ordering {
     }
 }
 
-/// One page of `items` under `key`, with `meta.pagination` and a `Link` header.
-fn paginate(items: Vec<Value>, q: &[(String, String)], key: &str, headers: &HeaderMap, path: &str) -> Reply {
+/// Sort keys of rendered JSON (the static catalog, small enough to render whole).
+fn json_field(v: &Value, name: &str) -> Value {
+    v[name].clone()
+}
+
+/// One page of `items` under `key`, with `meta.pagination` and a `Link` header. Only the
+/// page is rendered: a list costs its page, however many resources match.
+fn paginate<T>(
+    items: Vec<T>,
+    q: &[(String, String)],
+    key: &str,
+    headers: &HeaderMap,
+    path: &str,
+    render: impl Fn(&T) -> Value,
+) -> Reply {
     let page = match q_get(q, "page") {
         None => 1,
         Some(p) => p
@@ -245,7 +276,7 @@ fn paginate(items: Vec<Value>, q: &[(String, String)], key: &str, headers: &Head
     // past the end is simply empty.
     let start = (page - 1).saturating_mul(per_page).min(total) as usize;
     let end = page.saturating_mul(per_page).min(total) as usize;
-    let slice: Vec<Value> = items.get(start..end).map(<[Value]>::to_vec).unwrap_or_default();
+    let slice: Vec<Value> = items.get(start..end).unwrap_or_default().iter().map(render).collect();
     let previous = (page > 1).then(|| (page - 1).min(last));
     let next = (page < last).then(|| page + 1);
     let body = json!({
@@ -281,18 +312,29 @@ fn world(state: &HzState) -> std::sync::MutexGuard<'_, World> {
 
 // ---------- servers ----------
 
+fn server_field(s: &&Server, name: &str) -> Value {
+    match name {
+        "id" => json!(s.id),
+        "name" => json!(s.name),
+        "created" => json!(s.created),
+        "status" => json!(s.status),
+        _ => Value::Null,
+    }
+}
+
 async fn list_servers(State(st): St, Query(q): Q, headers: HeaderMap) -> Reply {
     let filter = ListFilter::parse(&q)?;
     let w = world(&st);
     let statuses = q_all(&q, "status");
-    let mut items = Vec::new();
-    for s in w.servers.values() {
-        if filter.matches(&s.name, &s.labels) && (statuses.is_empty() || statuses.contains(&s.status)) {
-            items.push(w.server_json(s));
-        }
-    }
-    sort_items(&mut items, &q)?;
-    paginate(items, &q, "servers", &headers, "/servers")
+    let keep =
+        |s: &&Server| filter.matches(&s.name, &s.labels) && (statuses.is_empty() || statuses.contains(&s.status));
+    // A name is unique: the index answers without walking the project.
+    let mut items: Vec<&Server> = match filter.name {
+        Some(name) => w.server_by_name(name).into_iter().filter(keep).collect(),
+        None => w.servers.values().filter(keep).collect(),
+    };
+    sort_items(&mut items, &q, server_field)?;
+    paginate(items, &q, "servers", &headers, "/servers", |s| w.server_json(s))
 }
 
 async fn get_server(State(st): St, Path(id): Path<String>) -> Reply {
@@ -329,7 +371,7 @@ async fn create_server(State(st): St, body: Bytes) -> Reply {
     }
     let labels = labels_field(&body)?.unwrap_or_default();
     let user_data = string_field(&body, "user_data")?;
-    if user_data.is_some_and(|ud| ud.len() > 32 * 1024) {
+    if user_data.is_some_and(|ud| ud.len() > USER_DATA_MAX) {
         return Err(ApiError::invalid_input("user_data", "user_data must not exceed 32 KiB"));
     }
     for unsupported in ["networks", "volumes", "placement_group"] {
@@ -367,69 +409,72 @@ async fn create_server(State(st): St, body: Bytes) -> Reply {
             ssh_key_count += 1;
         }
     }
-    let mut firewall_ids = Vec::new();
+    let mut firewall_ids = BTreeSet::new();
     if let Some(fws) = body.get("firewalls").and_then(Value::as_array) {
         for fw in fws {
             let id = fw.get("firewall").and_then(Value::as_i64).unwrap_or(-1);
             if !w.firewalls.contains_key(&id) {
                 return Err(ApiError::code_422("firewall_resource_not_found", "firewall not found"));
             }
-            firewall_ids.push(id);
+            firewall_ids.insert(id);
         }
     }
-    if w.servers.values().any(|s| s.name == name) {
+    if w.server_by_name(name).is_some() {
         return Err(ApiError::uniqueness("name"));
     }
     if w.servers.len() >= w.server_limit {
-        return Err(ApiError {
-            status: StatusCode::FORBIDDEN,
-            code: "resource_limit_exceeded",
-            message: "server limit exceeded".into(),
-            details: json!({"limits": [{"name": "server_limit"}]}),
-        });
+        return Err(ApiError::limit("server_limit", "server limit exceeded"));
+    }
+    // Firewalls that will reach the new server: the ones asked for, and any whose label
+    // selector matches its labels.
+    let by_selector = w
+        .firewalls
+        .values()
+        .filter(|f| f.applied_to.iter().any(|a| matches!(a, AppliedTo::LabelSelector(_, sel) if sel.matches(&labels))))
+        .filter(|f| !firewall_ids.contains(&f.id))
+        .count();
+    if firewall_ids.len() + by_selector > w.firewalls_per_server {
+        return Err(ApiError::limit("firewalls_per_server", "firewalls per server limit exceeded"));
     }
 
-    w.servers_created += 1;
-    let id = w.next_id();
-    let duration = w.action_duration;
-    let now = Instant::now();
-    w.servers.insert(
-        id,
-        Server {
-            id,
-            name: name.to_owned(),
-            status: "initializing",
-            created: now_rfc3339(),
-            labels,
-            server_type,
-            image,
-            location,
-            has_ipv4,
-            has_ipv6,
-            starting_at: start.then(|| now + duration / 2),
-            user_data: user_data.map(str::to_owned),
-            running_since: None,
-        },
-    );
-    for fw in firewall_ids {
-        if let Some(f) = w.firewalls.get_mut(&fw) {
+    let id = w.insert_server(NewServer {
+        name: name.to_owned(),
+        labels,
+        server_type,
+        image,
+        location,
+        has_ipv4,
+        has_ipv6,
+        user_data: user_data.map(str::to_owned),
+        has_ssh_keys: ssh_key_count > 0,
+    });
+    for fw in &firewall_ids {
+        if let Some(f) = w.firewalls.get_mut(fw) {
             f.applied_to.push(AppliedTo::Server(id));
         }
     }
     // create_server and start_server finish together, so a client that waits for the create
     // action (as the documented examples do) finds the server running and unlocked.
-    let create_effect = if start { Effect::None } else { Effect::ServerStatus(id, "off") };
-    let create = w.start_action("create_server", vec![(id, "server")], create_effect);
+    let now = Instant::now();
+    let duration = w.duration_of(Command::CreateServer);
+    let create_effect = if start { Effect::None } else { Effect::Power { server: id, status: "off", boots: false } };
+    let create = w.start_action_for(Command::CreateServer, duration, vec![(id, "server")], create_effect);
     let mut next_actions = Vec::new();
     if start {
-        let a = w.start_action("start_server", vec![(id, "server")], Effect::ServerStatus(id, "running"));
+        w.schedule_starting(id, now + duration / 2);
+        let running = Effect::Power { server: id, status: "running", boots: true };
+        let a = w.start_action_for(Command::StartServer, duration, vec![(id, "server")], running);
         next_actions.push(w.action_json(a, now));
+        // A create or start that fails (fault injection) leaves the server off, not
+        // `starting` for ever.
+        let off = Effect::Power { server: id, status: "off", boots: false };
+        for action in [create, a] {
+            if let Some(action) = w.actions.get_mut(&action) {
+                action.revert = off;
+            }
+        }
     }
-    let root_password: Value = if ssh_key_count == 0 {
-        Value::String(rand::rng().sample_iter(&Alphanumeric).take(20).map(char::from).collect())
-    } else {
-        Value::Null
-    };
+    let root_password: Value = if ssh_key_count == 0 { Value::String(root_password()) } else { Value::Null };
     let server = w.servers.get(&id).map(|s| w.server_json(s)).unwrap_or(Value::Null);
     created(
         StatusCode::CREATED,
@@ -440,6 +485,10 @@ async fn create_server(State(st): St, body: Bytes) -> Reply {
             "root_password": root_password,
         }),
     )
+}
+
+fn root_password() -> String {
+    rand::rng().sample_iter(&Alphanumeric).take(20).map(char::from).collect()
 }
 
 async fn update_server(State(st): St, Path(id): Path<String>, body: Bytes) -> Reply {
@@ -455,17 +504,13 @@ async fn update_server(State(st): St, Path(id): Path<String>, body: Bytes) -> Re
         if !valid_hostname(n) {
             return Err(ApiError::invalid_input("name", "name must be a valid RFC 1123 hostname"));
         }
-        if w.servers.values().any(|s| s.name == n && s.id != id) {
+        if w.server_by_name(n).is_some_and(|s| s.id != id) {
             return Err(ApiError::uniqueness("name"));
         }
+        w.rename_server(id, n);
     }
-    if let Some(s) = w.servers.get_mut(&id) {
-        if let Some(n) = name {
-            s.name = n.to_owned();
-        }
-        if let Some(l) = labels {
-            s.labels = l;
-        }
+    if let (Some(l), Some(s)) = (labels, w.servers.get_mut(&id)) {
+        s.labels = l;
     }
     let s = w.servers.get(&id).ok_or_else(|| ApiError::not_found("server"))?;
     created(StatusCode::OK, json!({"server": w.server_json(s)}))
@@ -475,70 +520,150 @@ async fn delete_server(State(st): St, Path(id): Path<String>) -> Reply {
     let id = parse_id(&id, "server")?;
     let mut w = world(&st);
     w.remove_server(id).ok_or_else(|| ApiError::not_found("server"))?;
-    let a = w.start_action("delete_server", vec![(id, "server")], Effect::None);
+    let a = w.start_action(Command::DeleteServer, vec![(id, "server")], Effect::None);
     created(StatusCode::OK, json!({"action": w.action_json(a, Instant::now())}))
 }
 
-async fn server_command(State(st): St, Path((id, command)): Path<(String, String)>) -> Reply {
-    let id = parse_id(&id, "server")?;
-    let mut w = world(&st);
-    if !w.servers.contains_key(&id) {
-        return Err(ApiError::not_found("server"));
-    }
-    let (name, during, after) = match command.as_str() {
-        "poweron" => ("start_server", Some("starting"), "running"),
-        "poweroff" => ("stop_server", Some("stopping"), "off"),
-        "shutdown" => ("shutdown_server", Some("stopping"), "off"),
-        "reboot" => ("reboot_server", None, "running"),
-        "reset" => ("reset_server", None, "running"),
+/// What a server action does: its command, the status while it runs (if it shows one) and
+/// its effect once finished.
+struct Plan {
+    command: Command,
+    during: Option<&'static str>,
+    effect: Effect,
+    /// `rebuild` answers a new root password (null when the server has SSH keys).
+    root_password: Option<Value>,
+}
+
+fn plan_server_action(s: &Server, command: &str, body: &serde_json::Map<String, Value>) -> Result<Plan, ApiError> {
+    let id = s.id;
+    let running = s.status == "running";
+    let off = s.status == "off";
+    let plan = |command, during, effect| Plan { command, during, effect, root_password: None };
+    // Powering on a running server, or off a stopped one, is accepted and changes nothing.
+    Ok(match command {
+        "poweron" if running => plan(Command::StartServer, None, Effect::None),
+        "poweron" => {
+            plan(Command::StartServer, Some("starting"), Effect::Power { server: id, status: "running", boots: true })
+        }
+        "poweroff" if off => plan(Command::StopServer, None, Effect::None),
+        "poweroff" => {
+            plan(Command::StopServer, Some("stopping"), Effect::Power { server: id, status: "off", boots: false })
+        }
+        // ACPI: Hetzner finishes the action once the signal is sent; the server stays
+        // `running` until (and unless) its guest powers off.
+        "shutdown" if off => plan(Command::ShutdownServer, None, Effect::None),
+        "shutdown" => plan(Command::ShutdownServer, None, Effect::AcpiShutdown(id)),
+        "reboot" if off => plan(Command::RebootServer, None, Effect::None),
+        "reboot" => plan(Command::RebootServer, None, Effect::AcpiReboot(id)),
+        "reset" if off => plan(Command::ResetServer, None, Effect::None),
+        "reset" => plan(Command::ResetServer, None, Effect::Power { server: id, status: "running", boots: true }),
+        "change_type" => {
+            let to = catalog::find_server_type(body.get("server_type").unwrap_or(&Value::Null))
+                .ok_or_else(|| ApiError::invalid_input("server_type", "server type not found"))?;
+            let upgrade_disk = match body.get("upgrade_disk") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err(ApiError::invalid_input("upgrade_disk", "must be a boolean")),
+            };
+            if !off {
+                return Err(ApiError::code_422("server_not_stopped", "the server must be stopped to change its type"));
+            }
+            // Hetzner cannot shrink a disk: the new type must hold the current one.
+            if to.arm != s.server_type.arm || !to.available_in(s.location.name) || to.disk < s.primary_disk_size {
+                return Err(ApiError::code_422("invalid_server_type", "the server type does not fit this server"));
+            }
+            plan(Command::ChangeServerType, None, Effect::ChangeType { server: id, to, upgrade_disk })
+        }
+        "rebuild" => {
+            let image = catalog::find_image(body.get("image").unwrap_or(&Value::Null), s.server_type.arm)
+                .filter(|i| i.arm == s.server_type.arm)
+                .ok_or_else(|| ApiError::invalid_input("image", "image not found"))?;
+            let status = if off { "off" } else { "running" };
+            Plan {
+                command: Command::RebuildServer,
+                during: Some("rebuilding"),
+                effect: Effect::Rebuild { server: id, image, status },
+                root_password: Some(if s.has_ssh_keys { Value::Null } else { Value::String(root_password()) }),
+            }
+        }
         _ => return Err(ApiError::not_found("action")),
-    };
+    })
+}
+
+async fn server_command(State(st): St, Path((id, command)): Path<(String, String)>, body: Bytes) -> Reply {
+    let id = parse_id(&id, "server")?;
+    let body = body_object(&body)?;
+    let mut w = world(&st);
+    let s = w.servers.get(&id).ok_or_else(|| ApiError::not_found("server"))?;
+    let current = s.status;
+    let plan = plan_server_action(s, command.as_str(), &body)?;
     if w.server_locked(id) {
         return Err(ApiError::locked());
     }
-    let current = w.servers.get(&id).map(|s| s.status).unwrap_or("off");
-    // Powering on a running server, or off a stopped one, is accepted and changes nothing.
-    let effect = match (command.as_str(), current) {
-        ("poweron", "running") | ("poweroff" | "shutdown", "off") => Effect::None,
-        ("reboot" | "reset", "off") => Effect::None,
-        _ => {
-            if let (Some(d), Some(s)) = (during, w.servers.get_mut(&id)) {
-                s.status = d;
-            }
-            Effect::ServerStatus(id, after)
+    // `rebuild` may replace the cloud-init user data (hcloud-go sends it); same 32 KiB cap.
+    if plan.command == Command::RebuildServer {
+        let user_data = string_field(&body, "user_data")?;
+        if user_data.is_some_and(|ud| ud.len() > USER_DATA_MAX) {
+            return Err(ApiError::invalid_input("user_data", "user_data must not exceed 32 KiB"));
         }
-    };
-    let a = w.start_action(name, vec![(id, "server")], effect);
-    if let Some(action) = w.actions.get_mut(&a) {
-        action.revert = Effect::ServerStatus(id, current);
+        if let (Some(ud), Some(s)) = (user_data, w.servers.get_mut(&id)) {
+            s.user_data = Some(ud.to_owned());
+        }
     }
-    created(StatusCode::CREATED, json!({"action": w.action_json(a, Instant::now())}))
+    if let (Some(during), Some(s)) = (plan.during, w.servers.get_mut(&id)) {
+        s.status = during;
+    }
+    let a = w.start_action(plan.command, vec![(id, "server")], plan.effect);
+    if let Some(action) = w.actions.get_mut(&a) {
+        action.revert = Effect::Power { server: id, status: current, boots: false };
+    }
+    let action = w.action_json(a, Instant::now());
+    match plan.root_password {
+        Some(pw) => created(StatusCode::CREATED, json!({"action": action, "root_password": pw})),
+        None => created(StatusCode::CREATED, json!({"action": action})),
+    }
 }
 
 // ---------- actions ----------
 
-fn actions_for(
-    w: &World,
+fn action_field(a: &&Action, name: &str) -> Value {
+    match name {
+        "id" => json!(a.id),
+        "command" => json!(a.command.name()),
+        "status" => json!(a.status()),
+        "progress" => json!(a.progress(Instant::now())),
+        // Ids grow with the start time.
+        "started" => json!(a.id),
+        "finished" => a.finished.map_or(Value::Null, |t| json!(rfc3339(t))),
+        _ => Value::Null,
+    }
+}
+
+/// The actions a list asks for, filtered and sorted but not rendered: by `id` when given
+/// (a lookup each), else those of one resource (`scope`, from the per-resource index), else
+/// every kept action whose first resource is of `kind`.
+fn actions_for<'w>(
+    w: &'w World,
     q: &[(String, String)],
-    scope: Option<(i64, &str)>,
+    scope: Option<(i64, &'static str)>,
     kind: Option<&str>,
-) -> Result<Vec<Value>, ApiError> {
-    let ids: Vec<i64> = q_all(q, "id")
+) -> Result<Vec<&'w Action>, ApiError> {
+    let ids: BTreeSet<i64> = q_all(q, "id")
         .into_iter()
         .map(|s| s.parse::<i64>().map_err(|_| ApiError::invalid_input("id", "id must be an integer")))
         .collect::<Result<_, _>>()?;
     let statuses = q_all(q, "status");
-    let now = Instant::now();
-    let mut items: Vec<Value> = w
-        .actions
-        .values()
-        .filter(|a| ids.is_empty() || ids.contains(&a.id))
-        .filter(|a| scope.is_none_or(|(id, k)| a.resources.iter().any(|(i, rk)| *i == id && *rk == k)))
+    let candidates: Vec<&Action> = match scope {
+        Some((id, k)) => w.actions_of(k, id).filter(|a| ids.is_empty() || ids.contains(&a.id)).collect(),
+        None if !ids.is_empty() => w.actions_by_id(&ids),
+        None => w.actions.values().collect(),
+    };
+    let mut items: Vec<&Action> = candidates
+        .into_iter()
         .filter(|a| kind.is_none_or(|k| a.resources.first().is_some_and(|(_, rk)| *rk == k)))
-        .map(|a| a.json(now))
-        .filter(|a| statuses.is_empty() || statuses.iter().any(|s| a["status"] == *s))
+        .filter(|a| statuses.is_empty() || statuses.contains(&a.status()))
         .collect();
-    sort_items(&mut items, q)?;
+    sort_items(&mut items, q, action_field)?;
     Ok(items)
 }
 
@@ -547,7 +672,8 @@ async fn list_actions(State(st): St, Query(q): Q) -> Reply {
         return Err(ApiError::invalid_input("id", "id is required"));
     }
     let w = world(&st);
-    let items = actions_for(&w, &q, None, None)?;
+    let now = Instant::now();
+    let items: Vec<Value> = actions_for(&w, &q, None, None)?.into_iter().map(|a| w.render_action(a, now)).collect();
     created(StatusCode::OK, json!({"actions": items}))
 }
 
@@ -555,20 +681,25 @@ async fn get_action(State(st): St, Path(action): Path<String>) -> Reply {
     let id = parse_id(&action, "action")?;
     let w = world(&st);
     let a = w.actions.get(&id).ok_or_else(|| ApiError::not_found("action"))?;
-    created(StatusCode::OK, json!({"action": a.json(Instant::now())}))
+    created(StatusCode::OK, json!({"action": w.render_action(a, Instant::now())}))
+}
+
+fn action_page(w: &World, items: Vec<&Action>, q: &[(String, String)], headers: &HeaderMap, path: &str) -> Reply {
+    let now = Instant::now();
+    paginate(items, q, "actions", headers, path, |a| w.render_action(a, now))
 }
 
 async fn list_server_actions(State(st): St, Query(q): Q, headers: HeaderMap) -> Reply {
     let w = world(&st);
     let items = actions_for(&w, &q, None, Some("server"))?;
-    paginate(items, &q, "actions", &headers, "/servers/actions")
+    action_page(&w, items, &q, &headers, "/servers/actions")
 }
 
 async fn list_one_server_actions(State(st): St, Path(id): Path<String>, Query(q): Q, headers: HeaderMap) -> Reply {
     let id = parse_id(&id, "server")?;
     let w = world(&st);
     let items = actions_for(&w, &q, Some((id, "server")), None)?;
-    paginate(items, &q, "actions", &headers, "/servers/actions")
+    action_page(&w, items, &q, &headers, "/servers/actions")
 }
 
 async fn get_server_action(State(st): St, Path((id, action)): Path<(String, String)>) -> Reply {
@@ -579,12 +710,8 @@ fn scoped_action(st: &HzState, id: &str, action: &str, kind: &str) -> Reply {
     let id = parse_id(id, kind)?;
     let action = parse_id(action, "action")?;
     let w = world(st);
-    let a = w
-        .actions
-        .get(&action)
-        .filter(|a| a.resources.iter().any(|(i, k)| *i == id && *k == kind))
-        .ok_or_else(|| ApiError::not_found("action"))?;
-    created(StatusCode::OK, json!({"action": a.json(Instant::now())}))
+    let a = w.actions.get(&action).filter(|a| a.touches(id, kind)).ok_or_else(|| ApiError::not_found("action"))?;
+    created(StatusCode::OK, json!({"action": w.render_action(a, Instant::now())}))
 }
 
 // ---------- firewalls ----------
@@ -701,7 +828,7 @@ fn apply_actions(w: &mut World, fw: i64, entries: &[AppliedTo]) -> Vec<i64> {
             AppliedTo::Server(s) => vec![(fw, "firewall"), (*s, "server")],
             AppliedTo::LabelSelector(..) => vec![(fw, "firewall")],
         };
-        ids.push(w.start_action("apply_firewall", resources, Effect::None));
+        ids.push(w.start_action(Command::ApplyFirewall, resources, Effect::None));
     }
     ids
 }
@@ -711,17 +838,36 @@ fn actions_json(w: &World, ids: &[i64]) -> Value {
     Value::Array(ids.iter().map(|id| w.action_json(*id, now)).collect())
 }
 
+/// Refuses `entries` when they would give a server more firewalls than the project allows
+/// (`firewall`: the one being applied, whose servers already count it).
+fn check_firewalls_per_server(w: &World, firewall: Option<i64>, entries: &[AppliedTo]) -> Result<(), ApiError> {
+    let already = firewall.and_then(|id| w.firewalls.get(&id)).map(|f| w.firewall_servers(f)).unwrap_or_default();
+    for id in w.servers_reached(entries) {
+        if let Some(s) = w.servers.get(&id)
+            && !already.contains(&id)
+            && w.firewalls_of(s).count() >= w.firewalls_per_server
+        {
+            return Err(ApiError::limit("firewalls_per_server", "firewalls per server limit exceeded"));
+        }
+    }
+    Ok(())
+}
+
+fn firewall_field(f: &&Firewall, name: &str) -> Value {
+    match name {
+        "id" => json!(f.id),
+        "name" => json!(f.name),
+        "created" => json!(f.created),
+        _ => Value::Null,
+    }
+}
+
 async fn list_firewalls(State(st): St, Query(q): Q, headers: HeaderMap) -> Reply {
     let filter = ListFilter::parse(&q)?;
     let w = world(&st);
-    let mut items = Vec::new();
-    for fw in w.firewalls.values() {
-        if filter.matches(&fw.name, &fw.labels) {
-            items.push(w.firewall_json(fw));
-        }
-    }
-    sort_items(&mut items, &q)?;
-    paginate(items, &q, "firewalls", &headers, "/firewalls")
+    let mut items: Vec<&Firewall> = w.firewalls.values().filter(|fw| filter.matches(&fw.name, &fw.labels)).collect();
+    sort_items(&mut items, &q, firewall_field)?;
+    paginate(items, &q, "firewalls", &headers, "/firewalls", |fw| w.firewall_json(fw))
 }
 
 async fn get_firewall(State(st): St, Path(id): Path<String>) -> Reply {
@@ -751,6 +897,10 @@ async fn create_firewall(State(st): St, body: Bytes) -> Reply {
             return Err(ApiError::code_422("firewall_resource_not_found", "server not found"));
         }
     }
+    if w.firewalls.len() >= w.firewall_limit {
+        return Err(ApiError::limit("firewall_limit", "firewall limit exceeded"));
+    }
+    check_firewalls_per_server(&w, None, &apply_to)?;
     let id = w.next_id();
     w.firewalls.insert(
         id,
@@ -812,9 +962,9 @@ async fn firewall_command(State(st): St, Path((id, command)): Path<(String, Stri
             if let Some(f) = w.firewalls.get_mut(&id) {
                 f.rules = rules;
             }
-            let mut ids = vec![w.start_action("set_firewall_rules", vec![(id, "firewall")], Effect::None)];
+            let mut ids = vec![w.start_action(Command::SetFirewallRules, vec![(id, "firewall")], Effect::None)];
             for s in servers {
-                ids.push(w.start_action("apply_firewall", vec![(id, "firewall"), (s, "server")], Effect::None));
+                ids.push(w.start_action(Command::ApplyFirewall, vec![(id, "firewall"), (s, "server")], Effect::None));
             }
             ids
         }
@@ -835,6 +985,7 @@ async fn firewall_command(State(st): St, Path((id, command)): Path<(String, Stri
                     return Err(ApiError::code_422("firewall_already_applied", "firewall is already applied"));
                 }
             }
+            check_firewalls_per_server(&w, Some(id), &entries)?;
             if let Some(f) = w.firewalls.get_mut(&id) {
                 f.applied_to.extend(entries.iter().cloned());
             }
@@ -870,7 +1021,7 @@ async fn firewall_command(State(st): St, Path((id, command)): Path<(String, Stri
                     AppliedTo::Server(s) => vec![(id, "firewall"), (*s, "server")],
                     AppliedTo::LabelSelector(..) => vec![(id, "firewall")],
                 };
-                ids.push(w.start_action("remove_firewall", resources, Effect::None));
+                ids.push(w.start_action(Command::RemoveFirewall, resources, Effect::None));
             }
             ids
         }
@@ -882,14 +1033,14 @@ async fn firewall_command(State(st): St, Path((id, command)): Path<(String, Stri
 async fn list_firewall_actions(State(st): St, Query(q): Q, headers: HeaderMap) -> Reply {
     let w = world(&st);
     let items = actions_for(&w, &q, None, Some("firewall"))?;
-    paginate(items, &q, "actions", &headers, "/firewalls/actions")
+    action_page(&w, items, &q, &headers, "/firewalls/actions")
 }
 
 async fn list_one_firewall_actions(State(st): St, Path(id): Path<String>, Query(q): Q, headers: HeaderMap) -> Reply {
     let id = parse_id(&id, "firewall")?;
     let w = world(&st);
     let items = actions_for(&w, &q, Some((id, "firewall")), None)?;
-    paginate(items, &q, "actions", &headers, "/firewalls/actions")
+    action_page(&w, items, &q, &headers, "/firewalls/actions")
 }
 
 async fn get_firewall_action(State(st): St, Path((id, action)): Path<(String, String)>) -> Reply {
@@ -917,8 +1068,8 @@ async fn list_ssh_keys(State(st): St, Query(q): Q, headers: HeaderMap) -> Reply 
             items.push(ssh_key_json(k));
         }
     }
-    sort_items(&mut items, &q)?;
-    paginate(items, &q, "ssh_keys", &headers, "/ssh_keys")
+    sort_items(&mut items, &q, json_field)?;
+    paginate(items, &q, "ssh_keys", &headers, "/ssh_keys", Value::clone)
 }
 
 async fn create_ssh_key(State(st): St, body: Bytes) -> Reply {
@@ -992,8 +1143,8 @@ async fn list_locations(Query(q): Q, headers: HeaderMap) -> Reply {
         .filter(|l| q_get(&q, "name").is_none_or(|n| n == l.name))
         .map(catalog::location_json)
         .collect();
-    sort_items(&mut items, &q)?;
-    paginate(items, &q, "locations", &headers, "/locations")
+    sort_items(&mut items, &q, json_field)?;
+    paginate(items, &q, "locations", &headers, "/locations", Value::clone)
 }
 
 async fn get_location(Path(id): Path<String>) -> Reply {
@@ -1007,8 +1158,8 @@ async fn list_server_types(Query(q): Q, headers: HeaderMap) -> Reply {
         .filter(|t| q_get(&q, "name").is_none_or(|n| n == t.name))
         .map(catalog::server_type_json)
         .collect();
-    sort_items(&mut items, &q)?;
-    paginate(items, &q, "server_types", &headers, "/server_types")
+    sort_items(&mut items, &q, json_field)?;
+    paginate(items, &q, "server_types", &headers, "/server_types", Value::clone)
 }
 
 async fn get_server_type(Path(id): Path<String>) -> Reply {
@@ -1025,8 +1176,8 @@ async fn list_images(Query(q): Q, headers: HeaderMap) -> Reply {
         .filter(|_| types.is_empty() || types.contains(&"system"))
         .map(catalog::image_json)
         .collect();
-    sort_items(&mut items, &q)?;
-    paginate(items, &q, "images", &headers, "/images")
+    sort_items(&mut items, &q, json_field)?;
+    paginate(items, &q, "images", &headers, "/images", Value::clone)
 }
 
 async fn get_image(Path(id): Path<String>) -> Reply {

@@ -3,21 +3,26 @@
 //! every endpoint and credential, until Ctrl-C.
 //!
 //! It only wires existing pieces together and prints what it did; it never changes what the
-//! simulators or the API server do.
+//! simulators or the API server do. The one thing it adds is a stand-in for `cloudflared` on
+//! every booted simulated server ([`cloudflared`]).
 
 pub mod activity;
+pub mod cloudflared;
 pub mod manifests;
 pub mod services;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::cloudflare::{self, CloudflareSimConfig};
 use crate::hetzner::{self, HetznerSimConfig};
-use crate::http::RunningSim;
+use crate::http::control::FaultRuleSpec;
+use crate::http::{FaultPlan, RunningSim};
 use crate::kube::{self, KubeApiConfig};
+use crate::sim_cli::{HetznerArgs, check_time_scale, fault_plan, parse_duration};
 
 /// The database the sandbox creates (when missing) and migrates on the PostgreSQL it uses.
 pub const SANDBOX_DATABASE: &str = "crabglamp_sandbox";
@@ -41,7 +46,37 @@ pub struct SandboxArgs {
     /// Port of the Kubernetes API server (0 = any free port).
     #[arg(long, default_value_t = 0)]
     pub port: u16,
+    /// How much faster than real time the simulated clouds run: actions, boots, cloudflared,
+    /// Hetzner's rate refill and Cloudflare's five-minute rate window all take 1/N of their
+    /// simulated duration.
+    #[arg(long, default_value_t = DEFAULT_TIME_SCALE)]
+    pub time_scale: f64,
+    #[command(flatten)]
+    pub hetzner: HetznerArgs,
+    /// How long a booted server's cloudflared takes to connect its tunnel (simulated time).
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub cloudflared_delay: Duration,
+    /// A Hetzner fault rule `METHOD ROUTE RATE [ERROR] [lost]`, e.g. `POST /v1/servers 0.2`;
+    /// repeatable.
+    #[arg(long = "hcloud-fault", value_name = "RULE")]
+    pub hcloud_faults: Vec<FaultRuleSpec>,
+    /// A Cloudflare fault rule, e.g. `POST /client/v4/accounts/{account}/cfd_tunnel 0.2`;
+    /// repeatable.
+    #[arg(long = "cloudflare-fault", value_name = "RULE")]
+    pub cloudflare_faults: Vec<FaultRuleSpec>,
+    /// A Hetzner fault plan in JSON (the body of `PUT /_sim/faults`).
+    #[arg(long)]
+    pub hcloud_fault_file: Option<PathBuf>,
+    /// A Cloudflare fault plan in JSON.
+    #[arg(long)]
+    pub cloudflare_fault_file: Option<PathBuf>,
+    /// Seed of both simulators' fault dice.
+    #[arg(long, default_value_t = 0)]
+    pub fault_seed: u64,
 }
+
+/// Fast enough that a server is up in seconds, slow enough to watch its states go by.
+pub const DEFAULT_TIME_SCALE: f64 = 10.0;
 
 /// Why the sandbox could not run.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +99,9 @@ pub enum SandboxError {
     /// PostgreSQL or Redis is unavailable.
     #[error("{0}")]
     Service(#[from] services::ServiceError),
+    /// A flag is out of range or a fault plan file is unreadable.
+    #[error("{0:#}")]
+    Config(anyhow::Error),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
@@ -97,6 +135,35 @@ pub struct SandboxOptions {
     pub kube_port: u16,
     /// Always start throwaway PostgreSQL and Redis.
     pub fresh_services: bool,
+    /// The Hetzner project (its time scale included).
+    pub hetzner: HetznerSimConfig,
+    /// The Cloudflare account (its time scale included).
+    pub cloudflare: CloudflareSimConfig,
+    /// Faults each simulator starts with.
+    pub hcloud_faults: FaultPlan,
+    pub cloudflare_faults: FaultPlan,
+}
+
+impl SandboxOptions {
+    /// The options the flags ask for.
+    pub fn from_args(args: &SandboxArgs) -> Result<Self, SandboxError> {
+        check_time_scale(args.time_scale).map_err(SandboxError::Config)?;
+        let plan = |file: &Option<PathBuf>, rules: &[FaultRuleSpec]| {
+            fault_plan(file.as_deref(), rules, args.fault_seed).map_err(SandboxError::Config)
+        };
+        let hetzner = args
+            .hetzner
+            .apply(HetznerSimConfig { time_scale: args.time_scale, ..HetznerSimConfig::default() })
+            .map_err(SandboxError::Config)?;
+        Ok(SandboxOptions {
+            kube_port: args.port,
+            fresh_services: args.fresh_services,
+            hetzner,
+            cloudflare: CloudflareSimConfig { time_scale: args.time_scale, ..CloudflareSimConfig::default() },
+            hcloud_faults: plan(&args.hcloud_fault_file, &args.hcloud_faults)?,
+            cloudflare_faults: plan(&args.cloudflare_fault_file, &args.cloudflare_faults)?,
+        })
+    }
 }
 
 /// Every piece of a running sandbox: the same fixtures the `sandbox` command and integration
@@ -128,14 +195,16 @@ impl Sandbox {
     pub async fn start(options: SandboxOptions) -> Result<Self, SandboxError> {
         let kube_api =
             kube::spawn(KubeApiConfig::default(), loopback(options.kube_port, "Kubernetes API server").await?).await?;
-        let hetzner_config = HetznerSimConfig::default();
+        let hetzner_config = options.hetzner.clone();
         let hcloud = hetzner::spawn(hetzner_config.clone(), loopback(0, "Hetzner simulator").await?)
             .await
             .map_err(io("cannot start the Hetzner simulator"))?;
-        let cloudflare_config = CloudflareSimConfig::default();
+        hcloud.set_faults(options.hcloud_faults.clone());
+        let cloudflare_config = options.cloudflare.clone();
         let cf = cloudflare::spawn(cloudflare_config.clone(), loopback(0, "Cloudflare simulator").await?)
             .await
             .map_err(io("cannot start the Cloudflare simulator"))?;
+        cf.set_faults(options.cloudflare_faults.clone());
 
         let workdir = std::env::temp_dir().join(format!("crabglamp-sandbox-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&workdir).map_err(io(format!("cannot create {}", workdir.display())))?;
@@ -188,13 +257,16 @@ impl Sandbox {
             "kube_api": self.kube.base_url,
             "hcloud_endpoint": self.hcloud.base_url,
             "hcloud_token": self.hetzner_config.token,
+            "hcloud_control": self.hcloud.control_url(),
             "cloudflare_endpoint": self.cloudflare.base_url,
+            "cloudflare_control": self.cloudflare.control_url(),
             "cloudflare_token": self.cloudflare_config.token,
             "cloudflare_account_id": self.cloudflare_config.account_id,
             "cloudflare_zone_id": self.cloudflare_config.zone_id,
             "cloudflare_zone_name": self.cloudflare_config.zone_name,
             "database_url": self.database_url,
             "redis_url": self.redis.url,
+            "time_scale": self.cloudflare_config.time_scale,
         })
     }
 
@@ -210,7 +282,7 @@ impl Sandbox {
 
 /// Runs the sandbox until Ctrl-C.
 pub async fn run(args: SandboxArgs) -> Result<(), SandboxError> {
-    let sandbox = Sandbox::start(SandboxOptions { kube_port: args.port, fresh_services: args.fresh_services }).await?;
+    let sandbox = Sandbox::start(SandboxOptions::from_args(&args)?).await?;
     let written = std::fs::write(&args.kubeconfig, sandbox.kube.kubeconfig_yaml())
         .map_err(io(format!("cannot write {}", args.kubeconfig.display())))
         .and_then(|()| {
@@ -226,8 +298,8 @@ pub async fn run(args: SandboxArgs) -> Result<(), SandboxError> {
 
     println!("crabglamp sandbox is running");
     println!("  Kubernetes API   {}  (CRDs installed)", sandbox.kube.base_url);
-    println!("  Hetzner Cloud    {}", sandbox.hcloud.base_url);
-    println!("  Cloudflare       {}", sandbox.cloudflare.base_url);
+    println!("  Hetzner Cloud    {}  (control: {})", sandbox.hcloud.base_url, sandbox.hcloud.control_url());
+    println!("  Cloudflare       {}  (control: {})", sandbox.cloudflare.base_url, sandbox.cloudflare.control_url());
     // DATABASE_URL/REDIS_URL may carry passwords: those stay in the info file, not on the terminal.
     println!(
         "  PostgreSQL       {} ({}, migrated)",
@@ -241,6 +313,14 @@ pub async fn run(args: SandboxArgs) -> Result<(), SandboxError> {
     );
     println!("  kubeconfig       {}", args.kubeconfig.display());
     println!("  endpoints+tokens {}", args.info.display());
+    println!(
+        "Simulated time runs {}x real time (--time-scale): actions, server boots, cloudflared and Cloudflare's \
+         five-minute rate window take 1/{} of their simulated duration.",
+        args.time_scale, args.time_scale
+    );
+    println!(
+        "Booted servers whose user_data carries a valid tunnel token connect their tunnel (a stand-in cloudflared)."
+    );
     println!("The controllers are not yet part of the sandbox: objects are stored and validated, not reconciled.");
 
     if let Some(dir) = &args.apply {
@@ -262,8 +342,15 @@ pub async fn run(args: SandboxArgs) -> Result<(), SandboxError> {
         Ok(client) => Some(activity::start(client).await),
         Err(_) => None,
     };
+    let cloudflared = cloudflared::start(
+        sandbox.hcloud.handle(),
+        sandbox.cloudflare.handle(),
+        args.time_scale,
+        args.cloudflared_delay,
+    );
     println!("Press Ctrl-C to stop. Changes to Agents, PlainVMs and VirtualKeys are listed below.");
     wait_for_stop().await;
+    cloudflared.abort();
     if let Some(task) = activity {
         task.abort();
     }
