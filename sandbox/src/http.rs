@@ -734,9 +734,13 @@ pub fn token_like_runs(text: &str) -> Vec<std::ops::Range<usize>> {
         while i < bytes.len() && is_b64(bytes[i]) {
             i += 1;
         }
-        // A run starts at a non-base64 boundary, so `xeyJ...` is not mistaken for a token.
-        if text[start..i].starts_with("eyJ") && i - start >= MIN_TOKEN_LEN {
-            runs.push(start..i);
+        // A token starts at a non-base64 boundary, so `xeyJ...` is not mistaken for one, or
+        // right after the `=` of an assignment (`TUNNEL_TOKEN=eyJ...` in an environment file).
+        let begins = (start..i).find(|&p| {
+            text[p..i].starts_with("eyJ") && (p == start || (bytes[p - 1] == b'=' && p + 1 < i))
+        });
+        if let Some(p) = begins.filter(|&p| i - p >= MIN_TOKEN_LEN) {
+            runs.push(p..i);
         }
     }
     runs
@@ -957,6 +961,8 @@ mod tests {
         assert_eq!(super::token_like_runs("x eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOjF9.c2ln y"), vec![2..40]);
         assert!(super::token_like_runs("xeyJhbGciOiJIUzI1NiJ9").is_empty(), "not at a boundary");
         assert!(super::token_like_runs("eyJhYg").is_empty(), "too short to be a token");
+        let env = "TUNNEL_TOKEN=eyJhIjoiYWNjIiwidCI6InR1bm5lbCJ9";
+        assert_eq!(super::token_like_runs(env), vec![13..env.len()], "after an assignment's =");
     }
 
     #[test]

@@ -60,9 +60,10 @@ impl Operator {
             .try_init();
         let kube = crabglamp_sandbox::kube::spawn_loopback().await.expect("API server starts");
         let client = kube.client().expect("client");
+        // Every action 100 ms, the guest boots and obeys ACPI at once: tests take seconds.
         let hz_config = HetznerSimConfig {
             token: "hz-test".into(),
-            action_duration: Duration::from_millis(100),
+            durations: crabglamp_sandbox::hetzner::ActionDurations::uniform(Duration::from_millis(100)),
             ..HetznerSimConfig::default()
         };
         let hetzner = Arc::new(hzsim::spawn(hz_config, listener().await).await.expect("Hetzner simulator"));
@@ -87,7 +88,12 @@ impl Operator {
         let (context, stop, task) = launch(&client, settings.clone()).await;
         // The sandbox plays cloudflared: a booted server whose user data carries a valid token
         // connects its tunnel.
-        let cloudflared = tokio::spawn(play_cloudflared(Arc::clone(&hetzner), Arc::clone(&cloudflare)));
+        let cloudflared = crabglamp_sandbox::stack::cloudflared::start(
+            hetzner.handle(),
+            cloudflare.handle(),
+            1.0,
+            Duration::from_millis(100),
+        );
         Operator { kube, client, hetzner, cloudflare, db, context, settings, stop, task: Some(task), cloudflared }
     }
 
@@ -202,25 +208,3 @@ pub fn condition(a: &Agent, type_: &str) -> Option<String> {
 }
 
 
-/// Connects the tunnel of every booted server whose user data carries a valid token, as
-/// cloudflared on that server would.
-async fn play_cloudflared(hetzner: Arc<RunningSim>, cloudflare: Arc<RunningSim>) {
-    use base64::Engine;
-    let mut connected = std::collections::HashSet::new();
-    loop {
-        for server in hzsim::booted_servers(&hetzner) {
-            let Some(user_data) = server.user_data else { continue };
-            for word in user_data.split(|c: char| !(c.is_ascii_alphanumeric() || "+/=".contains(c))) {
-                let Some(at) = word.find("eyJ") else { continue };
-                let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(&word[at..]) else { continue };
-                let Ok(token) = serde_json::from_slice::<serde_json::Value>(&raw) else { continue };
-                if let Some(tunnel) = token["t"].as_str()
-                    && connected.insert(tunnel.to_owned())
-                {
-                    cfsim::connect_tunnel(&cloudflare, tunnel);
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
