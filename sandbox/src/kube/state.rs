@@ -1,14 +1,18 @@
-//! The server's memory: the served kinds, every object, the global resourceVersion counter and
-//! the event history watches read from.
+//! The server's memory: the served kinds, every object, the global resourceVersion counter, the
+//! event history watches read from, the list snapshots `continue` tokens pin, the owner index
+//! garbage collection reads and the expiry queue of Events.
 //!
 //! All of it sits behind one lock so a write and its watch event are one atomic step: a watch
 //! can never see events out of order or miss one that is still in the history. Nothing here
-//! does I/O or validation.
+//! does I/O, validation or rendering, and nothing here may cost more than O(log n) per write
+//! in the number of stored objects: objects live in persistent maps ([`imbl::OrdMap`]) so a
+//! snapshot of a whole kind is an O(1) clone that later writes never disturb.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::resource::{ResourceType, StorageKey, builtins};
 
@@ -62,8 +66,59 @@ pub struct Change {
     size: usize,
 }
 
-/// Objects of one storage, by (namespace, name).
-pub type Bucket = BTreeMap<(String, String), Arc<Value>>;
+/// Objects of one storage, by (namespace, name): a persistent map, so cloning it is O(1) and
+/// the clone is a snapshot.
+pub type Bucket = imbl::OrdMap<(String, String), Arc<Value>>;
+
+/// The objects of `bucket` in namespace `ns` (all of them for `None`), in (namespace, name)
+/// order.
+pub fn in_namespace<'a>(
+    bucket: &'a Bucket,
+    ns: Option<&'a str>,
+) -> Box<dyn Iterator<Item = &'a Arc<Value>> + Send + 'a> {
+    match ns {
+        Some(ns) => Box::new(
+            bucket.range((ns.to_owned(), String::new())..).take_while(move |((n, _), _)| n == ns).map(|(_, v)| v),
+        ),
+        None => Box::new(bucket.values()),
+    }
+}
+
+/// Where an object is stored.
+pub type ObjectKey = (StorageKey, String, String);
+
+/// How long a `continue` token stays usable by default: etcd compacts every five minutes in
+/// kube-apiserver's default setup (`--etcd-compaction-interval`), after which a token of an
+/// older revision gets `410 Expired`.
+pub const CONTINUE_TTL: Duration = Duration::from_secs(300);
+
+/// How many list snapshots (one per paged list in progress) are kept at most by default.
+pub const CONTINUE_SNAPSHOTS: usize = 1024;
+
+/// How long an Event lives after its last write by default (kube-apiserver's `--event-ttl`).
+pub const EVENT_TTL: Duration = Duration::from_secs(3600);
+
+/// The storage of Events (core/v1 and events.k8s.io/v1 share it).
+fn events_storage() -> StorageKey {
+    (String::new(), "events".into())
+}
+
+/// The snapshots paged lists continue from, oldest first.
+struct Snapshots {
+    kept: VecDeque<(StorageKey, u64, Instant, Bucket)>,
+    ttl: Duration,
+    limit: usize,
+}
+
+impl Snapshots {
+    fn expire(&mut self, now: Instant) {
+        while self.kept.len() > self.limit
+            || self.kept.front().is_some_and(|(_, _, at, _)| now.saturating_duration_since(*at) > self.ttl)
+        {
+            self.kept.pop_front();
+        }
+    }
+}
 
 /// Everything the server knows.
 pub struct State {
@@ -76,6 +131,16 @@ pub struct State {
     history_byte_limit: usize,
     /// Every change with an rv above this is in `history`.
     compacted: u64,
+    snapshots: Snapshots,
+    /// uid → where the object is.
+    uids: HashMap<String, ObjectKey>,
+    /// Owner uid → its dependents (objects with an ownerReference to it).
+    dependents: HashMap<String, BTreeSet<ObjectKey>>,
+    event_ttl: Duration,
+    /// (expiry, namespace, name) of every Event, soonest first.
+    event_expiry: BTreeSet<(Instant, String, String)>,
+    /// (namespace, name) → expiry, to find an Event's entry in `event_expiry`.
+    event_deadline: HashMap<(String, String), Instant>,
 }
 
 impl Default for State {
@@ -107,7 +172,24 @@ impl State {
             history_bytes: 0,
             history_byte_limit: bytes,
             compacted: 1,
+            snapshots: Snapshots { kept: VecDeque::new(), ttl: CONTINUE_TTL, limit: CONTINUE_SNAPSHOTS },
+            uids: HashMap::new(),
+            dependents: HashMap::new(),
+            event_ttl: EVENT_TTL,
+            event_expiry: BTreeSet::new(),
+            event_deadline: HashMap::new(),
         }
+    }
+
+    /// How long, and how many, list snapshots are kept for `continue` tokens.
+    pub fn set_snapshot_limits(&mut self, ttl: Duration, count: usize) {
+        self.snapshots.ttl = ttl;
+        self.snapshots.limit = count;
+    }
+
+    /// How long an Event lives after its last write.
+    pub fn set_event_ttl(&mut self, ttl: Duration) {
+        self.event_ttl = ttl;
     }
 
     /// The current (latest) resourceVersion.
@@ -149,22 +231,112 @@ impl State {
 
     /// Every object of a storage, optionally of one namespace, in (namespace, name) order.
     pub fn list(&self, storage: &StorageKey, namespace: Option<&str>) -> Vec<Arc<Value>> {
-        let Some(bucket) = self.objects.get(storage) else {
-            return Vec::new();
-        };
-        match namespace {
-            Some(ns) => bucket
-                .range((ns.to_owned(), String::new())..)
-                .take_while(|((n, _), _)| n == ns)
-                .map(|(_, v)| v.clone())
-                .collect(),
-            None => bucket.values().cloned().collect(),
+        match self.objects.get(storage) {
+            Some(bucket) => in_namespace(bucket, namespace).cloned().collect(),
+            None => Vec::new(),
         }
     }
 
-    /// Every storage with its objects (for garbage collection and namespace deletion).
-    pub fn buckets(&self) -> impl Iterator<Item = (&StorageKey, &Bucket)> {
-        self.objects.iter()
+    /// A snapshot of a storage's objects at the current resourceVersion (O(1)).
+    pub fn bucket(&self, storage: &StorageKey) -> Bucket {
+        self.objects.get(storage).cloned().unwrap_or_default()
+    }
+
+    /// (storage, name) of every object in namespace `ns`, whatever its kind.
+    pub fn namespace_content(&self, ns: &str) -> Vec<(StorageKey, String)> {
+        self.objects
+            .iter()
+            .flat_map(|(storage, bucket)| {
+                in_namespace(bucket, Some(ns)).map(move |o| {
+                    let name = o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+                    (storage.clone(), name.to_owned())
+                })
+            })
+            .collect()
+    }
+
+    /// Keeps `bucket`, the objects of `storage` at resourceVersion `rv`, for the `continue`
+    /// tokens of a paged list; the oldest snapshots go first when there are too many.
+    pub fn keep_snapshot(&mut self, storage: &StorageKey, rv: u64, bucket: Bucket) {
+        let now = Instant::now();
+        if !self.snapshots.kept.iter().any(|(s, r, _, _)| *r == rv && s == storage) {
+            self.snapshots.kept.push_back((storage.clone(), rv, now, bucket));
+        }
+        self.snapshots.expire(now);
+    }
+
+    /// The snapshot of `storage` at `rv`, if it is still kept.
+    pub fn snapshot(&mut self, storage: &StorageKey, rv: u64) -> Option<Bucket> {
+        self.snapshots.expire(Instant::now());
+        self.snapshots.kept.iter().rev().find(|(s, r, _, _)| *r == rv && s == storage).map(|(_, _, _, b)| b.clone())
+    }
+
+    /// Whether an object with this uid exists.
+    pub fn uid_exists(&self, uid: &str) -> bool {
+        self.uids.contains_key(uid)
+    }
+
+    /// Where the objects with an ownerReference to `uid` are.
+    pub fn dependents_of(&self, uid: &str) -> Vec<ObjectKey> {
+        self.dependents.get(uid).map(|d| d.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    fn unindex(&mut self, key: &ObjectKey, object: &Value) {
+        if let Some(uid) = object.pointer("/metadata/uid").and_then(Value::as_str) {
+            self.uids.remove(uid);
+        }
+        for owner in owner_uids(object) {
+            if let Some(set) = self.dependents.get_mut(owner) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.dependents.remove(owner);
+                }
+            }
+        }
+        if key.0 == events_storage()
+            && let Some(at) = self.event_deadline.remove(&(key.1.clone(), key.2.clone()))
+        {
+            self.event_expiry.remove(&(at, key.1.clone(), key.2.clone()));
+        }
+    }
+
+    fn index(&mut self, key: &ObjectKey, object: &Value) {
+        if let Some(uid) = object.pointer("/metadata/uid").and_then(Value::as_str) {
+            self.uids.insert(uid.to_owned(), key.clone());
+        }
+        for owner in owner_uids(object) {
+            self.dependents.entry(owner.to_owned()).or_default().insert(key.clone());
+        }
+        // As kube-apiserver does with an etcd lease per write: every write of an Event starts
+        // its TTL anew.
+        if key.0 == events_storage() {
+            let at = Instant::now().checked_add(self.event_ttl).unwrap_or_else(Instant::now);
+            self.event_deadline.insert((key.1.clone(), key.2.clone()), at);
+            self.event_expiry.insert((at, key.1.clone(), key.2.clone()));
+        }
+    }
+
+    /// Deletes every Event whose TTL ran out by `now`, as etcd does when an Event's lease
+    /// expires (watchers see DELETED). Returns whether any went.
+    pub fn expire_events(&mut self, now: Instant) -> bool {
+        let storage = events_storage();
+        let mut any = false;
+        while let Some((at, ns, name)) = self.event_expiry.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.event_expiry.remove(&(at, ns.clone(), name.clone()));
+            self.event_deadline.remove(&(ns.clone(), name.clone()));
+            let Some(obj) = self.get(&storage, &ns, &name) else { continue };
+            let rv = self.next_rv();
+            let mut last = (*obj).clone();
+            if let Some(meta) = last.get_mut("metadata").and_then(Value::as_object_mut) {
+                meta.insert("resourceVersion".into(), json!(rv.to_string()));
+            }
+            self.remove(&storage, &ns, &name, last, rv);
+            any = true;
+        }
+        any
     }
 
     /// Stores `object` (whose resourceVersion is already `rv`) and records the change.
@@ -183,14 +355,20 @@ impl State {
             .entry(storage.clone())
             .or_default()
             .insert((namespace.to_owned(), name.to_owned()), object.clone());
+        let key = (storage.clone(), namespace.to_owned(), name.to_owned());
+        if let Some(previous) = &previous {
+            self.unindex(&key, previous);
+        }
+        self.index(&key, &object);
         self.record(storage, namespace, kind, object.clone(), previous, rv);
         object
     }
 
     /// Removes an object; `last` is its final state carrying the deletion's resourceVersion `rv`.
     pub fn remove(&mut self, storage: &StorageKey, namespace: &str, name: &str, last: Value, rv: u64) -> Arc<Value> {
-        if let Some(bucket) = self.objects.get_mut(storage) {
-            bucket.remove(&(namespace.to_owned(), name.to_owned()));
+        let removed = self.objects.get_mut(storage).and_then(|b| b.remove(&(namespace.to_owned(), name.to_owned())));
+        if let Some(removed) = removed {
+            self.unindex(&(storage.clone(), namespace.to_owned(), name.to_owned()), &removed);
         }
         let last = Arc::new(last);
         self.record(storage, namespace, EventType::Deleted, last.clone(), None, rv);
@@ -239,6 +417,16 @@ impl State {
         let start = self.history.partition_point(|c| c.rv <= after);
         self.history.range(start..).take(max).cloned().collect()
     }
+}
+
+/// The uids an object's ownerReferences name.
+fn owner_uids(object: &Value) -> impl Iterator<Item = &str> {
+    object
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.get("uid").and_then(Value::as_str))
 }
 
 /// Roughly the heap bytes of a JSON value: cheap enough for every write (no serialisation),

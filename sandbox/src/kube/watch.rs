@@ -17,7 +17,7 @@ use super::Shared;
 use super::error::ApiError;
 use super::resource::ResourceType;
 use super::selector::{FieldSelector, LabelSelector};
-use super::state::EventType;
+use super::state::{EventType, in_namespace};
 use super::table::{self, IncludeObject, Rendering};
 use super::write::present;
 
@@ -133,7 +133,7 @@ pub fn start(
     let mut renderer =
         Renderer { rt: req.rt.clone(), rendering: req.rendering, include: req.include, columns_sent: false };
     // Taken under the lock with the cursor, rendered after it (by the watch's own task).
-    let mut initial_objects: Vec<Arc<Value>> = Vec::new();
+    let mut initial_objects = None;
     let mut expired_line = None;
     let mut initial_end = None;
     let cursor;
@@ -156,7 +156,8 @@ pub fn start(
                 }
             }
             _ => {
-                initial_objects = state.list(&req.rt.storage, req.namespace.as_deref());
+                // An O(1) snapshot: the objects are selected and rendered by the watch's task.
+                initial_objects = Some(state.bucket(&req.rt.storage));
                 if req.send_initial_events {
                     initial_end = Some(state.rv());
                 }
@@ -170,9 +171,10 @@ pub fn start(
     let bookmark_interval = shared.bookmark_interval.max(Duration::from_millis(10));
     tokio::spawn(async move {
         let _open = OpenWatch::new(&shared);
-        for obj in initial_objects {
+        let initial_objects = initial_objects.unwrap_or_default();
+        for obj in in_namespace(&initial_objects, req.namespace.as_deref()) {
             let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default();
-            if req.matches(ns, &obj) && tx.send(renderer.line("ADDED", &obj)).await.is_err() {
+            if req.matches(ns, obj) && tx.send(renderer.line("ADDED", obj)).await.is_err() {
                 return;
             }
         }
