@@ -120,17 +120,33 @@ impl Snapshots {
     }
 }
 
+/// The changes of one storage.
+#[derive(Default)]
+struct History {
+    changes: VecDeque<Change>,
+    /// Every change of this storage with an rv above this is in `changes`.
+    compacted: u64,
+}
+
 /// Everything the server knows.
 pub struct State {
     rv: u64,
     types: Vec<Arc<ResourceType>>,
     objects: HashMap<StorageKey, Bucket>,
-    history: VecDeque<Change>,
+    /// The changes of each storage, oldest first: a watch reads only its own kind's.
+    histories: HashMap<StorageKey, History>,
+    /// The storage of every change kept, oldest first (the global eviction order).
+    history_order: VecDeque<StorageKey>,
     history_limit: usize,
     history_bytes: usize,
     history_byte_limit: usize,
-    /// Every change with an rv above this is in `history`.
+    /// The newest resourceVersion evicted from any history (or compacted away).
     compacted: u64,
+    /// The resourceVersion of the last compaction of every history ([`Self::compact`]).
+    floor: u64,
+    /// Wakes the watches of one storage when it changes (so a write wakes only the watches
+    /// of its kind).
+    wakers: HashMap<StorageKey, tokio::sync::watch::Sender<u64>>,
     snapshots: Snapshots,
     /// uid → where the object is.
     uids: HashMap<String, ObjectKey>,
@@ -167,11 +183,14 @@ impl State {
             rv: 1,
             types: builtins().into_iter().map(Arc::new).collect(),
             objects: HashMap::new(),
-            history: VecDeque::new(),
+            histories: HashMap::new(),
+            history_order: VecDeque::new(),
             history_limit: limit.max(1),
             history_bytes: 0,
             history_byte_limit: bytes,
             compacted: 1,
+            floor: 1,
+            wakers: HashMap::new(),
             snapshots: Snapshots { kept: VecDeque::new(), ttl: CONTINUE_TTL, limit: CONTINUE_SNAPSHOTS },
             uids: HashMap::new(),
             dependents: HashMap::new(),
@@ -200,6 +219,19 @@ impl State {
     /// The oldest resourceVersion a watch can resume from.
     pub fn compacted(&self) -> u64 {
         self.compacted
+    }
+
+    /// The oldest resourceVersion a watch of `storage` can resume from: changes of other kinds
+    /// leaving the history do not expire it.
+    pub fn compacted_for(&self, storage: &StorageKey) -> u64 {
+        // A storage without history has lost nothing since the last compaction of all.
+        self.histories.get(storage).map_or(1, |h| h.compacted).max(self.floor)
+    }
+
+    /// A receiver that changes whenever `storage` does.
+    pub fn subscribe(&mut self, storage: &StorageKey) -> tokio::sync::watch::Receiver<u64> {
+        let rv = self.rv;
+        self.wakers.entry(storage.clone()).or_insert_with(|| tokio::sync::watch::channel(rv).0).subscribe()
     }
 
     /// Every served kind.
@@ -387,7 +419,7 @@ impl State {
         let previous = if kind == EventType::Modified { previous } else { None };
         let size = approx_size(&object);
         self.history_bytes += size;
-        self.history.push_back(Change {
+        self.histories.entry(storage.clone()).or_default().changes.push_back(Change {
             rv,
             storage: storage.clone(),
             namespace: namespace.to_owned(),
@@ -396,26 +428,36 @@ impl State {
             previous,
             size,
         });
-        while self.history.len() > self.history_limit
-            || (self.history_bytes > self.history_byte_limit && self.history.len() > 1)
+        self.history_order.push_back(storage.clone());
+        if let Some(waker) = self.wakers.get(storage) {
+            waker.send_replace(rv);
+        }
+        while self.history_order.len() > self.history_limit
+            || (self.history_bytes > self.history_byte_limit && self.history_order.len() > 1)
         {
-            let Some(old) = self.history.pop_front() else { break };
+            let Some(oldest) = self.history_order.pop_front() else { break };
+            let Some(history) = self.histories.get_mut(&oldest) else { continue };
+            let Some(old) = history.changes.pop_front() else { continue };
+            history.compacted = old.rv;
             self.history_bytes -= old.size;
-            self.compacted = old.rv;
+            self.compacted = self.compacted.max(old.rv);
         }
     }
 
     /// Drops the whole history (an etcd compaction at the current resourceVersion).
     pub fn compact(&mut self) {
-        self.history.clear();
+        self.histories.clear();
+        self.history_order.clear();
         self.history_bytes = 0;
         self.compacted = self.rv;
+        self.floor = self.rv;
     }
 
-    /// Changes after `after` (exclusive), oldest first, at most `max`.
-    pub fn changes_after(&self, after: u64, max: usize) -> Vec<Change> {
-        let start = self.history.partition_point(|c| c.rv <= after);
-        self.history.range(start..).take(max).cloned().collect()
+    /// Changes of `storage` after `after` (exclusive), oldest first, at most `max`.
+    pub fn changes_after(&self, storage: &StorageKey, after: u64, max: usize) -> Vec<Change> {
+        let Some(history) = self.histories.get(storage) else { return Vec::new() };
+        let start = history.changes.partition_point(|c| c.rv <= after);
+        history.changes.range(start..).take(max).cloned().collect()
     }
 }
 
@@ -466,11 +508,13 @@ mod tests {
             let rv = state.next_rv();
             state.put(&storage, "default", &format!("cm-{i}"), big.clone(), EventType::Added, rv);
         }
-        assert!(state.changes_after(0, 100).len() <= 2, "history holds ~8 KB of 10 KB");
-        assert_eq!(state.compacted(), state.rv() - state.changes_after(0, 100).len() as u64);
+        assert!(state.changes_after(&storage, 0, 100).len() <= 2, "history holds ~8 KB of 10 KB");
+        assert_eq!(state.compacted(), state.rv() - state.changes_after(&storage, 0, 100).len() as u64);
+        assert_eq!(state.compacted_for(&storage), state.compacted());
+        assert_eq!(state.compacted_for(&(String::new(), "secrets".into())), 1, "no Secret change was lost");
         let mut state = State::with_history_limits(100, 10);
         let rv = state.next_rv();
         state.put(&storage, "default", "huge", big, EventType::Added, rv);
-        assert_eq!(state.changes_after(0, 100).len(), 1, "the newest change stays, whatever its size");
+        assert_eq!(state.changes_after(&storage, 0, 100).len(), 1, "the newest change stays, whatever its size");
     }
 }
