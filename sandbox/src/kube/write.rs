@@ -943,3 +943,77 @@ fn crd_status(crd: &Value) -> Value {
         }).unwrap_or_default(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(verb: Verb) -> WriteOptions {
+        WriteOptions { field_validation: FieldValidation::Strict, manager: "test".into(), dry_run: false, verb }
+    }
+
+    /// A state with the `default` namespace and the Agent kind, and that kind.
+    fn agents() -> (State, Arc<ResourceType>) {
+        let mut state = State::new();
+        let ns_type = state.find_type("", "v1", "namespaces").unwrap_or_else(|| panic!("namespaces"));
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}});
+        let target = Target { rt: &ns_type, namespace: "", subresource: "" };
+        create(&mut state, &mut WriteScope::inline(), &target, ns, &options(Verb::Create))
+            .map(|_| ())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let crd = crabglamp_operator::api::all_crds().into_iter().find(|c| c.spec.names.kind == "Agent");
+        let crd = serde_json::to_value(crd.unwrap_or_else(|| panic!("Agent CRD"))).unwrap_or_default();
+        state.set_crd_types("crabglamp.com", "agents", from_crd(&crd).unwrap_or_else(|e| panic!("{e}")));
+        let rt = state.find_type("crabglamp.com", "v1alpha1", "agents").unwrap_or_else(|| panic!("agents"));
+        (state, rt)
+    }
+
+    #[test]
+    fn admission_runs_between_attempts_and_a_changed_object_is_admitted_again() {
+        let (state, rt) = agents();
+        let state = std::sync::Mutex::new(state);
+        let target = Target { rt: &rt, namespace: "default", subresource: "" };
+        let agent = json!({"apiVersion": "crabglamp.com/v1alpha1", "kind": "Agent", "metadata": {"name": "a"}, "spec": {"owner": "acct_1", "region": "us"}});
+        let created = WriteScope::new()
+            .run(
+                || state.lock().unwrap_or_else(|e| e.into_inner()),
+                |st, scope| create(st, scope, &target, agent.clone(), &options(Verb::Create)),
+                |_| {},
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(created.object["spec"]["serverType"], "cpx22", "admitted (defaulted) outside the lock");
+
+        let mut attempts = 0;
+        let patched = WriteScope::new()
+            .run(
+                || state.lock().unwrap_or_else(|e| e.into_inner()),
+                |st, scope| {
+                    attempts += 1;
+                    if attempts == 2 {
+                        // Another request changes the object while this one is admitted.
+                        let other = br#"{"spec": {"running": false}}"#;
+                        patch(
+                            st,
+                            &mut WriteScope::inline(),
+                            &target,
+                            "a",
+                            PatchKind::Merge,
+                            other,
+                            false,
+                            &options(Verb::Patch),
+                        )?;
+                    }
+                    let mine = br#"{"spec": {"owner": "acct_2"}}"#;
+                    patch(st, scope, &target, "a", PatchKind::Merge, mine, false, &options(Verb::Patch))
+                },
+                |_| {},
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(attempts, 3, "admitted, found the object changed, admitted again, stored");
+        assert_eq!(
+            (&patched.object["spec"]["owner"], &patched.object["spec"]["running"]),
+            (&json!("acct_2"), &json!(false)),
+            "no lost update"
+        );
+    }
+}

@@ -317,6 +317,20 @@ async fn reads_at_a_future_resource_version_wait_for_it() {
     assert_eq!((event["type"].as_str(), event["object"]["code"].as_u64()), (Some("ERROR"), Some(504)), "{event}");
 }
 
+/// The names of the objects `api` lists with field selector `sel`.
+async fn selected<K>(api: &Api<K>, sel: &str) -> Result<Vec<String>, kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    Ok(api
+        .list(&ListParams::default().fields(sel))
+        .await?
+        .items
+        .iter()
+        .map(|o| o.meta().name.clone().unwrap_or_default())
+        .collect())
+}
+
 fn event_v1(name: &str, kind: &str, target: &str, uid: &str) -> serde_json::Value {
     json!({
         "apiVersion": "events.k8s.io/v1", "kind": "Event",
@@ -341,22 +355,8 @@ async fn event_field_selectors_of_both_apis_find_what_they_should() {
         let e: Event = serde_json::from_value(event_v1(name, kind, target, uid)).expect("event");
         v1.create(&PostParams::default(), &e).await.expect("create event");
     }
-    let v1_names = |sel: &'static str| {
-        let v1 = v1.clone();
-        async move {
-            v1.list(&ListParams::default().fields(sel))
-                .await
-                .map(|l| l.items.iter().map(|e| e.name_any()).collect::<Vec<_>>())
-        }
-    };
-    let core_names = |sel: &'static str| {
-        let core = core.clone();
-        async move {
-            core.list(&ListParams::default().fields(sel))
-                .await
-                .map(|l| l.items.iter().map(|e| e.name_any()).collect::<Vec<_>>())
-        }
-    };
+    let v1_names = |sel: &'static str| selected(&v1, sel);
+    let core_names = |sel: &'static str| selected(&core, sel);
     assert_eq!(v1_names("regarding.kind=Agent").await.expect("list"), ["e1", "e2"]);
     assert_eq!(v1_names("regarding.name=a").await.expect("list"), ["e1", "e3"]);
     assert_eq!(v1_names("regarding.uid=u-2").await.expect("list"), ["e2"]);
