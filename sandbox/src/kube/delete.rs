@@ -12,7 +12,7 @@ use super::error::ApiError;
 use super::meta::{self, meta_mut, meta_str, now_time};
 use super::resource::{ResourceType, Special, StorageKey};
 use super::state::{EventType, State};
-use super::write::{name_of, present};
+use super::write::name_of;
 
 /// Namespaces a real API server refuses to delete.
 pub const PROTECTED_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
@@ -43,8 +43,9 @@ pub struct DeleteOptions {
 
 /// What a delete returned.
 pub enum Deleted {
-    /// Still present (finalizers): the object with its deletionTimestamp.
-    Pending(Value),
+    /// Still present (finalizers): the object with its deletionTimestamp, in storage form
+    /// ([`super::write::present`] it outside the lock).
+    Pending(Arc<Value>),
     /// Gone: a success Status.
     Gone(Value),
 }
@@ -77,7 +78,7 @@ pub fn delete(
     }
     let uid = meta_str(&old, "uid").unwrap_or_default().to_owned();
     if opts.dry_run {
-        return Ok(Deleted::Pending(present(rt, &old)));
+        return Ok(Deleted::Pending(old));
     }
     match opts.propagation {
         Propagation::Orphan => orphan_dependents(state, &uid),
@@ -88,7 +89,7 @@ pub fn delete(
     let terminates = rt.special == Special::Namespace;
     if terminates || !meta::finalizers(&old).is_empty() {
         if old.pointer("/metadata/deletionTimestamp").is_some() {
-            return Ok(Deleted::Pending(present(rt, &old)));
+            return Ok(Deleted::Pending(old));
         }
         let mut new = (*old).clone();
         if terminates {
@@ -104,7 +105,7 @@ pub fn delete(
         }
         meta.insert("resourceVersion".into(), json!(rv.to_string()));
         let stored = state.put(&rt.storage, namespace, name, new, EventType::Modified, rv);
-        return Ok(Deleted::Pending(present(rt, &stored)));
+        return Ok(Deleted::Pending(stored));
     }
     let rv = state.next_rv();
     let mut last = (*old).clone();

@@ -293,7 +293,7 @@ fn resource_request(
                 result
             };
             Ok(match result {
-                Deleted::Pending(obj) => ok(&obj),
+                Deleted::Pending(obj) => ok(&write::present(&rt, &obj)),
                 Deleted::Gone(status) => ok(&status),
             })
         }
@@ -321,6 +321,7 @@ fn resource_request(
             shared.notify(&state);
             let rv = state.rv();
             drop(state);
+            let items: Vec<Value> = items.iter().map(|o| write::present(&rt, o)).collect();
             Ok(ok(&json!({
                 "kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(),
                 "metadata": {"resourceVersion": rv.to_string()}, "items": items,
