@@ -46,13 +46,11 @@ impl EventType {
     }
 }
 
-/// One change, as kept in the history.
+/// One change, as kept in its storage's history.
 #[derive(Debug, Clone)]
 pub struct Change {
     /// resourceVersion of the change.
     pub rv: u64,
-    /// Storage the object belongs to.
-    pub storage: StorageKey,
     /// Namespace (empty for cluster-scoped).
     pub namespace: String,
     /// What happened.
@@ -421,7 +419,6 @@ impl State {
         self.history_bytes += size;
         self.histories.entry(storage.clone()).or_default().changes.push_back(Change {
             rv,
-            storage: storage.clone(),
             namespace: namespace.to_owned(),
             kind,
             object,
