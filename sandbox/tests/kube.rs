@@ -7,6 +7,8 @@
 
 #[path = "kube/common.rs"]
 mod common;
+#[path = "kube/consistency.rs"]
+mod consistency;
 #[path = "kube/kubectl.rs"]
 mod kubectl;
 #[path = "kube/python.rs"]

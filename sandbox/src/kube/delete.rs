@@ -10,9 +10,9 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::meta::{self, meta_mut, meta_str, now_time};
-use super::resource::{ResourceType, Special};
+use super::resource::{ResourceType, Special, StorageKey};
 use super::state::{EventType, State};
-use super::write::{name_of, present};
+use super::write::name_of;
 
 /// Namespaces a real API server refuses to delete.
 pub const PROTECTED_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
@@ -43,8 +43,9 @@ pub struct DeleteOptions {
 
 /// What a delete returned.
 pub enum Deleted {
-    /// Still present (finalizers): the object with its deletionTimestamp.
-    Pending(Value),
+    /// Still present (finalizers): the object with its deletionTimestamp, in storage form
+    /// ([`super::write::present`] it outside the lock).
+    Pending(Arc<Value>),
     /// Gone: a success Status.
     Gone(Value),
 }
@@ -77,7 +78,7 @@ pub fn delete(
     }
     let uid = meta_str(&old, "uid").unwrap_or_default().to_owned();
     if opts.dry_run {
-        return Ok(Deleted::Pending(present(rt, &old)));
+        return Ok(Deleted::Pending(old));
     }
     match opts.propagation {
         Propagation::Orphan => orphan_dependents(state, &uid),
@@ -88,7 +89,7 @@ pub fn delete(
     let terminates = rt.special == Special::Namespace;
     if terminates || !meta::finalizers(&old).is_empty() {
         if old.pointer("/metadata/deletionTimestamp").is_some() {
-            return Ok(Deleted::Pending(present(rt, &old)));
+            return Ok(Deleted::Pending(old));
         }
         let mut new = (*old).clone();
         if terminates {
@@ -104,7 +105,7 @@ pub fn delete(
         }
         meta.insert("resourceVersion".into(), json!(rv.to_string()));
         let stored = state.put(&rt.storage, namespace, name, new, EventType::Modified, rv);
-        return Ok(Deleted::Pending(present(rt, &stored)));
+        return Ok(Deleted::Pending(stored));
     }
     let rv = state.next_rv();
     let mut last = (*old).clone();
@@ -128,10 +129,9 @@ pub(super) fn after_removal(state: &mut State, rt: &ResourceType, last: &Value) 
         Special::Namespace => {
             let ns = name_of(last);
             let doomed: Vec<(Arc<ResourceType>, String)> = state
-                .buckets()
-                .flat_map(|(_, b)| b.iter())
-                .filter(|((n, _), _)| *n == ns)
-                .filter_map(|((_, name), obj)| type_of(state, obj).map(|t| (t, name.clone())))
+                .namespace_content(&ns)
+                .into_iter()
+                .filter_map(|(storage, name)| type_of(state, &storage).map(|t| (t, name)))
                 .collect();
             for (t, name) in doomed {
                 let _ = delete(state, &t, &ns, &name, &background());
@@ -141,8 +141,7 @@ pub(super) fn after_removal(state: &mut State, rt: &ResourceType, last: &Value) 
             let group = last.pointer("/spec/group").and_then(Value::as_str).unwrap_or_default().to_owned();
             let plural = last.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or_default().to_owned();
             let storage = (group.clone(), plural.clone());
-            let doomed: Vec<(String, String)> =
-                state.buckets().filter(|(k, _)| **k == storage).flat_map(|(_, b)| b.keys().cloned()).collect();
+            let doomed: Vec<(String, String)> = state.bucket(&storage).keys().cloned().collect();
             for (ns, name) in doomed {
                 if let Some(obj) = state.get(&storage, &ns, &name) {
                     let rv = state.next_rv();
@@ -178,12 +177,11 @@ pub fn purge_terminating_namespaces(state: &mut State, grace: chrono::Duration) 
     for ns in due {
         let name = name_of(&ns);
         let content: Vec<(Arc<ResourceType>, String, bool)> = state
-            .buckets()
-            .flat_map(|(_, b)| b.iter())
-            .filter(|((n, _), _)| *n == name)
-            .filter_map(|((_, obj_name), obj)| {
-                let deleting = obj.pointer("/metadata/deletionTimestamp").is_some();
-                type_of(state, obj).map(|t| (t, obj_name.clone(), deleting))
+            .namespace_content(&name)
+            .into_iter()
+            .filter_map(|(storage, obj_name)| {
+                let deleting = state.get(&storage, &name, &obj_name)?.pointer("/metadata/deletionTimestamp").is_some();
+                type_of(state, &storage).map(|t| (t, obj_name, deleting))
             })
             .collect();
         if content.is_empty() {
@@ -212,35 +210,22 @@ fn background() -> DeleteOptions {
     DeleteOptions { propagation: Propagation::Background, uid: None, resource_version: None, dry_run: false }
 }
 
-/// The kind an object is stored as (by its apiVersion and kind).
-fn type_of(state: &State, object: &Value) -> Option<Arc<ResourceType>> {
-    let av = object.get("apiVersion")?.as_str()?;
-    let kind = object.get("kind")?.as_str()?;
-    state.types().iter().find(|t| t.api_version() == av && t.kind == kind && t.special != Special::EventsV1).cloned()
+/// The kind whose objects live in `storage` (the core one for Events, which two kinds share).
+fn type_of(state: &State, storage: &StorageKey) -> Option<Arc<ResourceType>> {
+    state.types().iter().find(|t| t.storage == *storage && t.special != Special::EventsV1).cloned()
 }
 
-/// (kind, namespace, name) of every object with an ownerReference to `uid`.
+/// (kind, namespace, name) of every object with an ownerReference to `uid`, from the owner
+/// index: a delete costs what its dependents cost, not a scan of every stored object.
 fn dependents(state: &State, uid: &str) -> Vec<(Arc<ResourceType>, String, String)> {
     if uid.is_empty() {
         return Vec::new();
     }
-    let mut out = Vec::new();
-    for (_, bucket) in state.buckets() {
-        for ((ns, name), obj) in bucket {
-            let owned = obj
-                .pointer("/metadata/ownerReferences")
-                .and_then(Value::as_array)
-                .is_some_and(|refs| refs.iter().any(|r| r.get("uid").and_then(Value::as_str) == Some(uid)));
-            if owned && let Some(t) = type_of(state, obj) {
-                out.push((t, ns.clone(), name.clone()));
-            }
-        }
-    }
-    out
-}
-
-fn uid_exists(state: &State, uid: &str) -> bool {
-    state.buckets().flat_map(|(_, b)| b.values()).any(|o| meta_str(o, "uid") == Some(uid))
+    state
+        .dependents_of(uid)
+        .into_iter()
+        .filter_map(|(storage, ns, name)| type_of(state, &storage).map(|t| (t, ns, name)))
+        .collect()
 }
 
 /// Rewrites a dependent without the ownerReferences matching `drop`.
@@ -265,7 +250,7 @@ fn collect_garbage(state: &mut State, uid: &str) {
             obj.pointer("/metadata/ownerReferences").and_then(Value::as_array).is_some_and(|refs| {
                 refs.iter()
                     .filter_map(|r| r.get("uid").and_then(Value::as_str))
-                    .any(|u| u != uid && uid_exists(state, u))
+                    .any(|u| u != uid && state.uid_exists(u))
             });
         if other_owner_alive {
             strip_owner_refs(state, &t, &ns, &name, &|r| r.get("uid").and_then(Value::as_str) == Some(uid));

@@ -21,18 +21,34 @@ pub struct ApiError {
     pub message: String,
     /// `details` of the Status, if any.
     pub details: Option<Value>,
+    /// `metadata` of the Status (a ListMeta: an expired list's fresh `continue` token).
+    pub list_meta: Option<Value>,
 }
 
 impl ApiError {
     /// A failure without details.
     pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        Self { code, reason, message: message.into(), details: None }
+        Self { code, reason, message: message.into(), details: None, list_meta: None }
     }
 
     /// Attaches `details`.
     pub fn with_details(mut self, details: Value) -> Self {
         self.details = Some(details);
         self
+    }
+
+    /// Attaches the Status's `metadata`.
+    pub fn with_list_meta(mut self, meta: Value) -> Self {
+        self.list_meta = Some(meta);
+        self
+    }
+
+    /// 504 for a resourceVersion the server has not reached after waiting for it
+    /// (`storage.NewTooLargeResourceVersionError` of k8s.io/apiserver).
+    pub fn too_large_resource_version(asked: u64, current: u64) -> Self {
+        Self::new(504, "Timeout", format!("Timeout: Too large resource version: {asked}, current: {current}")).with_details(
+            json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}], "retryAfterSeconds": 1}),
+        )
     }
 
     /// 400 BadRequest.
@@ -105,6 +121,9 @@ impl ApiError {
         });
         if let Some(details) = &self.details {
             status["details"] = details.clone();
+        }
+        if let Some(meta) = &self.list_meta {
+            status["metadata"] = meta.clone();
         }
         status
     }

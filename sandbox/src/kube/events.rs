@@ -1,6 +1,6 @@
 //! The two faces of an Event: objects are stored as core/v1 Events (what `kubectl describe`
 //! lists) and converted to and from events.k8s.io/v1 (what kube-rs's `Recorder` writes).
-//! Pure field renames; never stores anything.
+//! Pure field renames and the field labels both APIs select by; never stores anything.
 
 use serde_json::{Map, Value};
 
@@ -36,6 +36,49 @@ fn rename(object: &Value, to_core: bool) -> Value {
     }
     out.insert("kind".into(), Value::String("Event".into()));
     Value::Object(out)
+}
+
+/// The field labels of core/v1 Events (`pkg/registry/core/event`, `ToSelectableFields`), each
+/// with the paths it reads in the stored form (the first non-empty one wins).
+const CORE_LABELS: [(&str, &[&str]); 13] = [
+    ("metadata.name", &["metadata.name"]),
+    ("metadata.namespace", &["metadata.namespace"]),
+    ("involvedObject.kind", &["involvedObject.kind"]),
+    ("involvedObject.namespace", &["involvedObject.namespace"]),
+    ("involvedObject.name", &["involvedObject.name"]),
+    ("involvedObject.uid", &["involvedObject.uid"]),
+    ("involvedObject.apiVersion", &["involvedObject.apiVersion"]),
+    ("involvedObject.resourceVersion", &["involvedObject.resourceVersion"]),
+    ("involvedObject.fieldPath", &["involvedObject.fieldPath"]),
+    ("reason", &["reason"]),
+    ("reportingComponent", &["reportingComponent"]),
+    // `source` is the source component, or the reporting controller when there is none.
+    ("source", &["source.component", "reportingComponent"]),
+    ("type", &["type"]),
+];
+
+/// The field labels of events.k8s.io/v1 Events and the core labels they stand for
+/// (`pkg/apis/events/v1`, `AddFieldLabelConversionsForEvent`).
+const V1_LABELS: [(&str, &str); 12] = [
+    ("metadata.name", "metadata.name"),
+    ("metadata.namespace", "metadata.namespace"),
+    ("regarding.kind", "involvedObject.kind"),
+    ("regarding.namespace", "involvedObject.namespace"),
+    ("regarding.name", "involvedObject.name"),
+    ("regarding.uid", "involvedObject.uid"),
+    ("regarding.apiVersion", "involvedObject.apiVersion"),
+    ("regarding.resourceVersion", "involvedObject.resourceVersion"),
+    ("regarding.fieldPath", "involvedObject.fieldPath"),
+    ("reason", "reason"),
+    ("reportingController", "reportingComponent"),
+    ("type", "type"),
+];
+
+/// The stored-form paths a field label of an Event reads (`events_v1`: the label is one of
+/// events.k8s.io/v1), or `None` when the API does not support that label.
+pub fn field_label(events_v1: bool, label: &str) -> Option<&'static [&'static str]> {
+    let core = if events_v1 { V1_LABELS.iter().find(|(v1, _)| *v1 == label)?.1 } else { label };
+    CORE_LABELS.iter().find(|(l, _)| *l == core).map(|(_, paths)| *paths)
 }
 
 /// events.k8s.io/v1 → core/v1 (the storage form).

@@ -154,7 +154,60 @@ fn read_managers(object: &Value) -> Vec<Manager> {
         .unwrap_or_default()
 }
 
+/// How many Update-operation entries an object keeps (`DefaultMaxUpdateManagers` of
+/// k8s.io/apiserver's fieldmanager): without a cap, every new client name would grow every
+/// object it writes for good.
+pub const MAX_UPDATE_MANAGERS: usize = 10;
+
+/// The entry the oldest Update managers are merged into, one per apiVersion.
+const ANCIENT_CHANGES: &str = "ancient-changes";
+
+/// `capManagersManager.capUpdateManagers`: while there are more than
+/// [`MAX_UPDATE_MANAGERS`] Update entries, the oldest ones (by time, then name) are merged
+/// into an `ancient-changes` entry of their apiVersion, which takes the time of the newest
+/// entry merged into it.
+fn cap_update_managers(managers: &mut Vec<Manager>) {
+    let mut updaters: Vec<usize> =
+        (0..managers.len()).filter(|&i| managers[i].operation == "Update" && !managers[i].fields.is_empty()).collect();
+    if updaters.len() <= MAX_UPDATE_MANAGERS {
+        return;
+    }
+    updaters
+        .sort_by(|&a, &b| (&managers[a].time, &managers[a].manager).cmp(&(&managers[b].time, &managers[b].manager)));
+    let mut length = updaters.len();
+    let mut first_of_version: Vec<(String, usize)> = Vec::new();
+    let mut merged = vec![false; managers.len()];
+    for &i in &updaters {
+        if length <= MAX_UPDATE_MANAGERS {
+            break;
+        }
+        let version = managers[i].api_version.clone();
+        match first_of_version.iter().find(|(v, _)| *v == version).map(|(_, f)| *f) {
+            Some(first) => {
+                // `first` becomes (or already is) the version's bucket.
+                let fields = std::mem::take(&mut managers[i].fields);
+                let time = managers[i].time.clone();
+                let bucket = &mut managers[first];
+                bucket.manager = ANCIENT_CHANGES.into();
+                bucket.subresource = String::new();
+                bucket.fields.extend(fields);
+                bucket.time = time;
+                merged[i] = true;
+                length -= 1;
+            }
+            None => first_of_version.push((version, i)),
+        }
+    }
+    let mut index = 0;
+    managers.retain(|_| {
+        index += 1;
+        !merged[index - 1]
+    });
+}
+
 fn write_managers(object: &mut Value, managers: &[Manager]) {
+    let mut managers = managers.to_vec();
+    cap_update_managers(&mut managers);
     let entries: Vec<Value> = managers
         .iter()
         .filter(|m| !m.fields.is_empty())
@@ -374,6 +427,23 @@ mod tests {
         let b = json!({"apiVersion": "v1", "kind": "X", "spec": {"tags": {"x": "1", "y": "2"}}});
         let err = apply(Some(&live), &b, "b", false, "", false).err().unwrap_or_default();
         assert_eq!(err.iter().map(|c| c.field.as_str()).collect::<Vec<_>>(), [".spec.tags"]);
+    }
+
+    #[test]
+    fn update_managers_are_capped_by_merging_the_oldest() {
+        let mut live = json!({"apiVersion": "v1", "kind": "X", "spec": {}});
+        for i in 0..15 {
+            let before = live.clone();
+            live["spec"][format!("f{i}")] = json!(i);
+            record_update(Some(&before), &mut live, &format!("client-{i:02}"), "", "v1", false);
+        }
+        let entries = live["metadata"]["managedFields"].as_array().cloned().unwrap_or_default();
+        assert_eq!(entries.len(), MAX_UPDATE_MANAGERS);
+        let ancient: Vec<&Value> = entries.iter().filter(|e| e["manager"] == ANCIENT_CHANGES).collect();
+        assert_eq!(ancient.len(), 1, "{entries:?}");
+        // The merged entry owns what the merged managers owned: nothing is lost.
+        let owned: usize = entries.iter().map(|e| e["fieldsV1"]["f:spec"].as_object().map_or(0, |m| m.len())).sum();
+        assert_eq!(owned, 15);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The HTTP face of the API server: parses paths, query parameters and content types, then
-//! hands over to discovery, OpenAPI, reads, writes and watches. Never mutates objects itself.
+//! hands over to discovery, OpenAPI, reads, writes and watches. Never mutates objects itself,
+//! and never renders or serialises a response while it holds the state lock.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use super::Shared;
 use super::delete::{self, DeleteOptions, Deleted, Propagation};
 use super::discovery;
 use super::error::ApiError;
+use super::list::{ListRequest, Page};
 use super::openapi;
 use super::resource::ResourceType;
 use super::selector::{FieldSelector, LabelSelector};
@@ -148,6 +150,9 @@ async fn handle(
         Err(e) => return ApiError::bad_request(format!("invalid query string: {e}")).into_response(),
     };
     let req = Request { method, headers, query, body };
+    if let Some(refused) = wait_for_resource_version(&shared, &req).await {
+        return refused;
+    }
     let path = uri.path().to_owned();
     match route(&shared, &path, &req) {
         Ok(resp) => resp,
@@ -155,34 +160,66 @@ async fn handle(
     }
 }
 
+/// How long a read waits for a resourceVersion the server has not reached yet
+/// (`blockTimeout` of the apiserver's watch cache).
+pub const TOO_LARGE_WAIT: Duration = Duration::from_secs(3);
+
+/// A read (get, list, streaming watch) at a resourceVersion newer than the server's waits for
+/// it, as the watch cache's `waitUntilFreshAndBlock` does, and fails with 504
+/// `ResourceVersionTooLarge` if it does not come within [`TOO_LARGE_WAIT`]: directly for a get
+/// or list, as the one ERROR event of a 200 stream for a watch. A plain watch needs no wait: it
+/// delivers only events newer than its resourceVersion anyway. `None`: go on with the request.
+async fn wait_for_resource_version(shared: &Shared, req: &Request) -> Option<Response> {
+    if req.method != Method::GET || (req.flag("watch") && !req.flag("sendInitialEvents")) {
+        return None;
+    }
+    // Unparsable versions are refused by the request itself; continue pins its own version.
+    let asked: u64 = req.q("resourceVersion")?.parse().ok()?;
+    if req.q("continue").is_some_and(|c| !c.is_empty()) || shared.reached(asked, Duration::ZERO).await {
+        return None;
+    }
+    if shared.reached(asked, TOO_LARGE_WAIT).await {
+        return None;
+    }
+    let error = ApiError::too_large_resource_version(asked, shared.lock().rv());
+    if !req.flag("watch") {
+        return Some(error.into_response());
+    }
+    let mut line = json!({"type": "ERROR", "object": error.to_status()}).to_string();
+    line.push('\n');
+    let mut resp = Response::new(Body::from(line));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Some(resp)
+}
+
 fn route(shared: &Arc<Shared>, path: &str, req: &Request) -> Result<Response, ApiError> {
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let state = || shared.lock();
+    let types = || shared.lock().types().to_vec();
     match segments.as_slice() {
         ["version"] => Ok(ok(&discovery::version())),
         ["healthz" | "readyz" | "livez"] => Ok((StatusCode::OK, "ok").into_response()),
         ["api" | "apis"] if discovery::wants_aggregated(req.header(header::ACCEPT)) => {
-            let body = discovery::aggregated(state().types(), segments[0] == "api");
+            let body = discovery::aggregated(&types(), segments[0] == "api");
             let mut resp = ok(&body);
             resp.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static(discovery::AGGREGATED_CONTENT_TYPE));
             Ok(resp)
         }
         ["api"] => Ok(ok(&discovery::core_versions(&shared.server_address))),
-        ["apis"] => Ok(ok(&discovery::groups(state().types()))),
-        ["apis", group] => discovery::group(state().types(), group).map(|v| ok(&v)).ok_or_else(ApiError::unknown_path),
+        ["apis"] => Ok(ok(&discovery::groups(&types()))),
+        ["apis", group] => discovery::group(&types(), group).map(|v| ok(&v)).ok_or_else(ApiError::unknown_path),
         ["api", version] => {
-            discovery::resources(state().types(), "", version).map(|v| ok(&v)).ok_or_else(ApiError::unknown_path)
+            discovery::resources(&types(), "", version).map(|v| ok(&v)).ok_or_else(ApiError::unknown_path)
         }
         ["apis", group, version] => {
-            discovery::resources(state().types(), group, version).map(|v| ok(&v)).ok_or_else(ApiError::unknown_path)
+            discovery::resources(&types(), group, version).map(|v| ok(&v)).ok_or_else(ApiError::unknown_path)
         }
-        ["openapi", "v3"] => Ok(ok(&openapi::index(state().types()))),
+        ["openapi", "v3"] => Ok(ok(&openapi::index(&types()))),
         ["openapi", "v3", "api", version] => {
-            openapi::group_version(state().types(), "", version).map(|v| ok(&v)).ok_or_else(ApiError::unknown_path)
+            openapi::group_version(&types(), "", version).map(|v| ok(&v)).ok_or_else(ApiError::unknown_path)
         }
         ["openapi", "v3", "apis", group, version] => {
-            openapi::group_version(state().types(), group, version).map(|v| ok(&v)).ok_or_else(ApiError::unknown_path)
+            openapi::group_version(&types(), group, version).map(|v| ok(&v)).ok_or_else(ApiError::unknown_path)
         }
         ["api", version, rest @ ..] => resource_request(shared, "", version, rest, req),
         ["apis", group, version, rest @ ..] => resource_request(shared, group, version, rest, req),
@@ -226,14 +263,14 @@ fn resource_request(
             let opts = req.write_options(Verb::Create)?;
             let body = req.json_body()?;
             let target = Target { rt: &rt, namespace: &ns, subresource: "" };
-            written(shared, |state| write::create(state, &target, body, &opts))
+            written(shared, &rt, |state, scope| write::create(state, scope, &target, body.clone(), &opts))
         }
         (&Method::PUT, Some(name)) => {
             let Some(ns) = ns else { return Err(ApiError::unknown_path()) };
             let opts = req.write_options(Verb::Update)?;
             let body = req.json_body()?;
             let target = Target { rt: &rt, namespace: &ns, subresource };
-            written(shared, |state| write::update(state, &target, name, body, &opts))
+            written(shared, &rt, |state, scope| write::update(state, scope, &target, name, body.clone(), &opts))
         }
         (&Method::PATCH, Some(name)) => {
             let Some(ns) = ns else { return Err(ApiError::unknown_path()) };
@@ -242,16 +279,21 @@ fn resource_request(
             let verb = if kind == PatchKind::Apply { Verb::Apply } else { Verb::Patch };
             let opts = req.write_options(verb)?;
             let target = Target { rt: &rt, namespace: &ns, subresource };
-            written(shared, |state| write::patch(state, &target, name, kind, &req.body, req.flag("force"), &opts))
+            written(shared, &rt, |state, scope| {
+                write::patch(state, scope, &target, name, kind, &req.body, req.flag("force"), &opts)
+            })
         }
         (&Method::DELETE, Some(name)) => {
             let Some(ns) = ns else { return Err(ApiError::unknown_path()) };
             let opts = delete_options(req)?;
-            let mut state = shared.lock();
-            let result = delete::delete(&mut state, &rt, &ns, name, &opts)?;
-            shared.notify(&state);
+            let result = {
+                let mut state = shared.lock();
+                let result = delete::delete(&mut state, &rt, &ns, name, &opts)?;
+                shared.notify(&state);
+                result
+            };
             Ok(match result {
-                Deleted::Pending(obj) => ok(&obj),
+                Deleted::Pending(obj) => ok(&write::present(&rt, &obj)),
                 Deleted::Gone(status) => ok(&status),
             })
         }
@@ -277,26 +319,28 @@ fn resource_request(
                 }
             }
             shared.notify(&state);
+            let rv = state.rv();
+            drop(state);
+            let items: Vec<Value> = items.iter().map(|o| write::present(&rt, o)).collect();
             Ok(ok(&json!({
                 "kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(),
-                "metadata": {"resourceVersion": state.rv().to_string()}, "items": items,
+                "metadata": {"resourceVersion": rv.to_string()}, "items": items,
             })))
         }
         _ => Err(ApiError::method_not_allowed()),
     }
 }
 
-/// Runs one write under the lock, wakes the watches, and answers with the object (201 when it
-/// was created).
+/// Runs one write (admission outside the lock), then answers with the object, rendered after
+/// the lock is released (201 when it was created).
 fn written(
     shared: &Shared,
-    write: impl FnOnce(&mut super::state::State) -> Result<write::Written, ApiError>,
+    rt: &ResourceType,
+    write: impl FnMut(&mut super::state::State, &mut write::WriteScope) -> Result<write::Written, ApiError>,
 ) -> Result<Response, ApiError> {
-    let mut state = shared.lock();
-    let written = write(&mut state)?;
-    shared.notify(&state);
+    let written = shared.write(write)?;
     let code = if written.created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok(json_response(code, &written.object, &written.warnings))
+    Ok(json_response(code, &write::present(rt, &written.object), &written.warnings))
 }
 
 fn delete_options(req: &Request) -> Result<DeleteOptions, ApiError> {
@@ -357,29 +401,17 @@ fn get(
 }
 
 fn list(shared: &Arc<Shared>, rt: &Arc<ResourceType>, ns: Option<&str>, req: &Request) -> Result<Response, ApiError> {
-    let labels = LabelSelector::parse(req.q("labelSelector").unwrap_or_default())?;
-    let fields = FieldSelector::parse(req.q("fieldSelector").unwrap_or_default(), rt)?;
-    let limit: usize = req.q("limit").and_then(|l| l.parse().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
-    let offset: usize = match req.q("continue") {
-        Some(c) if !c.is_empty() => c.parse().map_err(|_| ApiError::bad_request("invalid continue token"))?,
-        _ => 0,
+    let request = ListRequest {
+        rt,
+        namespace: ns,
+        labels: LabelSelector::parse(req.q("labelSelector").unwrap_or_default())?,
+        fields: FieldSelector::parse(req.q("fieldSelector").unwrap_or_default(), rt)?,
+        limit: req.q("limit").and_then(|l| l.parse().ok()),
+        continue_token: req.q("continue"),
+        resource_version: req.q("resourceVersion"),
     };
-    // Only the snapshot is taken under the lock (the objects are shared, immutable versions);
-    // selecting and rendering them must not hold up writers.
-    let (objects, rv) = {
-        let state = shared.lock();
-        (state.list(&rt.storage, ns), state.rv())
-    };
-    let matching: Vec<&Value> =
-        objects.iter().map(|o| o.as_ref()).filter(|o| labels.matches(o) && fields.matches(o)).collect();
-    let total = matching.len();
-    let page: Vec<Value> = matching.into_iter().skip(offset).take(limit).map(|o| write::present(rt, o)).collect();
-    let next = offset.saturating_add(page.len());
-    let mut meta = json!({"resourceVersion": rv.to_string()});
-    if next < total {
-        meta["continue"] = json!(next.to_string());
-        meta["remainingItemCount"] = json!(total - next);
-    }
+    let Page { items, meta } = request.page(shared)?;
+    let page: Vec<Value> = items.iter().map(|o| write::present(rt, o)).collect();
     Ok(match Rendering::from_accept(req.header(header::ACCEPT)) {
         Rendering::Full => ok(
             &json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": meta, "items": page}),

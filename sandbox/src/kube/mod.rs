@@ -25,16 +25,22 @@
 //!   controller deletes its content (so `kubectl delete -f dir/` can still delete each object),
 //!   then goes once empty; it carries no `kubernetes` finalizer in `spec`.
 //! - Deleting a CRD deletes its objects at once, finalizers notwithstanding.
-//! - `continue` tokens are offsets into the current list (not a consistent snapshot); `limit`
-//!   is honoured.
+//! - A `continue` token pins the snapshot of its first page for [`state::CONTINUE_TTL`] (and
+//!   among the last [`state::CONTINUE_SNAPSHOTS`] paged lists; both configurable), then gets
+//!   `410 Expired`, as after a real etcd compaction. Lists with a selector are cut the same way
+//!   but without `remainingItemCount`, as on a real server. `resourceVersionMatch=Exact` is
+//!   served from the latest state.
 //! - No admission webhooks, quotas, RBAC, `gracePeriodSeconds` (deletions are immediate), pods
 //!   or any controller other than garbage collection and the namespace controller; no CRD
 //!   version conversion (every CRD here has one version).
 //! - A watch whose client reads slower than the history turns over gets `410 Expired` (a real
 //!   watch cache drops such a watcher too, with a different message).
-//! - Field selectors of built-in kinds accept any field path (real servers allow a fixed list
-//!   per kind); custom resources accept `metadata.name`, `metadata.namespace` and their
-//!   `selectableFields`, as real servers do.
+//! - Field selectors of built-in kinds other than Events accept any field path (real servers
+//!   allow a fixed list per kind); Events (both APIs) and custom resources accept exactly the
+//!   labels real servers do (custom resources: `metadata.name`, `metadata.namespace` and their
+//!   `selectableFields`).
+//! - Events expire [`state::EVENT_TTL`] after their last write (configurable), as with
+//!   kube-apiserver's `--event-ttl`; the expiry is checked four times a second.
 //! - The event history holds [`state::HISTORY_LIMIT`] changes and about [`state::HISTORY_BYTES`]
 //!   of objects (both configurable): a watch resumed from before it gets the `410 Expired` ERROR
 //!   event, as after a real etcd compaction.
@@ -46,6 +52,7 @@ pub mod events;
 pub mod fields;
 pub mod http;
 pub mod jsonpath;
+pub mod list;
 pub mod meta;
 pub mod openapi;
 pub mod protobuf;
@@ -64,7 +71,7 @@ use tokio::net::TcpListener;
 
 use self::resource::{ResourceType, Special};
 use self::state::State;
-use self::write::{FieldValidation, Target, Verb, WriteOptions};
+use self::write::{FieldValidation, Target, Verb, WriteOptions, WriteScope};
 
 /// How long a deleted namespace stays Terminating before its content is deleted.
 pub const NAMESPACE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -92,6 +99,22 @@ impl Shared {
     pub fn notify(&self, state: &State) {
         self.latest.send_replace(state.rv());
     }
+
+    /// Runs one write request, admission outside the lock (see [`WriteScope`]), and wakes the
+    /// watches after it.
+    pub fn write(
+        &self,
+        write: impl FnMut(&mut State, &mut WriteScope) -> Result<write::Written, error::ApiError>,
+    ) -> Result<write::Written, error::ApiError> {
+        WriteScope::new().run(|| self.lock(), write, |state| self.notify(state))
+    }
+
+    /// Waits until the server reaches resourceVersion `rv`, for at most `limit`; false if it
+    /// did not.
+    pub async fn reached(&self, rv: u64, limit: std::time::Duration) -> bool {
+        let mut latest = self.latest.subscribe();
+        tokio::time::timeout(limit, latest.wait_for(|now| *now >= rv)).await.is_ok_and(|r| r.is_ok())
+    }
 }
 
 /// How to start the server.
@@ -105,6 +128,12 @@ pub struct KubeApiConfig {
     pub history_bytes: usize,
     /// How often a watch that allows bookmarks gets one, busy or not.
     pub bookmark_interval: std::time::Duration,
+    /// How long a paged list's `continue` token stays usable.
+    pub continue_ttl: std::time::Duration,
+    /// How many paged lists' snapshots are kept at most (the oldest go first).
+    pub continue_snapshots: usize,
+    /// How long an Event lives after its last write (kube-apiserver's `--event-ttl`).
+    pub event_ttl: std::time::Duration,
 }
 
 impl Default for KubeApiConfig {
@@ -114,6 +143,9 @@ impl Default for KubeApiConfig {
             history_limit: state::HISTORY_LIMIT,
             history_bytes: state::HISTORY_BYTES,
             bookmark_interval: watch::BOOKMARK_INTERVAL,
+            continue_ttl: state::CONTINUE_TTL,
+            continue_snapshots: state::CONTINUE_SNAPSHOTS,
+            event_ttl: state::EVENT_TTL,
         }
     }
 }
@@ -171,8 +203,9 @@ impl RunningKube {
     pub fn apply(&self, manifest: &serde_json::Value, manager: &str) -> Result<serde_json::Value, error::ApiError> {
         let s = |p: &str| manifest.pointer(p).and_then(serde_json::Value::as_str).unwrap_or_default().to_owned();
         let (api_version, kind, name) = (s("/apiVersion"), s("/kind"), s("/metadata/name"));
-        let mut state = self.shared.lock();
-        let rt = state
+        let rt = self
+            .shared
+            .lock()
             .types()
             .iter()
             .find(|t| t.api_version() == api_version && t.kind == kind)
@@ -191,9 +224,10 @@ impl RunningKube {
         };
         let target = Target { rt: &rt, namespace: &namespace, subresource: "" };
         let body = manifest.to_string();
-        let written = write::patch(&mut state, &target, &name, write::PatchKind::Apply, body.as_bytes(), true, &opts);
-        self.shared.notify(&state);
-        written.map(|w| w.object)
+        let written = self.shared.write(|state, scope| {
+            write::patch(state, scope, &target, &name, write::PatchKind::Apply, body.as_bytes(), true, &opts)
+        })?;
+        Ok(write::present(&rt, &written.object))
     }
 
     /// Forgets the watch history up to now, as an etcd compaction does: a watch resumed from an
@@ -242,6 +276,8 @@ pub async fn spawn_loopback() -> Result<RunningKube, StartError> {
 pub async fn spawn(config: KubeApiConfig, listener: TcpListener) -> Result<RunningKube, StartError> {
     let addr = listener.local_addr()?;
     let mut state = State::with_history_limits(config.history_limit, config.history_bytes);
+    state.set_snapshot_limits(config.continue_ttl, config.continue_snapshots);
+    state.set_event_ttl(config.event_ttl);
     let opts = WriteOptions {
         field_validation: FieldValidation::Strict,
         manager: "sandbox".into(),
@@ -252,7 +288,7 @@ pub async fn spawn(config: KubeApiConfig, listener: TcpListener) -> Result<Runni
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let target = Target { rt: &ns_type, namespace: "", subresource: "" };
             let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-            write::create(&mut state, &target, body, &opts)
+            write::create(&mut state, &mut WriteScope::inline(), &target, body, &opts)
                 .map_err(|e| StartError::Crd { name: ns.into(), message: e.message })?;
         }
     }
@@ -264,7 +300,7 @@ pub async fn spawn(config: KubeApiConfig, listener: TcpListener) -> Result<Runni
             let body = serde_json::to_value(&crd)
                 .map_err(|e| StartError::Crd { name: name.clone(), message: e.to_string() })?;
             let target = Target { rt: &crd_type, namespace: "", subresource: "" };
-            write::create(&mut state, &target, body, &opts)
+            write::create(&mut state, &mut WriteScope::inline(), &target, body, &opts)
                 .map_err(|e| StartError::Crd { name, message: e.message })?;
         }
     }
@@ -288,7 +324,10 @@ pub async fn spawn(config: KubeApiConfig, listener: TcpListener) -> Result<Runni
             loop {
                 tick.tick().await;
                 let mut state = controller_state.lock();
-                if delete::purge_terminating_namespaces(&mut state, grace) {
+                let purged = delete::purge_terminating_namespaces(&mut state, grace);
+                // Events expire here too: etcd revokes an expired lease on its own clock.
+                let expired = state.expire_events(std::time::Instant::now());
+                if purged || expired {
                     controller_state.notify(&state);
                 }
             }

@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use super::error::ApiError;
-use super::resource::ResourceType;
+use super::resource::{ResourceType, Special};
 
 #[derive(Debug, Clone)]
 enum LabelTerm {
@@ -119,6 +119,11 @@ impl LabelSelector {
     }
 
     /// Whether `object`'s labels satisfy every term.
+    /// Whether the selector has no terms (selects everything).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn matches(&self, object: &Value) -> bool {
         let labels = object.pointer("/metadata/labels");
         let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
@@ -135,9 +140,18 @@ impl LabelSelector {
     }
 }
 
+/// One `label=value` / `label!=value` term: the paths of the stored object the label reads
+/// (the first non-empty one counts), whether it is `=`, and the value.
+#[derive(Debug, Clone)]
+struct FieldTerm {
+    paths: Vec<String>,
+    eq: bool,
+    value: String,
+}
+
 /// A parsed field selector: `path=value` / `path!=value` terms.
 #[derive(Debug, Clone, Default)]
-pub struct FieldSelector(Vec<(String, bool, String)>);
+pub struct FieldSelector(Vec<FieldTerm>);
 
 impl FieldSelector {
     /// Parses and checks the fields against what `rt` supports (400 otherwise, as real servers).
@@ -154,36 +168,55 @@ impl FieldSelector {
                 return Err(ApiError::bad_request(format!("invalid selector: '{s}'; can't understand '{term}'")));
             };
             let k = k.trim();
-            let allowed = k == "metadata.name"
-                || k == "metadata.namespace"
-                || rt.selectable_fields.iter().any(|f| f == k)
-                || !rt.is_custom();
-            if !allowed {
+            let is_event = rt.kind == "Event" && (rt.group.is_empty() || rt.special == Special::EventsV1);
+            let paths: Option<Vec<String>> = if is_event {
+                // Events are stored in core form: a label of either API reads its core field.
+                super::events::field_label(rt.special == Special::EventsV1, k)
+                    .map(|paths| paths.iter().map(|p| (*p).to_owned()).collect())
+            } else {
+                let allowed = k == "metadata.name"
+                    || k == "metadata.namespace"
+                    || rt.selectable_fields.iter().any(|f| f == k)
+                    || !rt.is_custom();
+                allowed.then(|| vec![k.to_owned()])
+            };
+            let Some(paths) = paths else {
                 return Err(ApiError::bad_request(format!(
                     "Unable to find \"{}, Resource={}\" field label \"{k}\": field label not supported: {k}",
                     rt.api_version(),
                     rt.plural
                 )));
-            }
-            terms.push((k.to_owned(), eq, v.trim().to_owned()));
+            };
+            terms.push(FieldTerm { paths, eq, value: v.trim().to_owned() });
         }
         Ok(Self(terms))
     }
 
+    /// Whether the selector has no terms (selects everything).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Whether `object` satisfies every term (a missing field reads as "").
     pub fn matches(&self, object: &Value) -> bool {
-        self.0.iter().all(|(path, eq, want)| {
-            let mut cur = Some(object);
-            for part in path.split('.') {
-                cur = cur.and_then(|c| c.get(part));
-            }
-            let have = match cur {
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Null) | None => String::new(),
-                Some(other) => other.to_string(),
-            };
-            (have == *want) == *eq
+        self.0.iter().all(|term| {
+            let have =
+                term.paths.iter().map(|path| field_text(object, path)).find(|v| !v.is_empty()).unwrap_or_default();
+            (have == term.value) == term.eq
         })
+    }
+}
+
+/// The value at a dotted path as a field selector compares it (a missing field reads as "").
+fn field_text(object: &Value, path: &str) -> String {
+    let mut cur = Some(object);
+    for part in path.split('.') {
+        cur = cur.and_then(|c| c.get(part));
+    }
+    match cur {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
     }
 }
 

@@ -2,8 +2,9 @@
 //! bookmarks, the initial-events-end bookmark of streaming lists, and the `410 Expired` ERROR
 //! event for a resourceVersion older than the history.
 //!
-//! A watcher reads the history from its own cursor, so a slow client delays only itself and
-//! never loses or reorders an event; it never holds the state lock while writing to the socket.
+//! A watcher reads its kind's history from its own cursor, so a slow client delays only itself
+//! and never loses or reorders an event; it never holds the state lock while writing to the
+//! socket, and only writes to its own kind wake it (fan-out costs the watches of that kind).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use super::Shared;
 use super::error::ApiError;
 use super::resource::ResourceType;
 use super::selector::{FieldSelector, LabelSelector};
-use super::state::EventType;
+use super::state::{EventType, in_namespace};
 use super::table::{self, IncludeObject, Rendering};
 use super::write::present;
 
@@ -128,18 +129,19 @@ pub fn start(
     req: WatchRequest,
 ) -> Result<impl futures::Stream<Item = Result<Bytes, Infallible>>, ApiError> {
     let (tx, rx) = mpsc::channel::<Bytes>(256);
-    let mut latest = shared.latest.subscribe();
     let mut stopping = shared.stopping.subscribe();
     let mut renderer =
         Renderer { rt: req.rt.clone(), rendering: req.rendering, include: req.include, columns_sent: false };
     // Taken under the lock with the cursor, rendered after it (by the watch's own task).
-    let mut initial_objects: Vec<Arc<Value>> = Vec::new();
+    let mut initial_objects = None;
     let mut expired_line = None;
     let mut initial_end = None;
     let cursor;
+    let mut wake;
     {
-        let state = shared.lock();
-        latest.borrow_and_update();
+        let mut state = shared.lock();
+        wake = state.subscribe(&req.rt.storage);
+        wake.borrow_and_update();
         let asked = match req.resource_version.as_deref() {
             None | Some("") | Some("0") => None,
             Some(rv) => Some(
@@ -148,15 +150,17 @@ pub fn start(
         };
         match asked {
             Some(rv) if !req.send_initial_events => {
-                if rv < state.compacted() {
-                    expired_line = Some(expired(rv, state.compacted()));
+                let oldest = state.compacted_for(&req.rt.storage);
+                if rv < oldest {
+                    expired_line = Some(expired(rv, oldest));
                     cursor = None;
                 } else {
                     cursor = Some(rv);
                 }
             }
             _ => {
-                initial_objects = state.list(&req.rt.storage, req.namespace.as_deref());
+                // An O(1) snapshot: the objects are selected and rendered by the watch's task.
+                initial_objects = Some(state.bucket(&req.rt.storage));
                 if req.send_initial_events {
                     initial_end = Some(state.rv());
                 }
@@ -170,9 +174,10 @@ pub fn start(
     let bookmark_interval = shared.bookmark_interval.max(Duration::from_millis(10));
     tokio::spawn(async move {
         let _open = OpenWatch::new(&shared);
-        for obj in initial_objects {
+        let initial_objects = initial_objects.unwrap_or_default();
+        for obj in in_namespace(&initial_objects, req.namespace.as_deref()) {
             let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default();
-            if req.matches(ns, &obj) && tx.send(renderer.line("ADDED", &obj)).await.is_err() {
+            if req.matches(ns, obj) && tx.send(renderer.line("ADDED", obj)).await.is_err() {
                 return;
             }
         }
@@ -188,21 +193,19 @@ pub fn start(
         // are due by the clock, not only after a quiet spell.
         let mut next_bookmark = later(tokio::time::Instant::now(), bookmark_interval);
         loop {
-            let (changes, oldest) = {
+            let (changes, oldest, head) = {
                 let state = shared.lock();
-                latest.borrow_and_update();
-                (state.changes_after(cursor, BATCH), state.compacted())
+                wake.borrow_and_update();
+                (state.changes_after(&req.rt.storage, cursor, BATCH), state.compacted_for(&req.rt.storage), state.rv())
             };
             if cursor < oldest {
                 let _ = tx.send(expired(cursor, oldest)).await;
                 return;
             }
             let idle = changes.is_empty();
+            let complete = changes.len() < BATCH;
             for change in changes {
                 cursor = change.rv;
-                if change.storage != req.rt.storage {
-                    continue;
-                }
                 let after = req.matches(&change.namespace, &change.object);
                 let before = change.previous.as_ref().map(|p| req.matches(&change.namespace, p));
                 // An object entering or leaving the selection is ADDED or DELETED for this watch.
@@ -216,10 +219,18 @@ pub fn start(
                     return;
                 }
             }
+            // Every change of this kind up to `head` is delivered: the watch is at `head`, so
+            // its bookmarks move on while other kinds change. A watch from a resourceVersion
+            // the server has not reached stays there (as the watch cache's watchers deliver only
+            // newer events) and gets no bookmark before the server reaches it.
+            if complete {
+                cursor = cursor.max(head);
+            }
+            let reached = head >= cursor;
             let now = tokio::time::Instant::now();
             if req.bookmarks && now >= next_bookmark {
                 next_bookmark = later(now, bookmark_interval);
-                if tx.send(renderer.bookmark(cursor, false)).await.is_err() {
+                if reached && tx.send(renderer.bookmark(cursor, false)).await.is_err() {
                     return;
                 }
             }
@@ -231,7 +242,7 @@ pub fn start(
             }
             let sleep_until = deadline.unwrap_or_else(|| later(now, Duration::from_secs(3600)));
             tokio::select! {
-                changed = latest.changed() => {
+                changed = wake.changed() => {
                     if changed.is_err() {
                         return;
                     }

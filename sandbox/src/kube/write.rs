@@ -2,9 +2,12 @@
 //! commit every one of them ends in: status rules, server-owned fields, admission, finalizer
 //! rules, generation, field ownership, storage and the watch event.
 //!
-//! All of it runs under the state lock so a write, its resourceVersion and its watch event are
-//! one step. This is the only module that calls admission; only it and [`super::delete`] change
-//! stored objects.
+//! A write runs under the state lock so it, its resourceVersion and its watch event are one
+//! step, except CEL admission, whose cost must not hold up every other request: a write that
+//! needs admission stops, is admitted outside the lock ([`WriteScope`]) and runs again, using
+//! that result only if its input is unchanged (optimistic concurrency, as kube-apiserver's
+//! `GuaranteedUpdate` retries on a changed object). This is the only module that calls
+//! admission; only it and [`super::delete`] change stored objects. It never renders responses.
 
 use std::sync::Arc;
 
@@ -17,7 +20,7 @@ use super::fields::{self, Conflict};
 use super::meta::{self, meta_mut, meta_str, now_time, set_field};
 use super::resource::{ResourceType, Special, from_crd};
 use super::state::{EventType, State};
-use crate::admission::{Cause, CauseReason};
+use crate::admission::{Cause, CauseReason, CrdValidator};
 
 /// `fieldValidation` of a write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,12 +76,118 @@ pub struct WriteOptions {
 /// The result of a successful write.
 #[derive(Debug)]
 pub struct Written {
-    /// The object as stored (or as it would be, for dry runs).
-    pub object: Value,
+    /// The object as stored (or as it would be, for dry runs), in storage form: [`present`]
+    /// it (outside the lock) for the client.
+    pub object: Arc<Value>,
     /// `Warning` header values.
     pub warnings: Vec<String>,
     /// 201 instead of 200.
     pub created: bool,
+}
+
+/// How many times a write is run with admission outside the lock before it is admitted under
+/// it (so a write whose object keeps changing under it still finishes).
+const DEFERRED_ATTEMPTS: usize = 4;
+
+/// The outcome of one admission.
+type Admission = Result<crate::admission::Admitted, Vec<Cause>>;
+
+/// An admission to run outside the lock.
+struct PendingAdmission {
+    validator: Arc<CrdValidator>,
+    version: String,
+    new: Value,
+    old: Option<Value>,
+}
+
+/// What stays the same across the attempts of one write request: the values a create draws
+/// (uid, creationTimestamp, generateName suffix) and the admission results computed outside
+/// the lock, each with its input.
+pub struct WriteScope {
+    uid: String,
+    created: String,
+    suffix: String,
+    admitted: Vec<(Value, Option<Value>, Admission)>,
+    pending: Option<PendingAdmission>,
+    attempts: usize,
+}
+
+impl Default for WriteScope {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WriteScope {
+    /// A new request's scope.
+    pub fn new() -> Self {
+        Self {
+            uid: uuid::Uuid::new_v4().to_string(),
+            created: now_time(),
+            suffix: random_suffix(),
+            admitted: Vec::new(),
+            pending: None,
+            attempts: 0,
+        }
+    }
+
+    /// A scope whose admissions run at once, under the lock (the server's own writes at start).
+    pub fn inline() -> Self {
+        Self { attempts: DEFERRED_ATTEMPTS, ..Self::new() }
+    }
+
+    /// Runs `write` against the state behind `lock` until it no longer stops for admission;
+    /// admissions run between attempts, without the lock. `done` runs under the lock after a
+    /// successful attempt (waking the watches).
+    pub fn run<G: std::ops::DerefMut<Target = State>>(
+        &mut self,
+        lock: impl Fn() -> G,
+        mut write: impl FnMut(&mut State, &mut Self) -> Result<Written, ApiError>,
+        done: impl Fn(&State),
+    ) -> Result<Written, ApiError> {
+        loop {
+            let result = {
+                let mut state = lock();
+                let result = write(&mut state, self);
+                if result.is_ok() {
+                    done(&state);
+                }
+                result
+            };
+            match self.pending.take() {
+                Some(p) => {
+                    let outcome = p.validator.admit(&p.version, &p.new, p.old.as_ref());
+                    self.admitted.push((p.new, p.old, outcome));
+                    self.attempts += 1;
+                }
+                None => return result,
+            }
+        }
+    }
+
+    /// The admission of `new` over `old`: computed earlier outside the lock for this very
+    /// input, or `None` after asking for it (the write must then stop; [`Self::run`] retries).
+    fn admission(
+        &mut self,
+        validator: &Arc<CrdValidator>,
+        version: &str,
+        new: &Value,
+        old: Option<&Value>,
+    ) -> Option<Admission> {
+        if let Some(i) = self.admitted.iter().position(|(n, o, _)| n == new && o.as_ref() == old) {
+            return Some(self.admitted.swap_remove(i).2);
+        }
+        if self.attempts >= DEFERRED_ATTEMPTS {
+            return Some(validator.admit(version, new, old));
+        }
+        self.pending = Some(PendingAdmission {
+            validator: validator.clone(),
+            version: version.to_owned(),
+            new: new.clone(),
+            old: old.cloned(),
+        });
+        None
+    }
 }
 
 /// Who owns the fields a write sets.
@@ -163,7 +272,13 @@ fn check_decodes(rt: &ResourceType, object: &Value) -> Result<(), ApiError> {
 }
 
 /// POST: creates `body` in `target`.
-pub fn create(state: &mut State, target: &Target, body: Value, opts: &WriteOptions) -> Result<Written, ApiError> {
+pub fn create(
+    state: &mut State,
+    scope: &mut WriteScope,
+    target: &Target,
+    body: Value,
+    opts: &WriteOptions,
+) -> Result<Written, ApiError> {
     let rt = target.rt;
     check_type(rt, &body)?;
     let mut body = if rt.special == Special::EventsV1 { events::to_core(&body) } else { body };
@@ -184,7 +299,7 @@ pub fn create(state: &mut State, target: &Target, body: Value, opts: &WriteOptio
     if meta_str(&body, "name").is_none_or(str::is_empty) {
         match meta_str(&body, "generateName") {
             Some(prefix) if !prefix.is_empty() => {
-                let name = format!("{prefix}{}", random_suffix());
+                let name = format!("{prefix}{}", scope.suffix);
                 meta_mut(&mut body).insert("name".into(), json!(name));
             }
             _ => {
@@ -201,11 +316,12 @@ pub fn create(state: &mut State, target: &Target, body: Value, opts: &WriteOptio
             }
         }
     }
-    insert(state, target, body, opts, Ownership::Update)
+    insert(state, scope, target, body, opts, Ownership::Update)
 }
 
 fn insert(
     state: &mut State,
+    scope: &mut WriteScope,
     target: &Target,
     mut body: Value,
     opts: &WriteOptions,
@@ -261,8 +377,8 @@ fn insert(
         } else {
             meta.remove("namespace");
         }
-        meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
-        meta.insert("creationTimestamp".into(), json!(now_time()));
+        meta.insert("uid".into(), json!(scope.uid));
+        meta.insert("creationTimestamp".into(), json!(scope.created));
         if rt.is_custom() || rt.special == Special::Crd {
             meta.insert("generation".into(), json!(1));
         }
@@ -270,12 +386,13 @@ fn insert(
             meta.remove("managedFields");
         }
     }
-    commit(state, target, None, body, opts, ownership)
+    commit(state, scope, target, None, body, opts, ownership)
 }
 
 /// PUT: replaces the stored object with `body`.
 pub fn update(
     state: &mut State,
+    scope: &mut WriteScope,
     target: &Target,
     name: &str,
     body: Value,
@@ -306,7 +423,7 @@ pub fn update(
             )],
         ));
     }
-    commit(state, target, Some(old), body, opts, Ownership::Update)
+    commit(state, scope, target, Some(old), body, opts, Ownership::Update)
 }
 
 /// The patch types custom resources accept, as a 415 lists them (kubectl quotes it).
@@ -408,8 +525,10 @@ fn conflict_error(rt: &ResourceType, name: &str, conflicts: &[Conflict]) -> ApiE
 }
 
 /// PATCH of every kind.
+#[allow(clippy::too_many_arguments)]
 pub fn patch(
     state: &mut State,
+    scope: &mut WriteScope,
     target: &Target,
     name: &str,
     kind: PatchKind,
@@ -431,7 +550,7 @@ pub fn patch(
     }
     let old = state.get(&rt.storage, target.namespace, name);
     if kind == PatchKind::Apply {
-        return server_side_apply(state, target, name, old, body, force, opts);
+        return server_side_apply(state, scope, target, name, old, body, force, opts);
     }
     let Some(old) = old else {
         return Err(ApiError::not_found(&rt.plural, &rt.group, name));
@@ -452,11 +571,13 @@ pub fn patch(
         PatchKind::Apply => {}
     }
     let doc = if rt.special == Special::EventsV1 { events::to_core(&doc) } else { doc };
-    commit(state, target, Some(old), doc, opts, Ownership::Update)
+    commit(state, scope, target, Some(old), doc, opts, Ownership::Update)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn server_side_apply(
     state: &mut State,
+    scope: &mut WriteScope,
     target: &Target,
     name: &str,
     old: Option<Arc<Value>>,
@@ -510,9 +631,9 @@ fn server_side_apply(
             if target.subresource == "status" {
                 return Err(ApiError::not_found(&rt.plural, &rt.group, name));
             }
-            insert(state, target, merged, opts, Ownership::Precomputed)
+            insert(state, scope, target, merged, opts, Ownership::Precomputed)
         }
-        Some(old) => commit(state, target, Some(old), merged, opts, Ownership::Precomputed),
+        Some(old) => commit(state, scope, target, Some(old), merged, opts, Ownership::Precomputed),
     }
 }
 
@@ -525,6 +646,7 @@ fn present_storage(rt: &ResourceType, object: &Value) -> Value {
 /// finalizer rules, generation, field ownership, then storage and the watch event.
 fn commit(
     state: &mut State,
+    scope: &mut WriteScope,
     target: &Target,
     old: Option<Arc<Value>>,
     mut new: Value,
@@ -585,7 +707,11 @@ fn commit(
     let mut warnings = Vec::new();
     if let Some(validator) = &rt.validator {
         let old_json = old.as_deref().map(|o| present(rt, o));
-        match validator.admit(&rt.version, &new, old_json.as_ref()) {
+        let Some(admission) = scope.admission(validator, &rt.version, &new, old_json.as_ref()) else {
+            // Stopped for admission outside the lock: nothing was changed.
+            return Err(ApiError::new(500, "InternalError", "admission pending"));
+        };
+        match admission {
             Ok(admitted) => {
                 if !admitted.unknown_fields.is_empty() {
                     match opts.field_validation {
@@ -704,10 +830,10 @@ fn commit(
         && meta::content(old_view) == meta::content(&new)
         && same_owners(old, &new)
     {
-        return Ok(Written { object: present(rt, old), warnings, created: false });
+        return Ok(Written { object: old.clone(), warnings, created: false });
     }
     if opts.dry_run {
-        return Ok(Written { object: present(rt, &new), warnings, created: old.is_none() });
+        return Ok(Written { object: Arc::new(new), warnings, created: old.is_none() });
     }
     let deleting = new.pointer("/metadata/deletionTimestamp").is_some();
     if deleting && meta::finalizers(&new).is_empty() {
@@ -715,7 +841,7 @@ fn commit(
         meta_mut(&mut new).insert("resourceVersion".into(), json!(rv.to_string()));
         let last = state.remove(&rt.storage, target.namespace, &name, new, rv);
         after_removal(state, rt, &last);
-        return Ok(Written { object: present(rt, &last), warnings, created: false });
+        return Ok(Written { object: last, warnings, created: false });
     }
     let rv = state.next_rv();
     meta_mut(&mut new).insert("resourceVersion".into(), json!(rv.to_string()));
@@ -726,7 +852,7 @@ fn commit(
         let plural = stored.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or_default().to_owned();
         state.set_crd_types(&group, &plural, types);
     }
-    Ok(Written { object: present(rt, &stored), warnings, created: old.is_none() })
+    Ok(Written { object: stored, warnings, created: old.is_none() })
 }
 
 /// Refuses a Secret or ConfigMap whose payload Go could not decode: `data` of a Secret and
@@ -816,4 +942,78 @@ fn crd_status(crd: &Value) -> Value {
             vs.iter().filter(|v| v.get("storage").and_then(Value::as_bool) == Some(true)).filter_map(|v| v.get("name").cloned()).collect::<Vec<_>>()
         }).unwrap_or_default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(verb: Verb) -> WriteOptions {
+        WriteOptions { field_validation: FieldValidation::Strict, manager: "test".into(), dry_run: false, verb }
+    }
+
+    /// A state with the `default` namespace and the Agent kind, and that kind.
+    fn agents() -> (State, Arc<ResourceType>) {
+        let mut state = State::new();
+        let ns_type = state.find_type("", "v1", "namespaces").unwrap_or_else(|| panic!("namespaces"));
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}});
+        let target = Target { rt: &ns_type, namespace: "", subresource: "" };
+        create(&mut state, &mut WriteScope::inline(), &target, ns, &options(Verb::Create))
+            .map(|_| ())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let crd = crabglamp_operator::api::all_crds().into_iter().find(|c| c.spec.names.kind == "Agent");
+        let crd = serde_json::to_value(crd.unwrap_or_else(|| panic!("Agent CRD"))).unwrap_or_default();
+        state.set_crd_types("crabglamp.com", "agents", from_crd(&crd).unwrap_or_else(|e| panic!("{e}")));
+        let rt = state.find_type("crabglamp.com", "v1alpha1", "agents").unwrap_or_else(|| panic!("agents"));
+        (state, rt)
+    }
+
+    #[test]
+    fn admission_runs_between_attempts_and_a_changed_object_is_admitted_again() {
+        let (state, rt) = agents();
+        let state = std::sync::Mutex::new(state);
+        let target = Target { rt: &rt, namespace: "default", subresource: "" };
+        let agent = json!({"apiVersion": "crabglamp.com/v1alpha1", "kind": "Agent", "metadata": {"name": "a"}, "spec": {"owner": "acct_1", "region": "us"}});
+        let created = WriteScope::new()
+            .run(
+                || state.lock().unwrap_or_else(|e| e.into_inner()),
+                |st, scope| create(st, scope, &target, agent.clone(), &options(Verb::Create)),
+                |_| {},
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(created.object["spec"]["serverType"], "cpx22", "admitted (defaulted) outside the lock");
+
+        let mut attempts = 0;
+        let patched = WriteScope::new()
+            .run(
+                || state.lock().unwrap_or_else(|e| e.into_inner()),
+                |st, scope| {
+                    attempts += 1;
+                    if attempts == 2 {
+                        // Another request changes the object while this one is admitted.
+                        let other = br#"{"spec": {"running": false}}"#;
+                        patch(
+                            st,
+                            &mut WriteScope::inline(),
+                            &target,
+                            "a",
+                            PatchKind::Merge,
+                            other,
+                            false,
+                            &options(Verb::Patch),
+                        )?;
+                    }
+                    let mine = br#"{"spec": {"owner": "acct_2"}}"#;
+                    patch(st, scope, &target, "a", PatchKind::Merge, mine, false, &options(Verb::Patch))
+                },
+                |_| {},
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(attempts, 3, "admitted, found the object changed, admitted again, stored");
+        assert_eq!(
+            (&patched.object["spec"]["owner"], &patched.object["spec"]["running"]),
+            (&json!("acct_2"), &json!(false)),
+            "no lost update"
+        );
+    }
 }

@@ -605,3 +605,27 @@ async fn a_quiet_watch_gets_bookmarks_while_other_kinds_keep_changing() {
     let bookmark_rv: u64 = bookmark_rv.parse().expect("numeric resourceVersion");
     assert!(bookmark_rv > start_rv, "the bookmark must carry the watch forward: {bookmark_rv} <= {start_rv}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn update_managers_are_capped_at_ten_entries_as_on_a_real_server() {
+    let sb = start().await;
+    let api: Api<Agent> = Api::namespaced(sb.client(), NS);
+    api.create(&PostParams::default(), &agent("busy", "us")).await.expect("create");
+    // Every client with its own name adds an Update entry; a real server merges the oldest
+    // into `ancient-changes` once there are more than ten.
+    for i in 0..15 {
+        let params = PatchParams { field_manager: Some(format!("client-{i:02}")), ..Default::default() };
+        let patch = Patch::Merge(json!({"metadata": {"labels": {format!("l{i}"): "x"}}}));
+        api.patch("busy", &params, &patch).await.expect("patch");
+    }
+    let obj = api.get("busy").await.expect("get");
+    let entries = obj.metadata.managed_fields.unwrap_or_default();
+    let updates: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.operation.as_deref() == Some("Update"))
+        .filter_map(|e| e.manager.as_deref())
+        .collect();
+    assert_eq!(updates.len(), 10, "{updates:?}");
+    assert!(updates.contains(&"ancient-changes"), "{updates:?}");
+    assert!(updates.contains(&"client-14"), "the newest managers stay: {updates:?}");
+}
