@@ -57,14 +57,18 @@ pub async fn connect(
     let cloud_metrics = CloudMetrics::register(&mut registry);
     let metrics = ControllerMetrics::register(&mut registry);
     let db = store::connect(&settings.database_url, 8).await?;
-    let hetzner = HetznerClient::new(settings.hetzner, Arc::new(RateLimiter::new(
-        settings.hetzner_requests_per_hour.max(1),
-        Duration::from_secs(3600),
-    )), cloud_metrics.clone())
-        .map_err(|e| StartError::Cloud(e.to_string()))?;
-    let cloudflare =
-        CloudflareClient::new(settings.cloudflare, Arc::new(RateLimiter::cloudflare(settings.cloudflare_requests_per_5min.max(1))), cloud_metrics)
-            .map_err(|e| StartError::Cloud(e.to_string()))?;
+    let hetzner = HetznerClient::new(
+        settings.hetzner,
+        Arc::new(RateLimiter::new(settings.hetzner_requests_per_hour.max(1), Duration::from_secs(3600))),
+        cloud_metrics.clone(),
+    )
+    .map_err(|e| StartError::Cloud(e.to_string()))?;
+    let cloudflare = CloudflareClient::new(
+        settings.cloudflare,
+        Arc::new(RateLimiter::cloudflare(settings.cloudflare_requests_per_5min.max(1))),
+        cloud_metrics,
+    )
+    .map_err(|e| StartError::Cloud(e.to_string()))?;
     let context = Context::new(client, hetzner, cloudflare, db, sealing, settings.controllers, metrics);
     Ok(Connected { context: Arc::new(context), registry })
 }

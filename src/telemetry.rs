@@ -45,7 +45,14 @@ pub fn init(format: LogFormat) -> Result<(), TelemetryError> {
     let filter = filter_from_env()?;
     let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init()?,
+        LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    // Colours only for a person at a terminal, never escape codes in a log file.
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .with_writer(std::io::stderr),
+            )
+            .try_init()?,
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()

@@ -7,8 +7,8 @@
 mod db;
 
 mod agents {
-    pub mod fixture;
     mod budget;
     mod crash;
+    pub mod fixture;
     mod lifecycle;
 }

@@ -736,9 +736,8 @@ pub fn token_like_runs(text: &str) -> Vec<std::ops::Range<usize>> {
         }
         // A token starts at a non-base64 boundary, so `xeyJ...` is not mistaken for one, or
         // right after the `=` of an assignment (`TUNNEL_TOKEN=eyJ...` in an environment file).
-        let begins = (start..i).find(|&p| {
-            text[p..i].starts_with("eyJ") && (p == start || (bytes[p - 1] == b'=' && p + 1 < i))
-        });
+        let begins =
+            (start..i).find(|&p| text[p..i].starts_with("eyJ") && (p == start || (bytes[p - 1] == b'=' && p + 1 < i)));
         if let Some(p) = begins.filter(|&p| i - p >= MIN_TOKEN_LEN) {
             runs.push(p..i);
         }

@@ -22,7 +22,7 @@ use super::shared::{DeletionPolicy, Phase, Region, ServerStatus, default_true};
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Lifecycle phase"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether the Agent is ready"),
     printcolumn(name = "Hostname", type_ = "string", json_path = ".status.tunnel.hostname", description = "Public hostname served through the tunnel"),
-    printcolumn(name = "Server-IP", type_ = "string", json_path = ".status.server.ipv4", description = "Public IPv4 of the server", priority = 1),
+    printcolumn(name = "Server-IP", type_ = "string", json_path = ".status.server.ipv4", description = "Public IPv4 of the server"),
     printcolumn(name = "Server-ID", type_ = "integer", json_path = ".status.server.id", description = "Hetzner server id", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new(super::shared::NAME_FITS_SERVER_RULE).message(

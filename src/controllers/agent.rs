@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::ResourceExt;
 use serde_json::json;
 use tracing::Instrument;
 
@@ -70,7 +70,10 @@ pub enum Step {
     /// First sight: the spec's owner becomes the recorded one (no transfer).
     AcceptOwner,
     /// The owner changed: one `agent.transferred` event, then `status.owner` moves.
-    RecordTransfer { from: String, to: String },
+    RecordTransfer {
+        from: String,
+        to: String,
+    },
     CreateTunnel,
     ConfigureTunnel,
     CreateDns,
@@ -190,41 +193,75 @@ pub fn desired_status(
     let tunnel = observed.tunnel.as_ref();
     let effective = server.map(|s| effective_server_status(s, tunnel));
     let server_ready = match (spec.running, effective.as_deref()) {
-        (true, Some("running")) | (false, Some("off")) => {
-            Desired::new("ServerReady", true, if spec.running { "Running" } else { "Stopped" }, "The server is in the requested power state.")
-        }
-        (_, Some(s)) => Desired::new("ServerReady", false, "PowerTransition", format!("The server is {s}; waiting for it to be {}.", if spec.running { "running" } else { "off" })),
+        (true, Some("running")) | (false, Some("off")) => Desired::new(
+            "ServerReady",
+            true,
+            if spec.running { "Running" } else { "Stopped" },
+            "The server is in the requested power state.",
+        ),
+        (_, Some(s)) => Desired::new(
+            "ServerReady",
+            false,
+            "PowerTransition",
+            format!("The server is {s}; waiting for it to be {}.", if spec.running { "running" } else { "off" }),
+        ),
         (_, None) => Desired::new("ServerReady", false, "Provisioning", "The server is being created."),
     };
     let tunnel_ready = match tunnel {
-        Some(t) if t.connected() => Desired::new("TunnelReady", true, "Connected", "cloudflared is connected to the tunnel."),
-        Some(_) if !spec.running => Desired::new("TunnelReady", false, "ServerStopped", "The tunnel has no connector while the server is off."),
-        Some(_) => Desired::new("TunnelReady", false, "WaitingForConnector", "The tunnel exists; waiting for cloudflared on the server to connect."),
+        Some(t) if t.connected() => {
+            Desired::new("TunnelReady", true, "Connected", "cloudflared is connected to the tunnel.")
+        }
+        Some(_) if !spec.running => {
+            Desired::new("TunnelReady", false, "ServerStopped", "The tunnel has no connector while the server is off.")
+        }
+        Some(_) => Desired::new(
+            "TunnelReady",
+            false,
+            "WaitingForConnector",
+            "The tunnel exists; waiting for cloudflared on the server to connect.",
+        ),
         None => Desired::new("TunnelReady", false, "Provisioning", "The tunnel is being created."),
     };
     let dns_ready = match (&observed.dns, &observed.dns_name_taken) {
-        (Some(r), _) if r.name == hostname => Desired::new("DnsReady", true, "RecordInPlace", format!("{hostname} points at the tunnel.")),
+        (Some(r), _) if r.name == hostname => {
+            Desired::new("DnsReady", true, "RecordInPlace", format!("{hostname} points at the tunnel."))
+        }
         (_, Some(taken)) if taken == hostname => Desired::new(
             "DnsReady",
             false,
             "DnsNameTaken",
-            format!("{hostname} is held by a DNS record this operator does not own; remove it or choose another spec.tunnel.hostname."),
+            format!(
+                "{hostname} is held by a DNS record this operator does not own; remove it or choose another spec.tunnel.hostname."
+            ),
         ),
-        _ => Desired::new("DnsReady", false, "Provisioning", format!("The DNS record for {hostname} is being created.")),
+        _ => {
+            Desired::new("DnsReady", false, "Provisioning", format!("The DNS record for {hostname} is being created."))
+        }
     };
-    let ready = if spec.running {
-        server_ready.status && tunnel_ready.status && dns_ready.status
-    } else {
-        server_ready.status
-    };
+    let ready =
+        if spec.running { server_ready.status && tunnel_ready.status && dns_ready.status } else { server_ready.status };
     let mut desired = vec![
         if ready {
-            Desired::new("Ready", true, "Ready", if spec.running { "The Agent is running and reachable through its tunnel." } else { "The Agent is stopped as requested." })
+            Desired::new(
+                "Ready",
+                true,
+                "Ready",
+                if spec.running {
+                    "The Agent is running and reachable through its tunnel."
+                } else {
+                    "The Agent is stopped as requested."
+                },
+            )
         } else if let Some((reason, message)) = &stalled {
             Desired::new("Ready", false, reason, message.clone())
         } else {
             let waiting = [&server_ready, &tunnel_ready, &dns_ready].into_iter().find(|c| !c.status);
-            Desired::new("Ready", false, waiting.map_or("Reconciling", |c| c.reason), waiting.map_or_else(String::new, |c| c.message.clone()))
+            Desired::new(
+                "Ready",
+                false,
+                waiting.map_or("Reconciling", |c| c.reason),
+                waiting.map_or_else(String::new, |c| c.message.clone()),
+            )
         },
         server_ready,
         tunnel_ready,
@@ -322,7 +359,9 @@ fn stall_reason(error: &ReconcileError) -> Option<(&'static str, String)> {
     let d = cloud.detail();
     let reason = match d.code.as_str() {
         "resource_limit_exceeded" => "QuotaExceeded",
-        "invalid_input" if d.message.contains("server_type") || d.message.contains("server type") => "InvalidServerType",
+        "invalid_input" if d.message.contains("server_type") || d.message.contains("server type") => {
+            "InvalidServerType"
+        }
         "invalid_input" if d.message.contains("image") => "ImageNotFound",
         "invalid_input" => "InvalidInput",
         "unauthorized" | "forbidden" | "10000" | "9109" => "Unauthorized",
@@ -331,18 +370,35 @@ fn stall_reason(error: &ReconcileError) -> Option<(&'static str, String)> {
     Some((reason, format!("{}; fix the spec or the account, then the operator retries.", d)))
 }
 
-async fn act(ctx: &Context, agent: &Agent, owner: &Owner, hostname: &str, status: &mut AgentStatus, step: &Step) -> Result<(), ReconcileError> {
+async fn act(
+    ctx: &Context,
+    agent: &Agent,
+    owner: &Owner,
+    hostname: &str,
+    status: &mut AgentStatus,
+    step: &Step,
+) -> Result<(), ReconcileError> {
     match step {
         Step::AcceptOwner => status.owner = Some(agent.spec.owner.clone()),
         Step::RecordTransfer { from, to } => {
             record_transfer(ctx, owner, agent, from, to).await?;
             status.owner = Some(to.clone());
-            ctx.event(agent, false, "Transferred", "Transfer", format!("Owner changed from {from} to {to}; audit event recorded.")).await;
+            ctx.event(
+                agent,
+                false,
+                "Transferred",
+                "Transfer",
+                format!("Owner changed from {from} to {to}; audit event recorded."),
+            )
+            .await;
         }
         Step::CreateTunnel => {
             let secret = tunnel_secret(ctx, &owner.uid).await?;
-            let (tunnel, adopted) =
-                ctx.cloudflare.create_tunnel(&tunnel_name(&owner.uid), &secret).await.map_err(ReconcileError::Cloudflare)?;
+            let (tunnel, adopted) = ctx
+                .cloudflare
+                .create_tunnel(&tunnel_name(&owner.uid), &secret)
+                .await
+                .map_err(ReconcileError::Cloudflare)?;
             let recreated = status.tunnel.as_ref().and_then(|t| t.id.as_ref()).is_some_and(|old| *old != tunnel.id);
             ctx.fleet.record_tunnel(ObservedTunnel::from_api(&tunnel));
             ctx.metrics.count_step(KIND, "create_tunnel");
@@ -353,26 +409,59 @@ async fn act(ctx: &Context, agent: &Agent, owner: &Owner, hostname: &str, status
             } else {
                 "Tunnel created."
             };
-            ctx.event(agent, recreated, if recreated { "TunnelRecreated" } else { "TunnelCreated" }, "CreateTunnel", format!("{note} Tunnel id {}.", tunnel.id)).await;
+            ctx.event(
+                agent,
+                recreated,
+                if recreated { "TunnelRecreated" } else { "TunnelCreated" },
+                "CreateTunnel",
+                format!("{note} Tunnel id {}.", tunnel.id),
+            )
+            .await;
         }
         Step::ConfigureTunnel => {
             let Some(tunnel) = ctx.fleet.tunnel(&tunnel_name(&owner.uid)) else { return Ok(()) };
-            let rule = IngressRule { hostname: Some(hostname.to_owned()), service: agent.spec.tunnel.service.clone(), path: None };
+            let rule = IngressRule {
+                hostname: Some(hostname.to_owned()),
+                service: agent.spec.tunnel.service.clone(),
+                path: None,
+            };
             ctx.cloudflare.put_tunnel_config(&tunnel.id, &[rule]).await.map_err(ReconcileError::Cloudflare)?;
             ctx.metrics.count_step(KIND, "configure_tunnel");
             let t = status.tunnel.get_or_insert_with(TunnelStatus::default);
             t.id = Some(tunnel.id.clone());
             t.hostname = Some(hostname.to_owned());
             t.service = Some(agent.spec.tunnel.service.clone());
-            ctx.event(agent, false, "TunnelConfigured", "ConfigureTunnel", format!("{hostname} routes to {} inside the server.", agent.spec.tunnel.service)).await;
+            ctx.event(
+                agent,
+                false,
+                "TunnelConfigured",
+                "ConfigureTunnel",
+                format!("{hostname} routes to {} inside the server.", agent.spec.tunnel.service),
+            )
+            .await;
         }
         Step::CreateDns => create_dns(ctx, agent, owner, hostname).await?,
         Step::RepointDns => {
-            let (Some(record), Some(tunnel)) = (ctx.fleet.dns_record(&owner.uid), ctx.fleet.tunnel(&tunnel_name(&owner.uid))) else { return Ok(()) };
-            let updated = ctx.cloudflare.update_dns_record(&record.id, &tunnel_target(&tunnel.id), true).await.map_err(ReconcileError::Cloudflare)?;
+            let (Some(record), Some(tunnel)) =
+                (ctx.fleet.dns_record(&owner.uid), ctx.fleet.tunnel(&tunnel_name(&owner.uid)))
+            else {
+                return Ok(());
+            };
+            let updated = ctx
+                .cloudflare
+                .update_dns_record(&record.id, &tunnel_target(&tunnel.id), true)
+                .await
+                .map_err(ReconcileError::Cloudflare)?;
             ctx.fleet.record_dns(&owner.uid, updated);
             ctx.metrics.count_step(KIND, "repoint_dns");
-            ctx.event(agent, false, "DnsRepointed", "UpdateDns", format!("{hostname} now points at tunnel {}.", tunnel.id)).await;
+            ctx.event(
+                agent,
+                false,
+                "DnsRepointed",
+                "UpdateDns",
+                format!("{hostname} now points at tunnel {}.", tunnel.id),
+            )
+            .await;
         }
         Step::CreateServer => {
             let Some(tunnel) = ctx.fleet.tunnel(&tunnel_name(&owner.uid)) else { return Ok(()) };
@@ -386,8 +475,24 @@ async fn act(ctx: &Context, agent: &Agent, owner: &Owner, hostname: &str, status
             let created = server::create_server(ctx, owner, &spec).await?;
             status.server = Some(server::server_status(&created, None));
             let (warning, reason, note) = match vanished {
-                Some(old) if old != created.id => (true, "ServerRecreated", format!("Server {old} was deleted outside the operator; created server {} in its place.", created.id)),
-                _ => (false, "ServerCreated", format!("Server {} ({}) created in {}.", created.name, agent.spec.server_type, agent.spec.region.hetzner_location())),
+                Some(old) if old != created.id => (
+                    true,
+                    "ServerRecreated",
+                    format!(
+                        "Server {old} was deleted outside the operator; created server {} in its place.",
+                        created.id
+                    ),
+                ),
+                _ => (
+                    false,
+                    "ServerCreated",
+                    format!(
+                        "Server {} ({}) created in {}.",
+                        created.name,
+                        agent.spec.server_type,
+                        agent.spec.region.hetzner_location()
+                    ),
+                ),
             };
             ctx.event(agent, warning, reason, "CreateServer", note).await;
         }
@@ -395,10 +500,19 @@ async fn act(ctx: &Context, agent: &Agent, owner: &Owner, hostname: &str, status
             let (Some(server), Some(fw)) = (ctx.fleet.server(&owner.uid), ctx.fleet_firewall()) else { return Ok(()) };
             ctx.hetzner.apply_firewall(fw, server.id).await.map_err(ReconcileError::Hetzner)?;
             let mut seen = server.clone();
-            seen.public_net.firewalls.push(crate::cloud::hetzner::FirewallAttachment { id: fw, status: Some("pending".into()) });
+            seen.public_net
+                .firewalls
+                .push(crate::cloud::hetzner::FirewallAttachment { id: fw, status: Some("pending".into()) });
             ctx.fleet.record_server(&owner.uid, seen);
             ctx.metrics.count_step(KIND, "attach_firewall");
-            ctx.event(agent, true, "FirewallReattached", "AttachFirewall", format!("The closed fleet firewall {fw} was detached from server {}; attached it again.", server.id)).await;
+            ctx.event(
+                agent,
+                true,
+                "FirewallReattached",
+                "AttachFirewall",
+                format!("The closed fleet firewall {fw} was detached from server {}; attached it again.", server.id),
+            )
+            .await;
         }
         Step::Power(power) => {
             let Some(server) = ctx.fleet.server(&owner.uid) else { return Ok(()) };
@@ -423,7 +537,14 @@ async fn create_dns(ctx: &Context, agent: &Agent, owner: &Owner, hostname: &str)
             ctx.fleet.record_dns(&owner.uid, record);
             ctx.dns_taken.clear(&owner.uid);
             ctx.metrics.count_step(KIND, "create_dns");
-            ctx.event(agent, false, "DnsRecordCreated", "CreateDns", format!("{hostname} now points at tunnel {}.", tunnel.id)).await;
+            ctx.event(
+                agent,
+                false,
+                "DnsRecordCreated",
+                "CreateDns",
+                format!("{hostname} now points at tunnel {}.", tunnel.id),
+            )
+            .await;
             // The hostname changed: our record for the old name goes.
             if let Some(old) = old.filter(|o| o.name != hostname) {
                 ctx.cloudflare.delete_dns_record(&old.id).await.map_err(ReconcileError::Cloudflare)?;
@@ -432,14 +553,27 @@ async fn create_dns(ctx: &Context, agent: &Agent, owner: &Owner, hostname: &str)
         }
         Err(CloudError::Conflict(_)) => {
             ctx.dns_taken.taken(&owner.uid, hostname);
-            ctx.event(agent, true, "DnsNameTaken", "CreateDns", format!("{hostname} is held by a DNS record this operator does not own; it was left untouched.")).await;
+            ctx.event(
+                agent,
+                true,
+                "DnsNameTaken",
+                "CreateDns",
+                format!("{hostname} is held by a DNS record this operator does not own; it was left untouched."),
+            )
+            .await;
             Ok(())
         }
         Err(e) => Err(ReconcileError::Cloudflare(e)),
     }
 }
 
-async fn record_transfer(ctx: &Context, owner: &Owner, agent: &Agent, from: &str, to: &str) -> Result<(), ReconcileError> {
+async fn record_transfer(
+    ctx: &Context,
+    owner: &Owner,
+    agent: &Agent,
+    from: &str,
+    to: &str,
+) -> Result<(), ReconcileError> {
     let earlier: Vec<_> = audit::events_for_resource(&ctx.db, &owner.uid)
         .await?
         .into_iter()
@@ -505,7 +639,15 @@ async fn apply(agent: Arc<Agent>, ctx: &Context) -> Result<Action, ReconcileErro
             tracing::info!(transition = t.as_str(), "usage timeline");
         }
     }
-    let mut next = desired_status(agent.metadata.generation, &agent.spec, &status, &hostname, &observed, stalled.clone(), Timestamp::now());
+    let mut next = desired_status(
+        agent.metadata.generation,
+        &agent.spec,
+        &status,
+        &hostname,
+        &observed,
+        stalled.clone(),
+        Timestamp::now(),
+    );
     next.owner = status.owner.clone();
     write_status(ctx, &agent, &old, &next).await?;
     ctx.failures.succeeded(&owner.uid);
@@ -532,7 +674,12 @@ async fn apply(agent: Arc<Agent>, ctx: &Context) -> Result<Action, ReconcileErro
 }
 
 /// Patches `/status` with the difference, only when something changed.
-async fn write_status(ctx: &Context, agent: &Agent, old: &AgentStatus, new: &AgentStatus) -> Result<(), ReconcileError> {
+async fn write_status(
+    ctx: &Context,
+    agent: &Agent,
+    old: &AgentStatus,
+    new: &AgentStatus,
+) -> Result<(), ReconcileError> {
     if old == new {
         return Ok(());
     }
@@ -702,7 +849,10 @@ mod tests {
             name: "bot-12345678".into(),
             status: status.into(),
             public_net: PublicNetSummary {
-                firewalls: firewalls.iter().map(|&id| FirewallAttachment { id, status: Some("applied".into()) }).collect(),
+                firewalls: firewalls
+                    .iter()
+                    .map(|&id| FirewallAttachment { id, status: Some("applied".into()) })
+                    .collect(),
                 ..PublicNetSummary::default()
             },
             ..ServerSummary::default()
@@ -732,7 +882,13 @@ mod tests {
     }
 
     fn known() -> Observed {
-        Observed { servers_known: true, tunnels_known: true, dns_known: true, fleet_firewall: Some(99), ..Observed::default() }
+        Observed {
+            servers_known: true,
+            tunnels_known: true,
+            dns_known: true,
+            fleet_firewall: Some(99),
+            ..Observed::default()
+        }
     }
 
     fn configured(owner: &str) -> AgentStatus {
@@ -781,7 +937,11 @@ mod tests {
         }
         o.tunnel = Some(tunnel(1));
         o.server = Some(server("initializing", &[99]));
-        assert_eq!(plan(&spec(true), &configured("acct_a"), &o).wait, Wait::Nothing, "a connected tunnel proves it is up");
+        assert_eq!(
+            plan(&spec(true), &configured("acct_a"), &o).wait,
+            Wait::Nothing,
+            "a connected tunnel proves it is up"
+        );
     }
 
     #[test]
@@ -797,7 +957,10 @@ mod tests {
         o.server = Some(server("off", &[99]));
         assert_eq!(plan(&spec(false), &configured("acct_a"), &o), Plan { steps: vec![], wait: Wait::Nothing });
         o.tunnel = Some(tunnel(0));
-        assert_eq!(plan(&spec(true), &configured("acct_a"), &o), Plan { steps: vec![Step::Power(PowerStep::PowerOn)], wait: Wait::Server });
+        assert_eq!(
+            plan(&spec(true), &configured("acct_a"), &o),
+            Plan { steps: vec![Step::Power(PowerStep::PowerOn)], wait: Wait::Server }
+        );
     }
 
     #[test]
@@ -847,7 +1010,8 @@ mod tests {
         o.tunnel = Some(tunnel(0));
         let st = desired_status(Some(1), &spec(true), &st, HOST, &o, None, now);
         assert_eq!(conditions::find(&st.conditions, "Ready").map(|c| c.reason.as_str()), Some("WaitingForConnector"));
-        let stalled = desired_status(Some(1), &spec(true), &st, HOST, &o, Some(("QuotaExceeded", "no more servers".into())), now);
+        let stalled =
+            desired_status(Some(1), &spec(true), &st, HOST, &o, Some(("QuotaExceeded", "no more servers".into())), now);
         assert_eq!(stalled.phase, Some(Phase::Failed));
         assert_eq!(conditions::find(&stalled.conditions, "Stalled").map(|c| c.status.as_str()), Some("True"));
         let _ = Region::Eu;

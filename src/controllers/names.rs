@@ -75,7 +75,10 @@ mod tests {
 
     #[test]
     fn default_hostnames_fit_a_dns_label_for_every_valid_name() {
-        assert_eq!(default_hostname("research-bot", "team-a", "agents.example.com"), "research-bot-team-a.agents.example.com");
+        assert_eq!(
+            default_hostname("research-bot", "team-a", "agents.example.com"),
+            "research-bot-team-a.agents.example.com"
+        );
         // Longest valid names: 50 for the object, 63 for the namespace.
         for (n, ns) in [(50, 63), (50, 13), (1, 63), (12, 51), (12, 50)] {
             let name = "n".repeat(n);

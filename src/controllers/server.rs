@@ -118,12 +118,7 @@ pub fn without_our_labels(labels: &BTreeMap<String, String>) -> BTreeMap<String,
 
 /// The create call for an object's server: attached to `firewalls` from its first instant,
 /// with `user_data` (a secret: it may carry a token).
-pub fn create_spec(
-    owner: &Owner,
-    intent: &ServerIntent,
-    user_data: Secret,
-    firewalls: Vec<i64>,
-) -> ServerSpec {
+pub fn create_spec(owner: &Owner, intent: &ServerIntent, user_data: Secret, firewalls: Vec<i64>) -> ServerSpec {
     ServerSpec {
         name: server_name(&owner.name, &owner.uid),
         server_type: intent.server_type.clone(),
@@ -273,7 +268,12 @@ pub async fn create_server(ctx: &Context, owner: &Owner, spec: &ServerSpec) -> R
 
 /// Performs a power step; the fleet view shows the transition as under way so nothing asks
 /// twice, and the fast refresh watches for it to settle.
-pub async fn apply_power(ctx: &Context, owner: &Owner, server: &ServerSummary, step: PowerStep) -> Result<(), ReconcileError> {
+pub async fn apply_power(
+    ctx: &Context,
+    owner: &Owner,
+    server: &ServerSummary,
+    step: PowerStep,
+) -> Result<(), ReconcileError> {
     let (result, under_way) = match step {
         PowerStep::Hold => return Ok(()),
         PowerStep::PowerOn => (ctx.hetzner.power_on(server.id).await, "starting"),
@@ -372,7 +372,11 @@ mod tests {
         let sent = now.checked_sub(Duration::from_secs(30)).unwrap_or(now);
         assert_eq!(decide_power(false, "running", Some(sent), now, t), PowerStep::Hold, "ACPI still has time");
         let long_ago = now.checked_sub(Duration::from_secs(61)).unwrap_or(now);
-        assert_eq!(decide_power(false, "running", Some(long_ago), now, t), PowerStep::PowerOff, "the guest ignored ACPI");
+        assert_eq!(
+            decide_power(false, "running", Some(long_ago), now, t),
+            PowerStep::PowerOff,
+            "the guest ignored ACPI"
+        );
         assert_eq!(decide_power(true, "running", Some(long_ago), now, t), PowerStep::Hold, "a stale request is moot");
     }
 

@@ -46,10 +46,7 @@ mod tests {
     fn removed_fields_become_null_and_equal_gives_none() {
         let old = json!({"phase": "Running", "server": {"id": 1, "ipv4": "1.2.3.4"}, "owner": "a"});
         let new = json!({"phase": "Running", "server": {"id": 2}, "owner": "a"});
-        assert_eq!(
-            status_merge_patch(&old, &new),
-            Some(json!({"status": {"server": {"id": 2, "ipv4": null}}}))
-        );
+        assert_eq!(status_merge_patch(&old, &new), Some(json!({"status": {"server": {"id": 2, "ipv4": null}}})));
         assert_eq!(status_merge_patch(&old, &old), None);
     }
 }

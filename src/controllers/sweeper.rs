@@ -110,7 +110,9 @@ async fn sweep(ctx: &Context, agents: &Store<Agent>, suspects: &mut Suspects) {
                 ctx.metrics.count_swept(what);
                 tracing::warn!(resource = what, owner_uid = uid, "sweeper removed a resource whose object is gone");
             }
-            Err(e) => tracing::warn!(resource = what, owner_uid = uid, error = %e, "sweeper could not remove an orphan"),
+            Err(e) => {
+                tracing::warn!(resource = what, owner_uid = uid, error = %e, "sweeper could not remove an orphan")
+            }
         }
     }
 }

@@ -30,13 +30,21 @@ async fn a_hundred_agents_within_the_call_budget() {
         if list.items.len() == N && list.items.iter().all(ready) {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(120), "{} of {N} Ready", list.items.iter().filter(|a| ready(a)).count());
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "{} of {N} Ready",
+            list.items.iter().filter(|a| ready(a)).count()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let converged_in = start.elapsed();
     let hz = op.hetzner.control().total_requests();
     let cf = op.cloudflare.control().total_requests();
-    println!("{N} Agents Ready in {converged_in:?}: Hetzner {hz} requests ({:.2}/Agent), Cloudflare {cf} ({:.2}/Agent)", hz as f64 / N as f64, cf as f64 / N as f64);
+    println!(
+        "{N} Agents Ready in {converged_in:?}: Hetzner {hz} requests ({:.2}/Agent), Cloudflare {cf} ({:.2}/Agent)",
+        hz as f64 / N as f64,
+        cf as f64 / N as f64
+    );
     print_breakdown("Hetzner", &op.hetzner);
     print_breakdown("Cloudflare", &op.cloudflare);
     assert!(hz as f64 <= 1.1 * N as f64, "Hetzner: {hz} requests for {N} Agents");
@@ -58,12 +66,20 @@ async fn a_hundred_agents_within_the_call_budget() {
     let hz_before = op.hetzner.control().total_requests();
     tokio::time::sleep(config.resync * 10).await;
     let hz_idle = op.hetzner.control().total_requests() - hz_before;
-    println!("idle over 10 resyncs: Hetzner {hz_idle} requests, API server resourceVersion {} -> {}", rv, op.kube.resource_version());
+    println!(
+        "idle over 10 resyncs: Hetzner {hz_idle} requests, API server resourceVersion {} -> {}",
+        rv,
+        op.kube.resource_version()
+    );
     assert!(hz_idle <= 10 * N.div_ceil(50) as u64, "idle Hetzner requests: {hz_idle}");
     let after = serde_json::to_value(api.get("bot-000").await.expect("get")).expect("json");
     assert_eq!(after["status"], before["status"], "status unchanged");
     assert_eq!(op.kube.resource_version(), rv, "an idle fleet writes nothing to the API server");
-    assert_eq!(crabglamp_sandbox::hetzner::servers_created(&op.hetzner), creates, "no server created after the restart");
+    assert_eq!(
+        crabglamp_sandbox::hetzner::servers_created(&op.hetzner),
+        creates,
+        "no server created after the restart"
+    );
     op.stop().await;
 }
 
@@ -75,7 +91,13 @@ fn print_breakdown(provider: &str, sim: &crabglamp_sandbox::http::RunningSim) {
         let shape: Vec<String> = r
             .path
             .split('/')
-            .map(|seg| if seg.chars().any(|c| c.is_ascii_digit()) && seg.len() > 3 { "{id}".to_owned() } else { seg.to_owned() })
+            .map(|seg| {
+                if seg.chars().any(|c| c.is_ascii_digit()) && seg.len() > 3 {
+                    "{id}".to_owned()
+                } else {
+                    seg.to_owned()
+                }
+            })
             .collect();
         *counts.entry(format!("{} {} {}", r.method, shape.join("/"), r.status)).or_insert(0u32) += 1;
     }

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use crabglamp_operator::store::audit;
-use kube::api::{DeleteParams, PostParams};
 use kube::ResourceExt;
+use kube::api::{DeleteParams, PostParams};
 
 use super::fixture::*;
 
@@ -51,9 +51,19 @@ async fn killed_at_every_step_of_create_and_delete() {
         op = op.crash_and_restart().await;
         let a = wait_for(&api, &name, DEADLINE, "Ready after a crash in create", ready).await;
         let uid = a.uid().expect("uid");
-        let servers: Vec<_> = crabglamp_sandbox::hetzner::server_names(&op.hetzner).into_iter().filter(|n| n.starts_with(&format!("{name}-"))).collect();
+        let servers: Vec<_> = crabglamp_sandbox::hetzner::server_names(&op.hetzner)
+            .into_iter()
+            .filter(|n| n.starts_with(&format!("{name}-")))
+            .collect();
         assert_eq!(servers.len(), 1, "k={k}: one server, no duplicate: {servers:?}");
-        assert_eq!(crabglamp_sandbox::cloudflare::live_tunnel_names(&op.cloudflare).iter().filter(|t| t.contains(&uid)).count(), 1, "k={k}: one tunnel");
+        assert_eq!(
+            crabglamp_sandbox::cloudflare::live_tunnel_names(&op.cloudflare)
+                .iter()
+                .filter(|t| t.contains(&uid))
+                .count(),
+            1,
+            "k={k}: one tunnel"
+        );
 
         // Delete, killed after the k-th cloud request of the teardown.
         let base = served(&op);
@@ -65,9 +75,20 @@ async fn killed_at_every_step_of_create_and_delete() {
             assert!(start.elapsed() < DEADLINE, "k={k}: finalizer not released after a crash in delete");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(!crabglamp_sandbox::hetzner::server_names(&op.hetzner).iter().any(|n| n.starts_with(&format!("{name}-"))), "k={k}: server leaked");
-        assert!(!crabglamp_sandbox::cloudflare::live_tunnel_names(&op.cloudflare).iter().any(|t| t.contains(&uid)), "k={k}: tunnel leaked");
-        let destroyed = audit::events_for_resource(&op.db.pool, &uid).await.expect("events").into_iter().filter(|e| e.kind == "agent.destroyed").count();
+        assert!(
+            !crabglamp_sandbox::hetzner::server_names(&op.hetzner).iter().any(|n| n.starts_with(&format!("{name}-"))),
+            "k={k}: server leaked"
+        );
+        assert!(
+            !crabglamp_sandbox::cloudflare::live_tunnel_names(&op.cloudflare).iter().any(|t| t.contains(&uid)),
+            "k={k}: tunnel leaked"
+        );
+        let destroyed = audit::events_for_resource(&op.db.pool, &uid)
+            .await
+            .expect("events")
+            .into_iter()
+            .filter(|e| e.kind == "agent.destroyed")
+            .count();
         assert_eq!(destroyed, 1, "k={k}: exactly one destroy event");
     }
     assert!(points >= 10, "only {points} distinct crash points were reached in create");

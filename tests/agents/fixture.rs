@@ -67,8 +67,10 @@ impl Operator {
             ..HetznerSimConfig::default()
         };
         let hetzner = Arc::new(hzsim::spawn(hz_config, listener().await).await.expect("Hetzner simulator"));
-        let cf_config = CloudflareSimConfig { token: "cf-test".into(), zone_name: ZONE.into(), ..CloudflareSimConfig::default() };
-        let cloudflare = Arc::new(cfsim::spawn(cf_config.clone(), listener().await).await.expect("Cloudflare simulator"));
+        let cf_config =
+            CloudflareSimConfig { token: "cf-test".into(), zone_name: ZONE.into(), ..CloudflareSimConfig::default() };
+        let cloudflare =
+            Arc::new(cfsim::spawn(cf_config.clone(), listener().await).await.expect("Cloudflare simulator"));
         let db = TestDb::fresh().await;
         let settings = OperatorSettings {
             database_url: db.url.clone(),
@@ -174,7 +176,13 @@ pub fn agent(name: &str, owner: &str, running: bool) -> Agent {
 }
 
 /// Waits until `check` holds for the Agent, or panics after `deadline` with the last status.
-pub async fn wait_for(api: &Api<Agent>, name: &str, deadline: Duration, what: &str, check: impl Fn(&Agent) -> bool) -> Agent {
+pub async fn wait_for(
+    api: &Api<Agent>,
+    name: &str,
+    deadline: Duration,
+    what: &str,
+    check: impl Fn(&Agent) -> bool,
+) -> Agent {
     let start = tokio::time::Instant::now();
     loop {
         let last = api.get_opt(name).await.expect("get agent");
@@ -206,5 +214,3 @@ pub fn ready(a: &Agent) -> bool {
 pub fn condition(a: &Agent, type_: &str) -> Option<String> {
     a.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).map(|c| c.status.clone())
 }
-
-

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use crabglamp_operator::store::{audit, usage};
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use super::fixture::*;
@@ -37,28 +37,51 @@ async fn create_power_transfer_delete() {
     assert_eq!(crabglamp_sandbox::cloudflare::dns_record_count(&op.cloudflare), 1);
     // The user data carries the token; the status must not.
     let user_data = crabglamp_sandbox::hetzner::server_user_data(&op.hetzner, server_id).flatten().expect("user data");
-    let token = user_data.split_whitespace().find_map(|w| w.trim_matches('"').strip_prefix("TUNNEL_TOKEN=").map(str::to_owned))
-        .or_else(|| user_data.split(|c: char| !(c.is_ascii_alphanumeric() || c == '=' || c == '+' || c == '/')).find(|w| w.starts_with("eyJ")).map(str::to_owned))
+    let token = user_data
+        .split_whitespace()
+        .find_map(|w| w.trim_matches('"').strip_prefix("TUNNEL_TOKEN=").map(str::to_owned))
+        .or_else(|| {
+            user_data
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '=' || c == '+' || c == '/'))
+                .find(|w| w.starts_with("eyJ"))
+                .map(str::to_owned)
+        })
         .expect("a tunnel token in the user data");
     let status_text = serde_json::to_string(&a.status).expect("json");
     assert!(!status_text.contains(&token), "the token is in the status");
 
     // Stop, then start: exactly two more timeline rows after the first start.
     api.patch("bot", &PatchParams::default(), &Patch::Merge(json!({"spec": {"running": false}}))).await.expect("stop");
-    wait_for(&api, "bot", DEADLINE, "stopped", |a| ready(a) && a.status.as_ref().and_then(|s| s.server.as_ref()).and_then(|s| s.status.as_deref()) == Some("off")).await;
+    wait_for(&api, "bot", DEADLINE, "stopped", |a| {
+        ready(a) && a.status.as_ref().and_then(|s| s.server.as_ref()).and_then(|s| s.status.as_deref()) == Some("off")
+    })
+    .await;
     api.patch("bot", &PatchParams::default(), &Patch::Merge(json!({"spec": {"running": true}}))).await.expect("start");
-    wait_for(&api, "bot", DEADLINE, "running again", |a| ready(a) && a.status.as_ref().and_then(|s| s.server.as_ref()).and_then(|s| s.status.as_deref()) == Some("running")).await;
+    wait_for(&api, "bot", DEADLINE, "running again", |a| {
+        ready(a)
+            && a.status.as_ref().and_then(|s| s.server.as_ref()).and_then(|s| s.status.as_deref()) == Some("running")
+    })
+    .await;
     let rows = usage::transitions_for_resource(&op.db.pool, &uid).await.expect("timeline");
     let kinds: Vec<&str> = rows.iter().map(|r| r.transition.as_str()).collect();
     assert_eq!(kinds, ["start", "stop", "start"], "{rows:?}");
 
     // Two transfers: two events; status.owner follows.
     for to in ["acct_b", "acct_c"] {
-        api.patch("bot", &PatchParams::default(), &Patch::Merge(json!({"spec": {"owner": to}}))).await.expect("transfer");
-        wait_for(&api, "bot", DEADLINE, "owner recorded", |a| a.status.as_ref().and_then(|s| s.owner.as_deref()) == Some(to)).await;
+        api.patch("bot", &PatchParams::default(), &Patch::Merge(json!({"spec": {"owner": to}})))
+            .await
+            .expect("transfer");
+        wait_for(&api, "bot", DEADLINE, "owner recorded", |a| {
+            a.status.as_ref().and_then(|s| s.owner.as_deref()) == Some(to)
+        })
+        .await;
     }
     let events = audit::events_for_resource(&op.db.pool, &uid).await.expect("events");
-    let transfers: Vec<_> = events.iter().filter(|e| e.kind == "agent.transferred").map(|e| (e.details["from"].clone(), e.details["to"].clone())).collect();
+    let transfers: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == "agent.transferred")
+        .map(|e| (e.details["from"].clone(), e.details["to"].clone()))
+        .collect();
     assert_eq!(transfers, [(json!("acct_a"), json!("acct_b")), (json!("acct_b"), json!("acct_c"))]);
 
     // Delete: nothing left in either cloud, one destroy event, the chain intact.

@@ -8,6 +8,7 @@
 
 pub mod activity;
 pub mod cloudflared;
+pub mod controllers;
 pub mod manifests;
 pub mod services;
 
@@ -73,6 +74,10 @@ pub struct SandboxArgs {
     /// Seed of both simulators' fault dice.
     #[arg(long, default_value_t = 0)]
     pub fault_seed: u64,
+    /// Do not run the operator's controllers in this process (to point `crabglamp-operator
+    /// run` at the sandbox instead, with the endpoints in the info file).
+    #[arg(long)]
+    pub no_controllers: bool,
 }
 
 /// Fast enough that a server is up in seconds, slow enough to watch its states go by.
@@ -99,6 +104,9 @@ pub enum SandboxError {
     /// PostgreSQL or Redis is unavailable.
     #[error("{0}")]
     Service(#[from] services::ServiceError),
+    /// The in-process controllers could not start.
+    #[error("cannot start the controllers: {0}")]
+    Controllers(#[from] crabglamp_operator::operator::StartError),
     /// A flag is out of range or a fault plan file is unreadable.
     #[error("{0:#}")]
     Config(anyhow::Error),
@@ -321,7 +329,24 @@ pub async fn run(args: SandboxArgs) -> Result<(), SandboxError> {
     println!(
         "Booted servers whose user_data carries a valid tunnel token connect their tunnel (a stand-in cloudflared)."
     );
-    println!("The controllers are not yet part of the sandbox: objects are stored and validated, not reconciled.");
+    let controllers = if args.no_controllers {
+        println!(
+            "Controllers: not running here (--no-controllers); point `crabglamp-operator run` at {}.",
+            args.info.display()
+        );
+        None
+    } else {
+        match controllers::start(&sandbox, args.time_scale).await {
+            Ok(c) => {
+                println!("Controllers: running in this process (Agents become servers behind tunnels).");
+                Some(c)
+            }
+            Err(e) => {
+                sandbox.stop().await;
+                return Err(e.into());
+            }
+        }
+    };
 
     if let Some(dir) = &args.apply {
         for outcome in manifests::apply_dir(&sandbox.kube, dir) {
@@ -350,6 +375,9 @@ pub async fn run(args: SandboxArgs) -> Result<(), SandboxError> {
     );
     println!("Press Ctrl-C to stop. Changes to Agents, PlainVMs and VirtualKeys are listed below.");
     wait_for_stop().await;
+    if let Some(c) = controllers {
+        c.stop().await;
+    }
     cloudflared.abort();
     if let Some(task) = activity {
         task.abort();
