@@ -186,10 +186,8 @@ pub async fn wait_for(
     let start = tokio::time::Instant::now();
     loop {
         let last = api.get_opt(name).await.expect("get agent");
-        if let Some(a) = &last {
-            if check(a) {
-                return a.clone();
-            }
+        if let Some(a) = last.as_ref().filter(|a| check(a)) {
+            return a.clone();
         }
         if start.elapsed() > deadline {
             panic!("{what}: not reached within {deadline:?}; last: {:#?}", last.map(|a| a.status));

@@ -39,6 +39,8 @@ async fn sandbox_command_applies_examples_and_serves_kubectl() {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_crabglamp-sandbox"))
         .arg("--apply")
         .arg("examples/")
+        .arg("--time-scale")
+        .arg("20")
         .arg("--kubeconfig")
         .arg(&kubeconfig)
         .arg("--info")
@@ -62,7 +64,7 @@ async fn sandbox_command_applies_examples_and_serves_kubectl() {
     })
     .await
     .unwrap_or_else(|_| panic!("the sandbox did not come up in time"));
-    assert!(banner.contains("controllers are not yet part"), "{banner}");
+    assert!(banner.contains("Controllers: running in this process"), "{banner}");
     assert!(banner.contains("agent/research-bot applied"), "{banner}");
 
     let info: serde_json::Value =
@@ -98,12 +100,65 @@ async fn sandbox_command_applies_examples_and_serves_kubectl() {
         kubectl(&kubeconfig, cache, &["apply", "-f", "examples/invalid/agent-unknown-region.yaml"]).await;
     assert!(!ok && err.contains("supported values"), "{err}");
 
+    // From here on the sandbox's output is drained by a task, so a full pipe never blocks it.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+
+    // The controllers make the example Agent real: Ready, with its IP and hostname in the table.
+    let (ok, out, err) = kubectl(
+        &kubeconfig,
+        cache,
+        &["wait", "--for=condition=Ready", "agent/research-bot", "-n", "team-a", "--timeout=120s"],
+    )
+    .await;
+    assert!(ok, "kubectl wait: {out}{err}");
+    let (ok, out, err) = kubectl(&kubeconfig, cache, &["get", "agents", "-n", "team-a"]).await;
+    assert!(ok, "{err}");
+    let header = out.lines().next().unwrap_or_default();
+    for column in ["REGION", "PHASE", "SERVER-IP", "HOSTNAME"] {
+        assert!(header.contains(column), "{column} missing: {out}");
+    }
+    let row = out.lines().find(|l| l.starts_with("research-bot")).unwrap_or_default().to_owned();
+    assert!(row.contains("Running") && row.contains("research-bot.agents.example.com"), "{out}");
+    assert!(row.split_whitespace().any(|w| w.parse::<std::net::Ipv4Addr>().is_ok()), "no IPv4 in {row}");
+
+    // Stopping is a patch; the server goes off.
+    let (ok, _, err) = kubectl(
+        &kubeconfig,
+        cache,
+        &["patch", "agent", "research-bot", "-n", "team-a", "--type=merge", "-p", r#"{"spec":{"running":false}}"#],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let (ok, out, err) = kubectl(
+        &kubeconfig,
+        cache,
+        &["wait", "--for=jsonpath={.status.server.status}=off", "agent/research-bot", "-n", "team-a", "--timeout=120s"],
+    )
+    .await;
+    assert!(ok, "the server did not stop: {out}{err}");
+
+    // A region change is refused by the API server with the rule's message.
+    let (ok, _, err) = kubectl(
+        &kubeconfig,
+        cache,
+        &["patch", "agent", "research-bot", "-n", "team-a", "--type=merge", "-p", r#"{"spec":{"region":"eu"}}"#],
+    )
+    .await;
+    assert!(!ok && err.contains("spec.region is immutable"), "{err}");
+
     // The activity log shows what kubectl changed.
     let (ok, _, err) =
         kubectl(&kubeconfig, cache, &["label", "agent", "research-bot", "-n", "team-a", "tried=yes"]).await;
     assert!(ok, "{err}");
     tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.expect("read") {
+        while let Some(line) = rx.recv().await {
             if line.contains("agent team-a/research-bot applied") {
                 return;
             }
@@ -112,6 +167,25 @@ async fn sandbox_command_applies_examples_and_serves_kubectl() {
     })
     .await
     .unwrap_or_else(|_| panic!("no activity line for the label change"));
+
+    // Delete returns once the finalizer ran; PostgreSQL holds exactly one destroy event for it,
+    // and the audit chain verifies.
+    let (ok, uid, err) = kubectl(
+        &kubeconfig,
+        cache,
+        &["get", "agent", "research-bot", "-n", "team-a", "-o", "jsonpath={.metadata.uid}"],
+    )
+    .await;
+    assert!(ok && !uid.is_empty(), "{err}");
+    let (ok, out, err) =
+        kubectl(&kubeconfig, cache, &["delete", "agent", "research-bot", "-n", "team-a", "--timeout=120s"]).await;
+    assert!(ok, "kubectl delete: {out}{err}");
+    let database_url = info["database_url"].as_str().expect("database_url");
+    let pool = crabglamp_operator::store::connect(database_url, 2).await.expect("sandbox database");
+    let events = crabglamp_operator::store::audit::events_for_resource(&pool, &uid).await.expect("events");
+    assert_eq!(events.iter().filter(|e| e.kind == "agent.destroyed").count(), 1, "{events:?}");
+    let report = crabglamp_operator::store::audit::verify_chain(&pool).await.expect("verify");
+    assert!(report.first_break.is_none(), "{:?}", report.first_break);
 
     // The signal goes from Rust: a minimal Debian has no `kill` program (procps).
     let pid = child.id().expect("pid");
