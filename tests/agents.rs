@@ -9,6 +9,9 @@ mod db;
 mod agents {
     mod budget;
     mod crash;
+    mod drift;
+    mod faults;
     pub mod fixture;
     mod lifecycle;
+    mod secrets;
 }

@@ -63,7 +63,7 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
                 let mut s = stop.clone();
                 tokio::select! {
                     _ = tokio::time::sleep(ctx.config.fast_poll) => {}
-                    _ = s.changed() => {}
+                    changed = s.changed() => if changed.is_err() { return },
                 }
                 if *stop.borrow() {
                     return;
@@ -77,7 +77,7 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
 
     let agents: Api<Agent> = Api::all(ctx.client.clone());
     let controller = Controller::new(agents, watcher_config(&ctx.config).any_semantic());
-    let mut sweeper = AbortOnDrop::spawn(sweeper::run(Arc::clone(&ctx), controller.store(), stop.clone()));
+    let mut sweeper = AbortOnDrop::spawn(sweeper::run(Arc::clone(&ctx), stop.clone()));
     let mut shutdown = stop.clone();
     controller
         .graceful_shutdown_on(async move {

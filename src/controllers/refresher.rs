@@ -117,7 +117,8 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
         tokio::select! {
             _ = tokio::time::sleep_until(sleep_until.into()) => {}
             _ = ctx.fleet.wake.notified() => {}
-            _ = stop.changed() => {}
+            // A dropped sender means the operator is gone: stop too, never spin.
+            changed = stop.changed() => if changed.is_err() { return },
         }
     }
 }

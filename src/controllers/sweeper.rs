@@ -8,8 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kube::ResourceExt;
-use kube::runtime::reflector::Store;
+use kube::api::{Api, ListParams};
 
 use crate::api::Agent;
 use crate::store::seal::{self, CredentialId};
@@ -45,9 +44,23 @@ fn secret_id(uid: &str) -> CredentialId {
     CredentialId { scope: "agent-tunnel".into(), resource_uid: uid.into(), name: "tunnel-secret".into() }
 }
 
+/// The UIDs of every Agent that exists, from one metadata-only list of the API server (not a
+/// cache: a cache that is not yet complete would make every server look orphaned).
+async fn live_uids(ctx: &Context) -> Result<HashSet<String>, kube::Error> {
+    let api: Api<Agent> = Api::all(ctx.client.clone());
+    let list = api.list_metadata(&ListParams::default()).await?;
+    Ok(list.items.into_iter().filter_map(|m| m.metadata.uid).collect())
+}
+
 /// One sweep over the fleet view.
-async fn sweep(ctx: &Context, agents: &Store<Agent>, suspects: &mut Suspects) {
-    let live: HashSet<String> = agents.state().iter().filter_map(|a| a.uid()).collect();
+async fn sweep(ctx: &Context, suspects: &mut Suspects) {
+    let live = match live_uids(ctx).await {
+        Ok(live) => live,
+        Err(e) => {
+            tracing::warn!(error = %e, "sweeper cannot list Agents; skipping this sweep");
+            return;
+        }
+    };
     let now = Instant::now();
     let grace = ctx.config.sweeper_grace;
 
@@ -72,6 +85,7 @@ async fn sweep(ctx: &Context, agents: &Store<Agent>, suspects: &mut Suspects) {
     orphans.extend(tunnels.keys().filter(|u| !live.contains(*u)).map(|u| format!("tunnel/{u}")));
     orphans.extend(records.keys().filter(|u| !live.contains(*u)).map(|u| format!("dns/{u}")));
 
+    tracing::debug!(live = live.len(), orphans = orphans.len(), "sweep");
     for key in suspects.due(&orphans, now, grace) {
         let Some((what, uid)) = key.split_once('/') else { continue };
         let result = match what {
@@ -117,27 +131,22 @@ async fn sweep(ctx: &Context, agents: &Store<Agent>, suspects: &mut Suspects) {
     }
 }
 
-/// Sweeps once per resync period until `stop`, starting once the Agent cache is complete
-/// (before that, every server would look orphaned).
-pub async fn run(ctx: Arc<Context>, agents: Store<Agent>, stop: tokio::sync::watch::Receiver<bool>) {
+/// Sweeps once per resync period (or grace period, when shorter) until `stop`.
+pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
     let mut stop = stop;
-    tokio::select! {
-        r = agents.wait_until_ready() => if r.is_err() { return },
-        _ = stop.changed() => return,
-    }
     let mut suspects = Suspects::default();
     loop {
         if *stop.borrow() {
             return;
         }
         if ctx.fleet.servers_known() && ctx.fleet.tunnels_known() && ctx.fleet.dns_known() {
-            sweep(&ctx, &agents, &mut suspects).await;
+            sweep(&ctx, &mut suspects).await;
         }
-        // Sweep at the grace period's pace when it is shorter, so a short grace (tests) acts.
         let pause = ctx.config.resync.min(ctx.config.sweeper_grace.max(Duration::from_millis(200)));
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
-            _ = stop.changed() => {}
+            // A dropped sender means the operator is gone: stop too, never spin.
+            changed = stop.changed() => if changed.is_err() { return },
         }
     }
 }

@@ -53,11 +53,7 @@ impl Operator {
     }
 
     pub async fn start_with(config: ControllerConfig) -> Operator {
-        // Logs go through the test harness's capture (shown for a failing test); RUST_LOG filters.
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(crabglamp_operator::telemetry::filter_from_env().expect("RUST_LOG"))
-            .with_test_writer()
-            .try_init();
+        install_log_capture();
         let kube = crabglamp_sandbox::kube::spawn_loopback().await.expect("API server starts");
         let client = kube.client().expect("client");
         // Every action 100 ms, the guest boots and obeys ACPI at once: tests take seconds.
@@ -106,6 +102,21 @@ impl Operator {
         if let Some(task) = self.task.take() {
             tokio::time::timeout(Duration::from_secs(30), task).await.expect("controllers stop in time").expect("join");
         }
+        self.relaunch(config).await
+    }
+
+    /// Stops the controllers, runs `meanwhile` (what happens while the operator is down), and
+    /// starts fresh ones with the same settings.
+    pub async fn restart_with_gap<F: std::future::Future<Output = ()>>(
+        mut self,
+        meanwhile: impl FnOnce() -> F,
+    ) -> Self {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task).await.expect("controllers stop in time").expect("join");
+        }
+        meanwhile().await;
+        let config = self.settings.controllers.clone();
         self.relaunch(config).await
     }
 
@@ -160,6 +171,40 @@ async fn launch(
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(operator::run(Arc::clone(&context), stop_rx, Duration::from_secs(10)));
     (context, stop, task)
+}
+
+/// Every log line of this test binary, at debug for our crates (RUST_LOG overrides): what the
+/// leak test searches for secrets. Lines are also printed when `CRABGLAMP_TEST_LOGS` is set.
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct Capture;
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(buf);
+        if std::env::var_os("CRABGLAMP_TEST_LOGS").is_some() {
+            eprint!("{}", String::from_utf8_lossy(buf));
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn install_log_capture() {
+    let filter = std::env::var("RUST_LOG")
+        .unwrap_or_else(|_| "info,crabglamp_operator=debug,crabglamp_sandbox=debug,kube=debug".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_ansi(false)
+        .with_writer(|| Capture)
+        .try_init();
+}
+
+/// Everything logged so far by this test binary.
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&LOGS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)).into_owned()
 }
 
 /// An Agent manifest.

@@ -208,6 +208,12 @@ pub struct BootedServer {
     pub user_data: Option<String>,
 }
 
+/// The root password the create call answered for a server (none when created with SSH keys):
+/// what a leak test looks for in logs, Events and status.
+pub fn server_root_password(sim: &RunningSim, id: i64) -> Option<String> {
+    sim.state::<HzState>().and_then(|st| lock(&st.world).servers.get(&id).and_then(|s| s.root_password.clone()))
+}
+
 /// The `user_data` a server was created with: `None` when there is no such server,
 /// `Some(None)` when it was created without any.
 pub fn server_user_data(sim: &RunningSim, id: i64) -> Option<Option<String>> {

@@ -475,6 +475,9 @@ async fn create_server(State(st): St, body: Bytes) -> Reply {
         }
     }
     let root_password: Value = if ssh_key_count == 0 { Value::String(root_password()) } else { Value::Null };
+    if let Some(s) = w.servers.get_mut(&id) {
+        s.root_password = root_password.as_str().map(str::to_owned);
+    }
     let server = w.servers.get(&id).map(|s| w.server_json(s)).unwrap_or(Value::Null);
     created(
         StatusCode::CREATED,

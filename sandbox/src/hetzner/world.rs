@@ -37,6 +37,8 @@ pub struct Server {
     pub user_data: Option<String>,
     /// Created with SSH keys (then no root password is ever answered).
     pub has_ssh_keys: bool,
+    /// The root password the create answered, kept so tests can prove it leaked nowhere.
+    pub root_password: Option<String>,
     /// When the server last turned `running` or its OS last restarted: it is booted
     /// `boot_delay` later.
     pub running_since: Option<Instant>,
@@ -549,6 +551,7 @@ impl World {
                 has_ipv6: new.has_ipv6,
                 user_data: new.user_data,
                 has_ssh_keys: new.has_ssh_keys,
+                root_password: None,
                 running_since: None,
                 acpi_off_at: None,
                 ignores_acpi: None,
