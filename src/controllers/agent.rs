@@ -357,17 +357,30 @@ fn stall_reason(error: &ReconcileError) -> Option<(&'static str, String)> {
         return None;
     }
     let d = cloud.detail();
-    let reason = match d.code.as_str() {
-        "resource_limit_exceeded" => "QuotaExceeded",
+    let (reason, advice) = match d.code.as_str() {
+        "resource_limit_exceeded" => ("QuotaExceeded", "ask Hetzner for a higher limit; retried periodically"),
+        // Sold out in this location: it comes back by itself, so it is retried slowly.
+        "resource_unavailable" => ("ServerTypeUnavailable", "the type is sold out here for now; retried periodically"),
         "invalid_input" if d.message.contains("server_type") || d.message.contains("server type") => {
-            "InvalidServerType"
+            ("InvalidServerType", "fix spec.serverType")
         }
-        "invalid_input" if d.message.contains("image") => "ImageNotFound",
-        "invalid_input" => "InvalidInput",
-        "unauthorized" | "forbidden" | "10000" | "9109" => "Unauthorized",
-        _ => "CloudRefused",
+        "invalid_input" if d.message.contains("image") => ("ImageNotFound", "fix spec.image"),
+        "invalid_input" => ("InvalidInput", "fix the spec"),
+        "unauthorized" | "forbidden" | "10000" | "9109" => ("Unauthorized", "check the API token"),
+        _ => ("CloudRefused", "fix the spec or the account"),
     };
-    Some((reason, format!("{}; fix the spec or the account, then the operator retries.", d)))
+    Some((reason, format!("{d}; {advice}.")))
+}
+
+/// The condition of an error retrying can help with (the pass backs off and tries again).
+fn retry_reason(error: &ReconcileError) -> (&'static str, String) {
+    let reason = match error.cloud() {
+        Some(CloudError::RateLimited { .. }) => "RateLimited",
+        Some(_) if matches!(error, ReconcileError::Hetzner(_)) => "HetznerUnavailable",
+        Some(_) => "CloudflareUnavailable",
+        None => "RetryingAfterError",
+    };
+    (reason, format!("{error}; retrying with backoff."))
 }
 
 async fn act(
@@ -625,8 +638,22 @@ async fn apply(agent: Arc<Agent>, ctx: &Context) -> Result<Action, ReconcileErro
                     break;
                 }
                 None => {
-                    // Keep what was done so far (e.g. a new server's id) before backing off.
-                    write_status(ctx, &agent, &old, &status).await?;
+                    // Keep what was done so far (e.g. a new server's id) and say what failed,
+                    // then back off.
+                    let observed = observe(ctx, &owner, ctx.dns_taken.get(&owner.uid));
+                    let (reason, message) = retry_reason(&e);
+                    let mut next = desired_status(
+                        agent.metadata.generation,
+                        &agent.spec,
+                        &status,
+                        &hostname,
+                        &observed,
+                        None,
+                        Timestamp::now(),
+                    );
+                    next.owner = status.owner.clone();
+                    set_ready_reason(&mut next, reason, &message);
+                    write_status(ctx, &agent, &old, &next).await?;
                     return Err(e);
                 }
             },
@@ -655,7 +682,12 @@ async fn apply(agent: Arc<Agent>, ctx: &Context) -> Result<Action, ReconcileErro
     Ok(match (stalled.is_some(), plan.wait) {
         (true, _) => {
             ctx.fleet.done_waiting(&owner.uid);
-            Action::requeue(ctx.config.resync)
+            // A quota or a sold-out type clears by itself: look again each resync. A bad spec
+            // does not: wait for the spec to change (which wakes this object).
+            match stalled.as_ref().map(|(reason, _)| *reason) {
+                Some("QuotaExceeded" | "ServerTypeUnavailable") => Action::requeue(ctx.config.resync),
+                _ => Action::await_change(),
+            }
         }
         (false, Wait::Nothing) => {
             ctx.fleet.done_waiting(&owner.uid);
@@ -671,6 +703,14 @@ async fn apply(agent: Arc<Agent>, ctx: &Context) -> Result<Action, ReconcileErro
             Action::requeue(ctx.config.fast_poll)
         }
     })
+}
+
+/// A not-Ready condition that names the error in its reason and message.
+fn set_ready_reason(status: &mut AgentStatus, reason: &'static str, message: &str) {
+    if let Some(c) = status.conditions.iter_mut().find(|c| c.type_ == "Ready" && c.status == "False") {
+        c.reason = reason.to_owned();
+        c.message = message.to_owned();
+    }
 }
 
 /// Patches `/status` with the difference, only when something changed.
