@@ -11,13 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use serde_json::json;
-use tracing::Instrument;
 
 use crate::api::agent::TunnelStatus;
 use crate::api::{Agent, AgentSpec, AgentStatus, DeletionPolicy, Phase};
@@ -26,21 +24,17 @@ use crate::cloud::cloudflare::{DnsRecord, IngressRule, TunnelSecret, derive_tunn
 use crate::cloud::hetzner::ServerSummary;
 use crate::store::audit::{self, AuditKind, NewAuditEvent};
 use crate::store::seal::{self, CredentialId};
-use crate::store::{QueryContext, usage};
 
 use super::conditions::{self, Desired};
 use super::context::Context;
 use super::error::ReconcileError;
 use super::fleet::ObservedTunnel;
+use super::lifecycle::{self, Destroyed, ManagedObject, Pass, Stall};
 use super::names::{default_hostname, dns_mark, tunnel_name, tunnel_target};
 use super::server::{self, Owner, PowerStep, ServerIntent};
-use super::status_patch::status_merge_patch;
 
-/// The finalizer that holds an Agent until its cloud resources are gone and its destroy event
-/// is committed.
-pub const FINALIZER: &str = "crabglamp.com/cleanup";
-/// `"true"` stops reconciling the object (nothing is created, changed or deleted for it).
-pub const PAUSE_ANNOTATION: &str = "crabglamp.com/paused";
+pub use super::lifecycle::{FINALIZER, PAUSE_ANNOTATION, Wait};
+
 const KIND: &str = "Agent";
 const PRODUCT: &str = "agent";
 /// Where the tunnel secret is sealed (with the object's UID as the row identity).
@@ -84,24 +78,8 @@ pub enum Step {
     Power(PowerStep),
 }
 
-/// What the next pass waits for, if anything.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Wait {
-    Nothing,
-    /// A list to show the first complete picture.
-    Lists,
-    /// The tunnel to connect.
-    Tunnel,
-    /// The server to reach the desired power state.
-    Server,
-}
-
 /// The decision for one pass: the steps to take now, in order, and what to wait for after.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Plan {
-    pub steps: Vec<Step>,
-    pub wait: Wait,
-}
+pub type Plan = lifecycle::Plan<Step>;
 
 /// The server status to believe: a connected tunnel proves the machine is up even when the
 /// last server list (at most one resync old) still said it was booting.
@@ -186,7 +164,7 @@ pub fn desired_status(
     old: &AgentStatus,
     hostname: &str,
     observed: &Observed,
-    stalled: Option<(&'static str, String)>,
+    stalled: Option<Stall>,
     now: Timestamp,
 ) -> AgentStatus {
     let server = observed.server.as_ref();
@@ -348,39 +326,6 @@ async fn tunnel_secret(ctx: &Context, uid: &str) -> Result<TunnelSecret, Reconci
     let secret = TunnelSecret::generate();
     seal::put_credential(&ctx.db, &ctx.sealing, &id, secret.expose_bytes()).await?;
     Ok(secret)
-}
-
-/// A permanent cloud error's condition reason and message, or `None` when retrying can help.
-fn stall_reason(error: &ReconcileError) -> Option<(&'static str, String)> {
-    let cloud = error.cloud()?;
-    if !matches!(cloud, CloudError::Permanent(_)) {
-        return None;
-    }
-    let d = cloud.detail();
-    let (reason, advice) = match d.code.as_str() {
-        "resource_limit_exceeded" => ("QuotaExceeded", "ask Hetzner for a higher limit; retried periodically"),
-        // Sold out in this location: it comes back by itself, so it is retried slowly.
-        "resource_unavailable" => ("ServerTypeUnavailable", "the type is sold out here for now; retried periodically"),
-        "invalid_input" if d.message.contains("server_type") || d.message.contains("server type") => {
-            ("InvalidServerType", "fix spec.serverType")
-        }
-        "invalid_input" if d.message.contains("image") => ("ImageNotFound", "fix spec.image"),
-        "invalid_input" => ("InvalidInput", "fix the spec"),
-        "unauthorized" | "forbidden" | "10000" | "9109" => ("Unauthorized", "check the API token"),
-        _ => ("CloudRefused", "fix the spec or the account"),
-    };
-    Some((reason, format!("{d}; {advice}.")))
-}
-
-/// The condition of an error retrying can help with (the pass backs off and tries again).
-fn retry_reason(error: &ReconcileError) -> (&'static str, String) {
-    let reason = match error.cloud() {
-        Some(CloudError::RateLimited { .. }) => "RateLimited",
-        Some(_) if matches!(error, ReconcileError::Hetzner(_)) => "HetznerUnavailable",
-        Some(_) => "CloudflareUnavailable",
-        None => "RetryingAfterError",
-    };
-    (reason, format!("{error}; retrying with backoff."))
 }
 
 async fn act(
@@ -610,124 +555,99 @@ async fn record_transfer(
     Ok(())
 }
 
-/// One pass over a live Agent.
-async fn apply(agent: Arc<Agent>, ctx: &Context) -> Result<Action, ReconcileError> {
-    let owner = Owner::of(agent.as_ref(), KIND)?;
-    // Until the first complete lists, absence proves nothing: deciding (or describing the
-    // world in status) then would flap conditions of every Agent at each operator restart.
-    if !(ctx.fleet.servers_known() && ctx.fleet.tunnels_known() && ctx.fleet.dns_known()) {
-        return Ok(Action::requeue(ctx.config.fast_poll));
-    }
-    let hostname = hostname(&agent, &ctx.config.zone_name);
-    let old = agent.status.clone().unwrap_or_default();
-    let mut status = old.clone();
-    let mut stalled = None;
-    let mut plan = Plan { steps: Vec::new(), wait: Wait::Lists };
-    // A handful of steps per pass: each one's result is in the fleet view for the next.
-    for _ in 0..10 {
-        let observed = observe(ctx, &owner, ctx.dns_taken.get(&owner.uid));
-        plan = decide(&agent.spec, &status, &hostname, &observed, Instant::now(), ctx.config.shutdown_timeout);
-        let Some(step) = plan.steps.first().cloned() else { break };
-        match act(ctx, &agent, &owner, &hostname, &mut status, &step).await {
-            Ok(()) => {}
-            Err(e) => match stall_reason(&e) {
-                Some(reason) => {
-                    tracing::warn!(error = %e, ?step, "permanent error: waiting for a spec change");
-                    ctx.event(agent.as_ref(), true, reason.0, "Reconcile", reason.1.clone()).await;
-                    stalled = Some(reason);
-                    break;
-                }
-                None => {
-                    // Keep what was done so far (e.g. a new server's id) and say what failed,
-                    // then back off.
-                    let observed = observe(ctx, &owner, ctx.dns_taken.get(&owner.uid));
-                    let (reason, message) = retry_reason(&e);
-                    let mut next = desired_status(
-                        agent.metadata.generation,
-                        &agent.spec,
-                        &status,
-                        &hostname,
-                        &observed,
-                        None,
-                        Timestamp::now(),
-                    );
-                    next.owner = status.owner.clone();
-                    set_ready_reason(&mut next, reason, &message);
-                    write_status(ctx, &agent, &old, &next).await?;
-                    return Err(e);
-                }
-            },
-        }
-    }
-    let observed = observe(ctx, &owner, ctx.dns_taken.get(&owner.uid));
-    if let Some(server) = &observed.server {
-        let effective = effective_server_status(server, observed.tunnel.as_ref());
-        if let Some(t) = server::record_observed_transition(ctx, &owner, &intent(&agent.spec), &effective).await? {
-            tracing::info!(transition = t.as_str(), "usage timeline");
-        }
-    }
-    let mut next = desired_status(
-        agent.metadata.generation,
-        &agent.spec,
-        &status,
-        &hostname,
-        &observed,
-        stalled.clone(),
-        Timestamp::now(),
-    );
-    next.owner = status.owner.clone();
-    write_status(ctx, &agent, &old, &next).await?;
-    ctx.failures.succeeded(&owner.uid);
-    tracing::debug!(wait = ?plan.wait, stalled = stalled.is_some(), "pass done");
-    Ok(match (stalled.is_some(), plan.wait) {
-        (true, _) => {
-            ctx.fleet.done_waiting(&owner.uid);
-            // A quota or a sold-out type clears by itself: look again each resync. A bad spec
-            // does not: wait for the spec to change (which wakes this object).
-            match stalled.as_ref().map(|(reason, _)| *reason) {
-                Some("QuotaExceeded" | "ServerTypeUnavailable") => Action::requeue(ctx.config.resync),
-                _ => Action::await_change(),
-            }
-        }
-        (false, Wait::Nothing) => {
-            ctx.fleet.done_waiting(&owner.uid);
-            Action::requeue(ctx.config.resync)
-        }
-        (false, Wait::Lists) => Action::requeue(ctx.config.fast_poll),
-        (false, Wait::Tunnel) => {
-            ctx.fleet.wait_for_tunnel(&owner.uid);
-            Action::requeue(ctx.config.fast_poll)
-        }
-        (false, Wait::Server) => {
-            ctx.fleet.wait_for_servers(&owner.uid);
-            Action::requeue(ctx.config.fast_poll)
-        }
-    })
+/// One pass's fixed inputs: the object, its identity and its hostname.
+struct AgentPass {
+    agent: Arc<Agent>,
+    owner: Owner,
+    hostname: String,
 }
 
-/// A not-Ready condition that names the error in its reason and message.
-fn set_ready_reason(status: &mut AgentStatus, reason: &'static str, message: &str) {
-    if let Some(c) = status.conditions.iter_mut().find(|c| c.type_ == "Ready" && c.status == "False") {
-        c.reason = reason.to_owned();
-        c.message = message.to_owned();
+impl Pass for AgentPass {
+    type Object = Agent;
+    type Step = Step;
+
+    fn object(&self) -> &Agent {
+        &self.agent
+    }
+
+    fn owner(&self) -> &Owner {
+        &self.owner
+    }
+
+    fn intent(&self) -> ServerIntent {
+        intent(&self.agent.spec)
+    }
+
+    fn lists_known(&self, ctx: &Context) -> bool {
+        ctx.fleet.servers_known() && ctx.fleet.tunnels_known() && ctx.fleet.dns_known()
+    }
+
+    fn plan(&self, ctx: &Context, status: &AgentStatus) -> Plan {
+        let observed = observe(ctx, &self.owner, ctx.dns_taken.get(&self.owner.uid));
+        decide(&self.agent.spec, status, &self.hostname, &observed, Instant::now(), ctx.config.shutdown_timeout)
+    }
+
+    async fn act(&self, ctx: &Context, status: &mut AgentStatus, step: &Step) -> Result<(), ReconcileError> {
+        act(ctx, &self.agent, &self.owner, &self.hostname, status, step).await
+    }
+
+    fn describe(&self, ctx: &Context, status: &AgentStatus, stalled: Option<Stall>) -> AgentStatus {
+        let observed = observe(ctx, &self.owner, ctx.dns_taken.get(&self.owner.uid));
+        let mut next = desired_status(
+            self.agent.metadata.generation,
+            &self.agent.spec,
+            status,
+            &self.hostname,
+            &observed,
+            stalled,
+            Timestamp::now(),
+        );
+        // The owner is what the steps recorded (a transfer moves it), not the old status's.
+        next.owner = status.owner.clone();
+        next
+    }
+
+    fn power_status(&self, ctx: &Context) -> Option<String> {
+        let server = ctx.fleet.server(&self.owner.uid)?;
+        Some(effective_server_status(&server, ctx.fleet.tunnel(&tunnel_name(&self.owner.uid)).as_ref()))
     }
 }
 
-/// Patches `/status` with the difference, only when something changed.
-async fn write_status(
-    ctx: &Context,
-    agent: &Agent,
-    old: &AgentStatus,
-    new: &AgentStatus,
-) -> Result<(), ReconcileError> {
-    if old == new {
-        return Ok(());
+impl ManagedObject for Agent {
+    type Status = AgentStatus;
+    const KIND: &'static str = KIND;
+
+    fn status(&self) -> Option<&AgentStatus> {
+        self.status.as_ref()
     }
-    let Some(patch) = status_merge_patch(old, new) else { return Ok(()) };
-    let api: Api<Agent> = Api::namespaced(ctx.client.clone(), &agent.namespace().unwrap_or_default());
-    api.patch_status(&agent.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    ctx.metrics.count_status_write(KIND);
-    Ok(())
+
+    fn conditions(status: &AgentStatus) -> &[Condition] {
+        &status.conditions
+    }
+
+    fn conditions_mut(status: &mut AgentStatus) -> &mut Vec<Condition> {
+        &mut status.conditions
+    }
+
+    async fn apply(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+        let owner = Owner::of(agent.as_ref(), KIND)?;
+        let hostname = hostname(&agent, &ctx.config.zone_name);
+        lifecycle::apply(&AgentPass { agent, owner, hostname }, &ctx).await
+    }
+
+    async fn cleanup(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+        cleanup(agent, &ctx).await
+    }
+}
+
+/// The controller's entry point for one Agent.
+pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    lifecycle::reconcile(agent, ctx).await
+}
+
+/// Requeue after an error: capped exponential backoff with jitter, per object.
+pub fn error_policy(agent: Arc<Agent>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    lifecycle::error_policy(agent, error, ctx)
 }
 
 /// Tears everything down (or takes our marks off, for `Orphan`), then commits the destroy
@@ -739,7 +659,6 @@ async fn cleanup(agent: Arc<Agent>, ctx: &Context) -> Result<Action, ReconcileEr
     if !(ctx.fleet.servers_known() && ctx.fleet.tunnels_known() && ctx.fleet.dns_known()) {
         return Err(ReconcileError::NotReady("the first complete lists of servers, tunnels and DNS records"));
     }
-    ctx.fleet.done_waiting(&owner.uid);
     let status = agent.status.clone().unwrap_or_default();
     let policy = agent.spec.deletion_policy;
     let server = ctx.fleet.server(&owner.uid);
@@ -779,13 +698,9 @@ async fn cleanup(agent: Arc<Agent>, ctx: &Context) -> Result<Action, ReconcileEr
     }
     seal::delete_credential(&ctx.db, &secret_id(&owner.uid)).await?;
     let intent = intent(&agent.spec);
-    let closing = server::closing_transition(ctx, &owner, &intent).await?;
-    let event = NewAuditEvent {
-        event_key: format!("{}/{}", AuditKind::AgentDestroyed.as_str(), owner.uid),
+    let destroyed = Destroyed {
         kind: AuditKind::AgentDestroyed,
-        resource: owner.resource_ref(),
-        owners: vec![status.owner.clone().unwrap_or_else(|| agent.spec.owner.clone())],
-        region: Some(agent.spec.region.as_str().to_owned()),
+        billed_owner: status.owner.clone().unwrap_or_else(|| agent.spec.owner.clone()),
         cloud_ids: json!({"server_id": server_id, "tunnel_id": tunnel_id, "dns_record_id": dns_id}),
         details: json!({
             "deletion_policy": format!("{policy:?}"),
@@ -794,81 +709,8 @@ async fn cleanup(agent: Arc<Agent>, ctx: &Context) -> Result<Action, ReconcileEr
             "server_name": server::server_name(&owner.name, &owner.uid),
             "price_cell": intent.price_cell(),
         }),
-        occurred_at: Utc::now(),
     };
-    // The last usage row and the destroy event commit together.
-    let mut tx = ctx.db.begin().await.during("starting the destroy transaction")?;
-    if let Some(row) = &closing {
-        usage::record(&mut *tx, row).await?;
-    }
-    audit::append(&mut *tx, &event).await?;
-    tx.commit().await.during("committing the destroy event")?;
-    ctx.metrics.count_step(KIND, "destroyed");
-    tracing::info!(policy = ?policy, "destroyed; audit event committed");
-    ctx.power.forget(&owner.uid);
-    ctx.failures.succeeded(&owner.uid);
-    Ok(Action::await_change())
-}
-
-/// The controller's entry point for one Agent.
-pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-    let span = tracing::info_span!("reconcile", kind = KIND, namespace = %agent.namespace().unwrap_or_default(), name = %agent.name_any());
-    async move {
-        if agent.annotations().get(PAUSE_ANNOTATION).map(String::as_str) == Some("true") {
-            return pause(&agent, &ctx).await;
-        }
-        let api: Api<Agent> = Api::namespaced(ctx.client.clone(), &agent.namespace().unwrap_or_default());
-        let result = finalizer(&api, FINALIZER, agent, |event| async {
-            match event {
-                Finalizer::Apply(agent) => apply(agent, &ctx).await,
-                Finalizer::Cleanup(agent) => cleanup(agent, &ctx).await,
-            }
-        })
-        .await;
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(_) => "error",
-        };
-        ctx.metrics.count_reconcile(KIND, outcome);
-        result.map_err(|e| match e {
-            kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-            other => ReconcileError::Finalizer(other.to_string()),
-        })
-    }
-    .instrument(span)
-    .await
-}
-
-/// A paused Agent: nothing is done for it; a `Paused` condition says so (written once).
-async fn pause(agent: &Agent, ctx: &Context) -> Result<Action, ReconcileError> {
-    let old = agent.status.clone().unwrap_or_default();
-    if conditions::find(&old.conditions, "Paused").is_some_and(|c| c.status == "True") {
-        return Ok(Action::await_change());
-    }
-    let mut next = old.clone();
-    next.conditions.retain(|c| c.type_ != "Paused");
-    next.conditions.extend(conditions::merge(
-        &[],
-        &[Desired::new(
-            "Paused",
-            true,
-            "PauseAnnotation",
-            format!("Reconciliation is paused by the annotation {PAUSE_ANNOTATION}=\"true\": nothing is created, changed or deleted."),
-        )],
-        agent.metadata.generation,
-        Timestamp::now(),
-    ));
-    write_status(ctx, agent, &old, &next).await?;
-    Ok(Action::await_change())
-}
-
-/// Requeue after an error: capped exponential backoff with jitter, per object.
-pub fn error_policy(agent: Arc<Agent>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
-    let uid = agent.uid().unwrap_or_default();
-    let failures = ctx.failures.failed(&uid);
-    let delay = super::backoff_delay(failures, ctx.config.fast_poll, ctx.config.max_backoff);
-    tracing::warn!(kind = KIND, namespace = %agent.namespace().unwrap_or_default(), name = %agent.name_any(), error = %error, class = error.metric_label(), retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
+    lifecycle::commit_destroy(ctx, &owner, &intent, destroyed).await
 }
 
 #[cfg(test)]

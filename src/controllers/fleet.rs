@@ -1,5 +1,6 @@
-//! The shared view of the cloud: every server, tunnel and DNS record the operator owns, read
-//! with paged lists (one request per 50 servers, per 100 tunnels or records) and shared by all
+//! The shared view of the cloud: every server, per-object firewall, tunnel and DNS record the
+//! operator owns, read with paged lists (one request per 50 servers or firewalls, per 100
+//! tunnels or records) and shared by all
 //! reconcilers, so no reconcile ever reads one object from a rate-limited API.
 //!
 //! Lists run at the resync period when everything is settled, and at a short interval while
@@ -17,6 +18,7 @@ use tokio::sync::Notify;
 
 use crate::cloud::cloudflare::{DnsRecord, Tunnel};
 use crate::cloud::hetzner::ServerSummary;
+use hcloud::models::Firewall;
 
 /// One observation and when it was made.
 #[derive(Clone, Debug)]
@@ -111,6 +113,8 @@ impl ObservedTunnel {
 #[derive(Debug, Default)]
 struct FleetState {
     servers: Observed<ServerSummary>,
+    /// Per-object firewalls (PlainVMs), keyed by owner UID; never the fleet firewall.
+    firewalls: Observed<Firewall>,
     tunnels: Observed<ObservedTunnel>,
     dns: Observed<DnsRecord>,
 }
@@ -127,6 +131,7 @@ pub struct Fleet {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Collection {
     Servers,
+    Firewalls,
     Tunnels,
     Dns,
 }
@@ -165,6 +170,34 @@ impl Fleet {
     /// Every managed server with its owner UID.
     pub fn servers(&self) -> Vec<(String, ServerSummary)> {
         self.with(|s| s.servers.values())
+    }
+
+    /// The per-object firewall of the object with `uid`, as last seen or done.
+    pub fn firewall(&self, uid: &str) -> Option<Firewall> {
+        self.with(|s| s.firewalls.get(uid))
+    }
+
+    /// Whether a complete firewall list has been seen.
+    pub fn firewalls_known(&self) -> bool {
+        self.with(|s| s.firewalls.listed_from.is_some())
+    }
+
+    pub fn record_firewall(&self, uid: &str, firewall: Firewall) {
+        self.with(|s| s.firewalls.record(uid, Some(firewall), Instant::now()));
+    }
+
+    pub fn forget_firewall(&self, uid: &str) {
+        self.with(|s| s.firewalls.record(uid, None, Instant::now()));
+    }
+
+    /// Every per-object firewall with its owner UID.
+    pub fn firewalls(&self) -> Vec<(String, Firewall)> {
+        self.with(|s| s.firewalls.values())
+    }
+
+    /// Applies a complete list of per-object firewalls (keyed by owner UID).
+    pub fn merge_firewalls(&self, listed: HashMap<String, Firewall>, started: Instant) {
+        self.with(|s| s.firewalls.merge(listed, started, Instant::now()));
     }
 
     /// The tunnel named `name`.
@@ -255,6 +288,7 @@ impl Fleet {
         let now = Instant::now();
         self.with(|s| match which {
             Collection::Servers => s.servers.attempted_at = Some(now),
+            Collection::Firewalls => s.firewalls.attempted_at = Some(now),
             Collection::Tunnels => s.tunnels.attempted_at = Some(now),
             Collection::Dns => s.dns.attempted_at = Some(now),
         });
@@ -267,6 +301,8 @@ impl Fleet {
             let mut next: Option<Instant> = None;
             let slots = [
                 (Collection::Servers, s.servers.next_due(resync, fast)),
+                // Firewalls change only through us or a person (drift): the resync suffices.
+                (Collection::Firewalls, s.firewalls.next_due(resync, resync)),
                 (Collection::Tunnels, s.tunnels.next_due(resync, fast)),
                 // DNS records change only through us or a person: the resync period suffices.
                 (Collection::Dns, s.dns.next_due(resync, resync)),
@@ -327,8 +363,13 @@ mod tests {
         let (resync, fast) = (Duration::from_secs(300), Duration::from_secs(2));
         let now = Instant::now();
         let (due, _) = fleet.due(now, resync, fast);
-        assert_eq!(due, vec![Collection::Servers, Collection::Tunnels, Collection::Dns], "first lists at once");
+        assert_eq!(
+            due,
+            vec![Collection::Servers, Collection::Firewalls, Collection::Tunnels, Collection::Dns],
+            "first lists at once"
+        );
         fleet.merge_servers(HashMap::new(), now);
+        fleet.merge_firewalls(HashMap::new(), now);
         fleet.merge_tunnels(HashMap::new(), now);
         fleet.merge_dns(HashMap::new(), now);
         let (due, next) = fleet.due(now, resync, fast);

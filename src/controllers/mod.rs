@@ -10,6 +10,7 @@ pub mod conditions;
 pub mod context;
 pub mod error;
 pub mod fleet;
+pub mod lifecycle;
 pub mod names;
 pub mod refresher;
 pub mod server;

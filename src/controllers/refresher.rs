@@ -1,5 +1,5 @@
-//! The one task that reads the clouds for everybody: paged lists of our servers (by label),
-//! tunnels (by name prefix) and DNS records (by comment mark), on the pace the fleet view asks
+//! The one task that reads the clouds for everybody: paged lists of our servers and per-object
+//! firewalls (by label), tunnels (by name prefix) and DNS records (by comment mark), on the pace the fleet view asks
 //! for, plus the fleet firewall every Agent server is created behind. It lists and repairs the
 //! fleet firewall; it never creates, changes or deletes anything an object owns.
 
@@ -13,7 +13,7 @@ use crate::cloud::hetzner::FirewallCreated;
 use super::context::Context;
 use super::fleet::{Collection, ObservedTunnel};
 use super::names::{TUNNEL_PREFIX, uid_from_dns_comment, uid_from_tunnel_name};
-use super::server::{MANAGED_BY, MANAGED_BY_LABEL, UID_LABEL, fleet_selector};
+use super::server::{MANAGED_BY, MANAGED_BY_LABEL, UID_LABEL, fleet_selector, per_object_firewall_selector};
 
 /// The fleet firewall's name: one per Hetzner project, no inbound rules at all.
 pub const FLEET_FIREWALL_NAME: &str = "crabglamp-agents-closed";
@@ -61,6 +61,16 @@ async fn refresh(ctx: &Context, which: Collection) -> Result<(), CloudError> {
             let listed: HashMap<_, _> =
                 servers.into_iter().filter_map(|s| s.labels.get(UID_LABEL).cloned().map(|uid| (uid, s))).collect();
             ctx.fleet.merge_servers(listed, started);
+        }
+        Collection::Firewalls => {
+            // One paged list for every PlainVM's firewall: drift is seen here, never by a GET
+            // per object. The fleet firewall carries no UID label, so it is not in this view.
+            let firewalls = ctx.hetzner.list_firewalls(Some(&per_object_firewall_selector())).await?;
+            let listed: HashMap<_, _> = firewalls
+                .into_iter()
+                .filter_map(|f| f.labels.as_ref().and_then(|l| l.get(UID_LABEL)).cloned().map(|uid| (uid, f)))
+                .collect();
+            ctx.fleet.merge_firewalls(listed, started);
         }
         Collection::Tunnels => {
             let tunnels = ctx.cloudflare.list_tunnels(Some(TUNNEL_PREFIX)).await?;

@@ -38,6 +38,12 @@ pub fn fleet_selector() -> String {
     format!("{MANAGED_BY_LABEL}={MANAGED_BY}")
 }
 
+/// The label selector of the shared firewall list: every per-object (PlainVM) firewall. The
+/// fleet firewall has no kind label, so it is not selected.
+pub fn per_object_firewall_selector() -> String {
+    format!("{MANAGED_BY_LABEL}={MANAGED_BY},{KIND_LABEL}=plainvm")
+}
+
 /// What a kind asks of its server; the rest of this module needs nothing else of the object.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServerIntent {

@@ -1,0 +1,409 @@
+//! The reconcile skeleton every server-backed kind (Agent, PlainVM) runs on: the finalizer and
+//! pause handling around a pass, the pass itself (observe -> decide -> act, a few steps at a
+//! time, a permanent error stalls, a retryable one is named in `Ready` and backed off), the
+//! usage-timeline row after it, the status patch (only on change), the requeue that follows
+//! from what the pass waits for, the error policy, and the destroy transaction (closing usage
+//! row and destroy event in one commit).
+//!
+//! A kind supplies its observations, its pure decision, its steps and its status through
+//! [`ManagedObject`] and [`Pass`]; this module never knows what a tunnel or a firewall is, never
+//! talks to a cloud itself, and never writes `spec`.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::Arc;
+
+use chrono::Utc;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tracing::Instrument;
+
+use crate::cloud::CloudError;
+use crate::store::audit::{self, AuditKind, NewAuditEvent};
+use crate::store::{QueryContext, usage};
+
+use super::conditions::{self, Desired};
+use super::context::Context;
+use super::error::ReconcileError;
+use super::server::{self, Owner, ServerIntent};
+use super::status_patch::status_merge_patch;
+
+/// The finalizer that holds an object until its cloud resources are gone and its destroy event
+/// is committed.
+pub const FINALIZER: &str = "crabglamp.com/cleanup";
+/// `"true"` stops reconciling the object (nothing is created, changed or deleted for it).
+pub const PAUSE_ANNOTATION: &str = "crabglamp.com/paused";
+
+/// A permanent error's condition reason and message: the object is `Stalled`.
+pub type Stall = (&'static str, String);
+
+/// Stall reasons that clear by themselves (a limit raised, a type back in stock): the object
+/// is looked at again each resync. Any other stall waits for a spec change.
+pub const SELF_CLEARING: [&str; 3] = ["QuotaExceeded", "ServerTypeUnavailable", "FirewallQuotaExceeded"];
+
+/// What the next pass waits for, if anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    Nothing,
+    /// A list to show the first complete picture.
+    Lists,
+    /// The tunnel to connect (Agents).
+    Tunnel,
+    /// The server to reach the desired power state.
+    Server,
+}
+
+/// The decision for one pass: the steps to take now, in order, and what to wait for after.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan<S> {
+    pub steps: Vec<S>,
+    pub wait: Wait,
+}
+
+/// A kind this skeleton reconciles.
+pub trait ManagedObject:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    type Status: Clone + Debug + Default + PartialEq + Serialize + Send + Sync;
+    /// `Agent`, `PlainVM`: spans, metrics, Events.
+    const KIND: &'static str;
+
+    fn status(&self) -> Option<&Self::Status>;
+    fn conditions(status: &Self::Status) -> &[Condition];
+    fn conditions_mut(status: &mut Self::Status) -> &mut Vec<Condition>;
+
+    /// One pass over a live object.
+    fn apply(object: Arc<Self>, ctx: Arc<Context>) -> impl Future<Output = Result<Action, ReconcileError>> + Send;
+    /// Tears the object's cloud resources down (or orphans them) and commits its destroy event.
+    /// Any `Ok` releases the finalizer: return an error while anything is left.
+    fn cleanup(object: Arc<Self>, ctx: Arc<Context>) -> impl Future<Output = Result<Action, ReconcileError>> + Send;
+}
+
+/// One kind's pass over one object: what [`apply`] needs of it.
+pub trait Pass: Sync {
+    type Object: ManagedObject;
+    type Step: Clone + Debug + Send + Sync;
+
+    fn object(&self) -> &Self::Object;
+    fn owner(&self) -> &Owner;
+    fn intent(&self) -> ServerIntent;
+    /// Whether every shared list this kind decides on has been seen complete.
+    fn lists_known(&self, ctx: &Context) -> bool;
+    /// Observe and decide (pure but for reading the fleet view).
+    fn plan(&self, ctx: &Context, status: &<Self::Object as ManagedObject>::Status) -> Plan<Self::Step>;
+    /// One idempotent step; what it learns goes into `status` and the fleet view.
+    fn act(
+        &self,
+        ctx: &Context,
+        status: &mut <Self::Object as ManagedObject>::Status,
+        step: &Self::Step,
+    ) -> impl Future<Output = Result<(), ReconcileError>> + Send;
+    /// The status that describes what is observed now (`stalled`: a permanent error).
+    fn describe(
+        &self,
+        ctx: &Context,
+        status: &<Self::Object as ManagedObject>::Status,
+        stalled: Option<Stall>,
+    ) -> <Self::Object as ManagedObject>::Status;
+    /// The server status the usage timeline should believe, if there is a server.
+    fn power_status(&self, ctx: &Context) -> Option<String>;
+    /// A permanent error's reason, or `None` when retrying can help. Kinds may name a step's
+    /// refusal more precisely than [`stall_reason`] does.
+    fn stall(&self, _step: &Self::Step, error: &ReconcileError) -> Option<Stall> {
+        stall_reason(error)
+    }
+}
+
+/// A permanent cloud error's condition reason and message, or `None` when retrying can help.
+pub fn stall_reason(error: &ReconcileError) -> Option<Stall> {
+    let cloud = error.cloud()?;
+    if !matches!(cloud, CloudError::Permanent(_)) {
+        return None;
+    }
+    let d = cloud.detail();
+    let (reason, advice) = match d.code.as_str() {
+        "resource_limit_exceeded" => ("QuotaExceeded", "ask Hetzner for a higher limit; retried periodically"),
+        // Sold out in this location: it comes back by itself, so it is retried slowly.
+        "resource_unavailable" => ("ServerTypeUnavailable", "the type is sold out here for now; retried periodically"),
+        "invalid_input" if d.message.contains("server_type") || d.message.contains("server type") => {
+            ("InvalidServerType", "fix spec.serverType")
+        }
+        "invalid_input" if d.message.contains("image") => ("ImageNotFound", "fix spec.image"),
+        "invalid_input" => ("InvalidInput", "fix the spec"),
+        "unauthorized" | "forbidden" | "10000" | "9109" => ("Unauthorized", "check the API token"),
+        _ => ("CloudRefused", "fix the spec or the account"),
+    };
+    Some((reason, format!("{d}; {advice}.")))
+}
+
+/// The condition of an error retrying can help with (the pass backs off and tries again).
+pub fn retry_reason(error: &ReconcileError) -> (&'static str, String) {
+    let reason = match error.cloud() {
+        Some(CloudError::RateLimited { .. }) => "RateLimited",
+        Some(_) if matches!(error, ReconcileError::Hetzner(_)) => "HetznerUnavailable",
+        Some(_) => "CloudflareUnavailable",
+        None => "RetryingAfterError",
+    };
+    (reason, format!("{error}; retrying with backoff."))
+}
+
+/// A not-Ready condition that names the error in its reason and message.
+pub fn set_ready_reason(conditions: &mut [Condition], reason: &'static str, message: &str) {
+    if let Some(c) = conditions.iter_mut().find(|c| c.type_ == "Ready" && c.status == "False") {
+        c.reason = reason.to_owned();
+        c.message = message.to_owned();
+    }
+}
+
+/// Pure: the requeue after a pass that ended without error.
+pub fn next_action(stalled: Option<&'static str>, wait: Wait, ctx: &Context, uid: &str) -> Action {
+    match (stalled, wait) {
+        (Some(reason), _) => {
+            ctx.fleet.done_waiting(uid);
+            // A quota or a sold-out type clears by itself: look again each resync (a periodic
+            // retry, never a tight loop). A bad spec does not: wait for the spec to change.
+            if SELF_CLEARING.contains(&reason) { Action::requeue(ctx.config.resync) } else { Action::await_change() }
+        }
+        (None, Wait::Nothing) => {
+            ctx.fleet.done_waiting(uid);
+            Action::requeue(ctx.config.resync)
+        }
+        (None, Wait::Lists) => Action::requeue(ctx.config.fast_poll),
+        (None, Wait::Tunnel) => {
+            ctx.fleet.wait_for_tunnel(uid);
+            Action::requeue(ctx.config.fast_poll)
+        }
+        (None, Wait::Server) => {
+            ctx.fleet.wait_for_servers(uid);
+            Action::requeue(ctx.config.fast_poll)
+        }
+    }
+}
+
+/// One pass: up to ten steps (each one's result is in the fleet view for the next), the
+/// timeline row the observed power calls for, the status patch, the requeue.
+pub async fn apply<P: Pass>(pass: &P, ctx: &Context) -> Result<Action, ReconcileError> {
+    let object = pass.object();
+    let owner = pass.owner();
+    // Until the first complete lists, absence proves nothing: deciding (or describing the
+    // world in status) then would flap conditions of every object at each operator restart.
+    if !pass.lists_known(ctx) {
+        return Ok(Action::requeue(ctx.config.fast_poll));
+    }
+    let old = object.status().cloned().unwrap_or_default();
+    let mut status = old.clone();
+    let mut stalled: Option<Stall> = None;
+    let mut plan = Plan { steps: Vec::new(), wait: Wait::Lists };
+    for _ in 0..10 {
+        plan = pass.plan(ctx, &status);
+        let Some(step) = plan.steps.first().cloned() else { break };
+        if let Err(e) = pass.act(ctx, &mut status, &step).await {
+            if let Some(stall) = pass.stall(&step, &e) {
+                tracing::warn!(error = %e, ?step, "permanent error: stalled");
+                ctx.event(object, true, stall.0, "Reconcile", stall.1.clone()).await;
+                stalled = Some(stall);
+                break;
+            }
+            // Keep what was done so far (e.g. a new server's id) and say what failed, then
+            // back off.
+            let (reason, message) = retry_reason(&e);
+            let mut next = pass.describe(ctx, &status, None);
+            set_ready_reason(P::Object::conditions_mut(&mut next), reason, &message);
+            write_status(ctx, object, &old, &next).await?;
+            return Err(e);
+        }
+    }
+    if let Some(observed) = pass.power_status(ctx)
+        && let Some(t) = server::record_observed_transition(ctx, owner, &pass.intent(), &observed).await?
+    {
+        tracing::info!(transition = t.as_str(), "usage timeline");
+    }
+    let next = pass.describe(ctx, &status, stalled.clone());
+    write_status(ctx, object, &old, &next).await?;
+    ctx.failures.succeeded(&owner.uid);
+    tracing::debug!(wait = ?plan.wait, stalled = stalled.is_some(), "pass done");
+    Ok(next_action(stalled.map(|(reason, _)| reason), plan.wait, ctx, &owner.uid))
+}
+
+/// Patches `/status` with the difference, only when something changed.
+pub async fn write_status<K: ManagedObject>(
+    ctx: &Context,
+    object: &K,
+    old: &K::Status,
+    new: &K::Status,
+) -> Result<(), ReconcileError> {
+    if old == new {
+        return Ok(());
+    }
+    let Some(patch) = status_merge_patch(old, new) else { return Ok(()) };
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
+    api.patch_status(&object.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    ctx.metrics.count_status_write(K::KIND);
+    Ok(())
+}
+
+/// The controller's entry point for one object of any managed kind.
+pub async fn reconcile<K: ManagedObject>(object: Arc<K>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let span = tracing::info_span!("reconcile", kind = K::KIND, namespace = %object.namespace().unwrap_or_default(), name = %object.name_any());
+    async move {
+        if object.annotations().get(PAUSE_ANNOTATION).map(String::as_str) == Some("true") {
+            return pause(object.as_ref(), &ctx).await;
+        }
+        let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
+        let result = finalizer(&api, FINALIZER, object, |event| async {
+            match event {
+                Finalizer::Apply(o) => K::apply(o, Arc::clone(&ctx)).await,
+                Finalizer::Cleanup(o) => K::cleanup(o, Arc::clone(&ctx)).await,
+            }
+        })
+        .await;
+        ctx.metrics.count_reconcile(K::KIND, if result.is_ok() { "ok" } else { "error" });
+        result.map_err(|e| match e {
+            kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+            other => ReconcileError::Finalizer(other.to_string()),
+        })
+    }
+    .instrument(span)
+    .await
+}
+
+/// A paused object: nothing is done for it; a `Paused` condition says so (written once).
+async fn pause<K: ManagedObject>(object: &K, ctx: &Context) -> Result<Action, ReconcileError> {
+    let old = object.status().cloned().unwrap_or_default();
+    if conditions::find(K::conditions(&old), "Paused").is_some_and(|c| c.status == "True") {
+        return Ok(Action::await_change());
+    }
+    let mut next = old.clone();
+    let list = K::conditions_mut(&mut next);
+    list.retain(|c| c.type_ != "Paused");
+    list.extend(conditions::merge(
+        &[],
+        &[Desired::new(
+            "Paused",
+            true,
+            "PauseAnnotation",
+            format!("Reconciliation is paused by the annotation {PAUSE_ANNOTATION}=\"true\": nothing is created, changed or deleted."),
+        )],
+        object.meta().generation,
+        Timestamp::now(),
+    ));
+    write_status(ctx, object, &old, &next).await?;
+    Ok(Action::await_change())
+}
+
+/// Requeue after an error: capped exponential backoff with jitter, per object.
+pub fn error_policy<K: ManagedObject>(object: Arc<K>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    let uid = object.uid().unwrap_or_default();
+    let failures = ctx.failures.failed(&uid);
+    let delay = super::backoff_delay(failures, ctx.config.fast_poll, ctx.config.max_backoff);
+    tracing::warn!(kind = K::KIND, namespace = %object.namespace().unwrap_or_default(), name = %object.name_any(), error = %error, class = error.metric_label(), retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// What a destroy event says beyond the object's identity.
+pub struct Destroyed {
+    pub kind: AuditKind,
+    /// The owner the usage and the event are billed to.
+    pub billed_owner: String,
+    pub cloud_ids: Value,
+    pub details: Value,
+}
+
+/// Commits the object's destroy event together with the closing `stop` row of its timeline
+/// (if it still runs), exactly once (the event key is per UID), and forgets the object's
+/// in-memory state. The finalizer may go only after this returns `Ok`.
+pub async fn commit_destroy(
+    ctx: &Context,
+    owner: &Owner,
+    intent: &ServerIntent,
+    destroyed: Destroyed,
+) -> Result<Action, ReconcileError> {
+    let closing = server::closing_transition(ctx, owner, intent).await?;
+    let event = NewAuditEvent {
+        event_key: format!("{}/{}", destroyed.kind.as_str(), owner.uid),
+        kind: destroyed.kind,
+        resource: owner.resource_ref(),
+        owners: vec![destroyed.billed_owner],
+        region: Some(intent.region.as_str().to_owned()),
+        cloud_ids: destroyed.cloud_ids,
+        details: destroyed.details,
+        occurred_at: Utc::now(),
+    };
+    // The last usage row and the destroy event commit together.
+    let mut tx = ctx.db.begin().await.during("starting the destroy transaction")?;
+    if let Some(row) = &closing {
+        usage::record(&mut *tx, row).await?;
+    }
+    audit::append(&mut *tx, &event).await?;
+    tx.commit().await.during("committing the destroy event")?;
+    ctx.metrics.count_step(owner.kind, "destroyed");
+    tracing::info!(event = destroyed.kind.as_str(), "destroyed; audit event committed");
+    ctx.fleet.done_waiting(&owner.uid);
+    ctx.power.forget(&owner.uid);
+    ctx.failures.succeeded(&owner.uid);
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready_false() -> Condition {
+        Condition {
+            type_: "Ready".into(),
+            status: "False".into(),
+            reason: "Provisioning".into(),
+            message: "m".into(),
+            observed_generation: None,
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
+        }
+    }
+
+    #[test]
+    fn only_a_false_ready_is_renamed_by_an_error() {
+        let mut c = vec![ready_false()];
+        set_ready_reason(&mut c, "RateLimited", "slow down");
+        assert_eq!((c[0].reason.as_str(), c[0].message.as_str()), ("RateLimited", "slow down"));
+        c[0].status = "True".into();
+        set_ready_reason(&mut c, "HetznerUnavailable", "x");
+        assert_eq!(c[0].reason, "RateLimited", "a true Ready keeps its reason");
+    }
+
+    #[test]
+    fn errors_classify_into_stalls_and_retries() {
+        use crate::cloud::error::{Provider, ProviderError};
+        let detail = |code: &str, message: &str| ProviderError {
+            provider: Provider::Hetzner,
+            operation: "create_server",
+            status: Some(403),
+            code: code.into(),
+            message: message.into(),
+        };
+        let quota = ReconcileError::Hetzner(CloudError::Permanent(detail("resource_limit_exceeded", "limit")));
+        assert_eq!(stall_reason(&quota).map(|s| s.0), Some("QuotaExceeded"));
+        let bad_type = ReconcileError::Hetzner(CloudError::Permanent(detail("invalid_input", "unknown server_type")));
+        assert_eq!(stall_reason(&bad_type).map(|s| s.0), Some("InvalidServerType"));
+        let busy = ReconcileError::Hetzner(CloudError::Retryable(detail("unavailable", "later")));
+        assert_eq!(stall_reason(&busy), None);
+        assert_eq!(retry_reason(&busy).0, "HetznerUnavailable");
+        assert_eq!(retry_reason(&ReconcileError::NotReady("lists")).0, "RetryingAfterError");
+        for reason in SELF_CLEARING {
+            assert!(reason.ends_with("Exceeded") || reason.ends_with("Unavailable"), "{reason}");
+        }
+    }
+}
