@@ -464,6 +464,13 @@ impl HetznerClient {
         all_pages(|page| self.list_firewalls_page(label_selector, page, MAX_PER_PAGE)).await
     }
 
+    /// Replaces a firewall's labels (an orphaned firewall loses ours).
+    pub async fn set_firewall_labels(&self, id: i64, labels: &BTreeMap<String, String>) -> Result<(), CloudError> {
+        let body = json!({"labels": labels});
+        let call = Call::new("update_firewall", Method::PUT, format!("/firewalls/{id}")).body(&body);
+        self.t.call::<FirewallBody>(call).await.map(|_| ())
+    }
+
     /// Replaces all rules (`[]` clears them).
     pub async fn set_firewall_rules(&self, id: i64, rules: &[Rule]) -> Result<Vec<Action>, CloudError> {
         let body = json!({"rules": rules});

@@ -18,7 +18,7 @@ use kube::runtime::controller::Action;
 use serde_json::json;
 
 use crate::api::agent::TunnelStatus;
-use crate::api::{Agent, AgentSpec, AgentStatus, DeletionPolicy, Phase};
+use crate::api::{Agent, AgentSpec, AgentStatus, DeletionPolicy};
 use crate::cloud::CloudError;
 use crate::cloud::cloudflare::{DnsRecord, IngressRule, TunnelSecret, derive_tunnel_token};
 use crate::cloud::hetzner::ServerSummary;
@@ -170,21 +170,7 @@ pub fn desired_status(
     let server = observed.server.as_ref();
     let tunnel = observed.tunnel.as_ref();
     let effective = server.map(|s| effective_server_status(s, tunnel));
-    let server_ready = match (spec.running, effective.as_deref()) {
-        (true, Some("running")) | (false, Some("off")) => Desired::new(
-            "ServerReady",
-            true,
-            if spec.running { "Running" } else { "Stopped" },
-            "The server is in the requested power state.",
-        ),
-        (_, Some(s)) => Desired::new(
-            "ServerReady",
-            false,
-            "PowerTransition",
-            format!("The server is {s}; waiting for it to be {}.", if spec.running { "running" } else { "off" }),
-        ),
-        (_, None) => Desired::new("ServerReady", false, "Provisioning", "The server is being created."),
-    };
+    let server_ready = server::server_ready(spec.running, effective.as_deref());
     let tunnel_ready = match tunnel {
         Some(t) if t.connected() => {
             Desired::new("TunnelReady", true, "Connected", "cloudflared is connected to the tunnel.")
@@ -216,51 +202,31 @@ pub fn desired_status(
             Desired::new("DnsReady", false, "Provisioning", format!("The DNS record for {hostname} is being created."))
         }
     };
-    let ready =
-        if spec.running { server_ready.status && tunnel_ready.status && dns_ready.status } else { server_ready.status };
-    let mut desired = vec![
-        if ready {
-            Desired::new(
-                "Ready",
-                true,
-                "Ready",
-                if spec.running {
-                    "The Agent is running and reachable through its tunnel."
-                } else {
-                    "The Agent is stopped as requested."
-                },
-            )
-        } else if let Some((reason, message)) = &stalled {
-            Desired::new("Ready", false, reason, message.clone())
-        } else {
-            let waiting = [&server_ready, &tunnel_ready, &dns_ready].into_iter().find(|c| !c.status);
-            Desired::new(
-                "Ready",
-                false,
-                waiting.map_or("Reconciling", |c| c.reason),
-                waiting.map_or_else(String::new, |c| c.message.clone()),
-            )
-        },
-        server_ready,
-        tunnel_ready,
-        dns_ready,
-    ];
-    if let Some((reason, message)) = &stalled {
-        desired.push(Desired::new("Stalled", true, reason, message.clone()));
-    } else if !ready {
-        desired.push(Desired::new("Reconciling", true, "Progressing", "Cloud resources are being created or changed."));
-    }
-    let phase = if stalled.is_some() {
-        Phase::Failed
-    } else if server.is_none() && tunnel.is_none() {
-        Phase::Pending
-    } else if spec.running {
-        if ready { Phase::Running } else { Phase::Provisioning }
-    } else if effective.as_deref() == Some("off") {
-        Phase::Stopped
+    // A stopped Agent needs no connector (nor, for Ready, its DNS record).
+    let parts = if spec.running {
+        vec![server_ready, tunnel_ready.clone(), dns_ready.clone()]
     } else {
-        Phase::Stopping
+        vec![server_ready]
     };
+    let ready = parts.iter().all(|c| c.status);
+    let ready_message = if spec.running {
+        "The Agent is running and reachable through its tunnel."
+    } else {
+        "The Agent is stopped as requested."
+    };
+    let mut desired = lifecycle::summary_conditions(ready_message, stalled.as_ref(), parts);
+    if !spec.running {
+        // Still described, just not required.
+        desired.insert(2, tunnel_ready);
+        desired.insert(3, dns_ready);
+    }
+    let phase = lifecycle::phase(
+        stalled.is_some(),
+        server.is_none() && tunnel.is_none(),
+        spec.running,
+        ready,
+        effective.as_deref(),
+    );
     AgentStatus {
         observed_generation: agent_generation,
         phase: Some(phase),
@@ -432,26 +398,7 @@ async fn act(
             let vanished = status.server.as_ref().and_then(|s| s.id);
             let created = server::create_server(ctx, owner, &spec).await?;
             status.server = Some(server::server_status(&created, None));
-            let (warning, reason, note) = match vanished {
-                Some(old) if old != created.id => (
-                    true,
-                    "ServerRecreated",
-                    format!(
-                        "Server {old} was deleted outside the operator; created server {} in its place.",
-                        created.id
-                    ),
-                ),
-                _ => (
-                    false,
-                    "ServerCreated",
-                    format!(
-                        "Server {} ({}) created in {}.",
-                        created.name,
-                        agent.spec.server_type,
-                        agent.spec.region.hetzner_location()
-                    ),
-                ),
-            };
+            let (warning, reason, note) = server::created_event(vanished, &created, &intent(&agent.spec));
             ctx.event(agent, warning, reason, "CreateServer", note).await;
         }
         Step::AttachFirewall => {
@@ -475,13 +422,8 @@ async fn act(
         Step::Power(power) => {
             let Some(server) = ctx.fleet.server(&owner.uid) else { return Ok(()) };
             server::apply_power(ctx, owner, &server, *power).await?;
-            let note = match power {
-                PowerStep::PowerOn => "Powering the server on.",
-                PowerStep::Shutdown => "Asked the server to shut down (ACPI).",
-                PowerStep::PowerOff => "The server ignored the ACPI shutdown past the timeout; powered it off.",
-                PowerStep::Hold => "",
-            };
-            ctx.event(agent, *power == PowerStep::PowerOff, "Power", "Power", note.to_owned()).await;
+            let (warning, note) = server::power_note(*power);
+            ctx.event(agent, warning, "Power", "Power", note.to_owned()).await;
         }
     }
     Ok(())
@@ -716,7 +658,7 @@ async fn cleanup(agent: Arc<Agent>, ctx: &Context) -> Result<Action, ReconcileEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::Region;
+    use crate::api::{Phase, Region};
     use crate::cloud::hetzner::{FirewallAttachment, PublicNetSummary};
 
     const HOST: &str = "bot-team-a.agents.example.com";

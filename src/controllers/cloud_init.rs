@@ -48,22 +48,8 @@ pub enum CloudInitError {
 /// it, and a sudo user would be root-equivalent while adding a second account to keep locked;
 /// Hetzner's own images and rescue system also expect root.
 pub fn agent_user_data(ssh_keys: &[String], tunnel_token: &Secret) -> Result<Secret, CloudInitError> {
-    for (index, key) in ssh_keys.iter().enumerate() {
-        check_ssh_key(index, key)?;
-    }
+    let mut doc = root_keys_document(ssh_keys)?;
     check_tunnel_token(tunnel_token.expose())?;
-
-    // One function renders keys (also used for PlainVMs). cloud-init's schema wants at least
-    // one item in `ssh_authorized_keys` (minItems 1), so no keys means no key at all.
-    let mut doc = if ssh_keys.is_empty() { String::from("#cloud-config\n") } else { ssh_keys_cloud_config(ssh_keys) };
-    // cc_ssh writes the keys to root without a prefix only when disable_root is false (with it
-    // true, the default on Ubuntu and Debian images, root's keys get a `command="echo Please
-    // login as..."` prefix). A `users` list without `default` replaces the image's, so no
-    // distro user (ubuntu, debian) is created to receive the keys as well; cc_users_groups
-    // skips creating the existing root but still applies lock_passwd to it.
-    doc.push_str("disable_root: false\nusers:\n  - name: \"root\"\n    lock_passwd: true\n");
-    // cc_set_passwords: PasswordAuthentication no in sshd's configuration.
-    doc.push_str("ssh_pwauth: false\n");
     doc.push_str("write_files:\n");
     push_file(&mut doc, TUNNEL_ENV_PATH, "0600", &format!("TUNNEL_TOKEN={}\n", tunnel_token.expose()));
     push_file(&mut doc, CLOUDFLARED_UNIT_PATH, "0644", CLOUDFLARED_UNIT);
@@ -76,7 +62,39 @@ pub fn agent_user_data(ssh_keys: &[String], tunnel_token: &Secret) -> Result<Sec
     doc.push_str("runcmd:\n");
     doc.push_str("  - [\"passwd\", \"-l\", \"root\"]\n");
     doc.push_str(&format!("  - [{}]\n", quoted(INSTALL_SCRIPT_PATH)));
+    within_limit(doc)
+}
 
+/// The user data of a PlainVM's server: root logs in with `ssh_keys` only, nothing else is
+/// installed (the customer's own VM). Not a secret by content, sent as one for uniformity.
+pub fn plainvm_user_data(ssh_keys: &[String]) -> Result<Secret, CloudInitError> {
+    let mut doc = root_keys_document(ssh_keys)?;
+    // See `agent_user_data` for why the password is locked again at the very end.
+    doc.push_str("runcmd:\n");
+    doc.push_str("  - [\"passwd\", \"-l\", \"root\"]\n");
+    within_limit(doc)
+}
+
+/// The start every document shares: `ssh_keys` (checked) for root, no password login.
+fn root_keys_document(ssh_keys: &[String]) -> Result<String, CloudInitError> {
+    for (index, key) in ssh_keys.iter().enumerate() {
+        check_ssh_key(index, key)?;
+    }
+    // One function renders keys. cloud-init's schema wants at least one item in
+    // `ssh_authorized_keys` (minItems 1), so no keys means no key at all.
+    let mut doc = if ssh_keys.is_empty() { String::from("#cloud-config\n") } else { ssh_keys_cloud_config(ssh_keys) };
+    // cc_ssh writes the keys to root without a prefix only when disable_root is false (with it
+    // true, the default on Ubuntu and Debian images, root's keys get a `command="echo Please
+    // login as..."` prefix). A `users` list without `default` replaces the image's, so no
+    // distro user (ubuntu, debian) is created to receive the keys as well; cc_users_groups
+    // skips creating the existing root but still applies lock_passwd to it.
+    doc.push_str("disable_root: false\nusers:\n  - name: \"root\"\n    lock_passwd: true\n");
+    // cc_set_passwords: PasswordAuthentication no in sshd's configuration.
+    doc.push_str("ssh_pwauth: false\n");
+    Ok(doc)
+}
+
+fn within_limit(doc: String) -> Result<Secret, CloudInitError> {
     if doc.len() > USER_DATA_LIMIT {
         return Err(CloudInitError::TooLarge { size: doc.len(), limit: USER_DATA_LIMIT });
     }

@@ -26,6 +26,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tracing::Instrument;
 
+use crate::api::Phase;
 use crate::cloud::CloudError;
 use crate::store::audit::{self, AuditKind, NewAuditEvent};
 use crate::store::{QueryContext, usage};
@@ -167,6 +168,49 @@ pub fn set_ready_reason(conditions: &mut [Condition], reason: &'static str, mess
     if let Some(c) = conditions.iter_mut().find(|c| c.type_ == "Ready" && c.status == "False") {
         c.reason = reason.to_owned();
         c.message = message.to_owned();
+    }
+}
+
+/// Pure: the whole condition list of a kind: `Ready` (true with `ready_message` when every
+/// part is true, else the stall or the first part that is not), the parts, then `Stalled` or
+/// `Reconciling` (neither once Ready).
+pub fn summary_conditions(ready_message: &str, stalled: Option<&Stall>, parts: Vec<Desired>) -> Vec<Desired> {
+    let ready = parts.iter().all(|c| c.status);
+    let head = if ready {
+        Desired::new("Ready", true, "Ready", ready_message)
+    } else if let Some((reason, message)) = stalled {
+        Desired::new("Ready", false, reason, message.clone())
+    } else {
+        let waiting = parts.iter().find(|c| !c.status);
+        Desired::new(
+            "Ready",
+            false,
+            waiting.map_or("Reconciling", |c| c.reason),
+            waiting.map_or_else(String::new, |c| c.message.clone()),
+        )
+    };
+    let mut all = vec![head];
+    all.extend(parts);
+    if let Some((reason, message)) = stalled {
+        all.push(Desired::new("Stalled", true, reason, message.clone()));
+    } else if !ready {
+        all.push(Desired::new("Reconciling", true, "Progressing", "Cloud resources are being created or changed."));
+    }
+    all
+}
+
+/// Pure: the coarse phase. `nothing_yet`: none of the object's cloud resources exists.
+pub fn phase(stalled: bool, nothing_yet: bool, running: bool, ready: bool, effective: Option<&str>) -> Phase {
+    if stalled {
+        Phase::Failed
+    } else if nothing_yet {
+        Phase::Pending
+    } else if running {
+        if ready { Phase::Running } else { Phase::Provisioning }
+    } else if effective == Some("off") {
+        Phase::Stopped
+    } else {
+        Phase::Stopping
     }
 }
 

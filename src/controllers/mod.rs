@@ -1,5 +1,6 @@
-//! The controllers: one reconciler per kind, and what they share (the fleet view and its
-//! refresher, the server machinery, the sweeper, the context).
+//! The controllers: one reconciler per kind (Agent, PlainVM), and what they share (the fleet
+//! view and its refresher, the reconcile skeleton, the server machinery, the sweeper, the
+//! context).
 //!
 //! [`run`] wires them to a cluster with kube-runtime's `Controller` and stops them gracefully:
 //! on the stop signal no new reconcile starts, in-flight ones finish, and it returns.
@@ -9,9 +10,11 @@ pub mod cloud_init;
 pub mod conditions;
 pub mod context;
 pub mod error;
+pub mod firewall;
 pub mod fleet;
 pub mod lifecycle;
 pub mod names;
+pub mod plain_vm;
 pub mod refresher;
 pub mod server;
 pub mod status_patch;
@@ -25,7 +28,9 @@ use kube::Api;
 use kube::runtime::controller::Controller;
 use kube::runtime::watcher;
 
-use crate::api::Agent;
+use crate::api::{Agent, PlainVM};
+
+use lifecycle::ManagedObject;
 
 pub use context::{Context, ControllerConfig, ControllerMetrics};
 pub use error::ReconcileError;
@@ -76,11 +81,19 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
     // stopped operator never leaves a refresher or sweeper behind.
     let mut refresher = AbortOnDrop::spawn(refresher::run(Arc::clone(&ctx), stop.clone()));
 
-    let agents: Api<Agent> = Api::all(ctx.client.clone());
-    let controller = Controller::new(agents, watcher_config(&ctx.config).any_semantic());
     let mut sweeper = AbortOnDrop::spawn(sweeper::run(Arc::clone(&ctx), stop.clone()));
-    let mut shutdown = stop.clone();
-    controller
+    // Both kinds run side by side on the same context (one fleet view, one refresher).
+    futures::join!(run_controller::<Agent>(&ctx, stop.clone()), run_controller::<PlainVM>(&ctx, stop.clone()));
+    refresher.join().await;
+    sweeper.join().await;
+    tracing::info!("controllers stopped");
+}
+
+/// One kind's controller until `stop` turns true (in-flight reconciles finish).
+async fn run_controller<K: ManagedObject>(ctx: &Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
+    let api: Api<K> = Api::all(ctx.client.clone());
+    let mut shutdown = stop;
+    Controller::new(api, watcher_config(&ctx.config).any_semantic())
         .graceful_shutdown_on(async move {
             while !*shutdown.borrow() {
                 if shutdown.changed().await.is_err() {
@@ -88,16 +101,13 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
                 }
             }
         })
-        .run(agent::reconcile, agent::error_policy, Arc::clone(&ctx))
+        .run(lifecycle::reconcile::<K>, lifecycle::error_policy::<K>, Arc::clone(ctx))
         .for_each(|result| async move {
             if let Err(e) = result {
-                tracing::debug!(error = %e, "controller event");
+                tracing::debug!(kind = K::KIND, error = %e, "controller event");
             }
         })
         .await;
-    refresher.join().await;
-    sweeper.join().await;
-    tracing::info!("controllers stopped");
 }
 
 /// A spawned task that is aborted when its handle is dropped.

@@ -17,6 +17,7 @@ use crate::cloud::{CloudError, Secret};
 use crate::store::audit::ResourceRef;
 use crate::store::usage::{self, Transition, UsageTransition};
 
+use super::conditions::Desired;
 use super::context::Context;
 use super::error::ReconcileError;
 
@@ -147,6 +148,62 @@ pub fn server_status(server: &ServerSummary, status_override: Option<&str>) -> S
         status: Some(status_override.unwrap_or(&server.status).to_owned()),
         ipv4: server.public_net.ipv4.as_ref().map(|a| a.ip.clone()),
         ipv6: server.public_net.ipv6.as_ref().map(|a| a.ip.clone()),
+    }
+}
+
+/// Pure: the `ServerReady` condition for a server believed to be in `effective` (none: not
+/// created yet) when the spec wants `running`.
+pub fn server_ready(running: bool, effective: Option<&str>) -> Desired {
+    match (running, effective) {
+        (true, Some("running")) | (false, Some("off")) => Desired::new(
+            "ServerReady",
+            true,
+            if running { "Running" } else { "Stopped" },
+            "The server is in the requested power state.",
+        ),
+        (_, Some(s)) => Desired::new(
+            "ServerReady",
+            false,
+            "PowerTransition",
+            format!("The server is {s}; waiting for it to be {}.", if running { "running" } else { "off" }),
+        ),
+        (_, None) => Desired::new("ServerReady", false, "Provisioning", "The server is being created."),
+    }
+}
+
+/// Pure: the Event a created server deserves: whether it is a warning, its reason and note.
+/// `vanished` is the server id status recorded before (a different one: deleted outside).
+pub fn created_event(
+    vanished: Option<i64>,
+    created: &ServerSummary,
+    intent: &ServerIntent,
+) -> (bool, &'static str, String) {
+    match vanished {
+        Some(old) if old != created.id => (
+            true,
+            "ServerRecreated",
+            format!("Server {old} was deleted outside the operator; created server {} in its place.", created.id),
+        ),
+        _ => (
+            false,
+            "ServerCreated",
+            format!(
+                "Server {} ({}) created in {}.",
+                created.name,
+                intent.server_type,
+                intent.region.hetzner_location()
+            ),
+        ),
+    }
+}
+
+/// Pure: the note of a power step's Event (a hard power-off is a warning).
+pub fn power_note(step: PowerStep) -> (bool, &'static str) {
+    match step {
+        PowerStep::PowerOn => (false, "Powering the server on."),
+        PowerStep::Shutdown => (false, "Asked the server to shut down (ACPI)."),
+        PowerStep::PowerOff => (true, "The server ignored the ACPI shutdown past the timeout; powered it off."),
+        PowerStep::Hold => (false, ""),
     }
 }
 

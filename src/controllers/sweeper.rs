@@ -1,4 +1,5 @@
-//! The orphan sweeper: removes servers, tunnels and DNS records that carry our marks but whose
+//! The orphan sweeper: removes servers, per-object firewalls, tunnels and DNS records that carry
+//! our marks but whose
 //! object no longer exists (a crash between a create and its record, a finalizer removed by
 //! hand), after a grace period. It reads only the shared fleet view and the controllers'
 //! caches; every removal is logged and counted. It never touches anything without our marks,
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use kube::api::{Api, ListParams};
 
-use crate::api::Agent;
+use crate::api::{Agent, PlainVM};
 use crate::store::seal::{self, CredentialId};
 
 use super::context::Context;
@@ -44,12 +45,16 @@ fn secret_id(uid: &str) -> CredentialId {
     CredentialId { scope: "agent-tunnel".into(), resource_uid: uid.into(), name: "tunnel-secret".into() }
 }
 
-/// The UIDs of every Agent that exists, from one metadata-only list of the API server (not a
-/// cache: a cache that is not yet complete would make every server look orphaned).
+/// The UIDs of every Agent and PlainVM that exists, from one metadata-only list per kind (not
+/// a cache: a cache that is not yet complete would make every server look orphaned). UIDs are
+/// unique across kinds, so one set serves both.
 async fn live_uids(ctx: &Context) -> Result<HashSet<String>, kube::Error> {
-    let api: Api<Agent> = Api::all(ctx.client.clone());
-    let list = api.list_metadata(&ListParams::default()).await?;
-    Ok(list.items.into_iter().filter_map(|m| m.metadata.uid).collect())
+    let agents: Api<Agent> = Api::all(ctx.client.clone());
+    let vms: Api<PlainVM> = Api::all(ctx.client.clone());
+    let mut live: HashSet<String> =
+        agents.list_metadata(&ListParams::default()).await?.items.into_iter().filter_map(|m| m.metadata.uid).collect();
+    live.extend(vms.list_metadata(&ListParams::default()).await?.items.into_iter().filter_map(|m| m.metadata.uid));
+    Ok(live)
 }
 
 /// One sweep over the fleet view.
@@ -57,21 +62,23 @@ async fn sweep(ctx: &Context, suspects: &mut Suspects) {
     let live = match live_uids(ctx).await {
         Ok(live) => live,
         Err(e) => {
-            tracing::warn!(error = %e, "sweeper cannot list Agents; skipping this sweep");
+            tracing::warn!(error = %e, "sweeper cannot list Agents and PlainVMs; skipping this sweep");
             return;
         }
     };
     let now = Instant::now();
     let grace = ctx.config.sweeper_grace;
 
-    // Servers: keyed by owner UID; only Agent servers are judged against the Agent cache.
+    // Servers: keyed by owner UID; only servers of a kind this operator knows are judged.
     let servers: HashMap<String, i64> = ctx
         .fleet
         .servers()
         .into_iter()
-        .filter(|(_, s)| s.labels.get(KIND_LABEL).map(String::as_str) == Some("agent"))
+        .filter(|(_, s)| matches!(s.labels.get(KIND_LABEL).map(String::as_str), Some("agent" | "plainvm")))
         .map(|(uid, s)| (uid, s.id))
         .collect();
+    // PlainVM firewalls (the fleet view holds only those; never the fleet firewall).
+    let firewalls: HashMap<String, i64> = ctx.fleet.firewalls().into_iter().map(|(u, f)| (u, f.id)).collect();
     let tunnels: HashMap<String, String> = ctx
         .fleet
         .tunnels()
@@ -82,15 +89,25 @@ async fn sweep(ctx: &Context, suspects: &mut Suspects) {
 
     let mut orphans = HashSet::new();
     orphans.extend(servers.keys().filter(|u| !live.contains(*u)).map(|u| format!("server/{u}")));
+    orphans.extend(firewalls.keys().filter(|u| !live.contains(*u)).map(|u| format!("firewall/{u}")));
     orphans.extend(tunnels.keys().filter(|u| !live.contains(*u)).map(|u| format!("tunnel/{u}")));
     orphans.extend(records.keys().filter(|u| !live.contains(*u)).map(|u| format!("dns/{u}")));
 
     tracing::debug!(live = live.len(), orphans = orphans.len(), "sweep");
-    for key in suspects.due(&orphans, now, grace) {
+    let mut due = suspects.due(&orphans, now, grace);
+    // Servers first: a firewall cannot go while it is still applied to its server.
+    due.sort_by_key(|k| !k.starts_with("server/"));
+    for key in due {
         let Some((what, uid)) = key.split_once('/') else { continue };
         let result = match what {
             "server" => match servers.get(uid) {
                 Some(&id) => ctx.hetzner.delete_server(id).await.map(|_| ctx.fleet.forget_server(uid)),
+                None => Ok(()),
+            },
+            // Still applied while its server's delete runs: the error is logged and the next
+            // sweep tries again (the suspect stays due), so it is never left behind.
+            "firewall" => match firewalls.get(uid) {
+                Some(&id) => ctx.hetzner.delete_firewall(id).await.map(|_| ctx.fleet.forget_firewall(uid)),
                 None => Ok(()),
             },
             "tunnel" => {
