@@ -5,13 +5,15 @@
 
 #[path = "foundation/db.rs"]
 mod db;
+#[path = "support/fixture.rs"]
+pub mod fixture;
 
 mod agents {
     mod budget;
     mod crash;
     mod drift;
     mod faults;
-    pub mod fixture;
+    pub use crate::fixture;
     mod lifecycle;
     mod secrets;
 }

@@ -175,6 +175,23 @@ pub fn firewall_count(sim: &RunningSim) -> usize {
     with_world(sim, |w| w.firewalls.len()).unwrap_or_default()
 }
 
+/// Every firewall now in the project as the API renders it (id, name, labels, rules,
+/// applied_to), in id order: what a test compares with a spec, without spending a request.
+pub fn firewalls(sim: &RunningSim) -> Vec<serde_json::Value> {
+    with_world(sim, |w| {
+        let mut ids: Vec<i64> = w.firewalls.keys().copied().collect();
+        ids.sort_unstable();
+        ids.iter().filter_map(|id| w.firewalls.get(id).map(|f| w.firewall_json(f))).collect()
+    })
+    .unwrap_or_default()
+}
+
+/// Limit hook: the most firewalls the project may hold from now on (as Hetzner support
+/// raising or a test lowering it); what exists already stays.
+pub fn set_firewall_limit(sim: &RunningSim, limit: usize) {
+    with_world(sim, |w| w.firewall_limit = limit);
+}
+
 /// Servers ever created in this project, deleted ones included.
 pub fn servers_created(sim: &RunningSim) -> u64 {
     with_world(sim, |w| w.servers_created).unwrap_or_default()

@@ -1,10 +1,12 @@
 //! A whole operator against fresh stand-ins and a fresh database, with timings short enough
-//! for tests (resync in seconds), and helpers that wait on conditions with deadlines.
+//! for tests (resync in seconds), and helpers that wait on conditions with deadlines. Shared
+//! by the Agent and PlainVM test binaries (each includes it with `#[path]`).
+#![allow(dead_code)] // Each binary uses its own kind's helpers.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crabglamp_operator::api::Agent;
+use crabglamp_operator::api::{Agent, PlainVM};
 use crabglamp_operator::cloud::cloudflare::CloudflareConfig;
 use crabglamp_operator::cloud::hetzner::HetznerConfig;
 use crabglamp_operator::controllers::{Context, ControllerConfig};
@@ -144,6 +146,10 @@ impl Operator {
         Api::namespaced(self.client.clone(), ns)
     }
 
+    pub fn plainvms(&self, ns: &str) -> Api<PlainVM> {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
     pub async fn create_namespace(&self, ns: &str) {
         let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
         let namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).expect("namespace");
@@ -220,23 +226,32 @@ pub fn agent(name: &str, owner: &str, running: bool) -> Agent {
     .expect("agent manifest")
 }
 
-/// Waits until `check` holds for the Agent, or panics after `deadline` with the last status.
-pub async fn wait_for(
-    api: &Api<Agent>,
-    name: &str,
-    deadline: Duration,
-    what: &str,
-    check: impl Fn(&Agent) -> bool,
-) -> Agent {
+/// Waits until `check` holds for the object, or panics after `deadline` with the last one seen.
+pub async fn wait_for<K>(api: &Api<K>, name: &str, deadline: Duration, what: &str, check: impl Fn(&K) -> bool) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
     let start = tokio::time::Instant::now();
     loop {
-        let last = api.get_opt(name).await.expect("get agent");
+        let last = api.get_opt(name).await.expect("get object");
         if let Some(a) = last.as_ref().filter(|a| check(a)) {
             return a.clone();
         }
         if start.elapsed() > deadline {
-            panic!("{what}: not reached within {deadline:?}; last: {:#?}", last.map(|a| a.status));
+            panic!("{what}: not reached within {deadline:?}; last: {last:#?}");
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the object is gone (its finalizer released), or panics after `deadline`.
+pub async fn wait_gone<K>(api: &Api<K>, name: &str, deadline: Duration)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let start = tokio::time::Instant::now();
+    while api.get_opt(name).await.expect("get object").is_some() {
+        assert!(start.elapsed() < deadline, "{name}: the finalizer was not released within {deadline:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -256,4 +271,26 @@ pub fn ready(a: &Agent) -> bool {
 
 pub fn condition(a: &Agent, type_: &str) -> Option<String> {
     a.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).map(|c| c.status.clone())
+}
+
+/// A PlainVM manifest in `eu` with the given inbound rules (JSON, as in the CRD).
+pub fn plainvm(name: &str, owner: &str, running: bool, inbound: serde_json::Value) -> PlainVM {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "crabglamp.com/v1alpha1",
+        "kind": "PlainVM",
+        "metadata": {"name": name},
+        "spec": {"owner": owner, "region": "eu", "serverType": "cx23", "image": "debian-12", "running": running,
+                 "sshKeys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOpsTestKey ops@example.com"],
+                 "firewall": {"inbound": inbound}}
+    }))
+    .expect("plainvm manifest")
+}
+
+pub fn vm_ready(v: &PlainVM) -> bool {
+    vm_condition(v, "Ready").map(|c| c.0) == Some("True".to_owned())
+}
+
+/// A PlainVM condition's status and reason.
+pub fn vm_condition(v: &PlainVM, type_: &str) -> Option<(String, String)> {
+    v.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).map(|c| (c.status.clone(), c.reason.clone()))
 }

@@ -1,0 +1,87 @@
+//! The firewall changed behind the operator's back: detached from the server, or a rule
+//! edited in the console. Noticed at the next resync from the shared lists (no GET per VM),
+//! repaired, and reported with an Event. An orphaned PlainVM leaves server and firewall,
+//! unmarked; a marked server and firewall whose object is gone are swept.
+
+use std::time::Duration;
+
+use crabglamp_operator::store::audit;
+use hcloud::models::{Rule, rule};
+use kube::ResourceExt;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+use super::support::*;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_detached_firewall_and_an_edited_rule_are_repaired() {
+    let op = Operator::start().await;
+    op.create_namespace("drift").await;
+    let api = op.plainvms("drift");
+    api.create(&PostParams::default(), &plainvm("web", "acct_a", true, two_rules())).await.expect("create");
+    let vm = wait_for(&api, "web", DEADLINE, "Ready", vm_ready).await;
+    let uid = vm.uid().expect("uid");
+    let server_id = vm.status.as_ref().and_then(|s| s.server.as_ref()).and_then(|s| s.id).expect("server");
+    let fw_id = vm.status.as_ref().and_then(|s| s.firewall.as_ref()).and_then(|f| f.id).expect("firewall");
+    let want = rules_of(&vm_firewall(&op, &uid).expect("firewall"));
+
+    // Detached in the console (through the API, as the console does).
+    op.context.hetzner.remove_firewall(fw_id, server_id).await.expect("detach");
+    wait_until(DEADLINE, "re-attached", || {
+        vm_firewall(&op, &uid).is_some_and(|f| applied_servers(&f) == vec![server_id])
+    })
+    .await;
+    assert!(event_reasons(&op, "drift").await.iter().any(|r| r == "FirewallReattached"));
+
+    // A rule edited in the console: everything open.
+    let mut open = Rule::new(rule::Direction::In, rule::Protocol::Tcp);
+    open.port = Some(Some("1-65535".into()));
+    open.source_ips = Some(vec!["0.0.0.0/0".into()]);
+    op.context.hetzner.set_firewall_rules(fw_id, &[open]).await.expect("edit");
+    wait_until(DEADLINE, "rules set back", || vm_firewall(&op, &uid).is_some_and(|f| rules_of(&f) == want)).await;
+    wait_for(&api, "web", DEADLINE, "Ready again", vm_ready).await;
+    assert!(event_reasons(&op, "drift").await.iter().any(|r| r == "FirewallRulesRepaired"));
+    assert_eq!(vm_firewall(&op, &uid).and_then(|f| f["id"].as_i64()), Some(fw_id), "the same firewall");
+    // Observed through the shared list: no per-object firewall or server GET ever.
+    let gets = op.hetzner.requests().iter().filter(|r| r.method == "GET" && r.route.as_deref().is_some_and(|p| p.ends_with("{id}"))).count();
+    assert_eq!(gets, 0, "no GET of one object");
+    op.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn orphan_policy_unmarks_both_and_the_sweeper_removes_true_orphans() {
+    let op = Operator::start().await;
+    op.create_namespace("orphans").await;
+    let api = op.plainvms("orphans");
+    let mut kept = plainvm("kept", "acct_a", true, two_rules());
+    kept.spec.deletion_policy = crabglamp_operator::api::DeletionPolicy::Orphan;
+    api.create(&PostParams::default(), &kept).await.expect("create kept");
+    api.create(&PostParams::default(), &plainvm("lost", "acct_a", true, two_rules())).await.expect("create lost");
+    let kept = wait_for(&api, "kept", DEADLINE, "kept Ready", vm_ready).await;
+    let lost = wait_for(&api, "lost", DEADLINE, "lost Ready", vm_ready).await;
+    let (kept_uid, lost_uid) = (kept.uid().expect("uid"), lost.uid().expect("uid"));
+
+    // Orphan: both stay, without our labels; one destroy event.
+    api.delete("kept", &DeleteParams::default()).await.expect("delete kept");
+    wait_gone(&api, "kept", DEADLINE).await;
+    let fw = vm_firewall(&op, &kept_uid).expect("the orphaned firewall stays");
+    assert!(fw["labels"].as_object().is_none_or(|l| l.keys().all(|k| !k.starts_with("crabglamp.com/"))), "{fw}");
+    assert!(!applied_servers(&fw).is_empty(), "still guarding its server");
+    let events = audit::events_for_resource(&op.db.pool, &kept_uid).await.expect("events");
+    let destroyed: Vec<_> = events.iter().filter(|e| e.kind == "plainvm.destroyed").collect();
+    assert_eq!(destroyed.len(), 1);
+    assert_eq!(destroyed[0].details["orphaned"], json!(true));
+
+    // A finalizer removed by hand: the object is gone, its server and firewall are swept.
+    api.patch("lost", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
+        .await
+        .expect("drop the finalizer");
+    api.delete("lost", &DeleteParams::default()).await.expect("delete lost");
+    wait_gone(&api, "lost", DEADLINE).await;
+    wait_until(DEADLINE, "swept", || vm_firewall(&op, &lost_uid).is_none()).await;
+    assert_eq!(crabglamp_sandbox::hetzner::server_names(&op.hetzner).len(), 1, "only the orphaned one is left");
+    assert!(vm_firewall(&op, &kept_uid).is_some(), "the sweeper leaves unmarked resources alone");
+    op.stop().await;
+}
