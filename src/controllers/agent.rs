@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
@@ -29,7 +28,7 @@ use super::conditions::{self, Desired};
 use super::context::Context;
 use super::error::ReconcileError;
 use super::fleet::ObservedTunnel;
-use super::lifecycle::{self, Destroyed, ManagedObject, Pass, Stall};
+use super::lifecycle::{self, Destroyed, ManagedObject, Pass, Stall, Target};
 use super::names::{default_hostname, dns_mark, tunnel_name, tunnel_target};
 use super::server::{self, Owner, PowerStep, ServerIntent};
 
@@ -203,11 +202,8 @@ pub fn desired_status(
         }
     };
     // A stopped Agent needs no connector (nor, for Ready, its DNS record).
-    let parts = if spec.running {
-        vec![server_ready, tunnel_ready.clone(), dns_ready.clone()]
-    } else {
-        vec![server_ready]
-    };
+    let parts =
+        if spec.running { vec![server_ready, tunnel_ready.clone(), dns_ready.clone()] } else { vec![server_ready] };
     let ready = parts.iter().all(|c| c.status);
     let ready_message = if spec.running {
         "The Agent is running and reachable through its tunnel."
@@ -244,14 +240,7 @@ pub fn desired_status(
 }
 
 fn intent(spec: &AgentSpec) -> ServerIntent {
-    ServerIntent {
-        product: PRODUCT,
-        region: spec.region,
-        server_type: spec.server_type.clone(),
-        image: spec.image.clone(),
-        running: spec.running,
-        owner: spec.owner.clone(),
-    }
+    ServerIntent::new(PRODUCT, spec.region, &spec.server_type, &spec.image, spec.running, &spec.owner)
 }
 
 /// The hostname the Agent is served at.
@@ -419,12 +408,7 @@ async fn act(
             )
             .await;
         }
-        Step::Power(power) => {
-            let Some(server) = ctx.fleet.server(&owner.uid) else { return Ok(()) };
-            server::apply_power(ctx, owner, &server, *power).await?;
-            let (warning, note) = server::power_note(*power);
-            ctx.event(agent, warning, "Power", "Power", note.to_owned()).await;
-        }
+        Step::Power(power) => server::power_step(ctx, agent, owner, *power).await?,
     }
     Ok(())
 }
@@ -499,8 +483,7 @@ async fn record_transfer(
 
 /// One pass's fixed inputs: the object, its identity and its hostname.
 struct AgentPass {
-    agent: Arc<Agent>,
-    owner: Owner,
+    target: Target<Agent>,
     hostname: String,
 }
 
@@ -508,16 +491,8 @@ impl Pass for AgentPass {
     type Object = Agent;
     type Step = Step;
 
-    fn object(&self) -> &Agent {
-        &self.agent
-    }
-
-    fn owner(&self) -> &Owner {
-        &self.owner
-    }
-
-    fn intent(&self) -> ServerIntent {
-        intent(&self.agent.spec)
+    fn target(&self) -> &Target<Agent> {
+        &self.target
     }
 
     fn lists_known(&self, ctx: &Context) -> bool {
@@ -525,19 +500,19 @@ impl Pass for AgentPass {
     }
 
     fn plan(&self, ctx: &Context, status: &AgentStatus) -> Plan {
-        let observed = observe(ctx, &self.owner, ctx.dns_taken.get(&self.owner.uid));
-        decide(&self.agent.spec, status, &self.hostname, &observed, Instant::now(), ctx.config.shutdown_timeout)
+        let observed = observe(ctx, &self.target.owner, ctx.dns_taken.get(&self.target.owner.uid));
+        decide(&self.target.object.spec, status, &self.hostname, &observed, Instant::now(), ctx.config.shutdown_timeout)
     }
 
     async fn act(&self, ctx: &Context, status: &mut AgentStatus, step: &Step) -> Result<(), ReconcileError> {
-        act(ctx, &self.agent, &self.owner, &self.hostname, status, step).await
+        act(ctx, &self.target.object, &self.target.owner, &self.hostname, status, step).await
     }
 
     fn describe(&self, ctx: &Context, status: &AgentStatus, stalled: Option<Stall>) -> AgentStatus {
-        let observed = observe(ctx, &self.owner, ctx.dns_taken.get(&self.owner.uid));
+        let observed = observe(ctx, &self.target.owner, ctx.dns_taken.get(&self.target.owner.uid));
         let mut next = desired_status(
-            self.agent.metadata.generation,
-            &self.agent.spec,
+            self.target.object.metadata.generation,
+            &self.target.object.spec,
             status,
             &self.hostname,
             &observed,
@@ -550,35 +525,81 @@ impl Pass for AgentPass {
     }
 
     fn power_status(&self, ctx: &Context) -> Option<String> {
-        let server = ctx.fleet.server(&self.owner.uid)?;
-        Some(effective_server_status(&server, ctx.fleet.tunnel(&tunnel_name(&self.owner.uid)).as_ref()))
+        let server = ctx.fleet.server(&self.target.owner.uid)?;
+        Some(effective_server_status(&server, ctx.fleet.tunnel(&tunnel_name(&self.target.owner.uid)).as_ref()))
     }
 }
 
 impl ManagedObject for Agent {
-    type Status = AgentStatus;
-    const KIND: &'static str = KIND;
-
-    fn status(&self) -> Option<&AgentStatus> {
-        self.status.as_ref()
-    }
-
-    fn conditions(status: &AgentStatus) -> &[Condition] {
-        &status.conditions
-    }
-
-    fn conditions_mut(status: &mut AgentStatus) -> &mut Vec<Condition> {
-        &mut status.conditions
-    }
+    lifecycle::managed_kind!(AgentStatus, KIND);
 
     async fn apply(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-        let owner = Owner::of(agent.as_ref(), KIND)?;
         let hostname = hostname(&agent, &ctx.config.zone_name);
-        lifecycle::apply(&AgentPass { agent, owner, hostname }, &ctx).await
+        lifecycle::apply(&AgentPass { target: Target::of(agent)?, hostname }, &ctx).await
     }
 
+    /// Tears everything down (or takes our marks off, for `Orphan`), then commits the destroy
+    /// event; the finalizer goes only after that commit.
     async fn cleanup(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-        cleanup(agent, &ctx).await
+        let ctx = ctx.as_ref();
+        let owner = Owner::of(agent.as_ref(), KIND)?;
+        // Not `Ok(requeue)`: the finalizer helper takes any `Ok` from cleanup as "done" and
+        // releases the finalizer, which would leak whatever the lists have not shown yet.
+        if !(ctx.fleet.servers_known() && ctx.fleet.tunnels_known() && ctx.fleet.dns_known()) {
+            return Err(ReconcileError::NotReady("the first complete lists of servers, tunnels and DNS records"));
+        }
+        let status = agent.status.clone().unwrap_or_default();
+        let policy = agent.spec.deletion_policy;
+        let server = ctx.fleet.server(&owner.uid);
+        let tunnel = ctx.fleet.tunnel(&tunnel_name(&owner.uid));
+        let dns = ctx.fleet.dns_record(&owner.uid);
+        let server_id = server.as_ref().map(|s| s.id).or(status.server.as_ref().and_then(|s| s.id));
+        let tunnel_id = tunnel.as_ref().map(|t| t.id.clone()).or(status.tunnel.as_ref().and_then(|t| t.id.clone()));
+        let dns_id = dns.as_ref().map(|r| r.id.clone());
+        match policy {
+            DeletionPolicy::Delete => {
+                if let Some(id) = &dns_id {
+                    ctx.cloudflare.delete_dns_record(id).await.map_err(ReconcileError::Cloudflare)?;
+                    ctx.fleet.forget_dns(&owner.uid);
+                }
+                if let Some(id) = &tunnel_id {
+                    ctx.cloudflare.delete_tunnel(id).await.map_err(ReconcileError::Cloudflare)?;
+                    ctx.fleet.forget_tunnel(&tunnel_name(&owner.uid));
+                }
+                if let Some(id) = server_id {
+                    server::delete_server(ctx, &owner, id).await?;
+                }
+            }
+            DeletionPolicy::Orphan => {
+                if let Some(record) = &dns {
+                    match ctx.cloudflare.set_dns_record_comment(&record.id, None).await {
+                        Ok(_) | Err(CloudError::NotFound(_)) => ctx.fleet.forget_dns(&owner.uid),
+                        Err(e) => return Err(ReconcileError::Cloudflare(e)),
+                    }
+                }
+                if let Some(server) = &server {
+                    server::unmark_server(ctx, &owner, server).await?;
+                }
+                // A tunnel carries no labels: the sealed secret is what makes the sweeper call it
+                // ours, so forgetting it is how the tunnel stops being ours.
+                ctx.fleet.forget_tunnel(&tunnel_name(&owner.uid));
+            }
+        }
+        seal::delete_credential(&ctx.db, &secret_id(&owner.uid)).await?;
+        let intent = intent(&agent.spec);
+        let destroyed = Destroyed {
+            kind: AuditKind::AgentDestroyed,
+            billed_owner: status.owner.clone().unwrap_or_else(|| agent.spec.owner.clone()),
+            cloud_ids: json!({"server_id": server_id, "tunnel_id": tunnel_id, "dns_record_id": dns_id}),
+            details: json!({
+                "deletion_policy": format!("{policy:?}"),
+                "orphaned": policy == DeletionPolicy::Orphan,
+                "hostname": hostname(&agent, &ctx.config.zone_name),
+                "server_name": server::server_name(&owner.name, &owner.uid),
+                "price_cell": intent.price_cell(),
+            }),
+        };
+        lifecycle::commit_destroy(ctx, &owner, &intent, destroyed).await
     }
 }
 
@@ -592,74 +613,10 @@ pub fn error_policy(agent: Arc<Agent>, error: &ReconcileError, ctx: Arc<Context>
     lifecycle::error_policy(agent, error, ctx)
 }
 
-/// Tears everything down (or takes our marks off, for `Orphan`), then commits the destroy
-/// event; the finalizer goes only after that commit.
-async fn cleanup(agent: Arc<Agent>, ctx: &Context) -> Result<Action, ReconcileError> {
-    let owner = Owner::of(agent.as_ref(), KIND)?;
-    // Not `Ok(requeue)`: the finalizer helper takes any `Ok` from cleanup as "done" and
-    // releases the finalizer, which would leak whatever the lists have not shown yet.
-    if !(ctx.fleet.servers_known() && ctx.fleet.tunnels_known() && ctx.fleet.dns_known()) {
-        return Err(ReconcileError::NotReady("the first complete lists of servers, tunnels and DNS records"));
-    }
-    let status = agent.status.clone().unwrap_or_default();
-    let policy = agent.spec.deletion_policy;
-    let server = ctx.fleet.server(&owner.uid);
-    let tunnel = ctx.fleet.tunnel(&tunnel_name(&owner.uid));
-    let dns = ctx.fleet.dns_record(&owner.uid);
-    let server_id = server.as_ref().map(|s| s.id).or(status.server.as_ref().and_then(|s| s.id));
-    let tunnel_id = tunnel.as_ref().map(|t| t.id.clone()).or(status.tunnel.as_ref().and_then(|t| t.id.clone()));
-    let dns_id = dns.as_ref().map(|r| r.id.clone());
-    match policy {
-        DeletionPolicy::Delete => {
-            if let Some(id) = &dns_id {
-                ctx.cloudflare.delete_dns_record(id).await.map_err(ReconcileError::Cloudflare)?;
-                ctx.fleet.forget_dns(&owner.uid);
-            }
-            if let Some(id) = &tunnel_id {
-                ctx.cloudflare.delete_tunnel(id).await.map_err(ReconcileError::Cloudflare)?;
-                ctx.fleet.forget_tunnel(&tunnel_name(&owner.uid));
-            }
-            if let Some(id) = server_id {
-                server::delete_server(ctx, &owner, id).await?;
-            }
-        }
-        DeletionPolicy::Orphan => {
-            if let Some(record) = &dns {
-                match ctx.cloudflare.set_dns_record_comment(&record.id, None).await {
-                    Ok(_) | Err(CloudError::NotFound(_)) => ctx.fleet.forget_dns(&owner.uid),
-                    Err(e) => return Err(ReconcileError::Cloudflare(e)),
-                }
-            }
-            if let Some(server) = &server {
-                server::unmark_server(ctx, &owner, server).await?;
-            }
-            // A tunnel carries no labels: the sealed secret is what makes the sweeper call it
-            // ours, so forgetting it is how the tunnel stops being ours.
-            ctx.fleet.forget_tunnel(&tunnel_name(&owner.uid));
-        }
-    }
-    seal::delete_credential(&ctx.db, &secret_id(&owner.uid)).await?;
-    let intent = intent(&agent.spec);
-    let destroyed = Destroyed {
-        kind: AuditKind::AgentDestroyed,
-        billed_owner: status.owner.clone().unwrap_or_else(|| agent.spec.owner.clone()),
-        cloud_ids: json!({"server_id": server_id, "tunnel_id": tunnel_id, "dns_record_id": dns_id}),
-        details: json!({
-            "deletion_policy": format!("{policy:?}"),
-            "orphaned": policy == DeletionPolicy::Orphan,
-            "hostname": hostname(&agent, &ctx.config.zone_name),
-            "server_name": server::server_name(&owner.name, &owner.uid),
-            "price_cell": intent.price_cell(),
-        }),
-    };
-    lifecycle::commit_destroy(ctx, &owner, &intent, destroyed).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::{Phase, Region};
-    use crate::cloud::hetzner::{FirewallAttachment, PublicNetSummary};
 
     const HOST: &str = "bot-team-a.agents.example.com";
 
@@ -668,19 +625,7 @@ mod tests {
     }
 
     fn server(status: &str, firewalls: &[i64]) -> ServerSummary {
-        ServerSummary {
-            id: 7,
-            name: "bot-12345678".into(),
-            status: status.into(),
-            public_net: PublicNetSummary {
-                firewalls: firewalls
-                    .iter()
-                    .map(|&id| FirewallAttachment { id, status: Some("applied".into()) })
-                    .collect(),
-                ..PublicNetSummary::default()
-            },
-            ..ServerSummary::default()
-        }
+        server::summary_for_tests("bot-12345678", status, firewalls)
     }
 
     fn tunnel(connections: usize) -> ObservedTunnel {

@@ -199,10 +199,10 @@ pub async fn attach(ctx: &Context, owner: &Owner, firewall: &Firewall, server_id
     seen.applied_to.push(target);
     ctx.fleet.record_firewall(&owner.uid, seen);
     if let Some(mut server) = ctx.fleet.server(&owner.uid) {
-        server.public_net.firewalls.push(crate::cloud::hetzner::FirewallAttachment {
-            id: firewall.id,
-            status: Some("pending".into()),
-        });
+        server
+            .public_net
+            .firewalls
+            .push(crate::cloud::hetzner::FirewallAttachment { id: firewall.id, status: Some("pending".into()) });
         ctx.fleet.record_server(&owner.uid, server);
     }
     ctx.metrics.count_step(owner.kind, "attach_firewall");
@@ -260,7 +260,8 @@ mod tests {
 
     #[test]
     fn rules_compare_regardless_of_order() {
-        let spec = vec![rule("tcp", Some("22"), &["203.0.113.0/24", "2001:db8::/32"]), rule("icmp", None, &["0.0.0.0/0"])];
+        let spec =
+            vec![rule("tcp", Some("22"), &["203.0.113.0/24", "2001:db8::/32"]), rule("icmp", None, &["0.0.0.0/0"])];
         let mut sent = request_rules(&spec);
         sent.reverse();
         if let Some(ips) = sent[1].source_ips.as_mut() {

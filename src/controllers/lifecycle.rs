@@ -85,6 +85,8 @@ pub trait ManagedObject:
     const KIND: &'static str;
 
     fn status(&self) -> Option<&Self::Status>;
+    /// What the object asks of its server.
+    fn intent(&self) -> ServerIntent;
     fn conditions(status: &Self::Status) -> &[Condition];
     fn conditions_mut(status: &mut Self::Status) -> &mut Vec<Condition>;
 
@@ -95,14 +97,56 @@ pub trait ManagedObject:
     fn cleanup(object: Arc<Self>, ctx: Arc<Context>) -> impl Future<Output = Result<Action, ReconcileError>> + Send;
 }
 
+/// The status accessors of [`ManagedObject`] for a kind whose status has `conditions`.
+macro_rules! status_access {
+    ($status:ty) => {
+        fn status(&self) -> Option<&$status> {
+            self.status.as_ref()
+        }
+        fn conditions(status: &$status) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
+            &status.conditions
+        }
+        fn conditions_mut(status: &mut $status) -> &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+            &mut status.conditions
+        }
+    };
+}
+pub(crate) use status_access;
+
+/// The parts of a [`ManagedObject`] impl every server-backed kind writes the same way: its
+/// status type, its kind name, the status accessors, and the intent from its spec (through
+/// the kind's own `intent(&spec)`).
+macro_rules! managed_kind {
+    ($status:ty, $kind:expr) => {
+        type Status = $status;
+        const KIND: &'static str = $kind;
+        $crate::controllers::lifecycle::status_access!($status);
+        fn intent(&self) -> $crate::controllers::server::ServerIntent {
+            intent(&self.spec)
+        }
+    };
+}
+pub(crate) use managed_kind;
+
+/// The object of one pass and its identity.
+pub struct Target<K> {
+    pub object: Arc<K>,
+    pub owner: Owner,
+}
+
+impl<K: ManagedObject> Target<K> {
+    pub fn of(object: Arc<K>) -> Result<Self, ReconcileError> {
+        let owner = Owner::of(object.as_ref(), K::KIND)?;
+        Ok(Target { object, owner })
+    }
+}
+
 /// One kind's pass over one object: what [`apply`] needs of it.
 pub trait Pass: Sync {
     type Object: ManagedObject;
     type Step: Clone + Debug + Send + Sync;
 
-    fn object(&self) -> &Self::Object;
-    fn owner(&self) -> &Owner;
-    fn intent(&self) -> ServerIntent;
+    fn target(&self) -> &Target<Self::Object>;
     /// Whether every shared list this kind decides on has been seen complete.
     fn lists_known(&self, ctx: &Context) -> bool;
     /// Observe and decide (pure but for reading the fleet view).
@@ -242,8 +286,8 @@ pub fn next_action(stalled: Option<&'static str>, wait: Wait, ctx: &Context, uid
 /// One pass: up to ten steps (each one's result is in the fleet view for the next), the
 /// timeline row the observed power calls for, the status patch, the requeue.
 pub async fn apply<P: Pass>(pass: &P, ctx: &Context) -> Result<Action, ReconcileError> {
-    let object = pass.object();
-    let owner = pass.owner();
+    let Target { object, owner } = pass.target();
+    let object = object.as_ref();
     // Until the first complete lists, absence proves nothing: deciding (or describing the
     // world in status) then would flap conditions of every object at each operator restart.
     if !pass.lists_known(ctx) {
@@ -273,7 +317,7 @@ pub async fn apply<P: Pass>(pass: &P, ctx: &Context) -> Result<Action, Reconcile
         }
     }
     if let Some(observed) = pass.power_status(ctx)
-        && let Some(t) = server::record_observed_transition(ctx, owner, &pass.intent(), &observed).await?
+        && let Some(t) = server::record_observed_transition(ctx, owner, &object.intent(), &observed).await?
     {
         tracing::info!(transition = t.as_str(), "usage timeline");
     }

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hcloud::models::Firewall;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
 use serde_json::json;
@@ -28,26 +27,13 @@ use super::conditions::{self, Desired};
 use super::context::Context;
 use super::error::ReconcileError;
 use super::firewall;
-use super::lifecycle::{self, Destroyed, ManagedObject, Pass, Stall, Wait};
+use super::lifecycle::{self, Destroyed, ManagedObject, Pass, Stall, Target, Wait};
 use super::server::{self, Owner, PowerStep, ServerIntent};
 
 const KIND: &str = "PlainVM";
 const PRODUCT: &str = "plainvm";
 /// The stall reason of a refused firewall create.
 pub const FIREWALL_QUOTA: &str = "FirewallQuotaExceeded";
-
-/// What the reconciler knows of the world for one PlainVM.
-#[derive(Clone, Debug, Default)]
-pub struct Observed {
-    /// A complete server list has been seen (absence means absence).
-    pub servers_known: bool,
-    pub server: Option<ServerSummary>,
-    /// A complete firewall list has been seen.
-    pub firewalls_known: bool,
-    pub firewall: Option<Firewall>,
-    /// When this process asked the guest to shut down.
-    pub shutdown_sent: Option<Instant>,
-}
 
 /// One idempotent step.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +49,18 @@ pub enum Step {
     Power(PowerStep),
 }
 
+/// What the reconciler knows of the world for one PlainVM.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// Complete lists of servers and of per-object firewalls have been seen, so absence
+    /// means absence.
+    pub lists_known: bool,
+    pub firewall: Option<Firewall>,
+    pub server: Option<ServerSummary>,
+    /// When this process asked the guest to shut down.
+    pub shutdown_sent: Option<Instant>,
+}
+
 /// The decision for one pass.
 pub type Plan = lifecycle::Plan<Step>;
 
@@ -75,7 +73,7 @@ fn attached(server: &ServerSummary, firewall: &Firewall) -> bool {
 /// Pure: the steps a PlainVM needs now.
 pub fn decide(spec: &PlainVMSpec, observed: &Observed, now: Instant, shutdown_timeout: Duration) -> Plan {
     let mut steps = Vec::new();
-    if !(observed.servers_known && observed.firewalls_known) {
+    if !observed.lists_known {
         return Plan { steps, wait: Wait::Lists };
     }
     let Some(fw) = &observed.firewall else {
@@ -149,7 +147,10 @@ pub fn desired_status(
 ) -> PlainVMStatus {
     let server = observed.server.as_ref();
     let effective = server.map(|s| s.status.clone());
-    let parts = vec![server::server_ready(spec.running, effective.as_deref()), firewall_ready(spec, observed, stalled.as_ref())];
+    let parts = vec![
+        server::server_ready(spec.running, effective.as_deref()),
+        firewall_ready(spec, observed, stalled.as_ref()),
+    ];
     let ready = parts.iter().all(|c| c.status);
     let ready_message = if spec.running {
         "The PlainVM is running behind its firewall."
@@ -172,45 +173,34 @@ pub fn desired_status(
         firewall: observed
             .firewall
             .as_ref()
-            .map(|f| FirewallStatus {
-                id: Some(f.id),
-                rules: Some(i32::try_from(f.rules.len()).unwrap_or(i32::MAX)),
-            })
+            .map(|f| FirewallStatus { id: Some(f.id), rules: Some(i32::try_from(f.rules.len()).unwrap_or(i32::MAX)) })
             .or_else(|| old.firewall.clone()),
         price_cell: Some(intent(spec).price_cell()),
     }
 }
 
 fn intent(spec: &PlainVMSpec) -> ServerIntent {
-    ServerIntent {
-        product: PRODUCT,
-        region: spec.region,
-        server_type: spec.server_type.clone(),
-        image: spec.image.clone(),
-        running: spec.running,
-        owner: spec.owner.clone(),
-    }
+    ServerIntent::new(PRODUCT, spec.region, &spec.server_type, &spec.image, spec.running, &spec.owner)
 }
 
 fn observe(ctx: &Context, owner: &Owner) -> Observed {
     Observed {
-        servers_known: ctx.fleet.servers_known(),
-        server: ctx.fleet.server(&owner.uid),
-        firewalls_known: ctx.fleet.firewalls_known(),
+        lists_known: ctx.fleet.servers_known() && ctx.fleet.firewalls_known(),
         firewall: ctx.fleet.firewall(&owner.uid),
+        server: ctx.fleet.server(&owner.uid),
         shutdown_sent: ctx.power.shutdown_sent_at(&owner.uid),
     }
 }
 
 /// One pass's fixed inputs.
 struct PlainVmPass {
-    vm: Arc<PlainVM>,
-    owner: Owner,
+    target: Target<PlainVM>,
 }
 
 impl PlainVmPass {
     async fn act(&self, ctx: &Context, status: &mut PlainVMStatus, step: &Step) -> Result<(), ReconcileError> {
-        let (vm, owner) = (self.vm.as_ref(), &self.owner);
+        let Target { object: vm, owner } = &self.target;
+        let vm = vm.as_ref();
         let inbound = &vm.spec.firewall.inbound;
         match step {
             Step::CreateFirewall => {
@@ -238,7 +228,10 @@ impl PlainVmPass {
                 let outside = status.observed_generation == vm.metadata.generation && status.firewall.is_some();
                 firewall::set_rules(ctx, owner, &fw, inbound).await?;
                 let (reason, note) = if outside {
-                    ("FirewallRulesRepaired", "The firewall's rules were changed outside the operator; set them back to")
+                    (
+                        "FirewallRulesRepaired",
+                        "The firewall's rules were changed outside the operator; set them back to",
+                    )
                 } else {
                     ("FirewallRulesUpdated", "The firewall's rules now are")
                 };
@@ -263,15 +256,13 @@ impl PlainVmPass {
                     return Ok(());
                 };
                 firewall::attach(ctx, owner, &fw, server.id).await?;
-                let msg = format!("Firewall {} was detached from server {} outside the operator; attached it again.", fw.id, server.id);
+                let msg = format!(
+                    "Firewall {} was detached from server {} outside the operator; attached it again.",
+                    fw.id, server.id
+                );
                 ctx.event(vm, true, "FirewallReattached", "AttachFirewall", msg).await;
             }
-            Step::Power(power) => {
-                let Some(server) = ctx.fleet.server(&owner.uid) else { return Ok(()) };
-                server::apply_power(ctx, owner, &server, *power).await?;
-                let (warning, note) = server::power_note(*power);
-                ctx.event(vm, warning, "Power", "Power", note.to_owned()).await;
-            }
+            Step::Power(power) => server::power_step(ctx, vm, owner, *power).await?,
         }
         Ok(())
     }
@@ -295,24 +286,12 @@ impl Pass for PlainVmPass {
     type Object = PlainVM;
     type Step = Step;
 
-    fn object(&self) -> &PlainVM {
-        &self.vm
-    }
-
-    fn owner(&self) -> &Owner {
-        &self.owner
-    }
-
-    fn intent(&self) -> ServerIntent {
-        intent(&self.vm.spec)
-    }
-
     fn lists_known(&self, ctx: &Context) -> bool {
         ctx.fleet.servers_known() && ctx.fleet.firewalls_known()
     }
 
     fn plan(&self, ctx: &Context, _status: &PlainVMStatus) -> Plan {
-        decide(&self.vm.spec, &observe(ctx, &self.owner), Instant::now(), ctx.config.shutdown_timeout)
+        decide(&self.target.object.spec, &observe(ctx, &self.target.owner), Instant::now(), ctx.config.shutdown_timeout)
     }
 
     async fn act(&self, ctx: &Context, status: &mut PlainVMStatus, step: &Step) -> Result<(), ReconcileError> {
@@ -320,12 +299,19 @@ impl Pass for PlainVmPass {
     }
 
     fn describe(&self, ctx: &Context, status: &PlainVMStatus, stalled: Option<Stall>) -> PlainVMStatus {
-        let observed = observe(ctx, &self.owner);
-        desired_status(self.vm.metadata.generation, &self.vm.spec, status, &observed, stalled, Timestamp::now())
+        let observed = observe(ctx, &self.target.owner);
+        desired_status(
+            self.target.object.metadata.generation,
+            &self.target.object.spec,
+            status,
+            &observed,
+            stalled,
+            Timestamp::now(),
+        )
     }
 
     fn power_status(&self, ctx: &Context) -> Option<String> {
-        ctx.fleet.server(&self.owner.uid).map(|s| s.status)
+        ctx.fleet.server(&self.target.owner.uid).map(|s| s.status)
     }
 
     fn stall(&self, step: &Step, error: &ReconcileError) -> Option<Stall> {
@@ -334,91 +320,77 @@ impl Pass for PlainVmPass {
             _ => lifecycle::stall_reason(error),
         }
     }
+
+    fn target(&self) -> &Target<PlainVM> {
+        &self.target
+    }
 }
 
 impl ManagedObject for PlainVM {
-    type Status = PlainVMStatus;
-    const KIND: &'static str = KIND;
-
-    fn status(&self) -> Option<&PlainVMStatus> {
-        self.status.as_ref()
-    }
-
-    fn conditions(status: &PlainVMStatus) -> &[Condition] {
-        &status.conditions
-    }
-
-    fn conditions_mut(status: &mut PlainVMStatus) -> &mut Vec<Condition> {
-        &mut status.conditions
-    }
+    lifecycle::managed_kind!(PlainVMStatus, KIND);
 
     async fn apply(vm: Arc<PlainVM>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-        let owner = Owner::of(vm.as_ref(), KIND)?;
-        lifecycle::apply(&PlainVmPass { vm, owner }, &ctx).await
+        lifecycle::apply(&PlainVmPass { target: Target::of(vm)? }, &ctx).await
     }
 
+    /// Removes the server, then the firewall (or takes our labels off both, for `Orphan`), then
+    /// commits the destroy event; the finalizer goes only after that commit.
     async fn cleanup(vm: Arc<PlainVM>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-        cleanup(vm, &ctx).await
-    }
-}
-
-/// Removes the server, then the firewall (or takes our labels off both, for `Orphan`), then
-/// commits the destroy event; the finalizer goes only after that commit.
-async fn cleanup(vm: Arc<PlainVM>, ctx: &Context) -> Result<Action, ReconcileError> {
-    let owner = Owner::of(vm.as_ref(), KIND)?;
-    // Not `Ok(requeue)`: any `Ok` releases the finalizer, which would leak what the lists
-    // have not shown yet.
-    if !(ctx.fleet.servers_known() && ctx.fleet.firewalls_known()) {
-        return Err(ReconcileError::NotReady("the first complete lists of servers and firewalls"));
-    }
-    let status = vm.status.clone().unwrap_or_default();
-    let policy = vm.spec.deletion_policy;
-    let server = ctx.fleet.server(&owner.uid);
-    let fw = ctx.fleet.firewall(&owner.uid);
-    let server_id = server.as_ref().map(|s| s.id).or(status.server.as_ref().and_then(|s| s.id));
-    let firewall_id = fw.as_ref().map(|f| f.id).or(status.firewall.as_ref().and_then(|f| f.id));
-    match policy {
-        DeletionPolicy::Delete => {
-            if let Some(id) = server_id {
-                server::delete_server(ctx, &owner, id).await?;
+        let ctx = ctx.as_ref();
+        let owner = Owner::of(vm.as_ref(), KIND)?;
+        // Not `Ok(requeue)`: any `Ok` releases the finalizer, which would leak what the lists
+        // have not shown yet.
+        if !(ctx.fleet.servers_known() && ctx.fleet.firewalls_known()) {
+            return Err(ReconcileError::NotReady("the first complete lists of servers and firewalls"));
+        }
+        let status = vm.status.clone().unwrap_or_default();
+        let policy = vm.spec.deletion_policy;
+        let server = ctx.fleet.server(&owner.uid);
+        let fw = ctx.fleet.firewall(&owner.uid);
+        let server_id = server.as_ref().map(|s| s.id).or(status.server.as_ref().and_then(|s| s.id));
+        let firewall_id = fw.as_ref().map(|f| f.id).or(status.firewall.as_ref().and_then(|f| f.id));
+        match policy {
+            DeletionPolicy::Delete => {
+                if let Some(id) = server_id {
+                    server::delete_server(ctx, &owner, id).await?;
+                }
+                // Still applied while the server's delete runs: an error, so this is retried
+                // with backoff and the finalizer stays until the firewall is gone.
+                if let Some(id) = firewall_id {
+                    firewall::delete(ctx, &owner, id).await?;
+                }
             }
-            // Still applied while the server's delete runs: an error, so this is retried
-            // with backoff and the finalizer stays until the firewall is gone.
-            if let Some(id) = firewall_id {
-                firewall::delete(ctx, &owner, id).await?;
+            DeletionPolicy::Orphan => {
+                if let Some(server) = &server {
+                    server::unmark_server(ctx, &owner, server).await?;
+                }
+                if let Some(fw) = &fw {
+                    firewall::unmark(ctx, &owner, fw).await?;
+                }
             }
         }
-        DeletionPolicy::Orphan => {
-            if let Some(server) = &server {
-                server::unmark_server(ctx, &owner, server).await?;
-            }
-            if let Some(fw) = &fw {
-                firewall::unmark(ctx, &owner, fw).await?;
-            }
-        }
+        let intent = intent(&vm.spec);
+        let destroyed = Destroyed {
+            kind: AuditKind::PlainVmDestroyed,
+            billed_owner: vm.spec.owner.clone(),
+            cloud_ids: json!({"server_id": server_id, "firewall_id": firewall_id}),
+            details: json!({
+                "deletion_policy": format!("{policy:?}"),
+                "orphaned": policy == DeletionPolicy::Orphan,
+                "server_name": server::server_name(&owner.name, &owner.uid),
+                "firewall_name": firewall::firewall_name(&owner.uid),
+                "inbound_rules": vm.spec.firewall.inbound.len(),
+                "price_cell": intent.price_cell(),
+            }),
+        };
+        lifecycle::commit_destroy(ctx, &owner, &intent, destroyed).await
     }
-    let intent = intent(&vm.spec);
-    let destroyed = Destroyed {
-        kind: AuditKind::PlainVmDestroyed,
-        billed_owner: vm.spec.owner.clone(),
-        cloud_ids: json!({"server_id": server_id, "firewall_id": firewall_id}),
-        details: json!({
-            "deletion_policy": format!("{policy:?}"),
-            "orphaned": policy == DeletionPolicy::Orphan,
-            "server_name": server::server_name(&owner.name, &owner.uid),
-            "firewall_name": firewall::firewall_name(&owner.uid),
-            "inbound_rules": vm.spec.firewall.inbound.len(),
-            "price_cell": intent.price_cell(),
-        }),
-    };
-    lifecycle::commit_destroy(ctx, &owner, &intent, destroyed).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::Phase;
-    use crate::cloud::hetzner::{FirewallAttachment, PublicNetSummary};
     use crate::cloud::{Provider, ProviderError};
 
     fn spec(running: bool, inbound: serde_json::Value) -> PlainVMSpec {
@@ -441,20 +413,16 @@ mod tests {
     }
 
     fn server(status: &str, firewalls: &[i64]) -> ServerSummary {
-        ServerSummary {
-            id: 7,
-            name: "vm-12345678".into(),
-            status: status.into(),
-            public_net: PublicNetSummary {
-                firewalls: firewalls.iter().map(|&id| FirewallAttachment { id, status: Some("applied".into()) }).collect(),
-                ..PublicNetSummary::default()
-            },
-            ..ServerSummary::default()
-        }
+        server::summary_for_tests("vm-12345678", status, firewalls)
     }
 
     fn known() -> Observed {
-        Observed { servers_known: true, firewalls_known: true, ..Observed::default() }
+        Observed { lists_known: true, ..Observed::default() }
+    }
+
+    /// The firewall of `spec` in place and the server in `status` behind it.
+    fn built(spec: &PlainVMSpec, status: &str) -> Observed {
+        Observed { firewall: Some(fw_for(spec)), server: Some(server(status, &[40])), ..known() }
     }
 
     fn plan(spec: &PlainVMSpec, observed: &Observed) -> Plan {
@@ -465,8 +433,10 @@ mod tests {
     fn nothing_before_the_first_complete_lists() {
         let s = spec(true, ssh());
         assert_eq!(plan(&s, &Observed::default()), Plan { steps: vec![], wait: Wait::Lists });
-        let only_servers = Observed { servers_known: true, ..Observed::default() };
-        assert_eq!(plan(&s, &only_servers).wait, Wait::Lists, "the firewall list is needed too");
+        let mut o = Observed { server: Some(server("running", &[])), ..Observed::default() };
+        assert_eq!(plan(&s, &o).steps, vec![], "a partial picture decides nothing");
+        o.lists_known = true;
+        assert_eq!(plan(&s, &o).steps, vec![Step::CreateFirewall]);
     }
 
     #[test]
@@ -492,10 +462,7 @@ mod tests {
 
     #[test]
     fn a_rule_change_is_one_set_rules_on_the_same_firewall() {
-        let old = spec(true, ssh());
-        let mut o = known();
-        o.firewall = Some(fw_for(&old));
-        o.server = Some(server("running", &[40]));
+        let mut o = built(&spec(true, ssh()), "running");
         let new = spec(true, json!([{"protocol": "tcp", "port": "443", "sourceIPs": ["0.0.0.0/0", "::/0"]}]));
         assert_eq!(plan(&new, &o).steps, vec![Step::SetRules]);
         let closed = spec(true, json!([]));
@@ -525,9 +492,7 @@ mod tests {
     #[test]
     fn power_follows_the_spec() {
         let s = spec(false, ssh());
-        let mut o = known();
-        o.firewall = Some(fw_for(&s));
-        o.server = Some(server("running", &[40]));
+        let mut o = built(&s, "running");
         assert_eq!(plan(&s, &o), Plan { steps: vec![Step::Power(PowerStep::Shutdown)], wait: Wait::Server });
         o.shutdown_sent = Instant::now().checked_sub(Duration::from_secs(61));
         assert_eq!(plan(&s, &o).steps, vec![Step::Power(PowerStep::PowerOff)]);

@@ -58,6 +58,19 @@ pub struct ServerIntent {
 }
 
 impl ServerIntent {
+    /// What a kind's spec fields ask for (every server-backed spec has these).
+    pub fn new(
+        product: &'static str,
+        region: Region,
+        server_type: &str,
+        image: &str,
+        running: bool,
+        owner: &str,
+    ) -> Self {
+        let (server_type, image, owner) = (server_type.to_owned(), image.to_owned(), owner.to_owned());
+        ServerIntent { product, region, server_type, image, running, owner }
+    }
+
     /// Stripe price cell, e.g. `agent-us-cpx22`.
     pub fn price_cell(&self) -> String {
         format!("{}-{}-{}", self.product, self.region.as_str(), self.server_type)
@@ -359,6 +372,21 @@ pub async fn apply_power(
     Ok(())
 }
 
+/// The power step of a reconcile: applies it to the object's server as the fleet view knows it
+/// (none: nothing to do) and reports it with an Event on `object`.
+pub async fn power_step<K: Resource<DynamicType = ()>>(
+    ctx: &Context,
+    object: &K,
+    owner: &Owner,
+    step: PowerStep,
+) -> Result<(), ReconcileError> {
+    let Some(server) = ctx.fleet.server(&owner.uid) else { return Ok(()) };
+    apply_power(ctx, owner, &server, step).await?;
+    let (warning, note) = power_note(step);
+    ctx.event(object, warning, "Power", "Power", note.to_owned()).await;
+    Ok(())
+}
+
 fn step_name(step: PowerStep) -> &'static str {
     match step {
         PowerStep::Hold => "hold",
@@ -387,6 +415,21 @@ pub async fn unmark_server(ctx: &Context, owner: &Owner, server: &ServerSummary)
     ctx.fleet.forget_server(&owner.uid);
     ctx.power.forget(&owner.uid);
     Ok(())
+}
+
+/// A server as the fleet view holds it, for the reconcilers' unit tests: id 7, behind
+/// `firewalls` (applied).
+#[cfg(test)]
+pub(crate) fn summary_for_tests(name: &str, status: &str, firewalls: &[i64]) -> ServerSummary {
+    use crate::cloud::hetzner::{FirewallAttachment, PublicNetSummary};
+    let firewalls = firewalls.iter().map(|&id| FirewallAttachment { id, status: Some("applied".into()) }).collect();
+    ServerSummary {
+        id: 7,
+        name: name.into(),
+        status: status.into(),
+        public_net: PublicNetSummary { firewalls, ..PublicNetSummary::default() },
+        ..ServerSummary::default()
+    }
 }
 
 #[cfg(test)]

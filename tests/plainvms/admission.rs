@@ -42,9 +42,8 @@ async fn the_api_server_refuses_what_the_rules_forbid() {
     assert!(msg.contains("port is required for tcp and udp and not allowed for icmp"), "{msg}");
 
     api.create(&pp, &plainvm("web", "acct_a", true, two_rules())).await.expect("a valid PlainVM is admitted");
-    let msg = refusal(
-        api.patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"owner": "acct_b"}}))).await,
-    );
+    let msg =
+        refusal(api.patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"owner": "acct_b"}}))).await);
     assert!(msg.contains("spec.owner is immutable: PlainVMs are never transferred"), "{msg}");
 
     assert!(crabglamp_sandbox::hetzner::servers_created(&op.hetzner) <= 1, "only the valid one");

@@ -25,7 +25,10 @@ async fn until_served(op: &Operator, n: u64) -> bool {
 }
 
 fn ours(op: &Operator, name: &str) -> Vec<String> {
-    crabglamp_sandbox::hetzner::server_names(&op.hetzner).into_iter().filter(|n| n.starts_with(&format!("{name}-"))).collect()
+    crabglamp_sandbox::hetzner::server_names(&op.hetzner)
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("{name}-")))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

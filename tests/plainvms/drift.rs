@@ -45,7 +45,12 @@ async fn a_detached_firewall_and_an_edited_rule_are_repaired() {
     assert!(event_reasons(&op, "drift").await.iter().any(|r| r == "FirewallRulesRepaired"));
     assert_eq!(vm_firewall(&op, &uid).and_then(|f| f["id"].as_i64()), Some(fw_id), "the same firewall");
     // Observed through the shared list: no per-object firewall or server GET ever.
-    let gets = op.hetzner.requests().iter().filter(|r| r.method == "GET" && r.route.as_deref().is_some_and(|p| p.ends_with("{id}"))).count();
+    let gets = op
+        .hetzner
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.route.as_deref().is_some_and(|p| p.ends_with("{id}")))
+        .count();
     assert_eq!(gets, 0, "no GET of one object");
     op.stop().await;
 }

@@ -102,7 +102,8 @@ async fn create_change_rules_power_delete() {
     // Stop, then start: two more timeline rows after the first start.
     api.patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"running": false}}))).await.expect("stop");
     wait_for(&api, "web", DEADLINE, "stopped", |v| {
-        vm_ready(v) && v.status.as_ref().and_then(|s| s.server.as_ref()).and_then(|s| s.status.as_deref()) == Some("off")
+        vm_ready(v)
+            && v.status.as_ref().and_then(|s| s.server.as_ref()).and_then(|s| s.status.as_deref()) == Some("off")
     })
     .await;
     api.patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"running": true}}))).await.expect("start");

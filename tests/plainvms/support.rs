@@ -19,8 +19,12 @@ pub fn rules_of(firewall: &Value) -> Vec<(String, Option<String>, Vec<String>)> 
         .into_iter()
         .flatten()
         .map(|r| {
-            let mut ips: Vec<String> =
-                r["source_ips"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect();
+            let mut ips: Vec<String> = r["source_ips"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
             ips.sort();
             (r["protocol"].as_str().unwrap_or_default().to_owned(), r["port"].as_str().map(str::to_owned), ips)
         })
