@@ -603,16 +603,6 @@ impl ManagedObject for Agent {
     }
 }
 
-/// The controller's entry point for one Agent.
-pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-    lifecycle::reconcile(agent, ctx).await
-}
-
-/// Requeue after an error: capped exponential backoff with jitter, per object.
-pub fn error_policy(agent: Arc<Agent>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
-    lifecycle::error_policy(agent, error, ctx)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

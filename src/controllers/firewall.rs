@@ -34,8 +34,8 @@ pub struct NormalRule {
     pub description: Option<String>,
 }
 
-fn protocol_name(p: models::rule::Protocol) -> &'static str {
-    use models::rule::Protocol as P;
+fn protocol_name(p: models::rule_response::Protocol) -> &'static str {
+    use models::rule_response::Protocol as P;
     match p {
         P::Tcp => "tcp",
         P::Udp => "udp",
@@ -93,13 +93,7 @@ pub fn observed_rules(firewall: &Firewall) -> Vec<NormalRule> {
         .iter()
         .filter(|r| r.direction == models::rule_response::Direction::In)
         .map(|r: &RuleResponse| NormalRule {
-            protocol: protocol_name(match r.protocol {
-                models::rule_response::Protocol::Tcp => models::rule::Protocol::Tcp,
-                models::rule_response::Protocol::Udp => models::rule::Protocol::Udp,
-                models::rule_response::Protocol::Icmp => models::rule::Protocol::Icmp,
-                models::rule_response::Protocol::Esp => models::rule::Protocol::Esp,
-                models::rule_response::Protocol::Gre => models::rule::Protocol::Gre,
-            }),
+            protocol: protocol_name(r.protocol),
             port: r.port.clone(),
             source_ips: sorted(r.source_ips.clone()),
             description: r.description.clone().flatten().filter(|d| !d.is_empty()),

@@ -110,11 +110,26 @@ impl ObservedTunnel {
     }
 }
 
+impl FleetState {
+    /// Firewalls change only through us or a person (drift): the resync suffices. An operator
+    /// with no PlainVM lists them once at start (orphans to sweep) and then only while some
+    /// are left, so an Agent-only fleet idles at its server pages alone. `None`: not now.
+    fn firewalls_next_due(&self, resync: Duration) -> Option<Option<Instant>> {
+        let watched = self.firewalls_wanted || self.firewalls.entries.values().any(|e| e.value.is_some());
+        if self.firewalls.listed_from.is_some() && !watched {
+            return None;
+        }
+        Some(self.firewalls.next_due(resync, resync))
+    }
+}
+
 #[derive(Debug, Default)]
 struct FleetState {
     servers: Observed<ServerSummary>,
     /// Per-object firewalls (PlainVMs), keyed by owner UID; never the fleet firewall.
     firewalls: Observed<Firewall>,
+    /// A PlainVM has been reconciled in this process: its firewall list is kept fresh.
+    firewalls_wanted: bool,
     tunnels: Observed<ObservedTunnel>,
     dns: Observed<DnsRecord>,
 }
@@ -193,6 +208,14 @@ impl Fleet {
     /// Every per-object firewall with its owner UID.
     pub fn firewalls(&self) -> Vec<(String, Firewall)> {
         self.with(|s| s.firewalls.values())
+    }
+
+    /// A PlainVM is reconciled: keep its firewall list fresh (each resync) from now on.
+    pub fn want_firewalls(&self) {
+        let new = self.with(|s| !std::mem::replace(&mut s.firewalls_wanted, true));
+        if new {
+            self.wake.notify_one();
+        }
     }
 
     /// Applies a complete list of per-object firewalls (keyed by owner UID).
@@ -299,19 +322,21 @@ impl Fleet {
         self.with(|s| {
             let mut due = Vec::new();
             let mut next: Option<Instant> = None;
+            // `None`: not listed at all now; `Some(None)`: due at once (never listed).
             let slots = [
-                (Collection::Servers, s.servers.next_due(resync, fast)),
-                // Firewalls change only through us or a person (drift): the resync suffices.
-                (Collection::Firewalls, s.firewalls.next_due(resync, resync)),
-                (Collection::Tunnels, s.tunnels.next_due(resync, fast)),
+                // Before the servers: a start-up is complete once the servers are known.
+                (Collection::Firewalls, s.firewalls_next_due(resync)),
+                (Collection::Servers, Some(s.servers.next_due(resync, fast))),
+                (Collection::Tunnels, Some(s.tunnels.next_due(resync, fast))),
                 // DNS records change only through us or a person: the resync period suffices.
-                (Collection::Dns, s.dns.next_due(resync, resync)),
+                (Collection::Dns, Some(s.dns.next_due(resync, resync))),
             ];
             for (which, at) in slots {
                 match at {
-                    None => due.push(which),
-                    Some(at) if at <= now => due.push(which),
-                    Some(at) => next = Some(next.map_or(at, |n| n.min(at))),
+                    None => {}
+                    Some(None) => due.push(which),
+                    Some(Some(at)) if at <= now => due.push(which),
+                    Some(Some(at)) => next = Some(next.map_or(at, |n| n.min(at))),
                 }
             }
             (due, next)
@@ -365,7 +390,7 @@ mod tests {
         let (due, _) = fleet.due(now, resync, fast);
         assert_eq!(
             due,
-            vec![Collection::Servers, Collection::Firewalls, Collection::Tunnels, Collection::Dns],
+            vec![Collection::Firewalls, Collection::Servers, Collection::Tunnels, Collection::Dns],
             "first lists at once"
         );
         fleet.merge_servers(HashMap::new(), now);
@@ -381,6 +406,27 @@ mod tests {
         fleet.done_waiting("uid");
         let (due, _) = fleet.due(now + fast + Duration::from_secs(1), resync, fast);
         assert!(due.is_empty());
+    }
+
+    #[test]
+    fn firewalls_are_listed_at_start_then_only_while_plainvms_or_firewalls_exist() {
+        let fleet = Fleet::default();
+        let resync = Duration::from_secs(10);
+        let now = Instant::now();
+        fleet.merge_firewalls(HashMap::new(), now);
+        let later = now + resync * 3;
+        let (due, _) = fleet.due(later, resync, resync);
+        assert!(!due.contains(&Collection::Firewalls), "an Agent-only fleet spends no firewall page");
+        let fw: Firewall = serde_json::from_value(serde_json::json!({
+            "id": 1, "name": "f", "labels": {}, "created": "2026-01-01T00:00:00Z", "applied_to": [], "rules": []
+        }))
+        .expect("firewall");
+        fleet.merge_firewalls(HashMap::from([("orphan".to_owned(), fw)]), now);
+        assert!(fleet.due(later, resync, resync).0.contains(&Collection::Firewalls), "one is left to watch");
+        fleet.merge_firewalls(HashMap::new(), now);
+        fleet.want_firewalls();
+        assert!(fleet.due(later, resync, resync).0.contains(&Collection::Firewalls), "a PlainVM exists");
+        assert!(!fleet.due(now, resync, resync).0.contains(&Collection::Firewalls), "at the resync pace");
     }
 
     #[test]

@@ -330,6 +330,7 @@ impl ManagedObject for PlainVM {
     lifecycle::managed_kind!(PlainVMStatus, KIND);
 
     async fn apply(vm: Arc<PlainVM>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+        ctx.fleet.want_firewalls();
         lifecycle::apply(&PlainVmPass { target: Target::of(vm)? }, &ctx).await
     }
 
@@ -337,6 +338,7 @@ impl ManagedObject for PlainVM {
     /// commits the destroy event; the finalizer goes only after that commit.
     async fn cleanup(vm: Arc<PlainVM>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
         let ctx = ctx.as_ref();
+        ctx.fleet.want_firewalls();
         let owner = Owner::of(vm.as_ref(), KIND)?;
         // Not `Ok(requeue)`: any `Ok` releases the finalizer, which would leak what the lists
         // have not shown yet.
