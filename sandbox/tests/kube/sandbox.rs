@@ -30,6 +30,21 @@ async fn kubectl(kubeconfig: &std::path::Path, cache: &std::path::Path, args: &[
     )
 }
 
+/// A GET on the sandbox's Hetzner endpoint with its token (what `hcloud` would show).
+async fn hetzner_get(info: &serde_json::Value, path: &str) -> serde_json::Value {
+    let base = info["hcloud_endpoint"].as_str().expect("hcloud_endpoint").trim_end_matches('/');
+    let token = info["hcloud_token"].as_str().expect("hcloud_token");
+    reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("Hetzner answers")
+        .json()
+        .await
+        .expect("JSON")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sandbox_command_applies_examples_and_serves_kubectl() {
     clear_proxies();
@@ -152,6 +167,70 @@ async fn sandbox_command_applies_examples_and_serves_kubectl() {
     )
     .await;
     assert!(!ok && err.contains("spec.region is immutable"), "{err}");
+
+    // The example PlainVM: Ready, one server in hel1 behind one firewall with the spec's rules.
+    let (ok, out, err) = kubectl(
+        &kubeconfig,
+        cache,
+        &["wait", "--for=condition=Ready", "plainvm/build-box", "-n", "team-a", "--timeout=120s"],
+    )
+    .await;
+    assert!(ok, "kubectl wait plainvm: {out}{err}");
+    let selector = "?label_selector=crabglamp.com/kind%3Dplainvm";
+    let servers = hetzner_get(&info, &format!("/servers{selector}")).await;
+    let servers = servers["servers"].as_array().cloned().unwrap_or_default();
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    assert_eq!(servers[0]["location"]["name"], "hel1", "{servers:?}");
+    let firewalls = hetzner_get(&info, &format!("/firewalls{selector}")).await;
+    let firewalls = firewalls["firewalls"].as_array().cloned().unwrap_or_default();
+    assert_eq!(firewalls.len(), 1, "{firewalls:?}");
+    let fw_id = firewalls[0]["id"].as_i64().expect("firewall id");
+    assert_eq!(firewalls[0]["rules"].as_array().map(Vec::len), Some(3), "the example's three rules");
+    assert_eq!(firewalls[0]["applied_to"][0]["server"]["id"], servers[0]["id"], "applied to its server");
+
+    // A rule patch changes the same firewall in place.
+    let one_rule =
+        r#"{"spec":{"firewall":{"inbound":[{"protocol":"tcp","port":"22","sourceIPs":["203.0.113.0/24"]}]}}}"#;
+    let (ok, _, err) =
+        kubectl(&kubeconfig, cache, &["patch", "plainvm", "build-box", "-n", "team-a", "--type=merge", "-p", one_rule])
+            .await;
+    assert!(ok, "{err}");
+    let (ok, out, err) = kubectl(
+        &kubeconfig,
+        cache,
+        &["wait", "--for=jsonpath={.status.firewall.rules}=1", "plainvm/build-box", "-n", "team-a", "--timeout=120s"],
+    )
+    .await;
+    assert!(ok, "the rules did not change: {out}{err}");
+    let firewalls = hetzner_get(&info, &format!("/firewalls{selector}")).await;
+    assert_eq!(firewalls["firewalls"][0]["id"].as_i64(), Some(fw_id), "the same firewall: {firewalls}");
+    assert_eq!(firewalls["firewalls"][0]["rules"].as_array().map(Vec::len), Some(1), "{firewalls}");
+
+    // An owner change is refused with the rule's message.
+    let (ok, _, err) = kubectl(
+        &kubeconfig,
+        cache,
+        &["patch", "plainvm", "build-box", "-n", "team-a", "--type=merge", "-p", r#"{"spec":{"owner":"acct_other"}}"#],
+    )
+    .await;
+    assert!(!ok && err.contains("spec.owner is immutable"), "{err}");
+
+    // Delete: no server, no firewall, one plainvm.destroyed row.
+    let (ok, vm_uid, err) =
+        kubectl(&kubeconfig, cache, &["get", "plainvm", "build-box", "-n", "team-a", "-o", "jsonpath={.metadata.uid}"])
+            .await;
+    assert!(ok && !vm_uid.is_empty(), "{err}");
+    let (ok, out, err) =
+        kubectl(&kubeconfig, cache, &["delete", "plainvm", "build-box", "-n", "team-a", "--timeout=120s"]).await;
+    assert!(ok, "kubectl delete plainvm: {out}{err}");
+    let servers = hetzner_get(&info, &format!("/servers{selector}")).await;
+    assert_eq!(servers["servers"].as_array().map(Vec::len), Some(0), "{servers}");
+    let firewalls = hetzner_get(&info, &format!("/firewalls{selector}")).await;
+    assert_eq!(firewalls["firewalls"].as_array().map(Vec::len), Some(0), "{firewalls}");
+    let database_url = info["database_url"].as_str().expect("database_url");
+    let vm_pool = crabglamp_operator::store::connect(database_url, 1).await.expect("sandbox database");
+    let events = crabglamp_operator::store::audit::events_for_resource(&vm_pool, &vm_uid).await.expect("events");
+    assert_eq!(events.iter().filter(|e| e.kind == "plainvm.destroyed").count(), 1, "{events:?}");
 
     // The activity log shows what kubectl changed.
     let (ok, _, err) =
