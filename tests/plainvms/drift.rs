@@ -1,5 +1,5 @@
-//! The firewall changed behind the operator's back: detached from the server, or a rule
-//! edited in the console. Noticed at the next resync from the shared lists (no GET per VM),
+//! The world changed behind the operator's back: the firewall detached from the server, a
+//! rule edited in the console, the server deleted. Noticed at the next resync from the shared lists (no GET per VM),
 //! repaired, and reported with an Event. An orphaned PlainVM leaves server and firewall,
 //! unmarked; a marked server and firewall whose object is gone are swept.
 
@@ -16,7 +16,7 @@ use super::support::*;
 const DEADLINE: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_detached_firewall_and_an_edited_rule_are_repaired() {
+async fn a_detached_firewall_an_edited_rule_and_a_deleted_server_are_repaired() {
     let op = Operator::start().await;
     op.create_namespace("drift").await;
     let api = op.plainvms("drift");
@@ -44,6 +44,18 @@ async fn a_detached_firewall_and_an_edited_rule_are_repaired() {
     wait_for(&api, "web", DEADLINE, "Ready again", vm_ready).await;
     assert!(event_reasons(&op, "drift").await.iter().any(|r| r == "FirewallRulesRepaired"));
     assert_eq!(vm_firewall(&op, &uid).and_then(|f| f["id"].as_i64()), Some(fw_id), "the same firewall");
+    // The server deleted in the console: a new one, created behind the same firewall.
+    assert!(crabglamp_sandbox::hetzner::vanish_server(&op.hetzner, server_id));
+    let vm = wait_for(&api, "web", DEADLINE, "a new server", |v| {
+        vm_ready(v)
+            && v.status.as_ref().and_then(|s| s.server.as_ref()).and_then(|s| s.id).is_some_and(|id| id != server_id)
+    })
+    .await;
+    let new_id = vm.status.as_ref().and_then(|s| s.server.as_ref()).and_then(|s| s.id).expect("server");
+    assert_eq!(vm_firewall(&op, &uid).map(|f| applied_servers(&f)), Some(vec![new_id]), "behind the same firewall");
+    assert!(event_reasons(&op, "drift").await.iter().any(|r| r == "ServerRecreated"));
+    assert_eq!(hz_requests(&op, "POST", "/firewalls"), 2, "no new firewall (ours and the fleet's)");
+
     // Observed through the shared list: no per-object firewall or server GET ever.
     let gets = op
         .hetzner
