@@ -5,6 +5,8 @@
 
 #[path = "foundation/db.rs"]
 mod db;
+#[path = "support/cloud_init_schema.rs"]
+mod cloud_init_schema;
 
 mod agents {
     mod budget;
