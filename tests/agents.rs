@@ -3,15 +3,16 @@
 //! transfer, delete and its audit event, and the request budget.
 //! One test binary (links are slow here); the scenarios live in `tests/agents/`.
 
-#[path = "foundation/db.rs"]
-mod db;
 #[path = "support/cloud_init_schema.rs"]
 mod cloud_init_schema;
+#[path = "foundation/db.rs"]
+mod db;
 
 mod agents {
     mod budget;
     mod crash;
     mod drift;
+    mod external;
     mod faults;
     pub mod fixture;
     mod lifecycle;

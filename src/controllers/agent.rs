@@ -812,7 +812,13 @@ async fn cleanup(agent: Arc<Agent>, ctx: &Context) -> Result<Action, ReconcileEr
 
 /// The controller's entry point for one Agent.
 pub async fn reconcile(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-    let span = tracing::info_span!("reconcile", kind = KIND, namespace = %agent.namespace().unwrap_or_default(), name = %agent.name_any());
+    // `object_name`, not `name`: JSON log lines give the span's own name under `name`.
+    let span = tracing::info_span!(
+        "reconcile",
+        kind = KIND,
+        namespace = %agent.namespace().unwrap_or_default(),
+        object_name = %agent.name_any()
+    );
     async move {
         if agent.annotations().get(PAUSE_ANNOTATION).map(String::as_str) == Some("true") {
             return pause(&agent, &ctx).await;
@@ -867,7 +873,7 @@ pub fn error_policy(agent: Arc<Agent>, error: &ReconcileError, ctx: Arc<Context>
     let uid = agent.uid().unwrap_or_default();
     let failures = ctx.failures.failed(&uid);
     let delay = super::backoff_delay(failures, ctx.config.fast_poll, ctx.config.max_backoff);
-    tracing::warn!(kind = KIND, namespace = %agent.namespace().unwrap_or_default(), name = %agent.name_any(), error = %error, class = error.metric_label(), retry_in = ?delay, "reconcile failed");
+    tracing::warn!(kind = KIND, namespace = %agent.namespace().unwrap_or_default(), object_name = %agent.name_any(), error = %error, class = error.metric_label(), retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
 

@@ -43,4 +43,3 @@ fn annotate(path: &Path) -> String {
     out.map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
         .unwrap_or_else(|e| e.to_string())
 }
-
