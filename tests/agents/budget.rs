@@ -47,6 +47,7 @@ async fn a_hundred_agents_within_the_call_budget() {
     );
     print_breakdown("Hetzner", &op.hetzner);
     print_breakdown("Cloudflare", &op.cloudflare);
+    assert!(op.context.hetzner.metrics().remaining("hetzner") > 0, "the remaining budget is exported");
     assert!(hz as f64 <= 1.1 * N as f64, "Hetzner: {hz} requests for {N} Agents");
     assert!(cf as f64 <= 3.2 * N as f64, "Cloudflare: {cf} requests for {N} Agents");
     assert_eq!(crabglamp_sandbox::hetzner::server_names(&op.hetzner).len(), N, "no duplicate server");
