@@ -610,6 +610,18 @@ async fn record_transfer(
     Ok(())
 }
 
+/// Appends the usage-timeline row the observed power state calls for, if any.
+async fn record_usage(ctx: &Context, agent: &Agent, owner: &Owner) -> Result<(), ReconcileError> {
+    let observed = observe(ctx, owner, None);
+    if let Some(server) = &observed.server {
+        let effective = effective_server_status(server, observed.tunnel.as_ref());
+        if let Some(t) = server::record_observed_transition(ctx, owner, &intent(&agent.spec), &effective).await? {
+            tracing::info!(transition = t.as_str(), "usage timeline");
+        }
+    }
+    Ok(())
+}
+
 /// One pass over a live Agent.
 async fn apply(agent: Arc<Agent>, ctx: &Context) -> Result<Action, ReconcileError> {
     let owner = Owner::of(agent.as_ref(), KIND)?;
@@ -622,6 +634,9 @@ async fn apply(agent: Arc<Agent>, ctx: &Context) -> Result<Action, ReconcileErro
     let old = agent.status.clone().unwrap_or_default();
     let mut status = old.clone();
     let mut stalled = None;
+    // What happened before this pass (a stop in the console) is recorded before this pass
+    // changes it (powers the server on again), or the timeline would never show it.
+    record_usage(ctx, &agent, &owner).await?;
     let mut plan = Plan { steps: Vec::new(), wait: Wait::Lists };
     // A handful of steps per pass: each one's result is in the fleet view for the next.
     for _ in 0..10 {
@@ -659,13 +674,8 @@ async fn apply(agent: Arc<Agent>, ctx: &Context) -> Result<Action, ReconcileErro
             },
         }
     }
+    record_usage(ctx, &agent, &owner).await?;
     let observed = observe(ctx, &owner, ctx.dns_taken.get(&owner.uid));
-    if let Some(server) = &observed.server {
-        let effective = effective_server_status(server, observed.tunnel.as_ref());
-        if let Some(t) = server::record_observed_transition(ctx, &owner, &intent(&agent.spec), &effective).await? {
-            tracing::info!(transition = t.as_str(), "usage timeline");
-        }
-    }
     let mut next = desired_status(
         agent.metadata.generation,
         &agent.spec,
