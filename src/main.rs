@@ -198,28 +198,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let connected = operator::connect(client, settings, sealing).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        wait_for_signal().await;
+        operator::wait_for_signal().await;
         tracing::info!("stop requested: no new reconciles; finishing the ones in flight");
         let _ = stop_tx.send(true);
     });
     tracing::info!("crabglamp-operator running");
     operator::run(connected.context, stop_rx, Duration::from_secs(args.drain_seconds)).await;
     Ok(())
-}
-
-/// SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
-async fn wait_for_signal() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 fn main() -> anyhow::Result<()> {

@@ -87,3 +87,19 @@ pub async fn run(context: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>
         tracing::warn!(?drain, "in-flight reconciles did not finish in time; exiting anyway");
     }
 }
+
+/// Resolves on SIGTERM (Kubernetes stopping the pod) or Ctrl-C (SIGINT).
+pub async fn wait_for_signal() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        // No SIGTERM handler can be installed: Ctrl-C still works.
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -3,6 +3,8 @@
 //! transfer, delete and its audit event, and the request budget.
 //! One test binary (links are slow here); the scenarios live in `tests/agents/`.
 
+#[path = "support/cloud_init_schema.rs"]
+mod cloud_init_schema;
 #[path = "foundation/db.rs"]
 mod db;
 #[path = "support/fixture.rs"]
@@ -12,6 +14,7 @@ mod agents {
     mod budget;
     mod crash;
     mod drift;
+    mod external;
     mod faults;
     pub use crate::fixture;
     mod lifecycle;

@@ -2,9 +2,6 @@
 //! schema a server's cloud-init applies. `scripts/test` installs cloud-init (ensure_cloud_init
 //! in scripts/lib/services.sh); without it these tests fail rather than pass unchecked.
 
-use std::path::Path;
-use std::process::Command;
-
 use crabglamp_operator::cloud::Secret;
 use crabglamp_operator::cloud::cloudflare::{TunnelSecret, derive_tunnel_token};
 use crabglamp_operator::controllers::cloud_init::{
@@ -17,43 +14,11 @@ fn token() -> Secret {
     derive_tunnel_token("5ab4e9dfbd435d24068829fda0077963", "c1744f8b-faa1-48a4-9e5c-02ac921467fa", &secret)
 }
 
-fn cloud_init() -> &'static str {
-    let found = Command::new("cloud-init").arg("--version").output();
-    match found {
-        Ok(out) if out.status.success() => "cloud-init",
-        _ => panic!(
-            "cloud-init is not installed: the user-data tests validate with its schema checker. \
-             Install it with `sudo apt-get install --no-install-recommends cloud-init` (Debian/Ubuntu), \
-             or run scripts/test, which installs it (ensure_cloud_init in scripts/lib/services.sh)."
-        ),
-    }
-}
+#[path = "support/cloud_init_schema.rs"]
+mod cloud_init_schema;
 
-/// `cloud-init schema --config-file` exits 0 for a valid document and 1 otherwise (22.4, Debian
-/// 12); `--annotate` exits 0 even with errors there, so it only explains a failure. Deprecation
-/// warnings are failures too: they become errors in later cloud-init releases.
 fn assert_valid(name: &str, doc: &Secret) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join(format!("{name}.yaml"));
-    std::fs::write(&path, doc.expose()).expect("write user data");
-    let out = Command::new(cloud_init()).args(["schema", "--config-file"]).arg(&path).output().expect("run cloud-init");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let deprecated = format!("{stdout}{stderr}").to_lowercase().contains("deprecat");
-    if !out.status.success() || !stdout.contains("Valid cloud-config") || deprecated {
-        panic!(
-            "{name}: cloud-init schema refused the user data ({}):\n{stdout}{stderr}\nannotated:\n{}",
-            out.status,
-            annotate(&path)
-        );
-    }
-    eprintln!("{name}: {} bytes, {}", doc.expose().len(), stdout.trim());
-}
-
-fn annotate(path: &Path) -> String {
-    let out = Command::new(cloud_init()).args(["schema", "--annotate", "--config-file"]).arg(path).output();
-    out.map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
-        .unwrap_or_else(|e| e.to_string())
+    cloud_init_schema::assert_valid(name, doc.expose());
 }
 
 fn parse(doc: &Secret) -> Value {
@@ -88,7 +53,7 @@ fn assert_starts_cloudflared(doc: &Secret, token: &Secret) {
     let dir = tempfile::tempdir().expect("temp dir");
     let script_path = dir.path().join("install-cloudflared");
     std::fs::write(&script_path, &script).expect("write script");
-    let sh = Command::new("sh").arg("-n").arg(&script_path).output().expect("run sh -n");
+    let sh = std::process::Command::new("sh").arg("-n").arg(&script_path).output().expect("run sh -n");
     assert!(sh.status.success(), "install script syntax: {}", String::from_utf8_lossy(&sh.stderr));
     let runcmd = parsed["runcmd"].as_array().expect("runcmd");
     assert_eq!(runcmd.last(), Some(&serde_json::json!([INSTALL_SCRIPT_PATH])), "runcmd runs the script last");
@@ -148,6 +113,10 @@ fn the_validator_refuses_a_broken_document() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("broken.yaml");
     std::fs::write(&path, "#cloud-config\nwrite_files:\n  - path: /x\n    permissions: 600\n").expect("write");
-    let out = Command::new(cloud_init()).args(["schema", "--config-file"]).arg(&path).output().expect("run");
+    let out = std::process::Command::new(cloud_init_schema::cloud_init())
+        .args(["schema", "--config-file"])
+        .arg(&path)
+        .output()
+        .expect("run");
     assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }

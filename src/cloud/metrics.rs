@@ -5,6 +5,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -24,6 +25,7 @@ pub struct ProviderLabels {
 pub struct CloudMetrics {
     requests: Family<RequestLabels, Counter>,
     rate_limit_wait_ms: Family<ProviderLabels, Counter>,
+    budget_remaining: Family<ProviderLabels, Gauge>,
 }
 
 impl CloudMetrics {
@@ -40,7 +42,24 @@ impl CloudMetrics {
             "Time callers waited for the request budget",
             m.rate_limit_wait_ms.clone(),
         );
+        registry.register(
+            "cloud_rate_budget_remaining",
+            "Requests the provider says are left in its budget (RateLimit headers of the last answer)",
+            m.budget_remaining.clone(),
+        );
         m
+    }
+
+    /// What the provider's last answer said is left of the budget.
+    pub fn budget_remaining(&self, provider: &str, remaining: u32) {
+        self.budget_remaining
+            .get_or_create(&ProviderLabels { provider: provider.to_owned() })
+            .set(i64::from(remaining));
+    }
+
+    /// The last reported remaining budget (tests, status pages).
+    pub fn remaining(&self, provider: &str) -> i64 {
+        self.budget_remaining.get_or_create(&ProviderLabels { provider: provider.to_owned() }).get()
     }
 
     pub fn count(&self, provider: &str, endpoint: &str, outcome: &str) {

@@ -154,7 +154,11 @@ impl Transport {
         let response = request.send().await.map_err(transport)?;
         let status = response.status();
         let headers = response.headers().clone();
-        self.limiter.observe(self.observation(&headers));
+        let observation = self.observation(&headers);
+        if let Some(remaining) = observation.remaining {
+            self.metrics.budget_remaining(self.provider.as_str(), remaining);
+        }
+        self.limiter.observe(observation);
         let bytes = response.bytes().await.map_err(transport)?;
         if status.is_success() {
             let body: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };

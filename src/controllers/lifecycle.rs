@@ -296,6 +296,9 @@ pub async fn apply<P: Pass>(pass: &P, ctx: &Context) -> Result<Action, Reconcile
     let old = object.status().cloned().unwrap_or_default();
     let mut status = old.clone();
     let mut stalled: Option<Stall> = None;
+    // What happened before this pass (a stop in the console) is recorded before this pass
+    // changes it (powers the server on again), or the timeline would never show it.
+    record_usage(pass, ctx).await?;
     let mut plan = Plan { steps: Vec::new(), wait: Wait::Lists };
     for _ in 0..10 {
         plan = pass.plan(ctx, &status);
@@ -316,16 +319,23 @@ pub async fn apply<P: Pass>(pass: &P, ctx: &Context) -> Result<Action, Reconcile
             return Err(e);
         }
     }
-    if let Some(observed) = pass.power_status(ctx)
-        && let Some(t) = server::record_observed_transition(ctx, owner, &object.intent(), &observed).await?
-    {
-        tracing::info!(transition = t.as_str(), "usage timeline");
-    }
+    record_usage(pass, ctx).await?;
     let next = pass.describe(ctx, &status, stalled.clone());
     write_status(ctx, object, &old, &next).await?;
     ctx.failures.succeeded(&owner.uid);
     tracing::debug!(wait = ?plan.wait, stalled = stalled.is_some(), "pass done");
     Ok(next_action(stalled.map(|(reason, _)| reason), plan.wait, ctx, &owner.uid))
+}
+
+/// Appends the usage-timeline row the observed power state calls for, if any.
+async fn record_usage<P: Pass>(pass: &P, ctx: &Context) -> Result<(), ReconcileError> {
+    let Target { object, owner } = pass.target();
+    if let Some(observed) = pass.power_status(ctx)
+        && let Some(t) = server::record_observed_transition(ctx, owner, &object.intent(), &observed).await?
+    {
+        tracing::info!(transition = t.as_str(), "usage timeline");
+    }
+    Ok(())
 }
 
 /// Patches `/status` with the difference, only when something changed.
@@ -347,7 +357,13 @@ pub async fn write_status<K: ManagedObject>(
 
 /// The controller's entry point for one object of any managed kind.
 pub async fn reconcile<K: ManagedObject>(object: Arc<K>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-    let span = tracing::info_span!("reconcile", kind = K::KIND, namespace = %object.namespace().unwrap_or_default(), name = %object.name_any());
+    // `object_name`, not `name`: JSON log lines give the span's own name under `name`.
+    let span = tracing::info_span!(
+        "reconcile",
+        kind = K::KIND,
+        namespace = %object.namespace().unwrap_or_default(),
+        object_name = %object.name_any()
+    );
     async move {
         if object.annotations().get(PAUSE_ANNOTATION).map(String::as_str) == Some("true") {
             return pause(object.as_ref(), &ctx).await;
@@ -399,7 +415,7 @@ pub fn error_policy<K: ManagedObject>(object: Arc<K>, error: &ReconcileError, ct
     let uid = object.uid().unwrap_or_default();
     let failures = ctx.failures.failed(&uid);
     let delay = super::backoff_delay(failures, ctx.config.fast_poll, ctx.config.max_backoff);
-    tracing::warn!(kind = K::KIND, namespace = %object.namespace().unwrap_or_default(), name = %object.name_any(), error = %error, class = error.metric_label(), retry_in = ?delay, "reconcile failed");
+    tracing::warn!(kind = K::KIND, namespace = %object.namespace().unwrap_or_default(), object_name = %object.name_any(), error = %error, class = error.metric_label(), retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
 

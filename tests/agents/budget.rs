@@ -16,8 +16,9 @@ async fn a_hundred_agents_within_the_call_budget() {
     let mut config = test_config();
     // Longer than convergence takes, as a five-minute resync is in production.
     config.resync = Duration::from_secs(60);
-    // One shared tunnel list a second while Agents wait for their connectors.
-    config.fast_poll = Duration::from_secs(1);
+    // One shared tunnel list every two seconds while Agents wait for their connectors (five
+    // in production): the count then holds on a loaded two-core machine too.
+    config.fast_poll = Duration::from_secs(2);
     let op = Operator::start_with(config.clone()).await;
     op.create_namespace("fleet").await;
     let api = op.agents("fleet");
@@ -47,6 +48,7 @@ async fn a_hundred_agents_within_the_call_budget() {
     );
     print_breakdown("Hetzner", &op.hetzner);
     print_breakdown("Cloudflare", &op.cloudflare);
+    assert!(op.context.hetzner.metrics().remaining("hetzner") > 0, "the remaining budget is exported");
     assert!(hz as f64 <= 1.1 * N as f64, "Hetzner: {hz} requests for {N} Agents");
     assert!(cf as f64 <= 3.2 * N as f64, "Cloudflare: {cf} requests for {N} Agents");
     assert_eq!(crabglamp_sandbox::hetzner::server_names(&op.hetzner).len(), N, "no duplicate server");

@@ -159,3 +159,81 @@ async fn orphaned_resources_stay_unmarked_and_the_sweeper_removes_only_real_orph
     assert_eq!(crabglamp_sandbox::cloudflare::dns_record_count(&op.cloudflare), 1, "orphaned record kept");
     op.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn console_changes_are_noticed_and_a_paused_agent_is_left_alone() {
+    let op = Operator::start().await;
+    op.create_namespace("console").await;
+    let api = op.agents("console");
+    api.create(&PostParams::default(), &agent("bot", "acct_a", true)).await.expect("create");
+    let a = wait_for(&api, "bot", DEADLINE, "Ready", ready).await;
+    let uid = a.uid().expect("uid");
+    let id = a.status.and_then(|s| s.server).and_then(|s| s.id).expect("server id");
+    let hetzner = crabglamp_operator::cloud::hetzner::HetznerClient::new(
+        crabglamp_operator::cloud::hetzner::HetznerConfig::new(op.hetzner.base_url.clone(), "hz-test"),
+        std::sync::Arc::new(crabglamp_operator::cloud::RateLimiter::hetzner_default()),
+        crabglamp_operator::cloud::CloudMetrics::default(),
+    )
+    .expect("client");
+
+    // Someone detaches the closed fleet firewall in the console: it is attached again.
+    let firewall = op.context.fleet_firewall().expect("fleet firewall");
+    hetzner.remove_firewall(firewall, id).await.expect("detach");
+    let start = tokio::time::Instant::now();
+    loop {
+        let server = hetzner.get_server(id).await.expect("get").expect("server");
+        let attached = server.public_net.firewalls.unwrap_or_default().iter().any(|f| f.id == Some(firewall));
+        if attached {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "the fleet firewall was not re-attached");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(event_reasons(&op, "console").await.iter().any(|r| r == "FirewallReattached"));
+
+    // Someone powers the server off in the console: noticed, recorded, and powered on again.
+    hetzner.power_off(id).await.expect("power off");
+    let start = tokio::time::Instant::now();
+    loop {
+        let rows =
+            crabglamp_operator::store::usage::transitions_for_resource(&op.db.pool, &uid).await.expect("timeline");
+        let kinds: Vec<&str> = rows.iter().map(|r| r.transition.as_str()).collect();
+        if kinds == ["start", "stop", "start"] {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "outside stop not recorded and repaired: {kinds:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Paused: a spec change is not acted on, and a condition says so.
+    api.patch(
+        "bot",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"crabglamp.com/paused": "true"}}})),
+    )
+    .await
+    .expect("pause");
+    wait_for(&api, "bot", DEADLINE, "Paused condition", |a| {
+        a.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Paused" && c.status == "True"))
+    })
+    .await;
+    let posts_before = op.hetzner.requests().iter().filter(|r| r.method == "POST").count();
+    api.patch("bot", &PatchParams::default(), &Patch::Merge(json!({"spec": {"running": false}}))).await.expect("stop");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let posts_after = op.hetzner.requests().iter().filter(|r| r.method == "POST").count();
+    assert_eq!(posts_after, posts_before, "a paused Agent's server is not touched");
+    // Unpaused: the stop happens.
+    api.patch(
+        "bot",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"crabglamp.com/paused": null}}})),
+    )
+    .await
+    .expect("unpause");
+    wait_for(&api, "bot", DEADLINE, "stopped after unpausing", |a| {
+        a.status.as_ref().and_then(|s| s.server.as_ref()).and_then(|s| s.status.as_deref()) == Some("off")
+            && !a.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Paused"))
+    })
+    .await;
+    op.stop().await;
+}

@@ -47,6 +47,14 @@ async fn create_power_transfer_delete() {
                 .map(str::to_owned)
         })
         .expect("a tunnel token in the user data");
+    // The server's own user data passes the real cloud-init validator and starts cloudflared
+    // with this Agent's tunnel.
+    crate::cloud_init_schema::assert_valid("created-server", &user_data);
+    let tokens = crabglamp_sandbox::cloudflare::find_tunnel_tokens(&user_data);
+    assert_eq!(
+        tokens.iter().map(|t| t.tunnel_id.as_str()).collect::<Vec<_>>(),
+        [tunnel.id.as_deref().unwrap_or_default()]
+    );
     let status_text = serde_json::to_string(&a.status).expect("json");
     assert!(!status_text.contains(&token), "the token is in the status");
 

@@ -121,21 +121,6 @@ async fn loopback(port: u16, what: &str) -> Result<TcpListener, SandboxError> {
     TcpListener::bind(("127.0.0.1", port)).await.map_err(io(format!("cannot listen for the {what}")))
 }
 
-/// Resolves on Ctrl-C (SIGINT) or SIGTERM, so throwaway servers are stopped either way.
-async fn wait_for_stop() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 /// What a sandbox needs besides its ports.
 #[derive(Debug, Clone, Default)]
 pub struct SandboxOptions {
@@ -374,7 +359,8 @@ pub async fn run(args: SandboxArgs) -> Result<(), SandboxError> {
         args.cloudflared_delay,
     );
     println!("Press Ctrl-C to stop. Changes to Agents, PlainVMs and VirtualKeys are listed below.");
-    wait_for_stop().await;
+    // Ctrl-C or SIGTERM, so throwaway servers are stopped either way.
+    crabglamp_operator::operator::wait_for_signal().await;
     if let Some(c) = controllers {
         c.stop().await;
     }
