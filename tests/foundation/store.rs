@@ -234,8 +234,8 @@ async fn virtual_keys_keep_a_hash_never_the_key() {
         rate_limit_rpm: Some(60),
         expires_at: None,
     };
-    keys::insert(&db.pool, &key).await.expect("insert");
-    keys::insert(&db.pool, &key).await.expect("insert is idempotent");
+    keys::insert(&mut *db.pool.acquire().await.expect("connection"), &key).await.expect("insert");
+    keys::insert(&mut *db.pool.acquire().await.expect("connection"), &key).await.expect("insert is idempotent");
     let stored = keys::get(&db.pool, "vk_1").await.expect("get").expect("present");
     assert_eq!(stored.key_sha256, keys::key_sha256(secret).to_vec());
     assert_eq!(stored.budget_monthly_usd, "50.000000");
@@ -247,7 +247,10 @@ async fn virtual_keys_keep_a_hash_never_the_key() {
         key_sha256: keys::key_sha256("other"),
         ..key.clone()
     };
-    assert!(keys::insert(&db.pool, &negative).await.is_err(), "the database refuses a negative budget");
+    assert!(
+        keys::insert(&mut *db.pool.acquire().await.expect("connection"), &negative).await.is_err(),
+        "the database refuses a negative budget"
+    );
     assert!(keys::revoke(&db.pool, "vk_1", Utc::now()).await.expect("revoke"));
     assert!(!keys::revoke(&db.pool, "vk_1", Utc::now()).await.expect("revoke again"));
 }
