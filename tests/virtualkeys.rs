@@ -8,5 +8,6 @@ mod db;
 mod virtualkeys {
     pub mod fixture;
     mod lifecycle;
+    mod proxy;
     mod scale;
 }

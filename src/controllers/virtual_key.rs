@@ -652,6 +652,7 @@ pub struct RefreshStats {
     pub keys: usize,
     pub restored: usize,
     pub rows_upserted: u64,
+    /// Redis round trips this pass made (reconciles running meanwhile are not counted).
     pub round_trips: u64,
 }
 
@@ -660,7 +661,6 @@ pub struct RefreshStats {
 /// refresh the snapshot reconciles judge budgets by.
 pub async fn refresh_spend(ctx: &Context) -> Result<RefreshStats, ReconcileError> {
     let rt = runtime(ctx)?;
-    let before = rt.cache.round_trips();
     let now = Utc::now();
     let month = period(now);
     let today = now.date_naive();
@@ -674,6 +674,7 @@ pub async fn refresh_spend(ctx: &Context) -> Result<RefreshStats, ReconcileError
         let ids: Vec<(String, String)> =
             chunk.iter().map(|k| (hex::encode(&k.key_sha256), k.resource_uid.clone())).collect();
         let observed = rt.cache.read_batch(&ids, &month, &days).await?;
+        stats.round_trips += 1;
         let unbased: Vec<String> =
             ids.iter().zip(&observed).filter(|(_, o)| !o.based).map(|((_, b), _)| b.clone()).collect();
         let stored = if unbased.is_empty() {
@@ -720,11 +721,11 @@ pub async fn refresh_spend(ctx: &Context) -> Result<RefreshStats, ReconcileError
             stats.restored += restores.len();
             tracing::info!(keys = restores.len(), "restoring spend counters Redis lost from PostgreSQL");
             rt.cache.restore_batch(&restores, &month, &days[0]).await?;
+            stats.round_trips += 1;
         }
         stats.rows_upserted += spend::upsert_daily(&ctx.db, &rows).await?;
     }
     rt.with(|m| *m = fresh);
-    stats.round_trips = rt.cache.round_trips() - before;
     let _ = rt.refreshed_tx.unbounded_send(());
     Ok(stats)
 }
