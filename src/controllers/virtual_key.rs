@@ -363,7 +363,7 @@ async fn record_key(
             (AuditKind::VirtualKeyRotated, Some(old.key_id.clone()))
         }
     };
-    keys::insert(&mut *tx, &new).await?;
+    keys::insert(&mut tx, &new).await?;
     let event = NewAuditEvent {
         event_key: format!("{}/{}/{}", kind.as_str(), uid, held.key_id),
         kind,
