@@ -4,6 +4,11 @@ ALTER TABLE virtual_keys DROP CONSTRAINT IF EXISTS virtual_keys_budget_monthly_u
 ALTER TABLE virtual_keys ADD CONSTRAINT virtual_keys_budget_finite
     CHECK (budget_monthly_usd <> 'NaN'::numeric AND budget_monthly_usd >= 0);
 
+-- When a revoked key's auth entry left Redis: a rotation with a grace period revokes the old
+-- key at a future time, and its entry is removed only then.
+ALTER TABLE virtual_keys ADD COLUMN unpublished_at TIMESTAMPTZ;
+UPDATE virtual_keys SET unpublished_at = revoked_at WHERE revoked_at IS NOT NULL;
+
 -- The proxy's spend, copied from Redis every resync: one row per VirtualKey (its UID, the
 -- `budgetId` of the Redis contract), UTC day, surface and model. Costs are integer
 -- micro-USD, as the Redis counters. Never request or response bodies.

@@ -356,10 +356,19 @@ async fn record_key(
     let (kind, old) = match &live {
         None => (AuditKind::VirtualKeyIssued, None),
         Some(old) => {
-            // The old key stops authenticating before the new row commits: a crash in between
-            // re-runs this rotation, and the old hash can never stay published unrecorded.
-            runtime(ctx)?.cache.remove(&[hex::encode(&old.key_sha256)]).await?;
-            keys::revoke(&mut *tx, &old.key_id, now).await?;
+            let grace = vk.spec.rotation_grace_seconds.unwrap_or(0).max(0);
+            if grace == 0 {
+                // The old key stops authenticating before the new row commits: a crash in
+                // between re-runs this rotation, and the old hash never stays published
+                // unrecorded.
+                runtime(ctx)?.cache.remove(&[hex::encode(&old.key_sha256)]).await?;
+                keys::revoke(&mut *tx, &old.key_id, now).await?;
+                keys::mark_unpublished(&mut *tx, &old.key_id).await?;
+            } else {
+                // Revoked as of the end of the grace period; its entry stays in Redis until
+                // then and is removed by the reconcile requeued for that time.
+                keys::revoke(&mut *tx, &old.key_id, now + chrono::Duration::seconds(grace)).await?;
+            }
             (AuditKind::VirtualKeyRotated, Some(old.key_id.clone()))
         }
     };
@@ -521,6 +530,25 @@ async fn apply(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, ReconcileEr
         }
     }
 
+    // Keys rotated away with a grace period: removed from Redis once it is over.
+    let mut next_retirement: Option<DateTime<Utc>> = None;
+    for retiring in keys::retiring(&ctx.db, &uid).await? {
+        if retiring.revoked_at <= now {
+            rt.cache.remove(&[hex::encode(&retiring.key_sha256)]).await?;
+            keys::mark_unpublished(&ctx.db, &retiring.key_id).await?;
+            ctx.event(
+                &*vk,
+                false,
+                "Retired",
+                "Revoke",
+                format!("Previous key {} removed from the proxy", retiring.key_id),
+            )
+            .await;
+        } else {
+            next_retirement = Some(next_retirement.map_or(retiring.revoked_at, |t| t.min(retiring.revoked_at)));
+        }
+    }
+
     // Status.
     let old = vk.status.clone().unwrap_or_default();
     let spend_text = format!("{} of {} USD this month", micros_to_usd(view.micros), micros_to_usd(budget_micros));
@@ -562,8 +590,8 @@ async fn apply(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, ReconcileEr
     // Look again at the expiry time itself, not a resync later; the refresher's trigger
     // covers spend, the fallback covers a refresher that keeps failing.
     let mut after = ctx.config.resync.saturating_mul(2);
-    if let Some(exp) = t.expires_at.filter(|e| *e > now) {
-        let until = (exp - now).to_std().unwrap_or_default() + Duration::from_millis(50);
+    for at in [t.expires_at, next_retirement].into_iter().flatten().filter(|e| *e > now) {
+        let until = (at - now).to_std().unwrap_or_default() + Duration::from_millis(50);
         after = after.min(until);
     }
     Ok(Action::requeue(after))
@@ -587,6 +615,11 @@ async fn write_status(
 async fn cleanup(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, ReconcileError> {
     let rt = runtime(ctx)?;
     let uid = vk.uid().ok_or(ReconcileError::NotStored("uid"))?;
+    // Keys still in a rotation's grace period go with it.
+    for retiring in keys::retiring(&ctx.db, &uid).await? {
+        rt.cache.remove(&[hex::encode(&retiring.key_sha256)]).await?;
+        keys::mark_unpublished(&ctx.db, &retiring.key_id).await?;
+    }
     let Some(live) = keys::live_for_resource(&ctx.db, &uid).await? else {
         return Ok(Action::await_change());
     };
@@ -595,6 +628,7 @@ async fn cleanup(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, Reconcile
     let mut tx =
         ctx.db.begin().await.map_err(|e| crate::store::StoreError::Query { what: "starting a revoke", source: e })?;
     keys::revoke(&mut *tx, &live.key_id, now).await?;
+    keys::mark_unpublished(&mut *tx, &live.key_id).await?;
     let event = NewAuditEvent {
         event_key: format!("{}/{}", AuditKind::VirtualKeyRevoked.as_str(), uid),
         kind: AuditKind::VirtualKeyRevoked,

@@ -210,6 +210,39 @@ pub async fn revoke<'e>(conn: impl sqlx::PgExecutor<'e>, key_id: &str, at: DateT
     Ok(result.rows_affected() == 1)
 }
 
+/// A revoked key whose auth entry may still be in Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetiringKey {
+    /// Key id.
+    pub key_id: String,
+    /// SHA-256 of the key.
+    pub key_sha256: Vec<u8>,
+    /// When it stops (or stopped) working.
+    pub revoked_at: DateTime<Utc>,
+}
+
+/// The revoked keys of a VirtualKey whose auth entries have not been removed yet.
+pub async fn retiring<'e>(conn: impl sqlx::PgExecutor<'e>, resource_uid: &str) -> Result<Vec<RetiringKey>, StoreError> {
+    sqlx::query_as!(
+        RetiringKey,
+        r#"SELECT key_id, key_sha256, revoked_at AS "revoked_at!" FROM virtual_keys
+           WHERE resource_uid = $1 AND revoked_at IS NOT NULL AND unpublished_at IS NULL"#,
+        resource_uid
+    )
+    .fetch_all(conn)
+    .await
+    .during("listing retiring virtual keys")
+}
+
+/// Records that a revoked key's auth entry was removed from Redis.
+pub async fn mark_unpublished<'e>(conn: impl sqlx::PgExecutor<'e>, key_id: &str) -> Result<(), StoreError> {
+    sqlx::query!("UPDATE virtual_keys SET unpublished_at = now() WHERE key_id = $1 AND unpublished_at IS NULL", key_id)
+        .execute(conn)
+        .await
+        .during("recording an unpublished virtual key")?;
+    Ok(())
+}
+
 /// Reads one key by id.
 pub async fn get(pool: &PgPool, key_id: &str) -> Result<Option<VirtualKeyRecord>, StoreError> {
     sqlx::query_as!(

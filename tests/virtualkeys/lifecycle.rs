@@ -170,3 +170,33 @@ async fn a_key_is_blocked_at_its_expiry_time_not_a_resync_later() {
     assert_eq!(op.auth_entry(&key).await.expect("entry")["blockedReason"], json!("Expired"));
     op.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_with_grace_keeps_the_old_key_working_until_the_grace_is_over() {
+    let op = KeyOperator::start(Duration::from_secs(300), 500).await;
+    op.create_namespace(NS).await;
+    let api = op.keys(NS);
+    let mut vk = virtual_key("graceful", "acct_a", "10.00");
+    vk.spec.rotation_grace_seconds = Some(3);
+    api.create(&PostParams::default(), &vk).await.expect("create");
+    let first = wait_for(&api, "graceful", WAIT, "Ready", ready).await;
+    let first_id = first.status.and_then(|s| s.key_id).expect("key id");
+    let old_key = op.key_in_secret(NS, "graceful-key").await;
+    let patch = json!({"spec": {"rotationToken": "next"}});
+    api.patch("graceful", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("rotate");
+    wait_for(&api, "graceful", WAIT, "rotated", |v| {
+        ready(v) && v.status.as_ref().and_then(|s| s.key_id.as_deref()).is_some_and(|id| id != first_id)
+    })
+    .await;
+    let rotated_at = tokio::time::Instant::now();
+    let new_key = op.key_in_secret(NS, "graceful-key").await;
+    assert!(op.auth_entry(&new_key).await.is_some(), "the new key is live");
+    assert!(op.auth_entry(&old_key).await.is_some(), "the old key works during the grace period");
+    eventually(Duration::from_secs(10), "old key removed after the grace", || async {
+        op.auth_entry(&old_key).await.is_none().then_some(())
+    })
+    .await;
+    assert!(rotated_at.elapsed() >= Duration::from_secs(2), "not removed before the grace period ended");
+    assert!(op.auth_entry(&new_key).await.is_some());
+    op.stop().await;
+}
