@@ -28,7 +28,15 @@
 //! `rateLimitRpm` and `expiresAt` are `null` when unlimited; `blockedReason` is `null`,
 //! `"BudgetExceeded"` or `"Expired"`. `models` are patterns where `*` matches any run of
 //! characters. `budgetId` stays the same across key rotations, so rotating a key does not
-//! reset its spend.
+//! reset its spend. Unknown fields must be ignored (later versions may add some; `v` changes
+//! only for an incompatible change). After a rotation with a grace period the old key's entry
+//! stays, unchanged, until the grace ends; then it is deleted like a revoked key's.
+//!
+//! The operator blocks a key (rewrites its entry with `blocked: true`) within one resync of
+//! the monthly counter reaching the budget, and at `expiresAt` itself; it lifts the block when
+//! the budget is raised or a new month starts (the new month's counter starts at zero). A
+//! request or two past the budget between the counter crossing it and the next resync is the
+//! accepted overshoot; a proxy that must not overshoot compares the counter itself.
 //!
 //! Per request the proxy must: look up `{ns}auth:{sha256}`; refuse when absent (unknown or
 //! revoked key), when `blocked` is true, when `expiresAt` is past (do not wait for the
