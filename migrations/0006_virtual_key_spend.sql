@@ -22,3 +22,14 @@ CREATE TABLE virtual_key_spend_daily (
     updated_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (budget_id, day, surface, model)
 );
+
+-- The monthly counter itself as last read (micro-USD): it can hold more than the sum of the
+-- per-model rows (increments the proxy made without a model, or an operator's INCRBY), and a
+-- restore must not bring back less than the month had.
+CREATE TABLE virtual_key_spend_monthly (
+    budget_id    TEXT   NOT NULL,
+    month        TEXT   NOT NULL CHECK (month ~ '^[0-9]{4}-[0-9]{2}$'),
+    cost_micros  BIGINT NOT NULL CHECK (cost_micros >= 0),
+    updated_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (budget_id, month)
+);

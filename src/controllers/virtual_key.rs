@@ -718,19 +718,17 @@ pub async fn refresh_spend(ctx: &Context) -> Result<RefreshStats, ReconcileError
         };
         let mut restores = Vec::new();
         let mut rows = Vec::new();
+        let mut months = Vec::new();
         for ((hash, budget), o) in ids.iter().zip(observed) {
             let mut micros = o.month_micros.unwrap_or(0);
-            if o.based {
-                for (day, fields) in [today, yesterday].iter().zip(&o.days) {
-                    rows.extend(daily_rows(budget, *day, fields));
-                }
-            } else {
+            let mut days_seen = o.days.clone();
+            if !o.based {
                 // Redis lost this month's counters (or the month is new): add back what
-                // PostgreSQL holds before anyone judges the budget. The copy waits for the next
-                // pass, whose read includes the restored amounts.
+                // PostgreSQL holds before anyone judges the budget. What is copied below is
+                // what Redis holds once the restore ran: read values plus restored amounts.
                 let base = stored.get(budget).cloned().unwrap_or_default();
                 micros = micros.saturating_add(base.total_micros);
-                let today_fields = base
+                let today_fields: Vec<(String, i64)> = base
                     .day_rows
                     .iter()
                     .flat_map(|r| {
@@ -740,12 +738,21 @@ pub async fn refresh_spend(ctx: &Context) -> Result<RefreshStats, ReconcileError
                         ]
                     })
                     .collect();
+                if let Some(today_seen) = days_seen.first_mut() {
+                    for (field, amount) in &today_fields {
+                        *today_seen.entry(field.clone()).or_insert(0) += amount;
+                    }
+                }
                 restores.push(Restore {
                     budget_id: budget.clone(),
                     month_micros: base.total_micros,
                     today: today_fields,
                 });
             }
+            for (day, fields) in [today, yesterday].iter().zip(&days_seen) {
+                rows.extend(daily_rows(budget, *day, fields));
+            }
+            months.push((budget.clone(), month.clone(), micros));
             fresh.insert(
                 budget.clone(),
                 SpendView { period: month.clone(), micros, key_sha256: hash.clone(), auth: o.auth },
@@ -757,7 +764,10 @@ pub async fn refresh_spend(ctx: &Context) -> Result<RefreshStats, ReconcileError
             rt.cache.restore_batch(&restores, &month, &days[0]).await?;
             stats.round_trips += 1;
         }
+        // Only after the restore committed: a copy of counters Redis does not hold yet would
+        // be restored twice after the next loss.
         stats.rows_upserted += spend::upsert_daily(&ctx.db, &rows).await?;
+        stats.rows_upserted += spend::upsert_monthly(&ctx.db, &months).await?;
     }
     rt.with(|m| *m = fresh);
     let _ = rt.refreshed_tx.unbounded_send(());

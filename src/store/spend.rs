@@ -61,6 +61,31 @@ pub async fn upsert_daily(pool: &PgPool, rows: &[DailySpend]) -> Result<u64, Sto
     Ok(result.rows_affected())
 }
 
+/// Upserts the monthly counters as read (`(budget id, YYYY-MM, micro-USD)`), in one
+/// statement; a row keeps the larger value, as [`upsert_daily`].
+pub async fn upsert_monthly(pool: &PgPool, rows: &[(String, String, i64)]) -> Result<u64, StoreError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let budget_ids: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    let months: Vec<String> = rows.iter().map(|r| r.1.clone()).collect();
+    let costs: Vec<i64> = rows.iter().map(|r| r.2.max(0)).collect();
+    let result = sqlx::query!(
+        r#"INSERT INTO virtual_key_spend_monthly (budget_id, month, cost_micros)
+           SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[])
+           ON CONFLICT (budget_id, month) DO UPDATE
+             SET cost_micros = EXCLUDED.cost_micros, updated_at = now()
+             WHERE virtual_key_spend_monthly.cost_micros < EXCLUDED.cost_micros"#,
+        &budget_ids,
+        &months,
+        &costs,
+    )
+    .execute(pool)
+    .await
+    .during("upserting monthly spend")?;
+    Ok(result.rows_affected())
+}
+
 /// What PostgreSQL knows of some keys' month: the total and the rows of one day (to restore
 /// that day's per-model counters), per budget id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -96,6 +121,21 @@ pub async fn stored_months(
         if row.day == day {
             month.day_rows.push(row);
         }
+    }
+    let month = from.format("%Y-%m").to_string();
+    let totals = sqlx::query!(
+        "SELECT budget_id, cost_micros FROM virtual_key_spend_monthly WHERE budget_id = ANY($1) AND month = $2",
+        budget_ids,
+        month,
+    )
+    .fetch_all(pool)
+    .await
+    .during("reading stored monthly spend")?;
+    // The counter can exceed its per-model rows, never the other way round for long: the
+    // larger of the two is what the month had.
+    for t in totals {
+        let entry = out.entry(t.budget_id).or_default();
+        entry.total_micros = entry.total_micros.max(t.cost_micros);
     }
     Ok(out)
 }

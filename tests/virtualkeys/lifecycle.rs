@@ -200,3 +200,43 @@ async fn a_rotation_with_grace_keeps_the_old_key_working_until_the_grace_is_over
     assert!(op.auth_entry(&new_key).await.is_some());
     op.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monthly_counter_raised_by_hand_survives_a_flush() {
+    use redis::AsyncCommands;
+    let op = KeyOperator::start(Duration::from_secs(1), 500).await;
+    op.create_namespace(NS).await;
+    let api = op.keys(NS);
+    api.create(&PostParams::default(), &virtual_key("by-hand", "acct_a", "2.00")).await.expect("create");
+    let vk = wait_for(&api, "by-hand", WAIT, "Ready", ready).await;
+    let uid = vk.metadata.uid.clone().expect("uid");
+    // The acceptance check's `INCRBY` of the documented counter, no per-model fields.
+    let month = chrono::Utc::now().format("%Y-%m").to_string();
+    let mut r = op.redis.clone();
+    let _: i64 = r.incr(format!("{}spend:{uid}:{month}", op.ns), 3_000_000).await.expect("INCRBY");
+    wait_for(&api, "by-hand", WAIT, "blocked", blocked).await;
+    let pool = op.db.pool.clone();
+    eventually(WAIT, "monthly total in PostgreSQL", || {
+        let pool = pool.clone();
+        let uid = uid.clone();
+        async move {
+            let total: Option<i64> =
+                sqlx::query_scalar("SELECT cost_micros FROM virtual_key_spend_monthly WHERE budget_id = $1")
+                    .bind(&uid)
+                    .fetch_optional(&pool)
+                    .await
+                    .expect("monthly");
+            (total == Some(3_000_000)).then_some(())
+        }
+    })
+    .await;
+    op.flush().await;
+    let key = op.key_in_secret(NS, "by-hand-key").await;
+    eventually(WAIT, "re-published blocked", || async {
+        (op.auth_entry(&key).await?["blocked"] == json!(true)).then_some(())
+    })
+    .await;
+    assert_eq!(op.month_counter(&uid).await, Some(3_000_000));
+    assert!(blocked(&api.get("by-hand").await.expect("get")), "a flush does not unblock");
+    op.stop().await;
+}
