@@ -58,7 +58,7 @@ struct RunArgs {
     kubeconfig: Option<std::path::PathBuf>,
     #[command(flatten)]
     database: DatabaseArgs,
-    /// Redis URL (the VirtualKey controller's cache; accepted now so deployments are stable).
+    /// Redis URL of the LLM proxy (the VirtualKey controller runs only when it is set).
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
     /// Hetzner Cloud API base URL.
@@ -181,6 +181,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     controllers.instance = args.instance;
     let settings = OperatorSettings {
         database_url: args.database.database_url,
+        redis_url: args.redis_url,
         hetzner: HetznerConfig::new(args.hcloud_endpoint, args.hcloud_token),
         cloudflare: CloudflareConfig::new(
             args.cloudflare_endpoint,
@@ -192,9 +193,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         hetzner_requests_per_hour: args.hetzner_requests_per_hour,
         cloudflare_requests_per_5min: args.cloudflare_requests_per_5min,
     };
-    if args.redis_url.is_some() {
-        tracing::info!("REDIS_URL is set; the VirtualKey controller that uses it is not part of this build yet");
-    }
     let connected = operator::connect(client, settings, sealing).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

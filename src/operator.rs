@@ -25,12 +25,16 @@ pub enum StartError {
     Store(#[from] store::StoreError),
     #[error("sealing key: {0}")]
     Sealing(#[from] store::seal::SealError),
+    #[error(transparent)]
+    Redis(#[from] crate::cache::CacheError),
 }
 
 /// Everything `run` needs besides the Kubernetes client.
 #[derive(Clone, Debug)]
 pub struct OperatorSettings {
     pub database_url: String,
+    /// Redis of the LLM proxy (none: the VirtualKey controller does not run).
+    pub redis_url: Option<String>,
     pub hetzner: HetznerConfig,
     pub cloudflare: CloudflareConfig,
     pub controllers: ControllerConfig,
@@ -69,7 +73,21 @@ pub async fn connect(
         cloud_metrics,
     )
     .map_err(|e| StartError::Cloud(e.to_string()))?;
-    let context = Context::new(client, hetzner, cloudflare, db, sealing, settings.controllers, metrics);
+    let virtual_keys = match &settings.redis_url {
+        Some(url) => Some(
+            controllers::virtual_key::connect_runtime(
+                url,
+                &settings.controllers.redis_namespace,
+                settings.controllers.redis_batch,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let mut context = Context::new(client, hetzner, cloudflare, db, sealing, settings.controllers, metrics);
+    if let Some(runtime) = virtual_keys {
+        context = context.with_virtual_keys(runtime);
+    }
     Ok(Connected { context: Arc::new(context), registry })
 }
 

@@ -11,6 +11,7 @@ pub mod cloudflare;
 pub mod hetzner;
 pub mod http;
 pub mod kube;
+pub mod llm_proxy;
 pub mod sim_cli;
 pub mod stack;
 pub mod time_scale;

@@ -57,6 +57,11 @@ pub struct VirtualKeySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 63))]
     pub rotation_token: Option<String>,
+
+    /// Seconds the previous key keeps working after a rotation (default 0: revoked at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 2592000").message("spec.rotationGraceSeconds must be between 0 and 2592000 (30 days)"))]
+    pub rotation_grace_seconds: Option<i64>,
 }
 
 /// Spending limit of a key.

@@ -44,6 +44,11 @@ pub struct ControllerConfig {
     pub shard: Option<String>,
     /// Name of this instance in Events (`reportingInstance`), e.g. the pod name.
     pub instance: String,
+    /// Prefix of every Redis name the VirtualKey controller reads or writes (the contract's
+    /// `{ns}`; tests give each run its own).
+    pub redis_namespace: String,
+    /// VirtualKeys per Redis round trip in the spend refresher.
+    pub redis_batch: usize,
 }
 
 impl ControllerConfig {
@@ -59,6 +64,8 @@ impl ControllerConfig {
             max_backoff: Duration::from_secs(300),
             shard: None,
             instance: "crabglamp-operator".into(),
+            redis_namespace: "cgk:".into(),
+            redis_batch: 500,
         }
     }
 }
@@ -228,6 +235,8 @@ pub struct Context {
     pub metrics: ControllerMetrics,
     /// The fleet firewall every Agent server is created behind (set once it exists).
     pub fleet_firewall: Mutex<Option<i64>>,
+    /// The VirtualKey controller's Redis client and spend snapshot (none: it does not run).
+    pub virtual_keys: Option<super::virtual_key::KeyRuntime>,
 }
 
 impl Context {
@@ -257,7 +266,14 @@ impl Context {
             dns_taken: DnsTaken { refused: Mutex::default(), retry_after: dns_retry_after },
             metrics,
             fleet_firewall: Mutex::new(None),
+            virtual_keys: None,
         }
+    }
+
+    /// The same context with the VirtualKey controller's Redis side.
+    pub fn with_virtual_keys(mut self, runtime: super::virtual_key::KeyRuntime) -> Self {
+        self.virtual_keys = Some(runtime);
+        self
     }
 
     pub fn fleet_firewall(&self) -> Option<i64> {

@@ -1,6 +1,7 @@
 //! What can stop a reconcile, with a stable metric label per variant. Messages name the call
 //! that failed and never carry a secret (the cloud clients' errors never do).
 
+use crate::cache::CacheError;
 use crate::cloud::CloudError;
 use crate::store::StoreError;
 
@@ -37,6 +38,12 @@ pub enum ReconcileError {
     /// The cloud-init document could not be rendered.
     #[error("user data: {0}")]
     UserData(String),
+    /// Redis (the LLM proxy's cache).
+    #[error("Redis: {0}")]
+    Cache(#[from] CacheError),
+    /// The spec cannot be acted on until it changes.
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
 }
 
 impl ReconcileError {
@@ -53,6 +60,8 @@ impl ReconcileError {
             ReconcileError::Secret(_) => "secret",
             ReconcileError::UserData(_) => "user_data",
             ReconcileError::NotReady(_) => "not_ready",
+            ReconcileError::Cache(_) => "redis",
+            ReconcileError::InvalidSpec(_) => "invalid_spec",
         }
     }
 

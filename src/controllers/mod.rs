@@ -19,6 +19,7 @@ pub mod refresher;
 pub mod server;
 pub mod status_patch;
 pub mod sweeper;
+pub mod virtual_key;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +58,8 @@ fn watcher_config(config: &ControllerConfig) -> watcher::Config {
 
 /// Runs every controller until `stop` turns true; returns once in-flight reconciles finished.
 pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
+    // VirtualKeys need neither cloud: they do not wait for the fleet firewall.
+    let mut virtual_keys = AbortOnDrop::spawn(virtual_key::run(Arc::clone(&ctx), stop.clone()));
     // The fleet firewall must exist before any Agent server is created behind it.
     loop {
         match refresher::ensure_fleet_firewall(&ctx).await {
@@ -86,6 +89,7 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
     futures::join!(run_controller::<Agent>(&ctx, stop.clone()), run_controller::<PlainVM>(&ctx, stop.clone()));
     refresher.join().await;
     sweeper.join().await;
+    virtual_keys.join().await;
     tracing::info!("controllers stopped");
 }
 

@@ -33,6 +33,10 @@ pub enum AuditKind {
     VirtualKeyRevoked,
     /// A virtual key was issued.
     VirtualKeyIssued,
+    /// A virtual key was replaced by a new one (`spec.rotationToken` changed).
+    VirtualKeyRotated,
+    /// A virtual key changed billing owner.
+    VirtualKeyTransferred,
 }
 
 impl AuditKind {
@@ -44,6 +48,8 @@ impl AuditKind {
             AuditKind::PlainVmDestroyed => "plainvm.destroyed",
             AuditKind::VirtualKeyRevoked => "virtualkey.revoked",
             AuditKind::VirtualKeyIssued => "virtualkey.issued",
+            AuditKind::VirtualKeyRotated => "virtualkey.rotated",
+            AuditKind::VirtualKeyTransferred => "virtualkey.transferred",
         }
     }
 }

@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod keys;
 pub mod seal;
+pub mod spend;
 pub mod usage;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -58,6 +59,21 @@ pub enum StoreError {
         what: &'static str,
         /// What was wrong.
         detail: String,
+    },
+    /// A key row exists under this key id (or hash) with a different hash (or id): a retried
+    /// insert must carry the same key, anything else is a bug or a collision, never a no-op.
+    #[error("virtual key {key_id} is already recorded with a different hash")]
+    KeyConflict {
+        /// The key id of the refused row.
+        key_id: String,
+    },
+    /// The VirtualKey already has a live key; the old one must be revoked first (rotation).
+    #[error("the VirtualKey {resource_uid} already has a live key {live_key_id}")]
+    SecondLiveKey {
+        /// UID of the VirtualKey.
+        resource_uid: String,
+        /// The key that is live.
+        live_key_id: String,
     },
     /// Sealing or opening a credential failed.
     #[error(transparent)]

@@ -4,6 +4,7 @@
 use std::process::Command;
 
 use chrono::{TimeZone, Utc};
+use crabglamp_operator::store::StoreError;
 use crabglamp_operator::store::audit::{self, Appended, AuditKind, NewAuditEvent, ResourceRef};
 use crabglamp_operator::store::keys::{self, NewVirtualKey};
 use crabglamp_operator::store::seal::{self, CredentialId, SealingKeys};
@@ -234,20 +235,39 @@ async fn virtual_keys_keep_a_hash_never_the_key() {
         rate_limit_rpm: Some(60),
         expires_at: None,
     };
-    keys::insert(&db.pool, &key).await.expect("insert");
-    keys::insert(&db.pool, &key).await.expect("insert is idempotent");
+    let mut conn = db.pool.acquire().await.expect("connection");
+    keys::insert(&mut conn, &key).await.expect("insert");
+    keys::insert(&mut conn, &key).await.expect("insert is idempotent");
     let stored = keys::get(&db.pool, "vk_1").await.expect("get").expect("present");
     assert_eq!(stored.key_sha256, keys::key_sha256(secret).to_vec());
     assert_eq!(stored.budget_monthly_usd, "50.000000");
     let dump = psql(&db.url, "SELECT row_to_json(v)::text FROM virtual_keys v");
     assert!(!String::from_utf8_lossy(&dump.stdout).contains("the-secret-part"), "the key is not stored");
-    let negative = NewVirtualKey {
-        key_id: "vk_2".into(),
-        budget_monthly_usd: "-1".into(),
-        key_sha256: keys::key_sha256("other"),
-        ..key.clone()
-    };
-    assert!(keys::insert(&db.pool, &negative).await.is_err(), "the database refuses a negative budget");
+    let other_resource = ResourceRef { uid: "uid-other".into(), ..key.resource.clone() };
+    for (what, budget) in [("a negative budget", "-1"), ("a NaN budget", "NaN")] {
+        let bad = NewVirtualKey {
+            key_id: "vk_2".into(),
+            budget_monthly_usd: budget.into(),
+            key_sha256: keys::key_sha256("other"),
+            resource: other_resource.clone(),
+            ..key.clone()
+        };
+        assert!(
+            matches!(keys::insert(&mut conn, &bad).await, Err(StoreError::Query { .. })),
+            "the database refuses {what}"
+        );
+    }
+    let same_id_other_hash = NewVirtualKey { key_sha256: keys::key_sha256("different"), ..key.clone() };
+    assert!(
+        matches!(keys::insert(&mut conn, &same_id_other_hash).await, Err(StoreError::KeyConflict { key_id }) if key_id == "vk_1"),
+        "a different hash under the same id is an error, not a no-op"
+    );
+    let second_live = NewVirtualKey { key_id: "vk_3".into(), key_sha256: keys::key_sha256("third"), ..key.clone() };
+    assert!(
+        matches!(keys::insert(&mut conn, &second_live).await, Err(StoreError::SecondLiveKey { live_key_id, .. }) if live_key_id == "vk_1"),
+        "a second live key of one VirtualKey is a typed error"
+    );
+    drop(conn);
     assert!(keys::revoke(&db.pool, "vk_1", Utc::now()).await.expect("revoke"));
     assert!(!keys::revoke(&db.pool, "vk_1", Utc::now()).await.expect("revoke again"));
 }

@@ -72,6 +72,7 @@ impl Operator {
         let db = TestDb::fresh().await;
         let settings = OperatorSettings {
             database_url: db.url.clone(),
+            redis_url: None,
             hetzner: HetznerConfig::new(hetzner.base_url.clone(), "hz-test"),
             cloudflare: CloudflareConfig::new(
                 cloudflare.base_url.clone(),

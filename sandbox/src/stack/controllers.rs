@@ -41,6 +41,7 @@ pub fn settings(sandbox: &Sandbox, time_scale: f64) -> OperatorSettings {
     controllers.instance = "crabglamp-sandbox".into();
     OperatorSettings {
         database_url: sandbox.database_url.clone(),
+        redis_url: Some(sandbox.redis.url.clone()),
         hetzner: HetznerConfig::new(sandbox.hcloud.base_url.clone(), sandbox.hetzner_config.token.clone()),
         cloudflare: CloudflareConfig::new(
             sandbox.cloudflare.base_url.clone(),

@@ -180,6 +180,8 @@ pub struct Sandbox {
     pub database_url: String,
     /// Redis.
     pub redis: services::Service,
+    /// The reference LLM proxy stand-in on that Redis (none when it could not start).
+    pub llm_proxy: Option<crate::llm_proxy::RunningProxy>,
     workdir: PathBuf,
 }
 
@@ -230,8 +232,27 @@ impl Sandbox {
                     return Err(e.into());
                 }
             };
+        let mut proxy_config = crate::llm_proxy::ProxyConfig::new(redis.url.clone());
+        if let Some(cost) = std::env::var("SANDBOX_PROXY_COST_MICROS").ok().and_then(|c| c.parse().ok()) {
+            proxy_config.cost_micros_per_request = cost;
+        }
+        // The demo works without it; a proxy that cannot start is reported, not fatal.
+        let llm_proxy = match loopback(0, "LLM proxy stand-in").await {
+            Ok(listener) => match crate::llm_proxy::spawn(proxy_config, listener).await {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the LLM proxy stand-in did not start");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "the LLM proxy stand-in did not start");
+                None
+            }
+        };
         Ok(Self {
             kube: kube_api,
+            llm_proxy,
             hcloud,
             hetzner_config,
             cloudflare: cf,
@@ -259,13 +280,15 @@ impl Sandbox {
             "cloudflare_zone_name": self.cloudflare_config.zone_name,
             "database_url": self.database_url,
             "redis_url": self.redis.url,
+            "llm_proxy": self.llm_proxy.as_ref().map(|p| p.base_url.clone()),
             "time_scale": self.cloudflare_config.time_scale,
         })
     }
 
     /// Stops everything, throwaway PostgreSQL and Redis included.
     pub async fn stop(self) {
-        let Self { kube, hcloud, cloudflare, postgres, redis, workdir, .. } = self;
+        let Self { kube, hcloud, cloudflare, postgres, redis, workdir, llm_proxy, .. } = self;
+        drop(llm_proxy);
         postgres.stop().await;
         redis.stop().await;
         let _ = std::fs::remove_dir_all(&workdir);

@@ -1,0 +1,913 @@
+//! The VirtualKey controller: the only writer of LLM-proxy keys. It issues a key once (into a
+//! Secret the VirtualKey owns), records its SHA-256 and terms in PostgreSQL, publishes the
+//! auth entry to Redis (see [`crate::cache`] for the contract), watches the spend and blocks
+//! the key when its budget or lifetime is over. It must never log, record or report the key
+//! itself: only the Secret holds it.
+//!
+//! Spend is read by one refresher per resync for all keys at once, in batched round trips
+//! ([`refresh_spend`]), copied into PostgreSQL's daily aggregates and restored from them when
+//! Redis lost it; reconciles read the refresher's snapshot, so an idle resync of N keys costs
+//! N/batch Redis round trips, not N.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::watcher;
+use kube::{Api, Resource, ResourceExt};
+use rand::RngCore;
+use serde_json::json;
+use tracing::Instrument;
+
+use crate::api::virtual_key::{Spend, VirtualKey, VirtualKeyStatus};
+use crate::cache::{self, AuthEntry, CacheError, KeyCache, Restore};
+use crate::store::audit::{self, AuditKind, NewAuditEvent, ResourceRef};
+use crate::store::keys::{self, KeyTerms, NewVirtualKey, VirtualKeyRecord};
+use crate::store::spend::{self, DailySpend};
+
+use super::conditions::{self, Desired};
+use super::status_patch::status_merge_patch;
+use super::{AbortOnDrop, Context, ReconcileError};
+
+const KIND: &str = "VirtualKey";
+/// Holds a VirtualKey until its Redis entry is gone and its revoke event committed.
+pub const FINALIZER: &str = "crabglamp.com/virtualkey-revoke";
+/// Every key starts with this, so leaked keys are recognisable (secret scanners, logs).
+pub const KEY_PREFIX: &str = "cgk_";
+/// The Secret's data key holding the key.
+pub const SECRET_DATA_KEY: &str = "apiKey";
+/// Annotations on the Secret: which key it holds and for which rotation token. Neither is
+/// secret; they make a crash between "Secret written" and "row recorded" recoverable
+/// without issuing yet another key.
+pub const KEY_ID_ANNOTATION: &str = "crabglamp.com/key-id";
+pub const ROTATION_ANNOTATION: &str = "crabglamp.com/rotation-token";
+/// The label the controller's Secret watch selects on (it never caches other Secrets).
+pub const MANAGED_BY_LABEL: (&str, &str) = ("app.kubernetes.io/managed-by", "crabglamp-operator");
+/// Characters of the key shown in status (enough to tell keys apart, far too few to guess).
+const PREFIX_LEN: usize = 12;
+
+/// The refresher's view of one key's spend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpendView {
+    /// `YYYY-MM`.
+    pub period: String,
+    /// Micro-USD this period.
+    pub micros: i64,
+    /// SHA-256 hex of the key whose auth entry was read.
+    pub key_sha256: String,
+    /// The auth entry as Redis had it (None: missing, to be re-published).
+    pub auth: Option<String>,
+}
+
+/// The VirtualKey controller's share of the context: the Redis client and the spend snapshot.
+pub struct KeyRuntime {
+    pub cache: KeyCache,
+    snapshot: Mutex<HashMap<String, SpendView>>,
+    refreshed_tx: futures::channel::mpsc::UnboundedSender<()>,
+    refreshed_rx: Mutex<Option<futures::channel::mpsc::UnboundedReceiver<()>>>,
+    /// Keys per Redis round trip.
+    pub batch: usize,
+}
+
+impl KeyRuntime {
+    pub fn new(cache: KeyCache, batch: usize) -> Self {
+        let (refreshed_tx, rx) = futures::channel::mpsc::unbounded();
+        KeyRuntime {
+            cache,
+            snapshot: Mutex::default(),
+            refreshed_tx,
+            refreshed_rx: Mutex::new(Some(rx)),
+            batch: batch.max(1),
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut HashMap<String, SpendView>) -> R) -> R {
+        f(&mut self.snapshot.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// The snapshot entry of a VirtualKey (by UID).
+    pub fn spend(&self, budget_id: &str) -> Option<SpendView> {
+        self.with(|m| m.get(budget_id).cloned())
+    }
+}
+
+fn runtime(ctx: &Context) -> Result<&KeyRuntime, ReconcileError> {
+    ctx.virtual_keys.as_ref().ok_or(ReconcileError::NotReady("a Redis connection (REDIS_URL)"))
+}
+
+// ---------------------------------------------------------------------------------------
+// Pure parts: money, time, decisions.
+
+/// `"50.00"` -> 50_000_000 micro-USD. `None` for anything but a plain non-negative decimal
+/// with at most 6 fraction digits (so no `NaN`, no exponent, no sign).
+pub fn usd_to_micros(usd: &str) -> Option<i64> {
+    let (int, frac) = usd.split_once('.').unwrap_or((usd, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if int.is_empty() || int.len() > 12 || frac.len() > 6 || !digits(int) || !digits(frac) {
+        return None;
+    }
+    let whole: i64 = int.parse().ok()?;
+    let frac_micros: i64 = if frac.is_empty() { 0 } else { format!("{frac:0<6}").parse().ok()? };
+    whole.checked_mul(1_000_000)?.checked_add(frac_micros)
+}
+
+/// 1_500_000 -> `"1.50"`; at least two decimals, at most six, no trailing zeros beyond two.
+pub fn micros_to_usd(micros: i64) -> String {
+    let sign = if micros < 0 { "-" } else { "" };
+    let m = micros.unsigned_abs();
+    let frac = format!("{:06}", m % 1_000_000);
+    let trimmed = frac.trim_end_matches('0');
+    let shown = if trimmed.len() < 2 { &frac[..2] } else { trimmed };
+    format!("{sign}{}.{shown}", m / 1_000_000)
+}
+
+/// `YYYY-MM` of a time (the billing period, calendar month UTC).
+pub fn period(now: DateTime<Utc>) -> String {
+    now.format("%Y-%m").to_string()
+}
+
+fn month_start(now: DateTime<Utc>) -> NaiveDate {
+    NaiveDate::from_ymd_opt(now.year(), now.month(), 1).unwrap_or(now.date_naive())
+}
+
+/// Why the proxy must refuse a key, if it must.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlockReason {
+    Expired,
+    BudgetExceeded,
+}
+
+impl BlockReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlockReason::Expired => "Expired",
+            BlockReason::BudgetExceeded => "BudgetExceeded",
+        }
+    }
+}
+
+/// The budget judgement: expired first (it cannot be lifted by money), then spend >= budget.
+pub fn block_reason(
+    now: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
+    spend_micros: i64,
+    budget_micros: i64,
+) -> Option<BlockReason> {
+    if expires_at.is_some_and(|t| t <= now) {
+        Some(BlockReason::Expired)
+    } else if spend_micros >= budget_micros {
+        Some(BlockReason::BudgetExceeded)
+    } else {
+        None
+    }
+}
+
+/// A newly generated key: 256 bits from a CSPRNG, base64url, after [`KEY_PREFIX`].
+pub struct IssuedKey {
+    pub key: String,
+    pub key_id: String,
+}
+
+impl std::fmt::Debug for IssuedKey {
+    // The key must never reach a log line, not even through a debug print.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedKey").field("key_id", &self.key_id).finish_non_exhaustive()
+    }
+}
+
+pub fn generate_key() -> IssuedKey {
+    use base64::Engine;
+    // `rand::rng()` is a ChaCha CSPRNG seeded (and reseeded) from the operating system.
+    let mut rng = rand::rng();
+    let mut secret = [0u8; 32];
+    rng.fill_bytes(&mut secret);
+    let mut id = [0u8; 10];
+    rng.fill_bytes(&mut id);
+    IssuedKey {
+        key: format!("{KEY_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)),
+        key_id: format!("vk_{}", hex::encode(id)),
+    }
+}
+
+/// The Secret's name: `spec.secretName` or `<name>-key`.
+pub fn secret_name(vk: &VirtualKey) -> String {
+    vk.spec.secret_name.clone().unwrap_or_else(|| format!("{}-key", vk.name_any()))
+}
+
+fn parse_expiry(vk: &VirtualKey) -> Result<Option<DateTime<Utc>>, ReconcileError> {
+    vk.spec
+        .expires_at
+        .as_deref()
+        .map(|s| {
+            DateTime::parse_from_rfc3339(s)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| ReconcileError::InvalidSpec("spec.expiresAt is not an RFC 3339 time".into()))
+        })
+        .transpose()
+}
+
+fn terms(vk: &VirtualKey) -> Result<KeyTerms, ReconcileError> {
+    if usd_to_micros(&vk.spec.budget.monthly_usd).is_none() {
+        return Err(ReconcileError::InvalidSpec("spec.budget.monthlyUsd is not a non-negative decimal".into()));
+    }
+    Ok(KeyTerms {
+        owner: vk.spec.owner.clone(),
+        models: vk.spec.models.clone(),
+        budget_monthly_usd: vk.spec.budget.monthly_usd.clone(),
+        rate_limit_rpm: vk.spec.rate_limit.as_ref().map(|r| r.requests_per_minute),
+        expires_at: parse_expiry(vk)?,
+    })
+}
+
+fn same_terms(record: &VirtualKeyRecord, t: &KeyTerms) -> bool {
+    record.owner == t.owner
+        && record.models == t.models
+        && usd_to_micros(&record.budget_monthly_usd) == usd_to_micros(&t.budget_monthly_usd)
+        && record.rate_limit_rpm == t.rate_limit_rpm
+        && record.expires_at == t.expires_at.map(|x| chrono::SubsecRound::trunc_subsecs(x, 6))
+}
+
+/// The auth entry for a key with these terms.
+pub fn auth_entry(key_id: &str, budget_id: &str, t: &KeyTerms, block: Option<BlockReason>) -> AuthEntry {
+    AuthEntry {
+        v: 1,
+        key_id: key_id.to_owned(),
+        budget_id: budget_id.to_owned(),
+        owner: t.owner.clone(),
+        models: t.models.clone(),
+        rate_limit_rpm: t.rate_limit_rpm,
+        expires_at: t.expires_at.map(|x| x.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        blocked: block.is_some(),
+        blocked_reason: block.map(|b| b.as_str().to_owned()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reconcile.
+
+struct SecretKey {
+    key: String,
+    key_id: String,
+    rotation: Option<String>,
+}
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretKey").field("key_id", &self.key_id).finish_non_exhaustive()
+    }
+}
+
+/// The key in a Secret we own, if it holds a well-formed one.
+fn key_in_secret(secret: &Secret, uid: &str) -> Option<SecretKey> {
+    let owned = secret.owner_references().iter().any(|o| o.uid == uid && o.controller == Some(true));
+    if !owned {
+        return None;
+    }
+    let raw = secret.data.as_ref()?.get(SECRET_DATA_KEY)?;
+    let key = String::from_utf8(raw.0.clone()).ok().filter(|k| k.starts_with(KEY_PREFIX) && k.len() > 40)?;
+    let ann = secret.annotations();
+    Some(SecretKey {
+        key,
+        key_id: ann.get(KEY_ID_ANNOTATION)?.clone(),
+        rotation: ann.get(ROTATION_ANNOTATION).cloned(),
+    })
+}
+
+fn resource_ref(vk: &VirtualKey, uid: &str) -> ResourceRef {
+    ResourceRef {
+        kind: KIND.into(),
+        namespace: vk.namespace().unwrap_or_default(),
+        name: vk.name_any(),
+        uid: uid.into(),
+    }
+}
+
+async fn write_secret(
+    ctx: &Context,
+    vk: &VirtualKey,
+    name: &str,
+    existing: Option<&Secret>,
+    issued: &IssuedKey,
+) -> Result<(), ReconcileError> {
+    let ns = vk.namespace().unwrap_or_default();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let owner = vk.controller_owner_ref(&()).ok_or(ReconcileError::NotStored("uid"))?;
+    let mut secret = existing.cloned().unwrap_or_default();
+    secret.metadata.name = Some(name.to_owned());
+    secret.metadata.namespace = Some(ns);
+    secret.metadata.owner_references = Some(vec![owner]);
+    secret
+        .metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(MANAGED_BY_LABEL.0.into(), MANAGED_BY_LABEL.1.into());
+    let ann = secret.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    ann.insert(KEY_ID_ANNOTATION.into(), issued.key_id.clone());
+    match &vk.spec.rotation_token {
+        Some(t) => ann.insert(ROTATION_ANNOTATION.into(), t.clone()),
+        None => ann.remove(ROTATION_ANNOTATION),
+    };
+    secret.type_ = Some("Opaque".into());
+    secret.string_data = None;
+    secret.data = Some(BTreeMap::from([(SECRET_DATA_KEY.to_owned(), ByteString(issued.key.clone().into_bytes()))]));
+    if existing.is_some() {
+        api.replace(name, &PostParams::default(), &secret).await?;
+    } else {
+        api.create(&PostParams::default(), &secret).await?;
+    }
+    Ok(())
+}
+
+/// Makes PostgreSQL follow the Secret: the Secret's key is the live one. Returns the record.
+async fn record_key(
+    ctx: &Context,
+    vk: &VirtualKey,
+    uid: &str,
+    held: &SecretKey,
+    live: Option<VirtualKeyRecord>,
+    t: &KeyTerms,
+) -> Result<VirtualKeyRecord, ReconcileError> {
+    let hash = keys::key_sha256(&held.key);
+    let new = NewVirtualKey {
+        key_id: held.key_id.clone(),
+        resource: resource_ref(vk, uid),
+        owner: t.owner.clone(),
+        key_sha256: hash,
+        prefix: held.key.chars().take(PREFIX_LEN).collect(),
+        models: t.models.clone(),
+        budget_monthly_usd: t.budget_monthly_usd.clone(),
+        rate_limit_rpm: t.rate_limit_rpm,
+        expires_at: t.expires_at,
+    };
+    let now = Utc::now();
+    let mut tx = ctx
+        .db
+        .begin()
+        .await
+        .map_err(|e| crate::store::StoreError::Query { what: "starting a key transaction", source: e })?;
+    let (kind, old) = match &live {
+        None => (AuditKind::VirtualKeyIssued, None),
+        Some(old) => {
+            let grace = vk.spec.rotation_grace_seconds.unwrap_or(0).max(0);
+            if grace == 0 {
+                // The old key stops authenticating before the new row commits: a crash in
+                // between re-runs this rotation, and the old hash never stays published
+                // unrecorded.
+                runtime(ctx)?.cache.remove(&[hex::encode(&old.key_sha256)]).await?;
+                keys::revoke(&mut *tx, &old.key_id, now).await?;
+                keys::mark_unpublished(&mut *tx, &old.key_id).await?;
+            } else {
+                // Revoked as of the end of the grace period; its entry stays in Redis until
+                // then and is removed by the reconcile requeued for that time.
+                keys::revoke(&mut *tx, &old.key_id, now + chrono::Duration::seconds(grace)).await?;
+            }
+            (AuditKind::VirtualKeyRotated, Some(old.key_id.clone()))
+        }
+    };
+    keys::insert(&mut tx, &new).await?;
+    let event = NewAuditEvent {
+        event_key: format!("{}/{}/{}", kind.as_str(), uid, held.key_id),
+        kind,
+        resource: resource_ref(vk, uid),
+        owners: vec![t.owner.clone()],
+        region: None,
+        cloud_ids: json!({"keyId": held.key_id}),
+        details: json!({"keyId": held.key_id, "previousKeyId": old, "prefix": new.prefix, "rotationToken": held.rotation}),
+        occurred_at: now,
+    };
+    audit::append(&mut *tx, &event).await?;
+    tx.commit().await.map_err(|e| crate::store::StoreError::Query { what: "committing a key", source: e })?;
+    ctx.metrics.count_step(KIND, if live.is_some() { "rotate" } else { "issue" });
+    let verb = if live.is_some() { "Rotated" } else { "Issued" };
+    ctx.event(
+        vk,
+        false,
+        verb,
+        verb,
+        format!("Key {} issued (prefix {}) into Secret {}", held.key_id, new.prefix, secret_name(vk)),
+    )
+    .await;
+    keys::live_for_resource(&ctx.db, uid).await?.ok_or(ReconcileError::Decode("the key row just recorded"))
+}
+
+async fn apply(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, ReconcileError> {
+    let rt = runtime(ctx)?;
+    let uid = vk.uid().ok_or(ReconcileError::NotStored("uid"))?;
+    let ns = vk.namespace().unwrap_or_default();
+    let t = terms(&vk)?;
+    let name = secret_name(&vk);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+
+    // Observe.
+    let secret = secrets.get_opt(&name).await?;
+    if let Some(s) = &secret
+        && !s.owner_references().iter().any(|o| o.uid == uid)
+    {
+        return Err(ReconcileError::InvalidSpec(format!(
+            "Secret {name} exists and does not belong to this VirtualKey"
+        )));
+    }
+    let mut live = keys::live_for_resource(&ctx.db, &uid).await?;
+    let mut held = secret.as_ref().and_then(|s| key_in_secret(s, &uid));
+
+    // Decide and act on the key itself: the Secret is the source of truth for which key is
+    // current; a new one is issued only when it holds none or a rotation was asked for.
+    let rotation_asked = held.as_ref().is_some_and(|h| h.rotation != vk.spec.rotation_token);
+    let tampered = match (&held, &live) {
+        (Some(h), Some(l)) => h.key_id == l.key_id && keys::key_sha256(&h.key)[..] != l.key_sha256[..],
+        _ => false,
+    };
+    if held.is_none() || rotation_asked || tampered {
+        let issued = generate_key();
+        write_secret(ctx, &vk, &name, secret.as_ref(), &issued).await?;
+        held = Some(SecretKey { key: issued.key, key_id: issued.key_id, rotation: vk.spec.rotation_token.clone() });
+    }
+    let held = held.ok_or(ReconcileError::Decode("a key in the Secret"))?;
+    if live.as_ref().is_none_or(|l| l.key_id != held.key_id) {
+        live = Some(record_key(ctx, &vk, &uid, &held, live.take(), &t).await?);
+    }
+    let mut record = live.ok_or(ReconcileError::Decode("the live key"))?;
+    drop(held);
+
+    // Terms follow the spec; an owner change is one transfer event per generation.
+    if !same_terms(&record, &t) {
+        let mut tx = ctx
+            .db
+            .begin()
+            .await
+            .map_err(|e| crate::store::StoreError::Query { what: "starting a terms update", source: e })?;
+        keys::update_terms(&mut *tx, &record.key_id, &t).await?;
+        let transfer = (record.owner != t.owner).then(|| record.owner.clone());
+        if let Some(from) = &transfer {
+            let event = NewAuditEvent {
+                event_key: format!(
+                    "{}/{}/{}",
+                    AuditKind::VirtualKeyTransferred.as_str(),
+                    uid,
+                    vk.metadata.generation.unwrap_or(0)
+                ),
+                kind: AuditKind::VirtualKeyTransferred,
+                resource: resource_ref(&vk, &uid),
+                owners: vec![from.clone(), t.owner.clone()],
+                region: None,
+                cloud_ids: json!({"keyId": record.key_id}),
+                details: json!({"from": from, "to": t.owner, "generation": vk.metadata.generation}),
+                occurred_at: Utc::now(),
+            };
+            audit::append(&mut *tx, &event).await?;
+        }
+        tx.commit()
+            .await
+            .map_err(|e| crate::store::StoreError::Query { what: "committing a terms update", source: e })?;
+        if let Some(from) = transfer {
+            ctx.event(&*vk, false, "Transferred", "Transfer", format!("Owner changed from {from} to {}", t.owner))
+                .await;
+        }
+        record = keys::live_for_resource(&ctx.db, &uid).await?.ok_or(ReconcileError::Decode("the live key"))?;
+    }
+
+    // Spend: from the refresher's snapshot; a key it has not seen yet is read directly once.
+    let now = Utc::now();
+    let this_period = period(now);
+    let hash_hex = hex::encode(&record.key_sha256);
+    let view = match rt.spend(&uid).filter(|v| v.period == this_period && v.key_sha256 == hash_hex) {
+        Some(v) => v,
+        None => {
+            let observed = rt.cache.read_batch(&[(hash_hex.clone(), uid.clone())], &this_period, &[]).await?;
+            let o = observed.into_iter().next().unwrap_or_default();
+            SpendView {
+                period: this_period.clone(),
+                micros: o.month_micros.unwrap_or(0),
+                key_sha256: hash_hex.clone(),
+                auth: o.auth,
+            }
+        }
+    };
+    let budget_micros = usd_to_micros(&t.budget_monthly_usd).unwrap_or(0);
+    let block = block_reason(now, t.expires_at, view.micros, budget_micros);
+
+    // Publish when Redis lacks the entry or holds another one (a flush heals here).
+    let desired = serde_json::to_string(&auth_entry(&record.key_id, &uid, &t, block))
+        .map_err(|_| ReconcileError::Decode("an auth entry"))?;
+    if view.auth.as_deref() != Some(desired.as_str()) {
+        let was_blocked =
+            view.auth.as_deref().and_then(|a| serde_json::from_str::<AuthEntry>(a).ok()).map(|a| a.blocked);
+        rt.cache.publish(&hash_hex, &desired).await?;
+        ctx.metrics.count_step(KIND, "publish");
+        rt.with(|m| {
+            m.insert(uid.clone(), SpendView { auth: Some(desired.clone()), ..view.clone() });
+        });
+        match (was_blocked, block) {
+            (Some(false) | None, Some(r)) => {
+                ctx.event(
+                    &*vk,
+                    true,
+                    r.as_str(),
+                    "Block",
+                    format!("The proxy now refuses key {}: {}", record.key_id, r.as_str()),
+                )
+                .await;
+            }
+            (Some(true), None) => {
+                ctx.event(
+                    &*vk,
+                    false,
+                    "Unblocked",
+                    "Unblock",
+                    format!("The proxy accepts key {} again", record.key_id),
+                )
+                .await;
+            }
+            _ => {}
+        }
+    }
+
+    // Keys rotated away with a grace period: removed from Redis once it is over.
+    let mut next_retirement: Option<DateTime<Utc>> = None;
+    for retiring in keys::retiring(&ctx.db, &uid).await? {
+        if retiring.revoked_at <= now {
+            rt.cache.remove(&[hex::encode(&retiring.key_sha256)]).await?;
+            keys::mark_unpublished(&ctx.db, &retiring.key_id).await?;
+            ctx.event(
+                &*vk,
+                false,
+                "Retired",
+                "Revoke",
+                format!("Previous key {} removed from the proxy", retiring.key_id),
+            )
+            .await;
+        } else {
+            next_retirement = Some(next_retirement.map_or(retiring.revoked_at, |t| t.min(retiring.revoked_at)));
+        }
+    }
+
+    // Status.
+    let old = vk.status.clone().unwrap_or_default();
+    let spend_text = format!("{} of {} USD this month", micros_to_usd(view.micros), micros_to_usd(budget_micros));
+    let desired_conditions = [
+        Desired::new(
+            "KeyReady",
+            true,
+            "Published",
+            format!("Key {} is in Secret {name} and published to the proxy", record.key_id),
+        ),
+        match block {
+            Some(BlockReason::BudgetExceeded) => {
+                Desired::new("BudgetExceeded", true, "BudgetReached", format!("Spend reached the budget: {spend_text}"))
+            }
+            _ => Desired::new("BudgetExceeded", false, "WithinBudget", spend_text.clone()),
+        },
+        match block {
+            Some(BlockReason::Expired) => Desired::new("Expired", true, "Expired", "The key's expiry time has passed"),
+            _ => Desired::new("Expired", false, "NotExpired", "The key has not expired"),
+        },
+        match block {
+            Some(r) => Desired::new("Ready", false, r.as_str(), format!("The proxy refuses the key: {}", r.as_str())),
+            None => Desired::new("Ready", true, "Ready", "The key is published and within its budget"),
+        },
+    ];
+    let next = VirtualKeyStatus {
+        observed_generation: vk.metadata.generation,
+        key_id: Some(record.key_id.clone()),
+        prefix: Some(record.prefix.clone()),
+        secret_name: Some(name),
+        spend: Some(Spend { period: this_period, usd: micros_to_usd(view.micros) }),
+        blocked: Some(block.is_some()),
+        rotation_token: vk.spec.rotation_token.clone(),
+        conditions: conditions::merge(&old.conditions, &desired_conditions, vk.metadata.generation, Timestamp::now()),
+    };
+    write_status(ctx, &vk, &old, &next).await?;
+    ctx.failures.succeeded(&uid);
+
+    // Look again at the expiry time itself, not a resync later; the refresher's trigger
+    // covers spend, the fallback covers a refresher that keeps failing.
+    let mut after = ctx.config.resync.saturating_mul(2);
+    for at in [t.expires_at, next_retirement].into_iter().flatten().filter(|e| *e > now) {
+        let until = (at - now).to_std().unwrap_or_default() + Duration::from_millis(50);
+        after = after.min(until);
+    }
+    Ok(Action::requeue(after))
+}
+
+async fn write_status(
+    ctx: &Context,
+    vk: &VirtualKey,
+    old: &VirtualKeyStatus,
+    new: &VirtualKeyStatus,
+) -> Result<(), ReconcileError> {
+    let Some(patch) = status_merge_patch(old, new) else { return Ok(()) };
+    let api: Api<VirtualKey> = Api::namespaced(ctx.client.clone(), &vk.namespace().unwrap_or_default());
+    api.patch_status(&vk.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    ctx.metrics.count_status_write(KIND);
+    Ok(())
+}
+
+/// Delete: the Redis entry goes first (the key stops working), then the row is revoked and
+/// the revoke event committed in one transaction; only then is the finalizer released.
+async fn cleanup(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, ReconcileError> {
+    let rt = runtime(ctx)?;
+    let uid = vk.uid().ok_or(ReconcileError::NotStored("uid"))?;
+    // Keys still in a rotation's grace period go with it.
+    for retiring in keys::retiring(&ctx.db, &uid).await? {
+        rt.cache.remove(&[hex::encode(&retiring.key_sha256)]).await?;
+        keys::mark_unpublished(&ctx.db, &retiring.key_id).await?;
+    }
+    let Some(live) = keys::live_for_resource(&ctx.db, &uid).await? else {
+        return Ok(Action::await_change());
+    };
+    rt.cache.remove(&[hex::encode(&live.key_sha256)]).await?;
+    let now = Utc::now();
+    let mut tx =
+        ctx.db.begin().await.map_err(|e| crate::store::StoreError::Query { what: "starting a revoke", source: e })?;
+    keys::revoke(&mut *tx, &live.key_id, now).await?;
+    keys::mark_unpublished(&mut *tx, &live.key_id).await?;
+    let event = NewAuditEvent {
+        event_key: format!("{}/{}", AuditKind::VirtualKeyRevoked.as_str(), uid),
+        kind: AuditKind::VirtualKeyRevoked,
+        resource: resource_ref(&vk, &uid),
+        owners: vec![live.owner.clone()],
+        region: None,
+        cloud_ids: json!({"keyId": live.key_id}),
+        details: json!({"keyId": live.key_id, "prefix": live.prefix, "reason": "deleted"}),
+        occurred_at: now,
+    };
+    audit::append(&mut *tx, &event).await?;
+    tx.commit().await.map_err(|e| crate::store::StoreError::Query { what: "committing a revoke", source: e })?;
+    rt.with(|m| m.remove(&uid));
+    ctx.metrics.count_step(KIND, "revoke");
+    ctx.event(&*vk, false, "Revoked", "Revoke", format!("Key {} revoked and removed from the proxy", live.key_id))
+        .await;
+    Ok(Action::await_change())
+}
+
+pub async fn reconcile(vk: Arc<VirtualKey>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let span = tracing::info_span!("reconcile", kind = KIND, namespace = %vk.namespace().unwrap_or_default(), name = %vk.name_any());
+    async move {
+        let api: Api<VirtualKey> = Api::namespaced(ctx.client.clone(), &vk.namespace().unwrap_or_default());
+        let result = finalizer(&api, FINALIZER, vk, |event| async {
+            match event {
+                Finalizer::Apply(vk) => apply(vk, &ctx).await,
+                Finalizer::Cleanup(vk) => cleanup(vk, &ctx).await,
+            }
+        })
+        .await;
+        ctx.metrics.count_reconcile(KIND, if result.is_ok() { "ok" } else { "error" });
+        result.map_err(|e| match e {
+            kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+            other => ReconcileError::Finalizer(other.to_string()),
+        })
+    }
+    .instrument(span)
+    .await
+}
+
+/// Requeue after an error: capped exponential backoff with jitter, per object.
+pub fn error_policy(vk: Arc<VirtualKey>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    let failures = ctx.failures.failed(&vk.uid().unwrap_or_default());
+    let delay = super::backoff_delay(failures, ctx.config.fast_poll, ctx.config.max_backoff);
+    tracing::warn!(kind = KIND, namespace = %vk.namespace().unwrap_or_default(), name = %vk.name_any(), error = %error, class = error.metric_label(), retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+// ---------------------------------------------------------------------------------------
+// The spend refresher.
+
+/// What one refresh did (tests and logs).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RefreshStats {
+    pub keys: usize,
+    pub restored: usize,
+    pub rows_upserted: u64,
+    /// Redis round trips this pass made (reconciles running meanwhile are not counted).
+    pub round_trips: u64,
+}
+
+/// One pass over every live key: read counters in batches (one Redis round trip per batch),
+/// restore the ones Redis lost from PostgreSQL, copy the rest into the daily aggregates, and
+/// refresh the snapshot reconciles judge budgets by.
+pub async fn refresh_spend(ctx: &Context) -> Result<RefreshStats, ReconcileError> {
+    let rt = runtime(ctx)?;
+    let now = Utc::now();
+    let month = period(now);
+    let today = now.date_naive();
+    let yesterday = today.pred_opt().unwrap_or(today);
+    // Yesterday too: the increments between the last copy and midnight reach PostgreSQL.
+    let days = [today.to_string(), yesterday.to_string()];
+    let live = keys::live_all(&ctx.db).await?;
+    let mut stats = RefreshStats { keys: live.len(), ..RefreshStats::default() };
+    let mut fresh: HashMap<String, SpendView> = HashMap::with_capacity(live.len());
+    for chunk in live.chunks(rt.batch) {
+        let ids: Vec<(String, String)> =
+            chunk.iter().map(|k| (hex::encode(&k.key_sha256), k.resource_uid.clone())).collect();
+        let observed = rt.cache.read_batch(&ids, &month, &days).await?;
+        stats.round_trips += 1;
+        let unbased: Vec<String> =
+            ids.iter().zip(&observed).filter(|(_, o)| !o.based).map(|((_, b), _)| b.clone()).collect();
+        let stored = if unbased.is_empty() {
+            HashMap::new()
+        } else {
+            spend::stored_months(&ctx.db, &unbased, month_start(now), today).await?
+        };
+        let mut restores = Vec::new();
+        let mut rows = Vec::new();
+        let mut months = Vec::new();
+        for ((hash, budget), o) in ids.iter().zip(observed) {
+            let mut micros = o.month_micros.unwrap_or(0);
+            let mut days_seen = o.days.clone();
+            if !o.based {
+                // Redis lost this month's counters (or the month is new): add back what
+                // PostgreSQL holds before anyone judges the budget. What is copied below is
+                // what Redis holds once the restore ran: read values plus restored amounts.
+                let base = stored.get(budget).cloned().unwrap_or_default();
+                micros = micros.saturating_add(base.total_micros);
+                let today_fields: Vec<(String, i64)> = base
+                    .day_rows
+                    .iter()
+                    .flat_map(|r| {
+                        [
+                            (cache::usage_field(&r.surface, &r.model, "cost"), r.cost_micros),
+                            (cache::usage_field(&r.surface, &r.model, "requests"), r.requests),
+                        ]
+                    })
+                    .collect();
+                if let Some(today_seen) = days_seen.first_mut() {
+                    for (field, amount) in &today_fields {
+                        *today_seen.entry(field.clone()).or_insert(0) += amount;
+                    }
+                }
+                restores.push(Restore {
+                    budget_id: budget.clone(),
+                    month_micros: base.total_micros,
+                    today: today_fields,
+                });
+            }
+            for (day, fields) in [today, yesterday].iter().zip(&days_seen) {
+                rows.extend(daily_rows(budget, *day, fields));
+            }
+            months.push((budget.clone(), month.clone(), micros));
+            fresh.insert(
+                budget.clone(),
+                SpendView { period: month.clone(), micros, key_sha256: hash.clone(), auth: o.auth },
+            );
+        }
+        if !restores.is_empty() {
+            stats.restored += restores.len();
+            tracing::info!(keys = restores.len(), "restoring spend counters Redis lost from PostgreSQL");
+            rt.cache.restore_batch(&restores, &month, &days[0]).await?;
+            stats.round_trips += 1;
+        }
+        // Only after the restore committed: a copy of counters Redis does not hold yet would
+        // be restored twice after the next loss.
+        stats.rows_upserted += spend::upsert_daily(&ctx.db, &rows).await?;
+        stats.rows_upserted += spend::upsert_monthly(&ctx.db, &months).await?;
+    }
+    rt.with(|m| *m = fresh);
+    let _ = rt.refreshed_tx.unbounded_send(());
+    Ok(stats)
+}
+
+fn daily_rows(budget: &str, day: NaiveDate, fields: &HashMap<String, i64>) -> Vec<DailySpend> {
+    let mut by_model: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
+    for (field, value) in fields {
+        let Some((surface, model, what)) = cache::parse_usage_field(field) else { continue };
+        if surface != "llm" && surface != "tts" {
+            continue;
+        }
+        let entry = by_model.entry((surface.to_owned(), model.to_owned())).or_default();
+        match what {
+            "cost" => entry.0 = (*value).max(0),
+            "requests" => entry.1 = (*value).max(0),
+            _ => {}
+        }
+    }
+    by_model
+        .into_iter()
+        .map(|((surface, model), (cost_micros, requests))| DailySpend {
+            budget_id: budget.to_owned(),
+            day,
+            surface,
+            model,
+            cost_micros,
+            requests,
+        })
+        .collect()
+}
+
+async fn refresh_loop(ctx: Arc<Context>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(ctx.config.resync) => {}
+            changed = stop.changed() => if changed.is_err() || *stop.borrow() { return },
+        }
+        match refresh_spend(&ctx).await {
+            Ok(stats) => tracing::debug!(?stats, "spend refreshed"),
+            Err(e) => tracing::warn!(error = %e, "cannot refresh spend; keys keep their last judgement"),
+        }
+    }
+}
+
+/// Runs the VirtualKey controller (and its refresher) until `stop` turns true. Does nothing
+/// without a Redis connection. The first refresh completes before any reconcile, so a
+/// restarted operator never judges a budget without the month's spend.
+pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
+    let Some(rt) = ctx.virtual_keys.as_ref() else {
+        tracing::info!("no REDIS_URL: the VirtualKey controller does not run");
+        return;
+    };
+    loop {
+        match refresh_spend(&ctx).await {
+            Ok(_) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read spend yet; retrying");
+                let mut s = stop.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(ctx.config.fast_poll) => {}
+                    changed = s.changed() => if changed.is_err() { return },
+                }
+                if *stop.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+    let Some(refreshed) = rt.refreshed_rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() else {
+        tracing::warn!("the VirtualKey controller runs once per context");
+        return;
+    };
+    let mut refresher = AbortOnDrop::spawn(refresh_loop(Arc::clone(&ctx), stop.clone()));
+    let vks: Api<VirtualKey> = Api::all(ctx.client.clone());
+    let secrets: Api<Secret> = Api::all(ctx.client.clone());
+    let label = format!("{}={}", MANAGED_BY_LABEL.0, MANAGED_BY_LABEL.1);
+    let mut shutdown = stop.clone();
+    Controller::new(vks, super::watcher_config(&ctx.config).any_semantic())
+        .owns(secrets, watcher::Config::default().labels(&label))
+        .reconcile_all_on(refreshed)
+        .graceful_shutdown_on(async move {
+            while !*shutdown.borrow() {
+                if shutdown.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .run(reconcile, error_policy, Arc::clone(&ctx))
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "virtualkey controller event");
+            }
+        })
+        .await;
+    refresher.join().await;
+}
+
+/// Connects the VirtualKey controller's Redis client.
+pub async fn connect_runtime(url: &str, namespace: &str, batch: usize) -> Result<KeyRuntime, CacheError> {
+    Ok(KeyRuntime::new(KeyCache::connect(url, namespace).await?, batch))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_parses_exactly_and_refuses_nan() {
+        assert_eq!(usd_to_micros("50.00"), Some(50_000_000));
+        assert_eq!(usd_to_micros("0.000001"), Some(1));
+        assert_eq!(usd_to_micros("12"), Some(12_000_000));
+        for bad in ["NaN", "-1", "1e3", "", ".5", "1.0000001", "inf"] {
+            assert_eq!(usd_to_micros(bad), None, "{bad}");
+        }
+        assert_eq!(micros_to_usd(1_500_000), "1.50");
+        assert_eq!(micros_to_usd(123), "0.000123");
+        assert_eq!(micros_to_usd(0), "0.00");
+    }
+
+    #[test]
+    fn expiry_beats_budget_and_spend_at_budget_blocks() {
+        let now = Utc::now();
+        assert_eq!(block_reason(now, None, 9, 10), None);
+        assert_eq!(block_reason(now, None, 10, 10), Some(BlockReason::BudgetExceeded));
+        assert_eq!(block_reason(now, Some(now), 0, 10), Some(BlockReason::Expired));
+        assert_eq!(
+            block_reason(now, Some(now + chrono::Duration::seconds(1)), 11, 10),
+            Some(BlockReason::BudgetExceeded)
+        );
+    }
+
+    #[test]
+    fn keys_are_256_bit_and_prefixed_and_never_debug_printed() {
+        let a = generate_key();
+        let b = generate_key();
+        assert!(a.key.starts_with(KEY_PREFIX));
+        assert_eq!(a.key.len(), KEY_PREFIX.len() + 43, "32 bytes in unpadded base64url");
+        assert_ne!(a.key, b.key);
+        assert!(!format!("{a:?}").contains(&a.key));
+    }
+}

@@ -1,0 +1,13 @@
+//! The VirtualKey controller end to end: the sandbox's Kubernetes API server, a fresh
+//! PostgreSQL database and the real Redis (each run in its own key namespace, cleared at the
+//! end; never a FLUSHALL). One test binary; the scenarios live in `tests/virtualkeys/`.
+
+#[path = "foundation/db.rs"]
+mod db;
+
+mod virtualkeys {
+    pub mod fixture;
+    mod lifecycle;
+    mod proxy;
+    mod scale;
+}

@@ -1,0 +1,248 @@
+//! One VirtualKey controller against the in-process API server, a fresh database and the real
+//! Redis under a namespace of its own, plus what the tests use to play the proxy (the
+//! contract's `INCRBY`/`HINCRBY`) and to wait on conditions with deadlines.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crabglamp_operator::api::virtual_key::VirtualKey;
+use crabglamp_operator::cloud::cloudflare::CloudflareConfig;
+use crabglamp_operator::cloud::hetzner::HetznerConfig;
+use crabglamp_operator::controllers::{Context, ControllerConfig, virtual_key};
+use crabglamp_operator::operator::{self, OperatorSettings};
+use crabglamp_operator::store::seal::SealingKeys;
+use crabglamp_sandbox::kube::RunningKube;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::PostParams;
+use redis::AsyncCommands;
+
+use crate::db::TestDb;
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+pub struct KeyOperator {
+    pub _kube: RunningKube,
+    pub client: kube::Client,
+    pub db: TestDb,
+    pub context: Arc<Context>,
+    pub redis: redis::aio::MultiplexedConnection,
+    pub ns: String,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl KeyOperator {
+    /// `resync`: how often the refresher reads spend (and settled keys are looked at again).
+    pub async fn start(resync: Duration, batch: usize) -> KeyOperator {
+        install_log_capture();
+        let kube = crabglamp_sandbox::kube::spawn_loopback().await.expect("API server starts");
+        let client = kube.client().expect("client");
+        let db = TestDb::fresh().await;
+        let ns = format!("cgktest:{}:", uuid::Uuid::new_v4().simple());
+        let mut controllers = ControllerConfig::new("keys.example.com");
+        controllers.resync = resync;
+        controllers.fast_poll = Duration::from_millis(200);
+        controllers.max_backoff = Duration::from_secs(2);
+        controllers.redis_namespace = ns.clone();
+        controllers.redis_batch = batch;
+        // No cloud is called by the VirtualKey controller: these endpoints are never reached.
+        let settings = OperatorSettings {
+            database_url: db.url.clone(),
+            redis_url: Some(redis_url()),
+            hetzner: HetznerConfig::new("http://127.0.0.1:9/v1", "unused"),
+            cloudflare: CloudflareConfig::new("http://127.0.0.1:9/client/v4", "unused", "acct", "zone"),
+            controllers,
+            hetzner_requests_per_hour: 3600,
+            cloudflare_requests_per_5min: 1200,
+        };
+        let sealing = SealingKeys::new("k1", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", &[]).expect("sealing key");
+        let connected = operator::connect(client.clone(), settings, sealing).await.expect("operator connects");
+        let context = connected.context;
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(virtual_key::run(Arc::clone(&context), stop_rx));
+        let redis = redis::Client::open(redis_url())
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connects");
+        KeyOperator { _kube: kube, client, db, context, redis, ns, stop, task: Some(task) }
+    }
+
+    pub fn keys(&self, ns: &str) -> Api<VirtualKey> {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    pub fn secrets(&self, ns: &str) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    pub async fn create_namespace(&self, ns: &str) {
+        let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
+        let namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).expect("namespace");
+        let _ = api.create(&PostParams::default(), &namespace).await;
+    }
+
+    /// The key in the VirtualKey's Secret.
+    pub async fn key_in_secret(&self, ns: &str, name: &str) -> String {
+        let secret = self.secrets(ns).get(name).await.expect("secret");
+        let data = secret.data.expect("data");
+        String::from_utf8(data.get("apiKey").expect("apiKey").0.clone()).expect("utf-8")
+    }
+
+    pub async fn auth_entry(&self, key: &str) -> Option<serde_json::Value> {
+        let hash = hex::encode(crabglamp_operator::store::keys::key_sha256(key));
+        let mut r = self.redis.clone();
+        let raw: Option<String> = r.get(format!("{}auth:{hash}", self.ns)).await.expect("GET");
+        raw.map(|s| serde_json::from_str(&s).expect("auth entry is JSON"))
+    }
+
+    /// What the proxy does after serving a request (the contract's `MULTI`).
+    pub async fn spend(&self, budget_id: &str, surface: &str, model: &str, micros: i64) {
+        let now = chrono::Utc::now();
+        let month = now.format("%Y-%m").to_string();
+        let day = now.format("%Y-%m-%d").to_string();
+        let spend = format!("{}spend:{budget_id}:{month}", self.ns);
+        let usage = format!("{}usage:{budget_id}:{day}", self.ns);
+        let mut r = self.redis.clone();
+        let _: () = redis::pipe()
+            .atomic()
+            .cmd("INCRBY")
+            .arg(&spend)
+            .arg(micros)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&spend)
+            .arg(5_356_800)
+            .ignore()
+            .cmd("HINCRBY")
+            .arg(&usage)
+            .arg(format!("{surface}|{model}|cost"))
+            .arg(micros)
+            .ignore()
+            .cmd("HINCRBY")
+            .arg(&usage)
+            .arg(format!("{surface}|{model}|requests"))
+            .arg(1)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&usage)
+            .arg(3_456_000)
+            .ignore()
+            .query_async(&mut r)
+            .await
+            .expect("proxy increments");
+    }
+
+    pub async fn month_counter(&self, budget_id: &str) -> Option<i64> {
+        let month = chrono::Utc::now().format("%Y-%m").to_string();
+        let mut r = self.redis.clone();
+        r.get(format!("{}spend:{budget_id}:{month}", self.ns)).await.expect("GET")
+    }
+
+    /// A Redis flush, as far as this run can see: every name of its namespace is gone.
+    pub async fn flush(&self) {
+        let cache = &self.context.virtual_keys.as_ref().expect("redis runtime").cache;
+        cache.clear_namespace().await.expect("clear namespace");
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task).await.expect("controller stops in time").expect("join");
+        }
+        self.flush().await;
+    }
+}
+
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct Capture;
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(buf);
+        if std::env::var_os("CRABGLAMP_TEST_LOGS").is_some() {
+            eprint!("{}", String::from_utf8_lossy(buf));
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn install_log_capture() {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info,crabglamp_operator=debug,kube=debug".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_ansi(false)
+        .with_writer(|| Capture)
+        .try_init();
+}
+
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&LOGS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)).into_owned()
+}
+
+pub fn virtual_key(name: &str, owner: &str, budget: &str) -> VirtualKey {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "crabglamp.com/v1alpha1",
+        "kind": "VirtualKey",
+        "metadata": {"name": name},
+        "spec": {"owner": owner, "models": ["gpt-4o*"], "budget": {"monthlyUsd": budget},
+                 "rateLimit": {"requestsPerMinute": 60}}
+    }))
+    .expect("virtual key manifest")
+}
+
+/// Waits until `check` holds for the VirtualKey, or panics after `deadline` with its status.
+pub async fn wait_for(
+    api: &Api<VirtualKey>,
+    name: &str,
+    deadline: Duration,
+    what: &str,
+    check: impl Fn(&VirtualKey) -> bool,
+) -> VirtualKey {
+    let start = tokio::time::Instant::now();
+    loop {
+        let last = api.get_opt(name).await.expect("get virtual key");
+        if let Some(v) = last.as_ref().filter(|v| check(v)) {
+            return v.clone();
+        }
+        if start.elapsed() > deadline {
+            panic!("{what}: not reached within {deadline:?}; last: {:#?}", last.map(|v| v.status));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until an async probe returns `Some`.
+pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    deadline: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> F,
+) -> T {
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(start.elapsed() < deadline, "{what}: not reached within {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn condition(v: &VirtualKey, type_: &str) -> Option<(String, String)> {
+    v.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+pub fn ready(v: &VirtualKey) -> bool {
+    condition(v, "Ready").is_some_and(|(s, _)| s == "True")
+}
+
+pub fn blocked(v: &VirtualKey) -> bool {
+    v.status.as_ref().and_then(|s| s.blocked) == Some(true)
+}
