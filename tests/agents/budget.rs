@@ -84,26 +84,3 @@ async fn a_hundred_agents_within_the_call_budget() {
     );
     op.stop().await;
 }
-
-/// Requests by method, path shape (ids replaced by `{id}`) and status: what a failed budget
-/// assertion needs to be understood.
-fn print_breakdown(provider: &str, sim: &crabglamp_sandbox::http::RunningSim) {
-    let mut counts = std::collections::BTreeMap::new();
-    for r in sim.requests() {
-        let shape: Vec<String> = r
-            .path
-            .split('/')
-            .map(|seg| {
-                if seg.chars().any(|c| c.is_ascii_digit()) && seg.len() > 3 {
-                    "{id}".to_owned()
-                } else {
-                    seg.to_owned()
-                }
-            })
-            .collect();
-        *counts.entry(format!("{} {} {}", r.method, shape.join("/"), r.status)).or_insert(0u32) += 1;
-    }
-    for (k, v) in counts {
-        println!("  {provider}: {v:5} {k}");
-    }
-}

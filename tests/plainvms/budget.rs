@@ -43,13 +43,7 @@ async fn fifty_plainvms_within_the_call_budget() {
         start.elapsed(),
         hz as f64 / N as f64
     );
-    let mut by_route = std::collections::BTreeMap::new();
-    for r in op.hetzner.requests() {
-        *by_route.entry(format!("{} {} {}", r.method, r.route.unwrap_or_default(), r.status)).or_insert(0u32) += 1;
-    }
-    for (route, n) in &by_route {
-        println!("  Hetzner: {n:4} {route}");
-    }
+    print_breakdown("Hetzner", &op.hetzner);
     assert!(hz as f64 <= 2.2 * N as f64, "Hetzner: {hz} requests for {N} PlainVMs");
     assert_eq!(crabglamp_sandbox::hetzner::server_names(&op.hetzner).len(), N, "no duplicate server");
     assert_eq!(crabglamp_sandbox::hetzner::firewall_count(&op.hetzner), N + 1, "no duplicate firewall");

@@ -295,3 +295,20 @@ pub fn vm_ready(v: &PlainVM) -> bool {
 pub fn vm_condition(v: &PlainVM, type_: &str) -> Option<(String, String)> {
     v.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).map(|c| (c.status.clone(), c.reason.clone()))
 }
+
+/// Requests a simulator served, by method, route pattern and status: what a budget figure is
+/// made of.
+pub fn request_breakdown(sim: &RunningSim) -> std::collections::BTreeMap<String, u32> {
+    let mut counts = std::collections::BTreeMap::new();
+    for r in sim.requests() {
+        *counts.entry(format!("{} {} {}", r.method, r.route.unwrap_or_default(), r.status)).or_insert(0u32) += 1;
+    }
+    counts
+}
+
+/// Prints [`request_breakdown`] one line per route.
+pub fn print_breakdown(provider: &str, sim: &RunningSim) {
+    for (route, n) in request_breakdown(sim) {
+        println!("  {provider}: {n:5} {route}");
+    }
+}

@@ -192,6 +192,11 @@ pub fn set_firewall_limit(sim: &RunningSim, limit: usize) {
     with_world(sim, |w| w.firewall_limit = limit);
 }
 
+/// Limit hook: the most servers the project may hold from now on (a raised quota).
+pub fn set_server_limit(sim: &RunningSim, limit: usize) {
+    with_world(sim, |w| w.server_limit = limit);
+}
+
 /// Servers ever created in this project, deleted ones included.
 pub fn servers_created(sim: &RunningSim) -> u64 {
     with_world(sim, |w| w.servers_created).unwrap_or_default()
