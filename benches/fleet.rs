@@ -14,6 +14,8 @@ use kube::api::{ListParams, PostParams};
 mod db;
 #[path = "../tests/support/fixture.rs"]
 mod fixture;
+#[path = "../tests/support/logs.rs"]
+mod logs;
 
 use fixture::*;
 

@@ -9,6 +9,8 @@ mod cloud_init_schema;
 mod db;
 #[path = "support/fixture.rs"]
 pub mod fixture;
+#[path = "support/logs.rs"]
+mod logs;
 
 mod agents {
     mod budget;

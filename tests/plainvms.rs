@@ -7,6 +7,8 @@
 mod db;
 #[path = "support/fixture.rs"]
 pub mod fixture;
+#[path = "support/logs.rs"]
+mod logs;
 
 mod plainvms {
     mod admission;

@@ -4,6 +4,8 @@
 
 #[path = "foundation/db.rs"]
 mod db;
+#[path = "support/logs.rs"]
+mod logs;
 
 mod virtualkeys {
     pub mod fixture;

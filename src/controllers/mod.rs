@@ -61,24 +61,12 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
     // VirtualKeys need neither cloud: they do not wait for the fleet firewall.
     let mut virtual_keys = AbortOnDrop::spawn(virtual_key::run(Arc::clone(&ctx), stop.clone()));
     // The fleet firewall must exist before any Agent server is created behind it.
-    loop {
-        match refresher::ensure_fleet_firewall(&ctx).await {
-            Ok(id) => {
-                tracing::info!(firewall = id, "fleet firewall ready");
-                break;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot prepare the fleet firewall; retrying");
-                let mut s = stop.clone();
-                tokio::select! {
-                    _ = tokio::time::sleep(ctx.config.fast_poll) => {}
-                    changed = s.changed() => if changed.is_err() { return },
-                }
-                if *stop.borrow() {
-                    return;
-                }
-            }
-        }
+    let ready = retry_until_stopped(&stop, ctx.config.fast_poll, "prepare the fleet firewall", || async {
+        refresher::ensure_fleet_firewall(&ctx).await.map(|id| tracing::info!(firewall = id, "fleet firewall ready"))
+    })
+    .await;
+    if !ready {
+        return;
     }
     // Children are aborted if this future is dropped (a crash of the task running it), so a
     // stopped operator never leaves a refresher or sweeper behind.
@@ -112,6 +100,35 @@ async fn run_controller<K: ManagedObject>(ctx: &Arc<Context>, stop: tokio::sync:
             }
         })
         .await;
+}
+
+/// Runs `attempt` until it succeeds (true) or `stop` turns true or its sender is gone (false),
+/// waiting `pause` between attempts: a start-up step that must not give up, nor spin.
+pub async fn retry_until_stopped<F, Fut, E>(
+    stop: &tokio::sync::watch::Receiver<bool>,
+    pause: Duration,
+    what: &str,
+    mut attempt: F,
+) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    loop {
+        if *stop.borrow() {
+            return false;
+        }
+        match attempt().await {
+            Ok(()) => return true,
+            Err(e) => tracing::warn!(error = %e, "cannot {what} yet; retrying"),
+        }
+        let mut s = stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            changed = s.changed() => if changed.is_err() { return false },
+        }
+    }
 }
 
 /// A spawned task that is aborted when its handle is dropped.

@@ -822,21 +822,12 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
         tracing::info!("no REDIS_URL: the VirtualKey controller does not run");
         return;
     };
-    loop {
-        match refresh_spend(&ctx).await {
-            Ok(_) => break,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read spend yet; retrying");
-                let mut s = stop.clone();
-                tokio::select! {
-                    _ = tokio::time::sleep(ctx.config.fast_poll) => {}
-                    changed = s.changed() => if changed.is_err() { return },
-                }
-                if *stop.borrow() {
-                    return;
-                }
-            }
-        }
+    if !super::retry_until_stopped(&stop, ctx.config.fast_poll, "read spend", || async {
+        refresh_spend(&ctx).await.map(|_| ())
+    })
+    .await
+    {
+        return;
     }
     let Some(refreshed) = rt.refreshed_rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() else {
         tracing::warn!("the VirtualKey controller runs once per context");

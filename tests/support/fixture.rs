@@ -55,7 +55,7 @@ impl Operator {
     }
 
     pub async fn start_with(config: ControllerConfig) -> Operator {
-        install_log_capture();
+        crate::logs::install();
         let kube = crabglamp_sandbox::kube::spawn_loopback().await.expect("API server starts");
         let client = kube.client().expect("client");
         // Every action 100 ms, the guest boots and obeys ACPI at once: tests take seconds.
@@ -180,38 +180,9 @@ async fn launch(
     (context, stop, task)
 }
 
-/// Every log line of this test binary, at debug for our crates (RUST_LOG overrides): what the
-/// leak test searches for secrets. Lines are also printed when `CRABGLAMP_TEST_LOGS` is set.
-static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
-
-struct Capture;
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOGS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(buf);
-        if std::env::var_os("CRABGLAMP_TEST_LOGS").is_some() {
-            eprint!("{}", String::from_utf8_lossy(buf));
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn install_log_capture() {
-    let filter = std::env::var("RUST_LOG")
-        .unwrap_or_else(|_| "info,crabglamp_operator=debug,crabglamp_sandbox=debug,kube=debug".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_ansi(false)
-        .with_writer(|| Capture)
-        .try_init();
-}
-
 /// Everything logged so far by this test binary.
 pub fn captured_logs() -> String {
-    String::from_utf8_lossy(&LOGS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)).into_owned()
+    crate::logs::captured()
 }
 
 /// An Agent manifest.

@@ -37,7 +37,7 @@ pub struct KeyOperator {
 impl KeyOperator {
     /// `resync`: how often the refresher reads spend (and settled keys are looked at again).
     pub async fn start(resync: Duration, batch: usize) -> KeyOperator {
-        install_log_capture();
+        crate::logs::install();
         let kube = crabglamp_sandbox::kube::spawn_loopback().await.expect("API server starts");
         let client = kube.client().expect("client");
         let db = TestDb::fresh().await;
@@ -157,34 +157,9 @@ impl KeyOperator {
     }
 }
 
-static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
-
-struct Capture;
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOGS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(buf);
-        if std::env::var_os("CRABGLAMP_TEST_LOGS").is_some() {
-            eprint!("{}", String::from_utf8_lossy(buf));
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn install_log_capture() {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info,crabglamp_operator=debug,kube=debug".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_ansi(false)
-        .with_writer(|| Capture)
-        .try_init();
-}
-
+/// Everything logged so far by this test binary.
 pub fn captured_logs() -> String {
-    String::from_utf8_lossy(&LOGS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)).into_owned()
+    crate::logs::captured()
 }
 
 pub fn virtual_key(name: &str, owner: &str, budget: &str) -> VirtualKey {
