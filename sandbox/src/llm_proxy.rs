@@ -173,9 +173,36 @@ async fn serve(shared: &Shared, headers: &HeaderMap, body: &Value, surface: &str
         }
     }
     let cost = shared.config.cost_micros_per_request;
+    let added = record_spend(&mut redis, ns, budget, surface, model, cost, now).await;
+    if added.is_err() {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "cache_unavailable", "The key cache is unavailable.");
+    }
+    Json(json!({
+        "id": format!("chatcmpl-sandbox-{}", now.timestamp_millis()),
+        "object": "chat.completion",
+        "created": now.timestamp(),
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the sandbox proxy."}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "cost_micros_usd": cost}
+    }))
+    .into_response()
+}
+
+/// The proxy's half of the contract after serving a request: one `MULTI` that adds `cost`
+/// micro-USD to the month's counter and the day's usage hash (with their TTLs). The one place
+/// that writes these keys the way the README says; tests that play the proxy call it too.
+pub async fn record_spend(
+    redis: &mut impl redis::aio::ConnectionLike,
+    ns: &str,
+    budget: &str,
+    surface: &str,
+    model: &str,
+    cost: i64,
+    now: chrono::DateTime<chrono::Utc>,
+) -> redis::RedisResult<()> {
     let spend = format!("{ns}spend:{budget}:{}", now.format("%Y-%m"));
     let usage = format!("{ns}usage:{budget}:{}", now.format("%Y-%m-%d"));
-    let added: redis::RedisResult<()> = redis::pipe()
+    redis::pipe()
         .atomic()
         .cmd("INCRBY")
         .arg(&spend)
@@ -199,20 +226,8 @@ async fn serve(shared: &Shared, headers: &HeaderMap, body: &Value, surface: &str
         .arg(&usage)
         .arg(DAY_TTL_SECONDS)
         .ignore()
-        .query_async(&mut redis)
-        .await;
-    if added.is_err() {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "cache_unavailable", "The key cache is unavailable.");
-    }
-    Json(json!({
-        "id": format!("chatcmpl-sandbox-{}", now.timestamp_millis()),
-        "object": "chat.completion",
-        "created": now.timestamp(),
-        "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the sandbox proxy."}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0, "cost_micros_usd": cost}
-    }))
-    .into_response()
+        .query_async(redis)
+        .await
 }
 
 #[cfg(test)]

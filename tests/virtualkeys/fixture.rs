@@ -99,41 +99,21 @@ impl KeyOperator {
         raw.map(|s| serde_json::from_str(&s).expect("auth entry is JSON"))
     }
 
-    /// What the proxy does after serving a request (the contract's `MULTI`).
+    /// What the proxy does after serving a request (the contract's `MULTI`): the sandbox's
+    /// reference proxy's own code, so the tests and the proxy cannot drift apart.
     pub async fn spend(&self, budget_id: &str, surface: &str, model: &str, micros: i64) {
-        let now = chrono::Utc::now();
-        let month = now.format("%Y-%m").to_string();
-        let day = now.format("%Y-%m-%d").to_string();
-        let spend = format!("{}spend:{budget_id}:{month}", self.ns);
-        let usage = format!("{}usage:{budget_id}:{day}", self.ns);
         let mut r = self.redis.clone();
-        let _: () = redis::pipe()
-            .atomic()
-            .cmd("INCRBY")
-            .arg(&spend)
-            .arg(micros)
-            .ignore()
-            .cmd("EXPIRE")
-            .arg(&spend)
-            .arg(5_356_800)
-            .ignore()
-            .cmd("HINCRBY")
-            .arg(&usage)
-            .arg(format!("{surface}|{model}|cost"))
-            .arg(micros)
-            .ignore()
-            .cmd("HINCRBY")
-            .arg(&usage)
-            .arg(format!("{surface}|{model}|requests"))
-            .arg(1)
-            .ignore()
-            .cmd("EXPIRE")
-            .arg(&usage)
-            .arg(3_456_000)
-            .ignore()
-            .query_async(&mut r)
-            .await
-            .expect("proxy increments");
+        crabglamp_sandbox::llm_proxy::record_spend(
+            &mut r,
+            &self.ns,
+            budget_id,
+            surface,
+            model,
+            micros,
+            chrono::Utc::now(),
+        )
+        .await
+        .expect("proxy increments");
     }
 
     pub async fn month_counter(&self, budget_id: &str) -> Option<i64> {
