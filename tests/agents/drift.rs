@@ -14,11 +14,6 @@ use super::fixture::*;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
-async fn event_reasons(op: &Operator, ns: &str) -> Vec<String> {
-    let api: kube::Api<k8s_openapi::api::events::v1::Event> = kube::Api::namespaced(op.client.clone(), ns);
-    api.list(&ListParams::default()).await.expect("events").items.into_iter().filter_map(|e| e.reason).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_server_deleted_behind_our_back_is_recreated_and_reported() {
     let op = Operator::start().await;
@@ -34,7 +29,7 @@ async fn a_server_deleted_behind_our_back_is_recreated_and_reported() {
     })
     .await;
     assert_eq!(crabglamp_sandbox::hetzner::server_names(&op.hetzner).len(), 1);
-    assert!(event_reasons(&op, "drift").await.iter().any(|r| r == "ServerRecreated"));
+    wait_for_event(&op, "drift", "ServerRecreated", DEADLINE).await;
     op.stop().await;
 }
 
@@ -189,7 +184,7 @@ async fn console_changes_are_noticed_and_a_paused_agent_is_left_alone() {
         assert!(start.elapsed() < DEADLINE, "the fleet firewall was not re-attached");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(event_reasons(&op, "console").await.iter().any(|r| r == "FirewallReattached"));
+    wait_for_event(&op, "console", "FirewallReattached", DEADLINE).await;
 
     // Someone powers the server off in the console: noticed, recorded, and powered on again.
     hetzner.power_off(id).await.expect("power off");

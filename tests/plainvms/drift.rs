@@ -33,7 +33,7 @@ async fn a_detached_firewall_an_edited_rule_and_a_deleted_server_are_repaired() 
         vm_firewall(&op, &uid).is_some_and(|f| applied_servers(&f) == vec![server_id])
     })
     .await;
-    assert!(event_reasons(&op, "drift").await.iter().any(|r| r == "FirewallReattached"));
+    wait_for_event(&op, "drift", "FirewallReattached", DEADLINE).await;
 
     // A rule edited in the console: everything open.
     let mut open = Rule::new(rule::Direction::In, rule::Protocol::Tcp);
@@ -42,7 +42,7 @@ async fn a_detached_firewall_an_edited_rule_and_a_deleted_server_are_repaired() 
     op.context.hetzner.set_firewall_rules(fw_id, &[open]).await.expect("edit");
     wait_until(DEADLINE, "rules set back", || vm_firewall(&op, &uid).is_some_and(|f| rules_of(&f) == want)).await;
     wait_for(&api, "web", DEADLINE, "Ready again", vm_ready).await;
-    assert!(event_reasons(&op, "drift").await.iter().any(|r| r == "FirewallRulesRepaired"));
+    wait_for_event(&op, "drift", "FirewallRulesRepaired", DEADLINE).await;
     assert_eq!(vm_firewall(&op, &uid).and_then(|f| f["id"].as_i64()), Some(fw_id), "the same firewall");
     // The server deleted in the console: a new one, created behind the same firewall.
     assert!(crabglamp_sandbox::hetzner::vanish_server(&op.hetzner, server_id));
@@ -53,7 +53,7 @@ async fn a_detached_firewall_an_edited_rule_and_a_deleted_server_are_repaired() 
     .await;
     let new_id = vm.status.as_ref().and_then(|s| s.server.as_ref()).and_then(|s| s.id).expect("server");
     assert_eq!(vm_firewall(&op, &uid).map(|f| applied_servers(&f)), Some(vec![new_id]), "behind the same firewall");
-    assert!(event_reasons(&op, "drift").await.iter().any(|r| r == "ServerRecreated"));
+    wait_for_event(&op, "drift", "ServerRecreated", DEADLINE).await;
     assert_eq!(hz_requests(&op, "POST", "/firewalls"), 2, "no new firewall (ours and the fleet's)");
 
     // Observed through the shared list: no per-object firewall or server GET ever.

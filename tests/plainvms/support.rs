@@ -1,7 +1,6 @@
 //! What the PlainVM scenarios share on top of the operator fixture: the simulator's view of a
-//! VM's firewall, request counts by route, Event reasons.
+//! VM's firewall, request counts by route.
 
-use kube::api::ListParams;
 use serde_json::Value;
 
 pub use crate::fixture::*;
@@ -41,12 +40,6 @@ pub fn applied_servers(firewall: &Value) -> Vec<i64> {
 /// Requests the Hetzner simulator served with this method whose path ends with `suffix`.
 pub fn hz_requests(op: &Operator, method: &str, suffix: &str) -> usize {
     op.hetzner.requests().iter().filter(|r| r.method.as_str() == method && r.path.ends_with(suffix)).count()
-}
-
-/// The reasons of every Event in `ns`.
-pub async fn event_reasons(op: &Operator, ns: &str) -> Vec<String> {
-    let api: kube::Api<k8s_openapi::api::events::v1::Event> = kube::Api::namespaced(op.client.clone(), ns);
-    api.list(&ListParams::default()).await.expect("events").items.into_iter().filter_map(|e| e.reason).collect()
 }
 
 /// SSH from an office network and ping from anywhere.

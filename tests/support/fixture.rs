@@ -228,6 +228,29 @@ where
     }
 }
 
+/// Waits until an Event with `reason` exists in `ns`, or panics after `deadline` with the
+/// reasons seen. The Event is published after the repair it reports, so a test that saw the
+/// repair in a simulator must still wait for it.
+pub async fn wait_for_event(op: &Operator, ns: &str, reason: &str, deadline: Duration) {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(op.client.clone(), ns);
+    let start = tokio::time::Instant::now();
+    loop {
+        let reasons: Vec<String> = api
+            .list(&kube::api::ListParams::default())
+            .await
+            .expect("events")
+            .items
+            .into_iter()
+            .filter_map(|e| e.reason)
+            .collect();
+        if reasons.iter().any(|r| r == reason) {
+            return;
+        }
+        assert!(start.elapsed() < deadline, "no {reason} Event in {ns} within {deadline:?}; seen: {reasons:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until `check` holds, polling a synchronous probe.
 pub async fn wait_until(deadline: Duration, what: &str, check: impl Fn() -> bool) {
     let start = tokio::time::Instant::now();
