@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crabglamp_operator::store::audit;
 use kube::ResourceExt;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use super::fixture::*;
