@@ -100,6 +100,9 @@ struct RunArgs {
     /// Seconds a marked resource without its object waits before the sweeper removes it.
     #[arg(long, env = "CRABGLAMP_SWEEPER_GRACE_SECONDS", default_value_t = 600)]
     sweeper_grace_seconds: u64,
+    /// Reconciles of one kind running at once (a burst queues here, not in the database pool).
+    #[arg(long, env = "CRABGLAMP_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: u16,
     /// Only reconcile objects labelled crabglamp.com/shard=<value>.
     #[arg(long, env = "CRABGLAMP_SHARD")]
     shard: Option<String>,
@@ -178,6 +181,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     controllers.shutdown_timeout = Duration::from_secs(args.shutdown_timeout_seconds);
     controllers.sweeper_grace = Duration::from_secs(args.sweeper_grace_seconds);
     controllers.shard = args.shard;
+    controllers.concurrency = args.concurrency;
     controllers.instance = args.instance;
     let settings = OperatorSettings {
         database_url: args.database.database_url,

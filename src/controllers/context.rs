@@ -49,6 +49,11 @@ pub struct ControllerConfig {
     pub redis_namespace: String,
     /// VirtualKeys per Redis round trip in the spend refresher.
     pub redis_batch: usize,
+    /// Reconciles of one kind running at once. Bounded so that a burst (a thousand objects
+    /// applied at once, or every object after a restart) queues in the controller instead of
+    /// in the database pool: unbounded, each reconcile's several pool acquisitions wait behind
+    /// all the others, time out, and almost none completes end to end.
+    pub concurrency: u16,
 }
 
 impl ControllerConfig {
@@ -66,6 +71,7 @@ impl ControllerConfig {
             instance: "crabglamp-operator".into(),
             redis_namespace: "cgk:".into(),
             redis_batch: 500,
+            concurrency: 16,
         }
     }
 }

@@ -56,6 +56,11 @@ fn watcher_config(config: &ControllerConfig) -> watcher::Config {
     }
 }
 
+/// What every kind's controller shares: bounded concurrency (see [`ControllerConfig::concurrency`]).
+fn controller_config(config: &ControllerConfig) -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default().concurrency(config.concurrency)
+}
+
 /// Runs every controller until `stop` turns true; returns once in-flight reconciles finished.
 pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
     // VirtualKeys need neither cloud: they do not wait for the fleet firewall.
@@ -86,6 +91,7 @@ async fn run_controller<K: ManagedObject>(ctx: &Arc<Context>, stop: tokio::sync:
     let api: Api<K> = Api::all(ctx.client.clone());
     let mut shutdown = stop;
     Controller::new(api, watcher_config(&ctx.config).any_semantic())
+        .with_config(controller_config(&ctx.config))
         .graceful_shutdown_on(async move {
             while !*shutdown.borrow() {
                 if shutdown.changed().await.is_err() {

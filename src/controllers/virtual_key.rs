@@ -839,6 +839,7 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
     let label = format!("{}={}", MANAGED_BY_LABEL.0, MANAGED_BY_LABEL.1);
     let mut shutdown = stop.clone();
     Controller::new(vks, super::watcher_config(&ctx.config).any_semantic())
+        .with_config(super::controller_config(&ctx.config))
         .owns(secrets, watcher::Config::default().labels(&label))
         .reconcile_all_on(refreshed)
         .graceful_shutdown_on(async move {
