@@ -60,3 +60,23 @@ PY
   "$bin" version --short 2>/dev/null | grep -q "^v$HELM_VERSION" || die "$bin is not helm $HELM_VERSION"
   export HELM=$bin
 }
+
+# Puts Debian's lua5.4 on PATH: tests/chart runs the chart's Argo CD health check (Lua) with it.
+ensure_lua() {
+  command -v lua5.4 >/dev/null 2>&1 && return 0
+  can_apt || die "lua5.4 is missing (Debian: sudo apt-get install lua5.4); the Argo CD health check tests run it"
+  apt_install lua5.4
+  command -v lua5.4 >/dev/null 2>&1 || die "lua5.4 was installed but is not on PATH"
+}
+
+# helm lint and helm template of the chart, with default values and with ci/full-values.yaml
+# (tests/chart goes further: the restricted Pod Security Standard, the schema, RBAC).
+check_chart() {
+  local chart=charts/crabglamp-operator values
+  for values in "" "$chart/ci/full-values.yaml"; do
+    log "helm lint --strict $chart ${values:+--values $values}"
+    "$HELM" lint --strict "$chart" ${values:+--values "$values"} >/dev/null || { "$HELM" lint --strict "$chart" ${values:+--values "$values"}; die "helm lint failed"; }
+    log "helm template $chart ${values:+--values $values}"
+    "$HELM" template crabglamp "$chart" --namespace crabglamp ${values:+--values "$values"} >/dev/null || die "helm template failed"
+  done
+}
