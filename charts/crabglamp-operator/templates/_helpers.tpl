@@ -108,14 +108,10 @@ crabglamp-audit-anchor
 - apiGroups: ["crabglamp.com"]
   resources: ["agents/status", "plainvms/status", "virtualkeys/status"]
   verbs: ["patch"]
-# A VirtualKey's Secret names its VirtualKey as controller with blockOwnerDeletion, which the
-# OwnerReferencesPermissionEnforcement admission plugin allows only with update on the owner's
-# finalizers subresource.
-- apiGroups: ["crabglamp.com"]
-  resources: ["virtualkeys/finalizers"]
-  verbs: ["update"]
 # The Secrets holding VirtualKeys (owned, labelled; removed by garbage collection with their
-# VirtualKey, never deleted by the operator).
+# VirtualKey, never deleted by the operator). Their ownerReference to the VirtualKey has no
+# blockOwnerDeletion, so OwnerReferencesPermissionEnforcement asks for no virtualkeys/finalizers
+# grant, and it is set at create (the plugin asks for delete only when an update changes it).
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch", "create", "update"]
