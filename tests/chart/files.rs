@@ -149,6 +149,21 @@ fn deployment_takes_settings_from_values_and_credentials_from_existing_secrets()
     }
     assert_eq!(container["ports"][0]["name"], "http-metrics");
     assert_eq!(container["ports"][0]["containerPort"], 9090);
+    // The operator appends -<shard> to --lease-name: the Role names that Lease.
+    let full = helm::full();
+    let self_role = full
+        .iter()
+        .find(|o| o["kind"] == "Role" && o["metadata"]["namespace"] == helm::NAMESPACE)
+        .expect("the release-namespace Role");
+    assert!(
+        self_role["rules"]
+            .as_array()
+            .expect("rules")
+            .iter()
+            .any(|r| r["resources"][0] == "leases"
+                && r["resourceNames"] == serde_json::json!(["crabglamp-eu-leader-eu-1"])),
+        "{self_role}"
+    );
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(container["livenessProbe"]["httpGet"]["port"], "http-metrics");

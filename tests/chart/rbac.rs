@@ -161,13 +161,13 @@ const UNREACHED: &[(&str, &str, &str, &str)] = &[
     (
         "coordination.k8s.io",
         "leases",
-        "create get update patch",
+        "create get update",
         "leader election (--leader-election): the fixture's operator runs without it until the flag exists; then turn it on here",
     ),
     (
         "",
         "configmaps",
-        "create get update patch",
+        "create get update",
         "the audit anchor ConfigMap crabglamp-audit-anchor (the anchor work): not written by this operator yet",
     ),
 ];

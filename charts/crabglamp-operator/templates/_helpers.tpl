@@ -38,8 +38,18 @@ app.kubernetes.io/component: operator
 {{- end }}
 {{- end }}
 
-{{- define "crabglamp.leaseName" -}}
+{{/* The --lease-name flag's value. */}}
+{{- define "crabglamp.leaseBase" -}}
 {{- default (include "crabglamp.fullname" .) .Values.leaderElection.leaseName }}
+{{- end }}
+
+{{/* The Lease the operator really uses: the base name, with -<shard> appended per shard. */}}
+{{- define "crabglamp.leaseName" -}}
+{{- if .Values.shard }}
+{{- printf "%s-%s" (include "crabglamp.leaseBase" .) .Values.shard }}
+{{- else }}
+{{- include "crabglamp.leaseBase" . }}
+{{- end }}
 {{- end }}
 
 {{/* The ConfigMap the operator anchors the audit chain's head in (fixed by the binary). */}}
