@@ -22,10 +22,15 @@ use kube::api::PostParams;
 use crate::db::TestDb;
 
 pub const ZONE: &str = "agents.example.com";
+/// The user the operator's requests carry in the API server's request log (the driver's
+/// requests, through [`Operator::client`], carry none).
+pub const OPERATOR_USER: &str = "system:serviceaccount:crabglamp:crabglamp-operator";
 
 pub struct Operator {
     pub kube: RunningKube,
     pub client: kube::Client,
+    /// The operator's own client, as [`OPERATOR_USER`].
+    operator_client: kube::Client,
     pub hetzner: Arc<RunningSim>,
     pub cloudflare: Arc<RunningSim>,
     pub db: TestDb,
@@ -55,9 +60,16 @@ impl Operator {
     }
 
     pub async fn start_with(config: ControllerConfig) -> Operator {
+        Self::start_with_redis(config, None).await
+    }
+
+    /// Also runs the VirtualKey controller when `redis_url` is set (use a key namespace of
+    /// the test's own in `config.redis_namespace`).
+    pub async fn start_with_redis(config: ControllerConfig, redis_url: Option<String>) -> Operator {
         crate::logs::install();
         let kube = crabglamp_sandbox::kube::spawn_loopback().await.expect("API server starts");
         let client = kube.client().expect("client");
+        let operator_client = kube.client_as(OPERATOR_USER).expect("operator client");
         // Every action 100 ms, the guest boots and obeys ACPI at once: tests take seconds.
         let hz_config = HetznerSimConfig {
             token: "hz-test".into(),
@@ -72,7 +84,7 @@ impl Operator {
         let db = TestDb::fresh().await;
         let settings = OperatorSettings {
             database_url: db.url.clone(),
-            redis_url: None,
+            redis_url,
             hetzner: HetznerConfig::new(hetzner.base_url.clone(), "hz-test"),
             cloudflare: CloudflareConfig::new(
                 cloudflare.base_url.clone(),
@@ -86,7 +98,7 @@ impl Operator {
             // wait half a minute on our own limiter (what production would do, but slowly).
             cloudflare_requests_per_5min: 12_000,
         };
-        let (context, stop, task) = launch(&client, settings.clone()).await;
+        let (context, stop, task) = launch(&operator_client, settings.clone()).await;
         // The sandbox plays cloudflared: a booted server whose user data carries a valid token
         // connects its tunnel.
         let cloudflared = crabglamp_sandbox::stack::cloudflared::start(
@@ -95,7 +107,19 @@ impl Operator {
             1.0,
             Duration::from_millis(100),
         );
-        Operator { kube, client, hetzner, cloudflare, db, context, settings, stop, task: Some(task), cloudflared }
+        Operator {
+            kube,
+            client,
+            operator_client,
+            hetzner,
+            cloudflare,
+            db,
+            context,
+            settings,
+            stop,
+            task: Some(task),
+            cloudflared,
+        }
     }
 
     /// Stops the controllers and starts a fresh operator process's worth of them (no memory
@@ -136,7 +160,7 @@ impl Operator {
 
     async fn relaunch(mut self, config: ControllerConfig) -> Self {
         self.settings.controllers = config;
-        let (context, stop, task) = launch(&self.client, self.settings.clone()).await;
+        let (context, stop, task) = launch(&self.operator_client, self.settings.clone()).await;
         self.context = context;
         self.stop = stop;
         self.task = Some(task);

@@ -140,6 +140,12 @@ async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    shared.log_request(super::requests::KubeRequest {
+        user: super::requests::user_of(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())),
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+        query: uri.query().unwrap_or_default().to_owned(),
+    });
     let body = match read_body(body).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),

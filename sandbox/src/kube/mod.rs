@@ -8,7 +8,8 @@
 //! anything.
 //!
 //! Deliberate differences from a real API server (kept because no client here depends on them):
-//! - Plain HTTP on loopback, no authentication or authorisation, HTTP/1.1 only. Responses are
+//! - Plain HTTP on loopback, no authentication or authorisation (a bearer token is only taken
+//!   as the user's name in the request log, [`requests`]), HTTP/1.1 only. Responses are
 //!   always JSON (Accept lists with protobuf first get JSON); protobuf request bodies are read
 //!   only for Namespace, Secret and ConfigMap (what `kubectl create` sends that way).
 //! - `/openapi/v2` is 404 (kubectl uses v3). OpenAPI v3 schemas of built-in kinds are open
@@ -56,6 +57,7 @@ pub mod list;
 pub mod meta;
 pub mod openapi;
 pub mod protobuf;
+pub mod requests;
 pub mod resource;
 pub mod selector;
 pub mod state;
@@ -86,6 +88,8 @@ pub struct Shared {
     bookmark_interval: std::time::Duration,
     /// Watches whose streams are open (a test hook: "the client is watching now").
     open_watches: std::sync::atomic::AtomicUsize,
+    /// Who asked what (a test hook: the RBAC rules a client needs).
+    requests: Mutex<requests::RequestLog>,
 }
 
 impl Shared {
@@ -93,6 +97,11 @@ impl Shared {
     /// since every write builds the new object before storing it).
     pub fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records one request in the request log.
+    pub fn log_request(&self, request: requests::KubeRequest) {
+        self.requests.lock().unwrap_or_else(|e| e.into_inner()).push(request);
     }
 
     /// Wakes the watches after a write.
@@ -175,6 +184,9 @@ pub enum ClientError {
     /// kube-client refused the configuration (e.g. a proxy variable it cannot honour).
     #[error("cannot build a kube client: {0}")]
     Kube(#[from] ::kube::Error),
+    /// The user name cannot be sent as a bearer token.
+    #[error("{0:?} cannot be sent as a bearer token")]
+    User(String),
 }
 
 /// A running server; stops when dropped.
@@ -196,6 +208,24 @@ impl RunningKube {
     pub fn client(&self) -> Result<::kube::Client, ClientError> {
         let url = self.base_url.parse::<axum::http::Uri>()?;
         Ok(::kube::Client::try_from(::kube::Config::new(url))?)
+    }
+
+    /// A kube client whose requests the request log attributes to `user` (it presents `user`
+    /// as its bearer token).
+    pub fn client_as(&self, user: &str) -> Result<::kube::Client, ClientError> {
+        let url = self.base_url.parse::<axum::http::Uri>()?;
+        let mut config = ::kube::Config::new(url);
+        let token = axum::http::HeaderValue::from_str(&format!("Bearer {user}"))
+            .map_err(|_| ClientError::User(user.to_owned()))?;
+        config.headers.push((axum::http::header::AUTHORIZATION, token));
+        Ok(::kube::Client::try_from(config)?)
+    }
+
+    /// Every request received so far (at most [`requests::REQUEST_LOG_LIMIT`], the newest), and
+    /// how many older ones were dropped.
+    pub fn requests(&self) -> (Vec<requests::KubeRequest>, u64) {
+        let log = self.shared.requests.lock().unwrap_or_else(|e| e.into_inner());
+        (log.records(), log.dropped())
     }
 
     /// Server-side applies `manifest` (any served kind) as `manager`, forcing conflicts: what
@@ -313,6 +343,7 @@ pub async fn spawn(config: KubeApiConfig, listener: TcpListener) -> Result<Runni
         server_address: addr.to_string(),
         bookmark_interval: config.bookmark_interval,
         open_watches: std::sync::atomic::AtomicUsize::new(0),
+        requests: Mutex::new(requests::RequestLog::default()),
     });
     let mut stop_signal = shared.stopping.subscribe();
     let app = http::router(shared.clone());

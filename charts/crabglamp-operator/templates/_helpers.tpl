@@ -1,0 +1,132 @@
+{{/* The chart's name, cut to a label's 63 characters. */}}
+{{- define "crabglamp.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The release's full name: the prefix of every object the chart creates. */}}
+{{- define "crabglamp.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "crabglamp.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "crabglamp.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "crabglamp.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "crabglamp.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "crabglamp.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "crabglamp.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The --lease-name flag's value. */}}
+{{- define "crabglamp.leaseBase" -}}
+{{- default (include "crabglamp.fullname" .) .Values.leaderElection.leaseName }}
+{{- end }}
+
+{{/* The Lease the operator really uses: the base name, with -<shard> appended per shard. */}}
+{{- define "crabglamp.leaseName" -}}
+{{- if .Values.shard }}
+{{- printf "%s-%s" (include "crabglamp.leaseBase" .) .Values.shard }}
+{{- else }}
+{{- include "crabglamp.leaseBase" . }}
+{{- end }}
+{{- end }}
+
+{{/* The ConfigMap the operator anchors the audit chain's head in (fixed by the binary). */}}
+{{- define "crabglamp.anchorConfigMap" -}}
+crabglamp-audit-anchor
+{{- end }}
+
+{{- define "crabglamp.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+  The container's environment: the pod's name and namespace from the downward API, each
+  credential from its existing Secret (the optional ones only when named), then every
+  non-empty setting. Numbers are rendered as integers, never in exponent form.
+*/}}
+{{- define "crabglamp.env" -}}
+{{- $c := .Values.config }}
+{{- $s := .Values.secrets }}
+{{- $env := list }}
+{{- $env = append $env (dict "name" "POD_NAME" "valueFrom" (dict "fieldRef" (dict "fieldPath" "metadata.name"))) }}
+{{- $env = append $env (dict "name" "POD_NAMESPACE" "valueFrom" (dict "fieldRef" (dict "fieldPath" "metadata.namespace"))) }}
+{{- range $name, $ref := dict "HCLOUD_TOKEN" $s.hcloudToken "CLOUDFLARE_API_TOKEN" $s.cloudflareApiToken "DATABASE_URL" $s.databaseUrl "CRABGLAMP_SEALING_KEY" $s.sealingKey "CRABGLAMP_SEALING_PREVIOUS_KEYS" $s.sealingPreviousKeys "REDIS_URL" $s.redisUrl }}
+{{- if $ref.existingSecret }}
+{{- $env = append $env (dict "name" $name "valueFrom" (dict "secretKeyRef" (dict "name" $ref.existingSecret "key" $ref.key))) }}
+{{- end }}
+{{- end }}
+{{- $plain := list
+  (list "CRABGLAMP_SEALING_KEY_ID" $c.sealingKeyId)
+  (list "HCLOUD_ENDPOINT" $c.hcloudEndpoint)
+  (list "CLOUDFLARE_ACCOUNT_ID" $c.cloudflare.accountId)
+  (list "CLOUDFLARE_ZONE_ID" $c.cloudflare.zoneId)
+  (list "CLOUDFLARE_ZONE_NAME" $c.cloudflare.zoneName)
+  (list "CLOUDFLARE_ENDPOINT" $c.cloudflare.endpoint)
+  (list "CRABGLAMP_RESYNC_SECONDS" (int64 $c.resyncSeconds))
+  (list "CRABGLAMP_FAST_POLL_MS" (int64 $c.fastPollMs))
+  (list "CRABGLAMP_SHUTDOWN_TIMEOUT_SECONDS" (int64 $c.shutdownTimeoutSeconds))
+  (list "CRABGLAMP_SWEEPER_GRACE_SECONDS" (int64 $c.sweeperGraceSeconds))
+  (list "CRABGLAMP_HETZNER_REQUESTS_PER_HOUR" (int64 $c.hetznerRequestsPerHour))
+  (list "CRABGLAMP_CLOUDFLARE_REQUESTS_PER_5MIN" (int64 $c.cloudflareRequestsPer5min))
+  (list "RUST_LOG" .Values.logLevel) }}
+{{- range $plain }}
+{{- $value := index . 1 | toString }}
+{{- if $value }}
+{{- $env = append $env (dict "name" (index . 0) "value" $value) }}
+{{- end }}
+{{- end }}
+{{- concat $env $c.extraEnv | toYaml }}
+{{- end }}
+
+{{/*
+  Exactly what the operator calls, no wildcard (tests/chart/rbac.rs records the calls of a run
+  against the sandbox and compares). Cluster-wide by default; with watchNamespace the same
+  rules as a Role in that namespace only.
+*/}}
+{{- define "crabglamp.watchRules" -}}
+# Agents, PlainVMs, VirtualKeys: the controllers' list+watch, the finalizer's patch.
+- apiGroups: ["crabglamp.com"]
+  resources: ["agents", "plainvms", "virtualkeys"]
+  verbs: ["list", "watch", "patch"]
+# Status is written as a merge patch of the status subresource only (never spec).
+- apiGroups: ["crabglamp.com"]
+  resources: ["agents/status", "plainvms/status", "virtualkeys/status"]
+  verbs: ["patch"]
+# The Secrets holding VirtualKeys (owned, labelled; removed by garbage collection with their
+# VirtualKey, never deleted by the operator). Their ownerReference to the VirtualKey has no
+# blockOwnerDeletion, so OwnerReferencesPermissionEnforcement asks for no virtualkeys/finalizers
+# grant, and it is set at create (the plugin asks for delete only when an update changes it).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "watch", "create", "update"]
+# Events about the objects (a repeated Event is a patch of its series).
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}

@@ -1,0 +1,220 @@
+//! The chart's files: CRDs identical to the generated ones, `helm lint` clean with default and
+//! with every value set, the version it packages, the optional objects behind their switches.
+
+use super::helm::{self, chart_dir, full_values, one, repo};
+
+#[test]
+fn chart_crds_are_byte_identical_to_the_generated_ones() {
+    let top = repo().join("crds");
+    let mut names: Vec<String> = std::fs::read_dir(&top)
+        .expect("crds/")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut in_chart: Vec<String> = std::fs::read_dir(chart_dir().join("crds"))
+        .expect("charts/crabglamp-operator/crds/")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    in_chart.sort();
+    assert_eq!(in_chart, names, "the chart's crds/ must hold exactly the files of crds/");
+    assert_eq!(names.len(), crabglamp_operator::api::all_crds().len());
+    for name in names {
+        let a = std::fs::read(top.join(&name)).expect("read crd");
+        let b = std::fs::read(chart_dir().join("crds").join(&name)).expect("read chart crd");
+        assert!(
+            a == b,
+            "charts/crabglamp-operator/crds/{name} differs from crds/{name}: cp crds/*.yaml charts/crabglamp-operator/crds/"
+        );
+    }
+}
+
+#[test]
+fn helm_is_version_4_and_lints_default_and_full_values() {
+    let version = helm::run(&["version", "--short"]).expect("helm version");
+    assert!(version.starts_with("v4."), "helm 4 expected, got {version}");
+    for (what, files) in [("default values", vec![]), ("ci/full-values.yaml", vec![full_values()])] {
+        let refs: Vec<&std::path::Path> = files.iter().map(|p| p.as_path()).collect();
+        let out = helm::lint(&refs, &[]).unwrap_or_else(|e| panic!("helm lint with {what} failed:\n{e}"));
+        assert!(out.contains("0 chart(s) failed"), "{what}: {out}");
+    }
+}
+
+#[test]
+fn chart_packages_this_version_of_the_operator() {
+    let chart: serde_json::Value =
+        serde_norway::from_str(&std::fs::read_to_string(chart_dir().join("Chart.yaml")).expect("Chart.yaml"))
+            .expect("Chart.yaml parses");
+    assert_eq!(chart["apiVersion"], "v2");
+    assert_eq!(chart["appVersion"], env!("CARGO_PKG_VERSION"), "appVersion follows Cargo.toml");
+    let deployment = one(&helm::defaults(), "Deployment").clone();
+    let image = deployment["spec"]["template"]["spec"]["containers"][0]["image"].as_str().expect("image");
+    assert!(image.ends_with(&format!(":{}", env!("CARGO_PKG_VERSION"))), "{image}");
+}
+
+#[test]
+fn optional_objects_follow_their_switches() {
+    let kinds = |objects: &[serde_json::Value]| {
+        let mut k: Vec<String> = objects.iter().map(|o| o["kind"].as_str().unwrap_or_default().to_owned()).collect();
+        k.sort();
+        k
+    };
+    assert_eq!(
+        kinds(&helm::defaults()),
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Deployment",
+            "PodDisruptionBudget",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "ServiceAccount"
+        ]
+    );
+    let full = helm::full();
+    assert_eq!(
+        kinds(&full),
+        [
+            "ConfigMap",
+            "Deployment",
+            "NetworkPolicy",
+            "PodDisruptionBudget",
+            "Role",
+            "Role",
+            "RoleBinding",
+            "RoleBinding",
+            "Service",
+            "ServiceAccount",
+            "ServiceMonitor"
+        ]
+    );
+    let dashboard = one(&full, "ConfigMap");
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(dashboard["metadata"]["namespace"], "monitoring");
+    let json = dashboard["data"]["crabglamp-operator.json"].as_str().expect("dashboard JSON");
+    let parsed: serde_json::Value = serde_json::from_str(json).expect("the dashboard is JSON");
+    assert!(parsed["panels"].as_array().is_some_and(|p| !p.is_empty()));
+    let monitor = one(&full, "ServiceMonitor");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "http-metrics");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
+}
+
+#[test]
+fn deployment_takes_settings_from_values_and_credentials_from_existing_secrets() {
+    let deployment = one(&helm::full(), "Deployment").clone();
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = container["args"].as_array().expect("args").iter().filter_map(|a| a.as_str()).collect();
+    assert_eq!(
+        args,
+        [
+            "run",
+            "--log-format=text",
+            "--metrics-addr=0.0.0.0:9090",
+            "--drain-seconds=30",
+            "--leader-election",
+            "--lease-name=crabglamp-eu-leader",
+            "--shard=eu-1",
+            "--watch-namespace=team-a"
+        ]
+    );
+    let env = container["env"].as_array().expect("env");
+    let by_name = |n: &str| env.iter().find(|e| e["name"] == n).unwrap_or_else(|| panic!("no {n} in env"));
+    for (name, secret, key) in [
+        ("HCLOUD_TOKEN", "hcloud-eu-1", "token"),
+        ("CLOUDFLARE_API_TOKEN", "cloudflare", "api-token"),
+        ("DATABASE_URL", "crabglamp-db", "url"),
+        ("CRABGLAMP_SEALING_KEY", "crabglamp-sealing", "current"),
+        ("CRABGLAMP_SEALING_PREVIOUS_KEYS", "crabglamp-sealing", "previous"),
+        ("REDIS_URL", "llm-proxy-redis", "url"),
+    ] {
+        let e = by_name(name);
+        assert!(e.get("value").is_none(), "{name} must never be a plain value");
+        assert_eq!(e["valueFrom"]["secretKeyRef"]["name"], secret, "{name}");
+        assert_eq!(e["valueFrom"]["secretKeyRef"]["key"], key, "{name}");
+    }
+    assert_eq!(by_name("POD_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace");
+    assert_eq!(by_name("POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
+    for (name, value) in [
+        ("CLOUDFLARE_ACCOUNT_ID", "0123456789abcdef0123456789abcdef"),
+        ("CLOUDFLARE_ZONE_ID", "fedcba9876543210fedcba9876543210"),
+        ("CLOUDFLARE_ZONE_NAME", "agents.example.com"),
+        ("HCLOUD_ENDPOINT", "https://api.hetzner.cloud/v1"),
+        ("CRABGLAMP_SEALING_KEY_ID", "k2"),
+        ("CRABGLAMP_RESYNC_SECONDS", "120"),
+        ("CRABGLAMP_HETZNER_REQUESTS_PER_HOUR", "7200"),
+        ("RUST_LOG", "crabglamp_operator=debug,kube=info"),
+        ("HTTPS_PROXY", "http://proxy.internal:3128"),
+    ] {
+        assert_eq!(by_name(name)["value"], value, "{name}");
+    }
+    assert_eq!(container["ports"][0]["name"], "http-metrics");
+    assert_eq!(container["ports"][0]["containerPort"], 9090);
+    // The operator appends -<shard> to --lease-name: the Role names that Lease.
+    let full = helm::full();
+    let self_role = full
+        .iter()
+        .find(|o| o["kind"] == "Role" && o["metadata"]["namespace"] == helm::NAMESPACE)
+        .expect("the release-namespace Role");
+    assert!(
+        self_role["rules"]
+            .as_array()
+            .expect("rules")
+            .iter()
+            .any(|r| r["resources"][0] == "leases"
+                && r["resourceNames"] == serde_json::json!(["crabglamp-eu-leader-eu-1"])),
+        "{self_role}"
+    );
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["port"], "http-metrics");
+
+    // Defaults: JSON logs, the optional credentials left out, two replicas under leader election.
+    let deployment = one(&helm::defaults(), "Deployment").clone();
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = container["args"].as_array().expect("args").iter().filter_map(|a| a.as_str()).collect();
+    assert!(args.contains(&"--log-format=json") && args.contains(&"--leader-election"), "{args:?}");
+    assert!(args.contains(&"--metrics-addr=0.0.0.0:8080"), "{args:?}");
+    let names: Vec<&str> =
+        container["env"].as_array().expect("env").iter().filter_map(|e| e["name"].as_str()).collect();
+    assert!(!names.contains(&"REDIS_URL") && !names.contains(&"CRABGLAMP_SEALING_PREVIOUS_KEYS"), "{names:?}");
+    assert_eq!(container["ports"][0]["containerPort"], 8080);
+}
+
+/// The dotted paths of a values tree's leaves (an empty map or list is a leaf).
+fn leaves(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+    match v.as_object() {
+        Some(map) if !map.is_empty() => {
+            for (k, child) in map {
+                let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                leaves(&path, child, out);
+            }
+        }
+        _ => out.push(prefix.to_owned()),
+    }
+}
+
+#[test]
+fn the_readme_documents_every_value() {
+    let values: serde_json::Value =
+        serde_norway::from_str(&std::fs::read_to_string(chart_dir().join("values.yaml")).expect("values.yaml"))
+            .expect("values.yaml parses");
+    let readme = std::fs::read_to_string(chart_dir().join("README.md")).expect("README.md");
+    let mut paths = Vec::new();
+    leaves("", &values, &mut paths);
+    assert!(paths.len() > 50, "{paths:?}");
+    let undocumented: Vec<&String> = paths
+        .iter()
+        .filter(|p| {
+            let mut candidates = vec![format!("| `{p}` |")];
+            let parts: Vec<&str> = p.split('.').collect();
+            for n in 1..parts.len() {
+                let parent = parts[..n].join(".");
+                candidates.push(format!("| `{parent}.*` |"));
+                candidates.push(format!("| `{parent}` |"));
+            }
+            !candidates.iter().any(|c| readme.contains(c.as_str()))
+        })
+        .collect();
+    assert!(undocumented.is_empty(), "values missing from the README's table: {undocumented:?}");
+}
