@@ -289,7 +289,18 @@ async fn trail(chaos: &Chaos, o: &Ledger, v: &mut Vec<String>) {
             .collect();
         let changes = o.owners.windows(2).filter(|w| w[0] != w[1]).count();
         let last = o.owners.last().cloned().unwrap_or_default();
-        let start = links.first().map_or_else(|| last.clone(), |l| l.0.clone());
+        // Without a transfer the trail is the one owner the operator accepted: the current one
+        // for a live object; for a deleted one the owner its destroy event bills (an owner
+        // change made just before the delete may never have been acted on).
+        let destroyed_owner = events
+            .iter()
+            .find(|e| e.kind == destroy_kind && o.kind != Kind::Key)
+            .and_then(|e| e.owners.first().cloned());
+        let start = match (links.first(), o.deleted) {
+            (Some(l), _) => l.0.clone(),
+            (None, Some(_)) => destroyed_owner.unwrap_or_else(|| last.clone()),
+            (None, None) => last.clone(),
+        };
         chain.push(start.clone());
         match o.owners.iter().position(|x| *x == start) {
             None => v.push(format!("{}: the trail starts at {start}, never an owner: {links:?}", o.name)),

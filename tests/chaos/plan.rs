@@ -149,7 +149,8 @@ pub fn plan(seed: u64) -> Vec<Step> {
                     m.running = !m.running;
                     Step::Power { slot, running: m.running }
                 }
-                (Kind::Agent | Kind::Key, _) | (Kind::PlainVm, 70..80) => {
+                // PlainVMs are never transferred (admission refuses an owner change).
+                (Kind::Agent | Kind::Key, _) => {
                     Step::Transfer { slot, owner: OWNERS[rng.random_range(0..OWNERS.len())] }
                 }
                 (Kind::PlainVm, _) => Step::PauseMs(rng.random_range(50..400)),

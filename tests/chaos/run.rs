@@ -83,12 +83,19 @@ pub async fn run_seed(seed: u64) -> Result<(), String> {
         .await
         .map_err(|e| format!("redis connects: {e}"))?;
     let mut chaos = Chaos { op: Some(op), objects: Vec::new(), live: BTreeMap::new(), redis, redis_ns };
+    let played = std::time::Instant::now();
     for step in steps {
         chaos.play(step).await;
     }
+    let settling = std::time::Instant::now();
     chaos.op().hetzner.control().set_faults(FaultPlan::default());
     chaos.op().cloudflare.control().set_faults(FaultPlan::default());
     let result = invariants::settle(&chaos, QUIESCENCE).await;
+    println!(
+        "chaos seed {seed}: plan played in {:.1}s, settled in {:.1}s",
+        settling.duration_since(played).as_secs_f64(),
+        settling.elapsed().as_secs_f64()
+    );
     let op = chaos.op.take().unwrap_or_else(|| panic!("the operator runs")).stop().await;
     if let Some(rt) = op.context.virtual_keys.as_ref() {
         let _ = rt.cache.clear_namespace().await;
