@@ -39,9 +39,11 @@ const REGRESSION_SEEDS: &[u64] = &[];
 /// Seeds that find bugs not fixed yet (run them with `CRABGLAMP_CHAOS_SEEDS`; each moves to
 /// `REGRESSION_SEEDS` with its fix). All are usage-timeline gaps: the timeline misses a
 /// start/stop pair the server really made (3, 4, 6, 8: `[]` for a server that ran and was
-/// stopped or deleted; 5, 9: one pair missing between two recorded rows).
+/// stopped or deleted; 5, 9, 11: one pair missing between two recorded rows), and in 3 and 11
+/// a timeline row billing the new spec owner of an Agent deleted before its transfer was
+/// recorded (the destroy event bills the old owner).
 #[allow(dead_code)]
-const KNOWN_FAILING: &[u64] = &[3, 4, 5, 6, 8, 9];
+const KNOWN_FAILING: &[u64] = &[3, 4, 5, 6, 8, 9, 11];
 /// A seed's run, plan and quiescence together, never takes longer than this.
 const SEED_LIMIT: Duration = Duration::from_secs(180);
 
