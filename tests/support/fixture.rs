@@ -60,12 +60,18 @@ impl Operator {
     }
 
     pub async fn start_with(config: ControllerConfig) -> Operator {
-        Self::start_with_redis(config, None).await
+        Self::start_tuned(config, |_| {}).await
     }
 
     /// Also runs the VirtualKey controller when `redis_url` is set (use a key namespace of
     /// the test's own in `config.redis_namespace`).
     pub async fn start_with_redis(config: ControllerConfig, redis_url: Option<String>) -> Operator {
+        Self::start_tuned(config, |s| s.redis_url = redis_url).await
+    }
+
+    /// As [`Operator::start_with`], with the settings changed by `tune` before the operator
+    /// connects (a Redis for the VirtualKey controller, raised request budgets).
+    pub async fn start_tuned(config: ControllerConfig, tune: impl FnOnce(&mut OperatorSettings)) -> Operator {
         crate::logs::install();
         let kube = crabglamp_sandbox::kube::spawn_loopback().await.expect("API server starts");
         let client = kube.client().expect("client");
@@ -82,9 +88,9 @@ impl Operator {
         let cloudflare =
             Arc::new(cfsim::spawn(cf_config.clone(), listener().await).await.expect("Cloudflare simulator"));
         let db = TestDb::fresh().await;
-        let settings = OperatorSettings {
+        let mut settings = OperatorSettings {
             database_url: db.url.clone(),
-            redis_url,
+            redis_url: None,
             hetzner: HetznerConfig::new(hetzner.base_url.clone(), "hz-test"),
             cloudflare: CloudflareConfig::new(
                 cloudflare.base_url.clone(),
@@ -98,6 +104,7 @@ impl Operator {
             // wait half a minute on our own limiter (what production would do, but slowly).
             cloudflare_requests_per_5min: 12_000,
         };
+        tune(&mut settings);
         let (context, stop, task) = launch(&operator_client, settings.clone()).await;
         // The sandbox plays cloudflared: a booted server whose user data carries a valid token
         // connects its tunnel.

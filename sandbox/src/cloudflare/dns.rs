@@ -75,6 +75,11 @@ impl Records {
         self.by_id.len()
     }
 
+    /// Every record's id, name and comment, in id order.
+    pub fn summary(&self) -> Vec<(String, String, Option<String>)> {
+        self.by_id.values().map(|r| (r.id.clone(), r.name.clone(), r.comment.clone())).collect()
+    }
+
     /// Removes a record behind the client's back (as if deleted in the dashboard).
     pub fn vanish(&mut self, id: &str) -> bool {
         self.by_id.remove(id).is_some()

@@ -132,6 +132,12 @@ pub fn dns_record_count(sim: &RunningSim) -> usize {
     sim.state::<CfState>().map(|st| lock(&st.dns).len()).unwrap_or_default()
 }
 
+/// Every DNS record of the zone as (id, name, comment), in id order: what an invariant check
+/// compares with the objects.
+pub fn dns_records(sim: &RunningSim) -> Vec<(String, String, Option<String>)> {
+    sim.state::<CfState>().map(|st| lock(&st.dns).summary()).unwrap_or_default()
+}
+
 /// Fault hook: the tunnel disappears behind everyone's back. Returns whether it existed.
 pub fn vanish_tunnel(sim: &RunningSim, tunnel_id: &str) -> bool {
     sim.state::<CfState>().is_some_and(|st| lock(&st.tunnels).vanish(tunnel_id))

@@ -40,8 +40,8 @@ use crate::http::{Dialect, RateBudget, SimParts, lock, serve};
 use crate::time_scale::{self, scaled};
 pub use physics::{ActionDurations, Command, UnknownCommand};
 use routes::HzState;
-pub use world::WorkCounts;
 use world::World;
+pub use world::{PowerChange, WorkCounts};
 
 /// How a simulated Hetzner project behaves.
 #[derive(Clone)]
@@ -168,6 +168,18 @@ pub fn vanish_server(sim: &RunningSim, id: i64) -> bool {
 /// Names of all servers now in the project (tests check for duplicates with it).
 pub fn server_names(sim: &RunningSim) -> Vec<String> {
     with_world(sim, |w| w.servers.values().map(|s| s.name.clone()).collect()).unwrap_or_default()
+}
+
+/// Every server now in the project as the API renders it (id, name, status, labels, ...), in
+/// id order: what an invariant check compares with the objects, without spending a request.
+pub fn servers(sim: &RunningSim) -> Vec<serde_json::Value> {
+    with_world(sim, |w| w.servers.values().map(|s| w.server_json(s)).collect()).unwrap_or_default()
+}
+
+/// Every power transition the project's servers really made so far, in order (deleted
+/// servers' included): the truth a usage timeline is checked against.
+pub fn power_log(sim: &RunningSim) -> Vec<PowerChange> {
+    with_world(sim, |w| w.power_log.clone()).unwrap_or_default()
 }
 
 /// Number of firewalls now in the project.

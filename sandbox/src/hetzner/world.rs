@@ -257,6 +257,23 @@ pub struct World {
     next_event: u64,
     rng: StdRng,
     work: Cell<WorkCounts>,
+    /// Every power transition a server really made, in order (see [`PowerChange`]).
+    pub power_log: Vec<PowerChange>,
+    /// The last settled power state (`running` or `off`) of each server, for `power_log`.
+    settled: HashMap<i64, &'static str>,
+}
+
+/// A power transition a server really made: it settled `running` after not running (a
+/// start), or it stopped running, by settling `off` or by being deleted (a stop). States in
+/// between (`starting`, `stopping`, a shutdown that is refused and reverted) are not
+/// transitions. What a usage timeline is checked against.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PowerChange {
+    pub server_id: i64,
+    /// The server's name when it happened.
+    pub server_name: String,
+    /// `start` or `stop`.
+    pub change: &'static str,
 }
 
 impl World {
@@ -284,7 +301,25 @@ impl World {
             next_event: 0,
             rng: StdRng::seed_from_u64(config.seed),
             work: Cell::new(WorkCounts::default()),
+            power_log: Vec::new(),
+            settled: HashMap::new(),
         }
+    }
+
+    /// Notes a power transition if server `id` settled in a power state other than its last.
+    fn note_power(&mut self, id: i64) {
+        let Some(s) = self.servers.get(&id) else { return };
+        let status = s.status;
+        if !matches!(status, "running" | "off") {
+            return;
+        }
+        let before = self.settled.insert(id, status);
+        let change = match (before, status) {
+            (None | Some("off"), "running") => "start",
+            (Some("running"), "off") => "stop",
+            _ => return,
+        };
+        self.power_log.push(PowerChange { server_id: id, server_name: s.name.clone(), change });
     }
 
     pub fn next_id(&mut self) -> i64 {
@@ -345,6 +380,7 @@ impl World {
                             s.status = "off";
                             s.running_since = None;
                         }
+                        self.note_power(id);
                     }
                 }
             }
@@ -388,6 +424,7 @@ impl World {
                     } else if boots || s.running_since.is_none() {
                         s.running_since = Some(at);
                     }
+                    self.note_power(server);
                 }
             }
             Effect::AcpiShutdown(server) => {
@@ -423,6 +460,7 @@ impl World {
                     s.image = image;
                     s.status = status;
                     s.running_since = (status == "running").then_some(at);
+                    self.note_power(server);
                 }
             }
         }
@@ -577,6 +615,9 @@ impl World {
     pub fn remove_server(&mut self, id: i64) -> Option<Server> {
         let server = self.servers.remove(&id)?;
         self.server_names.remove(&server.name);
+        if self.settled.remove(&id) == Some("running") {
+            self.power_log.push(PowerChange { server_id: id, server_name: server.name.clone(), change: "stop" });
+        }
         for fw in self.firewalls.values_mut() {
             fw.applied_to.retain(|a| *a != AppliedTo::Server(id));
         }

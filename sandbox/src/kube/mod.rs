@@ -84,6 +84,8 @@ pub struct Shared {
     latest: tokio::sync::watch::Sender<u64>,
     /// Set when the server stops: open watches end, so their clients see the connection close.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Bumped to end every open watch at once (a test hook: the connections dropped).
+    cut: tokio::sync::watch::Sender<u64>,
     server_address: String,
     bookmark_interval: std::time::Duration,
     /// Watches whose streams are open (a test hook: "the client is watching now").
@@ -266,6 +268,15 @@ impl RunningKube {
         self.shared.lock().compact();
     }
 
+    /// Ends every open watch stream now, as a network blip or an API-server restart would: the
+    /// clients see their streams close and must watch again (a test hook). Returns how many
+    /// were open.
+    pub fn cut_watches(&self) -> usize {
+        let open = self.open_watches();
+        self.shared.cut.send_modify(|n| *n += 1);
+        open
+    }
+
     /// How many watch streams are open: lets a test wait until a client (kubectl wait, delete)
     /// is really watching before it makes the change the client waits for.
     pub fn open_watches(&self) -> usize {
@@ -340,6 +351,7 @@ pub async fn spawn(config: KubeApiConfig, listener: TcpListener) -> Result<Runni
         state: Mutex::new(state),
         latest,
         stopping,
+        cut: tokio::sync::watch::channel(0).0,
         server_address: addr.to_string(),
         bookmark_interval: config.bookmark_interval,
         open_watches: std::sync::atomic::AtomicUsize::new(0),

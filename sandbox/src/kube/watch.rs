@@ -130,6 +130,7 @@ pub fn start(
 ) -> Result<impl futures::Stream<Item = Result<Bytes, Infallible>>, ApiError> {
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     let mut stopping = shared.stopping.subscribe();
+    let mut cut = shared.cut.subscribe();
     let mut renderer =
         Renderer { rt: req.rt.clone(), rendering: req.rendering, include: req.include, columns_sent: false };
     // Taken under the lock with the cursor, rendered after it (by the watch's own task).
@@ -193,6 +194,10 @@ pub fn start(
         // are due by the clock, not only after a quiet spell.
         let mut next_bookmark = later(tokio::time::Instant::now(), bookmark_interval);
         loop {
+            // Cut (a test hook): the stream ends whatever is left to send.
+            if cut.has_changed().unwrap_or(true) {
+                return;
+            }
             let (changes, oldest, head) = {
                 let state = shared.lock();
                 wake.borrow_and_update();
@@ -257,6 +262,7 @@ pub fn start(
                 _ = tx.closed() => return,
                 // Only `true` is ever sent: any change means the server stops.
                 _ = stopping.changed() => return,
+                _ = cut.changed() => return,
             }
         }
     });

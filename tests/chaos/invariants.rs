@@ -1,0 +1,453 @@
+//! What must hold once the faults are gone and the operator had time to settle, checked
+//! against the ledger of what was asked and the stand-ins' own books (never the operator's
+//! view of itself):
+//!
+//! - every live object is Ready for its latest generation (a non-Ready one is reported with
+//!   the condition that names why); every deleted object is gone;
+//! - no leak: every server, firewall, tunnel and DNS record carrying our marks points at a live
+//!   object, and unmarked ones only exist for objects orphaned on purpose;
+//! - no duplicate: each live object has exactly one server, one tunnel and one DNS record
+//!   (Agents) or one firewall (PlainVMs), and a PlainVM's firewall holds its spec's rules;
+//! - the audit trail: exactly one destroy (revoke) event per deleted object, none for a live
+//!   one; the transfer events of an object chain from its first owner to the owner it has
+//!   now (or had when deleted), never more than the owner changes made and never a no-op
+//!   transfer; one issue event per VirtualKey and at most one rotation per rotation asked;
+//! - the usage timeline: one row per real power transition, where "real" is a transition the
+//!   server made in the Hetzner stand-in's own log (it settled `running` after not running, or
+//!   stopped running by settling `off` or by being deleted); for an orphaned object the
+//!   timeline starts as its server's log does and closes with a stop at the orphaning;
+//! - spend: each live key's monthly counter (Redis, copied into PostgreSQL) holds at least
+//!   what PostgreSQL held before the last flush plus everything recorded since, at most what
+//!   was recorded, and exactly that when Redis was never flushed;
+//! - the audit chain verifies.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use crabglamp_operator::api::virtual_key::VirtualKey;
+use crabglamp_operator::api::{Agent, PlainVM};
+use crabglamp_operator::controllers::names::{
+    DNS_MARK_PREFIX, default_hostname, tunnel_name, uid_from_dns_comment, uid_from_tunnel_name,
+};
+use crabglamp_operator::controllers::server::{UID_LABEL, server_name};
+use crabglamp_operator::controllers::{firewall, refresher};
+use crabglamp_operator::store::{audit, keys, usage};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::Api;
+use kube::ResourceExt;
+use redis::AsyncCommands;
+
+use super::plan::Kind;
+use super::run::{Chaos, Ledger, NS};
+
+/// Polls [`violations`] until none is left or `deadline` passes; `Err` lists what is left.
+pub async fn settle(chaos: &Chaos, deadline: Duration) -> Result<(), String> {
+    let start = tokio::time::Instant::now();
+    loop {
+        let found = violations(chaos).await;
+        if found.is_empty() {
+            return Ok(());
+        }
+        if start.elapsed() > deadline {
+            return Err(format!(
+                "{} invariant(s) broken after {deadline:?} of quiescence:\n  {}",
+                found.len(),
+                found.join("\n  ")
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn condition_summary(conditions: &[Condition]) -> String {
+    conditions
+        .iter()
+        .map(|c| format!("{}={} ({}: {})", c.type_, c.status, c.reason, c.message))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn ready_for_generation(generation: Option<i64>, observed: Option<i64>, conditions: &[Condition]) -> bool {
+    observed == generation && conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+/// Everything broken right now, one line each.
+pub async fn violations(chaos: &Chaos) -> Vec<String> {
+    let mut v = Vec::new();
+    objects(chaos, &mut v).await;
+    cloud(chaos, &mut v);
+    for o in &chaos.objects {
+        trail(chaos, o, &mut v).await;
+    }
+    spend(chaos, &mut v).await;
+    match audit::verify_chain(&chaos.op().db.pool).await {
+        Ok(report) => {
+            if let Some(b) = report.first_break {
+                v.push(format!("audit chain broken at {}: {}", b.seq, b.reason));
+            }
+        }
+        Err(e) => v.push(format!("audit chain unreadable: {e}")),
+    }
+    v
+}
+
+async fn objects(chaos: &Chaos, v: &mut Vec<String>) {
+    let client = chaos.op().client.clone();
+    let agents: Api<Agent> = Api::namespaced(client.clone(), NS);
+    let vms: Api<PlainVM> = Api::namespaced(client.clone(), NS);
+    let keys: Api<VirtualKey> = Api::namespaced(client, NS);
+    for o in &chaos.objects {
+        let got = match o.kind {
+            Kind::Agent => agents.get_opt(&o.name).await.map(|a| {
+                a.map(|a| {
+                    let st = a.status.clone().unwrap_or_default();
+                    let owner_ok = st.owner.as_deref() == o.owners.last().map(String::as_str);
+                    (
+                        a.uid(),
+                        ready_for_generation(a.metadata.generation, st.observed_generation, &st.conditions) && owner_ok,
+                        format!("{} owner {:?}", condition_summary(&st.conditions), st.owner),
+                    )
+                })
+            }),
+            Kind::PlainVm => vms.get_opt(&o.name).await.map(|a| {
+                a.map(|a| {
+                    let st = a.status.clone().unwrap_or_default();
+                    (
+                        a.uid(),
+                        ready_for_generation(a.metadata.generation, st.observed_generation, &st.conditions),
+                        condition_summary(&st.conditions),
+                    )
+                })
+            }),
+            Kind::Key => keys.get_opt(&o.name).await.map(|a| {
+                a.map(|a| {
+                    let st = a.status.clone().unwrap_or_default();
+                    let rotated = st.rotation_token == o.rotation_token;
+                    (
+                        a.uid(),
+                        ready_for_generation(a.metadata.generation, st.observed_generation, &st.conditions) && rotated,
+                        format!("{} rotation {:?}", condition_summary(&st.conditions), st.rotation_token),
+                    )
+                })
+            }),
+        };
+        match (got, o.deleted) {
+            (Err(e), _) => v.push(format!("{}: cannot read: {e}", o.name)),
+            (Ok(Some(_)), Some(_)) => v.push(format!("{}: deleted but still there (finalizer held)", o.name)),
+            (Ok(None), None) => v.push(format!("{}: live in the ledger but gone from the cluster", o.name)),
+            (Ok(Some((uid, ready, why))), None) => {
+                if uid.as_deref() != Some(o.uid.as_str()) {
+                    v.push(format!("{}: uid changed", o.name));
+                } else if !ready {
+                    v.push(format!("{}: not Ready for its latest spec: {why}", o.name));
+                }
+            }
+            (Ok(None), Some(_)) => {}
+        }
+    }
+}
+
+fn labelled_uid(resource: &serde_json::Value) -> Option<String> {
+    resource["labels"][UID_LABEL].as_str().map(str::to_owned)
+}
+
+fn cloud(chaos: &Chaos, v: &mut Vec<String>) {
+    let op = chaos.op();
+    let live = |kind: Kind| -> BTreeMap<&str, &Ledger> {
+        chaos.objects.iter().filter(|o| o.kind == kind && o.deleted.is_none()).map(|o| (o.uid.as_str(), o)).collect()
+    };
+    let orphaned: BTreeMap<&str, &Ledger> =
+        chaos.objects.iter().filter(|o| o.deleted == Some(true)).map(|o| (o.uid.as_str(), o)).collect();
+    let (agents, vms) = (live(Kind::Agent), live(Kind::PlainVm));
+    let orphan_server_names: BTreeSet<String> = orphaned.values().map(|o| server_name(&o.name, &o.uid)).collect();
+
+    // Servers.
+    let mut servers_of: BTreeMap<String, usize> = BTreeMap::new();
+    for s in crabglamp_sandbox::hetzner::servers(&op.hetzner) {
+        let name = s["name"].as_str().unwrap_or_default();
+        match labelled_uid(&s) {
+            Some(uid) if agents.contains_key(uid.as_str()) || vms.contains_key(uid.as_str()) => {
+                *servers_of.entry(uid).or_default() += 1;
+            }
+            Some(uid) => v.push(format!("leak: server {name} labelled for {uid}, which is no live object")),
+            None if orphan_server_names.contains(name) => {}
+            None => v.push(format!("leak: server {name} has no owner and was orphaned by nobody")),
+        }
+    }
+    for o in agents.values().chain(vms.values()) {
+        let n = servers_of.get(&o.uid).copied().unwrap_or(0);
+        if n != 1 {
+            v.push(format!("{}: {n} servers, not one", o.name));
+        }
+    }
+
+    // Firewalls (the Agents' shared fleet firewall aside).
+    let mut firewalls_of: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    for f in crabglamp_sandbox::hetzner::firewalls(&op.hetzner) {
+        let name = f["name"].as_str().unwrap_or_default().to_owned();
+        if f["labels"][refresher::ROLE_LABEL] == refresher::FLEET_FIREWALL_ROLE
+            || name == refresher::FLEET_FIREWALL_NAME
+        {
+            continue;
+        }
+        match labelled_uid(&f) {
+            Some(uid) if vms.contains_key(uid.as_str()) => firewalls_of.entry(uid).or_default().push(f),
+            Some(uid) => v.push(format!("leak: firewall {name} labelled for {uid}, which is no live PlainVM")),
+            None if orphaned.keys().any(|uid| firewall::firewall_name(uid) == name) => {}
+            None => v.push(format!("leak: firewall {name} has no owner and was orphaned by nobody")),
+        }
+    }
+    for o in vms.values() {
+        let fws = firewalls_of.get(&o.uid).map(Vec::as_slice).unwrap_or_default();
+        if fws.len() != 1 {
+            v.push(format!("{}: {} firewalls, not one", o.name, fws.len()));
+            continue;
+        }
+        let mut have: Vec<String> = fws[0]["rules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["port"].as_str().map(str::to_owned))
+            .collect();
+        have.sort();
+        let mut want: Vec<String> = o.ports.iter().map(|p| (*p).to_owned()).collect();
+        want.sort();
+        if have != want {
+            v.push(format!("{}: firewall ports {have:?}, spec asks {want:?}", o.name));
+        }
+    }
+
+    // Tunnels.
+    let mut tunnels_of: BTreeMap<String, usize> = BTreeMap::new();
+    for t in crabglamp_sandbox::cloudflare::live_tunnel_names(&op.cloudflare) {
+        match uid_from_tunnel_name(&t) {
+            Some(uid) if agents.contains_key(uid) => *tunnels_of.entry(uid.to_owned()).or_default() += 1,
+            Some(uid) if orphaned.contains_key(uid) => {}
+            _ => v.push(format!("leak: tunnel {t} belongs to no live Agent")),
+        }
+    }
+    // DNS records.
+    let mut records_of: BTreeMap<String, usize> = BTreeMap::new();
+    for (id, name, comment) in crabglamp_sandbox::cloudflare::dns_records(&op.cloudflare) {
+        match comment.as_deref().and_then(uid_from_dns_comment) {
+            Some(uid) if agents.contains_key(uid) => *records_of.entry(uid.to_owned()).or_default() += 1,
+            Some(uid) => v.push(format!("leak: DNS record {name} ({id}) marked for {uid}, which is no live Agent")),
+            None if comment.as_deref().is_some_and(|c| c.starts_with(DNS_MARK_PREFIX)) => {
+                v.push(format!("DNS record {name} carries a malformed mark"))
+            }
+            None if orphaned.values().any(|o| name == default_hostname(&o.name, NS, crate::fixture::ZONE)) => {}
+            None => v.push(format!("leak: DNS record {name} ({id}) belongs to nobody")),
+        }
+    }
+    for o in agents.values() {
+        for (what, n) in [
+            ("tunnels", tunnels_of.get(&o.uid).copied().unwrap_or(0)),
+            ("DNS records", records_of.get(&o.uid).copied().unwrap_or(0)),
+        ] {
+            if n != 1 {
+                v.push(format!("{}: {n} {what}, not one (tunnel {})", o.name, tunnel_name(&o.uid)));
+            }
+        }
+    }
+}
+
+async fn trail(chaos: &Chaos, o: &Ledger, v: &mut Vec<String>) {
+    let op = chaos.op();
+    let events = match audit::events_for_resource(&op.db.pool, &o.uid).await {
+        Ok(e) => e,
+        Err(e) => return v.push(format!("{}: audit unreadable: {e}", o.name)),
+    };
+    let count = |kind: &str| events.iter().filter(|e| e.kind == kind).count();
+    let (destroy_kind, transfer_kind) = match o.kind {
+        Kind::Agent => ("agent.destroyed", "agent.transferred"),
+        Kind::PlainVm => ("plainvm.destroyed", ""),
+        Kind::Key => ("virtualkey.revoked", "virtualkey.transferred"),
+    };
+    let destroyed = if o.kind == Kind::Key {
+        // Rotations revoke the old key too; the deletion's event is the one keyed by the UID.
+        events.iter().filter(|e| e.event_key == format!("virtualkey.revoked/{}", o.uid)).count()
+    } else {
+        count(destroy_kind)
+    };
+    let want_destroyed = usize::from(o.deleted.is_some());
+    if destroyed != want_destroyed {
+        v.push(format!("{}: {destroyed} destroy events, want {want_destroyed}", o.name));
+    }
+
+    // Transfers: a chain of real changes through the owners the spec had, in their order,
+    // starting at the owner the operator first accepted (an owner replaced before the
+    // operator ever acted for it needs no transfer) and ending at the owner it has now.
+    let mut chain: Vec<String> = Vec::new();
+    if !transfer_kind.is_empty() {
+        let links: Vec<(String, String)> = events
+            .iter()
+            .filter(|e| e.kind == transfer_kind)
+            .map(|e| {
+                let s = |k: &str| e.details[k].as_str().unwrap_or_default().to_owned();
+                (s("from"), s("to"))
+            })
+            .collect();
+        let changes = o.owners.windows(2).filter(|w| w[0] != w[1]).count();
+        let last = o.owners.last().cloned().unwrap_or_default();
+        // Without a transfer the trail is the one owner the operator accepted: the current one
+        // for a live object; for a deleted one the owner its destroy event bills (an owner
+        // change made just before the delete may never have been acted on).
+        let destroyed_owner = events
+            .iter()
+            .find(|e| e.kind == destroy_kind && o.kind != Kind::Key)
+            .and_then(|e| e.owners.first().cloned());
+        let start = match (links.first(), o.deleted) {
+            (Some(l), _) => l.0.clone(),
+            (None, Some(_)) => destroyed_owner.unwrap_or_else(|| last.clone()),
+            (None, None) => last.clone(),
+        };
+        chain.push(start.clone());
+        match o.owners.iter().position(|x| *x == start) {
+            None => v.push(format!("{}: the trail starts at {start}, never an owner: {links:?}", o.name)),
+            Some(mut at) => {
+                for (from, to) in &links {
+                    let next = o.owners[at + 1..].iter().position(|x| x == to).map(|i| at + 1 + i);
+                    match next {
+                        Some(n) if *from == o.owners[at] && from != to => {
+                            at = n;
+                            chain.push(to.clone());
+                        }
+                        _ => {
+                            v.push(format!(
+                                "{}: transfer {from} -> {to} does not follow the owners {:?}: {links:?}",
+                                o.name, o.owners
+                            ));
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if links.len() > changes {
+            v.push(format!("{}: {} transfer events for {changes} owner changes: {links:?}", o.name, links.len()));
+        }
+        let end = chain.last().cloned().unwrap_or_default();
+        if o.deleted.is_none() && end != last {
+            v.push(format!("{}: transfers end at {end}, the owner is {last}: {links:?}", o.name));
+        }
+        // The destroy event bills the owner the trail ends at.
+        for e in events.iter().filter(|e| e.kind == destroy_kind && o.kind != Kind::Key) {
+            if e.owners != [end.clone()] {
+                v.push(format!("{}: destroyed as owned by {:?}, the trail ends at {end}", o.name, e.owners));
+            }
+        }
+    }
+
+    match o.kind {
+        Kind::Key => key_rows(chaos, o, &events, v).await,
+        Kind::Agent | Kind::PlainVm => timeline(chaos, o, &chain, v).await,
+    }
+}
+
+async fn key_rows(chaos: &Chaos, o: &Ledger, events: &[audit::AuditEvent], v: &mut Vec<String>) {
+    let op = chaos.op();
+    let issued = events.iter().filter(|e| e.kind == "virtualkey.issued").count();
+    let rotated = events.iter().filter(|e| e.kind == "virtualkey.rotated").count();
+    if issued != 1 {
+        v.push(format!("{}: {issued} issue events", o.name));
+    }
+    if rotated > o.rotations {
+        v.push(format!("{}: {rotated} rotations recorded for {} asked", o.name, o.rotations));
+    }
+    let live = match keys::live_for_resource(&op.db.pool, &o.uid).await {
+        Ok(l) => l,
+        Err(e) => return v.push(format!("{}: keys unreadable: {e}", o.name)),
+    };
+    match (&live, o.deleted) {
+        (Some(_), Some(_)) => v.push(format!("{}: deleted but its key is live", o.name)),
+        (None, None) => v.push(format!("{}: no live key", o.name)),
+        (Some(k), None) => {
+            let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(op.client.clone(), NS);
+            let held =
+                secrets.get_opt(&format!("{}-key", o.name)).await.ok().flatten().and_then(|s| {
+                    s.data.and_then(|d| d.get("apiKey").map(|b| String::from_utf8_lossy(&b.0).into_owned()))
+                });
+            let Some(held) = held else { return v.push(format!("{}: no key in its Secret", o.name)) };
+            let hash = crabglamp_operator::store::keys::key_sha256(&held);
+            if hash[..] != k.key_sha256[..] {
+                v.push(format!("{}: the Secret's key is not the live key", o.name));
+            }
+            let mut r = chaos.redis.clone();
+            let entry: Option<String> =
+                r.get(format!("{}auth:{}", chaos.redis_ns, hex::encode(hash))).await.unwrap_or(None);
+            if entry.is_none() {
+                v.push(format!("{}: the live key is not published in Redis", o.name));
+            }
+        }
+        (None, Some(_)) => {}
+    }
+}
+
+/// `chain`: the owners the transfer trail went through (empty for kinds without transfers).
+async fn timeline(chaos: &Chaos, o: &Ledger, chain: &[String], v: &mut Vec<String>) {
+    let op = chaos.op();
+    let rows = match usage::transitions_for_resource(&op.db.pool, &o.uid).await {
+        Ok(r) => r,
+        Err(e) => return v.push(format!("{}: timeline unreadable: {e}", o.name)),
+    };
+    let recorded: Vec<&str> = rows.iter().map(|r| r.transition.as_str()).collect();
+    // Every row bills an owner the trail had made owner by then (rows follow the chain).
+    if !chain.is_empty() {
+        let mut at = 0;
+        for r in &rows {
+            match chain[at..].iter().position(|c| *c == r.owner) {
+                Some(i) => at += i,
+                None => {
+                    let billed: Vec<&str> = rows.iter().map(|r| r.owner.as_str()).collect();
+                    v.push(format!("{}: timeline bills {billed:?}, the transfer trail is {chain:?}", o.name));
+                    break;
+                }
+            }
+        }
+    }
+    let server = server_name(&o.name, &o.uid);
+    let real: Vec<&'static str> = crabglamp_sandbox::hetzner::power_log(&op.hetzner)
+        .into_iter()
+        .filter(|c| c.server_name == server)
+        .map(|c| c.change)
+        .collect();
+    if o.deleted == Some(true) {
+        // Orphaned: billing ends at the orphaning though the server lives on.
+        let mut want: Vec<&str> = real.clone();
+        if want.last() == Some(&"start") {
+            want.push("stop");
+        }
+        if recorded != want {
+            v.push(format!("{}: timeline {recorded:?}, orphaned server made {real:?}", o.name));
+        }
+    } else if recorded != real {
+        v.push(format!("{}: timeline {recorded:?}, the server really made {real:?}", o.name));
+    }
+}
+
+async fn spend(chaos: &Chaos, v: &mut Vec<String>) {
+    let op = chaos.op();
+    let month = chrono::Utc::now().format("%Y-%m").to_string();
+    for o in chaos.objects.iter().filter(|o| o.kind == Kind::Key && o.deleted.is_none()) {
+        let mut r = chaos.redis.clone();
+        let counter: Option<i64> = r.get(format!("{}spend:{}:{month}", chaos.redis_ns, o.uid)).await.unwrap_or(None);
+        let counter = counter.unwrap_or(0);
+        let stored: Option<i64> =
+            sqlx::query_scalar("SELECT cost_micros FROM virtual_key_spend_monthly WHERE budget_id = $1 AND month = $2")
+                .bind(&o.uid)
+                .bind(&month)
+                .fetch_optional(&op.db.pool)
+                .await
+                .unwrap_or(None);
+        let stored = stored.unwrap_or(0);
+        if counter != stored {
+            v.push(format!("{}: spend not copied yet (Redis {counter}, PostgreSQL {stored})", o.name));
+        } else if counter < o.must_keep {
+            v.push(format!("{}: spend {counter} fell below the {} that must survive a flush", o.name, o.must_keep));
+        } else if counter > o.spent {
+            v.push(format!("{}: spend {counter} exceeds the {} recorded", o.name, o.spent));
+        } else if !o.flushed && counter != o.spent {
+            v.push(format!("{}: spend {counter}, {} recorded and never flushed", o.name, o.spent));
+        }
+    }
+}
