@@ -295,7 +295,7 @@ impl Checks<'_> {
     fn port_number(&mut self, field: String, port: Option<&Value>, allow_zero: bool) {
         let Some(v) = port else { return };
         let n = v.as_i64().unwrap_or(-1);
-        if !(1..=65535).contains(&n) && !(allow_zero && n == 0) {
+        if !((1..=65535).contains(&n) || allow_zero && n == 0) {
             self.invalid(field, v, "must be between 1 and 65535, inclusive");
         }
     }
@@ -457,15 +457,10 @@ impl Checks<'_> {
             match text(p, "name") {
                 None if ports.len() > 1 => self.required(format!("{field}.name"), ""),
                 None => {}
-                Some(name) => {
-                    if !names.insert(name) {
-                        self.push(
-                            CauseReason::Duplicate,
-                            format!("{field}.name"),
-                            format!("Duplicate value: {name:?}"),
-                        );
-                    }
+                Some(name) if !names.insert(name) => {
+                    self.push(CauseReason::Duplicate, format!("{field}.name"), format!("Duplicate value: {name:?}"));
                 }
+                Some(_) => {}
             }
             self.port_number(format!("{field}.port"), p.get("port"), false);
             self.one_of(format!("{field}.protocol"), p.get("protocol"), PROTOCOLS);

@@ -130,6 +130,11 @@ fn collect(schema: &Value, v: &Value, path: &mut FieldPath, out: &mut BTreeSet<F
     }
 }
 
+/// Whether `item` is the set member `text` (compact JSON) names.
+fn is_member(item: &Value, text: &str) -> bool {
+    serde_json::from_str::<Value>(text).is_ok_and(|m| *item == m)
+}
+
 /// The value at `path` and its schema.
 fn locate<'s, 'v>(schema: &'s Value, v: &'v Value, path: &[Step]) -> Option<(&'s Value, &'v Value)> {
     let (mut schema, mut cur) = (schema, v);
@@ -144,7 +149,7 @@ fn locate<'s, 'v>(schema: &'s Value, v: &'v Value, path: &[Step]) -> Option<(&'s
                     .find(|i| schema::item_key(schema, &keys, i).is_some_and(|ik| key_text(&ik) == *k))?;
                 (schema::items(schema), item)
             }
-            Step::Value(x) => (schema::items(schema), cur.as_array()?.iter().find(|i| i.to_string() == *x)?),
+            Step::Value(x) => (schema::items(schema), cur.as_array()?.iter().find(|i| is_member(i, x))?),
         };
     }
     Some((schema, cur))
@@ -192,7 +197,7 @@ fn remove_path(schema: &Value, v: &mut Value, path: &[Step]) -> bool {
                     })
                     .map(Some)
             }
-            Step::Value(x) => parent.as_array().and_then(|a| a.iter().position(|i| i.to_string() == *x)).map(Some),
+            Step::Value(x) => parent.as_array().and_then(|a| a.iter().position(|i| is_member(i, x))).map(Some),
         }
     };
     let Some(target) = target else { return false };
@@ -227,7 +232,7 @@ fn get_path_mut<'a>(schema: &Value, v: &'a mut Value, path: &[Step]) -> Option<&
             }
             Step::Value(x) => {
                 schema = schema::items(schema);
-                cur = cur.as_array_mut()?.iter_mut().find(|i| i.to_string() == *x)?;
+                cur = cur.as_array_mut()?.iter_mut().find(|i| is_member(i, x))?;
             }
         }
     }
@@ -281,12 +286,12 @@ fn to_fields_v1(fields: &BTreeSet<FieldPath>) -> Value {
                 (_, x) => Step::Value(x.to_owned()),
             };
             path.push(step);
-            if let Some(Value::Object(child)) = node.get_mut(&name) {
-                if !child.is_empty() {
-                    mark(child, path, fields);
-                    if fields.contains(path) {
-                        child.insert(".".into(), json!({}));
-                    }
+            if let Some(Value::Object(child)) = node.get_mut(&name)
+                && !child.is_empty()
+            {
+                mark(child, path, fields);
+                if fields.contains(path) {
+                    child.insert(".".into(), json!({}));
                 }
             }
             path.pop();
@@ -298,10 +303,8 @@ fn to_fields_v1(fields: &BTreeSet<FieldPath>) -> Value {
 
 fn from_fields_v1(v: &Value, path: &mut FieldPath, out: &mut BTreeSet<FieldPath>) {
     let Some(m) = v.as_object() else { return };
-    if m.is_empty() || m.contains_key(".") {
-        if !path.is_empty() {
-            out.insert(path.clone());
-        }
+    if (m.is_empty() || m.contains_key(".")) && !path.is_empty() {
+        out.insert(path.clone());
     }
     for (k, c) in m {
         let step = if let Some(name) = k.strip_prefix("f:") {

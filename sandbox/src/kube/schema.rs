@@ -290,8 +290,10 @@ const KINDS: &[(&str, &str, Builder)] = &[
     ("apiextensions.k8s.io", "CustomResourceDefinition", inline::<CustomResourceDefinition>),
 ];
 
-static SCHEMAS: LazyLock<std::sync::Mutex<HashMap<(String, String), Arc<Value>>>> =
-    LazyLock::new(|| std::sync::Mutex::new(HashMap::new()));
+/// Built schemas by `(group, kind)`.
+type Cache = std::sync::Mutex<HashMap<(String, String), Arc<Value>>>;
+
+static SCHEMAS: LazyLock<Cache> = LazyLock::new(|| std::sync::Mutex::new(HashMap::new()));
 
 /// The schema of a built-in kind (built on first use, then shared); None for kinds without one.
 pub fn builtin(group: &str, kind: &str) -> Option<Arc<Value>> {
