@@ -259,8 +259,12 @@ fn env_of(d: &Value) -> Vec<String> {
         .collect()
 }
 
-fn has_manager(object: &Value, manager: &str) -> bool {
-    object["metadata"]["managedFields"].as_array().into_iter().flatten().any(|e| e["manager"] == manager)
+fn has_manager(object: &Value, manager: &str, operation: &str) -> bool {
+    object["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|e| e["manager"] == manager && e["operation"] == operation)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -271,9 +275,9 @@ async fn helm_install_upgrade_rollback_uninstall() {
     let chart = demo_chart(&sb);
     let chart = chart.to_string_lossy().into_owned();
     let version = helm_ok(&sb, &["version", "--short"]).await;
-    // Helm 4 applies server-side (manager `helm`); Helm 3 creates and patches (manager from
-    // its User-Agent, `Helm`).
-    let manager = if version.starts_with("v3.") { "Helm" } else { "helm" };
+    // Helm 4 applies server-side, Helm 3 creates and patches: both as manager `helm` (Helm 3's
+    // from its User-Agent).
+    let (manager, operation) = if version.starts_with("v3.") { ("helm", "Update") } else { ("helm", "Apply") };
     eprintln!("helm {} at {}", version.trim(), helm_path.display());
     sb.kubectl(&kubectl, &["create", "namespace", "demo"]).await;
 
@@ -285,7 +289,7 @@ async fn helm_install_upgrade_rollback_uninstall() {
     let d = get(&sb, &kubectl, "deployment/demo", "demo").await.expect("deployment installed");
     assert_eq!(d["spec"]["replicas"], 1);
     assert_eq!(env_of(&d), ["LOG_LEVEL=info", "EXTRA=yes", "NAMESPACE=<from>"]);
-    assert!(has_manager(&d, manager), "{}", d["metadata"]["managedFields"]);
+    assert!(has_manager(&d, manager, operation), "{}", d["metadata"]["managedFields"]);
     for what in [
         "service/demo",
         "serviceaccount/demo",
