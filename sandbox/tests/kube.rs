@@ -5,10 +5,14 @@
 //!
 //! One test binary (links are slow here); each scenario starts its own server on a free port.
 
+#[path = "kube/builtins.rs"]
+mod builtins;
 #[path = "kube/common.rs"]
 mod common;
 #[path = "kube/consistency.rs"]
 mod consistency;
+#[path = "kube/helm.rs"]
+mod helm;
 #[path = "kube/kubectl.rs"]
 mod kubectl;
 #[path = "kube/python.rs"]

@@ -31,6 +31,9 @@ pub enum CauseReason {
     /// `FieldValueTooMany`: a list has too many items.
     #[serde(rename = "FieldValueTooMany")]
     TooMany,
+    /// `FieldValueNotFound`: a reference to something that does not exist.
+    #[serde(rename = "FieldValueNotFound")]
+    NotFound,
 }
 
 impl CauseReason {

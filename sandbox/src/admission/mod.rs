@@ -6,6 +6,7 @@
 //! the tests call it on the manifests in `examples/`. It never talks to a cluster and never
 //! mutates anything but the object it returns.
 
+pub mod builtin;
 mod cause;
 mod cel;
 mod names;

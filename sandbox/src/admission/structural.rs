@@ -114,6 +114,13 @@ pub(super) fn check(schema: &Value, value: &Value, old: Option<&Value>) -> Vec<C
     causes
 }
 
+/// [`check`] without the object name (built-in kinds check names by their own rules).
+pub(super) fn check_values(schema: &Value, value: &Value, old: Option<&Value>) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    check_node(schema, value, old, "", &mut causes);
+    causes
+}
+
 fn check_object_meta(value: &Value, causes: &mut Vec<Cause>) {
     let Some(name) = value.pointer("/metadata/name").and_then(Value::as_str) else { return };
     if let Some(message) = super::names::name_error(name, false) {

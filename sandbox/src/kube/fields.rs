@@ -1,17 +1,35 @@
-//! Field ownership (`metadata.managedFields`) and server-side apply: which manager owns which
-//! field, conflicts between appliers, and removal of fields an applier stopped applying.
+//! Field ownership (`metadata.managedFields`) and server-side apply, as structured-merge-diff
+//! (the library behind kube-apiserver's field manager) does them: which manager owns which
+//! field, conflicts between appliers, merging an applied configuration into the live object,
+//! and removal of fields an applier stopped applying.
 //!
-//! Simplified on purpose: ownership is tracked per leaf (lists are atomic leaves, whatever their
-//! `x-kubernetes-list-type`), and entries carry no `"."` markers. Pure functions over JSON.
+//! The kind's schema says how each node merges ([`schema::shape`]): objects field by field
+//! (unless `x-kubernetes-map-type: atomic`), `x-kubernetes-list-type: map` lists item by item
+//! (identified by their key fields, `k:{"name":"app"}` in managedFields), `set` lists member by
+//! member (`v:"x"`), every other list whole. Like structured-merge-diff, ownership is recorded
+//! for leaves, list items, set members and map entries (a path owned with descendants gets a
+//! `"."` marker). Pure functions over JSON.
 
 use std::collections::BTreeSet;
 
 use serde_json::{Map, Value, json};
 
 use super::meta::now_time;
+use super::schema::{self, Shape};
 
-/// A field path such as `["spec", "region"]`.
-pub type FieldPath = Vec<String>;
+/// One step of a field path, as managedFields spell it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Step {
+    /// `f:name`: a field of an object.
+    Field(String),
+    /// `k:{"name":"app"}`: the list-map item with these key fields (compact JSON, sorted fields).
+    Key(String),
+    /// `v:"x"`: a member of a set (compact JSON).
+    Value(String),
+}
+
+/// A field path such as `spec` / `containers` / `k:{"name":"app"}` / `image`.
+pub type FieldPath = Vec<Step>;
 
 /// One entry of `metadata.managedFields`.
 #[derive(Debug, Clone)]
@@ -24,106 +42,294 @@ struct Manager {
     fields: BTreeSet<FieldPath>,
 }
 
-/// Leaf paths of the parts of `v` a manager can own: everything but apiVersion/kind, only
+/// Compact JSON of a key object with sorted fields (what structured-merge-diff writes).
+fn key_text(key: &Map<String, Value>) -> String {
+    let mut fields: Vec<(&String, &Value)> = key.iter().collect();
+    fields.sort_by(|a, b| a.0.cmp(b.0));
+    let parts: Vec<String> = fields.iter().map(|(k, v)| format!("{}:{}", Value::String((*k).clone()), v)).collect();
+    format!("{{{}}}", parts.join(","))
+}
+
+/// The paths of `object` a manager owns when it writes it: everything but apiVersion/kind, only
 /// labels/annotations/finalizers/ownerReferences of metadata, and `status` only through the
 /// status subresource (when status is one).
-pub fn owned_leaves(v: &Value, status_subresource: bool, subresource: &str) -> BTreeSet<FieldPath> {
+pub fn owned_set(schema: &Value, object: &Value, status_subresource: bool, subresource: &str) -> BTreeSet<FieldPath> {
     let mut out = BTreeSet::new();
-    let Some(obj) = v.as_object() else { return out };
+    let Some(obj) = object.as_object() else { return out };
+    let status_only = status_subresource && subresource == "status";
     for (k, child) in obj {
-        match k.as_str() {
-            "apiVersion" | "kind" => {}
-            "metadata" => {
-                for mk in ["labels", "annotations", "finalizers", "ownerReferences"] {
-                    if let Some(c) = child.get(mk) {
-                        leaves(c, vec!["metadata".into(), mk.into()], &mut out);
-                    }
+        let keep = match k.as_str() {
+            "apiVersion" | "kind" => false,
+            "metadata" => !status_only,
+            "status" => !status_subresource || status_only,
+            _ => !status_only,
+        };
+        let Some(child_schema) = schema::child(schema, k).filter(|_| keep) else { continue };
+        let mut path = vec![Step::Field(k.clone())];
+        if k == "metadata" {
+            let Some(meta) = child.as_object() else { continue };
+            for mk in ["labels", "annotations", "finalizers", "ownerReferences"] {
+                if let (Some(c), Some(s)) = (meta.get(mk), schema::child(child_schema, mk)) {
+                    path.push(Step::Field(mk.into()));
+                    collect(s, c, &mut path, &mut out);
+                    path.pop();
                 }
             }
-            "status" if status_subresource && subresource != "status" => {}
-            _ if status_subresource && subresource == "status" => {}
-            _ => leaves(child, vec![k.clone()], &mut out),
+            continue;
         }
-    }
-    if status_subresource
-        && subresource == "status"
-        && let Some(s) = obj.get("status")
-    {
-        leaves(s, vec!["status".into()], &mut out);
+        collect(child_schema, child, &mut path, &mut out);
     }
     out
 }
 
-fn leaves(v: &Value, path: FieldPath, out: &mut BTreeSet<FieldPath>) {
-    match v {
-        Value::Object(m) if !m.is_empty() => {
+/// structured-merge-diff's `ToFieldSet`: leaves, empty objects, atomic values, list-map items,
+/// set members and map entries (a key that is no declared field).
+fn collect(schema: &Value, v: &Value, path: &mut FieldPath, out: &mut BTreeSet<FieldPath>) {
+    match schema::shape(schema, v) {
+        Shape::Object => {
+            let Some(m) = v.as_object() else { return };
+            if m.is_empty() {
+                out.insert(path.clone());
+            }
             for (k, c) in m {
-                let mut p = path.clone();
-                p.push(k.clone());
-                leaves(c, p, out);
+                // Fields the schema does not know were pruned or refused before this point.
+                let Some(child) = schema::child(schema, k) else { continue };
+                path.push(Step::Field(k.clone()));
+                if schema.get("properties").and_then(|p| p.get(k)).is_none() {
+                    out.insert(path.clone());
+                }
+                collect(child, c, path, out);
+                path.pop();
             }
         }
-        _ => {
-            out.insert(path);
+        Shape::Set => {
+            for item in v.as_array().into_iter().flatten() {
+                path.push(Step::Value(item.to_string()));
+                out.insert(path.clone());
+                path.pop();
+            }
+        }
+        Shape::ListMap(keys) => {
+            let items = v.as_array().map(Vec::as_slice).unwrap_or_default();
+            let Some(item_keys) = items.iter().map(|i| schema::item_key(schema, &keys, i)).collect::<Option<Vec<_>>>()
+            else {
+                // An item without its key cannot be told apart: the list is owned whole.
+                out.insert(path.clone());
+                return;
+            };
+            for (item, key) in items.iter().zip(item_keys) {
+                path.push(Step::Key(key_text(&key)));
+                out.insert(path.clone());
+                collect(schema::items(schema), item, path, out);
+                path.pop();
+            }
+        }
+        Shape::Atomic => {
+            out.insert(path.clone());
         }
     }
 }
 
-/// The value at `path`.
-pub fn get_path<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
-    path.iter().try_fold(v, |cur, k| cur.get(k))
+/// Whether `item` is the set member `text` (compact JSON) names.
+fn is_member(item: &Value, text: &str) -> bool {
+    serde_json::from_str::<Value>(text).is_ok_and(|m| *item == m)
 }
 
-fn remove_path(v: &mut Value, path: &[String]) {
-    let Some((last, parents)) = path.split_last() else { return };
+/// The value at `path` and its schema.
+fn locate<'s, 'v>(schema: &'s Value, v: &'v Value, path: &[Step]) -> Option<(&'s Value, &'v Value)> {
+    let (mut schema, mut cur) = (schema, v);
+    for step in path {
+        (schema, cur) = match step {
+            Step::Field(k) => (schema::child(schema, k).unwrap_or_else(|| schema::open()), cur.get(k)?),
+            Step::Key(k) => {
+                let Shape::ListMap(keys) = schema::shape(schema, cur) else { return None };
+                let item = cur
+                    .as_array()?
+                    .iter()
+                    .find(|i| schema::item_key(schema, &keys, i).is_some_and(|ik| key_text(&ik) == *k))?;
+                (schema::items(schema), item)
+            }
+            Step::Value(x) => (schema::items(schema), cur.as_array()?.iter().find(|i| is_member(i, x))?),
+        };
+    }
+    Some((schema, cur))
+}
+
+/// The value at `path` (list items found by key, set members by value).
+pub fn get_path<'v>(schema: &Value, v: &'v Value, path: &[Step]) -> Option<&'v Value> {
+    locate(schema, v, path).map(|(_, v)| v)
+}
+
+/// Whether `path` is changed between `a` and `b`: added, removed or, for a leaf, a different
+/// value (an object merged field by field is changed only by its own presence: its fields are
+/// paths of their own).
+fn differs(schema: &Value, a: Option<&Value>, b: &Value, path: &[Step]) -> bool {
+    let before = a.and_then(|a| locate(schema, a, path));
+    let after = locate(schema, b, path);
+    match (before, after) {
+        (None, None) => false,
+        (Some((s, x)), Some((_, y))) => {
+            let granular =
+                |v: &Value| v.as_object().is_some_and(|m| !m.is_empty()) && schema::shape(s, v) == Shape::Object;
+            !(granular(x) && granular(y)) && x != y
+        }
+        _ => true,
+    }
+}
+
+/// Removes the value at `path`; true when something was removed.
+fn remove_path(schema: &Value, v: &mut Value, path: &[Step]) -> bool {
+    let Some((last, parents)) = path.split_last() else { return false };
+    let Some((parent_schema, _)) = locate(schema, v, parents) else { return false };
+    // Resolve the index first (immutable), then remove.
+    let target = {
+        let Some(parent) = get_path(schema, v, parents) else { return false };
+        match last {
+            Step::Field(k) => parent.get(k).map(|_| None),
+            Step::Key(k) => {
+                let Shape::ListMap(keys) = schema::shape(parent_schema, parent) else { return false };
+                parent
+                    .as_array()
+                    .and_then(|a| {
+                        a.iter().position(|i| {
+                            schema::item_key(parent_schema, &keys, i).is_some_and(|ik| key_text(&ik) == *k)
+                        })
+                    })
+                    .map(Some)
+            }
+            Step::Value(x) => parent.as_array().and_then(|a| a.iter().position(|i| is_member(i, x))).map(Some),
+        }
+    };
+    let Some(target) = target else { return false };
+    let Some(parent) = get_path_mut(schema, v, parents) else { return false };
+    match (last, target, parent) {
+        (Step::Field(k), None, Value::Object(m)) => m.remove(k).is_some(),
+        (_, Some(i), Value::Array(a)) if i < a.len() => {
+            a.remove(i);
+            true
+        }
+        _ => false,
+    }
+}
+
+fn get_path_mut<'a>(schema: &Value, v: &'a mut Value, path: &[Step]) -> Option<&'a mut Value> {
     let mut cur = v;
-    for k in parents {
-        match cur.get_mut(k) {
-            Some(c) => cur = c,
-            None => return,
+    let mut schema = schema;
+    for step in path {
+        match step {
+            Step::Field(k) => {
+                schema = schema::child(schema, k).unwrap_or_else(|| schema::open());
+                cur = cur.get_mut(k)?;
+            }
+            Step::Key(k) => {
+                let Shape::ListMap(keys) = schema::shape(schema, cur) else { return None };
+                let list_schema = schema;
+                schema = schema::items(list_schema);
+                cur = cur
+                    .as_array_mut()?
+                    .iter_mut()
+                    .find(|i| schema::item_key(list_schema, &keys, i).is_some_and(|ik| key_text(&ik) == *k))?;
+            }
+            Step::Value(x) => {
+                schema = schema::items(schema);
+                cur = cur.as_array_mut()?.iter_mut().find(|i| is_member(i, x))?;
+            }
         }
     }
-    if let Value::Object(m) = cur {
-        m.remove(last);
-    }
+    Some(cur)
 }
 
-fn overlaps(a: &[String], b: &[String]) -> bool {
-    a.starts_with(b) || b.starts_with(a)
+/// `.spec.template.spec.containers[name="app"].image`, as structured-merge-diff prints a path.
+pub fn render_path(path: &[Step]) -> String {
+    let mut out = String::new();
+    for step in path {
+        match step {
+            Step::Field(k) => {
+                out.push('.');
+                out.push_str(k);
+            }
+            Step::Key(k) => {
+                let key: Map<String, Value> = serde_json::from_str(k).unwrap_or_default();
+                let parts: Vec<String> = key.iter().map(|(f, v)| format!("{f}={v}")).collect();
+                out.push_str(&format!("[{}]", parts.join(",")));
+            }
+            Step::Value(x) => out.push_str(&format!("[={x}]")),
+        }
+    }
+    out
 }
 
 fn to_fields_v1(fields: &BTreeSet<FieldPath>) -> Value {
     let mut root = Map::new();
     for path in fields {
         let mut cur = &mut root;
-        for k in path {
-            let entry = cur.entry(format!("f:{k}")).or_insert_with(|| Value::Object(Map::new()));
+        for step in path {
+            let name = match step {
+                Step::Field(k) => format!("f:{k}"),
+                Step::Key(k) => format!("k:{k}"),
+                Step::Value(x) => format!("v:{x}"),
+            };
+            let entry = cur.entry(name).or_insert_with(|| Value::Object(Map::new()));
             match entry {
                 Value::Object(m) => cur = m,
                 _ => break,
             }
         }
     }
+    // A member that has members below it carries the "." marker.
+    fn mark(node: &mut Map<String, Value>, path: &mut FieldPath, fields: &BTreeSet<FieldPath>) {
+        let names: Vec<String> = node.keys().cloned().collect();
+        for name in names {
+            let step = match name.split_at(2) {
+                ("f:", k) => Step::Field(k.to_owned()),
+                ("k:", k) => Step::Key(k.to_owned()),
+                (_, x) => Step::Value(x.to_owned()),
+            };
+            path.push(step);
+            if let Some(Value::Object(child)) = node.get_mut(&name)
+                && !child.is_empty()
+            {
+                mark(child, path, fields);
+                if fields.contains(path) {
+                    child.insert(".".into(), json!({}));
+                }
+            }
+            path.pop();
+        }
+    }
+    mark(&mut root, &mut Vec::new(), fields);
     Value::Object(root)
 }
 
-fn from_fields_v1(v: &Value, path: FieldPath, out: &mut BTreeSet<FieldPath>) {
+fn from_fields_v1(v: &Value, path: &mut FieldPath, out: &mut BTreeSet<FieldPath>) {
     let Some(m) = v.as_object() else { return };
-    let mut any = false;
-    for (k, c) in m {
-        if let Some(name) = k.strip_prefix("f:") {
-            any = true;
-            let mut p = path.clone();
-            p.push(name.to_owned());
-            from_fields_v1(c, p, out);
-        } else if k != "." {
-            // Keyed list items (k:, v:, i:) make the list one atomic leaf here.
-            any = true;
-            out.insert(path.clone());
-        }
+    if (m.is_empty() || m.contains_key(".")) && !path.is_empty() {
+        out.insert(path.clone());
     }
-    if !any && !path.is_empty() {
-        out.insert(path);
+    for (k, c) in m {
+        let step = if let Some(name) = k.strip_prefix("f:") {
+            Step::Field(name.to_owned())
+        } else if let Some(key) = k.strip_prefix("k:") {
+            // Normalised, so a key written by a client in another field order still matches.
+            match serde_json::from_str::<Map<String, Value>>(key) {
+                Ok(key) => Step::Key(key_text(&key)),
+                Err(_) => continue,
+            }
+        } else if let Some(member) = k.strip_prefix("v:") {
+            match serde_json::from_str::<Value>(member) {
+                Ok(member) => Step::Value(member.to_string()),
+                Err(_) => continue,
+            }
+        } else {
+            // `.` was read above; `i:` (an index) makes the list one owned leaf here.
+            if k.starts_with("i:") && !path.is_empty() {
+                out.insert(path.clone());
+            }
+            continue;
+        };
+        path.push(step);
+        from_fields_v1(c, path, out);
+        path.pop();
     }
 }
 
@@ -138,7 +344,7 @@ fn read_managers(object: &Value) -> Vec<Manager> {
                     let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
                     let mut fields = BTreeSet::new();
                     if let Some(f) = e.get("fieldsV1") {
-                        from_fields_v1(f, Vec::new(), &mut fields);
+                        from_fields_v1(f, &mut Vec::new(), &mut fields);
                     }
                     Manager {
                         manager: s("manager"),
@@ -263,9 +469,11 @@ fn entry<'a>(
 }
 
 /// Records an Update-operation write (create, PUT, merge/JSON/strategic patch) by `manager`:
-/// it takes every field it changed from the other managers. `new` carries `old`'s managedFields
-/// on entry and the updated ones on return.
+/// it takes every field it added or changed from the other managers, and fields it removed
+/// leave every manager. `new` carries `old`'s managedFields on entry and the updated ones on
+/// return.
 pub fn record_update(
+    schema: &Value,
     old: Option<&Value>,
     new: &mut Value,
     manager: &str,
@@ -274,24 +482,28 @@ pub fn record_update(
     status_subresource: bool,
 ) {
     let mut managers = old.map(read_managers).unwrap_or_default();
-    let new_leaves = owned_leaves(new, status_subresource, subresource);
-    let old_leaves = old.map(|o| owned_leaves(o, status_subresource, subresource)).unwrap_or_default();
-    let mut changed: BTreeSet<FieldPath> =
-        new_leaves.iter().filter(|p| old.and_then(|o| get_path(o, p)) != get_path(new, p)).cloned().collect();
-    changed.extend(old_leaves.difference(&new_leaves).cloned());
-    if changed.is_empty() {
-        write_managers(new, &managers);
-        return;
-    }
-    for m in managers.iter_mut() {
-        if m.manager == manager && m.operation == "Update" && m.subresource == subresource {
-            continue;
+    let new_set = owned_set(schema, new, status_subresource, subresource);
+    let old_set = old.map(|o| owned_set(schema, o, status_subresource, subresource)).unwrap_or_default();
+    let changed: BTreeSet<FieldPath> = new_set.iter().filter(|p| differs(schema, old, new, p)).cloned().collect();
+    let removed: BTreeSet<FieldPath> = old_set.difference(&new_set).cloned().collect();
+    if !changed.is_empty() || !removed.is_empty() {
+        let mine = |m: &Manager| m.manager == manager && m.operation == "Update" && m.subresource == subresource;
+        for m in managers.iter_mut().filter(|m| !mine(m)) {
+            m.fields.retain(|p| !changed.contains(p) && !removed.contains(p));
         }
-        m.fields.retain(|p| !changed.iter().any(|c| overlaps(p, c)));
+        let me = entry(&mut managers, manager, "Update", subresource, api_version);
+        me.fields.extend(changed);
+        me.fields.retain(|p| !removed.contains(p));
     }
-    let me = entry(&mut managers, manager, "Update", subresource, api_version);
-    me.fields.extend(changed.into_iter().filter(|p| get_path(new, p).is_some()));
+    forget_absent(schema, new, &mut managers);
     write_managers(new, &managers);
+}
+
+/// Ownership of what is no longer there goes (a path removed by another route).
+fn forget_absent(schema: &Value, object: &Value, managers: &mut [Manager]) {
+    for m in managers.iter_mut() {
+        m.fields.retain(|p| get_path(schema, object, p).is_some());
+    }
 }
 
 /// A field another manager owns with a different value.
@@ -318,9 +530,11 @@ impl Conflict {
     }
 }
 
-/// Server-side apply of `config` by `manager` onto `live` (None = create). Returns the merged
-/// object carrying the new managedFields, or the conflicts when `force` is false.
+/// Server-side apply of `config` by `manager` onto `live` (None = create), under the kind's
+/// `schema`. Returns the merged object carrying the new managedFields, or the conflicts when
+/// `force` is false.
 pub fn apply(
+    schema: &Value,
     live: Option<&Value>,
     config: &Value,
     manager: &str,
@@ -330,102 +544,181 @@ pub fn apply(
 ) -> Result<Value, Vec<Conflict>> {
     let api_version = config.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_owned();
     let mut managers = live.map(read_managers).unwrap_or_default();
-    let applied = owned_leaves(config, status_subresource, subresource);
+    let applied = owned_set(schema, config, status_subresource, subresource);
     let is_me = |m: &Manager| m.manager == manager && m.operation == "Apply" && m.subresource == subresource;
 
+    let mut patch = config.clone();
+    if let Some(m) = patch.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("managedFields");
+    }
+    let mut merged = live.cloned().unwrap_or_else(|| json!({}));
+    merge(schema, &mut merged, &patch);
+
     if let Some(live) = live {
+        // What this apply changes: another manager owning any of it is a conflict (the same
+        // value applied by two managers is shared ownership, no conflict).
+        let changed: Vec<&FieldPath> = applied.iter().filter(|p| differs(schema, Some(live), &merged, p)).collect();
         let mut conflicts = Vec::new();
-        for path in &applied {
-            if get_path(live, path) == get_path(config, path) {
-                continue;
-            }
-            for m in managers.iter().filter(|m| !is_me(m)) {
-                if let Some(owned) = m.fields.iter().find(|p| overlaps(p, path)) {
-                    let field = format!(".{}", owned.join("."));
-                    // Several applied leaves under one owned leaf (an atomic list, an object
-                    // owned whole) are one conflict, as structured-merge-diff reports it.
-                    if conflicts.iter().any(|c: &Conflict| c.manager == m.manager && c.field == field) {
-                        continue;
-                    }
-                    conflicts.push(Conflict {
-                        manager: m.manager.clone(),
-                        operation: m.operation.clone(),
-                        api_version: m.api_version.clone(),
-                        field,
-                    });
-                }
+        for m in managers.iter().filter(|m| !is_me(m)) {
+            for path in changed.iter().filter(|p| m.fields.contains(**p)) {
+                conflicts.push(Conflict {
+                    manager: m.manager.clone(),
+                    operation: m.operation.clone(),
+                    api_version: m.api_version.clone(),
+                    field: render_path(path),
+                });
             }
         }
         if !conflicts.is_empty() && !force {
             return Err(conflicts);
         }
-        if force {
-            for m in managers.iter_mut().filter(|m| !is_me(m)) {
-                m.fields
-                    .retain(|p| !applied.iter().any(|a| overlaps(p, a) && get_path(live, a) != get_path(config, a)));
-            }
+        for m in managers.iter_mut().filter(|m| !is_me(m)) {
+            m.fields.retain(|p| !changed.contains(&p));
         }
     }
 
-    let mut result = live.cloned().unwrap_or_else(|| json!({}));
+    // Fields this manager applied before and omits now go, unless another manager owns them
+    // (or something below them).
     let previous: BTreeSet<FieldPath> =
         managers.iter().find(|m| is_me(m)).map(|m| m.fields.clone()).unwrap_or_default();
     for gone in previous.difference(&applied) {
-        let owned_by_other = managers.iter().filter(|m| !is_me(m)).any(|m| m.fields.iter().any(|p| overlaps(p, gone)));
-        if !owned_by_other {
-            remove_path(&mut result, gone);
+        let kept = managers.iter().filter(|m| !is_me(m)).any(|m| m.fields.iter().any(|p| p.starts_with(gone)))
+            || is_key_of_kept_item(schema, &merged, gone)
+            || applied.iter().any(|p| p.starts_with(gone));
+        if !kept && remove_path(schema, &mut merged, gone) {
+            tidy(schema, &mut merged, gone, &managers);
         }
     }
-    let mut patch = config.clone();
-    if let Some(m) = patch.get_mut("metadata").and_then(Value::as_object_mut) {
-        m.remove("managedFields");
-    }
-    deep_merge(&mut result, &patch);
     let me = entry(&mut managers, manager, "Apply", subresource, &api_version);
     me.fields = applied;
-    write_managers(&mut result, &managers);
-    Ok(result)
+    forget_absent(schema, &merged, &mut managers);
+    write_managers(&mut merged, &managers);
+    Ok(merged)
 }
 
-/// Merges `patch` into `target`: objects recursively, everything else (lists included) replaced.
-fn deep_merge(target: &mut Value, patch: &Value) {
-    match (target, patch) {
-        (Value::Object(t), Value::Object(p)) => {
+/// Whether `path` is a key field of a list-map item that stays (an item keeps its key).
+fn is_key_of_kept_item(schema: &Value, object: &Value, path: &[Step]) -> bool {
+    match path {
+        [.., Step::Key(key), Step::Field(field)] => {
+            let item = &path[..path.len() - 1];
+            get_path(schema, object, item).is_some()
+                && serde_json::from_str::<Map<String, Value>>(key).is_ok_and(|k| k.contains_key(field))
+        }
+        _ => false,
+    }
+}
+
+/// After a removal, parents left empty by it go too, unless someone owns them.
+fn tidy(schema: &Value, object: &mut Value, removed: &[Step], managers: &[Manager]) {
+    let mut parent = &removed[..removed.len().saturating_sub(1)];
+    // Top-level fields (spec, metadata) stay even when empty.
+    while parent.len() > 1 {
+        let empty = get_path(schema, object, parent)
+            .is_some_and(|v| v.as_object().is_some_and(Map::is_empty) || v.as_array().is_some_and(Vec::is_empty));
+        let owned = managers.iter().any(|m| m.fields.contains(parent));
+        if !empty || owned || !remove_path(schema, object, parent) {
+            return;
+        }
+        parent = &parent[..parent.len() - 1];
+    }
+}
+
+/// Merges an applied configuration into an object: objects field by field (a `null` removes
+/// the field), list-map items by key (recursively), set members by value, everything else
+/// replaced.
+fn merge(schema: &Value, target: &mut Value, patch: &Value) {
+    match (schema::shape(schema, patch), target, patch) {
+        (Shape::Object, Value::Object(t), Value::Object(p)) => {
             for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                    continue;
+                }
+                let child = schema::child(schema, k).unwrap_or_else(|| schema::open());
                 match t.get_mut(k) {
-                    Some(existing) if existing.is_object() && v.is_object() => deep_merge(existing, v),
-                    _ => {
+                    Some(existing) => merge(child, existing, v),
+                    None => {
                         t.insert(k.clone(), v.clone());
                     }
                 }
             }
         }
-        (t, p) => *t = p.clone(),
+        (Shape::ListMap(keys), Value::Array(t), Value::Array(p)) => merge_list_map(schema, &keys, t, p),
+        (Shape::Set, Value::Array(t), Value::Array(p)) => {
+            for member in p {
+                if !t.contains(member) {
+                    t.push(member.clone());
+                }
+            }
+        }
+        (_, t, p) => *t = p.clone(),
+    }
+}
+
+/// Items of the configuration come in its order, each merged into the live item with its key;
+/// live items the configuration does not name stay after the live item they followed (as
+/// structured-merge-diff orders a merged associative list).
+fn merge_list_map(schema: &Value, keys: &[String], target: &mut Vec<Value>, patch: &[Value]) {
+    let key_of = |v: &Value| schema::item_key(schema, keys, v).map(|k| key_text(&k));
+    let Some(patch_keys) = patch.iter().map(key_of).collect::<Option<Vec<String>>>() else {
+        *target = patch.to_vec();
+        return;
+    };
+    let live = std::mem::take(target);
+    let mut leading = Vec::new();
+    // Each live item the patch names, with the live-only items after it.
+    let mut shared: Vec<(String, Value, Vec<Value>)> = Vec::new();
+    for item in live {
+        match key_of(&item).filter(|k| patch_keys.contains(k)) {
+            Some(k) => shared.push((k, item, Vec::new())),
+            None => match shared.last_mut() {
+                Some((_, _, after)) => after.push(item),
+                None => leading.push(item),
+            },
+        }
+    }
+    target.extend(leading);
+    let item_schema = schema::items(schema);
+    for (key, item) in patch_keys.iter().zip(patch) {
+        match shared.iter().position(|(k, _, _)| k == key) {
+            Some(i) => {
+                let (_, mut existing, after) = shared.remove(i);
+                merge(item_schema, &mut existing, item);
+                target.push(existing);
+                target.extend(after);
+            }
+            None => target.push(item.clone()),
+        }
+    }
+    for (_, item, after) in shared {
+        target.push(item);
+        target.extend(after);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kube::schema::open;
 
     #[test]
     fn second_applier_conflicts_and_force_takes_over() {
         let a = json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "n"}, "spec": {"holder": "a"}});
-        let live = apply(None, &a, "a", false, "", false).unwrap_or_default();
+        let live = apply(open(), None, &a, "a", false, "", false).unwrap_or_default();
         let b = json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "n"}, "spec": {"holder": "b"}});
-        let err = apply(Some(&live), &b, "b", false, "", false).err().unwrap_or_default();
+        let err = apply(open(), Some(&live), &b, "b", false, "", false).err().unwrap_or_default();
         assert_eq!(err.len(), 1);
         assert_eq!(err[0].field, ".spec.holder");
-        let forced = apply(Some(&live), &b, "b", true, "", false).unwrap_or_default();
+        let forced = apply(open(), Some(&live), &b, "b", true, "", false).unwrap_or_default();
         assert_eq!(forced["spec"]["holder"], "b");
     }
 
     #[test]
     fn one_owned_field_is_one_conflict() {
         let a = json!({"apiVersion": "v1", "kind": "X", "spec": {"tags": {}}});
-        let live = apply(None, &a, "a", false, "", false).unwrap_or_default();
+        let live = apply(open(), None, &a, "a", false, "", false).unwrap_or_default();
         let b = json!({"apiVersion": "v1", "kind": "X", "spec": {"tags": {"x": "1", "y": "2"}}});
-        let err = apply(Some(&live), &b, "b", false, "", false).err().unwrap_or_default();
+        let err = apply(open(), Some(&live), &b, "b", false, "", false).err().unwrap_or_default();
         assert_eq!(err.iter().map(|c| c.field.as_str()).collect::<Vec<_>>(), [".spec.tags"]);
     }
 
@@ -435,7 +728,7 @@ mod tests {
         for i in 0..15 {
             let before = live.clone();
             live["spec"][format!("f{i}")] = json!(i);
-            record_update(Some(&before), &mut live, &format!("client-{i:02}"), "", "v1", false);
+            record_update(open(), Some(&before), &mut live, &format!("client-{i:02}"), "", "v1", false);
         }
         let entries = live["metadata"]["managedFields"].as_array().cloned().unwrap_or_default();
         assert_eq!(entries.len(), MAX_UPDATE_MANAGERS);
@@ -449,9 +742,70 @@ mod tests {
     #[test]
     fn dropped_fields_are_removed() {
         let a = json!({"apiVersion": "v1", "kind": "X", "spec": {"x": 1, "y": 2}});
-        let live = apply(None, &a, "a", false, "", false).unwrap_or_default();
+        let live = apply(open(), None, &a, "a", false, "", false).unwrap_or_default();
         let a2 = json!({"apiVersion": "v1", "kind": "X", "spec": {"x": 1}});
-        let after = apply(Some(&live), &a2, "a", false, "", false).unwrap_or_default();
+        let after = apply(open(), Some(&live), &a2, "a", false, "", false).unwrap_or_default();
         assert!(after["spec"].get("y").is_none());
+    }
+
+    fn deployment(manager_env: &[(&str, &str)], image: &str) -> Value {
+        let env: Vec<Value> = manager_env.iter().map(|(n, v)| json!({"name": n, "value": v})).collect();
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {
+            "selector": {"matchLabels": {"app": "d"}},
+            "template": {"metadata": {"labels": {"app": "d"}}, "spec": {"containers": [
+                {"name": "app", "image": image, "env": env, "ports": [{"containerPort": 8080}]}
+            ]}}
+        }})
+    }
+
+    #[test]
+    fn containers_merge_by_name_and_env_by_name() {
+        let schema = crate::kube::schema::builtin("apps", "Deployment").unwrap_or_else(|| panic!("schema"));
+        let live = apply(&schema, None, &deployment(&[("A", "1"), ("B", "2")], "img:1"), "helm", false, "", false)
+            .unwrap_or_else(|c| panic!("{c:?}"));
+        let mf = &live["metadata"]["managedFields"][0]["fieldsV1"];
+        let container = &mf["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"app\"}"];
+        assert_eq!(container["."], json!({}), "{mf}");
+        assert!(container["f:env"]["k:{\"name\":\"A\"}"]["f:value"].is_object(), "{mf}");
+        assert!(container["f:ports"]["k:{\"containerPort\":8080,\"protocol\":\"TCP\"}"].is_object(), "{mf}");
+        assert_eq!(mf["f:spec"]["f:selector"], json!({}), "the selector is atomic: {mf}");
+
+        // Another manager sets a sidecar container and one env entry of its own: no conflict.
+        let other = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {"template": {"spec": {"containers": [
+            {"name": "app", "env": [{"name": "C", "value": "3"}]}, {"name": "sidecar", "image": "s:1"}
+        ]}}}});
+        let live = apply(&schema, Some(&live), &other, "ops", false, "", false).unwrap_or_else(|c| panic!("{c:?}"));
+        let containers = &live["spec"]["template"]["spec"]["containers"];
+        assert_eq!(containers.as_array().map(Vec::len), Some(2));
+        assert_eq!(containers[0]["env"].as_array().map(Vec::len), Some(3), "{containers}");
+
+        // A different image from the first manager's conflicts, naming the item by its key.
+        let steal = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {"template": {"spec": {"containers": [
+            {"name": "app", "image": "img:2"}
+        ]}}}});
+        let err = apply(&schema, Some(&live), &steal, "ops", false, "", false).err().unwrap_or_default();
+        assert_eq!(err.len(), 1);
+        assert_eq!(err[0].field, ".spec.template.spec.containers[name=\"app\"].image");
+
+        // The first manager drops env B: it goes; C (owned by ops) stays.
+        let live = apply(&schema, Some(&live), &deployment(&[("A", "1")], "img:1"), "helm", false, "", false)
+            .unwrap_or_else(|c| panic!("{c:?}"));
+        let names: Vec<&str> = live["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["name"].as_str())
+            .collect();
+        assert_eq!(names, ["A", "C"]);
+    }
+
+    #[test]
+    fn fields_v1_round_trips() {
+        let schema = crate::kube::schema::builtin("apps", "Deployment").unwrap_or_else(|| panic!("schema"));
+        let d = deployment(&[("A", "1")], "i");
+        let set = owned_set(&schema, &d, false, "");
+        let mut back = BTreeSet::new();
+        from_fields_v1(&to_fields_v1(&set), &mut Vec::new(), &mut back);
+        assert_eq!(set, back);
     }
 }

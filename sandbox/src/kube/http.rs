@@ -350,7 +350,10 @@ fn written(
 }
 
 fn delete_options(req: &Request) -> Result<DeleteOptions, ApiError> {
-    let body = if req.body.iter().all(u8::is_ascii_whitespace) { Value::Null } else { req.json_body()? };
+    // Helm 4 sends DeleteOptions as protobuf; its options (none but the defaults) then come
+    // from the query, as for a body-less delete.
+    let protobuf = req.header(header::CONTENT_TYPE).starts_with("application/vnd.kubernetes.protobuf");
+    let body = if protobuf || req.body.iter().all(u8::is_ascii_whitespace) { Value::Null } else { req.json_body()? };
     let body = match body {
         Value::Null => json!({}),
         options @ Value::Object(_) => options,

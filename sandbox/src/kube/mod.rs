@@ -1,8 +1,11 @@
-//! An in-process Kubernetes API server that the unchanged `kube::Client`, `kube_runtime` and
-//! real `kubectl` accept: legacy and aggregated discovery, OpenAPI v3, get/list/watch/create/
-//! update/patch/delete of the crabglamp CRDs and the built-ins the operator uses (Namespaces, Secrets,
-//! ConfigMaps, core and events.k8s.io Events, Leases, CustomResourceDefinitions), with CRD
-//! admission through [`crate::admission`], Table output and server-side apply.
+//! An in-process Kubernetes API server that the unchanged `kube::Client`, `kube_runtime`, real
+//! `kubectl` and `helm` accept: legacy and aggregated discovery, OpenAPI v3, get/list/watch/create/
+//! update/patch/delete of the crabglamp CRDs, the built-ins the operator uses (Namespaces, Secrets,
+//! ConfigMaps, core and events.k8s.io Events, Leases, CustomResourceDefinitions) and those a Helm
+//! chart renders (Deployments, Services, ServiceAccounts, Roles, RoleBindings, ClusterRoles,
+//! ClusterRoleBindings, PodDisruptionBudgets, NetworkPolicies: stored, defaulted and validated
+//! as a real server does, never run), with CRD admission through [`crate::admission`], Table
+//! output, strategic merge patch and server-side apply with list merge keys ([`schema`]).
 //!
 //! It owns only its in-memory state; it never talks to a real cluster and never persists
 //! anything.
@@ -12,13 +15,18 @@
 //!   as the user's name in the request log, [`requests`]), HTTP/1.1 only. Responses are
 //!   always JSON (Accept lists with protobuf first get JSON); protobuf request bodies are read
 //!   only for Namespace, Secret and ConfigMap (what `kubectl create` sends that way).
-//! - `/openapi/v2` is 404 (kubectl uses v3). OpenAPI v3 schemas of built-in kinds are open
-//!   (`x-kubernetes-preserve-unknown-fields`).
-//! - Strategic merge patches of built-ins are applied as JSON merge patches (directives such as
-//!   `$patch` are dropped): lists are replaced, never merged by key.
-//! - Server-side apply tracks ownership per leaf field; every list is atomic whatever its
-//!   `x-kubernetes-list-type`; managedFields entries have no `"."` markers. A client may
-//!   rewrite `managedFields` (kubectl's client-side to server-side apply migration does).
+//! - `/openapi/v2` is 404 (kubectl uses v3). OpenAPI v3 schemas of built-in kinds are
+//!   k8s-openapi's, every reference inlined (no `$ref`), with the list and patch markers of
+//!   [`schema`].
+//! - Built-in kinds are validated by their schema (types, required fields, list keys, unknown
+//!   fields) plus the checks of [`crate::admission::builtin`]; other checks of kube-apiserver's
+//!   validation (resource quantities, most of the pod spec, security contexts, affinity) are not
+//!   made, and a wrong JSON type is a 400 with a simplified message. Services get a cluster IP
+//!   from 10.96.0.0/12 without collision checks; no Endpoints, no Pods, no status is ever written.
+//! - Server-side apply follows structured-merge-diff for ownership, merge, conflicts and removal,
+//!   but orders merged list-map items more simply, and a `null` in an applied configuration
+//!   removes the field. A client may rewrite `managedFields` (kubectl's client-side to
+//!   server-side apply migration does).
 //! - Garbage collection is synchronous: dependents go in the same request as their owner;
 //!   Foreground deletion deletes dependents first without the `foregroundDeletion` finalizer
 //!   and Orphan strips the ownerReferences without the `orphan` finalizer.
@@ -59,8 +67,10 @@ pub mod openapi;
 pub mod protobuf;
 pub mod requests;
 pub mod resource;
+pub mod schema;
 pub mod selector;
 pub mod state;
+pub mod strategic;
 pub mod table;
 pub mod watch;
 pub mod write;

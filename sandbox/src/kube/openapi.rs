@@ -62,7 +62,7 @@ fn object_meta_schema() -> Value {
 }
 
 fn kind_schema(t: &ResourceType) -> Value {
-    let mut schema = t.schema.clone().unwrap_or_else(|| {
+    let mut schema = t.schema.as_deref().cloned().unwrap_or_else(|| {
         json!({
             "type": "object",
             "description": format!("{} ({}).", t.kind, t.api_version()),

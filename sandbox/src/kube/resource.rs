@@ -79,8 +79,13 @@ pub struct ResourceType {
     pub status_subresource: bool,
     /// Columns of Table output, after the Name column.
     pub columns: Vec<PrinterColumn>,
-    /// The OpenAPI v3 schema of the kind (CRDs only).
-    pub schema: Option<Value>,
+    /// The OpenAPI v3 schema of the kind: the CRD's, or the built-in's from [`super::schema`].
+    pub schema: Option<Arc<Value>>,
+    /// The schema field ownership and strategic merge read: [`Self::schema`] with a typed
+    /// `metadata` (CRD schemas leave it open), or an open schema for kinds without one.
+    pub merge_schema: Arc<Value>,
+    /// Whether `metadata.generation` counts spec changes (custom resources, CRDs, workloads).
+    pub generation: bool,
     /// Admission for custom resources.
     pub validator: Option<Arc<CrdValidator>>,
     /// Field selectors a CRD declares (`selectableFields`), as paths without the leading dot.
@@ -100,6 +105,12 @@ impl ResourceType {
     /// Whether this is a custom resource (admission, no strategic merge).
     pub fn is_custom(&self) -> bool {
         self.validator.is_some()
+    }
+
+    /// Whether writes to this kind go through [`crate::admission::builtin`].
+    pub fn builtin_admission(&self) -> bool {
+        let core_payload = self.group.is_empty() && matches!(self.kind.as_str(), "Secret" | "ConfigMap" | "Namespace");
+        !self.is_custom() && (core_payload || crate::admission::builtin::validates(&self.group, &self.kind))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -122,9 +133,13 @@ impl ResourceType {
             namespaced,
             short_names: short_names.iter().map(|s| (*s).to_owned()).collect(),
             categories: Vec::new(),
-            status_subresource: matches!(special, Special::Namespace | Special::Crd),
+            status_subresource: matches!(special, Special::Namespace | Special::Crd)
+                || matches!(kind, "Deployment" | "Service" | "PodDisruptionBudget"),
             columns,
-            schema: None,
+            merge_schema: super::schema::builtin(group, kind).unwrap_or_else(|| Arc::new(with_typed_meta(None))),
+            schema: super::schema::builtin(group, kind),
+            generation: special == Special::Crd
+                || matches!(kind, "Deployment" | "PodDisruptionBudget" | "NetworkPolicy"),
             validator: None,
             selectable_fields: Vec::new(),
             storage: (if special == Special::EventsV1 { String::new() } else { group.into() }, plural.into()),
@@ -201,6 +216,99 @@ pub fn builtins() -> Vec<ResourceType> {
             vec![PrinterColumn::new("Holder", "string", ".spec.holderIdentity"), age()],
             Special::None,
         ),
+        ResourceType::builtin("", "v1", "ServiceAccount", "serviceaccounts", true, &["sa"], vec![age()], Special::None),
+        ResourceType::builtin(
+            "",
+            "v1",
+            "Service",
+            "services",
+            true,
+            &["svc"],
+            vec![
+                PrinterColumn::new("Type", "string", ".spec.type"),
+                PrinterColumn::new("Cluster-IP", "string", ".spec.clusterIP"),
+                age(),
+            ],
+            Special::None,
+        ),
+        ResourceType::builtin(
+            "apps",
+            "v1",
+            "Deployment",
+            "deployments",
+            true,
+            &["deploy"],
+            vec![
+                PrinterColumn::new("Up-to-date", "integer", ".status.updatedReplicas"),
+                PrinterColumn::new("Available", "integer", ".status.availableReplicas"),
+                age(),
+            ],
+            Special::None,
+        ),
+        ResourceType::builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "Role",
+            "roles",
+            true,
+            &[],
+            vec![age()],
+            Special::None,
+        ),
+        ResourceType::builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "RoleBinding",
+            "rolebindings",
+            true,
+            &[],
+            vec![PrinterColumn::new("Role", "string", ".roleRef.name"), age()],
+            Special::None,
+        ),
+        ResourceType::builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRole",
+            "clusterroles",
+            false,
+            &[],
+            vec![age()],
+            Special::None,
+        ),
+        ResourceType::builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRoleBinding",
+            "clusterrolebindings",
+            false,
+            &[],
+            vec![PrinterColumn::new("Role", "string", ".roleRef.name"), age()],
+            Special::None,
+        ),
+        ResourceType::builtin(
+            "policy",
+            "v1",
+            "PodDisruptionBudget",
+            "poddisruptionbudgets",
+            true,
+            &["pdb"],
+            vec![
+                PrinterColumn::new("Min Available", "string", ".spec.minAvailable"),
+                PrinterColumn::new("Max Unavailable", "string", ".spec.maxUnavailable"),
+                age(),
+            ],
+            Special::None,
+        ),
+        ResourceType::builtin(
+            "networking.k8s.io",
+            "v1",
+            "NetworkPolicy",
+            "networkpolicies",
+            true,
+            &["netpol"],
+            vec![PrinterColumn::new("Pod-Selector", "string", ".spec.podSelector.matchLabels"), age()],
+            Special::None,
+        ),
         ResourceType::builtin(
             "apiextensions.k8s.io",
             "v1",
@@ -212,6 +320,21 @@ pub fn builtins() -> Vec<ResourceType> {
             Special::Crd,
         ),
     ]
+}
+
+/// `schema` (or an open one) whose `metadata` is ObjectMeta's schema, so list semantics of
+/// finalizers and ownerReferences hold for every kind.
+fn with_typed_meta(schema: Option<&Value>) -> Value {
+    let mut s = schema
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}));
+    if let Some(m) = s.as_object_mut() {
+        let props = m.entry("properties").or_insert_with(|| serde_json::json!({}));
+        if let Some(p) = props.as_object_mut() {
+            p.insert("metadata".into(), super::schema::object_meta().clone());
+        }
+    }
+    s
 }
 
 /// Why a CRD cannot be served.
@@ -254,7 +377,9 @@ pub fn from_crd(crd_json: &Value) -> Result<Vec<ResourceType>, CrdError> {
             .schema
             .as_ref()
             .and_then(|s| s.open_api_v3_schema.as_ref())
-            .and_then(|s| serde_json::to_value(s).ok());
+            .and_then(|s| serde_json::to_value(s).ok())
+            .map(Arc::new);
+        let merge_schema = Arc::new(with_typed_meta(schema.as_deref()));
         out.push(ResourceType {
             group: crd.spec.group.clone(),
             version: version.name.clone(),
@@ -267,6 +392,8 @@ pub fn from_crd(crd_json: &Value) -> Result<Vec<ResourceType>, CrdError> {
             status_subresource: version.subresources.as_ref().is_some_and(|s| s.status.is_some()),
             columns,
             schema,
+            merge_schema,
+            generation: true,
             validator: Some(validator.clone()),
             selectable_fields: version
                 .selectable_fields

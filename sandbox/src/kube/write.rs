@@ -20,6 +20,8 @@ use super::fields::{self, Conflict};
 use super::meta::{self, meta_mut, meta_str, now_time, set_field};
 use super::resource::{ResourceType, Special, from_crd};
 use super::state::{EventType, State};
+use super::strategic;
+use crate::admission::builtin::{self, Refused};
 use crate::admission::{Cause, CauseReason, CrdValidator};
 
 /// `fieldValidation` of a write.
@@ -220,7 +222,7 @@ pub fn present(rt: &ResourceType, object: &Value) -> Value {
         return events::to_events_v1(object);
     }
     let mut v = match (&rt.schema, rt.is_custom()) {
-        (Some(schema), true) => kube_cel::apply_defaults(schema, object),
+        (Some(schema), true) => kube_cel::apply_defaults(schema.as_ref(), object),
         _ => object.clone(),
     };
     if let Some(m) = v.as_object_mut() {
@@ -332,7 +334,7 @@ fn insert(
     // Custom resources get the same check from admission. A name that is no valid path segment
     // (`a/b`) would leave an object no client can address again.
     if !rt.is_custom()
-        && let Some(message) = meta::name_error(&name, rt.special == Special::Namespace)
+        && let Some(message) = builtin::object_name_error(&rt.group, &rt.kind, &name)
     {
         return Err(ApiError::invalid(
             &rt.kind,
@@ -379,7 +381,7 @@ fn insert(
         }
         meta.insert("uid".into(), json!(scope.uid));
         meta.insert("creationTimestamp".into(), json!(scope.created));
-        if rt.is_custom() || rt.special == Special::Crd {
+        if rt.generation {
             meta.insert("generation".into(), json!(1));
         }
         if !matches!(ownership, Ownership::Precomputed) {
@@ -479,21 +481,6 @@ fn json_patch(doc: &mut Value, body: &[u8]) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Drops strategic-merge directives (`$patch`, `$setElementOrder/...`, `$retainKeys`) so the
-/// rest can be applied as a merge patch.
-fn strip_directives(v: &mut Value) {
-    match v {
-        Value::Object(m) => {
-            m.retain(|k, _| !k.starts_with('$'));
-            for c in m.values_mut() {
-                strip_directives(c);
-            }
-        }
-        Value::Array(a) => a.iter_mut().for_each(strip_directives),
-        _ => {}
-    }
-}
-
 fn conflict_error(rt: &ResourceType, name: &str, conflicts: &[Conflict]) -> ApiError {
     let n = conflicts.len();
     // The wording of structured-merge-diff: one conflict inline, several grouped by manager.
@@ -561,12 +548,13 @@ pub fn patch(
     match kind {
         PatchKind::Json => json_patch(&mut doc, body)?,
         PatchKind::Merge | PatchKind::Strategic => {
-            let mut p: Value = serde_json::from_slice(body)
+            let p: Value = serde_json::from_slice(body)
                 .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
             if kind == PatchKind::Strategic {
-                strip_directives(&mut p);
+                strategic::apply(&rt.merge_schema, &mut doc, &p).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            } else {
+                json_patch::merge(&mut doc, &p);
             }
-            json_patch::merge(&mut doc, &p);
         }
         PatchKind::Apply => {}
     }
@@ -624,8 +612,16 @@ fn server_side_apply(
         }
     }
     let live = old.as_deref().map(|o| present_storage(rt, o));
-    let merged = fields::apply(live.as_ref(), &config, &opts.manager, force, target.subresource, rt.status_subresource)
-        .map_err(|c| conflict_error(rt, name, &c))?;
+    let merged = fields::apply(
+        &rt.merge_schema,
+        live.as_ref(),
+        &config,
+        &opts.manager,
+        force,
+        target.subresource,
+        rt.status_subresource,
+    )
+    .map_err(|c| conflict_error(rt, name, &c))?;
     match old {
         None => {
             if target.subresource == "status" {
@@ -713,42 +709,29 @@ fn commit(
         };
         match admission {
             Ok(admitted) => {
-                if !admitted.unknown_fields.is_empty() {
-                    match opts.field_validation {
-                        FieldValidation::Ignore => {}
-                        FieldValidation::Warn => {
-                            warnings.extend(admitted.unknown_fields.iter().map(|f| format!("unknown field \"{f}\"")));
-                        }
-                        FieldValidation::Strict => {
-                            let list = admitted
-                                .unknown_fields
-                                .iter()
-                                .map(|f| format!("unknown field \"{f}\""))
-                                .collect::<Vec<_>>()
-                                .join(", ");
-                            return Err(match opts.verb {
-                                Verb::Create | Verb::Update => ApiError::bad_request(format!(
-                                    "{kind} in version \"{v}\" cannot be handled as a {kind}: strict decoding error: {list}",
-                                    kind = rt.kind,
-                                    v = rt.version
-                                )),
-                                Verb::Patch | Verb::Apply => ApiError::invalid(
-                                    &rt.kind,
-                                    &rt.group,
-                                    &name,
-                                    &[Cause::new(
-                                        CauseReason::Invalid,
-                                        "patch",
-                                        format!("Invalid value: \"object\": strict decoding error: {list}"),
-                                    )],
-                                ),
-                            });
-                        }
-                    }
-                }
+                unknown_fields(rt, &name, opts, &admitted.unknown_fields, &mut warnings)?;
                 new = admitted.object;
             }
             Err(causes) => return Err(ApiError::invalid(&rt.kind, &rt.group, &name, &causes)),
+        }
+    }
+    if rt.builtin_admission()
+        && let Some(schema) = &rt.schema
+    {
+        let old_view = old.as_deref().map(|o| present(rt, o));
+        match builtin::admit(&rt.group, &rt.kind, schema, &new, old_view.as_ref()) {
+            Ok(admitted) => {
+                unknown_fields(rt, &name, opts, &admitted.unknown_fields, &mut warnings)?;
+                new = admitted.object;
+            }
+            Err(Refused::Decode(why)) => {
+                return Err(ApiError::bad_request(format!(
+                    "{kind} in version \"{v}\" cannot be handled as a {kind}: {why}",
+                    kind = rt.kind,
+                    v = rt.version
+                )));
+            }
+            Err(Refused::Invalid(causes)) => return Err(ApiError::invalid(&rt.kind, &rt.group, &name, &causes)),
         }
     }
 
@@ -808,7 +791,7 @@ fn commit(
     // defaults what it reads from etcd before comparing.
     let old_view = old.as_deref().map(|o| present_storage(rt, o));
     if let Some(old_view) = &old_view
-        && (rt.is_custom() || rt.special == Special::Crd)
+        && rt.generation
     {
         let generation = old_view.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
         let changed = meta::spec_changed(old_view, &new, rt.status_subresource);
@@ -817,6 +800,7 @@ fn commit(
     meta::normalise(&mut new);
     if matches!(ownership, Ownership::Update) {
         fields::record_update(
+            &rt.merge_schema,
             old_view.as_ref(),
             &mut new,
             &opts.manager,
@@ -853,6 +837,48 @@ fn commit(
         state.set_crd_types(&group, &plural, types);
     }
     Ok(Written { object: stored, warnings, created: old.is_none() })
+}
+
+/// What `fieldValidation` makes of the unknown fields admission found: nothing (Ignore), a
+/// `Warning` each (Warn), or a refusal (Strict: 400 for create/update, 422 for patches, as a
+/// real server's strict decoder answers).
+fn unknown_fields(
+    rt: &ResourceType,
+    name: &str,
+    opts: &WriteOptions,
+    unknown: &[String],
+    warnings: &mut Vec<String>,
+) -> Result<(), ApiError> {
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    match opts.field_validation {
+        FieldValidation::Ignore => Ok(()),
+        FieldValidation::Warn => {
+            warnings.extend(unknown.iter().map(|f| format!("unknown field \"{f}\"")));
+            Ok(())
+        }
+        FieldValidation::Strict => {
+            let list = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect::<Vec<_>>().join(", ");
+            Err(match opts.verb {
+                Verb::Create | Verb::Update => ApiError::bad_request(format!(
+                    "{kind} in version \"{v}\" cannot be handled as a {kind}: strict decoding error: {list}",
+                    kind = rt.kind,
+                    v = rt.version
+                )),
+                Verb::Patch | Verb::Apply => ApiError::invalid(
+                    &rt.kind,
+                    &rt.group,
+                    name,
+                    &[Cause::new(
+                        CauseReason::Invalid,
+                        "patch",
+                        format!("Invalid value: \"object\": strict decoding error: {list}"),
+                    )],
+                ),
+            })
+        }
+    }
 }
 
 /// Refuses a Secret or ConfigMap whose payload Go could not decode: `data` of a Secret and
