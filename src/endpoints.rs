@@ -134,21 +134,11 @@ impl Endpoints {
     }
 }
 
-/// Serves the endpoints on `listener` until `stop` turns true (or its sender is gone).
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    endpoints: Arc<Endpoints>,
-    stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut stop = stop;
+/// Serves the endpoints on `listener` until its task is aborted (the instance ends): a draining
+/// instance still answers its probes.
+pub async fn serve(listener: tokio::net::TcpListener, endpoints: Arc<Endpoints>) {
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            changed = stop.changed() => {
-                if changed.is_err() || *stop.borrow() { return }
-                continue;
-            }
-        };
+        let accepted = listener.accept().await;
         let (stream, _) = match accepted {
             Ok(a) => a,
             Err(e) => {

@@ -189,7 +189,7 @@ pub async fn run_instance(
         let endpoints = Arc::new(Endpoints { registry, context: Arc::clone(&context), health: Arc::clone(&health) });
         // Served until the instance ends (dropping the handle aborts it), so a draining
         // instance still answers its probes.
-        AbortOnDrop::spawn(endpoints::serve(listener, endpoints, tokio::sync::watch::channel(false).1))
+        AbortOnDrop::spawn(endpoints::serve(listener, endpoints))
     });
     let Some(lease) = options.election else {
         let _supervisor = AbortOnDrop::spawn(supervise(Arc::clone(&context), Arc::clone(&health), None));

@@ -242,6 +242,23 @@ impl ControllerMetrics {
         registry.register("status_writes", "Status patches, by kind", m.status_writes.clone());
         registry.register("audit_events", "Audit events written, by event type", m.audit_events.clone());
         registry.register("leader", "1 while this instance leads (runs the controllers)", m.leader.clone());
+        // Every series exists from the start at 0 (an empty family is not exposed at all), so
+        // dashboards and rate() see the first removal or event.
+        for resource in ["server", "firewall", "tunnel", "dns"] {
+            m.swept.get_or_create(&Swept { resource: resource.into() });
+        }
+        use crate::store::audit::AuditKind;
+        for kind in [
+            AuditKind::AgentTransferred,
+            AuditKind::AgentDestroyed,
+            AuditKind::PlainVmDestroyed,
+            AuditKind::VirtualKeyIssued,
+            AuditKind::VirtualKeyRotated,
+            AuditKind::VirtualKeyRevoked,
+            AuditKind::VirtualKeyTransferred,
+        ] {
+            m.audit_events.get_or_create(&AuditType { event_type: kind.as_str().into() });
+        }
         m
     }
 

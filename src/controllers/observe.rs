@@ -10,8 +10,7 @@
 //! work, not backlog, and are not counted; an object whose reconcile runs is not waiting.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
@@ -30,7 +29,6 @@ struct StoreView<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
     kind: &'static str,
     store: Store<K>,
     phase: fn(&K) -> String,
-    synced: Arc<AtomicBool>,
 }
 
 impl<K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static> CacheView for StoreView<K> {
@@ -47,7 +45,8 @@ impl<K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static> CacheV
     }
 
     fn synced(&self) -> bool {
-        self.synced.load(Ordering::Acquire)
+        // Ready once the first list completed; polled once, never waited for.
+        futures::FutureExt::now_or_never(self.store.wait_until_ready()).is_some_and(|r| r.is_ok())
     }
 }
 
@@ -71,16 +70,7 @@ impl Observer {
     where
         K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
     {
-        let synced = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&synced);
-        let waiting = store.clone();
-        // Ends with the cache's writer (the controller): it never outlives the controllers.
-        tokio::spawn(async move {
-            if waiting.wait_until_ready().await.is_ok() {
-                flag.store(true, Ordering::Release);
-            }
-        });
-        let view = StoreView { kind, store, phase, synced };
+        let view = StoreView { kind, store, phase };
         self.caches.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Box::new(view));
     }
 
@@ -159,6 +149,7 @@ mod tests {
         let metrics = ControllerMetrics::default();
         let depth = |m: &ControllerMetrics| m.queue_depth.get_or_create(&KindLabel { kind: "Agent".into() }).get();
 
+        assert!(observer.synced(), "the first list is complete");
         observer.fill(&metrics);
         assert_eq!(depth(&metrics), 2, "never reconciled");
         observer.started(&agent("a", "1"));

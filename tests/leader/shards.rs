@@ -63,8 +63,11 @@ async fn shards_reconcile_and_sweep_only_their_own() {
         assert_eq!(servers_of(&op, name), 1, "{name}: one server");
     }
     // Each object was reconciled by its own instance alone.
-    let uid = |name: &str| async move { agents.get(name).await.expect("get").metadata.uid.expect("uid") };
-    let (ua, ub, un) = (uid("in-a").await, uid("in-b").await, uid("in-none").await);
+    let mut uids = Vec::new();
+    for name in ["in-a", "in-b", "in-none"] {
+        uids.push(agents.get(name).await.expect("get").metadata.uid.expect("uid"));
+    }
+    let (ua, ub, un) = (&uids[0], &uids[1], &uids[2]);
     assert!(
         a.context.fleet.server(&ua).is_some()
             && a.context.fleet.server(&ub).is_none()
@@ -75,7 +78,7 @@ async fn shards_reconcile_and_sweep_only_their_own() {
             && b.context.fleet.server(&ua).is_none()
             && b.context.fleet.server(&un).is_none()
     );
-    assert!(unsharded.context.fleet.server(&un).is_some() && unsharded.context.fleet.server(&ua).is_none());
+    assert!(unsharded.context.fleet.server(un).is_some() && unsharded.context.fleet.server(ua).is_none());
     for (instance, created) in [(&a, 1), (&b, 1), (&unsharded, 1)] {
         assert_eq!(instance.context.metrics.steps("Agent", "create_server"), created);
     }
