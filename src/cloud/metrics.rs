@@ -49,7 +49,7 @@ impl CloudMetrics {
         );
         // At 0 from the start: an empty family is not exposed at all.
         for provider in ["hetzner", "cloudflare"] {
-            m.rate_limit_wait_ms.get_or_create(&ProviderLabels { provider: provider.to_owned() });
+            let _ = m.rate_limit_wait_ms.get_or_create(&ProviderLabels { provider: provider.to_owned() });
         }
         m
     }

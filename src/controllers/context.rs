@@ -245,7 +245,7 @@ impl ControllerMetrics {
         // Every series exists from the start at 0 (an empty family is not exposed at all), so
         // dashboards and rate() see the first removal or event.
         for resource in ["server", "firewall", "tunnel", "dns"] {
-            m.swept.get_or_create(&Swept { resource: resource.into() });
+            let _ = m.swept.get_or_create(&Swept { resource: resource.into() });
         }
         use crate::store::audit::AuditKind;
         for kind in [
@@ -257,7 +257,7 @@ impl ControllerMetrics {
             AuditKind::VirtualKeyRevoked,
             AuditKind::VirtualKeyTransferred,
         ] {
-            m.audit_events.get_or_create(&AuditType { event_type: kind.as_str().into() });
+            let _ = m.audit_events.get_or_create(&AuditType { event_type: kind.as_str().into() });
         }
         m
     }
