@@ -69,14 +69,14 @@ async fn shards_reconcile_and_sweep_only_their_own() {
     }
     let (ua, ub, un) = (&uids[0], &uids[1], &uids[2]);
     assert!(
-        a.context.fleet.server(&ua).is_some()
-            && a.context.fleet.server(&ub).is_none()
-            && a.context.fleet.server(&un).is_none()
+        a.context.fleet.server(ua).is_some()
+            && a.context.fleet.server(ub).is_none()
+            && a.context.fleet.server(un).is_none()
     );
     assert!(
-        b.context.fleet.server(&ub).is_some()
-            && b.context.fleet.server(&ua).is_none()
-            && b.context.fleet.server(&un).is_none()
+        b.context.fleet.server(ub).is_some()
+            && b.context.fleet.server(ua).is_none()
+            && b.context.fleet.server(un).is_none()
     );
     assert!(unsharded.context.fleet.server(un).is_some() && unsharded.context.fleet.server(ua).is_none());
     for (instance, created) in [(&a, 1), (&b, 1), (&unsharded, 1)] {
