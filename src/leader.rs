@@ -282,7 +282,11 @@ mod tests {
     }
 
     fn held_by(holder: Option<&str>) -> Record {
-        Record { holder: holder.map(str::to_owned), renew: Some(Timestamp::now()), duration: Duration::from_secs(15) }
+        Record {
+            holder: holder.map(str::to_owned),
+            renew: Some(Timestamp::UNIX_EPOCH),
+            duration: Duration::from_secs(15),
+        }
     }
 
     #[tokio::test]
@@ -295,7 +299,7 @@ mod tests {
         e.observe(held_by(Some("a")).clone(), t0 + Duration::from_secs(5));
         assert!(e.may_take(t0 + Duration::from_secs(15)));
         // A renewal restarts it.
-        let renewed = Record { renew: Some(Timestamp::now() + Duration::from_secs(1)), ..held_by(Some("a")) };
+        let renewed = Record { renew: Timestamp::from_second(1).ok(), ..held_by(Some("a")) };
         e.observe(renewed, t0 + Duration::from_secs(15));
         assert!(!e.may_take(t0 + Duration::from_secs(16)));
         // Released: free at once; ours: always.
