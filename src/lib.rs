@@ -9,6 +9,8 @@ pub mod api;
 pub mod cache;
 pub mod cloud;
 pub mod controllers;
+pub mod endpoints;
+pub mod leader;
 pub mod operator;
 pub mod store;
 pub mod telemetry;

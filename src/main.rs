@@ -103,15 +103,50 @@ struct RunArgs {
     /// Reconciles of one kind running at once (a burst queues here, not in the database pool).
     #[arg(long, env = "CRABGLAMP_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     concurrency: u16,
-    /// Only reconcile objects labelled crabglamp.com/shard=<value>.
+    /// Watch and reconcile only objects labelled crabglamp.com/shard=<value> (their servers
+    /// and firewalls carry the label too, so this shard lists and sweeps only its own). Without
+    /// it, only objects WITHOUT that label: a sharded and an unsharded deployment never share
+    /// an object. Give each shard its own Hetzner project (HCLOUD_TOKEN) to split the rate
+    /// limit and server limits.
     #[arg(long, env = "CRABGLAMP_SHARD")]
     shard: Option<String>,
+    /// Watch and reconcile one namespace only (default: all namespaces). Servers are then
+    /// listed and swept by their crabglamp.com/namespace label.
+    #[arg(long, env = "CRABGLAMP_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
     /// This instance's name in Events (the pod name in a cluster).
     #[arg(long, env = "POD_NAME", default_value = "crabglamp-operator")]
     instance: String,
-    /// Seconds to let in-flight reconciles finish after SIGTERM.
-    #[arg(long, default_value_t = 20)]
+    /// Seconds to let in-flight reconciles finish after SIGTERM (or a lost lease).
+    #[arg(long, env = "CRABGLAMP_DRAIN_SECONDS", default_value_t = 20)]
     drain_seconds: u64,
+    /// Take part in leader election: only the holder of a coordination.k8s.io Lease runs the
+    /// controllers; the others stand by and take over within --lease-retry-period-ms when
+    /// the leader releases it (SIGTERM), or after --lease-duration-seconds when it dies.
+    /// Off: this instance always leads (one replica).
+    #[arg(long, env = "CRABGLAMP_LEADER_ELECTION")]
+    leader_election: bool,
+    /// The Lease's name; `-<shard>` is appended with --shard, so each shard elects its own leader.
+    #[arg(long, env = "CRABGLAMP_LEASE_NAME", default_value = "crabglamp-operator")]
+    lease_name: String,
+    /// The Lease's namespace (default: the kubeconfig's or service account's namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// This instance's identity in the Lease (default: the host name and a random suffix).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long a standby waits for a silent leader (a crashed one) before taking over.
+    #[arg(long, env = "CRABGLAMP_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    lease_duration_seconds: u64,
+    /// How long the leader keeps running without renewing the Lease (less than the duration).
+    #[arg(long, env = "CRABGLAMP_LEASE_RENEW_DEADLINE_SECONDS", default_value_t = 10)]
+    lease_renew_deadline_seconds: u64,
+    /// Milliseconds between looks at the Lease (and renewals by the leader).
+    #[arg(long, env = "CRABGLAMP_LEASE_RETRY_PERIOD_MS", default_value_t = 2000)]
+    lease_retry_period_ms: u64,
+    /// Where to serve /metrics (Prometheus), /healthz and /readyz.
+    #[arg(long, env = "CRABGLAMP_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: std::net::SocketAddr,
 }
 
 #[derive(clap::Args, Debug)]
@@ -160,7 +195,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     use crabglamp_operator::cloud::cloudflare::CloudflareConfig;
     use crabglamp_operator::cloud::hetzner::HetznerConfig;
     use crabglamp_operator::controllers::ControllerConfig;
-    use crabglamp_operator::operator::{self, OperatorSettings};
+    use crabglamp_operator::leader::{self, LeaseConfig};
+    use crabglamp_operator::operator::{self, Ending, InstanceOptions, OperatorSettings};
     use std::time::Duration;
 
     let kube_config = match &args.kubeconfig {
@@ -173,6 +209,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => kube::Config::infer().await.context("no kubeconfig and not in a cluster")?,
     };
+    let default_namespace = kube_config.default_namespace.clone();
     let client = kube::Client::try_from(kube_config).context("cannot build the Kubernetes client")?;
     let sealing = store::seal::SealingKeys::from_env().context("cannot load the sealing key")?;
     let mut controllers = ControllerConfig::new(args.cloudflare_zone_name);
@@ -180,8 +217,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     controllers.fast_poll = Duration::from_millis(args.fast_poll_ms.max(50));
     controllers.shutdown_timeout = Duration::from_secs(args.shutdown_timeout_seconds);
     controllers.sweeper_grace = Duration::from_secs(args.sweeper_grace_seconds);
+    let election = args.leader_election.then(|| {
+        let mut lease = LeaseConfig::new(
+            leader::lease_name(&args.lease_name, args.shard.as_deref()),
+            args.lease_namespace.clone().unwrap_or(default_namespace),
+            args.identity.clone().unwrap_or_else(leader::default_identity),
+        );
+        lease.duration = Duration::from_secs(args.lease_duration_seconds.max(1));
+        lease.renew_deadline = Duration::from_secs(args.lease_renew_deadline_seconds.max(1)).min(lease.duration);
+        lease.retry_period = Duration::from_millis(args.lease_retry_period_ms.max(50));
+        lease
+    });
     controllers.shard = args.shard;
     controllers.concurrency = args.concurrency;
+    controllers.watch_namespace = args.watch_namespace;
     controllers.instance = args.instance;
     let settings = OperatorSettings {
         database_url: args.database.database_url,
@@ -198,6 +247,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         cloudflare_requests_per_5min: args.cloudflare_requests_per_5min,
     };
     let connected = operator::connect(client, settings, sealing).await?;
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} for /metrics", args.metrics_addr))?;
+    let addr = listener.local_addr().context("the metrics listener has no address")?;
+    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         operator::wait_for_signal().await;
@@ -205,8 +259,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
     tracing::info!("crabglamp-operator running");
-    operator::run(connected.context, stop_rx, Duration::from_secs(args.drain_seconds)).await;
-    Ok(())
+    let options =
+        InstanceOptions { election, endpoints: Some(listener), drain: Duration::from_secs(args.drain_seconds) };
+    match operator::run_instance(connected, options, stop_rx).await {
+        Ending::Stopped => Ok(()),
+        // Exiting lets Kubernetes restart this pod as a standby, with fresh memory.
+        Ending::LostLeadership => anyhow::bail!("lost the leader lease; exiting to come back as a standby"),
+    }
 }
 
 fn main() -> anyhow::Result<()> {

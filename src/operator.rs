@@ -11,7 +11,9 @@ use prometheus_client::registry::Registry;
 use crate::cloud::cloudflare::{CloudflareClient, CloudflareConfig};
 use crate::cloud::hetzner::{HetznerClient, HetznerConfig};
 use crate::cloud::{CloudMetrics, RateLimiter};
-use crate::controllers::{self, Context, ControllerConfig, ControllerMetrics};
+use crate::controllers::{self, AbortOnDrop, Context, ControllerConfig, ControllerMetrics};
+use crate::endpoints::{self, Endpoints, Health};
+use crate::leader::{Elector, LeaseConfig, Standing};
 use crate::store::{self, seal::SealingKeys};
 
 /// Why the operator could not start.
@@ -104,6 +106,137 @@ pub async fn run(context: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>
     if tokio::time::timeout(drain, task.join()).await.is_err() {
         tracing::warn!(?drain, "in-flight reconciles did not finish in time; exiting anyway");
     }
+}
+
+/// How one instance runs besides its settings: alone or elected, with or without endpoints.
+#[derive(Debug)]
+pub struct InstanceOptions {
+    /// Take part in leader election on this Lease (none: lead alone, as the sandbox and the
+    /// tests do).
+    pub election: Option<LeaseConfig>,
+    /// Serve `/metrics`, `/healthz`, `/readyz` here (none: no endpoints).
+    pub endpoints: Option<tokio::net::TcpListener>,
+    /// How long in-flight reconciles may take to finish after the stop.
+    pub drain: Duration,
+}
+
+/// How an instance ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// Told to stop: the controllers drained and the Lease (if held) was released.
+    Stopped,
+    /// The Lease was lost: the controllers stopped taking new work and drained. The process
+    /// should exit so that it comes back as a standby.
+    LostLeadership,
+}
+
+/// Waits until `stop` turns true or its sender is gone.
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    while !*stop.borrow() {
+        if stop.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Whether the instance could do its work now (see [`crate::endpoints`] for what each part
+/// means); `reachable`: the API server answered the elector's last look (none: no election).
+async fn readiness(ctx: &Context, leading: bool, reachable: Option<bool>) -> Result<(), String> {
+    let ping = tokio::time::timeout(Duration::from_secs(5), sqlx::query("SELECT 1").execute(&ctx.db)).await;
+    match ping {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(format!("PostgreSQL does not answer: {e}")),
+        Err(_) => return Err("PostgreSQL does not answer within 5 s".into()),
+    }
+    if reachable == Some(false) {
+        return Err("the Kubernetes API server did not answer the last look at the Lease".into());
+    }
+    if leading && !ctx.observer.synced() {
+        return Err("the controllers' caches have not seen their first complete lists yet".into());
+    }
+    Ok(())
+}
+
+/// Beats the liveness clock and re-judges readiness every second until dropped.
+async fn supervise(ctx: Arc<Context>, health: Arc<Health>, standing: Option<tokio::sync::watch::Receiver<Standing>>) {
+    loop {
+        health.beat();
+        let (leading, reachable) = match &standing {
+            Some(s) => {
+                let now = *s.borrow();
+                (now.leading, Some(now.reachable))
+            }
+            None => (true, None),
+        };
+        health.set_ready(readiness(&ctx, leading, reachable).await);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Runs one instance until `stop` turns true (SIGTERM in `run`) or, when elected, until it
+/// loses the Lease. Elected, it first waits as a standby; only the holder of the Lease runs
+/// the controllers. On the stop the leader starts no new reconcile, lets in-flight ones finish
+/// (at most `drain`), then releases the Lease so that a standby takes over at its next look.
+pub async fn run_instance(
+    connected: Connected,
+    options: InstanceOptions,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Ending {
+    let Connected { context, registry } = connected;
+    let health = Arc::new(Health::default());
+    let mut stop = stop;
+    let _endpoints = options.endpoints.map(|listener| {
+        let endpoints = Arc::new(Endpoints { registry, context: Arc::clone(&context), health: Arc::clone(&health) });
+        // Served until the instance ends (dropping the handle aborts it), so a draining
+        // instance still answers its probes.
+        AbortOnDrop::spawn(endpoints::serve(listener, endpoints))
+    });
+    let Some(lease) = options.election else {
+        let _supervisor = AbortOnDrop::spawn(supervise(Arc::clone(&context), Arc::clone(&health), None));
+        context.metrics.set_leader(true);
+        run(Arc::clone(&context), stop, options.drain).await;
+        context.metrics.set_leader(false);
+        return Ending::Stopped;
+    };
+    let (standing_tx, mut standing) = tokio::sync::watch::channel(Standing::default());
+    let (release, release_rx) = tokio::sync::watch::channel(false);
+    tracing::info!(lease = %lease.name, namespace = %lease.namespace, identity = %lease.identity, "standing by for the lease");
+    let mut campaign =
+        AbortOnDrop::spawn(Elector::new(context.client.clone(), lease).campaign(standing_tx, release_rx));
+    let _supervisor = AbortOnDrop::spawn(supervise(Arc::clone(&context), Arc::clone(&health), Some(standing.clone())));
+
+    // Standby: nothing runs but the elector until this instance leads.
+    // (The watch guards are dropped inside the async blocks: none is held across an await.)
+    let leading = tokio::select! {
+        became = async { standing.wait_for(|s| s.leading).await.is_ok() } => became,
+        _ = stopped(&mut stop) => false,
+    };
+    let mut ending = Ending::Stopped;
+    if leading {
+        context.metrics.set_leader(true);
+        let (halt, halt_rx) = tokio::sync::watch::channel(false);
+        let controllers = run(Arc::clone(&context), halt_rx, options.drain);
+        tokio::pin!(controllers);
+        tokio::select! {
+            _ = &mut controllers => {}
+            // A closed channel means the elector is gone: a loss too.
+            _ = async { standing.wait_for(|s| !s.leading).await.is_ok() } => {
+                tracing::warn!("lost the lease: no new reconciles; finishing the ones in flight");
+                ending = Ending::LostLeadership;
+                let _ = halt.send(true);
+                controllers.await;
+            }
+            _ = stopped(&mut stop) => {
+                let _ = halt.send(true);
+                controllers.await;
+            }
+        }
+        context.metrics.set_leader(false);
+    }
+    // Only now, with every reconcile finished, may another instance take over.
+    let _ = release.send(true);
+    campaign.join().await;
+    ending
 }
 
 /// Resolves on SIGTERM (Kubernetes stopping the pod) or Ctrl-C (SIGINT).

@@ -47,6 +47,10 @@ impl CloudMetrics {
             "Requests the provider says are left in its budget (RateLimit headers of the last answer)",
             m.budget_remaining.clone(),
         );
+        // At 0 from the start: an empty family is not exposed at all.
+        for provider in ["hetzner", "cloudflare"] {
+            let _ = m.rate_limit_wait_ms.get_or_create(&ProviderLabels { provider: provider.to_owned() });
+        }
         m
     }
 

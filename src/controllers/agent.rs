@@ -477,7 +477,8 @@ async fn record_transfer(
         details: json!({"from": from, "to": to, "generation": agent.metadata.generation}),
         occurred_at: Utc::now(),
     };
-    audit::append(&ctx.db, &event).await?;
+    let appended = audit::append(&ctx.db, &event).await?;
+    ctx.metrics.count_audit(&appended);
     Ok(())
 }
 

@@ -12,6 +12,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use sqlx::PgPool;
 
@@ -40,8 +41,11 @@ pub struct ControllerConfig {
     pub firewall_audit_every: u32,
     /// Longest per-object retry delay after repeated failures.
     pub max_backoff: Duration,
-    /// Only objects with this value of the label `crabglamp.com/shard` (none = all).
+    /// Only objects with this value of the label `crabglamp.com/shard`; none: only objects
+    /// without that label (so a sharded and an unsharded deployment never share an object).
     pub shard: Option<String>,
+    /// Watch and reconcile this namespace only (none: all namespaces).
+    pub watch_namespace: Option<String>,
     /// Name of this instance in Events (`reportingInstance`), e.g. the pod name.
     pub instance: String,
     /// Prefix of every Redis name the VirtualKey controller reads or writes (the contract's
@@ -68,6 +72,7 @@ impl ControllerConfig {
             firewall_audit_every: 12,
             max_backoff: Duration::from_secs(300),
             shard: None,
+            watch_namespace: None,
             instance: "crabglamp-operator".into(),
             redis_namespace: "cgk:".into(),
             redis_batch: 500,
@@ -163,34 +168,115 @@ struct KindStep {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct KindLabel {
+    pub(crate) kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct KindPhase {
+    pub(crate) kind: String,
+    pub(crate) phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Swept {
     resource: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuditType {
+    event_type: String,
+}
+
+/// Reconcile durations from 5 ms (a settled object) to about 80 s (a slow cloud step).
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+
 /// The controllers' Prometheus metrics. Clones share the counters.
-#[derive(Clone, Debug, Default)]
+///
+/// Registered without a prefix of their own: the registry's prefix (`crabglamp`, see
+/// [`crate::operator::connect`]) makes `crabglamp_reconciles_total` and so on.
+#[derive(Clone, Debug)]
 pub struct ControllerMetrics {
     reconciles: Family<KindOutcome, Counter>,
+    reconcile_duration: Family<KindLabel, Histogram, fn() -> Histogram>,
     steps: Family<KindStep, Counter>,
     swept: Family<Swept, Counter>,
     status_writes: Family<KindStep, Counter>,
+    audit_events: Family<AuditType, Counter>,
+    /// Filled from the controllers' caches at each scrape ([`super::observe`]).
+    pub(crate) objects: Family<KindPhase, Gauge>,
+    pub(crate) queue_depth: Family<KindLabel, Gauge>,
     leader: Gauge,
 }
 
+impl Default for ControllerMetrics {
+    fn default() -> Self {
+        ControllerMetrics {
+            reconciles: Family::default(),
+            reconcile_duration: Family::new_with_constructor(duration_histogram),
+            steps: Family::default(),
+            swept: Family::default(),
+            status_writes: Family::default(),
+            audit_events: Family::default(),
+            objects: Family::default(),
+            queue_depth: Family::default(),
+            leader: Gauge::default(),
+        }
+    }
+}
+
 impl ControllerMetrics {
-    /// Registered in `registry` under `crabglamp_`.
+    /// Registered in `registry` (whose prefix names them).
     pub fn register(registry: &mut Registry) -> Self {
         let m = ControllerMetrics::default();
-        registry.register("crabglamp_reconciles", "Reconciles by kind and outcome", m.reconciles.clone());
-        registry.register("crabglamp_steps", "Changes made in the outside world, by kind and step", m.steps.clone());
-        registry.register("crabglamp_swept", "Orphaned resources removed by the sweeper", m.swept.clone());
-        registry.register("crabglamp_status_writes", "Status patches, by kind", m.status_writes.clone());
-        registry.register("crabglamp_leader", "1 while this instance leads", m.leader.clone());
+        registry.register("reconciles", "Reconciles by kind and outcome", m.reconciles.clone());
+        registry.register(
+            "reconcile_duration_seconds",
+            "How long one reconcile took, by kind",
+            m.reconcile_duration.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Objects waiting for a reconcile (changed since their last one started, or never reconciled)",
+            m.queue_depth.clone(),
+        );
+        registry.register("objects", "Objects in the controllers' caches, by kind and phase", m.objects.clone());
+        registry.register("steps", "Changes made in the outside world, by kind and step", m.steps.clone());
+        registry.register("swept", "Orphaned resources removed by the sweeper", m.swept.clone());
+        registry.register("status_writes", "Status patches, by kind", m.status_writes.clone());
+        registry.register("audit_events", "Audit events written, by event type", m.audit_events.clone());
+        registry.register("leader", "1 while this instance leads (runs the controllers)", m.leader.clone());
+        // Every series exists from the start at 0 (an empty family is not exposed at all), so
+        // dashboards and rate() see the first removal or event.
+        for resource in ["server", "firewall", "tunnel", "dns"] {
+            let _ = m.swept.get_or_create(&Swept { resource: resource.into() });
+        }
+        use crate::store::audit::AuditKind;
+        for kind in [
+            AuditKind::AgentTransferred,
+            AuditKind::AgentDestroyed,
+            AuditKind::PlainVmDestroyed,
+            AuditKind::VirtualKeyIssued,
+            AuditKind::VirtualKeyRotated,
+            AuditKind::VirtualKeyRevoked,
+            AuditKind::VirtualKeyTransferred,
+        ] {
+            let _ = m.audit_events.get_or_create(&AuditType { event_type: kind.as_str().into() });
+        }
         m
     }
 
-    pub fn count_reconcile(&self, kind: &str, outcome: &str) {
+    /// One finished reconcile: its outcome and how long it took.
+    pub fn count_reconcile(&self, kind: &str, outcome: &str, took: Duration) {
         self.reconciles.get_or_create(&KindOutcome { kind: kind.into(), outcome: outcome.into() }).inc();
+        self.reconcile_duration.get_or_create(&KindLabel { kind: kind.into() }).observe(took.as_secs_f64());
+    }
+
+    /// Reconciles of a kind so far with this outcome (tests, benchmarks).
+    pub fn reconciles(&self, kind: &str, outcome: &str) -> u64 {
+        self.reconciles.get_or_create(&KindOutcome { kind: kind.into(), outcome: outcome.into() }).get()
     }
 
     pub fn count_step(&self, kind: &str, step: &str) {
@@ -205,8 +291,20 @@ impl ControllerMetrics {
         self.swept.get_or_create(&Swept { resource: resource.into() }).inc();
     }
 
+    /// An audit append that wrote a row (a retried one that found its event is not counted).
+    pub fn count_audit(&self, appended: &crate::store::audit::Appended) {
+        if let crate::store::audit::Appended::Recorded(event) = appended {
+            self.audit_events.get_or_create(&AuditType { event_type: event.kind.clone() }).inc();
+        }
+    }
+
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
+    }
+
+    /// Whether this instance says it leads (tests).
+    pub fn leading(&self) -> bool {
+        self.leader.get() == 1
     }
 
     /// Current value of a step counter (tests, benchmarks).
@@ -243,6 +341,8 @@ pub struct Context {
     pub fleet_firewall: Mutex<Option<i64>>,
     /// The VirtualKey controller's Redis client and spend snapshot (none: it does not run).
     pub virtual_keys: Option<super::virtual_key::KeyRuntime>,
+    /// The controllers' caches, for the objects and queue-depth gauges and readiness.
+    pub observer: super::observe::Observer,
 }
 
 impl Context {
@@ -273,6 +373,7 @@ impl Context {
             metrics,
             fleet_firewall: Mutex::new(None),
             virtual_keys: None,
+            observer: super::observe::Observer::default(),
         }
     }
 

@@ -89,6 +89,8 @@ pub trait ManagedObject:
     fn intent(&self) -> ServerIntent;
     fn conditions(status: &Self::Status) -> &[Condition];
     fn conditions_mut(status: &mut Self::Status) -> &mut Vec<Condition>;
+    /// The phase in status (`Pending` before the first status write), for the objects gauge.
+    fn phase_name(&self) -> String;
 
     /// One pass over a live object.
     fn apply(object: Arc<Self>, ctx: Arc<Context>) -> impl Future<Output = Result<Action, ReconcileError>> + Send;
@@ -123,6 +125,9 @@ macro_rules! managed_kind {
         $crate::controllers::lifecycle::status_access!($status);
         fn intent(&self) -> $crate::controllers::server::ServerIntent {
             intent(&self.spec)
+        }
+        fn phase_name(&self) -> String {
+            format!("{:?}", self.status.as_ref().and_then(|s| s.phase).unwrap_or_default())
         }
     };
 }
@@ -365,9 +370,11 @@ pub async fn reconcile<K: ManagedObject>(object: Arc<K>, ctx: Arc<Context>) -> R
         object_name = %object.name_any()
     );
     async move {
+        ctx.observer.started(object.as_ref());
         if object.annotations().get(PAUSE_ANNOTATION).map(String::as_str) == Some("true") {
             return pause(object.as_ref(), &ctx).await;
         }
+        let started = std::time::Instant::now();
         let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
         let result = finalizer(&api, FINALIZER, object, |event| async {
             match event {
@@ -376,7 +383,7 @@ pub async fn reconcile<K: ManagedObject>(object: Arc<K>, ctx: Arc<Context>) -> R
             }
         })
         .await;
-        ctx.metrics.count_reconcile(K::KIND, if result.is_ok() { "ok" } else { "error" });
+        ctx.metrics.count_reconcile(K::KIND, if result.is_ok() { "ok" } else { "error" }, started.elapsed());
         result.map_err(|e| match e {
             kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
             other => ReconcileError::Finalizer(other.to_string()),
@@ -453,8 +460,9 @@ pub async fn commit_destroy(
     if let Some(row) = &closing {
         usage::record(&mut *tx, row).await?;
     }
-    audit::append(&mut *tx, &event).await?;
+    let appended = audit::append(&mut *tx, &event).await?;
     tx.commit().await.during("committing the destroy event")?;
+    ctx.metrics.count_audit(&appended);
     ctx.metrics.count_step(owner.kind, "destroyed");
     tracing::info!(event = destroyed.kind.as_str(), "destroyed; audit event committed");
     ctx.fleet.done_waiting(&owner.uid);

@@ -14,6 +14,7 @@ pub mod firewall;
 pub mod fleet;
 pub mod lifecycle;
 pub mod names;
+pub mod observe;
 pub mod plain_vm;
 pub mod refresher;
 pub mod server;
@@ -48,11 +49,28 @@ pub fn backoff_delay(failures: u32, base: Duration, cap: Duration) -> Duration {
     ceiling.mul_f64(jitter)
 }
 
-fn watcher_config(config: &ControllerConfig) -> watcher::Config {
-    let wc = watcher::Config::default();
+/// The label selector of the objects this instance owns: its shard's, or without `--shard`
+/// only those without a shard label, so a sharded and an unsharded deployment never both
+/// reconcile one object.
+pub fn shard_selector(config: &ControllerConfig) -> String {
     match &config.shard {
-        Some(shard) => wc.labels(&format!("{SHARD_LABEL}={shard}")),
-        None => wc,
+        Some(shard) => format!("{SHARD_LABEL}={shard}"),
+        None => format!("!{SHARD_LABEL}"),
+    }
+}
+
+fn watcher_config(config: &ControllerConfig) -> watcher::Config {
+    watcher::Config::default().labels(&shard_selector(config))
+}
+
+/// A kind's API in the watched scope: one namespace with `--watch-namespace`, else all.
+pub fn scoped_api<K>(ctx: &Context) -> Api<K>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match &ctx.config.watch_namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
     }
 }
 
@@ -88,10 +106,11 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
 
 /// One kind's controller until `stop` turns true (in-flight reconciles finish).
 async fn run_controller<K: ManagedObject>(ctx: &Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
-    let api: Api<K> = Api::all(ctx.client.clone());
     let mut shutdown = stop;
-    Controller::new(api, watcher_config(&ctx.config).any_semantic())
-        .with_config(controller_config(&ctx.config))
+    let controller = Controller::new(scoped_api::<K>(ctx), watcher_config(&ctx.config).any_semantic())
+        .with_config(controller_config(&ctx.config));
+    ctx.observer.watch(K::KIND, controller.store(), K::phase_name);
+    controller
         .graceful_shutdown_on(async move {
             while !*shutdown.borrow() {
                 if shutdown.changed().await.is_err() {

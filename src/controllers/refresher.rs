@@ -57,7 +57,7 @@ async fn refresh(ctx: &Context, which: Collection) -> Result<(), CloudError> {
     let started = Instant::now();
     match which {
         Collection::Servers => {
-            let servers = ctx.hetzner.list_server_summaries(Some(&fleet_selector())).await?;
+            let servers = ctx.hetzner.list_server_summaries(Some(&fleet_selector(&ctx.config))).await?;
             let listed: HashMap<_, _> =
                 servers.into_iter().filter_map(|s| s.labels.get(UID_LABEL).cloned().map(|uid| (uid, s))).collect();
             ctx.fleet.merge_servers(listed, started);
@@ -65,7 +65,7 @@ async fn refresh(ctx: &Context, which: Collection) -> Result<(), CloudError> {
         Collection::Firewalls => {
             // One paged list for every PlainVM's firewall: drift is seen here, never by a GET
             // per object. The fleet firewall carries no UID label, so it is not in this view.
-            let firewalls = ctx.hetzner.list_firewalls(Some(&per_object_firewall_selector())).await?;
+            let firewalls = ctx.hetzner.list_firewalls(Some(&per_object_firewall_selector(&ctx.config))).await?;
             let listed: HashMap<_, _> = firewalls
                 .into_iter()
                 .filter_map(|f| f.labels.as_ref().and_then(|l| l.get(UID_LABEL)).cloned().map(|uid| (uid, f)))

@@ -17,8 +17,9 @@ use crate::cloud::{CloudError, Secret};
 use crate::store::audit::ResourceRef;
 use crate::store::usage::{self, Transition, UsageTransition};
 
+use super::SHARD_LABEL;
 use super::conditions::Desired;
-use super::context::Context;
+use super::context::{Context, ControllerConfig};
 use super::error::ReconcileError;
 
 /// Label on everything the operator creates in Hetzner: what the fleet list selects.
@@ -34,15 +35,29 @@ pub const NAMESPACE_LABEL: &str = "crabglamp.com/namespace";
 /// See [`NAMESPACE_LABEL`].
 pub const NAME_LABEL: &str = "crabglamp.com/name";
 
-/// The label selector of the shared fleet list: every server the operator manages.
-pub fn fleet_selector() -> String {
-    format!("{MANAGED_BY_LABEL}={MANAGED_BY}")
+/// The terms that keep an instance to its own servers and firewalls: its shard's (or, without
+/// `--shard`, those without a shard label), and its namespace's with `--watch-namespace`. The
+/// sweeper judges only what these select, so it never removes another deployment's servers.
+fn scope_terms(config: &ControllerConfig) -> String {
+    let mut terms = match &config.shard {
+        Some(shard) => format!(",{SHARD_LABEL}={shard}"),
+        None => format!(",!{SHARD_LABEL}"),
+    };
+    if let Some(ns) = &config.watch_namespace {
+        terms.push_str(&format!(",{NAMESPACE_LABEL}={ns}"));
+    }
+    terms
 }
 
-/// The label selector of the shared firewall list: every per-object (PlainVM) firewall. The
-/// fleet firewall has no kind label, so it is not selected.
-pub fn per_object_firewall_selector() -> String {
-    format!("{MANAGED_BY_LABEL}={MANAGED_BY},{KIND_LABEL}=plainvm")
+/// The label selector of the shared fleet list: every server this instance manages.
+pub fn fleet_selector(config: &ControllerConfig) -> String {
+    format!("{MANAGED_BY_LABEL}={MANAGED_BY}{}", scope_terms(config))
+}
+
+/// The label selector of the shared firewall list: every per-object (PlainVM) firewall of this
+/// instance. The fleet firewall has no kind label, so it is not selected.
+pub fn per_object_firewall_selector(config: &ControllerConfig) -> String {
+    format!("{MANAGED_BY_LABEL}={MANAGED_BY},{KIND_LABEL}=plainvm{}", scope_terms(config))
 }
 
 /// What a kind asks of its server; the rest of this module needs nothing else of the object.
@@ -84,14 +99,19 @@ pub struct Owner {
     pub namespace: String,
     pub name: String,
     pub uid: String,
+    /// The object's `crabglamp.com/shard` label: its servers and firewalls carry it too, so
+    /// each shard's lists (and sweeper) see only their own.
+    pub shard: Option<String>,
 }
 
 impl Owner {
     /// From a namespaced object that has been stored (it has a UID).
     pub fn of<K: Resource>(object: &K, kind: &'static str) -> Result<Self, ReconcileError> {
-        let uid = object.meta().uid.clone().ok_or(ReconcileError::NotStored("uid"))?;
-        let namespace = object.meta().namespace.clone().ok_or(ReconcileError::NotStored("namespace"))?;
-        Ok(Owner { kind, namespace, name: object.meta().name.clone().unwrap_or_default(), uid })
+        let meta = object.meta();
+        let uid = meta.uid.clone().ok_or(ReconcileError::NotStored("uid"))?;
+        let namespace = meta.namespace.clone().ok_or(ReconcileError::NotStored("namespace"))?;
+        let shard = meta.labels.as_ref().and_then(|l| l.get(SHARD_LABEL)).cloned();
+        Ok(Owner { kind, namespace, name: meta.name.clone().unwrap_or_default(), uid, shard })
     }
 
     /// `Agent/team-a/research-bot`: what spans and messages name.
@@ -121,13 +141,18 @@ pub fn server_name(name: &str, uid: &str) -> String {
 /// The ownership labels of an object's server. Every value is a Kubernetes name or UID, which
 /// already fits Hetzner's label rules (at most 63 characters, alphanumerics, `-`, `_`, `.`).
 pub fn server_labels(owner: &Owner, product: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
+    let mut labels = BTreeMap::from([
         (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
         (KIND_LABEL.to_owned(), product.to_owned()),
         (UID_LABEL.to_owned(), owner.uid.clone()),
         (NAMESPACE_LABEL.to_owned(), owner.namespace.clone()),
         (NAME_LABEL.to_owned(), owner.name.clone()),
-    ])
+    ]);
+    // A Kubernetes label value: it fits Hetzner's rules as the others do.
+    if let Some(shard) = &owner.shard {
+        labels.insert(SHARD_LABEL.to_owned(), shard.clone());
+    }
+    labels
 }
 
 /// The labels left on a server after an `Orphan` deletion: the owner's own labels stay, ours
@@ -439,6 +464,18 @@ mod tests {
     const UID: &str = "3f2a9c1e-0b4d-4c55-9e1a-7d2b8c6f0a11";
 
     #[test]
+    fn each_instance_lists_only_its_shard_and_namespace() {
+        let mut config = ControllerConfig::new("z");
+        assert_eq!(fleet_selector(&config), "crabglamp.com/managed-by=crabglamp-operator,!crabglamp.com/shard");
+        config.shard = Some("a".into());
+        config.watch_namespace = Some("team-a".into());
+        assert_eq!(
+            per_object_firewall_selector(&config),
+            "crabglamp.com/managed-by=crabglamp-operator,crabglamp.com/kind=plainvm,crabglamp.com/shard=a,crabglamp.com/namespace=team-a"
+        );
+    }
+
+    #[test]
     fn server_names_are_dns_labels_within_hetzner_limits() {
         assert_eq!(server_name("research-bot", UID), "research-bot-3f2a9c1e");
         let longest = "a".repeat(50);
@@ -450,9 +487,13 @@ mod tests {
 
     #[test]
     fn labels_point_back_and_orphaning_removes_only_ours() {
-        let owner = Owner { kind: "Agent", namespace: "team-a".into(), name: "bot".into(), uid: UID.into() };
+        let owner =
+            Owner { kind: "Agent", namespace: "team-a".into(), name: "bot".into(), uid: UID.into(), shard: None };
         let labels = server_labels(&owner, "agent");
         assert_eq!(labels[UID_LABEL], UID);
+        assert!(!labels.contains_key(SHARD_LABEL));
+        let sharded = server_labels(&Owner { shard: Some("eu-2".into()), ..owner.clone() }, "agent");
+        assert_eq!(sharded[SHARD_LABEL], "eu-2");
         assert_eq!(labels[MANAGED_BY_LABEL], MANAGED_BY);
         for (k, v) in &labels {
             let name = k.rsplit('/').next().unwrap_or(k);

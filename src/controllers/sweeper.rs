@@ -22,6 +22,25 @@ use super::server::KIND_LABEL;
 #[derive(Debug, Default)]
 pub struct Suspects {
     first_seen: HashMap<String, Instant>,
+    /// With `--watch-namespace`: owner UIDs known to be of this namespace (seen alive, or on a
+    /// server labelled with it). Tunnels and DNS records carry no namespace, so only theirs
+    /// are judged: another namespace's live object is never taken for an orphan.
+    in_scope: HashSet<String>,
+}
+
+impl Suspects {
+    /// Pure: remembers `seen` as in scope, forgets UIDs nothing refers to any more, and keeps
+    /// of `candidates` those in scope.
+    pub fn in_scope<T>(
+        &mut self,
+        seen: &HashSet<String>,
+        referred: &HashSet<String>,
+        candidates: &mut HashMap<String, T>,
+    ) {
+        self.in_scope.extend(seen.iter().cloned());
+        self.in_scope.retain(|u| referred.contains(u));
+        candidates.retain(|u, _| self.in_scope.contains(u));
+    }
 }
 
 impl Suspects {
@@ -47,10 +66,11 @@ fn secret_id(uid: &str) -> CredentialId {
 
 /// The UIDs of every Agent and PlainVM that exists, from one metadata-only list per kind (not
 /// a cache: a cache that is not yet complete would make every server look orphaned). UIDs are
-/// unique across kinds, so one set serves both.
+/// unique across kinds, so one set serves both. Every shard's objects count (no label
+/// selector): an object of another shard is alive, whatever this instance reconciles.
 async fn live_uids(ctx: &Context) -> Result<HashSet<String>, kube::Error> {
-    let agents: Api<Agent> = Api::all(ctx.client.clone());
-    let vms: Api<PlainVM> = Api::all(ctx.client.clone());
+    let agents: Api<Agent> = super::scoped_api(ctx);
+    let vms: Api<PlainVM> = super::scoped_api(ctx);
     let mut live: HashSet<String> =
         agents.list_metadata(&ListParams::default()).await?.items.into_iter().filter_map(|m| m.metadata.uid).collect();
     live.extend(vms.list_metadata(&ListParams::default()).await?.items.into_iter().filter_map(|m| m.metadata.uid));
@@ -79,13 +99,19 @@ async fn sweep(ctx: &Context, suspects: &mut Suspects) {
         .collect();
     // PlainVM firewalls (the fleet view holds only those; never the fleet firewall).
     let firewalls: HashMap<String, i64> = ctx.fleet.firewalls().into_iter().map(|(u, f)| (u, f.id)).collect();
-    let tunnels: HashMap<String, String> = ctx
+    let mut tunnels: HashMap<String, String> = ctx
         .fleet
         .tunnels()
         .into_iter()
         .filter_map(|t| uid_from_tunnel_name(&t.name).map(|u| (u.to_owned(), t.id.clone())))
         .collect();
-    let records: HashMap<String, String> = ctx.fleet.dns_records().into_iter().map(|(u, r)| (u, r.id)).collect();
+    let mut records: HashMap<String, String> = ctx.fleet.dns_records().into_iter().map(|(u, r)| (u, r.id)).collect();
+    if ctx.config.watch_namespace.is_some() {
+        let seen: HashSet<String> = live.iter().chain(servers.keys()).chain(firewalls.keys()).cloned().collect();
+        let referred: HashSet<String> = seen.iter().chain(tunnels.keys()).chain(records.keys()).cloned().collect();
+        suspects.in_scope(&seen, &referred, &mut tunnels);
+        suspects.in_scope(&seen, &referred, &mut records);
+    }
 
     let mut orphans = HashSet::new();
     orphans.extend(servers.keys().filter(|u| !live.contains(*u)).map(|u| format!("server/{u}")));
@@ -184,5 +210,21 @@ mod tests {
         // Seen live again: the clock restarts.
         assert!(s.due(&HashSet::new(), t0 + grace, grace).is_empty());
         assert!(s.due(&orphans, t0 + grace + Duration::from_secs(1), grace).is_empty());
+    }
+
+    #[test]
+    fn a_namespaced_sweeper_judges_only_tunnels_of_objects_it_has_seen() {
+        let mut s = Suspects::default();
+        let set = |v: &[&str]| v.iter().map(|u| (*u).to_owned()).collect::<HashSet<String>>();
+        let mut tunnels = HashMap::from([("mine".to_owned(), 1), ("other-namespace".to_owned(), 2)]);
+        s.in_scope(&set(&["mine"]), &set(&["mine", "other-namespace"]), &mut tunnels);
+        assert_eq!(tunnels.keys().collect::<Vec<_>>(), vec!["mine"]);
+        // Its object is gone now: still in scope while its tunnel is there, so it is swept.
+        let mut tunnels = HashMap::from([("mine".to_owned(), 1), ("other-namespace".to_owned(), 2)]);
+        s.in_scope(&set(&[]), &set(&["mine", "other-namespace"]), &mut tunnels);
+        assert_eq!(tunnels.keys().collect::<Vec<_>>(), vec!["mine"]);
+        // Once nothing refers to it, it is forgotten.
+        s.in_scope(&set(&[]), &set(&[]), &mut HashMap::<String, i32>::new());
+        assert!(s.in_scope.is_empty());
     }
 }

@@ -383,8 +383,9 @@ async fn record_key(
         details: json!({"keyId": held.key_id, "previousKeyId": old, "prefix": new.prefix, "rotationToken": held.rotation}),
         occurred_at: now,
     };
-    audit::append(&mut *tx, &event).await?;
+    let appended = audit::append(&mut *tx, &event).await?;
     tx.commit().await.map_err(|e| crate::store::StoreError::Query { what: "committing a key", source: e })?;
+    ctx.metrics.count_audit(&appended);
     ctx.metrics.count_step(KIND, if live.is_some() { "rotate" } else { "issue" });
     let verb = if live.is_some() { "Rotated" } else { "Issued" };
     ctx.event(
@@ -446,6 +447,7 @@ async fn apply(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, ReconcileEr
             .map_err(|e| crate::store::StoreError::Query { what: "starting a terms update", source: e })?;
         keys::update_terms(&mut *tx, &record.key_id, &t).await?;
         let transfer = (record.owner != t.owner).then(|| record.owner.clone());
+        let mut appended = None;
         if let Some(from) = &transfer {
             let event = NewAuditEvent {
                 event_key: format!(
@@ -462,11 +464,14 @@ async fn apply(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, ReconcileEr
                 details: json!({"from": from, "to": t.owner, "generation": vk.metadata.generation}),
                 occurred_at: Utc::now(),
             };
-            audit::append(&mut *tx, &event).await?;
+            appended = Some(audit::append(&mut *tx, &event).await?);
         }
         tx.commit()
             .await
             .map_err(|e| crate::store::StoreError::Query { what: "committing a terms update", source: e })?;
+        if let Some(appended) = &appended {
+            ctx.metrics.count_audit(appended);
+        }
         if let Some(from) = transfer {
             ctx.event(&*vk, false, "Transferred", "Transfer", format!("Owner changed from {from} to {}", t.owner))
                 .await;
@@ -639,8 +644,9 @@ async fn cleanup(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, Reconcile
         details: json!({"keyId": live.key_id, "prefix": live.prefix, "reason": "deleted"}),
         occurred_at: now,
     };
-    audit::append(&mut *tx, &event).await?;
+    let appended = audit::append(&mut *tx, &event).await?;
     tx.commit().await.map_err(|e| crate::store::StoreError::Query { what: "committing a revoke", source: e })?;
+    ctx.metrics.count_audit(&appended);
     rt.with(|m| m.remove(&uid));
     ctx.metrics.count_step(KIND, "revoke");
     ctx.event(&*vk, false, "Revoked", "Revoke", format!("Key {} revoked and removed from the proxy", live.key_id))
@@ -649,8 +655,11 @@ async fn cleanup(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, Reconcile
 }
 
 pub async fn reconcile(vk: Arc<VirtualKey>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-    let span = tracing::info_span!("reconcile", kind = KIND, namespace = %vk.namespace().unwrap_or_default(), name = %vk.name_any());
+    // `object_name`, not `name`: JSON log lines give the span's own name under `name`.
+    let span = tracing::info_span!("reconcile", kind = KIND, namespace = %vk.namespace().unwrap_or_default(), object_name = %vk.name_any());
     async move {
+        ctx.observer.started(vk.as_ref());
+        let started = std::time::Instant::now();
         let api: Api<VirtualKey> = Api::namespaced(ctx.client.clone(), &vk.namespace().unwrap_or_default());
         let result = finalizer(&api, FINALIZER, vk, |event| async {
             match event {
@@ -659,7 +668,7 @@ pub async fn reconcile(vk: Arc<VirtualKey>, ctx: Arc<Context>) -> Result<Action,
             }
         })
         .await;
-        ctx.metrics.count_reconcile(KIND, if result.is_ok() { "ok" } else { "error" });
+        ctx.metrics.count_reconcile(KIND, if result.is_ok() { "ok" } else { "error" }, started.elapsed());
         result.map_err(|e| match e {
             kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
             other => ReconcileError::Finalizer(other.to_string()),
@@ -673,7 +682,7 @@ pub async fn reconcile(vk: Arc<VirtualKey>, ctx: Arc<Context>) -> Result<Action,
 pub fn error_policy(vk: Arc<VirtualKey>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
     let failures = ctx.failures.failed(&vk.uid().unwrap_or_default());
     let delay = super::backoff_delay(failures, ctx.config.fast_poll, ctx.config.max_backoff);
-    tracing::warn!(kind = KIND, namespace = %vk.namespace().unwrap_or_default(), name = %vk.name_any(), error = %error, class = error.metric_label(), retry_in = ?delay, "reconcile failed");
+    tracing::warn!(kind = KIND, namespace = %vk.namespace().unwrap_or_default(), object_name = %vk.name_any(), error = %error, class = error.metric_label(), retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
 
@@ -834,12 +843,14 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
         return;
     };
     let mut refresher = AbortOnDrop::spawn(refresh_loop(Arc::clone(&ctx), stop.clone()));
-    let vks: Api<VirtualKey> = Api::all(ctx.client.clone());
-    let secrets: Api<Secret> = Api::all(ctx.client.clone());
+    let vks: Api<VirtualKey> = super::scoped_api(&ctx);
+    let secrets: Api<Secret> = super::scoped_api(&ctx);
     let label = format!("{}={}", MANAGED_BY_LABEL.0, MANAGED_BY_LABEL.1);
     let mut shutdown = stop.clone();
-    Controller::new(vks, super::watcher_config(&ctx.config).any_semantic())
-        .with_config(super::controller_config(&ctx.config))
+    let controller = Controller::new(vks, super::watcher_config(&ctx.config).any_semantic())
+        .with_config(super::controller_config(&ctx.config));
+    ctx.observer.watch(KIND, controller.store(), phase_name);
+    controller
         .owns(secrets, watcher::Config::default().labels(&label))
         .reconcile_all_on(refreshed)
         .graceful_shutdown_on(async move {
@@ -857,6 +868,19 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
         })
         .await;
     refresher.join().await;
+}
+
+/// A VirtualKey's phase for the objects gauge: `Blocked`, `Active` (a live key) or `Pending`.
+fn phase_name(vk: &VirtualKey) -> String {
+    let status = vk.status.as_ref();
+    let phase = if status.and_then(|s| s.blocked) == Some(true) {
+        "Blocked"
+    } else if status.and_then(|s| s.key_id.as_ref()).is_some() {
+        "Active"
+    } else {
+        "Pending"
+    };
+    phase.to_owned()
 }
 
 /// Connects the VirtualKey controller's Redis client.

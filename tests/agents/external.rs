@@ -29,6 +29,8 @@ async fn the_operator_binary_runs_against_the_sandbox_and_stops_on_sigterm() {
         .args(["--log-format", "json", "run", "--kubeconfig"])
         .arg(&kubeconfig)
         .args(["--resync-seconds", "3", "--fast-poll-ms", "200", "--drain-seconds", "10"])
+        // Any free port: the default 0.0.0.0:8080 may be taken on a test machine.
+        .args(["--metrics-addr", "127.0.0.1:0"])
         .env("DATABASE_URL", &sandbox.database_url)
         .env("HCLOUD_ENDPOINT", &sandbox.hcloud.base_url)
         .env("HCLOUD_TOKEN", &sandbox.hetzner_config.token)

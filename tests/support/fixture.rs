@@ -10,6 +10,7 @@ use crabglamp_operator::api::{Agent, PlainVM};
 use crabglamp_operator::cloud::cloudflare::CloudflareConfig;
 use crabglamp_operator::cloud::hetzner::HetznerConfig;
 use crabglamp_operator::controllers::{Context, ControllerConfig};
+use crabglamp_operator::leader::LeaseConfig;
 use crabglamp_operator::operator::{self, OperatorSettings};
 use crabglamp_operator::store::seal::SealingKeys;
 use crabglamp_sandbox::cloudflare::{self as cfsim, CloudflareSimConfig};
@@ -60,7 +61,7 @@ impl Operator {
     }
 
     pub async fn start_with(config: ControllerConfig) -> Operator {
-        Self::start_tuned(config, |_| {}).await
+        Self::stand_up(config, true, |_| {}).await
     }
 
     /// Also runs the VirtualKey controller when `redis_url` is set (use a key namespace of
@@ -72,6 +73,20 @@ impl Operator {
     /// As [`Operator::start_with`], with the settings changed by `tune` before the operator
     /// connects (a Redis for the VirtualKey controller, raised request budgets).
     pub async fn start_tuned(config: ControllerConfig, tune: impl FnOnce(&mut OperatorSettings)) -> Operator {
+        Self::stand_up(config, true, tune).await
+    }
+
+    /// The stand-ins and the database with no controllers running: each test starts its own
+    /// [`Instance`]s against them.
+    pub async fn start_idle() -> Operator {
+        Self::stand_up(test_config(), false, |_| {}).await
+    }
+
+    async fn stand_up(
+        config: ControllerConfig,
+        controllers: bool,
+        tune: impl FnOnce(&mut OperatorSettings),
+    ) -> Operator {
         crate::logs::install();
         let kube = crabglamp_sandbox::kube::spawn_loopback().await.expect("API server starts");
         let client = kube.client().expect("client");
@@ -105,7 +120,14 @@ impl Operator {
             cloudflare_requests_per_5min: 12_000,
         };
         tune(&mut settings);
-        let (context, stop, task) = launch(&operator_client, settings.clone()).await;
+        let (context, stop, task) = if controllers {
+            let (context, stop, task) = launch(&operator_client, settings.clone()).await;
+            (context, stop, Some(task))
+        } else {
+            let connected =
+                operator::connect(operator_client.clone(), settings.clone(), sealing_keys()).await.expect("connects");
+            (connected.context, tokio::sync::watch::channel(false).0, None)
+        };
         // The sandbox plays cloudflared: a booted server whose user data carries a valid token
         // connects its tunnel.
         let cloudflared = crabglamp_sandbox::stack::cloudflared::start(
@@ -124,7 +146,7 @@ impl Operator {
             context,
             settings,
             stop,
-            task: Some(task),
+            task,
             cloudflared,
         }
     }
@@ -174,6 +196,11 @@ impl Operator {
         self
     }
 
+    /// What every instance of this fixture is configured with.
+    pub fn settings(&self) -> &OperatorSettings {
+        &self.settings
+    }
+
     pub fn agents(&self, ns: &str) -> Api<Agent> {
         Api::namespaced(self.client.clone(), ns)
     }
@@ -199,12 +226,92 @@ impl Operator {
     }
 }
 
+/// The sealing key every test instance uses (standard base64 of 32 zero bytes).
+pub const SEALING_KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+
+fn sealing_keys() -> SealingKeys {
+    SealingKeys::new("k1", SEALING_KEY, &[]).expect("sealing key")
+}
+
+/// One more operator process's worth of everything (its own Kubernetes client, context,
+/// metrics registry and endpoints) against the fixture's stand-ins and database, run as
+/// `crabglamp-operator run` runs it ([`operator::run_instance`]).
+pub struct Instance {
+    pub context: Arc<Context>,
+    /// `http://127.0.0.1:PORT` of its /metrics, /healthz, /readyz.
+    pub endpoint: String,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<operator::Ending>>,
+}
+
+impl Operator {
+    /// Starts an instance with these controller settings, elected on `election` if given.
+    pub async fn instance(&self, config: ControllerConfig, election: Option<LeaseConfig>) -> Instance {
+        let mut settings = self.settings.clone();
+        settings.controllers = config;
+        let client = self.kube.client().expect("client");
+        let connected = operator::connect(client, settings, sealing_keys()).await.expect("operator connects");
+        let context = Arc::clone(&connected.context);
+        let listener = listener().await;
+        let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let options = operator::InstanceOptions { election, endpoints: Some(listener), drain: Duration::from_secs(10) };
+        let task = tokio::spawn(operator::run_instance(connected, options, stop_rx));
+        Instance { context, endpoint, stop, task: Some(task) }
+    }
+}
+
+impl Instance {
+    /// Stops it as SIGTERM stops `run` (drain, then release the Lease) and says how it ended.
+    pub async fn stop(mut self) -> operator::Ending {
+        let _ = self.stop.send(true);
+        let task = self.task.take().expect("running");
+        tokio::time::timeout(Duration::from_secs(30), task).await.expect("stops in time").expect("join")
+    }
+
+    /// Kills it mid-whatever, as SIGKILL would: nothing finishes, the Lease is not released.
+    pub async fn kill(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Whether it has ended by itself (e.g. after losing the Lease).
+    pub fn ended(&self) -> bool {
+        self.task.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// GETs one of its endpoints: the status code and the body.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let response = reqwest::get(format!("{}{path}", self.endpoint)).await.expect("endpoint answers");
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("body"))
+    }
+
+    /// Reconciles it finished so far, of any outcome.
+    pub fn reconciles(&self, kind: &str) -> u64 {
+        self.context.metrics.reconciles(kind, "ok") + self.context.metrics.reconciles(kind, "error")
+    }
+
+    pub fn leading(&self) -> bool {
+        self.context.metrics.leading()
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
 async fn launch(
     client: &kube::Client,
     settings: OperatorSettings,
 ) -> (Arc<Context>, tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>) {
-    let sealing = SealingKeys::new("k1", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", &[]).expect("sealing key");
-    let connected = operator::connect(client.clone(), settings, sealing).await.expect("operator connects");
+    let connected = operator::connect(client.clone(), settings, sealing_keys()).await.expect("operator connects");
     let context = connected.context;
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(operator::run(Arc::clone(&context), stop_rx, Duration::from_secs(10)));
