@@ -19,6 +19,7 @@ pub mod refresher;
 pub mod server;
 pub mod status_patch;
 pub mod sweeper;
+pub mod trim;
 pub mod virtual_key;
 
 use std::sync::Arc;
@@ -26,7 +27,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::Api;
-use kube::runtime::controller::Controller;
 use kube::runtime::watcher;
 
 use crate::api::{Agent, PlainVM};
@@ -85,7 +85,7 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
 async fn run_controller<K: ManagedObject>(ctx: &Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
     let api: Api<K> = Api::all(ctx.client.clone());
     let mut shutdown = stop;
-    Controller::new(api, watcher_config(&ctx.config).any_semantic())
+    trim::controller(api, watcher_config(&ctx.config).any_semantic())
         .graceful_shutdown_on(async move {
             while !*shutdown.borrow() {
                 if shutdown.changed().await.is_err() {

@@ -19,7 +19,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
@@ -651,6 +651,7 @@ async fn cleanup(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, Reconcile
 pub async fn reconcile(vk: Arc<VirtualKey>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let span = tracing::info_span!("reconcile", kind = KIND, namespace = %vk.namespace().unwrap_or_default(), name = %vk.name_any());
     async move {
+        let started = std::time::Instant::now();
         let api: Api<VirtualKey> = Api::namespaced(ctx.client.clone(), &vk.namespace().unwrap_or_default());
         let result = finalizer(&api, FINALIZER, vk, |event| async {
             match event {
@@ -660,6 +661,7 @@ pub async fn reconcile(vk: Arc<VirtualKey>, ctx: Arc<Context>) -> Result<Action,
         })
         .await;
         ctx.metrics.count_reconcile(KIND, if result.is_ok() { "ok" } else { "error" });
+        super::lifecycle::log_reconcile(KIND, result.is_ok(), started);
         result.map_err(|e| match e {
             kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
             other => ReconcileError::Finalizer(other.to_string()),
@@ -838,8 +840,8 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
     let secrets: Api<Secret> = Api::all(ctx.client.clone());
     let label = format!("{}={}", MANAGED_BY_LABEL.0, MANAGED_BY_LABEL.1);
     let mut shutdown = stop.clone();
-    Controller::new(vks, super::watcher_config(&ctx.config).any_semantic())
-        .owns(secrets, watcher::Config::default().labels(&label))
+    let controller = super::trim::controller(vks, super::watcher_config(&ctx.config).any_semantic());
+    super::trim::owns_metadata(controller, secrets, watcher::Config::default().labels(&label))
         .reconcile_all_on(refreshed)
         .graceful_shutdown_on(async move {
             while !*shutdown.borrow() {
