@@ -97,11 +97,7 @@ impl Floor {
             ),
             format!(
                 "slowest chain: Agent server create {:.0} s + boot {:.0} s + cloudflared {:.0} s = {:.0} s (PlainVM {:.0} s); binding limit: {binding}",
-                self.create,
-                self.boot,
-                self.cloudflared,
-                self.agent_chain,
-                self.plainvm_chain
+                self.create, self.boot, self.cloudflared, self.agent_chain, self.plainvm_chain
             ),
             format!(
                 "floor = max({:.0} s, {:.0} s) + {:.0} s = {:.0} s",

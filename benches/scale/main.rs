@@ -88,7 +88,12 @@ fn virtual_key(name: &str) -> VirtualKey {
 }
 
 /// The operator's settings for the stand-ins, every period divided by the time scale.
-fn operator_env(sandbox: &Sandbox, kubeconfig: &std::path::Path, database_url: &str, scale: f64) -> Vec<(String, String)> {
+fn operator_env(
+    sandbox: &Sandbox,
+    kubeconfig: &std::path::Path,
+    database_url: &str,
+    scale: f64,
+) -> Vec<(String, String)> {
     let scaled_secs = |real: f64| ((real / scale).round() as u64).max(1).to_string();
     let sealing_key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
     let hz = &sandbox.hetzner_config;
@@ -196,7 +201,8 @@ async fn run(n: usize, scale: f64) {
     Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace).await.expect("namespace");
 
     let env = operator_env(&sandbox, &kubeconfig, &db.url, scale);
-    let resync_wall = Duration::from_secs(env_or("CRABGLAMP_BENCH_RESYNC_WALL", (300.0 / scale).round().max(1.0) as u64));
+    let resync_wall =
+        Duration::from_secs(env_or("CRABGLAMP_BENCH_RESYNC_WALL", (300.0 / scale).round().max(1.0) as u64));
     let mut operator = match OperatorProcess::spawn(&env) {
         Ok(p) => p,
         Err(e) => {
@@ -223,7 +229,10 @@ async fn run(n: usize, scale: f64) {
     );
     let creates = (0..n)
         .map(|i| Object::Agent(fixture::agent(&format!("ag-{i:05}"), "acct_a", true)))
-        .chain((0..vms).map(|i| Object::Vm(fixture::plainvm(&format!("vm-{i:05}"), "acct_a", true, serde_json::json!([])))))
+        .chain(
+            (0..vms)
+                .map(|i| Object::Vm(fixture::plainvm(&format!("vm-{i:05}"), "acct_a", true, serde_json::json!([])))),
+        )
         .chain((0..keys).map(|i| Object::Key(virtual_key(&format!("vk-{i:05}")))));
     let failed = futures::stream::iter(creates)
         .map(|o| o.create(&agents, &plainvms, &vks))
@@ -238,7 +247,11 @@ async fn run(n: usize, scale: f64) {
 
     let deadline = Duration::from_secs_f64(floor.total() / scale * 5.0 + 120.0) + applied;
     let all_ready = loop {
-        let (a, v, k) = (progress::lock(&ready_agents).count(), progress::lock(&ready_vms).count(), progress::lock(&ready_keys).count());
+        let (a, v, k) = (
+            progress::lock(&ready_agents).count(),
+            progress::lock(&ready_vms).count(),
+            progress::lock(&ready_keys).count(),
+        );
         if a >= n && v >= vms && k >= keys {
             break true;
         }
@@ -274,8 +287,11 @@ async fn run(n: usize, scale: f64) {
     // Idle: one resync to settle, then the measured resyncs.
     let idle_resyncs: u32 = env_or("CRABGLAMP_BENCH_IDLE_RESYNCS", 3);
     tokio::time::sleep(resync_wall).await;
-    let (hz_before, cf_before, rv_before) =
-        (sandbox.hcloud.control().total_requests(), sandbox.cloudflare.control().total_requests(), sandbox.kube.resource_version());
+    let (hz_before, cf_before, rv_before) = (
+        sandbox.hcloud.control().total_requests(),
+        sandbox.cloudflare.control().total_requests(),
+        sandbox.kube.resource_version(),
+    );
     let idle_started = Instant::now();
     tokio::time::sleep(resync_wall * idle_resyncs).await;
     let idle_wall = idle_started.elapsed().as_secs_f64();
@@ -305,11 +321,7 @@ async fn run(n: usize, scale: f64) {
     println!();
     println!("| figure | measured | floor / goal |");
     println!("| --- | --- | --- |");
-    println!(
-        "| time to all Ready (real-world) | {} | floor {} |",
-        minutes(t_ready),
-        minutes(floor.total())
-    );
+    println!("| time to all Ready (real-world) | {} | floor {} |", minutes(t_ready), minutes(floor.total()));
     println!("| ratio to the floor | {ratio:.2} | goal <= 1.30 |");
     println!("| Agents and PlainVMs Ready at | {} | |", minutes(t_cloud));
     println!("| applying the {} manifests took | {} | |", n + vms + keys, minutes(real(applied)));
@@ -343,10 +355,7 @@ async fn run(n: usize, scale: f64) {
     let mut latencies: Vec<Duration> = until_ready.iter().map(|r| r.elapsed).collect();
     latencies.sort();
     let errors = until_ready.iter().filter(|r| !r.ok).count();
-    println!(
-        "| reconciles until Ready (errors) | {} ({errors}) | |",
-        until_ready.len()
-    );
+    println!("| reconciles until Ready (errors) | {} ({errors}) | |", until_ready.len());
     for kind in ["Agent", "PlainVM", "VirtualKey"] {
         let mut of_kind: Vec<Duration> = until_ready.iter().filter(|r| r.kind == kind).map(|r| r.elapsed).collect();
         of_kind.sort();
@@ -367,13 +376,19 @@ async fn run(n: usize, scale: f64) {
         percentile(&latencies, 99.0)
     );
     let mib = |b: Option<u64>| b.map_or("unknown".to_owned(), |b| format!("{:.1} MiB", b as f64 / 1048576.0));
-    println!("| operator peak RSS (VmHWM) at Ready / after idle | {} / {} | goal <= 100 MiB at N = 5000 |", mib(rss_converged), mib(peak_rss));
+    println!(
+        "| operator peak RSS (VmHWM) at Ready / after idle | {} / {} | goal <= 100 MiB at N = 5000 |",
+        mib(rss_converged),
+        mib(peak_rss)
+    );
     println!("| operator warnings logged | {warnings} | |");
     for w in first_warnings {
         println!("  warning: {w}");
     }
     println!();
-    println!("Requests until Ready, by endpoint (per object: per Agent for Cloudflare, per Agent + PlainVM for Hetzner):");
+    println!(
+        "Requests until Ready, by endpoint (per object: per Agent for Cloudflare, per Agent + PlainVM for Hetzner):"
+    );
     for (route, count) in &hz_routes {
         println!("  Hetzner    {count:6}  {:.3}  {route}", *count as f64 / servers as f64);
     }

@@ -39,12 +39,14 @@ fn draw_panel(svg: &mut String, panel: &Panel, top: f64, t_max: f64) {
     let (w, h) = (WIDTH - LEFT - RIGHT, PANEL_HEIGHT - TOP - BOTTOM);
     let x = |t: f64| LEFT + t / t_max * w;
     let y = |v: f64| top + TOP + h - v / y_max * h;
-    let _ = writeln!(svg, r#"<text x="{LEFT}" y="{}" font-size="14" font-weight="bold">{}</text>"#, top + 20.0, panel.title);
     let _ = writeln!(
         svg,
-        r##"<rect x="{LEFT}" y="{}" width="{w}" height="{h}" fill="none" stroke="#888"/>"##,
-        top + TOP
+        r#"<text x="{LEFT}" y="{}" font-size="14" font-weight="bold">{}</text>"#,
+        top + 20.0,
+        panel.title
     );
+    let _ =
+        writeln!(svg, r##"<rect x="{LEFT}" y="{}" width="{w}" height="{h}" fill="none" stroke="#888"/>"##, top + TOP);
     let x_step = nice_step(t_max / 60.0) * 60.0;
     let mut t = 0.0;
     while t <= t_max + 1e-9 {
@@ -64,12 +66,11 @@ fn draw_panel(svg: &mut String, panel: &Panel, top: f64, t_max: f64) {
     while v <= y_max {
         let _ = writeln!(
             svg,
-            r##"<line x1="{LEFT}" x2="{:.1}" y1="{1:.1}" y2="{1:.1}" stroke="#eee"/><text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end">{}</text>"##,
-            LEFT + w,
-            y(v),
-            LEFT - 6.0,
-            y(v) + 4.0,
-            v
+            r##"<line x1="{LEFT}" x2="{x2:.1}" y1="{yv:.1}" y2="{yv:.1}" stroke="#eee"/><text x="{tx:.1}" y="{ty:.1}" font-size="11" text-anchor="end">{v}</text>"##,
+            x2 = LEFT + w,
+            yv = y(v),
+            tx = LEFT - 6.0,
+            ty = y(v) + 4.0,
         );
         v += y_step;
     }
@@ -157,7 +158,10 @@ pub fn svg(title: &str, floor: &Floor, samples: &[Sample], scale: f64) -> String
                     label: "budget: 3600 + 1/s",
                     colour: "#d62728",
                     dashed: true,
-                    points: curve(t_max, hetzner_allowed).into_iter().map(|(t, v)| (t, v.min(hz_max * 1.5 + 100.0))).collect(),
+                    points: curve(t_max, hetzner_allowed)
+                        .into_iter()
+                        .map(|(t, v)| (t, v.min(hz_max * 1.5 + 100.0)))
+                        .collect(),
                 },
             ],
         },

@@ -67,9 +67,10 @@ impl OperatorProcess {
         for proxy in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"] {
             command.env_remove(proxy);
         }
-        command
-            .env("CRABGLAMP_LOG_FORMAT", "json")
-            .env("RUST_LOG", format!("warn,{}=debug", crabglamp_operator::controllers::lifecycle::RECONCILE_LOG_TARGET));
+        command.env("CRABGLAMP_LOG_FORMAT", "json").env(
+            "RUST_LOG",
+            format!("warn,{}=debug", crabglamp_operator::controllers::lifecycle::RECONCILE_LOG_TARGET),
+        );
         command.envs(env.iter().map(|(k, v)| (k, v)));
         let mut child = command.spawn()?;
         let log = Arc::new(Mutex::new(Log::default()));

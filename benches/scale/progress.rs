@@ -36,7 +36,10 @@ pub fn lock(set: &Shared) -> std::sync::MutexGuard<'_, ReadySet> {
 }
 
 /// Watches every object of `K`; `conditions` reads its status conditions.
-pub fn watch_ready<K>(api: Api<K>, conditions: fn(&K) -> Option<&Vec<Condition>>) -> (Shared, tokio::task::JoinHandle<()>)
+pub fn watch_ready<K>(
+    api: Api<K>,
+    conditions: fn(&K) -> Option<&Vec<Condition>>,
+) -> (Shared, tokio::task::JoinHandle<()>)
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
@@ -47,8 +50,7 @@ where
         let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff().applied_objects());
         while let Some(item) = stream.next().await {
             let Ok(object) = item else { continue };
-            let ready = conditions(&object)
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            let ready = conditions(&object).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
             if ready {
                 lock(&shared).first_ready.entry(object.uid().unwrap_or_default()).or_insert_with(Instant::now);
             }

@@ -385,7 +385,10 @@ mod tests {
         }
         assert_eq!(allowed, 1000, "the 200 sent before the header count");
         // A looser policy seen later changes nothing.
-        bucket.observe(RateObservation { limit: Some(5000), remaining: None, window: Some(Duration::from_secs(15)) }, start);
+        bucket.observe(
+            RateObservation { limit: Some(5000), remaining: None, window: Some(Duration::from_secs(15)) },
+            start,
+        );
         assert!(bucket.try_acquire(start).is_err());
         // Another process spending from the same token: `remaining` holds us back.
         let mut shared = RateLimiter::cloudflare(1200).with(|b| b.clone());

@@ -8,9 +8,10 @@
 use std::fmt::Debug;
 use std::hash::Hash;
 
+use kube::api::PartialObjectMeta;
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{self, reflector};
-use kube::runtime::{WatchStreamExt, metadata_watcher, watcher};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 
@@ -40,13 +41,17 @@ where
 
 /// Owned objects of `Child` as triggers, watched as metadata only (owner references are all
 /// the controller needs from them).
-pub fn owns_metadata<K, Child>(controller: Controller<K>, api: Api<Child>, config: watcher::Config) -> Controller<K>
+pub fn owns_metadata<K, Child>(
+    controller: Controller<K>,
+    api: Api<PartialObjectMeta<Child>>,
+    config: watcher::Config,
+) -> Controller<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone + Debug + Unpin,
-    Child: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+    Child: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    let stream = metadata_watcher(api, config).modify(|m| {
+    let stream = watcher(api, config).modify(|m| {
         m.metadata.managed_fields = None;
     });
     controller.owns_stream(stream.touched_objects())
@@ -64,8 +69,7 @@ mod tests {
         secret.metadata.name = Some("k".into());
         secret.metadata.managed_fields = Some(vec![ManagedFieldsEntry::default()]);
         secret.metadata.annotations = Some(
-            [(LAST_APPLIED.to_owned(), "{}".to_owned()), ("crabglamp.com/paused".to_owned(), "true".to_owned())]
-                .into(),
+            [(LAST_APPLIED.to_owned(), "{}".to_owned()), ("crabglamp.com/paused".to_owned(), "true".to_owned())].into(),
         );
         trim(&mut secret);
         assert_eq!(secret.metadata.managed_fields, None);

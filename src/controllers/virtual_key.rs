@@ -837,7 +837,7 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
     };
     let mut refresher = AbortOnDrop::spawn(refresh_loop(Arc::clone(&ctx), stop.clone()));
     let vks: Api<VirtualKey> = Api::all(ctx.client.clone());
-    let secrets: Api<Secret> = Api::all(ctx.client.clone());
+    let secrets: Api<kube::api::PartialObjectMeta<Secret>> = Api::all(ctx.client.clone());
     let label = format!("{}={}", MANAGED_BY_LABEL.0, MANAGED_BY_LABEL.1);
     let mut shutdown = stop.clone();
     let controller = super::trim::controller(vks, super::watcher_config(&ctx.config).any_semantic());
