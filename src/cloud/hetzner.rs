@@ -24,7 +24,7 @@ use super::transport::{Call, Transport};
 pub const HETZNER_API: &str = "https://api.hetzner.cloud/v1";
 
 /// Hetzner allows at most 50 items per page.
-const MAX_PER_PAGE: u32 = 50;
+pub const MAX_PER_PAGE: u32 = 50;
 /// hcloud-go polls at most 25 action ids per request; so do we.
 const ACTIONS_PER_POLL: usize = 25;
 

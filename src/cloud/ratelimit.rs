@@ -2,6 +2,7 @@
 //! the configured budget, is corrected by the provider's rate-limit headers, and pauses
 //! everyone after a 429. Callers wait here; nothing in this module sends requests.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -28,7 +29,66 @@ pub struct RateObservation {
     pub window: Option<Duration>,
 }
 
-/// A continuous-refill token bucket on an explicit clock, so tests can drive it.
+/// How much longer than the provider's window a quota window is kept: a request is counted
+/// when it leaves here, and one that spends a little longer on the way than a later one must
+/// still not land in the same provider window.
+const QUOTA_WINDOW_MARGIN: f64 = 1.02;
+
+/// "At most `quota` requests in any `window`", kept exactly: the send times of the last
+/// window. Unlike a bucket, which lets its burst *and* its refill through in one window (so
+/// it must run at a fraction of the quota to stay under it), this spends the whole quota in
+/// every window, and so converges a large fleet in the least time the quota allows.
+#[derive(Clone, Debug)]
+struct QuotaWindow {
+    quota: usize,
+    window: Duration,
+    sent: VecDeque<Instant>,
+}
+
+impl QuotaWindow {
+    fn new(quota: u32, window: Duration) -> Self {
+        let window = clamped_secs(window.as_secs_f64() * QUOTA_WINDOW_MARGIN);
+        QuotaWindow { quota: quota.max(1) as usize, window, sent: VecDeque::new() }
+    }
+
+    fn prune(&mut self, now: Instant) {
+        while self.sent.front().is_some_and(|t| now.saturating_duration_since(*t) >= self.window) {
+            self.sent.pop_front();
+        }
+    }
+
+    fn try_acquire(&mut self, now: Instant) -> Result<(), Duration> {
+        self.prune(now);
+        if self.sent.len() < self.quota {
+            self.sent.push_back(now);
+            return Ok(());
+        }
+        let oldest = self.sent.front().copied().unwrap_or(now);
+        Err((self.window.saturating_sub(now.saturating_duration_since(oldest))).max(Duration::from_micros(50)))
+    }
+
+    /// Someone else spends from the same quota: allow at most `remaining` more now.
+    fn hold_at_most(&mut self, remaining: u32, now: Instant) {
+        self.prune(now);
+        let allowed = self.quota.saturating_sub(self.sent.len());
+        for _ in 0..allowed.saturating_sub(remaining as usize) {
+            self.sent.push_back(now);
+        }
+    }
+
+    fn per_sec(&self) -> f64 {
+        self.quota as f64 / self.window.as_secs_f64().max(1e-9)
+    }
+
+    /// The stricter of two policies: the lower rate; at the same rate, the smaller burst.
+    fn stricter_than(&self, other: &QuotaWindow) -> bool {
+        let (a, b) = (self.per_sec(), other.per_sec());
+        a < b * (1.0 - 1e-9) || ((a - b).abs() <= b * 1e-9 && self.quota < other.quota)
+    }
+}
+
+/// A continuous-refill token bucket on an explicit clock, so tests can drive it; or, once a
+/// quota per window is known (Cloudflare's), that quota kept exactly.
 #[derive(Clone, Debug)]
 pub struct TokenBucket {
     capacity: f64,
@@ -36,6 +96,7 @@ pub struct TokenBucket {
     tokens: f64,
     last: Instant,
     not_before: Option<Instant>,
+    quota_window: Option<QuotaWindow>,
 }
 
 impl TokenBucket {
@@ -49,6 +110,7 @@ impl TokenBucket {
             tokens: f64::from(capacity.max(1)),
             last: now,
             not_before: None,
+            quota_window: None,
         }
     }
 
@@ -69,6 +131,9 @@ impl TokenBucket {
                 return Err(t - now);
             }
             self.not_before = None;
+        }
+        if let Some(quota) = &mut self.quota_window {
+            return quota.try_acquire(now);
         }
         self.refill(now);
         if self.tokens >= 1.0 {
@@ -96,21 +161,28 @@ impl TokenBucket {
         }
         if let Some(remaining) = obs.remaining {
             self.tokens = self.tokens.min(f64::from(remaining));
+            if let Some(quota) = &mut self.quota_window {
+                quota.hold_at_most(remaining, now);
+            }
         }
     }
 
-    /// Shapes the bucket so that no stretch of `window` ever holds more than `quota`
-    /// requests. A bucket lets through its burst plus its refill over any stretch, so a
-    /// bucket of `quota` refilling `quota` per `window` would allow twice the quota, and at
-    /// Cloudflare the second half earns a five-minute block of every call. So: a burst of at
-    /// most a sixth of the quota, and a refill of the rest spread over the window.
+    /// From now on, no stretch of `window` holds more than `quota` requests (Cloudflare
+    /// blocks every call for five minutes once its quota is exceeded). Kept exactly, as a
+    /// window of send times, and only ever made stricter: between ours and the provider's,
+    /// the lower rate wins, and at the same rate the smaller burst. The sends already made
+    /// count against the new window.
     pub fn fit_quota(&mut self, quota: u32, window: Duration) {
-        let quota = f64::from(quota.max(1));
-        let current_refill = self.refill_per_sec();
-        self.capacity = self.capacity.min((quota / 6.0).floor().max(1.0));
-        self.tokens = self.tokens.min(self.capacity);
-        let refill = current_refill.min((quota - self.capacity).max(1.0) / window.as_secs_f64().max(1e-9));
-        self.window = clamped_secs(self.capacity / refill);
+        let mut candidate = QuotaWindow::new(quota, window);
+        match &self.quota_window {
+            Some(current) if !candidate.stricter_than(current) => {}
+            current => {
+                if let Some(current) = current {
+                    candidate.sent = current.sent.clone();
+                }
+                self.quota_window = Some(candidate);
+            }
+        }
     }
 
     /// After a 429: nobody sends before `now + wait`, and the bucket restarts empty.
@@ -123,7 +195,8 @@ impl TokenBucket {
 
     /// Time for one token to come back (how long a 429 without `Retry-After` should pause).
     pub fn one_token(&self) -> Duration {
-        clamped_secs(1.0 / self.refill_per_sec())
+        let per_sec = self.quota_window.as_ref().map_or_else(|| self.refill_per_sec(), QuotaWindow::per_sec);
+        clamped_secs(1.0 / per_sec)
     }
 }
 
@@ -143,8 +216,8 @@ impl RateLimiter {
         Self::new(3600, Duration::from_secs(3600))
     }
 
-    /// Cloudflare's default budget: at most 1200 requests in any five minutes (see
-    /// [`TokenBucket::fit_quota`] for why that is a burst of 200 and 1000 more per window).
+    /// Cloudflare's default budget: at most 1200 requests in any five minutes (kept exactly,
+    /// see [`TokenBucket::fit_quota`]).
     pub fn cloudflare_default() -> Self {
         Self::cloudflare(1200)
     }
@@ -270,6 +343,59 @@ mod tests {
         let mut small = TokenBucket::new(1200, five_minutes, start);
         small.observe(RateObservation { limit: Some(300), remaining: None, window: Some(five_minutes) }, start);
         assert!(busiest_window(small, start, 2000, five_minutes) <= 300);
+    }
+
+    /// A fleet's worth of Cloudflare calls takes the least time the quota allows: the whole
+    /// quota in every window (3000 requests: 1200 at once, 1200 a window later, the rest two
+    /// windows later), where a bucket kept under the quota needed half as long again.
+    #[test]
+    fn a_quota_window_spends_the_whole_quota_in_every_window() {
+        let start = Instant::now();
+        let five_minutes = Duration::from_secs(300);
+        let mut bucket = RateLimiter::cloudflare_default().with(|b| b.clone());
+        let mut now = start;
+        let mut sent = 0;
+        while sent < 3000 {
+            match bucket.try_acquire(now) {
+                Ok(()) => sent += 1,
+                Err(wait) => now += wait,
+            }
+        }
+        let took = now - start;
+        let expected = five_minutes.mul_f64(2.0 * QUOTA_WINDOW_MARGIN);
+        let off_by = took.max(expected) - took.min(expected);
+        assert!(off_by <= Duration::from_millis(1), "{took:?}");
+    }
+
+    /// Under a time scale ours says 24,000 per five minutes and the provider 1200 per 15 s:
+    /// the same rate, and the provider's smaller burst wins, counting what was already sent.
+    #[test]
+    fn the_stricter_quota_wins_and_keeps_the_sends_made() {
+        let start = Instant::now();
+        let mut bucket = RateLimiter::cloudflare(24_000).with(|b| b.clone());
+        for _ in 0..200 {
+            assert!(bucket.try_acquire(start).is_ok());
+        }
+        let policy = RateObservation { limit: Some(1200), remaining: None, window: Some(Duration::from_secs(15)) };
+        bucket.observe(policy, start);
+        let most = busiest_window(bucket.clone(), start, 5000, Duration::from_secs(15));
+        assert!(most <= 1200, "{most} in 15 s");
+        let mut allowed = 0;
+        while bucket.try_acquire(start).is_ok() {
+            allowed += 1;
+        }
+        assert_eq!(allowed, 1000, "the 200 sent before the header count");
+        // A looser policy seen later changes nothing.
+        bucket.observe(
+            RateObservation { limit: Some(5000), remaining: None, window: Some(Duration::from_secs(15)) },
+            start,
+        );
+        assert!(bucket.try_acquire(start).is_err());
+        // Another process spending from the same token: `remaining` holds us back.
+        let mut shared = RateLimiter::cloudflare(1200).with(|b| b.clone());
+        shared.observe(RateObservation { limit: None, remaining: Some(2), window: None }, start);
+        assert!(shared.try_acquire(start).is_ok() && shared.try_acquire(start).is_ok());
+        assert!(shared.try_acquire(start).is_err());
     }
 
     #[test]

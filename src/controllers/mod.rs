@@ -20,6 +20,7 @@ pub mod refresher;
 pub mod server;
 pub mod status_patch;
 pub mod sweeper;
+pub mod trim;
 pub mod virtual_key;
 
 use std::sync::Arc;
@@ -27,7 +28,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::Api;
-use kube::runtime::controller::Controller;
 use kube::runtime::watcher;
 
 use crate::api::{Agent, PlainVM};
@@ -107,7 +107,7 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
 /// One kind's controller until `stop` turns true (in-flight reconciles finish).
 async fn run_controller<K: ManagedObject>(ctx: &Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
     let mut shutdown = stop;
-    let controller = Controller::new(scoped_api::<K>(ctx), watcher_config(&ctx.config).any_semantic())
+    let controller = trim::controller(scoped_api::<K>(ctx), watcher_config(&ctx.config).any_semantic())
         .with_config(controller_config(&ctx.config));
     ctx.observer.watch(K::KIND, controller.store(), K::phase_name);
     controller

@@ -19,7 +19,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
@@ -669,6 +669,7 @@ pub async fn reconcile(vk: Arc<VirtualKey>, ctx: Arc<Context>) -> Result<Action,
         })
         .await;
         ctx.metrics.count_reconcile(KIND, if result.is_ok() { "ok" } else { "error" }, started.elapsed());
+        super::lifecycle::log_reconcile(KIND, result.is_ok(), started);
         result.map_err(|e| match e {
             kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
             other => ReconcileError::Finalizer(other.to_string()),
@@ -844,14 +845,13 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
     };
     let mut refresher = AbortOnDrop::spawn(refresh_loop(Arc::clone(&ctx), stop.clone()));
     let vks: Api<VirtualKey> = super::scoped_api(&ctx);
-    let secrets: Api<Secret> = super::scoped_api(&ctx);
+    let secrets: Api<kube::api::PartialObjectMeta<Secret>> = super::scoped_api(&ctx);
     let label = format!("{}={}", MANAGED_BY_LABEL.0, MANAGED_BY_LABEL.1);
     let mut shutdown = stop.clone();
-    let controller = Controller::new(vks, super::watcher_config(&ctx.config).any_semantic())
+    let controller = super::trim::controller(vks, super::watcher_config(&ctx.config).any_semantic())
         .with_config(super::controller_config(&ctx.config));
     ctx.observer.watch(KIND, controller.store(), phase_name);
-    controller
-        .owns(secrets, watcher::Config::default().labels(&label))
+    super::trim::owns_metadata(controller, secrets, watcher::Config::default().labels(&label))
         .reconcile_all_on(refreshed)
         .graceful_shutdown_on(async move {
             while !*shutdown.borrow() {

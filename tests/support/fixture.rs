@@ -136,19 +136,7 @@ impl Operator {
             1.0,
             Duration::from_millis(100),
         );
-        Operator {
-            kube,
-            client,
-            operator_client,
-            hetzner,
-            cloudflare,
-            db,
-            context,
-            settings,
-            stop,
-            task,
-            cloudflared,
-        }
+        Operator { kube, client, operator_client, hetzner, cloudflare, db, context, settings, stop, task, cloudflared }
     }
 
     /// Stops the controllers and starts a fresh operator process's worth of them (no memory

@@ -1,0 +1,459 @@
+//! The scale benchmark: N Agents, N/4 PlainVMs and N VirtualKeys against the stand-ins with
+//! the real action durations and the real rate limits, all under one time scale, and the
+//! release `crabglamp-operator run` as a separate process. Prints one table per N (time to
+//! all Ready against the floor the clouds allow, requests per object against their floors,
+//! idle traffic and writes, reconciles, the operator's peak RSS) with the goals met or
+//! missed, and writes the plot `docs/bench-n<N>.svg`. Never fails on time.
+//!
+//! `cargo bench --bench scale` (N = 100 and 1,000). Knobs, all optional:
+//! `CRABGLAMP_BENCH_SIZES=100,1000,5000`, `CRABGLAMP_BENCH_SCALE=20` (simulated time runs that
+//! many times faster: actions, boots, rate refills and windows alike),
+//! `CRABGLAMP_BENCH_IDLE_RESYNCS=3`, `CRABGLAMP_BENCH_PLOT_DIR=docs` (empty: no plot).
+
+mod floor;
+mod plot;
+mod process;
+mod progress;
+
+#[path = "../../tests/foundation/db.rs"]
+mod db;
+#[path = "../../tests/support/fixture.rs"]
+mod fixture;
+#[path = "../../tests/support/logs.rs"]
+mod logs;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use crabglamp_operator::api::{Agent, PlainVM, VirtualKey};
+use crabglamp_sandbox::cloudflare::CloudflareSimConfig;
+use crabglamp_sandbox::hetzner::{self as hzsim, HetznerSimConfig};
+use crabglamp_sandbox::http::RunningSim;
+use crabglamp_sandbox::stack::{Sandbox, SandboxOptions};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Api;
+use kube::api::PostParams;
+
+use floor::Floor;
+use process::{OperatorProcess, percentile};
+
+const NAMESPACE: &str = "bench";
+/// The sandbox's cloudflared connects this long (simulated) after a server booted.
+const CLOUDFLARED_DELAY: Duration = Duration::from_secs(3);
+/// Creates in flight at once while applying (as `kubectl apply` of a large directory would).
+const APPLY_CONCURRENCY: usize = 8;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn main() {
+    let sizes: Vec<usize> = std::env::var("CRABGLAMP_BENCH_SIZES")
+        .unwrap_or_else(|_| "100,1000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let scale: f64 = env_or("CRABGLAMP_BENCH_SCALE", 20.0);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    println!(
+        "scale benchmark: time scale {scale}x (simulated actions, boots, rate refills and windows all run {scale} times faster; \
+         every time below is real-world time = wall clock x {scale})"
+    );
+    println!("machine: {} cores, load average {}", num_cpus(), load_average());
+    for n in sizes {
+        runtime.block_on(run(n, scale));
+    }
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn virtual_key(name: &str) -> VirtualKey {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "crabglamp.com/v1alpha1",
+        "kind": "VirtualKey",
+        "metadata": {"name": name},
+        "spec": {"owner": "acct_bench", "models": ["gpt-4o*"], "budget": {"monthlyUsd": "50.00"}}
+    }))
+    .expect("virtual key manifest")
+}
+
+/// The operator's settings for the stand-ins, every period divided by the time scale.
+fn operator_env(
+    sandbox: &Sandbox,
+    kubeconfig: &std::path::Path,
+    database_url: &str,
+    scale: f64,
+) -> Vec<(String, String)> {
+    let scaled_secs = |real: f64| ((real / scale).round() as u64).max(1).to_string();
+    let sealing_key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
+    let hz = &sandbox.hetzner_config;
+    let cf = &sandbox.cloudflare_config;
+    [
+        ("KUBECONFIG", kubeconfig.display().to_string()),
+        ("DATABASE_URL", database_url.to_owned()),
+        ("REDIS_URL", sandbox.redis.url.clone()),
+        ("HCLOUD_ENDPOINT", sandbox.hcloud.base_url.clone()),
+        ("HCLOUD_TOKEN", hz.token.clone()),
+        ("CLOUDFLARE_ENDPOINT", sandbox.cloudflare.base_url.clone()),
+        ("CLOUDFLARE_API_TOKEN", cf.token.clone()),
+        ("CLOUDFLARE_ACCOUNT_ID", cf.account_id.clone()),
+        ("CLOUDFLARE_ZONE_ID", cf.zone_id.clone()),
+        ("CLOUDFLARE_ZONE_NAME", cf.zone_name.clone()),
+        // The budgets are per real hour and per real five minutes: scaled like the clouds'.
+        ("CRABGLAMP_HETZNER_REQUESTS_PER_HOUR", ((3600.0 * scale) as u64).to_string()),
+        ("CRABGLAMP_CLOUDFLARE_REQUESTS_PER_5MIN", ((1200.0 * scale) as u64).to_string()),
+        ("CRABGLAMP_RESYNC_SECONDS", scaled_secs(300.0)),
+        ("CRABGLAMP_FAST_POLL_MS", ((5000.0 / scale) as u64).max(50).to_string()),
+        ("CRABGLAMP_SHUTDOWN_TIMEOUT_SECONDS", scaled_secs(120.0)),
+        ("CRABGLAMP_SWEEPER_GRACE_SECONDS", scaled_secs(600.0)),
+        ("CRABGLAMP_SEALING_KEY", sealing_key),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// Requests by method, route and status since the simulator started.
+fn routes(sim: &RunningSim) -> BTreeMap<String, u64> {
+    sim.control()
+        .route_counts()
+        .into_iter()
+        .map(|r| (format!("{} {} {}", r.method, r.route.unwrap_or_default(), r.status), r.count))
+        .collect()
+}
+
+/// Hetzner requests that belong to one kind (its servers' and firewalls' creates, by the
+/// kind label in the logged body); everything else (lists, the fleet firewall) is shared.
+fn hetzner_by_kind(sim: &RunningSim) -> BTreeMap<&'static str, u64> {
+    let mut by = BTreeMap::new();
+    for r in sim.requests() {
+        let kind = r
+            .body
+            .as_ref()
+            .and_then(|b| b["labels"][crabglamp_operator::controllers::server::KIND_LABEL].as_str().map(str::to_owned));
+        let key = match (r.method.as_str(), kind.as_deref()) {
+            ("POST", Some("agent")) => "Agent",
+            ("POST", Some("plainvm")) => "PlainVM",
+            _ => "shared",
+        };
+        *by.entry(key).or_insert(0) += 1;
+    }
+    by
+}
+
+struct Goal {
+    name: &'static str,
+    goal: String,
+    measured: String,
+    met: bool,
+}
+
+fn goal(name: &'static str, goal: String, measured: String, met: bool) -> Goal {
+    Goal { name, goal, measured, met }
+}
+
+async fn run(n: usize, scale: f64) {
+    let vms = n / 4;
+    let keys = n;
+    println!();
+    println!("## N = {n}: {n} Agents, {vms} PlainVMs, {keys} VirtualKeys");
+    let hetzner = HetznerSimConfig { time_scale: scale, ..HetznerSimConfig::default() };
+    let durations = hetzner.durations.clone();
+    let cloudflare = CloudflareSimConfig { time_scale: scale, ..CloudflareSimConfig::default() };
+    let options = SandboxOptions { hetzner, cloudflare, ..SandboxOptions::default() };
+    let sandbox = match Sandbox::start(options).await {
+        Ok(s) => s,
+        Err(e) => {
+            println!("the sandbox did not start: {e}");
+            return;
+        }
+    };
+    // A user with a raised quota: room for every server and firewall (the defaults are 100
+    // servers and 50 firewalls per project).
+    let server_limit = n + vms + 10;
+    let firewall_limit = vms + 10;
+    hzsim::set_server_limit(&sandbox.hcloud, server_limit);
+    hzsim::set_firewall_limit(&sandbox.hcloud, firewall_limit);
+    println!("Hetzner project limits raised to {server_limit} servers and {firewall_limit} firewalls");
+    let cloudflared = crabglamp_sandbox::stack::cloudflared::start(
+        sandbox.hcloud.handle(),
+        sandbox.cloudflare.handle(),
+        scale,
+        CLOUDFLARED_DELAY,
+    );
+    let db = db::TestDb::fresh().await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, sandbox.kube.kubeconfig_yaml()).expect("write kubeconfig");
+    let client = sandbox.kube.client().expect("kube client");
+    let namespace: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": NAMESPACE}})).expect("namespace");
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace).await.expect("namespace");
+
+    let env = operator_env(&sandbox, &kubeconfig, &db.url, scale);
+    let resync_wall =
+        Duration::from_secs(env_or("CRABGLAMP_BENCH_RESYNC_WALL", (300.0 / scale).round().max(1.0) as u64));
+    let mut operator = match OperatorProcess::spawn(&env) {
+        Ok(p) => p,
+        Err(e) => {
+            println!("cannot start crabglamp-operator: {e}");
+            return;
+        }
+    };
+
+    let floor = Floor::new(n, vms, &durations, CLOUDFLARED_DELAY.as_secs_f64());
+    let agents: Api<Agent> = Api::namespaced(client.clone(), NAMESPACE);
+    let plainvms: Api<PlainVM> = Api::namespaced(client.clone(), NAMESPACE);
+    let vks: Api<VirtualKey> = Api::namespaced(client.clone(), NAMESPACE);
+    let (ready_agents, watch_a) = progress::watch_ready(agents.clone(), |a| a.status.as_ref().map(|s| &s.conditions));
+    let (ready_vms, watch_v) = progress::watch_ready(plainvms.clone(), |v| v.status.as_ref().map(|s| &s.conditions));
+    let (ready_keys, watch_k) = progress::watch_ready(vks.clone(), |k| k.status.as_ref().map(|s| &s.conditions));
+
+    let started = Instant::now();
+    let every = Duration::from_secs_f64((floor.total() / scale / 300.0).clamp(0.05, 2.0));
+    let (samples, sampler) = progress::sample(
+        started,
+        every,
+        [ready_agents.clone(), ready_vms.clone(), ready_keys.clone()],
+        [sandbox.hcloud.handle(), sandbox.cloudflare.handle()],
+    );
+    let creates = (0..n)
+        .map(|i| Object::Agent(fixture::agent(&format!("ag-{i:05}"), "acct_a", true)))
+        .chain(
+            (0..vms)
+                .map(|i| Object::Vm(fixture::plainvm(&format!("vm-{i:05}"), "acct_a", true, serde_json::json!([])))),
+        )
+        .chain((0..keys).map(|i| Object::Key(virtual_key(&format!("vk-{i:05}")))));
+    let failed = futures::stream::iter(creates)
+        .map(|o| o.create(&agents, &plainvms, &vks))
+        .buffer_unordered(APPLY_CONCURRENCY)
+        .filter(|ok| futures::future::ready(!*ok))
+        .count()
+        .await;
+    let applied = started.elapsed();
+    if failed > 0 {
+        println!("{failed} creates failed");
+    }
+
+    let deadline = Duration::from_secs_f64(floor.total() / scale * 5.0 + 120.0) + applied;
+    let all_ready = loop {
+        let (a, v, k) = (
+            progress::lock(&ready_agents).count(),
+            progress::lock(&ready_vms).count(),
+            progress::lock(&ready_keys).count(),
+        );
+        if a >= n && v >= vms && k >= keys {
+            break true;
+        }
+        if started.elapsed() > deadline || !operator.running() {
+            println!(
+                "stopped waiting after {:.0?} (wall), operator running: {}: {a}/{n} Agents, {v}/{vms} PlainVMs, {k}/{keys} VirtualKeys Ready",
+                started.elapsed(),
+                operator.running()
+            );
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let converged_wall = [&ready_agents, &ready_vms, &ready_keys]
+        .iter()
+        .filter_map(|s| progress::lock(s).last())
+        .max()
+        .map_or(started.elapsed(), |last| last.duration_since(started));
+    let cloud_ready_wall = [&ready_agents, &ready_vms]
+        .iter()
+        .filter_map(|s| progress::lock(s).last())
+        .max()
+        .map_or(converged_wall, |last| last.duration_since(started));
+    let converged_at = Instant::now();
+    let hz_routes = routes(&sandbox.hcloud);
+    let cf_routes = routes(&sandbox.cloudflare);
+    let hz_total: u64 = hz_routes.values().sum();
+    let cf_total: u64 = cf_routes.values().sum();
+    let hz_kinds = hetzner_by_kind(&sandbox.hcloud);
+    let reconciles = operator.reconciles();
+    let rss_converged = operator.peak_rss();
+
+    // Idle: one resync to settle, then the measured resyncs.
+    let idle_resyncs: u32 = env_or("CRABGLAMP_BENCH_IDLE_RESYNCS", 3);
+    tokio::time::sleep(resync_wall).await;
+    let (hz_before, cf_before, rv_before) = (
+        sandbox.hcloud.control().total_requests(),
+        sandbox.cloudflare.control().total_requests(),
+        sandbox.kube.resource_version(),
+    );
+    let idle_started = Instant::now();
+    tokio::time::sleep(resync_wall * idle_resyncs).await;
+    let idle_wall = idle_started.elapsed().as_secs_f64();
+    let idle_hz = sandbox.hcloud.control().total_requests() - hz_before;
+    let idle_cf = sandbox.cloudflare.control().total_requests() - cf_before;
+    let idle_writes = sandbox.kube.resource_version() - rv_before;
+    let peak_rss = operator.peak_rss();
+    let (warnings, first_warnings) = operator.warnings();
+    sampler.abort();
+    let samples: Vec<progress::Sample> = samples.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    operator.stop();
+    for task in [watch_a, watch_v, watch_k] {
+        task.abort();
+    }
+    cloudflared.abort();
+
+    // ---- the table ----
+    let real = |wall: Duration| wall.as_secs_f64() * scale;
+    let t_ready = real(if all_ready { converged_wall } else { started.elapsed() });
+    let t_cloud = real(cloud_ready_wall);
+    let ratio = t_ready / floor.total();
+    println!();
+    println!("Floor:");
+    for line in floor.explain() {
+        println!("  {line}");
+    }
+    println!();
+    println!("| figure | measured | floor / goal |");
+    println!("| --- | --- | --- |");
+    println!("| time to all Ready (real-world) | {} | floor {} |", minutes(t_ready), minutes(floor.total()));
+    println!("| ratio to the floor | {ratio:.2} | goal <= 1.30 |");
+    println!("| Agents and PlainVMs Ready at | {} | |", minutes(t_cloud));
+    println!("| applying the {} manifests took | {} | |", n + vms + keys, minutes(real(applied)));
+    let share = |kind: &str| hz_kinds.get(kind).copied().unwrap_or(0) as f64;
+    let shared = share("shared");
+    let weight_a = n as f64 * floor::AGENT_HETZNER;
+    let weight_v = vms as f64 * floor::PLAINVM_HETZNER;
+    let hz_agent = (share("Agent") + shared * weight_a / (weight_a + weight_v)) / n.max(1) as f64;
+    let hz_vm = (share("PlainVM") + shared * weight_v / (weight_a + weight_v)) / vms.max(1) as f64;
+    println!("| Hetzner requests until Ready, total | {hz_total} | floor {} |", floor.hetzner_requests);
+    println!(
+        "| Hetzner requests per Agent (its create + its share of the shared lists) | {hz_agent:.3} | floor 1, goal <= 1.1 |"
+    );
+    println!("| Hetzner requests per PlainVM (firewall + server + share) | {hz_vm:.3} | floor 2, goal <= 2.2 |");
+    let cf_agent = cf_total as f64 / n.max(1) as f64;
+    println!("| Cloudflare requests per Agent | {cf_agent:.3} | floor 3, goal <= 3.2 |");
+    let servers = n + vms;
+    let idle_hz_per_resync = idle_hz as f64 / f64::from(idle_resyncs);
+    let idle_goal = servers as f64 / 50.0;
+    let per_hour = |count: u64| count as f64 / (idle_wall * scale) * 3600.0;
+    println!(
+        "| idle Hetzner requests per resync ({servers} servers, {vms} firewalls) | {idle_hz_per_resync:.1} | goal <= {idle_goal:.1} (1 per 50 servers) |"
+    );
+    println!("| idle Hetzner requests per hour (resync 5 min) | {:.0} | budget 3600 |", per_hour(idle_hz));
+    println!("| idle Cloudflare requests per hour | {:.0} | budget 14400 |", per_hour(idle_cf));
+    println!(
+        "| API-server writes at idle ({idle_resyncs} resyncs), per object | {idle_writes} ({:.4}) | goal 0 |",
+        idle_writes as f64 / (n + vms + keys) as f64
+    );
+    let until_ready: Vec<_> = reconciles.iter().filter(|r| r.at <= converged_at).collect();
+    let mut latencies: Vec<Duration> = until_ready.iter().map(|r| r.elapsed).collect();
+    latencies.sort();
+    let errors = until_ready.iter().filter(|r| !r.ok).count();
+    println!("| reconciles until Ready (errors) | {} ({errors}) | |", until_ready.len());
+    for kind in ["Agent", "PlainVM", "VirtualKey"] {
+        let mut of_kind: Vec<Duration> = until_ready.iter().filter(|r| r.kind == kind).map(|r| r.elapsed).collect();
+        of_kind.sort();
+        println!(
+            "| {kind} reconciles: count, p50, p99 | {}, {:.1?}, {:.1?} | |",
+            of_kind.len(),
+            percentile(&of_kind, 50.0),
+            percentile(&of_kind, 99.0)
+        );
+    }
+    println!(
+        "| reconciles per second (wall clock, until Ready) | {:.0} | |",
+        until_ready.len() as f64 / converged_wall.as_secs_f64().max(1e-3)
+    );
+    println!(
+        "| reconcile latency p50 / p99 (wall clock) | {:.1?} / {:.1?} | |",
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 99.0)
+    );
+    let mib = |b: Option<u64>| b.map_or("unknown".to_owned(), |b| format!("{:.1} MiB", b as f64 / 1048576.0));
+    println!(
+        "| operator peak RSS (VmHWM) at Ready / after idle | {} / {} | goal <= 100 MiB at N = 5000 |",
+        mib(rss_converged),
+        mib(peak_rss)
+    );
+    println!("| operator warnings logged | {warnings} | |");
+    for w in first_warnings {
+        println!("  warning: {w}");
+    }
+    println!();
+    println!(
+        "Requests until Ready, by endpoint (per object: per Agent for Cloudflare, per Agent + PlainVM for Hetzner):"
+    );
+    for (route, count) in &hz_routes {
+        println!("  Hetzner    {count:6}  {:.3}  {route}", *count as f64 / servers as f64);
+    }
+    for (route, count) in &cf_routes {
+        println!("  Cloudflare {count:6}  {:.3}  {route}", *count as f64 / n.max(1) as f64);
+    }
+
+    let rss_ok = peak_rss.is_some_and(|b| b <= 100 * 1048576);
+    let goals = [
+        goal("all Ready within 1.3x the floor", "<= 1.30".into(), format!("{ratio:.2}"), all_ready && ratio <= 1.3),
+        goal("Hetzner requests per Agent", "<= 1.10".into(), format!("{hz_agent:.3}"), hz_agent <= 1.1),
+        goal("Hetzner requests per PlainVM", "<= 2.20".into(), format!("{hz_vm:.3}"), hz_vm <= 2.2),
+        goal("Cloudflare requests per Agent", "<= 3.20".into(), format!("{cf_agent:.3}"), cf_agent <= 3.2),
+        goal(
+            "idle Hetzner requests per resync",
+            format!("<= {idle_goal:.1}"),
+            format!("{idle_hz_per_resync:.1}"),
+            idle_hz_per_resync <= idle_goal,
+        ),
+        goal("API-server writes at idle", "0".into(), idle_writes.to_string(), idle_writes == 0),
+        goal("operator peak RSS (the goal is set at N = 5000)", "<= 100 MiB".into(), mib(peak_rss), rss_ok),
+    ];
+    println!();
+    println!("| goal (N = {n}) | goal | measured | |");
+    println!("| --- | --- | --- | --- |");
+    for g in &goals {
+        println!("| {} | {} | {} | {} |", g.name, g.goal, g.measured, if g.met { "met" } else { "missed" });
+    }
+
+    let plot_dir = std::env::var("CRABGLAMP_BENCH_PLOT_DIR").unwrap_or_else(|_| "docs".into());
+    if !plot_dir.is_empty() {
+        let path = std::path::Path::new(&plot_dir).join(format!("bench-n{n}.svg"));
+        let title = format!("N = {n} ({n} Agents, {vms} PlainVMs, {keys} VirtualKeys), time scale {scale}x");
+        let written = std::fs::create_dir_all(&plot_dir)
+            .and_then(|()| std::fs::write(&path, plot::svg(&title, &floor, &samples, scale)));
+        match written {
+            Ok(()) => println!("plot written to {}", path.display()),
+            Err(e) => println!("cannot write the plot {}: {e}", path.display()),
+        }
+    }
+    drop(db);
+    sandbox.stop().await;
+}
+
+fn minutes(secs: f64) -> String {
+    format!("{:.0} min {:02.0} s", (secs / 60.0).floor(), secs % 60.0)
+}
+
+enum Object {
+    Agent(Agent),
+    Vm(PlainVM),
+    Key(VirtualKey),
+}
+
+impl Object {
+    async fn create(self, agents: &Api<Agent>, plainvms: &Api<PlainVM>, vks: &Api<VirtualKey>) -> bool {
+        let pp = PostParams::default();
+        let result = match self {
+            Object::Agent(a) => agents.create(&pp, &a).await.map(drop),
+            Object::Vm(v) => plainvms.create(&pp, &v).await.map(drop),
+            Object::Key(k) => vks.create(&pp, &k).await.map(drop),
+        };
+        if let Err(e) = &result {
+            println!("create failed: {e}");
+        }
+        result.is_ok()
+    }
+}

@@ -1,0 +1,99 @@
+//! Who is Ready, and since when: one watch per kind (never a list per poll, which at 5,000
+//! objects would cost the stand-ins more than the operator), and a sampler recording Ready
+//! counts and each cloud's requests over time for the table and the plot.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
+/// Objects of one kind that have been Ready, by UID, with when they first were.
+#[derive(Default)]
+pub struct ReadySet {
+    first_ready: HashMap<String, Instant>,
+}
+
+impl ReadySet {
+    pub fn count(&self) -> usize {
+        self.first_ready.len()
+    }
+
+    /// When the last of them turned Ready.
+    pub fn last(&self) -> Option<Instant> {
+        self.first_ready.values().max().copied()
+    }
+}
+
+pub type Shared = Arc<Mutex<ReadySet>>;
+
+pub fn lock(set: &Shared) -> std::sync::MutexGuard<'_, ReadySet> {
+    set.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Watches every object of `K`; `conditions` reads its status conditions.
+pub fn watch_ready<K>(
+    api: Api<K>,
+    conditions: fn(&K) -> Option<&Vec<Condition>>,
+) -> (Shared, tokio::task::JoinHandle<()>)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let set: Shared = Arc::default();
+    let shared = Arc::clone(&set);
+    let task = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff().applied_objects());
+        while let Some(item) = stream.next().await {
+            let Ok(object) = item else { continue };
+            let ready = conditions(&object).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            if ready {
+                lock(&shared).first_ready.entry(object.uid().unwrap_or_default()).or_insert_with(Instant::now);
+            }
+        }
+    });
+    (set, task)
+}
+
+/// One sample: seconds since the start (wall clock), Ready counts, cloud requests so far.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    pub wall: f64,
+    pub agents: usize,
+    pub plainvms: usize,
+    pub keys: usize,
+    pub hetzner: u64,
+    pub cloudflare: u64,
+}
+
+/// Records a sample every `every` until aborted.
+pub fn sample(
+    started: Instant,
+    every: Duration,
+    sets: [Shared; 3],
+    counters: [crabglamp_sandbox::http::RunningSim; 2],
+) -> (Arc<Mutex<Vec<Sample>>>, tokio::task::JoinHandle<()>) {
+    let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
+    let shared = Arc::clone(&samples);
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let [a, v, k] = &sets;
+            let s = Sample {
+                wall: started.elapsed().as_secs_f64(),
+                agents: lock(a).count(),
+                plainvms: lock(v).count(),
+                keys: lock(k).count(),
+                hetzner: counters[0].control().total_requests(),
+                cloudflare: counters[1].control().total_requests(),
+            };
+            shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(s);
+        }
+    });
+    (samples, task)
+}
