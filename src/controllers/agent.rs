@@ -478,6 +478,7 @@ async fn record_transfer(
         occurred_at: Utc::now(),
     };
     audit::append(&ctx.db, &event).await?;
+    ctx.anchor.nudge();
     Ok(())
 }
 

@@ -49,6 +49,11 @@ pub struct ControllerConfig {
     pub redis_namespace: String,
     /// VirtualKeys per Redis round trip in the spend refresher.
     pub redis_batch: usize,
+    /// Namespace of the audit anchor ConfigMap (none: the client's default namespace, which
+    /// in a cluster is the operator's own).
+    pub anchor_namespace: Option<String>,
+    /// Name of the audit anchor ConfigMap.
+    pub anchor_configmap: String,
 }
 
 impl ControllerConfig {
@@ -66,6 +71,8 @@ impl ControllerConfig {
             instance: "crabglamp-operator".into(),
             redis_namespace: "cgk:".into(),
             redis_batch: 500,
+            anchor_namespace: None,
+            anchor_configmap: crate::audit_anchor::DEFAULT_CONFIGMAP.into(),
         }
     }
 }
@@ -157,6 +164,11 @@ struct KindStep {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Swept {
     resource: String,
 }
@@ -169,6 +181,8 @@ pub struct ControllerMetrics {
     swept: Family<Swept, Counter>,
     status_writes: Family<KindStep, Counter>,
     leader: Gauge,
+    anchor_publishes: Family<Outcome, Counter>,
+    anchored_seq: Gauge,
 }
 
 impl ControllerMetrics {
@@ -180,6 +194,16 @@ impl ControllerMetrics {
         registry.register("crabglamp_swept", "Orphaned resources removed by the sweeper", m.swept.clone());
         registry.register("crabglamp_status_writes", "Status patches, by kind", m.status_writes.clone());
         registry.register("crabglamp_leader", "1 while this instance leads", m.leader.clone());
+        registry.register(
+            "audit_anchor_publishes",
+            "Audit anchor publishes by outcome (published, unchanged, failed, refused)",
+            m.anchor_publishes.clone(),
+        );
+        registry.register(
+            "audit_anchored_seq",
+            "Sequence number of the audit event the anchor outside the database vouches for",
+            m.anchored_seq.clone(),
+        );
         m
     }
 
@@ -201,6 +225,19 @@ impl ControllerMetrics {
 
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
+    }
+
+    pub fn count_anchor_publish(&self, outcome: &str) {
+        self.anchor_publishes.get_or_create(&Outcome { outcome: outcome.into() }).inc();
+    }
+
+    pub fn set_anchored_seq(&self, seq: i64) {
+        self.anchored_seq.set(seq);
+    }
+
+    /// Anchor publishes with this outcome so far (tests).
+    pub fn anchor_publishes(&self, outcome: &str) -> u64 {
+        self.anchor_publishes.get_or_create(&Outcome { outcome: outcome.into() }).get()
     }
 
     /// Current value of a step counter (tests, benchmarks).
@@ -237,6 +274,8 @@ pub struct Context {
     pub fleet_firewall: Mutex<Option<i64>>,
     /// The VirtualKey controller's Redis client and spend snapshot (none: it does not run).
     pub virtual_keys: Option<super::virtual_key::KeyRuntime>,
+    /// Publishes the audit chain's head outside the database.
+    pub anchor: super::anchor::AnchorPublisher,
 }
 
 impl Context {
@@ -252,7 +291,9 @@ impl Context {
     ) -> Self {
         let dns_retry_after = config.resync;
         let reporter = Reporter { controller: "crabglamp-operator".into(), instance: Some(config.instance.clone()) };
+        let anchor = super::anchor::AnchorPublisher::new(&client, &config);
         Context {
+            anchor,
             recorder: Recorder::new(client.clone(), reporter),
             client,
             hetzner,

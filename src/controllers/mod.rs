@@ -6,6 +6,7 @@
 //! on the stop signal no new reconcile starts, in-flight ones finish, and it returns.
 
 pub mod agent;
+pub mod anchor;
 pub mod cloud_init;
 pub mod conditions;
 pub mod context;
@@ -60,6 +61,8 @@ fn watcher_config(config: &ControllerConfig) -> watcher::Config {
 pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
     // VirtualKeys need neither cloud: they do not wait for the fleet firewall.
     let mut virtual_keys = AbortOnDrop::spawn(virtual_key::run(Arc::clone(&ctx), stop.clone()));
+    // The audit anchor follows every append, whichever controller made it.
+    let mut anchor = AbortOnDrop::spawn(anchor::run(Arc::clone(&ctx), stop.clone()));
     // The fleet firewall must exist before any Agent server is created behind it.
     let ready = retry_until_stopped(&stop, ctx.config.fast_poll, "prepare the fleet firewall", || async {
         refresher::ensure_fleet_firewall(&ctx).await.map(|id| tracing::info!(firewall = id, "fleet firewall ready"))
@@ -78,6 +81,9 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
     refresher.join().await;
     sweeper.join().await;
     virtual_keys.join().await;
+    anchor.join().await;
+    // Appends of the reconciles that finished after the stop are anchored before exit.
+    anchor::publish_and_count(&ctx).await;
     tracing::info!("controllers stopped");
 }
 
