@@ -6,6 +6,7 @@
 //! `crabglamp-sandbox` crate (that one depends on this one).
 
 pub mod api;
+pub mod audit_anchor;
 pub mod cache;
 pub mod cloud;
 pub mod controllers;

@@ -1,6 +1,6 @@
 //! The `crabglamp-operator` command line: run the controllers, print CRDs, migrate the
-//! database, verify the audit trail. The stand-ins and the sandbox are another binary
-//! (`crabglamp-sandbox`).
+//! database, verify the audit trail against its anchor, reseal credentials after a key
+//! rotation. The stand-ins and the sandbox are another binary (`crabglamp-sandbox`).
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -39,15 +39,56 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Re-encrypt every sealed credential under the current sealing key (after a rotation).
+    ///
+    /// Keys come from the environment, as for `run`: CRABGLAMP_SEALING_KEY and
+    /// CRABGLAMP_SEALING_KEY_ID name the new current key, CRABGLAMP_SEALING_PREVIOUS_KEYS
+    /// (`id=base64,...`) the old ones still needed to open rows. Idempotent: rows already under
+    /// the current key are left alone. Exit status 2 if some row could not be opened.
+    Reseal {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Rows re-encrypted per transaction.
+        #[arg(long, default_value_t = 100)]
+        batch_size: u32,
+    },
 }
 
 #[derive(Subcommand, Debug)]
 enum AuditCommand {
-    /// Walk the hash chain from the first event; exit non-zero at the first broken link.
+    /// Walk the hash chain from the first event and compare its head with the anchor outside
+    /// the database (the ConfigMap the operator publishes, read with the kubeconfig; its HMAC
+    /// is checked with the sealing key from CRABGLAMP_SEALING_KEY and
+    /// CRABGLAMP_SEALING_PREVIOUS_KEYS).
+    ///
+    /// Exit status: 0 intact (the anchor may lag a few events: noted); 2 tampering (an altered
+    /// or missing row, a deleted tail, a rewritten chain or a forged anchor); 3 the anchor is
+    /// missing or under a key not configured (use --no-anchor to check the chain alone).
     Verify {
         #[command(flatten)]
         database: DatabaseArgs,
+        /// Kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or the in-cluster service account).
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        anchor: AnchorArgs,
+        /// Check the chain in PostgreSQL only: no kubeconfig or sealing key needed, but a deleted
+        /// tail or a consistently rewritten chain goes unnoticed.
+        #[arg(long)]
+        no_anchor: bool,
     },
+}
+
+/// Where the audit anchor ConfigMap lives (`run` writes it, `audit verify` reads it).
+#[derive(clap::Args, Debug)]
+struct AnchorArgs {
+    /// Namespace of the audit anchor ConfigMap (default: the operator's namespace from the
+    /// service account in a cluster, else the kubeconfig context's namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    anchor_namespace: Option<String>,
+    /// Name of the audit anchor ConfigMap (give each operator with its own database its own).
+    #[arg(long, env = "CRABGLAMP_ANCHOR_CONFIGMAP", default_value = crabglamp_operator::audit_anchor::DEFAULT_CONFIGMAP)]
+    anchor_configmap: String,
 }
 
 /// Settings of `run`; every one also comes from the environment (SPEC section 6).
@@ -147,6 +188,8 @@ struct RunArgs {
     /// Where to serve /metrics (Prometheus), /healthz and /readyz.
     #[arg(long, env = "CRABGLAMP_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: std::net::SocketAddr,
+    #[command(flatten)]
+    anchor: AnchorArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -172,23 +215,67 @@ async fn migrate(database: DatabaseArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Returns whether the chain verified.
-async fn audit_verify(database: DatabaseArgs) -> anyhow::Result<bool> {
+/// A client from the kubeconfig file, or inferred ($KUBECONFIG, ~/.kube/config, in-cluster).
+async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    let kube_config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .context("invalid kubeconfig")?
+        }
+        None => kube::Config::infer().await.context("no kubeconfig and not in a cluster")?,
+    };
+    kube::Client::try_from(kube_config).context("cannot build the Kubernetes client")
+}
+
+/// Prints the findings; returns the exit status (0 intact, 2 tampered, 3 unanchored).
+async fn audit_verify(
+    database: DatabaseArgs,
+    kubeconfig: Option<std::path::PathBuf>,
+    anchor: AnchorArgs,
+    no_anchor: bool,
+) -> anyhow::Result<i32> {
+    use crabglamp_operator::audit_anchor::{self, Location, Outcome};
     let pool = store::connect(&database.database_url, 2).await?;
-    let report = store::audit::verify_chain(&pool).await?;
-    match report.first_break {
-        None => {
-            println!("audit chain intact: {} events verified", report.verified);
-            Ok(true)
-        }
-        Some(broken) => {
-            println!(
-                "audit chain BROKEN at event {}: {} ({} events verified before it)",
-                broken.seq, broken.reason, report.verified
-            );
-            Ok(false)
-        }
+    let verification = if no_anchor {
+        audit_anchor::verify(&pool, None).await?
+    } else {
+        let keys = store::seal::SealingKeys::from_env()
+            .context("checking the audit anchor's HMAC needs the sealing key (or pass --no-anchor)")?;
+        let client = kube_client(kubeconfig.as_deref()).await?;
+        let location =
+            Location::resolve(&client, anchor.anchor_namespace.as_deref(), Some(anchor.anchor_configmap.as_str()));
+        let api = location.api(client);
+        audit_anchor::verify(&pool, Some((&api, &location, &keys))).await?
+    };
+    for line in verification.lines() {
+        println!("{line}");
     }
+    Ok(match verification.outcome() {
+        Outcome::Intact => 0,
+        Outcome::Tampered => 2,
+        Outcome::Unanchored => 3,
+    })
+}
+
+/// Prints the counts; returns whether every credential is now under the current key.
+async fn reseal(database: DatabaseArgs, batch_size: u32) -> anyhow::Result<bool> {
+    let keys = store::seal::SealingKeys::from_env().context("cannot load the sealing keys")?;
+    let pool = store::connect(&database.database_url, 2).await?;
+    let report = store::seal::reseal_all(&pool, &keys, batch_size).await?;
+    println!(
+        "resealed {} credential(s) under key {:?}; {} now under it; {} could not be opened",
+        report.resealed,
+        keys.current_id(),
+        report.current,
+        report.failed.len()
+    );
+    for (id, error) in &report.failed {
+        println!("  not resealed: {}/{}/{}: {error}", id.scope, id.resource_uid, id.name);
+    }
+    Ok(report.failed.is_empty())
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -199,18 +286,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     use crabglamp_operator::operator::{self, Ending, InstanceOptions, OperatorSettings};
     use std::time::Duration;
 
-    let kube_config = match &args.kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .context("invalid kubeconfig")?
-        }
-        None => kube::Config::infer().await.context("no kubeconfig and not in a cluster")?,
-    };
-    let default_namespace = kube_config.default_namespace.clone();
-    let client = kube::Client::try_from(kube_config).context("cannot build the Kubernetes client")?;
+    let client = kube_client(args.kubeconfig.as_deref()).await?;
+    let default_namespace = client.default_namespace().to_owned();
     let sealing = store::seal::SealingKeys::from_env().context("cannot load the sealing key")?;
     let mut controllers = ControllerConfig::new(args.cloudflare_zone_name);
     controllers.resync = Duration::from_secs(args.resync_seconds.max(1));
@@ -232,6 +309,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     controllers.concurrency = args.concurrency;
     controllers.watch_namespace = args.watch_namespace;
     controllers.instance = args.instance;
+    controllers.anchor_namespace = args.anchor.anchor_namespace;
+    controllers.anchor_configmap = args.anchor.anchor_configmap;
     let settings = OperatorSettings {
         database_url: args.database.database_url,
         redis_url: args.redis_url,
@@ -284,8 +363,14 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Migrate { database } => block_on(migrate(database))?,
-        Command::Audit { command: AuditCommand::Verify { database } } => {
-            if !block_on(audit_verify(database))? {
+        Command::Audit { command: AuditCommand::Verify { database, kubeconfig, anchor, no_anchor } } => {
+            let status = block_on(audit_verify(database, kubeconfig, anchor, no_anchor))?;
+            if status != 0 {
+                std::process::exit(status);
+            }
+        }
+        Command::Reseal { database, batch_size } => {
+            if !block_on(reseal(database, batch_size))? {
                 std::process::exit(2);
             }
         }

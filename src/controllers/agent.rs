@@ -479,6 +479,7 @@ async fn record_transfer(
     };
     let appended = audit::append(&ctx.db, &event).await?;
     ctx.metrics.count_audit(&appended);
+    ctx.anchor.nudge();
     Ok(())
 }
 

@@ -58,6 +58,11 @@ pub struct ControllerConfig {
     /// in the database pool: unbounded, each reconcile's several pool acquisitions wait behind
     /// all the others, time out, and almost none completes end to end.
     pub concurrency: u16,
+    /// Namespace of the audit anchor ConfigMap (none: the client's default namespace, which
+    /// in a cluster is the operator's own).
+    pub anchor_namespace: Option<String>,
+    /// Name of the audit anchor ConfigMap.
+    pub anchor_configmap: String,
 }
 
 impl ControllerConfig {
@@ -77,6 +82,8 @@ impl ControllerConfig {
             redis_namespace: "cgk:".into(),
             redis_batch: 500,
             concurrency: 16,
+            anchor_namespace: None,
+            anchor_configmap: crate::audit_anchor::DEFAULT_CONFIGMAP.into(),
         }
     }
 }
@@ -179,6 +186,11 @@ pub(crate) struct KindPhase {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Swept {
     resource: String,
 }
@@ -209,6 +221,8 @@ pub struct ControllerMetrics {
     pub(crate) objects: Family<KindPhase, Gauge>,
     pub(crate) queue_depth: Family<KindLabel, Gauge>,
     leader: Gauge,
+    anchor_publishes: Family<Outcome, Counter>,
+    anchored_seq: Gauge,
 }
 
 impl Default for ControllerMetrics {
@@ -223,6 +237,8 @@ impl Default for ControllerMetrics {
             objects: Family::default(),
             queue_depth: Family::default(),
             leader: Gauge::default(),
+            anchor_publishes: Family::default(),
+            anchored_seq: Gauge::default(),
         }
     }
 }
@@ -265,6 +281,16 @@ impl ControllerMetrics {
         ] {
             let _ = m.audit_events.get_or_create(&AuditType { event_type: kind.as_str().into() });
         }
+        registry.register(
+            "audit_anchor_publishes",
+            "Audit anchor publishes by outcome (published, unchanged, failed, refused)",
+            m.anchor_publishes.clone(),
+        );
+        registry.register(
+            "audit_anchored_seq",
+            "Sequence number of the audit event the anchor outside the database vouches for",
+            m.anchored_seq.clone(),
+        );
         m
     }
 
@@ -307,6 +333,19 @@ impl ControllerMetrics {
         self.leader.get() == 1
     }
 
+    pub fn count_anchor_publish(&self, outcome: &str) {
+        self.anchor_publishes.get_or_create(&Outcome { outcome: outcome.into() }).inc();
+    }
+
+    pub fn set_anchored_seq(&self, seq: i64) {
+        self.anchored_seq.set(seq);
+    }
+
+    /// Anchor publishes with this outcome so far (tests).
+    pub fn anchor_publishes(&self, outcome: &str) -> u64 {
+        self.anchor_publishes.get_or_create(&Outcome { outcome: outcome.into() }).get()
+    }
+
     /// Current value of a step counter (tests, benchmarks).
     pub fn steps(&self, kind: &str, step: &str) -> u64 {
         self.steps.get_or_create(&KindStep { kind: kind.into(), step: step.into() }).get()
@@ -343,6 +382,8 @@ pub struct Context {
     pub virtual_keys: Option<super::virtual_key::KeyRuntime>,
     /// The controllers' caches, for the objects and queue-depth gauges and readiness.
     pub observer: super::observe::Observer,
+    /// Publishes the audit chain's head outside the database.
+    pub anchor: super::anchor::AnchorPublisher,
 }
 
 impl Context {
@@ -358,7 +399,9 @@ impl Context {
     ) -> Self {
         let dns_retry_after = config.resync;
         let reporter = Reporter { controller: "crabglamp-operator".into(), instance: Some(config.instance.clone()) };
+        let anchor = super::anchor::AnchorPublisher::new(&client, &config);
         Context {
+            anchor,
             recorder: Recorder::new(client.clone(), reporter),
             client,
             hetzner,

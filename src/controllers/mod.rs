@@ -6,6 +6,7 @@
 //! on the stop signal no new reconcile starts, in-flight ones finish, and it returns.
 
 pub mod agent;
+pub mod anchor;
 pub mod cloud_init;
 pub mod conditions;
 pub mod context;
@@ -83,6 +84,8 @@ fn controller_config(config: &ControllerConfig) -> kube::runtime::controller::Co
 pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
     // VirtualKeys need neither cloud: they do not wait for the fleet firewall.
     let mut virtual_keys = AbortOnDrop::spawn(virtual_key::run(Arc::clone(&ctx), stop.clone()));
+    // The audit anchor follows every append, whichever controller made it.
+    let mut anchor = AbortOnDrop::spawn(anchor::run(Arc::clone(&ctx), stop.clone()));
     // The fleet firewall must exist before any Agent server is created behind it.
     let ready = retry_until_stopped(&stop, ctx.config.fast_poll, "prepare the fleet firewall", || async {
         refresher::ensure_fleet_firewall(&ctx).await.map(|id| tracing::info!(firewall = id, "fleet firewall ready"))
@@ -101,6 +104,9 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
     refresher.join().await;
     sweeper.join().await;
     virtual_keys.join().await;
+    anchor.join().await;
+    // Appends of the reconciles that finished after the stop are anchored before exit.
+    anchor::publish_and_count(&ctx).await;
     tracing::info!("controllers stopped");
 }
 

@@ -386,6 +386,7 @@ async fn record_key(
     let appended = audit::append(&mut *tx, &event).await?;
     tx.commit().await.map_err(|e| crate::store::StoreError::Query { what: "committing a key", source: e })?;
     ctx.metrics.count_audit(&appended);
+    ctx.anchor.nudge();
     ctx.metrics.count_step(KIND, if live.is_some() { "rotate" } else { "issue" });
     let verb = if live.is_some() { "Rotated" } else { "Issued" };
     ctx.event(
@@ -473,6 +474,7 @@ async fn apply(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, ReconcileEr
             ctx.metrics.count_audit(appended);
         }
         if let Some(from) = transfer {
+            ctx.anchor.nudge();
             ctx.event(&*vk, false, "Transferred", "Transfer", format!("Owner changed from {from} to {}", t.owner))
                 .await;
         }
@@ -647,6 +649,7 @@ async fn cleanup(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, Reconcile
     let appended = audit::append(&mut *tx, &event).await?;
     tx.commit().await.map_err(|e| crate::store::StoreError::Query { what: "committing a revoke", source: e })?;
     ctx.metrics.count_audit(&appended);
+    ctx.anchor.nudge();
     rt.with(|m| m.remove(&uid));
     ctx.metrics.count_step(KIND, "revoke");
     ctx.event(&*vk, false, "Revoked", "Revoke", format!("Key {} revoked and removed from the proxy", live.key_id))

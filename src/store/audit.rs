@@ -167,7 +167,8 @@ fn canonical_json(value: &Value, out: &mut String) {
     }
 }
 
-fn timestamp(t: &DateTime<Utc>) -> String {
+/// The canonical text of a time: RFC 3339, UTC, microseconds (what PostgreSQL keeps).
+pub(crate) fn timestamp(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
@@ -365,6 +366,17 @@ pub struct ChainBreak {
     pub reason: String,
 }
 
+/// The newest event of the chain: what the anchor outside the database vouches for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainHead {
+    /// Its position.
+    pub seq: i64,
+    /// Its hash.
+    pub hash: Vec<u8>,
+    /// When it was written.
+    pub recorded_at: DateTime<Utc>,
+}
+
 /// The result of walking the whole chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainReport {
@@ -372,21 +384,31 @@ pub struct ChainReport {
     pub verified: u64,
     /// The first broken link, if any.
     pub first_break: Option<ChainBreak>,
+    /// The last row that verified (none when none did, or the walk started after the end).
+    pub last_verified: Option<ChainHead>,
 }
 
 /// Walks the chain from the first event, recomputing every hash, and reports the first row
 /// whose position, link to its predecessor or content does not match.
 pub async fn verify_chain(pool: &PgPool) -> Result<ChainReport, StoreError> {
+    verify_after(pool, 0, &GENESIS_HASH).await
+}
+
+/// Walks the rows after event `seq` (whose hash is `hash`; 0 and [`GENESIS_HASH`] for the whole
+/// chain) as [`verify_chain`] does: how the anchor publisher checks that the rows it is about
+/// to vouch for extend the ones it vouched for before, without reading those again.
+pub async fn verify_after(pool: &PgPool, seq: i64, hash: &[u8]) -> Result<ChainReport, StoreError> {
     let mut rows = sqlx::query_as!(
         Row,
         r#"SELECT seq, event_key, kind, resource_kind, resource_namespace, resource_name, resource_uid,
                   owners, region, cloud_ids, details, occurred_at, recorded_at, prev_hash, hash
-           FROM audit_events ORDER BY seq"#
+           FROM audit_events WHERE seq > $1 ORDER BY seq"#,
+        seq
     )
     .fetch(pool);
-    let mut expected_seq = 1_i64;
-    let mut prev_hash = GENESIS_HASH.to_vec();
-    let mut verified = 0_u64;
+    let mut expected_seq = seq + 1;
+    let mut prev_hash = hash.to_vec();
+    let mut report = ChainReport { verified: 0, first_break: None, last_verified: None };
     while let Some(row) = rows.try_next().await.during("reading the audit chain")? {
         let event = AuditEvent::from(row);
         let problem = if event.seq != expected_seq {
@@ -399,13 +421,32 @@ pub async fn verify_chain(pool: &PgPool) -> Result<ChainReport, StoreError> {
             None
         };
         if let Some(reason) = problem {
-            return Ok(ChainReport { verified, first_break: Some(ChainBreak { seq: event.seq, reason }) });
+            report.first_break = Some(ChainBreak { seq: event.seq, reason });
+            return Ok(report);
         }
         expected_seq += 1;
-        prev_hash = event.hash;
-        verified += 1;
+        prev_hash.clone_from(&event.hash);
+        report.verified += 1;
+        report.last_verified = Some(ChainHead { seq: event.seq, hash: event.hash, recorded_at: event.recorded_at });
     }
-    Ok(ChainReport { verified, first_break: None })
+    Ok(report)
+}
+
+/// The newest event (none while the trail is empty).
+pub async fn head(pool: &PgPool) -> Result<Option<ChainHead>, StoreError> {
+    let row = sqlx::query!("SELECT seq, hash, recorded_at FROM audit_events ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(pool)
+        .await
+        .during("reading the head of the audit chain")?;
+    Ok(row.map(|r| ChainHead { seq: r.seq, hash: r.hash, recorded_at: r.recorded_at }))
+}
+
+/// The stored hash of event `seq` (none when there is no such row).
+pub async fn hash_at(pool: &PgPool, seq: i64) -> Result<Option<Vec<u8>>, StoreError> {
+    sqlx::query_scalar!("SELECT hash FROM audit_events WHERE seq = $1", seq)
+        .fetch_optional(pool)
+        .await
+        .during("reading an audit event's hash")
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! The only code that talks SQL. Schema and constraints live in `migrations/` (the database
 //! enforces them, not only this code); every error says which operation failed, never a secret.
 
+pub mod anchor;
 pub mod audit;
 pub mod keys;
 pub mod seal;

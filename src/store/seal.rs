@@ -9,6 +9,8 @@ use std::fmt;
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use sqlx::PgPool;
 
 use super::{QueryContext, StoreError};
@@ -82,11 +84,27 @@ pub struct Sealed {
     pub ciphertext: Vec<u8>,
 }
 
+/// HMAC-SHA256, the MAC of the audit anchor.
+pub type AnchorMac = Hmac<Sha256>;
+
+/// Label of the anchor key derivation: HMAC-SHA256(sealing key, label). The sealing key is
+/// already 32 uniformly random bytes, so HKDF's extract step adds nothing; one HMAC block under
+/// a fixed label is HKDF-Expand's single-block form, and keeps the anchor key apart from the
+/// AES key (a MAC never reveals anything usable to open a sealed row).
+const ANCHOR_KEY_LABEL: &[u8] = b"crabglamp.audit-anchor.key.v1";
+
+/// One configured key: the AES-256-GCM cipher and the anchor MAC key derived from it.
+#[derive(Clone)]
+struct KeyPair {
+    cipher: Aes256Gcm,
+    anchor: AnchorMac,
+}
+
 /// The sealing keys: one current key for new writes, older ones to open old rows.
 #[derive(Clone)]
 pub struct SealingKeys {
     current: String,
-    keys: HashMap<String, Aes256Gcm>,
+    keys: HashMap<String, KeyPair>,
 }
 
 impl fmt::Debug for SealingKeys {
@@ -97,14 +115,20 @@ impl fmt::Debug for SealingKeys {
     }
 }
 
-fn parse_key(key_id: &str, encoded: &str) -> Result<Aes256Gcm, SealError> {
+fn parse_key(key_id: &str, encoded: &str) -> Result<KeyPair, SealError> {
     let malformed = |reason: &str| SealError::MalformedKey { key_id: key_id.to_owned(), reason: reason.to_owned() };
     let bytes =
         base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| malformed("not valid base64"))?;
     if bytes.len() != 32 {
         return Err(malformed(&format!("decodes to {} bytes, not 32", bytes.len())));
     }
-    Ok(Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&bytes)))
+    let mut derive = <AnchorMac as Mac>::new_from_slice(&bytes).map_err(|_| malformed("unusable as an HMAC key"))?;
+    derive.update(ANCHOR_KEY_LABEL);
+    let anchor_key = derive.finalize().into_bytes();
+    Ok(KeyPair {
+        cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&bytes)),
+        anchor: <AnchorMac as Mac>::new_from_slice(&anchor_key).map_err(|_| malformed("unusable as an HMAC key"))?,
+    })
 }
 
 impl SealingKeys {
@@ -143,9 +167,20 @@ impl SealingKeys {
         Self::from_config(|name| std::env::var(name).ok())
     }
 
+    /// Name of the key new writes are sealed with.
+    pub fn current_id(&self) -> &str {
+        &self.current
+    }
+
+    /// A fresh HMAC-SHA256 instance under the audit anchor key derived from the sealing key
+    /// `key_id` (the database never holds it); `None` when that key is not configured.
+    pub fn anchor_mac(&self, key_id: &str) -> Option<AnchorMac> {
+        self.keys.get(key_id).map(|k| k.anchor.clone())
+    }
+
     /// Seals `plaintext` for the row `id` under the current key with a fresh random nonce.
     pub fn seal(&self, id: &CredentialId, plaintext: &[u8]) -> Result<Sealed, SealError> {
-        let cipher = self.keys.get(&self.current).ok_or_else(|| SealError::UnknownKey(self.current.clone()))?;
+        let cipher = &self.keys.get(&self.current).ok_or_else(|| SealError::UnknownKey(self.current.clone()))?.cipher;
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
         let ciphertext = cipher
             .encrypt(&nonce, Payload { msg: plaintext, aad: &id.associated_data() })
@@ -155,7 +190,7 @@ impl SealingKeys {
 
     /// Opens a value sealed for the row `id`.
     pub fn open(&self, id: &CredentialId, sealed: &Sealed) -> Result<Vec<u8>, SealError> {
-        let cipher = self.keys.get(&sealed.key_id).ok_or_else(|| SealError::UnknownKey(sealed.key_id.clone()))?;
+        let cipher = &self.keys.get(&sealed.key_id).ok_or_else(|| SealError::UnknownKey(sealed.key_id.clone()))?.cipher;
         if sealed.nonce.len() != 12 {
             return Err(SealError::Open);
         }
@@ -222,6 +257,81 @@ pub async fn delete_credential(pool: &PgPool, id: &CredentialId) -> Result<bool,
     .await
     .during("deleting a sealed credential")?;
     Ok(result.rows_affected() == 1)
+}
+
+/// What a reseal did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ResealReport {
+    /// Credentials re-encrypted under the current key by this run.
+    pub resealed: u64,
+    /// Credentials under the current key when the run ended (including the resealed ones).
+    pub current: u64,
+    /// Credentials that could not be opened (key not configured, or tampered), left as they were.
+    pub failed: Vec<(CredentialId, SealError)>,
+}
+
+/// Re-encrypts every credential not sealed under the current key (key rotation), `batch` rows
+/// per transaction. Each row is locked while it is rewritten, so a concurrent writer waits
+/// instead of being overwritten; a row already under the current key is never touched, so a
+/// second run changes nothing. Rows that do not open are reported and left alone.
+pub async fn reseal_all(pool: &PgPool, keys: &SealingKeys, batch: u32) -> Result<ResealReport, StoreError> {
+    let mut report = ResealReport::default();
+    // Keyset pagination: rows that fail to open stay behind the cursor instead of being read again.
+    let mut after: Option<(String, String, String)> = None;
+    loop {
+        let mut tx = pool.begin().await.during("starting a reseal batch")?;
+        let (scope, uid, name) = after.clone().map_or((None, None, None), |(s, u, n)| (Some(s), Some(u), Some(n)));
+        let rows = sqlx::query!(
+            r#"SELECT scope, resource_uid, name, key_id, nonce, ciphertext FROM sealed_credentials
+               WHERE key_id <> $1 AND ($2::text IS NULL OR (scope, resource_uid, name) > ($2, $3, $4))
+               ORDER BY scope, resource_uid, name LIMIT $5 FOR UPDATE"#,
+            keys.current_id(),
+            scope,
+            uid,
+            name,
+            i64::from(batch.max(1)),
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .during("reading credentials to reseal")?;
+        let Some(last) = rows.last() else { break };
+        after = Some((last.scope.clone(), last.resource_uid.clone(), last.name.clone()));
+        for row in rows {
+            let id = CredentialId { scope: row.scope, resource_uid: row.resource_uid, name: row.name };
+            let sealed = Sealed { key_id: row.key_id, nonce: row.nonce, ciphertext: row.ciphertext };
+            let fresh = match keys.open(&id, &sealed).and_then(|plaintext| keys.seal(&id, &plaintext)) {
+                Ok(fresh) => fresh,
+                Err(e) => {
+                    report.failed.push((id, e));
+                    continue;
+                }
+            };
+            sqlx::query!(
+                r#"UPDATE sealed_credentials SET key_id = $4, nonce = $5, ciphertext = $6, updated_at = now()
+                   WHERE scope = $1 AND resource_uid = $2 AND name = $3"#,
+                id.scope,
+                id.resource_uid,
+                id.name,
+                fresh.key_id,
+                fresh.nonce,
+                fresh.ciphertext,
+            )
+            .execute(&mut *tx)
+            .await
+            .during("resealing a credential")?;
+            report.resealed += 1;
+        }
+        tx.commit().await.during("committing a reseal batch")?;
+    }
+    let current = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM sealed_credentials WHERE key_id = $1"#,
+        keys.current_id()
+    )
+    .fetch_one(pool)
+    .await
+    .during("counting credentials under the current key")?;
+    report.current = u64::try_from(current).unwrap_or_default();
+    Ok(report)
 }
 
 #[cfg(test)]
