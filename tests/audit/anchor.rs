@@ -22,7 +22,8 @@ use crate::fixture::{Operator, agent, ready, wait_for, wait_gone};
 const DEADLINE: Duration = Duration::from_secs(60);
 
 /// A database, an API server and the anchor's place, without an operator: each test makes the
-/// appends and publishes itself.
+/// appends and publishes itself. The API server runs on the test's runtime, and the CLI is
+/// awaited with a blocking call: these tests need more than one worker thread.
 struct Setup {
     db: TestDb,
     _kube: RunningKube,
@@ -205,7 +206,7 @@ async fn the_operator_anchors_its_appends_and_a_deleted_tail_is_reported() {
     op.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untouched_trail_verifies_and_a_consistently_rewritten_chain_is_reported() {
     let s = Setup::new().await;
     s.append(0..5).await;
@@ -233,7 +234,7 @@ async fn an_untouched_trail_verifies_and_a_consistently_rewritten_chain_is_repor
     assert_eq!(s.anchor().await.hash, anchored_hash);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_anchor_passes_with_a_note_and_a_missing_one_fails_unless_skipped() {
     let s = Setup::new().await;
     let (code, said) = s.verify_cli(&[]);
@@ -268,7 +269,7 @@ async fn a_lagging_anchor_passes_with_a_note_and_a_missing_one_fails_unless_skip
     assert!(stderr.contains("checking the audit anchor's HMAC needs the sealing key"), "{stderr}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_anchor_is_rejected_and_never_overwritten() {
     let s = Setup::new().await;
     s.append(0..3).await;
@@ -294,7 +295,7 @@ async fn a_forged_anchor_is_rejected_and_never_overwritten() {
     assert!(said.contains("authenticated under sealing key \"k9\", which is not configured"), "{said}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_move_the_anchor_forward_once_each_time() {
     let s = Setup::new().await;
     for i in 0..6 {
@@ -312,7 +313,7 @@ async fn concurrent_writers_move_the_anchor_forward_once_each_time() {
     assert_eq!(v.outcome(), Outcome::Intact, "{:?}", v.lines());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_rotation_re_anchors_the_same_head_under_the_new_key() {
     let s = Setup::new().await;
     s.append(0..2).await;
