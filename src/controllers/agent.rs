@@ -526,6 +526,10 @@ impl Pass for AgentPass {
         next
     }
 
+    fn billed_owner(&self, status: &AgentStatus) -> Option<String> {
+        status.owner.clone()
+    }
+
     fn power_status(&self, ctx: &Context) -> Option<String> {
         let server = ctx.fleet.server(&self.target.owner.uid)?;
         Some(effective_server_status(&server, ctx.fleet.tunnel(&tunnel_name(&self.target.owner.uid)).as_ref()))

@@ -172,6 +172,12 @@ pub trait Pass: Sync {
     ) -> <Self::Object as ManagedObject>::Status;
     /// The server status the usage timeline should believe, if there is a server.
     fn power_status(&self, ctx: &Context) -> Option<String>;
+    /// The owner usage rows bill: the one the operator has accepted (an Agent's
+    /// `status.owner`), never a new spec owner whose transfer is not recorded yet. `None`: the
+    /// spec's owner (a kind whose owner cannot change).
+    fn billed_owner(&self, _status: &<Self::Object as ManagedObject>::Status) -> Option<String> {
+        None
+    }
     /// A permanent error's reason, or `None` when retrying can help. Kinds may name a step's
     /// refusal more precisely than [`stall_reason`] does.
     fn stall(&self, _step: &Self::Step, error: &ReconcileError) -> Option<Stall> {
@@ -303,7 +309,7 @@ pub async fn apply<P: Pass>(pass: &P, ctx: &Context) -> Result<Action, Reconcile
     let mut stalled: Option<Stall> = None;
     // What happened before this pass (a stop in the console) is recorded before this pass
     // changes it (powers the server on again), or the timeline would never show it.
-    record_usage(pass, ctx).await?;
+    record_usage(pass, ctx, &status).await?;
     let mut plan = Plan { steps: Vec::new(), wait: Wait::Lists };
     for _ in 0..10 {
         plan = pass.plan(ctx, &status);
@@ -324,7 +330,7 @@ pub async fn apply<P: Pass>(pass: &P, ctx: &Context) -> Result<Action, Reconcile
             return Err(e);
         }
     }
-    record_usage(pass, ctx).await?;
+    record_usage(pass, ctx, &status).await?;
     let next = pass.describe(ctx, &status, stalled.clone());
     write_status(ctx, object, &old, &next).await?;
     ctx.failures.succeeded(&owner.uid);
@@ -333,10 +339,16 @@ pub async fn apply<P: Pass>(pass: &P, ctx: &Context) -> Result<Action, Reconcile
 }
 
 /// Appends the usage-timeline row the observed power state calls for, if any.
-async fn record_usage<P: Pass>(pass: &P, ctx: &Context) -> Result<(), ReconcileError> {
+async fn record_usage<P: Pass>(
+    pass: &P,
+    ctx: &Context,
+    status: &<P::Object as ManagedObject>::Status,
+) -> Result<(), ReconcileError> {
     let Target { object, owner } = pass.target();
+    let intent = object.intent();
+    let billed = pass.billed_owner(status).unwrap_or_else(|| intent.owner.clone());
     if let Some(observed) = pass.power_status(ctx)
-        && let Some(t) = server::record_observed_transition(ctx, owner, &object.intent(), &observed).await?
+        && let Some(t) = server::record_observed_transition(ctx, owner, &intent, &billed, &observed).await?
     {
         tracing::info!(transition = t.as_str(), "usage timeline");
     }
@@ -456,7 +468,7 @@ pub async fn commit_destroy(
     intent: &ServerIntent,
     destroyed: Destroyed,
 ) -> Result<Action, ReconcileError> {
-    let closing = server::closing_transition(ctx, owner, intent).await?;
+    let closing = server::closing_transition(ctx, owner, intent, &destroyed.billed_owner).await?;
     let event = NewAuditEvent {
         event_key: format!("{}/{}", destroyed.kind.as_str(), owner.uid),
         kind: destroyed.kind,

@@ -307,12 +307,14 @@ pub async fn timeline_tail(ctx: &Context, uid: &str) -> Result<(usize, Option<Tr
     Ok((rows.len(), last))
 }
 
-/// Appends the transition an observed status calls for, if any (idempotent by key). Returns
-/// the transition recorded.
+/// Appends the transition an observed status calls for, if any (idempotent by key), billed to
+/// `billed_owner` (the owner the operator has accepted: a row never bills an owner whose
+/// transfer is not recorded yet). Returns the transition recorded.
 pub async fn record_observed_transition(
     ctx: &Context,
     owner: &Owner,
     intent: &ServerIntent,
+    billed_owner: &str,
     observed_status: &str,
 ) -> Result<Option<Transition>, ReconcileError> {
     let (count, last) = timeline_tail(ctx, &owner.uid).await?;
@@ -320,7 +322,7 @@ pub async fn record_observed_transition(
     let row = UsageTransition {
         transition_key: transition_key(&owner.uid, count + 1, transition),
         resource: owner.resource_ref(),
-        owner: intent.owner.clone(),
+        owner: billed_owner.to_owned(),
         region: intent.region.as_str().to_owned(),
         server_type: intent.server_type.clone(),
         price_cell: intent.price_cell(),
@@ -332,17 +334,19 @@ pub async fn record_observed_transition(
 }
 
 /// The closing `stop` row of a server that is being deleted while its timeline says it runs,
-/// for the caller to write in the same transaction as the destroy event.
+/// for the caller to write in the same transaction as the destroy event (billed, as the
+/// destroy event is, to the accepted owner).
 pub async fn closing_transition(
     ctx: &Context,
     owner: &Owner,
     intent: &ServerIntent,
+    billed_owner: &str,
 ) -> Result<Option<UsageTransition>, ReconcileError> {
     let (count, last) = timeline_tail(ctx, &owner.uid).await?;
     Ok((last == Some(Transition::Start)).then(|| UsageTransition {
         transition_key: transition_key(&owner.uid, count + 1, Transition::Stop),
         resource: owner.resource_ref(),
-        owner: intent.owner.clone(),
+        owner: billed_owner.to_owned(),
         region: intent.region.as_str().to_owned(),
         server_type: intent.server_type.clone(),
         price_cell: intent.price_cell(),
