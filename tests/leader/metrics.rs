@@ -14,6 +14,28 @@ fn sample(body: &str, series: &str) -> Option<f64> {
     body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// The metric families the chart's dashboard queries (`_total` and `_bucket` are sample
+/// suffixes of a counter's or histogram's family).
+fn dashboard_families() -> std::collections::BTreeSet<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/crabglamp-operator/dashboards/crabglamp-operator.json");
+    let text = std::fs::read_to_string(path).expect("the dashboard JSON");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard is JSON");
+    let mut families = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap_or_default();
+            for (start, _) in expr.match_indices("crabglamp_") {
+                let name: String =
+                    expr[start..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                let family = name.strip_suffix("_total").or_else(|| name.strip_suffix("_bucket")).unwrap_or(&name);
+                families.insert(family.to_owned());
+            }
+        }
+    }
+    assert!(families.len() >= 10, "the dashboard's metrics were found: {families:?}");
+    families
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_carry_their_final_names_and_count_what_happened() {
     let op = Operator::start_idle().await;
@@ -64,6 +86,10 @@ async fn metrics_carry_their_final_names_and_count_what_happened() {
         assert!(body.contains(&format!("# TYPE {family}\n")), "# TYPE {family} missing in:\n{body}");
     }
     assert!(!body.contains("crabglamp_crabglamp"), "a doubled prefix:\n{body}");
+    // Every metric the chart's Grafana dashboard queries is one this operator serves.
+    for family in dashboard_families() {
+        assert!(body.contains(&format!("# TYPE {family} ")), "the dashboard queries {family}, not served:\n{body}");
+    }
     assert_eq!(sample(&body, "crabglamp_leader"), Some(1.0));
     assert_eq!(sample(&body, "crabglamp_objects{kind=\"Agent\",phase=\"Running\"}"), Some(1.0));
     let ok = sample(&body, "crabglamp_reconciles_total{kind=\"Agent\",outcome=\"ok\"}").expect("reconciles");
