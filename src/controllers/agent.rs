@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use k8s_openapi::jiff::Timestamp;
-use kube::ResourceExt;
 use kube::runtime::controller::Action;
+use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use crate::api::agent::TunnelStatus;
@@ -458,6 +458,14 @@ async fn record_transfer(
     from: &str,
     to: &str,
 ) -> Result<(), ReconcileError> {
+    // The cached copy this pass decided on may be behind (the owner changed back, or our own
+    // status write is not in the cache yet). An audit event cannot be taken back: it is written
+    // only when the API server's copy still asks for this very transfer.
+    let api: Api<Agent> = Api::namespaced(ctx.client.clone(), &agent.namespace().unwrap_or_default());
+    let fresh = api.get(&agent.name_any()).await?;
+    if fresh.spec.owner != to || fresh.status.as_ref().and_then(|s| s.owner.as_deref()) != Some(from) {
+        return Err(ReconcileError::NotReady("a current copy of the Agent (the cache was behind)"));
+    }
     let earlier: Vec<_> = audit::events_for_resource(&ctx.db, &owner.uid)
         .await?
         .into_iter()
