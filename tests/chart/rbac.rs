@@ -207,11 +207,16 @@ async fn drive(op: &Operator) -> Vec<Attributes> {
     let deadline = Duration::from_secs(90);
     op.create_namespace(NS).await;
 
-    // An Agent: Ready, stopped, deleted.
+    // An Agent: Ready, transferred, stopped, deleted.
     let agents: Api<Agent> = op.agents(NS);
     agents.create(&PostParams::default(), &fixture::agent("rbac-agent", "acct_1", true)).await.expect("agent");
     let a = wait_for(&agents, "rbac-agent", deadline, "agent Ready", |a| ready_now(&current(a))).await;
     assert_eq!(health_of(&a), ("Healthy".into(), "Current"), "a Ready Agent");
+    patch_spec(&agents, "rbac-agent", json!({"owner": "acct_2"})).await;
+    wait_for(&agents, "rbac-agent", deadline, "agent transferred", |a| {
+        ready_now(&current(a)) && current(a)["status"]["owner"] == "acct_2"
+    })
+    .await;
     patch_spec(&agents, "rbac-agent", json!({"running": false})).await;
     let a = wait_for(&agents, "rbac-agent", deadline, "agent stopped", |a| {
         ready_now(&current(a)) && current(a)["status"]["phase"] == "Stopped"

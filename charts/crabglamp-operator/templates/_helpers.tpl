@@ -114,6 +114,11 @@ crabglamp-audit-anchor
 - apiGroups: ["crabglamp.com"]
   resources: ["agents", "plainvms", "virtualkeys"]
   verbs: ["list", "watch", "patch"]
+# An Agent's transfer event is written only against a fresh read of the Agent (the cache the
+# pass decided on may be behind; an audit event cannot be taken back).
+- apiGroups: ["crabglamp.com"]
+  resources: ["agents"]
+  verbs: ["get"]
 # Status is written as a merge patch of the status subresource only (never spec).
 - apiGroups: ["crabglamp.com"]
   resources: ["agents/status", "plainvms/status", "virtualkeys/status"]
