@@ -486,8 +486,7 @@ async fn record_transfer(
         occurred_at: Utc::now(),
     };
     let appended = audit::append(&ctx.db, &event).await?;
-    ctx.metrics.count_audit(&appended);
-    ctx.anchor.nudge();
+    ctx.audit_committed(&appended);
     Ok(())
 }
 

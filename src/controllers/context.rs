@@ -387,6 +387,13 @@ pub struct Context {
 }
 
 impl Context {
+    /// After an audit append committed: counts it and asks the anchor publisher to move the
+    /// chain's head outside the database (every append site calls this, and only this).
+    pub fn audit_committed(&self, appended: &crate::store::audit::Appended) {
+        self.metrics.count_audit(appended);
+        self.anchor.nudge();
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: Client,

@@ -486,8 +486,7 @@ pub async fn commit_destroy(
     }
     let appended = audit::append(&mut *tx, &event).await?;
     tx.commit().await.during("committing the destroy event")?;
-    ctx.metrics.count_audit(&appended);
-    ctx.anchor.nudge();
+    ctx.audit_committed(&appended);
     ctx.metrics.count_step(owner.kind, "destroyed");
     tracing::info!(event = destroyed.kind.as_str(), "destroyed; audit event committed");
     ctx.fleet.done_waiting(&owner.uid);

@@ -385,8 +385,7 @@ async fn record_key(
     };
     let appended = audit::append(&mut *tx, &event).await?;
     tx.commit().await.map_err(|e| crate::store::StoreError::Query { what: "committing a key", source: e })?;
-    ctx.metrics.count_audit(&appended);
-    ctx.anchor.nudge();
+    ctx.audit_committed(&appended);
     ctx.metrics.count_step(KIND, if live.is_some() { "rotate" } else { "issue" });
     let verb = if live.is_some() { "Rotated" } else { "Issued" };
     ctx.event(
@@ -471,10 +470,9 @@ async fn apply(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, ReconcileEr
             .await
             .map_err(|e| crate::store::StoreError::Query { what: "committing a terms update", source: e })?;
         if let Some(appended) = &appended {
-            ctx.metrics.count_audit(appended);
+            ctx.audit_committed(appended);
         }
         if let Some(from) = transfer {
-            ctx.anchor.nudge();
             ctx.event(&*vk, false, "Transferred", "Transfer", format!("Owner changed from {from} to {}", t.owner))
                 .await;
         }
@@ -648,8 +646,7 @@ async fn cleanup(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, Reconcile
     };
     let appended = audit::append(&mut *tx, &event).await?;
     tx.commit().await.map_err(|e| crate::store::StoreError::Query { what: "committing a revoke", source: e })?;
-    ctx.metrics.count_audit(&appended);
-    ctx.anchor.nudge();
+    ctx.audit_committed(&appended);
     rt.with(|m| m.remove(&uid));
     ctx.metrics.count_step(KIND, "revoke");
     ctx.event(&*vk, false, "Revoked", "Revoke", format!("Key {} revoked and removed from the proxy", live.key_id))
