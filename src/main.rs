@@ -138,6 +138,10 @@ struct RunArgs {
     /// Seconds a guest may take to obey an ACPI shutdown before a hard power-off.
     #[arg(long, env = "CRABGLAMP_SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 120)]
     shutdown_timeout_seconds: u64,
+    /// Seconds the removal of a server still being created or powered waits for it to settle,
+    /// so the usage timeline sees the transition before the removal ends it.
+    #[arg(long, env = "CRABGLAMP_REMOVAL_SETTLE_TIMEOUT_SECONDS", default_value_t = 600)]
+    removal_settle_timeout_seconds: u64,
     /// Seconds a marked resource without its object waits before the sweeper removes it.
     #[arg(long, env = "CRABGLAMP_SWEEPER_GRACE_SECONDS", default_value_t = 600)]
     sweeper_grace_seconds: u64,
@@ -293,6 +297,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     controllers.resync = Duration::from_secs(args.resync_seconds.max(1));
     controllers.fast_poll = Duration::from_millis(args.fast_poll_ms.max(50));
     controllers.shutdown_timeout = Duration::from_secs(args.shutdown_timeout_seconds);
+    controllers.removal_settle_timeout = Duration::from_secs(args.removal_settle_timeout_seconds);
     controllers.sweeper_grace = Duration::from_secs(args.sweeper_grace_seconds);
     let election = args.leader_election.then(|| {
         let mut lease = LeaseConfig::new(

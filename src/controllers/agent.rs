@@ -292,7 +292,7 @@ async fn act(
     step: &Step,
 ) -> Result<(), ReconcileError> {
     match step {
-        Step::AcceptOwner => status.owner = Some(agent.spec.owner.clone()),
+        Step::AcceptOwner => status.owner = Some(accepted_owner(ctx, agent).await?),
         Step::RecordTransfer { from, to } => {
             record_transfer(ctx, owner, agent, from, to).await?;
             status.owner = Some(to.clone());
@@ -451,6 +451,18 @@ async fn create_dns(ctx: &Context, agent: &Agent, owner: &Owner, hostname: &str)
     }
 }
 
+/// The owner to accept when the cached copy shows none: the API server's copy may already
+/// carry one (our own status write not in the cache yet, and the spec changed since), and
+/// accepting the spec's owner over it would move the Agent with no transfer event.
+async fn accepted_owner(ctx: &Context, agent: &Agent) -> Result<String, ReconcileError> {
+    let fresh = agent_api(ctx, agent).get(&agent.name_any()).await?;
+    Ok(fresh.status.and_then(|s| s.owner).unwrap_or(fresh.spec.owner))
+}
+
+fn agent_api(ctx: &Context, agent: &Agent) -> Api<Agent> {
+    Api::namespaced(ctx.client.clone(), &agent.namespace().unwrap_or_default())
+}
+
 async fn record_transfer(
     ctx: &Context,
     owner: &Owner,
@@ -461,8 +473,7 @@ async fn record_transfer(
     // The cached copy this pass decided on may be behind (the owner changed back, or our own
     // status write is not in the cache yet). An audit event cannot be taken back: it is written
     // only when the API server's copy still asks for this very transfer.
-    let api: Api<Agent> = Api::namespaced(ctx.client.clone(), &agent.namespace().unwrap_or_default());
-    let fresh = api.get(&agent.name_any()).await?;
+    let fresh = agent_api(ctx, agent).get(&agent.name_any()).await?;
     if fresh.spec.owner != to || fresh.status.as_ref().and_then(|s| s.owner.as_deref()) != Some(from) {
         return Err(ReconcileError::NotReady("a current copy of the Agent (the cache was behind)"));
     }
@@ -569,6 +580,10 @@ impl ManagedObject for Agent {
         let server_id = server.as_ref().map(|s| s.id).or(status.server.as_ref().and_then(|s| s.id));
         let tunnel_id = tunnel.as_ref().map(|t| t.id.clone()).or(status.tunnel.as_ref().and_then(|t| t.id.clone()));
         let dns_id = dns.as_ref().map(|r| r.id.clone());
+        let intent = intent(&agent.spec);
+        let billed_owner = status.owner.clone().unwrap_or_else(|| agent.spec.owner.clone());
+        let observed = server.as_ref().map(|s| effective_server_status(s, tunnel.as_ref()));
+        server::settle_before_removal(ctx, agent.as_ref(), &owner, &intent, &billed_owner, observed).await?;
         match policy {
             DeletionPolicy::Delete => {
                 if let Some(id) = &dns_id {
@@ -599,10 +614,9 @@ impl ManagedObject for Agent {
             }
         }
         seal::delete_credential(&ctx.db, &secret_id(&owner.uid)).await?;
-        let intent = intent(&agent.spec);
         let destroyed = Destroyed {
             kind: AuditKind::AgentDestroyed,
-            billed_owner: status.owner.clone().unwrap_or_else(|| agent.spec.owner.clone()),
+            billed_owner,
             cloud_ids: json!({"server_id": server_id, "tunnel_id": tunnel_id, "dns_record_id": dns_id}),
             details: json!({
                 "deletion_policy": format!("{policy:?}"),

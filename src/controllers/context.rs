@@ -33,6 +33,10 @@ pub struct ControllerConfig {
     pub fast_poll: Duration,
     /// How long a guest may take to obey an ACPI shutdown before a hard power-off.
     pub shutdown_timeout: Duration,
+    /// How long the removal of a server waits for it to settle in a power state (a create or
+    /// power action still running), so that the usage timeline sees the transition the action
+    /// makes before the removal ends it. Longer than any create, boot or power action takes.
+    pub removal_settle_timeout: Duration,
     /// How long a labelled resource without an object must stay so before the sweeper
     /// removes it (covers an object whose watch event has not arrived yet).
     pub sweeper_grace: Duration,
@@ -73,6 +77,7 @@ impl ControllerConfig {
             resync: Duration::from_secs(300),
             fast_poll: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(120),
+            removal_settle_timeout: Duration::from_secs(600),
             sweeper_grace: Duration::from_secs(600),
             firewall_audit_every: 12,
             max_backoff: Duration::from_secs(300),

@@ -173,10 +173,11 @@ pub trait Pass: Sync {
     /// The server status the usage timeline should believe, if there is a server.
     fn power_status(&self, ctx: &Context) -> Option<String>;
     /// The owner usage rows bill: the one the operator has accepted (an Agent's
-    /// `status.owner`), never a new spec owner whose transfer is not recorded yet. `None`: the
-    /// spec's owner (a kind whose owner cannot change).
+    /// `status.owner`), never a new spec owner whose transfer is not recorded yet. `None`: no
+    /// owner accepted yet, so no row is written until one is. By default the spec's owner (a
+    /// kind whose owner cannot change).
     fn billed_owner(&self, _status: &<Self::Object as ManagedObject>::Status) -> Option<String> {
-        None
+        Some(self.target().object.intent().owner)
     }
     /// A permanent error's reason, or `None` when retrying can help. Kinds may name a step's
     /// refusal more precisely than [`stall_reason`] does.
@@ -346,7 +347,9 @@ async fn record_usage<P: Pass>(
 ) -> Result<(), ReconcileError> {
     let Target { object, owner } = pass.target();
     let intent = object.intent();
-    let billed = pass.billed_owner(status).unwrap_or_else(|| intent.owner.clone());
+    // A copy read before the owner was accepted (the cache behind our own status write) must
+    // not bill the spec's owner: it may be a new one whose transfer is not recorded yet.
+    let Some(billed) = pass.billed_owner(status) else { return Ok(()) };
     if let Some(observed) = pass.power_status(ctx)
         && let Some(t) = server::record_observed_transition(ctx, owner, &intent, &billed, &observed).await?
     {

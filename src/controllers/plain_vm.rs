@@ -351,6 +351,9 @@ impl ManagedObject for PlainVM {
         let fw = ctx.fleet.firewall(&owner.uid);
         let server_id = server.as_ref().map(|s| s.id).or(status.server.as_ref().and_then(|s| s.id));
         let firewall_id = fw.as_ref().map(|f| f.id).or(status.firewall.as_ref().and_then(|f| f.id));
+        let intent = intent(&vm.spec);
+        let observed = server.as_ref().map(|s| s.status.clone());
+        server::settle_before_removal(ctx, vm.as_ref(), &owner, &intent, &vm.spec.owner, observed).await?;
         match policy {
             DeletionPolicy::Delete => {
                 if let Some(id) = server_id {
@@ -371,7 +374,6 @@ impl ManagedObject for PlainVM {
                 }
             }
         }
-        let intent = intent(&vm.spec);
         let destroyed = Destroyed {
             kind: AuditKind::PlainVmDestroyed,
             billed_owner: vm.spec.owner.clone(),

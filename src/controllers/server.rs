@@ -355,6 +355,42 @@ pub async fn closing_transition(
     }))
 }
 
+/// Pure: whether removing a server (deleting or orphaning it) must wait for it to settle. A
+/// server between power states (`initializing`, `starting`, `stopping`, or `unknown` after a
+/// power call whose answer was lost) may be making a transition the timeline has not seen yet:
+/// removed now, its start and the stop its removal makes would never be billed. The wait is
+/// bounded: `patience` after the removal was asked, it goes on with what is known.
+pub fn removal_waits(observed_status: Option<&str>, asked_for: Duration, patience: Duration) -> bool {
+    observed_status.is_some_and(|s| !matches!(s, "running" | "off")) && asked_for < patience
+}
+
+/// Before a server is removed: waits (as an error, so the finalizer stays) while it is between
+/// power states (see [`removal_waits`]), then records the row its settled state calls for, so
+/// the closing row the destroy commits follows every real transition.
+pub async fn settle_before_removal<K: Resource>(
+    ctx: &Context,
+    object: &K,
+    owner: &Owner,
+    intent: &ServerIntent,
+    billed_owner: &str,
+    observed_status: Option<String>,
+) -> Result<(), ReconcileError> {
+    let asked_for = object
+        .meta()
+        .deletion_timestamp
+        .as_ref()
+        .and_then(|t| Duration::try_from(k8s_openapi::jiff::Timestamp::now().duration_since(t.0)).ok())
+        .unwrap_or_default();
+    if removal_waits(observed_status.as_deref(), asked_for, ctx.config.removal_settle_timeout) {
+        ctx.fleet.wait_for_servers(&owner.uid);
+        return Err(ReconcileError::NotReady("the server to settle in a power state before it is removed"));
+    }
+    if let Some(observed) = observed_status {
+        record_observed_transition(ctx, owner, intent, billed_owner, &observed).await?;
+    }
+    Ok(())
+}
+
 /// Creates (or adopts) the object's server and records it in the fleet view at once, so the
 /// next pass sees it without a list. The server id reaches status right after this returns,
 /// before its create action finishes.
@@ -370,6 +406,9 @@ pub async fn create_server(ctx: &Context, owner: &Owner, spec: &ServerSpec) -> R
     ctx.metrics.count_step(owner.kind, "create_server");
     Ok(summary)
 }
+
+/// The fleet view's status of a server after a power call whose outcome is not known.
+pub const UNKNOWN_STATUS: &str = "unknown";
 
 /// Performs a power step; the fleet view shows the transition as under way so nothing asks
 /// twice, and the fast refresh watches for it to settle.
@@ -392,8 +431,17 @@ pub async fn apply_power(
         }
         PowerStep::PowerOff => (ctx.hetzner.power_off(server.id).await, "stopping"),
     };
-    result.map_err(ReconcileError::Hetzner)?;
     let mut seen = server.clone();
+    if let Err(e) = result {
+        // The call may have been applied with its answer lost: until a list shows the server
+        // again, nothing may be decided (or billed) from the state it was in before.
+        if !matches!(e, CloudError::Permanent(_) | CloudError::NotFound(_)) {
+            seen.status = UNKNOWN_STATUS.to_owned();
+            ctx.fleet.record_server(&owner.uid, seen);
+            ctx.fleet.wait_for_servers(&owner.uid);
+        }
+        return Err(ReconcileError::Hetzner(e));
+    }
     seen.status = under_way.to_owned();
     ctx.fleet.record_server(&owner.uid, seen);
     ctx.fleet.wait_for_servers(&owner.uid);
@@ -544,6 +592,20 @@ mod tests {
         // Keys: the same logical transition is one key; the next one another.
         assert_eq!(transition_key(UID, 1, Start), transition_key(UID, 1, Start));
         assert_ne!(transition_key(UID, 1, Start), transition_key(UID, 3, Start));
+    }
+
+    #[test]
+    fn a_server_between_power_states_is_removed_only_once_settled() {
+        let patience = Duration::from_secs(120);
+        let soon = Duration::from_secs(3);
+        for settled in ["running", "off"] {
+            assert!(!removal_waits(Some(settled), soon, patience), "{settled}");
+        }
+        for between in ["initializing", "starting", "stopping", UNKNOWN_STATUS] {
+            assert!(removal_waits(Some(between), soon, patience), "{between}: its transition is not billed yet");
+            assert!(!removal_waits(Some(between), patience, patience), "{between}: the wait is bounded");
+        }
+        assert!(!removal_waits(None, soon, patience), "no server: nothing to wait for");
     }
 
     #[test]

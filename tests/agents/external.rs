@@ -1,6 +1,7 @@
 //! `crabglamp-operator run`, the production binary, pointed at the sandbox from outside (the
 //! sandbox started without its in-process controllers): an Agent turns Ready; the JSON logs
-//! carry the object in their span and no token; SIGTERM stops it within a bounded time.
+//! carry the object in their span and no token; SIGTERM stops it within a bounded time; the
+//! trail it wrote verifies against its anchor with the sandbox's env file alone.
 
 use std::time::Duration;
 
@@ -31,17 +32,9 @@ async fn the_operator_binary_runs_against_the_sandbox_and_stops_on_sigterm() {
         .args(["--resync-seconds", "3", "--fast-poll-ms", "200", "--drain-seconds", "10"])
         // Any free port: the default 0.0.0.0:8080 may be taken on a test machine.
         .args(["--metrics-addr", "127.0.0.1:0"])
-        .env("DATABASE_URL", &sandbox.database_url)
-        .env("HCLOUD_ENDPOINT", &sandbox.hcloud.base_url)
-        .env("HCLOUD_TOKEN", &sandbox.hetzner_config.token)
-        .env("CLOUDFLARE_ENDPOINT", &sandbox.cloudflare.base_url)
-        .env("CLOUDFLARE_API_TOKEN", &sandbox.cloudflare_config.token)
-        .env("CLOUDFLARE_ACCOUNT_ID", &sandbox.cloudflare_config.account_id)
-        .env("CLOUDFLARE_ZONE_ID", &sandbox.cloudflare_config.zone_id)
-        .env("CLOUDFLARE_ZONE_NAME", &sandbox.cloudflare_config.zone_name)
-        .env("CRABGLAMP_SEALING_KEY", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+        // The sandbox's env file is what a user sources to point the binary at it.
+        .envs(env_file_vars(&sandbox.env_file(&kubeconfig)))
         .env("RUST_LOG", "info,crabglamp_operator=debug")
-        .env_remove("KUBECONFIG")
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -66,6 +59,10 @@ async fn the_operator_binary_runs_against_the_sandbox_and_stops_on_sigterm() {
     let token: String =
         user_data[token_start..].chars().take_while(|c| c.is_ascii_alphanumeric() || "+/=".contains(*c)).collect();
 
+    // A destroy event, so the trail the binary anchors holds one of its own.
+    api.delete("outside", &Default::default()).await.expect("delete");
+    wait_gone(&api, "outside", Duration::from_secs(60)).await;
+
     let pid = child.id().expect("pid");
     let asked = tokio::time::Instant::now();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
@@ -83,6 +80,25 @@ async fn the_operator_binary_runs_against_the_sandbox_and_stops_on_sigterm() {
     assert_eq!(reconcile_line["span"]["kind"], "Agent", "{reconcile_line}");
     assert_eq!(reconcile_line["span"]["namespace"], "ext");
     assert_eq!(reconcile_line["span"]["object_name"], "outside");
+
+    // The trail the binary wrote verifies against the anchor it published, with nothing but
+    // the env file (the sealing key authenticates the anchor).
+    let verify = std::process::Command::new(env!("CARGO_BIN_EXE_crabglamp-operator"))
+        .args(["audit", "verify"])
+        .envs(env_file_vars(&sandbox.env_file(&kubeconfig)))
+        .output()
+        .expect("audit verify runs");
+    let said = format!("{}{}", String::from_utf8_lossy(&verify.stdout), String::from_utf8_lossy(&verify.stderr));
+    assert_eq!(verify.status.code(), Some(0), "audit verify with the sandbox's env file: {said}");
+    assert!(said.contains("anchor"), "the anchor was checked: {said}");
     cloudflared.abort();
     sandbox.stop().await;
+}
+
+/// `NAME='value'` lines as the shell would read them (the values carry no quote).
+fn env_file_vars(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(name, value)| (name.to_owned(), value.trim_matches('\'').to_owned()))
+        .collect()
 }

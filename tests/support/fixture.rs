@@ -47,6 +47,7 @@ pub fn test_config() -> ControllerConfig {
     c.resync = Duration::from_secs(3);
     c.fast_poll = Duration::from_millis(150);
     c.shutdown_timeout = Duration::from_secs(2);
+    c.removal_settle_timeout = Duration::from_secs(20);
     c.sweeper_grace = Duration::from_secs(1);
     c
 }

@@ -5,13 +5,10 @@
 
 use std::time::Duration;
 
-use base64::Engine;
 use crabglamp_operator::cloud::cloudflare::CloudflareConfig;
 use crabglamp_operator::cloud::hetzner::HetznerConfig;
 use crabglamp_operator::controllers::{AbortOnDrop, ControllerConfig};
 use crabglamp_operator::operator::{self, OperatorSettings, StartError};
-use crabglamp_operator::store::seal::SealingKeys;
-use rand::RngCore;
 
 use super::Sandbox;
 use crate::time_scale::scaled;
@@ -37,6 +34,7 @@ pub fn settings(sandbox: &Sandbox, time_scale: f64) -> OperatorSettings {
     controllers.resync = scaled(controllers.resync, time_scale).max(Duration::from_secs(2));
     controllers.fast_poll = scaled(controllers.fast_poll, time_scale).max(Duration::from_millis(100));
     controllers.shutdown_timeout = scaled(controllers.shutdown_timeout, time_scale);
+    controllers.removal_settle_timeout = scaled(controllers.removal_settle_timeout, time_scale);
     controllers.sweeper_grace = scaled(controllers.sweeper_grace, time_scale);
     controllers.instance = "crabglamp-sandbox".into();
     OperatorSettings {
@@ -56,17 +54,10 @@ pub fn settings(sandbox: &Sandbox, time_scale: f64) -> OperatorSettings {
     }
 }
 
-/// A sealing key for this sandbox run only (the sandbox's tunnels live no longer than it).
-fn throwaway_sealing_key() -> Result<SealingKeys, StartError> {
-    let mut key = [0u8; 32];
-    rand::rng().fill_bytes(&mut key);
-    Ok(SealingKeys::new("sandbox", &base64::engine::general_purpose::STANDARD.encode(key), &[])?)
-}
-
 /// Starts the controllers against the sandbox.
 pub async fn start(sandbox: &Sandbox, time_scale: f64) -> Result<InProcess, StartError> {
     let client = sandbox.kube.client().map_err(|e| StartError::Kube(e.to_string()))?;
-    let connected = operator::connect(client, settings(sandbox, time_scale), throwaway_sealing_key()?).await?;
+    let connected = operator::connect(client, settings(sandbox, time_scale), sandbox.sealing_keys()?).await?;
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let task = AbortOnDrop::spawn(operator::run(connected.context, stop_rx, Duration::from_secs(10)));
     Ok(InProcess { stop, task })

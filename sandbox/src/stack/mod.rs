@@ -15,6 +15,9 @@ pub mod services;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use base64::Engine;
+use crabglamp_operator::store::seal::SealingKeys;
+use rand::RngCore;
 use serde_json::json;
 use tokio::net::TcpListener;
 
@@ -27,6 +30,8 @@ use crate::sim_cli::{HetznerArgs, check_time_scale, fault_plan, parse_duration};
 
 /// The database the sandbox creates (when missing) and migrates on the PostgreSQL it uses.
 pub const SANDBOX_DATABASE: &str = "crabglamp_sandbox";
+/// The id of the sandbox's sealing key (see [`Sandbox::sealing_key`]).
+pub const SANDBOX_SEALING_KEY_ID: &str = "sandbox";
 
 /// Options of the `sandbox` command.
 #[derive(Debug, Clone, clap::Args)]
@@ -37,6 +42,10 @@ pub struct SandboxArgs {
     /// Where to write the JSON file with every endpoint and credential.
     #[arg(long, default_value = "sandbox.json")]
     pub info: PathBuf,
+    /// Where to write the same endpoints and credentials as the environment variables
+    /// `crabglamp-operator` reads (`set -a; . ./sandbox.env; set +a`), e.g. for `audit verify`.
+    #[arg(long, default_value = "sandbox.env")]
+    pub env_file: PathBuf,
     /// Apply the manifests (*.yaml, *.yml, *.json) in this directory at start.
     #[arg(long)]
     pub apply: Option<PathBuf>,
@@ -173,6 +182,11 @@ pub struct Sandbox {
     pub cloudflare: RunningSim,
     /// Its configuration (token, account, zone).
     pub cloudflare_config: CloudflareSimConfig,
+    /// The key (standard base64) the sandbox's controllers seal credentials and authenticate
+    /// the audit anchor under, id [`SANDBOX_SEALING_KEY_ID`]: random per sandbox run (its
+    /// tunnels live no longer than it), and written to the info and env files so that
+    /// `crabglamp-operator audit verify` can check the anchor.
+    pub sealing_key: String,
     /// PostgreSQL.
     pub postgres: services::Service,
     /// The sandbox's own database on that server, migrated (not whichever database the
@@ -250,7 +264,10 @@ impl Sandbox {
                 None
             }
         };
+        let mut key = [0u8; 32];
+        rand::rng().fill_bytes(&mut key);
         Ok(Self {
+            sealing_key: base64::engine::general_purpose::STANDARD.encode(key),
             kube: kube_api,
             llm_proxy,
             hcloud,
@@ -282,7 +299,34 @@ impl Sandbox {
             "redis_url": self.redis.url,
             "llm_proxy": self.llm_proxy.as_ref().map(|p| p.base_url.clone()),
             "time_scale": self.cloudflare_config.time_scale,
+            "sealing_key": self.sealing_key,
+            "sealing_key_id": SANDBOX_SEALING_KEY_ID,
         })
+    }
+
+    /// The sealing keys of the sandbox's controllers.
+    pub fn sealing_keys(&self) -> Result<SealingKeys, crabglamp_operator::store::seal::SealError> {
+        SealingKeys::new(SANDBOX_SEALING_KEY_ID, &self.sealing_key, &[])
+    }
+
+    /// The environment `crabglamp-operator` reads to work against this sandbox, one
+    /// `NAME='value'` line each (POSIX shell quoting), for `--env-file`.
+    pub fn env_file(&self, kubeconfig: &std::path::Path) -> String {
+        let vars = [
+            ("KUBECONFIG", kubeconfig.display().to_string()),
+            ("DATABASE_URL", self.database_url.clone()),
+            ("REDIS_URL", self.redis.url.clone()),
+            ("HCLOUD_ENDPOINT", self.hcloud.base_url.clone()),
+            ("HCLOUD_TOKEN", self.hetzner_config.token.clone()),
+            ("CLOUDFLARE_ENDPOINT", self.cloudflare.base_url.clone()),
+            ("CLOUDFLARE_API_TOKEN", self.cloudflare_config.token.clone()),
+            ("CLOUDFLARE_ACCOUNT_ID", self.cloudflare_config.account_id.clone()),
+            ("CLOUDFLARE_ZONE_ID", self.cloudflare_config.zone_id.clone()),
+            ("CLOUDFLARE_ZONE_NAME", self.cloudflare_config.zone_name.clone()),
+            (crabglamp_operator::store::seal::SEALING_KEY_ENV, self.sealing_key.clone()),
+            (crabglamp_operator::store::seal::SEALING_KEY_ID_ENV, SANDBOX_SEALING_KEY_ID.to_owned()),
+        ];
+        vars.iter().map(|(name, value)| format!("{name}='{}'\n", value.replace('\'', r"'\''"))).collect()
     }
 
     /// Stops everything, throwaway PostgreSQL and Redis included.
@@ -305,7 +349,9 @@ pub async fn run(args: SandboxArgs) -> Result<(), SandboxError> {
             let kubeconfig_abs = std::fs::canonicalize(&args.kubeconfig).unwrap_or_else(|_| args.kubeconfig.clone());
             let pretty = serde_json::to_string_pretty(&sandbox.info(&kubeconfig_abs)).unwrap_or_default();
             std::fs::write(&args.info, format!("{pretty}\n"))
-                .map_err(io(format!("cannot write {}", args.info.display())))
+                .map_err(io(format!("cannot write {}", args.info.display())))?;
+            std::fs::write(&args.env_file, sandbox.env_file(&kubeconfig_abs))
+                .map_err(io(format!("cannot write {}", args.env_file.display())))
         });
     if let Err(e) = written {
         sandbox.stop().await;
@@ -328,7 +374,7 @@ pub async fn run(args: SandboxArgs) -> Result<(), SandboxError> {
         sandbox.redis.origin
     );
     println!("  kubeconfig       {}", args.kubeconfig.display());
-    println!("  endpoints+tokens {}", args.info.display());
+    println!("  endpoints+tokens {} (as environment variables: {})", args.info.display(), args.env_file.display());
     println!(
         "Simulated time runs {}x real time (--time-scale): actions, server boots, cloudflared and Cloudflare's \
          five-minute rate window take 1/{} of their simulated duration.",

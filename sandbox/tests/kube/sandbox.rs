@@ -60,6 +60,8 @@ async fn sandbox_command_applies_examples_and_serves_kubectl() {
         .arg(&kubeconfig)
         .arg("--info")
         .arg(&info)
+        .arg("--env-file")
+        .arg(dir.path().join("sandbox.env"))
         .current_dir(repo())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -95,8 +97,14 @@ async fn sandbox_command_applies_examples_and_serves_kubectl() {
         "cloudflare_zone_name",
         "database_url",
         "redis_url",
+        "sealing_key",
+        "sealing_key_id",
     ] {
         assert!(info.get(key).and_then(|v| v.as_str()).is_some_and(|v| !v.is_empty()), "{key} missing in {info}");
+    }
+    let env_file = std::fs::read_to_string(dir.path().join("sandbox.env")).expect("env file");
+    for name in ["KUBECONFIG", "DATABASE_URL", "HCLOUD_TOKEN", "CLOUDFLARE_API_TOKEN", "CRABGLAMP_SEALING_KEY"] {
+        assert!(env_file.lines().any(|l| l.starts_with(&format!("{name}='"))), "{name} missing in {env_file}");
     }
 
     let cache = dir.path();
