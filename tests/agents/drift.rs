@@ -124,6 +124,24 @@ async fn orphaned_resources_stay_unmarked_and_the_sweeper_removes_only_real_orph
     let destroyed: Vec<_> = events.iter().filter(|e| e.kind == "agent.destroyed").collect();
     assert_eq!(destroyed.len(), 1);
     assert_eq!(destroyed[0].details["orphaned"], json!(true));
+    // Left without our marks: no label of ours on the server, no comment of ours on the record
+    // (so neither this operator's sweeper nor adoption ever claims them again).
+    let kept_server = format!("keep-{}", &kept_uid.replace('-', "")[..8]);
+    let server = crabglamp_sandbox::hetzner::servers(&op.hetzner)
+        .into_iter()
+        .find(|s| s["name"] == kept_server.as_str())
+        .expect("the orphaned server stays");
+    assert!(
+        server["labels"].as_object().is_none_or(|l| l.keys().all(|k| !k.starts_with("crabglamp.com/"))),
+        "our labels are gone: {server}"
+    );
+    let records = crabglamp_sandbox::cloudflare::dns_records(&op.cloudflare);
+    assert_eq!(records.len(), 2, "{records:?}");
+    let kept_record = records.iter().find(|r| r.1.starts_with("keep-")).expect("the orphaned record stays");
+    assert!(
+        kept_record.2.as_deref().is_none_or(|c| !c.starts_with(crabglamp_operator::controllers::names::DNS_MARK_PREFIX)),
+        "our mark is gone from the record: {kept_record:?}"
+    );
 
     // While the operator is down, `lost` loses its finalizer by hand (as a careless admin
     // would) and is deleted: its server, tunnel and record are orphans when it comes back.
@@ -148,7 +166,6 @@ async fn orphaned_resources_stay_unmarked_and_the_sweeper_removes_only_real_orph
 
     // Several sweeps later the orphaned Agent's server and tunnel are still there.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let kept_server = format!("keep-{}", &kept_uid.replace('-', "")[..8]);
     assert!(crabglamp_sandbox::hetzner::server_names(&op.hetzner).contains(&kept_server), "orphaned server kept");
     assert_eq!(crabglamp_sandbox::cloudflare::live_tunnel_names(&op.cloudflare), vec![format!("crabglamp-{kept_uid}")]);
     assert_eq!(crabglamp_sandbox::cloudflare::dns_record_count(&op.cloudflare), 1, "orphaned record kept");

@@ -33,6 +33,22 @@ async fn create_power_transfer_delete() {
     assert_eq!(status.price_cell.as_deref(), Some("agent-eu-cpx22"));
     assert_eq!(status.owner.as_deref(), Some("acct_a"));
     assert_eq!(crabglamp_sandbox::hetzner::server_names(&op.hetzner).len(), 1);
+    // Closed from the first instant: the fleet firewall (no inbound rule) is in the create call
+    // itself, and nothing is ever attached afterwards.
+    let fleet_firewall = op.context.fleet_firewall().expect("fleet firewall");
+    let log = op.hetzner.requests();
+    let create = log.iter().find(|r| r.method == "POST" && r.path.ends_with("/servers")).expect("server create");
+    let body = create.body.clone().expect("create body");
+    assert_eq!(body["firewalls"], json!([{"firewall": fleet_firewall}]), "the closed firewall is in the create call");
+    assert!(
+        !log.iter().any(|r| r.path.ends_with("/actions/apply_to_resources")),
+        "never attached after the fact"
+    );
+    let firewall = crabglamp_sandbox::hetzner::firewalls(&op.hetzner)
+        .into_iter()
+        .find(|f| f["id"] == fleet_firewall)
+        .expect("the fleet firewall exists");
+    assert_eq!(firewall["rules"], json!([]), "no inbound rule: the tunnel is the only way in");
     assert_eq!(crabglamp_sandbox::cloudflare::live_tunnel_names(&op.cloudflare).len(), 1);
     assert_eq!(crabglamp_sandbox::cloudflare::dns_record_count(&op.cloudflare), 1);
     // The user data carries the token; the status must not.

@@ -40,29 +40,12 @@ use redis::AsyncCommands;
 use super::plan::Kind;
 use super::run::{Chaos, Ledger, NS};
 
-/// Prefix of the one invariant the operator is known to break today: a usage timeline that
-/// misses a power transition the server made between two of the operator's observations (a
-/// start and stop both within one poll, or the operator's own power action undone before it
-/// saw it take effect). Issue 12 keeps it open; until it is fixed such lines are printed and
-/// do not fail a seed unless `CRABGLAMP_CHAOS_STRICT` is set (long runs should set it to count
-/// them).
-pub const KNOWN_GAP: &str = "known gap (timeline): ";
-
-fn strict() -> bool {
-    std::env::var_os("CRABGLAMP_CHAOS_STRICT").is_some()
-}
-
-/// Polls [`violations`] until none is left (known gaps aside, see [`KNOWN_GAP`]) or
-/// `deadline` passes; `Err` lists what is left.
+/// Polls [`violations`] until none is left or `deadline` passes; `Err` lists what is left.
 pub async fn settle(chaos: &Chaos, deadline: Duration) -> Result<(), String> {
     let start = tokio::time::Instant::now();
     loop {
-        let (gaps, found): (Vec<String>, Vec<String>) =
-            violations(chaos).await.into_iter().partition(|v| v.starts_with(KNOWN_GAP) && !strict());
+        let found = violations(chaos).await;
         if found.is_empty() {
-            for gap in &gaps {
-                println!("  {gap}");
-            }
             return Ok(());
         }
         if start.elapsed() > deadline {
@@ -435,21 +418,11 @@ async fn timeline(chaos: &Chaos, o: &Ledger, chain: &[String], v: &mut Vec<Strin
             want.push("stop");
         }
         if recorded != want {
-            let gap = if missing_only(&recorded, &want) { KNOWN_GAP } else { "" };
-            v.push(format!("{gap}{}: timeline {recorded:?}, orphaned server made {real:?}", o.name));
+            v.push(format!("{}: timeline {recorded:?}, orphaned server made {real:?}", o.name));
         }
     } else if recorded != real {
-        let gap = if missing_only(&recorded, &real) { KNOWN_GAP } else { "" };
-        v.push(format!("{gap}{}: timeline {recorded:?}, the server really made {real:?}", o.name));
+        v.push(format!("{}: timeline {recorded:?}, the server really made {real:?}", o.name));
     }
-}
-
-/// Whether `recorded` only lacks whole start/stop pairs of `real` (the known gap): every row is
-/// a real transition in order, and what is missing comes in pairs. An extra or misordered row
-/// (double billing) is never a known gap.
-fn missing_only<A: AsRef<str>, B: AsRef<str>>(recorded: &[A], real: &[B]) -> bool {
-    let mut rest = real.iter();
-    recorded.iter().all(|r| rest.any(|x| x.as_ref() == r.as_ref())) && (real.len() - recorded.len()).is_multiple_of(2)
 }
 
 async fn spend(chaos: &Chaos, v: &mut Vec<String>) {
