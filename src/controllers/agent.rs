@@ -408,7 +408,13 @@ async fn act(
             )
             .await;
         }
-        Step::Power(power) => server::power_step(ctx, agent, owner, *power).await?,
+        Step::Power(power) => {
+            let Some(server) = ctx.fleet.server(&owner.uid) else { return Ok(()) };
+            let observed = effective_server_status(&server, ctx.fleet.tunnel(&tunnel_name(&owner.uid)).as_ref());
+            let billed_owner = billed_owner_now(ctx, &owner.uid, status).await?;
+            let subject = server::PowerSubject { server, observed, billed_owner };
+            server::power_step(ctx, agent, owner, &intent(&agent.spec), subject, *power).await?
+        }
     }
     Ok(())
 }
@@ -455,6 +461,38 @@ async fn create_dns(ctx: &Context, agent: &Agent, owner: &Owner, hostname: &str)
 /// carry one (our own status write not in the cache yet, and the spec changed since), and
 /// accepting the spec's owner over it would move the Agent with no transfer event.
 async fn accepted_owner(ctx: &Context, agent: &Agent) -> Result<String, ReconcileError> {
+    let fresh = agent_api(ctx, agent).get(&agent.name_any()).await?;
+    Ok(fresh.status.and_then(|s| s.owner).unwrap_or(fresh.spec.owner))
+}
+
+/// The owner the last recorded transfer moved the Agent to, if any. The trail is ahead of
+/// any cached `status.owner`: a transfer's status write follows its event, and a cache may not
+/// have seen that write yet.
+async fn last_transfer_to(ctx: &Context, uid: &str) -> Result<Option<String>, ReconcileError> {
+    let events = audit::events_for_resource(&ctx.db, uid).await?;
+    Ok(events
+        .iter()
+        .rev()
+        .find(|e| e.kind == AuditKind::AgentTransferred.as_str())
+        .and_then(|e| e.details["to"].as_str().map(str::to_owned)))
+}
+
+/// The owner a usage row written now bills: the last recorded transfer's, else the one
+/// accepted in `status` (none: no row until an owner is accepted).
+async fn billed_owner_now(ctx: &Context, uid: &str, status: &AgentStatus) -> Result<Option<String>, ReconcileError> {
+    Ok(last_transfer_to(ctx, uid).await?.or_else(|| status.owner.clone()))
+}
+
+/// The owner a destroy bills: the last recorded transfer's, else the owner accepted at
+/// creation as the API server's copy holds it (the cache may not show it yet), else the spec's
+/// (nothing was ever accepted).
+async fn owner_on_record(ctx: &Context, agent: &Agent, uid: &str) -> Result<String, ReconcileError> {
+    if let Some(to) = last_transfer_to(ctx, uid).await? {
+        return Ok(to);
+    }
+    if let Some(accepted) = agent.status.as_ref().and_then(|s| s.owner.clone()) {
+        return Ok(accepted);
+    }
     let fresh = agent_api(ctx, agent).get(&agent.name_any()).await?;
     Ok(fresh.status.and_then(|s| s.owner).unwrap_or(fresh.spec.owner))
 }
@@ -544,8 +582,8 @@ impl Pass for AgentPass {
         next
     }
 
-    fn billed_owner(&self, status: &AgentStatus) -> Option<String> {
-        status.owner.clone()
+    async fn billed_owner(&self, ctx: &Context, status: &AgentStatus) -> Result<Option<String>, ReconcileError> {
+        billed_owner_now(ctx, &self.target.owner.uid, status).await
     }
 
     fn power_status(&self, ctx: &Context) -> Option<String> {
@@ -581,7 +619,7 @@ impl ManagedObject for Agent {
         let tunnel_id = tunnel.as_ref().map(|t| t.id.clone()).or(status.tunnel.as_ref().and_then(|t| t.id.clone()));
         let dns_id = dns.as_ref().map(|r| r.id.clone());
         let intent = intent(&agent.spec);
-        let billed_owner = status.owner.clone().unwrap_or_else(|| agent.spec.owner.clone());
+        let billed_owner = owner_on_record(ctx, &agent, &owner.uid).await?;
         let observed = server.as_ref().map(|s| effective_server_status(s, tunnel.as_ref()));
         server::settle_before_removal(ctx, agent.as_ref(), &owner, &intent, &billed_owner, observed).await?;
         match policy {

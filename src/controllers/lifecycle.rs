@@ -172,12 +172,18 @@ pub trait Pass: Sync {
     ) -> <Self::Object as ManagedObject>::Status;
     /// The server status the usage timeline should believe, if there is a server.
     fn power_status(&self, ctx: &Context) -> Option<String>;
-    /// The owner usage rows bill: the one the operator has accepted (an Agent's
-    /// `status.owner`), never a new spec owner whose transfer is not recorded yet. `None`: no
-    /// owner accepted yet, so no row is written until one is. By default the spec's owner (a
-    /// kind whose owner cannot change).
-    fn billed_owner(&self, _status: &<Self::Object as ManagedObject>::Status) -> Option<String> {
-        Some(self.target().object.intent().owner)
+    /// The owner a usage row written now bills: the one the operator has accepted (for an
+    /// Agent, the last recorded transfer's), never a new spec owner whose transfer is not
+    /// recorded yet. `None`: no owner accepted yet, so no row is written until one is. By
+    /// default the spec's owner (a kind whose owner cannot change). Asked only when a row is
+    /// due.
+    fn billed_owner(
+        &self,
+        _ctx: &Context,
+        _status: &<Self::Object as ManagedObject>::Status,
+    ) -> impl Future<Output = Result<Option<String>, ReconcileError>> + Send {
+        let owner = self.target().object.intent().owner;
+        async move { Ok(Some(owner)) }
     }
     /// A permanent error's reason, or `None` when retrying can help. Kinds may name a step's
     /// refusal more precisely than [`stall_reason`] does.
@@ -346,15 +352,13 @@ async fn record_usage<P: Pass>(
     status: &<P::Object as ManagedObject>::Status,
 ) -> Result<(), ReconcileError> {
     let Target { object, owner } = pass.target();
-    let intent = object.intent();
+    let Some(observed) = pass.power_status(ctx) else { return Ok(()) };
+    let Some(row) = server::pending_transition(ctx, &owner.uid, &observed).await? else { return Ok(()) };
     // A copy read before the owner was accepted (the cache behind our own status write) must
     // not bill the spec's owner: it may be a new one whose transfer is not recorded yet.
-    let Some(billed) = pass.billed_owner(status) else { return Ok(()) };
-    if let Some(observed) = pass.power_status(ctx)
-        && let Some(t) = server::record_observed_transition(ctx, owner, &intent, &billed, &observed).await?
-    {
-        tracing::info!(transition = t.as_str(), "usage timeline");
-    }
+    let Some(billed) = pass.billed_owner(ctx, status).await? else { return Ok(()) };
+    server::record_transition(ctx, owner, &object.intent(), &billed, row).await?;
+    tracing::info!(transition = row.1.as_str(), "usage timeline");
     Ok(())
 }
 

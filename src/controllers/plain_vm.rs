@@ -262,7 +262,12 @@ impl PlainVmPass {
                 );
                 ctx.event(vm, true, "FirewallReattached", "AttachFirewall", msg).await;
             }
-            Step::Power(power) => server::power_step(ctx, vm, owner, *power).await?,
+            Step::Power(power) => {
+                let Some(server) = ctx.fleet.server(&owner.uid) else { return Ok(()) };
+                let observed = server.status.clone();
+                let subject = server::PowerSubject { server, observed, billed_owner: Some(vm.spec.owner.clone()) };
+                server::power_step(ctx, vm, owner, &intent(&vm.spec), subject, *power).await?
+            }
         }
         Ok(())
     }

@@ -307,20 +307,29 @@ pub async fn timeline_tail(ctx: &Context, uid: &str) -> Result<(usize, Option<Tr
     Ok((rows.len(), last))
 }
 
-/// Appends the transition an observed status calls for, if any (idempotent by key), billed to
-/// `billed_owner` (the owner the operator has accepted: a row never bills an owner whose
-/// transfer is not recorded yet). Returns the transition recorded.
-pub async fn record_observed_transition(
+/// The row an observed status calls for now, if any: its position on the timeline (1-based)
+/// and its transition.
+pub async fn pending_transition(
+    ctx: &Context,
+    uid: &str,
+    observed_status: &str,
+) -> Result<Option<(usize, Transition)>, ReconcileError> {
+    let (count, last) = timeline_tail(ctx, uid).await?;
+    Ok(decide_transition(last, observed_status).map(|t| (count + 1, t)))
+}
+
+/// Appends the `n`th row of the timeline (idempotent by key), billed to `billed_owner` (the
+/// owner the operator has accepted: a row never bills an owner whose transfer is not recorded
+/// yet).
+pub async fn record_transition(
     ctx: &Context,
     owner: &Owner,
     intent: &ServerIntent,
     billed_owner: &str,
-    observed_status: &str,
-) -> Result<Option<Transition>, ReconcileError> {
-    let (count, last) = timeline_tail(ctx, &owner.uid).await?;
-    let Some(transition) = decide_transition(last, observed_status) else { return Ok(None) };
+    (n, transition): (usize, Transition),
+) -> Result<(), ReconcileError> {
     let row = UsageTransition {
-        transition_key: transition_key(&owner.uid, count + 1, transition),
+        transition_key: transition_key(&owner.uid, n, transition),
         resource: owner.resource_ref(),
         owner: billed_owner.to_owned(),
         region: intent.region.as_str().to_owned(),
@@ -330,7 +339,7 @@ pub async fn record_observed_transition(
         occurred_at: Utc::now(),
     };
     usage::record(&ctx.db, &row).await?;
-    Ok(Some(transition))
+    Ok(())
 }
 
 /// The closing `stop` row of a server that is being deleted while its timeline says it runs,
@@ -385,8 +394,10 @@ pub async fn settle_before_removal<K: Resource>(
         ctx.fleet.wait_for_servers(&owner.uid);
         return Err(ReconcileError::NotReady("the server to settle in a power state before it is removed"));
     }
-    if let Some(observed) = observed_status {
-        record_observed_transition(ctx, owner, intent, billed_owner, &observed).await?;
+    if let Some(observed) = observed_status
+        && let Some(row) = pending_transition(ctx, &owner.uid, &observed).await?
+    {
+        record_transition(ctx, owner, intent, billed_owner, row).await?;
     }
     Ok(())
 }
@@ -449,15 +460,39 @@ pub async fn apply_power(
     Ok(())
 }
 
-/// The power step of a reconcile: applies it to the object's server as the fleet view knows it
-/// (none: nothing to do) and reports it with an Event on `object`.
+/// What a power step acts on: the fleet view's server at one instant, the status the usage
+/// timeline reads from it (an Agent's counts a connected tunnel as booted), and the owner a
+/// row written now bills (`None`: no owner accepted yet).
+pub struct PowerSubject {
+    pub server: ServerSummary,
+    pub observed: String,
+    pub billed_owner: Option<String>,
+}
+
+/// The power step of a reconcile, on the server as the fleet view shows it now, reported with
+/// an Event on `object`. The status the step acts on is recorded on the timeline first: the
+/// pass looked at the fleet view before it planned, and a list merged in between (the server
+/// settled `off`) would otherwise let that stop, and the start this step makes, pass
+/// unrecorded. A step the fleet view no longer calls for is left to the next plan.
 pub async fn power_step<K: Resource<DynamicType = ()>>(
     ctx: &Context,
     object: &K,
     owner: &Owner,
+    intent: &ServerIntent,
+    subject: PowerSubject,
     step: PowerStep,
 ) -> Result<(), ReconcileError> {
-    let Some(server) = ctx.fleet.server(&owner.uid) else { return Ok(()) };
+    let PowerSubject { server, observed, billed_owner } = subject;
+    if let Some(billed) = &billed_owner
+        && let Some(row) = pending_transition(ctx, &owner.uid, &observed).await?
+    {
+        record_transition(ctx, owner, intent, billed, row).await?;
+        tracing::info!(transition = row.1.as_str(), "usage timeline");
+    }
+    let shutdown_sent = ctx.power.shutdown_sent_at(&owner.uid);
+    if decide_power(intent.running, &observed, shutdown_sent, Instant::now(), ctx.config.shutdown_timeout) != step {
+        return Ok(());
+    }
     apply_power(ctx, owner, &server, step).await?;
     let (warning, note) = power_note(step);
     ctx.event(object, warning, "Power", "Power", note.to_owned()).await;

@@ -139,7 +139,10 @@ async fn orphaned_resources_stay_unmarked_and_the_sweeper_removes_only_real_orph
     assert_eq!(records.len(), 2, "{records:?}");
     let kept_record = records.iter().find(|r| r.1.starts_with("keep-")).expect("the orphaned record stays");
     assert!(
-        kept_record.2.as_deref().is_none_or(|c| !c.starts_with(crabglamp_operator::controllers::names::DNS_MARK_PREFIX)),
+        kept_record
+            .2
+            .as_deref()
+            .is_none_or(|c| !c.starts_with(crabglamp_operator::controllers::names::DNS_MARK_PREFIX)),
         "our mark is gone from the record: {kept_record:?}"
     );
 

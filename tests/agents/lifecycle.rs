@@ -40,10 +40,7 @@ async fn create_power_transfer_delete() {
     let create = log.iter().find(|r| r.method == "POST" && r.path.ends_with("/servers")).expect("server create");
     let body = create.body.clone().expect("create body");
     assert_eq!(body["firewalls"], json!([{"firewall": fleet_firewall}]), "the closed firewall is in the create call");
-    assert!(
-        !log.iter().any(|r| r.path.ends_with("/actions/apply_to_resources")),
-        "never attached after the fact"
-    );
+    assert!(!log.iter().any(|r| r.path.ends_with("/actions/apply_to_resources")), "never attached after the fact");
     let firewall = crabglamp_sandbox::hetzner::firewalls(&op.hetzner)
         .into_iter()
         .find(|f| f["id"] == fleet_firewall)

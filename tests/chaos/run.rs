@@ -43,6 +43,9 @@ pub struct Ledger {
     pub must_keep: i64,
     /// Whether Redis was flushed while this key lived.
     pub flushed: bool,
+    /// Deleted before the operator put its finalizer on it: the API server removed it at once,
+    /// the operator never acted on it, so there is nothing to destroy and no event to write.
+    pub gone_before_finalizer: bool,
 }
 
 pub struct Chaos {
@@ -142,13 +145,15 @@ impl Chaos {
                     self.patch_spec(kind, &name, json!({"deletionPolicy": "Orphan"})).await;
                 }
                 let dp = DeleteParams::default();
+                // `Right`: the API server removed it at once (no finalizer on it yet).
                 let result = match kind {
-                    Kind::Agent => self.agents().delete(&name, &dp).await.map(|_| ()),
-                    Kind::PlainVm => self.plainvms().delete(&name, &dp).await.map(|_| ()),
-                    Kind::Key => self.keys().delete(&name, &dp).await.map(|_| ()),
+                    Kind::Agent => self.agents().delete(&name, &dp).await.map(|r| r.is_right()),
+                    Kind::PlainVm => self.plainvms().delete(&name, &dp).await.map(|r| r.is_right()),
+                    Kind::Key => self.keys().delete(&name, &dp).await.map(|r| r.is_right()),
                 };
-                result.unwrap_or_else(|e| panic!("delete {name}: {e}"));
+                let gone_at_once = result.unwrap_or_else(|e| panic!("delete {name}: {e}"));
                 self.objects[i].deleted = Some(orphan && kind != Kind::Key);
+                self.objects[i].gone_before_finalizer = gone_at_once;
             }
             Step::Power { slot, running } => {
                 let Some(&i) = self.live.get(&slot) else { return };
@@ -241,6 +246,7 @@ impl Chaos {
             spent: 0,
             must_keep: 0,
             flushed: false,
+            gone_before_finalizer: false,
         });
     }
 

@@ -167,11 +167,22 @@ impl Operator {
 
     /// Kills the controllers mid-step (the task and everything it spawned is aborted, nothing
     /// finishes) and starts fresh ones, as a crashed and rescheduled pod would.
-    pub async fn crash_and_restart(mut self) -> Self {
+    pub async fn crash_and_restart(self) -> Self {
+        self.crash().await.restart().await
+    }
+
+    /// Kills the controllers mid-step and leaves them down (see [`Self::restart`]), so a test
+    /// can look at the world exactly as the crash left it.
+    pub async fn crash(mut self) -> Self {
         if let Some(task) = self.task.take() {
             task.abort();
             let _ = task.await;
         }
+        self
+    }
+
+    /// Starts fresh controllers with no memory after [`Self::crash`].
+    pub async fn restart(self) -> Self {
         let config = self.settings.controllers.clone();
         self.relaunch(config).await
     }
