@@ -2,13 +2,14 @@
 //! of a delete (right after the k-th cloud request was served, whether or not its answer was
 //! read; for the teardown's last steps a few milliseconds later) and restarted with no memory.
 //! Each time the Agent converges with exactly one server, one tunnel and one DNS record, and
-//! its deletion leaves nothing and exactly one destroy event. A second test kills a teardown at
-//! twelve planned moments (while the server is still being created, after each request, with
-//! each request's answer lost, as the secret goes, as the event commits, and later) and proves
-//! from what the crash left that at least ten of them were distinct points.
+//! its deletion leaves nothing and exactly one destroy event. A second test kills teardowns
+//! (deleting and orphaning) at eleven planned moments: at once, after each request, with each
+//! request's answer lost, as the secret goes, as the event commits; it proves from what each
+//! crash left that at least ten of them were distinct points.
 
 use std::time::Duration;
 
+use crabglamp_operator::controllers::server::UID_LABEL;
 use crabglamp_operator::store::audit;
 use kube::ResourceExt;
 use kube::api::{DeleteParams, PostParams};
@@ -109,18 +110,31 @@ async fn killed_at_every_step_of_create_and_delete() {
 }
 
 /// Where a teardown was when the controllers died, as the world shows it right after the
-/// crash (never as the test meant it): what is left in each cloud, how many teardown requests
-/// were applied with their answer lost, and what PostgreSQL and the API server hold.
+/// crash (never as the test meant it): what is left in each cloud and whether it still carries
+/// our marks, how many teardown requests were applied with their answer lost, and what
+/// PostgreSQL and the API server hold.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct TeardownPoint {
-    dns_record: bool,
+    /// The DNS record, if it exists: whether it still carries our mark.
+    dns_record: Option<bool>,
     tunnel: bool,
-    /// The server's status, if it still exists.
-    server: Option<String>,
+    /// The server, if it exists: its status and whether it still carries our labels.
+    server: Option<(String, bool)>,
     answers_lost: usize,
     sealed_secret: bool,
     destroy_event: bool,
     object: bool,
+}
+
+fn log_tail(op: &Operator) -> (u64, u64) {
+    (op.hetzner.requests().last().map_or(0, |r| r.seq), op.cloudflare.requests().last().map_or(0, |r| r.seq))
+}
+
+/// Whether a request `method` to a path containing `path` was answered (2xx, not injected)
+/// after `since`.
+fn answered(log: &[crabglamp_sandbox::http::RequestRecord], since: u64, method: &str, path: &str) -> bool {
+    log.iter()
+        .any(|r| r.seq > since && r.method.as_str() == method && r.path.contains(path) && r.status < 300 && !r.injected)
 }
 
 async fn teardown_point(
@@ -140,15 +154,20 @@ async fn teardown_point(
             .fetch_one(&op.db.pool)
             .await
             .expect("sealed credentials");
+    let host = format!("{name}-crash-delete.");
     TeardownPoint {
         dns_record: crabglamp_sandbox::cloudflare::dns_records(&op.cloudflare)
             .iter()
-            .any(|r| r.2.as_deref().is_some_and(|c| c.contains(uid))),
+            .find(|r| r.1.starts_with(&host))
+            .map(|r| r.2.as_deref().is_some_and(|c| c.contains(uid))),
         tunnel: crabglamp_sandbox::cloudflare::live_tunnel_names(&op.cloudflare).iter().any(|t| t.contains(uid)),
         server: crabglamp_sandbox::hetzner::servers(&op.hetzner)
             .into_iter()
             .find(|s| s["name"] == server_name.as_str())
-            .map(|s| s["status"].as_str().unwrap_or_default().to_owned()),
+            .map(|s| {
+                let marked = s["labels"].as_object().is_some_and(|l| l.contains_key(UID_LABEL));
+                (s["status"].as_str().unwrap_or_default().to_owned(), marked)
+            }),
         answers_lost: lost(op.hetzner.requests(), since.0) + lost(op.cloudflare.requests(), since.1),
         sealed_secret,
         destroy_event: audit::events_for_resource(&op.db.pool, uid)
@@ -160,97 +179,100 @@ async fn teardown_point(
     }
 }
 
-/// How a teardown is interrupted.
+/// How a teardown is interrupted. Its requests, in order: the DNS record, the tunnel, the
+/// server (for `Orphan`: the record's comment, the server's labels).
 #[derive(Clone, Copy, Debug)]
 enum Kill {
-    /// Deleted while its server is still being created (the removal waits for it to settle).
-    WhileCreating,
-    /// After the k-th teardown request (DNS record, tunnel, server) was answered.
-    Answered(u64),
-    /// When the k-th teardown request was applied and its answer lost.
+    /// Right after the delete, before the operator acted on it.
+    AtOnce,
+    /// After the DNS record's delete was answered.
+    RecordDeleted,
+    /// After the tunnel's delete was answered, the server's held back (never applied).
+    TunnelDeleted,
+    /// After the server's delete was answered.
+    ServerDeleted,
+    /// When the k-th request was applied and its answer lost.
     AnswerLost(u64),
     /// As soon as the sealed tunnel secret is gone from PostgreSQL.
     SecretGone,
-    /// As soon as the destroy event is committed (before the finalizer goes).
+    /// `Orphan`: after the record's mark was taken off.
+    RecordUnmarked,
+    /// `Orphan`: after the server's labels were taken off.
+    ServerUnmarked,
+    /// As soon as the destroy event is committed.
     EventCommitted,
-    /// This many milliseconds after the third request was answered.
-    After(u64),
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_at_every_step_of_delete() {
+    use crabglamp_sandbox::http::{FaultPlan, FaultRule, InjectedError};
     let mut op = Operator::start().await;
     op.create_namespace("crash-delete").await;
     let api = op.agents("crash-delete");
     let kills = [
-        Kill::WhileCreating,
-        Kill::Answered(1),
-        Kill::Answered(2),
-        Kill::Answered(3),
+        Kill::AtOnce,
+        Kill::RecordDeleted,
+        Kill::TunnelDeleted,
+        Kill::ServerDeleted,
         Kill::AnswerLost(1),
         Kill::AnswerLost(2),
         Kill::AnswerLost(3),
         Kill::SecretGone,
+        Kill::RecordUnmarked,
+        Kill::ServerUnmarked,
         Kill::EventCommitted,
-        Kill::After(10),
-        Kill::After(40),
-        Kill::After(120),
     ];
     let mut points = std::collections::BTreeSet::new();
     for (i, kill) in kills.into_iter().enumerate() {
         let name = format!("del-{i}");
-        api.create(&PostParams::default(), &agent(&name, "acct_a", true)).await.expect("create");
-        let a = match kill {
-            Kill::WhileCreating => {
-                wait_for(&api, &name, DEADLINE, "a server id", |a| {
-                    a.status.as_ref().and_then(|s| s.server.as_ref()).and_then(|s| s.id).is_some()
-                })
-                .await
-            }
-            _ => wait_for(&api, &name, DEADLINE, "Ready", ready).await,
-        };
-        let uid = a.uid().expect("uid");
-        // The teardown's requests, in order: the DNS record, the tunnel, the server.
-        let lose = |k: u64| {
-            let (sim, path) = match k {
-                1 => (&op.cloudflare, "/dns_records/"),
-                2 => (&op.cloudflare, "/cfd_tunnel/"),
-                _ => (&op.hetzner, "/servers/"),
-            };
-            sim.set_faults(crabglamp_sandbox::http::FaultPlan {
-                rules: vec![crabglamp_sandbox::http::FaultRule {
+        let orphan = matches!(kill, Kill::RecordUnmarked | Kill::ServerUnmarked);
+        let mut a = agent(&name, "acct_a", true);
+        if orphan {
+            a.spec.deletion_policy = crabglamp_operator::api::DeletionPolicy::Orphan;
+        }
+        api.create(&PostParams::default(), &a).await.expect("create");
+        let uid = wait_for(&api, &name, DEADLINE, "Ready", ready).await.uid().expect("uid");
+        let lose = |sim: &crabglamp_sandbox::http::RunningSim, path: &str| {
+            sim.set_faults(FaultPlan {
+                rules: vec![FaultRule {
                     method: Some(reqwest::Method::DELETE),
                     route: None,
                     path_contains: path.to_owned(),
                     rate: 1.0,
-                    error: crabglamp_sandbox::http::InjectedError::ServerError,
+                    error: InjectedError::ServerError,
                     lose_answer: true,
                 }],
                 fail_after_apply: true,
                 ..Default::default()
-            });
+            })
         };
-        if let Kill::AnswerLost(k) = kill {
-            lose(k);
+        match kill {
+            Kill::AnswerLost(1) => lose(&op.cloudflare, "/dns_records/"),
+            Kill::AnswerLost(2) => lose(&op.cloudflare, "/cfd_tunnel/"),
+            Kill::AnswerLost(_) => lose(&op.hetzner, "/servers/"),
+            // The server's delete waits in the stand-in until the crash drops it.
+            Kill::TunnelDeleted => {
+                op.hetzner.set_faults(FaultPlan { latency: Duration::from_secs(5), ..Default::default() })
+            }
+            _ => {}
         }
-        let since = (op.hetzner.control().total_requests(), op.cloudflare.control().total_requests());
-        let log_since =
-            (op.hetzner.requests().last().map_or(0, |r| r.seq), op.cloudflare.requests().last().map_or(0, |r| r.seq));
-        let served = |op: &Operator| {
-            op.hetzner.control().total_requests() + op.cloudflare.control().total_requests() - since.0 - since.1
-        };
+        let since = log_tail(&op);
         api.delete(&name, &DeleteParams::default()).await.expect("delete");
         let started = tokio::time::Instant::now();
         let reached = loop {
+            let (hz, cf) = (op.hetzner.requests(), op.cloudflare.requests());
             let hit = match kill {
-                Kill::WhileCreating => true,
-                Kill::Answered(k) => served(&op) >= k,
+                Kill::AtOnce => true,
+                Kill::RecordDeleted => answered(&cf, since.1, "DELETE", "/dns_records/"),
+                Kill::TunnelDeleted => answered(&cf, since.1, "DELETE", "/cfd_tunnel/"),
+                Kill::ServerDeleted => answered(&hz, since.0, "DELETE", "/servers/"),
                 Kill::AnswerLost(_) => {
-                    op.hetzner.requests().iter().any(|r| r.seq > log_since.0 && r.injected)
-                        || op.cloudflare.requests().iter().any(|r| r.seq > log_since.1 && r.injected)
+                    hz.iter().any(|r| r.seq > since.0 && r.injected) || cf.iter().any(|r| r.seq > since.1 && r.injected)
                 }
-                Kill::SecretGone => sqlx::query_scalar::<_, bool>(
-                    "SELECT NOT EXISTS (SELECT 1 FROM sealed_credentials WHERE resource_uid = $1)",
+                Kill::RecordUnmarked => answered(&cf, since.1, "PATCH", "/dns_records/"),
+                Kill::ServerUnmarked => answered(&hz, since.0, "PUT", "/servers/"),
+                Kill::SecretGone => !sqlx::query_scalar::<_, bool>(
+                    "SELECT EXISTS (SELECT 1 FROM sealed_credentials WHERE resource_uid = $1)",
                 )
                 .bind(&uid)
                 .fetch_one(&op.db.pool)
@@ -261,14 +283,6 @@ async fn killed_at_every_step_of_delete() {
                     .expect("events")
                     .iter()
                     .any(|e| e.kind == "agent.destroyed"),
-                Kill::After(ms) => {
-                    if served(&op) >= 3 {
-                        tokio::time::sleep(Duration::from_millis(ms)).await;
-                        true
-                    } else {
-                        false
-                    }
-                }
             };
             if hit || started.elapsed() > Duration::from_secs(20) {
                 break hit;
@@ -277,28 +291,29 @@ async fn killed_at_every_step_of_delete() {
         };
         assert!(reached, "{kill:?}: the teardown never got there");
         op = op.crash().await;
-        op.hetzner.set_faults(crabglamp_sandbox::http::FaultPlan::default());
-        op.cloudflare.set_faults(crabglamp_sandbox::http::FaultPlan::default());
-        let point = teardown_point(&op, &api, &name, &uid, log_since).await;
+        op.hetzner.set_faults(FaultPlan::default());
+        op.cloudflare.set_faults(FaultPlan::default());
+        let point = teardown_point(&op, &api, &name, &uid, since).await;
         points.insert(point.clone());
         op = op.restart().await;
 
         wait_gone(&api, &name, DEADLINE).await;
         let server_name = crabglamp_operator::controllers::server::server_name(&name, &uid);
-        assert!(
-            !crabglamp_sandbox::hetzner::server_names(&op.hetzner).contains(&server_name),
-            "{kill:?} ({point:?}): server leaked"
-        );
-        assert!(
-            !crabglamp_sandbox::cloudflare::live_tunnel_names(&op.cloudflare).iter().any(|t| t.contains(&uid)),
-            "{kill:?} ({point:?}): tunnel leaked"
-        );
-        assert!(
-            !crabglamp_sandbox::cloudflare::dns_records(&op.cloudflare)
-                .iter()
-                .any(|r| r.2.as_deref().is_some_and(|c| c.contains(&uid))),
-            "{kill:?} ({point:?}): DNS record leaked"
-        );
+        let server_left = crabglamp_sandbox::hetzner::server_names(&op.hetzner).contains(&server_name);
+        let tunnel_left =
+            crabglamp_sandbox::cloudflare::live_tunnel_names(&op.cloudflare).iter().any(|t| t.contains(&uid));
+        let host = format!("{name}-crash-delete.");
+        let records = crabglamp_sandbox::cloudflare::dns_records(&op.cloudflare);
+        let record = records.iter().find(|r| r.1.starts_with(&host));
+        if orphan {
+            // Orphaned on purpose: all left, none of it ours any more.
+            assert!(server_left && tunnel_left && record.is_some(), "{kill:?} ({point:?}): orphaned resources kept");
+            assert!(record.and_then(|r| r.2.as_deref()).is_none_or(|c| !c.contains(&uid)), "{kill:?}: record unmarked");
+        } else {
+            assert!(!server_left, "{kill:?} ({point:?}): server leaked");
+            assert!(!tunnel_left, "{kill:?} ({point:?}): tunnel leaked");
+            assert!(record.is_none(), "{kill:?} ({point:?}): DNS record leaked");
+        }
         let destroyed = audit::events_for_resource(&op.db.pool, &uid)
             .await
             .expect("events")
