@@ -250,8 +250,8 @@ async fn killed_at_every_step_of_delete() {
             Kill::AnswerLost(1) => lose(&op.cloudflare, "/dns_records/"),
             Kill::AnswerLost(2) => lose(&op.cloudflare, "/cfd_tunnel/"),
             Kill::AnswerLost(_) => lose(&op.hetzner, "/servers/"),
-            // The server's delete waits in the stand-in until the crash drops it.
-            Kill::TunnelDeleted => {
+            // The server's delete (or relabelling) waits in the stand-in until the crash drops it.
+            Kill::TunnelDeleted | Kill::RecordUnmarked => {
                 op.hetzner.set_faults(FaultPlan { latency: Duration::from_secs(5), ..Default::default() })
             }
             _ => {}
