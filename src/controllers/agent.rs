@@ -477,6 +477,20 @@ async fn last_transfer_to(ctx: &Context, uid: &str) -> Result<Option<String>, Re
         .and_then(|e| e.details["to"].as_str().map(str::to_owned)))
 }
 
+/// The Agent with `status.owner` as the audit trail has it: a transfer recorded whose status
+/// write never landed (a crash in between, or a write lost) is the owner the Agent has, or
+/// the spec changing back to the old owner would leave the trail ending at the other one.
+async fn with_owner_on_record(ctx: &Context, agent: Arc<Agent>) -> Result<Arc<Agent>, ReconcileError> {
+    let Some(uid) = agent.metadata.uid.as_deref() else { return Ok(agent) };
+    let Some(to) = last_transfer_to(ctx, uid).await? else { return Ok(agent) };
+    if agent.status.as_ref().and_then(|s| s.owner.as_deref()) == Some(to.as_str()) {
+        return Ok(agent);
+    }
+    let mut repaired = (*agent).clone();
+    repaired.status.get_or_insert_with(AgentStatus::default).owner = Some(to);
+    Ok(Arc::new(repaired))
+}
+
 /// The owner a usage row written now bills: the last recorded transfer's, else the one
 /// accepted in `status` (none: no row until an owner is accepted).
 async fn billed_owner_now(ctx: &Context, uid: &str, status: &AgentStatus) -> Result<Option<String>, ReconcileError> {
@@ -508,13 +522,6 @@ async fn record_transfer(
     from: &str,
     to: &str,
 ) -> Result<(), ReconcileError> {
-    // The cached copy this pass decided on may be behind (the owner changed back, or our own
-    // status write is not in the cache yet). An audit event cannot be taken back: it is written
-    // only when the API server's copy still asks for this very transfer.
-    let fresh = agent_api(ctx, agent).get(&agent.name_any()).await?;
-    if fresh.spec.owner != to || fresh.status.as_ref().and_then(|s| s.owner.as_deref()) != Some(from) {
-        return Err(ReconcileError::NotReady("a current copy of the Agent (the cache was behind)"));
-    }
     let earlier: Vec<_> = audit::events_for_resource(&ctx.db, &owner.uid)
         .await?
         .into_iter()
@@ -523,6 +530,18 @@ async fn record_transfer(
     // A crash after the append and before the status write: that transfer is recorded already.
     if earlier.last().is_some_and(|e| e.details["from"] == from && e.details["to"] == to) {
         return Ok(());
+    }
+    // The cached copy this pass decided on may be behind (the owner changed back, or our own
+    // status write is not in the cache yet). An audit event cannot be taken back: it is written
+    // only when the API server's copy still asks for this very transfer, from the owner the
+    // trail (or, before any transfer, the accepted status) says the Agent has.
+    let fresh = agent_api(ctx, agent).get(&agent.name_any()).await?;
+    let accepted = match earlier.last() {
+        Some(e) => e.details["to"].as_str().map(str::to_owned),
+        None => fresh.status.as_ref().and_then(|s| s.owner.clone()),
+    };
+    if fresh.spec.owner != to || accepted.as_deref() != Some(from) {
+        return Err(ReconcileError::NotReady("a current copy of the Agent (the cache was behind)"));
     }
     let event = NewAuditEvent {
         event_key: format!("{}/{}/{}", AuditKind::AgentTransferred.as_str(), owner.uid, earlier.len() + 1),
@@ -597,6 +616,7 @@ impl ManagedObject for Agent {
 
     async fn apply(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
         let hostname = hostname(&agent, &ctx.config.zone_name);
+        let agent = with_owner_on_record(&ctx, agent).await?;
         lifecycle::apply(&AgentPass { target: Target::of(agent)?, hostname }, &ctx).await
     }
 

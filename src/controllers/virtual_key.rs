@@ -719,8 +719,16 @@ pub async fn refresh_spend(ctx: &Context) -> Result<RefreshStats, ReconcileError
             chunk.iter().map(|k| (hex::encode(&k.key_sha256), k.resource_uid.clone())).collect();
         let observed = rt.cache.read_batch(&ids, &month, &days).await?;
         stats.round_trips += 1;
+        // Lost: no base marker (a flush), or a counter below what PostgreSQL copied from it (the
+        // counter went and its marker stayed: an eviction, or a loss that raced a restore). A
+        // counter only grows, so holding less than its copy can only mean it was lost.
+        let budgets: Vec<String> = ids.iter().map(|(_, b)| b.clone()).collect();
+        let copied = spend::monthly_totals(&ctx.db, &budgets, &month).await?;
+        let lost = |budget: &str, o: &cache::ObservedCounters| {
+            !o.based || o.month_micros.unwrap_or(0) < copied.get(budget).copied().unwrap_or(0)
+        };
         let unbased: Vec<String> =
-            ids.iter().zip(&observed).filter(|(_, o)| !o.based).map(|((_, b), _)| b.clone()).collect();
+            ids.iter().zip(&observed).filter(|((_, b), o)| lost(b, o)).map(|((_, b), _)| b.clone()).collect();
         let stored = if unbased.is_empty() {
             HashMap::new()
         } else {
@@ -732,7 +740,7 @@ pub async fn refresh_spend(ctx: &Context) -> Result<RefreshStats, ReconcileError
         for ((hash, budget), o) in ids.iter().zip(observed) {
             let mut micros = o.month_micros.unwrap_or(0);
             let mut days_seen = o.days.clone();
-            if !o.based {
+            if lost(budget, &o) {
                 // Redis lost this month's counters (or the month is new): add back what
                 // PostgreSQL holds before anyone judges the budget. What is copied below is
                 // what Redis holds once the restore ran: read values plus restored amounts.

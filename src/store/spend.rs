@@ -123,6 +123,21 @@ pub async fn stored_months(
         }
     }
     let month = from.format("%Y-%m").to_string();
+    // The counter can exceed its per-model rows, never the other way round for long: the
+    // larger of the two is what the month had.
+    for (budget_id, micros) in monthly_totals(pool, budget_ids, &month).await? {
+        let entry = out.entry(budget_id).or_default();
+        entry.total_micros = entry.total_micros.max(micros);
+    }
+    Ok(out)
+}
+
+/// The monthly counters copied so far (`YYYY-MM`), per budget id, in one query.
+pub async fn monthly_totals(
+    pool: &PgPool,
+    budget_ids: &[String],
+    month: &str,
+) -> Result<HashMap<String, i64>, StoreError> {
     let totals = sqlx::query!(
         "SELECT budget_id, cost_micros FROM virtual_key_spend_monthly WHERE budget_id = ANY($1) AND month = $2",
         budget_ids,
@@ -131,11 +146,5 @@ pub async fn stored_months(
     .fetch_all(pool)
     .await
     .during("reading stored monthly spend")?;
-    // The counter can exceed its per-model rows, never the other way round for long: the
-    // larger of the two is what the month had.
-    for t in totals {
-        let entry = out.entry(t.budget_id).or_default();
-        entry.total_micros = entry.total_micros.max(t.cost_micros);
-    }
-    Ok(out)
+    Ok(totals.into_iter().map(|t| (t.budget_id, t.cost_micros)).collect())
 }

@@ -10,7 +10,8 @@
 //!   (Agents) or one firewall (PlainVMs), and a PlainVM's firewall holds its spec's rules;
 //! - the audit trail: exactly one destroy (revoke) event per deleted object (none for one the
 //!   API server removed at once, before the operator put its finalizer on it: nothing was
-//!   made), none for a live one; the transfer events of an object chain from its first owner to the owner it has
+//!   made, and none for a VirtualKey deleted before its key was issued), none for a live one;
+//!   the transfer events of an object chain from its first owner to the owner it has
 //!   now (or had when deleted), never more than the owner changes made and never a no-op
 //!   transfer; one issue event per VirtualKey and at most one rotation per rotation asked;
 //! - the usage timeline: one row per real power transition, where "real" is a transition the
@@ -270,7 +271,9 @@ async fn trail(chaos: &Chaos, o: &Ledger, v: &mut Vec<String>) {
     } else {
         count(destroy_kind)
     };
-    let want_destroyed = usize::from(o.deleted.is_some() && !o.gone_before_finalizer);
+    // A VirtualKey deleted before its key was issued has nothing to revoke.
+    let never_issued = o.kind == Kind::Key && count("virtualkey.issued") == 0;
+    let want_destroyed = usize::from(o.deleted.is_some() && !o.gone_before_finalizer && !never_issued);
     if destroyed != want_destroyed {
         v.push(format!("{}: {destroyed} destroy events, want {want_destroyed}", o.name));
     }
@@ -349,7 +352,8 @@ async fn key_rows(chaos: &Chaos, o: &Ledger, events: &[audit::AuditEvent], v: &m
     let op = chaos.op();
     let issued = events.iter().filter(|e| e.kind == "virtualkey.issued").count();
     let rotated = events.iter().filter(|e| e.kind == "virtualkey.rotated").count();
-    if issued != 1 {
+    // Exactly one, but none for a key deleted before it was issued.
+    if issued > 1 || (issued == 0 && o.deleted.is_none()) {
         v.push(format!("{}: {issued} issue events", o.name));
     }
     if rotated > o.rotations {
