@@ -204,6 +204,14 @@ async fn run(n: usize, scale: f64) {
     let env = operator_env(&sandbox, &kubeconfig, &db.url, scale);
     let resync_wall =
         Duration::from_secs(env_or("CRABGLAMP_BENCH_RESYNC_WALL", (300.0 / scale).round().max(1.0) as u64));
+    let mut operator = match OperatorProcess::spawn(&env) {
+        Ok(p) => p,
+        Err(e) => {
+            println!("cannot start crabglamp-operator: {e}");
+            return;
+        }
+    };
+
     let floor = Floor::new(n, vms, &durations, CLOUDFLARED_DELAY.as_secs_f64());
     let agents: Api<Agent> = Api::namespaced(client.clone(), NAMESPACE);
     let plainvms: Api<PlainVM> = Api::namespaced(client.clone(), NAMESPACE);
@@ -212,11 +220,14 @@ async fn run(n: usize, scale: f64) {
     let (ready_vms, watch_v) = progress::watch_ready(plainvms.clone(), |v| v.status.as_ref().map(|s| &s.conditions));
     let (ready_keys, watch_k) = progress::watch_ready(vks.clone(), |k| k.status.as_ref().map(|s| &s.conditions));
 
-    // Every manifest is in before the operator starts, and the clock starts with it. The API
-    // server is not time-scaled: applying them takes real seconds that, counted on the scaled
-    // clock, would weigh `scale` times what they weigh for a user (8 minutes "real-world" for
-    // 2,250 objects at scale 20, against seconds with a real API server).
-    let applying = Instant::now();
+    let started = Instant::now();
+    let every = Duration::from_secs_f64((floor.total() / scale / 300.0).clamp(0.05, 2.0));
+    let (samples, sampler) = progress::sample(
+        started,
+        every,
+        [ready_agents.clone(), ready_vms.clone(), ready_keys.clone()],
+        [sandbox.hcloud.handle(), sandbox.cloudflare.handle()],
+    );
     let creates = (0..n)
         .map(|i| Object::Agent(fixture::agent(&format!("ag-{i:05}"), "acct_a", true)))
         .chain(
@@ -230,27 +241,12 @@ async fn run(n: usize, scale: f64) {
         .filter(|ok| futures::future::ready(!*ok))
         .count()
         .await;
-    let applied = applying.elapsed();
+    let applied = started.elapsed();
     if failed > 0 {
         println!("{failed} creates failed");
     }
-    let started = Instant::now();
-    let mut operator = match OperatorProcess::spawn(&env) {
-        Ok(p) => p,
-        Err(e) => {
-            println!("cannot start crabglamp-operator: {e}");
-            return;
-        }
-    };
-    let every = Duration::from_secs_f64((floor.total() / scale / 300.0).clamp(0.05, 2.0));
-    let (samples, sampler) = progress::sample(
-        started,
-        every,
-        [ready_agents.clone(), ready_vms.clone(), ready_keys.clone()],
-        [sandbox.hcloud.handle(), sandbox.cloudflare.handle()],
-    );
 
-    let deadline = Duration::from_secs_f64(floor.total() / scale * 5.0 + 120.0);
+    let deadline = Duration::from_secs_f64(floor.total() / scale * 5.0 + 120.0) + applied;
     let all_ready = loop {
         let (a, v, k) = (
             progress::lock(&ready_agents).count(),
@@ -326,18 +322,10 @@ async fn run(n: usize, scale: f64) {
     println!();
     println!("| figure | measured | floor / goal |");
     println!("| --- | --- | --- |");
-    println!(
-        "| time to all Ready (real-world, from the operator's start with every manifest applied) | {} | floor {} |",
-        minutes(t_ready),
-        minutes(floor.total())
-    );
+    println!("| time to all Ready (real-world) | {} | floor {} |", minutes(t_ready), minutes(floor.total()));
     println!("| ratio to the floor | {ratio:.2} | goal <= 1.30 |");
     println!("| Agents and PlainVMs Ready at | {} | |", minutes(t_cloud));
-    println!(
-        "| applying the {} manifests before the start took (wall, not scaled) | {:.1} s | |",
-        n + vms + keys,
-        applied.as_secs_f64()
-    );
+    println!("| applying the {} manifests took | {} | |", n + vms + keys, minutes(real(applied)));
     let share = |kind: &str| hz_kinds.get(kind).copied().unwrap_or(0) as f64;
     let shared = share("shared");
     let weight_a = n as f64 * floor::AGENT_HETZNER;
