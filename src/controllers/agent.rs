@@ -477,20 +477,6 @@ async fn last_transfer_to(ctx: &Context, uid: &str) -> Result<Option<String>, Re
         .and_then(|e| e.details["to"].as_str().map(str::to_owned)))
 }
 
-/// The Agent with `status.owner` as the audit trail has it: a transfer recorded whose status
-/// write never landed (a crash in between, or a write lost) is the owner the Agent has, or
-/// the spec changing back to the old owner would leave the trail ending at the other one.
-async fn with_owner_on_record(ctx: &Context, agent: Arc<Agent>) -> Result<Arc<Agent>, ReconcileError> {
-    let Some(uid) = agent.metadata.uid.as_deref() else { return Ok(agent) };
-    let Some(to) = last_transfer_to(ctx, uid).await? else { return Ok(agent) };
-    if agent.status.as_ref().and_then(|s| s.owner.as_deref()) == Some(to.as_str()) {
-        return Ok(agent);
-    }
-    let mut repaired = (*agent).clone();
-    repaired.status.get_or_insert_with(AgentStatus::default).owner = Some(to);
-    Ok(Arc::new(repaired))
-}
-
 /// The owner a usage row written now bills: the last recorded transfer's, else the one
 /// accepted in `status` (none: no row until an owner is accepted).
 async fn billed_owner_now(ctx: &Context, uid: &str, status: &AgentStatus) -> Result<Option<String>, ReconcileError> {
@@ -562,6 +548,9 @@ async fn record_transfer(
 struct AgentPass {
     target: Target<Agent>,
     hostname: String,
+    /// The owner the last recorded transfer moved the Agent to, if any (see
+    /// [`last_transfer_to`]).
+    owner_on_trail: Option<String>,
 }
 
 impl Pass for AgentPass {
@@ -601,6 +590,17 @@ impl Pass for AgentPass {
         next
     }
 
+    /// A transfer recorded whose status write never landed (a crash in between, or a write
+    /// lost) still moved the Agent: without this, the spec changing back to the old owner
+    /// would leave the trail ending at the other one.
+    fn working_status(&self, old: &AgentStatus) -> AgentStatus {
+        let mut status = old.clone();
+        if let Some(to) = &self.owner_on_trail {
+            status.owner = Some(to.clone());
+        }
+        status
+    }
+
     async fn billed_owner(&self, ctx: &Context, status: &AgentStatus) -> Result<Option<String>, ReconcileError> {
         billed_owner_now(ctx, &self.target.owner.uid, status).await
     }
@@ -616,8 +616,9 @@ impl ManagedObject for Agent {
 
     async fn apply(agent: Arc<Agent>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
         let hostname = hostname(&agent, &ctx.config.zone_name);
-        let agent = with_owner_on_record(&ctx, agent).await?;
-        lifecycle::apply(&AgentPass { target: Target::of(agent)?, hostname }, &ctx).await
+        let target = Target::of(agent)?;
+        let owner_on_trail = last_transfer_to(&ctx, &target.owner.uid).await?;
+        lifecycle::apply(&AgentPass { target, hostname, owner_on_trail }, &ctx).await
     }
 
     /// Tears everything down (or takes our marks off, for `Orphan`), then commits the destroy

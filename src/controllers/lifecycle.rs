@@ -170,6 +170,12 @@ pub trait Pass: Sync {
         status: &<Self::Object as ManagedObject>::Status,
         stalled: Option<Stall>,
     ) -> <Self::Object as ManagedObject>::Status;
+    /// The status the pass starts from: the object's, with what the kind knows better than a
+    /// possibly stale status (an Agent's owner, from the transfer trail). The status write
+    /// compares against the object's own, so a correction is written.
+    fn working_status(&self, old: &<Self::Object as ManagedObject>::Status) -> <Self::Object as ManagedObject>::Status {
+        old.clone()
+    }
     /// The server status the usage timeline should believe, if there is a server.
     fn power_status(&self, ctx: &Context) -> Option<String>;
     /// The owner a usage row written now bills: the one the operator has accepted (for an
@@ -312,7 +318,7 @@ pub async fn apply<P: Pass>(pass: &P, ctx: &Context) -> Result<Action, Reconcile
         return Ok(Action::requeue(ctx.config.fast_poll));
     }
     let old = object.status().cloned().unwrap_or_default();
-    let mut status = old.clone();
+    let mut status = pass.working_status(&old);
     let mut stalled: Option<Stall> = None;
     // What happened before this pass (a stop in the console) is recorded before this pass
     // changes it (powers the server on again), or the timeline would never show it.
