@@ -3,7 +3,7 @@
 //! read; for the teardown's last steps a few milliseconds later) and restarted with no memory.
 //! Each time the Agent converges with exactly one server, one tunnel and one DNS record, and
 //! its deletion leaves nothing and exactly one destroy event. A second test kills teardowns
-//! (deleting and orphaning) at eleven planned moments: at once, after each request, with each
+//! (deleting and orphaning) at thirteen planned moments: at once, after each request, with each
 //! request's answer lost, as the secret goes, as the event commits; it proves from what each
 //! crash left that at least ten of them were distinct points.
 
@@ -31,6 +31,16 @@ async fn until_served(op: &Operator, n: u64) -> bool {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     true
+}
+
+/// How many destroy events the trail holds for the Agent `uid`.
+async fn destroy_events(op: &Operator, uid: &str) -> usize {
+    audit::events_for_resource(&op.db.pool, uid)
+        .await
+        .expect("events")
+        .iter()
+        .filter(|e| e.kind == "agent.destroyed")
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -94,12 +104,7 @@ async fn killed_at_every_step_of_create_and_delete() {
             !crabglamp_sandbox::cloudflare::live_tunnel_names(&op.cloudflare).iter().any(|t| t.contains(&uid)),
             "k={k}: tunnel leaked"
         );
-        let destroyed = audit::events_for_resource(&op.db.pool, &uid)
-            .await
-            .expect("events")
-            .into_iter()
-            .filter(|e| e.kind == "agent.destroyed")
-            .count();
+        let destroyed = destroy_events(&op, &uid).await;
         assert_eq!(destroyed, 1, "k={k}: exactly one destroy event");
     }
     assert!(points >= 10, "only {points} distinct crash points were reached in create");
@@ -170,11 +175,7 @@ async fn teardown_point(
             }),
         answers_lost: lost(op.hetzner.requests(), since.0) + lost(op.cloudflare.requests(), since.1),
         sealed_secret,
-        destroy_event: audit::events_for_resource(&op.db.pool, uid)
-            .await
-            .expect("events")
-            .iter()
-            .any(|e| e.kind == "agent.destroyed"),
+        destroy_event: destroy_events(op, uid).await > 0,
         object: api.get_opt(name).await.expect("get").is_some(),
     }
 }
@@ -199,6 +200,9 @@ enum Kill {
     RecordUnmarked,
     /// `Orphan`: after the server's labels were taken off.
     ServerUnmarked,
+    /// `Orphan`: when the record's (1) or the server's (2) unmarking was applied and its answer
+    /// lost.
+    UnmarkAnswerLost(u64),
     /// As soon as the destroy event is committed.
     EventCommitted,
 }
@@ -220,22 +224,24 @@ async fn killed_at_every_step_of_delete() {
         Kill::SecretGone,
         Kill::RecordUnmarked,
         Kill::ServerUnmarked,
+        Kill::UnmarkAnswerLost(1),
+        Kill::UnmarkAnswerLost(2),
         Kill::EventCommitted,
     ];
     let mut points = std::collections::BTreeSet::new();
     for (i, kill) in kills.into_iter().enumerate() {
         let name = format!("del-{i}");
-        let orphan = matches!(kill, Kill::RecordUnmarked | Kill::ServerUnmarked);
+        let orphan = matches!(kill, Kill::RecordUnmarked | Kill::ServerUnmarked | Kill::UnmarkAnswerLost(_));
         let mut a = agent(&name, "acct_a", true);
         if orphan {
             a.spec.deletion_policy = crabglamp_operator::api::DeletionPolicy::Orphan;
         }
         api.create(&PostParams::default(), &a).await.expect("create");
         let uid = wait_for(&api, &name, DEADLINE, "Ready", ready).await.uid().expect("uid");
-        let lose = |sim: &crabglamp_sandbox::http::RunningSim, path: &str| {
+        let lose = |sim: &crabglamp_sandbox::http::RunningSim, method: reqwest::Method, path: &str| {
             sim.set_faults(FaultPlan {
                 rules: vec![FaultRule {
-                    method: Some(reqwest::Method::DELETE),
+                    method: Some(method),
                     route: None,
                     path_contains: path.to_owned(),
                     rate: 1.0,
@@ -247,9 +253,11 @@ async fn killed_at_every_step_of_delete() {
             })
         };
         match kill {
-            Kill::AnswerLost(1) => lose(&op.cloudflare, "/dns_records/"),
-            Kill::AnswerLost(2) => lose(&op.cloudflare, "/cfd_tunnel/"),
-            Kill::AnswerLost(_) => lose(&op.hetzner, "/servers/"),
+            Kill::AnswerLost(1) => lose(&op.cloudflare, reqwest::Method::DELETE, "/dns_records/"),
+            Kill::AnswerLost(2) => lose(&op.cloudflare, reqwest::Method::DELETE, "/cfd_tunnel/"),
+            Kill::AnswerLost(_) => lose(&op.hetzner, reqwest::Method::DELETE, "/servers/"),
+            Kill::UnmarkAnswerLost(1) => lose(&op.cloudflare, reqwest::Method::PATCH, "/dns_records/"),
+            Kill::UnmarkAnswerLost(_) => lose(&op.hetzner, reqwest::Method::PUT, "/servers/"),
             // The server's delete (or relabelling) waits in the stand-in until the crash drops it.
             Kill::TunnelDeleted | Kill::RecordUnmarked => {
                 op.hetzner.set_faults(FaultPlan { latency: Duration::from_secs(5), ..Default::default() })
@@ -266,7 +274,7 @@ async fn killed_at_every_step_of_delete() {
                 Kill::RecordDeleted => answered(&cf, since.1, "DELETE", "/dns_records/"),
                 Kill::TunnelDeleted => answered(&cf, since.1, "DELETE", "/cfd_tunnel/"),
                 Kill::ServerDeleted => answered(&hz, since.0, "DELETE", "/servers/"),
-                Kill::AnswerLost(_) => {
+                Kill::AnswerLost(_) | Kill::UnmarkAnswerLost(_) => {
                     hz.iter().any(|r| r.seq > since.0 && r.injected) || cf.iter().any(|r| r.seq > since.1 && r.injected)
                 }
                 Kill::RecordUnmarked => answered(&cf, since.1, "PATCH", "/dns_records/"),
@@ -278,11 +286,7 @@ async fn killed_at_every_step_of_delete() {
                 .fetch_one(&op.db.pool)
                 .await
                 .expect("sealed credentials"),
-                Kill::EventCommitted => audit::events_for_resource(&op.db.pool, &uid)
-                    .await
-                    .expect("events")
-                    .iter()
-                    .any(|e| e.kind == "agent.destroyed"),
+                Kill::EventCommitted => destroy_events(&op, &uid).await > 0,
             };
             if hit || started.elapsed() > Duration::from_secs(20) {
                 break hit;
@@ -314,12 +318,7 @@ async fn killed_at_every_step_of_delete() {
             assert!(!tunnel_left, "{kill:?} ({point:?}): tunnel leaked");
             assert!(record.is_none(), "{kill:?} ({point:?}): DNS record leaked");
         }
-        let destroyed = audit::events_for_resource(&op.db.pool, &uid)
-            .await
-            .expect("events")
-            .into_iter()
-            .filter(|e| e.kind == "agent.destroyed")
-            .count();
+        let destroyed = destroy_events(&op, &uid).await;
         assert_eq!(destroyed, 1, "{kill:?} ({point:?}): exactly one destroy event");
     }
     assert!(points.len() >= 10, "only {} distinct points of a teardown were reached: {points:#?}", points.len());
