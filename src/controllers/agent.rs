@@ -411,8 +411,7 @@ async fn act(
         Step::Power(power) => {
             let Some(server) = ctx.fleet.server(&owner.uid) else { return Ok(()) };
             let observed = effective_server_status(&server, ctx.fleet.tunnel(&tunnel_name(&owner.uid)).as_ref());
-            let billed_owner = billed_owner_now(ctx, &owner.uid, status).await?;
-            let subject = server::PowerSubject { server, observed, billed_owner };
+            let subject = server::PowerSubject { server, observed, billed_owner: status.owner.clone() };
             server::power_step(ctx, agent, owner, &intent(&agent.spec), subject, *power).await?
         }
     }
@@ -477,12 +476,6 @@ async fn last_transfer_to(ctx: &Context, uid: &str) -> Result<Option<String>, Re
         .and_then(|e| e.details["to"].as_str().map(str::to_owned)))
 }
 
-/// The owner a usage row written now bills: the last recorded transfer's, else the one
-/// accepted in `status` (none: no row until an owner is accepted).
-async fn billed_owner_now(ctx: &Context, uid: &str, status: &AgentStatus) -> Result<Option<String>, ReconcileError> {
-    Ok(last_transfer_to(ctx, uid).await?.or_else(|| status.owner.clone()))
-}
-
 /// The owner a destroy bills: the last recorded transfer's, else the owner accepted at
 /// creation as the API server's copy holds it (the cache may not show it yet), else the spec's
 /// (nothing was ever accepted).
@@ -490,11 +483,10 @@ async fn owner_on_record(ctx: &Context, agent: &Agent, uid: &str) -> Result<Stri
     if let Some(to) = last_transfer_to(ctx, uid).await? {
         return Ok(to);
     }
-    if let Some(accepted) = agent.status.as_ref().and_then(|s| s.owner.clone()) {
-        return Ok(accepted);
+    match agent.status.as_ref().and_then(|s| s.owner.clone()) {
+        Some(accepted) => Ok(accepted),
+        None => accepted_owner(ctx, agent).await,
     }
-    let fresh = agent_api(ctx, agent).get(&agent.name_any()).await?;
-    Ok(fresh.status.and_then(|s| s.owner).unwrap_or(fresh.spec.owner))
 }
 
 fn agent_api(ctx: &Context, agent: &Agent) -> Api<Agent> {
@@ -601,8 +593,10 @@ impl Pass for AgentPass {
         status
     }
 
-    async fn billed_owner(&self, ctx: &Context, status: &AgentStatus) -> Result<Option<String>, ReconcileError> {
-        billed_owner_now(ctx, &self.target.owner.uid, status).await
+    /// The working status's owner: the trail's (see [`Self::working_status`]), or the one a
+    /// transfer in this pass just recorded.
+    fn billed_owner(&self, status: &AgentStatus) -> Option<String> {
+        status.owner.clone()
     }
 
     fn power_status(&self, ctx: &Context) -> Option<String> {

@@ -179,17 +179,12 @@ pub trait Pass: Sync {
     /// The server status the usage timeline should believe, if there is a server.
     fn power_status(&self, ctx: &Context) -> Option<String>;
     /// The owner a usage row written now bills: the one the operator has accepted (for an
-    /// Agent, the last recorded transfer's), never a new spec owner whose transfer is not
-    /// recorded yet. `None`: no owner accepted yet, so no row is written until one is. By
-    /// default the spec's owner (a kind whose owner cannot change). Asked only when a row is
-    /// due.
-    fn billed_owner(
-        &self,
-        _ctx: &Context,
-        _status: &<Self::Object as ManagedObject>::Status,
-    ) -> impl Future<Output = Result<Option<String>, ReconcileError>> + Send {
-        let owner = self.target().object.intent().owner;
-        async move { Ok(Some(owner)) }
+    /// Agent, `status.owner` as the pass's working status holds it, the transfer trail's),
+    /// never a new spec owner whose transfer is not recorded yet. `None`: no owner accepted
+    /// yet, so no row is written until one is. By default the spec's owner (a kind whose owner
+    /// cannot change).
+    fn billed_owner(&self, _status: &<Self::Object as ManagedObject>::Status) -> Option<String> {
+        Some(self.target().object.intent().owner)
     }
     /// A permanent error's reason, or `None` when retrying can help. Kinds may name a step's
     /// refusal more precisely than [`stall_reason`] does.
@@ -362,7 +357,7 @@ async fn record_usage<P: Pass>(
     let Some(row) = server::pending_transition(ctx, &owner.uid, &observed).await? else { return Ok(()) };
     // A copy read before the owner was accepted (the cache behind our own status write) must
     // not bill the spec's owner: it may be a new one whose transfer is not recorded yet.
-    let Some(billed) = pass.billed_owner(ctx, status).await? else { return Ok(()) };
+    let Some(billed) = pass.billed_owner(status) else { return Ok(()) };
     server::record_transition(ctx, owner, &object.intent(), &billed, row).await?;
     tracing::info!(transition = row.1.as_str(), "usage timeline");
     Ok(())
