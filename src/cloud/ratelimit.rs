@@ -92,7 +92,10 @@ impl QuotaWindow {
 #[derive(Clone, Debug)]
 pub struct TokenBucket {
     capacity: f64,
-    window: Duration,
+    /// The configured budget's rate (capacity / window at construction). Kept apart from
+    /// `capacity`: a provider header that reports a smaller burst (Hetzner's
+    /// `RateLimit-Limit: 3600` under a raised hourly budget) caps the burst, never the rate.
+    refill_per_sec: f64,
     tokens: f64,
     last: Instant,
     not_before: Option<Instant>,
@@ -106,7 +109,7 @@ impl TokenBucket {
         // capacity / window.
         TokenBucket {
             capacity: f64::from(capacity.max(1)),
-            window,
+            refill_per_sec: f64::from(capacity.max(1)) / window.as_secs_f64().max(1e-9),
             tokens: f64::from(capacity.max(1)),
             last: now,
             not_before: None,
@@ -115,7 +118,7 @@ impl TokenBucket {
     }
 
     fn refill_per_sec(&self) -> f64 {
-        self.capacity / self.window.as_secs_f64().max(1e-9)
+        self.refill_per_sec
     }
 
     fn refill(&mut self, now: Instant) {
@@ -412,6 +415,26 @@ mod tests {
         let mut tiny = TokenBucket::new(1, Duration::MAX, now);
         assert!(tiny.try_acquire(now).is_ok());
         assert!(tiny.try_acquire(now).unwrap_err() <= MAX_HEADER_WAIT);
+    }
+
+    /// A raised budget of 72,000 an hour (20 a second) against Hetzner's reported burst of
+    /// 3600: once the burst is spent, the refill is still the budget's 20 a second.
+    #[test]
+    fn a_smaller_reported_burst_caps_the_burst_not_the_rate() {
+        let start = Instant::now();
+        let mut b = TokenBucket::new(72_000, Duration::from_secs(3600), start);
+        b.observe(RateObservation { limit: Some(3600), remaining: None, window: None }, start);
+        let mut burst = 0;
+        while b.try_acquire(start).is_ok() {
+            burst += 1;
+        }
+        assert_eq!(burst, 3600, "the reported burst caps the bucket");
+        let later = start + Duration::from_secs(10);
+        let mut refilled = 0;
+        while b.try_acquire(later).is_ok() {
+            refilled += 1;
+        }
+        assert_eq!(refilled, 200, "10 s at the budget's 20 a second");
     }
 
     #[test]
