@@ -371,7 +371,8 @@ async fn run(n: usize, scale: f64) {
     println!("| idle Hetzner requests per hour (resync 5 min) | {idle_hz_per_hour:.0} | budget 3600 |");
     println!("| idle Cloudflare requests per hour | {:.0} | budget 14400 |", per_hour(idle_cf));
     println!(
-        "| API-server writes at idle ({idle_resyncs} resyncs), per object | {idle_writes} ({:.4}) | goal 0 |",
+        "| API-server writes at idle ({} resync periods), per object | {idle_writes} ({:.4}) | goal 0 |",
+        idle_resyncs + 1,
         idle_writes as f64 / (n + vms + keys) as f64
     );
     let until_ready: Vec<_> = reconciles.iter().filter(|r| r.at <= converged_at).collect();
