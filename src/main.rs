@@ -132,6 +132,10 @@ struct RunArgs {
     /// Seconds between looks at settled objects and the shared cloud lists.
     #[arg(long, env = "CRABGLAMP_RESYNC_SECONDS", default_value_t = 300)]
     resync_seconds: u64,
+    /// Firewall rules (the fleet firewall's, every PlainVM's) are re-read every this many
+    /// resyncs; a firewall taken off its server shows at every resync regardless.
+    #[arg(long, env = "CRABGLAMP_FIREWALL_AUDIT_EVERY", default_value_t = 12, value_parser = clap::value_parser!(u32).range(1..))]
+    firewall_audit_every: u32,
     /// Milliseconds between shared lists while some object waits for the cloud.
     #[arg(long, env = "CRABGLAMP_FAST_POLL_MS", default_value_t = 5000)]
     fast_poll_ms: u64,
@@ -296,6 +300,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut controllers = ControllerConfig::new(args.cloudflare_zone_name);
     controllers.resync = Duration::from_secs(args.resync_seconds.max(1));
     controllers.fast_poll = Duration::from_millis(args.fast_poll_ms.max(50));
+    controllers.firewall_audit_every = args.firewall_audit_every;
     controllers.shutdown_timeout = Duration::from_secs(args.shutdown_timeout_seconds);
     controllers.removal_settle_timeout = Duration::from_secs(args.removal_settle_timeout_seconds);
     controllers.sweeper_grace = Duration::from_secs(args.sweeper_grace_seconds);

@@ -12,6 +12,8 @@ pub struct IdleCycles {
     pub cycles: usize,
     /// Requests of every kind sent during those cycles.
     pub requests: usize,
+    /// Of them, the firewall-list pages (the rule audit, once per so many resyncs).
+    pub firewall_pages: usize,
     /// Their span, in wall-clock seconds.
     pub wall_secs: f64,
 }
@@ -39,5 +41,9 @@ pub fn hetzner_cycles(records: &[RequestRecord]) -> Option<IdleCycles> {
         return None;
     }
     let wall_secs = seconds(&records[last].at)? - seconds(&records[first].at)?;
-    Some(IdleCycles { cycles: starts.len() - 1, requests: last - first, wall_secs })
+    let firewall_pages = records[first..last]
+        .iter()
+        .filter(|r| r.method.as_str() == "GET" && r.route.as_deref() == Some("/v1/firewalls"))
+        .count();
+    Some(IdleCycles { cycles: starts.len() - 1, requests: last - first, firewall_pages, wall_secs })
 }

@@ -61,8 +61,20 @@ fn read_log(stderr: impl std::io::Read, log: &Mutex<Log>) {
 
 impl OperatorProcess {
     /// Starts `crabglamp-operator run` with these settings (the environment of `run`).
+    /// `CRABGLAMP_BENCH_OPERATOR_WRAPPER` (e.g. `heaptrack -o /tmp/operator`) runs it under a
+    /// profiler; the peak RSS printed is then the wrapper's, not the operator's.
     pub fn spawn(env: &[(String, String)]) -> std::io::Result<Self> {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_crabglamp-operator"));
+        let binary = env!("CARGO_BIN_EXE_crabglamp-operator");
+        let wrapper = std::env::var("CRABGLAMP_BENCH_OPERATOR_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut command = match words.next() {
+            Some(program) => {
+                let mut c = Command::new(program);
+                c.args(words).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
         command.arg("run").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         for proxy in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"] {
             command.env_remove(proxy);

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -40,8 +39,9 @@ pub struct ControllerConfig {
     /// How long a labelled resource without an object must stay so before the sweeper
     /// removes it (covers an object whose watch event has not arrived yet).
     pub sweeper_grace: Duration,
-    /// The fleet firewall's rules are re-read every this many resyncs (its attachment is
-    /// visible in every server list already).
+    /// Firewall rules are re-read every this many resyncs: the fleet firewall's and, in one
+    /// shared list, every PlainVM's (a firewall's attachment is visible in every server list
+    /// already, so only a rule edited in the console waits this long to be set back).
     pub firewall_audit_every: u32,
     /// Longest per-object retry delay after repeated failures.
     pub max_backoff: Duration,
@@ -374,7 +374,7 @@ pub struct Context {
     pub cloudflare: CloudflareClient,
     pub db: PgPool,
     pub sealing: SealingKeys,
-    pub recorder: Recorder,
+    pub events: super::events::EventPublisher,
     pub config: ControllerConfig,
     pub fleet: Fleet,
     pub power: PowerMemory,
@@ -410,11 +410,10 @@ impl Context {
         metrics: ControllerMetrics,
     ) -> Self {
         let dns_retry_after = config.resync;
-        let reporter = Reporter { controller: "crabglamp-operator".into(), instance: Some(config.instance.clone()) };
         let anchor = super::anchor::AnchorPublisher::new(&client, &config);
         Context {
             anchor,
-            recorder: Recorder::new(client.clone(), reporter),
+            events: super::events::EventPublisher::new(client.clone(), "crabglamp-operator", config.instance.clone()),
             client,
             hetzner,
             cloudflare,
@@ -456,14 +455,7 @@ impl Context {
         action: &str,
         note: String,
     ) {
-        let event = Event {
-            type_: if warning { EventType::Warning } else { EventType::Normal },
-            reason: reason.to_owned(),
-            note: Some(note),
-            action: action.to_owned(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
+        if let Err(e) = self.events.publish(object.object_ref(&()), warning, reason, action, note).await {
             tracing::warn!(error = %e, reason, "cannot publish an Event");
         }
     }

@@ -168,6 +168,16 @@ pub async fn create_firewall(
     Ok((created.firewall, created.adopted))
 }
 
+/// A 404 on our firewall means it was deleted outside (the firewall list, which would show
+/// it, runs only once per audit period): forgotten at once, so the next pass creates it again
+/// (or adopts it by name, should the 404 have been about something else).
+fn gone_if_not_found(ctx: &Context, owner: &Owner, error: CloudError) -> ReconcileError {
+    if matches!(error, CloudError::NotFound(_)) {
+        ctx.fleet.forget_firewall(&owner.uid);
+    }
+    ReconcileError::Hetzner(error)
+}
+
 /// Replaces the firewall's rules with the spec's (one request, the same firewall).
 pub async fn set_rules(
     ctx: &Context,
@@ -176,7 +186,7 @@ pub async fn set_rules(
     spec: &[FirewallRule],
 ) -> Result<(), ReconcileError> {
     let rules = request_rules(spec);
-    ctx.hetzner.set_firewall_rules(firewall.id, &rules).await.map_err(ReconcileError::Hetzner)?;
+    ctx.hetzner.set_firewall_rules(firewall.id, &rules).await.map_err(|e| gone_if_not_found(ctx, owner, e))?;
     let mut seen = firewall.clone();
     seen.rules = in_force(&rules);
     ctx.fleet.record_firewall(&owner.uid, seen);
@@ -186,7 +196,7 @@ pub async fn set_rules(
 
 /// Applies the firewall to the server again (detached in the console).
 pub async fn attach(ctx: &Context, owner: &Owner, firewall: &Firewall, server_id: i64) -> Result<(), ReconcileError> {
-    ctx.hetzner.apply_firewall(firewall.id, server_id).await.map_err(ReconcileError::Hetzner)?;
+    ctx.hetzner.apply_firewall(firewall.id, server_id).await.map_err(|e| gone_if_not_found(ctx, owner, e))?;
     let mut seen = firewall.clone();
     let mut target = models::FirewallResourceId::new(models::firewall_resource_id::Type::Server);
     target.server = Some(Box::new(models::ResourceId::new(server_id)));

@@ -121,15 +121,36 @@ impl ObservedTunnel {
 }
 
 impl FleetState {
-    /// Firewalls change only through us or a person (drift): the resync suffices. An operator
-    /// with no PlainVM lists them once at start (orphans to sweep) and then only while some
-    /// are left, so an Agent-only fleet idles at its server pages alone. `None`: not now.
-    fn firewalls_next_due(&self, resync: Duration) -> Option<Option<Instant>> {
+    /// Firewalls change only through us or a person, and what matters most of a person's
+    /// change, a firewall taken off its server, shows in every server list already
+    /// (`public_net.firewalls`). The list itself is for rules edited in the console and for
+    /// orphans to sweep: it runs at start, then once per `audit` period (a multiple of the
+    /// resync), so an idle fleet spends its resyncs on server pages alone. An operator with no
+    /// PlainVM lists them only while some are left. `None`: not now.
+    fn firewalls_next_due(&self, audit: Duration) -> Option<Option<Instant>> {
         let watched = self.firewalls_wanted || self.firewalls.entries.values().any(|e| e.value.is_some());
         if self.firewalls.listed_from.is_some() && !watched {
             return None;
         }
-        Some(self.firewalls.next_due(resync, resync, HETZNER_PAGE))
+        Some(self.firewalls.next_due(audit, audit, HETZNER_PAGE))
+    }
+}
+
+/// How often the shared lists run.
+#[derive(Clone, Copy, Debug)]
+pub struct ListPace {
+    /// Settled objects: every list once per resync.
+    pub resync: Duration,
+    /// While some object waits for the cloud: one page per `fast`.
+    pub fast: Duration,
+    /// The per-object firewall list (rules edited in the console, orphans).
+    pub firewall_audit: Duration,
+}
+
+impl ListPace {
+    /// The firewall list at the resync pace too (tests of the other collections).
+    pub fn new(resync: Duration, fast: Duration) -> Self {
+        ListPace { resync, fast, firewall_audit: resync }
     }
 }
 
@@ -327,15 +348,18 @@ impl Fleet {
         });
     }
 
-    /// Which collections are due at `now`, and when the next one will be.
-    pub fn due(&self, now: Instant, resync: Duration, fast: Duration) -> (Vec<Collection>, Option<Instant>) {
+    /// Which collections are due at `now`, and when the next one will be. `pace` sets the
+    /// periods: servers and tunnels every `resync` (`fast` while someone waits), DNS records
+    /// every `resync`, firewalls every `firewall_audit`.
+    pub fn due(&self, now: Instant, pace: &ListPace) -> (Vec<Collection>, Option<Instant>) {
+        let ListPace { resync, fast, firewall_audit } = *pace;
         self.with(|s| {
             let mut due = Vec::new();
             let mut next: Option<Instant> = None;
             // `None`: not listed at all now; `Some(None)`: due at once (never listed).
             let slots = [
                 // Before the servers: a start-up is complete once the servers are known.
-                (Collection::Firewalls, s.firewalls_next_due(resync)),
+                (Collection::Firewalls, s.firewalls_next_due(firewall_audit)),
                 (Collection::Servers, Some(s.servers.next_due(resync, fast, HETZNER_PAGE))),
                 (Collection::Tunnels, Some(s.tunnels.next_due(resync, fast, CLOUDFLARE_PAGE))),
                 // DNS records change only through us or a person: the resync period suffices.
@@ -397,7 +421,7 @@ mod tests {
         let fleet = Fleet::default();
         let (resync, fast) = (Duration::from_secs(300), Duration::from_secs(2));
         let now = Instant::now();
-        let (due, _) = fleet.due(now, resync, fast);
+        let (due, _) = fleet.due(now, &ListPace::new(resync, fast));
         assert_eq!(
             due,
             vec![Collection::Firewalls, Collection::Servers, Collection::Tunnels, Collection::Dns],
@@ -407,14 +431,14 @@ mod tests {
         fleet.merge_firewalls(HashMap::new(), now);
         fleet.merge_tunnels(HashMap::new(), now);
         fleet.merge_dns(HashMap::new(), now);
-        let (due, next) = fleet.due(now, resync, fast);
+        let (due, next) = fleet.due(now, &ListPace::new(resync, fast));
         assert!(due.is_empty());
         assert!(next.is_some_and(|n| n >= now + resync - Duration::from_secs(1)));
         fleet.wait_for_tunnel("uid");
-        let (due, _) = fleet.due(now + fast + Duration::from_secs(1), resync, fast);
+        let (due, _) = fleet.due(now + fast + Duration::from_secs(1), &ListPace::new(resync, fast));
         assert_eq!(due, vec![Collection::Tunnels], "only the collection someone waits on goes fast");
         fleet.done_waiting("uid");
-        let (due, _) = fleet.due(now + fast + Duration::from_secs(1), resync, fast);
+        let (due, _) = fleet.due(now + fast + Duration::from_secs(1), &ListPace::new(resync, fast));
         assert!(due.is_empty());
     }
 
@@ -428,11 +452,11 @@ mod tests {
         let servers: HashMap<_, _> = (0..120).map(|i| (format!("uid-{i}"), server(i, "initializing"))).collect();
         fleet.merge_servers(servers, now);
         fleet.wait_for_servers("uid-1");
-        let (due, _) = fleet.due(now + fast * 2, resync, fast);
+        let (due, _) = fleet.due(now + fast * 2, &ListPace::new(resync, fast));
         assert!(!due.contains(&Collection::Servers), "{due:?}");
-        let (due, _) = fleet.due(now + fast * 3 + Duration::from_secs(1), resync, fast);
+        let (due, _) = fleet.due(now + fast * 3 + Duration::from_secs(1), &ListPace::new(resync, fast));
         assert!(due.contains(&Collection::Servers), "{due:?}");
-        let (_, next) = fleet.due(now, Duration::from_secs(4), fast);
+        let (_, next) = fleet.due(now, &ListPace::new(Duration::from_secs(4), fast));
         assert!(next.is_some_and(|n| n <= Instant::now() + Duration::from_secs(4)), "capped at the resync period");
     }
 
@@ -443,18 +467,46 @@ mod tests {
         let now = Instant::now();
         fleet.merge_firewalls(HashMap::new(), now);
         let later = now + resync * 3;
-        let (due, _) = fleet.due(later, resync, resync);
+        let (due, _) = fleet.due(later, &ListPace::new(resync, resync));
         assert!(!due.contains(&Collection::Firewalls), "an Agent-only fleet spends no firewall page");
         let fw: Firewall = serde_json::from_value(serde_json::json!({
             "id": 1, "name": "f", "labels": {}, "created": "2026-01-01T00:00:00Z", "applied_to": [], "rules": []
         }))
         .expect("firewall");
         fleet.merge_firewalls(HashMap::from([("orphan".to_owned(), fw)]), now);
-        assert!(fleet.due(later, resync, resync).0.contains(&Collection::Firewalls), "one is left to watch");
+        assert!(
+            fleet.due(later, &ListPace::new(resync, resync)).0.contains(&Collection::Firewalls),
+            "one is left to watch"
+        );
         fleet.merge_firewalls(HashMap::new(), now);
         fleet.want_firewalls();
-        assert!(fleet.due(later, resync, resync).0.contains(&Collection::Firewalls), "a PlainVM exists");
-        assert!(!fleet.due(now, resync, resync).0.contains(&Collection::Firewalls), "at the resync pace");
+        assert!(
+            fleet.due(later, &ListPace::new(resync, resync)).0.contains(&Collection::Firewalls),
+            "a PlainVM exists"
+        );
+        assert!(
+            !fleet.due(now, &ListPace::new(resync, resync)).0.contains(&Collection::Firewalls),
+            "at the resync pace"
+        );
+    }
+
+    /// A firewall taken off its server shows in the server list; the firewall list itself
+    /// (console rule edits, orphans) runs once per audit period, not at every resync.
+    #[test]
+    fn the_firewall_list_runs_at_the_audit_pace_the_servers_at_the_resync() {
+        let fleet = Fleet::default();
+        let resync = Duration::from_secs(10);
+        let pace = ListPace { resync, fast: resync, firewall_audit: resync * 12 };
+        let now = Instant::now();
+        fleet.want_firewalls();
+        fleet.merge_servers(HashMap::new(), now);
+        fleet.merge_firewalls(HashMap::new(), now);
+        fleet.merge_tunnels(HashMap::new(), now);
+        fleet.merge_dns(HashMap::new(), now);
+        let (due, _) = fleet.due(now + resync * 2, &pace);
+        assert_eq!(due, vec![Collection::Servers], "servers at the resync, firewalls not yet");
+        let (due, _) = fleet.due(now + resync * 12, &pace);
+        assert!(due.contains(&Collection::Firewalls), "{due:?}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod cloud_init;
 pub mod conditions;
 pub mod context;
 pub mod error;
+pub mod events;
 pub mod firewall;
 pub mod fleet;
 pub mod lifecycle;

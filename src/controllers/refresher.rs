@@ -11,7 +11,7 @@ use crate::cloud::CloudError;
 use crate::cloud::hetzner::FirewallCreated;
 
 use super::context::Context;
-use super::fleet::{Collection, ObservedTunnel};
+use super::fleet::{Collection, ListPace, ObservedTunnel};
 use super::names::{TUNNEL_PREFIX, uid_from_dns_comment, uid_from_tunnel_name};
 use super::server::{MANAGED_BY, MANAGED_BY_LABEL, UID_LABEL, fleet_selector, per_object_firewall_selector};
 
@@ -98,12 +98,14 @@ async fn refresh(ctx: &Context, which: Collection) -> Result<(), CloudError> {
 pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
     let mut stop = stop;
     let mut last_firewall_audit = Instant::now();
+    let audit_every = ctx.config.resync.saturating_mul(ctx.config.firewall_audit_every.max(1));
+    let pace = ListPace { resync: ctx.config.resync, fast: ctx.config.fast_poll, firewall_audit: audit_every };
     loop {
         if *stop.borrow() {
             return;
         }
         let now = Instant::now();
-        let (due, next) = ctx.fleet.due(now, ctx.config.resync, ctx.config.fast_poll);
+        let (due, next) = ctx.fleet.due(now, &pace);
         // `next` only knows the collections that were not due: after listing, look again.
         let listed_any = !due.is_empty();
         for which in due {
@@ -113,7 +115,6 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
                 ctx.fleet.list_failed(which);
             }
         }
-        let audit_every = ctx.config.resync.saturating_mul(ctx.config.firewall_audit_every.max(1));
         if last_firewall_audit.elapsed() >= audit_every {
             last_firewall_audit = Instant::now();
             if let Err(e) = ensure_fleet_firewall(&ctx).await {

@@ -69,12 +69,29 @@ fn secret_id(uid: &str) -> CredentialId {
 /// unique across kinds, so one set serves both. Every shard's objects count (no label
 /// selector): an object of another shard is alive, whatever this instance reconciles.
 async fn live_uids(ctx: &Context) -> Result<HashSet<String>, kube::Error> {
-    let agents: Api<Agent> = super::scoped_api(ctx);
-    let vms: Api<PlainVM> = super::scoped_api(ctx);
-    let mut live: HashSet<String> =
-        agents.list_metadata(&ListParams::default()).await?.items.into_iter().filter_map(|m| m.metadata.uid).collect();
-    live.extend(vms.list_metadata(&ListParams::default()).await?.items.into_iter().filter_map(|m| m.metadata.uid));
+    let mut live = HashSet::new();
+    add_uids(&super::scoped_api::<Agent>(ctx), &mut live).await?;
+    add_uids(&super::scoped_api::<PlainVM>(ctx), &mut live).await?;
     Ok(live)
+}
+
+/// Objects per page of those lists: metadata still carries the managed fields, so one list of
+/// 5,000 in a single answer would be a large, short-lived peak of the operator's memory.
+const LIST_PAGE: u32 = 500;
+
+async fn add_uids<K>(api: &Api<K>, live: &mut HashSet<String>) -> Result<(), kube::Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut params = ListParams::default().limit(LIST_PAGE);
+    loop {
+        let page = api.list_metadata(&params).await?;
+        live.extend(page.items.into_iter().filter_map(|m| m.metadata.uid));
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(()),
+        }
+    }
 }
 
 /// One sweep over the fleet view.

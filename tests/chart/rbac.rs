@@ -166,7 +166,7 @@ const MAYBE: &[(&str, &str, &str, &str)] = &[(
     "events.k8s.io",
     "events",
     "patch",
-    "kube's Recorder patches an Event's series only when the same Event repeats within its cache window",
+    "an Event's series is patched only when the same Event repeats within six minutes (controllers::events)",
 )];
 
 fn listed(list: &[(&str, &str, &str, &str)], group: &str, resource: &str, verb: &str) -> bool {

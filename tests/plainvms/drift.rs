@@ -1,5 +1,6 @@
 //! The world changed behind the operator's back: the firewall detached from the server, a
-//! rule edited in the console, the server deleted. Noticed at the next resync from the shared lists (no GET per VM),
+//! rule edited in the console, the server deleted. Noticed from the shared lists (no GET per
+//! VM): a detachment or a deletion at the next resync, a rule edit at the next firewall audit,
 //! repaired, and reported with an Event. An orphaned PlainVM leaves server and firewall,
 //! unmarked; a marked server and firewall whose object is gone are swept.
 
@@ -17,7 +18,10 @@ const DEADLINE: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_detached_firewall_an_edited_rule_and_a_deleted_server_are_repaired() {
-    let op = Operator::start().await;
+    // Rules are re-read every other resync here (6 s), not every twelfth.
+    let mut config = test_config();
+    config.firewall_audit_every = 2;
+    let op = Operator::start_with(config).await;
     op.create_namespace("drift").await;
     let api = op.plainvms("drift");
     api.create(&PostParams::default(), &plainvm("web", "acct_a", true, two_rules())).await.expect("create");
@@ -64,6 +68,38 @@ async fn a_detached_firewall_an_edited_rule_and_a_deleted_server_are_repaired() 
         .filter(|r| r.method == "GET" && r.route.as_deref().is_some_and(|p| p.ends_with("{id}")))
         .count();
     assert_eq!(gets, 0, "no GET of one object");
+    op.stop().await;
+}
+
+/// A firewall detached and then deleted in the console: the next server list shows the
+/// detachment, the attach answers 404, and that alone (the firewall list is far off here) makes
+/// the operator create a new firewall and attach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_firewall_deleted_outside_is_created_again_without_waiting_for_the_audit() {
+    let mut config = test_config();
+    config.firewall_audit_every = 1000;
+    let op = Operator::start_with(config).await;
+    op.create_namespace("gone").await;
+    let api = op.plainvms("gone");
+    api.create(&PostParams::default(), &plainvm("web", "acct_a", true, two_rules())).await.expect("create");
+    let vm = wait_for(&api, "web", DEADLINE, "Ready", vm_ready).await;
+    let uid = vm.uid().expect("uid");
+    let server_id = vm.status.as_ref().and_then(|s| s.server.as_ref()).and_then(|s| s.id).expect("server");
+    let fw_id = vm.status.as_ref().and_then(|s| s.firewall.as_ref()).and_then(|f| f.id).expect("firewall");
+
+    op.context.hetzner.remove_firewall(fw_id, server_id).await.expect("detach");
+    op.context.hetzner.delete_firewall(fw_id).await.expect("delete");
+    let vm = wait_for(&api, "web", DEADLINE, "Ready behind a new firewall", |v| {
+        vm_ready(v)
+            && v.status.as_ref().and_then(|s| s.firewall.as_ref()).and_then(|f| f.id).is_some_and(|id| id != fw_id)
+    })
+    .await;
+    let new_id = vm.status.as_ref().and_then(|s| s.firewall.as_ref()).and_then(|f| f.id).expect("firewall");
+    let fw = vm_firewall(&op, &uid).expect("the new firewall");
+    assert_eq!(fw["id"].as_i64(), Some(new_id));
+    assert_eq!(applied_servers(&fw), vec![server_id], "guarding the same server");
+    wait_for_event(&op, "gone", "FirewallRecreated", DEADLINE).await;
+    assert_eq!(hz_requests(&op, "GET", "/firewalls"), 2, "the start-up lists only (the fleet's and ours)");
     op.stop().await;
 }
 

@@ -90,6 +90,7 @@ crabglamp-audit-anchor
   (list "CLOUDFLARE_ENDPOINT" $c.cloudflare.endpoint)
   (list "CRABGLAMP_RESYNC_SECONDS" (int64 $c.resyncSeconds))
   (list "CRABGLAMP_FAST_POLL_MS" (int64 $c.fastPollMs))
+  (list "CRABGLAMP_FIREWALL_AUDIT_EVERY" (int64 $c.firewallAuditEvery))
   (list "CRABGLAMP_SHUTDOWN_TIMEOUT_SECONDS" (int64 $c.shutdownTimeoutSeconds))
   (list "CRABGLAMP_SWEEPER_GRACE_SECONDS" (int64 $c.sweeperGraceSeconds))
   (list "CRABGLAMP_HETZNER_REQUESTS_PER_HOUR" (int64 $c.hetznerRequestsPerHour))
