@@ -16,6 +16,7 @@ mod agents {
     mod budget;
     mod crash;
     mod drift;
+    mod events;
     mod external;
     mod faults;
     pub use crate::fixture;

@@ -103,12 +103,20 @@ impl EventPublisher {
         if let Some((name, namespace, count)) = repeat {
             let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
             let series = serde_json::json!({"series": {"count": count, "lastObservedTime": observed}});
-            api.patch(&name, &PatchParams::default(), &Patch::Merge(&series)).await?;
-            if let Some(p) = lock(&self.published).get_mut(&key) {
-                p.count = count;
-                p.last = now;
+            match api.patch(&name, &PatchParams::default(), &Patch::Merge(&series)).await {
+                Ok(_) => {
+                    if let Some(p) = lock(&self.published).get_mut(&key) {
+                        p.count = count;
+                        p.last = now;
+                    }
+                    return Ok(());
+                }
+                // Deleted meanwhile (by a person, or the API server's TTL): a new Event.
+                Err(kube::Error::Api(e)) if e.code == 404 => {
+                    lock(&self.published).remove(&key);
+                }
+                Err(e) => return Err(e),
             }
-            return Ok(());
         }
         let namespace = regarding.namespace.clone().unwrap_or_else(|| "default".to_owned());
         let base = regarding.name.clone().unwrap_or_else(|| self.controller.clone());

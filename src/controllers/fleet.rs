@@ -504,8 +504,9 @@ mod tests {
         fleet.merge_tunnels(HashMap::new(), now);
         fleet.merge_dns(HashMap::new(), now);
         let (due, _) = fleet.due(now + resync * 2, &pace);
-        assert_eq!(due, vec![Collection::Servers], "servers at the resync, firewalls not yet");
-        let (due, _) = fleet.due(now + resync * 12, &pace);
+        assert!(due.contains(&Collection::Servers), "servers at the resync: {due:?}");
+        assert!(!due.contains(&Collection::Firewalls), "firewalls not yet: {due:?}");
+        let (due, _) = fleet.due(now + resync * 12 + Duration::from_secs(1), &pace);
         assert!(due.contains(&Collection::Firewalls), "{due:?}");
     }
 
