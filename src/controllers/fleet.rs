@@ -147,6 +147,7 @@ pub struct ListPace {
     pub firewall_audit: Duration,
 }
 
+#[cfg(test)]
 impl ListPace {
     /// The firewall list at the resync pace too (tests of the other collections).
     pub fn new(resync: Duration, fast: Duration) -> Self {

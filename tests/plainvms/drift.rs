@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use crabglamp_operator::controllers::ControllerConfig;
 use crabglamp_operator::store::audit;
 use hcloud::models::{Rule, rule};
 use kube::ResourceExt;
@@ -16,19 +17,26 @@ use super::support::*;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_detached_firewall_an_edited_rule_and_a_deleted_server_are_repaired() {
-    // Rules are re-read every other resync here (6 s), not every twelfth.
-    let mut config = test_config();
-    config.firewall_audit_every = 2;
+/// An operator with `config` and one Ready PlainVM `web` in `ns`: its UID, server and firewall.
+async fn one_ready_vm(config: ControllerConfig, ns: &str) -> (Operator, String, i64, i64) {
     let op = Operator::start_with(config).await;
-    op.create_namespace("drift").await;
-    let api = op.plainvms("drift");
+    op.create_namespace(ns).await;
+    let api = op.plainvms(ns);
     api.create(&PostParams::default(), &plainvm("web", "acct_a", true, two_rules())).await.expect("create");
     let vm = wait_for(&api, "web", DEADLINE, "Ready", vm_ready).await;
     let uid = vm.uid().expect("uid");
     let server_id = vm.status.as_ref().and_then(|s| s.server.as_ref()).and_then(|s| s.id).expect("server");
     let fw_id = vm.status.as_ref().and_then(|s| s.firewall.as_ref()).and_then(|f| f.id).expect("firewall");
+    (op, uid, server_id, fw_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_detached_firewall_an_edited_rule_and_a_deleted_server_are_repaired() {
+    // Rules are re-read every other resync here (6 s), not every twelfth.
+    let mut config = test_config();
+    config.firewall_audit_every = 2;
+    let (op, uid, server_id, fw_id) = one_ready_vm(config, "drift").await;
+    let api = op.plainvms("drift");
     let want = rules_of(&vm_firewall(&op, &uid).expect("firewall"));
 
     // Detached in the console (through the API, as the console does).
@@ -78,14 +86,8 @@ async fn a_detached_firewall_an_edited_rule_and_a_deleted_server_are_repaired() 
 async fn a_firewall_deleted_outside_is_created_again_without_waiting_for_the_audit() {
     let mut config = test_config();
     config.firewall_audit_every = 1000;
-    let op = Operator::start_with(config).await;
-    op.create_namespace("gone").await;
+    let (op, uid, server_id, fw_id) = one_ready_vm(config, "gone").await;
     let api = op.plainvms("gone");
-    api.create(&PostParams::default(), &plainvm("web", "acct_a", true, two_rules())).await.expect("create");
-    let vm = wait_for(&api, "web", DEADLINE, "Ready", vm_ready).await;
-    let uid = vm.uid().expect("uid");
-    let server_id = vm.status.as_ref().and_then(|s| s.server.as_ref()).and_then(|s| s.id).expect("server");
-    let fw_id = vm.status.as_ref().and_then(|s| s.firewall.as_ref()).and_then(|f| f.id).expect("firewall");
 
     op.context.hetzner.remove_firewall(fw_id, server_id).await.expect("detach");
     op.context.hetzner.delete_firewall(fw_id).await.expect("delete");
