@@ -3,7 +3,8 @@
 //! machines come and go. It owns the "which machine runs which connector" bookkeeping and
 //! must never render a token or secret it found (not even in `Debug`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -85,8 +86,9 @@ fn collect_tokens(text: &str, depth: usize, found: &mut Vec<TunnelToken>) {
 pub struct Origin {
     /// Stable name of the machine, e.g. `hcloud-server-1001`.
     pub key: String,
-    /// Its cloud-init user_data (may hold a token: never printed).
-    pub user_data: Option<String>,
+    /// Its cloud-init user_data (may hold a token: never printed). Shared, not copied: the
+    /// sandbox hands every booted server over at every poll.
+    pub user_data: Option<Arc<str>>,
     /// The address its connections come from.
     pub origin_ip: String,
 }
@@ -128,17 +130,22 @@ pub(super) fn sync(st: &CfState, running: &[Origin], connect_delay: Duration, no
     let mut changes = Vec::new();
     let mut origins = lock(&st.origins);
     let mut tunnels = lock(&st.tunnels);
-    origins.first_seen.retain(|key, _| running.iter().any(|o| o.key == *key));
-    for (origin, tunnel) in tunnels.connected_origins() {
-        if !running.iter().any(|o| o.key == origin) {
-            tunnels.disconnect_origin(&origin);
-            changes.push(ConnectorChange { origin, tunnel_id: tunnel.to_string(), connected: false });
+    // Sets, not scans: this runs every poll over every booted machine and every tunnel.
+    let running_keys: HashSet<&str> = running.iter().map(|o| o.key.as_str()).collect();
+    origins.first_seen.retain(|key, _| running_keys.contains(key.as_str()));
+    let mut connected: HashMap<String, uuid::Uuid> = tunnels.connected_origins().into_iter().collect();
+    connected.retain(|origin, tunnel| {
+        let still_running = running_keys.contains(origin.as_str());
+        if !still_running {
+            tunnels.disconnect_origin(origin);
+            changes.push(ConnectorChange { origin: origin.clone(), tunnel_id: tunnel.to_string(), connected: false });
         }
-    }
+        still_running
+    });
     let account = &st.config.account_id;
     for machine in running {
         let seen = *origins.first_seen.entry(machine.key.clone()).or_insert(now);
-        if now.saturating_duration_since(seen) < connect_delay || tunnels.connected_origin(&machine.key).is_some() {
+        if now.saturating_duration_since(seen) < connect_delay || connected.contains_key(&machine.key) {
             continue;
         }
         // cloudflared runs one tunnel: the first token the edge accepts.

@@ -77,7 +77,7 @@ async fn running_origins(State(st): St, body: Bytes) -> ControlReply {
     let origins: Vec<Origin> = running
         .origins
         .into_iter()
-        .map(|o| Origin { key: o.key, user_data: o.user_data, origin_ip: o.origin_ip })
+        .map(|o| Origin { key: o.key, user_data: o.user_data.map(Arc::from), origin_ip: o.origin_ip })
         .collect();
     let changes: Vec<Value> = sync(&st, &origins, Duration::from_millis(running.connect_delay_ms), Instant::now())
         .into_iter()

@@ -187,11 +187,6 @@ impl Tunnels {
         self.by_id.get(&id).filter(|t| t.accepts(account, token)).map(|t| t.id)
     }
 
-    /// The tunnel `origin`'s cloudflared is connected to.
-    pub fn connected_origin(&self, origin: &str) -> Option<Uuid> {
-        self.by_id.values().find(|t| t.origins.contains_key(origin)).map(|t| t.id)
-    }
-
     /// Every origin with a connector, and its tunnel.
     pub fn connected_origins(&self) -> Vec<(String, Uuid)> {
         self.by_id.values().flat_map(|t| t.origins.keys().map(|o| (o.clone(), t.id))).collect()

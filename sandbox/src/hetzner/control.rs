@@ -17,20 +17,12 @@ use serde_json::{Value, json};
 
 use super::routes::HzState;
 use crate::http::control::{ControlError, ControlReply, ok, parse_body};
-use crate::http::{RunningSim, lock};
+use crate::http::lock;
 
 type St = State<Arc<HzState>>;
 
 fn server_id(raw: &str) -> Result<i64, ControlError> {
     raw.parse().map_err(|_| ControlError::bad_request("server id must be an integer"))
-}
-
-/// The public IPv4 address the API reports for a server (where its connections come from).
-pub fn server_ipv4(sim: &RunningSim, id: i64) -> Option<String> {
-    let st = sim.state::<HzState>()?;
-    let w = lock(&st.world);
-    let server = w.servers.get(&id)?;
-    w.server_json(server)["public_net"]["ipv4"]["ip"].as_str().map(str::to_owned)
 }
 
 async fn summary(State(st): St) -> ControlReply {
@@ -67,7 +59,7 @@ async fn user_data(State(st): St, Path(id): Path<String>) -> ControlReply {
     let id = server_id(&id)?;
     let w = lock(&st.world);
     let server = w.servers.get(&id).ok_or_else(|| ControlError::not_found("no such server"))?;
-    ok(json!({"id": id, "user_data": server.user_data}))
+    ok(json!({"id": id, "user_data": server.user_data.as_deref()}))
 }
 
 async fn vanish_firewall(State(st): St, Path(id): Path<String>) -> ControlReply {

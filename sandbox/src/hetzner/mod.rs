@@ -239,7 +239,10 @@ pub fn work_counts(sim: &RunningSim) -> WorkCounts {
 pub struct BootedServer {
     pub id: i64,
     pub name: String,
-    pub user_data: Option<String>,
+    /// Shared with the simulator's record: a poll over thousands of servers copies no text.
+    pub user_data: Option<Arc<str>>,
+    /// Its public IPv4 (what its connections come from), if it has one.
+    pub ipv4: Option<String>,
 }
 
 /// The root password the create call answered for a server (none when created with SSH keys):
@@ -251,7 +254,7 @@ pub fn server_root_password(sim: &RunningSim, id: i64) -> Option<String> {
 /// The `user_data` a server was created with: `None` when there is no such server,
 /// `Some(None)` when it was created without any.
 pub fn server_user_data(sim: &RunningSim, id: i64) -> Option<Option<String>> {
-    with_world(sim, |w| w.servers.get(&id).map(|s| s.user_data.clone())).flatten()
+    with_world(sim, |w| w.servers.get(&id).map(|s| s.user_data.as_deref().map(str::to_owned))).flatten()
 }
 
 /// Servers that are `running` and whose simulated OS finished booting (`durations.boot`
@@ -262,7 +265,12 @@ pub fn booted_servers(sim: &RunningSim) -> Vec<BootedServer> {
         w.servers
             .values()
             .filter(|s| s.booted(now, w.boot_delay))
-            .map(|s| BootedServer { id: s.id, name: s.name.clone(), user_data: s.user_data.clone() })
+            .map(|s| BootedServer {
+                id: s.id,
+                name: s.name.clone(),
+                user_data: s.user_data.clone(),
+                ipv4: s.has_ipv4.then(|| world::public_ipv4(s.id)),
+            })
             .collect()
     })
     .unwrap_or_default()

@@ -445,7 +445,7 @@ async fn create_server(State(st): St, body: Bytes) -> Reply {
         location,
         has_ipv4,
         has_ipv6,
-        user_data: user_data.map(str::to_owned),
+        user_data: user_data.map(Arc::from),
         has_ssh_keys: ssh_key_count > 0,
     });
     for fw in &firewall_ids {
@@ -610,7 +610,7 @@ async fn server_command(State(st): St, Path((id, command)): Path<(String, String
             return Err(ApiError::invalid_input("user_data", "user_data must not exceed 32 KiB"));
         }
         if let (Some(ud), Some(s)) = (user_data, w.servers.get_mut(&id)) {
-            s.user_data = Some(ud.to_owned());
+            s.user_data = Some(Arc::from(ud));
         }
     }
     if let (Some(during), Some(s)) = (plan.during, w.servers.get_mut(&id)) {

@@ -7,6 +7,7 @@
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use rand::SeedableRng;
@@ -18,6 +19,11 @@ use super::catalog::{self, Image, Location, ServerType};
 use super::labels::Selector;
 use super::physics::{ActionDurations, Command};
 use crate::time_scale::scaled;
+
+/// A server's public IPv4: derived from its id, so it is stable and unique without a pool.
+pub fn public_ipv4(id: i64) -> String {
+    format!("198.51.{}.{}", (id / 250) % 250, id % 250 + 1)
+}
 
 pub struct Server {
     pub id: i64,
@@ -34,7 +40,7 @@ pub struct Server {
     pub has_ipv4: bool,
     pub has_ipv6: bool,
     /// The cloud-init `user_data` given at create (or at the last rebuild that gave one).
-    pub user_data: Option<String>,
+    pub user_data: Option<Arc<str>>,
     /// Created with SSH keys (then no root password is ever answered).
     pub has_ssh_keys: bool,
     /// The root password the create answered, kept so tests can prove it leaked nowhere.
@@ -64,7 +70,7 @@ pub struct NewServer {
     pub location: &'static Location,
     pub has_ipv4: bool,
     pub has_ipv6: bool,
-    pub user_data: Option<String>,
+    pub user_data: Option<Arc<str>>,
     pub has_ssh_keys: bool,
 }
 
@@ -645,7 +651,7 @@ impl World {
     pub fn server_json(&self, s: &Server) -> Value {
         self.tally(|w| w.servers_rendered += 1);
         let ipv4 = s.has_ipv4.then(|| {
-            let ip = format!("198.51.{}.{}", (s.id / 250) % 250, s.id % 250 + 1);
+            let ip = public_ipv4(s.id);
             json!({
                 "id": s.id + 500_000, "ip": ip, "blocked": false,
                 "dns_ptr": format!("static.{}.clients.your-server.de", ip),

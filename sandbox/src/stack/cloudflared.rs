@@ -28,11 +28,7 @@ fn origin_key(server_id: i64) -> String {
 pub fn booted_origins(hcloud: &RunningSim) -> Vec<Origin> {
     hetzner::booted_servers(hcloud)
         .into_iter()
-        .map(|s| Origin {
-            key: origin_key(s.id),
-            origin_ip: hetzner::control::server_ipv4(hcloud, s.id).unwrap_or_default(),
-            user_data: s.user_data,
-        })
+        .map(|s| Origin { key: origin_key(s.id), origin_ip: s.ipv4.unwrap_or_default(), user_data: s.user_data })
         .collect()
 }
 

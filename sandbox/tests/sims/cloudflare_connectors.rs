@@ -57,7 +57,7 @@ impl Account {
 }
 
 fn origin(key: &str, user_data: Option<String>) -> Origin {
-    Origin { key: key.into(), user_data, origin_ip: "198.51.100.20".into() }
+    Origin { key: key.into(), user_data: user_data.map(Into::into), origin_ip: "198.51.100.20".into() }
 }
 
 #[tokio::test]
