@@ -12,4 +12,5 @@ mod virtualkeys {
     mod lifecycle;
     mod proxy;
     mod scale;
+    mod secret_reads;
 }

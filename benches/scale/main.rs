@@ -461,8 +461,10 @@ async fn run(n: usize, scale: f64) {
     sandbox.stop().await;
 }
 
+/// Whole seconds first, so 4739.6 s reads "79 min 00 s", never "78 min 60 s".
 fn minutes(secs: f64) -> String {
-    format!("{:.0} min {:02.0} s", (secs / 60.0).floor(), secs % 60.0)
+    let whole = secs.round() as u64;
+    format!("{} min {:02} s", whole / 60, whole % 60)
 }
 
 enum Object {

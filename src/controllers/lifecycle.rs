@@ -317,7 +317,8 @@ pub async fn apply<P: Pass>(pass: &P, ctx: &Context) -> Result<Action, Reconcile
     let mut stalled: Option<Stall> = None;
     // What happened before this pass (a stop in the console) is recorded before this pass
     // changes it (powers the server on again), or the timeline would never show it.
-    record_usage(pass, ctx, &status).await?;
+    let mut tail = None;
+    record_usage(pass, ctx, &status, &mut tail).await?;
     let mut plan = Plan { steps: Vec::new(), wait: Wait::Lists };
     for _ in 0..10 {
         plan = pass.plan(ctx, &status);
@@ -338,7 +339,7 @@ pub async fn apply<P: Pass>(pass: &P, ctx: &Context) -> Result<Action, Reconcile
             return Err(e);
         }
     }
-    record_usage(pass, ctx, &status).await?;
+    record_usage(pass, ctx, &status, &mut tail).await?;
     let next = pass.describe(ctx, &status, stalled.clone());
     write_status(ctx, object, &old, &next).await?;
     ctx.failures.succeeded(&owner.uid);
@@ -346,19 +347,30 @@ pub async fn apply<P: Pass>(pass: &P, ctx: &Context) -> Result<Action, Reconcile
     Ok(next_action(stalled.map(|(reason, _)| reason), plan.wait, ctx, &owner.uid))
 }
 
-/// Appends the usage-timeline row the observed power state calls for, if any.
+/// Appends the usage-timeline row the observed power state calls for, if any. `tail` is the
+/// timeline's tail as this pass knows it: read from PostgreSQL at most once per pass (a pass
+/// is the only writer of its object's timeline while it runs) and kept up to date here.
 async fn record_usage<P: Pass>(
     pass: &P,
     ctx: &Context,
     status: &<P::Object as ManagedObject>::Status,
+    tail: &mut Option<server::TimelineTail>,
 ) -> Result<(), ReconcileError> {
     let Target { object, owner } = pass.target();
     let Some(observed) = pass.power_status(ctx) else { return Ok(()) };
-    let Some(row) = server::pending_transition(ctx, &owner.uid, &observed).await? else { return Ok(()) };
+    let known = match *tail {
+        Some(known) => known,
+        None => server::timeline_tail(ctx, &owner.uid).await?,
+    };
+    *tail = Some(known);
+    let Some(row) = server::next_row(known, &observed) else { return Ok(()) };
     // A copy read before the owner was accepted (the cache behind our own status write) must
     // not bill the spec's owner: it may be a new one whose transfer is not recorded yet.
     let Some(billed) = pass.billed_owner(status) else { return Ok(()) };
+    // Unknown until it is known to be written: a failed write is read again next pass.
+    *tail = None;
     server::record_transition(ctx, owner, &object.intent(), &billed, row).await?;
+    *tail = Some((row.0, Some(row.1)));
     tracing::info!(transition = row.1.as_str(), "usage timeline");
     Ok(())
 }

@@ -19,6 +19,7 @@ pub mod names;
 pub mod observe;
 pub mod plain_vm;
 pub mod refresher;
+pub mod secret_versions;
 pub mod server;
 pub mod status_patch;
 pub mod sweeper;

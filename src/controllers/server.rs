@@ -300,8 +300,11 @@ pub fn transition_key(uid: &str, n: usize, transition: Transition) -> String {
     format!("{uid}/{n}/{}", transition.as_str())
 }
 
+/// A timeline's tail: how many rows it has, and the last one's transition.
+pub type TimelineTail = (usize, Option<Transition>);
+
 /// The recorded transitions of an object: how many, and the last.
-pub async fn timeline_tail(ctx: &Context, uid: &str) -> Result<(usize, Option<Transition>), ReconcileError> {
+pub async fn timeline_tail(ctx: &Context, uid: &str) -> Result<TimelineTail, ReconcileError> {
     let rows = usage::transitions_for_resource(&ctx.db, uid).await?;
     let last = rows.last().map(|r| if r.transition == "start" { Transition::Start } else { Transition::Stop });
     Ok((rows.len(), last))
@@ -314,8 +317,13 @@ pub async fn pending_transition(
     uid: &str,
     observed_status: &str,
 ) -> Result<Option<(usize, Transition)>, ReconcileError> {
-    let (count, last) = timeline_tail(ctx, uid).await?;
-    Ok(decide_transition(last, observed_status).map(|t| (count + 1, t)))
+    Ok(next_row(timeline_tail(ctx, uid).await?, observed_status))
+}
+
+/// Pure: the row an observed status calls for after `tail`: its position (1-based) and
+/// transition.
+pub fn next_row((count, last): TimelineTail, observed_status: &str) -> Option<(usize, Transition)> {
+    decide_transition(last, observed_status).map(|t| (count + 1, t))
 }
 
 /// Appends the `n`th row of the timeline (idempotent by key), billed to `billed_owner` (the

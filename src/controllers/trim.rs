@@ -8,6 +8,7 @@
 use std::fmt::Debug;
 use std::hash::Hash;
 
+use futures::TryStreamExt;
 use kube::api::PartialObjectMeta;
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{self, reflector};
@@ -41,20 +42,24 @@ where
 }
 
 /// Owned objects of `Child` as triggers, watched as metadata only (owner references are all
-/// the controller needs from them).
+/// the controller needs from them). `observe` sees every watch event first.
 pub fn owns_metadata<K, Child>(
     controller: Controller<K>,
     api: Api<PartialObjectMeta<Child>>,
     config: watcher::Config,
+    observe: impl Fn(&watcher::Event<PartialObjectMeta<Child>>) + Send + 'static,
 ) -> Controller<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone + Debug + Unpin,
     Child: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    let stream = watcher(api, config).default_backoff().modify(|m| {
-        m.metadata.managed_fields = None;
-    });
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(|m| {
+            m.metadata.managed_fields = None;
+        })
+        .inspect_ok(observe);
     controller.owns_stream(stream.touched_objects())
 }
 

@@ -34,6 +34,7 @@ use crate::store::keys::{self, KeyTerms, NewVirtualKey, VirtualKeyRecord};
 use crate::store::spend::{self, DailySpend};
 
 use super::conditions::{self, Desired};
+use super::secret_versions::{Checked, SecretVersions};
 use super::status_patch::status_merge_patch;
 use super::{AbortOnDrop, Context, ReconcileError};
 
@@ -75,6 +76,8 @@ pub struct KeyRuntime {
     refreshed_rx: Mutex<Option<futures::channel::mpsc::UnboundedReceiver<()>>>,
     /// Keys per Redis round trip.
     pub batch: usize,
+    /// Which Secrets changed since their key was checked (a settled key is not read again).
+    pub secrets: SecretVersions,
 }
 
 impl KeyRuntime {
@@ -86,6 +89,7 @@ impl KeyRuntime {
             refreshed_tx,
             refreshed_rx: Mutex::new(Some(rx)),
             batch: batch.max(1),
+            secrets: SecretVersions::default(),
         }
     }
 
@@ -296,7 +300,7 @@ async fn write_secret(
     name: &str,
     existing: Option<&Secret>,
     issued: &IssuedKey,
-) -> Result<(), ReconcileError> {
+) -> Result<Option<String>, ReconcileError> {
     let ns = vk.namespace().unwrap_or_default();
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let owner = vk.controller_owner_ref(&()).ok_or(ReconcileError::NotStored("uid"))?;
@@ -318,12 +322,12 @@ async fn write_secret(
     secret.type_ = Some("Opaque".into());
     secret.string_data = None;
     secret.data = Some(BTreeMap::from([(SECRET_DATA_KEY.to_owned(), ByteString(issued.key.clone().into_bytes()))]));
-    if existing.is_some() {
-        api.replace(name, &PostParams::default(), &secret).await?;
+    let written = if existing.is_some() {
+        api.replace(name, &PostParams::default(), &secret).await?
     } else {
-        api.create(&PostParams::default(), &secret).await?;
-    }
-    Ok(())
+        api.create(&PostParams::default(), &secret).await?
+    };
+    Ok(written.metadata.resource_version)
 }
 
 /// Makes PostgreSQL follow the Secret: the Secret's key is the live one. Returns the record.
@@ -399,16 +403,21 @@ async fn record_key(
     keys::live_for_resource(&ctx.db, uid).await?.ok_or(ReconcileError::Decode("the key row just recorded"))
 }
 
-async fn apply(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, ReconcileError> {
-    let rt = runtime(ctx)?;
-    let uid = vk.uid().ok_or(ReconcileError::NotStored("uid"))?;
-    let ns = vk.namespace().unwrap_or_default();
-    let t = terms(&vk)?;
-    let name = secret_name(&vk);
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-
-    // Observe.
-    let secret = secrets.get_opt(&name).await?;
+/// The key half of a reconcile: reads the Secret, issues a key into it when it holds none (or
+/// a rotation was asked, or its key is not the one recorded under its id), makes PostgreSQL
+/// follow it, and remembers in which version of the Secret the key was checked. Returns the
+/// live row.
+async fn ensure_key(
+    ctx: &Context,
+    rt: &KeyRuntime,
+    vk: &VirtualKey,
+    uid: &str,
+    name: &str,
+    mut live: Option<VirtualKeyRecord>,
+    t: &KeyTerms,
+) -> Result<VirtualKeyRecord, ReconcileError> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &vk.namespace().unwrap_or_default());
+    let secret = secrets.get_opt(name).await?;
     if let Some(s) = &secret
         && !s.owner_references().iter().any(|o| o.uid == uid)
     {
@@ -416,11 +425,11 @@ async fn apply(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, ReconcileEr
             "Secret {name} exists and does not belong to this VirtualKey"
         )));
     }
-    let mut live = keys::live_for_resource(&ctx.db, &uid).await?;
-    let mut held = secret.as_ref().and_then(|s| key_in_secret(s, &uid));
+    let mut version = secret.as_ref().and_then(|s| s.metadata.resource_version.clone());
+    let mut held = secret.as_ref().and_then(|s| key_in_secret(s, uid));
 
-    // Decide and act on the key itself: the Secret is the source of truth for which key is
-    // current; a new one is issued only when it holds none or a rotation was asked for.
+    // Decide and act: the Secret is the source of truth for which key is current; a new one
+    // is issued only when it holds none or a rotation was asked for.
     let rotation_asked = held.as_ref().is_some_and(|h| h.rotation != vk.spec.rotation_token);
     let tampered = match (&held, &live) {
         (Some(h), Some(l)) => h.key_id == l.key_id && keys::key_sha256(&h.key)[..] != l.key_sha256[..],
@@ -428,15 +437,35 @@ async fn apply(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, ReconcileEr
     };
     if held.is_none() || rotation_asked || tampered {
         let issued = generate_key();
-        write_secret(ctx, &vk, &name, secret.as_ref(), &issued).await?;
+        version = write_secret(ctx, vk, name, secret.as_ref(), &issued).await?;
         held = Some(SecretKey { key: issued.key, key_id: issued.key_id, rotation: vk.spec.rotation_token.clone() });
     }
     let held = held.ok_or(ReconcileError::Decode("a key in the Secret"))?;
     if live.as_ref().is_none_or(|l| l.key_id != held.key_id) {
-        live = Some(record_key(ctx, &vk, &uid, &held, live.take(), &t).await?);
+        live = Some(record_key(ctx, vk, uid, &held, live.take(), t).await?);
     }
-    let mut record = live.ok_or(ReconcileError::Decode("the live key"))?;
-    drop(held);
+    let record = live.ok_or(ReconcileError::Decode("the live key"))?;
+    if let Some(resource_version) = version {
+        rt.secrets
+            .checked(uid, Checked { resource_version, key_id: held.key_id.clone(), rotation: held.rotation.clone() });
+    }
+    Ok(record)
+}
+
+async fn apply(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, ReconcileError> {
+    let rt = runtime(ctx)?;
+    let uid = vk.uid().ok_or(ReconcileError::NotStored("uid"))?;
+    let t = terms(&vk)?;
+    let name = secret_name(&vk);
+
+    // Observe: the live row, and the Secret only if it changed since its key was checked.
+    let live = keys::live_for_resource(&ctx.db, &uid).await?;
+    let settled =
+        live.as_ref().is_some_and(|l| rt.secrets.unchanged(&uid, &l.key_id, vk.spec.rotation_token.as_deref()));
+    let mut record = match live {
+        Some(live) if settled => live,
+        live => ensure_key(ctx, rt, &vk, &uid, &name, live, &t).await?,
+    };
 
     // Terms follow the spec; an owner change is one transfer event per generation.
     if !same_terms(&record, &t) {
@@ -648,6 +677,7 @@ async fn cleanup(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, Reconcile
     tx.commit().await.map_err(|e| crate::store::StoreError::Query { what: "committing a revoke", source: e })?;
     ctx.audit_committed(&appended);
     rt.with(|m| m.remove(&uid));
+    rt.secrets.forget(&uid);
     ctx.metrics.count_step(KIND, "revoke");
     ctx.event(&*vk, false, "Revoked", "Revoke", format!("Key {} revoked and removed from the proxy", live.key_id))
         .await;
@@ -859,7 +889,13 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
     let controller = super::trim::controller(vks, super::watcher_config(&ctx.config).any_semantic())
         .with_config(super::controller_config(&ctx.config));
     ctx.observer.watch(KIND, controller.store(), phase_name);
-    super::trim::owns_metadata(controller, secrets, watcher::Config::default().labels(&label))
+    let watching = Arc::clone(&ctx);
+    let observe = move |event: &watcher::Event<kube::api::PartialObjectMeta<Secret>>| {
+        if let Some(rt) = watching.virtual_keys.as_ref() {
+            rt.secrets.observe(event);
+        }
+    };
+    super::trim::owns_metadata(controller, secrets, watcher::Config::default().labels(&label), observe)
         .reconcile_all_on(refreshed)
         .graceful_shutdown_on(async move {
             while !*shutdown.borrow() {
