@@ -367,8 +367,7 @@ async fn record_usage<P: Pass>(
     // A copy read before the owner was accepted (the cache behind our own status write) must
     // not bill the spec's owner: it may be a new one whose transfer is not recorded yet.
     let Some(billed) = pass.billed_owner(status) else { return Ok(()) };
-    // Unknown until it is known to be written: a failed write is read again next pass.
-    *tail = None;
+    // A failed write ends the pass (the memo with it): the next pass reads the tail again.
     server::record_transition(ctx, owner, &object.intent(), &billed, row).await?;
     *tail = Some((row.0, Some(row.1)));
     tracing::info!(transition = row.1.as_str(), "usage timeline");

@@ -147,7 +147,10 @@ pub(super) fn sync(st: &CfState, running: &[Origin], connect_delay: Duration, no
         // Looked up before inserting: the key is cloned once per machine, not once per poll.
         let seen = match origins.first_seen.get(&machine.key) {
             Some(seen) => *seen,
-            None => *origins.first_seen.entry(machine.key.clone()).or_insert(now),
+            None => {
+                origins.first_seen.insert(machine.key.clone(), now);
+                now
+            }
         };
         if now.saturating_duration_since(seen) < connect_delay || connected.contains_key(&machine.key) {
             continue;
