@@ -387,3 +387,8 @@ fn main() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// jemalloc instead of the system allocator (why: see its entry in Cargo.toml).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
