@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta;
 use kube::api::{Api, ListParams};
 
 use crate::api::{Agent, PlainVM};
@@ -70,8 +71,8 @@ fn secret_id(uid: &str) -> CredentialId {
 /// selector): an object of another shard is alive, whatever this instance reconciles.
 async fn live_uids(ctx: &Context) -> Result<HashSet<String>, kube::Error> {
     let mut live = HashSet::new();
-    add_uids(&super::scoped_api::<Agent>(ctx), &ctx.client, &mut live).await?;
-    add_uids(&super::scoped_api::<PlainVM>(ctx), &ctx.client, &mut live).await?;
+    add_uids(&super::scoped_api::<Agent>(ctx), &mut live).await?;
+    add_uids(&super::scoped_api::<PlainVM>(ctx), &mut live).await?;
     Ok(live)
 }
 
@@ -87,7 +88,7 @@ struct UidPage {
     #[serde(default)]
     items: Vec<UidItem>,
     #[serde(default)]
-    metadata: PageMeta,
+    metadata: ListMeta,
 }
 
 #[derive(serde::Deserialize)]
@@ -100,17 +101,12 @@ struct UidMeta {
     uid: Option<String>,
 }
 
-#[derive(serde::Deserialize, Default)]
-struct PageMeta {
-    #[serde(rename = "continue")]
-    continue_: Option<String>,
-}
-
-async fn add_uids<K>(api: &Api<K>, client: &kube::Client, live: &mut HashSet<String>) -> Result<(), kube::Error>
+async fn add_uids<K>(api: &Api<K>, live: &mut HashSet<String>) -> Result<(), kube::Error>
 where
-    K: kube::Resource<DynamicType = ()>,
+    K: kube::Resource<DynamicType = ()> + Clone,
 {
     let request = kube::core::Request::new(api.resource_url());
+    let client = api.clone().into_client();
     let mut params = ListParams::default().limit(LIST_PAGE);
     loop {
         let page: UidPage = client.request(request.list_metadata(&params).map_err(kube::Error::BuildRequest)?).await?;
@@ -242,6 +238,27 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_metadata_page_yields_its_uids_and_continue_token_whatever_else_it_carries() {
+        let page = serde_json::json!({
+            "kind": "PartialObjectMetadataList",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": {"resourceVersion": "42", "continue": "next", "remainingItemCount": 1},
+            "items": [
+                {"kind": "PartialObjectMetadata", "metadata": {"name": "a", "uid": "u-a",
+                    "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {"f:x": {}}}}],
+                    "labels": {"k": "v"}}},
+                {"kind": "PartialObjectMetadata", "metadata": {"name": "b"}}
+            ]
+        });
+        let page: UidPage = serde_json::from_value(page).expect("a metadata list page parses");
+        let uids: Vec<_> = page.items.into_iter().filter_map(|i| i.metadata.uid).collect();
+        assert_eq!(uids, ["u-a"]);
+        assert_eq!(page.metadata.continue_.as_deref(), Some("next"));
+        let last: UidPage = serde_json::from_value(serde_json::json!({"metadata": {}, "items": []})).expect("parses");
+        assert!(last.items.is_empty() && last.metadata.continue_.is_none());
+    }
 
     #[test]
     fn an_orphan_goes_only_after_the_grace_period_and_a_returning_object_saves_it() {
