@@ -76,8 +76,9 @@ async fn live_uids(ctx: &Context) -> Result<HashSet<String>, kube::Error> {
     Ok(live)
 }
 
-/// Objects per page of those lists.
-const LIST_PAGE: u32 = 500;
+/// Objects per page of those lists: the watchers' page (a whole page's body is held while it
+/// is parsed, at every sweep).
+const LIST_PAGE: u32 = super::WATCH_LIST_PAGE;
 
 /// What the sweeper reads of a metadata list page: each object's UID and the continue token.
 /// Everything else, the managed fields above all, is skipped while parsing and never built:

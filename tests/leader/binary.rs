@@ -47,6 +47,25 @@ fn run_help_documents_every_flag_and_its_environment_variable() {
     assert_eq!(help.matches("[env: ").count(), flags, "a flag without its environment variable:\n{help}");
 }
 
+/// The binary allocates with jemalloc under the settings the scale benchmark measured (one
+/// arena, no thread caches, freed pages returned at once): jemalloc's own statistics, printed
+/// at exit, say so.
+#[cfg(not(target_env = "msvc"))]
+#[test]
+fn the_binary_runs_on_jemalloc_with_one_arena_no_thread_caches_and_no_decay() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_crabglamp-operator"))
+        .arg("--help")
+        .env_clear()
+        .env("_RJEM_MALLOC_CONF", "stats_print:true")
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let stats = String::from_utf8_lossy(&out.stderr);
+    for option in ["opt.narenas: 1\n", "opt.tcache: false\n", "opt.dirty_decay_ms: 0 ", "opt.muzzy_decay_ms: 0 "] {
+        assert!(stats.contains(option), "{option:?} missing from jemalloc's statistics:\n{stats}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_elected_binary_serves_its_endpoints_and_releases_the_lease_on_sigterm() {
     let op = Operator::start_idle().await;
