@@ -399,7 +399,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// thread rather than held for the thread that freed it; and freed pages go back to the system
 /// at once instead of after ten seconds, since most large allocations (list responses) are
 /// transient. Measured at N = 5,000 in the scale benchmark: peak RSS 106.1 MiB with one arena
-/// and a one-second decay, 97.2 to 101.7 MiB with no decay, 96.3 MiB (idle 85 instead of 90)
+/// and a one-second decay, 97.7 to 101.7 MiB with no decay, 96.3 MiB (idle 85 instead of 90)
 /// with no thread caches as well; time to Ready the same in each (1.21x to 1.23x the floor).
 #[cfg(not(target_env = "msvc"))]
 #[unsafe(export_name = "_rjem_malloc_conf")]
