@@ -385,6 +385,7 @@ async fn act(
             let firewalls = ctx.fleet_firewall().into_iter().collect();
             let spec = server::create_spec(owner, &intent(&agent.spec), user_data, firewalls);
             let vanished = status.server.as_ref().and_then(|s| s.id);
+            ctx.fleet.tunnel_lost_its_connector(&tunnel.name);
             let created = server::create_server(ctx, owner, &spec).await?;
             status.server = Some(server::server_status(&created, None));
             let (warning, reason, note) = server::created_event(vanished, &created, &intent(&agent.spec));
@@ -411,6 +412,9 @@ async fn act(
         Step::Power(power) => {
             let Some(server) = ctx.fleet.server(&owner.uid) else { return Ok(()) };
             let observed = effective_server_status(&server, ctx.fleet.tunnel(&tunnel_name(&owner.uid)).as_ref());
+            if *power == PowerStep::PowerOn {
+                ctx.fleet.tunnel_lost_its_connector(&tunnel_name(&owner.uid));
+            }
             let subject = server::PowerSubject { server, observed, billed_owner: status.owner.clone() };
             server::power_step(ctx, agent, owner, &intent(&agent.spec), subject, *power).await?
         }

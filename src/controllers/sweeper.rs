@@ -132,22 +132,19 @@ async fn sweep(ctx: &Context, suspects: &mut Suspects) {
     let grace = ctx.config.sweeper_grace;
 
     // Servers: keyed by owner UID; only servers of a kind this operator knows are judged.
-    let servers: HashMap<String, i64> = ctx
-        .fleet
-        .servers()
-        .into_iter()
-        .filter(|(_, s)| matches!(s.labels.get(KIND_LABEL).map(String::as_str), Some("agent" | "plainvm")))
-        .map(|(uid, s)| (uid, s.id))
-        .collect();
+    // Only the ids are copied out of the view, never whole cloud objects.
+    let servers: HashMap<String, i64> = ctx.fleet.pick_servers(|s| {
+        matches!(s.labels.get(KIND_LABEL).map(String::as_str), Some("agent" | "plainvm")).then_some(s.id)
+    });
     // PlainVM firewalls (the fleet view holds only those; never the fleet firewall).
-    let firewalls: HashMap<String, i64> = ctx.fleet.firewalls().into_iter().map(|(u, f)| (u, f.id)).collect();
+    let firewalls: HashMap<String, i64> = ctx.fleet.pick_firewalls(|f| Some(f.id));
     let mut tunnels: HashMap<String, String> = ctx
         .fleet
-        .tunnels()
+        .pick_tunnels(|t| Some(t.id.clone()))
         .into_iter()
-        .filter_map(|t| uid_from_tunnel_name(&t.name).map(|u| (u.to_owned(), t.id.clone())))
+        .filter_map(|(name, id)| uid_from_tunnel_name(&name).map(|u| (u.to_owned(), id)))
         .collect();
-    let mut records: HashMap<String, String> = ctx.fleet.dns_records().into_iter().map(|(u, r)| (u, r.id)).collect();
+    let mut records: HashMap<String, String> = ctx.fleet.pick_dns(|r| Some(r.id.clone()));
     if ctx.config.watch_namespace.is_some() {
         let seen: HashSet<String> = live.iter().chain(servers.keys()).chain(firewalls.keys()).cloned().collect();
         let referred: HashSet<String> = seen.iter().chain(tunnels.keys()).chain(records.keys()).cloned().collect();
