@@ -292,7 +292,24 @@ impl KeyCache {
     /// Deletes every name in this namespace at once, as `FLUSHALL` would for the namespace alone
     /// (tests: never the whole database). One script, so nothing runs in between: a restore
     /// or a proxy increment lands wholly before the flush or wholly after it.
+    ///
+    /// The script scans the whole server, so on a busy shared Redis it can outlast the client's
+    /// response deadline (500 ms) and still complete. Deleting twice is harmless, so a timeout
+    /// is retried, a bounded number of times; any other error is returned at once.
     pub async fn clear_namespace(&self) -> Result<u64, CacheError> {
+        const ATTEMPTS: usize = 20;
+        let mut attempt = 1;
+        loop {
+            match self.clear_namespace_once().await {
+                Err(CacheError::Command { source, .. }) if source.is_timeout() && attempt < ATTEMPTS => {
+                    attempt += 1;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    async fn clear_namespace_once(&self) -> Result<u64, CacheError> {
         const CLEAR: &str = r"
             local cursor, deleted = '0', 0
             repeat

@@ -9,6 +9,7 @@ mod logs;
 
 mod virtualkeys {
     pub mod fixture;
+    mod flush;
     mod lifecycle;
     mod proxy;
     mod scale;
