@@ -34,6 +34,7 @@ use super::shared::{DeletionPolicy, Phase, Region, ServerStatus, default_true};
 pub struct AgentSpec {
     /// Billing owner account (e.g. `acct_7f3a`). Changing it transfers the Agent to the new owner.
     #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$')").message("spec.owner must be 1-63 letters, digits, '_', '-' or '.', starting and ending with a letter or digit"))]
+    #[schemars(length(max = 63))]
     pub owner: String,
 
     /// Region the server runs in: `us` (Hillsboro, `hil`) or `eu` (Helsinki, `hel1`). Immutable.
@@ -42,11 +43,13 @@ pub struct AgentSpec {
     /// Hetzner server type (e.g. `cpx22`). Refused when the region does not offer it.
     #[serde(default = "default_server_type")]
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]{2,16}$')").message("spec.serverType must be a Hetzner server type name such as cpx22"))]
+    #[schemars(length(max = 16))]
     pub server_type: String,
 
     /// OS image name (e.g. `ubuntu-24.04`); the architecture matching the server type is used.
     #[serde(default = "default_image")]
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9][a-z0-9.-]{0,62}$')").message("spec.image must be a Hetzner image name such as ubuntu-24.04"))]
+    #[schemars(length(max = 63))]
     pub image: String,
 
     /// Desired power state: `true` runs the server, `false` shuts it down (graceful, then hard).
@@ -56,7 +59,9 @@ pub struct AgentSpec {
     /// Public SSH keys (OpenSSH format) authorised for the server's default user.
     #[serde(default)]
     #[x_kube(validation = Rule::new("self.all(k, k.matches('^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh.com|sk-ecdsa-sha2-nistp256@openssh.com) [A-Za-z0-9+/]+=*( .*)?$'))").message("spec.sshKeys entries must be OpenSSH public keys such as 'ssh-ed25519 AAAA... user@host'"))]
-    #[schemars(length(max = 20))]
+    // An OpenSSH RSA-16384 key with a comment is under 3,000 characters; the bound also caps
+    // the CEL cost estimate the API server computes for the rule above.
+    #[schemars(length(max = 20), inner(length(max = 4096)))]
     pub ssh_keys: Vec<String>,
 
     /// The Cloudflare Tunnel in front of the server.
@@ -75,11 +80,13 @@ pub struct TunnelSpec {
     /// Public hostname (a name in the configured Cloudflare zone). Defaults to `<name>-<namespace>.<zone>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.size() <= 253 && self.matches('^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\\\\.)+[a-z]{2,63}$')").message("spec.tunnel.hostname must be a lowercase DNS name such as bot.agents.example.com"))]
+    #[schemars(length(max = 253))]
     pub hostname: Option<String>,
 
     /// Where the tunnel delivers requests inside the server (e.g. `http://localhost:8080`).
     #[serde(default = "default_tunnel_service")]
     #[x_kube(validation = Rule::new("self.matches('^(https?|tcp|ssh|rdp|unix)://[^\\\\s]+$') || self.matches('^http_status:[1-5][0-9][0-9]$')").message("spec.tunnel.service must be a URL such as http://localhost:8080"))]
+    #[schemars(length(max = 2048))]
     pub service: String,
 }
 

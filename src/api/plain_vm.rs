@@ -39,6 +39,7 @@ use super::shared::{DeletionPolicy, Phase, Region, ServerStatus, default_true};
 pub struct PlainVMSpec {
     /// Billing owner account (e.g. `acct_7f3a`). Immutable: PlainVMs are never transferred.
     #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$')").message("spec.owner must be 1-63 letters, digits, '_', '-' or '.', starting and ending with a letter or digit"))]
+    #[schemars(length(max = 63))]
     pub owner: String,
 
     /// Region the server runs in. PlainVMs are offered only in `eu` (Helsinki, `hel1`). Immutable.
@@ -48,11 +49,13 @@ pub struct PlainVMSpec {
     /// Hetzner server type (e.g. `cx23`). Refused when the region does not offer it.
     #[serde(default = "default_server_type")]
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]{2,16}$')").message("spec.serverType must be a Hetzner server type name such as cx23"))]
+    #[schemars(length(max = 16))]
     pub server_type: String,
 
     /// OS image name (e.g. `debian-12`); the architecture matching the server type is used.
     #[serde(default = "default_image")]
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9][a-z0-9.-]{0,62}$')").message("spec.image must be a Hetzner image name such as debian-12"))]
+    #[schemars(length(max = 63))]
     pub image: String,
 
     /// Desired power state: `true` runs the server, `false` shuts it down (graceful, then hard).
@@ -62,7 +65,9 @@ pub struct PlainVMSpec {
     /// Public SSH keys (OpenSSH format) authorised for the server's default user.
     #[serde(default)]
     #[x_kube(validation = Rule::new("self.all(k, k.matches('^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh.com|sk-ecdsa-sha2-nistp256@openssh.com) [A-Za-z0-9+/]+=*( .*)?$'))").message("spec.sshKeys entries must be OpenSSH public keys such as 'ssh-ed25519 AAAA... user@host'"))]
-    #[schemars(length(max = 20))]
+    // An OpenSSH RSA-16384 key with a comment is under 3,000 characters; the bound also caps
+    // the CEL cost estimate the API server computes for the rule above.
+    #[schemars(length(max = 20), inner(length(max = 4096)))]
     pub ssh_keys: Vec<String>,
 
     /// The server's own firewall. With no inbound rule, no inbound traffic reaches the server.
@@ -95,11 +100,13 @@ pub struct FirewallRule {
     /// Port (`"22"`), range (`"8000-8100"`) or `"any"`; tcp and udp only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self == 'any' || (self.matches('^[0-9]{1,5}(-[0-9]{1,5})?$') && self.split('-').all(p, int(p) >= 1 && int(p) <= 65535) && (self.split('-').size() == 1 || int(self.split('-')[0]) <= int(self.split('-')[1])))").message("spec.firewall.inbound[].port must be a port 1-65535 such as \"22\", a range such as \"8000-8100\", or \"any\""))]
+    #[schemars(length(max = 11))]
     pub port: Option<String>,
 
     /// Source networks in CIDR notation (IPv4 or IPv6), e.g. `203.0.113.0/24`.
     #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))").message("spec.firewall.inbound[].sourceIPs entries must be CIDRs such as 203.0.113.0/24 or 2001:db8::/32"))]
-    #[schemars(length(min = 1, max = 100))]
+    // The longest CIDR, an IPv4-mapped IPv6 address with a prefix, has 49 characters.
+    #[schemars(length(min = 1, max = 100), inner(length(max = 64)))]
     #[serde(rename = "sourceIPs")]
     pub source_ips: Vec<String>,
 

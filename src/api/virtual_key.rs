@@ -29,10 +29,11 @@ use serde::{Deserialize, Serialize};
 pub struct VirtualKeySpec {
     /// Billing owner account (e.g. `acct_7f3a`).
     #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$')").message("spec.owner must be 1-63 letters, digits, '_', '-' or '.', starting and ending with a letter or digit"))]
+    #[schemars(length(max = 63))]
     pub owner: String,
 
     /// Model name patterns the key may use (`*` matches any run of characters), e.g. `gpt-4o*`.
-    #[schemars(length(min = 1, max = 64))]
+    #[schemars(length(min = 1, max = 64), inner(length(max = 128)))]
     #[x_kube(validation = Rule::new("self.all(m, m.size() >= 1 && m.size() <= 128 && m.matches('^[A-Za-z0-9*._:/-]+$'))").message("spec.models entries must be 1-128 characters of letters, digits, '*', '.', '_', ':', '/' or '-'"))]
     pub models: Vec<String>,
 
@@ -46,11 +47,13 @@ pub struct VirtualKeySpec {
     /// When the key stops working (RFC 3339). Absent: never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\\\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$')").message("spec.expiresAt must be an RFC 3339 time such as 2027-06-30T00:00:00Z"))]
+    #[schemars(length(max = 64))]
     pub expires_at: Option<String>,
 
     /// Name of the Secret that receives the key (key `apiKey`). Defaults to `<name>-key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.size() <= 253 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("spec.secretName must be a DNS subdomain name of at most 253 characters"))]
+    #[schemars(length(max = 253))]
     pub secret_name: Option<String>,
 
     /// Change this value to rotate the key: a new key is issued and the old one revoked.
@@ -70,6 +73,7 @@ pub struct VirtualKeySpec {
 pub struct Budget {
     /// Monthly budget in USD as a decimal string (e.g. `"50.00"`); must not be negative.
     #[x_kube(validation = Rule::new("self.matches('^[0-9]{1,12}(\\\\.[0-9]{1,6})?$')").message("spec.budget.monthlyUsd must be a non-negative decimal string such as \"50.00\""))]
+    #[schemars(length(max = 19))]
     pub monthly_usd: String,
 }
 
