@@ -3,12 +3,14 @@
 //! `x-kubernetes-validations` rule (with `oldSelf` on updates) through `kube-cel`.
 //!
 //! The sandbox API server calls this on every create, update and patch of a custom resource, and
-//! the tests call it on the manifests in `examples/`. It never talks to a cluster and never
-//! mutates anything but the object it returns.
+//! the tests call it on the manifests in `examples/`. Installing a CRD also estimates the cost of
+//! its rules and refuses it over kube-apiserver's budget, as the API server does (`cost`). It
+//! never talks to a cluster and never mutates anything but the object it returns.
 
 pub mod builtin;
 mod cause;
 mod cel;
+mod cost;
 mod names;
 mod structural;
 
@@ -18,6 +20,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use serde_json::Value;
 
 pub use cause::{Cause, CauseReason, invalid_message};
+pub use cost::{RuleCost, STATIC_ESTIMATED_COST_LIMIT, STATIC_ESTIMATED_CRD_COST_LIMIT, rule_costs};
 pub use names::name_error;
 
 /// Why a CRD cannot be used for admission.
@@ -52,6 +55,46 @@ pub enum CrdSchemaError {
         /// The compiler's messages.
         details: String,
     },
+    /// The estimated cost of `x-kubernetes-validations` rules exceeds kube-apiserver's budget
+    /// (per rule, or for all rules of one schema). Displays as the API server's field errors,
+    /// e.g. `spec.validation.openAPIV3Schema.properties[spec]…x-kubernetes-validations[0].rule:
+    /// Forbidden: estimated rule cost exceeds budget by factor of 2.2x (try simplifying …)`.
+    #[error("{}", cost::render_causes(causes))]
+    RuleCost {
+        /// The CRD's name.
+        crd: String,
+        /// One `Forbidden` cause per rule over budget, then those of the schema-wide check.
+        causes: Vec<Cause>,
+    },
+    /// A rule uses CEL the sandbox's cost estimator does not cover; refused rather than admitted
+    /// with a wrong estimate.
+    #[error("CRD {crd}: {field}: the sandbox cannot estimate the cost of {rule:?}: {reason}")]
+    CostUnknown {
+        /// The CRD's name.
+        crd: String,
+        /// Field path of the rule.
+        field: String,
+        /// The expression.
+        rule: String,
+        /// What the estimator does not cover.
+        reason: String,
+    },
+}
+
+impl CrdSchemaError {
+    /// The error as the causes of a `422 Invalid` Status on the CustomResourceDefinition, the way
+    /// kube-apiserver reports it (field paths from `spec`).
+    pub fn causes(&self) -> Vec<Cause> {
+        match self {
+            Self::RuleCost { causes, .. } => causes.clone(),
+            Self::CostUnknown { field, rule, reason, .. } => vec![Cause::new(
+                CauseReason::Invalid,
+                field.clone(),
+                format!("Invalid value: {rule:?}: the sandbox cannot estimate the cost of this rule: {reason}"),
+            )],
+            other => vec![Cause::new(CauseReason::Invalid, "spec", format!("Invalid value: \"object\": {other}"))],
+        }
+    }
 }
 
 /// The outcome of a successful admission.
@@ -100,6 +143,8 @@ impl CrdValidator {
             }
             versions.insert(version.name.clone(), VersionSchema { schema, compiled });
         }
+        // The API server refuses a CRD whose rules may cost too much to evaluate.
+        cost::check(crd)?;
         Ok(Self {
             group: crd.spec.group.clone(),
             kind: crd.spec.names.kind.clone(),
