@@ -14,6 +14,8 @@ use kube::api::{ListParams, PostParams};
 mod db;
 #[path = "../tests/support/fixture.rs"]
 mod fixture;
+#[path = "../tests/support/kube_server.rs"]
+mod kube_server;
 #[path = "../tests/support/logs.rs"]
 mod logs;
 
@@ -79,7 +81,7 @@ async fn run(n: usize) {
 
     let mut idle = test_config();
     idle.resync = Duration::from_secs(2);
-    let rv = op.kube.resource_version();
+    let rv = op.kube.writes_by(fixture::OPERATOR_USER);
     let op = op.restart_with(idle.clone()).await;
     let start = tokio::time::Instant::now();
     while !(op.context.fleet.servers_known() && op.context.fleet.tunnels_known() && op.context.fleet.dns_known()) {
@@ -97,6 +99,6 @@ async fn run(n: usize) {
         idle_hz as f64 / 10.0,
         (n + vms).div_ceil(50)
     );
-    println!("| API-server writes at idle (10 resyncs, after a restart) | {} | 0 |", op.kube.resource_version() - rv);
+    println!("| API-server writes at idle (10 resyncs, after a restart) | {} | 0 |", op.kube.writes_by(fixture::OPERATOR_USER) - rv);
     op.stop().await;
 }

@@ -159,7 +159,9 @@ func (p *controlPlane) run(readyTimeout time.Duration, untilStdinEOF bool) error
 		"--service-account-private-key-file=" + files.saKey,
 		"--root-ca-file=" + files.ca,
 		"--leader-elect=false",
-		"--use-service-account-credentials=false",
+		// Each controller as its own ServiceAccount with its bootstrap role, as kubeadm runs it:
+		// the controller manager's own user may not, for one, empty a namespace.
+		"--use-service-account-credentials=true",
 		"--secure-port=0",
 		"--profiling=false",
 	})

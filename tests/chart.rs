@@ -9,6 +9,8 @@
 mod db;
 #[path = "support/fixture.rs"]
 pub mod fixture;
+#[path = "support/kube_server.rs"]
+mod kube_server;
 #[path = "support/logs.rs"]
 mod logs;
 

@@ -4,6 +4,8 @@
 
 #[path = "foundation/db.rs"]
 mod db;
+#[path = "support/kube_server.rs"]
+mod kube_server;
 #[path = "support/logs.rs"]
 mod logs;
 

@@ -57,7 +57,7 @@ async fn a_hundred_agents_within_the_call_budget() {
     // lists, writes nothing, and idles at one list page per 50 servers per resync.
     let mut config = test_config();
     config.resync = Duration::from_secs(2);
-    let rv = op.kube.resource_version();
+    let rv = op.kube.writes_by(OPERATOR_USER);
     let before = serde_json::to_value(api.get("bot-000").await.expect("get")).expect("json");
     let creates = crabglamp_sandbox::hetzner::servers_created(&op.hetzner);
     let op = op.restart_with(config.clone()).await;
@@ -69,14 +69,14 @@ async fn a_hundred_agents_within_the_call_budget() {
     tokio::time::sleep(config.resync * 10).await;
     let hz_idle = op.hetzner.control().total_requests() - hz_before;
     println!(
-        "idle over 10 resyncs: Hetzner {hz_idle} requests, API server resourceVersion {} -> {}",
+        "idle over 10 resyncs: Hetzner {hz_idle} requests, API-server writes by the operator {} -> {}",
         rv,
-        op.kube.resource_version()
+        op.kube.writes_by(OPERATOR_USER)
     );
     assert!(hz_idle <= 10 * N.div_ceil(50) as u64, "idle Hetzner requests: {hz_idle}");
     let after = serde_json::to_value(api.get("bot-000").await.expect("get")).expect("json");
     assert_eq!(after["status"], before["status"], "status unchanged");
-    assert_eq!(op.kube.resource_version(), rv, "an idle fleet writes nothing to the API server");
+    assert_eq!(op.kube.writes_by(OPERATOR_USER), rv, "an idle fleet writes nothing to the API server");
     assert_eq!(
         crabglamp_sandbox::hetzner::servers_created(&op.hetzner),
         creates,

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use super::fixture::{self, OPERATOR_USER, Operator, wait_for, wait_gone};
 use super::health::{argo_health, kstatus};
 use super::helm::{self, NAMESPACE};
+use crate::kube_server::{AuditEvent, KubeServer};
 
 /// What an authoriser is asked about one request.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -315,6 +316,53 @@ fn secret_owned_by(refs: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Owner
     refs.iter().any(|r| r.controller == Some(true) && Some(&r.uid) == key.metadata.uid.as_ref())
 }
 
+/// The operator's calls as the stand-in's request log shows them, mapped as RequestInfo does,
+/// and the non-resource paths it asked for.
+fn calls_in_request_log(kube: &crabglamp_sandbox::kube::RunningKube) -> (Vec<Attributes>, BTreeSet<String>) {
+    let (log, dropped) = kube.requests();
+    assert_eq!(dropped, 0, "the request log kept every request");
+    let mut calls = Vec::new();
+    let mut non_resource = BTreeSet::new();
+    for r in log.iter().filter(|r| r.user == OPERATOR_USER) {
+        match attributes(&r.method, &r.path, &r.query) {
+            Some(a) => calls.push(a),
+            None => {
+                non_resource.insert(r.path.clone());
+            }
+        }
+    }
+    (calls, non_resource)
+}
+
+/// The operator's calls as the real server's audit log records them (RequestInfo's own
+/// attributes); the real authorizer judged each, so none may have been refused.
+fn calls_in_audit_log(events: &[AuditEvent]) -> (Vec<Attributes>, BTreeSet<String>) {
+    let mine: Vec<&AuditEvent> = events.iter().filter(|e| e.user.username == OPERATOR_USER).collect();
+    let refused: Vec<String> =
+        mine.iter().filter(|e| e.code() == 403).map(|e| format!("{} {}", e.verb, e.request_u_r_i)).collect();
+    assert!(refused.is_empty(), "the real authorizer refused the operator's requests: {refused:#?}");
+    let mut calls = Vec::new();
+    let mut non_resource = BTreeSet::new();
+    for e in mine {
+        match e.object_ref.as_ref().filter(|o| !o.resource.is_empty()) {
+            Some(o) => calls.push(Attributes {
+                verb: e.verb.clone(),
+                group: o.api_group.clone().unwrap_or_default(),
+                resource: match &o.subresource {
+                    Some(sub) => format!("{}/{sub}", o.resource),
+                    None => o.resource.clone(),
+                },
+                namespace: o.namespace.clone(),
+                name: o.name.clone(),
+            }),
+            None => {
+                non_resource.insert(e.request_u_r_i.split('?').next().unwrap_or_default().to_owned());
+            }
+        }
+    }
+    (calls, non_resource)
+}
+
 fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
 }
@@ -330,7 +378,7 @@ async fn chart_rbac_grants_exactly_what_the_operator_calls() {
     let derived = drive(&op).await;
     // Leader election as `run --leader-election` does it, through the operator's own elector
     // and as the operator's user: take the Lease, renew it, release it.
-    let client = op.kube.client_as(OPERATOR_USER).expect("operator client");
+    let client = op.kube.operator_client(OPERATOR_USER);
     let lease_name = helm::defaults()
         .iter()
         .filter(|o| o["kind"] == "Deployment")
@@ -346,18 +394,10 @@ async fn chart_rbac_grants_exactly_what_the_operator_calls() {
     if let Some(rt) = op.context.virtual_keys.as_ref() {
         rt.cache.clear_namespace().await.expect("clear the run's Redis namespace");
     }
-    let (log, dropped) = op.kube.requests();
-    assert_eq!(dropped, 0, "the request log kept every request");
-    let mut calls: Vec<Attributes> = Vec::new();
-    let mut non_resource = BTreeSet::new();
-    for r in log.iter().filter(|r| r.user == OPERATOR_USER) {
-        match attributes(&r.method, &r.path, &r.query) {
-            Some(a) => calls.push(a),
-            None => {
-                non_resource.insert(r.path.clone());
-            }
-        }
-    }
+    let (mut calls, non_resource) = match &op.kube {
+        KubeServer::Sandbox(kube) => calls_in_request_log(kube),
+        KubeServer::Real(_) => calls_in_audit_log(&op.kube.audit_events()),
+    };
     calls.extend(derived);
     assert!(calls.len() > 20, "the operator's requests were recorded: {}", calls.len());
     for path in &non_resource {

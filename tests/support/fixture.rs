@@ -16,19 +16,17 @@ use crabglamp_operator::store::seal::SealingKeys;
 use crabglamp_sandbox::cloudflare::{self as cfsim, CloudflareSimConfig};
 use crabglamp_sandbox::hetzner::{self as hzsim, HetznerSimConfig};
 use crabglamp_sandbox::http::RunningSim;
-use crabglamp_sandbox::kube::RunningKube;
 use kube::Api;
 use kube::api::PostParams;
 
 use crate::db::TestDb;
+use crate::kube_server::KubeServer;
+pub use crate::kube_server::OPERATOR_USER;
 
 pub const ZONE: &str = "agents.example.com";
-/// The user the operator's requests carry in the API server's request log (the driver's
-/// requests, through [`Operator::client`], carry none).
-pub const OPERATOR_USER: &str = "system:serviceaccount:crabglamp:crabglamp-operator";
 
 pub struct Operator {
-    pub kube: RunningKube,
+    pub kube: KubeServer,
     pub client: kube::Client,
     /// The operator's own client, as [`OPERATOR_USER`].
     operator_client: kube::Client,
@@ -89,9 +87,9 @@ impl Operator {
         tune: impl FnOnce(&mut OperatorSettings),
     ) -> Operator {
         crate::logs::install();
-        let kube = crabglamp_sandbox::kube::spawn_loopback().await.expect("API server starts");
-        let client = kube.client().expect("client");
-        let operator_client = kube.client_as(OPERATOR_USER).expect("operator client");
+        let kube = KubeServer::start().await;
+        let client = kube.client();
+        let operator_client = kube.operator_client(OPERATOR_USER);
         // Every action 100 ms, the guest boots and obeys ACPI at once: tests take seconds.
         let hz_config = HetznerSimConfig {
             token: "hz-test".into(),
@@ -249,7 +247,7 @@ impl Operator {
     pub async fn instance(&self, config: ControllerConfig, election: Option<LeaseConfig>) -> Instance {
         let mut settings = self.settings.clone();
         settings.controllers = config;
-        let client = self.kube.client().expect("client");
+        let client = self.kube.operator_client(OPERATOR_USER);
         let connected = operator::connect(client, settings, sealing_keys()).await.expect("operator connects");
         let context = Arc::clone(&connected.context);
         let listener = listener().await;

@@ -11,20 +11,20 @@ use crabglamp_operator::cloud::hetzner::HetznerConfig;
 use crabglamp_operator::controllers::{Context, ControllerConfig, virtual_key};
 use crabglamp_operator::operator::{self, OperatorSettings};
 use crabglamp_operator::store::seal::SealingKeys;
-use crabglamp_sandbox::kube::RunningKube;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::PostParams;
 use redis::AsyncCommands;
 
 use crate::db::TestDb;
+use crate::kube_server::{KubeServer, OPERATOR_USER};
 
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
 }
 
 pub struct KeyOperator {
-    pub _kube: RunningKube,
+    pub _kube: KubeServer,
     pub client: kube::Client,
     pub db: TestDb,
     pub context: Arc<Context>,
@@ -38,8 +38,8 @@ impl KeyOperator {
     /// `resync`: how often the refresher reads spend (and settled keys are looked at again).
     pub async fn start(resync: Duration, batch: usize) -> KeyOperator {
         crate::logs::install();
-        let kube = crabglamp_sandbox::kube::spawn_loopback().await.expect("API server starts");
-        let client = kube.client().expect("client");
+        let kube = KubeServer::start().await;
+        let client = kube.client();
         let db = TestDb::fresh().await;
         let ns = format!("cgktest:{}:", uuid::Uuid::new_v4().simple());
         let mut controllers = ControllerConfig::new("keys.example.com");
@@ -59,7 +59,7 @@ impl KeyOperator {
             cloudflare_requests_per_5min: 1200,
         };
         let sealing = SealingKeys::new("k1", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", &[]).expect("sealing key");
-        let connected = operator::connect(client.clone(), settings, sealing).await.expect("operator connects");
+        let connected = operator::connect(kube.operator_client(OPERATOR_USER), settings, sealing).await.expect("operator connects");
         let context = connected.context;
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(virtual_key::run(Arc::clone(&context), stop_rx));

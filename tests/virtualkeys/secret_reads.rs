@@ -17,7 +17,7 @@ const SECRET: &str = "team-r-key";
 
 fn secret_gets(op: &KeyOperator) -> usize {
     let path = format!("/api/v1/namespaces/{NS}/secrets/{SECRET}");
-    op._kube.requests().0.iter().filter(|r| r.method == "GET" && r.path == path).count()
+    op._kube.gets_of(&path)
 }
 
 /// Waits for `more` reconciles of VirtualKeys after now (a resync reconciles every key).

@@ -425,9 +425,11 @@ fn list(shared: &Arc<Shared>, rt: &Arc<ResourceType>, ns: Option<&str>, req: &Re
         Rendering::Full => ok(
             &json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": meta, "items": page}),
         ),
+        // kube-apiserver encodes an empty PartialObjectMetadataList's items as null (a nil Go
+        // slice), unlike a full list's `[]`: clients must take both.
         Rendering::Metadata => ok(&json!({
             "kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta,
-            "items": page.iter().map(table::partial_metadata).collect::<Vec<_>>(),
+            "items": (!page.is_empty()).then(|| page.iter().map(table::partial_metadata).collect::<Vec<_>>()),
         })),
         Rendering::Table => ok(&table::table(rt, &page, meta, IncludeObject::parse(req.q("includeObject")), true)),
     })

@@ -737,13 +737,14 @@ fn commit(
 
     let mut crd_types = None;
     if rt.special == Special::Crd {
+        // A schema or rule the server cannot use is refused with its own causes (a rule over
+        // the cost budget names the rule's path), as kube-apiserver's CRD validation does.
         let types = from_crd(&new).map_err(|e| {
-            ApiError::invalid(
-                &rt.kind,
-                &rt.group,
-                &name,
-                &[Cause::new(CauseReason::Invalid, "spec", format!("Invalid value: \"object\": {e}"))],
-            )
+            let causes = match &e {
+                super::resource::CrdError::Schema(schema) => schema.causes(),
+                other => vec![Cause::new(CauseReason::Invalid, "spec", format!("Invalid value: \"object\": {other}"))],
+            };
+            ApiError::invalid(&rt.kind, &rt.group, &name, &causes)
         })?;
         let status = crd_status(&new);
         set_field(&mut new, "status", Some(status));

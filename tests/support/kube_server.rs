@@ -1,0 +1,511 @@
+//! The Kubernetes API server a test runs against: the sandbox's in-process stand-in (the
+//! default, one per test), or with `CRABGLAMP_TEST_KUBE=real` the real control plane of
+//! `testenv/` (etcd, kube-apiserver, kube-controller-manager), one per test binary.
+//!
+//! On the real server the operator authenticates as the chart's ServiceAccount, bound to exactly
+//! the RBAC `helm template` renders, so the real authorizer judges every request it makes; the
+//! tests' own requests are the admin's. The tests of one binary then take turns: each starts from
+//! a cluster with no object of ours left by the one before (finalizers stripped, namespaces
+//! deleted and gone), because the operator under test watches every namespace as the chart's
+//! default installation does. What the stand-in's request log answers (writes at idle, who asked
+//! for what) the real server answers from its audit log.
+#![allow(dead_code)] // Each test binary uses its own part.
+
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+use std::time::Duration;
+
+use base64::Engine;
+use crabglamp_sandbox::kube::RunningKube;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::discovery::ApiResource;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// The chart's release namespace on the real server: the operator's ServiceAccount, Leases and
+/// audit anchor live here, as they do in a cluster where the chart is installed.
+pub const RELEASE_NAMESPACE: &str = "crabglamp";
+/// The release name the chart is rendered with (its ServiceAccount is then `crabglamp-operator`).
+pub const RELEASE: &str = "crabglamp-operator";
+/// The user the operator's requests carry: on the stand-in its request log's name for the
+/// chart's ServiceAccount, on the real server that ServiceAccount's own name.
+pub const OPERATOR_USER: &str = "system:serviceaccount:crabglamp:crabglamp-operator";
+/// Namespaces a test never deletes.
+const KEPT_NAMESPACES: [&str; 5] = ["default", "kube-system", "kube-public", "kube-node-lease", RELEASE_NAMESPACE];
+const WRITE_VERBS: [&str; 5] = ["create", "update", "patch", "delete", "deletecollection"];
+
+/// Whether this run's tests go to the real control plane.
+pub fn real() -> bool {
+    std::env::var("CRABGLAMP_TEST_KUBE").is_ok_and(|v| v == "real")
+}
+
+/// One test's API server.
+pub enum KubeServer {
+    Sandbox(RunningKube),
+    Real(RealKube),
+}
+
+impl KubeServer {
+    /// A fresh stand-in, or this test's turn on the real control plane (after the previous
+    /// test's objects are gone).
+    pub async fn start() -> KubeServer {
+        if real() { KubeServer::Real(RealKube::take_turn().await) } else { KubeServer::sandbox().await }
+    }
+
+    /// Always the stand-in, whatever the mode: for tests of the stand-in itself, or of
+    /// behaviour only it can inject (cut watches, compaction).
+    pub async fn sandbox() -> KubeServer {
+        KubeServer::Sandbox(crabglamp_sandbox::kube::spawn_loopback().await.expect("API server starts"))
+    }
+
+    /// A client with every right (the stand-in has no authorization; on the real server, the
+    /// admin's certificate).
+    pub fn client(&self) -> kube::Client {
+        match self {
+            KubeServer::Sandbox(kube) => kube.client().expect("client"),
+            KubeServer::Real(real) => real.plane.admin_client(),
+        }
+    }
+
+    /// The operator's client: on the stand-in its requests carry `user` in the request log; on
+    /// the real server it holds the chart's ServiceAccount token (and `user` must be that
+    /// account's name, which the real authenticator decides).
+    pub fn operator_client(&self, user: &str) -> kube::Client {
+        match self {
+            KubeServer::Sandbox(kube) => kube.client_as(user).expect("operator client"),
+            KubeServer::Real(real) => {
+                let identity = real.plane.operator();
+                assert_eq!(user, identity.user, "on the real server the operator is the chart's ServiceAccount");
+                real.plane.token_client(&identity.token)
+            }
+        }
+    }
+
+    /// A kubeconfig for kubectl and the operator binary: on the real server the operator's
+    /// ServiceAccount (its namespace the release namespace); on the stand-in, no credentials.
+    pub fn kubeconfig_yaml(&self) -> String {
+        match self {
+            KubeServer::Sandbox(kube) => kube.kubeconfig_yaml(),
+            KubeServer::Real(real) => real.plane.token_kubeconfig(&real.plane.operator().token),
+        }
+    }
+
+    /// The admin's kubeconfig (the stand-in's has no credentials and every right).
+    pub fn admin_kubeconfig_yaml(&self) -> String {
+        match self {
+            KubeServer::Sandbox(kube) => kube.kubeconfig_yaml(),
+            KubeServer::Real(real) => std::fs::read_to_string(&real.plane.kubeconfig).expect("admin kubeconfig"),
+        }
+    }
+
+    /// A number that grows with every write: the stand-in's resourceVersion (any writer); on the
+    /// real server the writes `user` made since this test's turn began, from the audit log
+    /// (etcd's revision also moves with the control plane's own lease renewals).
+    pub fn writes_by(&self, user: &str) -> u64 {
+        match self {
+            KubeServer::Sandbox(kube) => kube.resource_version(),
+            KubeServer::Real(real) => {
+                real.audit_events().iter().filter(|e| e.user.username == user && e.is_write()).count() as u64
+            }
+        }
+    }
+
+    /// How many GETs of `path` (a request path, no query) the server answered, from anyone:
+    /// the stand-in's request log, or since this test's turn began the real one's audit log.
+    pub fn gets_of(&self, path: &str) -> usize {
+        match self {
+            KubeServer::Sandbox(kube) => kube.requests().0.iter().filter(|r| r.method == "GET" && r.path == path).count(),
+            KubeServer::Real(real) => real
+                .audit_events()
+                .iter()
+                .filter(|e| e.verb == "get" && e.request_u_r_i.split('?').next() == Some(path))
+                .count(),
+        }
+    }
+
+    /// The stand-in itself, for what only it can do (its request log, cutting watches).
+    pub fn sandbox_only(&self, what: &str) -> &RunningKube {
+        match self {
+            KubeServer::Sandbox(kube) => kube,
+            KubeServer::Real(_) => panic!("{what} needs the sandbox's API server; run this test without CRABGLAMP_TEST_KUBE=real"),
+        }
+    }
+
+    /// The real server's audit events since this test's turn began.
+    pub fn audit_events(&self) -> Vec<AuditEvent> {
+        match self {
+            KubeServer::Sandbox(_) => panic!("audit events come from the real server (CRABGLAMP_TEST_KUBE=real)"),
+            KubeServer::Real(real) => real.audit_events(),
+        }
+    }
+}
+
+/// One test's turn on the real control plane.
+pub struct RealKube {
+    pub plane: &'static ControlPlane,
+    audit_offset: u64,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+/// One test at a time per binary: the operator under test watches every namespace.
+static TURN: LazyLock<Arc<tokio::sync::Mutex<()>>> = LazyLock::new(|| Arc::new(tokio::sync::Mutex::new(())));
+
+impl RealKube {
+    async fn take_turn() -> RealKube {
+        let turn = Arc::clone(&TURN).lock_owned().await;
+        // Blocks this test's thread once per binary, while the control plane starts.
+        let plane = control_plane();
+        plane.clear_leftovers().await;
+        let audit_offset = std::fs::metadata(&plane.audit_log).map(|m| m.len()).unwrap_or(0);
+        RealKube { plane, audit_offset, _turn: turn }
+    }
+
+    fn audit_events(&self) -> Vec<AuditEvent> {
+        read_audit(&self.plane.audit_log, self.audit_offset)
+    }
+}
+
+/// What a test reads of one kube-apiserver audit event (level Metadata).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEvent {
+    pub verb: String,
+    pub request_u_r_i: String,
+    pub user: AuditUser,
+    #[serde(default)]
+    pub object_ref: Option<AuditObjectRef>,
+    #[serde(default)]
+    pub response_status: Option<AuditStatus>,
+    pub stage: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuditUser {
+    pub username: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditObjectRef {
+    #[serde(default)]
+    pub resource: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub api_group: Option<String>,
+    #[serde(default)]
+    pub subresource: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuditStatus {
+    #[serde(default)]
+    pub code: u16,
+}
+
+impl AuditEvent {
+    pub fn is_write(&self) -> bool {
+        WRITE_VERBS.contains(&self.verb.as_str())
+    }
+
+    pub fn code(&self) -> u16 {
+        self.response_status.as_ref().map(|s| s.code).unwrap_or(0)
+    }
+}
+
+fn read_audit(path: &Path, offset: u64) -> Vec<AuditEvent> {
+    let mut file = std::fs::File::open(path).expect("audit log");
+    file.seek(SeekFrom::Start(offset)).expect("seek audit log");
+    let mut text = String::new();
+    file.read_to_string(&mut text).expect("read audit log");
+    // The last line may still be being written: only whole lines count.
+    text.lines()
+        .filter(|line| line.ends_with('}'))
+        .filter_map(|line| serde_json::from_str::<AuditEvent>(line).ok())
+        .filter(|e| e.stage == "ResponseComplete" || e.stage == "Panic")
+        .collect()
+}
+
+/// The control plane of this test binary.
+pub struct ControlPlane {
+    pub server: String,
+    /// The admin's kubeconfig (a client certificate in group system:masters).
+    pub kubeconfig: PathBuf,
+    pub ca_file: PathBuf,
+    pub audit_log: PathBuf,
+    pub dir: PathBuf,
+    ca_pem: Vec<u8>,
+    admin: kube::config::AuthInfo,
+    operator: OnceLock<OperatorIdentity>,
+    // Held for the life of the binary: when the process exits, the pipe closes and testenv
+    // stops the control plane and removes its directory.
+    _stdin: Mutex<ChildStdin>,
+    _child: Mutex<Child>,
+}
+
+/// The chart's ServiceAccount on the real server and a token for it.
+pub struct OperatorIdentity {
+    pub user: String,
+    pub token: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReadyLine {
+    server: String,
+    kubeconfig: PathBuf,
+    ca_file: PathBuf,
+    audit_log: PathBuf,
+    dir: PathBuf,
+}
+
+/// Starts the control plane the first time it is asked for (blocking: call it from a blocking
+/// context), installs the CRDs, and returns it.
+pub fn control_plane() -> &'static ControlPlane {
+    static PLANE: OnceLock<ControlPlane> = OnceLock::new();
+    PLANE.get_or_init(ControlPlane::start)
+}
+
+impl ControlPlane {
+    fn start() -> ControlPlane {
+        let binary = std::env::var_os("CRABGLAMP_TESTENV").filter(|v| !v.is_empty()).unwrap_or_else(|| {
+            panic!(
+                "CRABGLAMP_TEST_KUBE=real needs the real control plane: set CRABGLAMP_TESTENV to the binary \
+                 `scripts/test` builds (source scripts/lib/services.sh scripts/lib/testenv.sh; ensure_testenv)"
+            )
+        });
+        let log = tempfile::NamedTempFile::new().expect("testenv log file");
+        let (log_file, log_path) = log.keep().expect("keep testenv log");
+        let mut command = Command::new(&binary);
+        command.args(["up", "--until-stdin-eof"]);
+        // A directory to keep the control plane's state and logs in after the run (by default
+        // testenv removes its temporary directory when it stops).
+        if let Some(dir) = std::env::var_os("CRABGLAMP_TESTENV_STATE").filter(|v| !v.is_empty()) {
+            let dir = PathBuf::from(dir).join(format!("{}-{}", env!("CARGO_CRATE_NAME"), std::process::id()));
+            command.arg("--dir").arg(dir);
+        }
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", PathBuf::from(&binary).display()));
+        let stdout = child.stdout.take().expect("testenv stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(240)).unwrap_or_default();
+        let ready: ReadyLine = serde_json::from_str(&line).unwrap_or_else(|_| {
+            panic!(
+                "testenv did not become ready; its log ({}):\n{}",
+                log_path.display(),
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            )
+        });
+        let ca_pem = std::fs::read(&ready.ca_file).expect("CA file");
+        let kubeconfig_text = std::fs::read_to_string(&ready.kubeconfig).expect("admin kubeconfig");
+        let kubeconfig = kube::config::Kubeconfig::from_yaml(&kubeconfig_text).expect("admin kubeconfig parses");
+        let admin = kubeconfig.auth_infos.first().and_then(|a| a.auth_info.clone()).expect("admin user");
+        let plane = ControlPlane {
+            server: ready.server,
+            kubeconfig: ready.kubeconfig,
+            ca_file: ready.ca_file,
+            audit_log: ready.audit_log,
+            dir: ready.dir,
+            ca_pem,
+            admin,
+            operator: OnceLock::new(),
+            _stdin: Mutex::new(child.stdin.take().expect("testenv stdin")),
+            _child: Mutex::new(child),
+        };
+        plane.install_crds();
+        plane
+    }
+
+    /// kubectl against this control plane as the admin; panics with what it printed on failure.
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let mut command = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()));
+        command.args(args).env("KUBECONFIG", &self.kubeconfig).stdout(Stdio::piped()).stderr(Stdio::piped());
+        command.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        let mut child = command.spawn().expect("kubectl runs");
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write kubectl stdin");
+        }
+        let out = child.wait_with_output().expect("kubectl finishes");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "kubectl {} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr),
+            stdout
+        );
+        stdout
+    }
+
+    fn install_crds(&self) {
+        let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+        self.kubectl(&["apply", "--server-side", "-f", &crds.display().to_string()], None);
+        self.kubectl(&["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"], None);
+    }
+
+    /// The chart's ServiceAccount and RBAC, as `helm template` renders them with default values
+    /// into the release namespace (nothing written again by hand), and a token for it.
+    pub fn operator(&self) -> &OperatorIdentity {
+        self.operator.get_or_init(|| {
+            let helm = std::env::var("HELM").unwrap_or_else(|_| {
+                panic!("HELM is not set: the real server's RBAC comes from `helm template` (scripts/test exports it)")
+            });
+            let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/crabglamp-operator");
+            let out = Command::new(helm)
+                .args(["template", RELEASE, &chart.display().to_string(), "--namespace", RELEASE_NAMESPACE])
+                .output()
+                .expect("helm runs");
+            assert!(out.status.success(), "helm template failed: {}", String::from_utf8_lossy(&out.stderr));
+            let rendered = String::from_utf8_lossy(&out.stdout).into_owned();
+            let mut access = Vec::new();
+            let mut account = None;
+            for doc in serde_norway::Deserializer::from_str(&rendered) {
+                let Ok(object) = Value::deserialize(doc) else { continue };
+                let kind = object["kind"].as_str().unwrap_or_default();
+                if kind == "ServiceAccount" {
+                    account = object["metadata"]["name"].as_str().map(str::to_owned);
+                }
+                if ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"].contains(&kind) {
+                    access.push(object);
+                }
+            }
+            let account = account.expect("the chart renders a ServiceAccount");
+            let namespaces = self.kubectl(&["get", "namespaces", "-o", "name"], None);
+            if !namespaces.lines().any(|l| l == format!("namespace/{RELEASE_NAMESPACE}")) {
+                self.kubectl(&["create", "namespace", RELEASE_NAMESPACE], None);
+            }
+            let list = json!({"apiVersion": "v1", "kind": "List", "items": access});
+            self.kubectl(&["apply", "--server-side", "-f", "-"], Some(&list.to_string()));
+            let token =
+                self.kubectl(&["create", "token", &account, "-n", RELEASE_NAMESPACE, "--duration", "24h"], None);
+            OperatorIdentity {
+                user: format!("system:serviceaccount:{RELEASE_NAMESPACE}:{account}"),
+                token: token.trim().to_owned(),
+            }
+        })
+    }
+
+    fn config(&self, auth: kube::config::AuthInfo, namespace: &str) -> kube::Config {
+        let mut config = kube::Config::new(self.server.parse().expect("server URL"));
+        let der = pem_certificates(&self.ca_pem);
+        config.root_cert = Some(der);
+        config.auth_info = auth;
+        config.default_namespace = namespace.to_owned();
+        config
+    }
+
+    /// The admin's client (for the test's own requests).
+    pub fn admin_client(&self) -> kube::Client {
+        kube::Client::try_from(self.config(self.admin.clone(), "default")).expect("admin client")
+    }
+
+    /// A client holding `token`, in the release namespace (as a pod of the chart would be).
+    pub fn token_client(&self, token: &str) -> kube::Client {
+        let auth = kube::config::AuthInfo { token: Some(token.to_owned().into()), ..Default::default() };
+        kube::Client::try_from(self.config(auth, RELEASE_NAMESPACE)).expect("token client")
+    }
+
+    /// A kubeconfig holding `token`, its namespace the release namespace.
+    pub fn token_kubeconfig(&self, token: &str) -> String {
+        let ca = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: testenv\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\n\
+             users:\n- name: operator\n  user:\n    token: {token}\ncontexts:\n- name: testenv\n  context: {{cluster: testenv, user: operator, namespace: {RELEASE_NAMESPACE}}}\n\
+             current-context: testenv\n",
+            self.server
+        )
+    }
+
+    /// Removes what earlier tests left: every object of our kinds (finalizers stripped: the
+    /// operator that put them there is gone), every namespace but the system ones and the release
+    /// namespace (waiting until they are gone, so a test can create one of the same name), and
+    /// the Leases and ConfigMaps of the release namespace (a dead test's Lease would hold the
+    /// next test's election; its audit anchor would not match the next test's database).
+    async fn clear_leftovers(&self) {
+        let client = self.admin_client();
+        for plural in ["agents", "plainvms", "virtualkeys"] {
+            let resource = ApiResource {
+                group: "crabglamp.com".into(),
+                version: "v1alpha1".into(),
+                api_version: "crabglamp.com/v1alpha1".into(),
+                kind: String::new(),
+                plural: plural.into(),
+            };
+            let all: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+            for object in all.list(&ListParams::default()).await.expect("list leftovers").items {
+                let namespace = object.metadata.namespace.clone().unwrap_or_default();
+                let name = object.metadata.name.clone().unwrap_or_default();
+                let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &resource);
+                let unfinalize = Patch::Merge(json!({"metadata": {"finalizers": null}}));
+                let _ = api.patch(&name, &PatchParams::default(), &unfinalize).await;
+                let _ = api.delete(&name, &DeleteParams::default()).await;
+            }
+        }
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let doomed = |list: &[Namespace]| -> Vec<String> {
+            list.iter()
+                .filter_map(|n| n.metadata.name.clone())
+                .filter(|n| !KEPT_NAMESPACES.contains(&n.as_str()))
+                .collect()
+        };
+        for name in doomed(&namespaces.list(&ListParams::default()).await.expect("namespaces").items) {
+            let _ = namespaces.delete(&name, &DeleteParams::background()).await;
+        }
+        let leases: Api<Lease> = Api::namespaced(client.clone(), RELEASE_NAMESPACE);
+        let _ = leases.delete_collection(&DeleteParams::default(), &ListParams::default()).await;
+        let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), RELEASE_NAMESPACE);
+        for cm in config_maps.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default() {
+            let name = cm.metadata.name.unwrap_or_default();
+            if name != "kube-root-ca.crt" {
+                let _ = config_maps.delete(&name, &DeleteParams::default()).await;
+            }
+        }
+        let start = tokio::time::Instant::now();
+        loop {
+            let left = doomed(&namespaces.list(&ListParams::default()).await.expect("namespaces").items);
+            if left.is_empty() {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(120), "namespaces of earlier tests not gone: {left:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn pem_certificates(pem: &[u8]) -> Vec<Vec<u8>> {
+    let text = String::from_utf8_lossy(pem);
+    let mut out = Vec::new();
+    let mut body = String::new();
+    let mut inside = false;
+    for line in text.lines() {
+        match line.trim() {
+            "-----BEGIN CERTIFICATE-----" => {
+                inside = true;
+                body.clear();
+            }
+            "-----END CERTIFICATE-----" => {
+                inside = false;
+                out.push(base64::engine::general_purpose::STANDARD.decode(&body).expect("CA certificate base64"));
+            }
+            l if inside => body.push_str(l),
+            _ => {}
+        }
+    }
+    out
+}
