@@ -53,7 +53,13 @@ impl KubeServer {
     /// A fresh stand-in, or this test's turn on the real control plane (after the previous
     /// test's objects are gone).
     pub async fn start() -> KubeServer {
-        if real() { KubeServer::Real(RealKube::take_turn().await) } else { KubeServer::sandbox().await }
+        if real() { KubeServer::real().await } else { KubeServer::sandbox().await }
+    }
+
+    /// A turn on the real control plane, whatever the mode: for tests whose subject is the real
+    /// server itself (the chart installed into it, the differential test).
+    pub async fn real() -> KubeServer {
+        KubeServer::Real(RealKube::take_turn().await)
     }
 
     /// Always the stand-in, whatever the mode: for tests of the stand-in itself, or of
@@ -333,25 +339,39 @@ impl ControlPlane {
 
     /// kubectl against this control plane as the admin; panics with what it printed on failure.
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let mut command = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()));
-        command.args(args).env("KUBECONFIG", &self.kubeconfig).stdout(Stdio::piped()).stderr(Stdio::piped());
-        command.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
-        let mut child = command.spawn().expect("kubectl runs");
-        if let Some(input) = stdin {
-            use std::io::Write;
-            child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write kubectl stdin");
-        }
-        let out = child.wait_with_output().expect("kubectl finishes");
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "kubectl {} failed: {}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr),
-            stdout
-        );
-        stdout
+        let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
+        let run = run_kubectl(Path::new(&kubectl), &self.kubeconfig, args, stdin);
+        assert!(run.ok, "kubectl {} failed: {}{}", args.join(" "), run.stderr, run.stdout);
+        run.stdout
     }
+}
+
+/// What one kubectl run printed, and whether it succeeded.
+pub struct KubectlRun {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `kubectl` (a path: 1.32 or 1.35) with `kubeconfig`, `stdin` piped in if given.
+pub fn run_kubectl(kubectl: &Path, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> KubectlRun {
+    let mut command = Command::new(kubectl);
+    command.args(args).env("KUBECONFIG", kubeconfig).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot run {}: {e}", kubectl.display()));
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write kubectl stdin");
+    }
+    let out = child.wait_with_output().expect("kubectl finishes");
+    KubectlRun {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+impl ControlPlane {
 
     fn install_crds(&self) {
         let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");

@@ -1,0 +1,15 @@
+//! What only the real control plane of `testenv/` can judge, whatever `CRABGLAMP_TEST_KUBE`
+//! says: the CRDs and `examples/` as a real kube-apiserver admits them, the chart installed
+//! into it with helm, and the differential test that keeps the sandbox's stand-in honest.
+//! Each test takes its turn on the one control plane of this binary (`KubeServer::real`).
+
+#[path = "foundation/db.rs"]
+mod db;
+#[path = "support/kube_server.rs"]
+mod kube_server;
+#[path = "support/logs.rs"]
+mod logs;
+
+mod real_kube {
+    mod crds;
+}
