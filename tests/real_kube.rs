@@ -11,5 +11,7 @@ mod kube_server;
 mod logs;
 
 mod real_kube {
+    mod chart_install;
+    mod conformance;
     mod crds;
 }

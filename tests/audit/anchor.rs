@@ -179,7 +179,12 @@ async fn the_operator_anchors_its_appends_and_a_deleted_tail_is_reported() {
     let (code, said) = verify();
     assert_eq!(code, 0, "{said}");
     assert!(said.contains("audit chain intact: 4 events verified"), "{said}");
-    assert!(said.contains("matches the anchor in ConfigMap default/crabglamp-audit-anchor (event 4"), "{said}");
+    // In the namespace of the operator's client: the kubeconfig's, or its ServiceAccount's.
+    let anchored_in = format!(
+        "matches the anchor in ConfigMap {}/crabglamp-audit-anchor (event 4",
+        op.context.client.default_namespace()
+    );
+    assert!(said.contains(&anchored_in), "{said}");
     assert!(said.contains("the newest event is anchored"), "{said}");
 
     // A superuser deletes the two newest events behind the triggers' back: the chain that is

@@ -211,7 +211,7 @@ impl Chaos {
                 self.op = Some(op.crash_and_restart().await);
             }
             Step::CutWatches => {
-                self.op().kube.sandbox_only("cutting watches").cut_watches();
+                self.op().kube.cut_watches();
             }
             Step::PauseMs(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
         }

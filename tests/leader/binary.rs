@@ -76,7 +76,7 @@ async fn the_elected_binary_serves_its_endpoints_and_releases_the_lease_on_sigte
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_crabglamp-operator"))
         .args(["--log-format", "json", "run", "--kubeconfig"])
         .arg(&kubeconfig)
-        .args(["--leader-election", "--lease-namespace", "default", "--identity", "binary"])
+        .args(["--leader-election", "--lease-namespace", super::support::LEASE_NAMESPACE, "--identity", "binary"])
         .args(["--lease-retry-period-ms", "200", "--metrics-addr", "127.0.0.1:0", "--drain-seconds", "10"])
         .env("DATABASE_URL", &op.db.url)
         .env("HCLOUD_ENDPOINT", &op.hetzner.base_url)

@@ -12,7 +12,9 @@ use kube::Api;
 use crate::fixture::Operator;
 
 pub const LEASE: &str = "crabglamp-operator";
-pub const LEASE_NAMESPACE: &str = "default";
+/// The chart's release namespace: the only one where its RBAC lets the operator hold a Lease
+/// (enforced on the real server).
+pub const LEASE_NAMESPACE: &str = crate::kube_server::RELEASE_NAMESPACE;
 
 /// A Lease of `duration` with looks every 200 ms.
 pub fn lease(identity: &str, duration: Duration) -> LeaseConfig {

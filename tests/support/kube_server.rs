@@ -86,7 +86,7 @@ impl KubeServer {
             KubeServer::Real(real) => {
                 let identity = real.plane.operator();
                 assert_eq!(user, identity.user, "on the real server the operator is the chart's ServiceAccount");
-                real.plane.token_client(&identity.token)
+                real.plane.token_client_via(&identity.token, &real.relay.url)
             }
         }
     }
@@ -133,6 +133,17 @@ impl KubeServer {
         }
     }
 
+    /// Ends the operator's watch streams now, as a network blip or an API-server restart would;
+    /// returns how many streams (stand-in) or connections (real server) were open. On the real
+    /// server the operator's client goes through a relay of this test's, which drops every
+    /// connection it carries: requests in flight fail too, as in a real blip.
+    pub fn cut_watches(&self) -> usize {
+        match self {
+            KubeServer::Sandbox(kube) => kube.cut_watches(),
+            KubeServer::Real(real) => real.relay.cut(),
+        }
+    }
+
     /// The stand-in itself, for what only it can do (its request log, cutting watches).
     pub fn sandbox_only(&self, what: &str) -> &RunningKube {
         match self {
@@ -153,6 +164,7 @@ impl KubeServer {
 /// One test's turn on the real control plane.
 pub struct RealKube {
     pub plane: &'static ControlPlane,
+    relay: Relay,
     audit_offset: u64,
     _turn: tokio::sync::OwnedMutexGuard<()>,
 }
@@ -167,11 +179,61 @@ impl RealKube {
         let plane = control_plane();
         plane.clear_leftovers().await;
         let audit_offset = std::fs::metadata(&plane.audit_log).map(|m| m.len()).unwrap_or(0);
-        RealKube { plane, audit_offset, _turn: turn }
+        let relay = Relay::start(&plane.server).await;
+        RealKube { plane, relay, audit_offset, _turn: turn }
     }
 
     fn audit_events(&self) -> Vec<AuditEvent> {
         read_audit(&self.plane.audit_log, self.audit_offset)
+    }
+}
+
+/// A TCP relay on loopback to the real API server (TLS passes through untouched: the serving
+/// certificate names 127.0.0.1, whatever the port), whose connections a test can drop at once.
+struct Relay {
+    url: String,
+    connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(server: &str) -> Relay {
+        let upstream = server.trim_start_matches("https://").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("relay binds");
+        let url = format!("https://{}", listener.local_addr().expect("relay address"));
+        let connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let open = Arc::clone(&connections);
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let relayed = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                let mut open = open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                open.retain(|c| !c.is_finished());
+                open.push(relayed.abort_handle());
+            }
+        });
+        Relay { url, connections, task }
+    }
+
+    /// Drops every connection open now; returns how many there were.
+    fn cut(&self) -> usize {
+        let open = std::mem::take(&mut *self.connections.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let live = open.iter().filter(|c| !c.is_finished()).count();
+        for connection in open {
+            connection.abort();
+        }
+        live
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.cut();
     }
 }
 
@@ -437,8 +499,15 @@ impl ControlPlane {
 
     /// A client holding `token`, in the release namespace (as a pod of the chart would be).
     pub fn token_client(&self, token: &str) -> kube::Client {
+        self.token_client_via(token, &self.server)
+    }
+
+    /// As [`Self::token_client`], through `url` (a relay to this server).
+    pub fn token_client_via(&self, token: &str, url: &str) -> kube::Client {
         let auth = kube::config::AuthInfo { token: Some(token.to_owned().into()), ..Default::default() };
-        kube::Client::try_from(self.config(auth, RELEASE_NAMESPACE)).expect("token client")
+        let mut config = self.config(auth, RELEASE_NAMESPACE);
+        config.cluster_url = url.parse().expect("relay URL");
+        kube::Client::try_from(config).expect("token client")
     }
 
     /// A kubeconfig holding `token`, its namespace the release namespace.
