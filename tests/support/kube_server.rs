@@ -53,7 +53,16 @@ impl KubeServer {
     /// A fresh stand-in, or this test's turn on the real control plane (after the previous
     /// test's objects are gone).
     pub async fn start() -> KubeServer {
-        if real() { KubeServer::real().await } else { KubeServer::sandbox().await }
+        if real() {
+            return KubeServer::real().await;
+        }
+        let server = KubeServer::sandbox().await;
+        // As on the real server, where the chart's release namespace holds the operator's
+        // ServiceAccount, Leases and audit anchor.
+        let namespaces: Api<Namespace> = Api::all(server.client());
+        let release = serde_json::from_value(json!({"metadata": {"name": RELEASE_NAMESPACE}})).expect("namespace");
+        namespaces.create(&Default::default(), &release).await.expect("create the release namespace");
+        server
     }
 
     /// A turn on the real control plane, whatever the mode: for tests whose subject is the real
