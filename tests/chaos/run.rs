@@ -211,7 +211,8 @@ impl Chaos {
                 self.op = Some(op.crash_and_restart().await);
             }
             Step::CutWatches => {
-                self.op().kube.cut_watches();
+                let cut = self.op().kube.cut_watches();
+                tracing::info!(target: "chaos", cut, "watch streams (stand-in) or connections (real server) cut");
             }
             Step::PauseMs(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
         }
