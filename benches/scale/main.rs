@@ -11,6 +11,12 @@
 //! `CRABGLAMP_BENCH_SIZES=100,1000,5000`, `CRABGLAMP_BENCH_SCALE=20` (simulated time runs that
 //! many times faster: actions, boots, rate refills and windows alike),
 //! `CRABGLAMP_BENCH_IDLE_RESYNCS=12`, `CRABGLAMP_BENCH_PLOT_DIR=docs` (empty: no plot).
+//!
+//! `CRABGLAMP_TEST_KUBE=real` (with `CRABGLAMP_TESTENV`, `HELM` and `KUBECTL` as scripts/test
+//! sets them): the objects live on the real kube-apiserver of `testenv/` instead of the stand-in,
+//! the operator authenticates as the chart's ServiceAccount, and the table adds the API-server
+//! requests it made, read from the server's audit log: per object until all Ready and per object
+//! per resync at idle, by verb and resource.
 
 mod floor;
 mod idle;
@@ -22,6 +28,8 @@ mod progress;
 mod db;
 #[path = "../../tests/support/fixture.rs"]
 mod fixture;
+#[path = "../../tests/support/kube_server.rs"]
+mod kube_server;
 #[path = "../../tests/support/logs.rs"]
 mod logs;
 
@@ -136,6 +144,22 @@ fn routes(sim: &RunningSim) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// The operator's API-server requests in these audit events, by verb and resource.
+fn api_requests(events: &[kube_server::AuditEvent]) -> BTreeMap<String, u64> {
+    let mut by = BTreeMap::new();
+    for e in events.iter().filter(|e| e.user.username == fixture::OPERATOR_USER) {
+        let resource = match &e.object_ref {
+            Some(o) if !o.resource.is_empty() => match &o.subresource {
+                Some(sub) => format!("{}/{sub}", o.resource),
+                None => o.resource.clone(),
+            },
+            _ => "(discovery)".to_owned(),
+        };
+        *by.entry(format!("{} {resource}", e.verb)).or_insert(0) += 1;
+    }
+    by
+}
+
 /// Hetzner requests that belong to one kind (its servers' and firewalls' creates, by the
 /// kind label in the logged body); everything else (lists, the fleet firewall) is shared.
 fn hetzner_by_kind(sim: &RunningSim) -> BTreeMap<&'static str, u64> {
@@ -198,8 +222,17 @@ async fn run(n: usize, scale: f64) {
     let db = db::TestDb::fresh().await;
     let dir = tempfile::tempdir().expect("temporary directory");
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, sandbox.kube.kubeconfig_yaml()).expect("write kubeconfig");
-    let client = sandbox.kube.client().expect("kube client");
+    // On the real server the sandbox's own stand-in stays idle: nothing is applied to it and
+    // the operator never sees it.
+    let real_kube = if kube_server::real() { Some(kube_server::KubeServer::real().await) } else { None };
+    let (kubeconfig_yaml, client) = match &real_kube {
+        Some(real) => (real.kubeconfig_yaml(), real.client()),
+        None => (sandbox.kube.kubeconfig_yaml(), sandbox.kube.client().expect("kube client")),
+    };
+    std::fs::write(&kubeconfig, kubeconfig_yaml).expect("write kubeconfig");
+    if real_kube.is_some() {
+        println!("API server: the real kube-apiserver of testenv/ (the operator as the chart's ServiceAccount)");
+    }
     let namespace: Namespace =
         serde_json::from_value(serde_json::json!({"metadata": {"name": NAMESPACE}})).expect("namespace");
     Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace).await.expect("namespace");
@@ -290,6 +323,7 @@ async fn run(n: usize, scale: f64) {
     let hz_total: u64 = hz_routes.values().sum();
     let cf_total: u64 = cf_routes.values().sum();
     let hz_kinds = hetzner_by_kind(&sandbox.hcloud);
+    let api_until_ready = real_kube.as_ref().map(|k| api_requests(&k.audit_events()));
     let reconciles = operator.reconciles();
     let rss_converged = operator.peak_rss();
 
@@ -297,11 +331,13 @@ async fn run(n: usize, scale: f64) {
     // operator's firewall audit period (12), so the window holds the rule audit's list too.
     let idle_resyncs: u32 = env_or("CRABGLAMP_BENCH_IDLE_RESYNCS", 12);
     tokio::time::sleep(resync_wall).await;
-    let (hz_before, cf_before, rv_before) = (
-        sandbox.hcloud.control().total_requests(),
-        sandbox.cloudflare.control().total_requests(),
-        sandbox.kube.resource_version(),
-    );
+    let writes = || match &real_kube {
+        Some(real) => real.writes_by(fixture::OPERATOR_USER),
+        None => sandbox.kube.resource_version(),
+    };
+    let (hz_before, cf_before, rv_before) =
+        (sandbox.hcloud.control().total_requests(), sandbox.cloudflare.control().total_requests(), writes());
+    let api_before_idle = real_kube.as_ref().map(|k| api_requests(&k.audit_events()));
     let idle_started = Instant::now();
     // One period more than the cycles counted: a cycle is the period plus the list itself.
     tokio::time::sleep(resync_wall * (idle_resyncs + 1)).await;
@@ -309,7 +345,8 @@ async fn run(n: usize, scale: f64) {
     let idle_hz_records = sandbox.hcloud.control().requests_since(hz_before, usize::MAX);
     let idle_cycles = idle::hetzner_cycles(&idle_hz_records);
     let idle_cf = sandbox.cloudflare.control().total_requests() - cf_before;
-    let idle_writes = sandbox.kube.resource_version() - rv_before;
+    let idle_writes = writes() - rv_before;
+    let api_after_idle = real_kube.as_ref().map(|k| api_requests(&k.audit_events()));
     let peak_rss = operator.peak_rss();
     let (warnings, first_warnings) = operator.warnings();
     sampler.abort();
@@ -422,6 +459,29 @@ async fn run(n: usize, scale: f64) {
     }
     for (route, count) in &cf_routes {
         println!("  Cloudflare {count:6}  {:.3}  {route}", *count as f64 / n.max(1) as f64);
+    }
+
+    if let (Some(ready), Some(before), Some(after)) = (&api_until_ready, &api_before_idle, &api_after_idle) {
+        let objects = (n + vms + keys) as f64;
+        let periods = f64::from(idle_resyncs + 1);
+        let total = |m: &BTreeMap<String, u64>| m.values().sum::<u64>();
+        println!();
+        println!(
+            "API-server requests by the operator (real kube-apiserver, its audit log; a watch counts once, when opened): \
+             until all Ready {} ({:.3} per object); at idle over {} resync periods {} ({:.4} per object per resync)",
+            total(ready),
+            total(ready) as f64 / objects,
+            idle_resyncs + 1,
+            total(after) - total(before),
+            (total(after) - total(before)) as f64 / objects / periods
+        );
+        println!("| verb resource | until Ready | per object | at idle, per object per resync |");
+        println!("| --- | --- | --- | --- |");
+        for (key, count) in after {
+            let until = ready.get(key).copied().unwrap_or(0);
+            let idle = count - before.get(key).copied().unwrap_or(0);
+            println!("| {key} | {until} | {:.3} | {:.4} |", until as f64 / objects, idle as f64 / objects / periods);
+        }
     }
 
     let rss_ok = peak_rss.is_some_and(|b| b <= 100 * 1048576);

@@ -9,8 +9,8 @@ use serde_json::Value;
 /// The release namespace every render uses.
 pub const NAMESPACE: &str = "crabglamp";
 /// The release name every render uses: the one the real-server tests install the chart's RBAC
-/// under (`crate::kube_server::RELEASE`), so both judge the same names.
-pub const RELEASE: &str = crate::kube_server::RELEASE;
+/// under (`kube_server::RELEASE` in tests/support), so both judge the same names.
+pub const RELEASE: &str = "crabglamp-operator";
 
 /// The helm binary scripts/test installs; a clear failure when it is not set.
 pub fn helm() -> PathBuf {

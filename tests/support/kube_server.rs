@@ -305,7 +305,13 @@ fn read_audit(path: &Path, offset: u64) -> Vec<AuditEvent> {
     text.lines()
         .filter(|line| line.ends_with('}'))
         .filter_map(|line| serde_json::from_str::<AuditEvent>(line).ok())
-        .filter(|e| e.stage == "ResponseComplete" || e.stage == "Panic")
+        // Once per request: a watch when it opens (its ResponseComplete comes when it ends),
+        // everything else when it completes.
+        .filter(|e| match e.stage.as_str() {
+            "ResponseStarted" => e.verb == "watch",
+            "ResponseComplete" => e.verb != "watch",
+            other => other == "Panic",
+        })
         .collect()
 }
 
