@@ -71,8 +71,8 @@ impl KubeServer {
         KubeServer::Real(RealKube::take_turn().await)
     }
 
-    /// Always the stand-in, whatever the mode: for tests of the stand-in itself, or of
-    /// behaviour only it can inject (cut watches, compaction).
+    /// Always the stand-in, whatever the mode: for tests of the stand-in itself, or comparing
+    /// it with the real server.
     pub async fn sandbox() -> KubeServer {
         KubeServer::Sandbox(crabglamp_sandbox::kube::spawn_loopback().await.expect("API server starts"))
     }
@@ -150,14 +150,6 @@ impl KubeServer {
         match self {
             KubeServer::Sandbox(kube) => kube.cut_watches(),
             KubeServer::Real(real) => real.relay.cut(),
-        }
-    }
-
-    /// The stand-in itself, for what only it can do (its request log, cutting watches).
-    pub fn sandbox_only(&self, what: &str) -> &RunningKube {
-        match self {
-            KubeServer::Sandbox(kube) => kube,
-            KubeServer::Real(_) => panic!("{what} needs the sandbox's API server; run this test without CRABGLAMP_TEST_KUBE=real"),
         }
     }
 
@@ -382,9 +374,13 @@ impl ControlPlane {
         let stdout = child.stdout.take().expect("testenv stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
             let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = reader.read_line(&mut line);
             let _ = tx.send(line);
+            // Keep reading to the end: a closed pipe would kill testenv (SIGPIPE) the next time
+            // anything in it wrote to its standard output.
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
         });
         let line = rx.recv_timeout(Duration::from_secs(240)).unwrap_or_default();
         let ready: ReadyLine = serde_json::from_str(&line).unwrap_or_else(|_| {
