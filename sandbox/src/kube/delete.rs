@@ -50,6 +50,25 @@ pub enum Deleted {
     Gone(Value),
 }
 
+/// `details` of a delete's success Status (Go omits the core group's empty name).
+fn success_details(rt: &ResourceType, name: &str, uid: &str) -> Value {
+    let mut details = json!({"name": name, "group": rt.group, "kind": rt.plural, "uid": uid});
+    if rt.group.is_empty()
+        && let Some(map) = details.as_object_mut()
+    {
+        map.remove("group");
+    }
+    details
+}
+
+/// 409 for a failed delete precondition, as `rest.BeforeDelete` words it: the resource named
+/// by its Kind (`Agent.crabglamp.com`, `ConfigMap`).
+fn precondition_failed(rt: &ResourceType, name: &str, why: &str) -> ApiError {
+    let resource = super::error::qualified(&rt.kind, &rt.group);
+    ApiError::new(409, "Conflict", format!("Operation cannot be fulfilled on {resource} \"{name}\": {why}"))
+        .with_details(json!({"name": name, "group": rt.group, "kind": rt.kind}))
+}
+
 /// DELETE of one object.
 pub fn delete(
     state: &mut State,
@@ -61,10 +80,25 @@ pub fn delete(
     let Some(old) = state.get(&rt.storage, namespace, name) else {
         return Err(ApiError::not_found(&rt.plural, &rt.group, name));
     };
-    if opts.uid.as_deref().is_some_and(|u| Some(u) != meta_str(&old, "uid"))
-        || opts.resource_version.as_deref().is_some_and(|r| Some(r) != meta_str(&old, "resourceVersion"))
-    {
-        return Err(ApiError::conflict(&rt.plural, &rt.group, name));
+    let record_uid = meta_str(&old, "uid").unwrap_or_default();
+    let record_rv = meta_str(&old, "resourceVersion").unwrap_or_default();
+    if let Some(uid) = opts.uid.as_deref().filter(|u| *u != record_uid) {
+        return Err(precondition_failed(
+            rt,
+            name,
+            &format!(
+                "the UID in the precondition ({uid}) does not match the UID in record ({record_uid}). The object might have been deleted and then recreated"
+            ),
+        ));
+    }
+    if let Some(rv) = opts.resource_version.as_deref().filter(|r| *r != record_rv) {
+        return Err(precondition_failed(
+            rt,
+            name,
+            &format!(
+                "the ResourceVersion in the precondition ({rv}) does not match the ResourceVersion in record ({record_rv}). The object might have been modified"
+            ),
+        ));
     }
     // As on a real server: without these the sandbox would lose `default` (and every write to
     // it) for good, since nothing recreates them.
@@ -117,7 +151,7 @@ pub fn delete(
         "apiVersion": "v1",
         "metadata": {},
         "status": "Success",
-        "details": {"name": name, "group": rt.group, "kind": rt.plural, "uid": uid},
+        "details": success_details(rt, name, &uid),
     })))
 }
 
@@ -191,6 +225,11 @@ pub fn purge_terminating_namespaces(state: &mut State, grace: chrono::Duration) 
             let rv = state.next_rv();
             let mut last = (*ns).clone();
             meta_mut(&mut last).insert("resourceVersion".into(), json!(rv.to_string()));
+            // The controller's finalize: the `kubernetes` finalizer leaves spec, which removes
+            // the namespace.
+            if let Some(spec) = last.get_mut("spec").and_then(Value::as_object_mut) {
+                spec.remove("finalizers");
+            }
             let last = state.remove(&ns_storage, "", &name, last, rv);
             after_removal(state, &ns_type, &last);
             changed = true;
@@ -236,6 +275,8 @@ fn strip_owner_refs(state: &mut State, rt: &ResourceType, ns: &str, name: &str, 
         refs.retain(|r| !drop(r));
     }
     meta::normalise(&mut new);
+    // The garbage collector's patch only removes: nobody owns the dropped references any more.
+    super::fields::forget_removed(&rt.merge_schema, &mut new);
     let rv = state.next_rv();
     meta_mut(&mut new).insert("resourceVersion".into(), json!(rv.to_string()));
     state.put(&rt.storage, ns, name, new, EventType::Modified, rv);

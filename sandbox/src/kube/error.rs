@@ -120,13 +120,30 @@ impl ApiError {
             "code": self.code,
         });
         if let Some(details) = &self.details {
-            status["details"] = details.clone();
+            status["details"] = omit_empty(details);
         }
         if let Some(meta) = &self.list_meta {
             status["metadata"] = meta.clone();
         }
         status
     }
+}
+
+/// `details` as Go encodes `StatusDetails`: every field is `omitempty` (no `"group": ""` for
+/// the core group, no `"name": ""` for an options error, no empty `causes`), and so are the
+/// fields of each cause.
+fn omit_empty(details: &Value) -> Value {
+    let empty = |v: &Value| v.as_str() == Some("") || v.as_array().is_some_and(Vec::is_empty);
+    let mut details = details.clone();
+    if let Some(map) = details.as_object_mut() {
+        map.retain(|_, v| !empty(v));
+        for cause in map.get_mut("causes").and_then(Value::as_array_mut).into_iter().flatten() {
+            if let Some(cause) = cause.as_object_mut() {
+                cause.retain(|_, v| !empty(v));
+            }
+        }
+    }
+    details
 }
 
 /// `agents.crabglamp.com` or `secrets` (core group).

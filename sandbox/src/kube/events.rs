@@ -4,6 +4,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::admission::{Cause, CauseReason};
+
 /// (events.k8s.io/v1 name, core/v1 name) of every renamed field.
 const RENAMES: [(&str, &str); 7] = [
     ("regarding", "involvedObject"),
@@ -89,6 +91,186 @@ pub fn to_core(object: &Value) -> Value {
 /// core/v1 → events.k8s.io/v1.
 pub fn to_events_v1(object: &Value) -> Value {
     rename(object, false)
+}
+
+/// `object` (an Event of core/v1, or of events.k8s.io/v1 when `events_v1`) with what Go's
+/// encoding of the API type writes whatever was stored: `null` for unset times, `{}` for unset
+/// structs, `""` for the core strings without `omitempty`; events.k8s.io/v1 omits its empty
+/// strings.
+pub fn with_go_zero_values(object: &Value, events_v1: bool) -> Value {
+    let mut out = object.clone();
+    let Some(map) = out.as_object_mut() else { return out };
+    let (defaults, omitted): (&[(&str, Value)], &[&str]) = if events_v1 {
+        (
+            &[
+                ("eventTime", Value::Null),
+                ("deprecatedFirstTimestamp", Value::Null),
+                ("deprecatedLastTimestamp", Value::Null),
+                ("deprecatedSource", Value::Object(Map::new())),
+                ("regarding", Value::Object(Map::new())),
+            ],
+            &["action", "reason", "note", "type", "reportingController", "reportingInstance"],
+        )
+    } else {
+        (
+            &[
+                ("eventTime", Value::Null),
+                ("firstTimestamp", Value::Null),
+                ("lastTimestamp", Value::Null),
+                ("source", Value::Object(Map::new())),
+                ("involvedObject", Value::Object(Map::new())),
+                ("reportingComponent", Value::String(String::new())),
+                ("reportingInstance", Value::String(String::new())),
+            ],
+            &[],
+        )
+    };
+    for (key, zero) in defaults {
+        map.entry(*key).or_insert_with(|| zero.clone());
+    }
+    map.retain(|k, v| !(omitted.contains(&k.as_str()) && v.as_str() == Some("")));
+    out
+}
+
+/// Length limits of `pkg/apis/core/validation` for Events.
+const REPORTING_INSTANCE_MAX: usize = 128;
+const ACTION_MAX: usize = 128;
+const REASON_MAX: usize = 128;
+const NOTE_MAX: usize = 1024;
+
+/// `validation.IsDNS1123Subdomain`'s messages for `value`.
+fn dns_subdomain_errors(value: &str) -> Vec<String> {
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let mut errors = Vec::new();
+    if value.len() > 253 {
+        errors.push("must be no more than 253 characters".to_owned());
+    }
+    if !value.split('.').all(label) {
+        errors.push("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')".to_owned());
+    }
+    errors
+}
+
+/// `validation.IsQualifiedName`'s messages for `value`.
+fn qualified_name_errors(value: &str) -> Vec<String> {
+    const NAME_RULE: &str = "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
+    let mut errors = Vec::new();
+    let parts: Vec<&str> = value.split('/').collect();
+    let name = match parts.as_slice() {
+        [name] => *name,
+        [prefix, name] => {
+            if prefix.is_empty() {
+                errors.push("prefix part must be non-empty".to_owned());
+            } else {
+                errors.extend(dns_subdomain_errors(prefix).into_iter().map(|why| format!("prefix part {why}")));
+            }
+            *name
+        }
+        _ => {
+            return vec![format!(
+                "a qualified name {NAME_RULE} with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"
+            )];
+        }
+    };
+    let alnum = |c: char| c.is_ascii_alphanumeric();
+    if name.is_empty() {
+        errors.push("name part must be non-empty".to_owned());
+    } else if name.len() > 63 {
+        errors.push("name part must be no more than 63 characters".to_owned());
+    }
+    let valid = name.starts_with(alnum)
+        && name.ends_with(alnum)
+        && name.chars().all(|c| alnum(c) || matches!(c, '-' | '_' | '.'));
+    if !valid {
+        errors.push(format!("name part {NAME_RULE}"));
+    }
+    errors
+}
+
+/// kube-apiserver's checks of an Event written through `events_v1` (events.k8s.io/v1) or core/v1,
+/// on its core form in `namespace`: `legacyValidateEvent` for every write, plus on a create
+/// through events.k8s.io/v1 the strict rules of `ValidateEventCreate` (the series rule also on
+/// updates that change the series). Immutable fields of updates are not checked.
+pub fn validate(event: &Value, namespace: &str, events_v1: bool, old: Option<&Value>) -> Vec<Cause> {
+    let s = |p: &str| event.pointer(p).and_then(Value::as_str).unwrap_or_default();
+    let set = |p: &str| event.pointer(p).is_some_and(|v| !v.is_null() && v.as_str() != Some(""));
+    let invalid = |field: &str, value: &str, why: &str| {
+        Cause::new(CauseReason::Invalid, field, format!("Invalid value: {value:?}: {why}"))
+    };
+    let required = |field: &str| Cause::new(CauseReason::Required, field, "Required value");
+    let mut causes = Vec::new();
+    let controller_field = if events_v1 { "reportingController" } else { "reportingComponent" };
+    let involved_ns = s("/involvedObject/namespace");
+    if !set("/eventTime") {
+        // An old-style event: its namespace and its object's agree ("default" may hold events
+        // of cluster-scoped objects).
+        let matches =
+            if involved_ns.is_empty() { matches!(namespace, "" | "default") } else { namespace == involved_ns };
+        if !matches {
+            causes.push(invalid("involvedObject.namespace", involved_ns, "does not match event.namespace"));
+        }
+    } else {
+        if involved_ns.is_empty() && !matches!(namespace, "default" | "kube-system") {
+            causes.push(invalid("involvedObject.namespace", involved_ns, "does not match event.namespace"));
+        }
+        let controller = s("/reportingComponent");
+        if controller.is_empty() {
+            causes.push(required(controller_field));
+        }
+        causes.extend(qualified_name_errors(controller).iter().map(|why| invalid(controller_field, controller, why)));
+        let limited = |field: &str, path: &str, max: usize, causes: &mut Vec<Cause>, needed: bool| {
+            let value = s(path);
+            if needed && value.is_empty() {
+                causes.push(required(field));
+            }
+            if value.len() > max {
+                causes.push(invalid(field, "", &format!("can have at most {max} characters")));
+            }
+        };
+        limited("reportingInstance", "/reportingInstance", REPORTING_INSTANCE_MAX, &mut causes, true);
+        limited("action", "/action", ACTION_MAX, &mut causes, true);
+        limited("reason", "/reason", REASON_MAX, &mut causes, true);
+        limited("message", "/message", NOTE_MAX, &mut causes, false);
+    }
+    if !events_v1 {
+        return causes;
+    }
+    let series_changed = old.is_none_or(|o| o.get("series") != event.get("series"));
+    if series_changed && let Some(series) = event.get("series").filter(|v| v.is_object()) {
+        if series.get("count").and_then(Value::as_i64).unwrap_or(0) < 2 {
+            causes.push(invalid("series.count", "", "should be at least 2"));
+        }
+        if series.get("lastObservedTime").is_none_or(Value::is_null) {
+            causes.push(required("series.lastObservedTime"));
+        }
+    }
+    if old.is_some() {
+        return causes;
+    }
+    if !set("/eventTime") {
+        causes.push(required("eventTime"));
+    }
+    let kind = s("/type");
+    if !matches!(kind, "Normal" | "Warning") {
+        causes.push(invalid("type", "", &format!("has invalid value: {kind}")));
+    }
+    for (field, path) in [("firstTimestamp", "/firstTimestamp"), ("lastTimestamp", "/lastTimestamp")] {
+        if set(path) {
+            causes.push(invalid(field, "", "needs to be unset"));
+        }
+    }
+    if event.get("count").and_then(Value::as_i64).is_some_and(|c| c != 0) {
+        causes.push(invalid("count", "", "needs to be unset"));
+    }
+    if set("/source/component") || set("/source/host") {
+        causes.push(invalid("source", "", "needs to be unset"));
+    }
+    causes
 }
 
 #[cfg(test)]

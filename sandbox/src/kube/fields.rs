@@ -54,6 +54,38 @@ fn key_text(key: &Map<String, Value>) -> String {
 /// labels/annotations/finalizers/ownerReferences of metadata, and `status` only through the
 /// status subresource (when status is one).
 pub fn owned_set(schema: &Value, object: &Value, status_subresource: bool, subresource: &str) -> BTreeSet<FieldPath> {
+    owned_paths(schema, object, status_subresource, subresource, false)
+}
+
+/// The maps and lists of [`owned_set`]'s region themselves (non-empty objects, list-maps and
+/// sets below the top, `metadata` excepted): structured-merge-diff's comparison counts one as
+/// added when it appears, so an Update manager that creates one owns it (the `"."` marker).
+///
+/// `zero_value` lists the structs (dotted paths) a built-in kind's Go type always has, even
+/// empty (`spec` of a Lease): they never appear, so nobody owns them as such.
+fn owned_nodes(
+    schema: &Value,
+    object: &Value,
+    status_subresource: bool,
+    subresource: &str,
+    zero_value: &[&str],
+) -> BTreeSet<FieldPath> {
+    let mut nodes = owned_paths(schema, object, status_subresource, subresource, true);
+    nodes.retain(|path| {
+        let dotted: Option<Vec<&str>> =
+            path.iter().map(|s| if let Step::Field(f) = s { Some(f.as_str()) } else { None }).collect();
+        !dotted.is_some_and(|d| zero_value.contains(&d.join(".").as_str()))
+    });
+    nodes
+}
+
+fn owned_paths(
+    schema: &Value,
+    object: &Value,
+    status_subresource: bool,
+    subresource: &str,
+    nodes: bool,
+) -> BTreeSet<FieldPath> {
     let mut out = BTreeSet::new();
     let Some(obj) = object.as_object() else { return out };
     let status_only = status_subresource && subresource == "status";
@@ -68,23 +100,37 @@ pub fn owned_set(schema: &Value, object: &Value, status_subresource: bool, subre
         let mut path = vec![Step::Field(k.clone())];
         if k == "metadata" {
             let Some(meta) = child.as_object() else { continue };
-            for mk in ["labels", "annotations", "finalizers", "ownerReferences"] {
+            for mk in ["generateName", "labels", "annotations", "finalizers", "ownerReferences"] {
                 if let (Some(c), Some(s)) = (meta.get(mk), schema::child(child_schema, mk)) {
                     path.push(Step::Field(mk.into()));
-                    collect(s, c, &mut path, &mut out);
+                    collect(s, c, &mut path, &mut out, nodes);
                     path.pop();
                 }
             }
             continue;
         }
-        collect(child_schema, child, &mut path, &mut out);
+        collect(child_schema, child, &mut path, &mut out, nodes);
+    }
+    if nodes {
+        // Only the nodes: a leaf is no node (what `collect` put in for leaves goes again).
+        let leaves = owned_paths(schema, object, status_subresource, subresource, false);
+        out.retain(|p| !leaves.contains(p));
     }
     out
 }
 
 /// structured-merge-diff's `ToFieldSet`: leaves, empty objects, atomic values, list-map items,
 /// set members and map entries (a key that is no declared field).
-fn collect(schema: &Value, v: &Value, path: &mut FieldPath, out: &mut BTreeSet<FieldPath>) {
+/// With `nodes`, also the non-empty maps and lists on the way.
+fn collect(schema: &Value, v: &Value, path: &mut FieldPath, out: &mut BTreeSet<FieldPath>, nodes: bool) {
+    let node = match schema::shape(schema, v) {
+        Shape::Object => v.as_object().is_some_and(|m| !m.is_empty()),
+        Shape::Set | Shape::ListMap(_) => v.as_array().is_some_and(|a| !a.is_empty()),
+        Shape::Atomic => false,
+    };
+    if nodes && node && !path.is_empty() {
+        out.insert(path.clone());
+    }
     match schema::shape(schema, v) {
         Shape::Object => {
             let Some(m) = v.as_object() else { return };
@@ -98,7 +144,7 @@ fn collect(schema: &Value, v: &Value, path: &mut FieldPath, out: &mut BTreeSet<F
                 if schema.get("properties").and_then(|p| p.get(k)).is_none() {
                     out.insert(path.clone());
                 }
-                collect(child, c, path, out);
+                collect(child, c, path, out, nodes);
                 path.pop();
             }
         }
@@ -120,7 +166,7 @@ fn collect(schema: &Value, v: &Value, path: &mut FieldPath, out: &mut BTreeSet<F
             for (item, key) in items.iter().zip(item_keys) {
                 path.push(Step::Key(key_text(&key)));
                 out.insert(path.clone());
-                collect(schema::items(schema), item, path, out);
+                collect(schema::items(schema), item, path, out, nodes);
                 path.pop();
             }
         }
@@ -414,6 +460,17 @@ fn cap_update_managers(managers: &mut Vec<Manager>) {
 fn write_managers(object: &mut Value, managers: &[Manager]) {
     let mut managers = managers.to_vec();
     cap_update_managers(&mut managers);
+    // `sortEncodedManagedFields`: operation (Apply before Update), time (none first), manager,
+    // apiVersion, subresource. Times are RFC 3339 in UTC with seconds, so their text sorts.
+    managers.sort_by(|a, b| {
+        (&a.operation, &a.time, &a.manager, &a.api_version, &a.subresource).cmp(&(
+            &b.operation,
+            &b.time,
+            &b.manager,
+            &b.api_version,
+            &b.subresource,
+        ))
+    });
     let entries: Vec<Value> = managers
         .iter()
         .filter(|m| !m.fields.is_empty())
@@ -422,10 +479,14 @@ fn write_managers(object: &mut Value, managers: &[Manager]) {
                 "manager": m.manager,
                 "operation": m.operation,
                 "apiVersion": m.api_version,
-                "time": m.time,
                 "fieldsType": "FieldsV1",
                 "fieldsV1": to_fields_v1(&m.fields),
             });
+            // An entry whose manager never changed the object has no time (an apply of what
+            // was already there, or an entry a client wrote without one).
+            if !m.time.is_empty() {
+                e["time"] = json!(m.time);
+            }
             if !m.subresource.is_empty() {
                 e["subresource"] = json!(m.subresource);
             }
@@ -463,7 +524,6 @@ fn entry<'a>(
         }
     };
     let m = &mut managers[idx];
-    m.time = now_time();
     m.api_version = api_version.into();
     m
 }
@@ -471,7 +531,8 @@ fn entry<'a>(
 /// Records an Update-operation write (create, PUT, merge/JSON/strategic patch) by `manager`:
 /// it takes every field it added or changed from the other managers, and fields it removed
 /// leave every manager. `new` carries `old`'s managedFields on entry and the updated ones on
-/// return.
+/// return. `zero_value`: see [`owned_nodes`].
+#[allow(clippy::too_many_arguments)]
 pub fn record_update(
     schema: &Value,
     old: Option<&Value>,
@@ -480,20 +541,34 @@ pub fn record_update(
     subresource: &str,
     api_version: &str,
     status_subresource: bool,
+    zero_value: &[&str],
 ) {
     let mut managers = old.map(read_managers).unwrap_or_default();
     let new_set = owned_set(schema, new, status_subresource, subresource);
     let old_set = old.map(|o| owned_set(schema, o, status_subresource, subresource)).unwrap_or_default();
-    let changed: BTreeSet<FieldPath> = new_set.iter().filter(|p| differs(schema, old, new, p)).cloned().collect();
-    let removed: BTreeSet<FieldPath> = old_set.difference(&new_set).cloned().collect();
+    let new_nodes = owned_nodes(schema, new, status_subresource, subresource, zero_value);
+    let old_nodes =
+        old.map(|o| owned_nodes(schema, o, status_subresource, subresource, zero_value)).unwrap_or_default();
+    // structured-merge-diff's comparison: leaves added or modified, and maps and lists that
+    // appeared (a map that was there before is not changed by a change below it).
+    // A map that was empty (a leaf) and is filled now, or the other way round, is neither added
+    // nor removed nor modified itself.
+    let mut changed: BTreeSet<FieldPath> =
+        new_set.iter().filter(|p| !old_nodes.contains(*p) && differs(schema, old, new, p)).cloned().collect();
+    changed.extend(new_nodes.iter().filter(|p| !old_nodes.contains(*p) && !old_set.contains(*p)).cloned());
+    let mut removed: BTreeSet<FieldPath> =
+        old_set.iter().filter(|p| !new_set.contains(*p) && !new_nodes.contains(*p)).cloned().collect();
+    removed.extend(old_nodes.iter().filter(|p| !new_nodes.contains(*p) && !new_set.contains(*p)).cloned());
     if !changed.is_empty() || !removed.is_empty() {
-        let mine = |m: &Manager| m.manager == manager && m.operation == "Update" && m.subresource == subresource;
-        for m in managers.iter_mut().filter(|m| !mine(m)) {
+        for m in managers.iter_mut() {
             m.fields.retain(|p| !changed.contains(p) && !removed.contains(p));
         }
+    }
+    // Only a write that added or changed something is this manager's (and moves its time).
+    if !changed.is_empty() {
         let me = entry(&mut managers, manager, "Update", subresource, api_version);
         me.fields.extend(changed);
-        me.fields.retain(|p| !removed.contains(p));
+        me.time = now_time();
     }
     forget_absent(schema, new, &mut managers);
     write_managers(new, &managers);
@@ -589,11 +664,36 @@ pub fn apply(
             tidy(schema, &mut merged, gone, &managers);
         }
     }
+    // An apply that changes nothing in the object leaves its manager's time alone (none for a
+    // new manager), as kube-apiserver's field manager does.
+    let unchanged = live.is_some_and(|live| without_managed_fields(live) == without_managed_fields(&merged));
     let me = entry(&mut managers, manager, "Apply", subresource, &api_version);
     me.fields = applied;
+    if !unchanged {
+        me.time = now_time();
+    }
     forget_absent(schema, &merged, &mut managers);
     write_managers(&mut merged, &managers);
     Ok(merged)
+}
+
+/// Ownership of what `object` no longer holds goes (a write that bypassed the field manager,
+/// such as the garbage collector dropping an ownerReference).
+pub fn forget_removed(schema: &Value, object: &mut Value) {
+    let mut managers = read_managers(object);
+    let before: usize = managers.iter().map(|m| m.fields.len()).sum();
+    forget_absent(schema, object, &mut managers);
+    if managers.iter().map(|m| m.fields.len()).sum::<usize>() != before {
+        write_managers(object, &managers);
+    }
+}
+
+fn without_managed_fields(object: &Value) -> Value {
+    let mut object = object.clone();
+    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("managedFields");
+    }
+    object
 }
 
 /// Whether `path` is a key field of a list-map item that stays (an item keeps its key).
@@ -728,7 +828,7 @@ mod tests {
         for i in 0..15 {
             let before = live.clone();
             live["spec"][format!("f{i}")] = json!(i);
-            record_update(open(), Some(&before), &mut live, &format!("client-{i:02}"), "", "v1", false);
+            record_update(open(), Some(&before), &mut live, &format!("client-{i:02}"), "", "v1", false, &[]);
         }
         let entries = live["metadata"]["managedFields"].as_array().cloned().unwrap_or_default();
         assert_eq!(entries.len(), MAX_UPDATE_MANAGERS);

@@ -299,7 +299,7 @@ fn resource_request(
                 result
             };
             Ok(match result {
-                Deleted::Pending(obj) => ok(&write::present(&rt, &obj)),
+                Deleted::Pending(obj) => ok(&write::present_response(&rt, &obj)),
                 Deleted::Gone(status) => ok(&status),
             })
         }
@@ -327,7 +327,7 @@ fn resource_request(
             shared.notify(&state);
             let rv = state.rv();
             drop(state);
-            let items: Vec<Value> = items.iter().map(|o| write::present(&rt, o)).collect();
+            let items: Vec<Value> = items.iter().map(|o| write::present_response(&rt, o)).collect();
             Ok(ok(&json!({
                 "kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(),
                 "metadata": {"resourceVersion": rv.to_string()}, "items": items,
@@ -346,7 +346,7 @@ fn written(
 ) -> Result<Response, ApiError> {
     let written = shared.write(write)?;
     let code = if written.created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok(json_response(code, &write::present(rt, &written.object), &written.warnings))
+    Ok(json_response(code, &write::present_response(rt, &written.object), &written.warnings))
 }
 
 fn delete_options(req: &Request) -> Result<DeleteOptions, ApiError> {
@@ -392,7 +392,7 @@ fn get(
 ) -> Result<Response, ApiError> {
     let obj =
         shared.lock().get(&rt.storage, ns, name).ok_or_else(|| ApiError::not_found(&rt.plural, &rt.group, name))?;
-    let presented = write::present(rt, &obj);
+    let presented = write::present_response(rt, &obj);
     Ok(match Rendering::from_accept(req.header(header::ACCEPT)) {
         Rendering::Full => ok(&presented),
         Rendering::Metadata => ok(&table::partial_metadata(&presented)),
@@ -409,7 +409,34 @@ fn get(
     })
 }
 
+/// `ValidateListOptions` of k8s.io/apiserver for `resourceVersionMatch` (422 ListOptions).
+fn check_resource_version_match(req: &Request) -> Result<(), ApiError> {
+    let Some(matching) = req.q("resourceVersionMatch").filter(|m| !m.is_empty()) else { return Ok(()) };
+    let rv = req.q("resourceVersion").unwrap_or_default();
+    let forbidden =
+        |message: &str| Cause::new(CauseReason::Forbidden, "resourceVersionMatch", format!("Forbidden: {message}"));
+    let mut causes = Vec::new();
+    if rv.is_empty() {
+        causes.push(forbidden("resourceVersionMatch is forbidden unless resourceVersion is provided"));
+    }
+    if req.q("continue").is_some_and(|c| !c.is_empty()) {
+        causes.push(forbidden("resourceVersionMatch is forbidden when continue is provided"));
+    }
+    if !matches!(matching, "Exact" | "NotOlderThan") {
+        causes.push(Cause::new(
+            CauseReason::NotSupported,
+            "resourceVersionMatch",
+            format!("Unsupported value: {matching:?}: supported values: \"Exact\", \"NotOlderThan\", \"\""),
+        ));
+    }
+    if matching == "Exact" && rv == "0" {
+        causes.push(forbidden("resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\""));
+    }
+    if causes.is_empty() { Ok(()) } else { Err(ApiError::invalid("ListOptions", "meta.k8s.io", "", &causes)) }
+}
+
 fn list(shared: &Arc<Shared>, rt: &Arc<ResourceType>, ns: Option<&str>, req: &Request) -> Result<Response, ApiError> {
+    check_resource_version_match(req)?;
     let request = ListRequest {
         rt,
         namespace: ns,
@@ -420,11 +447,28 @@ fn list(shared: &Arc<Shared>, rt: &Arc<ResourceType>, ns: Option<&str>, req: &Re
         resource_version: req.q("resourceVersion"),
     };
     let Page { items, meta } = request.page(shared)?;
-    let page: Vec<Value> = items.iter().map(|o| write::present(rt, o)).collect();
+    let page: Vec<Value> = items.iter().map(|o| write::present_response(rt, o)).collect();
     Ok(match Rendering::from_accept(req.header(header::ACCEPT)) {
-        Rendering::Full => ok(
-            &json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": meta, "items": page}),
-        ),
+        Rendering::Full => {
+            // A custom resource list is unstructured: a paged one (limit) carries `continue` even
+            // on its last page, as an empty string (typed lists, Tables and metadata lists omit it).
+            let mut meta = meta;
+            let mut page = page;
+            if rt.is_custom() {
+                if request.limit.is_some_and(|l| l > 0) && meta.get("continue").is_none() {
+                    meta["continue"] = json!("");
+                }
+            } else {
+                // The items of a typed list carry no apiVersion and kind (the list says them).
+                for item in page.iter_mut().filter_map(Value::as_object_mut) {
+                    item.remove("apiVersion");
+                    item.remove("kind");
+                }
+            }
+            ok(
+                &json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": meta, "items": page}),
+            )
+        }
         // kube-apiserver encodes an empty PartialObjectMetadataList's items as null (a nil Go
         // slice), unlike a full list's `[]`: clients must take both.
         Rendering::Metadata => ok(&json!({

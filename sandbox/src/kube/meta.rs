@@ -14,18 +14,30 @@ pub fn now_micro() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-/// A duration in `kubectl`'s short form: `45s`, `5m`, `3h20m`, `4d`.
+/// The age of a time in `duration.HumanDuration`'s short form (what kube-apiserver's printers
+/// and kubectl show): `45s`, `5m`, `5m3s`, `3h20m`, `4d`, `2y30d`.
 pub fn human_age(since: &str) -> Option<String> {
     let t = DateTime::parse_from_rfc3339(since).ok()?;
-    let secs = (Utc::now() - t.with_timezone(&Utc)).num_seconds().max(0);
+    let secs = (Utc::now() - t.with_timezone(&Utc)).num_seconds();
+    // Up to two seconds in the future is clock skew, "now".
+    if secs < -1 {
+        return Some("<invalid>".into());
+    }
+    let secs = secs.max(0);
+    let (minutes, hours, days) = (secs / 60, secs / 3600, secs / 86400);
+    let with = |big: i64, unit: &str, small: i64, small_unit: &str| {
+        if small == 0 { format!("{big}{unit}") } else { format!("{big}{unit}{small}{small_unit}") }
+    };
     Some(match secs {
         s if s < 120 => format!("{s}s"),
-        s if s < 600 => format!("{}m{}s", s / 60, s % 60),
-        s if s < 3 * 3600 => format!("{}m", s / 60),
-        s if s < 8 * 3600 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
-        s if s < 2 * 86400 => format!("{}h", s / 3600),
-        s if s < 8 * 86400 => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
-        s => format!("{}d", s / 86400),
+        _ if minutes < 10 => with(minutes, "m", secs % 60, "s"),
+        _ if minutes < 3 * 60 => format!("{minutes}m"),
+        _ if hours < 8 => with(hours, "h", minutes % 60, "m"),
+        _ if hours < 48 => format!("{hours}h"),
+        _ if hours < 24 * 8 => with(days, "d", hours % 24, "h"),
+        _ if hours < 24 * 365 * 2 => format!("{days}d"),
+        _ if hours < 24 * 365 * 8 => with(days / 365, "y", days % 365, "d"),
+        _ => format!("{}y", days / 365),
     })
 }
 

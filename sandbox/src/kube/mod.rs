@@ -10,49 +10,83 @@
 //! It owns only its in-memory state; it never talks to a real cluster and never persists
 //! anything.
 //!
-//! Deliberate differences from a real API server (kept because no client here depends on them):
-//! - Plain HTTP on loopback, no authentication or authorisation (a bearer token is only taken
-//!   as the user's name in the request log, [`requests`]), HTTP/1.1 only. Responses are
+//! # Deliberate differences from kube-apiserver
+//!
+//! Kept because no client here depends on them. Each has a stable id: the differential
+//! conformance test (`tests/real_kube/conformance.rs`, the same scenario against the real
+//! kube-apiserver of `testenv/` and this server) allows a difference only where it names one of
+//! these ids, and fails when an allowed one no longer shows.
+//! - **D1**: Plain HTTP on loopback, no authentication or authorisation (a bearer token is only
+//!   taken as the user's name in the request log, [`requests`]), HTTP/1.1 only. Responses are
 //!   always JSON (Accept lists with protobuf first get JSON); protobuf request bodies are read
-//!   only for Namespace, Secret and ConfigMap (what `kubectl create` sends that way).
-//! - `/openapi/v2` is 404 (kubectl uses v3). OpenAPI v3 schemas of built-in kinds are
+//!   only for Namespace, Secret and ConfigMap (what `kubectl create` sends that way). `/version`
+//!   says v1.32.0.
+//! - **D2**: `/openapi/v2` is 404 (kubectl uses v3). OpenAPI v3 schemas of built-in kinds are
 //!   k8s-openapi's, every reference inlined (no `$ref`), with the list and patch markers of
 //!   [`schema`].
-//! - Built-in kinds are validated by their schema (types, required fields, list keys, unknown
-//!   fields) plus the checks of [`crate::admission::builtin`]; other checks of kube-apiserver's
-//!   validation (resource quantities, most of the pod spec, security contexts, affinity) are not
-//!   made, and a wrong JSON type is a 400 with a simplified message. Services get a cluster IP
+//! - **D3**: Built-in kinds are validated by their schema (types, required fields, list keys,
+//!   unknown fields) plus the checks of [`crate::admission::builtin`] and, for Leases and Events,
+//!   of [`write`] and [`events`]; other checks of kube-apiserver's validation (resource
+//!   quantities, most of the pod spec, security contexts, affinity, the immutable fields of an
+//!   Event updated through events.k8s.io) are not made, and a wrong JSON type in a kind other
+//!   than a Secret or ConfigMap is a 400 with a simplified message. Services get a cluster IP
 //!   from 10.96.0.0/12 without collision checks; no Endpoints, no Pods, no status is ever written.
-//! - Server-side apply follows structured-merge-diff for ownership, merge, conflicts and removal,
-//!   but orders merged list-map items more simply, and a `null` in an applied configuration
-//!   removes the field. A client may rewrite `managedFields` (kubectl's client-side to
-//!   server-side apply migration does).
-//! - Garbage collection is synchronous: dependents go in the same request as their owner;
-//!   Foreground deletion deletes dependents first without the `foregroundDeletion` finalizer
-//!   and Orphan strips the ownerReferences without the `orphan` finalizer.
-//! - A deleted namespace is `Terminating` for [`NAMESPACE_GRACE`] before the built-in namespace
-//!   controller deletes its content (so `kubectl delete -f dir/` can still delete each object),
-//!   then goes once empty; it carries no `kubernetes` finalizer in `spec`.
-//! - Deleting a CRD deletes its objects at once, finalizers notwithstanding.
-//! - A `continue` token pins the snapshot of its first page for [`state::CONTINUE_TTL`] (and
-//!   among the last [`state::CONTINUE_SNAPSHOTS`] paged lists; both configurable), then gets
+//! - **D4**: Server-side apply follows structured-merge-diff for ownership, merge, conflicts and
+//!   removal, but orders merged list-map items more simply, and a `null` in an applied
+//!   configuration removes the field. A client may rewrite `managedFields` (kubectl's
+//!   client-side to server-side apply migration does). Which structs a built-in kind's Go type
+//!   always carries (so that no Update manager owns them with a `"."`) is listed by hand for the
+//!   served kinds ([`resource::ResourceType::zero_value_structs`]), not derived from Go types.
+//! - **D5**: Garbage collection is synchronous: dependents go in the same request as their
+//!   owner (a dangling ownerReference of a dependent with another owner goes at once too);
+//!   Foreground deletion deletes dependents first without the `foregroundDeletion` finalizer and
+//!   Orphan strips the ownerReferences without the `orphan` finalizer, so such a DELETE answers
+//!   with the `Success` Status where kube-apiserver answers with the object, its finalizer and
+//!   `deletionTimestamp`.
+//! - **D6**: A deleted namespace is `Terminating` for [`NAMESPACE_GRACE`] before the built-in
+//!   namespace controller deletes its content (so `kubectl delete -f dir/` can still delete each
+//!   object), then goes once empty, its `kubernetes` spec finalizer dropped as it goes (there is
+//!   no `finalize` subresource).
+//! - **D7**: Deleting a CRD deletes its objects at once, finalizers notwithstanding.
+//! - **D8**: A `continue` token pins the snapshot of its first page for [`state::CONTINUE_TTL`]
+//!   (and among the last [`state::CONTINUE_SNAPSHOTS`] paged lists; both configurable), then gets
 //!   `410 Expired`, as after a real etcd compaction. Lists with a selector are cut the same way
 //!   but without `remainingItemCount`, as on a real server. `resourceVersionMatch=Exact` is
 //!   served from the latest state.
-//! - No admission webhooks, quotas, RBAC, `gracePeriodSeconds` (deletions are immediate), pods
-//!   or any controller other than garbage collection and the namespace controller; no CRD
-//!   version conversion (every CRD here has one version).
-//! - A watch whose client reads slower than the history turns over gets `410 Expired` (a real
-//!   watch cache drops such a watcher too, with a different message).
-//! - Field selectors of built-in kinds other than Events accept any field path (real servers
-//!   allow a fixed list per kind); Events (both APIs) and custom resources accept exactly the
-//!   labels real servers do (custom resources: `metadata.name`, `metadata.namespace` and their
-//!   `selectableFields`).
-//! - Events expire [`state::EVENT_TTL`] after their last write (configurable), as with
+//! - **D9**: No admission webhooks, quotas, RBAC, `gracePeriodSeconds` (deletions are
+//!   immediate), pods or any controller other than garbage collection and the namespace
+//!   controller; no CRD version conversion (every CRD here has one version).
+//! - **D10**: A watch whose client reads slower than the history turns over gets `410 Expired`
+//!   (a real watch cache drops such a watcher too, with a different message).
+//! - **D11**: Field selectors of built-in kinds other than Events accept any field path (real
+//!   servers allow a fixed list per kind); Events (both APIs) and custom resources accept exactly
+//!   the labels real servers do (custom resources: `metadata.name`, `metadata.namespace` and
+//!   their `selectableFields`).
+//! - **D12**: Events expire [`state::EVENT_TTL`] after their last write (configurable), as with
 //!   kube-apiserver's `--event-ttl`; the expiry is checked four times a second.
-//! - The event history holds [`state::HISTORY_LIMIT`] changes and about [`state::HISTORY_BYTES`]
-//!   of objects (both configurable): a watch resumed from before it gets the `410 Expired` ERROR
-//!   event, as after a real etcd compaction.
+//! - **D13**: The event history holds [`state::HISTORY_LIMIT`] changes and about
+//!   [`state::HISTORY_BYTES`] of objects (both configurable), and starts after the bootstrap (as a
+//!   watch cache starts at the revision it was created at): a watch resumed from before it gets
+//!   the `410 Expired` ERROR event, as after a real etcd compaction; the revision in its message
+//!   differs. Bookmarks come every [`watch::BOOKMARK_INTERVAL`], where kube-apiserver sends one
+//!   about a minute into a watch (and two seconds before its `timeoutSeconds`).
+//! - **D14**: A custom resource's `x-kubernetes-validations` failures are worded as the reported
+//!   v1.32 words them (`Invalid value: "string": <message>`, the node's type) by
+//!   [`crate::admission`]; kube-apiserver 1.35 and later show the value of a scalar node and no
+//!   value for an object node (`Invalid value: <message>`). kubectl prints either.
+//! - **D15**: After a schema error that blocks the rules (an enum or a type error),
+//!   [`crate::admission`] still runs the `x-kubernetes-validations` rules and reports their
+//!   failures; kube-apiserver skips them and adds the cause `<nil>: Invalid value: null: some
+//!   validation rules were not checked because the object was invalid; correct the existing
+//!   errors to complete validation`. The code (422) and the schema causes are the same.
+//! - **D16**: A malformed label selector is a 400 BadRequest worded by this server's parser
+//!   (`unable to parse requirement: invalid label selector term "a==b==c"`), not by Go's, which
+//!   names the token it met (`found '==', expected: ',' or 'end of string'`).
+//! - **D17**: A `continue` token that does not decode is a 400 `invalid continue token: continue
+//!   key is not valid: ...` whose last part is this server's base64 or JSON error, not Go's.
+//! - **D18**: Tables of built-in kinds follow kube-apiserver's printers (columns, descriptions,
+//!   cells) for ConfigMaps, Secrets, Namespaces, Events (both APIs) and Leases; the other kinds
+//!   get simplified columns (Name, a few fields by JSONPath, Age).
 
 pub mod delete;
 pub mod discovery;
@@ -355,6 +389,10 @@ pub async fn spawn(config: KubeApiConfig, listener: TcpListener) -> Result<Runni
                 .map_err(|e| StartError::Crd { name, message: e.message })?;
         }
     }
+    // The watch history starts after the bootstrap, as a real watch cache starts at the
+    // revision it was created at: a watch from an older resourceVersion (`resourceVersion=1`)
+    // gets `410 Expired` from both, instead of a replay of the bootstrap here.
+    state.compact();
     let (latest, _) = tokio::sync::watch::channel(state.rv());
     let (stopping, _) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared {

@@ -127,6 +127,8 @@ fn object_meta(b: &[u8]) -> Result<Value, ProtobufError> {
             _ => {}
         }
     }
+    // Protobuf carries empty strings (kubectl sends `generateName: ""`); Go's JSON omits them.
+    m.retain(|_, v| v.as_str() != Some(""));
     Ok(Value::Object(m))
 }
 

@@ -29,7 +29,46 @@ pub struct PrinterColumn {
     pub priority: i64,
     /// JSONPath into the object.
     pub json_path: String,
+    /// How the cell is computed.
+    pub cell: Cell,
 }
+
+/// How a Table cell is computed: a CRD's JSONPath, or one of kube-apiserver's printers of
+/// built-in kinds (`pkg/printers/internalversion`), which render ages and counts themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cell {
+    /// The value at the column's JSONPath.
+    JsonPath,
+    /// The string at the column's JSONPath, `""` when there is none (a built-in printer's
+    /// string field).
+    Text,
+    /// `metadata.name` (a printer that does not start with it, as Events' does, lists it).
+    Name,
+    /// The age of `metadata.creationTimestamp` as text (`translateTimestampSince`).
+    Age,
+    /// How many entries `data` and `binaryData` hold.
+    DataCount,
+    /// An Event's last occurrence as an age.
+    EventLastSeen,
+    /// An Event's first occurrence as an age.
+    EventFirstSeen,
+    /// `kind/name` of the Event's object (kind in lower case).
+    EventObject,
+    /// `involvedObject.fieldPath`.
+    EventSubobject,
+    /// The reporting component (and instance).
+    EventSource,
+    /// The message, trimmed.
+    EventMessage,
+    /// How many times it happened.
+    EventCount,
+}
+
+/// `metav1.ObjectMeta`'s documentation of `name` (the Name column's description).
+pub const NAME_DESCRIPTION: &str = "Name must be unique within a namespace. Is required when creating resources, although some resources may allow a client to request the generation of an appropriate name automatically. Name is primarily intended for creation idempotence and configuration definition. Cannot be updated. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names";
+
+/// `metav1.ObjectMeta`'s documentation of `creationTimestamp` (the Age column's description).
+pub const CREATION_DESCRIPTION: &str = "CreationTimestamp is a timestamp representing the server time when this object was created. It is not guaranteed to be set in happens-before order across separate operations. Clients may not set this value. It is represented in RFC3339 form and is in UTC.\n\nPopulated by the system. Read-only. Null for lists. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata";
 
 impl PrinterColumn {
     fn new(name: &str, type_: &str, json_path: &str) -> Self {
@@ -40,6 +79,26 @@ impl PrinterColumn {
             description: String::new(),
             priority: 0,
             json_path: json_path.into(),
+            cell: Cell::JsonPath,
+        }
+    }
+
+    /// A column of a built-in printer: type string (as kube-apiserver declares even its
+    /// counts), its description, its cell.
+    /// The same column reading the string at `json_path`.
+    fn at(self, json_path: &str) -> Self {
+        Self { json_path: json_path.into(), cell: Cell::Text, ..self }
+    }
+
+    fn printed(name: &str, description: &str, priority: i64, cell: Cell) -> Self {
+        Self {
+            name: name.into(),
+            type_: "string".into(),
+            format: if cell == Cell::Name { "name".into() } else { String::new() },
+            description: description.into(),
+            priority,
+            json_path: String::new(),
+            cell,
         }
     }
 }
@@ -102,6 +161,29 @@ impl ResourceType {
         if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) }
     }
 
+    /// The structs (dotted paths) the kind's Go type always carries, empty or not: they never
+    /// count as added by a write ([`super::fields::record_update`]). None for custom resources,
+    /// whose objects have only what was written.
+    pub fn zero_value_structs(&self) -> &'static [&'static str] {
+        if self.is_custom() {
+            return &[];
+        }
+        match (self.group.as_str(), self.kind.as_str()) {
+            ("", "Event") => &["involvedObject", "source"],
+            ("events.k8s.io", "Event") => &["regarding", "deprecatedSource"],
+            ("apps", "Deployment") => {
+                &["spec", "status", "spec.template", "spec.template.metadata", "spec.template.spec", "spec.strategy"]
+            }
+            ("", "Service") => &["spec", "status", "status.loadBalancer"],
+            ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+                &["spec", "status", "spec.names", "status.acceptedNames"]
+            }
+            ("networking.k8s.io", "NetworkPolicy") => &["spec", "spec.podSelector"],
+            ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => &["roleRef"],
+            _ => &["spec", "status"],
+        }
+    }
+
     /// Whether this is a custom resource (admission, no strategic merge).
     pub fn is_custom(&self) -> bool {
         self.validator.is_some()
@@ -136,7 +218,9 @@ impl ResourceType {
             status_subresource: matches!(special, Special::Namespace | Special::Crd)
                 || matches!(kind, "Deployment" | "Service" | "PodDisruptionBudget"),
             columns,
-            merge_schema: super::schema::builtin(group, kind).unwrap_or_else(|| Arc::new(with_typed_meta(None))),
+            merge_schema: super::schema::builtin(group, kind)
+                .or_else(|| super::schema::merge_only(group, kind))
+                .unwrap_or_else(|| Arc::new(with_typed_meta(None))),
             schema: super::schema::builtin(group, kind),
             generation: special == Special::Crd
                 || matches!(kind, "Deployment" | "PodDisruptionBudget" | "NetworkPolicy"),
@@ -148,8 +232,33 @@ impl ResourceType {
     }
 }
 
+/// The Age column of built-in printers: the server renders the age.
 fn age() -> PrinterColumn {
-    PrinterColumn::new("Age", "date", ".metadata.creationTimestamp")
+    PrinterColumn::printed("Age", CREATION_DESCRIPTION, 0, Cell::Age)
+}
+
+/// The Age column kube-apiserver gives a CRD version without printer columns.
+fn crd_age() -> PrinterColumn {
+    PrinterColumn {
+        description: CREATION_DESCRIPTION.into(),
+        ..PrinterColumn::new("Age", "date", ".metadata.creationTimestamp")
+    }
+}
+
+/// The columns of kube-apiserver's Event printer (core/v1 and events.k8s.io/v1 alike).
+fn event_columns() -> Vec<PrinterColumn> {
+    vec![
+        PrinterColumn::printed("Last Seen", "The time at which the most recent occurrence of this event was recorded.", 0, Cell::EventLastSeen),
+        PrinterColumn::printed("Type", "Type of this event (Normal, Warning), new types could be added in the future", 0, Cell::Text).at(".type"),
+        PrinterColumn::printed("Reason", "This should be a short, machine understandable string that gives the reason for the transition into the object's current status.", 0, Cell::Text).at(".reason"),
+        PrinterColumn::printed("Object", "The object that this event is about.", 0, Cell::EventObject),
+        PrinterColumn::printed("Subobject", "If referring to a piece of an object instead of an entire object, this string should contain a valid JSON/Go field access statement, such as desiredState.manifest.containers[2]. For example, if the object reference is to a container within a pod, this would take on a value like: \"spec.containers{name}\" (where \"name\" refers to the name of the container that triggered the event) or if no container name is specified \"spec.containers[2]\" (container with index 2 in this pod). This syntax is chosen only to have some well-defined way of referencing a part of an object.", 1, Cell::EventSubobject),
+        PrinterColumn::printed("Source", "The component reporting this event. Should be a short machine understandable string.", 1, Cell::EventSource),
+        PrinterColumn::printed("Message", "A human-readable description of the status of this operation.", 0, Cell::EventMessage),
+        PrinterColumn::printed("First Seen", "The time at which the event was first recorded. (Time of server receipt is in TypeMeta.)", 1, Cell::EventFirstSeen),
+        PrinterColumn::printed("Count", "The number of times this event has occurred.", 1, Cell::EventCount),
+        PrinterColumn::printed("Name", NAME_DESCRIPTION, 1, Cell::Name),
+    ]
 }
 
 /// The built-in kinds.
@@ -162,7 +271,7 @@ pub fn builtins() -> Vec<ResourceType> {
             "namespaces",
             false,
             &["ns"],
-            vec![PrinterColumn::new("Status", "string", ".status.phase"), age()],
+            vec![PrinterColumn::printed("Status", "The status of the namespace", 0, Cell::Text).at(".status.phase"), age()],
             Special::Namespace,
         ),
         ResourceType::builtin(
@@ -172,25 +281,43 @@ pub fn builtins() -> Vec<ResourceType> {
             "secrets",
             true,
             &[],
-            vec![PrinterColumn::new("Type", "string", ".type"), age()],
-            Special::None,
-        ),
-        ResourceType::builtin("", "v1", "ConfigMap", "configmaps", true, &["cm"], vec![age()], Special::None),
-        ResourceType::builtin(
-            "",
-            "v1",
-            "Event",
-            "events",
-            true,
-            &["ev"],
             vec![
-                PrinterColumn::new("Type", "string", ".type"),
-                PrinterColumn::new("Reason", "string", ".reason"),
-                PrinterColumn::new("Object", "string", ".involvedObject.name"),
-                PrinterColumn::new("Message", "string", ".message"),
+                PrinterColumn::printed(
+                    "Type",
+                    "Used to facilitate programmatic handling of secret data. More info: https://kubernetes.io/docs/concepts/configuration/secret/#secret-types",
+                    0,
+                    Cell::Text,
+                )
+                .at(".type"),
+                PrinterColumn::printed(
+                    "Data",
+                    "Data contains the secret data. Each key must consist of alphanumeric characters, '-', '_' or '.'. The serialized form of the secret data is a base64 encoded string, representing the arbitrary (possibly non-string) data value here. Described in https://tools.ietf.org/html/rfc4648#section-4",
+                    0,
+                    Cell::DataCount,
+                ),
+                age(),
             ],
             Special::None,
         ),
+        ResourceType::builtin(
+            "",
+            "v1",
+            "ConfigMap",
+            "configmaps",
+            true,
+            &["cm"],
+            vec![
+                PrinterColumn::printed(
+                    "Data",
+                    "Data contains the configuration data. Each key must consist of alphanumeric characters, '-', '_' or '.'. Values with non-UTF-8 byte sequences must use the BinaryData field. The keys stored in Data must not overlap with the keys in the BinaryData field, this is enforced during validation process.",
+                    0,
+                    Cell::DataCount,
+                ),
+                age(),
+            ],
+            Special::None,
+        ),
+        ResourceType::builtin("", "v1", "Event", "events", true, &["ev"], event_columns(), Special::None),
         ResourceType::builtin(
             "events.k8s.io",
             "v1",
@@ -198,12 +325,7 @@ pub fn builtins() -> Vec<ResourceType> {
             "events",
             true,
             &["ev"],
-            vec![
-                PrinterColumn::new("Type", "string", ".type"),
-                PrinterColumn::new("Reason", "string", ".reason"),
-                PrinterColumn::new("Object", "string", ".regarding.name"),
-                PrinterColumn::new("Note", "string", ".note"),
-            ],
+            event_columns(),
             Special::EventsV1,
         ),
         ResourceType::builtin(
@@ -213,7 +335,16 @@ pub fn builtins() -> Vec<ResourceType> {
             "leases",
             true,
             &[],
-            vec![PrinterColumn::new("Holder", "string", ".spec.holderIdentity"), age()],
+            vec![
+                PrinterColumn::printed(
+                    "Holder",
+                    "holderIdentity contains the identity of the holder of a current lease. If Coordinated Leader Election is used, the holder identity must be equal to the elected LeaseCandidate.metadata.name field.",
+                    0,
+                    Cell::Text,
+                )
+                .at(".spec.holderIdentity"),
+                age(),
+            ],
             Special::None,
         ),
         ResourceType::builtin("", "v1", "ServiceAccount", "serviceaccounts", true, &["sa"], vec![age()], Special::None),
@@ -365,13 +496,17 @@ pub fn from_crd(crd_json: &Value) -> Result<Vec<ResourceType>, CrdError> {
                 name: c.name.clone(),
                 type_: c.type_.clone(),
                 format: c.format.clone().unwrap_or_default(),
-                description: c.description.clone().unwrap_or_default(),
+                // kube-apiserver's default description of a column without one.
+                description: c.description.clone().unwrap_or_else(|| {
+                    format!("Custom resource definition column (in JSONPath format): {}", c.json_path)
+                }),
                 priority: i64::from(c.priority.unwrap_or(0)),
                 json_path: c.json_path.clone(),
+                cell: Cell::JsonPath,
             })
             .collect();
         if columns.is_empty() {
-            columns.push(age());
+            columns.push(crd_age());
         }
         let schema = version
             .schema

@@ -95,6 +95,10 @@ const MARKERS: &[&[Marker]] = &[
         list(META, "finalizers", List::Set, Some(("merge", ""))),
         list(META, "ownerReferences", List::Map(&[("uid", None)]), Some(("merge", "uid"))),
         atomic("io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector", ""),
+        // `+structType=atomic`: owned whole (an Event's `involvedObject` / `regarding`, each
+        // ownerReference).
+        atomic(core!("ObjectReference"), ""),
+        atomic("io.k8s.apimachinery.pkg.apis.meta.v1.OwnerReference", ""),
         strategy("io.k8s.api.apps.v1.DeploymentSpec", "strategy", "retainKeys"),
         list("io.k8s.api.apps.v1.DeploymentStatus", "conditions", List::Map(TYPE), MERGE_TYPE),
         list(core!("PodSpec"), "containers", List::Map(NAME), MERGE_NAME),
@@ -301,6 +305,14 @@ pub fn builtin(group: &str, kind: &str) -> Option<Arc<Value>> {
     let mut cache = SCHEMAS.lock().unwrap_or_else(|e| e.into_inner());
     let key = (group.to_owned(), kind.to_owned());
     Some(cache.entry(key).or_insert_with(|| Arc::new(build())).clone())
+}
+
+/// The schema only field ownership reads for a kind served without one (events.k8s.io/v1
+/// Events, stored as core Events: their managedFields are the writer's, in its own API).
+pub fn merge_only(group: &str, kind: &str) -> Option<Arc<Value>> {
+    static EVENTS_V1: LazyLock<Arc<Value>> =
+        LazyLock::new(|| Arc::new(inline::<k8s_openapi::api::events::v1::Event>()));
+    (group == "events.k8s.io" && kind == "Event").then(|| EVENTS_V1.clone())
 }
 
 /// ObjectMeta's schema, markers applied: what every kind's `metadata` is, whatever its own

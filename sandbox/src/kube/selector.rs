@@ -181,11 +181,8 @@ impl FieldSelector {
                 allowed.then(|| vec![k.to_owned()])
             };
             let Some(paths) = paths else {
-                return Err(ApiError::bad_request(format!(
-                    "Unable to find \"{}, Resource={}\" field label \"{k}\": field label not supported: {k}",
-                    rt.api_version(),
-                    rt.plural
-                )));
+                // kube-apiserver's words (kubectl adds the "Unable to find ..." part itself).
+                return Err(ApiError::bad_request(format!("field label not supported: {k}")));
             };
             terms.push(FieldTerm { paths, eq, value: v.trim().to_owned() });
         }

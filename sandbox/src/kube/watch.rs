@@ -20,7 +20,7 @@ use super::resource::ResourceType;
 use super::selector::{FieldSelector, LabelSelector};
 use super::state::{EventType, in_namespace};
 use super::table::{self, IncludeObject, Rendering};
-use super::write::present;
+use super::write::present_response;
 
 /// How often a watch that asked for bookmarks gets one (the default).
 pub const BOOKMARK_INTERVAL: Duration = Duration::from_secs(10);
@@ -60,7 +60,7 @@ struct Renderer {
 
 impl Renderer {
     fn line(&mut self, kind: &str, object: &Value) -> Bytes {
-        let presented = present(&self.rt, object);
+        let presented = present_response(&self.rt, object);
         let rendered = match self.rendering {
             Rendering::Full => presented,
             Rendering::Metadata => table::partial_metadata(&presented),
@@ -220,7 +220,19 @@ pub fn start(
                     (EventType::Modified, Some(false), true) => "ADDED",
                     (kind, _, _) => kind.as_str(),
                 };
-                if tx.send(renderer.line(kind, &change.object)).await.is_err() {
+                // An object leaving the selection is DELETED as it was when it last matched,
+                // with the change's resourceVersion (as the watch cache sends it).
+                let left = match (kind, change.kind, &change.previous) {
+                    ("DELETED", EventType::Modified, Some(previous)) => {
+                        let mut previous = (**previous).clone();
+                        if let Some(meta) = previous.get_mut("metadata").and_then(Value::as_object_mut) {
+                            meta.insert("resourceVersion".into(), json!(change.rv.to_string()));
+                        }
+                        Some(previous)
+                    }
+                    _ => None,
+                };
+                if tx.send(renderer.line(kind, left.as_ref().unwrap_or(&change.object))).await.is_err() {
                     return;
                 }
             }

@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+use chrono::{SecondsFormat, Timelike};
 use serde_json::{Value, json};
 
 use super::delete::after_removal;
@@ -232,6 +233,16 @@ pub fn present(rt: &ResourceType, object: &Value) -> Value {
     v
 }
 
+/// The object as a response carries it: [`present`], plus the fields Go's encoder writes for an
+/// Event even when they were never set (structs and fields without `omitempty`).
+pub fn present_response(rt: &ResourceType, object: &Value) -> Value {
+    let presented = present(rt, object);
+    if rt.kind != "Event" || !(rt.group.is_empty() || rt.special == Special::EventsV1) {
+        return presented;
+    }
+    events::with_go_zero_values(&presented, rt.special == Special::EventsV1)
+}
+
 fn random_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let id = uuid::Uuid::new_v4();
@@ -263,7 +274,7 @@ fn check_type(rt: &ResourceType, body: &Value) -> Result<(), ApiError> {
 /// Refuses a body (or patch result) that is no object of this kind, as a real server's decoder
 /// does, before anything reads or rewrites its metadata.
 fn check_decodes(rt: &ResourceType, object: &Value) -> Result<(), ApiError> {
-    match meta::decode_error(object) {
+    match meta::decode_error(object).or_else(|| micro_time_error(rt, object)) {
         None => Ok(()),
         Some(why) => Err(ApiError::bad_request(format!(
             "{kind} in version \"{v}\" cannot be handled as a {kind}: {why}",
@@ -271,6 +282,122 @@ fn check_decodes(rt: &ResourceType, object: &Value) -> Result<(), ApiError> {
             v = rt.version
         ))),
     }
+}
+
+/// Validation of built-in kinds that [`builtin::admit`] does not cover: Leases
+/// (`ValidateLeaseSpec`) and Events (in their stored core form, [`events::validate`]).
+fn builtin_checks(rt: &ResourceType, new: &Value, namespace: &str, old: Option<&Value>) -> Vec<Cause> {
+    match (rt.group.as_str(), rt.kind.as_str()) {
+        ("coordination.k8s.io", "Lease") => {
+            let mut causes = Vec::new();
+            let int = |p: &str| new.pointer(p).and_then(Value::as_i64);
+            if let Some(d) = int("/spec/leaseDurationSeconds").filter(|d| *d <= 0) {
+                causes.push(Cause::new(
+                    CauseReason::Invalid,
+                    "spec.leaseDurationSeconds",
+                    format!("Invalid value: {d}: must be greater than 0"),
+                ));
+            }
+            if let Some(t) = int("/spec/leaseTransitions").filter(|t| *t < 0) {
+                causes.push(Cause::new(
+                    CauseReason::Invalid,
+                    "spec.leaseTransitions",
+                    format!("Invalid value: {t}: must be greater than or equal to 0"),
+                ));
+            }
+            causes
+        }
+        ("" | "events.k8s.io", "Event") => events::validate(new, namespace, rt.special == Special::EventsV1, old),
+        _ => Vec::new(),
+    }
+}
+
+/// Times of built-in kinds as Go writes them back: MicroTimes in UTC with six fractional
+/// digits, Times in UTC to the second (a time sent as `+00:00` is answered with `Z`).
+fn canonical_times(rt: &ResourceType, object: &mut Value) {
+    let seconds: &[&str] = if rt.kind == "Event" { &["/firstTimestamp", "/lastTimestamp"] } else { &[] };
+    let fields = micro_time_fields(rt)
+        .iter()
+        .map(|p| (p, SecondsFormat::Micros))
+        .chain(seconds.iter().map(|p| (p, SecondsFormat::Secs)));
+    for (path, format) in fields {
+        if let Some(v) = object.pointer_mut(path)
+            && let Some(t) = v.as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        {
+            let mut t = t.with_timezone(&chrono::Utc);
+            if format == SecondsFormat::Secs {
+                t = t.with_nanosecond(0).unwrap_or(t);
+            }
+            *v = json!(t.to_rfc3339_opts(format, true));
+        }
+    }
+}
+
+/// The `metav1.MicroTime` fields of the built-in kinds that have them (Events in their stored
+/// core form, whichever API wrote them).
+fn micro_time_fields(rt: &ResourceType) -> &'static [&'static str] {
+    match (rt.group.as_str(), rt.kind.as_str()) {
+        ("coordination.k8s.io", "Lease") => &["/spec/acquireTime", "/spec/renewTime"],
+        ("" | "events.k8s.io", "Event") => &["/eventTime", "/series/lastObservedTime"],
+        _ => &[],
+    }
+}
+
+/// Why a MicroTime field of `object` does not decode: Go parses it with the layout
+/// `2006-01-02T15:04:05.000000Z07:00`, so a time needs exactly six fractional digits (what
+/// Python's `isoformat()` of a whole second, `...T00:00:00+00:00`, lacks).
+fn micro_time_error(rt: &ResourceType, object: &Value) -> Option<String> {
+    micro_time_fields(rt).iter().find_map(|path| {
+        let text = object.pointer(path)?.as_str()?;
+        go_micro_time_error(text).map(|why| format!("parsing time {text:?} as \"{MICRO_LAYOUT}\": {why}"))
+    })
+}
+
+const MICRO_LAYOUT: &str = "2006-01-02T15:04:05.000000Z07:00";
+
+/// Go's `time.Parse(MICRO_LAYOUT, text)` error (`cannot parse "<rest>" as "<element>"`), or
+/// None when it parses. Range errors (a 13th month) are not checked.
+fn go_micro_time_error(text: &str) -> Option<String> {
+    fn digits(s: &str, n: usize) -> bool {
+        s.len() >= n && s.as_bytes()[..n].iter().all(u8::is_ascii_digit)
+    }
+    // (layout element, how many bytes of the rest it takes when it matches)
+    type Element = (&'static str, fn(&str) -> Option<usize>);
+    let elements: [Element; 13] = [
+        ("2006", |s| digits(s, 4).then_some(4)),
+        ("-", |s| s.starts_with('-').then_some(1)),
+        ("01", |s| digits(s, 2).then_some(2)),
+        ("-", |s| s.starts_with('-').then_some(1)),
+        ("02", |s| digits(s, 2).then_some(2)),
+        ("T", |s| s.starts_with('T').then_some(1)),
+        ("15", |s| digits(s, 2).then_some(2)),
+        (":", |s| s.starts_with(':').then_some(1)),
+        ("04", |s| digits(s, 2).then_some(2)),
+        (":", |s| s.starts_with(':').then_some(1)),
+        ("05", |s| digits(s, 2).then_some(2)),
+        (".000000", |s| (s.len() >= 7 && s.starts_with(['.', ',']) && digits(&s[1..], 6)).then_some(7)),
+        ("Z07:00", |s| {
+            let b = s.as_bytes();
+            if s.starts_with('Z') {
+                Some(1)
+            } else {
+                (b.len() >= 6
+                    && matches!(b[0], b'+' | b'-')
+                    && digits(&s[1..], 2)
+                    && b[3] == b':'
+                    && digits(&s[4..], 2))
+                .then_some(6)
+            }
+        }),
+    ];
+    let mut rest = text;
+    for (element, take) in elements {
+        match take(rest) {
+            Some(n) => rest = &rest[n..],
+            None => return Some(format!("cannot parse {rest:?} as {element:?}")),
+        }
+    }
+    (!rest.is_empty()).then(|| format!("extra text: {rest:?}"))
 }
 
 /// POST: creates `body` in `target`.
@@ -464,7 +591,11 @@ impl PatchKind {
 fn json_patch(doc: &mut Value, body: &[u8]) -> Result<(), ApiError> {
     let ops: Vec<json_patch::PatchOperation> =
         serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding JSON patch: {e}")))?;
-    let rejected = || ApiError::new(422, "Invalid", "the server rejected our request due to an error in our request");
+    // Details present but empty: what `errors.NewGenericServerResponse` answers for a 422.
+    let rejected = || {
+        ApiError::new(422, "Invalid", "the server rejected our request due to an error in our request")
+            .with_details(json!({}))
+    };
     for op in ops {
         if let json_patch::PatchOperation::Test(t) = &op {
             let path = t.path.as_str();
@@ -481,7 +612,7 @@ fn json_patch(doc: &mut Value, body: &[u8]) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn conflict_error(rt: &ResourceType, name: &str, conflicts: &[Conflict]) -> ApiError {
+fn conflict_error(conflicts: &[Conflict]) -> ApiError {
     let n = conflicts.len();
     // The wording of structured-merge-diff: one conflict inline, several grouped by manager.
     let message = if n == 1 {
@@ -507,8 +638,13 @@ fn conflict_error(rt: &ResourceType, name: &str, conflicts: &[Conflict]) -> ApiE
         .iter()
         .map(|c| json!({"reason": "FieldManagerConflict", "message": c.owner_text(), "field": c.field}))
         .collect();
-    ApiError::new(409, "Conflict", message)
-        .with_details(json!({"name": name, "group": rt.group, "kind": rt.plural, "causes": causes}))
+    // structured-merge-diff's conflict error names no object: details carry only the causes.
+    ApiError::new(409, "Conflict", message).with_details(json!({"causes": causes}))
+}
+
+/// 422 for bad PATCH options, which kube-apiserver validates as a `PatchOptions` object.
+fn patch_options_invalid(cause: Cause) -> ApiError {
+    ApiError::invalid("PatchOptions", "meta.k8s.io", "", &[cause])
 }
 
 /// PATCH of every kind.
@@ -525,12 +661,11 @@ pub fn patch(
 ) -> Result<Written, ApiError> {
     let rt = target.rt;
     if force && kind != PatchKind::Apply {
-        return Err(ApiError::invalid(
-            &rt.kind,
-            &rt.group,
-            name,
-            &[Cause::new(CauseReason::Forbidden, "force", "Forbidden: may not be specified for non-apply patch")],
-        ));
+        return Err(patch_options_invalid(Cause::new(
+            CauseReason::Forbidden,
+            "force",
+            "Forbidden: may not be specified for non-apply patch",
+        )));
     }
     if kind == PatchKind::Strategic && rt.is_custom() {
         return Err(ApiError::unsupported_media_type(CUSTOM_PATCH_TYPES));
@@ -575,12 +710,11 @@ fn server_side_apply(
 ) -> Result<Written, ApiError> {
     let rt = target.rt;
     if opts.manager.is_empty() {
-        return Err(ApiError::invalid(
-            &rt.kind,
-            &rt.group,
-            name,
-            &[Cause::new(CauseReason::Required, "fieldManager", "Required value: is required for apply patch")],
-        ));
+        return Err(patch_options_invalid(Cause::new(
+            CauseReason::Required,
+            "fieldManager",
+            "Required value: is required for apply patch",
+        )));
     }
     let mut config: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
@@ -591,16 +725,24 @@ fn server_side_apply(
     check_decodes(rt, &config)?;
     let body_av = config.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_owned();
     if body_av != rt.api_version() {
-        return Err(ApiError::bad_request(format!(
-            "Incorrect version specified in apply patch. Specified patch version: {body_av}, expected: {}",
-            rt.api_version()
-        )));
+        // The decoder meets a kind of another group/version first (Go prints a GroupVersionKind
+        // as `group/version, Kind=kind`, the core group empty).
+        let (group, version) = body_av.rsplit_once('/').unwrap_or(("", &body_av));
+        let body_kind = config.get("kind").and_then(Value::as_str).unwrap_or_default();
+        return Err(ApiError::bad_request(format!("invalid object type: {group}/{version}, Kind={body_kind}")));
     }
     // Else the object would be stored as the URL's kind whatever the body said.
     check_type(rt, &config)?;
     if config.pointer("/metadata/managedFields").is_some() {
         return Err(ApiError::bad_request("metadata.managedFields must be nil"));
     }
+    // An apply that creates takes the object's name from its body, as a create does.
+    if old.is_none() && meta_str(&config, "name").is_none_or(str::is_empty) {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({name} based on URL) was undeterminable: name must be provided"
+        )));
+    }
+    let applied_body = config.clone();
     if rt.special == Special::EventsV1 {
         config = events::to_core(&config);
     }
@@ -621,7 +763,9 @@ fn server_side_apply(
         target.subresource,
         rt.status_subresource,
     )
-    .map_err(|c| conflict_error(rt, name, &c))?;
+    .map_err(|c| conflict_error(&c))?;
+    let mut merged = merged;
+    update_last_applied(&mut merged, &applied_body, &opts.manager);
     match old {
         None => {
             if target.subresource == "status" {
@@ -630,6 +774,41 @@ fn server_side_apply(
             insert(state, scope, target, merged, opts, Ownership::Precomputed)
         }
         Some(old) => commit(state, scope, target, Some(old), merged, opts, Ownership::Precomputed),
+    }
+}
+
+/// kubectl's client-side apply annotation.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// kube-apiserver's `lastAppliedUpdater`: a server-side apply by kubectl (manager `kubectl`) to
+/// an object that carries the client-side apply annotation rewrites it to the applied
+/// configuration, so a later client-side apply diffs against what was applied last. The value is
+/// the request body without that annotation, as Go encodes it (sorted keys, a newline).
+fn update_last_applied(merged: &mut Value, applied: &Value, manager: &str) {
+    if manager != "kubectl" || merged.pointer("/metadata/annotations").and_then(|a| a.get(LAST_APPLIED)).is_none() {
+        return;
+    }
+    let mut applied = applied.clone();
+    if let Some(annotations) = applied.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut) {
+        annotations.remove(LAST_APPLIED);
+    }
+    let mut text = sorted_keys(&applied).to_string();
+    text.push('\n');
+    if let Some(annotations) = merged.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut) {
+        annotations.insert(LAST_APPLIED.into(), Value::String(text));
+    }
+}
+
+/// `v` with every object's keys in sorted order (as Go's encoding/json writes a map).
+fn sorted_keys(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            Value::Object(keys.into_iter().map(|k| (k.clone(), sorted_keys(&m[k]))).collect())
+        }
+        Value::Array(items) => Value::Array(items.iter().map(sorted_keys).collect()),
+        other => other.clone(),
     }
 }
 
@@ -735,6 +914,14 @@ fn commit(
         }
     }
 
+    let causes = builtin_checks(rt, &new, target.namespace, old.as_deref());
+    if !causes.is_empty() {
+        // Event validation names no group (it runs on the internal core type).
+        let group = if rt.kind == "Event" { "" } else { rt.group.as_str() };
+        return Err(ApiError::invalid(&rt.kind, group, &name, &causes));
+    }
+    canonical_times(rt, &mut new);
+
     let mut crd_types = None;
     if rt.special == Special::Crd {
         // A schema or rule the server cannot use is refused with its own causes (a rule over
@@ -762,8 +949,19 @@ fn commit(
     if rt.group.is_empty() && rt.kind == "Secret" {
         fold_string_data(&mut new);
     }
-    if rt.special == Special::Namespace && new.pointer("/status/phase").is_none() {
-        set_field(&mut new, "status", Some(json!({"phase": "Active"})));
+    if rt.special == Special::Namespace {
+        if new.pointer("/status/phase").is_none() {
+            set_field(&mut new, "status", Some(json!({"phase": "Active"})));
+        }
+        // `SetDefaults_Namespace`: the name as a label, on every write (defaulting comes before
+        // the field manager, so it counts as the writer's field).
+        if !name.is_empty() {
+            let meta = meta_mut(&mut new);
+            let labels = meta.entry("labels").or_insert_with(|| json!({}));
+            if let Some(labels) = labels.as_object_mut() {
+                labels.insert("kubernetes.io/metadata.name".into(), json!(name));
+            }
+        }
     }
 
     if let Some(old) = &old
@@ -772,19 +970,28 @@ fn commit(
         let before = meta::finalizers(old);
         let added: Vec<String> = meta::finalizers(&new).into_iter().filter(|f| !before.contains(f)).collect();
         if !added.is_empty() {
-            return Err(ApiError::invalid(
-                &rt.kind,
-                &rt.group,
-                &name,
-                &[Cause::new(
-                    CauseReason::Forbidden,
-                    "metadata.finalizers",
-                    format!(
-                        "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {}",
-                        serde_json::to_string(&added).unwrap_or_default()
-                    ),
-                )],
-            ));
+            // Go's `%#v` of the []string.
+            let quoted: Vec<String> = added.iter().map(|f| format!("{f:?}")).collect();
+            let cause = Cause::new(
+                CauseReason::Forbidden,
+                "metadata.finalizers",
+                format!(
+                    "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{{{}}}",
+                    quoted.join(", ")
+                ),
+            );
+            let mut refused = ApiError::invalid(&rt.kind, &rt.group, &name, std::slice::from_ref(&cause));
+            // For custom resources kube-apiserver checks object metadata twice (the generic
+            // update checks and the custom resource strategy's): the cause comes twice, the
+            // message (deduplicated) once.
+            if rt.is_custom()
+                && let Some(causes) =
+                    refused.details.as_mut().and_then(|d| d.get_mut("causes")).and_then(Value::as_array_mut)
+                && let Some(first) = causes.first().cloned()
+            {
+                causes.push(first);
+            }
+            return Err(refused);
         }
     }
     // The old object as clients read it (schema defaults applied): a default added to the CRD
@@ -800,15 +1007,63 @@ fn commit(
     }
     meta::normalise(&mut new);
     if matches!(ownership, Ownership::Update) {
-        fields::record_update(
-            &rt.merge_schema,
-            old_view.as_ref(),
-            &mut new,
-            &opts.manager,
-            target.subresource,
-            &rt.api_version(),
-            rt.status_subresource,
-        );
+        if rt.special == Special::EventsV1 {
+            // Ownership is recorded in the writer's API, its field names included (`f:note`,
+            // `f:regarding`), and shown as such by both APIs, as kube-apiserver stores it.
+            let old_v1 = old_view.as_ref().map(events::to_events_v1);
+            let mut new_v1 = events::to_events_v1(&new);
+            fields::record_update(
+                &rt.merge_schema,
+                old_v1.as_ref(),
+                &mut new_v1,
+                &opts.manager,
+                target.subresource,
+                &rt.api_version(),
+                rt.status_subresource,
+                rt.zero_value_structs(),
+            );
+            let managed = new_v1.pointer("/metadata/managedFields").cloned();
+            let meta = meta_mut(&mut new);
+            match managed {
+                Some(managed) => meta.insert("managedFields".into(), managed),
+                None => meta.remove("managedFields"),
+            };
+        } else {
+            fields::record_update(
+                &rt.merge_schema,
+                old_view.as_ref(),
+                &mut new,
+                &opts.manager,
+                target.subresource,
+                &rt.api_version(),
+                rt.status_subresource,
+                rt.zero_value_structs(),
+            );
+        }
+    }
+
+    // `PrepareForCreate`/`PrepareForUpdate` of Namespaces (after the field manager: nobody owns
+    // it): the `kubernetes` finalizer in spec on create; spec.finalizers only ever changed by the
+    // namespace controller.
+    if rt.special == Special::Namespace {
+        let finalizers = match &old {
+            Some(old) => old.pointer("/spec/finalizers").cloned(),
+            None => {
+                let mut finalizers: Vec<Value> =
+                    new.pointer("/spec/finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
+                if !finalizers.iter().any(|f| f == "kubernetes") {
+                    finalizers.push(json!("kubernetes"));
+                }
+                Some(Value::Array(finalizers))
+            }
+        };
+        let spec = new.as_object_mut().map(|m| m.entry("spec").or_insert_with(|| json!({})));
+        if let Some(spec) = spec.and_then(Value::as_object_mut) {
+            match finalizers {
+                Some(f) => spec.insert("finalizers".into(), f),
+                None => spec.remove("finalizers"),
+            };
+        }
     }
 
     if let (Some(old), Some(old_view)) = (&old, &old_view)
@@ -896,25 +1151,42 @@ fn check_payload(rt: &ResourceType, object: &Value) -> Result<(), ApiError> {
             v = rt.version
         ))
     };
+    // encoding/json's words: `cannot unmarshal <JSON type> into Go struct field <Kind>.<field>
+    // of type <Go type>`, and base64's own error for bytes.
+    let json_type = |v: &Value| match v {
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        _ => "object",
+    };
+    let wrong = |v: &Value, field: &str, go_type: &str| {
+        refuse(format!(
+            "json: cannot unmarshal {} into Go struct field {}.{field} of type {go_type}",
+            json_type(v),
+            rt.kind
+        ))
+    };
     for (field, base64) in [(base64_field, true), (text_field, false)] {
+        let element = if base64 { "[]uint8" } else { "string" };
         let entries = match object.get(field) {
             None | Some(Value::Null) => continue,
             Some(Value::Object(entries)) => entries,
-            Some(_) => return Err(refuse(format!("{field} must be a map of strings"))),
+            Some(other) => return Err(wrong(other, field, &format!("map[string]{element}"))),
         };
-        for (key, value) in entries {
+        for value in entries.values() {
             if value.is_null() {
                 continue; // Go reads null as an empty value; stored as "" (see below)
             }
             let Some(text) = value.as_str() else {
-                return Err(refuse(format!("{field}[{key:?}] must be a string")));
+                return Err(wrong(value, field, element));
             };
             if base64 && let Err(e) = base64::engine::general_purpose::STANDARD.decode(text) {
                 let at = match e {
                     base64::DecodeError::InvalidByte(at, _) | base64::DecodeError::InvalidLastSymbol(at, _) => at,
                     _ => text.len(),
                 };
-                return Err(refuse(format!("{field}[{key:?}]: illegal base64 data at input byte {at}")));
+                return Err(refuse(format!("illegal base64 data at input byte {at}")));
             }
         }
     }
