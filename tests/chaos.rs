@@ -187,4 +187,3 @@ fn run_seeds(seeds: &[u64]) {
 fn chaos_seeds_hold_every_invariant() {
     run_seeds(&seeds());
 }
-

@@ -7,8 +7,6 @@
 mod db;
 #[path = "support/kube_server.rs"]
 mod kube_server;
-#[path = "support/logs.rs"]
-mod logs;
 
 mod real_kube {
     mod chart_install;

@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::kube_server::{KubeServer, KubectlRun};
+use crate::kube_server::{KubeServer, KubectlRun, kubectl_132, kubectl_135};
 
 /// The stand-in's module docs, where the deliberate differences are listed.
 const STAND_IN_DOCS: &str = include_str!("../../sandbox/src/kube/mod.rs");
@@ -91,20 +91,6 @@ const ALLOWED: &[Allowed] = &[
 ];
 
 // --- Running the scenario ---------------------------------------------------------------------
-
-fn kubectl_132() -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join("kubectl"))
-        .find(|p| p.is_file())
-        .expect("kubectl is not on PATH: install kubectl 1.32 (this test drives the real binary)")
-}
-
-fn kubectl_135() -> PathBuf {
-    let p = std::env::var("KUBECTL_135")
-        .expect("KUBECTL_135 is not set: run `export KUBECTL_135=$(scripts/kubectl-135)` (scripts/test does)");
-    PathBuf::from(p)
-}
 
 /// How a step's standard output is read before it is compared.
 #[derive(Clone, Copy)]

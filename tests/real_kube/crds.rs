@@ -6,24 +6,10 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::kube_server::{KubeServer, run_kubectl};
+use crate::kube_server::{KubeServer, kubectl_132, kubectl_135, run_kubectl};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn kubectl_132() -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join("kubectl"))
-        .find(|p| p.is_file())
-        .expect("kubectl is not on PATH: install kubectl 1.32 (these tests drive the real binary)")
-}
-
-fn kubectl_135() -> PathBuf {
-    let p = std::env::var("KUBECTL_135")
-        .expect("KUBECTL_135 is not set: run `export KUBECTL_135=$(scripts/kubectl-135)` (scripts/test does)");
-    PathBuf::from(p)
 }
 
 /// One `# key: value` header line of an invalid example.
@@ -126,7 +112,8 @@ async fn an_over_budget_crd_is_refused_alike_by_the_real_server_and_the_stand_in
     assert_eq!(causes(&on_stand_in.stderr), real_causes, "the stand-in refuses otherwise than the real server");
     // What both admitted: the same bounded CRDs.
     let admitted = |out: &str| {
-        let mut names: Vec<String> = out.lines().filter(|l| l.contains("serverside-applied")).map(str::to_owned).collect();
+        let mut names: Vec<String> =
+            out.lines().filter(|l| l.contains("serverside-applied")).map(str::to_owned).collect();
         names.sort();
         names
     };

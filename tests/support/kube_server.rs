@@ -133,7 +133,9 @@ impl KubeServer {
     /// the stand-in's request log, or since this test's turn began the real one's audit log.
     pub fn gets_of(&self, path: &str) -> usize {
         match self {
-            KubeServer::Sandbox(kube) => kube.requests().0.iter().filter(|r| r.method == "GET" && r.path == path).count(),
+            KubeServer::Sandbox(kube) => {
+                kube.requests().0.iter().filter(|r| r.method == "GET" && r.path == path).count()
+            }
             KubeServer::Real(real) => real
                 .audit_events()
                 .iter()
@@ -419,6 +421,22 @@ impl ControlPlane {
     }
 }
 
+/// kubectl 1.32: the machine's, on PATH (scripts/test installs it when missing).
+pub fn kubectl_132() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("kubectl"))
+        .find(|p| p.is_file())
+        .expect("kubectl is not on PATH: install kubectl 1.32 (these tests drive the real binary)")
+}
+
+/// kubectl 1.35, from `KUBECTL_135` (scripts/test sets it with scripts/kubectl-135).
+pub fn kubectl_135() -> PathBuf {
+    let p = std::env::var("KUBECTL_135")
+        .expect("KUBECTL_135 is not set: run `export KUBECTL_135=$(scripts/kubectl-135)` (scripts/test does)");
+    PathBuf::from(p)
+}
+
 /// What one kubectl run printed, and whether it succeeded.
 pub struct KubectlRun {
     pub ok: bool,
@@ -445,7 +463,6 @@ pub fn run_kubectl(kubectl: &Path, kubeconfig: &Path, args: &[&str], stdin: Opti
 }
 
 impl ControlPlane {
-
     fn install_crds(&self) {
         let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
         self.kubectl(&["apply", "--server-side", "-f", &crds.display().to_string()], None);

@@ -59,7 +59,8 @@ impl KeyOperator {
             cloudflare_requests_per_5min: 1200,
         };
         let sealing = SealingKeys::new("k1", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", &[]).expect("sealing key");
-        let connected = operator::connect(kube.operator_client(OPERATOR_USER), settings, sealing).await.expect("operator connects");
+        let connected =
+            operator::connect(kube.operator_client(OPERATOR_USER), settings, sealing).await.expect("operator connects");
         let context = connected.context;
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(virtual_key::run(Arc::clone(&context), stop_rx));
