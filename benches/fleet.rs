@@ -99,6 +99,9 @@ async fn run(n: usize) {
         idle_hz as f64 / 10.0,
         (n + vms).div_ceil(50)
     );
-    println!("| API-server writes at idle (10 resyncs, after a restart) | {} | 0 |", op.kube.writes_by(fixture::OPERATOR_USER) - rv);
+    println!(
+        "| API-server writes at idle (10 resyncs, after a restart) | {} | 0 |",
+        op.kube.writes_by(fixture::OPERATOR_USER) - rv
+    );
     op.stop().await;
 }
