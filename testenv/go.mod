@@ -30,6 +30,8 @@ replace k8s.io/cri-api => k8s.io/cri-api v0.37.2
 
 replace k8s.io/cri-client => k8s.io/cri-client v0.37.2
 
+replace k8s.io/cri-streaming => k8s.io/cri-streaming v0.37.2
+
 replace k8s.io/csi-translation-lib => k8s.io/csi-translation-lib v0.37.2
 
 replace k8s.io/dynamic-resource-allocation => k8s.io/dynamic-resource-allocation v0.37.2
