@@ -24,6 +24,25 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 /// How long a published Event can still be continued as a series (kube's and client-go's).
 const SERIES_WINDOW: Duration = Duration::from_secs(6 * 60);
 
+/// kube-apiserver refuses an events.k8s.io Event whose note is longer than this many bytes
+/// (`NoteLengthLimit`); a cloud's error message quoted in a note can be longer.
+const NOTE_LIMIT: usize = 1024;
+
+/// Pure: `note` cut to fit [`NOTE_LIMIT`] at a character boundary, ending in "…" when cut.
+fn fit_note(mut note: String) -> String {
+    if note.len() <= NOTE_LIMIT {
+        return note;
+    }
+    const ELLIPSIS: &str = "…";
+    let mut end = NOTE_LIMIT - ELLIPSIS.len();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    note.truncate(end);
+    note.push_str(ELLIPSIS);
+    note
+}
+
 /// What is kept of one published Event.
 #[derive(Debug)]
 struct Published {
@@ -124,7 +143,7 @@ impl EventPublisher {
         let event = Event {
             action: Some(action.to_owned()),
             reason: Some(reason.to_owned()),
-            note: Some(note),
+            note: Some(fit_note(note)),
             type_: Some(if warning { "Warning" } else { "Normal" }.to_owned()),
             event_time: Some(observed),
             regarding: Some(regarding),
@@ -157,6 +176,19 @@ mod tests {
             uid: Some(uid.into()),
             ..ObjectReference::default()
         }
+    }
+
+    #[test]
+    fn a_note_longer_than_the_api_servers_limit_is_cut_at_a_character_boundary() {
+        assert_eq!(fit_note("short".into()), "short");
+        let exact = "x".repeat(NOTE_LIMIT);
+        assert_eq!(fit_note(exact.clone()), exact);
+        // Two-byte characters: the cut must not split one.
+        let long = "é".repeat(NOTE_LIMIT);
+        let fitted = fit_note(long);
+        assert!(fitted.len() <= NOTE_LIMIT, "{} bytes", fitted.len());
+        assert!(fitted.ends_with('…') && fitted.trim_end_matches('…').chars().all(|c| c == 'é'));
+        assert!(fitted.len() > NOTE_LIMIT - 8, "cut no shorter than it must be: {} bytes", fitted.len());
     }
 
     #[test]

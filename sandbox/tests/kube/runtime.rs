@@ -251,11 +251,22 @@ async fn a_watch_delivers_ten_thousand_changes_in_order() {
 async fn server_side_apply_keeps_two_lease_holders_apart() {
     let sb = start().await;
     let leases: Api<Lease> = Api::namespaced(sb.client(), NS);
+    // An apply that creates must name the object in its body, as kube-apiserver requires (it
+    // answers 400 "the name of the object (leader based on URL) was undeterminable").
+    let nameless = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "spec": {"holderIdentity": "a"}});
+    let refused =
+        leases.patch("leader", &PatchParams::apply("lease-a"), &Patch::Apply(&nameless)).await.expect_err("no name");
+    assert!(
+        matches!(&refused, kube::Error::Api(s) if s.code == 400 && s.message.contains("undeterminable")),
+        "{refused}"
+    );
     let apply = |holder: &str| {
-        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "leader"},
                "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15}})
     };
     leases.patch("leader", &PatchParams::apply("lease-a"), &Patch::Apply(apply("a"))).await.expect("a takes the lease");
+    // Once it exists, the URL names it (kube-lease-manager creates first, then applies nameless).
+    leases.patch("leader", &PatchParams::apply("lease-a"), &Patch::Apply(&nameless)).await.expect("a renews nameless");
     let err = leases
         .patch("leader", &PatchParams::apply("lease-b"), &Patch::Apply(apply("b")))
         .await
