@@ -100,6 +100,10 @@ async fn shards_reconcile_and_sweep_only_their_own() {
         !names.iter().any(|n| n.starts_with("orphan-"))
     })
     .await;
+    // A sweeper counts a removal once the cloud's answer is back, a moment after the server is
+    // gone from the simulator: wait for both counts before judging who swept what.
+    let swept = || [&a, &b, &unsharded].iter().map(|i| i.context.metrics.swept("server")).sum::<u64>();
+    eventually(Duration::from_secs(10), "both removals counted", || async { swept() >= 2 }).await;
     assert_eq!(a.context.metrics.swept("server"), 1, "shard a swept only orphan-a ({orphan_a})");
     assert_eq!(b.context.metrics.swept("server"), 1, "shard b swept only orphan-b ({orphan_b})");
     assert_eq!(unsharded.context.metrics.swept("server"), 0, "the unsharded instance swept no shard's server");
