@@ -159,6 +159,11 @@ struct RunArgs {
     /// limit and server limits.
     #[arg(long, env = "CRABGLAMP_SHARD")]
     shard: Option<String>,
+    /// This installation's identity, carried in every mark on a cloud resource, so several
+    /// clusters can share one Hetzner project and one Cloudflare account and zone (1 to 16 of
+    /// a-z, 0-9 and '-'). Default: derived from the kube-system namespace's UID.
+    #[arg(long, env = "CRABGLAMP_INSTALLATION")]
+    installation: Option<String>,
     /// Watch and reconcile one namespace only (default: all namespaces). Servers are then
     /// listed and swept by their crabglamp.com/namespace label.
     #[arg(long, env = "CRABGLAMP_WATCH_NAMESPACE")]
@@ -318,6 +323,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     controllers.shard = args.shard;
     controllers.concurrency = args.concurrency;
     controllers.watch_namespace = args.watch_namespace;
+    controllers.installation = args.installation;
     controllers.instance = args.instance;
     controllers.anchor_namespace = args.anchor.anchor_namespace;
     controllers.anchor_configmap = args.anchor.anchor_configmap;

@@ -29,6 +29,8 @@ pub enum StartError {
     Sealing(#[from] store::seal::SealError),
     #[error(transparent)]
     Redis(#[from] crate::cache::CacheError),
+    #[error(transparent)]
+    Installation(#[from] controllers::installation::InstallationError),
 }
 
 /// Everything `run` needs besides the Kubernetes client.
@@ -52,13 +54,18 @@ pub struct Connected {
     pub registry: Registry,
 }
 
-/// Connects to PostgreSQL (and checks its schema is migrated), builds both cloud clients on
-/// their shared rate budgets.
+/// Resolves the installation identity (configured, or derived from the cluster), connects to
+/// PostgreSQL (and checks its schema is migrated), builds both cloud clients on their shared
+/// rate budgets.
 pub async fn connect(
     client: kube::Client,
-    settings: OperatorSettings,
+    mut settings: OperatorSettings,
     sealing: SealingKeys,
 ) -> Result<Connected, StartError> {
+    let installation =
+        controllers::installation::resolve(&client, settings.controllers.installation.as_deref()).await?;
+    tracing::info!(%installation, "installation identity");
+    settings.controllers.installation = Some(installation);
     let mut registry = Registry::with_prefix("crabglamp");
     let cloud_metrics = CloudMetrics::register(&mut registry);
     let metrics = ControllerMetrics::register(&mut registry);

@@ -315,6 +315,14 @@ impl CloudflareClient {
         }
     }
 
+    /// Renames a tunnel (PATCH: its id, secret, connectors and configuration stay, so the token
+    /// on its server stays valid). A live tunnel already holding `name` is a `Conflict`.
+    pub async fn rename_tunnel(&self, id: &str, name: &str) -> Result<Tunnel, CloudError> {
+        let body = json!({"name": name});
+        let call = Call::new("update_tunnel", Method::PATCH, format!("{}/{id}", self.tunnels())).body(&body);
+        self.result(call).await
+    }
+
     /// Replaces the ingress rules; a catch-all `http_status:404` is appended when missing.
     pub async fn put_tunnel_config(&self, id: &str, rules: &[IngressRule]) -> Result<TunnelConfiguration, CloudError> {
         let mut ingress = rules.to_vec();

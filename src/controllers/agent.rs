@@ -258,7 +258,7 @@ fn observe(ctx: &Context, owner: &Owner, name_taken: Option<String>) -> Observed
         servers_known: ctx.fleet.servers_known(),
         server: ctx.fleet.server(&owner.uid),
         tunnels_known: ctx.fleet.tunnels_known(),
-        tunnel: ctx.fleet.tunnel(&tunnel_name(&owner.uid)),
+        tunnel: ctx.fleet.tunnel(&tunnel_name(ctx.config.installation(), &owner.uid)),
         dns_known: ctx.fleet.dns_known(),
         dns: ctx.fleet.dns_record(&owner.uid),
         fleet_firewall: ctx.fleet_firewall(),
@@ -309,7 +309,7 @@ async fn act(
             let secret = tunnel_secret(ctx, &owner.uid).await?;
             let (tunnel, adopted) = ctx
                 .cloudflare
-                .create_tunnel(&tunnel_name(&owner.uid), &secret)
+                .create_tunnel(&tunnel_name(ctx.config.installation(), &owner.uid), &secret)
                 .await
                 .map_err(ReconcileError::Cloudflare)?;
             let recreated = status.tunnel.as_ref().and_then(|t| t.id.as_ref()).is_some_and(|old| *old != tunnel.id);
@@ -332,7 +332,9 @@ async fn act(
             .await;
         }
         Step::ConfigureTunnel => {
-            let Some(tunnel) = ctx.fleet.tunnel(&tunnel_name(&owner.uid)) else { return Ok(()) };
+            let Some(tunnel) = ctx.fleet.tunnel(&tunnel_name(ctx.config.installation(), &owner.uid)) else {
+                return Ok(());
+            };
             let rule = IngressRule {
                 hostname: Some(hostname.to_owned()),
                 service: agent.spec.tunnel.service.clone(),
@@ -355,9 +357,10 @@ async fn act(
         }
         Step::CreateDns => create_dns(ctx, agent, owner, hostname).await?,
         Step::RepointDns => {
-            let (Some(record), Some(tunnel)) =
-                (ctx.fleet.dns_record(&owner.uid), ctx.fleet.tunnel(&tunnel_name(&owner.uid)))
-            else {
+            let (Some(record), Some(tunnel)) = (
+                ctx.fleet.dns_record(&owner.uid),
+                ctx.fleet.tunnel(&tunnel_name(ctx.config.installation(), &owner.uid)),
+            ) else {
                 return Ok(());
             };
             let updated = ctx
@@ -377,13 +380,16 @@ async fn act(
             .await;
         }
         Step::CreateServer => {
-            let Some(tunnel) = ctx.fleet.tunnel(&tunnel_name(&owner.uid)) else { return Ok(()) };
+            let Some(tunnel) = ctx.fleet.tunnel(&tunnel_name(ctx.config.installation(), &owner.uid)) else {
+                return Ok(());
+            };
             let secret = tunnel_secret(ctx, &owner.uid).await?;
             let token = derive_tunnel_token(ctx.cloudflare.account_id(), &tunnel.id, &secret);
             let user_data = super::cloud_init::agent_user_data(&agent.spec.ssh_keys, &token)
                 .map_err(|e| ReconcileError::UserData(e.to_string()))?;
             let firewalls = ctx.fleet_firewall().into_iter().collect();
-            let spec = server::create_spec(owner, &intent(&agent.spec), user_data, firewalls);
+            let spec =
+                server::create_spec(owner, &intent(&agent.spec), ctx.config.installation(), user_data, firewalls);
             let vanished = status.server.as_ref().and_then(|s| s.id);
             ctx.fleet.tunnel_lost_its_connector(&tunnel.name);
             let created = server::create_server(ctx, owner, &spec).await?;
@@ -411,9 +417,12 @@ async fn act(
         }
         Step::Power(power) => {
             let Some(server) = ctx.fleet.server(&owner.uid) else { return Ok(()) };
-            let observed = effective_server_status(&server, ctx.fleet.tunnel(&tunnel_name(&owner.uid)).as_ref());
+            let observed = effective_server_status(
+                &server,
+                ctx.fleet.tunnel(&tunnel_name(ctx.config.installation(), &owner.uid)).as_ref(),
+            );
             if *power == PowerStep::PowerOn {
-                ctx.fleet.tunnel_lost_its_connector(&tunnel_name(&owner.uid));
+                ctx.fleet.tunnel_lost_its_connector(&tunnel_name(ctx.config.installation(), &owner.uid));
             }
             let subject = server::PowerSubject { server, observed, billed_owner: status.owner.clone() };
             server::power_step(ctx, agent, owner, &intent(&agent.spec), subject, *power).await?
@@ -423,9 +432,13 @@ async fn act(
 }
 
 async fn create_dns(ctx: &Context, agent: &Agent, owner: &Owner, hostname: &str) -> Result<(), ReconcileError> {
-    let Some(tunnel) = ctx.fleet.tunnel(&tunnel_name(&owner.uid)) else { return Ok(()) };
+    let Some(tunnel) = ctx.fleet.tunnel(&tunnel_name(ctx.config.installation(), &owner.uid)) else { return Ok(()) };
     let old = ctx.fleet.dns_record(&owner.uid);
-    match ctx.cloudflare.create_cname(hostname, &tunnel_target(&tunnel.id), Some(&dns_mark(&owner.uid))).await {
+    match ctx
+        .cloudflare
+        .create_cname(hostname, &tunnel_target(&tunnel.id), Some(&dns_mark(ctx.config.installation(), &owner.uid)))
+        .await
+    {
         Ok((record, _)) => {
             ctx.fleet.record_dns(&owner.uid, record);
             ctx.dns_taken.clear(&owner.uid);
@@ -605,7 +618,10 @@ impl Pass for AgentPass {
 
     fn power_status(&self, ctx: &Context) -> Option<String> {
         let server = ctx.fleet.server(&self.target.owner.uid)?;
-        Some(effective_server_status(&server, ctx.fleet.tunnel(&tunnel_name(&self.target.owner.uid)).as_ref()))
+        Some(effective_server_status(
+            &server,
+            ctx.fleet.tunnel(&tunnel_name(ctx.config.installation(), &self.target.owner.uid)).as_ref(),
+        ))
     }
 }
 
@@ -632,7 +648,7 @@ impl ManagedObject for Agent {
         let status = agent.status.clone().unwrap_or_default();
         let policy = agent.spec.deletion_policy;
         let server = ctx.fleet.server(&owner.uid);
-        let tunnel = ctx.fleet.tunnel(&tunnel_name(&owner.uid));
+        let tunnel = ctx.fleet.tunnel(&tunnel_name(ctx.config.installation(), &owner.uid));
         let dns = ctx.fleet.dns_record(&owner.uid);
         let server_id = server.as_ref().map(|s| s.id).or(status.server.as_ref().and_then(|s| s.id));
         let tunnel_id = tunnel.as_ref().map(|t| t.id.clone()).or(status.tunnel.as_ref().and_then(|t| t.id.clone()));
@@ -649,7 +665,7 @@ impl ManagedObject for Agent {
                 }
                 if let Some(id) = &tunnel_id {
                     ctx.cloudflare.delete_tunnel(id).await.map_err(ReconcileError::Cloudflare)?;
-                    ctx.fleet.forget_tunnel(&tunnel_name(&owner.uid));
+                    ctx.fleet.forget_tunnel(&tunnel_name(ctx.config.installation(), &owner.uid));
                 }
                 if let Some(id) = server_id {
                     server::delete_server(ctx, &owner, id).await?;
@@ -667,7 +683,7 @@ impl ManagedObject for Agent {
                 }
                 // A tunnel carries no labels: the sealed secret is what makes the sweeper call it
                 // ours, so forgetting it is how the tunnel stops being ours.
-                ctx.fleet.forget_tunnel(&tunnel_name(&owner.uid));
+                ctx.fleet.forget_tunnel(&tunnel_name(ctx.config.installation(), &owner.uid));
             }
         }
         seal::delete_credential(&ctx.db, &secret_id(&owner.uid)).await?;

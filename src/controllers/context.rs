@@ -50,6 +50,10 @@ pub struct ControllerConfig {
     pub shard: Option<String>,
     /// Watch and reconcile this namespace only (none: all namespaces).
     pub watch_namespace: Option<String>,
+    /// This installation's identity, carried in every mark the operator puts on a cloud
+    /// resource (see [`super::installation`]). None: derived from the cluster when the
+    /// operator connects ([`crate::operator::connect`] always sets it).
+    pub installation: Option<String>,
     /// Name of this instance in Events (`reportingInstance`), e.g. the pod name.
     pub instance: String,
     /// Prefix of every Redis name the VirtualKey controller reads or writes (the contract's
@@ -70,6 +74,11 @@ pub struct ControllerConfig {
 }
 
 impl ControllerConfig {
+    /// This installation's identity (set once the operator connected).
+    pub fn installation(&self) -> &str {
+        self.installation.as_deref().unwrap_or_default()
+    }
+
     /// Defaults for production: a five-minute resync, a two-minute ACPI timeout.
     pub fn new(zone_name: impl Into<String>) -> Self {
         ControllerConfig {
@@ -83,6 +92,7 @@ impl ControllerConfig {
             max_backoff: Duration::from_secs(300),
             shard: None,
             watch_namespace: None,
+            installation: None,
             instance: "crabglamp-operator".into(),
             redis_namespace: "cgk:".into(),
             redis_batch: 500,
@@ -220,6 +230,7 @@ pub struct ControllerMetrics {
     reconcile_duration: Family<KindLabel, Histogram, fn() -> Histogram>,
     steps: Family<KindStep, Counter>,
     swept: Family<Swept, Counter>,
+    sweeps: Counter,
     status_writes: Family<KindStep, Counter>,
     audit_events: Family<AuditType, Counter>,
     /// Filled from the controllers' caches at each scrape ([`super::observe`]).
@@ -237,6 +248,7 @@ impl Default for ControllerMetrics {
             reconcile_duration: Family::new_with_constructor(duration_histogram),
             steps: Family::default(),
             swept: Family::default(),
+            sweeps: Counter::default(),
             status_writes: Family::default(),
             audit_events: Family::default(),
             objects: Family::default(),
@@ -266,6 +278,7 @@ impl ControllerMetrics {
         registry.register("objects", "Objects in the controllers' caches, by kind and phase", m.objects.clone());
         registry.register("steps", "Changes made in the outside world, by kind and step", m.steps.clone());
         registry.register("swept", "Orphaned resources removed by the sweeper", m.swept.clone());
+        registry.register("sweeps", "Sweeps the orphan sweeper completed", m.sweeps.clone());
         registry.register("status_writes", "Status patches, by kind", m.status_writes.clone());
         registry.register("audit_events", "Audit events written, by event type", m.audit_events.clone());
         registry.register("leader", "1 while this instance leads (runs the controllers)", m.leader.clone());
@@ -359,6 +372,16 @@ impl ControllerMetrics {
     /// Status patches made for a kind so far (tests, benchmarks).
     pub fn status_writes(&self, kind: &str) -> u64 {
         self.status_writes.get_or_create(&KindStep { kind: kind.into(), step: "status".into() }).get()
+    }
+
+    /// One sweep over the fleet view done.
+    pub fn count_sweep(&self) {
+        self.sweeps.inc();
+    }
+
+    /// Sweeps done so far (tests: "after many sweeps").
+    pub fn sweeps(&self) -> u64 {
+        self.sweeps.get()
     }
 
     /// Resources the sweeper removed so far.

@@ -14,6 +14,8 @@ pub mod error;
 pub mod events;
 pub mod firewall;
 pub mod fleet;
+pub mod installation;
+pub mod legacy;
 pub mod lifecycle;
 pub mod names;
 pub mod observe;
@@ -100,6 +102,14 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
     })
     .await;
     if !ready {
+        return;
+    }
+    // Resources marked before installations had an identity become this installation's before
+    // any reconcile looks for them by the new marks (it would otherwise create them again).
+    let remarked =
+        retry_until_stopped(&stop, ctx.config.fast_poll, "re-mark resources with old marks", || legacy::remark(&ctx))
+            .await;
+    if !remarked {
         return;
     }
     // Children are aborted if this future is dropped (a crash of the task running it), so a

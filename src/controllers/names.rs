@@ -4,35 +4,61 @@
 
 use sha2::{Digest, Sha256};
 
-/// Every tunnel the operator makes is named `crabglamp-<uid>`.
+/// Every tunnel the operator makes is named `crabglamp-<installation>-<uid>` (before
+/// installations had an identity: `crabglamp-<uid>`, see [`legacy_uid_from_tunnel_name`]).
 pub const TUNNEL_PREFIX: &str = "crabglamp-";
-/// Every DNS record the operator makes has a comment starting with this, then the UID.
+/// Every DNS record the operator makes has a comment starting with this, then the
+/// installation, `:` and the UID (before installations: the UID right after it).
 pub const DNS_MARK_PREFIX: &str = "crabglamp:";
 
-/// The tunnel of the object with `uid`.
-pub fn tunnel_name(uid: &str) -> String {
-    format!("{TUNNEL_PREFIX}{uid}")
+/// The start of the name of every tunnel of `installation`: what its tunnel list asks for.
+pub fn tunnel_prefix(installation: &str) -> String {
+    format!("{TUNNEL_PREFIX}{installation}-")
 }
 
-/// The owner UID in one of our tunnel names.
-pub fn uid_from_tunnel_name(name: &str) -> Option<&str> {
+/// The tunnel of the object with `uid`.
+pub fn tunnel_name(installation: &str, uid: &str) -> String {
+    format!("{}{uid}", tunnel_prefix(installation))
+}
+
+/// The owner UID in one of `installation`'s tunnel names. The rest must be a whole UID, so
+/// installation `prod` never takes `crabglamp-prod-eu-<uid>` (of `prod-eu`) for its own.
+pub fn uid_from_tunnel_name<'a>(installation: &str, name: &'a str) -> Option<&'a str> {
+    name.strip_prefix(&tunnel_prefix(installation)).filter(|uid| looks_like_uid(uid))
+}
+
+/// The owner UID in a tunnel name made before installations had an identity.
+pub fn legacy_uid_from_tunnel_name(name: &str) -> Option<&str> {
     name.strip_prefix(TUNNEL_PREFIX).filter(|uid| looks_like_uid(uid))
 }
 
-/// The comment that marks a DNS record as ours: 75 characters, within the free plan's 100.
-pub fn dns_mark(uid: &str) -> String {
-    format!("{DNS_MARK_PREFIX}{uid} managed by crabglamp-operator")
+/// The start of every DNS comment of `installation`: what its record list asks for.
+pub fn dns_mark_prefix(installation: &str) -> String {
+    format!("{DNS_MARK_PREFIX}{installation}:")
 }
 
-/// The owner UID in one of our DNS comments.
-pub fn uid_from_dns_comment(comment: &str) -> Option<&str> {
+/// The comment that marks a DNS record as `installation`'s: at most 93 characters (a UID is
+/// 36, an installation at most 16), within the free plan's 100.
+pub fn dns_mark(installation: &str, uid: &str) -> String {
+    format!("{}{uid} managed by crabglamp-operator", dns_mark_prefix(installation))
+}
+
+/// The owner UID in one of `installation`'s DNS comments.
+pub fn uid_from_dns_comment<'a>(installation: &str, comment: &'a str) -> Option<&'a str> {
+    let rest = comment.strip_prefix(&dns_mark_prefix(installation))?;
+    rest.split_whitespace().next().filter(|uid| looks_like_uid(uid))
+}
+
+/// The owner UID in a DNS comment made before installations had an identity.
+pub fn legacy_uid_from_dns_comment(comment: &str) -> Option<&str> {
     let rest = comment.strip_prefix(DNS_MARK_PREFIX)?;
-    let uid = rest.split_whitespace().next()?;
-    looks_like_uid(uid).then_some(uid)
+    rest.split_whitespace().next().filter(|uid| looks_like_uid(uid))
 }
 
+/// A Kubernetes UID: a UUID in its 36-character form (`8-4-4-4-12` hex digits).
 fn looks_like_uid(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    s.len() == 36
+        && s.char_indices().all(|(i, c)| if matches!(i, 8 | 13 | 18 | 23) { c == '-' } else { c.is_ascii_hexdigit() })
 }
 
 /// `<name>-<namespace>.<zone>` when that first label fits DNS's 63 characters; otherwise the
@@ -64,13 +90,36 @@ mod tests {
 
     #[test]
     fn marks_round_trip_and_fit_cloudflare_limits() {
-        assert_eq!(uid_from_tunnel_name(&tunnel_name(UID)), Some(UID));
-        assert_eq!(uid_from_tunnel_name("someone-elses-tunnel"), None);
-        let mark = dns_mark(UID);
-        assert!(mark.len() <= 100, "{} characters", mark.len());
-        assert_eq!(uid_from_dns_comment(&mark), Some(UID));
-        assert_eq!(uid_from_dns_comment("hand-made record"), None);
-        assert_eq!(uid_from_dns_comment("crabglamp:"), None);
+        let longest = "p".repeat(crate::controllers::installation::MAX_LEN);
+        for installation in ["prod", "3f2a9c1e", longest.as_str()] {
+            assert_eq!(uid_from_tunnel_name(installation, &tunnel_name(installation, UID)), Some(UID));
+            let mark = dns_mark(installation, UID);
+            assert!(mark.len() <= 100, "{} characters", mark.len());
+            assert_eq!(uid_from_dns_comment(installation, &mark), Some(UID));
+        }
+        assert_eq!(dns_mark(&longest, UID).len(), 93, "the longest installation and a UID");
+        assert_eq!(uid_from_tunnel_name("prod", "someone-elses-tunnel"), None);
+        assert_eq!(uid_from_dns_comment("prod", "hand-made record"), None);
+        assert_eq!(uid_from_dns_comment("prod", "crabglamp:prod:"), None);
+    }
+
+    #[test]
+    fn one_installation_never_reads_anothers_marks_as_its_own() {
+        let theirs = tunnel_name("prod-eu", UID);
+        assert!(theirs.starts_with(&tunnel_prefix("prod")), "a tunnel list by prefix returns it");
+        assert_eq!(uid_from_tunnel_name("prod", &theirs), None, "but it is not prod's");
+        assert_eq!(uid_from_dns_comment("prod", &dns_mark("prod-eu", UID)), None);
+        assert_eq!(uid_from_dns_comment("prod-eu", &dns_mark("prod", UID)), None);
+        // Marks of today are never legacy marks, and legacy marks are nobody's today.
+        assert_eq!(legacy_uid_from_tunnel_name(&tunnel_name("prod", UID)), None);
+        assert_eq!(legacy_uid_from_dns_comment(&dns_mark("prod", UID)), None);
+        let old_tunnel = format!("crabglamp-{UID}");
+        let old_comment = format!("crabglamp:{UID} managed by crabglamp-operator");
+        assert_eq!(legacy_uid_from_tunnel_name(&old_tunnel), Some(UID));
+        assert_eq!(legacy_uid_from_dns_comment(&old_comment), Some(UID));
+        // An installation named like the UID's first group still cannot claim an old tunnel.
+        assert_eq!(uid_from_tunnel_name("3f2a9c1e", &old_tunnel), None);
+        assert_eq!(uid_from_dns_comment("3f2a9c1e", &old_comment), None);
     }
 
     #[test]

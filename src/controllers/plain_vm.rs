@@ -205,7 +205,7 @@ impl PlainVmPass {
         match step {
             Step::CreateFirewall => {
                 let before = status.firewall.as_ref().and_then(|f| f.id);
-                let labels = server::server_labels(owner, PRODUCT);
+                let labels = server::server_labels(owner, PRODUCT, ctx.config.installation());
                 let (fw, adopted) = firewall::create_firewall(ctx, owner, &labels, inbound).await?;
                 status.firewall = Some(FirewallStatus {
                     id: Some(fw.id),
@@ -244,7 +244,7 @@ impl PlainVmPass {
                     .map_err(|e| ReconcileError::UserData(e.to_string()))?;
                 let intent = intent(&vm.spec);
                 // The firewall is in the create call: there is no instant the server is open.
-                let spec = server::create_spec(owner, &intent, user_data, vec![fw.id]);
+                let spec = server::create_spec(owner, &intent, ctx.config.installation(), user_data, vec![fw.id]);
                 let vanished = status.server.as_ref().and_then(|s| s.id);
                 let created = server::create_server(ctx, owner, &spec).await?;
                 status.server = Some(server::server_status(&created, None));

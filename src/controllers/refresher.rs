@@ -1,6 +1,6 @@
-//! The one task that reads the clouds for everybody: paged lists of our servers and per-object
-//! firewalls (by label), tunnels (by name prefix) and DNS records (by comment mark), on the pace the fleet view asks
-//! for, plus the fleet firewall every Agent server is created behind. It lists and repairs the
+//! The one task that reads the clouds for everybody: paged lists of this installation's servers
+//! and per-object firewalls (by label), tunnels (by name prefix) and DNS records (by comment
+//! mark), on the pace the fleet view asks for, plus the fleet firewall every Agent server is created behind. It lists and repairs the
 //! fleet firewall; it never creates, changes or deletes anything an object owns.
 
 use std::collections::HashMap;
@@ -12,33 +12,45 @@ use crate::cloud::hetzner::FirewallCreated;
 
 use super::context::Context;
 use super::fleet::{Collection, ListPace, ObservedTunnel};
-use super::names::{TUNNEL_PREFIX, uid_from_dns_comment, uid_from_tunnel_name};
+use super::installation::INSTALLATION_LABEL;
+use super::names::{dns_mark_prefix, tunnel_prefix, uid_from_dns_comment, uid_from_tunnel_name};
 use super::server::{MANAGED_BY, MANAGED_BY_LABEL, UID_LABEL, fleet_selector, per_object_firewall_selector};
 
-/// The fleet firewall's name: one per Hetzner project, no inbound rules at all.
+/// The fleet firewall's name before installations had an identity: one per Hetzner project,
+/// shared by every cluster using it (which is why each installation now has its own).
 pub const FLEET_FIREWALL_NAME: &str = "crabglamp-agents-closed";
 /// Label that tells the fleet firewall apart from per-VM firewalls.
 pub const ROLE_LABEL: &str = "crabglamp.com/role";
 /// Its value.
 pub const FLEET_FIREWALL_ROLE: &str = "agent-fleet-firewall";
 
-fn fleet_firewall_labels() -> std::collections::BTreeMap<String, String> {
+/// The fleet firewall of `installation`: `crabglamp-agents-closed-<installation>`, one per
+/// installation in a project, no inbound rules at all.
+pub fn fleet_firewall_name(installation: &str) -> String {
+    format!("{FLEET_FIREWALL_NAME}-{installation}")
+}
+
+fn fleet_firewall_labels(installation: &str) -> std::collections::BTreeMap<String, String> {
     std::collections::BTreeMap::from([
         (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
         (ROLE_LABEL.to_owned(), FLEET_FIREWALL_ROLE.to_owned()),
+        (INSTALLATION_LABEL.to_owned(), installation.to_owned()),
     ])
 }
 
-/// Finds or creates the fleet firewall (closed: no rules), and closes it again if someone
-/// added a rule. Returns its id.
+/// Finds or creates this installation's fleet firewall (closed: no rules), and closes it again
+/// if someone added a rule. Returns its id. Another installation's is never selected, nor the
+/// one all installations shared before they had an identity.
 pub async fn ensure_fleet_firewall(ctx: &Context) -> Result<i64, CloudError> {
-    let selector = format!("{ROLE_LABEL}={FLEET_FIREWALL_ROLE}");
+    let installation = ctx.config.installation();
+    let selector = format!("{ROLE_LABEL}={FLEET_FIREWALL_ROLE},{INSTALLATION_LABEL}={installation}");
     let found = ctx.hetzner.list_firewalls(Some(&selector)).await?;
     let firewall = match found.into_iter().min_by_key(|f| f.id) {
         Some(f) => f,
         None => {
+            let name = fleet_firewall_name(installation);
             let FirewallCreated { firewall, adopted, .. } =
-                ctx.hetzner.create_firewall(FLEET_FIREWALL_NAME, &fleet_firewall_labels(), &[], &[]).await?;
+                ctx.hetzner.create_firewall(&name, &fleet_firewall_labels(installation), &[], &[]).await?;
             tracing::info!(firewall = firewall.id, adopted, "fleet firewall ready (no inbound rules)");
             firewall
         }
@@ -73,19 +85,24 @@ async fn refresh(ctx: &Context, which: Collection) -> Result<(), CloudError> {
             ctx.fleet.merge_firewalls(listed, started);
         }
         Collection::Tunnels => {
-            let tunnels = ctx.cloudflare.list_tunnels(Some(TUNNEL_PREFIX)).await?;
+            let installation = ctx.config.installation();
+            let tunnels = ctx.cloudflare.list_tunnels(Some(&tunnel_prefix(installation))).await?;
             let listed: HashMap<_, _> = tunnels
                 .iter()
-                .filter(|t| t.deleted_at.is_none() && uid_from_tunnel_name(&t.name).is_some())
+                .filter(|t| t.deleted_at.is_none() && uid_from_tunnel_name(installation, &t.name).is_some())
                 .map(|t| (t.name.clone(), ObservedTunnel::from_api(t)))
                 .collect();
             ctx.fleet.merge_tunnels(listed, started);
         }
         Collection::Dns => {
-            let records = ctx.cloudflare.list_dns_records_by_comment_prefix(super::names::DNS_MARK_PREFIX).await?;
+            let installation = ctx.config.installation();
+            let records = ctx.cloudflare.list_dns_records_by_comment_prefix(&dns_mark_prefix(installation)).await?;
             let listed: HashMap<_, _> = records
                 .into_iter()
-                .filter_map(|r| r.comment.as_deref().and_then(uid_from_dns_comment).map(str::to_owned).map(|u| (u, r)))
+                .filter_map(|r| {
+                    let uid = r.comment.as_deref().and_then(|c| uid_from_dns_comment(installation, c))?;
+                    Some((uid.to_owned(), r))
+                })
                 .collect();
             ctx.fleet.merge_dns(listed, started);
         }

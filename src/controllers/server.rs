@@ -21,6 +21,7 @@ use super::SHARD_LABEL;
 use super::conditions::Desired;
 use super::context::{Context, ControllerConfig};
 use super::error::ReconcileError;
+use super::installation::INSTALLATION_LABEL;
 
 /// Label on everything the operator creates in Hetzner: what the fleet list selects.
 pub const MANAGED_BY_LABEL: &str = "crabglamp.com/managed-by";
@@ -49,15 +50,47 @@ fn scope_terms(config: &ControllerConfig) -> String {
     terms
 }
 
-/// The label selector of the shared fleet list: every server this instance manages.
+/// Selects this installation's resources, or (`None`) those made before installations had an
+/// identity, which carry no installation label.
+fn installation_term(installation: Option<&str>) -> String {
+    match installation {
+        Some(installation) => format!(",{INSTALLATION_LABEL}={installation}"),
+        None => format!(",!{INSTALLATION_LABEL}"),
+    }
+}
+
+/// The label selector of the shared fleet list: every server this instance manages (of its
+/// installation only: another cluster's servers in the same project are never listed).
 pub fn fleet_selector(config: &ControllerConfig) -> String {
-    format!("{MANAGED_BY_LABEL}={MANAGED_BY}{}", scope_terms(config))
+    legacy_or_fleet_selector(config, Some(config.installation()))
+}
+
+/// The servers of this instance's scope made before installations had an identity.
+pub fn legacy_fleet_selector(config: &ControllerConfig) -> String {
+    legacy_or_fleet_selector(config, None)
+}
+
+fn legacy_or_fleet_selector(config: &ControllerConfig, installation: Option<&str>) -> String {
+    format!("{MANAGED_BY_LABEL}={MANAGED_BY}{}{}", installation_term(installation), scope_terms(config))
 }
 
 /// The label selector of the shared firewall list: every per-object (PlainVM) firewall of this
 /// instance. The fleet firewall has no kind label, so it is not selected.
 pub fn per_object_firewall_selector(config: &ControllerConfig) -> String {
-    format!("{MANAGED_BY_LABEL}={MANAGED_BY},{KIND_LABEL}=plainvm{}", scope_terms(config))
+    legacy_or_firewall_selector(config, Some(config.installation()))
+}
+
+/// The per-object firewalls of this instance's scope made before installations had an identity.
+pub fn legacy_per_object_firewall_selector(config: &ControllerConfig) -> String {
+    legacy_or_firewall_selector(config, None)
+}
+
+fn legacy_or_firewall_selector(config: &ControllerConfig, installation: Option<&str>) -> String {
+    format!(
+        "{MANAGED_BY_LABEL}={MANAGED_BY},{KIND_LABEL}=plainvm{}{}",
+        installation_term(installation),
+        scope_terms(config)
+    )
 }
 
 /// What a kind asks of its server; the rest of this module needs nothing else of the object.
@@ -138,11 +171,13 @@ pub fn server_name(name: &str, uid: &str) -> String {
     format!("{name}-{uid8}")
 }
 
-/// The ownership labels of an object's server. Every value is a Kubernetes name or UID, which
-/// already fits Hetzner's label rules (at most 63 characters, alphanumerics, `-`, `_`, `.`).
-pub fn server_labels(owner: &Owner, product: &str) -> BTreeMap<String, String> {
+/// The ownership labels of an object's server (and a PlainVM's firewall) in `installation`.
+/// Every value is a Kubernetes name or UID or an installation, which already fit Hetzner's
+/// label rules (at most 63 characters, alphanumerics, `-`, `_`, `.`).
+pub fn server_labels(owner: &Owner, product: &str, installation: &str) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::from([
         (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+        (INSTALLATION_LABEL.to_owned(), installation.to_owned()),
         (KIND_LABEL.to_owned(), product.to_owned()),
         (UID_LABEL.to_owned(), owner.uid.clone()),
         (NAMESPACE_LABEL.to_owned(), owner.namespace.clone()),
@@ -161,15 +196,21 @@ pub fn without_our_labels(labels: &BTreeMap<String, String>) -> BTreeMap<String,
     labels.iter().filter(|(k, _)| !k.starts_with("crabglamp.com/")).map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
-/// The create call for an object's server: attached to `firewalls` from its first instant,
-/// with `user_data` (a secret: it may carry a token).
-pub fn create_spec(owner: &Owner, intent: &ServerIntent, user_data: Secret, firewalls: Vec<i64>) -> ServerSpec {
+/// The create call for an object's server in `installation`: attached to `firewalls` from its
+/// first instant, with `user_data` (a secret: it may carry a token).
+pub fn create_spec(
+    owner: &Owner,
+    intent: &ServerIntent,
+    installation: &str,
+    user_data: Secret,
+    firewalls: Vec<i64>,
+) -> ServerSpec {
     ServerSpec {
         name: server_name(&owner.name, &owner.uid),
         server_type: intent.server_type.clone(),
         image: intent.image.clone(),
         location: intent.region.hetzner_location().to_owned(),
-        labels: server_labels(owner, intent.product),
+        labels: server_labels(owner, intent.product, installation),
         user_data: Some(user_data),
         ssh_keys: Vec::new(),
         firewalls,
@@ -559,14 +600,26 @@ mod tests {
     const UID: &str = "3f2a9c1e-0b4d-4c55-9e1a-7d2b8c6f0a11";
 
     #[test]
-    fn each_instance_lists_only_its_shard_and_namespace() {
+    fn each_instance_lists_only_its_installation_shard_and_namespace() {
         let mut config = ControllerConfig::new("z");
-        assert_eq!(fleet_selector(&config), "crabglamp.com/managed-by=crabglamp-operator,!crabglamp.com/shard");
+        config.installation = Some("prod".into());
+        assert_eq!(
+            fleet_selector(&config),
+            "crabglamp.com/managed-by=crabglamp-operator,crabglamp.com/installation=prod,!crabglamp.com/shard"
+        );
+        assert_eq!(
+            legacy_fleet_selector(&config),
+            "crabglamp.com/managed-by=crabglamp-operator,!crabglamp.com/installation,!crabglamp.com/shard"
+        );
         config.shard = Some("a".into());
         config.watch_namespace = Some("team-a".into());
         assert_eq!(
             per_object_firewall_selector(&config),
-            "crabglamp.com/managed-by=crabglamp-operator,crabglamp.com/kind=plainvm,crabglamp.com/shard=a,crabglamp.com/namespace=team-a"
+            "crabglamp.com/managed-by=crabglamp-operator,crabglamp.com/kind=plainvm,crabglamp.com/installation=prod,crabglamp.com/shard=a,crabglamp.com/namespace=team-a"
+        );
+        assert_eq!(
+            legacy_per_object_firewall_selector(&config),
+            "crabglamp.com/managed-by=crabglamp-operator,crabglamp.com/kind=plainvm,!crabglamp.com/installation,crabglamp.com/shard=a,crabglamp.com/namespace=team-a"
         );
     }
 
@@ -584,10 +637,11 @@ mod tests {
     fn labels_point_back_and_orphaning_removes_only_ours() {
         let owner =
             Owner { kind: "Agent", namespace: "team-a".into(), name: "bot".into(), uid: UID.into(), shard: None };
-        let labels = server_labels(&owner, "agent");
+        let labels = server_labels(&owner, "agent", "prod");
         assert_eq!(labels[UID_LABEL], UID);
+        assert_eq!(labels[INSTALLATION_LABEL], "prod");
         assert!(!labels.contains_key(SHARD_LABEL));
-        let sharded = server_labels(&Owner { shard: Some("eu-2".into()), ..owner.clone() }, "agent");
+        let sharded = server_labels(&Owner { shard: Some("eu-2".into()), ..owner.clone() }, "agent", "prod");
         assert_eq!(sharded[SHARD_LABEL], "eu-2");
         assert_eq!(labels[MANAGED_BY_LABEL], MANAGED_BY);
         for (k, v) in &labels {

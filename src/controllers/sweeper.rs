@@ -3,7 +3,9 @@
 //! object no longer exists (a crash between a create and its record, a finalizer removed by
 //! hand), after a grace period. It reads only the shared fleet view and the controllers'
 //! caches; every removal is logged and counted. It never touches anything without our marks,
-//! nor anything of an object that exists (an object being created is in the cache).
+//! nor anything of an object that exists (an object being created is in the cache). "Our
+//! marks" include this installation's identity: the fleet view holds nothing of another
+//! cluster's, nor anything marked before installations had an identity (see `legacy`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -145,7 +147,7 @@ async fn sweep(ctx: &Context, suspects: &mut Suspects) {
         .fleet
         .pick_tunnels(|t| Some(t.id.clone()))
         .into_iter()
-        .filter_map(|(name, id)| uid_from_tunnel_name(&name).map(|u| (u.to_owned(), id)))
+        .filter_map(|(name, id)| uid_from_tunnel_name(ctx.config.installation(), &name).map(|u| (u.to_owned(), id)))
         .collect();
     let mut records: HashMap<String, String> = ctx.fleet.pick_dns(|r| Some(r.id.clone()));
     if ctx.config.watch_namespace.is_some() {
@@ -184,7 +186,7 @@ async fn sweep(ctx: &Context, suspects: &mut Suspects) {
                 match seal::get_credential(&ctx.db, &ctx.sealing, &secret_id(uid)).await {
                     Ok(Some(_)) => match tunnels.get(uid) {
                         Some(id) => ctx.cloudflare.delete_tunnel(id).await.map(|_| {
-                            ctx.fleet.forget_tunnel(&super::names::tunnel_name(uid));
+                            ctx.fleet.forget_tunnel(&super::names::tunnel_name(ctx.config.installation(), uid));
                         }),
                         None => Ok(()),
                     },
@@ -214,6 +216,7 @@ async fn sweep(ctx: &Context, suspects: &mut Suspects) {
             }
         }
     }
+    ctx.metrics.count_sweep();
 }
 
 /// Sweeps once per resync period (or grace period, when shorter) until `stop`.

@@ -155,6 +155,7 @@ fn labelled_uid(resource: &serde_json::Value) -> Option<String> {
 
 fn cloud(chaos: &Chaos, v: &mut Vec<String>) {
     let op = chaos.op();
+    let installation = op.context.config.installation();
     let live = |kind: Kind| -> BTreeMap<&str, &Ledger> {
         chaos.objects.iter().filter(|o| o.kind == kind && o.deleted.is_none()).map(|o| (o.uid.as_str(), o)).collect()
     };
@@ -188,7 +189,7 @@ fn cloud(chaos: &Chaos, v: &mut Vec<String>) {
     for f in crabglamp_sandbox::hetzner::firewalls(&op.hetzner) {
         let name = f["name"].as_str().unwrap_or_default().to_owned();
         if f["labels"][refresher::ROLE_LABEL] == refresher::FLEET_FIREWALL_ROLE
-            || name == refresher::FLEET_FIREWALL_NAME
+            || name == refresher::fleet_firewall_name(installation)
         {
             continue;
         }
@@ -222,7 +223,7 @@ fn cloud(chaos: &Chaos, v: &mut Vec<String>) {
     // Tunnels.
     let mut tunnels_of: BTreeMap<String, usize> = BTreeMap::new();
     for t in crabglamp_sandbox::cloudflare::live_tunnel_names(&op.cloudflare) {
-        match uid_from_tunnel_name(&t) {
+        match uid_from_tunnel_name(installation, &t) {
             Some(uid) if agents.contains_key(uid) => *tunnels_of.entry(uid.to_owned()).or_default() += 1,
             Some(uid) if orphaned.contains_key(uid) => {}
             _ => v.push(format!("leak: tunnel {t} belongs to no live Agent")),
@@ -231,7 +232,7 @@ fn cloud(chaos: &Chaos, v: &mut Vec<String>) {
     // DNS records.
     let mut records_of: BTreeMap<String, usize> = BTreeMap::new();
     for (id, name, comment) in crabglamp_sandbox::cloudflare::dns_records(&op.cloudflare) {
-        match comment.as_deref().and_then(uid_from_dns_comment) {
+        match comment.as_deref().and_then(|c| uid_from_dns_comment(installation, c)) {
             Some(uid) if agents.contains_key(uid) => *records_of.entry(uid.to_owned()).or_default() += 1,
             Some(uid) => v.push(format!("leak: DNS record {name} ({id}) marked for {uid}, which is no live Agent")),
             None if comment.as_deref().is_some_and(|c| c.starts_with(DNS_MARK_PREFIX)) => {
@@ -247,7 +248,7 @@ fn cloud(chaos: &Chaos, v: &mut Vec<String>) {
             ("DNS records", records_of.get(&o.uid).copied().unwrap_or(0)),
         ] {
             if n != 1 {
-                v.push(format!("{}: {n} {what}, not one (tunnel {})", o.name, tunnel_name(&o.uid)));
+                v.push(format!("{}: {n} {what}, not one (tunnel {})", o.name, tunnel_name(installation, &o.uid)));
             }
         }
     }

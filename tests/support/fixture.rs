@@ -138,6 +138,41 @@ impl Operator {
         Operator { kube, client, operator_client, hetzner, cloudflare, db, context, settings, stop, task, cloudflared }
     }
 
+    /// A second installation beside `other`: its own API server (always the stand-in: the real
+    /// control plane is one per test binary, and `other` holds it in real mode), its own
+    /// database and controllers, on `other`'s Hetzner project and Cloudflare account and zone,
+    /// as a staging cluster beside production shares them.
+    pub async fn start_beside(other: &Operator, config: ControllerConfig) -> Operator {
+        let kube = KubeServer::sandbox().await;
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(kube.client());
+        let release =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": crate::kube_server::RELEASE_NAMESPACE}}))
+                .expect("namespace");
+        namespaces.create(&PostParams::default(), &release).await.expect("create the release namespace");
+        let client = kube.client();
+        let operator_client = kube.operator_client(OPERATOR_USER);
+        let db = TestDb::fresh().await;
+        let mut settings = other.settings.clone();
+        settings.database_url = db.url.clone();
+        settings.controllers = config;
+        let (context, stop, task) = launch(&operator_client, settings.clone()).await;
+        // `other`'s stand-in cloudflared already plays for every server of the shared project.
+        let cloudflared = tokio::spawn(async {});
+        Operator {
+            kube,
+            client,
+            operator_client,
+            hetzner: Arc::clone(&other.hetzner),
+            cloudflare: Arc::clone(&other.cloudflare),
+            db,
+            context,
+            settings,
+            stop,
+            task: Some(task),
+            cloudflared,
+        }
+    }
+
     /// Stops the controllers and starts a fresh operator process's worth of them (no memory
     /// carried over) against the same cluster, clouds and database.
     pub async fn restart_with(mut self, config: ControllerConfig) -> Self {
