@@ -65,12 +65,16 @@ fn optional_objects_follow_their_switches() {
             "ClusterRoleBinding",
             "Deployment",
             "PodDisruptionBudget",
+            // The release namespace's, and kube-system's (the installation is derived from it).
             "Role",
+            "Role",
+            "RoleBinding",
             "RoleBinding",
             "Service",
             "ServiceAccount"
         ]
     );
+    // A named installation needs no read of kube-system.
     let full = helm::full();
     assert_eq!(
         kinds(&full),
@@ -113,6 +117,7 @@ fn deployment_takes_settings_from_values_and_credentials_from_existing_secrets()
             "--drain-seconds=30",
             "--leader-election",
             "--lease-name=crabglamp-eu-leader",
+            "--installation=prod-eu",
             "--shard=eu-1",
             "--watch-namespace=team-a"
         ]

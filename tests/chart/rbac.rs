@@ -44,11 +44,13 @@ fn attributes(method: &str, path: &str, query: &str) -> Option<Attributes> {
         _ => return None,
     };
     // /namespaces/{ns}/{plural}/... is namespaced; /namespaces and /namespaces/{name}[/status]
-    // are the Namespace objects themselves.
+    // are the Namespace objects themselves, a named one judged in its own namespace (so a
+    // RoleBinding there can grant reading it).
     let (namespace, rest) = match rest.as_slice() {
         ["namespaces", ns, plural, tail @ ..] if !(tail.is_empty() && matches!(*plural, "status" | "finalize")) => {
             (Some((*ns).to_owned()), [&[*plural][..], tail].concat())
         }
+        ["namespaces", ns, ..] => (Some((*ns).to_owned()), rest.to_vec()),
         other => (None, other.to_vec()),
     };
     let (resource, name) = match rest.as_slice() {
@@ -521,7 +523,11 @@ fn request_attributes_follow_kube_apiserver() {
         a("DELETE", "/api/v1/namespaces/t/secrets", ""),
         Some((s("deletecollection"), s(""), s("secrets"), Some(s("t")), None))
     );
-    assert_eq!(a("GET", "/api/v1/namespaces/t", ""), Some((s("get"), s(""), s("namespaces"), None, Some(s("t")))));
+    assert_eq!(
+        a("GET", "/api/v1/namespaces/t", ""),
+        Some((s("get"), s(""), s("namespaces"), Some(s("t")), Some(s("t")))),
+        "kube-apiserver's RequestInfo puts a Namespace object in its own namespace"
+    );
     assert_eq!(a("GET", "/api/v1/namespaces", ""), Some((s("list"), s(""), s("namespaces"), None, None)));
     assert_eq!(a("GET", "/apis", ""), None);
     assert_eq!(a("GET", "/api/v1", ""), None);
