@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crabglamp_operator::cloud::hetzner::ServerSpec;
 use crabglamp_operator::controllers::SHARD_LABEL;
+use crabglamp_operator::controllers::installation::INSTALLATION_LABEL;
 use crabglamp_operator::controllers::server::{
     KIND_LABEL, MANAGED_BY, MANAGED_BY_LABEL, NAME_LABEL, NAMESPACE_LABEL, UID_LABEL,
 };
@@ -21,10 +22,12 @@ fn sharded(shard: Option<&str>) -> crabglamp_operator::controllers::ControllerCo
     c
 }
 
-/// A server that looks like one of ours for an object that no longer exists.
+/// A server that looks like one of ours (this installation's) for an object that no longer
+/// exists.
 async fn orphan(via: &Instance, name: &str, shard: Option<&str>) -> i64 {
     let mut labels = BTreeMap::from([
         (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+        (INSTALLATION_LABEL.to_owned(), via.context.config.installation().to_owned()),
         (KIND_LABEL.to_owned(), "agent".to_owned()),
         (UID_LABEL.to_owned(), uuid::Uuid::new_v4().to_string()),
         (NAMESPACE_LABEL.to_owned(), "team-a".to_owned()),
