@@ -1,7 +1,8 @@
 //! The one task that reads the clouds for everybody: paged lists of this installation's servers
 //! and per-object firewalls (by label), tunnels (by name prefix) and DNS records (by comment
-//! mark), on the pace the fleet view asks for, plus the fleet firewall every Agent server is created behind. It lists and repairs the
-//! fleet firewall; it never creates, changes or deletes anything an object owns.
+//! mark), on the pace the fleet view asks for, plus the fleet firewall every Agent server is
+//! created behind. It lists and repairs the fleet firewall; it never creates, changes or
+//! deletes anything an object owns.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -232,7 +232,7 @@ async fn an_upgrade_re_marks_old_marks_of_live_objects_and_leaves_the_rest_alone
     expected.servers.insert(their_server);
     expected.firewalls.insert(their_firewall);
     expected.records.insert(their_record.clone());
-    expected.tunnels = before.tunnels.iter().map(|t| t.clone()).chain([their_tunnel.clone()]).collect();
+    expected.tunnels.insert(their_tunnel.clone());
     assert_eq!(after, expected, "nothing re-created, nothing swept: the same resources, ours renamed back");
     for what in ["server", "firewall", "tunnel", "dns"] {
         assert_eq!(m.swept(what), 0, "no {what} swept");
