@@ -80,7 +80,7 @@ pub fn with_installation(labels: &BTreeMap<String, String>, installation: &str) 
     labels
 }
 
-/// What one re-mark came to: done (or the resource is gone, nothing to do), or failed.
+/// What one re-mark came to: done (or nothing to do), or failed (tried again).
 fn outcome(ctx: &Context, what: &str, id: &str, result: Result<(), CloudError>) -> bool {
     match result {
         Ok(()) => {
@@ -92,7 +92,15 @@ fn outcome(ctx: &Context, what: &str, id: &str, result: Result<(), CloudError>) 
             );
             true
         }
+        // Gone meanwhile: nothing to re-mark.
         Err(CloudError::NotFound(_)) => true,
+        // The new name is taken (a tunnel of the object under the new mark already, e.g. after a
+        // downgrade and upgrade): the one with the new mark is used, this one is left as it is,
+        // like any old mark, rather than stopping the start for good.
+        Err(CloudError::Conflict(e)) => {
+            tracing::warn!(resource = what, id, error = %e, "the new mark is taken already; leaving this one as it is");
+            true
+        }
         Err(e) => {
             tracing::warn!(resource = what, id, error = %e, "cannot re-mark a resource with old marks yet");
             false
