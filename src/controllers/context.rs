@@ -50,6 +50,9 @@ pub struct ControllerConfig {
     pub shard: Option<String>,
     /// Watch and reconcile this namespace only (none: all namespaces).
     pub watch_namespace: Option<String>,
+    /// The namespaces VirtualKeys are served in, one Secret watch each (none: every watched
+    /// namespace, Secrets watched cluster-wide). The chart grants Secrets there only.
+    pub virtual_key_namespaces: Option<Vec<String>>,
     /// Name of this instance in Events (`reportingInstance`), e.g. the pod name.
     pub instance: String,
     /// Prefix of every Redis name the VirtualKey controller reads or writes (the contract's
@@ -83,6 +86,7 @@ impl ControllerConfig {
             max_backoff: Duration::from_secs(300),
             shard: None,
             watch_namespace: None,
+            virtual_key_namespaces: None,
             instance: "crabglamp-operator".into(),
             redis_namespace: "cgk:".into(),
             redis_batch: 500,

@@ -81,6 +81,8 @@ fn optional_objects_follow_their_switches() {
             "PodDisruptionBudget",
             "Role",
             "Role",
+            "Role",
+            "RoleBinding",
             "RoleBinding",
             "RoleBinding",
             "Service",
@@ -114,7 +116,8 @@ fn deployment_takes_settings_from_values_and_credentials_from_existing_secrets()
             "--leader-election",
             "--lease-name=crabglamp-eu-leader",
             "--shard=eu-1",
-            "--watch-namespace=team-a"
+            "--watch-namespace=team-a",
+            "--virtual-key-namespaces=team-a"
         ]
     );
     let env = container["env"].as_array().expect("env");
