@@ -168,6 +168,7 @@ ensure_firewall_tools() {
   command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || missing+=(nftables)
   command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || missing+=(iptables)
   command -v curl >/dev/null 2>&1 || missing+=(curl)
+  command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || missing+=(iproute2)
   [ ${#missing[@]} -eq 0 ] && return 0
   can_apt || die "missing: ${missing[*]} (Debian: sudo apt-get install ${missing[*]}); the metadata-restriction test runs them"
   apt_install --no-install-recommends "${missing[@]}"
