@@ -1,9 +1,9 @@
 //! The `#cloud-config` user data of an Agent server: the metadata service closed to all but root
 //! from the first boot on, root reachable by the Agent's SSH keys only (no password anywhere),
 //! and `cloudflared` installed from Cloudflare's apt repository and run as a systemd service
-//! with the tunnel token. The only code that puts a tunnel token into user
-//! data. The document is a [`Secret`]: it must never be logged, printed, stored or put in an
-//! error, status or event.
+//! with the tunnel token. The only code that puts a tunnel token into user data. The document
+//! is a [`Secret`]: it must never be logged, printed, stored or put in an error, status or
+//! event.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;

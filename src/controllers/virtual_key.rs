@@ -645,15 +645,16 @@ pub fn serves(namespaces: Option<&[String]>, namespace: &str) -> bool {
 async fn not_served(vk: &VirtualKey, ctx: &Context) -> Result<Action, ReconcileError> {
     let old = vk.status.clone().unwrap_or_default();
     let served = ctx.config.virtual_key_namespaces.as_deref().unwrap_or_default().join(", ");
-    let desired = [Desired::new(
-        "Ready",
-        false,
-        "NamespaceNotServed",
-        format!(
-            "VirtualKeys are served only in the namespaces {served} (--virtual-key-namespaces, the chart's \
-             virtualKeys.namespaces): no key is issued here"
-        ),
-    )];
+    let message = format!(
+        "VirtualKeys are served only in the namespaces {served} (--virtual-key-namespaces, the chart's \
+         virtualKeys.namespaces): no key is issued here"
+    );
+    // Stalled: nothing changes until the object moves or the operator's list does (kstatus
+    // and Argo CD then call it failed, not progressing).
+    let desired = [
+        Desired::new("Stalled", true, "NamespaceNotServed", message.clone()),
+        Desired::new("Ready", false, "NamespaceNotServed", message),
+    ];
     let next = VirtualKeyStatus {
         observed_generation: vk.metadata.generation,
         conditions: conditions::merge(&old.conditions, &desired, vk.metadata.generation, Timestamp::now()),
@@ -917,7 +918,7 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
     let vks: Api<VirtualKey> = super::scoped_api(&ctx);
     let label = format!("{}={}", MANAGED_BY_LABEL.0, MANAGED_BY_LABEL.1);
     let mut shutdown = stop.clone();
-    let controller = super::trim::controller(vks, super::watcher_config(&ctx.config).any_semantic())
+    let mut controller = super::trim::controller(vks, super::watcher_config(&ctx.config).any_semantic())
         .with_config(super::controller_config(&ctx.config));
     ctx.observer.watch(KIND, controller.store(), phase_name);
     let watching = Arc::clone(&ctx);
@@ -927,7 +928,6 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
         }
     };
     let secrets_config = watcher::Config::default().labels(&label).page_size(super::WATCH_LIST_PAGE);
-    let mut controller = controller;
     for secrets in secret_apis(&ctx) {
         controller = super::trim::owns_metadata(controller, secrets, secrets_config.clone(), observe.clone());
     }

@@ -259,6 +259,7 @@ async fn a_key_outside_the_served_namespaces_gets_no_secret_and_says_why() {
     wait_for(&op.keys(NS), "served", WAIT, "Ready", ready).await;
     let vk = wait_for(&outside, "stray", WAIT, "NamespaceNotServed", |v| {
         condition(v, "Ready") == Some(("False".into(), "NamespaceNotServed".into()))
+            && condition(v, "Stalled") == Some(("True".into(), "NamespaceNotServed".into()))
     })
     .await;
     let message =
