@@ -168,6 +168,10 @@ struct RunArgs {
     /// listed and swept by their crabglamp.com/namespace label.
     #[arg(long, env = "CRABGLAMP_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
+    /// Serve VirtualKeys only in these namespaces (comma-separated), watching Secrets in each
+    /// (default: every watched namespace, Secrets cluster-wide).
+    #[arg(long, env = "CRABGLAMP_VIRTUAL_KEY_NAMESPACES", value_delimiter = ',')]
+    virtual_key_namespaces: Vec<String>,
     /// This instance's name in Events (the pod name in a cluster).
     #[arg(long, env = "POD_NAME", default_value = "crabglamp-operator")]
     instance: String,
@@ -324,6 +328,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     controllers.concurrency = args.concurrency;
     controllers.watch_namespace = args.watch_namespace;
     controllers.installation = args.installation;
+    let virtual_key_namespaces: Vec<String> =
+        args.virtual_key_namespaces.into_iter().filter(|ns| !ns.is_empty()).collect();
+    controllers.virtual_key_namespaces = (!virtual_key_namespaces.is_empty()).then_some(virtual_key_namespaces);
     controllers.instance = args.instance;
     controllers.anchor_namespace = args.anchor.anchor_namespace;
     controllers.anchor_configmap = args.anchor.anchor_configmap;

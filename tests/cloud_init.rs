@@ -5,7 +5,8 @@
 use crabglamp_operator::cloud::Secret;
 use crabglamp_operator::cloud::cloudflare::{TunnelSecret, derive_tunnel_token};
 use crabglamp_operator::controllers::cloud_init::{
-    CLOUDFLARED_UNIT_PATH, CloudInitError, INSTALL_SCRIPT_PATH, TUNNEL_ENV_PATH, USER_DATA_LIMIT, agent_user_data,
+    CLOUDFLARED_UNIT_PATH, CloudInitError, INSTALL_SCRIPT_PATH, METADATA_RESTRICTION, TUNNEL_ENV_PATH, USER_DATA_LIMIT,
+    agent_user_data,
 };
 use serde_json::Value;
 
@@ -16,6 +17,8 @@ fn token() -> Secret {
 
 #[path = "support/cloud_init_schema.rs"]
 mod cloud_init_schema;
+#[path = "support/netns.rs"]
+mod netns;
 
 fn assert_valid(name: &str, doc: &Secret) {
     cloud_init_schema::assert_valid(name, doc.expose());
@@ -119,4 +122,71 @@ fn the_validator_refuses_a_broken_document() {
         .output()
         .expect("run");
     assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// The first boot command, as the rendered document carries it.
+fn first_boot_command(doc: &Secret) -> Vec<String> {
+    let parsed = parse(doc);
+    let first = parsed["bootcmd"].as_array().and_then(|c| c.first()).expect("a boot command");
+    serde_json::from_value(first.clone()).expect("the boot command is a list of strings")
+}
+
+#[test]
+fn the_metadata_service_is_closed_to_all_but_root_by_the_first_boot_command() {
+    for keys in [
+        vec![],
+        vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJp2mR0nq6d1oP4W1wz7jv6S3bJb5V4tq1k3T8F2nQ1m ops".to_owned()],
+    ] {
+        let doc = agent_user_data(&keys, &token()).expect("render");
+        assert_valid("metadata-restriction", &doc);
+        assert_eq!(first_boot_command(&doc), ["sh", "-c", METADATA_RESTRICTION], "the restriction runs first");
+        assert!(!METADATA_RESTRICTION.contains(token().expose()), "the restriction carries no secret");
+    }
+}
+
+/// The boot command, run for real in a miniature server network (network namespaces of this
+/// machine) with each firewall tool the images have: root on the server reads the user data
+/// (and with it the token), an unprivileged process and a container behind the server are
+/// refused; with no firewall tool at all nobody reads it and the command fails.
+#[test]
+fn the_restriction_refuses_non_root_and_containers_and_allows_root() {
+    netns::require_tools();
+    let doc = agent_user_data(&[], &token()).expect("render");
+    let argv = first_boot_command(&doc);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    // PATH holding only the named tools (and sh), as on an image that lacks the others.
+    let only = |dir: &std::path::Path, tools: &[&str]| {
+        std::fs::create_dir_all(dir).expect("bin dir");
+        for tool in tools.iter().chain(&["sh"]) {
+            let target = netns::which(tool).unwrap_or_else(|| panic!("{tool} is installed"));
+            std::os::unix::fs::symlink(target, dir.join(tool)).expect("symlink");
+        }
+        dir.to_path_buf()
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cases = [
+        ("nftables (Debian)", None),
+        ("iptables (Ubuntu)", Some(only(&dir.path().join("iptables-only"), &["iptables", "ip"]))),
+    ];
+    for (i, (image, path)) in cases.iter().enumerate() {
+        let net = netns::ServerNet::start(doc.expose(), &dir.path().join(format!("docroot-{i}")));
+        assert!(net.ask(netns::Asker::Nobody).is_ok(), "{image}: open to everyone before the boot command");
+        assert!(net.ask(netns::Asker::Container).is_ok(), "{image}: open to containers before the boot command");
+        // Twice: bootcmd runs on every boot, and `cloud-init single` may run it again.
+        for run in 0..2 {
+            let (ok, stderr) = net.run_on_server(&argv, path.as_deref());
+            assert!(ok, "{image}: the boot command failed (run {run}): {stderr}");
+        }
+        assert_eq!(net.ask(netns::Asker::Root).as_deref(), Ok(doc.expose()), "{image}: root reads the user data");
+        let nobody = net.ask(netns::Asker::Nobody);
+        assert!(nobody.is_err(), "{image}: an unprivileged process read the user data");
+        let container = net.ask(netns::Asker::Container);
+        assert!(container.is_err(), "{image}: a container read the user data");
+    }
+    // Neither tool: closed to root too, and the command reports the failure.
+    let net = netns::ServerNet::start(doc.expose(), &dir.path().join("docroot-none"));
+    let (ok, stderr) = net.run_on_server(&argv, Some(&only(&dir.path().join("no-firewall"), &["ip"])));
+    assert!(!ok && stderr.contains("neither nft nor iptables"), "no firewall tool must fail loudly: {stderr}");
+    assert!(net.ask(netns::Asker::Root).is_err(), "without a firewall nobody reads the user data");
+    assert!(net.ask(netns::Asker::Nobody).is_err(), "without a firewall nobody reads the user data");
 }

@@ -161,6 +161,19 @@ ensure_cloud_init() {
   command -v cloud-init >/dev/null 2>&1 || die "cloud-init was installed but is not on PATH"
 }
 
+# The metadata-restriction test (tests/cloud_init.rs) runs the Agent's first boot command in
+# network namespaces with each firewall tool a server image may have.
+ensure_firewall_tools() {
+  local missing=()
+  command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || missing+=(nftables)
+  command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || missing+=(iptables)
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
+  command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || missing+=(iproute2)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  can_apt || die "missing: ${missing[*]} (Debian: sudo apt-get install ${missing[*]}); the metadata-restriction test runs them"
+  apt_install --no-install-recommends "${missing[@]}"
+}
+
 # Makes sure rustfmt and clippy exist (a minimal rustup profile lacks them).
 ensure_rust_components() {
   if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then

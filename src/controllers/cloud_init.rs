@@ -1,8 +1,9 @@
-//! The `#cloud-config` user data of an Agent server: root reachable by the Agent's SSH keys only
-//! (no password anywhere), and `cloudflared` installed from Cloudflare's apt repository and run
-//! as a systemd service with the tunnel token. The only code that puts a tunnel token into user
-//! data. The document is a [`Secret`]: it must never be logged, printed, stored or put in an
-//! error, status or event.
+//! The `#cloud-config` user data of an Agent server: the metadata service closed to all but root
+//! from the first boot on, root reachable by the Agent's SSH keys only (no password anywhere),
+//! and `cloudflared` installed from Cloudflare's apt repository and run as a systemd service
+//! with the tunnel token. The only code that puts a tunnel token into user data. The document
+//! is a [`Secret`]: it must never be logged, printed, stored or put in an error, status or
+//! event.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -25,6 +26,48 @@ pub const CLOUDFLARED_UNIT_PATH: &str = "/etc/systemd/system/cloudflared.service
 
 /// The script `runcmd` runs once on first boot.
 pub const INSTALL_SCRIPT_PATH: &str = "/usr/local/sbin/crabglamp-install-cloudflared";
+
+/// Hetzner's metadata service: it serves the server's user data, tunnel token included
+/// (`/hetzner/v1/userdata`), to any process on the server that asks, for the server's life.
+pub const METADATA_ADDRESS: &str = "169.254.169.254";
+
+/// The first boot command of an Agent's server: from then on only root reaches the metadata
+/// service. bootcmd runs on every boot, as root, in cloud-init's network stage: after the
+/// datasource has fetched the user data and before write_files, users, sshd, runcmd or any
+/// service of the image starts. nftables first (Debian: Priority important, so on every
+/// image), iptables second (Ubuntu: ufw's dependency). Both also refuse forwarded traffic,
+/// so a container on a bridge (root inside it or not) cannot reach the service either; in
+/// iptables that is the raw table, where Docker's FORWARD accepts cannot come first. With
+/// neither tool the service is closed to everyone, root too, and the command fails, which
+/// cloud-init reports (`cloud-init status`: error).
+pub const METADATA_RESTRICTION: &str = r#"md=169.254.169.254
+nft_rules() {
+  nft -f - <<EOF
+table ip crabglamp_metadata
+delete table ip crabglamp_metadata
+table ip crabglamp_metadata {
+  chain output {
+    type filter hook output priority 0; policy accept;
+    ip daddr $md meta skuid != 0 reject with icmp type admin-prohibited
+  }
+  chain forward {
+    type filter hook forward priority 0; policy accept;
+    ip daddr $md reject with icmp type admin-prohibited
+  }
+}
+EOF
+}
+iptables_rules() {
+  set -- -d $md -m owner ! --uid-owner 0 -j REJECT --reject-with icmp-admin-prohibited
+  { iptables -w -C OUTPUT "$@" 2>/dev/null || iptables -w -I OUTPUT 1 "$@"; } &&
+    { iptables -w -t raw -C PREROUTING -d $md -j DROP 2>/dev/null || iptables -w -t raw -I PREROUTING 1 -d $md -j DROP; }
+}
+if command -v nft >/dev/null 2>&1 && nft_rules; then exit 0; fi
+if command -v iptables >/dev/null 2>&1 && iptables_rules; then exit 0; fi
+ip route replace prohibit $md/32
+echo "crabglamp: neither nft nor iptables works here: the metadata service is closed to every user, root too" >&2
+exit 1
+"#;
 
 /// Why user data could not be rendered. Never carries the token or the document.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -50,6 +93,10 @@ pub enum CloudInitError {
 pub fn agent_user_data(ssh_keys: &[String], tunnel_token: &Secret) -> Result<Secret, CloudInitError> {
     let mut doc = root_keys_document(ssh_keys)?;
     check_tunnel_token(tunnel_token.expose())?;
+    // The only boot command, so it is also the first: nothing else on the server runs before
+    // the metadata service (and the token in it) is closed to everyone but root.
+    doc.push_str("bootcmd:\n");
+    doc.push_str(&format!("  - [\"sh\", \"-c\", {}]\n", quoted(METADATA_RESTRICTION)));
     doc.push_str("write_files:\n");
     push_file(&mut doc, TUNNEL_ENV_PATH, "0600", &format!("TUNNEL_TOKEN={}\n", tunnel_token.expose()));
     push_file(&mut doc, CLOUDFLARED_UNIT_PATH, "0644", CLOUDFLARED_UNIT);
@@ -243,6 +290,17 @@ mod tests {
         ));
         assert!(script.contains("systemctl enable --now --no-block cloudflared.service"));
         assert_eq!(parsed["runcmd"], serde_json::json!([["passwd", "-l", "root"], [INSTALL_SCRIPT_PATH]]));
+        assert_eq!(parsed["bootcmd"], serde_json::json!([["sh", "-c", METADATA_RESTRICTION]]));
+    }
+
+    #[test]
+    fn the_restriction_names_the_metadata_service_and_survives_shell_quoting() {
+        assert!(METADATA_RESTRICTION.starts_with(&format!("md={METADATA_ADDRESS}\n")));
+        // cloud-init writes list items into its bootcmd script in single quotes; none inside
+        // means the text reaches `sh -c` unchanged.
+        assert!(!METADATA_RESTRICTION.contains('\''));
+        // A PlainVM's user data holds no secret: its metadata service is the customer's.
+        assert!(plainvm_user_data(&[]).unwrap().expose().find("bootcmd").is_none());
     }
 
     #[test]

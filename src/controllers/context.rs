@@ -54,6 +54,9 @@ pub struct ControllerConfig {
     /// resource (see [`super::installation`]). None: derived from the cluster when the
     /// operator connects ([`crate::operator::connect`] always sets it).
     pub installation: Option<String>,
+    /// The namespaces VirtualKeys are served in, one Secret watch each (none: every watched
+    /// namespace, Secrets watched cluster-wide). The chart grants Secrets there only.
+    pub virtual_key_namespaces: Option<Vec<String>>,
     /// Name of this instance in Events (`reportingInstance`), e.g. the pod name.
     pub instance: String,
     /// Prefix of every Redis name the VirtualKey controller reads or writes (the contract's
@@ -93,6 +96,7 @@ impl ControllerConfig {
             shard: None,
             watch_namespace: None,
             installation: None,
+            virtual_key_namespaces: None,
             instance: "crabglamp-operator".into(),
             redis_namespace: "cgk:".into(),
             redis_batch: 500,

@@ -453,6 +453,9 @@ async fn ensure_key(
 }
 
 async fn apply(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, ReconcileError> {
+    if !serves(ctx.config.virtual_key_namespaces.as_deref(), &vk.namespace().unwrap_or_default()) {
+        return not_served(&vk, ctx).await;
+    }
     let rt = runtime(ctx)?;
     let uid = vk.uid().ok_or(ReconcileError::NotStored("uid"))?;
     let t = terms(&vk)?;
@@ -629,6 +632,36 @@ async fn apply(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, ReconcileEr
         after = after.min(until);
     }
     Ok(Action::requeue(after))
+}
+
+/// Whether VirtualKeys in `namespace` are served: in every namespace without a list (Secrets
+/// watched cluster-wide), else in the listed ones only, where the chart binds Secret access.
+pub fn serves(namespaces: Option<&[String]>, namespace: &str) -> bool {
+    namespaces.is_none_or(|list| list.iter().any(|n| n == namespace))
+}
+
+/// A VirtualKey outside the served namespaces: no Secret is read or written there (the
+/// operator has no right to), and its status says why it gets no key.
+async fn not_served(vk: &VirtualKey, ctx: &Context) -> Result<Action, ReconcileError> {
+    let old = vk.status.clone().unwrap_or_default();
+    let served = ctx.config.virtual_key_namespaces.as_deref().unwrap_or_default().join(", ");
+    let message = format!(
+        "VirtualKeys are served only in the namespaces {served} (--virtual-key-namespaces, the chart's \
+         virtualKeys.namespaces): no key is issued here"
+    );
+    // Stalled: nothing changes until the object moves or the operator's list does (kstatus
+    // and Argo CD then call it failed, not progressing).
+    let desired = [
+        Desired::new("Stalled", true, "NamespaceNotServed", message.clone()),
+        Desired::new("Ready", false, "NamespaceNotServed", message),
+    ];
+    let next = VirtualKeyStatus {
+        observed_generation: vk.metadata.generation,
+        conditions: conditions::merge(&old.conditions, &desired, vk.metadata.generation, Timestamp::now()),
+        ..old.clone()
+    };
+    write_status(ctx, vk, &old, &next).await?;
+    Ok(Action::await_change())
 }
 
 async fn write_status(
@@ -883,10 +916,9 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
     };
     let mut refresher = AbortOnDrop::spawn(refresh_loop(Arc::clone(&ctx), stop.clone()));
     let vks: Api<VirtualKey> = super::scoped_api(&ctx);
-    let secrets: Api<kube::api::PartialObjectMeta<Secret>> = super::scoped_api(&ctx);
     let label = format!("{}={}", MANAGED_BY_LABEL.0, MANAGED_BY_LABEL.1);
     let mut shutdown = stop.clone();
-    let controller = super::trim::controller(vks, super::watcher_config(&ctx.config).any_semantic())
+    let mut controller = super::trim::controller(vks, super::watcher_config(&ctx.config).any_semantic())
         .with_config(super::controller_config(&ctx.config));
     ctx.observer.watch(KIND, controller.store(), phase_name);
     let watching = Arc::clone(&ctx);
@@ -896,7 +928,10 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
         }
     };
     let secrets_config = watcher::Config::default().labels(&label).page_size(super::WATCH_LIST_PAGE);
-    super::trim::owns_metadata(controller, secrets, secrets_config, observe)
+    for secrets in secret_apis(&ctx) {
+        controller = super::trim::owns_metadata(controller, secrets, secrets_config.clone(), observe.clone());
+    }
+    controller
         .reconcile_all_on(refreshed)
         .graceful_shutdown_on(async move {
             while !*shutdown.borrow() {
@@ -913,6 +948,17 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
         })
         .await;
     refresher.join().await;
+}
+
+/// Where the controller watches its Secrets: one watch per served namespace, so the operator
+/// needs Secret access there only; without a list, the watched scope (every namespace, or
+/// `--watch-namespace`). A relist in one namespace makes every key's Secret be read again once
+/// (SecretVersions forgets all it saw): more GETs after a watch restart, never a stale answer.
+fn secret_apis(ctx: &Context) -> Vec<Api<kube::api::PartialObjectMeta<Secret>>> {
+    match &ctx.config.virtual_key_namespaces {
+        Some(list) => list.iter().map(|ns| Api::namespaced(ctx.client.clone(), ns)).collect(),
+        None => vec![super::scoped_api(ctx)],
+    }
 }
 
 /// A VirtualKey's phase for the objects gauge: `Blocked`, `Active` (a live key) or `Pending`.
@@ -948,6 +994,16 @@ mod tests {
         assert_eq!(micros_to_usd(1_500_000), "1.50");
         assert_eq!(micros_to_usd(123), "0.000123");
         assert_eq!(micros_to_usd(0), "0.00");
+    }
+
+    #[test]
+    fn only_listed_namespaces_are_served_when_there_is_a_list() {
+        assert!(serves(None, "anywhere"));
+        let list = vec!["team-a".to_owned(), "team-b".to_owned()];
+        assert!(serves(Some(&list), "team-a"));
+        assert!(serves(Some(&list), "team-b"));
+        assert!(!serves(Some(&list), "team-c"));
+        assert!(!serves(Some(&[]), "team-a"), "an empty list serves nothing");
     }
 
     #[test]

@@ -85,6 +85,8 @@ fn optional_objects_follow_their_switches() {
             "PodDisruptionBudget",
             "Role",
             "Role",
+            "Role",
+            "RoleBinding",
             "RoleBinding",
             "RoleBinding",
             "Service",
@@ -119,7 +121,8 @@ fn deployment_takes_settings_from_values_and_credentials_from_existing_secrets()
             "--lease-name=crabglamp-eu-leader",
             "--installation=prod-eu",
             "--shard=eu-1",
-            "--watch-namespace=team-a"
+            "--watch-namespace=team-a",
+            "--virtual-key-namespaces=team-a"
         ]
     );
     let env = container["env"].as_array().expect("env");

@@ -372,6 +372,8 @@ fn redis_url() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chart_rbac_grants_exactly_what_the_operator_calls() {
     let mut config = fixture::test_config();
+    // VirtualKeys served in the one namespace the run uses, as the chart's flag says.
+    config.virtual_key_namespaces = Some(vec!["team-a".to_owned()]);
     config.redis_namespace = format!("cgkrbac:{}:", uuid::Uuid::new_v4().simple());
     // The audit anchor lives in the release namespace, as the chart's POD_NAMESPACE says.
     config.anchor_namespace = Some(NAMESPACE.into());
@@ -419,7 +421,7 @@ async fn chart_rbac_grants_exactly_what_the_operator_calls() {
         println!("  {k:?}: {n}");
     }
 
-    let rules = bound_rules(&helm::defaults());
+    let rules = bound_rules(&with_virtual_keys(&["virtualKeys.namespaces={team-a}"]));
     // Every call is allowed...
     let refused: Vec<&Attributes> = calls.iter().filter(|a| !rules.iter().any(|r| r.allows(a))).collect();
     assert!(refused.is_empty(), "the chart's RBAC refuses calls the operator makes: {refused:#?}");
@@ -449,6 +451,60 @@ async fn chart_rbac_grants_exactly_what_the_operator_calls() {
             assert_eq!(scope.as_deref(), Some(NAMESPACE), "{group}/{resource} only in the release namespace");
         }
     }
+}
+
+/// Renders with VirtualKeys on (a REDIS_URL Secret named) and `sets`.
+fn with_virtual_keys(sets: &[&str]) -> Vec<Value> {
+    let all = [&["secrets.redisUrl.existingSecret=crabglamp-operator"][..], sets].concat();
+    helm::template(&[], &all).unwrap_or_else(|e| panic!("render with {all:?}:\n{e}"))
+}
+
+/// Where the rendered RBAC grants Secrets (None: cluster-wide), with the verbs.
+fn secret_scopes(objects: &[Value]) -> BTreeMap<Option<String>, BTreeSet<String>> {
+    let mut scopes: BTreeMap<Option<String>, BTreeSet<String>> = BTreeMap::new();
+    for (scope, group, resource, verb) in bound_rules(objects).iter().flat_map(Rule::grants) {
+        if group.is_empty() && resource == "secrets" {
+            scopes.entry(scope).or_default().insert(verb);
+        }
+    }
+    scopes
+}
+
+fn operator_args(objects: &[Value]) -> Vec<String> {
+    let container = &helm::one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    strings(&container["args"])
+}
+
+#[test]
+fn secret_access_only_where_virtual_keys_live() {
+    let verbs: BTreeSet<String> = ["get", "list", "watch", "create", "update"].map(str::to_owned).into();
+    // Without VirtualKeys the operator reads no Secret, so it may read none.
+    let defaults = helm::defaults();
+    assert_eq!(secret_scopes(&defaults), BTreeMap::new(), "no Secret access without VirtualKeys");
+    assert!(!operator_args(&defaults).iter().any(|a| a.starts_with("--virtual-key-namespaces")));
+    // Listed namespaces: a Role and RoleBinding in each, nothing cluster-wide, and the operator
+    // serves (and watches Secrets in) those namespaces only.
+    let listed = with_virtual_keys(&["virtualKeys.namespaces={team-a,team-b}"]);
+    let expected: BTreeMap<Option<String>, BTreeSet<String>> =
+        [(Some("team-a".to_owned()), verbs.clone()), (Some("team-b".to_owned()), verbs.clone())].into();
+    assert_eq!(secret_scopes(&listed), expected, "Secrets in the listed namespaces only");
+    assert!(operator_args(&listed).contains(&"--virtual-key-namespaces=team-a,team-b".to_owned()));
+    // watchNamespace without a list: its namespace.
+    let watched = with_virtual_keys(&["watchNamespace=team-c"]);
+    assert_eq!(secret_scopes(&watched), [(Some("team-c".to_owned()), verbs.clone())].into());
+    // Cluster-wide only when asked for.
+    let everywhere = with_virtual_keys(&["virtualKeys.allNamespaces=true"]);
+    assert_eq!(secret_scopes(&everywhere), [(None, verbs.clone())].into(), "cluster-wide when asked");
+    assert!(!operator_args(&everywhere).iter().any(|a| a.starts_with("--virtual-key-namespaces")));
+    // VirtualKeys on without saying where: refused, with what to set.
+    let unsaid = helm::template(&[], &["secrets.redisUrl.existingSecret=crabglamp-operator"]);
+    let error = unsaid.expect_err("VirtualKeys without namespaces must not render");
+    assert!(error.contains("virtualKeys.namespaces") && error.contains("virtualKeys.allNamespaces"), "{error}");
+    let both = helm::template(
+        &[],
+        &["secrets.redisUrl.existingSecret=r", "virtualKeys.namespaces={a}", "virtualKeys.allNamespaces=true"],
+    );
+    assert!(both.expect_err("both must not render").contains("not both"));
 }
 
 #[test]

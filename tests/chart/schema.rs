@@ -4,7 +4,7 @@
 use super::helm;
 
 /// A malformed value (as `--set`, or a values file's text) and what helm's message must name.
-const MALFORMED: [(&str, &str); 14] = [
+const MALFORMED: [(&str, &str); 15] = [
     ("replicaCount=two", "/replicaCount"),
     ("replicaCount=-1", "/replicaCount"),
     ("logFormat=xml", "/logFormat"),
@@ -15,6 +15,7 @@ const MALFORMED: [(&str, &str); 14] = [
     ("hcloudToken=plain-token", "hcloudToken"),
     ("leaderElection.enabled=false", "/replicaCount"),
     ("watchNamespace=Team_A", "/watchNamespace"),
+    ("virtualKeys.namespaces={Team_A}", "/virtualKeys/namespaces"),
     ("metrics.port=70000", "/metrics/port"),
     ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
     ("config.resyncSeconds=0", "/config/resyncSeconds"),
@@ -40,5 +41,6 @@ fn wellformed_values_are_accepted() {
     helm::full();
     // One replica without leader election is fine; so is an optional credential left unnamed.
     helm::template(&[], &["leaderElection.enabled=false", "replicaCount=1"]).expect("single replica");
-    helm::template(&[], &["secrets.redisUrl.existingSecret=llm-proxy"]).expect("redis from a Secret");
+    helm::template(&[], &["secrets.redisUrl.existingSecret=llm-proxy", "virtualKeys.namespaces={team-a}"])
+        .expect("redis from a Secret");
 }

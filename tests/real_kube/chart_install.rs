@@ -34,6 +34,8 @@ const NAMESPACE: &str = "cg-system";
 /// The Secret the chart reads every credential from by default (`secrets.*.existingSecret`).
 const SECRET: &str = "crabglamp-operator";
 const ZONE: &str = "agents.example.com";
+/// The namespace of examples/virtualkey.yaml: the chart's Secret access is there only.
+const VIRTUAL_KEY_NAMESPACE: &str = "team-a";
 /// The binary has no flag for its Redis key namespace (always `cgk:`, what the proxy reads), so
 /// this test gives it a Redis database of its own instead: other tests share database 0, each
 /// under a key namespace of its own.
@@ -322,6 +324,9 @@ async fn the_chart_installs_upgrades_rolls_back_and_uninstalls_and_its_operator_
         }},
     });
     plane.kubectl(&["create", "-f", "-"], Some(&namespace.to_string()));
+    // The examples' namespace, where their VirtualKey lives: the chart's Secret Role goes there,
+    // so it exists before the install (as the README asks).
+    plane.kubectl(&["create", "namespace", VIRTUAL_KEY_NAMESPACE], None);
     // The chart never holds a secret: the credentials' Secret comes first (its values are
     // the simulators', this test's database and Redis database, and a fresh sealing key).
     let secret = json!({
@@ -349,6 +354,7 @@ async fn the_chart_installs_upgrades_rolls_back_and_uninstalls_and_its_operator_
         "config.fastPollMs=200".to_owned(),
         "config.resyncSeconds=3".to_owned(),
         format!("secrets.redisUrl.existingSecret={SECRET}"),
+        format!("virtualKeys.namespaces={{{VIRTUAL_KEY_NAMESPACE}}}"),
     ];
     let mut install = vec!["install", RELEASE, chart_path.as_str(), "-n", NAMESPACE, "--server-side=true"];
     for set in &sets {

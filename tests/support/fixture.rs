@@ -47,6 +47,7 @@ pub fn test_config() -> ControllerConfig {
     c.shutdown_timeout = Duration::from_secs(2);
     c.removal_settle_timeout = Duration::from_secs(20);
     c.sweeper_grace = Duration::from_secs(1);
+    c.virtual_key_namespaces = Some(crate::kube_server::VIRTUAL_KEY_NAMESPACES.map(str::to_owned).to_vec());
     c
 }
 

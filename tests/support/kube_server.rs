@@ -34,6 +34,11 @@ pub const RELEASE: &str = "crabglamp-operator";
 /// The user the operator's requests carry: on the stand-in its request log's name for the
 /// chart's ServiceAccount, on the real server that ServiceAccount's own name.
 pub const OPERATOR_USER: &str = "system:serviceaccount:crabglamp:crabglamp-operator";
+/// The namespaces the tests' VirtualKeys live in. The operator under test serves these only
+/// (`ControllerConfig::virtual_key_namespaces`, as the chart's `--virtual-key-namespaces`), and
+/// on the real server the chart's Secret Roles are rendered for them (`virtualKeys.namespaces`):
+/// the operator has no Secret access anywhere else.
+pub const VIRTUAL_KEY_NAMESPACES: [&str; 6] = ["team-a", "keys", "demo", "scale", "reads", "chaos"];
 /// Namespaces a test never deletes.
 const KEPT_NAMESPACES: [&str; 5] = ["default", "kube-system", "kube-public", "kube-node-lease", RELEASE_NAMESPACE];
 const WRITE_VERBS: [&str; 5] = ["create", "update", "patch", "delete", "deletecollection"];
@@ -93,7 +98,7 @@ impl KubeServer {
         match self {
             KubeServer::Sandbox(kube) => kube.client_as(user).expect("operator client"),
             KubeServer::Real(real) => {
-                let identity = real.plane.operator();
+                let identity = real.operator();
                 assert_eq!(user, identity.user, "on the real server the operator is the chart's ServiceAccount");
                 real.plane.token_client_via(&identity.token, &real.relay.url)
             }
@@ -105,7 +110,7 @@ impl KubeServer {
     pub fn kubeconfig_yaml(&self) -> String {
         match self {
             KubeServer::Sandbox(kube) => kube.kubeconfig_yaml(),
-            KubeServer::Real(real) => real.plane.token_kubeconfig(&real.plane.operator().token),
+            KubeServer::Real(real) => real.plane.token_kubeconfig(&real.operator().token),
         }
     }
 
@@ -169,6 +174,8 @@ pub struct RealKube {
     pub plane: &'static ControlPlane,
     relay: Relay,
     audit_offset: u64,
+    /// The chart's Secret Roles in the VirtualKey namespaces, granted once in this turn.
+    secret_access: std::sync::Once,
     _turn: tokio::sync::OwnedMutexGuard<()>,
 }
 
@@ -183,7 +190,15 @@ impl RealKube {
         plane.clear_leftovers().await;
         let audit_offset = std::fs::metadata(&plane.audit_log).map(|m| m.len()).unwrap_or(0);
         let relay = Relay::start(&plane.server).await;
-        RealKube { plane, relay, audit_offset, _turn: turn }
+        RealKube { plane, relay, audit_offset, secret_access: std::sync::Once::new(), _turn: turn }
+    }
+
+    /// The operator's identity, its Secret access granted in this turn: the namespaces of the
+    /// Roles go with every turn's leftovers, so they and the Roles are made again.
+    fn operator(&self) -> &OperatorIdentity {
+        let identity = self.plane.operator();
+        self.secret_access.call_once(|| self.plane.grant_secret_access(identity));
+        identity
     }
 
     fn audit_events(&self) -> Vec<AuditEvent> {
@@ -330,6 +345,8 @@ pub struct ControlPlane {
 pub struct OperatorIdentity {
     pub user: String,
     pub token: String,
+    /// The chart's Roles and RoleBindings in [`VIRTUAL_KEY_NAMESPACES`].
+    secret_access: Vec<Value>,
 }
 
 #[derive(Deserialize)]
@@ -477,13 +494,17 @@ impl ControlPlane {
                 panic!("HELM is not set: the real server's RBAC comes from `helm template` (scripts/test exports it)")
             });
             let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/crabglamp-operator");
+            // VirtualKeys on (a REDIS_URL Secret), served in the tests' namespaces only.
+            let virtual_keys = format!("virtualKeys.namespaces={{{}}}", VIRTUAL_KEY_NAMESPACES.join(","));
             let out = Command::new(helm)
                 .args(["template", RELEASE, &chart.display().to_string(), "--namespace", RELEASE_NAMESPACE])
+                .args(["--set", "secrets.redisUrl.existingSecret=crabglamp-operator", "--set", &virtual_keys])
                 .output()
                 .expect("helm runs");
             assert!(out.status.success(), "helm template failed: {}", String::from_utf8_lossy(&out.stderr));
             let rendered = String::from_utf8_lossy(&out.stdout).into_owned();
             let mut access = Vec::new();
+            let mut secret_access = Vec::new();
             let mut account = None;
             for doc in serde_norway::Deserializer::from_str(&rendered) {
                 let Ok(object) = Value::deserialize(doc) else { continue };
@@ -491,7 +512,11 @@ impl ControlPlane {
                 if kind == "ServiceAccount" {
                     account = object["metadata"]["name"].as_str().map(str::to_owned);
                 }
-                if ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"].contains(&kind) {
+                let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
+                if VIRTUAL_KEY_NAMESPACES.contains(&namespace) {
+                    secret_access.push(object);
+                } else if ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"].contains(&kind)
+                {
                     access.push(object);
                 }
             }
@@ -504,11 +529,26 @@ impl ControlPlane {
             self.kubectl(&["apply", "--server-side", "-f", "-"], Some(&list.to_string()));
             let token =
                 self.kubectl(&["create", "token", &account, "-n", RELEASE_NAMESPACE, "--duration", "24h"], None);
+            assert!(!secret_access.is_empty(), "the chart renders Secret Roles in the VirtualKey namespaces");
             OperatorIdentity {
                 user: format!("system:serviceaccount:{RELEASE_NAMESPACE}:{account}"),
                 token: token.trim().to_owned(),
+                secret_access,
             }
         })
+    }
+
+    /// Makes the VirtualKey namespaces (a test creating one again is told it exists) and
+    /// applies the chart's Secret Roles and RoleBindings in them.
+    fn grant_secret_access(&self, identity: &OperatorIdentity) {
+        let namespaces: Vec<Value> = VIRTUAL_KEY_NAMESPACES
+            .iter()
+            .map(|ns| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
+            .collect();
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": namespaces});
+        self.kubectl(&["apply", "--server-side", "-f", "-"], Some(&list.to_string()));
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": identity.secret_access});
+        self.kubectl(&["apply", "--server-side", "-f", "-"], Some(&list.to_string()));
     }
 
     fn config(&self, auth: kube::config::AuthInfo, namespace: &str) -> kube::Config {

@@ -17,7 +17,7 @@ use kube::api::PostParams;
 use redis::AsyncCommands;
 
 use crate::db::TestDb;
-use crate::kube_server::{KubeServer, OPERATOR_USER};
+use crate::kube_server::{KubeServer, OPERATOR_USER, VIRTUAL_KEY_NAMESPACES};
 
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
@@ -48,6 +48,7 @@ impl KeyOperator {
         controllers.max_backoff = Duration::from_secs(2);
         controllers.redis_namespace = ns.clone();
         controllers.redis_batch = batch;
+        controllers.virtual_key_namespaces = Some(VIRTUAL_KEY_NAMESPACES.map(str::to_owned).to_vec());
         // No cloud is called by the VirtualKey controller: these endpoints are never reached.
         let settings = OperatorSettings {
             database_url: db.url.clone(),

@@ -240,3 +240,53 @@ async fn a_monthly_counter_raised_by_hand_survives_a_flush() {
     assert!(blocked(&api.get("by-hand").await.expect("get")), "a flush does not unblock");
     op.stop().await;
 }
+
+/// A VirtualKey in a namespace the operator does not serve (`--virtual-key-namespaces`, where the
+/// chart grants Secrets) is told so in its status and gets no Secret: the operator never asks for
+/// one there (on the real server it has no right to: a request would be a 403 in the audit log).
+/// Deleting it is not held up by the finalizer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_outside_the_served_namespaces_gets_no_secret_and_says_why() {
+    const ELSEWHERE: &str = "not-served";
+    let op = KeyOperator::start(Duration::from_secs(1), 500).await;
+    assert!(!crate::kube_server::VIRTUAL_KEY_NAMESPACES.contains(&ELSEWHERE));
+    op.create_namespace(ELSEWHERE).await;
+    op.create_namespace(NS).await;
+    let outside = op.keys(ELSEWHERE);
+    outside.create(&PostParams::default(), &virtual_key("stray", "acct_a", "1.00")).await.expect("create");
+    // A served one beside it, issued as usual.
+    op.keys(NS).create(&PostParams::default(), &virtual_key("served", "acct_a", "1.00")).await.expect("create");
+    wait_for(&op.keys(NS), "served", WAIT, "Ready", ready).await;
+    let vk = wait_for(&outside, "stray", WAIT, "NamespaceNotServed", |v| {
+        condition(v, "Ready") == Some(("False".into(), "NamespaceNotServed".into()))
+            && condition(v, "Stalled") == Some(("True".into(), "NamespaceNotServed".into()))
+    })
+    .await;
+    let message =
+        vk.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready")).map(|c| c.message.clone());
+    assert!(
+        message.is_some_and(|m| m.contains(NS) && m.contains("virtualKeys.namespaces")),
+        "the message says where keys are served"
+    );
+    assert_eq!(vk.status.as_ref().and_then(|s| s.key_id.clone()), None, "no key issued");
+    assert!(op.secrets(ELSEWHERE).get_opt("stray-key").await.expect("get secret").is_none(), "no Secret made");
+    let keys_of_stray = keys::live_for_resource(&op.db.pool, vk.metadata.uid.as_deref().expect("uid")).await;
+    assert!(keys_of_stray.expect("read keys").is_none(), "no key recorded");
+    outside.delete("stray", &DeleteParams::default()).await.expect("delete");
+    eventually(WAIT, "the stray VirtualKey gone", || {
+        let outside = outside.clone();
+        async move { outside.get_opt("stray").await.expect("get").is_none().then_some(()) }
+    })
+    .await;
+    if crate::kube_server::real() {
+        let refused: Vec<String> = op
+            ._kube
+            .audit_events()
+            .into_iter()
+            .filter(|e| e.user.username == crate::kube_server::OPERATOR_USER && e.code() == 403)
+            .map(|e| format!("{} {}", e.verb, e.request_u_r_i))
+            .collect();
+        assert!(refused.is_empty(), "the real authorizer refused the operator: {refused:#?}");
+    }
+    op.stop().await;
+}

@@ -124,15 +124,51 @@ crabglamp-audit-anchor
 - apiGroups: ["crabglamp.com"]
   resources: ["agents/status", "plainvms/status", "virtualkeys/status"]
   verbs: ["patch"]
-# The Secrets holding VirtualKeys (owned, labelled; removed by garbage collection with their
-# VirtualKey, never deleted by the operator). Their ownerReference to the VirtualKey has no
-# blockOwnerDeletion, so OwnerReferencesPermissionEnforcement asks for no virtualkeys/finalizers
-# grant, and it is set at create (the plugin asks for delete only when an update changes it).
-- apiGroups: [""]
-  resources: ["secrets"]
-  verbs: ["get", "list", "watch", "create", "update"]
 # Events about the objects (a repeated Event is a patch of its series).
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- end }}
+
+{{/*
+  The Secrets holding VirtualKeys (owned, labelled; removed by garbage collection with their
+  VirtualKey, never deleted by the operator). Their ownerReference to the VirtualKey has no
+  blockOwnerDeletion, so OwnerReferencesPermissionEnforcement asks for no virtualkeys/finalizers
+  grant, and it is set at create (the plugin asks for delete only when an update changes it).
+*/}}
+{{- define "crabglamp.secretRules" -}}
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "watch", "create", "update"]
+{{- end }}
+
+{{/*
+  Where the operator gets Secret access, one name a line: nothing without VirtualKeys (no
+  secrets.redisUrl); "*" for every namespace (virtualKeys.allNamespaces, or its Role in
+  watchNamespace); else virtualKeys.namespaces, or watchNamespace when that list is empty.
+*/}}
+{{- define "crabglamp.secretNamespaces" -}}
+{{- $vk := .Values.virtualKeys }}
+{{- if .Values.secrets.redisUrl.existingSecret }}
+{{- if and $vk.allNamespaces $vk.namespaces }}
+{{- fail "virtualKeys: set namespaces or allNamespaces, not both" }}
+{{- else if and $vk.allNamespaces (not .Values.watchNamespace) }}
+{{- "*" }}
+{{- else if $vk.allNamespaces }}
+{{- .Values.watchNamespace }}
+{{- else if $vk.namespaces }}
+{{- join "\n" $vk.namespaces }}
+{{- else if .Values.watchNamespace }}
+{{- .Values.watchNamespace }}
+{{- else }}
+{{- fail "secrets.redisUrl turns VirtualKeys on: list the namespaces they live in (virtualKeys.namespaces), where the operator then gets Secret access, or set virtualKeys.allNamespaces=true for every namespace (see the chart README's warning)" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The --virtual-key-namespaces flag, when VirtualKeys are served in listed namespaces only. */}}
+{{- define "crabglamp.virtualKeyNamespacesFlag" -}}
+{{- if and .Values.secrets.redisUrl.existingSecret .Values.virtualKeys.namespaces }}
+{{- printf "--virtual-key-namespaces=%s" (join "," .Values.virtualKeys.namespaces) }}
+{{- end }}
 {{- end }}
