@@ -24,4 +24,5 @@ mod agents {
     pub use crate::fixture;
     mod lifecycle;
     mod secrets;
+    mod wedges;
 }

@@ -119,11 +119,15 @@ pub fn decide(
         steps.push(Step::ConfigureTunnel);
     }
     match &observed.dns {
-        Some(r) if r.name != hostname => steps.push(Step::CreateDns),
-        Some(r) if !r.content.eq_ignore_ascii_case(&tunnel_target(&tunnel.id)) => steps.push(Step::RepointDns),
-        Some(_) => {}
-        None if observed.dns_name_taken.as_deref() == Some(hostname) => {}
-        None => steps.push(Step::CreateDns),
+        Some(r) if r.name == hostname => {
+            if !r.content.eq_ignore_ascii_case(&tunnel_target(&tunnel.id)) {
+                steps.push(Step::RepointDns);
+            }
+        }
+        // Refused this resync (a foreign record holds the name), whether or not our record for
+        // an earlier hostname is still there: asked again only after the refusal expires.
+        _ if observed.dns_name_taken.as_deref() == Some(hostname) => {}
+        _ => steps.push(Step::CreateDns),
     }
     let Some(server) = &observed.server else {
         steps.push(Step::CreateServer);
@@ -823,6 +827,24 @@ mod tests {
         assert_eq!(plan(&spec(true), &configured("acct_a"), &o).steps, vec![], "a foreign record is left alone");
         o.dns_name_taken = None;
         assert_eq!(plan(&spec(true), &configured("acct_a"), &o).steps, vec![Step::CreateDns]);
+    }
+
+    #[test]
+    fn a_new_hostname_held_by_a_foreign_record_leaves_the_other_steps_to_run() {
+        // Our record still has the old name; the new one was refused this resync.
+        let mut o = known();
+        o.tunnel = Some(tunnel(0));
+        o.dns = Some(dns("old.agents.example.com", "t1.cfargotunnel.com"));
+        o.dns_name_taken = Some(HOST.into());
+        assert_eq!(plan(&spec(true), &configured("acct_a"), &o).steps, vec![Step::CreateServer]);
+        o.server = Some(server("off", &[]));
+        assert_eq!(
+            plan(&spec(true), &configured("acct_a"), &o).steps,
+            vec![Step::AttachFirewall, Step::Power(PowerStep::PowerOn)]
+        );
+        // The refusal expired: asked again.
+        o.dns_name_taken = None;
+        assert_eq!(plan(&spec(true), &configured("acct_a"), &o).steps[0], Step::CreateDns);
     }
 
     #[test]
