@@ -120,7 +120,7 @@ struct RunArgs {
     /// The zone holding the DNS records.
     #[arg(long, env = "CLOUDFLARE_ZONE_ID")]
     cloudflare_zone_id: String,
-    /// The zone's name: default hostnames are `<name>-<namespace>.<zone>`.
+    /// The zone's name: default hostnames are `<name>--<namespace>.<zone>`.
     #[arg(long, env = "CLOUDFLARE_ZONE_NAME")]
     cloudflare_zone_name: String,
     /// The Hetzner project's request budget per hour (raise it only when Hetzner raised it).
