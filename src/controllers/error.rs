@@ -50,7 +50,7 @@ pub enum ReconcileError {
         what: &'static str,
         name: String,
         #[source]
-        source: CloudError,
+        source: Box<CloudError>,
     },
 }
 

@@ -637,7 +637,8 @@ mod tests {
             code: "uniqueness_error".into(),
             message: "server name is already used".into(),
         });
-        let taken = ReconcileError::NameTaken { what: "server", name: "bot-1a2b3c4d".into(), source: conflict };
+        let taken =
+            ReconcileError::NameTaken { what: "server", name: "bot-1a2b3c4d".into(), source: Box::new(conflict) };
         let (reason, message) = stall_reason(&taken).expect("stalls");
         assert_eq!(reason, "ServerNameTaken");
         assert!(message.contains("bot-1a2b3c4d"), "{message}");

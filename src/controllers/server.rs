@@ -418,7 +418,7 @@ pub async fn create_server(ctx: &Context, owner: &Owner, spec: &ServerSpec) -> R
         // The client adopts a server of that name carrying our marks; one without them is
         // someone else's, and retrying cannot help until it is renamed or removed.
         CloudError::Conflict(ref d) if d.code == "uniqueness_error" => {
-            ReconcileError::NameTaken { what: "server", name: spec.name.clone(), source: e }
+            ReconcileError::NameTaken { what: "server", name: spec.name.clone(), source: Box::new(e) }
         }
         e => ReconcileError::Hetzner(e),
     })?;

@@ -159,7 +159,7 @@ async fn teardown_point(
             .fetch_one(&op.db.pool)
             .await
             .expect("sealed credentials");
-    let host = crabglamp_operator::controllers::names::default_hostname(&name, "crash-delete", ZONE);
+    let host = crabglamp_operator::controllers::names::default_hostname(name, "crash-delete", ZONE);
     TeardownPoint {
         dns_record: crabglamp_sandbox::cloudflare::dns_records(&op.cloudflare)
             .iter()
