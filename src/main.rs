@@ -120,7 +120,7 @@ struct RunArgs {
     /// The zone holding the DNS records.
     #[arg(long, env = "CLOUDFLARE_ZONE_ID")]
     cloudflare_zone_id: String,
-    /// The zone's name: default hostnames are `<name>-<namespace>.<zone>`.
+    /// The zone's name: default hostnames are `<name>--<namespace>.<zone>`.
     #[arg(long, env = "CLOUDFLARE_ZONE_NAME")]
     cloudflare_zone_name: String,
     /// The Hetzner project's request budget per hour (raise it only when Hetzner raised it).
@@ -303,16 +303,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     use crabglamp_operator::operator::{self, Ending, InstanceOptions, OperatorSettings};
     use std::time::Duration;
 
-    let client = kube_client(args.kubeconfig.as_deref()).await?;
-    let default_namespace = client.default_namespace().to_owned();
-    let sealing = store::seal::SealingKeys::from_env().context("cannot load the sealing key")?;
     let mut controllers = ControllerConfig::new(args.cloudflare_zone_name);
-    controllers.resync = Duration::from_secs(args.resync_seconds.max(1));
-    controllers.fast_poll = Duration::from_millis(args.fast_poll_ms.max(50));
+    controllers.resync = Duration::from_secs(args.resync_seconds);
+    controllers.fast_poll = Duration::from_millis(args.fast_poll_ms);
     controllers.firewall_audit_every = args.firewall_audit_every;
     controllers.shutdown_timeout = Duration::from_secs(args.shutdown_timeout_seconds);
     controllers.removal_settle_timeout = Duration::from_secs(args.removal_settle_timeout_seconds);
     controllers.sweeper_grace = Duration::from_secs(args.sweeper_grace_seconds);
+    // Before anything is reached: a setting that would remove what is being created, kill
+    // guests or spin is refused, never clamped.
+    controllers.check().context("refusing to start")?;
+    let client = kube_client(args.kubeconfig.as_deref()).await?;
+    let default_namespace = client.default_namespace().to_owned();
+    let sealing = store::seal::SealingKeys::from_env().context("cannot load the sealing key")?;
     let election = args.leader_election.then(|| {
         let mut lease = LeaseConfig::new(
             leader::lease_name(&args.lease_name, args.shard.as_deref()),

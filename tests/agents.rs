@@ -24,4 +24,6 @@ mod agents {
     pub use crate::fixture;
     mod lifecycle;
     mod secrets;
+    mod settings;
+    mod wedges;
 }

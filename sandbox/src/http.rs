@@ -67,6 +67,10 @@ pub enum InjectedError {
     Timeout,
     /// Hetzner `conflict` (409): "resource changed mid-request, retry".
     Conflict,
+    /// Hetzner `placement_error` (422, server create): no host could take the server now.
+    Placement,
+    /// Hetzner `resource_unavailable` (412): the type is sold out in the location for now.
+    ResourceUnavailable,
     /// One of the four 5xx above, picked at random each time.
     Any5xx,
 }
@@ -79,6 +83,8 @@ impl InjectedError {
             InjectedError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             InjectedError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             InjectedError::Conflict => StatusCode::CONFLICT,
+            InjectedError::Placement => StatusCode::UNPROCESSABLE_ENTITY,
+            InjectedError::ResourceUnavailable => StatusCode::PRECONDITION_FAILED,
             InjectedError::Any5xx => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -91,6 +97,8 @@ impl InjectedError {
             InjectedError::Unavailable => "unavailable",
             InjectedError::Timeout => "timeout",
             InjectedError::Conflict => "conflict",
+            InjectedError::Placement => "placement_error",
+            InjectedError::ResourceUnavailable => "resource_unavailable",
             InjectedError::Any5xx => "any_5xx",
         }
     }
@@ -103,6 +111,8 @@ impl InjectedError {
             InjectedError::Unavailable,
             InjectedError::Timeout,
             InjectedError::Conflict,
+            InjectedError::Placement,
+            InjectedError::ResourceUnavailable,
             InjectedError::Any5xx,
         ]
         .into_iter()
@@ -116,6 +126,8 @@ impl InjectedError {
             InjectedError::Unavailable => "unavailable",
             InjectedError::Timeout => "timeout",
             InjectedError::Conflict => "conflict",
+            InjectedError::Placement => "placement_error",
+            InjectedError::ResourceUnavailable => "resource_unavailable",
         }
     }
 }

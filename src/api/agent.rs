@@ -77,7 +77,7 @@ pub struct AgentSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TunnelSpec {
-    /// Public hostname (a name in the configured Cloudflare zone). Defaults to `<name>-<namespace>.<zone>`.
+    /// Public hostname (a name in the configured Cloudflare zone). Defaults to `<name>--<namespace>.<zone>` (see the README).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.size() <= 253 && self.matches('^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\\\\.)+[a-z]{2,63}$')").message("spec.tunnel.hostname must be a lowercase DNS name such as bot.agents.example.com"))]
     #[schemars(length(max = 253))]

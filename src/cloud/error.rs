@@ -65,9 +65,15 @@ pub enum CloudError {
     /// The call clashes with existing state (name taken, still in use, already applied).
     #[error("conflict: {0}")]
     Conflict(ProviderError),
-    /// Retrying the same call cannot help (bad input, auth, quota, not orderable).
+    /// Retrying the same call cannot help (bad input, auth, quota).
     #[error("permanent: {0}")]
     Permanent(ProviderError),
+    /// The provider has no room for the request now (Hetzner's `resource_unavailable`: the
+    /// type is sold out in the location; `placement_error`: no host could take the server).
+    /// It clears by itself, but not within seconds: the caller retries later with backoff,
+    /// the client does not repeat the call at once.
+    #[error("no capacity now: {0}")]
+    NoCapacity(ProviderError),
 }
 
 impl CloudError {
@@ -77,6 +83,7 @@ impl CloudError {
             | CloudError::NotFound(e)
             | CloudError::Conflict(e)
             | CloudError::Permanent(e)
+            | CloudError::NoCapacity(e)
             | CloudError::RateLimited { error: e, .. } => e,
         }
     }
@@ -88,7 +95,7 @@ impl CloudError {
 
     /// Whether repeating the same call later can succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, CloudError::Retryable(_) | CloudError::RateLimited { .. })
+        matches!(self, CloudError::Retryable(_) | CloudError::RateLimited { .. } | CloudError::NoCapacity(_))
     }
 
     pub fn is_not_found(&self) -> bool {
@@ -104,6 +111,7 @@ impl CloudError {
             CloudError::NotFound(_) => "not_found",
             CloudError::Conflict(_) => "conflict",
             CloudError::Permanent(_) => "permanent",
+            CloudError::NoCapacity(_) => "no_capacity",
         }
     }
 }
@@ -125,6 +133,7 @@ pub fn classify_hetzner(detail: ProviderError, retry_after: Duration) -> CloudEr
             CloudError::Retryable(detail)
         }
         "not_found" => CloudError::NotFound(detail),
+        "resource_unavailable" | "placement_error" => CloudError::NoCapacity(detail),
         // 404 on apply/remove (the server is gone); 422 on create, where a firewall the request
         // names is missing: the status below tells which, so a create is not read as "not found".
         "uniqueness_error" | "resource_in_use" | "firewall_already_applied" | "server_already_added" => {
@@ -178,7 +187,8 @@ mod tests {
             (404, "not_found", "not_found"),
             (422, "invalid_input", "permanent"),
             (403, "resource_limit_exceeded", "permanent"),
-            (412, "resource_unavailable", "permanent"),
+            (412, "resource_unavailable", "no_capacity"),
+            (422, "placement_error", "no_capacity"),
             (500, "server_error", "retryable"),
             (503, "unavailable", "retryable"),
             (502, "whatever", "retryable"),

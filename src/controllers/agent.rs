@@ -29,7 +29,7 @@ use super::context::Context;
 use super::error::ReconcileError;
 use super::fleet::ObservedTunnel;
 use super::lifecycle::{self, Destroyed, ManagedObject, Pass, Stall, Target};
-use super::names::{default_hostname, dns_mark, tunnel_name, tunnel_target};
+use super::names::{dns_mark, settled_default_hostname, tunnel_name, tunnel_target};
 use super::server::{self, Owner, PowerStep, ServerIntent};
 
 pub use super::lifecycle::{FINALIZER, PAUSE_ANNOTATION, Wait};
@@ -39,6 +39,8 @@ const PRODUCT: &str = "agent";
 /// Where the tunnel secret is sealed (with the object's UID as the row identity).
 const SECRET_SCOPE: &str = "agent-tunnel";
 const SECRET_NAME: &str = "tunnel-secret";
+/// `DnsReady`'s reason while someone else's record holds the hostname.
+const DNS_NAME_TAKEN: &str = "DnsNameTaken";
 
 /// What the reconciler knows of the world for one Agent.
 #[derive(Clone, Debug, Default)]
@@ -119,11 +121,15 @@ pub fn decide(
         steps.push(Step::ConfigureTunnel);
     }
     match &observed.dns {
-        Some(r) if r.name != hostname => steps.push(Step::CreateDns),
-        Some(r) if !r.content.eq_ignore_ascii_case(&tunnel_target(&tunnel.id)) => steps.push(Step::RepointDns),
-        Some(_) => {}
-        None if observed.dns_name_taken.as_deref() == Some(hostname) => {}
-        None => steps.push(Step::CreateDns),
+        Some(r) if r.name == hostname => {
+            if !r.content.eq_ignore_ascii_case(&tunnel_target(&tunnel.id)) {
+                steps.push(Step::RepointDns);
+            }
+        }
+        // Refused this resync (a foreign record holds the name), whether or not our record for
+        // an earlier hostname is still there: asked again only after the refusal expires.
+        _ if observed.dns_name_taken.as_deref() == Some(hostname) => {}
+        _ => steps.push(Step::CreateDns),
     }
     let Some(server) = &observed.server else {
         steps.push(Step::CreateServer);
@@ -192,7 +198,7 @@ pub fn desired_status(
         (_, Some(taken)) if taken == hostname => Desired::new(
             "DnsReady",
             false,
-            "DnsNameTaken",
+            DNS_NAME_TAKEN,
             format!(
                 "{hostname} is held by a DNS record this operator does not own; remove it or choose another spec.tunnel.hostname."
             ),
@@ -243,14 +249,18 @@ fn intent(spec: &AgentSpec) -> ServerIntent {
     ServerIntent::new(PRODUCT, spec.region, &spec.server_type, &spec.image, spec.running, &spec.owner)
 }
 
-/// The hostname the Agent is served at.
+/// The hostname the Agent is served at: the spec's, else the default one (an Agent already
+/// published at the earlier scheme's default stays there, unless someone else's record holds
+/// that name: then it moves to its own).
 pub fn hostname(agent: &Agent, zone: &str) -> String {
-    agent
-        .spec
-        .tunnel
-        .hostname
-        .clone()
-        .unwrap_or_else(|| default_hostname(&agent.name_any(), &agent.namespace().unwrap_or_default(), zone))
+    if let Some(hostname) = &agent.spec.tunnel.hostname {
+        return hostname.clone();
+    }
+    let status = agent.status.as_ref();
+    let refused =
+        status.and_then(|s| conditions::find(&s.conditions, "DnsReady")).is_some_and(|c| c.reason == DNS_NAME_TAKEN);
+    let published = status.and_then(|s| s.tunnel.as_ref()).and_then(|t| t.hostname.as_deref()).filter(|_| !refused);
+    settled_default_hostname(&agent.name_any(), &agent.namespace().unwrap_or_default(), zone, published)
 }
 
 fn observe(ctx: &Context, owner: &Owner, name_taken: Option<String>) -> Observed {
@@ -462,7 +472,7 @@ async fn create_dns(ctx: &Context, agent: &Agent, owner: &Owner, hostname: &str)
             ctx.event(
                 agent,
                 true,
-                "DnsNameTaken",
+                DNS_NAME_TAKEN,
                 "CreateDns",
                 format!("{hostname} is held by a DNS record this operator does not own; it was left untouched."),
             )
@@ -839,6 +849,51 @@ mod tests {
         assert_eq!(plan(&spec(true), &configured("acct_a"), &o).steps, vec![], "a foreign record is left alone");
         o.dns_name_taken = None;
         assert_eq!(plan(&spec(true), &configured("acct_a"), &o).steps, vec![Step::CreateDns]);
+    }
+
+    #[test]
+    fn a_new_hostname_held_by_a_foreign_record_leaves_the_other_steps_to_run() {
+        // Our record still has the old name; the new one was refused this resync.
+        let mut o = known();
+        o.tunnel = Some(tunnel(0));
+        o.dns = Some(dns("old.agents.example.com", "t1.cfargotunnel.com"));
+        o.dns_name_taken = Some(HOST.into());
+        assert_eq!(plan(&spec(true), &configured("acct_a"), &o).steps, vec![Step::CreateServer]);
+        o.server = Some(server("off", &[]));
+        assert_eq!(
+            plan(&spec(true), &configured("acct_a"), &o).steps,
+            vec![Step::AttachFirewall, Step::Power(PowerStep::PowerOn)]
+        );
+        // The refusal expired: asked again.
+        o.dns_name_taken = None;
+        assert_eq!(plan(&spec(true), &configured("acct_a"), &o).steps[0], Step::CreateDns);
+    }
+
+    #[test]
+    fn a_hostname_published_under_the_earlier_default_stays_unless_someone_else_holds_it() {
+        let mut agent: Agent = serde_json::from_value(json!({
+            "apiVersion": "crabglamp.com/v1alpha1", "kind": "Agent",
+            "metadata": {"name": "a", "namespace": "b-c"},
+            "spec": {"owner": "acct_a", "region": "eu"}
+        }))
+        .expect("agent");
+        assert_eq!(hostname(&agent, "z.io"), "a--b-c.z.io", "a new Agent");
+        let mut status = AgentStatus {
+            tunnel: Some(TunnelStatus { hostname: Some("a-b-c.z.io".into()), ..TunnelStatus::default() }),
+            ..AgentStatus::default()
+        };
+        agent.status = Some(status.clone());
+        assert_eq!(hostname(&agent, "z.io"), "a-b-c.z.io", "published before the upgrade");
+        status.conditions = conditions::merge(
+            &[],
+            &[Desired::new("DnsReady", false, DNS_NAME_TAKEN, "held")],
+            Some(1),
+            Timestamp::now(),
+        );
+        agent.status = Some(status);
+        assert_eq!(hostname(&agent, "z.io"), "a--b-c.z.io", "someone else holds the old name");
+        agent.spec.tunnel.hostname = Some("mine.z.io".into());
+        assert_eq!(hostname(&agent, "z.io"), "mine.z.io");
     }
 
     #[test]

@@ -44,6 +44,14 @@ pub enum ReconcileError {
     /// The spec cannot be acted on until it changes.
     #[error("invalid spec: {0}")]
     InvalidSpec(String),
+    /// A create was refused because something this operator did not make holds the name.
+    #[error("the name {name} is taken by a {what} this operator did not create ({source})")]
+    NameTaken {
+        what: &'static str,
+        name: String,
+        #[source]
+        source: Box<CloudError>,
+    },
 }
 
 impl ReconcileError {
@@ -62,6 +70,7 @@ impl ReconcileError {
             ReconcileError::NotReady(_) => "not_ready",
             ReconcileError::Cache(_) => "redis",
             ReconcileError::InvalidSpec(_) => "invalid_spec",
+            ReconcileError::NameTaken { .. } => "name_taken",
         }
     }
 

@@ -46,9 +46,9 @@ pub const PAUSE_ANNOTATION: &str = "crabglamp.com/paused";
 /// A permanent error's condition reason and message: the object is `Stalled`.
 pub type Stall = (&'static str, String);
 
-/// Stall reasons that clear by themselves (a limit raised, a type back in stock): the object
-/// is looked at again each resync. Any other stall waits for a spec change.
-pub const SELF_CLEARING: [&str; 3] = ["QuotaExceeded", "ServerTypeUnavailable", "FirewallQuotaExceeded"];
+/// Stall reasons that clear by themselves (a limit raised, a name freed by whoever holds it):
+/// the object is looked at again each resync. Any other stall waits for a spec change.
+pub const SELF_CLEARING: [&str; 3] = ["QuotaExceeded", "ServerNameTaken", "FirewallQuotaExceeded"];
 
 /// What the next pass waits for, if anything.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,7 +149,7 @@ impl<K: ManagedObject> Target<K> {
 /// One kind's pass over one object: what [`apply`] needs of it.
 pub trait Pass: Sync {
     type Object: ManagedObject;
-    type Step: Clone + Debug + Send + Sync;
+    type Step: Clone + Debug + PartialEq + Send + Sync;
 
     fn target(&self) -> &Target<Self::Object>;
     /// Whether every shared list this kind decides on has been seen complete.
@@ -193,8 +193,23 @@ pub trait Pass: Sync {
     }
 }
 
-/// A permanent cloud error's condition reason and message, or `None` when retrying can help.
+/// A permanent error's condition reason and message, or `None` when retrying can help.
 pub fn stall_reason(error: &ReconcileError) -> Option<Stall> {
+    match error {
+        ReconcileError::UserData(cause) => {
+            return Some(("UserDataInvalid", format!("the server's user data cannot be rendered: {cause}.")));
+        }
+        ReconcileError::NameTaken { what, name, .. } => {
+            return Some((
+                "ServerNameTaken",
+                format!(
+                    "a {what} named {name} that this operator did not create exists in the Hetzner project; \
+                     rename or delete it (retried periodically)."
+                ),
+            ));
+        }
+        _ => {}
+    }
     let cloud = error.cloud()?;
     if !matches!(cloud, CloudError::Permanent(_)) {
         return None;
@@ -202,8 +217,6 @@ pub fn stall_reason(error: &ReconcileError) -> Option<Stall> {
     let d = cloud.detail();
     let (reason, advice) = match d.code.as_str() {
         "resource_limit_exceeded" => ("QuotaExceeded", "ask Hetzner for a higher limit; retried periodically"),
-        // Sold out in this location: it comes back by itself, so it is retried slowly.
-        "resource_unavailable" => ("ServerTypeUnavailable", "the type is sold out here for now; retried periodically"),
         "invalid_input" if d.message.contains("server_type") || d.message.contains("server type") => {
             ("InvalidServerType", "fix spec.serverType")
         }
@@ -219,6 +232,9 @@ pub fn stall_reason(error: &ReconcileError) -> Option<Stall> {
 pub fn retry_reason(error: &ReconcileError) -> (&'static str, String) {
     let reason = match error.cloud() {
         Some(CloudError::RateLimited { .. }) => "RateLimited",
+        // Sold out here, or no host could take the server: both clear by themselves.
+        Some(CloudError::NoCapacity(d)) if d.code == "resource_unavailable" => "ServerTypeUnavailable",
+        Some(CloudError::NoCapacity(_)) => "PlacementFailed",
         Some(_) if matches!(error, ReconcileError::Hetzner(_)) => "HetznerUnavailable",
         Some(_) => "CloudflareUnavailable",
         None => "RetryingAfterError",
@@ -303,7 +319,9 @@ pub fn next_action(stalled: Option<&'static str>, wait: Wait, ctx: &Context, uid
 }
 
 /// One pass: up to ten steps (each one's result is in the fleet view for the next), the
-/// timeline row the observed power calls for, the status patch, the requeue.
+/// timeline row the observed power calls for, the status patch, the requeue. A step is taken
+/// at most once a pass: one that left nothing the decision sees (a DNS name refused) must not
+/// be taken again and again while the steps after it never run.
 pub async fn apply<P: Pass>(pass: &P, ctx: &Context) -> Result<Action, ReconcileError> {
     let Target { object, owner } = pass.target();
     let object = object.as_ref();
@@ -320,9 +338,11 @@ pub async fn apply<P: Pass>(pass: &P, ctx: &Context) -> Result<Action, Reconcile
     let mut tail = None;
     record_usage(pass, ctx, &status, &mut tail).await?;
     let mut plan = Plan { steps: Vec::new(), wait: Wait::Lists };
+    let mut taken: Vec<P::Step> = Vec::new();
     for _ in 0..10 {
         plan = pass.plan(ctx, &status);
-        let Some(step) = plan.steps.first().cloned() else { break };
+        let Some(step) = next_step(&plan.steps, &taken) else { break };
+        taken.push(step.clone());
         if let Err(e) = pass.act(ctx, &mut status, &step).await {
             if let Some(stall) = pass.stall(&step, &e) {
                 tracing::warn!(error = %e, ?step, "permanent error: stalled");
@@ -345,6 +365,19 @@ pub async fn apply<P: Pass>(pass: &P, ctx: &Context) -> Result<Action, Reconcile
     ctx.failures.succeeded(&owner.uid);
     tracing::debug!(wait = ?plan.wait, stalled = stalled.is_some(), "pass done");
     Ok(next_action(stalled.map(|(reason, _)| reason), plan.wait, ctx, &owner.uid))
+}
+
+/// Pure: the first planned step not yet taken in this pass. A step planned again after it
+/// was taken changed nothing the decision reads; it is logged (a decision that does not see
+/// its own step's outcome is a bug) and passed over so the steps after it still run.
+fn next_step<S: Clone + Debug + PartialEq>(planned: &[S], taken: &[S]) -> Option<S> {
+    for step in planned {
+        if !taken.contains(step) {
+            return Some(step.clone());
+        }
+        tracing::warn!(?step, "a step was planned again after it was taken in this pass; passed over");
+    }
+    None
 }
 
 /// Appends the usage-timeline row the observed power state calls for, if any. `tail` is the
@@ -558,7 +591,65 @@ mod tests {
         assert_eq!(retry_reason(&busy).0, "HetznerUnavailable");
         assert_eq!(retry_reason(&ReconcileError::NotReady("lists")).0, "RetryingAfterError");
         for reason in SELF_CLEARING {
-            assert!(reason.ends_with("Exceeded") || reason.ends_with("Unavailable"), "{reason}");
+            assert!(reason.ends_with("Exceeded") || reason.ends_with("Taken"), "{reason}");
         }
+    }
+
+    #[test]
+    fn transient_create_refusals_are_retried_and_named() {
+        use crate::cloud::error::{Provider, ProviderError, classify_hetzner};
+        let refused = |status: u16, code: &str| {
+            let detail = ProviderError {
+                provider: Provider::Hetzner,
+                operation: "create_server",
+                status: Some(status),
+                code: code.into(),
+                message: "m".into(),
+            };
+            ReconcileError::Hetzner(classify_hetzner(detail, std::time::Duration::from_secs(1)))
+        };
+        for (status, code, reason) in [
+            (422, "placement_error", "PlacementFailed"),
+            (412, "resource_unavailable", "ServerTypeUnavailable"),
+            (429, "rate_limit_exceeded", "RateLimited"),
+            (500, "server_error", "HetznerUnavailable"),
+            (503, "unavailable", "HetznerUnavailable"),
+            (409, "conflict", "HetznerUnavailable"),
+        ] {
+            let error = refused(status, code);
+            assert_eq!(stall_reason(&error), None, "{code} is retried, not stalled");
+            assert_eq!(retry_reason(&error).0, reason, "{code}");
+        }
+        assert_eq!(stall_reason(&refused(422, "invalid_input")).map(|s| s.0), Some("InvalidInput"));
+    }
+
+    #[test]
+    fn a_render_error_and_a_name_conflict_stall_with_their_cause() {
+        use crate::cloud::error::{Provider, ProviderError};
+        let (reason, message) =
+            stall_reason(&ReconcileError::UserData("user data would be 40000 bytes".into())).expect("stalls");
+        assert_eq!(reason, "UserDataInvalid");
+        assert!(message.contains("40000 bytes"), "{message}");
+        let conflict = CloudError::Conflict(ProviderError {
+            provider: Provider::Hetzner,
+            operation: "create_server",
+            status: Some(409),
+            code: "uniqueness_error".into(),
+            message: "server name is already used".into(),
+        });
+        let taken =
+            ReconcileError::NameTaken { what: "server", name: "bot-1a2b3c4d".into(), source: Box::new(conflict) };
+        let (reason, message) = stall_reason(&taken).expect("stalls");
+        assert_eq!(reason, "ServerNameTaken");
+        assert!(message.contains("bot-1a2b3c4d"), "{message}");
+        assert!(SELF_CLEARING.contains(&reason), "looked at again once the name is free");
+    }
+
+    #[test]
+    fn a_step_is_taken_at_most_once_a_pass() {
+        let taken = vec!["dns"];
+        assert_eq!(next_step(&["dns", "server"], &taken), Some("server"));
+        assert_eq!(next_step(&["dns"], &taken), None);
+        assert_eq!(next_step(&["server", "dns"], &[]), Some("server"));
     }
 }

@@ -23,6 +23,7 @@ pub mod plain_vm;
 pub mod refresher;
 pub mod secret_versions;
 pub mod server;
+pub mod settings;
 pub mod status_patch;
 pub mod sweeper;
 pub mod trim;

@@ -61,12 +61,48 @@ fn looks_like_uid(s: &str) -> bool {
         && s.char_indices().all(|(i, c)| if matches!(i, 8 | 13 | 18 | 23) { c == '-' } else { c.is_ascii_hexdigit() })
 }
 
-/// `<name>-<namespace>.<zone>` when that first label fits DNS's 63 characters; otherwise the
-/// label is cut and ends in 8 hex digits of a hash of name and namespace, so two long names
-/// never share a hostname and every valid object gets a valid one.
+/// The longest DNS label.
+const MAX_LABEL: usize = 63;
+/// Hex digits of the hash that ends a label too long or too odd to be `<name>--<namespace>`.
+const HASH_DIGITS: usize = 12;
+
+/// The default hostname of an object: `<name>--<namespace>.<zone>`, or, when that label would
+/// not fit 63 characters, would hold `--` elsewhere, or would have `--` in its third and
+/// fourth characters (reserved for IDNA), `<name>-<namespace>` with runs of `-` made single,
+/// cut, then `-` and 12 hex digits of SHA-256 of `<namespace>/<name>`.
+///
+/// Distinct objects get distinct hostnames: a `<name>--<namespace>` label is read back by its
+/// first `--` (a name has none and ends in a letter or digit), and a hashed label has no `--`
+/// at all, so the two forms never meet. Hashed labels of two objects meet only if 48 bits of
+/// SHA-256 do (no scheme can do better: there are more valid pairs than 63-character labels).
+/// An Agent published under the earlier scheme keeps its hostname: see
+/// [`settled_default_hostname`].
 pub fn default_hostname(name: &str, namespace: &str, zone: &str) -> String {
+    format!("{}.{}", default_label(name, namespace), zone.trim_end_matches('.'))
+}
+
+fn default_label(name: &str, namespace: &str) -> String {
+    let exact = format!("{name}--{namespace}");
+    if exact.len() <= MAX_LABEL && !name.contains("--") && !namespace.contains("--") && name.len() != 2 {
+        return exact;
+    }
+    let mut joined = String::with_capacity(name.len() + namespace.len() + 1);
+    for c in format!("{name}-{namespace}").chars() {
+        if !(c == '-' && joined.ends_with('-')) {
+            joined.push(c);
+        }
+    }
+    joined.truncate(MAX_LABEL - 1 - HASH_DIGITS);
+    let digest = Sha256::digest(format!("{namespace}/{name}").as_bytes());
+    let hash: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}", joined.trim_end_matches('-'), &hash[..HASH_DIGITS])
+}
+
+/// The default hostname before `--` separated name and namespace (`a` in `b-c` and `a-b` in
+/// `c` shared `a-b-c`): kept only for Agents already published under it.
+pub fn legacy_default_hostname(name: &str, namespace: &str, zone: &str) -> String {
     let label = format!("{name}-{namespace}");
-    let label = if label.len() <= 63 {
+    let label = if label.len() <= MAX_LABEL {
         label
     } else {
         let digest = Sha256::digest(format!("{namespace}/{name}").as_bytes());
@@ -75,6 +111,16 @@ pub fn default_hostname(name: &str, namespace: &str, zone: &str) -> String {
         format!("{keep}-{hash}")
     };
     format!("{label}.{}", zone.trim_end_matches('.'))
+}
+
+/// The default hostname of an object whose status records `published` as its hostname: one
+/// published under the earlier scheme stays where it is (an upgrade must not move a name
+/// people use); any other gets [`default_hostname`]. `published` is `None` when nothing holds
+/// the name for the object (a hostname refused because someone else's record holds it moves
+/// to the new scheme, where it is its own).
+pub fn settled_default_hostname(name: &str, namespace: &str, zone: &str, published: Option<&str>) -> String {
+    let legacy = legacy_default_hostname(name, namespace, zone);
+    if published == Some(legacy.as_str()) { legacy } else { default_hostname(name, namespace, zone) }
 }
 
 /// The CNAME target of a tunnel.
@@ -126,21 +172,121 @@ mod tests {
     fn default_hostnames_fit_a_dns_label_for_every_valid_name() {
         assert_eq!(
             default_hostname("research-bot", "team-a", "agents.example.com"),
-            "research-bot-team-a.agents.example.com"
+            "research-bot--team-a.agents.example.com"
         );
         // Longest valid names: 50 for the object, 63 for the namespace.
-        for (n, ns) in [(50, 63), (50, 13), (1, 63), (12, 51), (12, 50)] {
+        for (n, ns) in [(50, 63), (50, 13), (1, 63), (12, 51), (12, 50), (2, 5), (1, 1)] {
             let name = "n".repeat(n);
             let namespace = "s".repeat(ns);
             let host = default_hostname(&name, &namespace, "example.com");
             let label = host.split('.').next().unwrap_or_default();
-            assert!(label.len() <= 63, "{label} is {} long", label.len());
-            assert!(!label.ends_with('-') && !label.starts_with('-'));
-            assert!(label.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+            assert!(valid_label(label), "{label} ({} long)", label.len());
         }
         let a = default_hostname(&"a".repeat(50), &"b".repeat(63), "z.io");
         let b = default_hostname(&"a".repeat(50), &format!("{}c", "b".repeat(62)), "z.io");
         assert_ne!(a, b, "cut labels stay distinct");
         assert!(a.ends_with(".z.io"));
+    }
+
+    #[test]
+    fn names_and_namespaces_that_joined_the_same_get_different_hostnames() {
+        let a = default_hostname("a", "b-c", "z.io");
+        let b = default_hostname("a-b", "c", "z.io");
+        assert_ne!(a, b);
+        assert_eq!((a.as_str(), b.as_str()), ("a--b-c.z.io", "a-b--c.z.io"));
+        // The earlier scheme gave both `a-b-c`.
+        assert_eq!(legacy_default_hostname("a", "b-c", "z.io"), legacy_default_hostname("a-b", "c", "z.io"));
+        // `--` inside a name or a namespace, and a two-character name, take the hashed form.
+        for (n, ns) in [("a--b", "c"), ("a", "b--c"), ("ab", "c")] {
+            let label = default_label(n, ns);
+            assert!(!label.contains("--") && valid_label(&label), "{label}");
+        }
+        assert_ne!(default_label("a--b", "c"), default_label("a", "b--c"));
+    }
+
+    /// A DNS label as Cloudflare and browsers take it: 1 to 63 of `[a-z0-9-]`, no `-` at either
+    /// end, no `--` in the third and fourth characters.
+    fn valid_label(label: &str) -> bool {
+        (1..=MAX_LABEL).contains(&label.len())
+            && label.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label.get(2..4) != Some("--")
+    }
+
+    /// Every valid name or namespace of up to `max` characters over a few letters and `-`,
+    /// hyphen runs included: what makes `-` joins ambiguous.
+    fn dns_labels(max: usize) -> Vec<String> {
+        let mut all: Vec<String> = Vec::new();
+        let mut layer = vec![String::new()];
+        for _ in 0..max {
+            let mut next = Vec::new();
+            for prefix in &layer {
+                for c in ['a', 'b', '-'] {
+                    next.push(format!("{prefix}{c}"));
+                }
+            }
+            all.extend(next.iter().filter(|l| !l.starts_with('-') && !l.ends_with('-')).cloned());
+            layer = next;
+        }
+        all
+    }
+
+    /// A valid label of 1 to `max` characters over {a, b, -}, drawn from `next`.
+    fn generated_label(max: usize, next: &mut impl FnMut(usize) -> usize) -> String {
+        let len = 1 + next(max);
+        let mut label: String = (0..len).map(|_| ['a', 'b', '-'][next(3)]).collect();
+        label.replace_range(0..1, "a");
+        if label.ends_with('-') {
+            label.pop();
+            label.push('b');
+        }
+        label
+    }
+
+    #[test]
+    fn default_hostnames_are_injective_over_every_small_pair_and_many_long_ones() {
+        use std::collections::HashMap;
+        let mut seen: HashMap<String, (String, String)> = HashMap::new();
+        let mut check = |name: &str, namespace: &str| {
+            let host = default_hostname(name, namespace, "z.io");
+            let label = host.strip_suffix(".z.io").unwrap_or_default();
+            assert!(valid_label(label), "{name}/{namespace}: {label}");
+            if let Some(other) = seen.insert(host.clone(), (name.to_owned(), namespace.to_owned())) {
+                assert_eq!(other, (name.to_owned(), namespace.to_owned()), "{host} twice");
+            }
+        };
+        // Exhaustive: every pair of labels of up to 6 characters over {a, b, -}.
+        let small = dns_labels(6);
+        for name in &small {
+            for namespace in &small {
+                check(name, namespace);
+            }
+        }
+        // Generated: long pairs around the 63-character boundary, from a fixed-seed xorshift.
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |bound: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % bound as u64) as usize
+        };
+        for _ in 0..50_000 {
+            let name = generated_label(50, &mut next);
+            let namespace = generated_label(63, &mut next);
+            check(&name, &namespace);
+        }
+        assert!(seen.len() > 100_000, "{} pairs", seen.len());
+    }
+
+    #[test]
+    fn an_agent_published_under_the_earlier_scheme_keeps_its_hostname() {
+        let legacy = legacy_default_hostname("research-bot", "team-a", "z.io");
+        assert_eq!(legacy, "research-bot-team-a.z.io");
+        assert_eq!(settled_default_hostname("research-bot", "team-a", "z.io", Some(&legacy)), legacy);
+        let new = default_hostname("research-bot", "team-a", "z.io");
+        for published in [None, Some(new.as_str()), Some("elsewhere.z.io")] {
+            assert_eq!(settled_default_hostname("research-bot", "team-a", "z.io", published), new, "{published:?}");
+        }
     }
 }

@@ -455,7 +455,14 @@ pub async fn settle_before_removal<K: Resource>(
 /// next pass sees it without a list. The server id reaches status right after this returns,
 /// before its create action finishes.
 pub async fn create_server(ctx: &Context, owner: &Owner, spec: &ServerSpec) -> Result<ServerSummary, ReconcileError> {
-    let created = ctx.hetzner.create_server(spec).await.map_err(ReconcileError::Hetzner)?;
+    let created = ctx.hetzner.create_server(spec).await.map_err(|e| match e {
+        // The client adopts a server of that name carrying our marks; one without them is
+        // someone else's, and retrying cannot help until it is renamed or removed.
+        CloudError::Conflict(ref d) if d.code == "uniqueness_error" => {
+            ReconcileError::NameTaken { what: "server", name: spec.name.clone(), source: Box::new(e) }
+        }
+        e => ReconcileError::Hetzner(e),
+    })?;
     let summary = ServerSummary::from_model(&created.server).ok_or(ReconcileError::Decode("server"))?;
     ctx.fleet.record_server(&owner.uid, summary.clone());
     if created.adopted {

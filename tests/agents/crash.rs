@@ -159,7 +159,7 @@ async fn teardown_point(
             .fetch_one(&op.db.pool)
             .await
             .expect("sealed credentials");
-    let host = format!("{name}-crash-delete.");
+    let host = crabglamp_operator::controllers::names::default_hostname(name, "crash-delete", ZONE);
     TeardownPoint {
         dns_record: crabglamp_sandbox::cloudflare::dns_records(&op.cloudflare)
             .iter()
@@ -306,7 +306,7 @@ async fn killed_at_every_step_of_delete() {
         let server_left = crabglamp_sandbox::hetzner::server_names(&op.hetzner).contains(&server_name);
         let tunnel_left =
             crabglamp_sandbox::cloudflare::live_tunnel_names(&op.cloudflare).iter().any(|t| t.contains(&uid));
-        let host = format!("{name}-crash-delete.");
+        let host = crabglamp_operator::controllers::names::default_hostname(&name, "crash-delete", ZONE);
         let records = crabglamp_sandbox::cloudflare::dns_records(&op.cloudflare);
         let record = records.iter().find(|r| r.1.starts_with(&host));
         if orphan {

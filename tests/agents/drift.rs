@@ -49,7 +49,7 @@ async fn a_foreign_record_on_the_hostname_is_reported_never_overwritten() {
         crabglamp_operator::cloud::CloudMetrics::default(),
     )
     .expect("client");
-    let host = "bot-dns.agents.example.com";
+    let host = "bot--dns.agents.example.com";
     let (foreign, _) = cf.create_cname(host, "elsewhere.example.net", Some("hand-made")).await.expect("foreign record");
     let api = op.agents("dns");
     api.create(&PostParams::default(), &agent("bot", "acct_a", true)).await.expect("create");

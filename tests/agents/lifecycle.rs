@@ -28,7 +28,7 @@ async fn create_power_transfer_delete() {
     let server_id = server.id.expect("server id");
     assert!(server.ipv4.is_some(), "{server:?}");
     let tunnel = status.tunnel.clone().expect("tunnel status");
-    assert_eq!(tunnel.hostname.as_deref(), Some("bot-team-a.agents.example.com"));
+    assert_eq!(tunnel.hostname.as_deref(), Some("bot--team-a.agents.example.com"));
     assert!(tunnel.dns_record_id.is_some());
     assert_eq!(status.price_cell.as_deref(), Some("agent-eu-cpx22"));
     assert_eq!(status.owner.as_deref(), Some("acct_a"));

@@ -82,8 +82,8 @@ pub struct FaultRuleSpec {
     pub path_contains: Option<String>,
     /// Probability 0..1 that a matching request fails.
     pub rate: f64,
-    /// `server_error`, `bad_gateway`, `unavailable`, `timeout`, `conflict` or `any_5xx`
-    /// (default).
+    /// `server_error`, `bad_gateway`, `unavailable`, `timeout`, `conflict`, `placement_error`,
+    /// `resource_unavailable` or `any_5xx` (default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Apply the change, then lose the answer (writes only).
@@ -129,7 +129,7 @@ impl TryFrom<FaultRuleSpec> for FaultRule {
             None => InjectedError::Any5xx,
             Some(name) => InjectedError::from_name(name).ok_or_else(|| {
                 ControlError::bad_request(format!(
-                    "unknown error {name:?} (server_error, bad_gateway, unavailable, timeout, conflict, any_5xx)"
+                    "unknown error {name:?} (server_error, bad_gateway, unavailable, timeout, conflict, placement_error, resource_unavailable, any_5xx)"
                 ))
             })?,
         };
