@@ -16,6 +16,7 @@ mod logs;
 mod leader {
     mod binary;
     mod election;
+    mod fencing;
     mod metrics;
     mod shards;
     pub mod support;
