@@ -94,7 +94,7 @@ async fn stored_secret(op: &Operator, uid: &str) -> TunnelSecret {
 
 /// Waits until `n` inserts into `sealed_credentials` wait on the table lock the test holds.
 async fn inserts_waiting(op: &Operator, n: i64) {
-    eventually(Duration::from_secs(30), "both instances are storing a tunnel secret", || async {
+    eventually(Duration::from_secs(30), "both instances are storing the tunnel secrets", || async {
         let waiting: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_locks WHERE relation = 'sealed_credentials'::regclass AND NOT granted",
         )
@@ -106,12 +106,14 @@ async fn inserts_waiting(op: &Operator, n: i64) {
     .await;
 }
 
-/// (b) Two instances acting on one new Agent at once (leaders overlapping): both find no
-/// tunnel secret and store one at the same moment (the test holds their inserts on a table lock
-/// and lets them go together). The tunnel ends with the secret the database keeps, so the
-/// server's token opens it and the Agent becomes Ready.
+/// (b) Two instances acting on new Agents at once (leaders overlapping): for each, both find
+/// no tunnel secret and store one at the same moment (the test holds their inserts on a table
+/// lock and lets them go together). Each tunnel ends with the secret the database keeps, so the
+/// server's token opens it and the Agent becomes Ready. (Which instance reaches Cloudflare first
+/// is up to the scheduler: three Agents make a lucky order for all of them unlikely.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_instances_racing_on_a_new_agent_create_its_tunnel_with_the_stored_secret() {
+    const RACED: usize = 3;
     let op = Operator::start_idle().await;
     op.create_namespace("team-a").await;
     let a = op.instance(test_config(), None).await;
@@ -119,19 +121,26 @@ async fn two_instances_racing_on_a_new_agent_create_its_tunnel_with_the_stored_s
     let mut gate = op.db.pool.begin().await.expect("transaction");
     sqlx::query("LOCK TABLE sealed_credentials IN SHARE ROW EXCLUSIVE MODE").execute(&mut *gate).await.expect("lock");
     let agents = op.agents("team-a");
-    let created = agents.create(&PostParams::default(), &agent("raced", "alice", true)).await.expect("create");
-    inserts_waiting(&op, 2).await;
+    let mut uids = Vec::new();
+    for i in 0..RACED {
+        let created =
+            agents.create(&PostParams::default(), &agent(&format!("raced-{i}"), "alice", true)).await.expect("create");
+        uids.push(created.uid().expect("uid"));
+    }
+    inserts_waiting(&op, 2 * RACED as i64).await;
     gate.commit().await.expect("release the inserts together");
 
-    let raced = wait_for(&agents, "raced", SETTLE, "raced Ready (its tunnel connected)", ready).await;
-    let uid = created.uid().expect("uid");
-    let tunnel = raced.status.and_then(|s| s.tunnel).and_then(|t| t.id).expect("tunnel id");
     let cloudflare = &a.context.cloudflare;
-    let token = cloudflare.tunnel_token(&tunnel).await.expect("tunnel token");
-    let expected = derive_tunnel_token(cloudflare.account_id(), &tunnel, &stored_secret(&op, &uid).await);
-    assert!(token.expose() == expected.expose(), "the tunnel's secret is the stored one");
-    assert_eq!(crabglamp_sandbox::cloudflare::live_tunnel_names(&op.cloudflare).len(), 1, "one tunnel");
-    assert!(a.reconciles("Agent") > 0 && b.reconciles("Agent") > 0, "both instances acted on the Agent");
+    for (i, uid) in uids.iter().enumerate() {
+        let name = format!("raced-{i}");
+        let raced = wait_for(&agents, &name, SETTLE, "Ready (its tunnel connected)", ready).await;
+        let tunnel = raced.status.and_then(|s| s.tunnel).and_then(|t| t.id).expect("tunnel id");
+        let token = cloudflare.tunnel_token(&tunnel).await.expect("tunnel token");
+        let expected = derive_tunnel_token(cloudflare.account_id(), &tunnel, &stored_secret(&op, uid).await);
+        assert!(token.expose() == expected.expose(), "{name}: the tunnel's secret is the stored one");
+    }
+    assert_eq!(crabglamp_sandbox::cloudflare::live_tunnel_names(&op.cloudflare).len(), RACED, "one tunnel each");
+    assert!(a.reconciles("Agent") > 0 && b.reconciles("Agent") > 0, "both instances acted on the Agents");
     a.stop().await;
     b.stop().await;
 }
