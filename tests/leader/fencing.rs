@@ -27,8 +27,9 @@ const SETTLE: Duration = Duration::from_secs(60);
 async fn a_stalled_lease_renewal_stops_the_leader_before_a_standby_may_take_over() {
     let op = Operator::start_idle().await;
     op.create_namespace("team-a").await;
-    // Long enough that the reconcile below starts well before the renew deadline (8 s).
-    let duration = Duration::from_secs(12);
+    // Long enough that the reconcile below starts well before the renew deadline (13 s), even
+    // on a loaded machine.
+    let duration = Duration::from_secs(20);
     let (client, relay) = op.kube.stalling_operator_client(OPERATOR_USER).await;
     // Lists every second: the vanished server below is noticed long before the deadline.
     let mut config = test_config();
@@ -75,7 +76,12 @@ async fn a_stalled_lease_renewal_stops_the_leader_before_a_standby_may_take_over
         ended < duration - Duration::from_millis(500),
         "the old leader ended {ended:?} after the stall: past the point where the standby may take over"
     );
-    assert!(recreated_while_leading, "no reconcile of the old leader was in flight when it lost the lease");
+    assert!(
+        recreated_while_leading,
+        "no reconcile of the old leader was in flight when it lost the lease ({} servers created; it ended {ended:?} \
+         after the stall)",
+        crabglamp_sandbox::hetzner::servers_created(&op.hetzner)
+    );
     assert!(!a.leading());
     assert_eq!(a.stop().await, Ending::LostLeadership);
     wait_for(&agents, "busy", SETTLE, "busy Ready under the new leader", ready).await;
