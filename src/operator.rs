@@ -286,3 +286,20 @@ pub async fn wait_for_signal() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_read_timeout_outlasts_a_quiet_watch() {
+        // A watch may carry nothing until the API server ends it, and kube-runtime's own idle
+        // timeout (the watch's timeout plus 5 s) must fire before the read timeout would.
+        let quiet = Duration::from_secs(u64::from(crate::controllers::WATCH_TIMEOUT_SECS)) + Duration::from_secs(5);
+        assert!(KUBE_READ_TIMEOUT > quiet);
+        let config = with_timeouts(kube::Config::new("https://127.0.0.1:6443".parse().expect("url")));
+        assert_eq!(config.read_timeout, Some(KUBE_READ_TIMEOUT));
+        assert_eq!(config.connect_timeout, Some(KUBE_CONNECT_TIMEOUT));
+        assert!(config.reset_reader_on_write);
+    }
+}
