@@ -1,7 +1,9 @@
 -- Nothing is billed or recorded about an object after its destroy event: the database refuses
 -- a usage row or an audit event for a resource UID that has an `*.destroyed` event, whoever
 -- writes it (a stale leader whose reconcile was still running, a sweeper, a person). The
--- destroy transaction itself writes its closing usage row before its event, so it passes.
+-- destroy transaction itself writes its closing usage row before its event, so it passes. A new
+-- sealed credential (an Agent's tunnel secret) is refused too: a stale leader cannot start a
+-- tunnel for an object already torn down.
 --
 -- A refused insert writes nothing: no sequence number or hash of the audit chain is taken, so
 -- the chain stays gapless and verifiable. Rows written before this migration are left as they
@@ -40,4 +42,8 @@ CREATE TRIGGER usage_timeline_no_rows_after_destroy
 
 CREATE TRIGGER audit_events_no_events_after_destroy
     BEFORE INSERT ON audit_events
+    FOR EACH ROW EXECUTE FUNCTION crabglamp_refuse_after_destroy();
+
+CREATE TRIGGER sealed_credentials_no_rows_after_destroy
+    BEFORE INSERT ON sealed_credentials
     FOR EACH ROW EXECUTE FUNCTION crabglamp_refuse_after_destroy();

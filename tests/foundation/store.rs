@@ -257,6 +257,12 @@ async fn nothing_is_recorded_about_an_object_after_its_destroy_event() {
     assert!(matches!(&refused, Err(e) if e.is_already_destroyed()), "an event after the destroy: {refused:?}");
     let second_destroy = NewAuditEvent { event_key: "agent.destroyed/uid-1/by-sweeper".into(), ..destroyed("uid-1") };
     assert!(audit::append(&db.pool, &second_destroy).await.is_err_and(|e| e.is_already_destroyed()));
+    // Nor a new tunnel secret, which would start a tunnel for an object already torn down.
+    let keys = SealingKeys::new("k1", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", &[]).expect("key");
+    let secret = CredentialId { scope: "agent-tunnel".into(), resource_uid: "uid-1".into(), name: "s".into() };
+    assert!(
+        seal::put_credential_once(&db.pool, &keys, &secret, b"late").await.is_err_and(|e| e.is_already_destroyed())
+    );
     // The same destroy retried finds itself: nothing written, nothing refused.
     assert!(matches!(audit::append(&db.pool, &destroyed("uid-1")).await, Ok(Appended::AlreadyRecorded(_))));
     // Behind the operator's back too.
@@ -368,6 +374,17 @@ async fn sealed_credentials_round_trip_and_do_not_open_in_another_row() {
     assert!(seal::get_credential(&db.pool, &keys, &moved).await.is_err());
     assert!(seal::delete_credential(&db.pool, &id).await.expect("delete"));
     assert_eq!(seal::get_credential(&db.pool, &keys, &id).await.expect("get"), None);
+}
+
+/// A value stored once keeps the first writer's value: the second gets it back, not its own.
+#[tokio::test]
+async fn a_credential_stored_once_keeps_the_first_value() {
+    let db = TestDb::fresh().await;
+    let keys = SealingKeys::new("k1", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", &[]).expect("key");
+    let id = CredentialId { scope: "agent-tunnel".into(), resource_uid: "uid-1".into(), name: "tunnel-secret".into() };
+    assert_eq!(seal::put_credential_once(&db.pool, &keys, &id, b"first").await.expect("first"), b"first");
+    assert_eq!(seal::put_credential_once(&db.pool, &keys, &id, b"second").await.expect("second"), b"first");
+    assert_eq!(seal::get_credential(&db.pool, &keys, &id).await.expect("get").as_deref(), Some(&b"first"[..]));
 }
 
 #[tokio::test]
