@@ -19,10 +19,15 @@
 //!   cannot make two leaders.
 //! - The holder gives up leading when it has not renewed within `renew_deadline` (shorter
 //!   than the duration) of its last successful renewal, so it stops before anyone else may
-//!   take over: no two instances start reconciles at the same time.
+//!   take over: no two instances start reconciles at the same time. Every request of a look
+//!   is bounded by the time left before that deadline: a half-open connection or a stalled
+//!   API server cannot hold a renewal (and with it the leader) past it. The operator cancels
+//!   in-flight reconciles the moment leadership is lost, so the old leader has stopped acting
+//!   `duration - renew_deadline` before a standby may take over.
 //! - On shutdown the holder releases the Lease (clears `holderIdentity`) after its
 //!   controllers stopped, and a standby takes it at its next look, within `retry_period`.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -48,7 +53,43 @@ pub struct LeaseConfig {
     pub retry_period: Duration,
 }
 
+/// Why a look at the Lease did not give an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ElectionError {
+    /// The API server answered with an error, or the connection failed.
+    #[error("Lease {what}: {source}")]
+    Api {
+        what: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    /// No answer before the deadline (a stalled API server or a half-open connection).
+    #[error("Lease {what}: no answer before the deadline")]
+    TimedOut { what: &'static str },
+}
+
 impl LeaseConfig {
+    /// Refuses timings with which a leader could still act once a standby may take over: the
+    /// renew deadline must be shorter than the duration (the difference is the time the old
+    /// leader has to stop), and a look must come more often than the renew deadline.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.renew_deadline >= self.duration {
+            return Err(format!(
+                "the lease renew deadline ({:?}) must be shorter than the lease duration ({:?}): a leader must stop \
+                 before a standby may take over",
+                self.renew_deadline, self.duration
+            ));
+        }
+        if self.retry_period >= self.renew_deadline {
+            return Err(format!(
+                "the lease retry period ({:?}) must be shorter than the renew deadline ({:?}), or the leader never \
+                 renews in time",
+                self.retry_period, self.renew_deadline
+            ));
+        }
+        Ok(())
+    }
+
     /// client-go's defaults: 15 s lease, 10 s renew deadline, 2 s between looks.
     pub fn new(name: impl Into<String>, namespace: impl Into<String>, identity: impl Into<String>) -> Self {
         LeaseConfig {
@@ -106,6 +147,24 @@ pub struct Standing {
     pub reachable: bool,
 }
 
+/// Runs one Lease request, giving up at `until`: a request that outlives the deadline is
+/// dropped (its connection with it), so no caller waits past it.
+async fn bounded<T>(
+    until: Instant,
+    what: &'static str,
+    request: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<T, ElectionError> {
+    match tokio::time::timeout_at(until.into(), request).await {
+        Ok(result) => result.map_err(|source| ElectionError::Api { what, source }),
+        Err(_) => Err(ElectionError::TimedOut { what }),
+    }
+}
+
+/// A 409 Conflict: another writer changed the Lease since it was read.
+fn conflict<T>(result: &Result<T, ElectionError>) -> bool {
+    matches!(result, Err(ElectionError::Api { source: kube::Error::Api(e), .. }) if e.code == 409)
+}
+
 fn record_of(spec: &LeaseSpec) -> Record {
     Record {
         holder: spec.holder_identity.clone().filter(|h| !h.is_empty()),
@@ -159,22 +218,21 @@ impl Elector {
     }
 
     /// One look: takes or renews the Lease when it may. Ok(true): this instance holds it now.
-    pub async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
+    /// Every request gives up at `until` (the leader's renew deadline).
+    pub async fn try_acquire_or_renew(&mut self, until: Instant) -> Result<bool, ElectionError> {
         let now = Instant::now();
-        let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
+        let Some(mut lease) = bounded(until, "read", self.api.get_opt(&self.config.name)).await? else {
             let lease = Lease {
                 metadata: ObjectMeta { name: Some(self.config.name.clone()), ..ObjectMeta::default() },
                 spec: Some(self.spec_for_us(&LeaseSpec::default(), Timestamp::now())),
             };
-            return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(created) => {
-                    self.observe(record_of(&created.spec.unwrap_or_default()), now);
-                    Ok(true)
-                }
-                // Another instance created it first: it leads.
-                Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-                Err(e) => Err(e),
-            };
+            let created = bounded(until, "create", self.api.create(&PostParams::default(), &lease)).await;
+            // Another instance created it first: it leads.
+            if conflict(&created) {
+                return Ok(false);
+            }
+            self.observe(record_of(&created?.spec.unwrap_or_default()), now);
+            return Ok(true);
         };
         let old = lease.spec.clone().unwrap_or_default();
         self.observe(record_of(&old), now);
@@ -184,19 +242,21 @@ impl Elector {
         lease.spec = Some(self.spec_for_us(&old, Timestamp::now()));
         // `lease.metadata.resourceVersion` is the one just read: a concurrent writer wins or
         // we do, never both.
-        match self.api.replace(&self.config.name, &PostParams::default(), &lease).await {
-            Ok(written) => {
-                self.observe(record_of(&written.spec.unwrap_or_default()), now);
-                Ok(true)
-            }
-            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-            Err(e) => Err(e),
+        let written =
+            bounded(until, "renewal", self.api.replace(&self.config.name, &PostParams::default(), &lease)).await;
+        if conflict(&written) {
+            return Ok(false);
         }
+        self.observe(record_of(&written?.spec.unwrap_or_default()), now);
+        Ok(true)
     }
 
     /// Gives the Lease up if this instance holds it: no holder, so a standby takes it at once.
-    pub async fn release(&mut self) -> Result<(), kube::Error> {
-        let Some(mut lease) = self.api.get_opt(&self.config.name).await? else { return Ok(()) };
+    /// Gives up at `until` (the Lease then expires by itself).
+    pub async fn release(&mut self, until: Instant) -> Result<(), ElectionError> {
+        let Some(mut lease) = bounded(until, "read", self.api.get_opt(&self.config.name)).await? else {
+            return Ok(());
+        };
         let mut spec = lease.spec.clone().unwrap_or_default();
         if spec.holder_identity.as_deref() != Some(self.config.identity.as_str()) {
             return Ok(());
@@ -205,17 +265,19 @@ impl Elector {
         spec.acquire_time = None;
         spec.renew_time = Some(MicroTime(Timestamp::now()));
         lease.spec = Some(spec);
-        match self.api.replace(&self.config.name, &PostParams::default(), &lease).await {
-            Ok(_) => Ok(()),
-            // Someone took it meanwhile (we had stopped renewing): nothing left to give up.
-            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-            Err(e) => Err(e),
+        let released =
+            bounded(until, "release", self.api.replace(&self.config.name, &PostParams::default(), &lease)).await;
+        // Someone took it meanwhile (we had stopped renewing): nothing left to give up.
+        if conflict(&released) {
+            return Ok(());
         }
+        released.map(|_| ())
     }
 
     /// Campaigns until `release` turns true: publishes in `standing` whether this instance
     /// leads. Losing the lease (another holder, or no renewal within the renew deadline) ends
-    /// the campaign with `leading: false`; a lost leader does not campaign again (the process
+    /// the campaign with `leading: false`, published no later than the deadline: no look and
+    /// no pause between looks outlasts it. A lost leader does not campaign again (the process
     /// restarts as a standby). When `release` turns true the Lease is released if held.
     pub async fn campaign(mut self, standing: watch::Sender<Standing>, mut release: watch::Receiver<bool>) {
         let mut last_renewal: Option<Instant> = None;
@@ -224,7 +286,11 @@ impl Elector {
                 break;
             }
             let started = Instant::now();
-            let result = self.try_acquire_or_renew().await;
+            let deadline = last_renewal.map(|at| at + self.config.renew_deadline);
+            // A standby's look is bounded too, so that readiness reports an API server that
+            // stopped answering.
+            let until = deadline.unwrap_or(started + self.config.renew_deadline);
+            let result = self.try_acquire_or_renew(until).await;
             let leading_before = last_renewal.is_some();
             match &result {
                 Ok(true) => {
@@ -241,9 +307,8 @@ impl Elector {
                 Ok(false) => {}
                 Err(e) => tracing::warn!(lease = %self.config.name, error = %e, "cannot read or renew the lease"),
             }
-            if let Some(at) = last_renewal
-                && at.elapsed() >= self.config.renew_deadline
-            {
+            let deadline = last_renewal.map(|at| at + self.config.renew_deadline);
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 tracing::warn!(lease = %self.config.name, "lease not renewed within the renew deadline: no longer leading");
                 standing.send_replace(Standing { leading: false, reachable: result.is_ok() });
                 return;
@@ -252,13 +317,18 @@ impl Elector {
                 let next = Standing { leading: last_renewal.is_some(), reachable: result.is_ok() };
                 std::mem::replace(s, next) != next
             });
+            // The next look comes after the retry period, or at the deadline if that is sooner
+            // (where a leader whose looks keep failing gives up).
+            let pause = deadline.map_or(self.config.retry_period, |d| {
+                self.config.retry_period.min(d.saturating_duration_since(Instant::now()))
+            });
             tokio::select! {
-                _ = tokio::time::sleep(self.config.retry_period) => {}
+                _ = tokio::time::sleep(pause) => {}
                 changed = release.changed() => if changed.is_err() { break },
             }
         }
         if last_renewal.is_some() {
-            match self.release().await {
+            match self.release(Instant::now() + self.config.renew_deadline).await {
                 Ok(()) => tracing::info!(lease = %self.config.name, "lease released"),
                 Err(e) => {
                     tracing::warn!(lease = %self.config.name, error = %e, "cannot release the lease; it expires by itself")
@@ -307,6 +377,16 @@ mod tests {
         assert!(e.may_take(t0 + Duration::from_secs(16)));
         e.observe(held_by(Some("b")), t0 + Duration::from_secs(17));
         assert!(e.may_take(t0 + Duration::from_secs(17)));
+    }
+
+    #[test]
+    fn a_renew_deadline_must_leave_time_to_stop_before_a_standby_takes_over() {
+        let mut c = LeaseConfig::new("l", "ns", "a");
+        assert_eq!(c.validate(), Ok(()));
+        c.renew_deadline = c.duration;
+        assert!(c.validate().is_err_and(|e| e.contains("shorter than the lease duration")));
+        c.renew_deadline = Duration::from_secs(2);
+        assert!(c.validate().is_err_and(|e| e.contains("retry period")));
     }
 
     #[tokio::test]

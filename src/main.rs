@@ -244,7 +244,8 @@ async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kub
         }
         None => kube::Config::infer().await.context("no kubeconfig and not in a cluster")?,
     };
-    kube::Client::try_from(kube_config).context("cannot build the Kubernetes client")
+    kube::Client::try_from(crabglamp_operator::operator::with_timeouts(kube_config))
+        .context("cannot build the Kubernetes client")
 }
 
 /// Prints the findings; returns the exit status (0 intact, 2 tampered, 3 unanchored).
@@ -323,10 +324,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             args.identity.clone().unwrap_or_else(leader::default_identity),
         );
         lease.duration = Duration::from_secs(args.lease_duration_seconds.max(1));
-        lease.renew_deadline = Duration::from_secs(args.lease_renew_deadline_seconds.max(1)).min(lease.duration);
+        lease.renew_deadline = Duration::from_secs(args.lease_renew_deadline_seconds.max(1));
         lease.retry_period = Duration::from_millis(args.lease_retry_period_ms.max(50));
         lease
     });
+    if let Some(lease) = &election {
+        lease.validate().map_err(anyhow::Error::msg).context("invalid leader election settings")?;
+    }
     controllers.shard = args.shard;
     controllers.concurrency = args.concurrency;
     controllers.watch_namespace = args.watch_namespace;

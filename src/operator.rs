@@ -33,6 +33,26 @@ pub enum StartError {
     Installation(#[from] controllers::installation::InstallationError),
 }
 
+/// How long the API server may take to accept a connection.
+pub const KUBE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may stay silent while an answer is awaited: a request on a half-open
+/// connection fails after this instead of never (which would wedge its object's reconciles,
+/// one at a time per object, until a restart). A watch is silent between events for up to its
+/// server-side timeout ([`crate::controllers::WATCH_TIMEOUT_SECS`]; the API server then ends
+/// it), so this must be longer or every quiet watch would break; kube-runtime's own idle
+/// timeout on a watch (its timeout plus 5 s) also comes first. The Lease is not left to this:
+/// the elector bounds its requests by the renew deadline itself.
+pub const KUBE_READ_TIMEOUT: Duration = Duration::from_secs(crate::controllers::WATCH_TIMEOUT_SECS as u64 + 15);
+
+/// The operator's Kubernetes client settings: the timeouts above, and the read timeout counted
+/// from the request (not from when a pooled connection went idle).
+pub fn with_timeouts(mut config: kube::Config) -> kube::Config {
+    config.connect_timeout = Some(KUBE_CONNECT_TIMEOUT);
+    config.read_timeout = Some(KUBE_READ_TIMEOUT);
+    config.reset_reader_on_write = true;
+    config
+}
+
 /// Everything `run` needs besides the Kubernetes client.
 #[derive(Clone, Debug)]
 pub struct OperatorSettings {
@@ -132,9 +152,17 @@ pub struct InstanceOptions {
 pub enum Ending {
     /// Told to stop: the controllers drained and the Lease (if held) was released.
     Stopped,
-    /// The Lease was lost: the controllers stopped taking new work and drained. The process
-    /// should exit so that it comes back as a standby.
+    /// The Lease was lost: the controllers and every reconcile in flight were cancelled at the
+    /// renew deadline, before a standby may take over. The process should exit so that it
+    /// comes back as a standby.
     LostLeadership,
+}
+
+/// Waits until the elector says this instance no longer leads (a closed channel means the
+/// elector is gone: a loss too). The elector says so at the renew deadline at the latest.
+async fn lost(standing: &mut tokio::sync::watch::Receiver<Standing>) {
+    // The guard is dropped inside: none is held across an await.
+    let _ = standing.wait_for(|s| !s.leading).await;
 }
 
 /// Waits until `stop` turns true or its sender is gone.
@@ -183,7 +211,8 @@ async fn supervise(ctx: Arc<Context>, health: Arc<Health>, standing: Option<toki
 /// Runs one instance until `stop` turns true (SIGTERM in `run`) or, when elected, until it
 /// loses the Lease. Elected, it first waits as a standby; only the holder of the Lease runs
 /// the controllers. On the stop the leader starts no new reconcile, lets in-flight ones finish
-/// (at most `drain`), then releases the Lease so that a standby takes over at its next look.
+/// (at most `drain`, and never past the Lease), then releases the Lease so that a standby takes
+/// over at its next look. On a lost Lease it cancels the controllers at once.
 pub async fn run_instance(
     connected: Connected,
     options: InstanceOptions,
@@ -222,21 +251,24 @@ pub async fn run_instance(
     if leading {
         context.metrics.set_leader(true);
         let (halt, halt_rx) = tokio::sync::watch::channel(false);
-        let controllers = run(Arc::clone(&context), halt_rx, options.drain);
-        tokio::pin!(controllers);
+        // Dropping this future cancels the controllers and every reconcile in flight (they
+        // are aborted, not drained): what a lost lease calls for.
+        let mut controllers = Box::pin(run(Arc::clone(&context), halt_rx, options.drain));
         tokio::select! {
             _ = &mut controllers => {}
-            // A closed channel means the elector is gone: a loss too.
-            _ = async { standing.wait_for(|s| !s.leading).await.is_ok() } => {
-                tracing::warn!("lost the lease: no new reconciles; finishing the ones in flight");
-                ending = Ending::LostLeadership;
-                let _ = halt.send(true);
-                controllers.await;
-            }
+            _ = lost(&mut standing) => ending = Ending::LostLeadership,
             _ = stopped(&mut stop) => {
                 let _ = halt.send(true);
-                controllers.await;
+                // Drained while the Lease is still ours, never past it.
+                tokio::select! {
+                    _ = &mut controllers => {}
+                    _ = lost(&mut standing) => ending = Ending::LostLeadership,
+                }
             }
+        }
+        if ending == Ending::LostLeadership {
+            drop(controllers);
+            tracing::warn!("lost the lease: cancelled the controllers and the reconciles in flight");
         }
         context.metrics.set_leader(false);
     }
@@ -259,5 +291,22 @@ pub async fn wait_for_signal() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_read_timeout_outlasts_a_quiet_watch() {
+        // A watch may carry nothing until the API server ends it, and kube-runtime's own idle
+        // timeout (the watch's timeout plus 5 s) must fire before the read timeout would.
+        let quiet = Duration::from_secs(u64::from(crate::controllers::WATCH_TIMEOUT_SECS)) + Duration::from_secs(5);
+        assert!(KUBE_READ_TIMEOUT > quiet);
+        let config = with_timeouts(kube::Config::new("https://127.0.0.1:6443".parse().expect("url")));
+        assert_eq!(config.read_timeout, Some(KUBE_READ_TIMEOUT));
+        assert_eq!(config.connect_timeout, Some(KUBE_CONNECT_TIMEOUT));
+        assert!(config.reset_reader_on_write);
     }
 }

@@ -17,6 +17,7 @@ mod leader {
     mod binary;
     mod election;
     mod installations;
+    mod fencing;
     mod metrics;
     mod shards;
     pub mod support;

@@ -282,15 +282,17 @@ fn secret_id(uid: &str) -> CredentialId {
 }
 
 /// The tunnel secret of the object: sealed in PostgreSQL before the tunnel is created, so a
-/// crash after the create finds it again (and the token derived from it stays valid).
+/// crash after the create finds it again (and the token derived from it stays valid). Chosen
+/// once: a new secret is only inserted when none is stored, and what is used is what was read
+/// back, so two instances racing on a new Agent (leaders overlapping) create or adopt the tunnel
+/// with the one secret the database keeps, never each their own.
 async fn tunnel_secret(ctx: &Context, uid: &str) -> Result<TunnelSecret, ReconcileError> {
     let id = secret_id(uid);
-    if let Some(bytes) = seal::get_credential(&ctx.db, &ctx.sealing, &id).await? {
-        return TunnelSecret::from_bytes(bytes).ok_or_else(|| ReconcileError::Secret("stored secret too short".into()));
-    }
-    let secret = TunnelSecret::generate();
-    seal::put_credential(&ctx.db, &ctx.sealing, &id, secret.expose_bytes()).await?;
-    Ok(secret)
+    let stored = match seal::get_credential(&ctx.db, &ctx.sealing, &id).await? {
+        Some(bytes) => bytes,
+        None => seal::put_credential_once(&ctx.db, &ctx.sealing, &id, TunnelSecret::generate().expose_bytes()).await?,
+    };
+    TunnelSecret::from_bytes(stored).ok_or_else(|| ReconcileError::Secret("stored secret too short".into()))
 }
 
 async fn act(

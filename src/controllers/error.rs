@@ -74,6 +74,13 @@ impl ReconcileError {
         }
     }
 
+    /// Whether the database refused a write because the object's destroy event is recorded:
+    /// another instance (a leader overlapping this one) finished destroying it, so there is
+    /// nothing left to do for it, and retrying would only be refused again.
+    pub fn already_destroyed(&self) -> bool {
+        matches!(self, ReconcileError::Store(e) if e.is_already_destroyed())
+    }
+
     /// The cloud error inside, if any.
     pub fn cloud(&self) -> Option<&CloudError> {
         match self {

@@ -452,10 +452,11 @@ pub async fn reconcile<K: ManagedObject>(object: Arc<K>, ctx: Arc<Context>) -> R
         let started = std::time::Instant::now();
         let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
         let result = finalizer(&api, FINALIZER, object, |event| async {
-            match event {
+            let result = match event {
                 Finalizer::Apply(o) => K::apply(o, Arc::clone(&ctx)).await,
                 Finalizer::Cleanup(o) => K::cleanup(o, Arc::clone(&ctx)).await,
-            }
+            };
+            done_if_destroyed(result)
         })
         .await;
         ctx.metrics.count_reconcile(K::KIND, if result.is_ok() { "ok" } else { "error" }, started.elapsed());
@@ -467,6 +468,20 @@ pub async fn reconcile<K: ManagedObject>(object: Arc<K>, ctx: Arc<Context>) -> R
     }
     .instrument(span)
     .await
+}
+
+/// A pass the database stopped because the object's destroy event is recorded (another
+/// instance, e.g. a leader overlapping this one, destroyed it) is over, not failed: nothing is
+/// left to do or bill for the object, and retrying would be refused again. For a cleanup, `Ok`
+/// releases the finalizer, which the destroy event allows.
+fn done_if_destroyed(result: Result<Action, ReconcileError>) -> Result<Action, ReconcileError> {
+    match result {
+        Err(e) if e.already_destroyed() => {
+            tracing::info!(error = %e, "already destroyed (its destroy event is recorded): nothing left to do");
+            Ok(Action::await_change())
+        }
+        other => other,
+    }
 }
 
 /// A paused object: nothing is done for it; a `Paused` condition says so (written once).

@@ -66,8 +66,14 @@ pub fn shard_selector(config: &ControllerConfig) -> String {
 }
 
 fn watcher_config(config: &ControllerConfig) -> watcher::Config {
-    watcher::Config::default().labels(&shard_selector(config)).page_size(WATCH_LIST_PAGE)
+    watcher::Config::default().labels(&shard_selector(config)).page_size(WATCH_LIST_PAGE).timeout(WATCH_TIMEOUT_SECS)
 }
+
+/// Seconds after which the API server ends each watch (the watcher opens the next one from
+/// where it was). Shorter than kube's 290 so that the client's read timeout
+/// ([`crate::operator::KUBE_READ_TIMEOUT`]), which must outlast a quiet watch, catches a
+/// half-open connection within about a minute; one more watch request per kind a minute.
+pub const WATCH_TIMEOUT_SECS: u32 = 60;
 
 /// Objects per page of a watcher's (re)list. kube's default is 500; a page of 500 custom
 /// objects with their status is held three times while it is read (the body's chunks, their

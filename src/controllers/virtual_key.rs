@@ -927,7 +927,8 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
             rt.secrets.observe(event);
         }
     };
-    let secrets_config = watcher::Config::default().labels(&label).page_size(super::WATCH_LIST_PAGE);
+    let secrets_config =
+        watcher::Config::default().labels(&label).page_size(super::WATCH_LIST_PAGE).timeout(super::WATCH_TIMEOUT_SECS);
     for secrets in secret_apis(&ctx) {
         controller = super::trim::owns_metadata(controller, secrets, secrets_config.clone(), observe.clone());
     }

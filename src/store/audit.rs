@@ -266,7 +266,15 @@ pub async fn append<'c>(
     event: &NewAuditEvent,
 ) -> Result<Appended, StoreError> {
     let mut tx = conn.begin().await.during("starting an audit transaction")?;
-    // `query!` cannot describe a `void` result column, hence the unchecked form for this one.
+    // The resource's lock first, then the chain's: the insert's trigger takes the resource's
+    // (migration 0007), and usage writers take only that one, so the order is always the same
+    // and two writers never wait on each other in a cycle. (`query!` cannot describe a `void`
+    // result column, hence the unchecked form for these.)
+    sqlx::query("SELECT crabglamp_lock_resource($1)")
+        .bind(&event.resource.uid)
+        .execute(&mut *tx)
+        .await
+        .during("locking the audited resource")?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(CHAIN_LOCK)
         .execute(&mut *tx)

@@ -79,6 +79,26 @@ pub enum StoreError {
     /// Sealing or opening a credential failed.
     #[error(transparent)]
     Seal(#[from] seal::SealError),
+    /// The database refused a usage row or an audit event because the object's destroy event
+    /// is recorded (migration 0007): whoever destroyed it has closed its books.
+    #[error("the database refused {what}: the object is already destroyed")]
+    AlreadyDestroyed {
+        /// The operation.
+        what: &'static str,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// The constraint name the database gives when it refuses a write after a destroy event.
+pub const NO_WRITES_AFTER_DESTROY: &str = "crabglamp_no_writes_after_destroy";
+
+impl StoreError {
+    /// Whether this is the database refusing a write about an object already destroyed.
+    pub fn is_already_destroyed(&self) -> bool {
+        matches!(self, StoreError::AlreadyDestroyed { .. })
+    }
 }
 
 /// Adds the operation to a driver error.
@@ -88,7 +108,10 @@ pub(crate) trait QueryContext<T> {
 
 impl<T> QueryContext<T> for Result<T, sqlx::Error> {
     fn during(self, what: &'static str) -> Result<T, StoreError> {
-        self.map_err(|source| StoreError::Query { what, source })
+        self.map_err(|source| {
+            let refused = source.as_database_error().and_then(|e| e.constraint()) == Some(NO_WRITES_AFTER_DESTROY);
+            if refused { StoreError::AlreadyDestroyed { what, source } } else { StoreError::Query { what, source } }
+        })
     }
 }
 

@@ -226,6 +226,37 @@ pub async fn put_credential(
     Ok(())
 }
 
+/// Seals and stores a credential unless its row exists, then reads the row back: returns the
+/// value stored, which is `plaintext` only if this call inserted it. For a value that must be
+/// chosen once (a tunnel secret): of two writers racing (two leaders overlapping), both get
+/// the first one's value, never each their own.
+pub async fn put_credential_once(
+    pool: &PgPool,
+    keys: &SealingKeys,
+    id: &CredentialId,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, StoreError> {
+    let sealed = keys.seal(id, plaintext)?;
+    sqlx::query!(
+        r#"INSERT INTO sealed_credentials (scope, resource_uid, name, key_id, nonce, ciphertext)
+           VALUES ($1, $2, $3, $4, $5, $6)
+           ON CONFLICT (scope, resource_uid, name) DO NOTHING"#,
+        id.scope,
+        id.resource_uid,
+        id.name,
+        sealed.key_id,
+        sealed.nonce,
+        sealed.ciphertext,
+    )
+    .execute(pool)
+    .await
+    .during("storing a sealed credential once")?;
+    get_credential(pool, keys, id).await?.ok_or(StoreError::Corrupt {
+        what: "reading back a sealed credential",
+        detail: format!("the row {}/{}/{} vanished after it was stored", id.scope, id.resource_uid, id.name),
+    })
+}
+
 /// Reads and opens a credential; `None` when the row does not exist.
 pub async fn get_credential(
     pool: &PgPool,

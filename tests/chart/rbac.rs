@@ -391,9 +391,10 @@ async fn chart_rbac_grants_exactly_what_the_operator_calls() {
         .expect("the chart passes --lease-name");
     let lease = crabglamp_operator::leader::LeaseConfig::new(lease_name, NAMESPACE, "rbac-run");
     let mut elector = crabglamp_operator::leader::Elector::new(client, lease);
-    assert!(elector.try_acquire_or_renew().await.expect("take the Lease"), "the Lease is free");
-    assert!(elector.try_acquire_or_renew().await.expect("renew the Lease"), "still ours");
-    elector.release().await.expect("release the Lease");
+    let until = || std::time::Instant::now() + std::time::Duration::from_secs(10);
+    assert!(elector.try_acquire_or_renew(until()).await.expect("take the Lease"), "the Lease is free");
+    assert!(elector.try_acquire_or_renew(until()).await.expect("renew the Lease"), "still ours");
+    elector.release(until()).await.expect("release the Lease");
     let op = op.stop().await;
     if let Some(rt) = op.context.virtual_keys.as_ref() {
         rt.cache.clear_namespace().await.expect("clear the run's Redis namespace");

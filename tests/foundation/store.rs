@@ -216,6 +216,83 @@ async fn usage_transitions_are_recorded_exactly_once() {
     assert_eq!(all.iter().map(|r| r.transition.as_str()).collect::<Vec<_>>(), vec!["start", "stop"]);
 }
 
+/// The database itself refuses a usage row or an audit event about an object after its destroy
+/// event (whoever writes it: a stale leader, a sweeper, a person with psql), while the destroy
+/// transaction's own closing row passes, a retried destroy stays a no-op, other objects are
+/// untouched and the chain stays whole.
+#[tokio::test]
+async fn nothing_is_recorded_about_an_object_after_its_destroy_event() {
+    let db = TestDb::fresh().await;
+    let start = UsageTransition {
+        transition_key: "uid-1/start/1".into(),
+        resource: agent("uid-1"),
+        owner: "acct_7f3a".into(),
+        region: "us".into(),
+        server_type: "cpx22".into(),
+        price_cell: "agent-us-cpx22".into(),
+        transition: Transition::Start,
+        occurred_at: Utc::now(),
+    };
+    assert!(usage::record(&db.pool, &start).await.expect("start"));
+    // The destroy transaction: the closing row, then the event.
+    let closing =
+        UsageTransition { transition_key: "uid-1/stop/2".into(), transition: Transition::Stop, ..start.clone() };
+    let mut tx = db.pool.begin().await.expect("transaction");
+    assert!(usage::record(&mut *tx, &closing).await.expect("closing row"));
+    audit::append(&mut *tx, &destroyed("uid-1")).await.expect("destroy event");
+    tx.commit().await.expect("commit");
+
+    let late = UsageTransition { transition_key: "uid-1/start/3".into(), ..start.clone() };
+    let refused = usage::record(&db.pool, &late).await;
+    assert!(matches!(&refused, Err(e) if e.is_already_destroyed()), "a usage row after the destroy: {refused:?}");
+    let retried_closing = usage::record(&db.pool, &closing).await;
+    assert!(matches!(&retried_closing, Err(e) if e.is_already_destroyed()), "{retried_closing:?}");
+    let transfer = NewAuditEvent {
+        event_key: "agent.transferred/uid-1/1".into(),
+        kind: AuditKind::AgentTransferred,
+        owners: vec!["acct_7f3a".into(), "acct_b".into()],
+        ..destroyed("uid-1")
+    };
+    let refused = audit::append(&db.pool, &transfer).await;
+    assert!(matches!(&refused, Err(e) if e.is_already_destroyed()), "an event after the destroy: {refused:?}");
+    let second_destroy = NewAuditEvent { event_key: "agent.destroyed/uid-1/by-sweeper".into(), ..destroyed("uid-1") };
+    assert!(audit::append(&db.pool, &second_destroy).await.is_err_and(|e| e.is_already_destroyed()));
+    // Nor a new tunnel secret, which would start a tunnel for an object already torn down.
+    let keys = SealingKeys::new("k1", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", &[]).expect("key");
+    let secret = CredentialId { scope: "agent-tunnel".into(), resource_uid: "uid-1".into(), name: "s".into() };
+    assert!(
+        seal::put_credential_once(&db.pool, &keys, &secret, b"late").await.is_err_and(|e| e.is_already_destroyed())
+    );
+    // The same destroy retried finds itself: nothing written, nothing refused.
+    assert!(matches!(audit::append(&db.pool, &destroyed("uid-1")).await, Ok(Appended::AlreadyRecorded(_))));
+    // Behind the operator's back too.
+    let psql_insert = psql(
+        &db.url,
+        "INSERT INTO usage_timeline (transition_key, resource_kind, resource_namespace, resource_name, resource_uid, \
+         owner, region, server_type, price_cell, transition, occurred_at) \
+         VALUES ('uid-1/start/9', 'Agent', 'team-a', 'research-bot', 'uid-1', 'acct_7f3a', 'us', 'cpx22', \
+         'agent-us-cpx22', 'start', now())",
+    );
+    assert!(!psql_insert.status.success(), "psql may not add a row after the destroy either");
+    assert!(String::from_utf8_lossy(&psql_insert.stderr).contains("is destroyed"));
+
+    let rows = usage::transitions_for_resource(&db.pool, "uid-1").await.expect("rows");
+    assert_eq!(rows.iter().map(|r| r.transition_key.as_str()).collect::<Vec<_>>(), ["uid-1/start/1", "uid-1/stop/2"]);
+    assert_eq!(audit::events_for_resource(&db.pool, "uid-1").await.expect("events").len(), 1);
+    // Another object is untouched, and the refused appends left no gap in the chain.
+    assert!(
+        usage::record(
+            &db.pool,
+            &UsageTransition { transition_key: "uid-2/start/1".into(), resource: agent("uid-2"), ..start }
+        )
+        .await
+        .expect("other object")
+    );
+    audit::append(&db.pool, &destroyed("uid-2")).await.expect("other object's destroy");
+    let report = audit::verify_chain(&db.pool).await.expect("verify");
+    assert_eq!((report.verified, report.first_break), (2, None));
+}
+
 #[tokio::test]
 async fn virtual_keys_keep_a_hash_never_the_key() {
     let db = TestDb::fresh().await;
@@ -297,6 +374,17 @@ async fn sealed_credentials_round_trip_and_do_not_open_in_another_row() {
     assert!(seal::get_credential(&db.pool, &keys, &moved).await.is_err());
     assert!(seal::delete_credential(&db.pool, &id).await.expect("delete"));
     assert_eq!(seal::get_credential(&db.pool, &keys, &id).await.expect("get"), None);
+}
+
+/// A value stored once keeps the first writer's value: the second gets it back, not its own.
+#[tokio::test]
+async fn a_credential_stored_once_keeps_the_first_value() {
+    let db = TestDb::fresh().await;
+    let keys = SealingKeys::new("k1", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", &[]).expect("key");
+    let id = CredentialId { scope: "agent-tunnel".into(), resource_uid: "uid-1".into(), name: "tunnel-secret".into() };
+    assert_eq!(seal::put_credential_once(&db.pool, &keys, &id, b"first").await.expect("first"), b"first");
+    assert_eq!(seal::put_credential_once(&db.pool, &keys, &id, b"second").await.expect("second"), b"first");
+    assert_eq!(seal::get_credential(&db.pool, &keys, &id).await.expect("get").as_deref(), Some(&b"first"[..]));
 }
 
 #[tokio::test]

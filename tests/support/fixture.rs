@@ -281,9 +281,19 @@ pub struct Instance {
 impl Operator {
     /// Starts an instance with these controller settings, elected on `election` if given.
     pub async fn instance(&self, config: ControllerConfig, election: Option<LeaseConfig>) -> Instance {
+        self.instance_with_client(config, election, self.kube.operator_client(OPERATOR_USER)).await
+    }
+
+    /// As [`Self::instance`], with this Kubernetes client (e.g. one through a relay the test
+    /// stalls).
+    pub async fn instance_with_client(
+        &self,
+        config: ControllerConfig,
+        election: Option<LeaseConfig>,
+        client: kube::Client,
+    ) -> Instance {
         let mut settings = self.settings.clone();
         settings.controllers = config;
-        let client = self.kube.operator_client(OPERATOR_USER);
         let connected = operator::connect(client, settings, sealing_keys()).await.expect("operator connects");
         let context = Arc::clone(&connected.context);
         let listener = listener().await;

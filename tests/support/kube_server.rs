@@ -105,6 +105,26 @@ impl KubeServer {
         }
     }
 
+    /// As [`Self::operator_client`], through a relay of its own that the test can stall: the
+    /// operator's API server stops answering while the connections stay up.
+    pub async fn stalling_operator_client(&self, user: &str) -> (kube::Client, StallingRelay) {
+        match self {
+            KubeServer::Sandbox(kube) => {
+                let relay = Relay::start(&kube.addr.to_string(), "http").await;
+                let mut config = kube::Config::new(relay.url.parse().expect("relay URL"));
+                let token = hyper::header::HeaderValue::from_str(&format!("Bearer {user}")).expect("bearer header");
+                config.headers.push((hyper::header::AUTHORIZATION, token));
+                (kube::Client::try_from(config).expect("operator client"), StallingRelay(relay))
+            }
+            KubeServer::Real(real) => {
+                let identity = real.plane.operator();
+                assert_eq!(user, identity.user, "on the real server the operator is the chart's ServiceAccount");
+                let relay = Relay::start(real.plane.server.trim_start_matches("https://"), "https").await;
+                (real.plane.token_client_via(&identity.token, &relay.url), StallingRelay(relay))
+            }
+        }
+    }
+
     /// A kubeconfig for kubectl and the operator binary: on the real server the operator's
     /// ServiceAccount (its namespace the release namespace); on the stand-in, no credentials.
     pub fn kubeconfig_yaml(&self) -> String {
@@ -189,7 +209,7 @@ impl RealKube {
         let plane = control_plane();
         plane.clear_leftovers().await;
         let audit_offset = std::fs::metadata(&plane.audit_log).map(|m| m.len()).unwrap_or(0);
-        let relay = Relay::start(&plane.server).await;
+        let relay = Relay::start(plane.server.trim_start_matches("https://"), "https").await;
         RealKube { plane, relay, audit_offset, secret_access: std::sync::Once::new(), _turn: turn }
     }
 
@@ -206,27 +226,51 @@ impl RealKube {
     }
 }
 
-/// A TCP relay on loopback to the real API server (TLS passes through untouched: the serving
-/// certificate names 127.0.0.1, whatever the port), whose connections a test can drop at once.
+/// A TCP relay on loopback to an API server (TLS passes through untouched: the real server's
+/// certificate names 127.0.0.1, whatever the port), whose connections a test can drop at once,
+/// or stall: a stalled relay keeps every connection open and accepts new ones, but holds every
+/// byte either way until it resumes, as a half-open connection or a hung API server does.
 struct Relay {
     url: String,
     connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    stalled: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Copies `from` to `to`, holding each chunk while the relay is stalled.
+async fn pump(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+    mut stalled: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut chunk = vec![0u8; 16 * 1024];
+    while let Ok(n @ 1..) = from.read(&mut chunk).await {
+        if stalled.wait_for(|s| !*s).await.is_err() || to.write_all(&chunk[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
 impl Relay {
-    async fn start(server: &str) -> Relay {
-        let upstream = server.trim_start_matches("https://").to_owned();
+    /// A relay to `upstream` (`host:port`); its URL has `scheme`.
+    async fn start(upstream: &str, scheme: &str) -> Relay {
+        let upstream = upstream.to_owned();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("relay binds");
-        let url = format!("https://{}", listener.local_addr().expect("relay address"));
+        let url = format!("{scheme}://{}", listener.local_addr().expect("relay address"));
         let connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (stalled, stalled_rx) = tokio::sync::watch::channel(false);
         let open = Arc::clone(&connections);
         let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 let upstream = upstream.clone();
+                let stalled = stalled_rx.clone();
                 let relayed = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                        let (in_read, in_write) = inbound.into_split();
+                        let (out_read, out_write) = outbound.into_split();
+                        tokio::join!(pump(in_read, out_write, stalled.clone()), pump(out_read, in_write, stalled));
                     }
                 });
                 let mut open = open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -234,7 +278,7 @@ impl Relay {
                 open.push(relayed.abort_handle());
             }
         });
-        Relay { url, connections, task }
+        Relay { url, connections, stalled, task }
     }
 
     /// Drops every connection open now; returns how many there were.
@@ -252,6 +296,21 @@ impl Drop for Relay {
     fn drop(&mut self) {
         self.task.abort();
         self.cut();
+    }
+}
+
+/// A client's own relay to the API server, which the test can stall and resume.
+pub struct StallingRelay(Relay);
+
+impl StallingRelay {
+    /// From now on nothing passes either way (connections stay open, new ones are accepted).
+    pub fn stall(&self) {
+        self.0.stalled.send_replace(true);
+    }
+
+    /// What was held passes, and everything after it.
+    pub fn resume(&self) {
+        self.0.stalled.send_replace(false);
     }
 }
 
