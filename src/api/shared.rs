@@ -29,6 +29,11 @@ impl Region {
         }
     }
 
+    /// The region a Hetzner location serves, if it is one of ours.
+    pub fn of_hetzner_location(location: &str) -> Option<Region> {
+        [Region::Us, Region::Eu].into_iter().find(|r| r.hetzner_location() == location)
+    }
+
     /// The value used in `spec.region` and in price cells.
     pub fn as_str(self) -> &'static str {
         match self {

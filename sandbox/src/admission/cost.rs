@@ -1786,7 +1786,8 @@ mod tests {
                 {"rule": "self.serverType == oldSelf.serverType"},
                 {"rule": "self.image == oldSelf.image"},
                 {"rule": "self.sshKeys == oldSelf.sshKeys"}]}));
-        let rule = |i: usize| format!("spec.validation.openAPIV3Schema.properties[spec].x-kubernetes-validations[{i}].rule");
+        let rule =
+            |i: usize| format!("spec.validation.openAPIV3Schema.properties[spec].x-kubernetes-validations[{i}].rule");
         assert_eq!(
             costs(&crd),
             vec![
