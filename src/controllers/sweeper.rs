@@ -2,8 +2,11 @@
 //! our marks but whose
 //! object no longer exists (a crash between a create and its record, a finalizer removed by
 //! hand), after a grace period. It reads only the shared fleet view and the controllers'
-//! caches; every removal is logged and counted. It never touches anything without our marks,
-//! nor anything of an object that exists (an object being created is in the cache).
+//! caches; every removal is logged and counted. Before a server goes, its object's books are
+//! closed (the closing usage row and one destroy event naming the sweeper), so billing and the
+//! audit trail are never left open by an object that went without its finalizer. It never
+//! touches anything without our marks, nor anything of an object that exists (an object being
+//! created is in the cache).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
