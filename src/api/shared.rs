@@ -100,3 +100,16 @@ pub struct ServerStatus {
 pub(crate) fn default_true() -> bool {
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_location_names_the_region_it_serves() {
+        for region in [Region::Us, Region::Eu] {
+            assert_eq!(Region::of_hetzner_location(region.hetzner_location()), Some(region));
+        }
+        assert_eq!(Region::of_hetzner_location("fsn1"), None, "not a region of ours");
+    }
+}
