@@ -15,6 +15,7 @@ mod kube_server;
 mod logs;
 
 mod agents {
+    mod books;
     mod budget;
     mod crash;
     mod drift;

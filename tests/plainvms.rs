@@ -14,11 +14,13 @@ mod logs;
 
 mod plainvms {
     mod admission;
+    mod billing;
     mod budget;
     mod crash;
     mod drift;
     mod faults;
     mod lifecycle;
     mod limits;
+    mod orphan;
     pub mod support;
 }

@@ -33,7 +33,12 @@ use super::shared::{DeletionPolicy, Phase, Region, ServerStatus, default_true};
 )]
 #[x_kube(
     validation = Rule::new("self.region == oldSelf.region").field_path(".region").message("spec.region is immutable: a PlainVM stays in the region it was created in"),
-    validation = Rule::new("self.owner == oldSelf.owner").field_path(".owner").message("spec.owner is immutable: PlainVMs are never transferred")
+    validation = Rule::new("self.owner == oldSelf.owner").field_path(".owner").message("spec.owner is immutable: PlainVMs are never transferred"),
+    // What the server was created with stays: it is never resized or rebuilt in place, and the
+    // price cell follows the server Hetzner runs, so a changed spec would run and bill nothing new.
+    validation = Rule::new("self.serverType == oldSelf.serverType").field_path(".serverType").message("spec.serverType is immutable: the server is never resized in place; create a new PlainVM for another server type"),
+    validation = Rule::new("self.image == oldSelf.image").field_path(".image").message("spec.image is immutable: the server is never rebuilt in place; create a new PlainVM for another image"),
+    validation = Rule::new("self.sshKeys == oldSelf.sshKeys").field_path(".sshKeys").message("spec.sshKeys is immutable: keys are installed only when the server is created; create a new PlainVM for other keys")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PlainVMSpec {
@@ -46,13 +51,13 @@ pub struct PlainVMSpec {
     #[x_kube(validation = Rule::new("self == 'eu'").message("spec.region must be eu: PlainVMs are offered only in Helsinki"))]
     pub region: Region,
 
-    /// Hetzner server type (e.g. `cx23`). Refused when the region does not offer it.
+    /// Hetzner server type (e.g. `cx23`). Refused when the region does not offer it. Immutable.
     #[serde(default = "default_server_type")]
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]{2,16}$')").message("spec.serverType must be a Hetzner server type name such as cx23"))]
     #[schemars(length(max = 16))]
     pub server_type: String,
 
-    /// OS image name (e.g. `debian-12`); the architecture matching the server type is used.
+    /// OS image name (e.g. `debian-12`); the architecture matching the server type is used. Immutable.
     #[serde(default = "default_image")]
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9][a-z0-9.-]{0,62}$')").message("spec.image must be a Hetzner image name such as debian-12"))]
     #[schemars(length(max = 63))]
@@ -62,7 +67,7 @@ pub struct PlainVMSpec {
     #[serde(default = "default_true")]
     pub running: bool,
 
-    /// Public SSH keys (OpenSSH format) authorised for the server's default user.
+    /// Public SSH keys (OpenSSH format) for the server's default user, installed at create. Immutable.
     #[serde(default)]
     #[x_kube(validation = Rule::new("self.all(k, k.matches('^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh.com|sk-ecdsa-sha2-nistp256@openssh.com) [A-Za-z0-9+/]+=*( .*)?$'))").message("spec.sshKeys entries must be OpenSSH public keys such as 'ssh-ed25519 AAAA... user@host'"))]
     // An OpenSSH RSA-16384 key with a comment is under 3,000 characters; the bound also caps

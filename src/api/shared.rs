@@ -29,6 +29,11 @@ impl Region {
         }
     }
 
+    /// The region a Hetzner location serves, if it is one of ours.
+    pub fn of_hetzner_location(location: &str) -> Option<Region> {
+        [Region::Us, Region::Eu].into_iter().find(|r| r.hetzner_location() == location)
+    }
+
     /// The value used in `spec.region` and in price cells.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -94,4 +99,17 @@ pub struct ServerStatus {
 
 pub(crate) fn default_true() -> bool {
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_location_names_the_region_it_serves() {
+        for region in [Region::Us, Region::Eu] {
+            assert_eq!(Region::of_hetzner_location(region.hetzner_location()), Some(region));
+        }
+        assert_eq!(Region::of_hetzner_location("fsn1"), None, "not a region of ours");
+    }
 }

@@ -241,7 +241,7 @@ pub fn desired_status(
             service: old.tunnel.as_ref().and_then(|t| t.service.clone()),
         }),
         owner: old.owner.clone(),
-        price_cell: Some(intent(spec).price_cell()),
+        price_cell: Some(intent(spec).billed_price_cell(server)),
     }
 }
 
@@ -496,7 +496,7 @@ async fn accepted_owner(ctx: &Context, agent: &Agent) -> Result<String, Reconcil
 /// The owner the last recorded transfer moved the Agent to, if any. The trail is ahead of
 /// any cached `status.owner`: a transfer's status write follows its event, and a cache may not
 /// have seen that write yet.
-async fn last_transfer_to(ctx: &Context, uid: &str) -> Result<Option<String>, ReconcileError> {
+pub(crate) async fn last_transfer_to(ctx: &Context, uid: &str) -> Result<Option<String>, ReconcileError> {
     let events = audit::events_for_resource(&ctx.db, uid).await?;
     Ok(events
         .iter()
@@ -664,11 +664,19 @@ impl ManagedObject for Agent {
         let dns = ctx.fleet.dns_record(&owner.uid);
         let server_id = server.as_ref().map(|s| s.id).or(status.server.as_ref().and_then(|s| s.id));
         let tunnel_id = tunnel.as_ref().map(|t| t.id.clone()).or(status.tunnel.as_ref().and_then(|t| t.id.clone()));
-        let dns_id = dns.as_ref().map(|r| r.id.clone());
+        let dns_id =
+            dns.as_ref().map(|r| r.id.clone()).or(status.tunnel.as_ref().and_then(|t| t.dns_record_id.clone()));
         let intent = intent(&agent.spec);
         let billed_owner = owner_on_record(ctx, &agent, &owner.uid).await?;
         let observed = server.as_ref().map(|s| effective_server_status(s, tunnel.as_ref()));
-        server::settle_before_removal(ctx, agent.as_ref(), &owner, &intent, &billed_owner, observed).await?;
+        server::settle_before_removal(
+            ctx,
+            (agent.as_ref(), &owner),
+            (&intent, server.as_ref()),
+            &billed_owner,
+            observed,
+        )
+        .await?;
         match policy {
             DeletionPolicy::Delete => {
                 if let Some(id) = &dns_id {
@@ -683,16 +691,16 @@ impl ManagedObject for Agent {
                     server::delete_server(ctx, &owner, id).await?;
                 }
             }
+            // By the fleet view or, when it lacks them (a list that has not shown them yet),
+            // the ids status recorded: a mark left behind would have the sweeper delete them.
             DeletionPolicy::Orphan => {
-                if let Some(record) = &dns {
-                    match ctx.cloudflare.set_dns_record_comment(&record.id, None).await {
+                if let Some(id) = &dns_id {
+                    match ctx.cloudflare.set_dns_record_comment(id, None).await {
                         Ok(_) | Err(CloudError::NotFound(_)) => ctx.fleet.forget_dns(&owner.uid),
                         Err(e) => return Err(ReconcileError::Cloudflare(e)),
                     }
                 }
-                if let Some(server) = &server {
-                    server::unmark_server(ctx, &owner, server).await?;
-                }
+                server::unmark_server(ctx, &owner, server.as_ref(), server_id).await?;
                 // A tunnel carries no labels: the sealed secret is what makes the sweeper call it
                 // ours, so forgetting it is how the tunnel stops being ours.
                 ctx.fleet.forget_tunnel(&tunnel_name(ctx.config.installation(), &owner.uid));
@@ -701,17 +709,18 @@ impl ManagedObject for Agent {
         seal::delete_credential(&ctx.db, &secret_id(&owner.uid)).await?;
         let destroyed = Destroyed {
             kind: AuditKind::AgentDestroyed,
-            billed_owner,
+            billed_owner: Some(billed_owner),
+            region: Some(intent.region.as_str().to_owned()),
             cloud_ids: json!({"server_id": server_id, "tunnel_id": tunnel_id, "dns_record_id": dns_id}),
             details: json!({
                 "deletion_policy": format!("{policy:?}"),
                 "orphaned": policy == DeletionPolicy::Orphan,
                 "hostname": hostname(&agent, &ctx.config.zone_name),
                 "server_name": server::server_name(&owner.name, &owner.uid),
-                "price_cell": intent.price_cell(),
+                "price_cell": intent.billed_price_cell(server.as_ref()),
             }),
         };
-        lifecycle::commit_destroy(ctx, &owner, &intent, destroyed).await
+        lifecycle::commit_destroy(ctx, &owner, destroyed).await
     }
 }
 

@@ -15,7 +15,7 @@ use crate::cloud::CloudError;
 
 use super::context::Context;
 use super::error::ReconcileError;
-use super::server::{Owner, without_our_labels};
+use super::server::{Owner, marked_for, without_our_labels};
 
 /// `crabglamp-vm-<uid>`: unique per object, stable across retries, within Hetzner's 63
 /// characters (a UID is 36) and made only of characters a firewall name allows.
@@ -223,14 +223,27 @@ pub async fn delete(ctx: &Context, owner: &Owner, id: i64) -> Result<(), Reconci
     Ok(())
 }
 
-/// Takes our labels off a firewall being orphaned (the owner's own labels stay), so neither
-/// the shared list nor the sweeper sees it again.
-pub async fn unmark(ctx: &Context, owner: &Owner, firewall: &Firewall) -> Result<(), ReconcileError> {
-    let labels: BTreeMap<String, String> =
-        firewall.labels.clone().unwrap_or_default().into_iter().collect::<BTreeMap<_, _>>();
-    match ctx.hetzner.set_firewall_labels(firewall.id, &without_our_labels(&labels)).await {
-        Ok(()) | Err(CloudError::NotFound(_)) => {}
-        Err(e) => return Err(ReconcileError::Hetzner(e)),
+/// Takes our labels off the object's firewall as it is orphaned (the owner's own labels stay),
+/// so neither the shared list nor the sweeper sees it again. Found as the server is (see
+/// [`super::server::unmark_server`]): in the fleet view, else by the id status recorded, and
+/// changed only while it still carries the object's UID.
+pub async fn unmark(
+    ctx: &Context,
+    owner: &Owner,
+    seen: Option<&Firewall>,
+    recorded: Option<i64>,
+) -> Result<(), ReconcileError> {
+    let found = match (seen, recorded) {
+        (Some(firewall), _) => Some(firewall.clone()),
+        (None, Some(id)) => ctx.hetzner.get_firewall(id).await.map_err(ReconcileError::Hetzner)?,
+        (None, None) => None,
+    };
+    let found = found.map(|f| (f.id, f.labels.unwrap_or_default().into_iter().collect::<BTreeMap<_, _>>()));
+    if let Some((id, labels)) = found.filter(|(_, labels)| marked_for(labels, &owner.uid)) {
+        match ctx.hetzner.set_firewall_labels(id, &without_our_labels(&labels)).await {
+            Ok(()) | Err(CloudError::NotFound(_)) => {}
+            Err(e) => return Err(ReconcileError::Hetzner(e)),
+        }
     }
     ctx.fleet.forget_firewall(&owner.uid);
     Ok(())

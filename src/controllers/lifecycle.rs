@@ -401,7 +401,8 @@ async fn record_usage<P: Pass>(
     // not bill the spec's owner: it may be a new one whose transfer is not recorded yet.
     let Some(billed) = pass.billed_owner(status) else { return Ok(()) };
     // A failed write ends the pass (the memo with it): the next pass reads the tail again.
-    server::record_transition(ctx, owner, &object.intent(), &billed, row).await?;
+    let server = ctx.fleet.server(&owner.uid);
+    server::record_transition(ctx, owner, (&object.intent(), server.as_ref()), &billed, row).await?;
     *tail = Some((row.0, Some(row.1)));
     tracing::info!(transition = row.1.as_str(), "usage timeline");
     Ok(())
@@ -520,33 +521,33 @@ pub fn error_policy<K: ManagedObject>(object: Arc<K>, error: &ReconcileError, ct
 /// What a destroy event says beyond the object's identity.
 pub struct Destroyed {
     pub kind: AuditKind,
-    /// The owner the usage and the event are billed to.
-    pub billed_owner: String,
+    /// The owner the closing usage row and the event bill. `None`: none is known (a server the
+    /// sweeper removes whose object left no owner behind); a closing row then bills the owner
+    /// of the start it closes.
+    pub billed_owner: Option<String>,
+    /// The region the object's server ran in.
+    pub region: Option<String>,
     pub cloud_ids: Value,
     pub details: Value,
 }
 
-/// Commits the object's destroy event together with the closing `stop` row of its timeline
-/// (if it still runs), exactly once (the event key is per UID), and forgets the object's
-/// in-memory state. The finalizer may go only after this returns `Ok`.
-pub async fn commit_destroy(
-    ctx: &Context,
-    owner: &Owner,
-    intent: &ServerIntent,
-    destroyed: Destroyed,
-) -> Result<Action, ReconcileError> {
-    let closing = server::closing_transition(ctx, owner, intent, &destroyed.billed_owner).await?;
+/// Writes the closing `stop` row of the object's timeline (if it still runs) and then its
+/// destroy event, in one transaction, exactly once: the event key is per UID, so whoever
+/// closes the books (the finalizer or the sweeper) writes the only destroy event, and a
+/// retry after a lost commit finds the timeline closed and the event recorded.
+pub async fn record_destroy(ctx: &Context, owner: &Owner, destroyed: Destroyed) -> Result<(), ReconcileError> {
+    let closing = server::closing_transition(ctx, owner, destroyed.billed_owner.as_deref()).await?;
     let event = NewAuditEvent {
         event_key: format!("{}/{}", destroyed.kind.as_str(), owner.uid),
         kind: destroyed.kind,
         resource: owner.resource_ref(),
-        owners: vec![destroyed.billed_owner],
-        region: Some(intent.region.as_str().to_owned()),
+        owners: destroyed.billed_owner.into_iter().collect(),
+        region: destroyed.region,
         cloud_ids: destroyed.cloud_ids,
         details: destroyed.details,
         occurred_at: Utc::now(),
     };
-    // The last usage row and the destroy event commit together.
+    // The last usage row and the destroy event commit together, the row first.
     let mut tx = ctx.db.begin().await.during("starting the destroy transaction")?;
     if let Some(row) = &closing {
         usage::record(&mut *tx, row).await?;
@@ -556,6 +557,14 @@ pub async fn commit_destroy(
     ctx.audit_committed(&appended);
     ctx.metrics.count_step(owner.kind, "destroyed");
     tracing::info!(event = destroyed.kind.as_str(), "destroyed; audit event committed");
+    Ok(())
+}
+
+/// Commits the object's destroy event together with the closing `stop` row of its timeline
+/// (see [`record_destroy`]) and forgets the object's in-memory state. The finalizer may go
+/// only after this returns `Ok`.
+pub async fn commit_destroy(ctx: &Context, owner: &Owner, destroyed: Destroyed) -> Result<Action, ReconcileError> {
+    record_destroy(ctx, owner, destroyed).await?;
     ctx.fleet.done_waiting(&owner.uid);
     ctx.power.forget(&owner.uid);
     ctx.failures.succeeded(&owner.uid);

@@ -175,7 +175,7 @@ pub fn desired_status(
             .as_ref()
             .map(|f| FirewallStatus { id: Some(f.id), rules: Some(i32::try_from(f.rules.len()).unwrap_or(i32::MAX)) })
             .or_else(|| old.firewall.clone()),
-        price_cell: Some(intent(spec).price_cell()),
+        price_cell: Some(intent(spec).billed_price_cell(server)),
     }
 }
 
@@ -358,7 +358,8 @@ impl ManagedObject for PlainVM {
         let firewall_id = fw.as_ref().map(|f| f.id).or(status.firewall.as_ref().and_then(|f| f.id));
         let intent = intent(&vm.spec);
         let observed = server.as_ref().map(|s| s.status.clone());
-        server::settle_before_removal(ctx, vm.as_ref(), &owner, &intent, &vm.spec.owner, observed).await?;
+        server::settle_before_removal(ctx, (vm.as_ref(), &owner), (&intent, server.as_ref()), &vm.spec.owner, observed)
+            .await?;
         match policy {
             DeletionPolicy::Delete => {
                 if let Some(id) = server_id {
@@ -370,18 +371,16 @@ impl ManagedObject for PlainVM {
                     firewall::delete(ctx, &owner, id).await?;
                 }
             }
+            // By the fleet view or, when it lacks them, the ids status recorded, as above.
             DeletionPolicy::Orphan => {
-                if let Some(server) = &server {
-                    server::unmark_server(ctx, &owner, server).await?;
-                }
-                if let Some(fw) = &fw {
-                    firewall::unmark(ctx, &owner, fw).await?;
-                }
+                server::unmark_server(ctx, &owner, server.as_ref(), server_id).await?;
+                firewall::unmark(ctx, &owner, fw.as_ref(), firewall_id).await?;
             }
         }
         let destroyed = Destroyed {
             kind: AuditKind::PlainVmDestroyed,
-            billed_owner: vm.spec.owner.clone(),
+            billed_owner: Some(vm.spec.owner.clone()),
+            region: Some(intent.region.as_str().to_owned()),
             cloud_ids: json!({"server_id": server_id, "firewall_id": firewall_id}),
             details: json!({
                 "deletion_policy": format!("{policy:?}"),
@@ -389,10 +388,10 @@ impl ManagedObject for PlainVM {
                 "server_name": server::server_name(&owner.name, &owner.uid),
                 "firewall_name": firewall::firewall_name(&owner.uid),
                 "inbound_rules": vm.spec.firewall.inbound.len(),
-                "price_cell": intent.price_cell(),
+                "price_cell": intent.billed_price_cell(server.as_ref()),
             }),
         };
-        lifecycle::commit_destroy(ctx, &owner, &intent, destroyed).await
+        lifecycle::commit_destroy(ctx, &owner, destroyed).await
     }
 }
 

@@ -119,10 +119,28 @@ impl ServerIntent {
         ServerIntent { product, region, server_type, image, running, owner }
     }
 
-    /// Stripe price cell, e.g. `agent-us-cpx22`.
+    /// Stripe price cell of the spec's server type, e.g. `agent-us-cpx22`.
     pub fn price_cell(&self) -> String {
-        format!("{}-{}-{}", self.product, self.region.as_str(), self.server_type)
+        self.price_cell_of(&self.server_type)
     }
+
+    /// Stripe price cell of a server of `server_type` of this product in this region.
+    pub fn price_cell_of(&self, server_type: &str) -> String {
+        format!("{}-{}-{}", self.product, self.region.as_str(), server_type)
+    }
+
+    /// The price cell `server` is billed at (see [`billed_type`]).
+    pub fn billed_price_cell(&self, server: Option<&ServerSummary>) -> String {
+        self.price_cell_of(&billed_type(self, server))
+    }
+}
+
+/// The server type billing follows: the one Hetzner reports for the server, since that is what
+/// runs and costs (a server rescaled in the console, or created before the spec was edited,
+/// runs another type than the spec names); the spec's only while no server is observed (or a
+/// summary lacks the type).
+pub fn billed_type(intent: &ServerIntent, server: Option<&ServerSummary>) -> String {
+    server.and_then(|s| s.server_type.as_ref()).map_or_else(|| intent.server_type.clone(), |t| t.name.clone())
 }
 
 /// The identity of the object a server belongs to.
@@ -367,23 +385,24 @@ pub fn next_row((count, last): TimelineTail, observed_status: &str) -> Option<(u
     decide_transition(last, observed_status).map(|t| (count + 1, t))
 }
 
-/// Appends the `n`th row of the timeline (idempotent by key), billed to `billed_owner` (the
-/// owner the operator has accepted: a row never bills an owner whose transfer is not recorded
-/// yet).
+/// Appends the `n`th row of the timeline (idempotent by key) for `server` as observed (its
+/// type is what the row bills, see [`billed_type`]), billed to `billed_owner` (the owner the
+/// operator has accepted: a row never bills an owner whose transfer is not recorded yet).
 pub async fn record_transition(
     ctx: &Context,
     owner: &Owner,
-    intent: &ServerIntent,
+    (intent, server): (&ServerIntent, Option<&ServerSummary>),
     billed_owner: &str,
     (n, transition): (usize, Transition),
 ) -> Result<(), ReconcileError> {
+    let server_type = billed_type(intent, server);
     let row = UsageTransition {
         transition_key: transition_key(&owner.uid, n, transition),
         resource: owner.resource_ref(),
         owner: billed_owner.to_owned(),
         region: intent.region.as_str().to_owned(),
-        server_type: intent.server_type.clone(),
-        price_cell: intent.price_cell(),
+        price_cell: intent.price_cell_of(&server_type),
+        server_type,
         transition,
         occurred_at: Utc::now(),
     };
@@ -391,23 +410,24 @@ pub async fn record_transition(
     Ok(())
 }
 
-/// The closing `stop` row of a server that is being deleted while its timeline says it runs,
+/// The closing `stop` row of a server that is being removed while its timeline says it runs,
 /// for the caller to write in the same transaction as the destroy event (billed, as the
-/// destroy event is, to the accepted owner).
+/// destroy event is, to the accepted owner; with none known, to the start's). It closes the
+/// start it follows at that start's region, server type and price cell: the server may be
+/// gone from every view by now.
 pub async fn closing_transition(
     ctx: &Context,
     owner: &Owner,
-    intent: &ServerIntent,
-    billed_owner: &str,
+    billed_owner: Option<&str>,
 ) -> Result<Option<UsageTransition>, ReconcileError> {
-    let (count, last) = timeline_tail(ctx, &owner.uid).await?;
-    Ok((last == Some(Transition::Start)).then(|| UsageTransition {
-        transition_key: transition_key(&owner.uid, count + 1, Transition::Stop),
+    let rows = usage::transitions_for_resource(&ctx.db, &owner.uid).await?;
+    Ok(rows.last().filter(|last| last.transition == Transition::Start.as_str()).map(|start| UsageTransition {
+        transition_key: transition_key(&owner.uid, rows.len() + 1, Transition::Stop),
         resource: owner.resource_ref(),
-        owner: billed_owner.to_owned(),
-        region: intent.region.as_str().to_owned(),
-        server_type: intent.server_type.clone(),
-        price_cell: intent.price_cell(),
+        owner: billed_owner.unwrap_or(&start.owner).to_owned(),
+        region: start.region.clone(),
+        server_type: start.server_type.clone(),
+        price_cell: start.price_cell.clone(),
         transition: Transition::Stop,
         occurred_at: Utc::now(),
     }))
@@ -424,12 +444,12 @@ pub fn removal_waits(observed_status: Option<&str>, asked_for: Duration, patienc
 
 /// Before a server is removed: waits (as an error, so the finalizer stays) while it is between
 /// power states (see [`removal_waits`]), then records the row its settled state calls for, so
-/// the closing row the destroy commits follows every real transition.
+/// the closing row the destroy commits follows every real transition. `observed_status` is
+/// the status `server` (as the fleet view holds it) counts as for the timeline.
 pub async fn settle_before_removal<K: Resource>(
     ctx: &Context,
-    object: &K,
-    owner: &Owner,
-    intent: &ServerIntent,
+    (object, owner): (&K, &Owner),
+    (intent, server): (&ServerIntent, Option<&ServerSummary>),
     billed_owner: &str,
     observed_status: Option<String>,
 ) -> Result<(), ReconcileError> {
@@ -446,7 +466,7 @@ pub async fn settle_before_removal<K: Resource>(
     if let Some(observed) = observed_status
         && let Some(row) = pending_transition(ctx, &owner.uid, &observed).await?
     {
-        record_transition(ctx, owner, intent, billed_owner, row).await?;
+        record_transition(ctx, owner, (intent, server), billed_owner, row).await?;
     }
     Ok(())
 }
@@ -542,7 +562,7 @@ pub async fn power_step<K: Resource<DynamicType = ()>>(
     if let Some(billed) = &billed_owner
         && let Some(row) = pending_transition(ctx, &owner.uid, &observed).await?
     {
-        record_transition(ctx, owner, intent, billed, row).await?;
+        record_transition(ctx, owner, (intent, Some(&server)), billed, row).await?;
         tracing::info!(transition = row.1.as_str(), "usage timeline");
     }
     let shutdown_sent = ctx.power.shutdown_sent_at(&owner.uid);
@@ -573,12 +593,38 @@ pub async fn delete_server(ctx: &Context, owner: &Owner, id: i64) -> Result<bool
     Ok(existed)
 }
 
-/// Takes our labels off a server being orphaned (the owner's own labels stay).
-pub async fn unmark_server(ctx: &Context, owner: &Owner, server: &ServerSummary) -> Result<(), ReconcileError> {
-    match ctx.hetzner.set_server_labels(server.id, &without_our_labels(&server.labels)).await {
-        Ok(_) => {}
-        Err(CloudError::NotFound(_)) => {}
-        Err(e) => return Err(ReconcileError::Hetzner(e)),
+/// Pure: whether `labels` still mark a resource as the object with `uid`'s. A resource found
+/// by an id status recorded may have changed hands since (unmarked by an earlier attempt whose
+/// answer was lost): only one still carrying the object's UID is ours to change.
+pub fn marked_for(labels: &BTreeMap<String, String>, uid: &str) -> bool {
+    labels.get(UID_LABEL).is_some_and(|u| u == uid)
+}
+
+/// Takes our labels off the object's server as it is orphaned (the owner's own labels stay).
+/// It is found as the Delete path finds it: in the fleet view (`seen`), else by the id status
+/// recorded, read once, since a list that has not shown it yet (or a page that shifted under
+/// a paged list) would leave it marked, for the sweeper to delete later.
+pub async fn unmark_server(
+    ctx: &Context,
+    owner: &Owner,
+    seen: Option<&ServerSummary>,
+    recorded: Option<i64>,
+) -> Result<(), ReconcileError> {
+    let found = match (seen, recorded) {
+        (Some(server), _) => Some((server.id, server.labels.clone())),
+        (None, Some(id)) => ctx
+            .hetzner
+            .get_server(id)
+            .await
+            .map_err(ReconcileError::Hetzner)?
+            .map(|server| (server.id, server.labels.into_iter().collect())),
+        (None, None) => None,
+    };
+    if let Some((id, labels)) = found.filter(|(_, labels)| marked_for(labels, &owner.uid)) {
+        match ctx.hetzner.set_server_labels(id, &without_our_labels(&labels)).await {
+            Ok(_) | Err(CloudError::NotFound(_)) => {}
+            Err(e) => return Err(ReconcileError::Hetzner(e)),
+        }
     }
     ctx.fleet.forget_server(&owner.uid);
     ctx.power.forget(&owner.uid);
@@ -659,6 +705,9 @@ mod tests {
         let mut theirs = labels.clone();
         theirs.insert("team".into(), "x".into());
         assert_eq!(without_our_labels(&theirs), BTreeMap::from([("team".to_owned(), "x".to_owned())]));
+        assert!(marked_for(&labels, UID));
+        assert!(!marked_for(&without_our_labels(&theirs), UID), "unmarked before: not ours to change");
+        assert!(!marked_for(&labels, "another-uid"));
     }
 
     #[test]
@@ -723,5 +772,11 @@ mod tests {
             owner: "acct".into(),
         };
         assert_eq!(intent.price_cell(), "agent-us-cpx22");
+        assert_eq!(intent.billed_price_cell(None), "agent-us-cpx22", "no server yet: the spec's type");
+        let mut server = summary_for_tests("bot-12345678", "running", &[]);
+        assert_eq!(intent.billed_price_cell(Some(&server)), "agent-us-cpx22", "a summary without its type");
+        server.server_type = Some(crate::cloud::hetzner::NamedSummary { name: "cpx42".into() });
+        assert_eq!(billed_type(&intent, Some(&server)), "cpx42");
+        assert_eq!(intent.billed_price_cell(Some(&server)), "agent-us-cpx42", "rescaled by hand: what runs is billed");
     }
 }

@@ -2,10 +2,13 @@
 //! our marks but whose
 //! object no longer exists (a crash between a create and its record, a finalizer removed by
 //! hand), after a grace period. It reads only the shared fleet view and the controllers'
-//! caches; every removal is logged and counted. It never touches anything without our marks,
-//! nor anything of an object that exists (an object being created is in the cache). "Our
-//! marks" include this installation's identity: the fleet view holds nothing of another
-//! cluster's, nor anything marked before installations had an identity (see `legacy`).
+//! caches; every removal is logged and counted. Before a server goes, its object's books are
+//! closed (the closing usage row and one destroy event naming the sweeper), so billing and the
+//! audit trail are never left open by an object that went without its finalizer. It never
+//! touches anything without our marks, nor anything of an object that exists (an object being
+//! created is in the cache). "Our marks" include this installation's identity: the fleet view
+//! holds nothing of another cluster's, nor anything marked before installations had an identity
+//! (see `legacy`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -14,12 +17,19 @@ use std::time::{Duration, Instant};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta;
 use kube::api::{Api, ListParams};
 
-use crate::api::{Agent, PlainVM};
+use serde_json::json;
+
+use crate::api::{Agent, PlainVM, Region};
+use crate::cloud::hetzner::ServerSummary;
+use crate::store::audit::AuditKind;
 use crate::store::seal::{self, CredentialId};
+use crate::store::usage;
 
 use super::context::Context;
+use super::error::ReconcileError;
+use super::lifecycle::{self, Destroyed};
 use super::names::uid_from_tunnel_name;
-use super::server::KIND_LABEL;
+use super::server::{KIND_LABEL, NAME_LABEL, NAMESPACE_LABEL, Owner};
 
 /// A marked resource seen without its object, and since when.
 #[derive(Debug, Default)]
@@ -170,9 +180,22 @@ async fn sweep(ctx: &Context, suspects: &mut Suspects) {
     for key in due {
         let Some((what, uid)) = key.split_once('/') else { continue };
         let result = match what {
-            "server" => match servers.get(uid) {
-                Some(&id) => ctx.hetzner.delete_server(id).await.map(|_| ctx.fleet.forget_server(uid)),
-                None => Ok(()),
+            "server" => match (servers.get(uid), ctx.fleet.server(uid)) {
+                (Some(&id), Some(seen)) => {
+                    // The books close before the server goes: a crash or a failed write in
+                    // between leaves the server for the next sweep, never an open timeline
+                    // with no server left to find it by. Books another writer closed already
+                    // (the database refuses a second destroy) are closed: the server goes.
+                    if let Err(e) = close_books(ctx, uid, &seen).await
+                        && !e.already_destroyed()
+                    {
+                        tracing::warn!(owner_uid = uid, error = %e, "sweeper cannot close the books of an orphan; its server stays until it can");
+                        continue;
+                    }
+                    ctx.hetzner.delete_server(id).await.map(|_| ctx.fleet.forget_server(uid))
+                }
+                // Gone from the view since the sweep began: nothing left to remove.
+                _ => continue,
             },
             // Still applied while its server's delete runs: the error is logged and the next
             // sweep tries again (the suspect stays due), so it is never left behind.
@@ -217,6 +240,51 @@ async fn sweep(ctx: &Context, suspects: &mut Suspects) {
         }
     }
     ctx.metrics.count_sweep();
+}
+
+/// The object a swept server belonged to, from the marks on the server: `None` for a server
+/// whose kind this operator does not know.
+fn owner_of(uid: &str, server: &ServerSummary) -> Option<Owner> {
+    let label = |key: &str| server.labels.get(key).cloned().unwrap_or_default();
+    let kind = match server.labels.get(KIND_LABEL).map(String::as_str) {
+        Some("agent") => "Agent",
+        Some("plainvm") => "PlainVM",
+        _ => return None,
+    };
+    let shard = server.labels.get(super::SHARD_LABEL).cloned();
+    Some(Owner { kind, namespace: label(NAMESPACE_LABEL), name: label(NAME_LABEL), uid: uid.to_owned(), shard })
+}
+
+/// Closes the books of an object that went without its finalizer (removed by hand), whose
+/// server the sweeper is about to remove: the closing usage row, if its timeline still runs,
+/// then one destroy event naming the sweeper, in one transaction (see
+/// [`lifecycle::record_destroy`]). Both are idempotent: a repeat, or an object whose finalizer
+/// did close its books, finds the timeline closed and the one destroy event recorded.
+async fn close_books(ctx: &Context, uid: &str, server: &ServerSummary) -> Result<(), ReconcileError> {
+    let Some(owner) = owner_of(uid, server) else { return Ok(()) };
+    let rows = usage::transitions_for_resource(&ctx.db, uid).await?;
+    // The owner the object was billed to last: an Agent's transfer trail is ahead of its rows.
+    let transferred = if owner.kind == "Agent" { super::agent::last_transfer_to(ctx, uid).await? } else { None };
+    let billed_owner = transferred.or_else(|| rows.last().map(|r| r.owner.clone()));
+    let region = server
+        .location
+        .as_ref()
+        .and_then(|l| Region::of_hetzner_location(&l.name))
+        .map(|r| r.as_str().to_owned())
+        .or_else(|| rows.last().map(|r| r.region.clone()));
+    let destroyed = Destroyed {
+        kind: if owner.kind == "Agent" { AuditKind::AgentDestroyed } else { AuditKind::PlainVmDestroyed },
+        billed_owner,
+        region,
+        cloud_ids: json!({"server_id": server.id}),
+        details: json!({
+            "actor": "sweeper",
+            "reason": "the object was gone without its finalizer (removed by hand): the sweeper removed its server",
+            "server_name": server.name,
+            "server_type": server.server_type.as_ref().map(|t| t.name.clone()),
+        }),
+    };
+    lifecycle::record_destroy(ctx, &owner, destroyed).await
 }
 
 /// Sweeps once per resync period (or grace period, when shorter) until `stop`.
@@ -270,6 +338,22 @@ mod tests {
         let body = r#"{"kind":"PartialObjectMetadataList","apiVersion":"meta.k8s.io/v1","metadata":{"resourceVersion":"251"},"items":null}"#;
         let page: UidPage = serde_json::from_str(body).expect("an empty page parses");
         assert!(page.items.unwrap_or_default().is_empty());
+    }
+
+    #[test]
+    fn a_swept_server_names_its_object_by_its_marks() {
+        let mut server = ServerSummary { id: 7, name: "bot-3f2a9c1e".into(), ..ServerSummary::default() };
+        server.labels = [(KIND_LABEL, "plainvm"), (NAMESPACE_LABEL, "team-a"), (NAME_LABEL, "bot")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let owner = owner_of("u-1", &server).expect("a kind we know");
+        assert_eq!(
+            (owner.kind, owner.namespace.as_str(), owner.name.as_str(), owner.uid.as_str()),
+            ("PlainVM", "team-a", "bot", "u-1")
+        );
+        server.labels.insert(KIND_LABEL.to_owned(), "database".to_owned());
+        assert!(owner_of("u-1", &server).is_none(), "not a kind of ours: no books to close");
     }
 
     #[test]

@@ -84,6 +84,10 @@ pub struct RecordedTransition {
     pub transition: String,
     /// Owner at the time.
     pub owner: String,
+    /// Region (`us`, `eu`).
+    pub region: String,
+    /// Hetzner server type billed.
+    pub server_type: String,
     /// Price cell.
     pub price_cell: String,
     /// When it happened.
@@ -94,7 +98,7 @@ pub struct RecordedTransition {
 pub async fn transitions_for_resource(pool: &PgPool, uid: &str) -> Result<Vec<RecordedTransition>, StoreError> {
     sqlx::query_as!(
         RecordedTransition,
-        r#"SELECT transition_key, transition, owner, price_cell, occurred_at
+        r#"SELECT transition_key, transition, owner, region, server_type, price_cell, occurred_at
            FROM usage_timeline WHERE resource_uid = $1 ORDER BY occurred_at, id"#,
         uid
     )

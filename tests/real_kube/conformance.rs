@@ -219,7 +219,7 @@ metadata:
 spec:
   owner: acct_kubectl
   region: us
-  image: ubuntu-24.04
+  running: true
 ";
 
 const AGENT_CHANGED: &str = "apiVersion: crabglamp.com/v1alpha1
@@ -233,8 +233,9 @@ metadata:
 spec:
   owner: acct_kubectl
   region: us
-  image: debian-12
-  serverType: cpx32
+  running: false
+  tunnel:
+    service: http://localhost:9090
 ";
 
 const APPLIED: &str = "apiVersion: crabglamp.com/v1alpha1
@@ -247,7 +248,7 @@ metadata:
 spec:
   owner: acct_kubectl
   region: eu
-  image: IMAGE
+  running: RUNNING
 ";
 
 const OWNER: &str = "apiVersion: crabglamp.com/v1alpha1
@@ -322,8 +323,8 @@ fn kubectl_scenario(k: &mut KubectlScenario) {
 
     // Server-side apply, a conflict between two managers, force; and the migration of a
     // client-side applied object to server-side apply.
-    let alice = k.manifest("applied-alice.yaml", &APPLIED.replace("IMAGE", "ubuntu-24.04"));
-    let bob = k.manifest("applied-bob.yaml", &APPLIED.replace("IMAGE", "debian-12"));
+    let alice = k.manifest("applied-alice.yaml", &APPLIED.replace("RUNNING", "true"));
+    let bob = k.manifest("applied-bob.yaml", &APPLIED.replace("RUNNING", "false"));
     k.step("ssa.create", Text, &["apply", "--server-side", "--field-manager=alice", "-f", &alice]);
     k.step("ssa.conflict", Text, &["apply", "--server-side", "--field-manager=bob", "-f", &bob]);
     k.step("ssa.force", Text, &["apply", "--server-side", "--field-manager=bob", "--force-conflicts", "-f", &bob]);

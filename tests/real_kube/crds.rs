@@ -121,3 +121,57 @@ async fn an_over_budget_crd_is_refused_alike_by_the_real_server_and_the_stand_in
     // Leave the real server without them for the next test.
     let _ = run_kubectl(&kubectl, &real.plane.kubeconfig, &["delete", "--ignore-not-found", "-f", &crds], None);
 }
+
+/// What the server of an Agent or PlainVM was created with is immutable: an update of
+/// `serverType`, `image` or `sshKeys` is refused with the rule's message on its field (the
+/// server would neither be resized nor rebuilt, and the price cell follows the server Hetzner
+/// runs), and an unchanged apply of the same objects still passes.
+fn server_fields_are_immutable(kubectl: &Path, kubeconfig: &Path) {
+    let run = |args: &[&str]| run_kubectl(kubectl, kubeconfig, args, None);
+    let crds = repo().join("crds").display().to_string();
+    let applied = run(&["apply", "--server-side", "--force-conflicts", "-f", &crds]);
+    assert!(applied.ok, "crds/: {}", applied.stderr);
+    let waited = run(&["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"]);
+    assert!(waited.ok, "{}", waited.stderr);
+    let examples = repo().join("examples").display().to_string();
+    let applied = run(&["apply", "--server-side", "-f", &examples]);
+    assert!(applied.ok, "examples/: {}{}", applied.stderr, applied.stdout);
+
+    let other_key = r#"["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOpsTestKey dev@example.com"]"#;
+    for (kind, name) in [("agent", "research-bot"), ("plainvm", "build-box")] {
+        for (field, value) in [("serverType", r#""cx53""#), ("image", r#""rocky-9""#), ("sshKeys", other_key)] {
+            let patch = format!(r#"{{"spec":{{"{field}":{value}}}}}"#);
+            let refused = run(&["patch", kind, name, "-n", "team-a", "--type", "merge", "-p", &patch]);
+            assert!(!refused.ok, "{kind} {field} changed: {}", refused.stdout);
+            assert!(
+                refused.stderr.contains(&format!("spec.{field}: Invalid value"))
+                    && refused.stderr.contains(&format!("spec.{field} is immutable")),
+                "{kind} {field}: {}",
+                refused.stderr
+            );
+        }
+    }
+    // The same objects applied again: nothing changes, nothing is refused.
+    let again = run(&["apply", "--server-side", "-f", &examples]);
+    assert!(again.ok, "an unchanged apply is refused: {}{}", again.stderr, again.stdout);
+    let got = run(&["get", "agent", "research-bot", "-n", "team-a", "-o", "jsonpath={.spec.serverType} {.spec.image}"]);
+    assert_eq!(got.stdout, "cpx22 ubuntu-24.04", "{}", got.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_fields_are_immutable_on_the_real_server_and_the_stand_in() {
+    {
+        let server = KubeServer::real().await;
+        let KubeServer::Real(real) = &server else { unreachable!("KubeServer::real") };
+        for kubectl in [kubectl_132(), kubectl_135()] {
+            server_fields_are_immutable(&kubectl, &real.plane.kubeconfig);
+        }
+    }
+    let stand_in = KubeServer::sandbox().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, stand_in.admin_kubeconfig_yaml()).expect("kubeconfig");
+    for kubectl in [kubectl_132(), kubectl_135()] {
+        server_fields_are_immutable(&kubectl, &kubeconfig);
+    }
+}

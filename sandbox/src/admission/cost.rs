@@ -1772,6 +1772,37 @@ mod tests {
     }
 
     #[test]
+    fn transition_rules_on_strings_and_lists_cost_what_cel_go_estimates() {
+        // What the Agent and PlainVM specs hold immutable: `_==_` costs the shorter operand's
+        // worst-case size × 0.1 (cel-go `checker/cost.go`, the same case as string compares),
+        // plus 2 per side for `self.f` / `oldSelf.f`. A string's size is maxLength × 4 (bytes
+        // per code point); a list's is its maxItems, whatever its items hold.
+        let crd = crd_with_spec(serde_json::json!({"type": "object",
+            "properties": {
+                "serverType": {"type": "string", "maxLength": 16},
+                "image": {"type": "string", "maxLength": 63},
+                "sshKeys": {"type": "array", "maxItems": 20, "items": {"type": "string", "maxLength": 4096}}},
+            "x-kubernetes-validations": [
+                {"rule": "self.serverType == oldSelf.serverType"},
+                {"rule": "self.image == oldSelf.image"},
+                {"rule": "self.sshKeys == oldSelf.sshKeys"}]}));
+        let rule =
+            |i: usize| format!("spec.validation.openAPIV3Schema.properties[spec].x-kubernetes-validations[{i}].rule");
+        assert_eq!(
+            costs(&crd),
+            vec![
+                // 2 + 2 + ceil(64 × 0.1) = 11
+                (rule(0), 11, 11),
+                // 2 + 2 + ceil(252 × 0.1) = 30
+                (rule(1), 30, 30),
+                // 2 + 2 + ceil(20 × 0.1) = 6
+                (rule(2), 6, 6),
+            ]
+        );
+        assert!(check(&crd).is_ok());
+    }
+
+    #[test]
     fn the_repository_crds_are_within_budget() {
         // The files in crds/ and what the sandbox installs (crabglamp_operator::api::all_crds).
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");

@@ -204,7 +204,7 @@ async fn scenario(kubectl: &Path) {
                 "--type",
                 "json",
                 "-p",
-                r#"[{"op":"replace","path":"/spec/serverType","value":"cpx32"}]"#,
+                r#"[{"op":"replace","path":"/spec/tunnel/service","value":"http://localhost:9090"}]"#,
             ],
         )
         .await;
@@ -219,11 +219,11 @@ async fn scenario(kubectl: &Path) {
                 "-n",
                 NS,
                 "-o",
-                "jsonpath={.spec.running} {.spec.serverType} {.metadata.generation}",
+                "jsonpath={.spec.running} {.spec.tunnel.service} {.metadata.generation}",
             ],
         )
         .await;
-    assert!(out.starts_with("false cpx32 "), "{out}");
+    assert!(out.starts_with("false http://localhost:9090 "), "{out}");
     let out = sb
         .kubectl(
             kubectl,

@@ -220,7 +220,7 @@ record("agent.replace.stale", lambda: expect_error(stale_replace))
 
 def replace():
     current = get_agent("alpha")
-    current["spec"]["serverType"] = "cpx32"
+    current["spec"]["owner"] = "acct_replaced"
     current["status"] = {"phase": "Ignored"}
     return co.replace_namespaced_custom_object(G, V, NS, "agents", "alpha", current)
 
@@ -229,16 +229,16 @@ record("agent.replace", replace)
 
 # --- Server-side apply and a field-manager conflict --------------------------------------------
 record("agent.apply.create", lambda: patch_agent(
-    "applied", agent("applied", {"tier": "gold"}, image="ubuntu-24.04"), APPLY, field_manager="alice"))
+    "applied", agent("applied", {"tier": "gold"}, running=True), APPLY, field_manager="alice"))
 record("agent.apply.same-value", lambda: patch_agent(
-    "applied", agent("applied", image="ubuntu-24.04"), APPLY, field_manager="bob"))
+    "applied", agent("applied", running=True), APPLY, field_manager="bob"))
 record("agent.apply.conflict", lambda: expect_error(lambda: patch_agent(
-    "applied", agent("applied", image="debian-12"), APPLY, field_manager="bob")))
+    "applied", agent("applied", running=False), APPLY, field_manager="bob")))
 record("agent.apply.conflict.update-manager", lambda: expect_error(lambda: (
-    patch_agent("applied", {"spec": {"serverType": "cpx32"}}, MERGE, field_manager="dave"),
-    patch_agent("applied", agent("applied", serverType="cx22"), APPLY, field_manager="alice"))[1]))
+    patch_agent("applied", {"spec": {"owner": "acct_dave"}}, MERGE, field_manager="dave"),
+    patch_agent("applied", agent("applied"), APPLY, field_manager="alice"))[1]))
 record("agent.apply.force", lambda: patch_agent(
-    "applied", agent("applied", image="debian-12"), APPLY, field_manager="bob", force=True))
+    "applied", agent("applied", running=False), APPLY, field_manager="bob", force=True))
 record("agent.apply.shrink", lambda: patch_agent("applied", agent("applied"), APPLY, field_manager="alice"))
 record("agent.apply.no-manager", lambda: expect_error(lambda: patch_agent("applied", agent("applied"), APPLY)))
 record("agent.apply.wrong-version", lambda: expect_error(lambda: patch_agent(
