@@ -16,8 +16,8 @@ mod logs;
 mod leader {
     mod binary;
     mod election;
-    mod installations;
     mod fencing;
+    mod installations;
     mod metrics;
     mod shards;
     pub mod support;
