@@ -16,7 +16,7 @@ use crabglamp_operator::cloud::{CloudMetrics, RateLimiter};
 use crabglamp_sandbox::cloudflare::CloudflareSimConfig;
 use crabglamp_sandbox::http::control::FaultRuleSpec;
 use crabglamp_sandbox::http::{FaultPlan, FaultRule};
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use super::fixture::*;
@@ -154,7 +154,7 @@ async fn a_create_refused_for_want_of_room_is_retried_with_backoff_never_stalled
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn user_data_that_cannot_be_rendered_stalls_with_its_cause_until_the_spec_changes() {
+async fn user_data_that_cannot_be_rendered_stalls_with_its_cause_and_sends_nothing() {
     let op = Operator::start().await;
     op.create_namespace("userdata").await;
     let api = op.agents("userdata");
@@ -167,16 +167,15 @@ async fn user_data_that_cannot_be_rendered_stalls_with_its_cause_until_the_spec_
     let why = message(&a, "Stalled");
     assert!(why.contains("32768") && why.contains("SSH keys"), "{why}");
     assert_eq!(server_creates(&op), 0, "nothing sent");
-    // A spec that renders: created.
-    api.patch(
-        "bot",
-        &PatchParams::default(),
-        &Patch::Merge(
-            json!({"spec": {"sshKeys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOpsTestKey ops@example.com"]}}),
-        ),
-    )
-    .await
-    .expect("fix the keys");
+    // The keys are immutable at admission (they are installed only at create): the fix is a
+    // new Agent. The stalled one goes at once (nothing was made for it), and the new one,
+    // whose spec renders, is created.
+    api.delete("bot", &DeleteParams::default()).await.expect("delete the stalled Agent");
+    wait_gone(&api, "bot", DEADLINE).await;
+    assert_eq!(server_creates(&op), 0, "nothing sent for the stalled Agent");
+    bot.spec.ssh_keys = vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOpsTestKey ops@example.com".into()];
+    bot.metadata.resource_version = None;
+    api.create(&PostParams::default(), &bot).await.expect("create it again with keys that fit");
     let a = wait_for(&api, "bot", DEADLINE, "Ready", ready).await;
     assert!(reason(&a, "Stalled").is_none());
     op.stop().await;
