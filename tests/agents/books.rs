@@ -43,10 +43,6 @@ fn lists_fail(route: &str) -> FaultPlan {
     }
 }
 
-fn server_in_hetzner(op: &Operator, id: i64) -> Option<Value> {
-    crabglamp_sandbox::hetzner::servers(&op.hetzner).into_iter().find(|s| s["id"] == id)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_orphaned_agent_is_unmarked_by_the_ids_in_status() {
     let op = Operator::start().await;

@@ -40,15 +40,6 @@ async fn delete_without_finalizer(api: &Api<PlainVM>, name: &str) {
     wait_gone(api, name, DEADLINE).await;
 }
 
-/// The simulator's server `id` and firewall `id` as the API renders them (no request spent).
-fn server_in_hetzner(op: &Operator, id: i64) -> Option<Value> {
-    crabglamp_sandbox::hetzner::servers(&op.hetzner).into_iter().find(|s| s["id"] == id)
-}
-
-fn firewall_in_hetzner(op: &Operator, id: i64) -> Option<Value> {
-    crabglamp_sandbox::hetzner::firewalls(&op.hetzner).into_iter().find(|f| f["id"] == id)
-}
-
 fn our_labels(resource: &Value) -> Vec<String> {
     resource["labels"]
         .as_object()

@@ -488,3 +488,13 @@ pub fn print_breakdown(provider: &str, sim: &RunningSim) {
         println!("  {provider}: {n:5} {route}");
     }
 }
+
+/// The simulator's server `id` as the Hetzner API renders it (no request spent).
+pub fn server_in_hetzner(op: &Operator, id: i64) -> Option<serde_json::Value> {
+    crabglamp_sandbox::hetzner::servers(&op.hetzner).into_iter().find(|s| s["id"] == id)
+}
+
+/// The simulator's firewall `id` as the Hetzner API renders it (no request spent).
+pub fn firewall_in_hetzner(op: &Operator, id: i64) -> Option<serde_json::Value> {
+    crabglamp_sandbox::hetzner::firewalls(&op.hetzner).into_iter().find(|f| f["id"] == id)
+}
