@@ -14,6 +14,7 @@ mod virtualkeys {
     pub mod fixture;
     mod flush;
     mod lifecycle;
+    mod private_redis;
     mod proxy;
     mod restores;
     mod scale;
