@@ -48,11 +48,17 @@
 //! {surface}|{model}|requests 1`, `EXPIRE ... 3456000`; `surface` is `llm` or `tts` (voice
 //! requests use the same keys and shape).
 //!
-//! The operator never writes the proxy's counters except to restore them: when
-//! `{ns}base:{budgetId}:{month}` is missing (Redis lost its data, or the month is new), it
-//! adds in one `MULTI` what PostgreSQL holds for the month to the monthly counter and to
-//! today's usage hash, and sets the marker. Redis must therefore run with `noeviction` (or a
-//! `volatile-*` policy): an evicted marker would restore the month twice.
+//! The operator never writes the proxy's counters except to restore them, in one atomic,
+//! conditional Lua step per key ([`KeyCache::restore_batch`]): when `{ns}base:{budgetId}:{month}`
+//! is missing (Redis lost its data, or the month is new) it adds what PostgreSQL holds for the
+//! month to the monthly counter and to today's usage hash and sets the marker; when the marker
+//! is there but the counter holds less than PostgreSQL copied from it (Redis came back from an
+//! older snapshot) it raises the counter to that total; otherwise it writes nothing. Redis must
+//! run with `noeviction` (or a `volatile-*` policy): an evicted marker would restore a month
+//! the counter still holds.
+//!
+//! Every resync the operator also `SCAN`s `{ns}auth:*` and deletes the entries of keys
+//! PostgreSQL knows as revoked (an older snapshot brings them back).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
