@@ -40,7 +40,8 @@ impl KeyOperator {
         crate::logs::install();
         let kube = KubeServer::start().await;
         let client = kube.client();
-        let db = TestDb::fresh().await;
+        // The operator connects as the README's least-privilege role: every scenario proves the grants.
+        let db = TestDb::for_operator().await;
         let ns = format!("cgktest:{}:", uuid::Uuid::new_v4().simple());
         let mut controllers = ControllerConfig::new("keys.example.com");
         controllers.resync = resync;
@@ -51,7 +52,7 @@ impl KeyOperator {
         controllers.virtual_key_namespaces = Some(VIRTUAL_KEY_NAMESPACES.map(str::to_owned).to_vec());
         // No cloud is called by the VirtualKey controller: these endpoints are never reached.
         let settings = OperatorSettings {
-            database_url: db.url.clone(),
+            database_url: db.operator_url.clone(),
             redis_url: Some(redis_url()),
             hetzner: HetznerConfig::new("http://127.0.0.1:9/v1", "unused"),
             cloudflare: CloudflareConfig::new("http://127.0.0.1:9/client/v4", "unused", "acct", "zone"),
