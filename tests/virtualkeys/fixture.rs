@@ -56,9 +56,10 @@ impl KeyOperator {
         crate::logs::install();
         let kube = KubeServer::start().await;
         let client = kube.client();
-        let db = TestDb::fresh().await;
+        // The operator connects as the README's least-privilege role: every scenario proves the grants.
+        let db = TestDb::for_operator().await;
         let ns = format!("cgktest:{}:", uuid::Uuid::new_v4().simple());
-        let context = connect(&kube, &db.url, &redis_url, &ns, |c| {
+        let context = connect(&kube, &db.operator_url, &redis_url, &ns, |c| {
             c.resync = resync;
             c.redis_batch = batch;
             tweak(c);
@@ -77,7 +78,7 @@ impl KeyOperator {
     /// Another writer on the same database and Redis namespace (a stale leader, another shard
     /// or installation), its controller settings changed by `tweak`; runs nothing by itself.
     pub async fn other_writer(&self, tweak: impl FnOnce(&mut ControllerConfig)) -> Arc<Context> {
-        connect(&self._kube, &self.db.url, &self.redis_url, &self.ns, tweak).await
+        connect(&self._kube, &self.db.operator_url, &self.redis_url, &self.ns, tweak).await
     }
 
     pub fn keys(&self, ns: &str) -> Api<VirtualKey> {
