@@ -221,6 +221,34 @@ impl KeyCache {
         self.query::<()>("removing auth entries", &pipe).await
     }
 
+    /// Reads many auth entries (one `MGET`, one round trip), in the order asked.
+    pub async fn read_auth(&self, sha256_hexes: &[String]) -> Result<Vec<Option<String>>, CacheError> {
+        if sha256_hexes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("MGET").arg(sha256_hexes.iter().map(|h| self.auth_key(h)).collect::<Vec<_>>());
+        let (entries,): (Vec<Option<String>>,) = self.query("reading auth entries", &pipe).await?;
+        if entries.len() != sha256_hexes.len() {
+            return Err(CacheError::Shape("reading auth entries"));
+        }
+        Ok(entries)
+    }
+
+    /// Writes many auth entries, `(sha256 hex, JSON)` (one `MSET`, one round trip).
+    pub async fn publish_many(&self, entries: &[(String, String)]) -> Result<(), CacheError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        let mut mset = redis::cmd("MSET");
+        for (hash, json) in entries {
+            mset.arg(self.auth_key(hash)).arg(json);
+        }
+        pipe.add_command(mset).ignore();
+        self.query::<()>("publishing auth entries", &pipe).await
+    }
+
     /// Reads the auth entry, the month's counter, its marker and the usage hashes of `days`
     /// of many keys in **one** round trip (`MGET`s and `HGETALL`s in one pipeline).
     /// `keys` are `(sha256 hex, budget id)`.

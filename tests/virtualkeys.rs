@@ -12,8 +12,10 @@ mod logs;
 mod virtualkeys {
     pub mod fixture;
     mod flush;
+    mod grace_terms;
     mod lifecycle;
     mod proxy;
     mod scale;
+    mod secret_move;
     mod secret_reads;
 }
