@@ -30,7 +30,8 @@
 //! characters. `budgetId` stays the same across key rotations, so rotating a key does not
 //! reset its spend. Unknown fields must be ignored (later versions may add some; `v` changes
 //! only for an incompatible change). After a rotation with a grace period the old key's entry
-//! stays, unchanged, until the grace ends; then it is deleted like a revoked key's.
+//! stays until the grace ends, carrying the new key's terms and block (only `keyId` differs, and
+//! it follows them within a resync); then it is deleted like a revoked key's.
 //!
 //! The operator blocks a key (rewrites its entry with `blocked: true`) within one resync of
 //! the monthly counter reaching the budget, and at `expiresAt` itself; it lifts the block when
