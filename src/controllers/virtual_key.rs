@@ -392,11 +392,12 @@ async fn delete_moved_from(ctx: &Context, vk: &VirtualKey, uid: &str, previous: 
     }
 }
 
-/// Makes PostgreSQL follow the Secret: the Secret's key is the live one. Returns the record.
+/// Makes PostgreSQL follow the Secret `secret`: its key is the live one. Returns the record.
 async fn record_key(
     ctx: &Context,
     vk: &VirtualKey,
     uid: &str,
+    secret: &str,
     held: &SecretKey,
     live: Option<VirtualKeyRecord>,
     t: &KeyTerms,
@@ -459,7 +460,7 @@ async fn record_key(
         false,
         verb,
         verb,
-        format!("Key {} issued (prefix {}) into Secret {}", held.key_id, new.prefix, secret_name(vk)),
+        format!("Key {} issued (prefix {}) into Secret {secret}", held.key_id, new.prefix),
     )
     .await;
     keys::live_for_resource(&ctx.db, uid).await?.ok_or(ReconcileError::Decode("the key row just recorded"))
@@ -597,7 +598,7 @@ async fn ensure_key(
         }
     };
     if live.as_ref().is_none_or(|l| l.key_id != held.key_id) {
-        live = Some(record_key(ctx, vk, uid, &held, live.take(), t).await?);
+        live = Some(record_key(ctx, vk, uid, &name, &held, live.take(), t).await?);
     }
     let record = live.ok_or(ReconcileError::Decode("the live key"))?;
     if let Some(previous) = &previous {
