@@ -212,16 +212,6 @@ impl KeyCache {
         self.query::<()>("publishing an auth entry", &pipe).await
     }
 
-    /// Removes auth entries (one round trip).
-    pub async fn remove(&self, sha256_hexes: &[String]) -> Result<(), CacheError> {
-        if sha256_hexes.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = redis::pipe();
-        pipe.cmd("DEL").arg(sha256_hexes.iter().map(|h| self.auth_key(h)).collect::<Vec<_>>()).ignore();
-        self.query::<()>("removing auth entries", &pipe).await
-    }
-
     /// Reads many auth entries (one `MGET`, one round trip), in the order asked.
     pub async fn read_auth(&self, sha256_hexes: &[String]) -> Result<Vec<Option<String>>, CacheError> {
         if sha256_hexes.is_empty() {
@@ -248,6 +238,16 @@ impl KeyCache {
         }
         pipe.add_command(mset).ignore();
         self.query::<()>("publishing auth entries", &pipe).await
+    }
+
+    /// Removes auth entries (one round trip).
+    pub async fn remove(&self, sha256_hexes: &[String]) -> Result<(), CacheError> {
+        if sha256_hexes.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL").arg(sha256_hexes.iter().map(|h| self.auth_key(h)).collect::<Vec<_>>()).ignore();
+        self.query::<()>("removing auth entries", &pipe).await
     }
 
     /// Reads the auth entry, the month's counter, its marker and the usage hashes of `days`
