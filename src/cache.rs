@@ -51,12 +51,12 @@
 //!
 //! The operator never writes the proxy's counters except to restore them, in one atomic,
 //! conditional Lua step per key ([`KeyCache::restore_batch`]): when `{ns}base:{budgetId}:{month}`
-//! is missing (Redis lost its data, or the month is new) it adds what PostgreSQL holds for the
-//! month to the monthly counter and to today's usage hash and sets the marker; when the marker
-//! is there but the counter holds less than PostgreSQL copied from it (Redis came back from an
-//! older snapshot) it raises the counter to that total; otherwise it writes nothing. Redis must
-//! run with `noeviction` (or a `volatile-*` policy): an evicted marker would restore a month
-//! the counter still holds.
+//! is missing (Redis lost its data, or the month is new), or the counter holds less than
+//! PostgreSQL copied from it (Redis came back from an older snapshot), it raises the monthly
+//! counter to what PostgreSQL holds for the month (and today's usage fields to its rows) and
+//! sets the marker; otherwise it writes nothing. It raises, never adds, so no loss or rollback
+//! makes spend exceed what was recorded; what the proxy counted between a loss and the restore
+//! (at most one resync) is the undercount this accepts. Redis should run with `noeviction`.
 //!
 //! Every resync the operator also `SCAN`s `{ns}auth:*` and deletes the entries of keys
 //! PostgreSQL knows as revoked (an older snapshot brings them back).
@@ -182,11 +182,12 @@ impl ObservedCounters {
 pub enum Restored {
     /// Another writer restored it first, or nothing was lost: left alone.
     Untouched,
-    /// The month's marker was gone: PostgreSQL's total was added.
-    Added,
+    /// The month's marker was gone (a flush, a new month, or a snapshot taken before the marker
+    /// was set): raised to PostgreSQL's total, and marked.
+    Unmarked,
     /// The marker stayed but the counter fell below PostgreSQL's total (a rollback to an older
-    /// snapshot): raised to it, never above.
-    Raised,
+    /// snapshot): raised to it.
+    RolledBack,
     /// The counter is not an integer: nothing written.
     Malformed,
 }
@@ -409,11 +410,12 @@ impl KeyCache {
     }
 
     /// Restores many keys' counters from PostgreSQL, each in one atomic, conditional step (a
-    /// Lua script, all in one round trip): added when the month's marker is gone, raised to
-    /// PostgreSQL's total when the marker stayed and the counter fell below it, and left alone
-    /// otherwise. So two writers deciding from their own earlier reads (a stale leader, two
-    /// shards) restore a month once: the second finds the marker and a counter that already
-    /// holds the total. Returns what each step did and the counter after it.
+    /// Lua script, all in one round trip): a counter whose month is unmarked, or below what
+    /// PostgreSQL holds, is raised to PostgreSQL's total (and today's usage fields to its rows),
+    /// never added to; anything else is left alone. Raising is idempotent, so writers deciding
+    /// from their own earlier reads (a stale leader, two shards, a retry) restore a month once,
+    /// and no Redis state (a flush, a snapshot from any moment) can make spend exceed what was
+    /// recorded. Returns what each step did and the counter after it.
     pub async fn restore_batch(
         &self,
         restores: &[Restore],
@@ -451,8 +453,8 @@ impl KeyCache {
             .into_iter()
             .map(|(code, after)| {
                 let done = match code {
-                    1 => Restored::Added,
-                    2 => Restored::Raised,
+                    1 => Restored::Unmarked,
+                    2 => Restored::RolledBack,
                     -1 => Restored::Malformed,
                     _ => Restored::Untouched,
                 };
@@ -522,7 +524,13 @@ impl KeyCache {
 /// its marker, today's usage hash. ARGV: PostgreSQL's total for the month, the month and day
 /// TTLs, then `(field, amount)` pairs of today's rows. Everything is checked before the first
 /// write: a script that fails half way keeps the writes it made. Returns `{code, counter}`
-/// (code 0 untouched, 1 added, 2 raised, -1 malformed counter).
+/// (code 0 untouched, 1 unmarked and raised, 2 rolled back and raised, -1 malformed counter).
+///
+/// Why raise and never add: a counter without its marker is either what the proxy counted
+/// since a flush (PostgreSQL holds none of it) or a snapshot taken before the marker was set
+/// and restored after PostgreSQL copied it (PostgreSQL holds all of it). Redis looks the same
+/// in both; adding would count the second twice, raising undercounts the first by what the
+/// proxy counted between the loss and this restore (at most one resync, as the block itself).
 const RESTORE_SCRIPT: &str = r"
 local function int(raw)
   if raw and string.match(raw, '^%-?%d+$') then return tonumber(raw) end
@@ -545,19 +553,14 @@ if usage == 'hash' or usage == 'none' then
     local have = 0
     if have_raw then have = int(have_raw) end
     local want = tonumber(ARGV[i + 1])
-    if have ~= nil and want ~= nil then
-      if not based then
-        if want > 0 then adds[#adds + 1] = {ARGV[i], want} end
-      elseif want > have then
-        adds[#adds + 1] = {ARGV[i], want - have}
-      end
+    if have ~= nil and want ~= nil and want > have then
+      adds[#adds + 1] = {ARGV[i], want - have}
     end
   end
 end
-local add = total
-if based then add = total - current end
-local after = redis.call('INCRBY', KEYS[1], add)
-redis.call('EXPIRE', KEYS[1], ARGV[2])
+local after = current
+if total > current then after = redis.call('INCRBY', KEYS[1], total - current) end
+if raw or total > current then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 for _, a in ipairs(adds) do redis.call('HINCRBY', KEYS[3], a[1], a[2]) end
 if #adds > 0 then redis.call('EXPIRE', KEYS[3], ARGV[3]) end
 redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])

@@ -242,7 +242,7 @@ async fn copy_chunk(
         let before = rt.spend(budget).filter(|v| v.period == days.month);
         let last_good = before.as_ref().map_or(0, |v| v.micros).max(copied_of(budget));
         let micros = match restored.get(budget) {
-            Some((Restored::Added | Restored::Raised | Restored::Untouched, after)) => Some(*after),
+            Some((Restored::Unmarked | Restored::RolledBack | Restored::Untouched, after)) => Some(*after),
             _ if counter_unreadable(&o) => None,
             _ => Some(o.month_micros.unwrap_or(0)),
         };
@@ -335,7 +335,7 @@ async fn restore(
         .collect();
     let done = rt.refresh_cache().restore_batch(&restores, &days.month, &days.names[0]).await?;
     stats.round_trips += 1;
-    let changed = done.iter().filter(|(d, _)| matches!(d, Restored::Added | Restored::Raised)).count();
+    let changed = done.iter().filter(|(d, _)| matches!(d, Restored::Unmarked | Restored::RolledBack)).count();
     if changed > 0 {
         stats.restored += changed;
         tracing::info!(keys = changed, "restored spend counters Redis lost, from PostgreSQL");
