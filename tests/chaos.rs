@@ -28,6 +28,7 @@ mod logs;
 mod chaos {
     pub mod invariants;
     pub mod plan;
+    pub mod redis_faults;
     pub mod run;
 }
 
