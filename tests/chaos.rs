@@ -1,8 +1,10 @@
 //! The chaos suite: seeded random interleavings of create, stop, start, transfer, rule change,
 //! key rotation, spend and delete across 50 Agents, PlainVMs and VirtualKeys, under random
 //! faults (cloud 5xx, 429 storms, timeouts, answers lost after the cloud applied the change,
-//! PostgreSQL connections killed, Redis flushed, the controllers killed and restarted, watch
-//! streams cut), then quiescence and the invariants of `chaos/invariants.rs`.
+//! PostgreSQL connections killed, Redis flushed, one key's usage data malformed, Redis
+//! restored from an older snapshot, a stale second writer racing the spend refresh, the
+//! controllers killed and restarted, watch streams cut), then quiescence and the invariants
+//! of `chaos/invariants.rs`, some of which a monitor checks at every moment of the run.
 //!
 //! Each seed is one plan (`chaos/plan.rs`), printed as it runs; replay one or a range with
 //!

@@ -149,9 +149,10 @@ async fn objects(chaos: &Chaos, v: &mut Vec<String>) {
                     // A key whose budget ran out is settled blocked (whether it should be is
                     // judged by its auth entries, in `spend`); usage read again once repaired.
                     let settled = st.observed_generation == a.metadata.generation
-                        && st.conditions.iter().any(|c| {
-                            c.type_ == "Ready" && (c.status == "True" || c.reason == "BudgetExceeded")
-                        })
+                        && st
+                            .conditions
+                            .iter()
+                            .any(|c| c.type_ == "Ready" && (c.status == "True" || c.reason == "BudgetExceeded"))
                         && !st.conditions.iter().any(|c| c.type_ == "UsageRead" && c.status == "False");
                     (
                         a.uid(),
@@ -485,11 +486,7 @@ async fn auth_entries(chaos: &Chaos) -> Result<Vec<(String, String)>, String> {
         return Ok(Vec::new());
     }
     let values: Vec<Option<String>> = r.mget(&names).await.map_err(|e| format!("reading auth entries: {e}"))?;
-    Ok(names
-        .iter()
-        .zip(values)
-        .filter_map(|(n, v)| v.map(|v| (n.trim_start_matches(&prefix).to_owned(), v)))
-        .collect())
+    Ok(names.iter().zip(values).filter_map(|(n, v)| v.map(|v| (n.trim_start_matches(&prefix).to_owned(), v))).collect())
 }
 
 /// Every key PostgreSQL knows: sha256 hex -> (key id, VirtualKey UID, seconds since its
@@ -546,7 +543,10 @@ async fn spend(chaos: &Chaos, v: &mut Vec<String>) {
         if counter != stored {
             v.push(format!("{}: spend not copied yet (Redis {counter}, PostgreSQL {stored})", o.name));
         } else if counter < b.must_keep {
-            v.push(format!("{}: spend {counter} fell below the {} that must survive Redis's losses", o.name, b.must_keep));
+            v.push(format!(
+                "{}: spend {counter} fell below the {} that must survive Redis's losses",
+                o.name, b.must_keep
+            ));
         } else if counter > b.spent {
             v.push(format!("{}: spend {counter} exceeds the {} recorded", o.name, b.spent));
         } else if !b.flushed && counter != b.spent {
@@ -704,14 +704,15 @@ impl Watch {
         };
         let counters = if uids.is_empty() { Vec::new() } else { answers.pop().unwrap_or_default() };
         let auths = if hashes.is_empty() { Vec::new() } else { answers.pop().unwrap_or_default() };
-        let copies: BTreeMap<String, i64> =
-            sqlx::query_as::<_, (String, i64)>("SELECT budget_id, cost_micros FROM virtual_key_spend_monthly WHERE month = $1")
-                .bind(&month)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|e| format!("reading spend copies: {e}"))?
-                .into_iter()
-                .collect();
+        let copies: BTreeMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+            "SELECT budget_id, cost_micros FROM virtual_key_spend_monthly WHERE month = $1",
+        )
+        .bind(&month)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| format!("reading spend copies: {e}"))?
+        .into_iter()
+        .collect();
         let books = books_of(&self.books).clone();
 
         for (uid, counter) in uids.iter().zip(&counters) {

@@ -34,7 +34,7 @@ const MALFORMED_PER_SEED: usize = 2;
 
 /// A key slot's monthly budget (by slot, not drawn: the first generator stays as it was).
 pub fn budget_usd(slot: usize) -> &'static str {
-    if slot % 3 == 0 { SMALL_BUDGET_USD } else { LARGE_BUDGET_USD }
+    if slot.is_multiple_of(3) { SMALL_BUDGET_USD } else { LARGE_BUDGET_USD }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -255,7 +255,7 @@ fn fault_step(rng: &mut StdRng) -> Step {
 }
 
 /// Seeds the second generator (any constant: it only has to differ from the seed itself).
-const REDIS_FAULTS_STREAM: u64 = 0x5eed_0f_2edd_15;
+const REDIS_FAULTS_STREAM: u64 = 0x5eed_0f2e_dd15;
 
 /// What the second generator knows: whether a snapshot exists to restore, and how many keys
 /// it made malformed.
@@ -278,12 +278,14 @@ fn redis_step(rng: &mut StdRng, slots: &[SlotModel], model: &mut RedisModel) -> 
         (0..35, Some(any)) => {
             // Mostly a small budget: the spend that runs it out is what is judged.
             let small: Vec<usize> = keys.iter().copied().filter(|&s| budget_usd(s) == SMALL_BUDGET_USD).collect();
-            let slot = if !small.is_empty() && rng.random_bool(0.7) { small[rng.random_range(0..small.len())] } else { any };
+            let slot =
+                if !small.is_empty() && rng.random_bool(0.7) { small[rng.random_range(0..small.len())] } else { any };
             Some(Step::Spend { slot, micros: rng.random_range(1..500_000) })
         }
         (35..50, Some(slot)) if model.malformed < MALFORMED_PER_SEED => {
             model.malformed += 1;
-            let how = [Malformation::NotInteger, Malformation::LongModel, Malformation::WrongType][rng.random_range(0..3)];
+            let how =
+                [Malformation::NotInteger, Malformation::LongModel, Malformation::WrongType][rng.random_range(0..3)];
             Some(Step::MalformedUsage { slot, how })
         }
         (50..75, _) if model.snapshot => Some(Step::RedisRestore { racing: rng.random_bool(0.5) }),

@@ -44,7 +44,9 @@ pub async fn malform(
 ) -> Malformed {
     let today = chrono::Utc::now().date_naive();
     let (name, field, value) = match how {
-        Malformation::NotInteger => (usage_name(ns, budget, today), Some("llm|gpt-4o|cost".to_owned()), "abc".to_owned()),
+        Malformation::NotInteger => {
+            (usage_name(ns, budget, today), Some("llm|gpt-4o|cost".to_owned()), "abc".to_owned())
+        }
         Malformation::LongModel => {
             (usage_name(ns, budget, today), Some(format!("llm|{}|cost", "m".repeat(200))), "1000".to_owned())
         }

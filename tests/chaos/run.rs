@@ -338,7 +338,9 @@ impl Chaos {
                 .create(&pp, &fixture::plainvm(&name, owner, running, inbound(&ports)))
                 .await
                 .map(|o| o.uid()),
-            Kind::Key => self.keys().create(&pp, &virtual_key(&name, owner, plan::budget_usd(slot))).await.map(|o| o.uid()),
+            Kind::Key => {
+                self.keys().create(&pp, &virtual_key(&name, owner, plan::budget_usd(slot))).await.map(|o| o.uid())
+            }
         }
         .unwrap_or_else(|e| panic!("create {name}: {e}"))
         .unwrap_or_else(|| panic!("create {name}: no uid"));
@@ -378,8 +380,13 @@ impl Chaos {
     /// What PostgreSQL holds of each live key's month right now (micro-USD, by UID).
     async fn stored_spend(&self) -> BTreeMap<String, i64> {
         let month = chrono::Utc::now().format("%Y-%m").to_string();
-        let live: Vec<String> =
-            self.live.values().map(|&i| &self.objects[i]).filter(|o| o.kind == Kind::Key).map(|o| o.uid.clone()).collect();
+        let live: Vec<String> = self
+            .live
+            .values()
+            .map(|&i| &self.objects[i])
+            .filter(|o| o.kind == Kind::Key)
+            .map(|o| o.uid.clone())
+            .collect();
         let rows: Vec<(String, i64)> = sqlx::query_as(
             "SELECT budget_id, cost_micros FROM virtual_key_spend_monthly WHERE budget_id = ANY($1) AND month = $2",
         )
@@ -467,10 +474,8 @@ impl Chaos {
     /// must then be judged on its whole spend again. The malformation lasts one deadline
     /// more first, so a budget that ran out in the plan's last steps is judged while it does.
     async fn repair_usage(&mut self) {
-        let malformed: Vec<(String, Malformed)> = books_of(&self.books)
-            .iter()
-            .filter_map(|(uid, b)| b.malformed.clone().map(|m| (uid.clone(), m)))
-            .collect();
+        let malformed: Vec<(String, Malformed)> =
+            books_of(&self.books).iter().filter_map(|(uid, b)| b.malformed.clone().map(|m| (uid.clone(), m))).collect();
         if malformed.is_empty() {
             return;
         }
