@@ -60,6 +60,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
+/// The Redis client's own default response deadline.
+pub const DEFAULT_RESPONSE_DEADLINE: std::time::Duration = std::time::Duration::from_millis(500);
 /// Monthly counters and markers outlive their month by a month: late copies still find them.
 pub const MONTH_TTL_SECONDS: u64 = 62 * 24 * 3600;
 /// Daily usage hashes: long enough for the operator to copy the day after a long outage.
@@ -109,17 +111,77 @@ pub struct AuthEntry {
     pub blocked_reason: Option<String>,
 }
 
+/// Something wrong with one key's data in Redis. Confined to that key: its other values and
+/// every other key are read as usual. Never carries the value itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UsageProblem {
+    /// The monthly counter is not an integer (the proxy's `INCRBY` fails on it too).
+    MalformedCounter,
+    /// A usage field's name or value is not what the contract says (a value that is not an
+    /// integer, a name that is not UTF-8 or not `{surface}|{model}|{what}`).
+    MalformedField,
+    /// A usage name holds another type than a hash.
+    WrongType,
+    /// A model name the database cannot hold (longer than it allows, or with a NUL).
+    ModelTooLong,
+    /// Reading this key's usage hashes outlasted the client's response deadline (its counter
+    /// is still read, without them).
+    Timeout,
+}
+
+impl UsageProblem {
+    /// The condition reason and metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageProblem::MalformedCounter => "MalformedCounter",
+            UsageProblem::MalformedField => "MalformedUsage",
+            UsageProblem::WrongType => "WrongType",
+            UsageProblem::ModelTooLong => "ModelTooLong",
+            UsageProblem::Timeout => "ReadTimeout",
+        }
+    }
+}
+
 /// One key's counters as read in one batch.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ObservedCounters {
-    /// The auth entry's JSON, if present.
+    /// The auth entry's JSON, if present (not UTF-8: replaced, so it is re-published).
     pub auth: Option<String>,
-    /// The month's spend in micro-USD, if the counter exists.
+    /// The month's spend in micro-USD, if the counter exists and is an integer.
     pub month_micros: Option<i64>,
     /// Whether the month's counters include PostgreSQL's base (marker present).
     pub based: bool,
-    /// `{surface}|{model}|cost` / `|requests` fields of each requested day.
+    /// `{surface}|{model}|cost` / `|requests` fields of each requested day (well-formed ones).
     pub days: Vec<HashMap<String, i64>>,
+    /// What was wrong with this key's data, and how many values were skipped for it.
+    pub problems: Vec<UsageProblem>,
+    /// Values left out for being malformed.
+    pub skipped: u64,
+    /// Nothing of this key could be read (even its counter outlasted the deadline).
+    pub unread: bool,
+}
+
+impl ObservedCounters {
+    fn problem(&mut self, problem: UsageProblem) {
+        self.skipped += 1;
+        if !self.problems.contains(&problem) {
+            self.problems.push(problem);
+        }
+    }
+}
+
+/// What one atomic restore did to a key's counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restored {
+    /// Another writer restored it first, or nothing was lost: left alone.
+    Untouched,
+    /// The month's marker was gone: PostgreSQL's total was added.
+    Added,
+    /// The marker stayed but the counter fell below PostgreSQL's total (a rollback to an older
+    /// snapshot): raised to it, never above.
+    Raised,
+    /// The counter is not an integer: nothing written.
+    Malformed,
 }
 
 /// What to add back to one key's counters after Redis lost them.
@@ -149,6 +211,8 @@ pub fn parse_usage_field(field: &str) -> Option<(&str, &str, &str)> {
 /// The shared Redis client: one reconnecting connection for every key.
 #[derive(Clone)]
 pub struct KeyCache {
+    client: redis::Client,
+    deadline: std::time::Duration,
     conn: ConnectionManager,
     namespace: String,
     round_trips: std::sync::Arc<AtomicU64>,
@@ -161,11 +225,38 @@ impl std::fmt::Debug for KeyCache {
 }
 
 impl KeyCache {
-    /// Connects to `url` (`redis://host:port/db`); every name gets `namespace` in front.
+    /// Connects to `url` (`redis://host:port/db`); every name gets `namespace` in front. Each
+    /// answer must arrive within the client's default response deadline (500 ms).
     pub async fn connect(url: &str, namespace: &str) -> Result<Self, CacheError> {
+        Self::connect_with_deadline(url, namespace, DEFAULT_RESPONSE_DEADLINE).await
+    }
+
+    /// As [`KeyCache::connect`], with another response deadline.
+    pub async fn connect_with_deadline(
+        url: &str,
+        namespace: &str,
+        deadline: std::time::Duration,
+    ) -> Result<Self, CacheError> {
         let client = redis::Client::open(url).map_err(CacheError::Connect)?;
-        let conn = client.get_connection_manager().await.map_err(CacheError::Connect)?;
-        Ok(KeyCache { conn, namespace: namespace.to_owned(), round_trips: Default::default() })
+        let conn = Self::manager(&client, deadline).await?;
+        Ok(KeyCache { client, deadline, conn, namespace: namespace.to_owned(), round_trips: Default::default() })
+    }
+
+    async fn manager(client: &redis::Client, deadline: std::time::Duration) -> Result<ConnectionManager, CacheError> {
+        let config = redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(deadline));
+        client.get_connection_manager_with_config(config).await.map_err(CacheError::Connect)
+    }
+
+    /// The same client on a new connection that has answered a `PING`. After an answer
+    /// outlasted the deadline, the old connection still has to take in that late answer
+    /// (seconds for a huge one) before any other: a new one does not wait behind it. Fails
+    /// when Redis does not answer even there: then Redis itself is slow or gone.
+    pub async fn reconnected(&self) -> Result<KeyCache, CacheError> {
+        let fresh = KeyCache { conn: Self::manager(&self.client, self.deadline).await?, ..self.clone() };
+        let mut pipe = redis::pipe();
+        pipe.cmd("PING");
+        fresh.query::<redis::Value>("checking Redis answers", &pipe).await?;
+        Ok(fresh)
     }
 
     /// The namespace in front of every name.
@@ -224,6 +315,10 @@ impl KeyCache {
     /// Reads the auth entry, the month's counter, its marker and the usage hashes of `days`
     /// of many keys in **one** round trip (`MGET`s and `HGETALL`s in one pipeline).
     /// `keys` are `(sha256 hex, budget id)`.
+    ///
+    /// Malformed data is confined to its key: a value that is not what the contract says is
+    /// left out and named in that key's [`ObservedCounters::problems`]; only a failure of the
+    /// round trip itself (connection, deadline) fails the batch.
     pub async fn read_batch(
         &self,
         keys: &[(String, String)],
@@ -234,6 +329,8 @@ impl KeyCache {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
+        // One name of the wrong type must not fail the other keys' answers.
+        pipe.ignore_errors();
         pipe.cmd("MGET").arg(keys.iter().map(|(h, _)| self.auth_key(h)).collect::<Vec<_>>());
         pipe.cmd("MGET").arg(keys.iter().map(|(_, b)| self.spend_key(b, month)).collect::<Vec<_>>());
         pipe.cmd("MGET").arg(keys.iter().map(|(_, b)| self.base_key(b, month)).collect::<Vec<_>>());
@@ -242,51 +339,106 @@ impl KeyCache {
                 pipe.cmd("HGETALL").arg(self.usage_key(budget, day));
             }
         }
-        let mut values: std::collections::VecDeque<redis::Value> =
-            self.query::<Vec<redis::Value>>("reading counters", &pipe).await?.into();
-        let mut next = || values.pop_front().ok_or(CacheError::Shape("reading counters"));
-        let shape = |_| CacheError::Shape("reading counters");
-        let auths: Vec<Option<String>> = redis::from_redis_value(next()?).map_err(shape)?;
-        let spends: Vec<Option<i64>> = redis::from_redis_value(next()?).map_err(shape)?;
-        let bases: Vec<Option<String>> = redis::from_redis_value(next()?).map_err(shape)?;
-        if auths.len() != keys.len() || spends.len() != keys.len() || bases.len() != keys.len() {
-            return Err(CacheError::Shape("reading counters"));
-        }
+        const WHAT: &str = "reading counters";
+        let redis::Value::Array(values) = self.query::<redis::Value>(WHAT, &pipe).await? else {
+            return Err(CacheError::Shape(WHAT));
+        };
+        let mut values = values.into_iter();
+        let mut mget = || match values.next() {
+            Some(redis::Value::Array(items)) if items.len() == keys.len() => Ok(items),
+            _ => Err(CacheError::Shape(WHAT)),
+        };
+        let (auths, spends, bases) = (mget()?, mget()?, mget()?);
         let mut out = Vec::with_capacity(keys.len());
-        for ((auth, month_micros), base) in auths.into_iter().zip(spends).zip(bases) {
-            let mut hashes = Vec::with_capacity(days.len());
-            for _ in days {
-                let hash: HashMap<String, i64> = redis::from_redis_value(next()?).map_err(shape)?;
-                hashes.push(hash);
+        for ((auth, spend), base) in auths.into_iter().zip(spends).zip(bases) {
+            let mut o = ObservedCounters {
+                auth: bytes(&auth).map(|b| String::from_utf8_lossy(b).into_owned()),
+                based: bytes(&base).is_some(),
+                ..ObservedCounters::default()
+            };
+            match bytes(&spend) {
+                None => {}
+                Some(raw) => match integer(raw) {
+                    Some(micros) => o.month_micros = Some(micros),
+                    None => o.problem(UsageProblem::MalformedCounter),
+                },
             }
-            out.push(ObservedCounters { auth, month_micros, based: base.is_some(), days: hashes });
+            for _ in days {
+                let hash = values.next().ok_or(CacheError::Shape(WHAT))?;
+                let fields = usage_fields(hash, &mut o);
+                o.days.push(fields);
+            }
+            out.push(o);
         }
         Ok(out)
     }
 
-    /// Adds PostgreSQL's base back to many keys' counters and sets their markers, atomically
-    /// (`MULTI`/`EXEC`, one round trip): a crash cannot leave counters restored without the
-    /// marker, which would restore them twice.
-    pub async fn restore_batch(&self, restores: &[Restore], month: &str, today: &str) -> Result<(), CacheError> {
+    /// Restores many keys' counters from PostgreSQL, each in one atomic, conditional step (a
+    /// Lua script, all in one round trip): added when the month's marker is gone, raised to
+    /// PostgreSQL's total when the marker stayed and the counter fell below it, and left alone
+    /// otherwise. So two writers deciding from their own earlier reads (a stale leader, two
+    /// shards) restore a month once: the second finds the marker and a counter that already
+    /// holds the total. Returns what each step did and the counter after it.
+    pub async fn restore_batch(
+        &self,
+        restores: &[Restore],
+        month: &str,
+        today: &str,
+    ) -> Result<Vec<(Restored, i64)>, CacheError> {
         if restores.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
+        let script = redis::Script::new(RESTORE_SCRIPT);
         let mut pipe = redis::pipe();
-        pipe.atomic();
+        // Loaded in the same round trip (idempotent), so a restarted Redis never answers NOSCRIPT.
+        pipe.cmd("SCRIPT").arg("LOAD").arg(RESTORE_SCRIPT).ignore();
         for r in restores {
-            let spend = self.spend_key(&r.budget_id, month);
-            pipe.cmd("INCRBY").arg(&spend).arg(r.month_micros).ignore();
-            pipe.cmd("EXPIRE").arg(&spend).arg(MONTH_TTL_SECONDS).ignore();
-            if !r.today.is_empty() {
-                let usage = self.usage_key(&r.budget_id, today);
-                for (field, amount) in &r.today {
-                    pipe.cmd("HINCRBY").arg(&usage).arg(field).arg(*amount).ignore();
-                }
-                pipe.cmd("EXPIRE").arg(&usage).arg(DAY_TTL_SECONDS).ignore();
+            let cmd = pipe
+                .cmd("EVALSHA")
+                .arg(script.get_hash())
+                .arg(3)
+                .arg(self.spend_key(&r.budget_id, month))
+                .arg(self.base_key(&r.budget_id, month))
+                .arg(self.usage_key(&r.budget_id, today))
+                .arg(r.month_micros.max(0))
+                .arg(MONTH_TTL_SECONDS)
+                .arg(DAY_TTL_SECONDS);
+            for (field, amount) in &r.today {
+                cmd.arg(field).arg((*amount).max(0));
             }
-            pipe.cmd("SET").arg(self.base_key(&r.budget_id, month)).arg("1").arg("EX").arg(MONTH_TTL_SECONDS).ignore();
         }
-        self.query::<()>("restoring counters", &pipe).await
+        const WHAT: &str = "restoring counters";
+        let answers: Vec<(i64, i64)> = self.query(WHAT, &pipe).await?;
+        if answers.len() != restores.len() {
+            return Err(CacheError::Shape(WHAT));
+        }
+        Ok(answers
+            .into_iter()
+            .map(|(code, after)| {
+                let done = match code {
+                    1 => Restored::Added,
+                    2 => Restored::Raised,
+                    -1 => Restored::Malformed,
+                    _ => Restored::Untouched,
+                };
+                (done, after)
+            })
+            .collect())
+    }
+
+    /// One page of the auth entries in this namespace (`SCAN ... MATCH {ns}auth:*`): the next
+    /// cursor (`0` when done) and the SHA-256 hex of each entry found.
+    pub async fn scan_auth(&self, cursor: u64, count: usize) -> Result<(u64, Vec<String>), CacheError> {
+        let prefix = self.auth_key("");
+        let mut pipe = redis::pipe();
+        pipe.cmd("SCAN").arg(cursor).arg("MATCH").arg(format!("{}*", glob_escape(&prefix))).arg("COUNT").arg(count);
+        let ((next, names),): ((u64, Vec<String>),) = self.query("listing auth entries", &pipe).await?;
+        let hashes = names
+            .into_iter()
+            .filter_map(|n| n.strip_prefix(&prefix).map(str::to_owned))
+            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .collect();
+        Ok((next, hashes))
     }
 
     /// Deletes every name in this namespace at once, as `FLUSHALL` would for the namespace alone
@@ -331,9 +483,145 @@ impl KeyCache {
     }
 }
 
+/// The atomic restore of one key (see [`KeyCache::restore_batch`]). KEYS: the month's counter,
+/// its marker, today's usage hash. ARGV: PostgreSQL's total for the month, the month and day
+/// TTLs, then `(field, amount)` pairs of today's rows. Everything is checked before the first
+/// write: a script that fails half way keeps the writes it made. Returns `{code, counter}`
+/// (code 0 untouched, 1 added, 2 raised, -1 malformed counter).
+const RESTORE_SCRIPT: &str = r"
+local function int(raw)
+  if raw and string.match(raw, '^%-?%d+$') then return tonumber(raw) end
+  return nil
+end
+local total = tonumber(ARGV[1])
+local raw = redis.call('GET', KEYS[1])
+local current = 0
+if raw then
+  current = int(raw)
+  if current == nil then return {-1, 0} end
+end
+local based = redis.call('EXISTS', KEYS[2]) == 1
+if based and current >= total then return {0, current} end
+local adds = {}
+local usage = redis.call('TYPE', KEYS[3])['ok']
+if usage == 'hash' or usage == 'none' then
+  for i = 4, #ARGV, 2 do
+    local have_raw = redis.call('HGET', KEYS[3], ARGV[i])
+    local have = 0
+    if have_raw then have = int(have_raw) end
+    local want = tonumber(ARGV[i + 1])
+    if have ~= nil and want ~= nil then
+      if not based then
+        if want > 0 then adds[#adds + 1] = {ARGV[i], want} end
+      elseif want > have then
+        adds[#adds + 1] = {ARGV[i], want - have}
+      end
+    end
+  end
+end
+local add = total
+if based then add = total - current end
+local after = redis.call('INCRBY', KEYS[1], add)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+for _, a in ipairs(adds) do redis.call('HINCRBY', KEYS[3], a[1], a[2]) end
+if #adds > 0 then redis.call('EXPIRE', KEYS[3], ARGV[3]) end
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
+if based then return {2, after} end
+return {1, after}
+";
+
+/// The bytes of a string answer (`None`: nil, or a type that is not a string).
+fn bytes(value: &redis::Value) -> Option<&[u8]> {
+    match value {
+        redis::Value::BulkString(b) => Some(b),
+        redis::Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+/// An integer as Redis' `INCRBY` accepts it (decimal digits, an optional minus, nothing else).
+fn integer(raw: &[u8]) -> Option<i64> {
+    std::str::from_utf8(raw).ok().filter(|s| !s.starts_with('+'))?.parse().ok()
+}
+
+/// The well-formed fields of one `HGETALL` answer (RESP2 flat array or RESP3 map); every
+/// other field, and an answer that is no hash at all, is noted on `o`.
+fn usage_fields(answer: redis::Value, o: &mut ObservedCounters) -> HashMap<String, i64> {
+    let pairs: Vec<(redis::Value, redis::Value)> = match answer {
+        redis::Value::Map(pairs) => pairs,
+        redis::Value::Array(flat) => {
+            let mut flat = flat.into_iter();
+            std::iter::from_fn(|| Some((flat.next()?, flat.next()?))).collect()
+        }
+        redis::Value::Nil => Vec::new(),
+        _ => {
+            o.problem(UsageProblem::WrongType);
+            return HashMap::new();
+        }
+    };
+    let mut fields = HashMap::with_capacity(pairs.len());
+    for (name, value) in pairs {
+        let name = bytes(&name).and_then(|b| std::str::from_utf8(b).ok()).filter(|n| parse_usage_field(n).is_some());
+        match (name, bytes(&value).and_then(integer)) {
+            (Some(name), Some(value)) => {
+                fields.insert(name.to_owned(), value);
+            }
+            _ => o.problem(UsageProblem::MalformedField),
+        }
+    }
+    fields
+}
+
+/// `pattern` matching itself only in `SCAN ... MATCH` (a namespace may hold glob characters).
+fn glob_escape(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    for c in pattern.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_well_formed_usage_fields_are_kept_and_the_rest_is_named() {
+        use redis::Value::{BulkString, Nil, SimpleString};
+        let b = |s: &str| BulkString(s.as_bytes().to_vec());
+        let mut o = ObservedCounters::default();
+        let answer = redis::Value::Array(vec![
+            b("llm|gpt-4o|cost"),
+            b("1200"),
+            b("llm|gpt-4o|requests"),
+            b("abc"),
+            BulkString(vec![0xff, 0xfe]),
+            b("1"),
+            b("nonsense"),
+            b("5"),
+        ]);
+        let fields = usage_fields(answer, &mut o);
+        assert_eq!(fields, HashMap::from([("llm|gpt-4o|cost".to_owned(), 1200)]));
+        assert_eq!(o.problems, vec![UsageProblem::MalformedField]);
+        assert_eq!(o.skipped, 3);
+        let mut o = ObservedCounters::default();
+        assert!(usage_fields(Nil, &mut o).is_empty());
+        assert!(o.problems.is_empty());
+        assert!(usage_fields(SimpleString("x".into()), &mut o).is_empty());
+        assert_eq!(o.problems, vec![UsageProblem::WrongType]);
+    }
+
+    #[test]
+    fn integers_are_what_incrby_accepts() {
+        assert_eq!(integer(b"-12"), Some(-12));
+        for bad in [&b"1e3"[..], b"+1", b"1.5", b" 1", b"", b"NaN", b"99999999999999999999"] {
+            assert_eq!(integer(bad), None);
+        }
+        assert_eq!(glob_escape("cg*k:[a]?\\"), "cg\\*k:\\[a\\]\\?\\\\");
+    }
 
     #[test]
     fn usage_fields_round_trip_with_colons_in_models() {

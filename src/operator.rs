@@ -108,6 +108,7 @@ pub async fn connect(
                 url,
                 &settings.controllers.redis_namespace,
                 settings.controllers.redis_batch,
+                settings.controllers.redis_response_deadline,
             )
             .await?,
         ),

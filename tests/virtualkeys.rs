@@ -10,10 +10,12 @@ mod kube_server;
 mod logs;
 
 mod virtualkeys {
+    mod bad_data;
     pub mod fixture;
     mod flush;
     mod lifecycle;
     mod proxy;
+    mod restores;
     mod scale;
     mod secret_reads;
 }

@@ -62,8 +62,11 @@ pub struct ControllerConfig {
     /// Prefix of every Redis name the VirtualKey controller reads or writes (the contract's
     /// `{ns}`; tests give each run its own).
     pub redis_namespace: String,
-    /// VirtualKeys per Redis round trip in the spend refresher.
+    /// VirtualKeys per Redis round trip in the spend refresher (at most: halved while a batch
+    /// outlasts the response deadline).
     pub redis_batch: usize,
+    /// How long the Redis clients wait for an answer before giving up on it.
+    pub redis_response_deadline: Duration,
     /// Reconciles of one kind running at once. Bounded so that a burst (a thousand objects
     /// applied at once, or every object after a restart) queues in the controller instead of
     /// in the database pool: unbounded, each reconcile's several pool acquisitions wait behind
@@ -100,6 +103,7 @@ impl ControllerConfig {
             instance: "crabglamp-operator".into(),
             redis_namespace: "cgk:".into(),
             redis_batch: 500,
+            redis_response_deadline: crate::cache::DEFAULT_RESPONSE_DEADLINE,
             concurrency: 16,
             anchor_namespace: None,
             anchor_configmap: crate::audit_anchor::DEFAULT_CONFIGMAP.into(),
@@ -210,6 +214,11 @@ struct Outcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Swept {
     resource: String,
 }
@@ -243,6 +252,7 @@ pub struct ControllerMetrics {
     leader: Gauge,
     anchor_publishes: Family<Outcome, Counter>,
     anchored_seq: Gauge,
+    refresh_failures: Family<Reason, Counter>,
 }
 
 impl Default for ControllerMetrics {
@@ -260,6 +270,7 @@ impl Default for ControllerMetrics {
             leader: Gauge::default(),
             anchor_publishes: Family::default(),
             anchored_seq: Gauge::default(),
+            refresh_failures: Family::default(),
         }
     }
 }
@@ -302,6 +313,17 @@ impl ControllerMetrics {
             AuditKind::VirtualKeyTransferred,
         ] {
             let _ = m.audit_events.get_or_create(&AuditType { event_type: kind.as_str().into() });
+        }
+        registry.register(
+            "spend_refresh_failures",
+            "Spend refresh failures: per key and pass for one key's unreadable data (MalformedCounter, \
+             MalformedUsage, WrongType, ModelTooLong, ReadTimeout), per pass for a pass that failed (pass, sweep)",
+            m.refresh_failures.clone(),
+        );
+        for reason in
+            ["pass", "sweep", "MalformedCounter", "MalformedUsage", "WrongType", "ModelTooLong", "ReadTimeout"]
+        {
+            let _ = m.refresh_failures.get_or_create(&Reason { reason: reason.into() });
         }
         registry.register(
             "audit_anchor_publishes",
@@ -366,6 +388,16 @@ impl ControllerMetrics {
     /// Anchor publishes with this outcome so far (tests).
     pub fn anchor_publishes(&self, outcome: &str) -> u64 {
         self.anchor_publishes.get_or_create(&Outcome { outcome: outcome.into() }).get()
+    }
+
+    /// A spend refresh failure: one key's unreadable data, or a whole pass.
+    pub fn count_refresh_failure(&self, reason: &str) {
+        self.refresh_failures.get_or_create(&Reason { reason: reason.into() }).inc();
+    }
+
+    /// Spend refresh failures with this reason so far (tests).
+    pub fn refresh_failures(&self, reason: &str) -> u64 {
+        self.refresh_failures.get_or_create(&Reason { reason: reason.into() }).get()
     }
 
     /// Current value of a step counter (tests, benchmarks).

@@ -24,6 +24,7 @@ pub mod refresher;
 pub mod secret_versions;
 pub mod server;
 pub mod settings;
+pub mod spend_refresh;
 pub mod status_patch;
 pub mod sweeper;
 pub mod trim;

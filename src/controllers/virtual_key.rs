@@ -10,10 +10,11 @@
 //! N/batch Redis round trips, not N.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -28,13 +29,14 @@ use serde_json::json;
 use tracing::Instrument;
 
 use crate::api::virtual_key::{Spend, VirtualKey, VirtualKeyStatus};
-use crate::cache::{self, AuthEntry, CacheError, KeyCache, Restore};
+use crate::cache::{AuthEntry, CacheError, KeyCache, UsageProblem};
 use crate::store::audit::{self, AuditKind, NewAuditEvent, ResourceRef};
 use crate::store::keys::{self, KeyTerms, NewVirtualKey, VirtualKeyRecord};
-use crate::store::spend::{self, DailySpend};
 
 use super::conditions::{self, Desired};
 use super::secret_versions::{Checked, SecretVersions};
+use super::spend_refresh;
+pub use super::spend_refresh::{RefreshStats, refresh_spend};
 use super::status_patch::status_merge_patch;
 use super::{AbortOnDrop, Context, ReconcileError};
 
@@ -66,29 +68,48 @@ pub struct SpendView {
     pub key_sha256: String,
     /// The auth entry as Redis had it (None: missing, to be re-published).
     pub auth: Option<String>,
+    /// What could not be read of this key's usage in the last refresh (empty: all of it).
+    pub problems: Vec<UsageProblem>,
 }
 
-/// The VirtualKey controller's share of the context: the Redis client and the spend snapshot.
+/// Passes a key whose usage hashes outlasted the deadline is read without them before it is
+/// tried in full again.
+pub const SLOW_RETRY_PASSES: u32 = 12;
+
+/// The VirtualKey controller's share of the context: the Redis clients and the spend snapshot.
 pub struct KeyRuntime {
+    /// Reconciles' reads and writes (small, quick).
     pub cache: KeyCache,
+    /// The refresher's own connection: its large batched reads never queue a reconcile's
+    /// publish behind them (replaced by a new one after an answer outlasted the deadline).
+    refresh_cache: Mutex<KeyCache>,
     snapshot: Mutex<HashMap<String, SpendView>>,
     refreshed_tx: futures::channel::mpsc::UnboundedSender<()>,
     refreshed_rx: Mutex<Option<futures::channel::mpsc::UnboundedReceiver<()>>>,
-    /// Keys per Redis round trip.
+    /// Keys per Redis round trip, at most.
     pub batch: usize,
+    /// Keys per round trip that last fit the response deadline (halved on a timeout, grown
+    /// back after a pass without one).
+    batch_now: AtomicUsize,
+    /// Budget ids whose usage hashes outlasted the deadline, with the passes until their next
+    /// full read.
+    slow: Mutex<HashMap<String, u32>>,
     /// Which Secrets changed since their key was checked (a settled key is not read again).
     pub secrets: SecretVersions,
 }
 
 impl KeyRuntime {
-    pub fn new(cache: KeyCache, batch: usize) -> Self {
+    pub fn new(cache: KeyCache, refresh_cache: KeyCache, batch: usize) -> Self {
         let (refreshed_tx, rx) = futures::channel::mpsc::unbounded();
         KeyRuntime {
             cache,
+            refresh_cache: Mutex::new(refresh_cache),
             snapshot: Mutex::default(),
             refreshed_tx,
             refreshed_rx: Mutex::new(Some(rx)),
             batch: batch.max(1),
+            batch_now: AtomicUsize::new(batch.max(1)),
+            slow: Mutex::default(),
             secrets: SecretVersions::default(),
         }
     }
@@ -97,13 +118,73 @@ impl KeyRuntime {
         f(&mut self.snapshot.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
+    fn with_slow<R>(&self, f: impl FnOnce(&mut HashMap<String, u32>) -> R) -> R {
+        f(&mut self.slow.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// The refresher's Redis client.
+    pub fn refresh_cache(&self) -> KeyCache {
+        self.refresh_cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    pub(super) fn set_refresh_cache(&self, cache: KeyCache) {
+        *self.refresh_cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = cache;
+    }
+
     /// The snapshot entry of a VirtualKey (by UID).
     pub fn spend(&self, budget_id: &str) -> Option<SpendView> {
         self.with(|m| m.get(budget_id).cloned())
     }
+
+    pub(super) fn remember(&self, budget_id: &str, view: SpendView) {
+        self.with(|m| m.insert(budget_id.to_owned(), view));
+    }
+
+    pub(super) fn replace_snapshot(&self, fresh: HashMap<String, SpendView>) {
+        self.with(|m| *m = fresh);
+    }
+
+    /// Wakes every VirtualKey's reconcile (a pass is done).
+    pub(super) fn refreshed(&self) {
+        let _ = self.refreshed_tx.unbounded_send(());
+    }
+
+    /// Keys per round trip for the next reads.
+    pub fn batch_now(&self) -> usize {
+        self.batch_now.load(Ordering::Relaxed).clamp(1, self.batch)
+    }
+
+    pub(super) fn shrink_batch(&self, fits: usize) {
+        self.batch_now.fetch_min(fits.max(1), Ordering::Relaxed);
+    }
+
+    pub(super) fn grow_batch(&self) {
+        let next = self.batch_now().saturating_mul(2).min(self.batch);
+        self.batch_now.store(next, Ordering::Relaxed);
+    }
+
+    /// Whether this pass reads the key without its usage hashes (counts the pass down: every
+    /// [`SLOW_RETRY_PASSES`]th pass reads it fully again, and a success makes it normal).
+    pub(super) fn read_without_usage(&self, budget_id: &str) -> bool {
+        self.with_slow(|s| match s.get_mut(budget_id) {
+            Some(0) => {
+                s.remove(budget_id);
+                false
+            }
+            Some(left) => {
+                *left -= 1;
+                true
+            }
+            None => false,
+        })
+    }
+
+    pub(super) fn slow(&self, budget_id: &str) {
+        self.with_slow(|s| s.insert(budget_id.to_owned(), SLOW_RETRY_PASSES));
+    }
 }
 
-fn runtime(ctx: &Context) -> Result<&KeyRuntime, ReconcileError> {
+pub(super) fn runtime(ctx: &Context) -> Result<&KeyRuntime, ReconcileError> {
     ctx.virtual_keys.as_ref().ok_or(ReconcileError::NotReady("a Redis connection (REDIS_URL)"))
 }
 
@@ -136,10 +217,6 @@ pub fn micros_to_usd(micros: i64) -> String {
 /// `YYYY-MM` of a time (the billing period, calendar month UTC).
 pub fn period(now: DateTime<Utc>) -> String {
     now.format("%Y-%m").to_string()
-}
-
-fn month_start(now: DateTime<Utc>) -> NaiveDate {
-    NaiveDate::from_ymd_opt(now.year(), now.month(), 1).unwrap_or(now.date_naive())
 }
 
 /// Why the proxy must refuse a key, if it must.
@@ -350,6 +427,7 @@ async fn record_key(
         budget_monthly_usd: t.budget_monthly_usd.clone(),
         rate_limit_rpm: t.rate_limit_rpm,
         expires_at: t.expires_at,
+        scope: spend_refresh::scope(ctx),
     };
     let now = Utc::now();
     let mut tx = ctx
@@ -511,21 +589,21 @@ async fn apply(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, ReconcileEr
         record = keys::live_for_resource(&ctx.db, &uid).await?.ok_or(ReconcileError::Decode("the live key"))?;
     }
 
-    // Spend: from the refresher's snapshot; a key it has not seen yet is read directly once.
+    // Spend: from the refresher's snapshot; a key it does not hold yet (new, or not yet of
+    // this instance's scope) is claimed and refreshed on its own, restore included.
     let now = Utc::now();
     let this_period = period(now);
     let hash_hex = hex::encode(&record.key_sha256);
     let view = match rt.spend(&uid).filter(|v| v.period == this_period && v.key_sha256 == hash_hex) {
         Some(v) => v,
         None => {
-            let observed = rt.cache.read_batch(&[(hash_hex.clone(), uid.clone())], &this_period, &[]).await?;
-            let o = observed.into_iter().next().unwrap_or_default();
-            SpendView {
-                period: this_period.clone(),
-                micros: o.month_micros.unwrap_or(0),
-                key_sha256: hash_hex.clone(),
-                auth: o.auth,
-            }
+            keys::claim(&ctx.db, &record.key_id, &spend_refresh::scope(ctx)).await?;
+            let key = keys::LiveKey {
+                key_id: record.key_id.clone(),
+                resource_uid: uid.clone(),
+                key_sha256: record.key_sha256.clone(),
+            };
+            spend_refresh::refresh_one(ctx, key).await?
         }
     };
     let budget_micros = usd_to_micros(&t.budget_monthly_usd).unwrap_or(0);
@@ -606,6 +684,7 @@ async fn apply(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, ReconcileEr
             Some(BlockReason::Expired) => Desired::new("Expired", true, "Expired", "The key's expiry time has passed"),
             _ => Desired::new("Expired", false, "NotExpired", "The key has not expired"),
         },
+        usage_read(&view, &spend_text),
         match block {
             Some(r) => Desired::new("Ready", false, r.as_str(), format!("The proxy refuses the key: {}", r.as_str())),
             None => Desired::new("Ready", true, "Ready", "The key is published and within its budget"),
@@ -632,6 +711,27 @@ async fn apply(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, ReconcileEr
         after = after.min(until);
     }
     Ok(Action::requeue(after))
+}
+
+/// Whether the last refresh could read all of the key's usage. When it could not, the key is
+/// judged on the last good spend (the condition says which), and its other values still count.
+fn usage_read(view: &SpendView, spend_text: &str) -> Desired {
+    match view.problems.first() {
+        None => Desired::new("UsageRead", true, "Read", "The key's usage in Redis was read"),
+        Some(first) => {
+            let what: Vec<&str> = view.problems.iter().map(|p| p.as_str()).collect();
+            Desired::new(
+                "UsageRead",
+                false,
+                first.as_str(),
+                format!(
+                    "Part of the key's usage in Redis could not be read ({}): those values are skipped, \
+                     and the key is judged on its last good spend ({spend_text})",
+                    what.join(", ")
+                ),
+            )
+        }
+    }
 }
 
 /// Whether VirtualKeys in `namespace` are served: in every namespace without a list (Secrets
@@ -750,151 +850,6 @@ pub fn error_policy(vk: Arc<VirtualKey>, error: &ReconcileError, ctx: Arc<Contex
     Action::requeue(delay)
 }
 
-// ---------------------------------------------------------------------------------------
-// The spend refresher.
-
-/// What one refresh did (tests and logs).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RefreshStats {
-    pub keys: usize,
-    pub restored: usize,
-    pub rows_upserted: u64,
-    /// Redis round trips this pass made (reconciles running meanwhile are not counted).
-    pub round_trips: u64,
-}
-
-/// One pass over every live key: read counters in batches (one Redis round trip per batch),
-/// restore the ones Redis lost from PostgreSQL, copy the rest into the daily aggregates, and
-/// refresh the snapshot reconciles judge budgets by.
-pub async fn refresh_spend(ctx: &Context) -> Result<RefreshStats, ReconcileError> {
-    let rt = runtime(ctx)?;
-    let now = Utc::now();
-    let month = period(now);
-    let today = now.date_naive();
-    let yesterday = today.pred_opt().unwrap_or(today);
-    // Yesterday too: the increments between the last copy and midnight reach PostgreSQL.
-    let days = [today.to_string(), yesterday.to_string()];
-    let live = keys::live_all(&ctx.db).await?;
-    let mut stats = RefreshStats { keys: live.len(), ..RefreshStats::default() };
-    let mut fresh: HashMap<String, SpendView> = HashMap::with_capacity(live.len());
-    for chunk in live.chunks(rt.batch) {
-        let ids: Vec<(String, String)> =
-            chunk.iter().map(|k| (hex::encode(&k.key_sha256), k.resource_uid.clone())).collect();
-        let observed = rt.cache.read_batch(&ids, &month, &days).await?;
-        stats.round_trips += 1;
-        // Lost: no base marker (a flush), or a counter below what PostgreSQL copied from it (the
-        // counter went and its marker stayed: an eviction, or a loss that raced a restore). A
-        // counter only grows, so holding less than its copy can only mean it was lost.
-        let budgets: Vec<String> = ids.iter().map(|(_, b)| b.clone()).collect();
-        let copied = spend::monthly_totals(&ctx.db, &budgets, &month).await?;
-        let lost = |budget: &str, o: &cache::ObservedCounters| {
-            !o.based || o.month_micros.unwrap_or(0) < copied.get(budget).copied().unwrap_or(0)
-        };
-        let unbased: Vec<String> =
-            ids.iter().zip(&observed).filter(|((_, b), o)| lost(b, o)).map(|((_, b), _)| b.clone()).collect();
-        let stored = if unbased.is_empty() {
-            HashMap::new()
-        } else {
-            spend::stored_months(&ctx.db, &unbased, month_start(now), today).await?
-        };
-        let mut restores = Vec::new();
-        let mut rows = Vec::new();
-        let mut months = Vec::new();
-        for ((hash, budget), o) in ids.iter().zip(observed) {
-            let mut micros = o.month_micros.unwrap_or(0);
-            let mut days_seen = o.days.clone();
-            if lost(budget, &o) {
-                // Redis lost this month's counters (or the month is new): add back what
-                // PostgreSQL holds before anyone judges the budget. What is copied below is
-                // what Redis holds once the restore ran: read values plus restored amounts.
-                let base = stored.get(budget).cloned().unwrap_or_default();
-                micros = micros.saturating_add(base.total_micros);
-                let today_fields: Vec<(String, i64)> = base
-                    .day_rows
-                    .iter()
-                    .flat_map(|r| {
-                        [
-                            (cache::usage_field(&r.surface, &r.model, "cost"), r.cost_micros),
-                            (cache::usage_field(&r.surface, &r.model, "requests"), r.requests),
-                        ]
-                    })
-                    .collect();
-                if let Some(today_seen) = days_seen.first_mut() {
-                    for (field, amount) in &today_fields {
-                        *today_seen.entry(field.clone()).or_insert(0) += amount;
-                    }
-                }
-                restores.push(Restore {
-                    budget_id: budget.clone(),
-                    month_micros: base.total_micros,
-                    today: today_fields,
-                });
-            }
-            for (day, fields) in [today, yesterday].iter().zip(&days_seen) {
-                rows.extend(daily_rows(budget, *day, fields));
-            }
-            months.push((budget.clone(), month.clone(), micros));
-            fresh.insert(
-                budget.clone(),
-                SpendView { period: month.clone(), micros, key_sha256: hash.clone(), auth: o.auth },
-            );
-        }
-        if !restores.is_empty() {
-            stats.restored += restores.len();
-            tracing::info!(keys = restores.len(), "restoring spend counters Redis lost from PostgreSQL");
-            rt.cache.restore_batch(&restores, &month, &days[0]).await?;
-            stats.round_trips += 1;
-        }
-        // Only after the restore committed: a copy of counters Redis does not hold yet would
-        // be restored twice after the next loss.
-        stats.rows_upserted += spend::upsert_daily(&ctx.db, &rows).await?;
-        stats.rows_upserted += spend::upsert_monthly(&ctx.db, &months).await?;
-    }
-    rt.with(|m| *m = fresh);
-    let _ = rt.refreshed_tx.unbounded_send(());
-    Ok(stats)
-}
-
-fn daily_rows(budget: &str, day: NaiveDate, fields: &HashMap<String, i64>) -> Vec<DailySpend> {
-    let mut by_model: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
-    for (field, value) in fields {
-        let Some((surface, model, what)) = cache::parse_usage_field(field) else { continue };
-        if surface != "llm" && surface != "tts" {
-            continue;
-        }
-        let entry = by_model.entry((surface.to_owned(), model.to_owned())).or_default();
-        match what {
-            "cost" => entry.0 = (*value).max(0),
-            "requests" => entry.1 = (*value).max(0),
-            _ => {}
-        }
-    }
-    by_model
-        .into_iter()
-        .map(|((surface, model), (cost_micros, requests))| DailySpend {
-            budget_id: budget.to_owned(),
-            day,
-            surface,
-            model,
-            cost_micros,
-            requests,
-        })
-        .collect()
-}
-
-async fn refresh_loop(ctx: Arc<Context>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(ctx.config.resync) => {}
-            changed = stop.changed() => if changed.is_err() || *stop.borrow() { return },
-        }
-        match refresh_spend(&ctx).await {
-            Ok(stats) => tracing::debug!(?stats, "spend refreshed"),
-            Err(e) => tracing::warn!(error = %e, "cannot refresh spend; keys keep their last judgement"),
-        }
-    }
-}
-
 /// Runs the VirtualKey controller (and its refresher) until `stop` turns true. Does nothing
 /// without a Redis connection. The first refresh completes before any reconcile, so a
 /// restarted operator never judges a budget without the month's spend.
@@ -904,7 +859,7 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
         return;
     };
     if !super::retry_until_stopped(&stop, ctx.config.fast_poll, "read spend", || async {
-        refresh_spend(&ctx).await.map(|_| ())
+        spend_refresh::refresh_spend(&ctx).await.map(|_| ())
     })
     .await
     {
@@ -914,7 +869,7 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
         tracing::warn!("the VirtualKey controller runs once per context");
         return;
     };
-    let mut refresher = AbortOnDrop::spawn(refresh_loop(Arc::clone(&ctx), stop.clone()));
+    let mut refresher = AbortOnDrop::spawn(spend_refresh::refresh_loop(Arc::clone(&ctx), stop.clone()));
     let vks: Api<VirtualKey> = super::scoped_api(&ctx);
     let label = format!("{}={}", MANAGED_BY_LABEL.0, MANAGED_BY_LABEL.1);
     let mut shutdown = stop.clone();
@@ -975,9 +930,17 @@ fn phase_name(vk: &VirtualKey) -> String {
     phase.to_owned()
 }
 
-/// Connects the VirtualKey controller's Redis client.
-pub async fn connect_runtime(url: &str, namespace: &str, batch: usize) -> Result<KeyRuntime, CacheError> {
-    Ok(KeyRuntime::new(KeyCache::connect(url, namespace).await?, batch))
+/// Connects the VirtualKey controller's Redis clients (one for reconciles, one for the
+/// refresher), each answer due within `deadline`.
+pub async fn connect_runtime(
+    url: &str,
+    namespace: &str,
+    batch: usize,
+    deadline: Duration,
+) -> Result<KeyRuntime, CacheError> {
+    let cache = KeyCache::connect_with_deadline(url, namespace, deadline).await?;
+    let refresh_cache = KeyCache::connect_with_deadline(url, namespace, deadline).await?;
+    Ok(KeyRuntime::new(cache, refresh_cache, batch))
 }
 
 #[cfg(test)]

@@ -35,6 +35,8 @@ pub struct NewVirtualKey {
     pub rate_limit_rpm: Option<i32>,
     /// Expiry, if any.
     pub expires_at: Option<DateTime<Utc>>,
+    /// Which operator instance refreshes its spend (`<installation>/<shard>`).
+    pub scope: String,
 }
 
 /// A key as stored.
@@ -73,8 +75,8 @@ pub struct VirtualKeyRecord {
 pub async fn insert(conn: &mut sqlx::PgConnection, key: &NewVirtualKey) -> Result<(), StoreError> {
     let result = sqlx::query!(
         r#"INSERT INTO virtual_keys (key_id, resource_namespace, resource_name, resource_uid, owner, key_sha256,
-                                     prefix, models, budget_monthly_usd, rate_limit_rpm, expires_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::text::numeric, $10, $11)
+                                     prefix, models, budget_monthly_usd, rate_limit_rpm, expires_at, scope)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::text::numeric, $10, $11, $12)
            ON CONFLICT DO NOTHING"#,
         key.key_id,
         key.resource.namespace,
@@ -87,6 +89,7 @@ pub async fn insert(conn: &mut sqlx::PgConnection, key: &NewVirtualKey) -> Resul
         key.budget_monthly_usd,
         key.rate_limit_rpm,
         key.expires_at.map(|t| t.trunc_subsecs(6)),
+        key.scope,
     )
     .execute(&mut *conn)
     .await
@@ -148,15 +151,46 @@ pub struct LiveKey {
     pub key_sha256: Vec<u8>,
 }
 
-/// Every live key, in one query (the refresher's list; never one query per key).
-pub async fn live_all(pool: &PgPool) -> Result<Vec<LiveKey>, StoreError> {
+/// Every live key of one scope, in one query (the refresher's list; never one query per key).
+pub async fn live_in_scope(pool: &PgPool, scope: &str) -> Result<Vec<LiveKey>, StoreError> {
     sqlx::query_as!(
         LiveKey,
-        "SELECT key_id, resource_uid, key_sha256 FROM virtual_keys WHERE revoked_at IS NULL ORDER BY key_id"
+        "SELECT key_id, resource_uid, key_sha256 FROM virtual_keys
+         WHERE revoked_at IS NULL AND scope = $1 ORDER BY key_id",
+        scope
     )
     .fetch_all(pool)
     .await
     .during("listing live virtual keys")
+}
+
+/// Makes `scope` the one that refreshes a live key's spend (the instance that reconciles its
+/// VirtualKey: after an upgrade, keys recorded before scopes existed; after a move to another
+/// shard, the new one). A no-op when it already is.
+pub async fn claim(pool: &PgPool, key_id: &str, scope: &str) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE virtual_keys SET scope = $2 WHERE key_id = $1 AND revoked_at IS NULL AND scope IS DISTINCT FROM $2",
+        key_id,
+        scope
+    )
+    .execute(pool)
+    .await
+    .during("claiming a virtual key's spend")?;
+    Ok(())
+}
+
+/// Of these hashes, the ones of keys revoked as of `now` (past any rotation grace): their auth
+/// entries must not be in Redis. Hashes PostgreSQL does not know are not returned.
+pub async fn revoked_among(pool: &PgPool, hashes: &[Vec<u8>], now: DateTime<Utc>) -> Result<Vec<Vec<u8>>, StoreError> {
+    let rows = sqlx::query_scalar!(
+        "SELECT key_sha256 FROM virtual_keys WHERE key_sha256 = ANY($1) AND revoked_at IS NOT NULL AND revoked_at <= $2",
+        hashes,
+        now.trunc_subsecs(6)
+    )
+    .fetch_all(pool)
+    .await
+    .during("finding revoked keys among auth entries")?;
+    Ok(rows)
 }
 
 /// The business terms of a key that follow its VirtualKey's spec.

@@ -312,6 +312,7 @@ async fn virtual_keys_keep_a_hash_never_the_key() {
         budget_monthly_usd: "50.00".into(),
         rate_limit_rpm: Some(60),
         expires_at: None,
+        scope: "test/".into(),
     };
     let mut conn = db.pool.acquire().await.expect("connection");
     keys::insert(&mut conn, &key).await.expect("insert");

@@ -37,32 +37,22 @@ pub struct KeyOperator {
 impl KeyOperator {
     /// `resync`: how often the refresher reads spend (and settled keys are looked at again).
     pub async fn start(resync: Duration, batch: usize) -> KeyOperator {
+        Self::start_with(resync, batch, |_| {}).await
+    }
+
+    /// As [`KeyOperator::start`], with the controller settings changed by `tweak` first.
+    pub async fn start_with(resync: Duration, batch: usize, tweak: impl FnOnce(&mut ControllerConfig)) -> KeyOperator {
         crate::logs::install();
         let kube = KubeServer::start().await;
         let client = kube.client();
         let db = TestDb::fresh().await;
         let ns = format!("cgktest:{}:", uuid::Uuid::new_v4().simple());
-        let mut controllers = ControllerConfig::new("keys.example.com");
-        controllers.resync = resync;
-        controllers.fast_poll = Duration::from_millis(200);
-        controllers.max_backoff = Duration::from_secs(2);
-        controllers.redis_namespace = ns.clone();
-        controllers.redis_batch = batch;
-        controllers.virtual_key_namespaces = Some(VIRTUAL_KEY_NAMESPACES.map(str::to_owned).to_vec());
-        // No cloud is called by the VirtualKey controller: these endpoints are never reached.
-        let settings = OperatorSettings {
-            database_url: db.url.clone(),
-            redis_url: Some(redis_url()),
-            hetzner: HetznerConfig::new("http://127.0.0.1:9/v1", "unused"),
-            cloudflare: CloudflareConfig::new("http://127.0.0.1:9/client/v4", "unused", "acct", "zone"),
-            controllers,
-            hetzner_requests_per_hour: 3600,
-            cloudflare_requests_per_5min: 1200,
-        };
-        let sealing = SealingKeys::new("k1", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", &[]).expect("sealing key");
-        let connected =
-            operator::connect(kube.operator_client(OPERATOR_USER), settings, sealing).await.expect("operator connects");
-        let context = connected.context;
+        let context = connect(&kube, &db.url, &ns, |c| {
+            c.resync = resync;
+            c.redis_batch = batch;
+            tweak(c);
+        })
+        .await;
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(virtual_key::run(Arc::clone(&context), stop_rx));
         let redis = redis::Client::open(redis_url())
@@ -71,6 +61,12 @@ impl KeyOperator {
             .await
             .expect("redis connects");
         KeyOperator { _kube: kube, client, db, context, redis, ns, stop, task: Some(task) }
+    }
+
+    /// Another writer on the same database and Redis namespace (a stale leader, another shard
+    /// or installation), its controller settings changed by `tweak`; runs nothing by itself.
+    pub async fn other_writer(&self, tweak: impl FnOnce(&mut ControllerConfig)) -> Arc<Context> {
+        connect(&self._kube, &self.db.url, &self.ns, tweak).await
     }
 
     pub fn keys(&self, ns: &str) -> Api<VirtualKey> {
@@ -130,6 +126,38 @@ impl KeyOperator {
         cache.clear_namespace().await.expect("clear namespace");
     }
 
+    /// Every name of this run's namespace with its value (`DUMP`) and time to live: what an
+    /// RDB snapshot holds of it.
+    pub async fn snapshot(&self) -> Vec<(String, Vec<u8>, i64)> {
+        let mut r = self.redis.clone();
+        let names: Vec<String> = r.keys(format!("{}*", self.ns)).await.expect("KEYS");
+        let mut out = Vec::new();
+        for name in names {
+            let dump: Option<Vec<u8>> = redis::cmd("DUMP").arg(&name).query_async(&mut r).await.expect("DUMP");
+            let ttl: i64 = r.pttl(&name).await.expect("PTTL");
+            if let Some(dump) = dump {
+                out.push((name, dump, ttl.max(0)));
+            }
+        }
+        out
+    }
+
+    /// Redis restarted from `snapshot`, as far as this run's namespace can see.
+    pub async fn restore(&self, snapshot: &[(String, Vec<u8>, i64)]) {
+        self.flush().await;
+        let mut r = self.redis.clone();
+        for (name, dump, ttl) in snapshot {
+            let _: () = redis::cmd("RESTORE")
+                .arg(name)
+                .arg(*ttl)
+                .arg(dump.as_slice())
+                .arg("REPLACE")
+                .query_async(&mut r)
+                .await
+                .expect("RESTORE");
+        }
+    }
+
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);
         if let Some(task) = self.task.take() {
@@ -137,6 +165,33 @@ impl KeyOperator {
         }
         self.flush().await;
     }
+}
+
+/// A VirtualKey controller's context on `database_url` and the Redis namespace `ns`.
+async fn connect(
+    kube: &KubeServer,
+    database_url: &str,
+    ns: &str,
+    tweak: impl FnOnce(&mut ControllerConfig),
+) -> Arc<Context> {
+    let mut controllers = ControllerConfig::new("keys.example.com");
+    controllers.fast_poll = Duration::from_millis(200);
+    controllers.max_backoff = Duration::from_secs(2);
+    controllers.redis_namespace = ns.to_owned();
+    controllers.virtual_key_namespaces = Some(VIRTUAL_KEY_NAMESPACES.map(str::to_owned).to_vec());
+    tweak(&mut controllers);
+    // No cloud is called by the VirtualKey controller: these endpoints are never reached.
+    let settings = OperatorSettings {
+        database_url: database_url.to_owned(),
+        redis_url: Some(redis_url()),
+        hetzner: HetznerConfig::new("http://127.0.0.1:9/v1", "unused"),
+        cloudflare: CloudflareConfig::new("http://127.0.0.1:9/client/v4", "unused", "acct", "zone"),
+        controllers,
+        hetzner_requests_per_hour: 3600,
+        cloudflare_requests_per_5min: 1200,
+    };
+    let sealing = SealingKeys::new("k1", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", &[]).expect("sealing key");
+    operator::connect(kube.operator_client(OPERATOR_USER), settings, sealing).await.expect("operator connects").context
 }
 
 /// Everything logged so far by this test binary.

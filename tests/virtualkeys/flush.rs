@@ -18,8 +18,13 @@ struct PrivateRedis {
 impl PrivateRedis {
     async fn start() -> PrivateRedis {
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        // Its own empty directory: a redis-server loads the dump.rdb of its working directory.
+        let dir = std::env::temp_dir().join(format!("crabglamp-private-redis-{port}"));
+        std::fs::create_dir_all(&dir).expect("a directory for the private Redis");
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server runs (scripts/test installs it)");
