@@ -30,7 +30,8 @@
 //! characters. `budgetId` stays the same across key rotations, so rotating a key does not
 //! reset its spend. Unknown fields must be ignored (later versions may add some; `v` changes
 //! only for an incompatible change). After a rotation with a grace period the old key's entry
-//! stays, unchanged, until the grace ends; then it is deleted like a revoked key's.
+//! stays until the grace ends, carrying the new key's terms and block (only `keyId` differs, and
+//! it follows them within a resync); then it is deleted like a revoked key's.
 //!
 //! The operator blocks a key (rewrites its entry with `blocked: true`) within one resync of
 //! the monthly counter reaching the budget, and at `expiresAt` itself; it lifts the block when
@@ -48,11 +49,17 @@
 //! {surface}|{model}|requests 1`, `EXPIRE ... 3456000`; `surface` is `llm` or `tts` (voice
 //! requests use the same keys and shape).
 //!
-//! The operator never writes the proxy's counters except to restore them: when
-//! `{ns}base:{budgetId}:{month}` is missing (Redis lost its data, or the month is new), it
-//! adds in one `MULTI` what PostgreSQL holds for the month to the monthly counter and to
-//! today's usage hash, and sets the marker. Redis must therefore run with `noeviction` (or a
-//! `volatile-*` policy): an evicted marker would restore the month twice.
+//! The operator never writes the proxy's counters except to restore them, in one atomic,
+//! conditional Lua step per key ([`KeyCache::restore_batch`]): when `{ns}base:{budgetId}:{month}`
+//! is missing (Redis lost its data, or the month is new) it adds what PostgreSQL holds for the
+//! month to the monthly counter and to today's usage hash and sets the marker; when the marker
+//! is there but the counter holds less than PostgreSQL copied from it (Redis came back from an
+//! older snapshot) it raises the counter to that total; otherwise it writes nothing. Redis must
+//! run with `noeviction` (or a `volatile-*` policy): an evicted marker would restore a month
+//! the counter still holds.
+//!
+//! Every resync the operator also `SCAN`s `{ns}auth:*` and deletes the entries of keys
+//! PostgreSQL knows as revoked (an older snapshot brings them back).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -300,6 +307,34 @@ impl KeyCache {
         let mut pipe = redis::pipe();
         pipe.cmd("SET").arg(self.auth_key(sha256_hex)).arg(entry_json).ignore();
         self.query::<()>("publishing an auth entry", &pipe).await
+    }
+
+    /// Reads many auth entries (one `MGET`, one round trip), in the order asked.
+    pub async fn read_auth(&self, sha256_hexes: &[String]) -> Result<Vec<Option<String>>, CacheError> {
+        if sha256_hexes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("MGET").arg(sha256_hexes.iter().map(|h| self.auth_key(h)).collect::<Vec<_>>());
+        let (entries,): (Vec<Option<String>>,) = self.query("reading auth entries", &pipe).await?;
+        if entries.len() != sha256_hexes.len() {
+            return Err(CacheError::Shape("reading auth entries"));
+        }
+        Ok(entries)
+    }
+
+    /// Writes many auth entries, `(sha256 hex, JSON)` (one `MSET`, one round trip).
+    pub async fn publish_many(&self, entries: &[(String, String)]) -> Result<(), CacheError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        let mut mset = redis::cmd("MSET");
+        for (hash, json) in entries {
+            mset.arg(self.auth_key(hash)).arg(json);
+        }
+        pipe.add_command(mset).ignore();
+        self.query::<()>("publishing auth entries", &pipe).await
     }
 
     /// Removes auth entries (one round trip).

@@ -102,6 +102,16 @@ struct RunArgs {
     /// Redis URL of the LLM proxy (the VirtualKey controller runs only when it is set).
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
+    /// Prefix of every Redis name the operator reads or writes (the proxy contract's `{ns}`).
+    #[arg(long, env = "CRABGLAMP_REDIS_NAMESPACE", default_value = "cgk:")]
+    redis_namespace: String,
+    /// VirtualKeys per Redis round trip in the spend refresher, at most (halved while a batch
+    /// outlasts the response timeout, grown back after a pass without one).
+    #[arg(long, env = "CRABGLAMP_REDIS_BATCH", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    redis_batch: u32,
+    /// How long the Redis clients wait for an answer, in milliseconds.
+    #[arg(long, env = "CRABGLAMP_REDIS_RESPONSE_TIMEOUT_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    redis_response_timeout_ms: u64,
     /// Hetzner Cloud API base URL.
     #[arg(long, env = "HCLOUD_ENDPOINT", default_value = crabglamp_operator::cloud::hetzner::HETZNER_API)]
     hcloud_endpoint: String,
@@ -339,6 +349,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.virtual_key_namespaces.into_iter().filter(|ns| !ns.is_empty()).collect();
     controllers.virtual_key_namespaces = (!virtual_key_namespaces.is_empty()).then_some(virtual_key_namespaces);
     controllers.instance = args.instance;
+    controllers.redis_namespace = args.redis_namespace;
+    controllers.redis_batch = args.redis_batch as usize;
+    controllers.redis_response_deadline = Duration::from_millis(args.redis_response_timeout_ms);
     controllers.anchor_namespace = args.anchor.anchor_namespace;
     controllers.anchor_configmap = args.anchor.anchor_configmap;
     let settings = OperatorSettings {

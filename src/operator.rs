@@ -75,8 +75,9 @@ pub struct Connected {
 }
 
 /// Resolves the installation identity (configured, or derived from the cluster), connects to
-/// PostgreSQL (and checks its schema is migrated), builds both cloud clients on their shared
-/// rate budgets.
+/// PostgreSQL, builds both cloud clients on their shared rate budgets. Never migrates: the
+/// owner runs `migrate`, so the operator's role needs no right to create anything (see the
+/// README's "Least privilege on a managed PostgreSQL").
 pub async fn connect(
     client: kube::Client,
     mut settings: OperatorSettings,

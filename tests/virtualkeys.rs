@@ -13,9 +13,12 @@ mod virtualkeys {
     mod bad_data;
     pub mod fixture;
     mod flush;
+    mod grace_terms;
     mod lifecycle;
+    mod private_redis;
     mod proxy;
     mod restores;
     mod scale;
+    mod secret_move;
     mod secret_reads;
 }

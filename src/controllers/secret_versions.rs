@@ -15,9 +15,12 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::PartialObjectMeta;
 use kube::runtime::watcher;
 
-/// The key a Secret held when it was checked, and in which version of the Secret.
+/// The key a Secret held when it was checked, and in which Secret and version.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Checked {
+    /// The Secret's name: a changed `spec.secretName` is not settled until the key is found
+    /// (or moved) under the new name.
+    pub secret_name: String,
     pub resource_version: String,
     pub key_id: String,
     /// The Secret's rotation token annotation then.
@@ -26,8 +29,10 @@ pub struct Checked {
 
 #[derive(Debug, Default)]
 struct Versions {
-    /// VirtualKey UID -> the latest version of its Secret the watch delivered.
-    seen: HashMap<String, String>,
+    /// (VirtualKey UID, Secret name) -> the latest version of that Secret the watch delivered.
+    /// By name too: while a key moves to another Secret, both are controlled by the same
+    /// VirtualKey, and the old one's events must not stand for the new one's.
+    seen: HashMap<(String, String), String>,
     /// VirtualKey UID -> the version its key was last checked in.
     checked: HashMap<String, Checked>,
 }
@@ -56,13 +61,15 @@ impl SecretVersions {
             // its VirtualKey reads it (a few GETs after a watch restart, never a stale answer).
             watcher::Event::Init => v.seen.clear(),
             watcher::Event::InitApply(s) | watcher::Event::Apply(s) => {
-                if let (Some(uid), Some(rv)) = (controller_uid(s), s.metadata.resource_version.as_ref()) {
-                    v.seen.insert(uid.to_owned(), rv.clone());
+                if let (Some(uid), Some(name), Some(rv)) =
+                    (controller_uid(s), s.metadata.name.as_ref(), s.metadata.resource_version.as_ref())
+                {
+                    v.seen.insert((uid.to_owned(), name.clone()), rv.clone());
                 }
             }
             watcher::Event::Delete(s) => {
-                if let Some(uid) = controller_uid(s) {
-                    v.seen.remove(uid);
+                if let (Some(uid), Some(name)) = (controller_uid(s), s.metadata.name.as_ref()) {
+                    v.seen.remove(&(uid.to_owned(), name.clone()));
                 }
             }
             watcher::Event::InitDone => {}
@@ -75,14 +82,15 @@ impl SecretVersions {
         self.with(|v| v.checked.insert(uid.to_owned(), checked));
     }
 
-    /// Whether `uid`'s Secret is, as far as the watch knows, the version last checked, holding
-    /// `key_id` for rotation token `rotation`: then a GET would only confirm it.
-    pub fn unchanged(&self, uid: &str, key_id: &str, rotation: Option<&str>) -> bool {
+    /// Whether `uid`'s Secret `secret_name` is, as far as the watch knows, the version last
+    /// checked, holding `key_id` for rotation token `rotation`: then a GET would only confirm it.
+    pub fn unchanged(&self, uid: &str, secret_name: &str, key_id: &str, rotation: Option<&str>) -> bool {
         self.with(|v| {
             let Some(c) = v.checked.get(uid) else { return false };
-            c.key_id == key_id
+            c.secret_name == secret_name
+                && c.key_id == key_id
                 && c.rotation.as_deref() == rotation
-                && v.seen.get(uid).is_some_and(|seen| *seen == c.resource_version)
+                && v.seen.get(&(uid.to_owned(), c.secret_name.clone())).is_some_and(|seen| *seen == c.resource_version)
         })
     }
 
@@ -90,7 +98,7 @@ impl SecretVersions {
     pub fn forget(&self, uid: &str) {
         self.with(|v| {
             v.checked.remove(uid);
-            v.seen.remove(uid);
+            v.seen.retain(|(owner, _), _| owner != uid);
         });
     }
 }
@@ -101,7 +109,12 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
     fn secret(owner: &str, rv: &str) -> PartialObjectMeta<Secret> {
+        named(owner, "k", rv)
+    }
+
+    fn named(owner: &str, name: &str, rv: &str) -> PartialObjectMeta<Secret> {
         let mut s = PartialObjectMeta::<Secret>::default();
+        s.metadata.name = Some(name.into());
         s.metadata.resource_version = Some(rv.into());
         s.metadata.owner_references =
             Some(vec![OwnerReference { uid: owner.into(), controller: Some(true), ..OwnerReference::default() }]);
@@ -109,21 +122,21 @@ mod tests {
     }
 
     fn checked(rv: &str) -> Checked {
-        Checked { resource_version: rv.into(), key_id: "vk_1".into(), rotation: None }
+        Checked { secret_name: "k".into(), resource_version: rv.into(), key_id: "vk_1".into(), rotation: None }
     }
 
     #[test]
     fn only_the_version_checked_spares_the_read() {
         let v = SecretVersions::default();
-        assert!(!v.unchanged("u", "vk_1", None), "never checked");
+        assert!(!v.unchanged("u", "k", "vk_1", None), "never checked");
         v.checked("u", checked("5"));
-        assert!(!v.unchanged("u", "vk_1", None), "the watch has not delivered that version yet");
+        assert!(!v.unchanged("u", "k", "vk_1", None), "the watch has not delivered that version yet");
         v.observe(&watcher::Event::Apply(secret("u", "5")));
-        assert!(v.unchanged("u", "vk_1", None));
-        assert!(!v.unchanged("u", "vk_2", None), "another key is live");
-        assert!(!v.unchanged("u", "vk_1", Some("r1")), "a rotation was asked");
+        assert!(v.unchanged("u", "k", "vk_1", None));
+        assert!(!v.unchanged("u", "k", "vk_2", None), "another key is live");
+        assert!(!v.unchanged("u", "k", "vk_1", Some("r1")), "a rotation was asked");
         v.observe(&watcher::Event::Apply(secret("u", "6")));
-        assert!(!v.unchanged("u", "vk_1", None), "edited since");
+        assert!(!v.unchanged("u", "k", "vk_1", None), "edited since");
     }
 
     #[test]
@@ -132,16 +145,16 @@ mod tests {
         v.checked("u", checked("5"));
         v.observe(&watcher::Event::Apply(secret("u", "5")));
         v.observe(&watcher::Event::Delete(secret("u", "5")));
-        assert!(!v.unchanged("u", "vk_1", None), "deleted");
+        assert!(!v.unchanged("u", "k", "vk_1", None), "deleted");
         v.observe(&watcher::Event::InitApply(secret("u", "5")));
-        assert!(v.unchanged("u", "vk_1", None));
+        assert!(v.unchanged("u", "k", "vk_1", None));
         v.observe(&watcher::Event::Init);
-        assert!(!v.unchanged("u", "vk_1", None), "relisting: not listed again yet");
+        assert!(!v.unchanged("u", "k", "vk_1", None), "relisting: not listed again yet");
         v.observe(&watcher::Event::InitApply(secret("u", "5")));
         v.observe(&watcher::Event::InitDone);
-        assert!(v.unchanged("u", "vk_1", None));
+        assert!(v.unchanged("u", "k", "vk_1", None));
         v.forget("u");
-        assert!(!v.unchanged("u", "vk_1", None));
+        assert!(!v.unchanged("u", "k", "vk_1", None));
     }
 
     #[test]
@@ -151,6 +164,21 @@ mod tests {
         s.metadata.owner_references = None;
         v.observe(&watcher::Event::Apply(s));
         v.checked("u", checked("5"));
-        assert!(!v.unchanged("u", "vk_1", None));
+        assert!(!v.unchanged("u", "k", "vk_1", None));
+    }
+
+    #[test]
+    fn another_secret_name_is_not_settled_and_the_old_secrets_events_do_not_count() {
+        let v = SecretVersions::default();
+        v.checked("u", checked("5"));
+        v.observe(&watcher::Event::Apply(secret("u", "5")));
+        assert!(!v.unchanged("u", "moved", "vk_1", None), "spec.secretName changed: look");
+        v.checked("u", Checked { secret_name: "moved".into(), ..checked("7") });
+        v.observe(&watcher::Event::Apply(named("u", "moved", "7")));
+        assert!(v.unchanged("u", "moved", "vk_1", None));
+        v.observe(&watcher::Event::Delete(secret("u", "5")));
+        assert!(v.unchanged("u", "moved", "vk_1", None), "the old Secret's delete is not the new one's");
+        v.observe(&watcher::Event::Apply(named("u", "moved", "8")));
+        assert!(!v.unchanged("u", "moved", "vk_1", None), "the new one edited");
     }
 }

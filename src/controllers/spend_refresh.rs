@@ -66,8 +66,9 @@ pub async fn refresh_spend(ctx: &Context) -> Result<RefreshStats, ReconcileError
         return Err(e);
     }
     rt.replace_snapshot(fresh);
-    sweep_revoked_entries(ctx, rt, &mut stats).await.inspect_err(|_| ctx.metrics.count_refresh_failure("sweep"))?;
+    // Every key is judged on the new snapshot even if the sweep below fails.
     rt.refreshed();
+    sweep_revoked_entries(ctx, rt, &mut stats).await.inspect_err(|_| ctx.metrics.count_refresh_failure("sweep"))?;
     Ok(stats)
 }
 

@@ -19,7 +19,7 @@ use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
@@ -331,6 +331,39 @@ pub fn auth_entry(key_id: &str, budget_id: &str, t: &KeyTerms, block: Option<Blo
     }
 }
 
+/// The auth entries of the keys still in their rotation grace at `now`, `(sha256 hex, JSON)`:
+/// each carries the live key's terms and block under its own key id (its budget is the same
+/// VirtualKey's), so an old key is never laxer than the new one. Keys whose grace is over get
+/// none: they are removed.
+pub fn grace_entries(
+    budget_id: &str,
+    t: &KeyTerms,
+    block: Option<BlockReason>,
+    retiring: &[keys::RetiringKey],
+    now: DateTime<Utc>,
+) -> Result<Vec<(String, String)>, ReconcileError> {
+    retiring
+        .iter()
+        .filter(|r| r.revoked_at > now)
+        .map(|r| {
+            let entry = serde_json::to_string(&auth_entry(&r.key_id, budget_id, t, block))
+                .map_err(|_| ReconcileError::Decode("an auth entry"))?;
+            Ok((hex::encode(&r.key_sha256), entry))
+        })
+        .collect()
+}
+
+/// Of the `desired` entries, the ones Redis does not hold as they are (`held`: what Redis
+/// holds, in the same order): those, and only those, are written.
+pub fn entries_to_publish(desired: Vec<(String, String)>, held: &[Option<String>]) -> Vec<(String, String)> {
+    desired
+        .into_iter()
+        .zip(held.iter().map(Option::as_deref).chain(std::iter::repeat(None)))
+        .filter(|((_, want), have)| *have != Some(want.as_str()))
+        .map(|(entry, _)| entry)
+        .collect()
+}
+
 // ---------------------------------------------------------------------------------------
 // Reconcile.
 
@@ -371,17 +404,24 @@ fn resource_ref(vk: &VirtualKey, uid: &str) -> ResourceRef {
     }
 }
 
+/// Writes `held` into the Secret `name` (`existing`: its current version, if there is one).
+/// `copy_of`: the Secret a key moves out of, whose labels and annotations come along.
 async fn write_secret(
     ctx: &Context,
     vk: &VirtualKey,
     name: &str,
     existing: Option<&Secret>,
-    issued: &IssuedKey,
+    copy_of: Option<&Secret>,
+    held: &SecretKey,
 ) -> Result<Option<String>, ReconcileError> {
     let ns = vk.namespace().unwrap_or_default();
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let owner = vk.controller_owner_ref(&()).ok_or(ReconcileError::NotStored("uid"))?;
     let mut secret = existing.cloned().unwrap_or_default();
+    if let Some(from) = copy_of {
+        secret.metadata.labels.clone_from(&from.metadata.labels);
+        secret.metadata.annotations.clone_from(&from.metadata.annotations);
+    }
     secret.metadata.name = Some(name.to_owned());
     secret.metadata.namespace = Some(ns);
     secret.metadata.owner_references = Some(vec![owner]);
@@ -391,14 +431,14 @@ async fn write_secret(
         .get_or_insert_with(BTreeMap::new)
         .insert(MANAGED_BY_LABEL.0.into(), MANAGED_BY_LABEL.1.into());
     let ann = secret.metadata.annotations.get_or_insert_with(BTreeMap::new);
-    ann.insert(KEY_ID_ANNOTATION.into(), issued.key_id.clone());
-    match &vk.spec.rotation_token {
+    ann.insert(KEY_ID_ANNOTATION.into(), held.key_id.clone());
+    match &held.rotation {
         Some(t) => ann.insert(ROTATION_ANNOTATION.into(), t.clone()),
         None => ann.remove(ROTATION_ANNOTATION),
     };
     secret.type_ = Some("Opaque".into());
     secret.string_data = None;
-    secret.data = Some(BTreeMap::from([(SECRET_DATA_KEY.to_owned(), ByteString(issued.key.clone().into_bytes()))]));
+    secret.data = Some(BTreeMap::from([(SECRET_DATA_KEY.to_owned(), ByteString(held.key.clone().into_bytes()))]));
     let written = if existing.is_some() {
         api.replace(name, &PostParams::default(), &secret).await?
     } else {
@@ -407,11 +447,34 @@ async fn write_secret(
     Ok(written.metadata.resource_version)
 }
 
-/// Makes PostgreSQL follow the Secret: the Secret's key is the live one. Returns the record.
+/// Deletes the Secret a key moved out of, if it is still this VirtualKey's (its controller, with
+/// the managed-by label), and only that very object (a UID precondition): a Secret someone put
+/// under that name since is left alone.
+async fn delete_moved_from(ctx: &Context, vk: &VirtualKey, uid: &str, previous: &Secret) -> Result<(), ReconcileError> {
+    let ours = previous.owner_references().iter().any(|o| o.uid == uid && o.controller == Some(true))
+        && previous.labels().get(MANAGED_BY_LABEL.0).map(String::as_str) == Some(MANAGED_BY_LABEL.1);
+    if !ours {
+        return Ok(());
+    }
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &vk.namespace().unwrap_or_default());
+    let params = DeleteParams {
+        preconditions: Some(Preconditions { uid: previous.metadata.uid.clone(), resource_version: None }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&previous.name_any(), &params).await {
+        Ok(_) => Ok(()),
+        // Gone already, or another object by now: nothing of ours to delete.
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Makes PostgreSQL follow the Secret `secret`: its key is the live one. Returns the record.
 async fn record_key(
     ctx: &Context,
     vk: &VirtualKey,
     uid: &str,
+    secret: &str,
     held: &SecretKey,
     live: Option<VirtualKeyRecord>,
     t: &KeyTerms,
@@ -475,16 +538,81 @@ async fn record_key(
         false,
         verb,
         verb,
-        format!("Key {} issued (prefix {}) into Secret {}", held.key_id, new.prefix, secret_name(vk)),
+        format!("Key {} issued (prefix {}) into Secret {secret}", held.key_id, new.prefix),
     )
     .await;
     keys::live_for_resource(&ctx.db, uid).await?.ok_or(ReconcileError::Decode("the key row just recorded"))
 }
 
-/// The key half of a reconcile: reads the Secret, issues a key into it when it holds none (or
-/// a rotation was asked, or its key is not the one recorded under its id), makes PostgreSQL
-/// follow it, and remembers in which version of the Secret the key was checked. Returns the
-/// live row.
+/// What a reconcile does about the key, given what the spec's Secret (`target`) and, while
+/// `spec.secretName` changes, the previous Secret hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KeyPlan {
+    /// The spec's Secret holds the key to use (the live one, or one written but not recorded).
+    Keep,
+    /// The previous Secret holds the live key: the same key goes to the spec's Secret.
+    Move,
+    /// No usable key, a rotation asked for, or a key that is not the one recorded under its id.
+    Issue,
+}
+
+/// Whether a Secret's key is the live one: its id and its hash.
+fn holds_live(held: &SecretKey, live: Option<&VirtualKeyRecord>) -> bool {
+    live.is_some_and(|l| l.key_id == held.key_id && keys::key_sha256(&held.key)[..] == l.key_sha256[..])
+}
+
+/// The Secret is the source of truth for which key is current; a new one is issued only when
+/// neither Secret holds a usable one or a rotation was asked for. The previous Secret counts
+/// only with the live key in it: that key moves rather than being replaced.
+fn plan_key(
+    target: Option<&SecretKey>,
+    previous: Option<&SecretKey>,
+    live: Option<&VirtualKeyRecord>,
+    rotation_token: Option<&str>,
+) -> KeyPlan {
+    let current = |h: &SecretKey| h.rotation.as_deref() == rotation_token;
+    match (target, previous) {
+        (Some(h), _) if holds_live(h, live) => {
+            if current(h) {
+                KeyPlan::Keep
+            } else {
+                KeyPlan::Issue
+            }
+        }
+        (_, Some(p)) if holds_live(p, live) => {
+            if current(p) {
+                KeyPlan::Move
+            } else {
+                KeyPlan::Issue
+            }
+        }
+        (Some(h), _) => {
+            // Under the live key's id but another hash: planted or corrupted, never recorded.
+            let tampered = live.is_some_and(|l| l.key_id == h.key_id);
+            if tampered || !current(h) { KeyPlan::Issue } else { KeyPlan::Keep }
+        }
+        (None, _) => KeyPlan::Issue,
+    }
+}
+
+/// Where the key is after the key half of a reconcile.
+struct Located {
+    record: VirtualKeyRecord,
+    /// The Secret holding it: the spec's, or the previous one while the spec's name is taken.
+    secret_name: String,
+    /// Why the key is not in the spec's Secret, if it is not.
+    refused: Option<String>,
+}
+
+/// The key half of a reconcile: reads the Secret (and, while `spec.secretName` changes, the
+/// previous one, named by the status), moves the live key to the spec's Secret or issues a key
+/// into it when neither holds a usable one (or a rotation was asked), makes PostgreSQL follow
+/// it, deletes the previous Secret once the key is recorded in the new one, and remembers in
+/// which version of the Secret the key was checked.
+///
+/// A move is crash-safe: the new Secret is written before the old one is deleted, the status
+/// names the old one until then, and a later reconcile that finds the live key in the new
+/// Secret only finishes the delete.
 async fn ensure_key(
     ctx: &Context,
     rt: &KeyRuntime,
@@ -493,41 +621,79 @@ async fn ensure_key(
     name: &str,
     mut live: Option<VirtualKeyRecord>,
     t: &KeyTerms,
-) -> Result<VirtualKeyRecord, ReconcileError> {
+) -> Result<Located, ReconcileError> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &vk.namespace().unwrap_or_default());
-    let secret = secrets.get_opt(name).await?;
-    if let Some(s) = &secret
+    let previous_name = vk.status.as_ref().and_then(|s| s.secret_name.clone()).filter(|p| p != name);
+    let mut target = secrets.get_opt(name).await?;
+    let mut previous = match &previous_name {
+        Some(p) => secrets.get_opt(p).await?,
+        None => None,
+    };
+    let mut name = name.to_owned();
+    let mut refused = None;
+    if let Some(s) = &target
         && !s.owner_references().iter().any(|o| o.uid == uid)
     {
-        return Err(ReconcileError::InvalidSpec(format!(
-            "Secret {name} exists and does not belong to this VirtualKey"
-        )));
+        let taken = format!("Secret {name} exists and does not belong to this VirtualKey");
+        // A move refused: the live key stays where it is and keeps being judged and published.
+        let keeps =
+            previous.as_ref().and_then(|p| key_in_secret(p, uid)).is_some_and(|h| holds_live(&h, live.as_ref()));
+        match &previous_name {
+            Some(p) if keeps => {
+                refused = Some(format!("{taken}: the key stays in Secret {p}"));
+                name.clone_from(p);
+                target = previous.take();
+            }
+            _ => return Err(ReconcileError::InvalidSpec(taken)),
+        }
     }
-    let mut version = secret.as_ref().and_then(|s| s.metadata.resource_version.clone());
-    let mut held = secret.as_ref().and_then(|s| key_in_secret(s, uid));
-
-    // Decide and act: the Secret is the source of truth for which key is current; a new one
-    // is issued only when it holds none or a rotation was asked for.
-    let rotation_asked = held.as_ref().is_some_and(|h| h.rotation != vk.spec.rotation_token);
-    let tampered = match (&held, &live) {
-        (Some(h), Some(l)) => h.key_id == l.key_id && keys::key_sha256(&h.key)[..] != l.key_sha256[..],
-        _ => false,
+    let mut version = target.as_ref().and_then(|s| s.metadata.resource_version.clone());
+    let held = target.as_ref().and_then(|s| key_in_secret(s, uid));
+    let moving = previous.as_ref().and_then(|s| key_in_secret(s, uid));
+    let plan = plan_key(held.as_ref(), moving.as_ref(), live.as_ref(), vk.spec.rotation_token.as_deref());
+    let held = match plan {
+        KeyPlan::Keep => held.ok_or(ReconcileError::Decode("a key in the Secret"))?,
+        KeyPlan::Move => {
+            let moved = moving.ok_or(ReconcileError::Decode("a key in the previous Secret"))?;
+            version = write_secret(ctx, vk, &name, target.as_ref(), previous.as_ref(), &moved).await?;
+            ctx.metrics.count_step(KIND, "move");
+            let from = previous_name.as_deref().unwrap_or_default();
+            ctx.event(
+                vk,
+                false,
+                "Moved",
+                "Move",
+                format!("Key {} moved from Secret {from} to Secret {name}", moved.key_id),
+            )
+            .await;
+            moved
+        }
+        KeyPlan::Issue => {
+            let issued = generate_key();
+            let held = SecretKey { key: issued.key, key_id: issued.key_id, rotation: vk.spec.rotation_token.clone() };
+            version = write_secret(ctx, vk, &name, target.as_ref(), None, &held).await?;
+            held
+        }
     };
-    if held.is_none() || rotation_asked || tampered {
-        let issued = generate_key();
-        version = write_secret(ctx, vk, name, secret.as_ref(), &issued).await?;
-        held = Some(SecretKey { key: issued.key, key_id: issued.key_id, rotation: vk.spec.rotation_token.clone() });
-    }
-    let held = held.ok_or(ReconcileError::Decode("a key in the Secret"))?;
     if live.as_ref().is_none_or(|l| l.key_id != held.key_id) {
-        live = Some(record_key(ctx, vk, uid, &held, live.take(), t).await?);
+        live = Some(record_key(ctx, vk, uid, &name, &held, live.take(), t).await?);
     }
     let record = live.ok_or(ReconcileError::Decode("the live key"))?;
-    if let Some(resource_version) = version {
-        rt.secrets
-            .checked(uid, Checked { resource_version, key_id: held.key_id.clone(), rotation: held.rotation.clone() });
+    if let Some(previous) = &previous {
+        delete_moved_from(ctx, vk, uid, previous).await?;
     }
-    Ok(record)
+    if let Some(resource_version) = version {
+        rt.secrets.checked(
+            uid,
+            Checked {
+                secret_name: name.clone(),
+                resource_version,
+                key_id: held.key_id.clone(),
+                rotation: held.rotation.clone(),
+            },
+        );
+    }
+    Ok(Located { record, secret_name: name, refused })
 }
 
 async fn apply(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, ReconcileError> {
@@ -542,9 +708,9 @@ async fn apply(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, ReconcileEr
     // Observe: the live row, and the Secret only if it changed since its key was checked.
     let live = keys::live_for_resource(&ctx.db, &uid).await?;
     let settled =
-        live.as_ref().is_some_and(|l| rt.secrets.unchanged(&uid, &l.key_id, vk.spec.rotation_token.as_deref()));
-    let mut record = match live {
-        Some(live) if settled => live,
+        live.as_ref().is_some_and(|l| rt.secrets.unchanged(&uid, &name, &l.key_id, vk.spec.rotation_token.as_deref()));
+    let Located { mut record, secret_name: name, refused } = match live {
+        Some(record) if settled => Located { record, secret_name: name, refused: None },
         live => ensure_key(ctx, rt, &vk, &uid, &name, live, &t).await?,
     };
 
@@ -645,9 +811,12 @@ async fn apply(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, ReconcileEr
         }
     }
 
-    // Keys rotated away with a grace period: removed from Redis once it is over.
+    // Keys rotated away with a grace period: the same terms and block as the live key until it
+    // is over, then removed from Redis.
+    let retiring = keys::retiring(&ctx.db, &uid).await?;
+    follow_terms_in_grace(ctx, rt, &uid, &t, block, &retiring, now).await?;
     let mut next_retirement: Option<DateTime<Utc>> = None;
-    for retiring in keys::retiring(&ctx.db, &uid).await? {
+    for retiring in retiring {
         if retiring.revoked_at <= now {
             rt.cache.remove(&[hex::encode(&retiring.key_sha256)]).await?;
             keys::mark_unpublished(&ctx.db, &retiring.key_id).await?;
@@ -690,6 +859,12 @@ async fn apply(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, ReconcileEr
             None => Desired::new("Ready", true, "Ready", "The key is published and within its budget"),
         },
     ];
+    // A refused `spec.secretName` change: the key works on from its Secret, and the status says
+    // the spec is not followed (kstatus and Argo CD then call it failed, not progressing).
+    let desired_conditions: Vec<Desired> = desired_conditions
+        .into_iter()
+        .chain(refused.map(|why| Desired::new("Stalled", true, "SecretNameTaken", why)))
+        .collect();
     let next = VirtualKeyStatus {
         observed_generation: vk.metadata.generation,
         key_id: Some(record.key_id.clone()),
@@ -732,6 +907,32 @@ fn usage_read(view: &SpendView, spend_text: &str) -> Desired {
             )
         }
     }
+}
+
+/// Makes the auth entries of the keys in their rotation grace carry the live key's terms and
+/// block: one `MGET` of them, and a write only of those Redis lost or holds otherwise (an idle
+/// resync writes nothing; a key rotated without grace costs no round trip at all).
+async fn follow_terms_in_grace(
+    ctx: &Context,
+    rt: &KeyRuntime,
+    uid: &str,
+    t: &KeyTerms,
+    block: Option<BlockReason>,
+    retiring: &[keys::RetiringKey],
+    now: DateTime<Utc>,
+) -> Result<(), ReconcileError> {
+    let desired = grace_entries(uid, t, block, retiring, now)?;
+    if desired.is_empty() {
+        return Ok(());
+    }
+    let hashes: Vec<String> = desired.iter().map(|(hash, _)| hash.clone()).collect();
+    let held = rt.cache.read_auth(&hashes).await?;
+    let stale = entries_to_publish(desired, &held);
+    if !stale.is_empty() {
+        rt.cache.publish_many(&stale).await?;
+        ctx.metrics.count_step(KIND, "publish");
+    }
+    Ok(())
 }
 
 /// Whether VirtualKeys in `namespace` are served: in every namespace without a list (Secrets
@@ -990,5 +1191,87 @@ mod tests {
         assert_eq!(a.key.len(), KEY_PREFIX.len() + 43, "32 bytes in unpadded base64url");
         assert_ne!(a.key, b.key);
         assert!(!format!("{a:?}").contains(&a.key));
+    }
+
+    fn terms_for_test() -> KeyTerms {
+        KeyTerms {
+            owner: "acct_b".into(),
+            models: vec!["claude-*".into()],
+            budget_monthly_usd: "1.00".into(),
+            rate_limit_rpm: Some(7),
+            expires_at: None,
+        }
+    }
+
+    fn retiring(id: &str, byte: u8, revoked_at: DateTime<Utc>) -> keys::RetiringKey {
+        keys::RetiringKey { key_id: id.into(), key_sha256: vec![byte; 32], revoked_at }
+    }
+
+    #[test]
+    fn keys_in_their_grace_carry_the_live_terms_and_block_and_keys_past_it_none() {
+        let now = Utc::now();
+        let t = terms_for_test();
+        let later = now + chrono::Duration::seconds(60);
+        let keys = [retiring("vk_old", 1, later), retiring("vk_over", 2, now), retiring("vk_older", 3, later)];
+        let entries = grace_entries("uid-1", &t, Some(BlockReason::BudgetExceeded), &keys, now).expect("entries");
+        let hashes: Vec<&str> = entries.iter().map(|(h, _)| h.as_str()).collect();
+        assert_eq!(hashes, [hex::encode([1u8; 32]), hex::encode([3u8; 32])], "the grace over at `now` is over");
+        let entry: AuthEntry = serde_json::from_str(&entries[0].1).expect("json");
+        let live = auth_entry("vk_new", "uid-1", &t, Some(BlockReason::BudgetExceeded));
+        assert_eq!(entry, AuthEntry { key_id: "vk_old".into(), ..live }, "only the key id differs");
+        assert!(grace_entries("uid-1", &t, None, &[], now).expect("none").is_empty());
+    }
+
+    #[test]
+    fn only_entries_redis_lost_or_holds_otherwise_are_written() {
+        let desired = vec![("a".to_owned(), "A".to_owned()), ("b".into(), "B".into()), ("c".into(), "C".into())];
+        let held = [Some("A".to_owned()), None, Some("laxer".to_owned())];
+        assert_eq!(entries_to_publish(desired.clone(), &held), desired[1..].to_vec());
+        let all_held: Vec<Option<String>> = desired.iter().map(|(_, j)| Some(j.clone())).collect();
+        assert!(entries_to_publish(desired.clone(), &all_held).is_empty(), "nothing changed, nothing written");
+        assert_eq!(entries_to_publish(desired.clone(), &[]), desired, "an answer too short writes the rest");
+    }
+
+    fn held(key_id: &str, key: &str, rotation: Option<&str>) -> SecretKey {
+        SecretKey { key: key.into(), key_id: key_id.into(), rotation: rotation.map(str::to_owned) }
+    }
+
+    fn live_record(key_id: &str, key: &str) -> VirtualKeyRecord {
+        VirtualKeyRecord {
+            key_id: key_id.into(),
+            resource_uid: "uid-1".into(),
+            owner: "acct_a".into(),
+            key_sha256: keys::key_sha256(key).to_vec(),
+            prefix: key.chars().take(PREFIX_LEN).collect(),
+            models: vec![],
+            budget_monthly_usd: "1.00".into(),
+            rate_limit_rpm: None,
+            expires_at: None,
+            created_at: Utc::now(),
+            revoked_at: None,
+        }
+    }
+
+    #[test]
+    fn the_live_key_moves_to_the_new_secret_and_is_replaced_only_when_it_must_be() {
+        let live = live_record("vk_1", "cgk_live");
+        let l = Some(&live);
+        let live_held = held("vk_1", "cgk_live", None);
+        let planted = held("vk_1", "cgk_planted", None);
+        let unrecorded = held("vk_2", "cgk_new", None);
+        // No move.
+        assert_eq!(plan_key(Some(&live_held), None, l, None), KeyPlan::Keep);
+        assert_eq!(plan_key(Some(&live_held), None, l, Some("r2")), KeyPlan::Issue, "a rotation asked");
+        assert_eq!(plan_key(Some(&planted), None, l, None), KeyPlan::Issue, "another key under the live id");
+        assert_eq!(plan_key(Some(&unrecorded), None, l, None), KeyPlan::Keep, "written, not yet recorded");
+        assert_eq!(plan_key(None, None, l, None), KeyPlan::Issue);
+        assert_eq!(plan_key(None, None, None, None), KeyPlan::Issue);
+        // A move: the same key, unless a rotation is asked at the same time.
+        assert_eq!(plan_key(None, Some(&live_held), l, None), KeyPlan::Move);
+        assert_eq!(plan_key(Some(&unrecorded), Some(&live_held), l, None), KeyPlan::Move, "the live key wins");
+        assert_eq!(plan_key(None, Some(&live_held), l, Some("r2")), KeyPlan::Issue);
+        assert_eq!(plan_key(Some(&live_held), Some(&live_held), l, None), KeyPlan::Keep, "moved, not yet deleted");
+        // The previous Secret without the live key (deleted, edited): nothing to move.
+        assert_eq!(plan_key(None, Some(&planted), l, None), KeyPlan::Issue);
     }
 }

@@ -1,7 +1,9 @@
 //! `crabglamp-operator run`, the production binary, pointed at the sandbox from outside (the
 //! sandbox started without its in-process controllers): an Agent turns Ready; the JSON logs
 //! carry the object in their span and no token; SIGTERM stops it within a bounded time; the
-//! trail it wrote verifies against its anchor with the sandbox's env file alone.
+//! trail it wrote verifies against its anchor with the sandbox's env file alone but for the
+//! database: one the owner migrated, reached as the README's least-privilege role, so `run` and
+//! `audit verify` prove they never need more (nor to create anything).
 
 use std::time::Duration;
 
@@ -16,6 +18,7 @@ async fn the_operator_binary_runs_against_the_sandbox_and_stops_on_sigterm() {
     let mut options = SandboxOptions::default();
     options.hetzner.durations = crabglamp_sandbox::hetzner::ActionDurations::uniform(Duration::from_millis(100));
     let sandbox = Sandbox::start(options).await.expect("sandbox starts");
+    let db = crate::db::TestDb::for_operator().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, sandbox.kube.kubeconfig_yaml()).expect("kubeconfig");
@@ -34,6 +37,7 @@ async fn the_operator_binary_runs_against_the_sandbox_and_stops_on_sigterm() {
         .args(["--metrics-addr", "127.0.0.1:0"])
         // The sandbox's env file is what a user sources to point the binary at it.
         .envs(env_file_vars(&sandbox.env_file(&kubeconfig)))
+        .env("DATABASE_URL", &db.operator_url)
         .env("RUST_LOG", "info,crabglamp_operator=debug")
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -82,10 +86,11 @@ async fn the_operator_binary_runs_against_the_sandbox_and_stops_on_sigterm() {
     assert_eq!(reconcile_line["span"]["object_name"], "outside");
 
     // The trail the binary wrote verifies against the anchor it published, with nothing but
-    // the env file (the sealing key authenticates the anchor).
+    // the env file (the sealing key authenticates the anchor) and the operator's role.
     let verify = std::process::Command::new(env!("CARGO_BIN_EXE_crabglamp-operator"))
         .args(["audit", "verify"])
         .envs(env_file_vars(&sandbox.env_file(&kubeconfig)))
+        .env("DATABASE_URL", &db.operator_url)
         .output()
         .expect("audit verify runs");
     let said = format!("{}{}", String::from_utf8_lossy(&verify.stdout), String::from_utf8_lossy(&verify.stderr));

@@ -1,6 +1,6 @@
 //! The chart's RBAC against what the operator really calls: a whole operator (all three
 //! controllers) runs against the sandbox through the Agent, PlainVM and VirtualKey lifecycles
-//! (create, Ready, stop, rotate, budget reached, delete); the API server's request log gives
+//! (create, Ready, stop, rotate, Secret moved, budget reached, delete); the API server's request log gives
 //! every request the operator's client sent, each mapped to the attributes an authoriser
 //! judges (verb, API group, resource/subresource, namespace, name), as kube-apiserver's
 //! RequestInfo does. The rules `helm template` renders must allow every one of them and grant
@@ -259,9 +259,15 @@ async fn drive(op: &Operator) -> Vec<Attributes> {
         ready_now(&current(k)) && current(k)["status"]["rotationToken"] == "2"
     })
     .await;
+    // A new spec.secretName: the key moves, the old Secret is deleted.
+    patch_spec(&keys, "rbac-key", json!({"secretName": "rbac-key-moved"})).await;
+    wait_for(&keys, "rbac-key", deadline, "key moved", |k| {
+        ready_now(&current(k)) && current(k)["status"]["secretName"] == "rbac-key-moved"
+    })
+    .await;
     // The OwnerReferencesPermissionEnforcement admission plugin (not in the sandbox) checks
     // `update` on the owner's finalizers for every ownerReference with blockOwnerDeletion.
-    let secret = Api::<Secret>::namespaced(op.client.clone(), NS).get("rbac-key-secret").await.expect("key secret");
+    let secret = Api::<Secret>::namespaced(op.client.clone(), NS).get("rbac-key-moved").await.expect("key secret");
     let secret_refs = secret.metadata.owner_references.unwrap_or_default();
     let derived: Vec<Attributes> = secret_refs
         .iter()
@@ -478,7 +484,7 @@ fn operator_args(objects: &[Value]) -> Vec<String> {
 
 #[test]
 fn secret_access_only_where_virtual_keys_live() {
-    let verbs: BTreeSet<String> = ["get", "list", "watch", "create", "update"].map(str::to_owned).into();
+    let verbs: BTreeSet<String> = ["get", "list", "watch", "create", "update", "delete"].map(str::to_owned).into();
     // Without VirtualKeys the operator reads no Secret, so it may read none.
     let defaults = helm::defaults();
     assert_eq!(secret_scopes(&defaults), BTreeMap::new(), "no Secret access without VirtualKeys");

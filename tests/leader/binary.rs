@@ -78,7 +78,7 @@ async fn the_elected_binary_serves_its_endpoints_and_releases_the_lease_on_sigte
         .arg(&kubeconfig)
         .args(["--leader-election", "--lease-namespace", super::support::LEASE_NAMESPACE, "--identity", "binary"])
         .args(["--lease-retry-period-ms", "200", "--metrics-addr", "127.0.0.1:0", "--drain-seconds", "10"])
-        .env("DATABASE_URL", &op.db.url)
+        .env("DATABASE_URL", &op.db.operator_url)
         .env("HCLOUD_ENDPOINT", &op.hetzner.base_url)
         .env("HCLOUD_TOKEN", "hz-test")
         .env("CLOUDFLARE_ENDPOINT", &op.cloudflare.base_url)

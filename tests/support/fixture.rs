@@ -102,9 +102,10 @@ impl Operator {
             CloudflareSimConfig { token: "cf-test".into(), zone_name: ZONE.into(), ..CloudflareSimConfig::default() };
         let cloudflare =
             Arc::new(cfsim::spawn(cf_config.clone(), listener().await).await.expect("Cloudflare simulator"));
-        let db = TestDb::fresh().await;
+        // The operator connects as the README's least-privilege role: every scenario proves the grants.
+        let db = TestDb::for_operator().await;
         let mut settings = OperatorSettings {
-            database_url: db.url.clone(),
+            database_url: db.operator_url.clone(),
             redis_url: None,
             hetzner: HetznerConfig::new(hetzner.base_url.clone(), "hz-test"),
             cloudflare: CloudflareConfig::new(
@@ -152,9 +153,9 @@ impl Operator {
         namespaces.create(&PostParams::default(), &release).await.expect("create the release namespace");
         let client = kube.client();
         let operator_client = kube.operator_client(OPERATOR_USER);
-        let db = TestDb::fresh().await;
+        let db = TestDb::for_operator().await;
         let mut settings = other.settings.clone();
-        settings.database_url = db.url.clone();
+        settings.database_url = db.operator_url.clone();
         settings.controllers = config;
         let (context, stop, task) = launch(&operator_client, settings.clone()).await;
         // `other`'s stand-in cloudflared already plays for every server of the shared project.

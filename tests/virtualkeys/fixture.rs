@@ -29,6 +29,7 @@ pub struct KeyOperator {
     pub db: TestDb,
     pub context: Arc<Context>,
     pub redis: redis::aio::MultiplexedConnection,
+    redis_url: String,
     pub ns: String,
     stop: tokio::sync::watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -42,12 +43,23 @@ impl KeyOperator {
 
     /// As [`KeyOperator::start`], with the controller settings changed by `tweak` first.
     pub async fn start_with(resync: Duration, batch: usize, tweak: impl FnOnce(&mut ControllerConfig)) -> KeyOperator {
+        Self::start_on(redis_url(), resync, batch, tweak).await
+    }
+
+    /// As [`KeyOperator::start_with`], on the Redis at `redis_url`.
+    pub async fn start_on(
+        redis_url: String,
+        resync: Duration,
+        batch: usize,
+        tweak: impl FnOnce(&mut ControllerConfig),
+    ) -> KeyOperator {
         crate::logs::install();
         let kube = KubeServer::start().await;
         let client = kube.client();
-        let db = TestDb::fresh().await;
+        // The operator connects as the README's least-privilege role: every scenario proves the grants.
+        let db = TestDb::for_operator().await;
         let ns = format!("cgktest:{}:", uuid::Uuid::new_v4().simple());
-        let context = connect(&kube, &db.url, &ns, |c| {
+        let context = connect(&kube, &db.operator_url, &redis_url, &ns, |c| {
             c.resync = resync;
             c.redis_batch = batch;
             tweak(c);
@@ -55,18 +67,18 @@ impl KeyOperator {
         .await;
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(virtual_key::run(Arc::clone(&context), stop_rx));
-        let redis = redis::Client::open(redis_url())
+        let redis = redis::Client::open(redis_url.as_str())
             .expect("redis url")
             .get_multiplexed_async_connection()
             .await
             .expect("redis connects");
-        KeyOperator { _kube: kube, client, db, context, redis, ns, stop, task: Some(task) }
+        KeyOperator { _kube: kube, client, db, context, redis, redis_url, ns, stop, task: Some(task) }
     }
 
     /// Another writer on the same database and Redis namespace (a stale leader, another shard
     /// or installation), its controller settings changed by `tweak`; runs nothing by itself.
     pub async fn other_writer(&self, tweak: impl FnOnce(&mut ControllerConfig)) -> Arc<Context> {
-        connect(&self._kube, &self.db.url, &self.ns, tweak).await
+        connect(&self._kube, &self.db.operator_url, &self.redis_url, &self.ns, tweak).await
     }
 
     pub fn keys(&self, ns: &str) -> Api<VirtualKey> {
@@ -171,6 +183,7 @@ impl KeyOperator {
 async fn connect(
     kube: &KubeServer,
     database_url: &str,
+    redis_url: &str,
     ns: &str,
     tweak: impl FnOnce(&mut ControllerConfig),
 ) -> Arc<Context> {
@@ -183,7 +196,7 @@ async fn connect(
     // No cloud is called by the VirtualKey controller: these endpoints are never reached.
     let settings = OperatorSettings {
         database_url: database_url.to_owned(),
-        redis_url: Some(redis_url()),
+        redis_url: Some(redis_url.to_owned()),
         hetzner: HetznerConfig::new("http://127.0.0.1:9/v1", "unused"),
         cloudflare: CloudflareConfig::new("http://127.0.0.1:9/client/v4", "unused", "acct", "zone"),
         controllers,

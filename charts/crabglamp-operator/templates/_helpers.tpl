@@ -139,7 +139,7 @@ crabglamp-audit-anchor
 {{- define "crabglamp.secretRules" -}}
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "watch", "create", "update"]
+  verbs: ["get", "list", "watch", "create", "update", "delete"]
 {{- end }}
 
 {{/*
