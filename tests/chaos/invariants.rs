@@ -19,9 +19,30 @@
 //!   stopped running by settling `off` or by being deleted); for an orphaned object the
 //!   timeline starts as its server's log does and closes with a stop at the orphaning;
 //! - spend: each live key's monthly counter (Redis, copied into PostgreSQL) holds at least
-//!   what PostgreSQL held before the last flush plus everything recorded since, at most what
-//!   was recorded, and exactly that when Redis was never flushed;
+//!   what PostgreSQL held before the last flush plus everything recorded since (after a
+//!   restore from a snapshot: what PostgreSQL held before it plus what was recorded once the
+//!   counter was back at that), at most what was recorded, and exactly that when Redis never
+//!   lost data; every auth entry of a key says `blocked` exactly when its counter reached
+//!   the budget, and no key shows `UsageRead=False` once its usage data is repaired;
+//! - Redis holds no auth entry of a revoked key (past its rotation grace) nor of a key
+//!   PostgreSQL does not know;
 //! - the audit chain verifies.
+//!
+//! And at every moment of the run, faults or not (the [`Monitor`], sampling every
+//! [`SAMPLE_EVERY`]; a violation names the key, the value and the bound, and fails the seed
+//! even if it healed later):
+//!
+//! - spend is never above what was recorded: every key's monthly counter in Redis and its
+//!   copy in PostgreSQL (`virtual_key_spend_monthly`) at most what the proxy recorded for
+//!   it (the bound is raised before the proxy's write);
+//! - no revoked key authenticates after one resync: an auth entry of a key PostgreSQL has
+//!   revoked (`revoked_at <= now`, past any rotation grace) is gone within [`deadline`] of
+//!   the later of its revocation and the entry appearing (a restore brings entries back);
+//! - no key is usable past its budget for longer than one resync: once the spend that must
+//!   survive reaches a live key's budget, every auth entry of that budget says `blocked`
+//!   within [`deadline`] of the spend (or of the fault that brought back entries judged
+//!   before it: a flush, a restore, the repair of malformed usage), except while the key's
+//!   own usage data is malformed (it is judged on its last good spend then).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -40,7 +61,7 @@ use kube::ResourceExt;
 use redis::AsyncCommands;
 
 use super::plan::Kind;
-use super::run::{Chaos, Ledger, NS};
+use super::run::{Books, Chaos, KeyBooks, Ledger, NS, books_of};
 
 /// Polls [`violations`] until none is left or `deadline` passes; `Err` lists what is left.
 pub async fn settle(chaos: &Chaos, deadline: Duration) -> Result<(), String> {
@@ -125,9 +146,17 @@ async fn objects(chaos: &Chaos, v: &mut Vec<String>) {
                 a.map(|a| {
                     let st = a.status.clone().unwrap_or_default();
                     let rotated = st.rotation_token == o.rotation_token;
+                    // A key whose budget ran out is settled blocked (whether it should be is
+                    // judged by its auth entries, in `spend`); usage read again once repaired.
+                    let settled = st.observed_generation == a.metadata.generation
+                        && st
+                            .conditions
+                            .iter()
+                            .any(|c| c.type_ == "Ready" && (c.status == "True" || c.reason == "BudgetExceeded"))
+                        && !st.conditions.iter().any(|c| c.type_ == "UsageRead" && c.status == "False");
                     (
                         a.uid(),
-                        ready_for_generation(a.metadata.generation, st.observed_generation, &st.conditions) && rotated,
+                        settled && rotated,
                         format!("{} rotation {:?}", condition_summary(&st.conditions), st.rotation_token),
                     )
                 })
@@ -431,10 +460,75 @@ async fn timeline(chaos: &Chaos, o: &Ledger, chain: &[String], v: &mut Vec<Strin
     }
 }
 
+/// Every auth entry of the run's namespace: `(sha256 hex, JSON)`.
+async fn auth_entries(chaos: &Chaos) -> Result<Vec<(String, String)>, String> {
+    let mut r = chaos.redis.clone();
+    let prefix = format!("{}auth:", chaos.redis_ns);
+    let mut names: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut r)
+            .await
+            .map_err(|e| format!("scanning auth entries: {e}"))?;
+        names.extend(page);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let values: Vec<Option<String>> = r.mget(&names).await.map_err(|e| format!("reading auth entries: {e}"))?;
+    Ok(names.iter().zip(values).filter_map(|(n, v)| v.map(|v| (n.trim_start_matches(&prefix).to_owned(), v))).collect())
+}
+
+/// Every key PostgreSQL knows: sha256 hex -> (key id, VirtualKey UID, seconds since its
+/// revocation: `None` while live, negative during a rotation's grace).
+async fn known_keys(pool: &sqlx::PgPool) -> Result<BTreeMap<String, (String, String, Option<f64>)>, String> {
+    let rows: Vec<(String, String, String, Option<f64>)> = sqlx::query_as(
+        "SELECT encode(key_sha256, 'hex'), key_id, resource_uid, \
+                EXTRACT(EPOCH FROM now() - revoked_at)::float8 FROM virtual_keys",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(|e| format!("reading keys: {e}"))?;
+    Ok(rows.into_iter().map(|(h, k, u, r)| (h, (k, u, r))).collect())
+}
+
 async fn spend(chaos: &Chaos, v: &mut Vec<String>) {
     let op = chaos.op();
     let month = chrono::Utc::now().format("%Y-%m").to_string();
+    let (entries, known) = match (auth_entries(chaos).await, known_keys(&op.db.pool).await) {
+        (Ok(e), Ok(k)) => (e, k),
+        (Err(e), _) | (_, Err(e)) => return v.push(e),
+    };
+    // Revoked or unknown keys that still authenticate.
+    let books = books_of(&chaos.books).clone();
+    let mut entries_of: BTreeMap<String, Vec<bool>> = BTreeMap::new();
+    for (hash, json) in &entries {
+        let Some((key_id, uid, revoked)) = known.get(hash) else {
+            v.push(format!("an auth entry of a key PostgreSQL does not know ({}...)", &hash[..12.min(hash.len())]));
+            continue;
+        };
+        if revoked.is_some_and(|secs| secs >= 0.0) {
+            let name = books.get(uid).map_or(uid.as_str(), |b| b.name.as_str());
+            v.push(format!("{name}: key {key_id} is revoked and still authenticates"));
+            continue;
+        }
+        match serde_json::from_str::<crabglamp_operator::cache::AuthEntry>(json) {
+            Ok(entry) => entries_of.entry(uid.clone()).or_default().push(entry.blocked),
+            Err(e) => v.push(format!("key {key_id}: an auth entry the proxy cannot read: {e}")),
+        }
+    }
     for o in chaos.objects.iter().filter(|o| o.kind == Kind::Key && o.deleted.is_none()) {
+        let Some(b) = books.get(&o.uid) else { continue };
         let mut r = chaos.redis.clone();
         let counter: Option<i64> = r.get(format!("{}spend:{}:{month}", chaos.redis_ns, o.uid)).await.unwrap_or(None);
         let counter = counter.unwrap_or(0);
@@ -448,12 +542,245 @@ async fn spend(chaos: &Chaos, v: &mut Vec<String>) {
         let stored = stored.unwrap_or(0);
         if counter != stored {
             v.push(format!("{}: spend not copied yet (Redis {counter}, PostgreSQL {stored})", o.name));
-        } else if counter < o.must_keep {
-            v.push(format!("{}: spend {counter} fell below the {} that must survive a flush", o.name, o.must_keep));
-        } else if counter > o.spent {
-            v.push(format!("{}: spend {counter} exceeds the {} recorded", o.name, o.spent));
-        } else if !o.flushed && counter != o.spent {
-            v.push(format!("{}: spend {counter}, {} recorded and never flushed", o.name, o.spent));
+        } else if counter < b.must_keep {
+            v.push(format!(
+                "{}: spend {counter} fell below the {} that must survive Redis's losses",
+                o.name, b.must_keep
+            ));
+        } else if counter > b.spent {
+            v.push(format!("{}: spend {counter} exceeds the {} recorded", o.name, b.spent));
+        } else if !b.flushed && counter != b.spent {
+            v.push(format!("{}: spend {counter}, {} recorded and Redis never lost data", o.name, b.spent));
+        }
+        let want_blocked = counter >= b.budget_micros;
+        for blocked in entries_of.get(&o.uid).into_iter().flatten() {
+            if *blocked != want_blocked {
+                v.push(format!(
+                    "{}: an auth entry says blocked: {blocked} with spend {counter} of a {} budget",
+                    o.name, b.budget_micros
+                ));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The monitor: what must hold at every moment.
+
+/// How often the monitor samples.
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(200);
+
+/// How long the operator has to block a key over budget, or remove a revoked key's entry:
+/// one resync, plus a margin for what follows the resync's wait (the refresh itself, the
+/// reconciles it triggers, one of them publishing) and for the monitor's own sampling
+/// period. See the README's chaos section.
+pub fn deadline(resync: Duration) -> Duration {
+    resync + MARGIN
+}
+
+/// See [`deadline`].
+const MARGIN: Duration = Duration::from_secs(2);
+
+/// What the monitor saw.
+#[derive(Debug, Default)]
+pub struct Watched {
+    /// The first violation of each kind per key.
+    pub violations: BTreeMap<String, String>,
+    pub samples: u64,
+    /// Samples that could not be read (a fault of the plan in force).
+    pub unreadable: u64,
+    /// The longest a key over budget stayed usable, and a revoked key's entry stayed.
+    pub worst_unblocked: Duration,
+    pub worst_revoked: Duration,
+}
+
+impl Watched {
+    pub fn summary(&self) -> String {
+        format!(
+            "monitor: {} samples ({} unreadable), a key over budget usable at most {:.1}s, a revoked key at most {:.1}s",
+            self.samples,
+            self.unreadable,
+            self.worst_unblocked.as_secs_f64(),
+            self.worst_revoked.as_secs_f64()
+        )
+    }
+
+    /// The violations, as `settle` reports its own.
+    pub fn report(&self) -> String {
+        if self.violations.is_empty() {
+            return String::new();
+        }
+        format!(
+            "{} invariant(s) broken during the run:\n  {}",
+            self.violations.len(),
+            self.violations.values().cloned().collect::<Vec<_>>().join("\n  ")
+        )
+    }
+
+    fn violated(&mut self, what: String, message: impl FnOnce() -> String) {
+        self.violations.entry(what).or_insert_with(message);
+    }
+}
+
+/// Samples Redis and PostgreSQL against the books for the whole run (see the module's doc).
+pub struct Monitor {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Watched>,
+}
+
+struct Watch {
+    redis: redis::aio::MultiplexedConnection,
+    pool: sqlx::PgPool,
+    ns: String,
+    books: Books,
+    deadline: Duration,
+    /// Since when each revoked key's entry (by hash) has been seen, without a gap.
+    revoked_seen: BTreeMap<String, tokio::time::Instant>,
+    watched: Watched,
+}
+
+impl Monitor {
+    pub fn start(
+        redis: redis::aio::MultiplexedConnection,
+        pool: sqlx::PgPool,
+        ns: String,
+        books: Books,
+        resync: Duration,
+    ) -> Monitor {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let mut w = Watch {
+            redis,
+            pool,
+            ns,
+            books,
+            deadline: deadline(resync),
+            revoked_seen: BTreeMap::new(),
+            watched: Watched::default(),
+        };
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SAMPLE_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stopped.changed() => return w.watched,
+                }
+                w.watched.samples += 1;
+                if let Err(e) = w.sample().await {
+                    tracing::debug!(target: "chaos", error = %e, "monitor sample unreadable");
+                    w.watched.unreadable += 1;
+                }
+            }
+        });
+        Monitor { stop, task }
+    }
+
+    pub async fn stop(self) -> Watched {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap_or_else(|e| panic!("the monitor: {e}"))
+    }
+}
+
+impl Watch {
+    /// One sample. PostgreSQL's keys first, then Redis, then PostgreSQL's copies, then the
+    /// books: a bound only grows but for a fault the plan plays (which restarts the clocks),
+    /// so reading it last never makes a value look above it.
+    async fn sample(&mut self) -> Result<(), String> {
+        let month = chrono::Utc::now().format("%Y-%m").to_string();
+        let known = known_keys(&self.pool).await?;
+        let uids: Vec<String> = books_of(&self.books).keys().cloned().collect();
+        let hashes: Vec<&String> = known.keys().collect();
+        let mut pipe = redis::pipe();
+        if !hashes.is_empty() {
+            pipe.cmd("MGET").arg(hashes.iter().map(|h| format!("{}auth:{h}", self.ns)).collect::<Vec<_>>());
+        }
+        if !uids.is_empty() {
+            pipe.cmd("MGET").arg(uids.iter().map(|u| format!("{}spend:{u}:{month}", self.ns)).collect::<Vec<_>>());
+        }
+        let mut answers: Vec<Vec<Option<String>>> = if hashes.is_empty() && uids.is_empty() {
+            Vec::new()
+        } else {
+            pipe.query_async(&mut self.redis).await.map_err(|e| format!("reading Redis: {e}"))?
+        };
+        let counters = if uids.is_empty() { Vec::new() } else { answers.pop().unwrap_or_default() };
+        let auths = if hashes.is_empty() { Vec::new() } else { answers.pop().unwrap_or_default() };
+        let copies: BTreeMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+            "SELECT budget_id, cost_micros FROM virtual_key_spend_monthly WHERE month = $1",
+        )
+        .bind(&month)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| format!("reading spend copies: {e}"))?
+        .into_iter()
+        .collect();
+        let books = books_of(&self.books).clone();
+
+        for (uid, counter) in uids.iter().zip(&counters) {
+            let Some(b) = books.get(uid) else { continue };
+            let counter = counter.as_deref().map(|c| c.parse::<i64>().unwrap_or(i64::MAX));
+            for (where_, value) in [("Redis", counter), ("PostgreSQL", copies.get(uid).copied())] {
+                if let Some(value) = value.filter(|v| *v > b.spent) {
+                    self.watched.violated(format!("{uid} above recorded in {where_}"), || {
+                        format!("{}: spend {value} in {where_}, above the {} recorded", b.name, b.spent)
+                    });
+                }
+            }
+        }
+
+        let now = tokio::time::Instant::now();
+        let mut still_seen = BTreeMap::new();
+        for (hash, auth) in hashes.iter().zip(&auths) {
+            let Some(json) = auth else { continue };
+            let Some((key_id, uid, revoked)) = known.get(*hash) else { continue };
+            let Some(b) = books.get(uid) else { continue };
+            if let Some(revoked_secs) = revoked.filter(|s| *s >= 0.0) {
+                let since = *self.revoked_seen.get(*hash).unwrap_or(&now);
+                still_seen.insert((*hash).clone(), since);
+                let late = (now - since).min(Duration::from_secs_f64(revoked_secs));
+                self.watched.worst_revoked = self.watched.worst_revoked.max(late);
+                if late > self.deadline {
+                    self.watched.violated(format!("{key_id} revoked"), || {
+                        format!(
+                            "{}: key {key_id} still authenticates {:.1}s after its revocation (or its entry came back), \
+                             more than {:?}",
+                            b.name,
+                            late.as_secs_f64(),
+                            self.deadline
+                        )
+                    });
+                }
+                continue;
+            }
+            self.over_budget(b, key_id, json);
+        }
+        self.revoked_seen = still_seen;
+        Ok(())
+    }
+
+    /// A live key's entry (or one in its rotation's grace) while its budget is spent.
+    fn over_budget(&mut self, b: &KeyBooks, key_id: &str, json: &str) {
+        let Some(since) = b.over_budget_since else { return };
+        if b.deleted || b.malformed.is_some() {
+            return;
+        }
+        let blocked = serde_json::from_str::<crabglamp_operator::cache::AuthEntry>(json).map(|e| e.blocked);
+        if blocked.as_ref().is_ok_and(|blocked| *blocked) {
+            return;
+        }
+        let late = since.elapsed();
+        self.watched.worst_unblocked = self.watched.worst_unblocked.max(late);
+        if late > self.deadline {
+            self.watched.violated(format!("{key_id} over budget"), || {
+                format!(
+                    "{}: key {key_id} still usable {:.1}s after its spend reached the budget ({} of {} recorded \
+                     and kept), more than {:?}",
+                    b.name,
+                    late.as_secs_f64(),
+                    b.must_keep,
+                    b.budget_micros,
+                    self.deadline
+                )
+            });
         }
     }
 }

@@ -3,6 +3,12 @@
 //! `StdRng` against a model of what exists, so a seed is the same plan on every machine and
 //! every replay (the operator's own timing still varies: a replay re-runs the same plan, not
 //! the same schedule of reconciles).
+//!
+//! The faults of a Redis restored from an older snapshot, of a second writer racing the
+//! spend refresh and of one key's malformed usage data (and the extra spend that makes
+//! budgets run out) are drawn from a second `StdRng` of the same seed and slotted in
+//! between the steps of the first: the steps a seed drew before these faults existed are
+//! still drawn, in the same order.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -18,6 +24,18 @@ const STEPS: usize = 90;
 pub const OWNERS: [&str; 3] = ["acct_a", "acct_b", "acct_c"];
 /// Ports a PlainVM's rules are drawn from.
 pub const PORTS: [&str; 5] = ["22", "80", "443", "8080", "3000-3100"];
+/// Micro-USD budgets: a third of the key slots get a small one that a spend or two uses up
+/// (a spend is 1..500 000), the rest one the run never reaches.
+pub const SMALL_BUDGET_USD: &str = "0.4";
+pub const LARGE_BUDGET_USD: &str = "1000";
+/// At most this many keys get malformed usage data in one seed (the others must go on being
+/// judged: that is what the fault tests).
+const MALFORMED_PER_SEED: usize = 2;
+
+/// A key slot's monthly budget (by slot, not drawn: the first generator stays as it was).
+pub fn budget_usd(slot: usize) -> &'static str {
+    if slot.is_multiple_of(3) { SMALL_BUDGET_USD } else { LARGE_BUDGET_USD }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -91,10 +109,40 @@ pub enum Step {
     /// pool sees it).
     PgRestart,
     RedisFlush,
+    /// One key's usage data in Redis turns bad (the fault of one tenant's bad data).
+    MalformedUsage {
+        slot: usize,
+        how: Malformation,
+    },
+    /// Every name of the run's namespace is saved with its TTL (an RDB snapshot as far as the
+    /// namespace can see), replacing the previous snapshot.
+    RedisSnapshot,
+    /// Redis restarted from the last snapshot: the namespace is replaced by it at once
+    /// (auth entries of keys revoked since, older counters and markers come back). `racing`:
+    /// then a stale second writer and the operator refresh spend at the same moment.
+    RedisRestore {
+        racing: bool,
+    },
+    /// A flush, then a stale second writer and the operator refresh spend at the same
+    /// moment (both find the counters lost).
+    RacingRefresh,
     /// The controllers are killed mid-step and started again with no memory.
     Crash,
     CutWatches,
     PauseMs(u64),
+}
+
+/// How one key's usage data turns bad. Never a field or key the chaos proxy itself writes
+/// (today's `llm|gpt-4o-mini|*` fields), so the proxy keeps working.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Malformation {
+    /// Today's usage hash gets a field whose value is not an integer.
+    NotInteger,
+    /// Today's usage hash gets a field of a 200-character model (longer than PostgreSQL's
+    /// 128).
+    LongModel,
+    /// Yesterday's usage key holds a string, not a hash.
+    WrongType,
 }
 
 /// What the plan believes exists, to draw only steps that make sense.
@@ -107,6 +155,8 @@ struct SlotModel {
 
 pub fn plan(seed: u64) -> Vec<Step> {
     let mut rng = StdRng::seed_from_u64(seed);
+    let mut redis_rng = StdRng::seed_from_u64(seed ^ REDIS_FAULTS_STREAM);
+    let mut redis = RedisModel::default();
     let mut slots = vec![SlotModel::default(); SLOTS];
     let mut steps = Vec::new();
     // Most slots start filled, in a random order, with a few faults mixed in.
@@ -121,6 +171,9 @@ pub fn plan(seed: u64) -> Vec<Step> {
         }
     }
     for _ in 0..STEPS {
+        if let Some(step) = redis_step(&mut redis_rng, &slots, &mut redis) {
+            steps.push(step);
+        }
         if rng.random_bool(0.25) {
             steps.push(fault_step(&mut rng));
         }
@@ -198,6 +251,50 @@ fn fault_step(rng: &mut StdRng) -> Step {
         62..74 => Step::RedisFlush,
         74..88 => Step::Crash,
         _ => Step::CutWatches,
+    }
+}
+
+/// Seeds the second generator (any constant: it only has to differ from the seed itself).
+const REDIS_FAULTS_STREAM: u64 = 0x5eed_0f2e_dd15;
+
+/// What the second generator knows: whether a snapshot exists to restore, and how many keys
+/// it made malformed.
+#[derive(Default)]
+struct RedisModel {
+    snapshot: bool,
+    malformed: usize,
+}
+
+/// At most one step of the second generator: a Redis fault or extra spend, about one step
+/// in seven.
+fn redis_step(rng: &mut StdRng, slots: &[SlotModel], model: &mut RedisModel) -> Option<Step> {
+    if !rng.random_bool(0.15) {
+        return None;
+    }
+    let keys: Vec<usize> = (AGENTS + PLAINVMS..SLOTS).filter(|&s| slots[s].live).collect();
+    let roll = rng.random_range(0..100);
+    let key = (!keys.is_empty()).then(|| keys[rng.random_range(0..keys.len())]);
+    match (roll, key) {
+        (0..35, Some(any)) => {
+            // Mostly a small budget: the spend that runs it out is what is judged.
+            let small: Vec<usize> = keys.iter().copied().filter(|&s| budget_usd(s) == SMALL_BUDGET_USD).collect();
+            let slot =
+                if !small.is_empty() && rng.random_bool(0.7) { small[rng.random_range(0..small.len())] } else { any };
+            Some(Step::Spend { slot, micros: rng.random_range(1..500_000) })
+        }
+        (35..50, Some(slot)) if model.malformed < MALFORMED_PER_SEED => {
+            model.malformed += 1;
+            let how =
+                [Malformation::NotInteger, Malformation::LongModel, Malformation::WrongType][rng.random_range(0..3)];
+            Some(Step::MalformedUsage { slot, how })
+        }
+        (50..75, _) if model.snapshot => Some(Step::RedisRestore { racing: rng.random_bool(0.5) }),
+        (50..88, _) => {
+            model.snapshot = true;
+            Some(Step::RedisSnapshot)
+        }
+        (88.., _) => Some(Step::RacingRefresh),
+        _ => None,
     }
 }
 
