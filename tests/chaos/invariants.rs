@@ -19,9 +19,10 @@
 //!   stopped running by settling `off` or by being deleted); for an orphaned object the
 //!   timeline starts as its server's log does and closes with a stop at the orphaning;
 //! - spend: each live key's monthly counter (Redis, copied into PostgreSQL) holds at least
-//!   what PostgreSQL held before the last flush plus everything recorded since (after a
-//!   restore from a snapshot: what PostgreSQL held before it plus what was recorded once the
-//!   counter was back at that), at most what was recorded, and exactly that when Redis never
+//!   what PostgreSQL held before the last flush or restore from a snapshot plus what was
+//!   recorded once the counter was back at that (the restore raises to PostgreSQL's total,
+//!   never adds, so what the proxy counted between the loss and the restore may be lost), at
+//!   most what was recorded, and exactly that when Redis never
 //!   lost data; every auth entry of a key says `blocked` exactly when its counter reached
 //!   the budget, and no key shows `UsageRead=False` once its usage data is repaired;
 //! - Redis holds no auth entry of a revoked key (past its rotation grace) nor of a key

@@ -401,7 +401,8 @@ impl Chaos {
 
     /// A Redis flush as far as this run can see (every name of its namespace goes; the
     /// shared server's other tenants are untouched). What PostgreSQL holds just before is
-    /// what must survive it.
+    /// what must survive it; spend recorded after it survives once the operator put the
+    /// counter back at that (the restore raises, never adds: see `cache::restore_batch`).
     async fn flush(&mut self) {
         let stored = self.stored_spend().await;
         {
@@ -410,7 +411,7 @@ impl Chaos {
                 let Some(b) = books.get_mut(uid) else { continue };
                 b.must_keep = *pg;
                 b.flushed = true;
-                b.rolled_back_to = None;
+                b.rolled_back_to = Some(*pg);
                 b.malformed = None;
                 b.judge_budget_from(Instant::now());
             }
