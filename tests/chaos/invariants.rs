@@ -761,7 +761,7 @@ impl Watch {
     /// A live key's entry (or one in its rotation's grace) while its budget is spent.
     fn over_budget(&mut self, b: &KeyBooks, key_id: &str, json: &str) {
         let Some(since) = b.over_budget_since else { return };
-        if b.deleted || b.malformed.is_some() {
+        if b.deleted || !b.malformed.is_empty() {
             return;
         }
         let blocked = serde_json::from_str::<crabglamp_operator::cache::AuthEntry>(json).map(|e| e.blocked);

@@ -26,7 +26,7 @@ pub struct Malformed {
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     pub entries: Vec<(String, i64, Vec<u8>)>,
-    pub malformed: BTreeMap<String, Malformed>,
+    pub malformed: BTreeMap<String, Vec<Malformed>>,
 }
 
 /// The usage hash or key of `budget` on `day` (`YYYY-MM-DD`), as the proxy names it.
@@ -119,7 +119,7 @@ fn bulk(s: &str) -> Vec<u8> {
 pub async fn snapshot(
     redis: &mut redis::aio::MultiplexedConnection,
     ns: &str,
-    malformed: BTreeMap<String, Malformed>,
+    malformed: BTreeMap<String, Vec<Malformed>>,
 ) -> Snapshot {
     const SAVE: &str = r"
         local cursor, out = '0', {}

@@ -71,7 +71,7 @@ pub struct KeyBooks {
     /// fault brought back entries judged before it).
     pub over_budget_since: Option<Instant>,
     /// Its usage data in Redis is malformed (judged on its last good spend: no deadline).
-    pub malformed: Option<Malformed>,
+    pub malformed: Vec<Malformed>,
 }
 
 impl KeyBooks {
@@ -294,13 +294,14 @@ impl Chaos {
                 let uid = self.objects[i].uid.clone();
                 let malformed = redis_faults::malform(&mut self.redis.clone(), &self.redis_ns, &uid, how).await;
                 if let Some(b) = books_of(&self.books).get_mut(&uid) {
-                    b.malformed = Some(malformed);
+                    b.malformed.push(malformed);
                 }
             }
             Step::RedisSnapshot => {
                 let malformed = books_of(&self.books)
                     .iter()
-                    .filter_map(|(uid, b)| b.malformed.clone().map(|m| (uid.clone(), m)))
+                    .filter(|(_, b)| !b.malformed.is_empty())
+                    .map(|(uid, b)| (uid.clone(), b.malformed.clone()))
                     .collect();
                 self.snapshot = Some(redis_faults::snapshot(&mut self.redis.clone(), &self.redis_ns, malformed).await);
             }
@@ -358,7 +359,7 @@ impl Chaos {
                     rolled_back_to: None,
                     deleted: false,
                     over_budget_since: None,
-                    malformed: None,
+                    malformed: Vec::new(),
                 },
             );
         }
@@ -412,7 +413,7 @@ impl Chaos {
                 b.must_keep = *pg;
                 b.flushed = true;
                 b.rolled_back_to = Some(*pg);
-                b.malformed = None;
+                b.malformed.clear();
                 b.judge_budget_from(Instant::now());
             }
         }
@@ -433,7 +434,7 @@ impl Chaos {
             b.must_keep = *pg;
             b.flushed = true;
             b.rolled_back_to = Some(*pg);
-            b.malformed = snapshot.malformed.get(uid).cloned();
+            b.malformed = snapshot.malformed.get(uid).cloned().unwrap_or_default();
             // The snapshot's auth entries are back, judged on its older spend.
             b.judge_budget_from(now);
         }
@@ -475,8 +476,11 @@ impl Chaos {
     /// must then be judged on its whole spend again. The malformation lasts one deadline
     /// more first, so a budget that ran out in the plan's last steps is judged while it does.
     async fn repair_usage(&mut self) {
-        let malformed: Vec<(String, Malformed)> =
-            books_of(&self.books).iter().filter_map(|(uid, b)| b.malformed.clone().map(|m| (uid.clone(), m))).collect();
+        // Every malformation of a key, not only its last: a key can be made malformed twice.
+        let malformed: Vec<(String, Malformed)> = books_of(&self.books)
+            .iter()
+            .flat_map(|(uid, b)| b.malformed.iter().map(move |m| (uid.clone(), m.clone())))
+            .collect();
         if malformed.is_empty() {
             return;
         }
@@ -484,7 +488,7 @@ impl Chaos {
         for (uid, m) in malformed {
             redis_faults::repair(&mut self.redis.clone(), &m).await;
             if let Some(b) = books_of(&self.books).get_mut(&uid) {
-                b.malformed = None;
+                b.malformed.clear();
                 b.judge_budget_from(Instant::now());
             }
         }
