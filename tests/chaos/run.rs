@@ -406,19 +406,26 @@ impl Chaos {
     /// counter back at that (the restore raises, never adds: see `cache::restore_batch`).
     async fn flush(&mut self) {
         let stored = self.stored_spend().await;
-        {
-            let mut books = books_of(&self.books);
-            for (uid, pg) in &stored {
-                let Some(b) = books.get_mut(uid) else { continue };
-                b.must_keep = *pg;
-                b.flushed = true;
-                b.rolled_back_to = Some(*pg);
-                b.malformed.clear();
-                b.judge_budget_from(Instant::now());
-            }
-        }
+        self.lost_data(&stored, |_| Vec::new());
         let rt = self.op().context.virtual_keys.as_ref().unwrap_or_else(|| panic!("the VirtualKey runtime runs"));
         rt.cache.clear_namespace().await.unwrap_or_else(|e| panic!("flush: {e}"));
+    }
+
+    /// The books after Redis lost data (a flush, or a restore from a snapshot): what
+    /// PostgreSQL held just before (`stored`) must survive, spend recorded after survives once
+    /// the counter is back at that, each key's usage is malformed as `malformed` says, and
+    /// the entries now in Redis are judged from now on.
+    fn lost_data(&self, stored: &BTreeMap<String, i64>, malformed: impl Fn(&str) -> Vec<Malformed>) {
+        let now = Instant::now();
+        let mut books = books_of(&self.books);
+        for (uid, pg) in stored {
+            let Some(b) = books.get_mut(uid) else { continue };
+            b.must_keep = *pg;
+            b.flushed = true;
+            b.rolled_back_to = Some(*pg);
+            b.malformed = malformed(uid);
+            b.judge_budget_from(now);
+        }
     }
 
     /// Redis restarted from `snapshot`. What PostgreSQL holds just before is what must
@@ -427,23 +434,10 @@ impl Chaos {
     async fn restore(&mut self, snapshot: &Snapshot) {
         let stored = self.stored_spend().await;
         redis_faults::restore(&mut self.redis.clone(), &self.redis_ns, snapshot).await;
-        let now = Instant::now();
-        let mut books = books_of(&self.books);
-        for (uid, pg) in &stored {
-            let Some(b) = books.get_mut(uid) else { continue };
-            b.must_keep = *pg;
-            b.flushed = true;
-            b.rolled_back_to = Some(*pg);
-            b.malformed = snapshot.malformed.get(uid).cloned().unwrap_or_default();
-            // The snapshot's auth entries are back, judged on its older spend.
-            b.judge_budget_from(now);
-        }
+        // The snapshot's auth entries and malformations are back, judged on its older spend.
+        self.lost_data(&stored, |uid| snapshot.malformed.get(uid).cloned().unwrap_or_default());
     }
 
-    /// Whether spend recorded now must survive: always, but after a restore until the
-    /// counter is back at what PostgreSQL held before it (increments before the operator
-    /// raised the counter may be lost to the raise; read before the spend, so a raise
-    /// between the read and the spend only makes the bound looser).
     async fn spend_survives_rollback(&mut self, uid: &str) -> bool {
         let Some(floor) = books_of(&self.books).get(uid).and_then(|b| b.rolled_back_to) else { return true };
         let month = chrono::Utc::now().format("%Y-%m").to_string();

@@ -39,7 +39,7 @@ async fn malformed_usage_of_one_key_never_stops_the_others() {
     let field = ready_key(&op, "bad-field", "1.00").await;
     let counter = ready_key(&op, "bad-counter", "1.00").await;
     let typed = ready_key(&op, "bad-type", "1.00").await;
-    let doomed = ready_key(&op, "doomed", "1.00").await;
+    ready_key(&op, "doomed", "1.00").await;
 
     // Spend before the data turns bad: the last good spend of the bad-counter key.
     op.spend(&counter, "llm", "gpt-4o", 400_000).await;
@@ -65,14 +65,12 @@ async fn malformed_usage_of_one_key_never_stops_the_others() {
     assert_eq!(op.auth_entry(&key).await.expect("entry")["blocked"], true);
 
     // New keys are issued and deletions finish meanwhile.
-    let fresh = ready_key(&op, "fresh", "1.00").await;
-    assert!(!fresh.is_empty());
+    ready_key(&op, "fresh", "1.00").await;
     api.delete("doomed", &DeleteParams::default()).await.expect("delete");
     eventually(Duration::from_secs(30), "the deleted key is gone", || async {
         api.get_opt("doomed").await.expect("get").is_none().then_some(())
     })
     .await;
-    let _ = doomed;
 
     // Each bad key says what could not be read; the good ones say all was.
     for (name, reason) in
