@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod audit_anchor;
+pub mod backoff;
 pub mod cache;
 pub mod cloud;
 pub mod controllers;

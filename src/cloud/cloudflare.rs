@@ -14,10 +14,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::backoff::RetryPolicy;
 use super::error::{CloudError, ConfigError, Provider};
 use super::metrics::CloudMetrics;
 use super::ratelimit::RateLimiter;
+use super::retry::RetryPolicy;
 use super::secret::Secret;
 use super::transport::{Call, Transport};
 

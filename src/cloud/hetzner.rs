@@ -13,10 +13,10 @@ use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::backoff::RetryPolicy;
 use super::error::{CloudError, ConfigError, Provider, ProviderError};
 use super::metrics::CloudMetrics;
 use super::ratelimit::RateLimiter;
+use super::retry::RetryPolicy;
 use super::secret::Secret;
 use super::transport::{Call, Transport};
 

@@ -10,10 +10,10 @@ use reqwest::header::HeaderMap;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::backoff::RetryPolicy;
 use super::error::{CloudError, Provider, ProviderError, classify_cloudflare, classify_hetzner};
 use super::metrics::CloudMetrics;
 use super::ratelimit::{MAX_HEADER_WAIT, RateLimiter, RateObservation};
+use super::retry::RetryPolicy;
 use super::secret::Secret;
 
 /// A 429 storm must not turn into an endless loop: after this many rate-limit pauses in one

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::context::ControllerConfig;
+use crate::controllers::config::ControllerConfig;
 
 /// A setting refused at start.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -136,7 +136,7 @@ mod tests {
 
     #[test]
     fn marks_round_trip_and_fit_cloudflare_limits() {
-        let longest = "p".repeat(crate::controllers::installation::MAX_LEN);
+        let longest = "p".repeat(crate::controllers::server::installation::MAX_LEN);
         for installation in ["prod", "3f2a9c1e", longest.as_str()] {
             assert_eq!(uid_from_tunnel_name(installation, &tunnel_name(installation, UID)), Some(UID));
             let mark = dns_mark(installation, UID);

@@ -31,11 +31,11 @@ use crate::cloud::CloudError;
 use crate::store::audit::{self, AuditKind, NewAuditEvent};
 use crate::store::{QueryContext, usage};
 
-use super::conditions::{self, Desired};
-use super::context::Context;
-use super::error::ReconcileError;
-use super::server::{self, Owner, ServerIntent};
-use super::status_patch::status_merge_patch;
+use crate::controllers::context::Context;
+use crate::controllers::reconcile::conditions::{self, Desired};
+use crate::controllers::reconcile::error::ReconcileError;
+use crate::controllers::reconcile::status_patch::status_merge_patch;
+use crate::controllers::server::{self, Owner, ServerIntent};
 
 /// The finalizer that holds an object until its cloud resources are gone and its destroy event
 /// is committed.
@@ -122,7 +122,7 @@ macro_rules! managed_kind {
     ($status:ty, $kind:expr) => {
         type Status = $status;
         const KIND: &'static str = $kind;
-        $crate::controllers::lifecycle::status_access!($status);
+        $crate::controllers::reconcile::lifecycle::status_access!($status);
         fn intent(&self) -> $crate::controllers::server::ServerIntent {
             intent(&self.spec)
         }
@@ -513,7 +513,7 @@ async fn pause<K: ManagedObject>(object: &K, ctx: &Context) -> Result<Action, Re
 pub fn error_policy<K: ManagedObject>(object: Arc<K>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
     let uid = object.uid().unwrap_or_default();
     let failures = ctx.failures.failed(&uid);
-    let delay = super::backoff_delay(failures, ctx.config.fast_poll, ctx.config.max_backoff);
+    let delay = crate::backoff::after_failures(failures, ctx.config.fast_poll, ctx.config.max_backoff);
     tracing::warn!(kind = K::KIND, namespace = %object.namespace().unwrap_or_default(), object_name = %object.name_any(), error = %error, class = error.metric_label(), retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }

@@ -13,9 +13,9 @@ use hcloud::models::{self, Firewall, Rule, RuleResponse};
 use crate::api::plain_vm::{FirewallRule, Protocol};
 use crate::cloud::CloudError;
 
-use super::context::Context;
-use super::error::ReconcileError;
-use super::server::{Owner, marked_for, without_our_labels};
+use crate::controllers::context::Context;
+use crate::controllers::reconcile::error::ReconcileError;
+use crate::controllers::server::{Owner, marked_for, without_our_labels};
 
 /// `crabglamp-vm-<uid>`: unique per object, stable across retries, within Hetzner's 63
 /// characters (a UID is 36) and made only of characters a firewall name allows.
@@ -225,7 +225,7 @@ pub async fn delete(ctx: &Context, owner: &Owner, id: i64) -> Result<(), Reconci
 
 /// Takes our labels off the object's firewall as it is orphaned (the owner's own labels stay),
 /// so neither the shared list nor the sweeper sees it again. Found as the server is (see
-/// [`super::server::unmark_server`]): in the fleet view, else by the id status recorded, and
+/// [`crate::controllers::server::unmark_server`]): in the fleet view, else by the id status recorded, and
 /// changed only while it still carries the object's UID.
 pub async fn unmark(
     ctx: &Context,

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 
-use super::context::{ControllerMetrics, KindLabel, KindPhase};
+use crate::controllers::metrics::{ControllerMetrics, KindLabel, KindPhase};
 
 /// One kind's cache, as the scrape reads it.
 trait CacheView: Send + Sync {

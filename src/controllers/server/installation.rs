@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 /// Label on every server and firewall the operator makes: the installation that made it.
 pub const INSTALLATION_LABEL: &str = "crabglamp.com/installation";
 /// The longest installation: it is in a DNS comment of at most 100 characters (see
-/// [`super::names::dns_mark`]) and in a Hetzner label value (at most 63).
+/// [`crate::controllers::server::names::dns_mark`]) and in a Hetzner label value (at most 63).
 pub const MAX_LEN: usize = 16;
 /// Where the default identity comes from.
 const IDENTITY_NAMESPACE: &str = "kube-system";

@@ -17,12 +17,12 @@ use kube::api::ListParams;
 use crate::api::{Agent, PlainVM};
 use crate::cloud::CloudError;
 
-use super::context::Context;
-use super::installation::INSTALLATION_LABEL;
-use super::names::{
+use super::marks::{UID_LABEL, legacy_fleet_selector, legacy_per_object_firewall_selector};
+use crate::controllers::context::Context;
+use crate::controllers::server::installation::INSTALLATION_LABEL;
+use crate::controllers::server::names::{
     DNS_MARK_PREFIX, TUNNEL_PREFIX, dns_mark, legacy_uid_from_dns_comment, legacy_uid_from_tunnel_name, tunnel_name,
 };
-use super::server::{UID_LABEL, legacy_fleet_selector, legacy_per_object_firewall_selector};
 
 /// Why the re-marking did not finish (it is run again from the start, and what was re-marked
 /// already no longer carries old marks).
@@ -45,15 +45,15 @@ fn cloud(what: &'static str) -> impl FnOnce(CloudError) -> LegacyError {
 }
 
 /// Objects per page of the UID lists (as the watchers').
-const LIST_PAGE: u32 = super::WATCH_LIST_PAGE;
+const LIST_PAGE: u32 = crate::controllers::watch::WATCH_LIST_PAGE;
 
 /// The UIDs of the Agents and PlainVMs this instance reconciles (its shard and namespace):
 /// only their resources are re-marked, so an instance never renames a tunnel that another
 /// shard, perhaps still running the version before, looks up by its old name.
 async fn our_uids(ctx: &Context) -> Result<HashSet<String>, kube::Error> {
     let mut uids = HashSet::new();
-    add_uids(&super::scoped_api::<Agent>(ctx), ctx, &mut uids).await?;
-    add_uids(&super::scoped_api::<PlainVM>(ctx), ctx, &mut uids).await?;
+    add_uids(&crate::controllers::watch::scoped_api::<Agent>(ctx), ctx, &mut uids).await?;
+    add_uids(&crate::controllers::watch::scoped_api::<PlainVM>(ctx), ctx, &mut uids).await?;
     Ok(uids)
 }
 
@@ -62,7 +62,8 @@ where
     K: kube::Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + serde::de::DeserializeOwned,
     K: std::fmt::Debug,
 {
-    let mut params = ListParams::default().labels(&super::shard_selector(&ctx.config)).limit(LIST_PAGE);
+    let mut params =
+        ListParams::default().labels(&crate::controllers::shard::shard_selector(&ctx.config)).limit(LIST_PAGE);
     loop {
         let page = api.list_metadata(&params).await?;
         uids.extend(page.items.into_iter().filter_map(|o| o.metadata.uid));
@@ -174,7 +175,7 @@ mod tests {
         let old = BTreeMap::from([
             (UID_LABEL.to_owned(), "u".to_owned()),
             ("team".to_owned(), "x".to_owned()),
-            (super::super::server::MANAGED_BY_LABEL.to_owned(), "crabglamp-operator".to_owned()),
+            (crate::controllers::server::marks::MANAGED_BY_LABEL.to_owned(), "crabglamp-operator".to_owned()),
         ]);
         let new = with_installation(&old, "prod");
         assert_eq!(new[INSTALLATION_LABEL], "prod");

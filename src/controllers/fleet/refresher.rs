@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 use crate::cloud::CloudError;
 use crate::cloud::hetzner::FirewallCreated;
 
-use super::context::Context;
-use super::fleet::{Collection, ListPace, ObservedTunnel};
-use super::installation::INSTALLATION_LABEL;
-use super::names::{dns_mark_prefix, tunnel_prefix, uid_from_dns_comment, uid_from_tunnel_name};
-use super::server::{MANAGED_BY, MANAGED_BY_LABEL, UID_LABEL, fleet_selector, per_object_firewall_selector};
+use crate::controllers::context::Context;
+use crate::controllers::fleet::{Collection, ListPace, ObservedTunnel};
+use crate::controllers::server::installation::INSTALLATION_LABEL;
+use crate::controllers::server::names::{dns_mark_prefix, tunnel_prefix, uid_from_dns_comment, uid_from_tunnel_name};
+use crate::controllers::server::{
+    MANAGED_BY, MANAGED_BY_LABEL, UID_LABEL, fleet_selector, per_object_firewall_selector,
+};
 
 /// The fleet firewall's name before installations had an identity: one per Hetzner project,
 /// shared by every cluster using it (which is why each installation now has its own).

@@ -25,11 +25,11 @@ use crate::store::audit::AuditKind;
 use crate::store::seal::{self, CredentialId};
 use crate::store::usage;
 
-use super::context::Context;
-use super::error::ReconcileError;
-use super::lifecycle::{self, Destroyed};
-use super::names::uid_from_tunnel_name;
-use super::server::{KIND_LABEL, NAME_LABEL, NAMESPACE_LABEL, Owner};
+use crate::controllers::context::Context;
+use crate::controllers::reconcile::error::ReconcileError;
+use crate::controllers::reconcile::lifecycle::{self, Destroyed};
+use crate::controllers::server::names::uid_from_tunnel_name;
+use crate::controllers::server::{KIND_LABEL, NAME_LABEL, NAMESPACE_LABEL, Owner};
 
 /// A marked resource seen without its object, and since when.
 #[derive(Debug, Default)]
@@ -83,14 +83,14 @@ fn secret_id(uid: &str) -> CredentialId {
 /// selector): an object of another shard is alive, whatever this instance reconciles.
 async fn live_uids(ctx: &Context) -> Result<HashSet<String>, kube::Error> {
     let mut live = HashSet::new();
-    add_uids(&super::scoped_api::<Agent>(ctx), &mut live).await?;
-    add_uids(&super::scoped_api::<PlainVM>(ctx), &mut live).await?;
+    add_uids(&crate::controllers::watch::scoped_api::<Agent>(ctx), &mut live).await?;
+    add_uids(&crate::controllers::watch::scoped_api::<PlainVM>(ctx), &mut live).await?;
     Ok(live)
 }
 
 /// Objects per page of those lists: the watchers' page (a whole page's body is held while it
 /// is parsed, at every sweep).
-const LIST_PAGE: u32 = super::WATCH_LIST_PAGE;
+const LIST_PAGE: u32 = crate::controllers::watch::WATCH_LIST_PAGE;
 
 /// What the sweeper reads of a metadata list page: each object's UID and the continue token.
 /// Everything else, the managed fields above all, is skipped while parsing and never built:
@@ -209,7 +209,10 @@ async fn sweep(ctx: &Context, suspects: &mut Suspects) {
                 match seal::get_credential(&ctx.db, &ctx.sealing, &secret_id(uid)).await {
                     Ok(Some(_)) => match tunnels.get(uid) {
                         Some(id) => ctx.cloudflare.delete_tunnel(id).await.map(|_| {
-                            ctx.fleet.forget_tunnel(&super::names::tunnel_name(ctx.config.installation(), uid));
+                            ctx.fleet.forget_tunnel(&crate::controllers::server::names::tunnel_name(
+                                ctx.config.installation(),
+                                uid,
+                            ));
                         }),
                         None => Ok(()),
                     },
@@ -251,7 +254,7 @@ fn owner_of(uid: &str, server: &ServerSummary) -> Option<Owner> {
         Some("plainvm") => "PlainVM",
         _ => return None,
     };
-    let shard = server.labels.get(super::SHARD_LABEL).cloned();
+    let shard = server.labels.get(crate::controllers::shard::SHARD_LABEL).cloned();
     Some(Owner { kind, namespace: label(NAMESPACE_LABEL), name: label(NAME_LABEL), uid: uid.to_owned(), shard })
 }
 
@@ -264,7 +267,8 @@ async fn close_books(ctx: &Context, uid: &str, server: &ServerSummary) -> Result
     let Some(owner) = owner_of(uid, server) else { return Ok(()) };
     let rows = usage::transitions_for_resource(&ctx.db, uid).await?;
     // The owner the object was billed to last: an Agent's transfer trail is ahead of its rows.
-    let transferred = if owner.kind == "Agent" { super::agent::last_transfer_to(ctx, uid).await? } else { None };
+    let transferred =
+        if owner.kind == "Agent" { crate::controllers::agent::act::last_transfer_to(ctx, uid).await? } else { None };
     let billed_owner = transferred.or_else(|| rows.last().map(|r| r.owner.clone()));
     let region = server
         .location

@@ -19,8 +19,10 @@ use crate::cache::{self, CacheError, ObservedCounters, Restore, Restored, UsageP
 use crate::store::keys::{self, LiveKey};
 use crate::store::spend::{self, DailySpend};
 
-use super::virtual_key::{KeyRuntime, SpendView, period, runtime};
-use super::{Context, ReconcileError};
+use super::decide::period;
+use super::runtime::{KeyRuntime, SpendView};
+use crate::controllers::context::Context;
+use crate::controllers::reconcile::error::ReconcileError;
 
 /// The longest model name the daily aggregates hold (`virtual_key_spend_daily.model`).
 pub const MAX_MODEL_LEN: usize = 128;
@@ -56,7 +58,7 @@ pub fn scope(ctx: &Context) -> String {
 
 /// One pass over every live key of this instance's scope, then the revoked-entries sweep.
 pub async fn refresh_spend(ctx: &Context) -> Result<RefreshStats, ReconcileError> {
-    let rt = runtime(ctx)?;
+    let rt = ctx.key_runtime()?;
     let live = keys::live_in_scope(&ctx.db, &scope(ctx)).await?;
     let mut stats = RefreshStats { keys: live.len(), ..RefreshStats::default() };
     let mut fresh: HashMap<String, SpendView> = HashMap::with_capacity(live.len());
@@ -75,7 +77,7 @@ pub async fn refresh_spend(ctx: &Context) -> Result<RefreshStats, ReconcileError
 /// Refreshes one key on its own (a key the last pass did not hold: new, or claimed from a
 /// scope that no longer serves it), with the same restore as a pass, and returns its view.
 pub async fn refresh_one(ctx: &Context, key: LiveKey) -> Result<SpendView, ReconcileError> {
-    let rt = runtime(ctx)?;
+    let rt = ctx.key_runtime()?;
     let budget = key.resource_uid.clone();
     let mut stats = RefreshStats::default();
     let mut fresh = HashMap::with_capacity(1);

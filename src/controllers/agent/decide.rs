@@ -1,0 +1,469 @@
+//! What an Agent needs next and what its status says, from what was observed: pure functions,
+//! unit-tested below.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+
+use crate::api::agent::TunnelStatus;
+use crate::api::{Agent, AgentSpec, AgentStatus};
+use crate::cloud::cloudflare::DnsRecord;
+use crate::cloud::hetzner::ServerSummary;
+
+use crate::controllers::fleet::ObservedTunnel;
+use crate::controllers::reconcile::conditions::{self, Desired};
+use crate::controllers::reconcile::lifecycle::{self, Stall};
+use crate::controllers::server::names::{settled_default_hostname, tunnel_target};
+use crate::controllers::server::{self, PowerStep, ServerIntent};
+
+pub use crate::controllers::reconcile::lifecycle::{FINALIZER, PAUSE_ANNOTATION, Wait};
+
+pub(super) const KIND: &str = "Agent";
+pub(super) const PRODUCT: &str = "agent";
+/// Where the tunnel secret is sealed (with the object's UID as the row identity).
+pub(super) const SECRET_SCOPE: &str = "agent-tunnel";
+pub(super) const SECRET_NAME: &str = "tunnel-secret";
+/// `DnsReady`'s reason while someone else's record holds the hostname.
+pub(super) const DNS_NAME_TAKEN: &str = "DnsNameTaken";
+
+/// What the reconciler knows of the world for one Agent.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// A complete server list has been seen (absence means absence).
+    pub servers_known: bool,
+    pub server: Option<ServerSummary>,
+    pub tunnels_known: bool,
+    pub tunnel: Option<ObservedTunnel>,
+    pub dns_known: bool,
+    pub dns: Option<DnsRecord>,
+    pub fleet_firewall: Option<i64>,
+    /// When this process asked the guest to shut down.
+    pub shutdown_sent: Option<Instant>,
+    /// The hostname was refused because a record we do not own holds it (this generation).
+    pub dns_name_taken: Option<String>,
+}
+
+/// One idempotent step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// First sight: the spec's owner becomes the recorded one (no transfer).
+    AcceptOwner,
+    /// The owner changed: one `agent.transferred` event, then `status.owner` moves.
+    RecordTransfer {
+        from: String,
+        to: String,
+    },
+    CreateTunnel,
+    ConfigureTunnel,
+    CreateDns,
+    /// Our record points elsewhere (the tunnel was re-created): point it at the tunnel.
+    RepointDns,
+    CreateServer,
+    AttachFirewall,
+    Power(PowerStep),
+}
+
+/// The decision for one pass: the steps to take now, in order, and what to wait for after.
+pub type Plan = lifecycle::Plan<Step>;
+
+/// The server status to believe: a connected tunnel proves the machine is up even when the
+/// last server list (at most one resync old) still said it was booting.
+pub fn effective_server_status(server: &ServerSummary, tunnel: Option<&ObservedTunnel>) -> String {
+    let booting = matches!(server.status.as_str(), "initializing" | "starting");
+    if booting && tunnel.is_some_and(ObservedTunnel::connected) { "running".to_owned() } else { server.status.clone() }
+}
+
+/// Pure: the steps an Agent needs now.
+pub fn decide(
+    spec: &AgentSpec,
+    status: &AgentStatus,
+    hostname: &str,
+    observed: &Observed,
+    now: Instant,
+    shutdown_timeout: Duration,
+) -> Plan {
+    let mut steps = Vec::new();
+    match status.owner.as_deref() {
+        None => steps.push(Step::AcceptOwner),
+        Some(from) if from != spec.owner => {
+            steps.push(Step::RecordTransfer { from: from.to_owned(), to: spec.owner.clone() })
+        }
+        Some(_) => {}
+    }
+    if !(observed.servers_known && observed.tunnels_known && observed.dns_known) {
+        return Plan { steps, wait: Wait::Lists };
+    }
+    let recorded = status.tunnel.clone().unwrap_or_default();
+    let Some(tunnel) = &observed.tunnel else {
+        steps.push(Step::CreateTunnel);
+        return Plan { steps, wait: Wait::Nothing };
+    };
+    let configured = recorded.id.as_deref() == Some(tunnel.id.as_str())
+        && recorded.hostname.as_deref() == Some(hostname)
+        && recorded.service.as_deref() == Some(spec.tunnel.service.as_str());
+    if !configured {
+        steps.push(Step::ConfigureTunnel);
+    }
+    match &observed.dns {
+        Some(r) if r.name == hostname => {
+            if !r.content.eq_ignore_ascii_case(&tunnel_target(&tunnel.id)) {
+                steps.push(Step::RepointDns);
+            }
+        }
+        // Refused this resync (a foreign record holds the name), whether or not our record for
+        // an earlier hostname is still there: asked again only after the refusal expires.
+        _ if observed.dns_name_taken.as_deref() == Some(hostname) => {}
+        _ => steps.push(Step::CreateDns),
+    }
+    let Some(server) = &observed.server else {
+        steps.push(Step::CreateServer);
+        return Plan { steps, wait: Wait::Nothing };
+    };
+    if let Some(fw) = observed.fleet_firewall
+        && !server.public_net.firewalls.iter().any(|a| a.id == fw)
+    {
+        steps.push(Step::AttachFirewall);
+    }
+    let effective = effective_server_status(server, Some(tunnel));
+    let power = server::decide_power(spec.running, &effective, observed.shutdown_sent, now, shutdown_timeout);
+    if power != PowerStep::Hold {
+        steps.push(Step::Power(power));
+    }
+    let wait = if spec.running {
+        match effective.as_str() {
+            // Booting: the tunnel connecting is the proof it is up, and one tunnel list serves
+            // every waiting Agent, so no server list is spent on it.
+            "running" | "initializing" | "starting" if !tunnel.connected() => Wait::Tunnel,
+            "running" => Wait::Nothing,
+            _ => Wait::Server,
+        }
+    } else if effective != "off" {
+        Wait::Server
+    } else {
+        Wait::Nothing
+    };
+    Plan { steps, wait }
+}
+
+/// Pure: the status that describes what was observed (conditions keep their transition
+/// times when unchanged; `stalled` is a permanent error's reason and message).
+pub fn desired_status(
+    agent_generation: Option<i64>,
+    spec: &AgentSpec,
+    old: &AgentStatus,
+    hostname: &str,
+    observed: &Observed,
+    stalled: Option<Stall>,
+    now: Timestamp,
+) -> AgentStatus {
+    let server = observed.server.as_ref();
+    let tunnel = observed.tunnel.as_ref();
+    let effective = server.map(|s| effective_server_status(s, tunnel));
+    let server_ready = server::server_ready(spec.running, effective.as_deref());
+    let tunnel_ready = match tunnel {
+        Some(t) if t.connected() => {
+            Desired::new("TunnelReady", true, "Connected", "cloudflared is connected to the tunnel.")
+        }
+        Some(_) if !spec.running => {
+            Desired::new("TunnelReady", false, "ServerStopped", "The tunnel has no connector while the server is off.")
+        }
+        Some(_) => Desired::new(
+            "TunnelReady",
+            false,
+            "WaitingForConnector",
+            "The tunnel exists; waiting for cloudflared on the server to connect.",
+        ),
+        None => Desired::new("TunnelReady", false, "Provisioning", "The tunnel is being created."),
+    };
+    let dns_ready = match (&observed.dns, &observed.dns_name_taken) {
+        (Some(r), _) if r.name == hostname => {
+            Desired::new("DnsReady", true, "RecordInPlace", format!("{hostname} points at the tunnel."))
+        }
+        (_, Some(taken)) if taken == hostname => Desired::new(
+            "DnsReady",
+            false,
+            DNS_NAME_TAKEN,
+            format!(
+                "{hostname} is held by a DNS record this operator does not own; remove it or choose another spec.tunnel.hostname."
+            ),
+        ),
+        _ => {
+            Desired::new("DnsReady", false, "Provisioning", format!("The DNS record for {hostname} is being created."))
+        }
+    };
+    // A stopped Agent needs no connector (nor, for Ready, its DNS record).
+    let parts =
+        if spec.running { vec![server_ready, tunnel_ready.clone(), dns_ready.clone()] } else { vec![server_ready] };
+    let ready = parts.iter().all(|c| c.status);
+    let ready_message = if spec.running {
+        "The Agent is running and reachable through its tunnel."
+    } else {
+        "The Agent is stopped as requested."
+    };
+    let mut desired = lifecycle::summary_conditions(ready_message, stalled.as_ref(), parts);
+    if !spec.running {
+        // Still described, just not required.
+        desired.insert(2, tunnel_ready);
+        desired.insert(3, dns_ready);
+    }
+    let phase = lifecycle::phase(
+        stalled.is_some(),
+        server.is_none() && tunnel.is_none(),
+        spec.running,
+        ready,
+        effective.as_deref(),
+    );
+    AgentStatus {
+        observed_generation: agent_generation,
+        phase: Some(phase),
+        conditions: conditions::merge(&old.conditions, &desired, agent_generation, now),
+        server: server.map(|s| server::server_status(s, effective.as_deref())).or_else(|| old.server.clone()),
+        tunnel: Some(TunnelStatus {
+            id: tunnel.map(|t| t.id.clone()),
+            hostname: Some(hostname.to_owned()),
+            dns_record_id: observed.dns.as_ref().filter(|r| r.name == hostname).map(|r| r.id.clone()),
+            service: old.tunnel.as_ref().and_then(|t| t.service.clone()),
+        }),
+        owner: old.owner.clone(),
+        price_cell: Some(intent(spec).billed_price_cell(server)),
+    }
+}
+
+pub(super) fn intent(spec: &AgentSpec) -> ServerIntent {
+    ServerIntent::new(PRODUCT, spec.region, &spec.server_type, &spec.image, spec.running, &spec.owner)
+}
+
+/// The hostname the Agent is served at: the spec's, else the default one (an Agent already
+/// published at the earlier scheme's default stays there, unless someone else's record holds
+/// that name: then it moves to its own).
+pub fn hostname(agent: &Agent, zone: &str) -> String {
+    if let Some(hostname) = &agent.spec.tunnel.hostname {
+        return hostname.clone();
+    }
+    let status = agent.status.as_ref();
+    let refused =
+        status.and_then(|s| conditions::find(&s.conditions, "DnsReady")).is_some_and(|c| c.reason == DNS_NAME_TAKEN);
+    let published = status.and_then(|s| s.tunnel.as_ref()).and_then(|t| t.hostname.as_deref()).filter(|_| !refused);
+    settled_default_hostname(&agent.name_any(), &agent.namespace().unwrap_or_default(), zone, published)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Phase, Region};
+    use serde_json::json;
+
+    const HOST: &str = "bot-team-a.agents.example.com";
+
+    fn spec(running: bool) -> AgentSpec {
+        serde_json::from_value(json!({"owner": "acct_a", "region": "eu", "running": running})).expect("spec")
+    }
+
+    fn server(status: &str, firewalls: &[i64]) -> ServerSummary {
+        server::summary_for_tests("bot-12345678", status, firewalls)
+    }
+
+    fn tunnel(connections: usize) -> ObservedTunnel {
+        ObservedTunnel {
+            id: "t1".into(),
+            name: "crabglamp-u".into(),
+            status: if connections > 0 { "healthy" } else { "inactive" }.into(),
+            connections,
+        }
+    }
+
+    fn dns(name: &str, target: &str) -> DnsRecord {
+        DnsRecord {
+            id: "r1".into(),
+            kind: "CNAME".into(),
+            name: name.into(),
+            content: target.into(),
+            proxied: true,
+            ttl: 1,
+            comment: None,
+            tags: Vec::new(),
+        }
+    }
+
+    fn known() -> Observed {
+        Observed {
+            servers_known: true,
+            tunnels_known: true,
+            dns_known: true,
+            fleet_firewall: Some(99),
+            ..Observed::default()
+        }
+    }
+
+    fn configured(owner: &str) -> AgentStatus {
+        AgentStatus {
+            owner: Some(owner.into()),
+            tunnel: Some(TunnelStatus {
+                id: Some("t1".into()),
+                hostname: Some(HOST.into()),
+                dns_record_id: Some("r1".into()),
+                service: Some("http://localhost:8080".into()),
+            }),
+            ..AgentStatus::default()
+        }
+    }
+
+    fn plan(spec: &AgentSpec, status: &AgentStatus, observed: &Observed) -> Plan {
+        decide(spec, status, HOST, observed, Instant::now(), Duration::from_secs(60))
+    }
+
+    #[test]
+    fn nothing_happens_before_the_first_complete_lists() {
+        let p = plan(&spec(true), &configured("acct_a"), &Observed::default());
+        assert_eq!(p, Plan { steps: vec![], wait: Wait::Lists });
+    }
+
+    #[test]
+    fn a_new_agent_gets_its_tunnel_first_then_config_dns_and_server() {
+        let s = spec(true);
+        let p = plan(&s, &AgentStatus::default(), &known());
+        assert_eq!(p.steps, vec![Step::AcceptOwner, Step::CreateTunnel]);
+        let mut o = known();
+        o.tunnel = Some(tunnel(0));
+        let p = plan(&s, &AgentStatus { owner: Some("acct_a".into()), ..AgentStatus::default() }, &o);
+        assert_eq!(p.steps, vec![Step::ConfigureTunnel, Step::CreateDns, Step::CreateServer]);
+    }
+
+    #[test]
+    fn a_booting_server_waits_on_the_tunnel_list_not_the_server_list() {
+        let mut o = known();
+        o.tunnel = Some(tunnel(0));
+        o.dns = Some(dns(HOST, "t1.cfargotunnel.com"));
+        for status in ["initializing", "starting", "running"] {
+            o.server = Some(server(status, &[99]));
+            let p = plan(&spec(true), &configured("acct_a"), &o);
+            assert_eq!(p, Plan { steps: vec![], wait: Wait::Tunnel }, "{status}");
+        }
+        o.tunnel = Some(tunnel(1));
+        o.server = Some(server("initializing", &[99]));
+        assert_eq!(
+            plan(&spec(true), &configured("acct_a"), &o).wait,
+            Wait::Nothing,
+            "a connected tunnel proves it is up"
+        );
+    }
+
+    #[test]
+    fn power_follows_the_spec_and_waits_on_the_server_list() {
+        let mut o = known();
+        o.tunnel = Some(tunnel(1));
+        o.dns = Some(dns(HOST, "t1.cfargotunnel.com"));
+        o.server = Some(server("running", &[99]));
+        let p = plan(&spec(false), &configured("acct_a"), &o);
+        assert_eq!(p, Plan { steps: vec![Step::Power(PowerStep::Shutdown)], wait: Wait::Server });
+        o.shutdown_sent = Instant::now().checked_sub(Duration::from_secs(61));
+        assert_eq!(plan(&spec(false), &configured("acct_a"), &o).steps, vec![Step::Power(PowerStep::PowerOff)]);
+        o.server = Some(server("off", &[99]));
+        assert_eq!(plan(&spec(false), &configured("acct_a"), &o), Plan { steps: vec![], wait: Wait::Nothing });
+        o.tunnel = Some(tunnel(0));
+        assert_eq!(
+            plan(&spec(true), &configured("acct_a"), &o),
+            Plan { steps: vec![Step::Power(PowerStep::PowerOn)], wait: Wait::Server }
+        );
+    }
+
+    #[test]
+    fn drift_is_repaired() {
+        let mut o = known();
+        o.tunnel = Some(tunnel(1));
+        o.dns = Some(dns(HOST, "t1.cfargotunnel.com"));
+        o.server = Some(server("running", &[]));
+        assert_eq!(plan(&spec(true), &configured("acct_a"), &o).steps, vec![Step::AttachFirewall], "firewall detached");
+        o.server = None;
+        assert_eq!(plan(&spec(true), &configured("acct_a"), &o).steps, vec![Step::CreateServer], "server deleted");
+        o.server = Some(server("running", &[99]));
+        o.dns = Some(dns(HOST, "old.cfargotunnel.com"));
+        assert_eq!(plan(&spec(true), &configured("acct_a"), &o).steps, vec![Step::RepointDns]);
+        o.dns = None;
+        o.dns_name_taken = Some(HOST.into());
+        assert_eq!(plan(&spec(true), &configured("acct_a"), &o).steps, vec![], "a foreign record is left alone");
+        o.dns_name_taken = None;
+        assert_eq!(plan(&spec(true), &configured("acct_a"), &o).steps, vec![Step::CreateDns]);
+    }
+
+    #[test]
+    fn a_new_hostname_held_by_a_foreign_record_leaves_the_other_steps_to_run() {
+        // Our record still has the old name; the new one was refused this resync.
+        let mut o = known();
+        o.tunnel = Some(tunnel(0));
+        o.dns = Some(dns("old.agents.example.com", "t1.cfargotunnel.com"));
+        o.dns_name_taken = Some(HOST.into());
+        assert_eq!(plan(&spec(true), &configured("acct_a"), &o).steps, vec![Step::CreateServer]);
+        o.server = Some(server("off", &[]));
+        assert_eq!(
+            plan(&spec(true), &configured("acct_a"), &o).steps,
+            vec![Step::AttachFirewall, Step::Power(PowerStep::PowerOn)]
+        );
+        // The refusal expired: asked again.
+        o.dns_name_taken = None;
+        assert_eq!(plan(&spec(true), &configured("acct_a"), &o).steps[0], Step::CreateDns);
+    }
+
+    #[test]
+    fn a_hostname_published_under_the_earlier_default_stays_unless_someone_else_holds_it() {
+        let mut agent: Agent = serde_json::from_value(json!({
+            "apiVersion": "crabglamp.com/v1alpha1", "kind": "Agent",
+            "metadata": {"name": "a", "namespace": "b-c"},
+            "spec": {"owner": "acct_a", "region": "eu"}
+        }))
+        .expect("agent");
+        assert_eq!(hostname(&agent, "z.io"), "a--b-c.z.io", "a new Agent");
+        let mut status = AgentStatus {
+            tunnel: Some(TunnelStatus { hostname: Some("a-b-c.z.io".into()), ..TunnelStatus::default() }),
+            ..AgentStatus::default()
+        };
+        agent.status = Some(status.clone());
+        assert_eq!(hostname(&agent, "z.io"), "a-b-c.z.io", "published before the upgrade");
+        status.conditions = conditions::merge(
+            &[],
+            &[Desired::new("DnsReady", false, DNS_NAME_TAKEN, "held")],
+            Some(1),
+            Timestamp::now(),
+        );
+        agent.status = Some(status);
+        assert_eq!(hostname(&agent, "z.io"), "a--b-c.z.io", "someone else holds the old name");
+        agent.spec.tunnel.hostname = Some("mine.z.io".into());
+        assert_eq!(hostname(&agent, "z.io"), "mine.z.io");
+    }
+
+    #[test]
+    fn an_owner_change_is_one_transfer() {
+        let mut s = spec(true);
+        s.owner = "acct_b".into();
+        let p = plan(&s, &configured("acct_a"), &known());
+        assert_eq!(p.steps.first(), Some(&Step::RecordTransfer { from: "acct_a".into(), to: "acct_b".into() }));
+        let p = plan(&s, &configured("acct_b"), &known());
+        assert!(!p.steps.iter().any(|s| matches!(s, Step::RecordTransfer { .. })));
+    }
+
+    #[test]
+    fn ready_means_the_world_matches_the_spec() {
+        let now = Timestamp::now();
+        let mut o = known();
+        o.tunnel = Some(tunnel(1));
+        o.dns = Some(dns(HOST, "t1.cfargotunnel.com"));
+        o.server = Some(server("running", &[99]));
+        let st = desired_status(Some(1), &spec(true), &configured("acct_a"), HOST, &o, None, now);
+        let ready = conditions::find(&st.conditions, "Ready").map(|c| c.status.clone());
+        assert_eq!(ready.as_deref(), Some("True"));
+        assert_eq!(st.phase, Some(Phase::Running));
+        assert_eq!(st.price_cell.as_deref(), Some("agent-eu-cpx22"));
+        assert!(conditions::find(&st.conditions, "Reconciling").is_none());
+        // The same world described again is the same status: no write.
+        assert_eq!(desired_status(Some(1), &spec(true), &st, HOST, &o, None, now), st);
+        o.tunnel = Some(tunnel(0));
+        let st = desired_status(Some(1), &spec(true), &st, HOST, &o, None, now);
+        assert_eq!(conditions::find(&st.conditions, "Ready").map(|c| c.reason.as_str()), Some("WaitingForConnector"));
+        let stalled =
+            desired_status(Some(1), &spec(true), &st, HOST, &o, Some(("QuotaExceeded", "no more servers".into())), now);
+        assert_eq!(stalled.phase, Some(Phase::Failed));
+        assert_eq!(conditions::find(&stalled.conditions, "Stalled").map(|c| c.status.as_str()), Some("True"));
+        let _ = Region::Eu;
+    }
+}

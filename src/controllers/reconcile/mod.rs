@@ -1,0 +1,12 @@
+//! The reconcile skeleton every kind runs on, and what it is made of: the per-kind lifecycle
+//! (pause, finalizer, plan, act, one status write, error policy), conditions, status patches,
+//! errors, Events, the trimmed controller caches, their observer and per-object failures.
+
+pub mod conditions;
+pub mod error;
+pub mod events;
+pub mod failures;
+pub mod lifecycle;
+pub mod observe;
+pub mod status_patch;
+pub mod trim;
