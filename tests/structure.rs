@@ -23,10 +23,6 @@ const MAX_FN_LINES: usize = 100;
 const KNOWN: &[&str] = &[
     "file src/cache.rs: 671 lines",
     "file src/cloud/hetzner.rs: 639 lines",
-    "file src/controllers/reconcile/lifecycle.rs: 679 lines",
-    "fn src/controllers/agent/act.rs act: 147 lines",
-    "fn src/controllers/fleet/sweeper.rs sweep: 106 lines",
-    "fn src/controllers/virtual_key/apply.rs apply: 191 lines",
     "circle src/store/mod.rs src/store/seal.rs",
     "circle sandbox/src/admission/mod.rs sandbox/src/admission/cel.rs sandbox/src/admission/cost.rs",
     "circle sandbox/src/cloudflare/mod.rs sandbox/src/cloudflare/account.rs sandbox/src/cloudflare/cloudflared.rs \

@@ -68,98 +68,11 @@ pub(super) async fn act(
             )
             .await;
         }
-        Step::CreateTunnel => {
-            let secret = tunnel_secret(ctx, &owner.uid).await?;
-            let (tunnel, adopted) = ctx
-                .cloudflare
-                .create_tunnel(&tunnel_name(ctx.config.installation(), &owner.uid), &secret)
-                .await
-                .map_err(ReconcileError::Cloudflare)?;
-            let recreated = status.tunnel.as_ref().and_then(|t| t.id.as_ref()).is_some_and(|old| *old != tunnel.id);
-            ctx.fleet.record_tunnel(ObservedTunnel::from_api(&tunnel));
-            ctx.metrics.count_step(KIND, "create_tunnel");
-            let note = if recreated {
-                "The tunnel was deleted outside the operator; a new one was created."
-            } else if adopted {
-                "Adopted the tunnel an earlier attempt created."
-            } else {
-                "Tunnel created."
-            };
-            ctx.event(
-                agent,
-                recreated,
-                if recreated { "TunnelRecreated" } else { "TunnelCreated" },
-                "CreateTunnel",
-                format!("{note} Tunnel id {}.", tunnel.id),
-            )
-            .await;
-        }
-        Step::ConfigureTunnel => {
-            let Some(tunnel) = ctx.fleet.tunnel(&tunnel_name(ctx.config.installation(), &owner.uid)) else {
-                return Ok(());
-            };
-            let rule = IngressRule {
-                hostname: Some(hostname.to_owned()),
-                service: agent.spec.tunnel.service.clone(),
-                path: None,
-            };
-            ctx.cloudflare.put_tunnel_config(&tunnel.id, &[rule]).await.map_err(ReconcileError::Cloudflare)?;
-            ctx.metrics.count_step(KIND, "configure_tunnel");
-            let t = status.tunnel.get_or_insert_with(TunnelStatus::default);
-            t.id = Some(tunnel.id.clone());
-            t.hostname = Some(hostname.to_owned());
-            t.service = Some(agent.spec.tunnel.service.clone());
-            ctx.event(
-                agent,
-                false,
-                "TunnelConfigured",
-                "ConfigureTunnel",
-                format!("{hostname} routes to {} inside the server.", agent.spec.tunnel.service),
-            )
-            .await;
-        }
+        Step::CreateTunnel => create_tunnel(ctx, agent, owner, status).await?,
+        Step::ConfigureTunnel => configure_tunnel(ctx, agent, owner, hostname, status).await?,
         Step::CreateDns => create_dns(ctx, agent, owner, hostname).await?,
-        Step::RepointDns => {
-            let (Some(record), Some(tunnel)) = (
-                ctx.fleet.dns_record(&owner.uid),
-                ctx.fleet.tunnel(&tunnel_name(ctx.config.installation(), &owner.uid)),
-            ) else {
-                return Ok(());
-            };
-            let updated = ctx
-                .cloudflare
-                .update_dns_record(&record.id, &tunnel_target(&tunnel.id), true)
-                .await
-                .map_err(ReconcileError::Cloudflare)?;
-            ctx.fleet.record_dns(&owner.uid, updated);
-            ctx.metrics.count_step(KIND, "repoint_dns");
-            ctx.event(
-                agent,
-                false,
-                "DnsRepointed",
-                "UpdateDns",
-                format!("{hostname} now points at tunnel {}.", tunnel.id),
-            )
-            .await;
-        }
-        Step::CreateServer => {
-            let Some(tunnel) = ctx.fleet.tunnel(&tunnel_name(ctx.config.installation(), &owner.uid)) else {
-                return Ok(());
-            };
-            let secret = tunnel_secret(ctx, &owner.uid).await?;
-            let token = derive_tunnel_token(ctx.cloudflare.account_id(), &tunnel.id, &secret);
-            let user_data = crate::controllers::server::cloud_init::agent_user_data(&agent.spec.ssh_keys, &token)
-                .map_err(|e| ReconcileError::UserData(e.to_string()))?;
-            let firewalls = ctx.fleet_firewall().into_iter().collect();
-            let spec =
-                server::create_spec(owner, &intent(&agent.spec), ctx.config.installation(), user_data, firewalls);
-            let vanished = status.server.as_ref().and_then(|s| s.id);
-            ctx.fleet.tunnel_lost_its_connector(&tunnel.name);
-            let created = server::create_server(ctx, owner, &spec).await?;
-            status.server = Some(server::server_status(&created, None));
-            let (warning, reason, note) = server::created_event(vanished, &created, &intent(&agent.spec));
-            ctx.event(agent, warning, reason, "CreateServer", note).await;
-        }
+        Step::RepointDns => repoint_dns(ctx, agent, owner, hostname).await?,
+        Step::CreateServer => create_agent_server(ctx, agent, owner, status).await?,
         Step::AttachFirewall => {
             let (Some(server), Some(fw)) = (ctx.fleet.server(&owner.uid), ctx.fleet_firewall()) else { return Ok(()) };
             ctx.hetzner.apply_firewall(fw, server.id).await.map_err(ReconcileError::Hetzner)?;
@@ -191,6 +104,114 @@ pub(super) async fn act(
             server::power_step(ctx, agent, owner, &intent(&agent.spec), subject, *power).await?
         }
     }
+    Ok(())
+}
+
+/// Creates (or adopts) the Agent's tunnel, with its secret sealed before.
+async fn create_tunnel(
+    ctx: &Context,
+    agent: &Agent,
+    owner: &Owner,
+    status: &mut AgentStatus,
+) -> Result<(), ReconcileError> {
+    let secret = tunnel_secret(ctx, &owner.uid).await?;
+    let (tunnel, adopted) = ctx
+        .cloudflare
+        .create_tunnel(&tunnel_name(ctx.config.installation(), &owner.uid), &secret)
+        .await
+        .map_err(ReconcileError::Cloudflare)?;
+    let recreated = status.tunnel.as_ref().and_then(|t| t.id.as_ref()).is_some_and(|old| *old != tunnel.id);
+    ctx.fleet.record_tunnel(ObservedTunnel::from_api(&tunnel));
+    ctx.metrics.count_step(KIND, "create_tunnel");
+    let note = if recreated {
+        "The tunnel was deleted outside the operator; a new one was created."
+    } else if adopted {
+        "Adopted the tunnel an earlier attempt created."
+    } else {
+        "Tunnel created."
+    };
+    ctx.event(
+        agent,
+        recreated,
+        if recreated { "TunnelRecreated" } else { "TunnelCreated" },
+        "CreateTunnel",
+        format!("{note} Tunnel id {}.", tunnel.id),
+    )
+    .await;
+    Ok(())
+}
+
+/// Routes the hostname through the tunnel to the service inside the server.
+async fn configure_tunnel(
+    ctx: &Context,
+    agent: &Agent,
+    owner: &Owner,
+    hostname: &str,
+    status: &mut AgentStatus,
+) -> Result<(), ReconcileError> {
+    let Some(tunnel) = ctx.fleet.tunnel(&tunnel_name(ctx.config.installation(), &owner.uid)) else {
+        return Ok(());
+    };
+    let rule =
+        IngressRule { hostname: Some(hostname.to_owned()), service: agent.spec.tunnel.service.clone(), path: None };
+    ctx.cloudflare.put_tunnel_config(&tunnel.id, &[rule]).await.map_err(ReconcileError::Cloudflare)?;
+    ctx.metrics.count_step(KIND, "configure_tunnel");
+    let t = status.tunnel.get_or_insert_with(TunnelStatus::default);
+    t.id = Some(tunnel.id.clone());
+    t.hostname = Some(hostname.to_owned());
+    t.service = Some(agent.spec.tunnel.service.clone());
+    ctx.event(
+        agent,
+        false,
+        "TunnelConfigured",
+        "ConfigureTunnel",
+        format!("{hostname} routes to {} inside the server.", agent.spec.tunnel.service),
+    )
+    .await;
+    Ok(())
+}
+
+/// Points the hostname's record at the current tunnel.
+async fn repoint_dns(ctx: &Context, agent: &Agent, owner: &Owner, hostname: &str) -> Result<(), ReconcileError> {
+    let (Some(record), Some(tunnel)) =
+        (ctx.fleet.dns_record(&owner.uid), ctx.fleet.tunnel(&tunnel_name(ctx.config.installation(), &owner.uid)))
+    else {
+        return Ok(());
+    };
+    let updated = ctx
+        .cloudflare
+        .update_dns_record(&record.id, &tunnel_target(&tunnel.id), true)
+        .await
+        .map_err(ReconcileError::Cloudflare)?;
+    ctx.fleet.record_dns(&owner.uid, updated);
+    ctx.metrics.count_step(KIND, "repoint_dns");
+    ctx.event(agent, false, "DnsRepointed", "UpdateDns", format!("{hostname} now points at tunnel {}.", tunnel.id))
+        .await;
+    Ok(())
+}
+
+/// Creates the server behind the fleet firewall, with the tunnel token in its user data.
+async fn create_agent_server(
+    ctx: &Context,
+    agent: &Agent,
+    owner: &Owner,
+    status: &mut AgentStatus,
+) -> Result<(), ReconcileError> {
+    let Some(tunnel) = ctx.fleet.tunnel(&tunnel_name(ctx.config.installation(), &owner.uid)) else {
+        return Ok(());
+    };
+    let secret = tunnel_secret(ctx, &owner.uid).await?;
+    let token = derive_tunnel_token(ctx.cloudflare.account_id(), &tunnel.id, &secret);
+    let user_data = crate::controllers::server::cloud_init::agent_user_data(&agent.spec.ssh_keys, &token)
+        .map_err(|e| ReconcileError::UserData(e.to_string()))?;
+    let firewalls = ctx.fleet_firewall().into_iter().collect();
+    let spec = server::create_spec(owner, &intent(&agent.spec), ctx.config.installation(), user_data, firewalls);
+    let vanished = status.server.as_ref().and_then(|s| s.id);
+    ctx.fleet.tunnel_lost_its_connector(&tunnel.name);
+    let created = server::create_server(ctx, owner, &spec).await?;
+    status.server = Some(server::server_status(&created, None));
+    let (warning, reason, note) = server::created_event(vanished, &created, &intent(&agent.spec));
+    ctx.event(agent, warning, reason, "CreateServer", note).await;
     Ok(())
 }
 

@@ -20,6 +20,7 @@ use kube::api::{Api, ListParams};
 use serde_json::json;
 
 use crate::api::{Agent, PlainVM, Region};
+use crate::cloud::CloudError;
 use crate::cloud::hetzner::ServerSummary;
 use crate::store::audit::AuditKind;
 use crate::store::seal::{self, CredentialId};
@@ -28,7 +29,7 @@ use crate::store::usage;
 use crate::controllers::context::Context;
 use crate::controllers::reconcile::error::ReconcileError;
 use crate::controllers::reconcile::lifecycle::{self, Destroyed};
-use crate::controllers::server::names::uid_from_tunnel_name;
+use crate::controllers::server::names::{tunnel_name, uid_from_tunnel_name};
 use crate::controllers::server::{KIND_LABEL, NAME_LABEL, NAMESPACE_LABEL, Owner};
 
 /// A marked resource seen without its object, and since when.
@@ -180,22 +181,9 @@ async fn sweep(ctx: &Context, suspects: &mut Suspects) {
     for key in due {
         let Some((what, uid)) = key.split_once('/') else { continue };
         let result = match what {
-            "server" => match (servers.get(uid), ctx.fleet.server(uid)) {
-                (Some(&id), Some(seen)) => {
-                    // The books close before the server goes: a crash or a failed write in
-                    // between leaves the server for the next sweep, never an open timeline
-                    // with no server left to find it by. Books another writer closed already
-                    // (the database refuses a second destroy) are closed: the server goes.
-                    if let Err(e) = close_books(ctx, uid, &seen).await
-                        && !e.already_destroyed()
-                    {
-                        tracing::warn!(owner_uid = uid, error = %e, "sweeper cannot close the books of an orphan; its server stays until it can");
-                        continue;
-                    }
-                    ctx.hetzner.delete_server(id).await.map(|_| ctx.fleet.forget_server(uid))
-                }
-                // Gone from the view since the sweep began: nothing left to remove.
-                _ => continue,
+            "server" => match remove_orphan_server(ctx, uid, servers.get(uid).copied()).await {
+                Some(result) => result,
+                None => continue,
             },
             // Still applied while its server's delete runs: the error is logged and the next
             // sweep tries again (the suspect stays due), so it is never left behind.
@@ -203,26 +191,10 @@ async fn sweep(ctx: &Context, suspects: &mut Suspects) {
                 Some(&id) => ctx.hetzner.delete_firewall(id).await.map(|_| ctx.fleet.forget_firewall(uid)),
                 None => Ok(()),
             },
-            "tunnel" => {
-                // Tunnels carry no labels: ours are the ones whose secret we still hold (an
-                // orphaned Agent's secret is forgotten, so its tunnel is left alone).
-                match seal::get_credential(&ctx.db, &ctx.sealing, &secret_id(uid)).await {
-                    Ok(Some(_)) => match tunnels.get(uid) {
-                        Some(id) => ctx.cloudflare.delete_tunnel(id).await.map(|_| {
-                            ctx.fleet.forget_tunnel(&crate::controllers::server::names::tunnel_name(
-                                ctx.config.installation(),
-                                uid,
-                            ));
-                        }),
-                        None => Ok(()),
-                    },
-                    Ok(None) => continue,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "sweeper cannot read a tunnel secret");
-                        continue;
-                    }
-                }
-            }
+            "tunnel" => match remove_orphan_tunnel(ctx, uid, tunnels.get(uid)).await {
+                Some(result) => result,
+                None => continue,
+            },
             "dns" => match records.get(uid) {
                 Some(id) => ctx.cloudflare.delete_dns_record(id).await.map(|_| ctx.fleet.forget_dns(uid)),
                 None => Ok(()),
@@ -243,6 +215,42 @@ async fn sweep(ctx: &Context, suspects: &mut Suspects) {
         }
     }
     ctx.metrics.count_sweep();
+}
+
+/// Removes an orphan's server after closing its books; `None`: nothing to do this sweep (gone
+/// from the view since the sweep began, or its books could not be closed yet).
+async fn remove_orphan_server(ctx: &Context, uid: &str, id: Option<i64>) -> Option<Result<(), CloudError>> {
+    let (Some(id), Some(seen)) = (id, ctx.fleet.server(uid)) else { return None };
+    // The books close before the server goes: a crash or a failed write in between leaves the
+    // server for the next sweep, never an open timeline with no server left to find it by.
+    // Books another writer closed already (the database refuses a second destroy) are closed:
+    // the server goes.
+    if let Err(e) = close_books(ctx, uid, &seen).await
+        && !e.already_destroyed()
+    {
+        tracing::warn!(owner_uid = uid, error = %e, "sweeper cannot close the books of an orphan; its server stays until it can");
+        return None;
+    }
+    Some(ctx.hetzner.delete_server(id).await.map(|_| ctx.fleet.forget_server(uid)))
+}
+
+/// Removes an orphan's tunnel. Tunnels carry no labels: ours are the ones whose secret we still
+/// hold (an orphaned Agent's secret is forgotten, so its tunnel is left alone); `None`: not ours
+/// or its secret unreadable this sweep.
+async fn remove_orphan_tunnel(ctx: &Context, uid: &str, id: Option<&String>) -> Option<Result<(), CloudError>> {
+    match seal::get_credential(&ctx.db, &ctx.sealing, &secret_id(uid)).await {
+        Ok(Some(_)) => Some(match id {
+            Some(id) => ctx.cloudflare.delete_tunnel(id).await.map(|_| {
+                ctx.fleet.forget_tunnel(&tunnel_name(ctx.config.installation(), uid));
+            }),
+            None => Ok(()),
+        }),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "sweeper cannot read a tunnel secret");
+            None
+        }
+    }
 }
 
 /// The object a swept server belonged to, from the marks on the server: `None` for a server

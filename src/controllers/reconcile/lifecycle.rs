@@ -13,7 +13,6 @@ use std::fmt::Debug;
 use std::future::Future;
 use std::sync::Arc;
 
-use chrono::Utc;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
@@ -23,17 +22,15 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 use tracing::Instrument;
-
-use crate::api::Phase;
-use crate::cloud::CloudError;
-use crate::store::audit::{self, AuditKind, NewAuditEvent};
-use crate::store::{QueryContext, usage};
 
 use crate::controllers::context::Context;
 use crate::controllers::reconcile::conditions::{self, Desired};
+pub use crate::controllers::reconcile::destroy::{Destroyed, commit_destroy, record_destroy};
 use crate::controllers::reconcile::error::ReconcileError;
+pub use crate::controllers::reconcile::outcome::{
+    SELF_CLEARING, Stall, phase, retry_reason, set_ready_reason, stall_reason, summary_conditions,
+};
 use crate::controllers::reconcile::status_patch::status_merge_patch;
 use crate::controllers::server::{self, Owner, ServerIntent};
 
@@ -42,13 +39,6 @@ use crate::controllers::server::{self, Owner, ServerIntent};
 pub const FINALIZER: &str = "crabglamp.com/cleanup";
 /// `"true"` stops reconciling the object (nothing is created, changed or deleted for it).
 pub const PAUSE_ANNOTATION: &str = "crabglamp.com/paused";
-
-/// A permanent error's condition reason and message: the object is `Stalled`.
-pub type Stall = (&'static str, String);
-
-/// Stall reasons that clear by themselves (a limit raised, a name freed by whoever holds it):
-/// the object is looked at again each resync. Any other stall waits for a spec change.
-pub const SELF_CLEARING: [&str; 3] = ["QuotaExceeded", "ServerNameTaken", "FirewallQuotaExceeded"];
 
 /// What the next pass waits for, if anything.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,106 +180,6 @@ pub trait Pass: Sync {
     /// refusal more precisely than [`stall_reason`] does.
     fn stall(&self, _step: &Self::Step, error: &ReconcileError) -> Option<Stall> {
         stall_reason(error)
-    }
-}
-
-/// A permanent error's condition reason and message, or `None` when retrying can help.
-pub fn stall_reason(error: &ReconcileError) -> Option<Stall> {
-    match error {
-        ReconcileError::UserData(cause) => {
-            return Some(("UserDataInvalid", format!("the server's user data cannot be rendered: {cause}.")));
-        }
-        ReconcileError::NameTaken { what, name, .. } => {
-            return Some((
-                "ServerNameTaken",
-                format!(
-                    "a {what} named {name} that this operator did not create exists in the Hetzner project; \
-                     rename or delete it (retried periodically)."
-                ),
-            ));
-        }
-        _ => {}
-    }
-    let cloud = error.cloud()?;
-    if !matches!(cloud, CloudError::Permanent(_)) {
-        return None;
-    }
-    let d = cloud.detail();
-    let (reason, advice) = match d.code.as_str() {
-        "resource_limit_exceeded" => ("QuotaExceeded", "ask Hetzner for a higher limit; retried periodically"),
-        "invalid_input" if d.message.contains("server_type") || d.message.contains("server type") => {
-            ("InvalidServerType", "fix spec.serverType")
-        }
-        "invalid_input" if d.message.contains("image") => ("ImageNotFound", "fix spec.image"),
-        "invalid_input" => ("InvalidInput", "fix the spec"),
-        "unauthorized" | "forbidden" | "10000" | "9109" => ("Unauthorized", "check the API token"),
-        _ => ("CloudRefused", "fix the spec or the account"),
-    };
-    Some((reason, format!("{d}; {advice}.")))
-}
-
-/// The condition of an error retrying can help with (the pass backs off and tries again).
-pub fn retry_reason(error: &ReconcileError) -> (&'static str, String) {
-    let reason = match error.cloud() {
-        Some(CloudError::RateLimited { .. }) => "RateLimited",
-        // Sold out here, or no host could take the server: both clear by themselves.
-        Some(CloudError::NoCapacity(d)) if d.code == "resource_unavailable" => "ServerTypeUnavailable",
-        Some(CloudError::NoCapacity(_)) => "PlacementFailed",
-        Some(_) if matches!(error, ReconcileError::Hetzner(_)) => "HetznerUnavailable",
-        Some(_) => "CloudflareUnavailable",
-        None => "RetryingAfterError",
-    };
-    (reason, format!("{error}; retrying with backoff."))
-}
-
-/// A not-Ready condition that names the error in its reason and message.
-pub fn set_ready_reason(conditions: &mut [Condition], reason: &'static str, message: &str) {
-    if let Some(c) = conditions.iter_mut().find(|c| c.type_ == "Ready" && c.status == "False") {
-        c.reason = reason.to_owned();
-        c.message = message.to_owned();
-    }
-}
-
-/// Pure: the whole condition list of a kind: `Ready` (true with `ready_message` when every
-/// part is true, else the stall or the first part that is not), the parts, then `Stalled` or
-/// `Reconciling` (neither once Ready).
-pub fn summary_conditions(ready_message: &str, stalled: Option<&Stall>, parts: Vec<Desired>) -> Vec<Desired> {
-    let ready = parts.iter().all(|c| c.status);
-    let head = if ready {
-        Desired::new("Ready", true, "Ready", ready_message)
-    } else if let Some((reason, message)) = stalled {
-        Desired::new("Ready", false, reason, message.clone())
-    } else {
-        let waiting = parts.iter().find(|c| !c.status);
-        Desired::new(
-            "Ready",
-            false,
-            waiting.map_or("Reconciling", |c| c.reason),
-            waiting.map_or_else(String::new, |c| c.message.clone()),
-        )
-    };
-    let mut all = vec![head];
-    all.extend(parts);
-    if let Some((reason, message)) = stalled {
-        all.push(Desired::new("Stalled", true, reason, message.clone()));
-    } else if !ready {
-        all.push(Desired::new("Reconciling", true, "Progressing", "Cloud resources are being created or changed."));
-    }
-    all
-}
-
-/// Pure: the coarse phase. `nothing_yet`: none of the object's cloud resources exists.
-pub fn phase(stalled: bool, nothing_yet: bool, running: bool, ready: bool, effective: Option<&str>) -> Phase {
-    if stalled {
-        Phase::Failed
-    } else if nothing_yet {
-        Phase::Pending
-    } else if running {
-        if ready { Phase::Running } else { Phase::Provisioning }
-    } else if effective == Some("off") {
-        Phase::Stopped
-    } else {
-        Phase::Stopping
     }
 }
 
@@ -518,156 +408,9 @@ pub fn error_policy<K: ManagedObject>(object: Arc<K>, error: &ReconcileError, ct
     Action::requeue(delay)
 }
 
-/// What a destroy event says beyond the object's identity.
-pub struct Destroyed {
-    pub kind: AuditKind,
-    /// The owner the closing usage row and the event bill. `None`: none is known (a server the
-    /// sweeper removes whose object left no owner behind); a closing row then bills the owner
-    /// of the start it closes.
-    pub billed_owner: Option<String>,
-    /// The region the object's server ran in.
-    pub region: Option<String>,
-    pub cloud_ids: Value,
-    pub details: Value,
-}
-
-/// Writes the closing `stop` row of the object's timeline (if it still runs) and then its
-/// destroy event, in one transaction, exactly once: the event key is per UID, so whoever
-/// closes the books (the finalizer or the sweeper) writes the only destroy event, and a
-/// retry after a lost commit finds the timeline closed and the event recorded.
-pub async fn record_destroy(ctx: &Context, owner: &Owner, destroyed: Destroyed) -> Result<(), ReconcileError> {
-    let closing = server::closing_transition(ctx, owner, destroyed.billed_owner.as_deref()).await?;
-    let event = NewAuditEvent {
-        event_key: format!("{}/{}", destroyed.kind.as_str(), owner.uid),
-        kind: destroyed.kind,
-        resource: owner.resource_ref(),
-        owners: destroyed.billed_owner.into_iter().collect(),
-        region: destroyed.region,
-        cloud_ids: destroyed.cloud_ids,
-        details: destroyed.details,
-        occurred_at: Utc::now(),
-    };
-    // The last usage row and the destroy event commit together, the row first.
-    let mut tx = ctx.db.begin().await.during("starting the destroy transaction")?;
-    if let Some(row) = &closing {
-        usage::record(&mut *tx, row).await?;
-    }
-    let appended = audit::append(&mut *tx, &event).await?;
-    tx.commit().await.during("committing the destroy event")?;
-    ctx.audit_committed(&appended);
-    ctx.metrics.count_step(owner.kind, "destroyed");
-    tracing::info!(event = destroyed.kind.as_str(), "destroyed; audit event committed");
-    Ok(())
-}
-
-/// Commits the object's destroy event together with the closing `stop` row of its timeline
-/// (see [`record_destroy`]) and forgets the object's in-memory state. The finalizer may go
-/// only after this returns `Ok`.
-pub async fn commit_destroy(ctx: &Context, owner: &Owner, destroyed: Destroyed) -> Result<Action, ReconcileError> {
-    record_destroy(ctx, owner, destroyed).await?;
-    ctx.fleet.done_waiting(&owner.uid);
-    ctx.power.forget(&owner.uid);
-    ctx.failures.succeeded(&owner.uid);
-    Ok(Action::await_change())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ready_false() -> Condition {
-        Condition {
-            type_: "Ready".into(),
-            status: "False".into(),
-            reason: "Provisioning".into(),
-            message: "m".into(),
-            observed_generation: None,
-            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
-        }
-    }
-
-    #[test]
-    fn only_a_false_ready_is_renamed_by_an_error() {
-        let mut c = vec![ready_false()];
-        set_ready_reason(&mut c, "RateLimited", "slow down");
-        assert_eq!((c[0].reason.as_str(), c[0].message.as_str()), ("RateLimited", "slow down"));
-        c[0].status = "True".into();
-        set_ready_reason(&mut c, "HetznerUnavailable", "x");
-        assert_eq!(c[0].reason, "RateLimited", "a true Ready keeps its reason");
-    }
-
-    #[test]
-    fn errors_classify_into_stalls_and_retries() {
-        use crate::cloud::error::{Provider, ProviderError};
-        let detail = |code: &str, message: &str| ProviderError {
-            provider: Provider::Hetzner,
-            operation: "create_server",
-            status: Some(403),
-            code: code.into(),
-            message: message.into(),
-        };
-        let quota = ReconcileError::Hetzner(CloudError::Permanent(detail("resource_limit_exceeded", "limit")));
-        assert_eq!(stall_reason(&quota).map(|s| s.0), Some("QuotaExceeded"));
-        let bad_type = ReconcileError::Hetzner(CloudError::Permanent(detail("invalid_input", "unknown server_type")));
-        assert_eq!(stall_reason(&bad_type).map(|s| s.0), Some("InvalidServerType"));
-        let busy = ReconcileError::Hetzner(CloudError::Retryable(detail("unavailable", "later")));
-        assert_eq!(stall_reason(&busy), None);
-        assert_eq!(retry_reason(&busy).0, "HetznerUnavailable");
-        assert_eq!(retry_reason(&ReconcileError::NotReady("lists")).0, "RetryingAfterError");
-        for reason in SELF_CLEARING {
-            assert!(reason.ends_with("Exceeded") || reason.ends_with("Taken"), "{reason}");
-        }
-    }
-
-    #[test]
-    fn transient_create_refusals_are_retried_and_named() {
-        use crate::cloud::error::{Provider, ProviderError, classify_hetzner};
-        let refused = |status: u16, code: &str| {
-            let detail = ProviderError {
-                provider: Provider::Hetzner,
-                operation: "create_server",
-                status: Some(status),
-                code: code.into(),
-                message: "m".into(),
-            };
-            ReconcileError::Hetzner(classify_hetzner(detail, std::time::Duration::from_secs(1)))
-        };
-        for (status, code, reason) in [
-            (422, "placement_error", "PlacementFailed"),
-            (412, "resource_unavailable", "ServerTypeUnavailable"),
-            (429, "rate_limit_exceeded", "RateLimited"),
-            (500, "server_error", "HetznerUnavailable"),
-            (503, "unavailable", "HetznerUnavailable"),
-            (409, "conflict", "HetznerUnavailable"),
-        ] {
-            let error = refused(status, code);
-            assert_eq!(stall_reason(&error), None, "{code} is retried, not stalled");
-            assert_eq!(retry_reason(&error).0, reason, "{code}");
-        }
-        assert_eq!(stall_reason(&refused(422, "invalid_input")).map(|s| s.0), Some("InvalidInput"));
-    }
-
-    #[test]
-    fn a_render_error_and_a_name_conflict_stall_with_their_cause() {
-        use crate::cloud::error::{Provider, ProviderError};
-        let (reason, message) =
-            stall_reason(&ReconcileError::UserData("user data would be 40000 bytes".into())).expect("stalls");
-        assert_eq!(reason, "UserDataInvalid");
-        assert!(message.contains("40000 bytes"), "{message}");
-        let conflict = CloudError::Conflict(ProviderError {
-            provider: Provider::Hetzner,
-            operation: "create_server",
-            status: Some(409),
-            code: "uniqueness_error".into(),
-            message: "server name is already used".into(),
-        });
-        let taken =
-            ReconcileError::NameTaken { what: "server", name: "bot-1a2b3c4d".into(), source: Box::new(conflict) };
-        let (reason, message) = stall_reason(&taken).expect("stalls");
-        assert_eq!(reason, "ServerNameTaken");
-        assert!(message.contains("bot-1a2b3c4d"), "{message}");
-        assert!(SELF_CLEARING.contains(&reason), "looked at again once the name is free");
-    }
 
     #[test]
     fn a_step_is_taken_at_most_once_a_pass() {

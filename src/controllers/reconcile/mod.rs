@@ -3,10 +3,12 @@
 //! errors, Events, the trimmed controller caches, their observer and per-object failures.
 
 pub mod conditions;
+pub mod destroy;
 pub mod error;
 pub mod events;
 pub mod failures;
 pub mod lifecycle;
 pub mod observe;
+pub mod outcome;
 pub mod status_patch;
 pub mod trim;

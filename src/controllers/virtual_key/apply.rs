@@ -13,7 +13,9 @@ use serde_json::json;
 
 use crate::api::virtual_key::{Spend, VirtualKey, VirtualKeyStatus};
 use crate::cache::AuthEntry;
+use crate::store::QueryContext;
 use crate::store::audit::{self, AuditKind, NewAuditEvent};
+use crate::store::keys::VirtualKeyRecord;
 use crate::store::keys::{self, KeyTerms};
 
 use super::act::*;
@@ -45,43 +47,7 @@ pub(super) async fn apply(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, 
 
     // Terms follow the spec; an owner change is one transfer event per generation.
     if !same_terms(&record, &t) {
-        let mut tx = ctx
-            .db
-            .begin()
-            .await
-            .map_err(|e| crate::store::StoreError::Query { what: "starting a terms update", source: e })?;
-        keys::update_terms(&mut *tx, &record.key_id, &t).await?;
-        let transfer = (record.owner != t.owner).then(|| record.owner.clone());
-        let mut appended = None;
-        if let Some(from) = &transfer {
-            let event = NewAuditEvent {
-                event_key: format!(
-                    "{}/{}/{}",
-                    AuditKind::VirtualKeyTransferred.as_str(),
-                    uid,
-                    vk.metadata.generation.unwrap_or(0)
-                ),
-                kind: AuditKind::VirtualKeyTransferred,
-                resource: resource_ref(&vk, &uid),
-                owners: vec![from.clone(), t.owner.clone()],
-                region: None,
-                cloud_ids: json!({"keyId": record.key_id}),
-                details: json!({"from": from, "to": t.owner, "generation": vk.metadata.generation}),
-                occurred_at: Utc::now(),
-            };
-            appended = Some(audit::append(&mut *tx, &event).await?);
-        }
-        tx.commit()
-            .await
-            .map_err(|e| crate::store::StoreError::Query { what: "committing a terms update", source: e })?;
-        if let Some(appended) = &appended {
-            ctx.audit_committed(appended);
-        }
-        if let Some(from) = transfer {
-            ctx.event(&*vk, false, "Transferred", "Transfer", format!("Owner changed from {from} to {}", t.owner))
-                .await;
-        }
-        record = keys::live_for_resource(&ctx.db, &uid).await?.ok_or(ReconcileError::Decode("the live key"))?;
+        record = follow_spec_terms(ctx, &vk, &uid, &record, &t).await?;
     }
 
     // Spend: from the refresher's snapshot; a key it does not hold yet (new, or not yet of
@@ -108,92 +74,19 @@ pub(super) async fn apply(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, 
     let desired = serde_json::to_string(&auth_entry(&record.key_id, &uid, &t, block))
         .map_err(|_| ReconcileError::Decode("an auth entry"))?;
     if view.auth.as_deref() != Some(desired.as_str()) {
-        let was_blocked =
-            view.auth.as_deref().and_then(|a| serde_json::from_str::<AuthEntry>(a).ok()).map(|a| a.blocked);
-        rt.cache.publish(&hash_hex, &desired).await?;
-        ctx.metrics.count_step(KIND, "publish");
-        rt.with(|m| {
-            m.insert(uid.clone(), SpendView { auth: Some(desired.clone()), ..view.clone() });
-        });
-        match (was_blocked, block) {
-            (Some(false) | None, Some(r)) => {
-                ctx.event(
-                    &*vk,
-                    true,
-                    r.as_str(),
-                    "Block",
-                    format!("The proxy now refuses key {}: {}", record.key_id, r.as_str()),
-                )
-                .await;
-            }
-            (Some(true), None) => {
-                ctx.event(
-                    &*vk,
-                    false,
-                    "Unblocked",
-                    "Unblock",
-                    format!("The proxy accepts key {} again", record.key_id),
-                )
-                .await;
-            }
-            _ => {}
-        }
+        publish_entry(ctx, rt, &vk, (&uid, &record.key_id, &hash_hex), &view, desired, block).await?;
     }
 
     // Keys rotated away with a grace period: the same terms and block as the live key until it
     // is over, then removed from Redis.
     let retiring = keys::retiring(&ctx.db, &uid).await?;
     follow_terms_in_grace(ctx, rt, &uid, &t, block, &retiring, now).await?;
-    let mut next_retirement: Option<DateTime<Utc>> = None;
-    for retiring in retiring {
-        if retiring.revoked_at <= now {
-            rt.cache.remove(&[hex::encode(&retiring.key_sha256)]).await?;
-            keys::mark_unpublished(&ctx.db, &retiring.key_id).await?;
-            ctx.event(
-                &*vk,
-                false,
-                "Retired",
-                "Revoke",
-                format!("Previous key {} removed from the proxy", retiring.key_id),
-            )
-            .await;
-        } else {
-            next_retirement = Some(next_retirement.map_or(retiring.revoked_at, |t| t.min(retiring.revoked_at)));
-        }
-    }
+    let next_retirement = retire_past_grace(ctx, rt, &vk, retiring, now).await?;
 
     // Status.
     let old = vk.status.clone().unwrap_or_default();
     let spend_text = format!("{} of {} USD this month", micros_to_usd(view.micros), micros_to_usd(budget_micros));
-    let desired_conditions = [
-        Desired::new(
-            "KeyReady",
-            true,
-            "Published",
-            format!("Key {} is in Secret {name} and published to the proxy", record.key_id),
-        ),
-        match block {
-            Some(BlockReason::BudgetExceeded) => {
-                Desired::new("BudgetExceeded", true, "BudgetReached", format!("Spend reached the budget: {spend_text}"))
-            }
-            _ => Desired::new("BudgetExceeded", false, "WithinBudget", spend_text.clone()),
-        },
-        match block {
-            Some(BlockReason::Expired) => Desired::new("Expired", true, "Expired", "The key's expiry time has passed"),
-            _ => Desired::new("Expired", false, "NotExpired", "The key has not expired"),
-        },
-        usage_read(&view, &spend_text),
-        match block {
-            Some(r) => Desired::new("Ready", false, r.as_str(), format!("The proxy refuses the key: {}", r.as_str())),
-            None => Desired::new("Ready", true, "Ready", "The key is published and within its budget"),
-        },
-    ];
-    // A refused `spec.secretName` change: the key works on from its Secret, and the status says
-    // the spec is not followed (kstatus and Argo CD then call it failed, not progressing).
-    let desired_conditions: Vec<Desired> = desired_conditions
-        .into_iter()
-        .chain(refused.map(|why| Desired::new("Stalled", true, "SecretNameTaken", why)))
-        .collect();
+    let desired_conditions = key_conditions(&record.key_id, &name, block, &view, &spend_text, refused);
     let next = VirtualKeyStatus {
         observed_generation: vk.metadata.generation,
         key_id: Some(record.key_id.clone()),
@@ -215,6 +108,105 @@ pub(super) async fn apply(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, 
         after = after.min(until);
     }
     Ok(Action::requeue(after))
+}
+
+/// Writes the spec's terms to the key's row, with one transfer event per generation when the
+/// owner changed (both in one transaction); returns the row as it now is.
+async fn follow_spec_terms(
+    ctx: &Context,
+    vk: &VirtualKey,
+    uid: &str,
+    record: &VirtualKeyRecord,
+    t: &KeyTerms,
+) -> Result<VirtualKeyRecord, ReconcileError> {
+    let mut tx = ctx.db.begin().await.during("starting a terms update")?;
+    keys::update_terms(&mut *tx, &record.key_id, t).await?;
+    let transfer = (record.owner != t.owner).then(|| record.owner.clone());
+    let mut appended = None;
+    if let Some(from) = &transfer {
+        let event = NewAuditEvent {
+            event_key: format!(
+                "{}/{}/{}",
+                AuditKind::VirtualKeyTransferred.as_str(),
+                uid,
+                vk.metadata.generation.unwrap_or(0)
+            ),
+            kind: AuditKind::VirtualKeyTransferred,
+            resource: resource_ref(vk, uid),
+            owners: vec![from.clone(), t.owner.clone()],
+            region: None,
+            cloud_ids: json!({"keyId": record.key_id}),
+            details: json!({"from": from, "to": t.owner, "generation": vk.metadata.generation}),
+            occurred_at: Utc::now(),
+        };
+        appended = Some(audit::append(&mut *tx, &event).await?);
+    }
+    tx.commit().await.during("committing a terms update")?;
+    if let Some(appended) = &appended {
+        ctx.audit_committed(appended);
+    }
+    if let Some(from) = transfer {
+        ctx.event(vk, false, "Transferred", "Transfer", format!("Owner changed from {from} to {}", t.owner)).await;
+    }
+    keys::live_for_resource(&ctx.db, uid).await?.ok_or(ReconcileError::Decode("the live key"))
+}
+
+/// Publishes the key's auth entry (Redis lacks it or holds another one: a flush heals here),
+/// and says so in an Event when the key's block changed.
+async fn publish_entry(
+    ctx: &Context,
+    rt: &KeyRuntime,
+    vk: &VirtualKey,
+    (uid, key_id, hash_hex): (&str, &str, &str),
+    view: &SpendView,
+    desired: String,
+    block: Option<BlockReason>,
+) -> Result<(), ReconcileError> {
+    let was_blocked = view.auth.as_deref().and_then(|a| serde_json::from_str::<AuthEntry>(a).ok()).map(|a| a.blocked);
+    rt.cache.publish(hash_hex, &desired).await?;
+    ctx.metrics.count_step(KIND, "publish");
+    rt.with(|m| {
+        m.insert(uid.to_owned(), SpendView { auth: Some(desired.clone()), ..view.clone() });
+    });
+    match (was_blocked, block) {
+        (Some(false) | None, Some(r)) => {
+            ctx.event(vk, true, r.as_str(), "Block", format!("The proxy now refuses key {}: {}", key_id, r.as_str()))
+                .await;
+        }
+        (Some(true), None) => {
+            ctx.event(vk, false, "Unblocked", "Unblock", format!("The proxy accepts key {} again", key_id)).await;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Removes from Redis the keys whose rotation grace is over; returns when the next grace ends.
+async fn retire_past_grace(
+    ctx: &Context,
+    rt: &KeyRuntime,
+    vk: &VirtualKey,
+    retiring: Vec<keys::RetiringKey>,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, ReconcileError> {
+    let mut next_retirement: Option<DateTime<Utc>> = None;
+    for retiring in retiring {
+        if retiring.revoked_at <= now {
+            rt.cache.remove(&[hex::encode(&retiring.key_sha256)]).await?;
+            keys::mark_unpublished(&ctx.db, &retiring.key_id).await?;
+            ctx.event(
+                vk,
+                false,
+                "Retired",
+                "Revoke",
+                format!("Previous key {} removed from the proxy", retiring.key_id),
+            )
+            .await;
+        } else {
+            next_retirement = Some(next_retirement.map_or(retiring.revoked_at, |t| t.min(retiring.revoked_at)));
+        }
+    }
+    Ok(next_retirement)
 }
 
 /// Makes the auth entries of the keys in their rotation grace carry the live key's terms and

@@ -336,6 +336,43 @@ pub(super) fn phase_name(vk: &VirtualKey) -> String {
     phase.to_owned()
 }
 
+/// The conditions a VirtualKey's status shows: its key, budget, expiry, usage read, readiness,
+/// and a refused `spec.secretName` change (the key works on from its Secret, and the status
+/// says the spec is not followed: kstatus and Argo CD then call it failed, not progressing).
+pub fn key_conditions(
+    key_id: &str,
+    secret_name: &str,
+    block: Option<BlockReason>,
+    view: &SpendView,
+    spend_text: &str,
+    refused: Option<String>,
+) -> Vec<Desired> {
+    let desired = [
+        Desired::new(
+            "KeyReady",
+            true,
+            "Published",
+            format!("Key {key_id} is in Secret {secret_name} and published to the proxy"),
+        ),
+        match block {
+            Some(BlockReason::BudgetExceeded) => {
+                Desired::new("BudgetExceeded", true, "BudgetReached", format!("Spend reached the budget: {spend_text}"))
+            }
+            _ => Desired::new("BudgetExceeded", false, "WithinBudget", spend_text.to_owned()),
+        },
+        match block {
+            Some(BlockReason::Expired) => Desired::new("Expired", true, "Expired", "The key's expiry time has passed"),
+            _ => Desired::new("Expired", false, "NotExpired", "The key has not expired"),
+        },
+        usage_read(view, spend_text),
+        match block {
+            Some(r) => Desired::new("Ready", false, r.as_str(), format!("The proxy refuses the key: {}", r.as_str())),
+            None => Desired::new("Ready", true, "Ready", "The key is published and within its budget"),
+        },
+    ];
+    desired.into_iter().chain(refused.map(|why| Desired::new("Stalled", true, "SecretNameTaken", why))).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
