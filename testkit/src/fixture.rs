@@ -1,7 +1,6 @@
 //! A whole operator against fresh stand-ins and a fresh database, with timings short enough
 //! for tests (resync in seconds), and helpers that wait on conditions with deadlines. Shared
-//! by the Agent and PlainVM test binaries (each includes it with `#[path]`).
-#![allow(dead_code)] // Each binary uses its own kind's helpers.
+//! by the test binaries that run an operator, and by the fleet and scale benchmarks.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -475,7 +474,7 @@ pub fn vm_condition(v: &PlainVM, type_: &str) -> Option<(String, String)> {
 
 /// Requests a simulator served, by method, route pattern and status: what a budget figure is
 /// made of.
-pub fn request_breakdown(sim: &RunningSim) -> std::collections::BTreeMap<String, u32> {
+fn request_breakdown(sim: &RunningSim) -> std::collections::BTreeMap<String, u32> {
     let mut counts = std::collections::BTreeMap::new();
     for r in sim.requests() {
         *counts.entry(format!("{} {} {}", r.method, r.route.unwrap_or_default(), r.status)).or_insert(0u32) += 1;

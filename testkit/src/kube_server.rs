@@ -9,7 +9,6 @@
 //! deleted and gone), because the operator under test watches every namespace as the chart's
 //! default installation does. What the stand-in's request log answers (writes at idle, who asked
 //! for what) the real server answers from its audit log.
-#![allow(dead_code)] // Each test binary uses its own part.
 
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -355,7 +354,7 @@ pub struct AuditStatus {
 }
 
 impl AuditEvent {
-    pub fn is_write(&self) -> bool {
+    fn is_write(&self) -> bool {
         WRITE_VERBS.contains(&self.verb.as_str())
     }
 
@@ -389,8 +388,7 @@ pub struct ControlPlane {
     /// The admin's kubeconfig (a client certificate in group system:masters).
     pub kubeconfig: PathBuf,
     pub ca_file: PathBuf,
-    pub audit_log: PathBuf,
-    pub dir: PathBuf,
+    audit_log: PathBuf,
     ca_pem: Vec<u8>,
     admin: kube::config::AuthInfo,
     operator: OnceLock<OperatorIdentity>,
@@ -415,12 +413,19 @@ struct ReadyLine {
     kubeconfig: PathBuf,
     ca_file: PathBuf,
     audit_log: PathBuf,
-    dir: PathBuf,
+}
+
+/// The running test binary's target name (`agents` of `target/debug/deps/agents-0123abcd`),
+/// so a kept control-plane directory says which suite it served.
+fn test_binary_name() -> String {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let stem = exe.file_stem().unwrap_or_default().to_string_lossy();
+    stem.rsplit_once('-').map_or(&*stem, |(name, _hash)| name).to_owned()
 }
 
 /// Starts the control plane the first time it is asked for (blocking: call it from a blocking
 /// context), installs the CRDs, and returns it.
-pub fn control_plane() -> &'static ControlPlane {
+fn control_plane() -> &'static ControlPlane {
     static PLANE: OnceLock<ControlPlane> = OnceLock::new();
     PLANE.get_or_init(ControlPlane::start)
 }
@@ -440,7 +445,7 @@ impl ControlPlane {
         // A directory to keep the control plane's state and logs in after the run (by default
         // testenv removes its temporary directory when it stops).
         if let Some(dir) = std::env::var_os("CRABGLAMP_TESTENV_STATE").filter(|v| !v.is_empty()) {
-            let dir = PathBuf::from(dir).join(format!("{}-{}", env!("CARGO_CRATE_NAME"), std::process::id()));
+            let dir = PathBuf::from(dir).join(format!("{}-{}", test_binary_name(), std::process::id()));
             command.arg("--dir").arg(dir);
         }
         let mut child = command
@@ -477,7 +482,6 @@ impl ControlPlane {
             kubeconfig: ready.kubeconfig,
             ca_file: ready.ca_file,
             audit_log: ready.audit_log,
-            dir: ready.dir,
             ca_pem,
             admin,
             operator: OnceLock::new(),
@@ -540,7 +544,7 @@ pub fn run_kubectl(kubectl: &Path, kubeconfig: &Path, args: &[&str], stdin: Opti
 
 impl ControlPlane {
     fn install_crds(&self) {
-        let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+        let crds = crate::repo().join("crds");
         self.kubectl(&["apply", "--server-side", "-f", &crds.display().to_string()], None);
         self.kubectl(&["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"], None);
     }
@@ -549,24 +553,15 @@ impl ControlPlane {
     /// into the release namespace (nothing written again by hand), and a token for it.
     pub fn operator(&self) -> &OperatorIdentity {
         self.operator.get_or_init(|| {
-            let helm = std::env::var("HELM").unwrap_or_else(|_| {
-                panic!("HELM is not set: the real server's RBAC comes from `helm template` (scripts/test exports it)")
-            });
-            let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/crabglamp-operator");
             // VirtualKeys on (a REDIS_URL Secret), served in the tests' namespaces only.
             let virtual_keys = format!("virtualKeys.namespaces={{{}}}", VIRTUAL_KEY_NAMESPACES.join(","));
-            let out = Command::new(helm)
-                .args(["template", RELEASE, &chart.display().to_string(), "--namespace", RELEASE_NAMESPACE])
-                .args(["--set", "secrets.redisUrl.existingSecret=crabglamp-operator", "--set", &virtual_keys])
-                .output()
-                .expect("helm runs");
-            assert!(out.status.success(), "helm template failed: {}", String::from_utf8_lossy(&out.stderr));
-            let rendered = String::from_utf8_lossy(&out.stdout).into_owned();
+            let rendered =
+                crate::helm::template(&[], &["secrets.redisUrl.existingSecret=crabglamp-operator", &virtual_keys])
+                    .unwrap_or_else(|e| panic!("helm template failed: {e}"));
             let mut access = Vec::new();
             let mut secret_access = Vec::new();
             let mut account = None;
-            for doc in serde_norway::Deserializer::from_str(&rendered) {
-                let Ok(object) = Value::deserialize(doc) else { continue };
+            for object in rendered {
                 let kind = object["kind"].as_str().unwrap_or_default();
                 if kind == "ServiceAccount" {
                     account = object["metadata"]["name"].as_str().map(str::to_owned);
@@ -620,17 +615,13 @@ impl ControlPlane {
     }
 
     /// The admin's client (for the test's own requests).
-    pub fn admin_client(&self) -> kube::Client {
+    fn admin_client(&self) -> kube::Client {
         kube::Client::try_from(self.config(self.admin.clone(), "default")).expect("admin client")
     }
 
-    /// A client holding `token`, in the release namespace (as a pod of the chart would be).
-    pub fn token_client(&self, token: &str) -> kube::Client {
-        self.token_client_via(token, &self.server)
-    }
-
-    /// As [`Self::token_client`], through `url` (a relay to this server).
-    pub fn token_client_via(&self, token: &str, url: &str) -> kube::Client {
+    /// A client holding `token`, in the release namespace (as a pod of the chart would be),
+    /// through `url` (a relay to this server).
+    fn token_client_via(&self, token: &str, url: &str) -> kube::Client {
         let auth = kube::config::AuthInfo { token: Some(token.to_owned().into()), ..Default::default() };
         let mut config = self.config(auth, RELEASE_NAMESPACE);
         config.cluster_url = url.parse().expect("relay URL");
