@@ -8,18 +8,8 @@
 
 use std::time::Duration;
 
+use crabglamp_testkit::fixture::{self, *};
 use kube::api::{ListParams, PostParams};
-
-#[path = "../tests/foundation/db.rs"]
-mod db;
-#[path = "../tests/support/fixture.rs"]
-mod fixture;
-#[path = "../tests/support/kube_server.rs"]
-mod kube_server;
-#[path = "../tests/support/logs.rs"]
-mod logs;
-
-use fixture::*;
 
 fn main() {
     let n: usize = std::env::var("CRABGLAMP_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(100);

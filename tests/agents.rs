@@ -3,16 +3,8 @@
 //! transfer, delete and its audit event, and the request budget.
 //! One test binary (links are slow here); the scenarios live in `tests/agents/`.
 
-#[path = "support/cloud_init_schema.rs"]
-mod cloud_init_schema;
-#[path = "foundation/db.rs"]
-mod db;
-#[path = "support/fixture.rs"]
-pub mod fixture;
-#[path = "support/kube_server.rs"]
-mod kube_server;
-#[path = "support/logs.rs"]
-mod logs;
+// The shared fixtures, from the test kit (testkit/).
+use crabglamp_testkit::{cloud_init_schema, db};
 
 mod agents {
     mod books;
@@ -22,7 +14,7 @@ mod agents {
     mod events;
     mod external;
     mod faults;
-    pub use crate::fixture;
+    use crabglamp_testkit::fixture;
     mod lifecycle;
     mod secrets;
     mod settings;

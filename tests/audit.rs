@@ -3,14 +3,8 @@
 //! resealing credentials after a key rotation. Real PostgreSQL, the sandbox's API server and
 //! the real binary. The scenarios live in `tests/audit/`.
 
-#[path = "foundation/db.rs"]
-mod db;
-#[path = "support/fixture.rs"]
-pub mod fixture;
-#[path = "support/kube_server.rs"]
-mod kube_server;
-#[path = "support/logs.rs"]
-mod logs;
+// The shared fixtures, from the test kit (testkit/).
+use crabglamp_testkit::{db, fixture, logs};
 
 mod audit {
     mod anchor;

@@ -18,14 +18,8 @@
 //! `REAL_SERVER_SEEDS`. A failing seed prints the broken invariants and the tail of its log
 //! (the whole log of the run with `CRABGLAMP_TEST_LOGS=1`).
 
-#[path = "foundation/db.rs"]
-mod db;
-#[path = "support/fixture.rs"]
-pub mod fixture;
-#[path = "support/kube_server.rs"]
-mod kube_server;
-#[path = "support/logs.rs"]
-mod logs;
+// The shared fixtures, from the test kit (testkit/).
+use crabglamp_testkit::{db, fixture, kube_server};
 
 mod chaos {
     pub mod invariants;

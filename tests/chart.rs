@@ -5,21 +5,14 @@
 //! health check says what the statuses mean. Runs the real `helm` ($HELM, set by
 //! scripts/test) and Debian's `lua5.4`.
 
-#[path = "foundation/db.rs"]
-mod db;
-#[path = "support/fixture.rs"]
-pub mod fixture;
-#[path = "support/kube_server.rs"]
-mod kube_server;
-#[path = "support/logs.rs"]
-mod logs;
+// The shared fixtures, from the test kit (testkit/).
+use crabglamp_testkit::kube_server;
 
 mod chart {
-    pub use crate::fixture;
+    use crabglamp_testkit::{fixture, helm};
     mod files;
     mod gitops;
     pub mod health;
-    pub mod helm;
     mod pss;
     mod rbac;
     mod schema;

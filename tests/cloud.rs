@@ -4,8 +4,6 @@
 //! One test binary (each extra one costs a long link); the topics live in `tests/cloud/`.
 
 mod cloud {
-    mod support;
-
     mod cloudflare;
     mod faults;
     mod hetzner;

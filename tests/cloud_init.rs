@@ -15,10 +15,14 @@ fn token() -> Secret {
     derive_tunnel_token("5ab4e9dfbd435d24068829fda0077963", "c1744f8b-faa1-48a4-9e5c-02ac921467fa", &secret)
 }
 
-#[path = "support/cloud_init_schema.rs"]
-mod cloud_init_schema;
-#[path = "support/netns.rs"]
-mod netns;
+// The validator is the test kit's (testkit/): tests/agents.rs validates with it too.
+use crabglamp_testkit::cloud_init_schema;
+
+/// The network namespaces only these tests use.
+mod cloud_init {
+    pub mod netns;
+}
+use cloud_init::netns;
 
 fn assert_valid(name: &str, doc: &Secret) {
     cloud_init_schema::assert_valid(name, doc.expose());

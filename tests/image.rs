@@ -7,15 +7,12 @@
 //! installs it; scripts/image installs it when run as root) and root for a chroot, or else
 //! unprivileged user namespaces; a missing tool fails, never skips.
 
-#[path = "chart/helm.rs"]
-#[allow(dead_code)]
-mod helm;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crabglamp_testkit::helm;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 

@@ -4,14 +4,8 @@
 //! endpoints, and the `run` command itself (its flags, JSON logs, SIGTERM). Against the
 //! sandbox's stand-ins and the real PostgreSQL. The scenarios live in `tests/leader/`.
 
-#[path = "foundation/db.rs"]
-mod db;
-#[path = "support/fixture.rs"]
-pub mod fixture;
-#[path = "support/kube_server.rs"]
-mod kube_server;
-#[path = "support/logs.rs"]
-mod logs;
+// The shared fixtures, from the test kit (testkit/).
+use crabglamp_testkit::{fixture, kube_server};
 
 mod leader {
     mod binary;

@@ -3,14 +3,8 @@
 //! kept in sync, drift repaired, the firewall limit, delete and its audit event, crashes,
 //! faults, the request budget, and admission. The scenarios live in `tests/plainvms/`.
 
-#[path = "foundation/db.rs"]
-mod db;
-#[path = "support/fixture.rs"]
-pub mod fixture;
-#[path = "support/kube_server.rs"]
-mod kube_server;
-#[path = "support/logs.rs"]
-mod logs;
+// The shared fixtures, from the test kit (testkit/).
+use crabglamp_testkit::fixture;
 
 mod plainvms {
     mod admission;

@@ -3,10 +3,8 @@
 //! into it with helm, and the differential test that keeps the sandbox's stand-in honest.
 //! Each test takes its turn on the one control plane of this binary (`KubeServer::real`).
 
-#[path = "foundation/db.rs"]
-mod db;
-#[path = "support/kube_server.rs"]
-mod kube_server;
+// The shared fixtures, from the test kit (testkit/).
+use crabglamp_testkit::{db, kube_server};
 
 mod real_kube {
     mod chart_install;

@@ -2,12 +2,8 @@
 //! PostgreSQL database and the real Redis (each run in its own key namespace, cleared at the
 //! end; never a FLUSHALL). One test binary; the scenarios live in `tests/virtualkeys/`.
 
-#[path = "foundation/db.rs"]
-mod db;
-#[path = "support/kube_server.rs"]
-mod kube_server;
-#[path = "support/logs.rs"]
-mod logs;
+// The shared fixtures, from the test kit (testkit/).
+use crabglamp_testkit::{db, kube_server, logs};
 
 mod virtualkeys {
     mod bad_data;

@@ -24,15 +24,6 @@ mod plot;
 mod process;
 mod progress;
 
-#[path = "../../tests/foundation/db.rs"]
-mod db;
-#[path = "../../tests/support/fixture.rs"]
-mod fixture;
-#[path = "../../tests/support/kube_server.rs"]
-mod kube_server;
-#[path = "../../tests/support/logs.rs"]
-mod logs;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -42,6 +33,7 @@ use crabglamp_sandbox::cloudflare::CloudflareSimConfig;
 use crabglamp_sandbox::hetzner::{self as hzsim, HetznerSimConfig};
 use crabglamp_sandbox::http::RunningSim;
 use crabglamp_sandbox::stack::{Sandbox, SandboxOptions};
+use crabglamp_testkit::{db, fixture, kube_server};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;

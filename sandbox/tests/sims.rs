@@ -5,11 +5,6 @@
 //! One test binary (each extra one costs a long link); the topics live in `tests/sims/`.
 
 mod sims {
-    // The same fixtures the operator's cloud-client tests use (simulators on ephemeral ports).
-    #[path = "../../../tests/cloud/support.rs"]
-    #[allow(dead_code)] // the clients in it serve tests/cloud; these tests use the simulators only
-    mod support;
-
     mod admission;
     mod cli;
     mod cloudflare_connectors;

@@ -1,7 +1,8 @@
 //! The chart's files: CRDs identical to the generated ones, `helm lint` clean with default and
 //! with every value set, the version it packages, the optional objects behind their switches.
 
-use super::helm::{self, chart_dir, full_values, one, repo};
+use super::helm::{self, chart_dir, full_values, one};
+use crabglamp_testkit::repo;
 
 #[test]
 fn chart_crds_are_byte_identical_to_the_generated_ones() {

@@ -7,7 +7,8 @@ use std::path::Path;
 use crabglamp_sandbox::admission::CrdValidator;
 use serde_json::Value;
 
-use super::helm::{self, documents, repo};
+use super::helm::{self, documents};
+use crabglamp_testkit::repo;
 
 fn gitops() -> std::path::PathBuf {
     repo().join("examples/gitops")

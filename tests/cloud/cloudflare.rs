@@ -8,7 +8,7 @@ use crabglamp_operator::cloud::cloudflare::{IngressRule, TunnelSecret, derive_tu
 use crabglamp_sandbox::cloudflare::{self as cfsim, CloudflareSimConfig};
 use crabglamp_sandbox::http::{FaultPlan, FaultRule};
 
-use super::support::*;
+use crabglamp_testkit::cloud::*;
 
 #[tokio::test]
 async fn tunnel_lifecycle() {

@@ -13,7 +13,7 @@ use crabglamp_sandbox::http::{FaultPlan, FaultRule};
 use crabglamp_sandbox::{cloudflare as cfsim, hetzner as hzsim};
 use hcloud::models::{Rule, rule};
 
-use super::support::*;
+use crabglamp_testkit::cloud::*;
 
 /// The default seed; `CRABGLAMP_FAULT_SEED=<n>` replays (or explores) another one.
 const SEED: u64 = 0x5eed_0003;

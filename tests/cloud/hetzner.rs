@@ -10,7 +10,7 @@ use crabglamp_sandbox::hetzner as hzsim;
 use crabglamp_sandbox::http::FaultPlan;
 use hcloud::models::{Rule, rule};
 
-use super::support::*;
+use crabglamp_testkit::cloud::*;
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crabglamp_operator::cloud::RateLimiter;
 use crabglamp_sandbox::hetzner::HetznerSimConfig;
 
-use super::support::*;
+use crabglamp_testkit::cloud::*;
 
 const CALLERS: usize = 50;
 const PER_CALLER: usize = 200;

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use crabglamp_operator::cloud::cloudflare::{IngressRule, TunnelSecret};
 use crabglamp_operator::cloud::hetzner::ServerSpec;
 
-use super::support::*;
+use crabglamp_testkit::cloud::*;
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);

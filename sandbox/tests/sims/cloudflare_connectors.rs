@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use crabglamp_sandbox::cloudflare::{self as cfsim, CloudflareSimConfig, Origin};
 use serde_json::{Value, json};
 
-use super::support::*;
+use crabglamp_testkit::cloud::*;
 
 struct Account {
     http: reqwest::Client,

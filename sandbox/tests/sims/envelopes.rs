@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::support::*;
+use crabglamp_testkit::cloud::*;
 
 async fn call(req: reqwest::RequestBuilder) -> (u16, reqwest::header::HeaderMap, Value) {
     let resp = req.send().await.expect("request");

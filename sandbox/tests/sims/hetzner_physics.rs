@@ -13,7 +13,7 @@ use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::support::*;
+use crabglamp_testkit::cloud::*;
 
 /// Long enough for a loaded two-core machine; conditions end the waits, never the clock.
 const WAIT: Duration = Duration::from_secs(20);

@@ -5,7 +5,7 @@ use hcloud::models;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::support::*;
+use crabglamp_testkit::cloud::*;
 
 async fn fetch<T: DeserializeOwned>(
     http: &reqwest::Client,

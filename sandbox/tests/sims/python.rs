@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crabglamp_sandbox::cloudflare::CloudflareSimConfig;
 
-use super::support::*;
+use crabglamp_testkit::cloud::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_python_clients_drive_both_simulators() {

@@ -1,7 +1,6 @@
 //! A whole operator against fresh stand-ins and a fresh database, with timings short enough
 //! for tests (resync in seconds), and helpers that wait on conditions with deadlines. Shared
-//! by the Agent and PlainVM test binaries (each includes it with `#[path]`).
-#![allow(dead_code)] // Each binary uses its own kind's helpers.
+//! by the test binaries that run an operator, and by the fleet and scale benchmarks.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,12 +12,13 @@ use crabglamp_operator::controllers::{Context, ControllerConfig};
 use crabglamp_operator::leader::LeaseConfig;
 use crabglamp_operator::operator::{self, OperatorSettings};
 use crabglamp_operator::store::seal::SealingKeys;
-use crabglamp_sandbox::cloudflare::{self as cfsim, CloudflareSimConfig};
-use crabglamp_sandbox::hetzner::{self as hzsim, HetznerSimConfig};
+use crabglamp_sandbox::cloudflare::CloudflareSimConfig;
+use crabglamp_sandbox::hetzner::HetznerSimConfig;
 use crabglamp_sandbox::http::RunningSim;
 use kube::Api;
 use kube::api::PostParams;
 
+use crate::cloud::{cloudflare_sim, hetzner_sim, listener};
 use crate::db::TestDb;
 use crate::kube_server::KubeServer;
 pub use crate::kube_server::OPERATOR_USER;
@@ -49,10 +49,6 @@ pub fn test_config() -> ControllerConfig {
     c.sweeper_grace = Duration::from_secs(1);
     c.virtual_key_namespaces = Some(crate::kube_server::VIRTUAL_KEY_NAMESPACES.map(str::to_owned).to_vec());
     c
-}
-
-async fn listener() -> tokio::net::TcpListener {
-    tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind")
 }
 
 impl Operator {
@@ -97,11 +93,10 @@ impl Operator {
             durations: crabglamp_sandbox::hetzner::ActionDurations::uniform(Duration::from_millis(100)),
             ..HetznerSimConfig::default()
         };
-        let hetzner = Arc::new(hzsim::spawn(hz_config, listener().await).await.expect("Hetzner simulator"));
+        let hetzner = Arc::new(hetzner_sim(hz_config).await);
         let cf_config =
             CloudflareSimConfig { token: "cf-test".into(), zone_name: ZONE.into(), ..CloudflareSimConfig::default() };
-        let cloudflare =
-            Arc::new(cfsim::spawn(cf_config.clone(), listener().await).await.expect("Cloudflare simulator"));
+        let cloudflare = Arc::new(cloudflare_sim(cf_config.clone()).await);
         // The operator connects as the README's least-privilege role: every scenario proves the grants.
         let db = TestDb::for_operator().await;
         let mut settings = OperatorSettings {
@@ -475,7 +470,7 @@ pub fn vm_condition(v: &PlainVM, type_: &str) -> Option<(String, String)> {
 
 /// Requests a simulator served, by method, route pattern and status: what a budget figure is
 /// made of.
-pub fn request_breakdown(sim: &RunningSim) -> std::collections::BTreeMap<String, u32> {
+fn request_breakdown(sim: &RunningSim) -> std::collections::BTreeMap<String, u32> {
     let mut counts = std::collections::BTreeMap::new();
     for r in sim.requests() {
         *counts.entry(format!("{} {} {}", r.method, r.route.unwrap_or_default(), r.status)).or_insert(0u32) += 1;

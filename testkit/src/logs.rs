@@ -1,6 +1,6 @@
 //! Log capture for a test binary: every line of our crates at debug (`RUST_LOG` overrides),
 //! kept in memory so leak tests can search it for secrets, and printed only when
-//! `CRABGLAMP_TEST_LOGS` is set. Shared by the test binaries (each includes it with `#[path]`).
+//! `CRABGLAMP_TEST_LOGS` is set. One capture per test binary (each links this crate once).
 
 static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
 

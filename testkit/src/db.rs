@@ -27,7 +27,6 @@ pub struct TestDb {
     pub url: String,
     /// URL the operator under test connects with: the README's least-privilege role after
     /// [`TestDb::for_operator`], else the owner's [`TestDb::url`].
-    #[allow(dead_code)] // Read only by the binaries that run an operator.
     pub operator_url: String,
     name: String,
     /// The role [`TestDb::for_operator`] created for this database alone, dropped with it.
@@ -66,7 +65,6 @@ impl TestDb {
     /// written but for the password, the database's name and the role's name: roles are
     /// cluster-wide and tests run concurrently, so each database gets a role of its own
     /// (dropped with it). [`TestDb::operator_url`] connects as that role.
-    #[allow(dead_code)] // Only the binaries that run an operator use it.
     pub async fn for_operator() -> TestDb {
         let mut db = Self::fresh().await;
         let role = format!("{}_operator", db.name);
@@ -108,8 +106,8 @@ const LEAST_PRIVILEGE_HEADING: &str = "### Least privilege on a managed PostgreS
 
 /// The ```sql block of the README's least-privilege section, as written.
 fn readme_least_privilege_sql() -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
-    let readme = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+    let path = crate::repo().join("README.md");
+    let readme = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let mut lines = readme.lines().skip_while(|l| l.trim_end() != LEAST_PRIVILEGE_HEADING);
     assert!(lines.next().is_some(), "README.md has no heading {LEAST_PRIVILEGE_HEADING:?}");
     let mut block = String::new();

@@ -6,11 +6,11 @@ use std::process::Command;
 use serde::Deserialize;
 use serde_json::Value;
 
-/// The release namespace every render uses.
-pub const NAMESPACE: &str = "crabglamp";
-/// The release name every render uses: the one the real-server tests install the chart's RBAC
-/// under (`kube_server::RELEASE` in tests/support), so both judge the same names.
-pub const RELEASE: &str = "crabglamp-operator";
+/// The release namespace every render uses: the one the real-server tests install the chart's
+/// RBAC into, so both judge the same names.
+pub const NAMESPACE: &str = crate::kube_server::RELEASE_NAMESPACE;
+/// The release name every render uses (and the real-server tests install under).
+pub const RELEASE: &str = crate::kube_server::RELEASE;
 
 /// The helm binary scripts/test installs; a clear failure when it is not set.
 pub fn helm() -> PathBuf {
@@ -24,12 +24,8 @@ pub fn helm() -> PathBuf {
     }
 }
 
-pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 pub fn chart_dir() -> PathBuf {
-    repo().join("charts/crabglamp-operator")
+    crate::repo().join("charts/crabglamp-operator")
 }
 
 pub fn full_values() -> PathBuf {
