@@ -63,8 +63,8 @@ async fn run(n: usize) {
     println!("| Cloudflare requests per Agent | {:.2} | 3.00 |", cf / n as f64);
     println!(
         "| status writes (Agents, PlainVMs) | {}, {} | |",
-        op.context.metrics.status_writes("Agent"),
-        op.context.metrics.status_writes("PlainVM")
+        op.context.metrics().status_writes("Agent"),
+        op.context.metrics().status_writes("PlainVM")
     );
     print_breakdown("Hetzner", &op.hetzner);
     print_breakdown("Cloudflare", &op.cloudflare);
@@ -74,7 +74,7 @@ async fn run(n: usize) {
     let rv = op.kube.writes_by(fixture::OPERATOR_USER);
     let op = op.restart_with(idle.clone()).await;
     let start = tokio::time::Instant::now();
-    while !(op.context.fleet.servers_known() && op.context.fleet.tunnels_known() && op.context.fleet.dns_known()) {
+    while !(op.context.fleet().servers_known() && op.context.fleet().tunnels_known() && op.context.fleet().dns_known()) {
         if start.elapsed() > Duration::from_secs(60) {
             println!("the restarted operator never listed the fleet");
             return;

@@ -107,7 +107,7 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
 impl Endpoints {
     /// The Prometheus text of every metric, the cache gauges filled as of now.
     pub fn metrics_text(&self) -> Result<String, std::fmt::Error> {
-        self.context.observer.fill(&self.context.metrics);
+        self.context.shared.observer.fill(&self.context.telemetry.metrics);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)

@@ -11,6 +11,7 @@ use prometheus_client::registry::Registry;
 use crate::cloud::cloudflare::{CloudflareClient, CloudflareConfig};
 use crate::cloud::hetzner::{HetznerClient, HetznerConfig};
 use crate::cloud::{CloudMetrics, RateLimiter};
+use crate::controllers::context::Clients;
 use crate::controllers::{self, AbortOnDrop, Context, ControllerConfig, ControllerMetrics};
 use crate::endpoints::{self, Endpoints, Health};
 use crate::leader::{Elector, LeaseConfig, Standing};
@@ -115,7 +116,8 @@ pub async fn connect(
         ),
         None => None,
     };
-    let mut context = Context::new(client, hetzner, cloudflare, db, sealing, settings.controllers, metrics);
+    let clients = Clients { kube: client, hetzner, cloudflare, db, sealing };
+    let mut context = Context::new(clients, settings.controllers, metrics);
     if let Some(runtime) = virtual_keys {
         context = context.with_virtual_keys(runtime);
     }
@@ -179,7 +181,7 @@ async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
 /// Whether the instance could do its work now (see [`crate::endpoints`] for what each part
 /// means); `reachable`: the API server answered the elector's last look (none: no election).
 async fn readiness(ctx: &Context, leading: bool, reachable: Option<bool>) -> Result<(), String> {
-    let ping = tokio::time::timeout(Duration::from_secs(5), sqlx::query("SELECT 1").execute(&ctx.db)).await;
+    let ping = tokio::time::timeout(Duration::from_secs(5), sqlx::query("SELECT 1").execute(&ctx.clients.db)).await;
     match ping {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => return Err(format!("PostgreSQL does not answer: {e}")),
@@ -188,7 +190,7 @@ async fn readiness(ctx: &Context, leading: bool, reachable: Option<bool>) -> Res
     if reachable == Some(false) {
         return Err("the Kubernetes API server did not answer the last look at the Lease".into());
     }
-    if leading && !ctx.observer.synced() {
+    if leading && !ctx.shared.observer.synced() {
         return Err("the controllers' caches have not seen their first complete lists yet".into());
     }
     Ok(())
@@ -231,16 +233,16 @@ pub async fn run_instance(
     });
     let Some(lease) = options.election else {
         let _supervisor = AbortOnDrop::spawn(supervise(Arc::clone(&context), Arc::clone(&health), None));
-        context.metrics.set_leader(true);
+        context.telemetry.metrics.set_leader(true);
         run(Arc::clone(&context), stop, options.drain).await;
-        context.metrics.set_leader(false);
+        context.telemetry.metrics.set_leader(false);
         return Ending::Stopped;
     };
     let (standing_tx, mut standing) = tokio::sync::watch::channel(Standing::default());
     let (release, release_rx) = tokio::sync::watch::channel(false);
     tracing::info!(lease = %lease.name, namespace = %lease.namespace, identity = %lease.identity, "standing by for the lease");
     let mut campaign =
-        AbortOnDrop::spawn(Elector::new(context.client.clone(), lease).campaign(standing_tx, release_rx));
+        AbortOnDrop::spawn(Elector::new(context.clients.kube.clone(), lease).campaign(standing_tx, release_rx));
     let _supervisor = AbortOnDrop::spawn(supervise(Arc::clone(&context), Arc::clone(&health), Some(standing.clone())));
 
     // Standby: nothing runs but the elector until this instance leads.
@@ -251,7 +253,7 @@ pub async fn run_instance(
     };
     let mut ending = Ending::Stopped;
     if leading {
-        context.metrics.set_leader(true);
+        context.telemetry.metrics.set_leader(true);
         let (halt, halt_rx) = tokio::sync::watch::channel(false);
         // Dropping this future cancels the controllers and every reconcile in flight (they
         // are aborted, not drained): what a lost lease calls for.
@@ -272,7 +274,7 @@ pub async fn run_instance(
             drop(controllers);
             tracing::warn!("lost the lease: cancelled the controllers and the reconciles in flight");
         }
-        context.metrics.set_leader(false);
+        context.telemetry.metrics.set_leader(false);
     }
     // Only now, with every reconcile finished, may another instance take over.
     let _ = release.send(true);

@@ -12,80 +12,117 @@ use crate::cloud::hetzner::HetznerClient;
 use crate::store::seal::SealingKeys;
 
 use crate::controllers::agent::dns_taken::DnsTaken;
+use crate::controllers::anchor::publisher::AnchorPublisher;
 use crate::controllers::config::ControllerConfig;
 use crate::controllers::fleet::view::Fleet;
 use crate::controllers::metrics::ControllerMetrics;
 use crate::controllers::reconcile::error::ReconcileError;
+use crate::controllers::reconcile::events::EventPublisher;
+use crate::controllers::reconcile::observe::Observer;
 use crate::controllers::reconcile::failures::Failures;
 use crate::controllers::server::power_memory::PowerMemory;
 use crate::controllers::virtual_key::runtime::KeyRuntime;
 
-/// What every reconciler gets.
-pub struct Context {
-    pub client: Client,
+/// The outside world's clients, each a cheap handle.
+pub struct Clients {
+    pub kube: Client,
     pub hetzner: HetznerClient,
     pub cloudflare: CloudflareClient,
     pub db: PgPool,
     pub sealing: SealingKeys,
-    pub events: crate::controllers::reconcile::events::EventPublisher,
-    pub config: ControllerConfig,
-    pub fleet: Fleet,
-    pub power: PowerMemory,
-    pub failures: Failures,
-    pub dns_taken: DnsTaken,
-    pub metrics: ControllerMetrics,
+}
+
+/// What the reconciles of every kind share in memory.
+pub struct Shared {
+    /// The shared view of the clouds, filled by the refresher's paged lists.
+    pub(crate) fleet: Fleet,
     /// The fleet firewall every Agent server is created behind (set once it exists).
-    pub fleet_firewall: Mutex<Option<i64>>,
-    /// The VirtualKey controller's Redis client and spend snapshot (none: it does not run).
-    pub virtual_keys: Option<KeyRuntime>,
+    fleet_firewall: Mutex<Option<i64>>,
     /// The controllers' caches, for the objects and queue-depth gauges and readiness.
-    pub observer: crate::controllers::reconcile::observe::Observer,
+    pub(crate) observer: Observer,
     /// Publishes the audit chain's head outside the database.
-    pub anchor: crate::controllers::anchor::publisher::AnchorPublisher,
+    pub(crate) anchor: AnchorPublisher,
+}
+
+/// What the controllers tell the outside: metrics and Events.
+pub struct Telemetry {
+    pub(crate) metrics: ControllerMetrics,
+    pub(crate) events: EventPublisher,
+}
+
+/// What every reconciler gets: clients, shared state and telemetry, the settings, and the
+/// memories each part of the controllers keeps for itself (defined where they are used).
+pub struct Context {
+    pub(crate) clients: Clients,
+    pub(crate) shared: Shared,
+    pub(crate) telemetry: Telemetry,
+    pub(crate) config: ControllerConfig,
+    /// The skeleton's consecutive failures per object (its backoff).
+    pub(crate) failures: Failures,
+    /// The server machinery's shutdown requests.
+    pub(crate) power: PowerMemory,
+    /// The Agent's hostnames held by someone else.
+    pub(crate) dns_taken: DnsTaken,
+    /// The VirtualKey controller's Redis client and spend snapshot (none: it does not run).
+    pub(crate) virtual_keys: Option<KeyRuntime>,
 }
 
 impl Context {
     /// After an audit append committed: counts it and asks the anchor publisher to move the
     /// chain's head outside the database (every append site calls this, and only this).
     pub fn audit_committed(&self, appended: &crate::store::audit::Appended) {
-        self.metrics.count_audit(appended);
-        self.anchor.nudge();
+        self.telemetry.metrics.count_audit(appended);
+        self.shared.anchor.nudge();
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        client: Client,
-        hetzner: HetznerClient,
-        cloudflare: CloudflareClient,
-        db: PgPool,
-        sealing: SealingKeys,
-        config: ControllerConfig,
-        metrics: ControllerMetrics,
-    ) -> Self {
-        let dns_retry_after = config.resync;
-        let anchor = crate::controllers::anchor::publisher::AnchorPublisher::new(&client, &config);
-        Context {
-            anchor,
-            events: crate::controllers::reconcile::events::EventPublisher::new(
-                client.clone(),
-                "crabglamp-operator",
-                config.instance.clone(),
-            ),
-            client,
-            hetzner,
-            cloudflare,
-            db,
-            sealing,
-            config,
+    pub fn new(clients: Clients, config: ControllerConfig, metrics: ControllerMetrics) -> Self {
+        let events = EventPublisher::new(clients.kube.clone(), "crabglamp-operator", config.instance.clone());
+        let shared = Shared {
             fleet: Fleet::default(),
-            power: PowerMemory::default(),
-            failures: Failures::default(),
-            dns_taken: DnsTaken::new(dns_retry_after),
-            metrics,
             fleet_firewall: Mutex::new(None),
+            observer: Observer::default(),
+            anchor: AnchorPublisher::new(&clients.kube, &config),
+        };
+        Context {
+            clients,
+            shared,
+            telemetry: Telemetry { metrics, events },
+            dns_taken: DnsTaken::new(config.resync),
+            config,
+            failures: Failures::default(),
+            power: PowerMemory::default(),
             virtual_keys: None,
-            observer: crate::controllers::reconcile::observe::Observer::default(),
         }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ControllerConfig {
+        &self.config
+    }
+
+    /// The outside world's clients.
+    pub fn clients(&self) -> &Clients {
+        &self.clients
+    }
+
+    /// The shared view of the clouds.
+    pub fn fleet(&self) -> &Fleet {
+        &self.shared.fleet
+    }
+
+    /// The controllers' metrics.
+    pub fn metrics(&self) -> &ControllerMetrics {
+        &self.telemetry.metrics
+    }
+
+    /// The controllers' caches (readiness, gauges).
+    pub fn observer(&self) -> &Observer {
+        &self.shared.observer
+    }
+
+    /// The audit anchor's publisher.
+    pub fn anchor(&self) -> &AnchorPublisher {
+        &self.shared.anchor
     }
 
     /// The same context with the VirtualKey controller's Redis side.
@@ -100,11 +137,11 @@ impl Context {
     }
 
     pub fn fleet_firewall(&self) -> Option<i64> {
-        *self.fleet_firewall.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        *self.shared.fleet_firewall.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn set_fleet_firewall(&self, id: i64) {
-        *self.fleet_firewall.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(id);
+        *self.shared.fleet_firewall.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(id);
     }
 
     /// Publishes a Kubernetes Event about `object`; a failure is logged, never fatal (the
@@ -117,7 +154,7 @@ impl Context {
         action: &str,
         note: String,
     ) {
-        if let Err(e) = self.events.publish(object.object_ref(&()), warning, reason, action, note).await {
+        if let Err(e) = self.telemetry.events.publish(object.object_ref(&()), warning, reason, action, note).await {
             tracing::warn!(error = %e, reason, "cannot publish an Event");
         }
     }

@@ -59,7 +59,7 @@ async fn run_controller<K: ManagedObject>(ctx: &Arc<Context>, stop: tokio::sync:
     let mut shutdown = stop;
     let controller = trim::controller(scoped_api::<K>(ctx), watcher_config(&ctx.config).any_semantic())
         .with_config(controller_config(&ctx.config));
-    ctx.observer.watch(K::KIND, controller.store(), K::phase_name);
+    ctx.shared.observer.watch(K::KIND, controller.store(), K::phase_name);
     controller
         .graceful_shutdown_on(async move {
             while !*shutdown.borrow() {

@@ -32,8 +32,8 @@ where
     K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
 {
     match &ctx.config.watch_namespace {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
+        Some(ns) => Api::namespaced(ctx.clients.kube.clone(), ns),
+        None => Api::all(ctx.clients.kube.clone()),
     }
 }
 

@@ -331,11 +331,11 @@ impl Instance {
 
     /// Reconciles it finished so far, of any outcome.
     pub fn reconciles(&self, kind: &str) -> u64 {
-        self.context.metrics.reconciles(kind, "ok") + self.context.metrics.reconciles(kind, "error")
+        self.context.metrics().reconciles(kind, "ok") + self.context.metrics().reconciles(kind, "error")
     }
 
     pub fn leading(&self) -> bool {
-        self.context.metrics.leading()
+        self.context.metrics().leading()
     }
 }
 

@@ -61,8 +61,8 @@ async fn an_orphaned_agent_is_unmarked_by_the_ids_in_status() {
     set_paused(&api, "keep", true).await;
     op.hetzner.set_faults(lists_fail("/servers"));
     op.cloudflare.set_faults(lists_fail("/zones/{zone}/dns_records"));
-    op.context.fleet.forget_server(&uid);
-    op.context.fleet.forget_dns(&uid);
+    op.context.fleet().forget_server(&uid);
+    op.context.fleet().forget_dns(&uid);
     api.delete("keep", &DeleteParams::default()).await.expect("delete");
     set_paused(&api, "keep", false).await;
     wait_gone(&api, "keep", DEADLINE).await;

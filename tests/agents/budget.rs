@@ -48,7 +48,7 @@ async fn a_hundred_agents_within_the_call_budget() {
     );
     print_breakdown("Hetzner", &op.hetzner);
     print_breakdown("Cloudflare", &op.cloudflare);
-    assert!(op.context.hetzner.metrics().remaining("hetzner") > 0, "the remaining budget is exported");
+    assert!(op.context.clients().hetzner.metrics().remaining("hetzner") > 0, "the remaining budget is exported");
     assert!(hz as f64 <= 1.1 * N as f64, "Hetzner: {hz} requests for {N} Agents");
     assert!(cf as f64 <= 3.2 * N as f64, "Cloudflare: {cf} requests for {N} Agents");
     assert_eq!(crabglamp_sandbox::hetzner::server_names(&op.hetzner).len(), N, "no duplicate server");
@@ -62,7 +62,7 @@ async fn a_hundred_agents_within_the_call_budget() {
     let creates = crabglamp_sandbox::hetzner::servers_created(&op.hetzner);
     let op = op.restart_with(config.clone()).await;
     wait_until(Duration::from_secs(30), "the restarted operator's first lists", || {
-        op.context.fleet.servers_known() && op.context.fleet.tunnels_known() && op.context.fleet.dns_known()
+        op.context.fleet().servers_known() && op.context.fleet().tunnels_known() && op.context.fleet().dns_known()
     })
     .await;
     let hz_before = op.hetzner.control().total_requests();

@@ -165,14 +165,14 @@ async fn orphaned_resources_stay_unmarked_and_the_sweeper_removes_only_real_orph
         crabglamp_sandbox::cloudflare::live_tunnel_names(&op.cloudflare).len() == 1
     })
     .await;
-    assert!(op.context.metrics.swept("server") >= 1);
+    assert!(op.context.metrics().swept("server") >= 1);
 
     // Several sweeps later the orphaned Agent's server and tunnel are still there.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(crabglamp_sandbox::hetzner::server_names(&op.hetzner).contains(&kept_server), "orphaned server kept");
     assert_eq!(
         crabglamp_sandbox::cloudflare::live_tunnel_names(&op.cloudflare),
-        vec![crabglamp_operator::controllers::names::tunnel_name(op.context.config.installation(), &kept_uid)]
+        vec![crabglamp_operator::controllers::names::tunnel_name(op.context.config().installation(), &kept_uid)]
     );
     assert_eq!(crabglamp_sandbox::cloudflare::dns_record_count(&op.cloudflare), 1, "orphaned record kept");
     op.stop().await;

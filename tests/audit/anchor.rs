@@ -139,7 +139,7 @@ async fn rewrite_chain_from(pool: &PgPool, from: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_operator_anchors_its_appends_and_a_deleted_tail_is_reported() {
     let op = Operator::start().await;
-    let location = op.context.anchor.location.clone();
+    let location = op.context.anchor().location.clone();
     let api: Api<ConfigMap> = location.api(op.client.clone());
     // The empty chain is anchored at start-up, so a missing anchor is always suspicious.
     let genesis = wait_anchored(&api, &location, 0).await;
@@ -159,10 +159,10 @@ async fn the_operator_anchors_its_appends_and_a_deleted_tail_is_reported() {
     for i in 0..3 {
         audit::append(&op.db.pool, &destroyed(&format!("other-{i}"))).await.expect("append");
     }
-    op.context.anchor.nudge();
+    op.context.anchor().nudge();
     wait_anchored(&api, &location, 4).await;
-    assert_eq!(op.context.metrics.anchor_publishes("refused"), 0);
-    assert_eq!(op.context.metrics.anchor_publishes("failed"), 0);
+    assert_eq!(op.context.metrics().anchor_publishes("refused"), 0);
+    assert_eq!(op.context.metrics().anchor_publishes("failed"), 0);
 
     let kubeconfig = tempfile::NamedTempFile::new().expect("temp file");
     std::fs::write(kubeconfig.path(), op.kube.kubeconfig_yaml()).expect("write kubeconfig");
@@ -182,7 +182,7 @@ async fn the_operator_anchors_its_appends_and_a_deleted_tail_is_reported() {
     // In the namespace of the operator's client: the kubeconfig's, or its ServiceAccount's.
     let anchored_in = format!(
         "matches the anchor in ConfigMap {}/crabglamp-audit-anchor (event 4",
-        op.context.client.default_namespace()
+        op.context.clients().kube.default_namespace()
     );
     assert!(said.contains(&anchored_in), "{said}");
     assert!(said.contains("the newest event is anchored"), "{said}");
@@ -201,8 +201,8 @@ async fn the_operator_anchors_its_appends_and_a_deleted_tail_is_reported() {
     assert!(said.contains("the newest 2 event(s) were deleted"), "{said}");
 
     // The running operator refuses to move the anchor back over the evidence.
-    op.context.anchor.nudge();
-    crate::fixture::wait_until(DEADLINE, "a refused publish", || op.context.metrics.anchor_publishes("refused") >= 1)
+    op.context.anchor().nudge();
+    crate::fixture::wait_until(DEADLINE, "a refused publish", || op.context.metrics().anchor_publishes("refused") >= 1)
         .await;
     assert_eq!(anchored(&api, &location).await.map(|a| a.seq), Some(4));
     let logs = crate::fixture::captured_logs();

@@ -185,7 +185,7 @@ fn labelled_uid(resource: &serde_json::Value) -> Option<String> {
 
 fn cloud(chaos: &Chaos, v: &mut Vec<String>) {
     let op = chaos.op();
-    let installation = op.context.config.installation();
+    let installation = op.context.config().installation();
     let live = |kind: Kind| -> BTreeMap<&str, &Ledger> {
         chaos.objects.iter().filter(|o| o.kind == kind && o.deleted.is_none()).map(|o| (o.uid.as_str(), o)).collect()
     };

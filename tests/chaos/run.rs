@@ -132,7 +132,7 @@ pub async fn run_seed(seed: u64) -> Result<(), String> {
         .await
         .map_err(|e| format!("redis connects: {e}"))?;
     let books = Books::default();
-    let resync = op.context.config.resync;
+    let resync = op.context.config().resync;
     let monitor = Monitor::start(redis.clone(), op.db.pool.clone(), redis_ns.clone(), Arc::clone(&books), resync);
     let mut chaos = Chaos {
         op: Some(op),
@@ -169,7 +169,7 @@ pub async fn run_seed(seed: u64) -> Result<(), String> {
             .join("\n")),
     };
     let op = chaos.op.take().unwrap_or_else(|| panic!("the operator runs")).stop().await;
-    if let Some(rt) = op.context.virtual_keys.as_ref() {
+    if let Some(rt) = op.context.key_runtime().ok() {
         let _ = rt.cache.clear_namespace().await;
     }
     result
@@ -407,7 +407,7 @@ impl Chaos {
     async fn flush(&mut self) {
         let stored = self.stored_spend().await;
         self.lost_data(&stored, |_| Vec::new());
-        let rt = self.op().context.virtual_keys.as_ref().unwrap_or_else(|| panic!("the VirtualKey runtime runs"));
+        let rt = self.op().context.key_runtime().ok().unwrap_or_else(|| panic!("the VirtualKey runtime runs"));
         rt.cache.clear_namespace().await.unwrap_or_else(|e| panic!("flush: {e}"));
     }
 
@@ -478,7 +478,7 @@ impl Chaos {
         if malformed.is_empty() {
             return;
         }
-        tokio::time::sleep(invariants::deadline(self.op().context.config.resync)).await;
+        tokio::time::sleep(invariants::deadline(self.op().context.config().resync)).await;
         for (uid, m) in malformed {
             redis_faults::repair(&mut self.redis.clone(), &m).await;
             if let Some(b) = books_of(&self.books).get_mut(&uid) {

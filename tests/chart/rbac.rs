@@ -301,7 +301,7 @@ async fn drive(op: &Operator) -> Vec<Attributes> {
         .expect("redis connects");
     crabglamp_sandbox::llm_proxy::record_spend(
         &mut redis,
-        &op.context.config.redis_namespace,
+        &op.context.config().redis_namespace,
         &uid,
         "llm",
         "gpt-4o",
@@ -402,7 +402,7 @@ async fn chart_rbac_grants_exactly_what_the_operator_calls() {
     assert!(elector.try_acquire_or_renew(until()).await.expect("renew the Lease"), "still ours");
     elector.release(until()).await.expect("release the Lease");
     let op = op.stop().await;
-    if let Some(rt) = op.context.virtual_keys.as_ref() {
+    if let Some(rt) = op.context.key_runtime().ok() {
         rt.cache.clear_namespace().await.expect("clear the run's Redis namespace");
     }
     let (mut calls, non_resource) = match &op.kube {

@@ -139,7 +139,7 @@ async fn two_instances_racing_on_a_new_agent_create_its_tunnel_with_the_stored_s
     inserts_waiting(&op, 2 * RACED as i64).await;
     gate.commit().await.expect("release the inserts together");
 
-    let cloudflare = &a.context.cloudflare;
+    let cloudflare = &a.context.clients().cloudflare;
     for (i, uid) in uids.iter().enumerate() {
         let name = format!("raced-{i}");
         let raced = wait_for(&agents, &name, SETTLE, "Ready (its tunnel connected)", ready).await;
@@ -184,7 +184,7 @@ async fn a_write_refused_after_the_destroy_event_means_already_destroyed() {
     };
     audit::append(&op.db.pool, &destroyed).await.expect("destroy event");
     let rows_before = usage::transitions_for_resource(&op.db.pool, &uid).await.expect("rows").len();
-    let errors_before = a.context.metrics.reconciles("Agent", "error");
+    let errors_before = a.context.metrics().reconciles("Agent", "error");
 
     agents.delete("gone", &DeleteParams::default()).await.expect("delete");
     wait_gone(&agents, "gone", SETTLE).await;
@@ -193,6 +193,6 @@ async fn a_write_refused_after_the_destroy_event_means_already_destroyed() {
         rows_before,
         "no usage row after the destroy event"
     );
-    assert_eq!(a.context.metrics.reconciles("Agent", "error"), errors_before, "the refusal is not an error");
+    assert_eq!(a.context.metrics().reconciles("Agent", "error"), errors_before, "the refusal is not an error");
     a.stop().await;
 }

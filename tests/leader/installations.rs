@@ -93,16 +93,16 @@ async fn two_installations_on_one_project_and_zone_never_touch_each_others_resou
 
     // Many sweeps of each, with a one-second grace: long enough for either to take the other's
     // resources for orphans several times over.
-    let (p0, s0) = (production.context.metrics.sweeps(), staging.context.metrics.sweeps());
+    let (p0, s0) = (production.context.metrics().sweeps(), staging.context.metrics().sweeps());
     eventually(Duration::from_secs(60), "many sweeps of each installation", || async {
-        production.context.metrics.sweeps() >= p0 + SWEEPS && staging.context.metrics.sweeps() >= s0 + SWEEPS
+        production.context.metrics().sweeps() >= p0 + SWEEPS && staging.context.metrics().sweeps() >= s0 + SWEEPS
     })
     .await;
     let after = clouds(&production);
     assert_eq!(after, before, "no installation removed or added anything of the other's");
     for op in [&production, &staging] {
         for what in ["server", "firewall", "tunnel", "dns"] {
-            assert_eq!(op.context.metrics.swept(what), 0, "nothing swept: every {what} belongs to a live object");
+            assert_eq!(op.context.metrics().swept(what), 0, "nothing swept: every {what} belongs to a live object");
         }
     }
     all_ready(&production, "prod").await;
@@ -136,23 +136,23 @@ async fn to_old_marks(ctx: &Context, installation: &str) {
     let strip = |labels: BTreeMap<String, String>| -> BTreeMap<String, String> {
         labels.into_iter().filter(|(k, _)| k != INSTALLATION_LABEL).collect()
     };
-    for s in ctx.hetzner.list_server_summaries(None).await.expect("servers") {
-        ctx.hetzner.set_server_labels(s.id, &strip(s.labels)).await.expect("old server labels");
+    for s in ctx.clients().hetzner.list_server_summaries(None).await.expect("servers") {
+        ctx.clients().hetzner.set_server_labels(s.id, &strip(s.labels)).await.expect("old server labels");
     }
     let selector = format!("{INSTALLATION_LABEL}={installation},{KIND_LABEL}=plainvm");
-    for f in ctx.hetzner.list_firewalls(Some(&selector)).await.expect("firewalls") {
+    for f in ctx.clients().hetzner.list_firewalls(Some(&selector)).await.expect("firewalls") {
         let labels = strip(f.labels.unwrap_or_default().into_iter().collect());
-        ctx.hetzner.set_firewall_labels(f.id, &labels).await.expect("old firewall labels");
+        ctx.clients().hetzner.set_firewall_labels(f.id, &labels).await.expect("old firewall labels");
     }
-    for t in ctx.cloudflare.list_tunnels(Some(&names::tunnel_prefix(installation))).await.expect("tunnels") {
+    for t in ctx.clients().cloudflare.list_tunnels(Some(&names::tunnel_prefix(installation))).await.expect("tunnels") {
         let uid = names::uid_from_tunnel_name(installation, &t.name).expect("one of ours");
-        ctx.cloudflare.rename_tunnel(&t.id, &format!("crabglamp-{uid}")).await.expect("old tunnel name");
+        ctx.clients().cloudflare.rename_tunnel(&t.id, &format!("crabglamp-{uid}")).await.expect("old tunnel name");
     }
     let ours = names::dns_mark_prefix(installation);
-    for r in ctx.cloudflare.list_dns_records_by_comment_prefix(&ours).await.expect("records") {
+    for r in ctx.clients().cloudflare.list_dns_records_by_comment_prefix(&ours).await.expect("records") {
         let uid = r.comment.as_deref().and_then(|c| names::uid_from_dns_comment(installation, c)).expect("ours");
         let old = format!("crabglamp:{uid} managed by crabglamp-operator");
-        ctx.cloudflare.set_dns_record_comment(&r.id, Some(&old)).await.expect("old comment");
+        ctx.clients().cloudflare.set_dns_record_comment(&r.id, Some(&old)).await.expect("old comment");
     }
 }
 
@@ -168,7 +168,7 @@ async fn plant_foreign_old_marks(ctx: &Context) -> (i64, i64, String, String) {
         (NAME_LABEL.to_owned(), "theirs".to_owned()),
     ]);
     let firewall = ctx
-        .hetzner
+        .clients().hetzner
         .create_firewall(&format!("crabglamp-vm-{uid}"), &labels, &[], &[])
         .await
         .expect("their firewall")
@@ -185,12 +185,12 @@ async fn plant_foreign_old_marks(ctx: &Context) -> (i64, i64, String, String) {
         firewalls: vec![firewall],
         start_after_create: true,
     };
-    let server = ctx.hetzner.create_server(&spec).await.expect("their server").server.id;
+    let server = ctx.clients().hetzner.create_server(&spec).await.expect("their server").server.id;
     let tunnel_name = format!("crabglamp-{uid}");
-    ctx.cloudflare.create_tunnel(&tunnel_name, &TunnelSecret::generate()).await.expect("their tunnel");
+    ctx.clients().cloudflare.create_tunnel(&tunnel_name, &TunnelSecret::generate()).await.expect("their tunnel");
     let comment = format!("crabglamp:{uid} managed by crabglamp-operator");
     let host = format!("theirs.{}", crate::fixture::ZONE);
-    let (record, _) = ctx.cloudflare.create_cname(&host, "x.cfargotunnel.com", Some(&comment)).await.expect("record");
+    let (record, _) = ctx.clients().cloudflare.create_cname(&host, "x.cfargotunnel.com", Some(&comment)).await.expect("record");
     (server, firewall, tunnel_name, record.id)
 }
 
@@ -198,7 +198,7 @@ async fn plant_foreign_old_marks(ctx: &Context) -> (i64, i64, String, String) {
 async fn an_upgrade_re_marks_old_marks_of_live_objects_and_leaves_the_rest_alone() {
     let op = Operator::start().await;
     populate(&op, "old").await;
-    let installation = op.context.config.installation().to_owned();
+    let installation = op.context.config().installation().to_owned();
     let before = clouds(&op);
     let ctx = Arc::clone(&op.context);
     let foreign = Arc::new(Mutex::new(None));
@@ -213,10 +213,10 @@ async fn an_upgrade_re_marks_old_marks_of_live_objects_and_leaves_the_rest_alone
         .await;
     let (their_server, their_firewall, their_tunnel, their_record) =
         foreign.lock().expect("lock").clone().expect("planted");
-    let installation = op.context.config.installation().to_owned();
+    let installation = op.context.config().installation().to_owned();
 
     // Every old mark of a live object is re-marked, keeping the resource's id.
-    let m = &op.context.metrics;
+    let m = &op.context.metrics();
     eventually(Duration::from_secs(60), "the old marks of live objects re-marked", || async {
         m.steps("Installation", "remark_server") == 3
             && m.steps("Installation", "remark_firewall") == 1

@@ -94,7 +94,7 @@ async fn metrics_carry_their_final_names_and_count_what_happened() {
     assert_eq!(sample(&body, "crabglamp_objects{kind=\"Agent\",phase=\"Running\"}"), Some(1.0));
     let ok = sample(&body, "crabglamp_reconciles_total{kind=\"Agent\",outcome=\"ok\"}").expect("reconciles");
     assert!(ok >= 1.0);
-    assert!(ok <= a.context.metrics.reconciles("Agent", "ok") as f64, "the scrape counts what the metrics count");
+    assert!(ok <= a.context.metrics().reconciles("Agent", "ok") as f64, "the scrape counts what the metrics count");
     let created =
         sample(&body, "crabglamp_cloud_requests_total{provider=\"hetzner\",endpoint=\"create_server\",outcome=\"ok\"}");
     assert_eq!(created, Some(1.0), "one server, one create:\n{body}");

@@ -27,7 +27,7 @@ fn sharded(shard: Option<&str>) -> crabglamp_operator::controllers::ControllerCo
 async fn orphan(via: &Instance, name: &str, shard: Option<&str>) -> i64 {
     let mut labels = BTreeMap::from([
         (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
-        (INSTALLATION_LABEL.to_owned(), via.context.config.installation().to_owned()),
+        (INSTALLATION_LABEL.to_owned(), via.context.config().installation().to_owned()),
         (KIND_LABEL.to_owned(), "agent".to_owned()),
         (UID_LABEL.to_owned(), uuid::Uuid::new_v4().to_string()),
         (NAMESPACE_LABEL.to_owned(), "team-a".to_owned()),
@@ -47,7 +47,7 @@ async fn orphan(via: &Instance, name: &str, shard: Option<&str>) -> i64 {
         firewalls: Vec::new(),
         start_after_create: true,
     };
-    via.context.hetzner.create_server(&spec).await.expect("orphan created").server.id
+    via.context.clients().hetzner.create_server(&spec).await.expect("orphan created").server.id
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -72,20 +72,20 @@ async fn shards_reconcile_and_sweep_only_their_own() {
     }
     let (ua, ub, un) = (&uids[0], &uids[1], &uids[2]);
     assert!(
-        a.context.fleet.server(ua).is_some()
-            && a.context.fleet.server(ub).is_none()
-            && a.context.fleet.server(un).is_none()
+        a.context.fleet().server(ua).is_some()
+            && a.context.fleet().server(ub).is_none()
+            && a.context.fleet().server(un).is_none()
     );
     assert!(
-        b.context.fleet.server(ub).is_some()
-            && b.context.fleet.server(ua).is_none()
-            && b.context.fleet.server(un).is_none()
+        b.context.fleet().server(ub).is_some()
+            && b.context.fleet().server(ua).is_none()
+            && b.context.fleet().server(un).is_none()
     );
-    assert!(unsharded.context.fleet.server(un).is_some() && unsharded.context.fleet.server(ua).is_none());
+    assert!(unsharded.context.fleet().server(un).is_some() && unsharded.context.fleet().server(ua).is_none());
     for (instance, created) in [(&a, 1), (&b, 1), (&unsharded, 1)] {
-        assert_eq!(instance.context.metrics.steps("Agent", "create_server"), created);
+        assert_eq!(instance.context.metrics().steps("Agent", "create_server"), created);
     }
-    let servers = a.context.hetzner.list_server_summaries(None).await.expect("list");
+    let servers = a.context.clients().hetzner.list_server_summaries(None).await.expect("list");
     let shard_of = |name: &str| {
         servers
             .iter()
@@ -105,11 +105,11 @@ async fn shards_reconcile_and_sweep_only_their_own() {
     .await;
     // A sweeper counts a removal once the cloud's answer is back, a moment after the server is
     // gone from the simulator: wait for both counts before judging who swept what.
-    let swept = || [&a, &b, &unsharded].iter().map(|i| i.context.metrics.swept("server")).sum::<u64>();
+    let swept = || [&a, &b, &unsharded].iter().map(|i| i.context.metrics().swept("server")).sum::<u64>();
     eventually(Duration::from_secs(10), "both removals counted", || async { swept() >= 2 }).await;
-    assert_eq!(a.context.metrics.swept("server"), 1, "shard a swept only orphan-a ({orphan_a})");
-    assert_eq!(b.context.metrics.swept("server"), 1, "shard b swept only orphan-b ({orphan_b})");
-    assert_eq!(unsharded.context.metrics.swept("server"), 0, "the unsharded instance swept no shard's server");
+    assert_eq!(a.context.metrics().swept("server"), 1, "shard a swept only orphan-a ({orphan_a})");
+    assert_eq!(b.context.metrics().swept("server"), 1, "shard b swept only orphan-b ({orphan_b})");
+    assert_eq!(unsharded.context.metrics().swept("server"), 0, "the unsharded instance swept no shard's server");
     for name in ["in-a", "in-b", "in-none"] {
         assert_eq!(servers_of(&op, name), 1, "{name}: its live server stays");
     }

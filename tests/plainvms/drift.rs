@@ -40,7 +40,7 @@ async fn a_detached_firewall_an_edited_rule_and_a_deleted_server_are_repaired() 
     let want = rules_of(&vm_firewall(&op, &uid).expect("firewall"));
 
     // Detached in the console (through the API, as the console does).
-    op.context.hetzner.remove_firewall(fw_id, server_id).await.expect("detach");
+    op.context.clients().hetzner.remove_firewall(fw_id, server_id).await.expect("detach");
     wait_until(DEADLINE, "re-attached", || {
         vm_firewall(&op, &uid).is_some_and(|f| applied_servers(&f) == vec![server_id])
     })
@@ -51,7 +51,7 @@ async fn a_detached_firewall_an_edited_rule_and_a_deleted_server_are_repaired() 
     let mut open = Rule::new(rule::Direction::In, rule::Protocol::Tcp);
     open.port = Some(Some("1-65535".into()));
     open.source_ips = Some(vec!["0.0.0.0/0".into()]);
-    op.context.hetzner.set_firewall_rules(fw_id, &[open]).await.expect("edit");
+    op.context.clients().hetzner.set_firewall_rules(fw_id, &[open]).await.expect("edit");
     wait_until(DEADLINE, "rules set back", || vm_firewall(&op, &uid).is_some_and(|f| rules_of(&f) == want)).await;
     wait_for(&api, "web", DEADLINE, "Ready again", vm_ready).await;
     wait_for_event(&op, "drift", "FirewallRulesRepaired", DEADLINE).await;
@@ -89,8 +89,8 @@ async fn a_firewall_deleted_outside_is_created_again_without_waiting_for_the_aud
     let (op, uid, server_id, fw_id) = one_ready_vm(config, "gone").await;
     let api = op.plainvms("gone");
 
-    op.context.hetzner.remove_firewall(fw_id, server_id).await.expect("detach");
-    op.context.hetzner.delete_firewall(fw_id).await.expect("delete");
+    op.context.clients().hetzner.remove_firewall(fw_id, server_id).await.expect("detach");
+    op.context.clients().hetzner.delete_firewall(fw_id).await.expect("delete");
     let vm = wait_for(&api, "web", DEADLINE, "Ready behind a new firewall", |v| {
         vm_ready(v)
             && v.status.as_ref().and_then(|s| s.firewall.as_ref()).and_then(|f| f.id).is_some_and(|id| id != fw_id)

@@ -101,8 +101,8 @@ async fn an_orphan_deletion_unmarks_by_the_ids_in_status_and_the_sweeper_leaves_
     wait_for(&api, "keep", DEADLINE, "Paused", paused).await;
     lists_fail(&op);
     let uid = kept.uid().expect("uid");
-    op.context.fleet.forget_server(&uid);
-    op.context.fleet.forget_firewall(&uid);
+    op.context.fleet().forget_server(&uid);
+    op.context.fleet().forget_firewall(&uid);
     api.delete("keep", &DeleteParams::default()).await.expect("delete");
     set_paused(&api, "keep", false).await;
     wait_gone(&api, "keep", DEADLINE).await;
@@ -120,7 +120,7 @@ async fn an_orphan_deletion_unmarks_by_the_ids_in_status_and_the_sweeper_leaves_
     // The lists come back; real orphans made after they have are swept one after the other.
     op.hetzner.set_faults(FaultPlan::default());
     let back = Instant::now();
-    wait_until(DEADLINE, "a server list after the fault", || op.context.fleet.servers_listed_since(back)).await;
+    wait_until(DEADLINE, "a server list after the fault", || op.context.fleet().servers_listed_since(back)).await;
     for (name, id) in ["lost-1", "lost-2"].into_iter().zip(lost) {
         delete_without_finalizer(&api, name).await;
         wait_until(DEADLINE, "the sweeper removes the real orphan", || server_in_hetzner(&op, id).is_none()).await;

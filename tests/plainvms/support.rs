@@ -53,7 +53,7 @@ pub fn two_rules() -> Value {
 /// Waits for the operator's first complete lists (its start-up requests are done).
 pub async fn first_lists(op: &Operator) {
     wait_until(std::time::Duration::from_secs(30), "first lists", || {
-        op.context.fleet.servers_known() && op.context.fleet.firewalls_known()
+        op.context.fleet().servers_known() && op.context.fleet().firewalls_known()
     })
     .await;
 }

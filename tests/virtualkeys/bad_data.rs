@@ -100,7 +100,7 @@ async fn malformed_usage_of_one_key_never_stops_the_others() {
             .await
             .expect("rows");
     assert!(rows.iter().all(|(m, _)| m.len() <= 128), "{rows:?}");
-    let metrics = &op.context.metrics;
+    let metrics = &op.context.metrics();
     for reason in ["MalformedUsage", "ModelTooLong", "MalformedCounter", "WrongType"] {
         assert!(metrics.refresh_failures(reason) > 0, "{reason} counted");
     }
@@ -142,8 +142,8 @@ async fn a_usage_hash_that_outlasts_the_deadline_is_confined_to_its_key() {
         usage_read(v).is_some_and(|(s, r)| s == "False" && r == "ReadTimeout")
     })
     .await;
-    assert!(op.context.metrics.refresh_failures("ReadTimeout") > 0);
-    assert_eq!(op.context.metrics.refresh_failures("pass"), 0, "no pass failed as a whole");
+    assert!(op.context.metrics().refresh_failures("ReadTimeout") > 0);
+    assert_eq!(op.context.metrics().refresh_failures("pass"), 0, "no pass failed as a whole");
     op.stop().await;
     drop(redis);
 }

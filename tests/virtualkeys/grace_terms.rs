@@ -88,17 +88,17 @@ async fn a_key_in_its_rotation_grace_follows_the_new_terms_and_the_budget() {
 
     // Nothing changes any more: reconciles compare (one MGET) and write nothing.
     reconciles_pass(&op, 1).await;
-    let publishes = op.context.metrics.steps("VirtualKey", "publish");
+    let publishes = op.context.metrics().steps("VirtualKey", "publish");
     reconciles_pass(&op, 3).await;
-    assert_eq!(op.context.metrics.steps("VirtualKey", "publish"), publishes, "an idle resync writes nothing");
+    assert_eq!(op.context.metrics().steps("VirtualKey", "publish"), publishes, "an idle resync writes nothing");
     op.stop().await;
 }
 
 /// Waits for `more` successful reconciles of VirtualKeys after now (a resync reconciles every key).
 async fn reconciles_pass(op: &KeyOperator, more: u64) {
-    let target = op.context.metrics.reconciles("VirtualKey", "ok") + more;
+    let target = op.context.metrics().reconciles("VirtualKey", "ok") + more;
     eventually(WAIT, "more reconciles", || async {
-        (op.context.metrics.reconciles("VirtualKey", "ok") >= target).then_some(())
+        (op.context.metrics().reconciles("VirtualKey", "ok") >= target).then_some(())
     })
     .await;
 }

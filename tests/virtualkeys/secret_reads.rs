@@ -22,9 +22,9 @@ fn secret_gets(op: &KeyOperator) -> usize {
 
 /// Waits for `more` reconciles of VirtualKeys after now (a resync reconciles every key).
 async fn reconciles_pass(op: &KeyOperator, more: u64) {
-    let target = op.context.metrics.reconciles("VirtualKey", "ok") + more;
+    let target = op.context.metrics().reconciles("VirtualKey", "ok") + more;
     eventually(WAIT, "more reconciles", || async {
-        (op.context.metrics.reconciles("VirtualKey", "ok") >= target).then_some(())
+        (op.context.metrics().reconciles("VirtualKey", "ok") >= target).then_some(())
     })
     .await;
 }

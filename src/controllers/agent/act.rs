@@ -39,9 +39,9 @@ pub(super) fn secret_id(uid: &str) -> CredentialId {
 /// with the one secret the database keeps, never each their own.
 pub(super) async fn tunnel_secret(ctx: &Context, uid: &str) -> Result<TunnelSecret, ReconcileError> {
     let id = secret_id(uid);
-    let stored = match seal::get_credential(&ctx.db, &ctx.sealing, &id).await? {
+    let stored = match seal::get_credential(&ctx.clients.db, &ctx.clients.sealing, &id).await? {
         Some(bytes) => bytes,
-        None => seal::put_credential_once(&ctx.db, &ctx.sealing, &id, TunnelSecret::generate().expose_bytes()).await?,
+        None => seal::put_credential_once(&ctx.clients.db, &ctx.clients.sealing, &id, TunnelSecret::generate().expose_bytes()).await?,
     };
     TunnelSecret::from_bytes(stored).ok_or_else(|| ReconcileError::Secret("stored secret too short".into()))
 }
@@ -74,14 +74,14 @@ pub(super) async fn act(
         Step::RepointDns => repoint_dns(ctx, agent, owner, hostname).await?,
         Step::CreateServer => create_agent_server(ctx, agent, owner, status).await?,
         Step::AttachFirewall => {
-            let (Some(server), Some(fw)) = (ctx.fleet.server(&owner.uid), ctx.fleet_firewall()) else { return Ok(()) };
-            ctx.hetzner.apply_firewall(fw, server.id).await.map_err(ReconcileError::Hetzner)?;
+            let (Some(server), Some(fw)) = (ctx.shared.fleet.server(&owner.uid), ctx.fleet_firewall()) else { return Ok(()) };
+            ctx.clients.hetzner.apply_firewall(fw, server.id).await.map_err(ReconcileError::Hetzner)?;
             let mut seen = server.clone();
             seen.public_net
                 .firewalls
                 .push(crate::cloud::hetzner::FirewallAttachment { id: fw, status: Some("pending".into()) });
-            ctx.fleet.record_server(&owner.uid, seen);
-            ctx.metrics.count_step(KIND, "attach_firewall");
+            ctx.shared.fleet.record_server(&owner.uid, seen);
+            ctx.telemetry.metrics.count_step(KIND, "attach_firewall");
             ctx.event(
                 agent,
                 true,
@@ -92,13 +92,13 @@ pub(super) async fn act(
             .await;
         }
         Step::Power(power) => {
-            let Some(server) = ctx.fleet.server(&owner.uid) else { return Ok(()) };
+            let Some(server) = ctx.shared.fleet.server(&owner.uid) else { return Ok(()) };
             let observed = effective_server_status(
                 &server,
-                ctx.fleet.tunnel(&tunnel_name(ctx.config.installation(), &owner.uid)).as_ref(),
+                ctx.shared.fleet.tunnel(&tunnel_name(ctx.config.installation(), &owner.uid)).as_ref(),
             );
             if *power == PowerStep::PowerOn {
-                ctx.fleet.tunnel_lost_its_connector(&tunnel_name(ctx.config.installation(), &owner.uid));
+                ctx.shared.fleet.tunnel_lost_its_connector(&tunnel_name(ctx.config.installation(), &owner.uid));
             }
             let subject = server::PowerSubject { server, observed, billed_owner: status.owner.clone() };
             server::power_step(ctx, agent, owner, &intent(&agent.spec), subject, *power).await?
@@ -116,13 +116,13 @@ async fn create_tunnel(
 ) -> Result<(), ReconcileError> {
     let secret = tunnel_secret(ctx, &owner.uid).await?;
     let (tunnel, adopted) = ctx
-        .cloudflare
+        .clients.cloudflare
         .create_tunnel(&tunnel_name(ctx.config.installation(), &owner.uid), &secret)
         .await
         .map_err(ReconcileError::Cloudflare)?;
     let recreated = status.tunnel.as_ref().and_then(|t| t.id.as_ref()).is_some_and(|old| *old != tunnel.id);
-    ctx.fleet.record_tunnel(ObservedTunnel::from_api(&tunnel));
-    ctx.metrics.count_step(KIND, "create_tunnel");
+    ctx.shared.fleet.record_tunnel(ObservedTunnel::from_api(&tunnel));
+    ctx.telemetry.metrics.count_step(KIND, "create_tunnel");
     let note = if recreated {
         "The tunnel was deleted outside the operator; a new one was created."
     } else if adopted {
@@ -149,13 +149,13 @@ async fn configure_tunnel(
     hostname: &str,
     status: &mut AgentStatus,
 ) -> Result<(), ReconcileError> {
-    let Some(tunnel) = ctx.fleet.tunnel(&tunnel_name(ctx.config.installation(), &owner.uid)) else {
+    let Some(tunnel) = ctx.shared.fleet.tunnel(&tunnel_name(ctx.config.installation(), &owner.uid)) else {
         return Ok(());
     };
     let rule =
         IngressRule { hostname: Some(hostname.to_owned()), service: agent.spec.tunnel.service.clone(), path: None };
-    ctx.cloudflare.put_tunnel_config(&tunnel.id, &[rule]).await.map_err(ReconcileError::Cloudflare)?;
-    ctx.metrics.count_step(KIND, "configure_tunnel");
+    ctx.clients.cloudflare.put_tunnel_config(&tunnel.id, &[rule]).await.map_err(ReconcileError::Cloudflare)?;
+    ctx.telemetry.metrics.count_step(KIND, "configure_tunnel");
     let t = status.tunnel.get_or_insert_with(TunnelStatus::default);
     t.id = Some(tunnel.id.clone());
     t.hostname = Some(hostname.to_owned());
@@ -174,17 +174,17 @@ async fn configure_tunnel(
 /// Points the hostname's record at the current tunnel.
 async fn repoint_dns(ctx: &Context, agent: &Agent, owner: &Owner, hostname: &str) -> Result<(), ReconcileError> {
     let (Some(record), Some(tunnel)) =
-        (ctx.fleet.dns_record(&owner.uid), ctx.fleet.tunnel(&tunnel_name(ctx.config.installation(), &owner.uid)))
+        (ctx.shared.fleet.dns_record(&owner.uid), ctx.shared.fleet.tunnel(&tunnel_name(ctx.config.installation(), &owner.uid)))
     else {
         return Ok(());
     };
     let updated = ctx
-        .cloudflare
+        .clients.cloudflare
         .update_dns_record(&record.id, &tunnel_target(&tunnel.id), true)
         .await
         .map_err(ReconcileError::Cloudflare)?;
-    ctx.fleet.record_dns(&owner.uid, updated);
-    ctx.metrics.count_step(KIND, "repoint_dns");
+    ctx.shared.fleet.record_dns(&owner.uid, updated);
+    ctx.telemetry.metrics.count_step(KIND, "repoint_dns");
     ctx.event(agent, false, "DnsRepointed", "UpdateDns", format!("{hostname} now points at tunnel {}.", tunnel.id))
         .await;
     Ok(())
@@ -197,17 +197,17 @@ async fn create_agent_server(
     owner: &Owner,
     status: &mut AgentStatus,
 ) -> Result<(), ReconcileError> {
-    let Some(tunnel) = ctx.fleet.tunnel(&tunnel_name(ctx.config.installation(), &owner.uid)) else {
+    let Some(tunnel) = ctx.shared.fleet.tunnel(&tunnel_name(ctx.config.installation(), &owner.uid)) else {
         return Ok(());
     };
     let secret = tunnel_secret(ctx, &owner.uid).await?;
-    let token = derive_tunnel_token(ctx.cloudflare.account_id(), &tunnel.id, &secret);
+    let token = derive_tunnel_token(ctx.clients.cloudflare.account_id(), &tunnel.id, &secret);
     let user_data = crate::controllers::server::cloud_init::agent_user_data(&agent.spec.ssh_keys, &token)
         .map_err(|e| ReconcileError::UserData(e.to_string()))?;
     let firewalls = ctx.fleet_firewall().into_iter().collect();
     let spec = server::create_spec(owner, &intent(&agent.spec), ctx.config.installation(), user_data, firewalls);
     let vanished = status.server.as_ref().and_then(|s| s.id);
-    ctx.fleet.tunnel_lost_its_connector(&tunnel.name);
+    ctx.shared.fleet.tunnel_lost_its_connector(&tunnel.name);
     let created = server::create_server(ctx, owner, &spec).await?;
     status.server = Some(server::server_status(&created, None));
     let (warning, reason, note) = server::created_event(vanished, &created, &intent(&agent.spec));
@@ -221,17 +221,17 @@ pub(super) async fn create_dns(
     owner: &Owner,
     hostname: &str,
 ) -> Result<(), ReconcileError> {
-    let Some(tunnel) = ctx.fleet.tunnel(&tunnel_name(ctx.config.installation(), &owner.uid)) else { return Ok(()) };
-    let old = ctx.fleet.dns_record(&owner.uid);
+    let Some(tunnel) = ctx.shared.fleet.tunnel(&tunnel_name(ctx.config.installation(), &owner.uid)) else { return Ok(()) };
+    let old = ctx.shared.fleet.dns_record(&owner.uid);
     match ctx
-        .cloudflare
+        .clients.cloudflare
         .create_cname(hostname, &tunnel_target(&tunnel.id), Some(&dns_mark(ctx.config.installation(), &owner.uid)))
         .await
     {
         Ok((record, _)) => {
-            ctx.fleet.record_dns(&owner.uid, record);
+            ctx.shared.fleet.record_dns(&owner.uid, record);
             ctx.dns_taken.clear(&owner.uid);
-            ctx.metrics.count_step(KIND, "create_dns");
+            ctx.telemetry.metrics.count_step(KIND, "create_dns");
             ctx.event(
                 agent,
                 false,
@@ -242,7 +242,7 @@ pub(super) async fn create_dns(
             .await;
             // The hostname changed: our record for the old name goes.
             if let Some(old) = old.filter(|o| o.name != hostname) {
-                ctx.cloudflare.delete_dns_record(&old.id).await.map_err(ReconcileError::Cloudflare)?;
+                ctx.clients.cloudflare.delete_dns_record(&old.id).await.map_err(ReconcileError::Cloudflare)?;
             }
             Ok(())
         }
@@ -274,7 +274,7 @@ pub(super) async fn accepted_owner(ctx: &Context, agent: &Agent) -> Result<Strin
 /// any cached `status.owner`: a transfer's status write follows its event, and a cache may not
 /// have seen that write yet.
 pub(crate) async fn last_transfer_to(ctx: &Context, uid: &str) -> Result<Option<String>, ReconcileError> {
-    let events = audit::events_for_resource(&ctx.db, uid).await?;
+    let events = audit::events_for_resource(&ctx.clients.db, uid).await?;
     Ok(events
         .iter()
         .rev()
@@ -296,7 +296,7 @@ pub(super) async fn owner_on_record(ctx: &Context, agent: &Agent, uid: &str) -> 
 }
 
 pub(super) fn agent_api(ctx: &Context, agent: &Agent) -> Api<Agent> {
-    Api::namespaced(ctx.client.clone(), &agent.namespace().unwrap_or_default())
+    Api::namespaced(ctx.clients.kube.clone(), &agent.namespace().unwrap_or_default())
 }
 
 pub(super) async fn record_transfer(
@@ -306,7 +306,7 @@ pub(super) async fn record_transfer(
     from: &str,
     to: &str,
 ) -> Result<(), ReconcileError> {
-    let earlier: Vec<_> = audit::events_for_resource(&ctx.db, &owner.uid)
+    let earlier: Vec<_> = audit::events_for_resource(&ctx.clients.db, &owner.uid)
         .await?
         .into_iter()
         .filter(|e| e.kind == AuditKind::AgentTransferred.as_str())
@@ -337,7 +337,7 @@ pub(super) async fn record_transfer(
         details: json!({"from": from, "to": to, "generation": agent.metadata.generation}),
         occurred_at: Utc::now(),
     };
-    let appended = audit::append(&ctx.db, &event).await?;
+    let appended = audit::append(&ctx.clients.db, &event).await?;
     ctx.audit_committed(&appended);
     Ok(())
 }
@@ -360,7 +360,7 @@ impl Pass for AgentPass {
     }
 
     fn lists_known(&self, ctx: &Context) -> bool {
-        ctx.fleet.servers_known() && ctx.fleet.tunnels_known() && ctx.fleet.dns_known()
+        ctx.shared.fleet.servers_known() && ctx.shared.fleet.tunnels_known() && ctx.shared.fleet.dns_known()
     }
 
     fn plan(&self, ctx: &Context, status: &AgentStatus) -> Plan {
@@ -406,10 +406,10 @@ impl Pass for AgentPass {
     }
 
     fn power_status(&self, ctx: &Context) -> Option<String> {
-        let server = ctx.fleet.server(&self.target.owner.uid)?;
+        let server = ctx.shared.fleet.server(&self.target.owner.uid)?;
         Some(effective_server_status(
             &server,
-            ctx.fleet.tunnel(&tunnel_name(ctx.config.installation(), &self.target.owner.uid)).as_ref(),
+            ctx.shared.fleet.tunnel(&tunnel_name(ctx.config.installation(), &self.target.owner.uid)).as_ref(),
         ))
     }
 }
@@ -431,14 +431,14 @@ impl ManagedObject for Agent {
         let owner = Owner::of(agent.as_ref(), KIND)?;
         // Not `Ok(requeue)`: the finalizer helper takes any `Ok` from cleanup as "done" and
         // releases the finalizer, which would leak whatever the lists have not shown yet.
-        if !(ctx.fleet.servers_known() && ctx.fleet.tunnels_known() && ctx.fleet.dns_known()) {
+        if !(ctx.shared.fleet.servers_known() && ctx.shared.fleet.tunnels_known() && ctx.shared.fleet.dns_known()) {
             return Err(ReconcileError::NotReady("the first complete lists of servers, tunnels and DNS records"));
         }
         let status = agent.status.clone().unwrap_or_default();
         let policy = agent.spec.deletion_policy;
-        let server = ctx.fleet.server(&owner.uid);
-        let tunnel = ctx.fleet.tunnel(&tunnel_name(ctx.config.installation(), &owner.uid));
-        let dns = ctx.fleet.dns_record(&owner.uid);
+        let server = ctx.shared.fleet.server(&owner.uid);
+        let tunnel = ctx.shared.fleet.tunnel(&tunnel_name(ctx.config.installation(), &owner.uid));
+        let dns = ctx.shared.fleet.dns_record(&owner.uid);
         let server_id = server.as_ref().map(|s| s.id).or(status.server.as_ref().and_then(|s| s.id));
         let tunnel_id = tunnel.as_ref().map(|t| t.id.clone()).or(status.tunnel.as_ref().and_then(|t| t.id.clone()));
         let dns_id =
@@ -457,12 +457,12 @@ impl ManagedObject for Agent {
         match policy {
             DeletionPolicy::Delete => {
                 if let Some(id) = &dns_id {
-                    ctx.cloudflare.delete_dns_record(id).await.map_err(ReconcileError::Cloudflare)?;
-                    ctx.fleet.forget_dns(&owner.uid);
+                    ctx.clients.cloudflare.delete_dns_record(id).await.map_err(ReconcileError::Cloudflare)?;
+                    ctx.shared.fleet.forget_dns(&owner.uid);
                 }
                 if let Some(id) = &tunnel_id {
-                    ctx.cloudflare.delete_tunnel(id).await.map_err(ReconcileError::Cloudflare)?;
-                    ctx.fleet.forget_tunnel(&tunnel_name(ctx.config.installation(), &owner.uid));
+                    ctx.clients.cloudflare.delete_tunnel(id).await.map_err(ReconcileError::Cloudflare)?;
+                    ctx.shared.fleet.forget_tunnel(&tunnel_name(ctx.config.installation(), &owner.uid));
                 }
                 if let Some(id) = server_id {
                     server::delete_server(ctx, &owner, id).await?;
@@ -472,18 +472,18 @@ impl ManagedObject for Agent {
             // the ids status recorded: a mark left behind would have the sweeper delete them.
             DeletionPolicy::Orphan => {
                 if let Some(id) = &dns_id {
-                    match ctx.cloudflare.set_dns_record_comment(id, None).await {
-                        Ok(_) | Err(CloudError::NotFound(_)) => ctx.fleet.forget_dns(&owner.uid),
+                    match ctx.clients.cloudflare.set_dns_record_comment(id, None).await {
+                        Ok(_) | Err(CloudError::NotFound(_)) => ctx.shared.fleet.forget_dns(&owner.uid),
                         Err(e) => return Err(ReconcileError::Cloudflare(e)),
                     }
                 }
                 server::unmark_server(ctx, &owner, server.as_ref(), server_id).await?;
                 // A tunnel carries no labels: the sealed secret is what makes the sweeper call it
                 // ours, so forgetting it is how the tunnel stops being ours.
-                ctx.fleet.forget_tunnel(&tunnel_name(ctx.config.installation(), &owner.uid));
+                ctx.shared.fleet.forget_tunnel(&tunnel_name(ctx.config.installation(), &owner.uid));
             }
         }
-        seal::delete_credential(&ctx.db, &secret_id(&owner.uid)).await?;
+        seal::delete_credential(&ctx.clients.db, &secret_id(&owner.uid)).await?;
         let destroyed = Destroyed {
             kind: AuditKind::AgentDestroyed,
             billed_owner: Some(billed_owner),

@@ -10,12 +10,12 @@ pub use crate::controllers::reconcile::lifecycle::{FINALIZER, PAUSE_ANNOTATION, 
 
 pub(super) fn observe(ctx: &Context, owner: &Owner, name_taken: Option<String>) -> Observed {
     Observed {
-        servers_known: ctx.fleet.servers_known(),
-        server: ctx.fleet.server(&owner.uid),
-        tunnels_known: ctx.fleet.tunnels_known(),
-        tunnel: ctx.fleet.tunnel(&tunnel_name(ctx.config.installation(), &owner.uid)),
-        dns_known: ctx.fleet.dns_known(),
-        dns: ctx.fleet.dns_record(&owner.uid),
+        servers_known: ctx.shared.fleet.servers_known(),
+        server: ctx.shared.fleet.server(&owner.uid),
+        tunnels_known: ctx.shared.fleet.tunnels_known(),
+        tunnel: ctx.shared.fleet.tunnel(&tunnel_name(ctx.config.installation(), &owner.uid)),
+        dns_known: ctx.shared.fleet.dns_known(),
+        dns: ctx.shared.fleet.dns_record(&owner.uid),
         fleet_firewall: ctx.fleet_firewall(),
         shutdown_sent: ctx.power.shutdown_sent_at(&owner.uid),
         dns_name_taken: name_taken,

@@ -7,22 +7,22 @@ use crate::controllers::context::Context;
 
 /// One publish, counted and logged; whether it succeeded.
 pub async fn publish_and_count(ctx: &Context) -> bool {
-    let publisher = &ctx.anchor;
-    match audit_anchor::publish(&publisher.api, &publisher.location, &ctx.db, &ctx.sealing).await {
+    let publisher = &ctx.shared.anchor;
+    match audit_anchor::publish(&publisher.api, &publisher.location, &ctx.clients.db, &ctx.clients.sealing).await {
         Ok(Published::Unchanged(seq)) => {
-            ctx.metrics.count_anchor_publish("unchanged");
-            ctx.metrics.set_anchored_seq(seq);
+            ctx.telemetry.metrics.count_anchor_publish("unchanged");
+            ctx.telemetry.metrics.set_anchored_seq(seq);
             true
         }
         Ok(Published::Moved { from, to }) => {
-            ctx.metrics.count_anchor_publish("published");
-            ctx.metrics.set_anchored_seq(to);
+            ctx.telemetry.metrics.count_anchor_publish("published");
+            ctx.telemetry.metrics.set_anchored_seq(to);
             tracing::debug!(from, to, anchor = %publisher.location, "audit anchor moved");
             true
         }
         Err(e) => {
             let outcome = e.metric_label();
-            ctx.metrics.count_anchor_publish(outcome);
+            ctx.telemetry.metrics.count_anchor_publish(outcome);
             let error = format!("{:#}", anyhow::Error::from(e));
             if outcome == "refused" {
                 tracing::error!(anchor = %publisher.location, %error, "audit anchor not moved: possible tampering");
@@ -44,7 +44,7 @@ pub async fn run(ctx: Arc<Context>, mut stop: tokio::sync::watch::Receiver<bool>
             n => crate::backoff::after_failures(n, ctx.config.fast_poll, ctx.config.resync),
         };
         tokio::select! {
-            _ = ctx.anchor.wake.notified() => {}
+            _ = ctx.shared.anchor.wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
             changed = stop.changed() => if changed.is_err() { break },
         }

@@ -47,21 +47,21 @@ fn fleet_firewall_labels(installation: &str) -> std::collections::BTreeMap<Strin
 pub async fn ensure_fleet_firewall(ctx: &Context) -> Result<i64, CloudError> {
     let installation = ctx.config.installation();
     let selector = format!("{ROLE_LABEL}={FLEET_FIREWALL_ROLE},{INSTALLATION_LABEL}={installation}");
-    let found = ctx.hetzner.list_firewalls(Some(&selector)).await?;
+    let found = ctx.clients.hetzner.list_firewalls(Some(&selector)).await?;
     let firewall = match found.into_iter().min_by_key(|f| f.id) {
         Some(f) => f,
         None => {
             let name = fleet_firewall_name(installation);
             let FirewallCreated { firewall, adopted, .. } =
-                ctx.hetzner.create_firewall(&name, &fleet_firewall_labels(installation), &[], &[]).await?;
+                ctx.clients.hetzner.create_firewall(&name, &fleet_firewall_labels(installation), &[], &[]).await?;
             tracing::info!(firewall = firewall.id, adopted, "fleet firewall ready (no inbound rules)");
             firewall
         }
     };
     if !firewall.rules.is_empty() {
         tracing::warn!(firewall = firewall.id, rules = firewall.rules.len(), "fleet firewall had rules: removing them");
-        ctx.hetzner.set_firewall_rules(firewall.id, &[]).await?;
-        ctx.metrics.count_step("Agent", "close_fleet_firewall");
+        ctx.clients.hetzner.set_firewall_rules(firewall.id, &[]).await?;
+        ctx.telemetry.metrics.count_step("Agent", "close_fleet_firewall");
     }
     ctx.set_fleet_firewall(firewall.id);
     Ok(firewall.id)
@@ -72,34 +72,34 @@ async fn refresh(ctx: &Context, which: Collection) -> Result<(), CloudError> {
     let started = Instant::now();
     match which {
         Collection::Servers => {
-            let servers = ctx.hetzner.list_server_summaries(Some(&fleet_selector(&ctx.config))).await?;
+            let servers = ctx.clients.hetzner.list_server_summaries(Some(&fleet_selector(&ctx.config))).await?;
             let listed: HashMap<_, _> =
                 servers.into_iter().filter_map(|s| s.labels.get(UID_LABEL).cloned().map(|uid| (uid, s))).collect();
-            ctx.fleet.merge_servers(listed, started);
+            ctx.shared.fleet.merge_servers(listed, started);
         }
         Collection::Firewalls => {
             // One paged list for every PlainVM's firewall: drift is seen here, never by a GET
             // per object. The fleet firewall carries no UID label, so it is not in this view.
-            let firewalls = ctx.hetzner.list_firewalls(Some(&per_object_firewall_selector(&ctx.config))).await?;
+            let firewalls = ctx.clients.hetzner.list_firewalls(Some(&per_object_firewall_selector(&ctx.config))).await?;
             let listed: HashMap<_, _> = firewalls
                 .into_iter()
                 .filter_map(|f| f.labels.as_ref().and_then(|l| l.get(UID_LABEL)).cloned().map(|uid| (uid, f)))
                 .collect();
-            ctx.fleet.merge_firewalls(listed, started);
+            ctx.shared.fleet.merge_firewalls(listed, started);
         }
         Collection::Tunnels => {
             let installation = ctx.config.installation();
-            let tunnels = ctx.cloudflare.list_tunnels(Some(&tunnel_prefix(installation))).await?;
+            let tunnels = ctx.clients.cloudflare.list_tunnels(Some(&tunnel_prefix(installation))).await?;
             let listed: HashMap<_, _> = tunnels
                 .iter()
                 .filter(|t| t.deleted_at.is_none() && uid_from_tunnel_name(installation, &t.name).is_some())
                 .map(|t| (t.name.clone(), ObservedTunnel::from_api(t)))
                 .collect();
-            ctx.fleet.merge_tunnels(listed, started);
+            ctx.shared.fleet.merge_tunnels(listed, started);
         }
         Collection::Dns => {
             let installation = ctx.config.installation();
-            let records = ctx.cloudflare.list_dns_records_by_comment_prefix(&dns_mark_prefix(installation)).await?;
+            let records = ctx.clients.cloudflare.list_dns_records_by_comment_prefix(&dns_mark_prefix(installation)).await?;
             let listed: HashMap<_, _> = records
                 .into_iter()
                 .filter_map(|r| {
@@ -107,7 +107,7 @@ async fn refresh(ctx: &Context, which: Collection) -> Result<(), CloudError> {
                     Some((uid.to_owned(), r))
                 })
                 .collect();
-            ctx.fleet.merge_dns(listed, started);
+            ctx.shared.fleet.merge_dns(listed, started);
         }
     }
     Ok(())
@@ -125,14 +125,14 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
             return;
         }
         let now = Instant::now();
-        let (due, next) = ctx.fleet.due(now, &pace);
+        let (due, next) = ctx.shared.fleet.due(now, &pace);
         // `next` only knows the collections that were not due: after listing, look again.
         let listed_any = !due.is_empty();
         for which in due {
             tracing::debug!(collection = ?which, "listing");
             if let Err(e) = refresh(&ctx, which).await {
                 tracing::warn!(error = %e, collection = ?which, "shared list failed; the next try follows its pace");
-                ctx.fleet.list_failed(which);
+                ctx.shared.fleet.list_failed(which);
             }
         }
         if last_firewall_audit.elapsed() >= audit_every {
@@ -147,7 +147,7 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
         let sleep_until = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
         tokio::select! {
             _ = tokio::time::sleep_until(sleep_until.into()) => {}
-            _ = ctx.fleet.wake.notified() => {}
+            _ = ctx.shared.fleet.wake.notified() => {}
             // A dropped sender means the operator is gone: stop too, never spin.
             changed = stop.changed() => if changed.is_err() { return },
         }

@@ -149,18 +149,18 @@ async fn sweep(ctx: &Context, suspects: &mut Suspects) {
 
     // Servers: keyed by owner UID; only servers of a kind this operator knows are judged.
     // Only the ids are copied out of the view, never whole cloud objects.
-    let servers: HashMap<String, i64> = ctx.fleet.pick_servers(|s| {
+    let servers: HashMap<String, i64> = ctx.shared.fleet.pick_servers(|s| {
         matches!(s.labels.get(KIND_LABEL).map(String::as_str), Some("agent" | "plainvm")).then_some(s.id)
     });
     // PlainVM firewalls (the fleet view holds only those; never the fleet firewall).
-    let firewalls: HashMap<String, i64> = ctx.fleet.pick_firewalls(|f| Some(f.id));
+    let firewalls: HashMap<String, i64> = ctx.shared.fleet.pick_firewalls(|f| Some(f.id));
     let mut tunnels: HashMap<String, String> = ctx
-        .fleet
+        .shared.fleet
         .pick_tunnels(|t| Some(t.id.clone()))
         .into_iter()
         .filter_map(|(name, id)| uid_from_tunnel_name(ctx.config.installation(), &name).map(|u| (u.to_owned(), id)))
         .collect();
-    let mut records: HashMap<String, String> = ctx.fleet.pick_dns(|r| Some(r.id.clone()));
+    let mut records: HashMap<String, String> = ctx.shared.fleet.pick_dns(|r| Some(r.id.clone()));
     if ctx.config.watch_namespace.is_some() {
         let seen: HashSet<String> = live.iter().chain(servers.keys()).chain(firewalls.keys()).cloned().collect();
         let referred: HashSet<String> = seen.iter().chain(tunnels.keys()).chain(records.keys()).cloned().collect();
@@ -188,7 +188,7 @@ async fn sweep(ctx: &Context, suspects: &mut Suspects) {
             // Still applied while its server's delete runs: the error is logged and the next
             // sweep tries again (the suspect stays due), so it is never left behind.
             "firewall" => match firewalls.get(uid) {
-                Some(&id) => ctx.hetzner.delete_firewall(id).await.map(|_| ctx.fleet.forget_firewall(uid)),
+                Some(&id) => ctx.clients.hetzner.delete_firewall(id).await.map(|_| ctx.shared.fleet.forget_firewall(uid)),
                 None => Ok(()),
             },
             "tunnel" => match remove_orphan_tunnel(ctx, uid, tunnels.get(uid)).await {
@@ -196,7 +196,7 @@ async fn sweep(ctx: &Context, suspects: &mut Suspects) {
                 None => continue,
             },
             "dns" => match records.get(uid) {
-                Some(id) => ctx.cloudflare.delete_dns_record(id).await.map(|_| ctx.fleet.forget_dns(uid)),
+                Some(id) => ctx.clients.cloudflare.delete_dns_record(id).await.map(|_| ctx.shared.fleet.forget_dns(uid)),
                 None => Ok(()),
             },
             _ => continue,
@@ -204,9 +204,9 @@ async fn sweep(ctx: &Context, suspects: &mut Suspects) {
         match result {
             Ok(()) => {
                 if what == "tunnel" {
-                    let _ = seal::delete_credential(&ctx.db, &secret_id(uid)).await;
+                    let _ = seal::delete_credential(&ctx.clients.db, &secret_id(uid)).await;
                 }
-                ctx.metrics.count_swept(what);
+                ctx.telemetry.metrics.count_swept(what);
                 tracing::warn!(resource = what, owner_uid = uid, "sweeper removed a resource whose object is gone");
             }
             Err(e) => {
@@ -214,13 +214,13 @@ async fn sweep(ctx: &Context, suspects: &mut Suspects) {
             }
         }
     }
-    ctx.metrics.count_sweep();
+    ctx.telemetry.metrics.count_sweep();
 }
 
 /// Removes an orphan's server after closing its books; `None`: nothing to do this sweep (gone
 /// from the view since the sweep began, or its books could not be closed yet).
 async fn remove_orphan_server(ctx: &Context, uid: &str, id: Option<i64>) -> Option<Result<(), CloudError>> {
-    let (Some(id), Some(seen)) = (id, ctx.fleet.server(uid)) else { return None };
+    let (Some(id), Some(seen)) = (id, ctx.shared.fleet.server(uid)) else { return None };
     // The books close before the server goes: a crash or a failed write in between leaves the
     // server for the next sweep, never an open timeline with no server left to find it by.
     // Books another writer closed already (the database refuses a second destroy) are closed:
@@ -231,17 +231,17 @@ async fn remove_orphan_server(ctx: &Context, uid: &str, id: Option<i64>) -> Opti
         tracing::warn!(owner_uid = uid, error = %e, "sweeper cannot close the books of an orphan; its server stays until it can");
         return None;
     }
-    Some(ctx.hetzner.delete_server(id).await.map(|_| ctx.fleet.forget_server(uid)))
+    Some(ctx.clients.hetzner.delete_server(id).await.map(|_| ctx.shared.fleet.forget_server(uid)))
 }
 
 /// Removes an orphan's tunnel. Tunnels carry no labels: ours are the ones whose secret we still
 /// hold (an orphaned Agent's secret is forgotten, so its tunnel is left alone); `None`: not ours
 /// or its secret unreadable this sweep.
 async fn remove_orphan_tunnel(ctx: &Context, uid: &str, id: Option<&String>) -> Option<Result<(), CloudError>> {
-    match seal::get_credential(&ctx.db, &ctx.sealing, &secret_id(uid)).await {
+    match seal::get_credential(&ctx.clients.db, &ctx.clients.sealing, &secret_id(uid)).await {
         Ok(Some(_)) => Some(match id {
-            Some(id) => ctx.cloudflare.delete_tunnel(id).await.map(|_| {
-                ctx.fleet.forget_tunnel(&tunnel_name(ctx.config.installation(), uid));
+            Some(id) => ctx.clients.cloudflare.delete_tunnel(id).await.map(|_| {
+                ctx.shared.fleet.forget_tunnel(&tunnel_name(ctx.config.installation(), uid));
             }),
             None => Ok(()),
         }),
@@ -273,7 +273,7 @@ fn owner_of(uid: &str, server: &ServerSummary) -> Option<Owner> {
 /// did close its books, finds the timeline closed and the one destroy event recorded.
 async fn close_books(ctx: &Context, uid: &str, server: &ServerSummary) -> Result<(), ReconcileError> {
     let Some(owner) = owner_of(uid, server) else { return Ok(()) };
-    let rows = usage::transitions_for_resource(&ctx.db, uid).await?;
+    let rows = usage::transitions_for_resource(&ctx.clients.db, uid).await?;
     // The owner the object was billed to last: an Agent's transfer trail is ahead of its rows.
     let transferred =
         if owner.kind == "Agent" { crate::controllers::agent::act::last_transfer_to(ctx, uid).await? } else { None };
@@ -307,7 +307,7 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
         if *stop.borrow() {
             return;
         }
-        if ctx.fleet.servers_known() && ctx.fleet.tunnels_known() && ctx.fleet.dns_known() {
+        if ctx.shared.fleet.servers_known() && ctx.shared.fleet.tunnels_known() && ctx.shared.fleet.dns_known() {
             sweep(&ctx, &mut suspects).await;
         }
         let pause = ctx.config.resync.min(ctx.config.sweeper_grace.max(Duration::from_millis(200)));

@@ -51,7 +51,7 @@ impl PlainVmPass {
                 ctx.event(vm, recreated, reason, "CreateFirewall", msg).await;
             }
             Step::SetRules => {
-                let Some(fw) = ctx.fleet.firewall(&owner.uid) else { return Ok(()) };
+                let Some(fw) = ctx.shared.fleet.firewall(&owner.uid) else { return Ok(()) };
                 // The spec was seen already at this generation: the rules changed outside.
                 let outside = status.observed_generation == vm.metadata.generation && status.firewall.is_some();
                 firewall::set_rules(ctx, owner, &fw, inbound).await?;
@@ -67,7 +67,7 @@ impl PlainVmPass {
                 ctx.event(vm, outside, reason, "SetFirewallRules", msg).await;
             }
             Step::CreateServer => {
-                let Some(fw) = ctx.fleet.firewall(&owner.uid) else { return Ok(()) };
+                let Some(fw) = ctx.shared.fleet.firewall(&owner.uid) else { return Ok(()) };
                 let user_data = crate::controllers::server::cloud_init::plainvm_user_data(&vm.spec.ssh_keys)
                     .map_err(|e| ReconcileError::UserData(e.to_string()))?;
                 let intent = intent(&vm.spec);
@@ -80,7 +80,7 @@ impl PlainVmPass {
                 ctx.event(vm, warning, reason, "CreateServer", format!("{note} Behind firewall {}.", fw.id)).await;
             }
             Step::AttachFirewall => {
-                let (Some(server), Some(fw)) = (ctx.fleet.server(&owner.uid), ctx.fleet.firewall(&owner.uid)) else {
+                let (Some(server), Some(fw)) = (ctx.shared.fleet.server(&owner.uid), ctx.shared.fleet.firewall(&owner.uid)) else {
                     return Ok(());
                 };
                 firewall::attach(ctx, owner, &fw, server.id).await?;
@@ -91,7 +91,7 @@ impl PlainVmPass {
                 ctx.event(vm, true, "FirewallReattached", "AttachFirewall", msg).await;
             }
             Step::Power(power) => {
-                let Some(server) = ctx.fleet.server(&owner.uid) else { return Ok(()) };
+                let Some(server) = ctx.shared.fleet.server(&owner.uid) else { return Ok(()) };
                 let observed = server.status.clone();
                 let subject = server::PowerSubject { server, observed, billed_owner: Some(vm.spec.owner.clone()) };
                 server::power_step(ctx, vm, owner, &intent(&vm.spec), subject, *power).await?
@@ -106,7 +106,7 @@ impl Pass for PlainVmPass {
     type Step = Step;
 
     fn lists_known(&self, ctx: &Context) -> bool {
-        ctx.fleet.servers_known() && ctx.fleet.firewalls_known()
+        ctx.shared.fleet.servers_known() && ctx.shared.fleet.firewalls_known()
     }
 
     fn plan(&self, ctx: &Context, _status: &PlainVMStatus) -> Plan {
@@ -130,7 +130,7 @@ impl Pass for PlainVmPass {
     }
 
     fn power_status(&self, ctx: &Context) -> Option<String> {
-        ctx.fleet.server(&self.target.owner.uid).map(|s| s.status)
+        ctx.shared.fleet.server(&self.target.owner.uid).map(|s| s.status)
     }
 
     fn stall(&self, step: &Step, error: &ReconcileError) -> Option<Stall> {
@@ -149,7 +149,7 @@ impl ManagedObject for PlainVM {
     lifecycle::managed_kind!(PlainVMStatus, KIND);
 
     async fn apply(vm: Arc<PlainVM>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-        ctx.fleet.want_firewalls();
+        ctx.shared.fleet.want_firewalls();
         lifecycle::apply(&PlainVmPass { target: Target::of(vm)? }, &ctx).await
     }
 
@@ -157,17 +157,17 @@ impl ManagedObject for PlainVM {
     /// commits the destroy event; the finalizer goes only after that commit.
     async fn cleanup(vm: Arc<PlainVM>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
         let ctx = ctx.as_ref();
-        ctx.fleet.want_firewalls();
+        ctx.shared.fleet.want_firewalls();
         let owner = Owner::of(vm.as_ref(), KIND)?;
         // Not `Ok(requeue)`: any `Ok` releases the finalizer, which would leak what the lists
         // have not shown yet.
-        if !(ctx.fleet.servers_known() && ctx.fleet.firewalls_known()) {
+        if !(ctx.shared.fleet.servers_known() && ctx.shared.fleet.firewalls_known()) {
             return Err(ReconcileError::NotReady("the first complete lists of servers and firewalls"));
         }
         let status = vm.status.clone().unwrap_or_default();
         let policy = vm.spec.deletion_policy;
-        let server = ctx.fleet.server(&owner.uid);
-        let fw = ctx.fleet.firewall(&owner.uid);
+        let server = ctx.shared.fleet.server(&owner.uid);
+        let fw = ctx.shared.fleet.firewall(&owner.uid);
         let server_id = server.as_ref().map(|s| s.id).or(status.server.as_ref().and_then(|s| s.id));
         let firewall_id = fw.as_ref().map(|f| f.id).or(status.firewall.as_ref().and_then(|f| f.id));
         let intent = intent(&vm.spec);

@@ -159,12 +159,12 @@ pub async fn create_firewall(
     spec: &[FirewallRule],
 ) -> Result<(Firewall, bool), ReconcileError> {
     let created = ctx
-        .hetzner
+        .clients.hetzner
         .create_firewall(&firewall_name(&owner.uid), labels, &request_rules(spec), &[])
         .await
         .map_err(ReconcileError::Hetzner)?;
-    ctx.fleet.record_firewall(&owner.uid, created.firewall.clone());
-    ctx.metrics.count_step(owner.kind, "create_firewall");
+    ctx.shared.fleet.record_firewall(&owner.uid, created.firewall.clone());
+    ctx.telemetry.metrics.count_step(owner.kind, "create_firewall");
     Ok((created.firewall, created.adopted))
 }
 
@@ -173,7 +173,7 @@ pub async fn create_firewall(
 /// (or adopts it by name, should the 404 have been about something else).
 fn gone_if_not_found(ctx: &Context, owner: &Owner, error: CloudError) -> ReconcileError {
     if matches!(error, CloudError::NotFound(_)) {
-        ctx.fleet.forget_firewall(&owner.uid);
+        ctx.shared.fleet.forget_firewall(&owner.uid);
     }
     ReconcileError::Hetzner(error)
 }
@@ -186,30 +186,30 @@ pub async fn set_rules(
     spec: &[FirewallRule],
 ) -> Result<(), ReconcileError> {
     let rules = request_rules(spec);
-    ctx.hetzner.set_firewall_rules(firewall.id, &rules).await.map_err(|e| gone_if_not_found(ctx, owner, e))?;
+    ctx.clients.hetzner.set_firewall_rules(firewall.id, &rules).await.map_err(|e| gone_if_not_found(ctx, owner, e))?;
     let mut seen = firewall.clone();
     seen.rules = in_force(&rules);
-    ctx.fleet.record_firewall(&owner.uid, seen);
-    ctx.metrics.count_step(owner.kind, "set_firewall_rules");
+    ctx.shared.fleet.record_firewall(&owner.uid, seen);
+    ctx.telemetry.metrics.count_step(owner.kind, "set_firewall_rules");
     Ok(())
 }
 
 /// Applies the firewall to the server again (detached in the console).
 pub async fn attach(ctx: &Context, owner: &Owner, firewall: &Firewall, server_id: i64) -> Result<(), ReconcileError> {
-    ctx.hetzner.apply_firewall(firewall.id, server_id).await.map_err(|e| gone_if_not_found(ctx, owner, e))?;
+    ctx.clients.hetzner.apply_firewall(firewall.id, server_id).await.map_err(|e| gone_if_not_found(ctx, owner, e))?;
     let mut seen = firewall.clone();
     let mut target = models::FirewallResourceId::new(models::firewall_resource_id::Type::Server);
     target.server = Some(Box::new(models::ResourceId::new(server_id)));
     seen.applied_to.push(target);
-    ctx.fleet.record_firewall(&owner.uid, seen);
-    if let Some(mut server) = ctx.fleet.server(&owner.uid) {
+    ctx.shared.fleet.record_firewall(&owner.uid, seen);
+    if let Some(mut server) = ctx.shared.fleet.server(&owner.uid) {
         server
             .public_net
             .firewalls
             .push(crate::cloud::hetzner::FirewallAttachment { id: firewall.id, status: Some("pending".into()) });
-        ctx.fleet.record_server(&owner.uid, server);
+        ctx.shared.fleet.record_server(&owner.uid, server);
     }
-    ctx.metrics.count_step(owner.kind, "attach_firewall");
+    ctx.telemetry.metrics.count_step(owner.kind, "attach_firewall");
     Ok(())
 }
 
@@ -217,9 +217,9 @@ pub async fn attach(ctx: &Context, owner: &Owner, firewall: &Firewall, server_id
 /// shows as applied (the server's delete is under way) is an error, so the finalizer stays
 /// and the delete is retried: the firewall is never orphaned.
 pub async fn delete(ctx: &Context, owner: &Owner, id: i64) -> Result<(), ReconcileError> {
-    ctx.hetzner.delete_firewall(id).await.map_err(ReconcileError::Hetzner)?;
-    ctx.fleet.forget_firewall(&owner.uid);
-    ctx.metrics.count_step(owner.kind, "delete_firewall");
+    ctx.clients.hetzner.delete_firewall(id).await.map_err(ReconcileError::Hetzner)?;
+    ctx.shared.fleet.forget_firewall(&owner.uid);
+    ctx.telemetry.metrics.count_step(owner.kind, "delete_firewall");
     Ok(())
 }
 
@@ -235,17 +235,17 @@ pub async fn unmark(
 ) -> Result<(), ReconcileError> {
     let found = match (seen, recorded) {
         (Some(firewall), _) => Some(firewall.clone()),
-        (None, Some(id)) => ctx.hetzner.get_firewall(id).await.map_err(ReconcileError::Hetzner)?,
+        (None, Some(id)) => ctx.clients.hetzner.get_firewall(id).await.map_err(ReconcileError::Hetzner)?,
         (None, None) => None,
     };
     let found = found.map(|f| (f.id, f.labels.unwrap_or_default().into_iter().collect::<BTreeMap<_, _>>()));
     if let Some((id, labels)) = found.filter(|(_, labels)| marked_for(labels, &owner.uid)) {
-        match ctx.hetzner.set_firewall_labels(id, &without_our_labels(&labels)).await {
+        match ctx.clients.hetzner.set_firewall_labels(id, &without_our_labels(&labels)).await {
             Ok(()) | Err(CloudError::NotFound(_)) => {}
             Err(e) => return Err(ReconcileError::Hetzner(e)),
         }
     }
-    ctx.fleet.forget_firewall(&owner.uid);
+    ctx.shared.fleet.forget_firewall(&owner.uid);
     Ok(())
 }
 

@@ -6,9 +6,9 @@ use crate::controllers::server::Owner;
 
 pub(super) fn observe(ctx: &Context, owner: &Owner) -> Observed {
     Observed {
-        lists_known: ctx.fleet.servers_known() && ctx.fleet.firewalls_known(),
-        firewall: ctx.fleet.firewall(&owner.uid),
-        server: ctx.fleet.server(&owner.uid),
+        lists_known: ctx.shared.fleet.servers_known() && ctx.shared.fleet.firewalls_known(),
+        firewall: ctx.shared.fleet.firewall(&owner.uid),
+        server: ctx.shared.fleet.server(&owner.uid),
         shutdown_sent: ctx.power.shutdown_sent_at(&owner.uid),
     }
 }

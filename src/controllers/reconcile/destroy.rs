@@ -41,14 +41,14 @@ pub async fn record_destroy(ctx: &Context, owner: &Owner, destroyed: Destroyed) 
         occurred_at: Utc::now(),
     };
     // The last usage row and the destroy event commit together, the row first.
-    let mut tx = ctx.db.begin().await.during("starting the destroy transaction")?;
+    let mut tx = ctx.clients.db.begin().await.during("starting the destroy transaction")?;
     if let Some(row) = &closing {
         usage::record(&mut *tx, row).await?;
     }
     let appended = audit::append(&mut *tx, &event).await?;
     tx.commit().await.during("committing the destroy event")?;
     ctx.audit_committed(&appended);
-    ctx.metrics.count_step(owner.kind, "destroyed");
+    ctx.telemetry.metrics.count_step(owner.kind, "destroyed");
     tracing::info!(event = destroyed.kind.as_str(), "destroyed; audit event committed");
     Ok(())
 }
@@ -58,7 +58,7 @@ pub async fn record_destroy(ctx: &Context, owner: &Owner, destroyed: Destroyed) 
 /// only after this returns `Ok`.
 pub async fn commit_destroy(ctx: &Context, owner: &Owner, destroyed: Destroyed) -> Result<Action, ReconcileError> {
     record_destroy(ctx, owner, destroyed).await?;
-    ctx.fleet.done_waiting(&owner.uid);
+    ctx.shared.fleet.done_waiting(&owner.uid);
     ctx.power.forget(&owner.uid);
     ctx.failures.succeeded(&owner.uid);
     Ok(Action::await_change())

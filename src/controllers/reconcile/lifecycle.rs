@@ -187,22 +187,22 @@ pub trait Pass: Sync {
 pub fn next_action(stalled: Option<&'static str>, wait: Wait, ctx: &Context, uid: &str) -> Action {
     match (stalled, wait) {
         (Some(reason), _) => {
-            ctx.fleet.done_waiting(uid);
+            ctx.shared.fleet.done_waiting(uid);
             // A quota or a sold-out type clears by itself: look again each resync (a periodic
             // retry, never a tight loop). A bad spec does not: wait for the spec to change.
             if SELF_CLEARING.contains(&reason) { Action::requeue(ctx.config.resync) } else { Action::await_change() }
         }
         (None, Wait::Nothing) => {
-            ctx.fleet.done_waiting(uid);
+            ctx.shared.fleet.done_waiting(uid);
             Action::requeue(ctx.config.resync)
         }
         (None, Wait::Lists) => Action::requeue(ctx.config.fast_poll),
         (None, Wait::Tunnel) => {
-            ctx.fleet.wait_for_tunnel(uid);
+            ctx.shared.fleet.wait_for_tunnel(uid);
             Action::requeue(ctx.config.fast_poll)
         }
         (None, Wait::Server) => {
-            ctx.fleet.wait_for_servers(uid);
+            ctx.shared.fleet.wait_for_servers(uid);
             Action::requeue(ctx.config.fast_poll)
         }
     }
@@ -291,7 +291,7 @@ async fn record_usage<P: Pass>(
     // not bill the spec's owner: it may be a new one whose transfer is not recorded yet.
     let Some(billed) = pass.billed_owner(status) else { return Ok(()) };
     // A failed write ends the pass (the memo with it): the next pass reads the tail again.
-    let server = ctx.fleet.server(&owner.uid);
+    let server = ctx.shared.fleet.server(&owner.uid);
     server::record_transition(ctx, owner, (&object.intent(), server.as_ref()), &billed, row).await?;
     *tail = Some((row.0, Some(row.1)));
     tracing::info!(transition = row.1.as_str(), "usage timeline");
@@ -309,9 +309,9 @@ pub async fn write_status<K: ManagedObject>(
         return Ok(());
     }
     let Some(patch) = status_merge_patch(old, new) else { return Ok(()) };
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
+    let api: Api<K> = Api::namespaced(ctx.clients.kube.clone(), &object.namespace().unwrap_or_default());
     api.patch_status(&object.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    ctx.metrics.count_status_write(K::KIND);
+    ctx.telemetry.metrics.count_status_write(K::KIND);
     Ok(())
 }
 
@@ -336,12 +336,12 @@ pub async fn reconcile<K: ManagedObject>(object: Arc<K>, ctx: Arc<Context>) -> R
         object_name = %object.name_any()
     );
     async move {
-        ctx.observer.started(object.as_ref());
+        ctx.shared.observer.started(object.as_ref());
         if object.annotations().get(PAUSE_ANNOTATION).map(String::as_str) == Some("true") {
             return pause(object.as_ref(), &ctx).await;
         }
         let started = std::time::Instant::now();
-        let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
+        let api: Api<K> = Api::namespaced(ctx.clients.kube.clone(), &object.namespace().unwrap_or_default());
         let result = finalizer(&api, FINALIZER, object, |event| async {
             let result = match event {
                 Finalizer::Apply(o) => K::apply(o, Arc::clone(&ctx)).await,
@@ -350,7 +350,7 @@ pub async fn reconcile<K: ManagedObject>(object: Arc<K>, ctx: Arc<Context>) -> R
             done_if_destroyed(result)
         })
         .await;
-        ctx.metrics.count_reconcile(K::KIND, if result.is_ok() { "ok" } else { "error" }, started.elapsed());
+        ctx.telemetry.metrics.count_reconcile(K::KIND, if result.is_ok() { "ok" } else { "error" }, started.elapsed());
         log_reconcile(K::KIND, result.is_ok(), started);
         result.map_err(|e| match e {
             kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,

@@ -85,7 +85,7 @@ pub fn with_installation(labels: &BTreeMap<String, String>, installation: &str) 
 fn outcome(ctx: &Context, what: &str, id: &str, result: Result<(), CloudError>) -> bool {
     match result {
         Ok(()) => {
-            ctx.metrics.count_step("Installation", &format!("remark_{what}"));
+            ctx.telemetry.metrics.count_step("Installation", &format!("remark_{what}"));
             tracing::info!(
                 resource = what,
                 id,
@@ -118,18 +118,18 @@ pub async fn remark(ctx: &Context) -> Result<(), LegacyError> {
     let mut failed = 0usize;
 
     let servers = ctx
-        .hetzner
+        .clients.hetzner
         .list_server_summaries(Some(&legacy_fleet_selector(&ctx.config)))
         .await
         .map_err(cloud("list servers with old marks"))?;
     for server in servers.iter().filter(|s| is_ours(s.labels.get(UID_LABEL).map(String::as_str))) {
         let labels = with_installation(&server.labels, installation);
-        let result = ctx.hetzner.set_server_labels(server.id, &labels).await.map(|_| ());
+        let result = ctx.clients.hetzner.set_server_labels(server.id, &labels).await.map(|_| ());
         failed += usize::from(!outcome(ctx, "server", &server.id.to_string(), result));
     }
 
     let firewalls = ctx
-        .hetzner
+        .clients.hetzner
         .list_firewalls(Some(&legacy_per_object_firewall_selector(&ctx.config)))
         .await
         .map_err(cloud("list firewalls with old marks"))?;
@@ -138,28 +138,28 @@ pub async fn remark(ctx: &Context) -> Result<(), LegacyError> {
         if !is_ours(labels.get(UID_LABEL).map(String::as_str)) {
             continue;
         }
-        let result = ctx.hetzner.set_firewall_labels(firewall.id, &with_installation(&labels, installation)).await;
+        let result = ctx.clients.hetzner.set_firewall_labels(firewall.id, &with_installation(&labels, installation)).await;
         failed += usize::from(!outcome(ctx, "firewall", &firewall.id.to_string(), result));
     }
 
     // Tunnels carry no labels: the name is the mark. Renamed, a tunnel keeps its id, secret and
     // connector, so the Agent's server stays connected.
-    let tunnels = ctx.cloudflare.list_tunnels(Some(TUNNEL_PREFIX)).await.map_err(cloud("list tunnels"))?;
+    let tunnels = ctx.clients.cloudflare.list_tunnels(Some(TUNNEL_PREFIX)).await.map_err(cloud("list tunnels"))?;
     for tunnel in tunnels.iter().filter(|t| t.deleted_at.is_none()) {
         let Some(uid) = legacy_uid_from_tunnel_name(&tunnel.name).filter(|u| ours.contains(*u)) else { continue };
-        let result = ctx.cloudflare.rename_tunnel(&tunnel.id, &tunnel_name(installation, uid)).await.map(|_| ());
+        let result = ctx.clients.cloudflare.rename_tunnel(&tunnel.id, &tunnel_name(installation, uid)).await.map(|_| ());
         failed += usize::from(!outcome(ctx, "tunnel", &tunnel.id, result));
     }
 
     let records =
-        ctx.cloudflare.list_dns_records_by_comment_prefix(DNS_MARK_PREFIX).await.map_err(cloud("list DNS records"))?;
+        ctx.clients.cloudflare.list_dns_records_by_comment_prefix(DNS_MARK_PREFIX).await.map_err(cloud("list DNS records"))?;
     for record in &records {
         let Some(uid) = record.comment.as_deref().and_then(legacy_uid_from_dns_comment).filter(|u| ours.contains(*u))
         else {
             continue;
         };
         let mark = dns_mark(installation, uid);
-        let result = ctx.cloudflare.set_dns_record_comment(&record.id, Some(&mark)).await.map(|_| ());
+        let result = ctx.clients.cloudflare.set_dns_record_comment(&record.id, Some(&mark)).await.map(|_| ());
         failed += usize::from(!outcome(ctx, "dns", &record.id, result));
     }
 

@@ -69,16 +69,16 @@ pub async fn apply_power(
 ) -> Result<(), ReconcileError> {
     let (result, under_way) = match step {
         PowerStep::Hold => return Ok(()),
-        PowerStep::PowerOn => (ctx.hetzner.power_on(server.id).await, "starting"),
+        PowerStep::PowerOn => (ctx.clients.hetzner.power_on(server.id).await, "starting"),
         PowerStep::Shutdown => {
-            let r = ctx.hetzner.shutdown(server.id).await;
+            let r = ctx.clients.hetzner.shutdown(server.id).await;
             if r.is_ok() {
                 ctx.power.shutdown_sent(&owner.uid, Instant::now());
             }
             // ACPI leaves the status `running` until the guest is down.
             (r, "running")
         }
-        PowerStep::PowerOff => (ctx.hetzner.power_off(server.id).await, "stopping"),
+        PowerStep::PowerOff => (ctx.clients.hetzner.power_off(server.id).await, "stopping"),
     };
     let mut seen = server.clone();
     if let Err(e) = result {
@@ -86,15 +86,15 @@ pub async fn apply_power(
         // again, nothing may be decided (or billed) from the state it was in before.
         if !matches!(e, CloudError::Permanent(_) | CloudError::NotFound(_)) {
             seen.status = UNKNOWN_STATUS.to_owned();
-            ctx.fleet.record_server(&owner.uid, seen);
-            ctx.fleet.wait_for_servers(&owner.uid);
+            ctx.shared.fleet.record_server(&owner.uid, seen);
+            ctx.shared.fleet.wait_for_servers(&owner.uid);
         }
         return Err(ReconcileError::Hetzner(e));
     }
     seen.status = under_way.to_owned();
-    ctx.fleet.record_server(&owner.uid, seen);
-    ctx.fleet.wait_for_servers(&owner.uid);
-    ctx.metrics.count_step(owner.kind, step_name(step));
+    ctx.shared.fleet.record_server(&owner.uid, seen);
+    ctx.shared.fleet.wait_for_servers(&owner.uid);
+    ctx.telemetry.metrics.count_step(owner.kind, step_name(step));
     Ok(())
 }
 

@@ -38,7 +38,7 @@ pub async fn settle_before_removal<K: Resource>(
         .and_then(|t| Duration::try_from(k8s_openapi::jiff::Timestamp::now().duration_since(t.0)).ok())
         .unwrap_or_default();
     if removal_waits(observed_status.as_deref(), asked_for, ctx.config.removal_settle_timeout) {
-        ctx.fleet.wait_for_servers(&owner.uid);
+        ctx.shared.fleet.wait_for_servers(&owner.uid);
         return Err(ReconcileError::NotReady("the server to settle in a power state before it is removed"));
     }
     if let Some(observed) = observed_status
@@ -53,7 +53,7 @@ pub async fn settle_before_removal<K: Resource>(
 /// next pass sees it without a list. The server id reaches status right after this returns,
 /// before its create action finishes.
 pub async fn create_server(ctx: &Context, owner: &Owner, spec: &ServerSpec) -> Result<ServerSummary, ReconcileError> {
-    let created = ctx.hetzner.create_server(spec).await.map_err(|e| match e {
+    let created = ctx.clients.hetzner.create_server(spec).await.map_err(|e| match e {
         // The client adopts a server of that name carrying our marks; one without them is
         // someone else's, and retrying cannot help until it is renamed or removed.
         CloudError::Conflict(ref d) if d.code == "uniqueness_error" => {
@@ -62,22 +62,22 @@ pub async fn create_server(ctx: &Context, owner: &Owner, spec: &ServerSpec) -> R
         e => ReconcileError::Hetzner(e),
     })?;
     let summary = ServerSummary::from_model(&created.server).ok_or(ReconcileError::Decode("server"))?;
-    ctx.fleet.record_server(&owner.uid, summary.clone());
+    ctx.shared.fleet.record_server(&owner.uid, summary.clone());
     if created.adopted {
         tracing::info!(server = summary.id, "adopted the server an earlier attempt created");
     } else {
         tracing::info!(server = summary.id, "server created");
     }
-    ctx.metrics.count_step(owner.kind, "create_server");
+    ctx.telemetry.metrics.count_step(owner.kind, "create_server");
     Ok(summary)
 }
 
 /// Deletes the server (gone already counts as done) and forgets it in the fleet view.
 pub async fn delete_server(ctx: &Context, owner: &Owner, id: i64) -> Result<bool, ReconcileError> {
-    let existed = ctx.hetzner.delete_server(id).await.map_err(ReconcileError::Hetzner)?.is_some();
-    ctx.fleet.forget_server(&owner.uid);
+    let existed = ctx.clients.hetzner.delete_server(id).await.map_err(ReconcileError::Hetzner)?.is_some();
+    ctx.shared.fleet.forget_server(&owner.uid);
     ctx.power.forget(&owner.uid);
-    ctx.metrics.count_step(owner.kind, "delete_server");
+    ctx.telemetry.metrics.count_step(owner.kind, "delete_server");
     Ok(existed)
 }
 
@@ -94,7 +94,7 @@ pub async fn unmark_server(
     let found = match (seen, recorded) {
         (Some(server), _) => Some((server.id, server.labels.clone())),
         (None, Some(id)) => ctx
-            .hetzner
+            .clients.hetzner
             .get_server(id)
             .await
             .map_err(ReconcileError::Hetzner)?
@@ -102,12 +102,12 @@ pub async fn unmark_server(
         (None, None) => None,
     };
     if let Some((id, labels)) = found.filter(|(_, labels)| marked_for(labels, &owner.uid)) {
-        match ctx.hetzner.set_server_labels(id, &without_our_labels(&labels)).await {
+        match ctx.clients.hetzner.set_server_labels(id, &without_our_labels(&labels)).await {
             Ok(_) | Err(CloudError::NotFound(_)) => {}
             Err(e) => return Err(ReconcileError::Hetzner(e)),
         }
     }
-    ctx.fleet.forget_server(&owner.uid);
+    ctx.shared.fleet.forget_server(&owner.uid);
     ctx.power.forget(&owner.uid);
     Ok(())
 }

@@ -33,7 +33,7 @@ pub type TimelineTail = (usize, Option<Transition>);
 
 /// The recorded transitions of an object: how many, and the last.
 pub async fn timeline_tail(ctx: &Context, uid: &str) -> Result<TimelineTail, ReconcileError> {
-    let rows = usage::transitions_for_resource(&ctx.db, uid).await?;
+    let rows = usage::transitions_for_resource(&ctx.clients.db, uid).await?;
     let last = rows.last().map(|r| if r.transition == "start" { Transition::Start } else { Transition::Stop });
     Ok((rows.len(), last))
 }
@@ -75,7 +75,7 @@ pub async fn record_transition(
         transition,
         occurred_at: Utc::now(),
     };
-    usage::record(&ctx.db, &row).await?;
+    usage::record(&ctx.clients.db, &row).await?;
     Ok(())
 }
 
@@ -89,7 +89,7 @@ pub async fn closing_transition(
     owner: &Owner,
     billed_owner: Option<&str>,
 ) -> Result<Option<UsageTransition>, ReconcileError> {
-    let rows = usage::transitions_for_resource(&ctx.db, &owner.uid).await?;
+    let rows = usage::transitions_for_resource(&ctx.clients.db, &owner.uid).await?;
     Ok(rows.last().filter(|last| last.transition == Transition::Start.as_str()).map(|start| UsageTransition {
         transition_key: transition_key(&owner.uid, rows.len() + 1, Transition::Stop),
         resource: owner.resource_ref(),

@@ -32,7 +32,7 @@ pub(super) async fn write_secret(
     held: &SecretKey,
 ) -> Result<Option<String>, ReconcileError> {
     let ns = vk.namespace().unwrap_or_default();
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let api: Api<Secret> = Api::namespaced(ctx.clients.kube.clone(), &ns);
     let owner = vk.controller_owner_ref(&()).ok_or(ReconcileError::NotStored("uid"))?;
     let mut secret = existing.cloned().unwrap_or_default();
     if let Some(from) = copy_of {
@@ -78,7 +78,7 @@ pub(super) async fn delete_moved_from(
     if !ours {
         return Ok(());
     }
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &vk.namespace().unwrap_or_default());
+    let api: Api<Secret> = Api::namespaced(ctx.clients.kube.clone(), &vk.namespace().unwrap_or_default());
     let params = DeleteParams {
         preconditions: Some(Preconditions { uid: previous.metadata.uid.clone(), resource_version: None }),
         ..DeleteParams::default()
@@ -116,7 +116,7 @@ pub(super) async fn record_key(
     };
     let now = Utc::now();
     let mut tx = ctx
-        .db
+        .clients.db
         .begin()
         .await
         .map_err(|e| crate::store::StoreError::Query { what: "starting a key transaction", source: e })?;
@@ -153,7 +153,7 @@ pub(super) async fn record_key(
     let appended = audit::append(&mut *tx, &event).await?;
     tx.commit().await.map_err(|e| crate::store::StoreError::Query { what: "committing a key", source: e })?;
     ctx.audit_committed(&appended);
-    ctx.metrics.count_step(KIND, if live.is_some() { "rotate" } else { "issue" });
+    ctx.telemetry.metrics.count_step(KIND, if live.is_some() { "rotate" } else { "issue" });
     let verb = if live.is_some() { "Rotated" } else { "Issued" };
     ctx.event(
         vk,
@@ -163,7 +163,7 @@ pub(super) async fn record_key(
         format!("Key {} issued (prefix {}) into Secret {secret}", held.key_id, new.prefix),
     )
     .await;
-    keys::live_for_resource(&ctx.db, uid).await?.ok_or(ReconcileError::Decode("the key row just recorded"))
+    keys::live_for_resource(&ctx.clients.db, uid).await?.ok_or(ReconcileError::Decode("the key row just recorded"))
 }
 
 /// Where the key is after the key half of a reconcile.
@@ -193,7 +193,7 @@ pub(super) async fn ensure_key(
     mut live: Option<VirtualKeyRecord>,
     t: &KeyTerms,
 ) -> Result<Located, ReconcileError> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &vk.namespace().unwrap_or_default());
+    let secrets: Api<Secret> = Api::namespaced(ctx.clients.kube.clone(), &vk.namespace().unwrap_or_default());
     let previous_name = vk.status.as_ref().and_then(|s| s.secret_name.clone()).filter(|p| p != name);
     let mut target = secrets.get_opt(name).await?;
     let mut previous = match &previous_name {
@@ -227,7 +227,7 @@ pub(super) async fn ensure_key(
         KeyPlan::Move => {
             let moved = moving.ok_or(ReconcileError::Decode("a key in the previous Secret"))?;
             version = write_secret(ctx, vk, &name, target.as_ref(), previous.as_ref(), &moved).await?;
-            ctx.metrics.count_step(KIND, "move");
+            ctx.telemetry.metrics.count_step(KIND, "move");
             let from = previous_name.as_deref().unwrap_or_default();
             ctx.event(
                 vk,

@@ -37,7 +37,7 @@ pub(super) async fn apply(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, 
     let name = secret_name(&vk);
 
     // Observe: the live row, and the Secret only if it changed since its key was checked.
-    let live = keys::live_for_resource(&ctx.db, &uid).await?;
+    let live = keys::live_for_resource(&ctx.clients.db, &uid).await?;
     let settled =
         live.as_ref().is_some_and(|l| rt.secrets.unchanged(&uid, &name, &l.key_id, vk.spec.rotation_token.as_deref()));
     let Located { mut record, secret_name: name, refused } = match live {
@@ -58,7 +58,7 @@ pub(super) async fn apply(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, 
     let view = match rt.spend(&uid).filter(|v| v.period == this_period && v.key_sha256 == hash_hex) {
         Some(v) => v,
         None => {
-            keys::claim(&ctx.db, &record.key_id, &spend_refresh::scope(ctx)).await?;
+            keys::claim(&ctx.clients.db, &record.key_id, &spend_refresh::scope(ctx)).await?;
             let key = keys::LiveKey {
                 key_id: record.key_id.clone(),
                 resource_uid: uid.clone(),
@@ -79,7 +79,7 @@ pub(super) async fn apply(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, 
 
     // Keys rotated away with a grace period: the same terms and block as the live key until it
     // is over, then removed from Redis.
-    let retiring = keys::retiring(&ctx.db, &uid).await?;
+    let retiring = keys::retiring(&ctx.clients.db, &uid).await?;
     follow_terms_in_grace(ctx, rt, &uid, &t, block, &retiring, now).await?;
     let next_retirement = retire_past_grace(ctx, rt, &vk, retiring, now).await?;
 
@@ -119,7 +119,7 @@ async fn follow_spec_terms(
     record: &VirtualKeyRecord,
     t: &KeyTerms,
 ) -> Result<VirtualKeyRecord, ReconcileError> {
-    let mut tx = ctx.db.begin().await.during("starting a terms update")?;
+    let mut tx = ctx.clients.db.begin().await.during("starting a terms update")?;
     keys::update_terms(&mut *tx, &record.key_id, t).await?;
     let transfer = (record.owner != t.owner).then(|| record.owner.clone());
     let mut appended = None;
@@ -148,7 +148,7 @@ async fn follow_spec_terms(
     if let Some(from) = transfer {
         ctx.event(vk, false, "Transferred", "Transfer", format!("Owner changed from {from} to {}", t.owner)).await;
     }
-    keys::live_for_resource(&ctx.db, uid).await?.ok_or(ReconcileError::Decode("the live key"))
+    keys::live_for_resource(&ctx.clients.db, uid).await?.ok_or(ReconcileError::Decode("the live key"))
 }
 
 /// Publishes the key's auth entry (Redis lacks it or holds another one: a flush heals here),
@@ -164,7 +164,7 @@ async fn publish_entry(
 ) -> Result<(), ReconcileError> {
     let was_blocked = view.auth.as_deref().and_then(|a| serde_json::from_str::<AuthEntry>(a).ok()).map(|a| a.blocked);
     rt.cache.publish(hash_hex, &desired).await?;
-    ctx.metrics.count_step(KIND, "publish");
+    ctx.telemetry.metrics.count_step(KIND, "publish");
     rt.with(|m| {
         m.insert(uid.to_owned(), SpendView { auth: Some(desired.clone()), ..view.clone() });
     });
@@ -193,7 +193,7 @@ async fn retire_past_grace(
     for retiring in retiring {
         if retiring.revoked_at <= now {
             rt.cache.remove(&[hex::encode(&retiring.key_sha256)]).await?;
-            keys::mark_unpublished(&ctx.db, &retiring.key_id).await?;
+            keys::mark_unpublished(&ctx.clients.db, &retiring.key_id).await?;
             ctx.event(
                 vk,
                 false,
@@ -230,7 +230,7 @@ pub(super) async fn follow_terms_in_grace(
     let stale = entries_to_publish(desired, &held);
     if !stale.is_empty() {
         rt.cache.publish_many(&stale).await?;
-        ctx.metrics.count_step(KIND, "publish");
+        ctx.telemetry.metrics.count_step(KIND, "publish");
     }
     Ok(())
 }
@@ -266,9 +266,9 @@ pub(super) async fn write_status(
     new: &VirtualKeyStatus,
 ) -> Result<(), ReconcileError> {
     let Some(patch) = status_merge_patch(old, new) else { return Ok(()) };
-    let api: Api<VirtualKey> = Api::namespaced(ctx.client.clone(), &vk.namespace().unwrap_or_default());
+    let api: Api<VirtualKey> = Api::namespaced(ctx.clients.kube.clone(), &vk.namespace().unwrap_or_default());
     api.patch_status(&vk.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    ctx.metrics.count_status_write(KIND);
+    ctx.telemetry.metrics.count_status_write(KIND);
     Ok(())
 }
 
@@ -278,17 +278,17 @@ pub(super) async fn cleanup(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action
     let rt = ctx.key_runtime()?;
     let uid = vk.uid().ok_or(ReconcileError::NotStored("uid"))?;
     // Keys still in a rotation's grace period go with it.
-    for retiring in keys::retiring(&ctx.db, &uid).await? {
+    for retiring in keys::retiring(&ctx.clients.db, &uid).await? {
         rt.cache.remove(&[hex::encode(&retiring.key_sha256)]).await?;
-        keys::mark_unpublished(&ctx.db, &retiring.key_id).await?;
+        keys::mark_unpublished(&ctx.clients.db, &retiring.key_id).await?;
     }
-    let Some(live) = keys::live_for_resource(&ctx.db, &uid).await? else {
+    let Some(live) = keys::live_for_resource(&ctx.clients.db, &uid).await? else {
         return Ok(Action::await_change());
     };
     rt.cache.remove(&[hex::encode(&live.key_sha256)]).await?;
     let now = Utc::now();
     let mut tx =
-        ctx.db.begin().await.map_err(|e| crate::store::StoreError::Query { what: "starting a revoke", source: e })?;
+        ctx.clients.db.begin().await.map_err(|e| crate::store::StoreError::Query { what: "starting a revoke", source: e })?;
     keys::revoke(&mut *tx, &live.key_id, now).await?;
     keys::mark_unpublished(&mut *tx, &live.key_id).await?;
     let event = NewAuditEvent {
@@ -306,7 +306,7 @@ pub(super) async fn cleanup(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action
     ctx.audit_committed(&appended);
     rt.with(|m| m.remove(&uid));
     rt.secrets.forget(&uid);
-    ctx.metrics.count_step(KIND, "revoke");
+    ctx.telemetry.metrics.count_step(KIND, "revoke");
     ctx.event(&*vk, false, "Revoked", "Revoke", format!("Key {} revoked and removed from the proxy", live.key_id))
         .await;
     Ok(Action::await_change())

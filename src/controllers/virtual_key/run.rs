@@ -24,9 +24,9 @@ pub async fn reconcile(vk: Arc<VirtualKey>, ctx: Arc<Context>) -> Result<Action,
     // `object_name`, not `name`: JSON log lines give the span's own name under `name`.
     let span = tracing::info_span!("reconcile", kind = KIND, namespace = %vk.namespace().unwrap_or_default(), object_name = %vk.name_any());
     async move {
-        ctx.observer.started(vk.as_ref());
+        ctx.shared.observer.started(vk.as_ref());
         let started = std::time::Instant::now();
-        let api: Api<VirtualKey> = Api::namespaced(ctx.client.clone(), &vk.namespace().unwrap_or_default());
+        let api: Api<VirtualKey> = Api::namespaced(ctx.clients.kube.clone(), &vk.namespace().unwrap_or_default());
         let result = finalizer(&api, FINALIZER, vk, |event| async {
             match event {
                 Finalizer::Apply(vk) => apply(vk, &ctx).await,
@@ -34,7 +34,7 @@ pub async fn reconcile(vk: Arc<VirtualKey>, ctx: Arc<Context>) -> Result<Action,
             }
         })
         .await;
-        ctx.metrics.count_reconcile(KIND, if result.is_ok() { "ok" } else { "error" }, started.elapsed());
+        ctx.telemetry.metrics.count_reconcile(KIND, if result.is_ok() { "ok" } else { "error" }, started.elapsed());
         crate::controllers::reconcile::lifecycle::log_reconcile(KIND, result.is_ok(), started);
         result.map_err(|e| match e {
             kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
@@ -81,7 +81,7 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
         crate::controllers::watch::watcher_config(&ctx.config).any_semantic(),
     )
     .with_config(crate::controllers::watch::controller_config(&ctx.config));
-    ctx.observer.watch(KIND, controller.store(), phase_name);
+    ctx.shared.observer.watch(KIND, controller.store(), phase_name);
     let watching = Arc::clone(&ctx);
     let observe = move |event: &watcher::Event<kube::api::PartialObjectMeta<Secret>>| {
         if let Some(rt) = watching.virtual_keys.as_ref() {
@@ -125,7 +125,7 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
 /// (SecretVersions forgets all it saw): more GETs after a watch restart, never a stale answer.
 pub(super) fn secret_apis(ctx: &Context) -> Vec<Api<kube::api::PartialObjectMeta<Secret>>> {
     match &ctx.config.virtual_key_namespaces {
-        Some(list) => list.iter().map(|ns| Api::namespaced(ctx.client.clone(), ns)).collect(),
+        Some(list) => list.iter().map(|ns| Api::namespaced(ctx.clients.kube.clone(), ns)).collect(),
         None => vec![crate::controllers::watch::scoped_api(ctx)],
     }
 }

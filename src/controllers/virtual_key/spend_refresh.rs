@@ -59,18 +59,18 @@ pub fn scope(ctx: &Context) -> String {
 /// One pass over every live key of this instance's scope, then the revoked-entries sweep.
 pub async fn refresh_spend(ctx: &Context) -> Result<RefreshStats, ReconcileError> {
     let rt = ctx.key_runtime()?;
-    let live = keys::live_in_scope(&ctx.db, &scope(ctx)).await?;
+    let live = keys::live_in_scope(&ctx.clients.db, &scope(ctx)).await?;
     let mut stats = RefreshStats { keys: live.len(), ..RefreshStats::default() };
     let mut fresh: HashMap<String, SpendView> = HashMap::with_capacity(live.len());
     let result = refresh_keys(ctx, rt, &live, &mut stats, &mut fresh).await;
     if let Err(e) = result {
-        ctx.metrics.count_refresh_failure("pass");
+        ctx.telemetry.metrics.count_refresh_failure("pass");
         return Err(e);
     }
     rt.replace_snapshot(fresh);
     // Every key is judged on the new snapshot even if the sweep below fails.
     rt.refreshed();
-    sweep_revoked_entries(ctx, rt, &mut stats).await.inspect_err(|_| ctx.metrics.count_refresh_failure("sweep"))?;
+    sweep_revoked_entries(ctx, rt, &mut stats).await.inspect_err(|_| ctx.telemetry.metrics.count_refresh_failure("sweep"))?;
     Ok(stats)
 }
 
@@ -231,7 +231,7 @@ async fn copy_chunk(
     fresh: &mut HashMap<String, SpendView>,
 ) -> Result<(), ReconcileError> {
     let budgets: Vec<String> = ids.iter().map(|(_, b)| b.clone()).collect();
-    let copied = spend::monthly_totals(&ctx.db, &budgets, &days.month).await?;
+    let copied = spend::monthly_totals(&ctx.clients.db, &budgets, &days.month).await?;
     let copied_of = |budget: &str| copied.get(budget).copied().unwrap_or(0);
     let lost: Vec<String> =
         ids.iter().zip(&observed).filter(|((_, b), o)| lost(o, copied_of(b))).map(|((_, b), _)| b.clone()).collect();
@@ -268,7 +268,7 @@ async fn copy_chunk(
             stats.unreadable += 1;
             stats.skipped += o.skipped;
             for p in &o.problems {
-                ctx.metrics.count_refresh_failure(p.as_str());
+                ctx.telemetry.metrics.count_refresh_failure(p.as_str());
             }
         }
         fresh.insert(
@@ -284,8 +284,8 @@ async fn copy_chunk(
     }
     // Only after the restores ran: a copy of counters Redis does not hold yet would be
     // restored twice after the next loss.
-    stats.rows_upserted += spend::upsert_daily(&ctx.db, &rows).await?;
-    stats.rows_upserted += spend::upsert_monthly(&ctx.db, &months).await?;
+    stats.rows_upserted += spend::upsert_daily(&ctx.clients.db, &rows).await?;
+    stats.rows_upserted += spend::upsert_monthly(&ctx.clients.db, &months).await?;
     Ok(())
 }
 
@@ -317,7 +317,7 @@ async fn restore(
     if lost.is_empty() {
         return Ok(HashMap::new());
     }
-    let stored = spend::stored_months(&ctx.db, lost, days.month_start, now.date_naive()).await?;
+    let stored = spend::stored_months(&ctx.clients.db, lost, days.month_start, now.date_naive()).await?;
     let restores: Vec<Restore> = lost
         .iter()
         .map(|budget| {
@@ -403,13 +403,13 @@ async fn sweep_revoked_entries(ctx: &Context, rt: &KeyRuntime, stats: &mut Refre
         stats.sweep_round_trips += 1;
         let found: Vec<Vec<u8>> = hashes.iter().filter_map(|h| hex::decode(h).ok()).collect();
         if !found.is_empty() {
-            let revoked = keys::revoked_among(&ctx.db, &found, Utc::now()).await?;
+            let revoked = keys::revoked_among(&ctx.clients.db, &found, Utc::now()).await?;
             if !revoked.is_empty() {
                 let hexes: Vec<String> = revoked.iter().map(hex::encode).collect();
                 rt.refresh_cache().remove(&hexes).await?;
                 stats.sweep_round_trips += 1;
                 stats.revoked_removed += hexes.len();
-                ctx.metrics.count_step("VirtualKey", "remove-revoked-entry");
+                ctx.telemetry.metrics.count_step("VirtualKey", "remove-revoked-entry");
                 tracing::warn!(entries = hexes.len(), "removed auth entries of revoked keys that Redis held again");
             }
         }
