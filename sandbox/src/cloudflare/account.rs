@@ -10,8 +10,8 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use super::CfState;
 use super::envelope::{CfError, Reply, ok, ok_page, q_get};
+use super::state::CfState;
 
 type St = State<Arc<CfState>>;
 type Q = Query<Vec<(String, String)>>;

@@ -1,13 +1,24 @@
 //! Cloudflare's response envelope and error type for the simulator's handlers, plus the
-//! shared query helpers. Success: `{success, errors: [], messages: [], result}`.
+//! shared query helpers. Success: `{success, errors: [], messages: [], result}`; failure:
+//! `{success: false, errors, messages: [], result: null}`. The one place that words one.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::http::{cloudflare_error, json_response};
+use crate::http::json_response;
 
 pub type Reply = Result<Response, CfError>;
+
+/// Cloudflare's failure envelope with one error.
+pub fn cloudflare_error(status: StatusCode, code: u32, message: &str) -> Response {
+    cloudflare_errors(status, json!([{"code": code, "message": message}]))
+}
+
+/// Cloudflare's failure envelope: `success: false, result: null`, `messages` always empty.
+pub fn cloudflare_errors(status: StatusCode, errors: Value) -> Response {
+    json_response(status, &json!({"success": false, "errors": errors, "messages": [], "result": null}))
+}
 
 /// A Cloudflare failure: status and one `{code, message}`.
 #[derive(Debug)]

@@ -3,96 +3,34 @@
 //! these handlers never sleep or hold the lock across an await.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use serde_json::{Value, json};
 
 use super::catalog;
+use super::envelope::{ApiError, Reply};
 use super::labels::{parse_selector, validate_labels};
 use super::physics::Command;
+use super::state::HzState;
 use super::world::{
     Action, AppliedTo, Effect, Firewall, FirewallRule, NewServer, Server, SshKey, World, rfc3339, ssh_key_json,
 };
-use crate::http::{hetzner_error, json_response, lock, now_rfc3339};
-
-pub struct HzState {
-    pub world: Mutex<World>,
-}
+use crate::http::{json_response, now_rfc3339};
 
 type St = State<Arc<HzState>>;
 type Q = Query<Vec<(String, String)>>;
-type Reply = Result<Response, ApiError>;
 
 /// Hetzner's cap on cloud-init `user_data`: 32 KiB.
 const USER_DATA_MAX: usize = 32 * 1024;
-
-/// A Hetzner error: status, code, message and `details` (null unless the code has some).
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    details: Value,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), details: Value::Null }
-    }
-    fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
-    }
-    fn invalid_input(field: &str, message: impl Into<String>) -> Self {
-        let message = message.into();
-        ApiError {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            code: "invalid_input",
-            details: json!({"fields": [{"name": field, "messages": [message.clone()]}]}),
-            message: format!("invalid input in field '{field}'"),
-        }
-    }
-    fn uniqueness(field: &str) -> Self {
-        ApiError {
-            status: StatusCode::CONFLICT,
-            code: "uniqueness_error",
-            message: format!("{field} is already used"),
-            details: json!({"fields": [{"name": field}]}),
-        }
-    }
-    fn locked() -> Self {
-        Self::new(StatusCode::LOCKED, "locked", "server is locked by a running action")
-    }
-    fn json_error(why: &str) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "json_error", why)
-    }
-    fn code_422(code: &'static str, message: &str) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
-    }
-    /// A project limit: 403 `resource_limit_exceeded` naming the limit in `details.limits`,
-    /// as Hetzner's error table documents.
-    fn limit(name: &str, message: &str) -> Self {
-        ApiError {
-            status: StatusCode::FORBIDDEN,
-            code: "resource_limit_exceeded",
-            message: message.to_owned(),
-            details: json!({"limits": [{"name": name}]}),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        hetzner_error(self.status, self.code, &self.message, self.details)
-    }
-}
 
 pub fn router(state: Arc<HzState>) -> Router {
     Router::new()
@@ -304,12 +242,6 @@ fn paginate<T>(
     Ok(resp)
 }
 
-fn world(state: &HzState) -> std::sync::MutexGuard<'_, World> {
-    let mut w = lock(&state.world);
-    w.advance(Instant::now());
-    w
-}
-
 // ---------- servers ----------
 
 fn server_field(s: &&Server, name: &str) -> Value {
@@ -324,7 +256,7 @@ fn server_field(s: &&Server, name: &str) -> Value {
 
 async fn list_servers(State(st): St, Query(q): Q, headers: HeaderMap) -> Reply {
     let filter = ListFilter::parse(&q)?;
-    let w = world(&st);
+    let w = st.world();
     let statuses = q_all(&q, "status");
     let keep =
         |s: &&Server| filter.matches(&s.name, &s.labels) && (statuses.is_empty() || statuses.contains(&s.status));
@@ -339,7 +271,7 @@ async fn list_servers(State(st): St, Query(q): Q, headers: HeaderMap) -> Reply {
 
 async fn get_server(State(st): St, Path(id): Path<String>) -> Reply {
     let id = parse_id(&id, "server")?;
-    let w = world(&st);
+    let w = st.world();
     let s = w.servers.get(&id).ok_or_else(|| ApiError::not_found("server"))?;
     created(StatusCode::OK, json!({"server": w.server_json(s)}))
 }
@@ -394,7 +326,7 @@ async fn create_server(State(st): St, body: Bytes) -> Reply {
         _ => (true, true),
     };
 
-    let mut w = world(&st);
+    let mut w = st.world();
     let mut ssh_key_count = 0;
     if let Some(keys) = body.get("ssh_keys").and_then(Value::as_array) {
         for key in keys {
@@ -499,7 +431,7 @@ async fn update_server(State(st): St, Path(id): Path<String>, body: Bytes) -> Re
     let body = body_object(&body)?;
     let labels = labels_field(&body)?;
     let name = string_field(&body, "name")?;
-    let mut w = world(&st);
+    let mut w = st.world();
     if !w.servers.contains_key(&id) {
         return Err(ApiError::not_found("server"));
     }
@@ -521,7 +453,7 @@ async fn update_server(State(st): St, Path(id): Path<String>, body: Bytes) -> Re
 
 async fn delete_server(State(st): St, Path(id): Path<String>) -> Reply {
     let id = parse_id(&id, "server")?;
-    let mut w = world(&st);
+    let mut w = st.world();
     w.remove_server(id).ok_or_else(|| ApiError::not_found("server"))?;
     let a = w.start_action(Command::DeleteServer, vec![(id, "server")], Effect::None);
     created(StatusCode::OK, json!({"action": w.action_json(a, Instant::now())}))
@@ -596,7 +528,7 @@ fn plan_server_action(s: &Server, command: &str, body: &serde_json::Map<String, 
 async fn server_command(State(st): St, Path((id, command)): Path<(String, String)>, body: Bytes) -> Reply {
     let id = parse_id(&id, "server")?;
     let body = body_object(&body)?;
-    let mut w = world(&st);
+    let mut w = st.world();
     let s = w.servers.get(&id).ok_or_else(|| ApiError::not_found("server"))?;
     let current = s.status;
     let plan = plan_server_action(s, command.as_str(), &body)?;
@@ -674,7 +606,7 @@ async fn list_actions(State(st): St, Query(q): Q) -> Reply {
     if q_get(&q, "id").is_none() {
         return Err(ApiError::invalid_input("id", "id is required"));
     }
-    let w = world(&st);
+    let w = st.world();
     let now = Instant::now();
     let items: Vec<Value> = actions_for(&w, &q, None, None)?.into_iter().map(|a| w.render_action(a, now)).collect();
     created(StatusCode::OK, json!({"actions": items}))
@@ -682,7 +614,7 @@ async fn list_actions(State(st): St, Query(q): Q) -> Reply {
 
 async fn get_action(State(st): St, Path(action): Path<String>) -> Reply {
     let id = parse_id(&action, "action")?;
-    let w = world(&st);
+    let w = st.world();
     let a = w.actions.get(&id).ok_or_else(|| ApiError::not_found("action"))?;
     created(StatusCode::OK, json!({"action": w.render_action(a, Instant::now())}))
 }
@@ -693,14 +625,14 @@ fn action_page(w: &World, items: Vec<&Action>, q: &[(String, String)], headers: 
 }
 
 async fn list_server_actions(State(st): St, Query(q): Q, headers: HeaderMap) -> Reply {
-    let w = world(&st);
+    let w = st.world();
     let items = actions_for(&w, &q, None, Some("server"))?;
     action_page(&w, items, &q, &headers, "/servers/actions")
 }
 
 async fn list_one_server_actions(State(st): St, Path(id): Path<String>, Query(q): Q, headers: HeaderMap) -> Reply {
     let id = parse_id(&id, "server")?;
-    let w = world(&st);
+    let w = st.world();
     let items = actions_for(&w, &q, Some((id, "server")), None)?;
     action_page(&w, items, &q, &headers, "/servers/actions")
 }
@@ -712,7 +644,7 @@ async fn get_server_action(State(st): St, Path((id, action)): Path<(String, Stri
 fn scoped_action(st: &HzState, id: &str, action: &str, kind: &str) -> Reply {
     let id = parse_id(id, kind)?;
     let action = parse_id(action, "action")?;
-    let w = world(st);
+    let w = st.world();
     let a = w.actions.get(&action).filter(|a| a.touches(id, kind)).ok_or_else(|| ApiError::not_found("action"))?;
     created(StatusCode::OK, json!({"action": w.render_action(a, Instant::now())}))
 }
@@ -867,7 +799,7 @@ fn firewall_field(f: &&Firewall, name: &str) -> Value {
 
 async fn list_firewalls(State(st): St, Query(q): Q, headers: HeaderMap) -> Reply {
     let filter = ListFilter::parse(&q)?;
-    let w = world(&st);
+    let w = st.world();
     let mut items: Vec<&Firewall> = w.firewalls.values().filter(|fw| filter.matches(&fw.name, &fw.labels)).collect();
     sort_items(&mut items, &q, firewall_field)?;
     paginate(items, &q, "firewalls", &headers, "/firewalls", |fw| w.firewall_json(fw))
@@ -875,7 +807,7 @@ async fn list_firewalls(State(st): St, Query(q): Q, headers: HeaderMap) -> Reply
 
 async fn get_firewall(State(st): St, Path(id): Path<String>) -> Reply {
     let id = parse_id(&id, "firewall")?;
-    let w = world(&st);
+    let w = st.world();
     let fw = w.firewalls.get(&id).ok_or_else(|| ApiError::not_found("firewall"))?;
     created(StatusCode::OK, json!({"firewall": w.firewall_json(fw)}))
 }
@@ -889,7 +821,7 @@ async fn create_firewall(State(st): St, body: Bytes) -> Reply {
     let labels = labels_field(&body)?.unwrap_or_default();
     let rules = parse_rules(body.get("rules"))?;
     let apply_to = parse_resources(body.get("apply_to"), "apply_to")?;
-    let mut w = world(&st);
+    let mut w = st.world();
     if w.firewalls.values().any(|f| f.name == name) {
         return Err(ApiError::uniqueness("name"));
     }
@@ -919,7 +851,7 @@ async fn update_firewall(State(st): St, Path(id): Path<String>, body: Bytes) -> 
     let body = body_object(&body)?;
     let labels = labels_field(&body)?;
     let name = string_field(&body, "name")?;
-    let mut w = world(&st);
+    let mut w = st.world();
     if !w.firewalls.contains_key(&id) {
         return Err(ApiError::not_found("firewall"));
     }
@@ -942,7 +874,7 @@ async fn update_firewall(State(st): St, Path(id): Path<String>, body: Bytes) -> 
 
 async fn delete_firewall(State(st): St, Path(id): Path<String>) -> Reply {
     let id = parse_id(&id, "firewall")?;
-    let mut w = world(&st);
+    let mut w = st.world();
     let fw = w.firewalls.get(&id).ok_or_else(|| ApiError::not_found("firewall"))?;
     if !fw.applied_to.is_empty() {
         return Err(ApiError::code_422("resource_in_use", "firewall is still applied to resources"));
@@ -954,7 +886,7 @@ async fn delete_firewall(State(st): St, Path(id): Path<String>) -> Reply {
 async fn firewall_command(State(st): St, Path((id, command)): Path<(String, String)>, body: Bytes) -> Reply {
     let id = parse_id(&id, "firewall")?;
     let body = body_object(&body)?;
-    let mut w = world(&st);
+    let mut w = st.world();
     if !w.firewalls.contains_key(&id) {
         return Err(ApiError::not_found("firewall"));
     }
@@ -1034,14 +966,14 @@ async fn firewall_command(State(st): St, Path((id, command)): Path<(String, Stri
 }
 
 async fn list_firewall_actions(State(st): St, Query(q): Q, headers: HeaderMap) -> Reply {
-    let w = world(&st);
+    let w = st.world();
     let items = actions_for(&w, &q, None, Some("firewall"))?;
     action_page(&w, items, &q, &headers, "/firewalls/actions")
 }
 
 async fn list_one_firewall_actions(State(st): St, Path(id): Path<String>, Query(q): Q, headers: HeaderMap) -> Reply {
     let id = parse_id(&id, "firewall")?;
-    let w = world(&st);
+    let w = st.world();
     let items = actions_for(&w, &q, Some((id, "firewall")), None)?;
     action_page(&w, items, &q, &headers, "/firewalls/actions")
 }
@@ -1064,7 +996,7 @@ fn fingerprint(public_key: &str) -> Option<String> {
 
 async fn list_ssh_keys(State(st): St, Query(q): Q, headers: HeaderMap) -> Reply {
     let filter = ListFilter::parse(&q)?;
-    let w = world(&st);
+    let w = st.world();
     let mut items = Vec::new();
     for k in w.ssh_keys.values() {
         if filter.matches(&k.name, &k.labels) && q_get(&q, "fingerprint").is_none_or(|f| f == k.fingerprint) {
@@ -1082,7 +1014,7 @@ async fn create_ssh_key(State(st): St, body: Bytes) -> Reply {
         .ok_or_else(|| ApiError::invalid_input("public_key", "public_key is required"))?;
     let fp = fingerprint(public_key).ok_or_else(|| ApiError::invalid_input("public_key", "invalid public key"))?;
     let labels = labels_field(&body)?.unwrap_or_default();
-    let mut w = world(&st);
+    let mut w = st.world();
     if w.ssh_keys.values().any(|k| k.name == name) {
         return Err(ApiError::uniqueness("name"));
     }
@@ -1105,7 +1037,7 @@ async fn create_ssh_key(State(st): St, body: Bytes) -> Reply {
 
 async fn get_ssh_key(State(st): St, Path(id): Path<String>) -> Reply {
     let id = parse_id(&id, "ssh_key")?;
-    let w = world(&st);
+    let w = st.world();
     let k = w.ssh_keys.get(&id).ok_or_else(|| ApiError::not_found("ssh_key"))?;
     created(StatusCode::OK, json!({"ssh_key": ssh_key_json(k)}))
 }
@@ -1115,7 +1047,7 @@ async fn update_ssh_key(State(st): St, Path(id): Path<String>, body: Bytes) -> R
     let body = body_object(&body)?;
     let labels = labels_field(&body)?;
     let name = string_field(&body, "name")?;
-    let mut w = world(&st);
+    let mut w = st.world();
     if let Some(n) = name
         && w.ssh_keys.values().any(|k| k.name == n && k.id != id)
     {
@@ -1133,7 +1065,7 @@ async fn update_ssh_key(State(st): St, Path(id): Path<String>, body: Bytes) -> R
 
 async fn delete_ssh_key(State(st): St, Path(id): Path<String>) -> Reply {
     let id = parse_id(&id, "ssh_key")?;
-    let mut w = world(&st);
+    let mut w = st.world();
     w.ssh_keys.remove(&id).ok_or_else(|| ApiError::not_found("ssh_key"))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

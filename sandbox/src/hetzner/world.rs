@@ -14,8 +14,8 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde_json::{Value, json};
 
-use super::HetznerSimConfig;
 use super::catalog::{self, Image, Location, ServerType};
+use super::config::HetznerSimConfig;
 use super::labels::Selector;
 use super::physics::{ActionDurations, Command};
 use crate::time_scale::scaled;
