@@ -2,7 +2,7 @@
 //! that prefix): what the in-process tests do through `RunningSim` and the provider hooks, for
 //! a process elsewhere. This module owns the generic half (request log, counters, reset, fault
 //! plan, rate budget) and the auth in front of all of it; each simulator hands over its own
-//! routes ([`super::serve::SimParts::control`]). Documented in `sandbox/CONTROL-API.md`.
+//! routes (`SimParts::control`). Documented in `sandbox/CONTROL-API.md`.
 //!
 //! Control requests are never logged, counted, rate limited nor faulted, and no answer here
 //! ever carries a credential (the request log is redacted before it is stored).

@@ -106,7 +106,7 @@ impl FaultRule {
 }
 
 /// What a simulator does wrong on purpose. Changed at run time through
-/// [`super::serve::RunningSim::set_faults`] or, from another process, `PUT /_sim/faults`.
+/// `RunningSim::set_faults` or, from another process, `PUT /_sim/faults`.
 #[derive(Clone, Debug, Default)]
 pub struct FaultPlan {
     pub rules: Vec<FaultRule>,

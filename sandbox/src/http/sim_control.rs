@@ -1,6 +1,6 @@
 //! The control surface of one running simulator: its dialect and token, the fault plan and its
 //! dice, the rate bucket and the request log. What tests reach through
-//! [`super::serve::RunningSim::control`] and the `/_sim` routes; it never hands out the token.
+//! `RunningSim::control` and the `/_sim` routes; it never hands out the token.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
