@@ -28,4 +28,4 @@ pub use redact::{redact_body, token_like_runs};
 pub use serve::RunningSim;
 pub(crate) use serve::{SimParts, serve};
 pub use sim_control::SimControl;
-pub use wire::{bearer, json_response, now_rfc3339, set_header};
+pub use wire::{bearer, json_response, now_rfc3339, query_param, set_header};

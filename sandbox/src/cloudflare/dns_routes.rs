@@ -13,9 +13,9 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::dns::{Record, Records, TYPES};
-use super::envelope::{CfError, Reply, body_object, now, ok, ok_page, q_get};
+use super::envelope::{CfError, Reply, body_object, now, ok, ok_page};
 use super::state::CfState;
-use crate::http::lock;
+use crate::http::{lock, query_param};
 
 type St = State<Arc<CfState>>;
 type Q = Query<Vec<(String, String)>>;
@@ -185,15 +185,15 @@ async fn list(State(st): St, Path(zone): Path<String>, Query(q): Q) -> Reply {
     let name_f = string_filters(&q, "name");
     let content_f = string_filters(&q, "content");
     let comment_f = string_filters(&q, "comment");
-    let kind = q_get(&q, "type").map(str::to_ascii_uppercase);
-    let proxied = match q_get(&q, "proxied") {
+    let kind = query_param(&q, "type").map(str::to_ascii_uppercase);
+    let proxied = match query_param(&q, "proxied") {
         None => None,
         Some("true") => Some(true),
         Some("false") => Some(false),
         Some(_) => return Err(CfError::bad_request(1004, "proxied must be true or false")),
     };
-    let tag = q_get(&q, "tag").or(q_get(&q, "tag.exact")).map(str::to_owned);
-    let any = q_get(&q, "match") == Some("any");
+    let tag = query_param(&q, "tag").or(query_param(&q, "tag.exact")).map(str::to_owned);
+    let any = query_param(&q, "match") == Some("any");
     let records = lock(&st.dns);
     let mut items: Vec<&Record> = records
         .by_id
@@ -221,7 +221,7 @@ async fn list(State(st): St, Path(zone): Path<String>, Query(q): Q) -> Reply {
             }
         })
         .collect();
-    let order = q_get(&q, "order").unwrap_or("type");
+    let order = query_param(&q, "order").unwrap_or("type");
     items.sort_by(|a, b| {
         let key = |r: &Record| match order {
             "name" => r.name.clone(),
@@ -232,7 +232,7 @@ async fn list(State(st): St, Path(zone): Path<String>, Query(q): Q) -> Reply {
         };
         key(a).cmp(&key(b)).then(a.created_on.cmp(&b.created_on))
     });
-    if q_get(&q, "direction") == Some("desc") {
+    if query_param(&q, "direction") == Some("desc") {
         items.reverse();
     }
     let rendered = items.into_iter().map(|r| r.json(&zone, &zone_name)).collect();

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::http::json_response;
+use crate::http::{json_response, query_param};
 
 pub type Reply = Result<Response, CfError>;
 
@@ -52,7 +52,7 @@ pub fn ok(result: Value) -> Reply {
 
 /// A page of `items`; pages past the end are empty (the Python SDK walks until one is).
 pub fn ok_page(items: Vec<Value>, q: &[(String, String)], default_per_page: usize, max_per_page: usize) -> Reply {
-    let page = match q_get(q, "page") {
+    let page = match query_param(q, "page") {
         None => 1,
         Some(p) => p
             .parse::<usize>()
@@ -60,7 +60,7 @@ pub fn ok_page(items: Vec<Value>, q: &[(String, String)], default_per_page: usiz
             .filter(|p| *p >= 1)
             .ok_or_else(|| CfError::bad_request(1004, "page must be a positive integer"))?,
     };
-    let per_page = match q_get(q, "per_page") {
+    let per_page = match query_param(q, "per_page") {
         None => default_per_page,
         Some(p) => p
             .parse::<usize>()
@@ -83,10 +83,6 @@ pub fn ok_page(items: Vec<Value>, q: &[(String, String)], default_per_page: usiz
             },
         }),
     ))
-}
-
-pub fn q_get<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    q.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
 pub fn body_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, CfError> {

@@ -16,10 +16,10 @@ use rand::RngCore;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::envelope::{CfError, Reply, body_object, now, ok, ok_page, q_get};
+use super::envelope::{CfError, Reply, body_object, now, ok, ok_page};
 use super::state::CfState;
 use super::tunnels::{Tunnel, Tunnels};
-use crate::http::lock;
+use crate::http::{lock, query_param};
 
 type St = State<Arc<CfState>>;
 type Q = Query<Vec<(String, String)>>;
@@ -100,7 +100,7 @@ async fn create(State(st): St, Path(account): Path<String>, body: Bytes) -> Repl
 }
 
 fn bool_param(q: &[(String, String)], key: &str) -> Result<Option<bool>, CfError> {
-    match q_get(q, key) {
+    match query_param(q, key) {
         None => Ok(None),
         Some("true") => Ok(Some(true)),
         Some("false") => Ok(Some(false)),
@@ -115,21 +115,21 @@ async fn list(State(st): St, Path(account): Path<String>, Query(q): Q) -> Reply 
     let mut items: Vec<&Tunnel> = tunnels
         .by_id
         .values()
-        .filter(|t| q_get(&q, "name").is_none_or(|n| n == t.name))
-        .filter(|t| q_get(&q, "uuid").is_none_or(|u| u == t.id.to_string()))
+        .filter(|t| query_param(&q, "name").is_none_or(|n| n == t.name))
+        .filter(|t| query_param(&q, "uuid").is_none_or(|u| u == t.id.to_string()))
         .filter(|t| match is_deleted {
             None => true,
             Some(d) => t.deleted_at.is_some() == d,
         })
         .filter(|t| {
-            let include = q_get(&q, "include_prefix").or(q_get(&q, "name_prefix"));
+            let include = query_param(&q, "include_prefix").or(query_param(&q, "name_prefix"));
             include.is_none_or(|p| t.name.starts_with(p))
         })
-        .filter(|t| q_get(&q, "exclude_prefix").is_none_or(|p| !t.name.starts_with(p)))
+        .filter(|t| query_param(&q, "exclude_prefix").is_none_or(|p| !t.name.starts_with(p)))
         .collect();
     items.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
     let mut rendered: Vec<Value> = items.into_iter().map(|t| t.json(&account)).collect();
-    if let Some(status) = q_get(&q, "status") {
+    if let Some(status) = query_param(&q, "status") {
         rendered.retain(|t| t["status"] == status);
     }
     ok_page(rendered, &q, 20, 1000)
@@ -263,6 +263,6 @@ async fn drop_connections(State(st): St, Path((account, id)): Path<(String, Stri
     check_account(&st, &account)?;
     let mut tunnels = lock(&st.tunnels);
     let t = find_mut(&mut tunnels, &id)?;
-    t.drop_connector(q_get(&q, "client_id"));
+    t.drop_connector(query_param(&q, "client_id"));
     ok(Value::Null)
 }

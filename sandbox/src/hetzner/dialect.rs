@@ -14,16 +14,12 @@ use crate::http::{Dialect, InjectedError, RateBucket, bearer, set_header};
 /// The Hetzner Cloud API's dialect.
 pub struct HetznerDialect;
 
-/// The `error.code` Hetzner answers an injected error with.
+/// The `error.code` Hetzner answers an injected error with: its name, a random 5xx being
+/// Hetzner's generic `server_error`.
 fn code(error: InjectedError) -> &'static str {
     match error {
-        InjectedError::ServerError | InjectedError::Any5xx => "server_error",
-        InjectedError::BadGateway => "bad_gateway",
-        InjectedError::Unavailable => "unavailable",
-        InjectedError::Timeout => "timeout",
-        InjectedError::Conflict => "conflict",
-        InjectedError::Placement => "placement_error",
-        InjectedError::ResourceUnavailable => "resource_unavailable",
+        InjectedError::Any5xx => "server_error",
+        named => named.name(),
     }
 }
 

@@ -22,16 +22,23 @@
 //!   a firewall by request (create, `apply_to_resources`), not when labels change later.
 //! - `change_type` on a running server: 422 `server_not_stopped` (status unverified).
 
+mod action_routes;
 mod catalog;
+mod catalog_routes;
 mod config;
 // The Hetzner half of the control API (`/_sim/`), handed to the shared plumbing by `spawn`.
 mod control;
 mod dialect;
 mod envelope;
+mod firewall_routes;
 mod hooks;
+mod key_routes;
 pub mod labels;
+mod listing;
 mod physics;
+mod request;
 mod routes;
+mod server_routes;
 mod state;
 mod world;
 

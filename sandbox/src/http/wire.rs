@@ -29,6 +29,11 @@ pub fn bearer(value: &str) -> Option<&str> {
     value.strip_prefix("Bearer ").map(str::trim).filter(|t| !t.is_empty())
 }
 
+/// The first value of query parameter `key`.
+pub fn query_param<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    q.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
 /// Current time as RFC 3339 with a `+00:00` offset, as both APIs print it.
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
