@@ -11,8 +11,9 @@ use serde_json::{Value, json};
 use super::envelope::{ApiError, Reply};
 use super::listing::{paginate, sort_items};
 use super::request::{Q, St, created, parse_id, q_all};
+use super::resources::{Action, rfc3339};
 use super::state::HzState;
-use super::world::{Action, World, rfc3339};
+use super::world::World;
 use crate::http::query_param;
 
 fn action_field(a: &&Action, name: &str) -> Value {

@@ -15,7 +15,8 @@ use super::labels::parse_selector;
 use super::listing::{ListFilter, paginate, sort_items};
 use super::physics::Command;
 use super::request::{Q, St, body_object, created, labels_field, parse_id, string_field};
-use super::world::{AppliedTo, Effect, Firewall, FirewallRule, World};
+use super::resources::{AppliedTo, Effect, Firewall, FirewallRule};
+use super::world::World;
 use crate::http::now_rfc3339;
 
 fn parse_rules(value: Option<&Value>) -> Result<Vec<FirewallRule>, ApiError> {

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::resources::public_ipv4;
 use super::state::HzState;
-use super::world::{self, PowerChange, WorkCounts, World};
+use super::world::{PowerChange, WorkCounts, World};
 use crate::http::{RunningSim, lock};
 
 /// Runs `f` on the project, advanced to now; `None` if `sim` is not a Hetzner simulator.
@@ -126,7 +127,7 @@ pub fn booted_servers(sim: &RunningSim) -> Vec<BootedServer> {
                 id: s.id,
                 name: s.name.clone(),
                 user_data: s.user_data.clone(),
-                ipv4: s.has_ipv4.then(|| world::public_ipv4(s.id)),
+                ipv4: s.has_ipv4.then(|| public_ipv4(s.id)),
             })
             .collect()
     })

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::envelope::{ApiError, Reply};
 use super::listing::{ListFilter, json_field, paginate, sort_items};
 use super::request::{Q, St, body_object, created, labels_field, parse_id, string_field};
-use super::world::{SshKey, ssh_key_json};
+use super::resources::{SshKey, ssh_key_json};
 use crate::http::{now_rfc3339, query_param};
 
 /// The OpenSSH-style MD5 fingerprint of a public key (what Hetzner reports).

@@ -17,7 +17,7 @@ use super::envelope::{ApiError, Reply};
 use super::listing::{ListFilter, paginate, sort_items};
 use super::physics::Command;
 use super::request::{Q, St, body_object, created, labels_field, parse_id, q_all, string_field, valid_hostname};
-use super::world::{AppliedTo, Effect, NewServer, Server};
+use super::resources::{AppliedTo, Effect, NewServer, Server};
 
 /// Hetzner's cap on cloud-init `user_data`: 32 KiB.
 const USER_DATA_MAX: usize = 32 * 1024;
