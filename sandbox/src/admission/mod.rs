@@ -8,6 +8,8 @@
 //! never talks to a cluster and never mutates anything but the object it returns.
 
 pub mod builtin;
+mod builtin_checks;
+mod builtin_defaults;
 mod cause;
 mod cel;
 mod cost;
