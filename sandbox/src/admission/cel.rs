@@ -5,7 +5,6 @@ use kube_cel::{ErrorKind, RootContext};
 use serde_json::Value;
 
 use super::cause::{Cause, CauseReason};
-use super::{CrdValidator, VersionSchema};
 
 /// One path step of a kube-cel field path such as `spec.inbound[0].port`.
 enum Step<'a> {
@@ -55,10 +54,25 @@ fn schema_type_at(schema: &Value, path: &str) -> String {
     node.and_then(|n| n.get("type")).and_then(Value::as_str).unwrap_or("object").to_owned()
 }
 
-pub(super) fn check(validator: &CrdValidator, vs: &VersionSchema, object: &Value, old: Option<&Value>) -> Vec<Cause> {
+/// One served version of a CRD: its schema and its rules, compiled once.
+pub(super) struct VersionSchema {
+    pub(super) schema: Value,
+    pub(super) compiled: kube_cel::CompiledSchema,
+}
+
+/// The causes the rules of `vs` find in `object` (an update of `old`), for a CRD of `group`
+/// and `kind`, evaluated by `evaluator`.
+pub(super) fn check(
+    evaluator: &kube_cel::Validator,
+    group: &str,
+    kind: &str,
+    vs: &VersionSchema,
+    object: &Value,
+    old: Option<&Value>,
+) -> Vec<Cause> {
     let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_owned();
-    let root = RootContext { api_version, api_group: validator.group.clone(), kind: validator.kind.clone() };
-    let Err(errors) = validator.cel.validate_compiled_with_context(&vs.compiled, object, old, Some(&root)) else {
+    let root = RootContext { api_version, api_group: group.to_owned(), kind: kind.to_owned() };
+    let Err(errors) = evaluator.validate_compiled_with_context(&vs.compiled, object, old, Some(&root)) else {
         return Vec::new();
     };
     errors

@@ -10,8 +10,9 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use super::CfState;
-use super::envelope::{CfError, Reply, ok, ok_page, q_get};
+use super::envelope::{CfError, Reply, ok, ok_page};
+use super::state::CfState;
+use crate::http::query_param;
 
 type St = State<Arc<CfState>>;
 type Q = Query<Vec<(String, String)>>;
@@ -56,8 +57,8 @@ fn zone_json(st: &CfState) -> Value {
 }
 
 async fn list_zones(State(st): St, Query(q): Q) -> Reply {
-    let matches = q_get(&q, "name").is_none_or(|n| n.eq_ignore_ascii_case(&st.config.zone_name))
-        && q_get(&q, "account.id").is_none_or(|a| a == st.config.account_id);
+    let matches = query_param(&q, "name").is_none_or(|n| n.eq_ignore_ascii_case(&st.config.zone_name))
+        && query_param(&q, "account.id").is_none_or(|a| a == st.config.account_id);
     let items = if matches { vec![zone_json(&st)] } else { Vec::new() };
     ok_page(items, &q, 20, 50)
 }

@@ -3,9 +3,7 @@
 //! token like every control route ([`crate::http::control`]); it never renders a tunnel
 //! secret or token.
 
-use std::any::Any;
 use std::sync::Arc;
-
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -15,8 +13,8 @@ use axum::routing::{delete, get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::CfState;
-use super::cloudflared::{Origin, sync};
+use super::cloudflared::Origin;
+use super::state::CfState;
 use crate::http::control::{ControlError, ControlReply, ok, parse_body};
 use crate::http::lock;
 
@@ -71,7 +69,7 @@ struct Running {
 }
 
 /// The machines running now, for a simulator whose machines live in another process: what
-/// the sandbox's cloudflared does in-process ([`super::sync_origins`]).
+/// the sandbox's cloudflared does in-process ([`super::hooks::sync_origins`]).
 async fn running_origins(State(st): St, body: Bytes) -> ControlReply {
     let running: Running = parse_body(&body)?;
     let origins: Vec<Origin> = running
@@ -79,16 +77,16 @@ async fn running_origins(State(st): St, body: Bytes) -> ControlReply {
         .into_iter()
         .map(|o| Origin { key: o.key, user_data: o.user_data.map(Arc::from), origin_ip: o.origin_ip })
         .collect();
-    let changes: Vec<Value> = sync(&st, &origins, Duration::from_millis(running.connect_delay_ms), Instant::now())
+    let changes: Vec<Value> = st
+        .sync_origins(&origins, Duration::from_millis(running.connect_delay_ms), Instant::now())
         .into_iter()
         .map(|c| json!({"origin": c.origin, "tunnel_id": c.tunnel_id, "connected": c.connected}))
         .collect();
     ok(json!({"changes": changes}))
 }
 
-/// The routes, relative to `/_sim`; empty if `state` is not a Cloudflare simulator's.
-pub(crate) fn router(state: Arc<dyn Any + Send + Sync>) -> Router {
-    let Ok(st) = state.downcast::<CfState>() else { return Router::new() };
+/// The routes, relative to `/_sim`, that the plumbing serves beside its generic ones.
+pub(super) fn router(st: Arc<CfState>) -> Router {
     Router::new()
         .route("/cloudflare", get(summary))
         .route("/tunnels/{id}", delete(vanish_tunnel))

@@ -1,13 +1,24 @@
 //! Cloudflare's response envelope and error type for the simulator's handlers, plus the
-//! shared query helpers. Success: `{success, errors: [], messages: [], result}`.
+//! shared query helpers. Success: `{success, errors: [], messages: [], result}`; failure:
+//! `{success: false, errors, messages: [], result: null}`. The one place that words one.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::http::{cloudflare_error, json_response};
+use crate::http::{json_response, query_param};
 
 pub type Reply = Result<Response, CfError>;
+
+/// Cloudflare's failure envelope with one error.
+pub fn cloudflare_error(status: StatusCode, code: u32, message: &str) -> Response {
+    cloudflare_errors(status, json!([{"code": code, "message": message}]))
+}
+
+/// Cloudflare's failure envelope: `success: false, result: null`, `messages` always empty.
+pub fn cloudflare_errors(status: StatusCode, errors: Value) -> Response {
+    json_response(status, &json!({"success": false, "errors": errors, "messages": [], "result": null}))
+}
 
 /// A Cloudflare failure: status and one `{code, message}`.
 #[derive(Debug)]
@@ -41,7 +52,7 @@ pub fn ok(result: Value) -> Reply {
 
 /// A page of `items`; pages past the end are empty (the Python SDK walks until one is).
 pub fn ok_page(items: Vec<Value>, q: &[(String, String)], default_per_page: usize, max_per_page: usize) -> Reply {
-    let page = match q_get(q, "page") {
+    let page = match query_param(q, "page") {
         None => 1,
         Some(p) => p
             .parse::<usize>()
@@ -49,7 +60,7 @@ pub fn ok_page(items: Vec<Value>, q: &[(String, String)], default_per_page: usiz
             .filter(|p| *p >= 1)
             .ok_or_else(|| CfError::bad_request(1004, "page must be a positive integer"))?,
     };
-    let per_page = match q_get(q, "per_page") {
+    let per_page = match query_param(q, "per_page") {
         None => default_per_page,
         Some(p) => p
             .parse::<usize>()
@@ -72,10 +83,6 @@ pub fn ok_page(items: Vec<Value>, q: &[(String, String)], default_per_page: usiz
             },
         }),
     ))
-}
-
-pub fn q_get<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    q.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
 pub fn body_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, CfError> {

@@ -4,7 +4,6 @@
 //! ([`crate::http::control`]). `user_data` (which may carry a tunnel token) leaves only
 //! through its own endpoint, never in a summary or the request log.
 
-use std::any::Any;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,7 +14,8 @@ use axum::routing::{delete, get, post, put};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::routes::HzState;
+use super::state::HzState;
+use super::world::World;
 use crate::http::control::{ControlError, ControlReply, ok, parse_body};
 use crate::http::lock;
 
@@ -43,7 +43,7 @@ async fn summary(State(st): St) -> ControlReply {
     }))
 }
 
-fn limits_json(w: &super::world::World) -> Value {
+fn limits_json(w: &World) -> Value {
     json!({"servers": w.server_limit, "firewalls": w.firewall_limit, "firewalls_per_server": w.firewalls_per_server})
 }
 
@@ -119,9 +119,8 @@ async fn set_ignores_acpi(State(st): St, Path(id): Path<String>, body: Bytes) ->
     }
 }
 
-/// The routes, relative to `/_sim`; empty if `state` is not a Hetzner simulator's.
-pub(crate) fn router(state: Arc<dyn Any + Send + Sync>) -> Router {
-    let Ok(st) = state.downcast::<HzState>() else { return Router::new() };
+/// The routes, relative to `/_sim`, that the plumbing serves beside its generic ones.
+pub(super) fn router(st: Arc<HzState>) -> Router {
     Router::new()
         .route("/hetzner", get(summary))
         .route("/servers/{id}", delete(vanish_server))

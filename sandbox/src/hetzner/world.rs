@@ -1,207 +1,23 @@
-//! The simulated Hetzner project: servers, firewalls, SSH keys and actions, their timed
-//! physics (actions that finish, a guest OS that boots and obeys or ignores ACPI) and the
-//! JSON the real API renders for each. Advanced lazily on every access (no background task):
-//! what a request sees depends only on elapsed time. It never sleeps, and never does work in
-//! proportion to the whole project to answer for one resource: due events come off a
-//! schedule, running actions are indexed per resource, names are indexed.
+//! The simulated Hetzner project: servers, firewalls, SSH keys and actions (the records are in
+//! `resources`, their JSON for servers and firewalls in `render`), and their timed physics
+//! (actions that finish, a guest OS that boots and obeys or ignores ACPI). Advanced lazily on
+//! every access (no background task): what a request sees depends only on elapsed time. It
+//! never sleeps, and never does work in proportion to the whole project to answer for one
+//! resource: due events come off a schedule, running actions are indexed per resource, names
+//! are indexed.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::HetznerSimConfig;
-use super::catalog::{self, Image, Location, ServerType};
-use super::labels::Selector;
+use super::config::HetznerSimConfig;
 use super::physics::{ActionDurations, Command};
+use super::resources::{Action, AppliedTo, Effect, Firewall, NewServer, Server, SshKey, applies_to, rfc3339};
 use crate::time_scale::scaled;
-
-/// A server's public IPv4: derived from its id, so it is stable and unique without a pool.
-pub fn public_ipv4(id: i64) -> String {
-    format!("198.51.{}.{}", (id / 250) % 250, id % 250 + 1)
-}
-
-pub struct Server {
-    pub id: i64,
-    pub name: String,
-    pub status: &'static str,
-    pub created: String,
-    pub labels: BTreeMap<String, String>,
-    pub server_type: &'static ServerType,
-    pub image: &'static Image,
-    pub location: &'static Location,
-    /// GB; follows the type only when a type change upgrades the disk (Hetzner keeps the
-    /// smaller disk otherwise, so the server can go back down).
-    pub primary_disk_size: i64,
-    pub has_ipv4: bool,
-    pub has_ipv6: bool,
-    /// The cloud-init `user_data` given at create (or at the last rebuild that gave one).
-    pub user_data: Option<Arc<str>>,
-    /// Created with SSH keys (then no root password is ever answered).
-    pub has_ssh_keys: bool,
-    /// The root password the create answered, kept so tests can prove it leaked nowhere.
-    pub root_password: Option<String>,
-    /// When the server last turned `running` or its OS last restarted: it is booted
-    /// `boot_delay` later.
-    pub running_since: Option<Instant>,
-    /// When the guest, having accepted an ACPI shutdown, will power off.
-    pub acpi_off_at: Option<Instant>,
-    /// Per-server override of the project's `ignores_acpi` (a guest without acpid, say).
-    pub ignores_acpi: Option<bool>,
-}
-
-impl Server {
-    /// Running, and the simulated OS has had `boot_delay` since power-on to finish booting.
-    pub fn booted(&self, now: Instant, boot_delay: Duration) -> bool {
-        self.status == "running" && self.running_since.is_some_and(|t| now.saturating_duration_since(t) >= boot_delay)
-    }
-}
-
-/// What a server create stores; the world fills in the rest.
-pub struct NewServer {
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    pub server_type: &'static ServerType,
-    pub image: &'static Image,
-    pub location: &'static Location,
-    pub has_ipv4: bool,
-    pub has_ipv6: bool,
-    pub user_data: Option<Arc<str>>,
-    pub has_ssh_keys: bool,
-}
-
-#[derive(Clone)]
-pub struct FirewallRule {
-    pub direction: String,
-    pub protocol: String,
-    pub port: Option<String>,
-    pub source_ips: Vec<String>,
-    pub destination_ips: Vec<String>,
-    pub description: Option<String>,
-}
-
-#[derive(Clone, PartialEq)]
-pub enum AppliedTo {
-    Server(i64),
-    LabelSelector(String, Selector),
-}
-
-pub struct Firewall {
-    pub id: i64,
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    pub created: String,
-    pub rules: Vec<FirewallRule>,
-    pub applied_to: Vec<AppliedTo>,
-}
-
-pub struct SshKey {
-    pub id: i64,
-    pub name: String,
-    pub fingerprint: String,
-    pub public_key: String,
-    pub labels: BTreeMap<String, String>,
-    pub created: String,
-}
-
-/// What completing an action changes.
-#[derive(Clone, Copy)]
-pub enum Effect {
-    None,
-    /// The server turns `status`; `boots` restarts its guest OS (power on, reset).
-    Power {
-        server: i64,
-        status: &'static str,
-        boots: bool,
-    },
-    /// The ACPI signal arrived: the guest powers off `acpi_shutdown` later, unless it
-    /// ignores ACPI (the action succeeds either way, as on Hetzner).
-    AcpiShutdown(i64),
-    /// The ACPI reboot signal arrived: the guest restarts unless it ignores ACPI.
-    AcpiReboot(i64),
-    /// A type change: the new type, and whether the disk grows with it.
-    ChangeType {
-        server: i64,
-        to: &'static ServerType,
-        upgrade_disk: bool,
-    },
-    /// A rebuild: the new image; the server returns to `status` (booting if running).
-    Rebuild {
-        server: i64,
-        image: &'static Image,
-        status: &'static str,
-    },
-}
-
-pub struct Action {
-    pub id: i64,
-    pub command: Command,
-    pub started: SystemTime,
-    pub started_at: Instant,
-    pub duration: Duration,
-    pub resources: Vec<(i64, &'static str)>,
-    pub finished: Option<SystemTime>,
-    pub effect: Effect,
-    /// Ends in `error` instead of `success` (fault injection); its effect is not applied.
-    pub fails: bool,
-    /// What a failed action restores (the server status before it started).
-    pub revert: Effect,
-}
-
-impl Action {
-    pub fn running(&self) -> bool {
-        self.finished.is_none()
-    }
-
-    pub fn touches(&self, id: i64, kind: &str) -> bool {
-        self.resources.iter().any(|(i, k)| *i == id && *k == kind)
-    }
-
-    pub fn status(&self) -> &'static str {
-        match (self.running(), self.fails) {
-            (true, _) => "running",
-            (false, true) => "error",
-            (false, false) => "success",
-        }
-    }
-
-    /// Whole percent (hcloud-go decodes `progress` as an int), 100 only once finished.
-    pub fn progress(&self, now: Instant) -> i64 {
-        if !self.running() {
-            return 100;
-        }
-        let elapsed = now.saturating_duration_since(self.started_at).as_secs_f64();
-        let total = self.duration.as_secs_f64().max(f64::EPSILON);
-        ((elapsed / total) * 100.0).clamp(0.0, 99.0) as i64
-    }
-
-    fn json(&self, now: Instant) -> Value {
-        let resources: Vec<Value> = self.resources.iter().map(|(id, kind)| json!({"id": id, "type": kind})).collect();
-        json!({
-            "id": self.id,
-            "command": self.command.name(),
-            "status": self.status(),
-            "progress": self.progress(now),
-            "started": rfc3339(self.started),
-            "finished": self.finished.map(rfc3339),
-            "resources": resources,
-            "error": if self.fails && !self.running() {
-                json!({"code": "action_failed", "message": "action failed (injected)"})
-            } else {
-                Value::Null
-            },
-        })
-    }
-}
-
-/// Hetzner's timestamp format (`2026-12-01T20:41:00+00:00`).
-pub fn rfc3339(t: SystemTime) -> String {
-    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
-}
 
 /// Finished actions kept for `GET /actions`: older ones are forgotten, so a long-running
 /// sandbox does not grow without bound.
@@ -337,7 +153,7 @@ impl World {
         self.work.get()
     }
 
-    fn tally(&self, f: impl FnOnce(&mut WorkCounts)) {
+    pub(super) fn tally(&self, f: impl FnOnce(&mut WorkCounts)) {
         let mut w = self.work.get();
         f(&mut w);
         self.work.set(w);
@@ -558,7 +374,7 @@ impl World {
     }
 
     /// Running actions that touch a resource.
-    fn running_on(&self, kind: &'static str, id: i64) -> impl Iterator<Item = &Action> {
+    pub(super) fn running_on(&self, kind: &'static str, id: i64) -> impl Iterator<Item = &Action> {
         self.running.get(&(kind, id)).into_iter().flatten().filter_map(|a| {
             self.tally(|w| w.actions_examined += 1);
             self.actions.get(a)
@@ -635,99 +451,6 @@ impl World {
         self.firewalls.values().filter(move |fw| applies_to(fw, server))
     }
 
-    /// Firewalls that apply to a server, with their status: `pending` while the server's
-    /// create or the firewall's `apply_firewall` on it still runs.
-    fn server_firewalls(&self, server: &Server) -> Vec<Value> {
-        let running: Vec<&Action> = self.running_on("server", server.id).collect();
-        self.firewalls_of(server)
-            .map(|fw| {
-                let pending =
-                    running.iter().any(|a| a.command == Command::CreateServer || a.touches(fw.id, "firewall"));
-                json!({"id": fw.id, "status": if pending { "pending" } else { "applied" }})
-            })
-            .collect()
-    }
-
-    pub fn server_json(&self, s: &Server) -> Value {
-        self.tally(|w| w.servers_rendered += 1);
-        let ipv4 = s.has_ipv4.then(|| {
-            let ip = public_ipv4(s.id);
-            json!({
-                "id": s.id + 500_000, "ip": ip, "blocked": false,
-                "dns_ptr": format!("static.{}.clients.your-server.de", ip),
-            })
-        });
-        let ipv6 = s.has_ipv6.then(|| {
-            json!({
-                "id": s.id + 600_000, "ip": format!("2001:db8:{:x}::/64", s.id), "blocked": false,
-                "dns_ptr": [],
-            })
-        });
-        json!({
-            "id": s.id,
-            "name": s.name,
-            "status": s.status,
-            "created": s.created,
-            "labels": s.labels,
-            "locked": self.server_locked(s.id),
-            "backup_window": null,
-            "image": catalog::image_json(s.image),
-            "iso": null,
-            "included_traffic": catalog::included_traffic(s.location),
-            "ingoing_traffic": 0,
-            "outgoing_traffic": 0,
-            "location": catalog::location_json(s.location),
-            "server_type": catalog::server_type_json(s.server_type),
-            "primary_disk_size": s.primary_disk_size,
-            "private_net": [],
-            "protection": {"delete": false, "rebuild": false},
-            "rescue_enabled": false,
-            "public_net": {
-                "ipv4": ipv4,
-                "ipv6": ipv6,
-                "floating_ips": [],
-                "firewalls": self.server_firewalls(s),
-            },
-            "load_balancers": [],
-            "volumes": [],
-            "placement_group": null,
-        })
-    }
-
-    pub fn firewall_json(&self, fw: &Firewall) -> Value {
-        self.tally(|w| w.firewalls_rendered += 1);
-        let applied_to: Vec<Value> = fw
-            .applied_to
-            .iter()
-            .map(|a| match a {
-                AppliedTo::Server(id) => json!({"type": "server", "server": {"id": id}}),
-                AppliedTo::LabelSelector(text, sel) => {
-                    // The answer lists every match, so this walk is as long as the answer.
-                    let matched: Vec<Value> = self
-                        .servers
-                        .values()
-                        .filter(|s| sel.matches(&s.labels))
-                        .map(|s| json!({"type": "server", "server": {"id": s.id}}))
-                        .collect();
-                    json!({
-                        "type": "label_selector",
-                        "label_selector": {"selector": text},
-                        "applied_to_resources": matched,
-                    })
-                }
-            })
-            .collect();
-        let rules: Vec<Value> = fw.rules.iter().map(rule_json).collect();
-        json!({
-            "id": fw.id,
-            "name": fw.name,
-            "labels": fw.labels,
-            "created": fw.created,
-            "rules": rules,
-            "applied_to": applied_to,
-        })
-    }
-
     /// Servers a firewall currently reaches (direct entries and selector matches).
     pub fn firewall_servers(&self, fw: &Firewall) -> BTreeSet<i64> {
         self.servers_reached(&fw.applied_to)
@@ -754,31 +477,6 @@ impl World {
     pub fn set_ignores_acpi(&mut self, id: i64, ignores: bool) -> bool {
         self.servers.get_mut(&id).map(|s| s.ignores_acpi = Some(ignores)).is_some()
     }
-}
-
-fn applies_to(fw: &Firewall, server: &Server) -> bool {
-    fw.applied_to.iter().any(|a| match a {
-        AppliedTo::Server(id) => *id == server.id,
-        AppliedTo::LabelSelector(_, sel) => sel.matches(&server.labels),
-    })
-}
-
-pub fn rule_json(r: &FirewallRule) -> Value {
-    json!({
-        "direction": r.direction,
-        "protocol": r.protocol,
-        "port": r.port,
-        "source_ips": r.source_ips,
-        "destination_ips": r.destination_ips,
-        "description": r.description,
-    })
-}
-
-pub fn ssh_key_json(k: &SshKey) -> Value {
-    json!({
-        "id": k.id, "name": k.name, "fingerprint": k.fingerprint, "public_key": k.public_key,
-        "labels": k.labels, "created": k.created,
-    })
 }
 
 #[cfg(test)]

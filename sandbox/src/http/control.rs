@@ -1,29 +1,30 @@
 //! The control API both simulators serve under `/_sim/` on their own port (no real API uses
 //! that prefix): what the in-process tests do through `RunningSim` and the provider hooks, for
 //! a process elsewhere. This module owns the generic half (request log, counters, reset, fault
-//! plan, rate budget) and the auth in front of all of it; the providers add their own routes
-//! (`hetzner::control`, `cloudflare::control`). Documented in `sandbox/CONTROL-API.md`.
+//! plan, rate budget) and the auth in front of all of it; each simulator hands over its own
+//! routes (`SimParts::control`). Documented in `sandbox/CONTROL-API.md`.
 //!
 //! Control requests are never logged, counted, rate limited nor faulted, and no answer here
 //! ever carries a credential (the request log is redacted before it is stored).
 
-use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Query, Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{
-    Dialect, FaultPlan, FaultRule, InjectedError, RateBudget, RequestRecord, SimControl, bearer, json_response,
-};
+use super::budget::RateBudget;
+use super::faults::{FaultPlan, FaultRule, InjectedError};
+use super::log::RequestRecord;
+use super::sim_control::SimControl;
+use super::wire::json_response;
 
 /// Where the control API lives on each simulator's port.
 pub const PREFIX: &str = "/_sim";
@@ -326,7 +327,7 @@ async fn put_rate_limit(State(c): Ctl, body: Bytes) -> ControlReply {
 /// The simulator's own token, as on its API (Bearer only: the control API has no legacy
 /// Cloudflare key auth). The answer never says what was expected.
 async fn authenticate(State(c): Ctl, req: Request, next: Next) -> Response {
-    if authorized(&c, req.headers()) {
+    if c.control_authorized(req.headers()) {
         next.run(req).await
     } else {
         ControlError {
@@ -337,13 +338,9 @@ async fn authenticate(State(c): Ctl, req: Request, next: Next) -> Response {
     }
 }
 
-fn authorized(c: &SimControl, headers: &HeaderMap) -> bool {
-    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer).is_some_and(|t| t == c.token)
-}
-
-/// The whole control API of one simulator: the generic routes here, the provider's beside
-/// them, every one behind the token.
-pub(crate) fn router(control: Arc<SimControl>, dialect: Dialect, state: Arc<dyn Any + Send + Sync>) -> Router {
+/// The whole control API of one simulator: the generic routes here, the simulator's own
+/// (`own`, relative to [`PREFIX`]) beside them, every one behind the token.
+pub(super) fn router(control: Arc<SimControl>, own: Router) -> Router {
     let generic = Router::new()
         .route("/requests", get(requests))
         .route("/counters", get(counters))
@@ -352,13 +349,8 @@ pub(crate) fn router(control: Arc<SimControl>, dialect: Dialect, state: Arc<dyn 
         .route("/rate_limit", get(get_rate_limit).put(put_rate_limit))
         .route("/rate_limit/storm", post(storm))
         .with_state(Arc::clone(&control));
-    // One place wires each provider's half, so neither provider's spawn needs to know.
-    let provider = match dialect {
-        Dialect::Hetzner => crate::hetzner::control::router(state),
-        Dialect::Cloudflare => crate::cloudflare::control::router(state),
-    };
     generic
-        .merge(provider)
+        .merge(own)
         .fallback(|| async { ControlError::not_found("no such control endpoint (see sandbox/CONTROL-API.md)") })
         .layer(middleware::from_fn_with_state(control, authenticate))
 }

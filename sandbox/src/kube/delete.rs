@@ -9,10 +9,9 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use super::meta::{self, meta_mut, meta_str, now_time};
+use super::meta::{self, meta_mut, meta_str, name_of, now_time};
 use super::resource::{ResourceType, Special, StorageKey};
 use super::state::{EventType, State};
-use super::write::name_of;
 
 /// Namespaces a real API server refuses to delete.
 pub const PROTECTED_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
@@ -44,7 +43,7 @@ pub struct DeleteOptions {
 /// What a delete returned.
 pub enum Deleted {
     /// Still present (finalizers): the object with its deletionTimestamp, in storage form
-    /// ([`super::write::present`] it outside the lock).
+    /// (`write::present` it outside the lock).
     Pending(Arc<Value>),
     /// Gone: a success Status.
     Gone(Value),

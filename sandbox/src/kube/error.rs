@@ -154,6 +154,6 @@ pub fn qualified(resource: &str, group: &str) -> String {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        super::http::json_response(code, &self.to_status(), &[])
+        super::response::json_response(code, &self.to_status(), &[])
     }
 }

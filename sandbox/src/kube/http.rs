@@ -13,14 +13,15 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::Shared;
 use super::delete::{self, DeleteOptions, Deleted, Propagation};
 use super::discovery;
 use super::error::ApiError;
 use super::list::{ListRequest, Page};
 use super::openapi;
 use super::resource::ResourceType;
+pub use super::response::json_response;
 use super::selector::{FieldSelector, LabelSelector};
+use super::shared::Shared;
 use super::table::{self, IncludeObject, Rendering};
 use super::watch::{self, WatchRequest};
 use super::write::{self, FieldValidation, PatchKind, Target, Verb, WriteOptions};
@@ -29,20 +30,6 @@ use crate::admission::{Cause, CauseReason};
 /// The router of the whole server.
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new().fallback(handle).with_state(shared)
-}
-
-/// A JSON response with optional `Warning` headers.
-pub fn json_response(code: StatusCode, body: &Value, warnings: &[String]) -> Response {
-    let mut resp = (code, body.to_string()).into_response();
-    let headers = resp.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    for w in warnings {
-        let text = format!("299 - {}", serde_json::to_string(w).unwrap_or_default());
-        if let Ok(v) = HeaderValue::from_str(&text) {
-            headers.append(header::WARNING, v);
-        }
-    }
-    resp
 }
 
 fn ok(body: &Value) -> Response {

@@ -12,10 +12,10 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::Shared;
 use super::error::ApiError;
 use super::resource::ResourceType;
 use super::selector::{FieldSelector, LabelSelector};
+use super::shared::Shared;
 use super::state::Bucket;
 
 /// The message of a real server for a token whose snapshot is compacted away

@@ -182,6 +182,11 @@ fn wrong_type(field: &str, v: &Value, go_type: &str) -> String {
 
 pub use crate::admission::name_error;
 
+/// The object's `metadata.name`, empty when it has none.
+pub fn name_of(object: &Value) -> String {
+    meta_str(object, "name").unwrap_or_default().to_owned()
+}
+
 /// A string field of `metadata`.
 pub fn meta_str<'a>(object: &'a Value, field: &str) -> Option<&'a str> {
     object.get("metadata")?.get(field)?.as_str()

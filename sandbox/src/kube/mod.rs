@@ -101,8 +101,10 @@ pub mod openapi;
 pub mod protobuf;
 pub mod requests;
 pub mod resource;
+pub mod response;
 pub mod schema;
 pub mod selector;
+pub mod shared;
 pub mod state;
 pub mod strategic;
 pub mod table;
@@ -110,7 +112,7 @@ pub mod watch;
 pub mod write;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -118,59 +120,10 @@ use tokio::net::TcpListener;
 use self::resource::{ResourceType, Special};
 use self::state::State;
 use self::write::{FieldValidation, Target, Verb, WriteOptions, WriteScope};
+pub use shared::Shared;
 
 /// How long a deleted namespace stays Terminating before its content is deleted.
 pub const NAMESPACE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// What the server shares between requests.
-pub struct Shared {
-    state: Mutex<State>,
-    latest: tokio::sync::watch::Sender<u64>,
-    /// Set when the server stops: open watches end, so their clients see the connection close.
-    stopping: tokio::sync::watch::Sender<bool>,
-    /// Bumped to end every open watch at once (a test hook: the connections dropped).
-    cut: tokio::sync::watch::Sender<u64>,
-    server_address: String,
-    bookmark_interval: std::time::Duration,
-    /// Watches whose streams are open (a test hook: "the client is watching now").
-    open_watches: std::sync::atomic::AtomicUsize,
-    /// Who asked what (a test hook: the RBAC rules a client needs).
-    requests: Mutex<requests::RequestLog>,
-}
-
-impl Shared {
-    /// The state; a poisoned lock is taken over (a panicking request leaves consistent data,
-    /// since every write builds the new object before storing it).
-    pub fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Records one request in the request log.
-    pub fn log_request(&self, request: requests::KubeRequest) {
-        self.requests.lock().unwrap_or_else(|e| e.into_inner()).push(request);
-    }
-
-    /// Wakes the watches after a write.
-    pub fn notify(&self, state: &State) {
-        self.latest.send_replace(state.rv());
-    }
-
-    /// Runs one write request, admission outside the lock (see [`WriteScope`]), and wakes the
-    /// watches after it.
-    pub fn write(
-        &self,
-        write: impl FnMut(&mut State, &mut WriteScope) -> Result<write::Written, error::ApiError>,
-    ) -> Result<write::Written, error::ApiError> {
-        WriteScope::new().run(|| self.lock(), write, |state| self.notify(state))
-    }
-
-    /// Waits until the server reaches resourceVersion `rv`, for at most `limit`; false if it
-    /// did not.
-    pub async fn reached(&self, rv: u64, limit: std::time::Duration) -> bool {
-        let mut latest = self.latest.subscribe();
-        tokio::time::timeout(limit, latest.wait_for(|now| *now >= rv)).await.is_ok_and(|r| r.is_ok())
-    }
-}
 
 /// How to start the server.
 #[derive(Debug, Clone)]

@@ -5,8 +5,8 @@
 //! `ports`...), patch strategies and merge keys (strategic merge patch), atomic maps and
 //! structs, and the defaults of list-map key fields.
 //!
-//! The same annotations a CRD schema carries (`x-kubernetes-list-type` ...), so [`super::fields`]
-//! and [`super::strategic`] read CRD and built-in schemas alike. Built once per kind and shared.
+//! The same annotations a CRD schema carries (`x-kubernetes-list-type` ...), so `fields`
+//! and `strategic` read CRD and built-in schemas alike. Built once per kind and shared.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};

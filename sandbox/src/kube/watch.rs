@@ -14,10 +14,10 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::Shared;
 use super::error::ApiError;
 use super::resource::ResourceType;
 use super::selector::{FieldSelector, LabelSelector};
+use super::shared::Shared;
 use super::state::{EventType, in_namespace};
 use super::table::{self, IncludeObject, Rendering};
 use super::write::present_response;

@@ -18,7 +18,7 @@ use super::delete::after_removal;
 use super::error::ApiError;
 use super::events;
 use super::fields::{self, Conflict};
-use super::meta::{self, meta_mut, meta_str, now_time, set_field};
+use super::meta::{self, meta_mut, meta_str, name_of, now_time, set_field};
 use super::resource::{ResourceType, Special, from_crd};
 use super::state::{EventType, State};
 use super::strategic;
@@ -209,10 +209,6 @@ pub struct Target<'a> {
     pub namespace: &'a str,
     /// `""` or `"status"`.
     pub subresource: &'a str,
-}
-
-pub(super) fn name_of(object: &Value) -> String {
-    meta_str(object, "name").unwrap_or_default().to_owned()
 }
 
 /// The object as clients see it in this kind's version. Custom resources get their schema's

@@ -9,8 +9,8 @@ use crabglamp_operator::cloud::cloudflare::CloudflareConfig;
 use crabglamp_operator::cloud::hetzner::HetznerConfig;
 use crabglamp_operator::controllers::{AbortOnDrop, ControllerConfig};
 use crabglamp_operator::operator::{self, OperatorSettings, StartError};
+use crabglamp_operator::store::seal::SealingKeys;
 
-use super::Sandbox;
 use crate::time_scale::scaled;
 
 /// The controllers running in-process; dropping it aborts them, [`InProcess::stop`] lets
@@ -27,10 +27,21 @@ impl InProcess {
     }
 }
 
+/// Where the controllers reach the sandbox's services and stand-ins: what `sandbox.json`
+/// tells `crabglamp-operator run`.
+pub struct Reach {
+    pub database_url: String,
+    pub redis_url: String,
+    pub hetzner: HetznerConfig,
+    pub cloudflare: CloudflareConfig,
+    /// The Cloudflare zone the Agents' hostnames live in.
+    pub zone_name: String,
+}
+
 /// The settings `crabglamp-operator run` would get from the sandbox's `sandbox.json`, with
 /// production timings divided by `time_scale`.
-pub fn settings(sandbox: &Sandbox, time_scale: f64) -> OperatorSettings {
-    let mut controllers = ControllerConfig::new(sandbox.cloudflare_config.zone_name.clone());
+pub fn settings(reach: Reach, time_scale: f64) -> OperatorSettings {
+    let mut controllers = ControllerConfig::new(reach.zone_name);
     controllers.resync = scaled(controllers.resync, time_scale).max(Duration::from_secs(2));
     controllers.fast_poll = scaled(controllers.fast_poll, time_scale).max(Duration::from_millis(100));
     controllers.shutdown_timeout = scaled(controllers.shutdown_timeout, time_scale);
@@ -38,15 +49,10 @@ pub fn settings(sandbox: &Sandbox, time_scale: f64) -> OperatorSettings {
     controllers.sweeper_grace = scaled(controllers.sweeper_grace, time_scale);
     controllers.instance = "crabglamp-sandbox".into();
     OperatorSettings {
-        database_url: sandbox.database_url.clone(),
-        redis_url: Some(sandbox.redis.url.clone()),
-        hetzner: HetznerConfig::new(sandbox.hcloud.base_url.clone(), sandbox.hetzner_config.token.clone()),
-        cloudflare: CloudflareConfig::new(
-            sandbox.cloudflare.base_url.clone(),
-            sandbox.cloudflare_config.token.clone(),
-            sandbox.cloudflare_config.account_id.clone(),
-            sandbox.cloudflare_config.zone_id.clone(),
-        ),
+        database_url: reach.database_url,
+        redis_url: Some(reach.redis_url),
+        hetzner: reach.hetzner,
+        cloudflare: reach.cloudflare,
         controllers,
         // The simulated budgets refill `time_scale` times faster; so may ours.
         hetzner_requests_per_hour: (3600.0 * time_scale.max(1.0)) as u32,
@@ -54,10 +60,14 @@ pub fn settings(sandbox: &Sandbox, time_scale: f64) -> OperatorSettings {
     }
 }
 
-/// Starts the controllers against the sandbox.
-pub async fn start(sandbox: &Sandbox, time_scale: f64) -> Result<InProcess, StartError> {
-    let client = sandbox.kube.client().map_err(|e| StartError::Kube(e.to_string()))?;
-    let connected = operator::connect(client, settings(sandbox, time_scale), sandbox.sealing_keys()?).await?;
+/// Starts the controllers against the sandbox's API server (`client`) and stand-ins.
+pub async fn start(
+    client: kube::Client,
+    reach: Reach,
+    keys: SealingKeys,
+    time_scale: f64,
+) -> Result<InProcess, StartError> {
+    let connected = operator::connect(client, settings(reach, time_scale), keys).await?;
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let task = AbortOnDrop::spawn(operator::run(connected.context, stop_rx, Duration::from_secs(10)));
     Ok(InProcess { stop, task })

@@ -16,6 +16,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine;
+use crabglamp_operator::cloud::cloudflare::CloudflareConfig;
+use crabglamp_operator::cloud::hetzner::HetznerConfig;
+use crabglamp_operator::operator::StartError;
 use crabglamp_operator::store::seal::SealingKeys;
 use rand::RngCore;
 use serde_json::json;
@@ -304,6 +307,28 @@ impl Sandbox {
         })
     }
 
+    /// Where the in-process controllers (or `crabglamp-operator run`) reach this sandbox.
+    pub fn reach(&self) -> controllers::Reach {
+        controllers::Reach {
+            database_url: self.database_url.clone(),
+            redis_url: self.redis.url.clone(),
+            hetzner: HetznerConfig::new(self.hcloud.base_url.clone(), self.hetzner_config.token.clone()),
+            cloudflare: CloudflareConfig::new(
+                self.cloudflare.base_url.clone(),
+                self.cloudflare_config.token.clone(),
+                self.cloudflare_config.account_id.clone(),
+                self.cloudflare_config.zone_id.clone(),
+            ),
+            zone_name: self.cloudflare_config.zone_name.clone(),
+        }
+    }
+
+    /// Starts the operator's controllers in this process, against this sandbox.
+    pub async fn start_controllers(&self, time_scale: f64) -> Result<controllers::InProcess, StartError> {
+        let client = self.kube.client().map_err(|e| StartError::Kube(e.to_string()))?;
+        controllers::start(client, self.reach(), self.sealing_keys()?, time_scale).await
+    }
+
     /// The sealing keys of the sandbox's controllers.
     pub fn sealing_keys(&self) -> Result<SealingKeys, crabglamp_operator::store::seal::SealError> {
         SealingKeys::new(SANDBOX_SEALING_KEY_ID, &self.sealing_key, &[])
@@ -390,7 +415,7 @@ pub async fn run(args: SandboxArgs) -> Result<(), SandboxError> {
         );
         None
     } else {
-        match controllers::start(&sandbox, args.time_scale).await {
+        match sandbox.start_controllers(args.time_scale).await {
             Ok(c) => {
                 println!("Controllers: running in this process (Agents become servers behind tunnels).");
                 Some(c)

@@ -1,0 +1,39 @@
+//! The state one simulated Cloudflare account shares between its API routes, its control
+//! routes and its test hooks: its configuration, tunnels, DNS records and the machines seen
+//! running cloudflared.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::cloudflared::{self, ConnectorChange, Origin, Origins};
+use super::config::CloudflareSimConfig;
+use super::dns::Records;
+use super::tunnels::Tunnels;
+use crate::http::lock;
+
+pub struct CfState {
+    pub config: CloudflareSimConfig,
+    pub tunnels: Mutex<Tunnels>,
+    pub dns: Mutex<Records>,
+    /// Machines seen running cloudflared and since when ([`cloudflared::sync`]).
+    pub origins: Mutex<Origins>,
+}
+
+impl CfState {
+    /// A fresh account and zone: no tunnel, no record, no machine seen.
+    pub fn new(config: CloudflareSimConfig) -> Self {
+        CfState {
+            config,
+            tunnels: Mutex::new(Tunnels::default()),
+            dns: Mutex::new(Records::default()),
+            origins: Mutex::new(Origins::default()),
+        }
+    }
+
+    /// The connectors brought in line with the machines running now ([`cloudflared::sync`]).
+    pub fn sync_origins(&self, running: &[Origin], connect_delay: Duration, now: Instant) -> Vec<ConnectorChange> {
+        let mut origins = lock(&self.origins);
+        let mut tunnels = lock(&self.tunnels);
+        cloudflared::sync(&mut origins, &mut tunnels, &self.config.account_id, running, connect_delay, now)
+    }
+}
