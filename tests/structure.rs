@@ -24,14 +24,6 @@ const KNOWN: &[&str] = &[
     "file src/cache.rs: 671 lines",
     "file src/cloud/hetzner.rs: 639 lines",
     "circle src/store/mod.rs src/store/seal.rs",
-    "circle sandbox/src/admission/mod.rs sandbox/src/admission/cel.rs sandbox/src/admission/cost.rs",
-    "circle sandbox/src/cloudflare/mod.rs sandbox/src/cloudflare/account.rs sandbox/src/cloudflare/cloudflared.rs \
-     sandbox/src/cloudflare/control.rs sandbox/src/cloudflare/dns.rs sandbox/src/cloudflare/envelope.rs \
-     sandbox/src/cloudflare/tunnels.rs sandbox/src/hetzner/mod.rs sandbox/src/hetzner/control.rs \
-     sandbox/src/hetzner/routes.rs sandbox/src/hetzner/world.rs sandbox/src/http.rs sandbox/src/http/control.rs",
-    "circle sandbox/src/kube/mod.rs sandbox/src/kube/delete.rs sandbox/src/kube/error.rs sandbox/src/kube/http.rs \
-     sandbox/src/kube/list.rs sandbox/src/kube/selector.rs sandbox/src/kube/watch.rs sandbox/src/kube/write.rs",
-    "circle sandbox/src/stack/mod.rs sandbox/src/stack/controllers.rs",
 ];
 
 /// A crate's files by module path (`["controllers", "agent"]` for `src/controllers/agent.rs`).
