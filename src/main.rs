@@ -292,7 +292,7 @@ async fn audit_verify(
 async fn reseal(database: DatabaseArgs, batch_size: u32) -> anyhow::Result<bool> {
     let keys = store::seal::SealingKeys::from_env().context("cannot load the sealing keys")?;
     let pool = store::connect(&database.database_url, 2).await?;
-    let report = store::seal::reseal_all(&pool, &keys, batch_size).await?;
+    let report = store::credentials::reseal_all(&pool, &keys, batch_size).await?;
     println!(
         "resealed {} credential(s) under key {:?}; {} now under it; {} could not be opened",
         report.resealed,

@@ -23,7 +23,6 @@ const MAX_FN_LINES: usize = 100;
 const KNOWN: &[&str] = &[
     "file src/cache.rs: 671 lines",
     "file src/cloud/hetzner.rs: 639 lines",
-    "circle src/store/mod.rs src/store/seal.rs",
 ];
 
 /// A crate's files by module path (`["controllers", "agent"]` for `src/controllers/agent.rs`).

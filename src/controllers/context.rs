@@ -18,8 +18,8 @@ use crate::controllers::fleet::view::Fleet;
 use crate::controllers::metrics::ControllerMetrics;
 use crate::controllers::reconcile::error::ReconcileError;
 use crate::controllers::reconcile::events::EventPublisher;
-use crate::controllers::reconcile::observe::Observer;
 use crate::controllers::reconcile::failures::Failures;
+use crate::controllers::reconcile::observe::Observer;
 use crate::controllers::server::power_memory::PowerMemory;
 use crate::controllers::virtual_key::runtime::KeyRuntime;
 

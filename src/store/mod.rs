@@ -5,6 +5,7 @@
 
 pub mod anchor;
 pub mod audit;
+pub mod credentials;
 pub mod keys;
 pub mod seal;
 pub mod spend;

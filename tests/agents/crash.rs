@@ -50,7 +50,8 @@ async fn killed_at_every_step_of_create_and_delete() {
     let api = op.agents("crash");
     // The operator's own start-up requests (fleet firewall, first lists) come first.
     let start = tokio::time::Instant::now();
-    while !(op.context.fleet().servers_known() && op.context.fleet().tunnels_known() && op.context.fleet().dns_known()) {
+    while !(op.context.fleet().servers_known() && op.context.fleet().tunnels_known() && op.context.fleet().dns_known())
+    {
         assert!(start.elapsed() < DEADLINE, "first lists");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -2,7 +2,8 @@
 //! previous, `reseal` re-encrypts them all under B in batches; afterwards B alone opens every
 //! one, and a second run changes nothing. A row no configured key opens is reported, not lost.
 
-use crabglamp_operator::store::seal::{self, CredentialId, SealError, SealingKeys};
+use crabglamp_operator::store::credentials;
+use crabglamp_operator::store::seal::{CredentialId, SealError, SealingKeys};
 
 use super::support::*;
 use crate::db::TestDb;
@@ -31,23 +32,23 @@ async fn reseal_moves_every_credential_to_the_current_key_once() {
     let db = TestDb::fresh().await;
     let a = SealingKeys::new("a", KEY_A, &[]).expect("key a");
     for i in 0..7 {
-        seal::put_credential(&db.pool, &a, &id(i), &secret(i)).await.expect("seal under a");
+        credentials::put_credential(&db.pool, &a, &id(i), &secret(i)).await.expect("seal under a");
     }
     let rotated = SealingKeys::new("b", KEY_B, &[("a".into(), KEY_A.into())]).expect("b current, a previous");
     // Three rows a batch: three transactions, the last one short.
-    let report = seal::reseal_all(&db.pool, &rotated, 3).await.expect("reseal");
+    let report = credentials::reseal_all(&db.pool, &rotated, 3).await.expect("reseal");
     assert_eq!((report.resealed, report.current, report.failed.len()), (7, 7, 0));
     assert_eq!(key_ids(&db).await, vec!["b"; 7]);
 
     let only_b = SealingKeys::new("b", KEY_B, &[]).expect("key b");
     for i in 0..7 {
-        let opened = seal::get_credential(&db.pool, &only_b, &id(i)).await.expect("open under b alone");
+        let opened = credentials::get_credential(&db.pool, &only_b, &id(i)).await.expect("open under b alone");
         assert_eq!(opened, Some(secret(i)));
     }
-    let err = seal::get_credential(&db.pool, &a, &id(0)).await.expect_err("a no longer opens it");
+    let err = credentials::get_credential(&db.pool, &a, &id(0)).await.expect_err("a no longer opens it");
     assert!(err.to_string().contains("sealed with key \"b\""), "{err}");
 
-    let again = seal::reseal_all(&db.pool, &rotated, 3).await.expect("reseal again");
+    let again = credentials::reseal_all(&db.pool, &rotated, 3).await.expect("reseal again");
     assert_eq!((again.resealed, again.current, again.failed.len()), (0, 7, 0), "idempotent");
 }
 
@@ -56,11 +57,11 @@ async fn the_reseal_command_reports_counts_and_rows_it_cannot_open() {
     let db = TestDb::fresh().await;
     let a = SealingKeys::new("a", KEY_A, &[]).expect("key a");
     for i in 0..4 {
-        seal::put_credential(&db.pool, &a, &id(i), &secret(i)).await.expect("seal under a");
+        credentials::put_credential(&db.pool, &a, &id(i), &secret(i)).await.expect("seal under a");
     }
     // One row under a key that is not configured any more.
     let lost = SealingKeys::new("c", KEY_C, &[]).expect("key c");
-    seal::put_credential(&db.pool, &lost, &id(9), b"orphan").await.expect("seal under c");
+    credentials::put_credential(&db.pool, &lost, &id(9), b"orphan").await.expect("seal under c");
 
     let reseal = || {
         let out = cli()
@@ -85,7 +86,7 @@ async fn the_reseal_command_reports_counts_and_rows_it_cannot_open() {
     assert_eq!(key_ids(&db).await, vec!["b", "b", "b", "b", "c"]);
 
     // Once the row is gone (or its key configured), the command succeeds and changes nothing.
-    seal::delete_credential(&db.pool, &id(9)).await.expect("delete");
+    credentials::delete_credential(&db.pool, &id(9)).await.expect("delete");
     let (code, said) = reseal();
     assert_eq!(code, 0, "{said}");
     assert!(said.contains("resealed 0 credential(s) under key \"b\"; 4 now under it; 0 could not be opened"), "{said}");

@@ -6,8 +6,9 @@ use std::process::Command;
 use chrono::{TimeZone, Utc};
 use crabglamp_operator::store::StoreError;
 use crabglamp_operator::store::audit::{self, Appended, AuditKind, NewAuditEvent, ResourceRef};
+use crabglamp_operator::store::credentials;
 use crabglamp_operator::store::keys::{self, NewVirtualKey};
-use crabglamp_operator::store::seal::{self, CredentialId, SealingKeys};
+use crabglamp_operator::store::seal::{CredentialId, SealingKeys};
 use crabglamp_operator::store::usage::{self, Transition, UsageTransition};
 use serde_json::json;
 
@@ -261,7 +262,9 @@ async fn nothing_is_recorded_about_an_object_after_its_destroy_event() {
     let keys = SealingKeys::new("k1", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", &[]).expect("key");
     let secret = CredentialId { scope: "agent-tunnel".into(), resource_uid: "uid-1".into(), name: "s".into() };
     assert!(
-        seal::put_credential_once(&db.pool, &keys, &secret, b"late").await.is_err_and(|e| e.is_already_destroyed())
+        credentials::put_credential_once(&db.pool, &keys, &secret, b"late")
+            .await
+            .is_err_and(|e| e.is_already_destroyed())
     );
     // The same destroy retried finds itself: nothing written, nothing refused.
     assert!(matches!(audit::append(&db.pool, &destroyed("uid-1")).await, Ok(Appended::AlreadyRecorded(_))));
@@ -356,9 +359,9 @@ async fn sealed_credentials_round_trip_and_do_not_open_in_another_row() {
     let db = TestDb::fresh().await;
     let keys = SealingKeys::new("k1", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", &[]).expect("key");
     let id = CredentialId { scope: "tunnel-token".into(), resource_uid: "uid-1".into(), name: "token".into() };
-    seal::put_credential(&db.pool, &keys, &id, b"eyJhIjoidG9rZW4ifQ==").await.expect("put");
+    credentials::put_credential(&db.pool, &keys, &id, b"eyJhIjoidG9rZW4ifQ==").await.expect("put");
     assert_eq!(
-        seal::get_credential(&db.pool, &keys, &id).await.expect("get").as_deref(),
+        credentials::get_credential(&db.pool, &keys, &id).await.expect("get").as_deref(),
         Some(&b"eyJhIjoidG9rZW4ifQ=="[..])
     );
     let dump = psql(&db.url, "SELECT encode(ciphertext, 'escape') FROM sealed_credentials");
@@ -372,9 +375,9 @@ async fn sealed_credentials_round_trip_and_do_not_open_in_another_row() {
     );
     assert!(out.status.success());
     let moved = CredentialId { resource_uid: "uid-2".into(), ..id.clone() };
-    assert!(seal::get_credential(&db.pool, &keys, &moved).await.is_err());
-    assert!(seal::delete_credential(&db.pool, &id).await.expect("delete"));
-    assert_eq!(seal::get_credential(&db.pool, &keys, &id).await.expect("get"), None);
+    assert!(credentials::get_credential(&db.pool, &keys, &moved).await.is_err());
+    assert!(credentials::delete_credential(&db.pool, &id).await.expect("delete"));
+    assert_eq!(credentials::get_credential(&db.pool, &keys, &id).await.expect("get"), None);
 }
 
 /// A value stored once keeps the first writer's value: the second gets it back, not its own.
@@ -383,9 +386,9 @@ async fn a_credential_stored_once_keeps_the_first_value() {
     let db = TestDb::fresh().await;
     let keys = SealingKeys::new("k1", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", &[]).expect("key");
     let id = CredentialId { scope: "agent-tunnel".into(), resource_uid: "uid-1".into(), name: "tunnel-secret".into() };
-    assert_eq!(seal::put_credential_once(&db.pool, &keys, &id, b"first").await.expect("first"), b"first");
-    assert_eq!(seal::put_credential_once(&db.pool, &keys, &id, b"second").await.expect("second"), b"first");
-    assert_eq!(seal::get_credential(&db.pool, &keys, &id).await.expect("get").as_deref(), Some(&b"first"[..]));
+    assert_eq!(credentials::put_credential_once(&db.pool, &keys, &id, b"first").await.expect("first"), b"first");
+    assert_eq!(credentials::put_credential_once(&db.pool, &keys, &id, b"second").await.expect("second"), b"first");
+    assert_eq!(credentials::get_credential(&db.pool, &keys, &id).await.expect("get").as_deref(), Some(&b"first"[..]));
 }
 
 #[tokio::test]

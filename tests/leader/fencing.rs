@@ -9,7 +9,8 @@ use chrono::Utc;
 use crabglamp_operator::cloud::cloudflare::{TunnelSecret, derive_tunnel_token};
 use crabglamp_operator::operator::Ending;
 use crabglamp_operator::store::audit::{self, AuditKind, NewAuditEvent, ResourceRef};
-use crabglamp_operator::store::seal::{self, CredentialId, SealingKeys};
+use crabglamp_operator::store::credentials;
+use crabglamp_operator::store::seal::{CredentialId, SealingKeys};
 use crabglamp_operator::store::usage;
 use kube::ResourceExt;
 use kube::api::{DeleteParams, PostParams};
@@ -97,7 +98,7 @@ async fn a_stalled_lease_renewal_stops_the_leader_before_a_standby_may_take_over
 async fn stored_secret(op: &Operator, uid: &str) -> TunnelSecret {
     let keys = SealingKeys::new("k1", SEALING_KEY, &[]).expect("sealing key");
     let id = CredentialId { scope: "agent-tunnel".into(), resource_uid: uid.into(), name: "tunnel-secret".into() };
-    let bytes = seal::get_credential(&op.db.pool, &keys, &id).await.expect("read").expect("stored");
+    let bytes = credentials::get_credential(&op.db.pool, &keys, &id).await.expect("read").expect("stored");
     TunnelSecret::from_bytes(bytes).expect("a whole secret")
 }
 

@@ -168,7 +168,8 @@ async fn plant_foreign_old_marks(ctx: &Context) -> (i64, i64, String, String) {
         (NAME_LABEL.to_owned(), "theirs".to_owned()),
     ]);
     let firewall = ctx
-        .clients().hetzner
+        .clients()
+        .hetzner
         .create_firewall(&format!("crabglamp-vm-{uid}"), &labels, &[], &[])
         .await
         .expect("their firewall")
@@ -190,7 +191,8 @@ async fn plant_foreign_old_marks(ctx: &Context) -> (i64, i64, String, String) {
     ctx.clients().cloudflare.create_tunnel(&tunnel_name, &TunnelSecret::generate()).await.expect("their tunnel");
     let comment = format!("crabglamp:{uid} managed by crabglamp-operator");
     let host = format!("theirs.{}", crate::fixture::ZONE);
-    let (record, _) = ctx.clients().cloudflare.create_cname(&host, "x.cfargotunnel.com", Some(&comment)).await.expect("record");
+    let (record, _) =
+        ctx.clients().cloudflare.create_cname(&host, "x.cfargotunnel.com", Some(&comment)).await.expect("record");
     (server, firewall, tunnel_name, record.id)
 }
 

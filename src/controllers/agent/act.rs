@@ -15,7 +15,8 @@ use crate::api::{Agent, AgentStatus, DeletionPolicy};
 use crate::cloud::CloudError;
 use crate::cloud::cloudflare::{IngressRule, TunnelSecret, derive_tunnel_token};
 use crate::store::audit::{self, AuditKind, NewAuditEvent};
-use crate::store::seal::{self, CredentialId};
+use crate::store::credentials;
+use crate::store::seal::CredentialId;
 
 use crate::controllers::context::Context;
 use crate::controllers::fleet::ObservedTunnel;
@@ -39,9 +40,17 @@ pub(super) fn secret_id(uid: &str) -> CredentialId {
 /// with the one secret the database keeps, never each their own.
 pub(super) async fn tunnel_secret(ctx: &Context, uid: &str) -> Result<TunnelSecret, ReconcileError> {
     let id = secret_id(uid);
-    let stored = match seal::get_credential(&ctx.clients.db, &ctx.clients.sealing, &id).await? {
+    let stored = match credentials::get_credential(&ctx.clients.db, &ctx.clients.sealing, &id).await? {
         Some(bytes) => bytes,
-        None => seal::put_credential_once(&ctx.clients.db, &ctx.clients.sealing, &id, TunnelSecret::generate().expose_bytes()).await?,
+        None => {
+            credentials::put_credential_once(
+                &ctx.clients.db,
+                &ctx.clients.sealing,
+                &id,
+                TunnelSecret::generate().expose_bytes(),
+            )
+            .await?
+        }
     };
     TunnelSecret::from_bytes(stored).ok_or_else(|| ReconcileError::Secret("stored secret too short".into()))
 }
@@ -74,7 +83,9 @@ pub(super) async fn act(
         Step::RepointDns => repoint_dns(ctx, agent, owner, hostname).await?,
         Step::CreateServer => create_agent_server(ctx, agent, owner, status).await?,
         Step::AttachFirewall => {
-            let (Some(server), Some(fw)) = (ctx.shared.fleet.server(&owner.uid), ctx.fleet_firewall()) else { return Ok(()) };
+            let (Some(server), Some(fw)) = (ctx.shared.fleet.server(&owner.uid), ctx.fleet_firewall()) else {
+                return Ok(());
+            };
             ctx.clients.hetzner.apply_firewall(fw, server.id).await.map_err(ReconcileError::Hetzner)?;
             let mut seen = server.clone();
             seen.public_net
@@ -116,7 +127,8 @@ async fn create_tunnel(
 ) -> Result<(), ReconcileError> {
     let secret = tunnel_secret(ctx, &owner.uid).await?;
     let (tunnel, adopted) = ctx
-        .clients.cloudflare
+        .clients
+        .cloudflare
         .create_tunnel(&tunnel_name(ctx.config.installation(), &owner.uid), &secret)
         .await
         .map_err(ReconcileError::Cloudflare)?;
@@ -173,13 +185,15 @@ async fn configure_tunnel(
 
 /// Points the hostname's record at the current tunnel.
 async fn repoint_dns(ctx: &Context, agent: &Agent, owner: &Owner, hostname: &str) -> Result<(), ReconcileError> {
-    let (Some(record), Some(tunnel)) =
-        (ctx.shared.fleet.dns_record(&owner.uid), ctx.shared.fleet.tunnel(&tunnel_name(ctx.config.installation(), &owner.uid)))
-    else {
+    let (Some(record), Some(tunnel)) = (
+        ctx.shared.fleet.dns_record(&owner.uid),
+        ctx.shared.fleet.tunnel(&tunnel_name(ctx.config.installation(), &owner.uid)),
+    ) else {
         return Ok(());
     };
     let updated = ctx
-        .clients.cloudflare
+        .clients
+        .cloudflare
         .update_dns_record(&record.id, &tunnel_target(&tunnel.id), true)
         .await
         .map_err(ReconcileError::Cloudflare)?;
@@ -221,10 +235,13 @@ pub(super) async fn create_dns(
     owner: &Owner,
     hostname: &str,
 ) -> Result<(), ReconcileError> {
-    let Some(tunnel) = ctx.shared.fleet.tunnel(&tunnel_name(ctx.config.installation(), &owner.uid)) else { return Ok(()) };
+    let Some(tunnel) = ctx.shared.fleet.tunnel(&tunnel_name(ctx.config.installation(), &owner.uid)) else {
+        return Ok(());
+    };
     let old = ctx.shared.fleet.dns_record(&owner.uid);
     match ctx
-        .clients.cloudflare
+        .clients
+        .cloudflare
         .create_cname(hostname, &tunnel_target(&tunnel.id), Some(&dns_mark(ctx.config.installation(), &owner.uid)))
         .await
     {
@@ -483,7 +500,7 @@ impl ManagedObject for Agent {
                 ctx.shared.fleet.forget_tunnel(&tunnel_name(ctx.config.installation(), &owner.uid));
             }
         }
-        seal::delete_credential(&ctx.clients.db, &secret_id(&owner.uid)).await?;
+        credentials::delete_credential(&ctx.clients.db, &secret_id(&owner.uid)).await?;
         let destroyed = Destroyed {
             kind: AuditKind::AgentDestroyed,
             billed_owner: Some(billed_owner),

@@ -80,7 +80,8 @@ async fn refresh(ctx: &Context, which: Collection) -> Result<(), CloudError> {
         Collection::Firewalls => {
             // One paged list for every PlainVM's firewall: drift is seen here, never by a GET
             // per object. The fleet firewall carries no UID label, so it is not in this view.
-            let firewalls = ctx.clients.hetzner.list_firewalls(Some(&per_object_firewall_selector(&ctx.config))).await?;
+            let firewalls =
+                ctx.clients.hetzner.list_firewalls(Some(&per_object_firewall_selector(&ctx.config))).await?;
             let listed: HashMap<_, _> = firewalls
                 .into_iter()
                 .filter_map(|f| f.labels.as_ref().and_then(|l| l.get(UID_LABEL)).cloned().map(|uid| (uid, f)))
@@ -99,7 +100,8 @@ async fn refresh(ctx: &Context, which: Collection) -> Result<(), CloudError> {
         }
         Collection::Dns => {
             let installation = ctx.config.installation();
-            let records = ctx.clients.cloudflare.list_dns_records_by_comment_prefix(&dns_mark_prefix(installation)).await?;
+            let records =
+                ctx.clients.cloudflare.list_dns_records_by_comment_prefix(&dns_mark_prefix(installation)).await?;
             let listed: HashMap<_, _> = records
                 .into_iter()
                 .filter_map(|r| {

@@ -23,7 +23,8 @@ use crate::api::{Agent, PlainVM, Region};
 use crate::cloud::CloudError;
 use crate::cloud::hetzner::ServerSummary;
 use crate::store::audit::AuditKind;
-use crate::store::seal::{self, CredentialId};
+use crate::store::credentials;
+use crate::store::seal::CredentialId;
 use crate::store::usage;
 
 use crate::controllers::context::Context;
@@ -155,7 +156,8 @@ async fn sweep(ctx: &Context, suspects: &mut Suspects) {
     // PlainVM firewalls (the fleet view holds only those; never the fleet firewall).
     let firewalls: HashMap<String, i64> = ctx.shared.fleet.pick_firewalls(|f| Some(f.id));
     let mut tunnels: HashMap<String, String> = ctx
-        .shared.fleet
+        .shared
+        .fleet
         .pick_tunnels(|t| Some(t.id.clone()))
         .into_iter()
         .filter_map(|(name, id)| uid_from_tunnel_name(ctx.config.installation(), &name).map(|u| (u.to_owned(), id)))
@@ -188,7 +190,9 @@ async fn sweep(ctx: &Context, suspects: &mut Suspects) {
             // Still applied while its server's delete runs: the error is logged and the next
             // sweep tries again (the suspect stays due), so it is never left behind.
             "firewall" => match firewalls.get(uid) {
-                Some(&id) => ctx.clients.hetzner.delete_firewall(id).await.map(|_| ctx.shared.fleet.forget_firewall(uid)),
+                Some(&id) => {
+                    ctx.clients.hetzner.delete_firewall(id).await.map(|_| ctx.shared.fleet.forget_firewall(uid))
+                }
                 None => Ok(()),
             },
             "tunnel" => match remove_orphan_tunnel(ctx, uid, tunnels.get(uid)).await {
@@ -196,7 +200,9 @@ async fn sweep(ctx: &Context, suspects: &mut Suspects) {
                 None => continue,
             },
             "dns" => match records.get(uid) {
-                Some(id) => ctx.clients.cloudflare.delete_dns_record(id).await.map(|_| ctx.shared.fleet.forget_dns(uid)),
+                Some(id) => {
+                    ctx.clients.cloudflare.delete_dns_record(id).await.map(|_| ctx.shared.fleet.forget_dns(uid))
+                }
                 None => Ok(()),
             },
             _ => continue,
@@ -204,7 +210,7 @@ async fn sweep(ctx: &Context, suspects: &mut Suspects) {
         match result {
             Ok(()) => {
                 if what == "tunnel" {
-                    let _ = seal::delete_credential(&ctx.clients.db, &secret_id(uid)).await;
+                    let _ = credentials::delete_credential(&ctx.clients.db, &secret_id(uid)).await;
                 }
                 ctx.telemetry.metrics.count_swept(what);
                 tracing::warn!(resource = what, owner_uid = uid, "sweeper removed a resource whose object is gone");
@@ -238,7 +244,7 @@ async fn remove_orphan_server(ctx: &Context, uid: &str, id: Option<i64>) -> Opti
 /// hold (an orphaned Agent's secret is forgotten, so its tunnel is left alone); `None`: not ours
 /// or its secret unreadable this sweep.
 async fn remove_orphan_tunnel(ctx: &Context, uid: &str, id: Option<&String>) -> Option<Result<(), CloudError>> {
-    match seal::get_credential(&ctx.clients.db, &ctx.clients.sealing, &secret_id(uid)).await {
+    match credentials::get_credential(&ctx.clients.db, &ctx.clients.sealing, &secret_id(uid)).await {
         Ok(Some(_)) => Some(match id {
             Some(id) => ctx.clients.cloudflare.delete_tunnel(id).await.map(|_| {
                 ctx.shared.fleet.forget_tunnel(&tunnel_name(ctx.config.installation(), uid));

@@ -80,7 +80,9 @@ impl PlainVmPass {
                 ctx.event(vm, warning, reason, "CreateServer", format!("{note} Behind firewall {}.", fw.id)).await;
             }
             Step::AttachFirewall => {
-                let (Some(server), Some(fw)) = (ctx.shared.fleet.server(&owner.uid), ctx.shared.fleet.firewall(&owner.uid)) else {
+                let (Some(server), Some(fw)) =
+                    (ctx.shared.fleet.server(&owner.uid), ctx.shared.fleet.firewall(&owner.uid))
+                else {
                     return Ok(());
                 };
                 firewall::attach(ctx, owner, &fw, server.id).await?;

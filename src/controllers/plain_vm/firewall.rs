@@ -159,7 +159,8 @@ pub async fn create_firewall(
     spec: &[FirewallRule],
 ) -> Result<(Firewall, bool), ReconcileError> {
     let created = ctx
-        .clients.hetzner
+        .clients
+        .hetzner
         .create_firewall(&firewall_name(&owner.uid), labels, &request_rules(spec), &[])
         .await
         .map_err(ReconcileError::Hetzner)?;

@@ -118,7 +118,8 @@ pub async fn remark(ctx: &Context) -> Result<(), LegacyError> {
     let mut failed = 0usize;
 
     let servers = ctx
-        .clients.hetzner
+        .clients
+        .hetzner
         .list_server_summaries(Some(&legacy_fleet_selector(&ctx.config)))
         .await
         .map_err(cloud("list servers with old marks"))?;
@@ -129,7 +130,8 @@ pub async fn remark(ctx: &Context) -> Result<(), LegacyError> {
     }
 
     let firewalls = ctx
-        .clients.hetzner
+        .clients
+        .hetzner
         .list_firewalls(Some(&legacy_per_object_firewall_selector(&ctx.config)))
         .await
         .map_err(cloud("list firewalls with old marks"))?;
@@ -138,7 +140,8 @@ pub async fn remark(ctx: &Context) -> Result<(), LegacyError> {
         if !is_ours(labels.get(UID_LABEL).map(String::as_str)) {
             continue;
         }
-        let result = ctx.clients.hetzner.set_firewall_labels(firewall.id, &with_installation(&labels, installation)).await;
+        let result =
+            ctx.clients.hetzner.set_firewall_labels(firewall.id, &with_installation(&labels, installation)).await;
         failed += usize::from(!outcome(ctx, "firewall", &firewall.id.to_string(), result));
     }
 
@@ -147,12 +150,17 @@ pub async fn remark(ctx: &Context) -> Result<(), LegacyError> {
     let tunnels = ctx.clients.cloudflare.list_tunnels(Some(TUNNEL_PREFIX)).await.map_err(cloud("list tunnels"))?;
     for tunnel in tunnels.iter().filter(|t| t.deleted_at.is_none()) {
         let Some(uid) = legacy_uid_from_tunnel_name(&tunnel.name).filter(|u| ours.contains(*u)) else { continue };
-        let result = ctx.clients.cloudflare.rename_tunnel(&tunnel.id, &tunnel_name(installation, uid)).await.map(|_| ());
+        let result =
+            ctx.clients.cloudflare.rename_tunnel(&tunnel.id, &tunnel_name(installation, uid)).await.map(|_| ());
         failed += usize::from(!outcome(ctx, "tunnel", &tunnel.id, result));
     }
 
-    let records =
-        ctx.clients.cloudflare.list_dns_records_by_comment_prefix(DNS_MARK_PREFIX).await.map_err(cloud("list DNS records"))?;
+    let records = ctx
+        .clients
+        .cloudflare
+        .list_dns_records_by_comment_prefix(DNS_MARK_PREFIX)
+        .await
+        .map_err(cloud("list DNS records"))?;
     for record in &records {
         let Some(uid) = record.comment.as_deref().and_then(legacy_uid_from_dns_comment).filter(|u| ours.contains(*u))
         else {

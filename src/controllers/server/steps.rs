@@ -94,7 +94,8 @@ pub async fn unmark_server(
     let found = match (seen, recorded) {
         (Some(server), _) => Some((server.id, server.labels.clone())),
         (None, Some(id)) => ctx
-            .clients.hetzner
+            .clients
+            .hetzner
             .get_server(id)
             .await
             .map_err(ReconcileError::Hetzner)?

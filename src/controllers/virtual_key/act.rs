@@ -116,7 +116,8 @@ pub(super) async fn record_key(
     };
     let now = Utc::now();
     let mut tx = ctx
-        .clients.db
+        .clients
+        .db
         .begin()
         .await
         .map_err(|e| crate::store::StoreError::Query { what: "starting a key transaction", source: e })?;

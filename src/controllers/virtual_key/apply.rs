@@ -287,8 +287,12 @@ pub(super) async fn cleanup(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action
     };
     rt.cache.remove(&[hex::encode(&live.key_sha256)]).await?;
     let now = Utc::now();
-    let mut tx =
-        ctx.clients.db.begin().await.map_err(|e| crate::store::StoreError::Query { what: "starting a revoke", source: e })?;
+    let mut tx = ctx
+        .clients
+        .db
+        .begin()
+        .await
+        .map_err(|e| crate::store::StoreError::Query { what: "starting a revoke", source: e })?;
     keys::revoke(&mut *tx, &live.key_id, now).await?;
     keys::mark_unpublished(&mut *tx, &live.key_id).await?;
     let event = NewAuditEvent {

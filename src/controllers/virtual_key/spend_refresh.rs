@@ -70,7 +70,9 @@ pub async fn refresh_spend(ctx: &Context) -> Result<RefreshStats, ReconcileError
     rt.replace_snapshot(fresh);
     // Every key is judged on the new snapshot even if the sweep below fails.
     rt.refreshed();
-    sweep_revoked_entries(ctx, rt, &mut stats).await.inspect_err(|_| ctx.telemetry.metrics.count_refresh_failure("sweep"))?;
+    sweep_revoked_entries(ctx, rt, &mut stats)
+        .await
+        .inspect_err(|_| ctx.telemetry.metrics.count_refresh_failure("sweep"))?;
     Ok(stats)
 }
 
