@@ -169,7 +169,7 @@ pub async fn run_seed(seed: u64) -> Result<(), String> {
             .join("\n")),
     };
     let op = chaos.op.take().unwrap_or_else(|| panic!("the operator runs")).stop().await;
-    if let Some(rt) = op.context.key_runtime().ok() {
+    if let Ok(rt) = op.context.key_runtime() {
         let _ = rt.cache.clear_namespace().await;
     }
     result

@@ -402,7 +402,7 @@ async fn chart_rbac_grants_exactly_what_the_operator_calls() {
     assert!(elector.try_acquire_or_renew(until()).await.expect("renew the Lease"), "still ours");
     elector.release(until()).await.expect("release the Lease");
     let op = op.stop().await;
-    if let Some(rt) = op.context.key_runtime().ok() {
+    if let Ok(rt) = op.context.key_runtime() {
         rt.cache.clear_namespace().await.expect("clear the run's Redis namespace");
     }
     let (mut calls, non_resource) = match &op.kube {

@@ -134,7 +134,7 @@ impl KeyOperator {
 
     /// A Redis flush, as far as this run can see: every name of its namespace is gone.
     pub async fn flush(&self) {
-        let cache = &self.context.key_runtime().ok().expect("redis runtime").cache;
+        let cache = &self.context.key_runtime().expect("redis runtime").cache;
         cache.clear_namespace().await.expect("clear namespace");
     }
 
