@@ -4,6 +4,7 @@
 pub mod cloudflare;
 pub mod error;
 pub mod hetzner;
+pub mod hetzner_shapes;
 pub mod metrics;
 pub mod ratelimit;
 pub mod retry;
