@@ -11,6 +11,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::api::virtual_key::VirtualKey;
+use crate::store::QueryContext;
 use crate::store::audit::{self, AuditKind, NewAuditEvent};
 use crate::store::keys::{self, KeyTerms, NewVirtualKey, VirtualKeyRecord};
 
@@ -115,12 +116,7 @@ pub(super) async fn record_key(
         scope: spend_refresh::scope(ctx),
     };
     let now = Utc::now();
-    let mut tx = ctx
-        .clients
-        .db
-        .begin()
-        .await
-        .map_err(|e| crate::store::StoreError::Query { what: "starting a key transaction", source: e })?;
+    let mut tx = ctx.clients.db.begin().await.during("starting a key transaction")?;
     let (kind, old) = match &live {
         None => (AuditKind::VirtualKeyIssued, None),
         Some(old) => {
@@ -152,7 +148,7 @@ pub(super) async fn record_key(
         occurred_at: now,
     };
     let appended = audit::append(&mut *tx, &event).await?;
-    tx.commit().await.map_err(|e| crate::store::StoreError::Query { what: "committing a key", source: e })?;
+    tx.commit().await.during("committing a key")?;
     ctx.audit_committed(&appended);
     ctx.telemetry.metrics.count_step(KIND, if live.is_some() { "rotate" } else { "issue" });
     let verb = if live.is_some() { "Rotated" } else { "Issued" };

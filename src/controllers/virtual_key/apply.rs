@@ -287,12 +287,7 @@ pub(super) async fn cleanup(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action
     };
     rt.cache.remove(&[hex::encode(&live.key_sha256)]).await?;
     let now = Utc::now();
-    let mut tx = ctx
-        .clients
-        .db
-        .begin()
-        .await
-        .map_err(|e| crate::store::StoreError::Query { what: "starting a revoke", source: e })?;
+    let mut tx = ctx.clients.db.begin().await.during("starting a revoke")?;
     keys::revoke(&mut *tx, &live.key_id, now).await?;
     keys::mark_unpublished(&mut *tx, &live.key_id).await?;
     let event = NewAuditEvent {
@@ -306,7 +301,7 @@ pub(super) async fn cleanup(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action
         occurred_at: now,
     };
     let appended = audit::append(&mut *tx, &event).await?;
-    tx.commit().await.map_err(|e| crate::store::StoreError::Query { what: "committing a revoke", source: e })?;
+    tx.commit().await.during("committing a revoke")?;
     ctx.audit_committed(&appended);
     rt.with(|m| m.remove(&uid));
     rt.secrets.forget(&uid);
