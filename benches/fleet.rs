@@ -74,7 +74,8 @@ async fn run(n: usize) {
     let rv = op.kube.writes_by(fixture::OPERATOR_USER);
     let op = op.restart_with(idle.clone()).await;
     let start = tokio::time::Instant::now();
-    while !(op.context.fleet().servers_known() && op.context.fleet().tunnels_known() && op.context.fleet().dns_known()) {
+    while !(op.context.fleet().servers_known() && op.context.fleet().tunnels_known() && op.context.fleet().dns_known())
+    {
         if start.elapsed() > Duration::from_secs(60) {
             println!("the restarted operator never listed the fleet");
             return;
