@@ -10,7 +10,8 @@ use rand::Rng;
 /// `cap` (a cap below the base means the base), with "equal jitter": between half of that and
 /// all of it, so the retries of many callers spread out but none fires at once.
 pub fn delay(retry: u32, base: Duration, cap: Duration, rng: &mut impl Rng) -> Duration {
-    let exp = base.saturating_mul(2u32.saturating_pow(retry.min(20)));
+    // 2^16 of any base a retry starts from is past every cap in use (50 ms reaches 55 min).
+    let exp = base.saturating_mul(2u32.saturating_pow(retry.min(16)));
     let ceiling = exp.min(cap).max(base);
     let half = ceiling / 2;
     let jitter_nanos = rng.random_range(0..=u64::try_from(half.as_nanos()).unwrap_or(u64::MAX));

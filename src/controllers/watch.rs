@@ -10,7 +10,7 @@ use crate::controllers::shard::shard_selector;
 
 /// The watcher of this instance's objects of a kind: its shard's, in pages, with a server-side
 /// timeout.
-pub fn watcher_config(config: &ControllerConfig) -> watcher::Config {
+pub(crate) fn watcher_config(config: &ControllerConfig) -> watcher::Config {
     watcher::Config::default().labels(&shard_selector(config)).page_size(WATCH_LIST_PAGE).timeout(WATCH_TIMEOUT_SECS)
 }
 
@@ -38,6 +38,6 @@ where
 }
 
 /// What every kind's controller shares: bounded concurrency (see [`ControllerConfig::concurrency`]).
-pub fn controller_config(config: &ControllerConfig) -> kube::runtime::controller::Config {
+pub(crate) fn controller_config(config: &ControllerConfig) -> kube::runtime::controller::Config {
     kube::runtime::controller::Config::default().concurrency(config.concurrency)
 }

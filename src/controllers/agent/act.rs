@@ -27,7 +27,6 @@ use crate::controllers::server::{self, Owner, PowerStep};
 
 use super::decide::*;
 use super::observe::observe;
-pub use crate::controllers::reconcile::lifecycle::{FINALIZER, PAUSE_ANNOTATION, Wait};
 
 pub(super) fn secret_id(uid: &str) -> CredentialId {
     CredentialId { scope: SECRET_SCOPE.into(), resource_uid: uid.into(), name: SECRET_NAME.into() }

@@ -6,7 +6,6 @@ use crate::controllers::server::Owner;
 use crate::controllers::server::names::tunnel_name;
 
 use super::decide::*;
-pub use crate::controllers::reconcile::lifecycle::{FINALIZER, PAUSE_ANNOTATION, Wait};
 
 pub(super) fn observe(ctx: &Context, owner: &Owner, name_taken: Option<String>) -> Observed {
     Observed {

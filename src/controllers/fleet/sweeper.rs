@@ -8,7 +8,7 @@
 //! touches anything without our marks, nor anything of an object that exists (an object being
 //! created is in the cache). "Our marks" include this installation's identity: the fleet view
 //! holds nothing of another cluster's, nor anything marked before installations had an identity
-//! (see `legacy`).
+//! (see `server::legacy`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

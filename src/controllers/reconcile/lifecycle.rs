@@ -2,8 +2,9 @@
 //! pause handling around a pass, the pass itself (observe -> decide -> act, a few steps at a
 //! time, a permanent error stalls, a retryable one is named in `Ready` and backed off), the
 //! usage-timeline row after it, the status patch (only on change), the requeue that follows
-//! from what the pass waits for, the error policy, and the destroy transaction (closing usage
-//! row and destroy event in one commit).
+//! from what the pass waits for, and the error policy. How an outcome shows (stall or retry,
+//! summary conditions, phase) is [`super::outcome`]'s; the destroy transaction (closing usage
+//! row and destroy event in one commit) is [`super::destroy`]'s. Both are re-exported here.
 //!
 //! A kind supplies its observations, its pure decision, its steps and its status through
 //! [`ManagedObject`] and [`Pass`]; this module never knows what a tunnel or a firewall is, never

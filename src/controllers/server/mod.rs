@@ -1,7 +1,7 @@
 //! The Hetzner-server machinery Agents and PlainVMs share: deterministic names, ownership
 //! labels, the create spec, power decisions, the usage timeline, drift and deletion.
 //!
-//! Everything here is either a pure function (names, labels, decisions: unit-tested below) or
+//! Everything here is either a pure function (names, labels, decisions: unit-tested in `unit_tests.rs`) or
 //! one idempotent cloud step. It never decides what a kind adds around its server (tunnel,
 //! firewall); it never polls a single server: observations come from the shared fleet view.
 
