@@ -1,7 +1,7 @@
 //! The operator under test as its own process: the release `crabglamp-operator run` binary
 //! pointed at the stand-ins, so its memory is measured apart from theirs (`VmHWM` from
 //! `/proc/<pid>/status`). Its reconciles come from its JSON log: one `crabglamp::reconcile`
-//! line per finished reconcile, carrying the kind and the duration.
+//! line per finished reconcile, carrying the kind, the duration and (in its span) the object.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 pub struct Reconcile {
     pub at: Instant,
     pub kind: String,
+    /// The object's name (the benchmark's objects share one namespace).
+    pub object: String,
     pub ok: bool,
     pub elapsed: Duration,
 }
@@ -45,6 +47,7 @@ fn read_log(stderr: impl std::io::Read, log: &Mutex<Log>) {
             let reconcile = Reconcile {
                 at: Instant::now(),
                 kind: fields["kind"].as_str().unwrap_or_default().to_owned(),
+                object: json["span"]["object_name"].as_str().unwrap_or_default().to_owned(),
                 ok: fields["outcome"] == "ok",
                 elapsed: Duration::from_micros(fields["elapsed_us"].as_u64().unwrap_or_default()),
             };

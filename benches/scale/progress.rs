@@ -12,7 +12,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
-/// Objects of one kind that have been Ready, by UID, with when they first were.
+/// Objects of one kind that have been Ready, by name, with when they first were.
 #[derive(Default)]
 pub struct ReadySet {
     first_ready: HashMap<String, Instant>,
@@ -26,6 +26,11 @@ impl ReadySet {
     /// When the last of them turned Ready.
     pub fn last(&self) -> Option<Instant> {
         self.first_ready.values().max().copied()
+    }
+
+    /// When the object named `name` first was Ready.
+    pub fn ready_at(&self, name: &str) -> Option<Instant> {
+        self.first_ready.get(name).copied()
     }
 }
 
@@ -52,7 +57,7 @@ where
             let Ok(object) = item else { continue };
             let ready = conditions(&object).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
             if ready {
-                lock(&shared).first_ready.entry(object.uid().unwrap_or_default()).or_insert_with(Instant::now);
+                lock(&shared).first_ready.entry(object.name_any()).or_insert_with(Instant::now);
             }
         }
     });

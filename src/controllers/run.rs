@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
+use kube::runtime::reflector::ObjectRef;
 
 use crate::api::{Agent, PlainVM};
 use crate::controllers::anchor;
@@ -57,8 +58,11 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
 /// One kind's controller until `stop` turns true (in-flight reconciles finish).
 async fn run_controller<K: ManagedObject>(ctx: &Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
     let mut shutdown = stop;
+    // Objects a fleet list shows their awaited change to come back at once (not at a poll).
+    let woken = ctx.shared.fleet.wakes.subscribe(K::KIND).map(|o| ObjectRef::<K>::new(&o.name).within(&o.namespace));
     let controller = trim::controller(scoped_api::<K>(ctx), watcher_config(&ctx.config).any_semantic())
-        .with_config(controller_config(&ctx.config));
+        .with_config(controller_config(&ctx.config))
+        .reconcile_on(woken);
     ctx.shared.observer.watch(K::KIND, controller.store(), K::phase_name);
     controller
         .graceful_shutdown_on(async move {

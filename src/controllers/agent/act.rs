@@ -19,7 +19,7 @@ use crate::store::credentials;
 use crate::store::seal::CredentialId;
 
 use crate::controllers::context::Context;
-use crate::controllers::fleet::ObservedTunnel;
+use crate::controllers::fleet::tunnel::ObservedTunnel;
 use crate::controllers::reconcile::error::ReconcileError;
 use crate::controllers::reconcile::lifecycle::{self, Destroyed, ManagedObject, Pass, Stall, Target};
 use crate::controllers::server::names::{dns_mark, tunnel_name, tunnel_target};

@@ -11,7 +11,7 @@ use crate::api::{Agent, AgentSpec, AgentStatus};
 use crate::cloud::cloudflare::DnsRecord;
 use crate::cloud::hetzner::ServerSummary;
 
-use crate::controllers::fleet::ObservedTunnel;
+use crate::controllers::fleet::tunnel::ObservedTunnel;
 use crate::controllers::reconcile::conditions::{self, Desired};
 use crate::controllers::reconcile::lifecycle::{self, Stall};
 use crate::controllers::server::names::{settled_default_hostname, tunnel_target};

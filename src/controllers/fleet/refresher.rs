@@ -12,7 +12,8 @@ use crate::cloud::CloudError;
 use crate::cloud::hetzner::FirewallCreated;
 
 use crate::controllers::context::Context;
-use crate::controllers::fleet::{Collection, ListPace, ObservedTunnel};
+use crate::controllers::fleet::tunnel::ObservedTunnel;
+use crate::controllers::fleet::{Collection, ListPace};
 use crate::controllers::server::installation::INSTALLATION_LABEL;
 use crate::controllers::server::names::{dns_mark_prefix, tunnel_prefix, uid_from_dns_comment, uid_from_tunnel_name};
 use crate::controllers::server::{

@@ -10,14 +10,17 @@
 //! before it, so a slow list never resurrects a deleted server nor hides a new one.
 //! It never writes to a cloud: the refresher only lists.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::cloud::cloudflare::{DnsRecord, PER_PAGE as CLOUDFLARE_PAGE, Tunnel};
+use crate::cloud::cloudflare::{DnsRecord, PER_PAGE as CLOUDFLARE_PAGE};
 use crate::cloud::hetzner::{MAX_PER_PAGE, ServerSummary};
+use crate::controllers::fleet::tunnel::ObservedTunnel;
+use crate::controllers::fleet::waiters::{Waiters, Wakes, WokenObject, server_settled, tunnel_connection_changed};
+use crate::controllers::server::marks::Owner;
 use hcloud::models::Firewall;
 
 /// Items per page of the Hetzner lists.
@@ -39,13 +42,13 @@ struct Observed<T> {
     listed_from: Option<Instant>,
     /// When the last list attempt ended, successful or not (paces the next one).
     attempted_at: Option<Instant>,
-    /// Objects waiting for a change only a list can show, and since when.
-    waiting: HashMap<String, Instant>,
+    /// Objects waiting for a change only a list can show.
+    waiting: Waiters,
 }
 
 impl<T: Clone> Default for Observed<T> {
     fn default() -> Self {
-        Observed { entries: HashMap::new(), listed_from: None, attempted_at: None, waiting: HashMap::new() }
+        Observed { entries: HashMap::new(), listed_from: None, attempted_at: None, waiting: Waiters::default() }
     }
 }
 
@@ -76,6 +79,30 @@ impl<T: Clone> Observed<T> {
         self.attempted_at = Some(now);
     }
 
+    /// [`Self::merge`], and the objects waiting on an entry it changed in a way `wakes` says
+    /// they wait for.
+    fn merge_and_wake(
+        &mut self,
+        listed: HashMap<String, T>,
+        started: Instant,
+        now: Instant,
+        wakes: fn(Option<&T>, Option<&T>) -> bool,
+    ) -> Vec<(&'static str, WokenObject)> {
+        let before: Vec<(String, Option<T>)> = self
+            .waiting
+            .keys()
+            .into_iter()
+            .map(|k| {
+                let v = self.get(&k);
+                (k, v)
+            })
+            .collect();
+        self.merge(listed, started, now);
+        let changed: HashSet<String> =
+            before.into_iter().filter(|(k, v)| wakes(v.as_ref(), self.get(k).as_ref())).map(|(k, _)| k).collect();
+        self.waiting.on(&changed)
+    }
+
     /// When the next list is due: soon while anyone waits, else at the resync period.
     /// "Soon" is one page per `fast` (a list of `page`-sized pages every `fast` x pages, at
     /// most the resync period): waiting costs the same requests per minute at 50 objects and
@@ -94,32 +121,6 @@ impl<T: Clone> Observed<T> {
     /// N = 5,000, was a burst of several MiB.
     fn pick<V>(&self, pick: impl Fn(&T) -> Option<V>) -> HashMap<String, V> {
         self.entries.iter().filter_map(|(k, e)| e.value.as_ref().and_then(&pick).map(|v| (k.clone(), v))).collect()
-    }
-}
-
-/// A tunnel as the reconcilers need it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ObservedTunnel {
-    pub id: String,
-    pub name: String,
-    /// `healthy`, `degraded`, `inactive`, `down`, as Cloudflare reports it.
-    pub status: String,
-    pub connections: usize,
-}
-
-impl ObservedTunnel {
-    pub fn from_api(t: &Tunnel) -> Self {
-        ObservedTunnel {
-            id: t.id.clone(),
-            name: t.name.clone(),
-            status: t.status.clone().unwrap_or_else(|| "inactive".to_owned()),
-            connections: t.connections.len(),
-        }
-    }
-
-    /// A connector is attached and serving.
-    pub fn connected(&self) -> bool {
-        self.connections > 0 && matches!(self.status.as_str(), "healthy" | "degraded")
     }
 }
 
@@ -175,6 +176,10 @@ pub struct Fleet {
     state: Mutex<FleetState>,
     /// Wakes the refresher when someone starts waiting (so it need not poll for waiters).
     pub(crate) wake: Notify,
+    /// Where the objects a list shows a change to go (their kinds' controllers).
+    pub wakes: Wakes,
+    /// Notified after every list, complete or failed (a pass waiting for the first lists).
+    pub(crate) listed: Notify,
 }
 
 /// Which collection a list refreshed.
@@ -256,6 +261,7 @@ impl Fleet {
     /// Applies a complete list of per-object firewalls (keyed by owner UID).
     pub fn merge_firewalls(&self, listed: HashMap<String, Firewall>, started: Instant) {
         self.with(|s| s.firewalls.merge(listed, started, Instant::now()));
+        self.listed.notify_waiters();
     }
 
     /// The tunnel named `name`.
@@ -319,20 +325,36 @@ impl Fleet {
         self.with(|s| s.dns.pick(pick))
     }
 
-    /// The object waits for a server state change: servers are listed at the short interval
-    /// until it stops waiting.
-    pub fn wait_for_servers(&self, uid: &str) {
-        let new = self.with(|s| s.servers.waiting.insert(uid.to_owned(), Instant::now()).is_none());
+    /// The object waits for its server to settle: servers are listed at the short interval
+    /// until it stops waiting, and the list that shows it settled wakes the object.
+    pub fn wait_for_servers(&self, owner: &Owner) {
+        let new = self.with(|s| s.servers.waiting.insert(owner, &owner.uid));
         if new {
             self.wake.notify_one();
         }
     }
 
-    /// The object waits for its tunnel to connect.
-    pub fn wait_for_tunnel(&self, uid: &str) {
-        let new = self.with(|s| s.tunnels.waiting.insert(uid.to_owned(), Instant::now()).is_none());
+    /// The object waits for the tunnel named `tunnel` to connect (or lose its connector).
+    pub fn wait_for_tunnel(&self, owner: &Owner, tunnel: &str) {
+        let new = self.with(|s| s.tunnels.waiting.insert(owner, tunnel));
         if new {
             self.wake.notify_one();
+        }
+    }
+
+    /// Waits until `known` holds of the view, at most `limit`: a pass that comes before the
+    /// first complete lists (at start) waits for them rather than looking again later.
+    pub async fn until(&self, known: impl Fn(&Fleet) -> bool, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            // Registered before the check: a list that ends in between is not missed.
+            let listed = self.listed.notified();
+            if known(self) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, listed).await.is_err() {
+                return known(self);
+            }
         }
     }
 
@@ -344,19 +366,26 @@ impl Fleet {
         });
     }
 
-    /// Applies a complete server list (keyed by owner UID) that started at `started`.
+    /// Applies a complete server list (keyed by owner UID) that started at `started`, and
+    /// wakes the objects waiting for a server it shows settled.
     pub fn merge_servers(&self, listed: HashMap<String, ServerSummary>, started: Instant) {
-        self.with(|s| s.servers.merge(listed, started, Instant::now()));
+        let woken = self.with(|s| s.servers.merge_and_wake(listed, started, Instant::now(), server_settled));
+        self.wakes.send(woken);
+        self.listed.notify_waiters();
     }
 
-    /// Applies a complete tunnel list (keyed by name).
+    /// Applies a complete tunnel list (keyed by name), and wakes the objects waiting for a
+    /// tunnel whose connection it shows changed.
     pub fn merge_tunnels(&self, listed: HashMap<String, ObservedTunnel>, started: Instant) {
-        self.with(|s| s.tunnels.merge(listed, started, Instant::now()));
+        let woken = self.with(|s| s.tunnels.merge_and_wake(listed, started, Instant::now(), tunnel_connection_changed));
+        self.wakes.send(woken);
+        self.listed.notify_waiters();
     }
 
     /// Applies a complete list of our DNS records (keyed by owner UID).
     pub fn merge_dns(&self, listed: HashMap<String, DnsRecord>, started: Instant) {
         self.with(|s| s.dns.merge(listed, started, Instant::now()));
+        self.listed.notify_waiters();
     }
 
     /// A failed list still paces the next attempt (no tight loop against a failing API).
@@ -368,6 +397,7 @@ impl Fleet {
             Collection::Tunnels => s.tunnels.attempted_at = Some(now),
             Collection::Dns => s.dns.attempted_at = Some(now),
         });
+        self.listed.notify_waiters();
     }
 
     /// Which collections are due at `now`, and when the next one will be. `pace` sets the
@@ -397,186 +427,5 @@ impl Fleet {
             }
             (due, next)
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn server(id: i64, status: &str) -> ServerSummary {
-        ServerSummary { id, name: format!("s{id}"), status: status.into(), ..ServerSummary::default() }
-    }
-
-    #[test]
-    fn a_list_that_started_before_a_local_change_does_not_undo_it() {
-        let fleet = Fleet::default();
-        let before = Instant::now();
-        fleet.record_server("created-during-list", server(1, "initializing"));
-        fleet.record_server("deleted-during-list", server(2, "running"));
-        fleet.forget_server("deleted-during-list");
-        let listed = HashMap::from([
-            ("deleted-during-list".to_owned(), server(2, "running")),
-            ("old".to_owned(), server(3, "off")),
-        ]);
-        fleet.merge_servers(listed, before);
-        assert_eq!(fleet.server("created-during-list").map(|s| s.id), Some(1), "a list cannot hide a new server");
-        assert!(fleet.server("deleted-during-list").is_none(), "a list cannot resurrect a deleted one");
-        assert_eq!(fleet.server("old").map(|s| s.status), Some("off".to_owned()));
-        assert!(fleet.servers_known());
-    }
-
-    #[test]
-    fn a_pick_takes_only_what_it_accepts_of_present_servers() {
-        let fleet = Fleet::default();
-        fleet.record_server("running", server(1, "running"));
-        fleet.record_server("off", server(2, "off"));
-        fleet.record_server("deleted", server(3, "running"));
-        fleet.forget_server("deleted");
-        let ids = fleet.pick_servers(|s| (s.status == "running").then_some(s.id));
-        assert_eq!(ids, HashMap::from([("running".to_owned(), 1)]), "tombstones and refused servers are left out");
-    }
-
-    /// Chaos seed 139: an Agent stopped, started again and deleted before it booted was billed
-    /// a start, because the tunnel list from before the stop still showed its connector.
-    #[test]
-    fn a_connector_seen_before_a_boot_counts_only_once_a_later_list_shows_it() {
-        let fleet = Fleet::default();
-        let tunnel = |connections| ObservedTunnel {
-            id: "t".into(),
-            name: "agent-a".into(),
-            status: "healthy".into(),
-            connections,
-        };
-        let before = Instant::now();
-        fleet.merge_tunnels(HashMap::from([("agent-a".to_owned(), tunnel(1))]), before);
-        fleet.tunnel_lost_its_connector("agent-a");
-        fleet.merge_tunnels(HashMap::from([("agent-a".to_owned(), tunnel(1))]), before);
-        assert!(fleet.tunnel("agent-a").is_some_and(|t| !t.connected()), "a list from before the boot proves nothing");
-        let after = Instant::now() + Duration::from_millis(1);
-        fleet.merge_tunnels(HashMap::from([("agent-a".to_owned(), tunnel(1))]), after);
-        assert!(fleet.tunnel("agent-a").is_some_and(|t| t.connected()), "a later list shows the new connector");
-        fleet.tunnel_lost_its_connector("unknown");
-        assert!(fleet.tunnel("unknown").is_none(), "nothing is made up for a tunnel never seen");
-    }
-
-    #[test]
-    fn a_newer_list_replaces_older_knowledge() {
-        let fleet = Fleet::default();
-        fleet.record_server("a", server(1, "starting"));
-        fleet.record_server("gone", server(2, "running"));
-        let after = Instant::now() + Duration::from_millis(1);
-        fleet.merge_servers(HashMap::from([("a".to_owned(), server(1, "running"))]), after);
-        assert_eq!(fleet.server("a").map(|s| s.status), Some("running".to_owned()));
-        assert!(fleet.server("gone").is_none(), "deleted behind our back: the list shows it");
-        assert!(fleet.servers_listed_since(after - Duration::from_millis(1)));
-    }
-
-    #[test]
-    fn lists_are_due_fast_only_while_someone_waits() {
-        let fleet = Fleet::default();
-        let (resync, fast) = (Duration::from_secs(300), Duration::from_secs(2));
-        let now = Instant::now();
-        let (due, _) = fleet.due(now, &ListPace::new(resync, fast));
-        assert_eq!(
-            due,
-            vec![Collection::Firewalls, Collection::Servers, Collection::Tunnels, Collection::Dns],
-            "first lists at once"
-        );
-        fleet.merge_servers(HashMap::new(), now);
-        fleet.merge_firewalls(HashMap::new(), now);
-        fleet.merge_tunnels(HashMap::new(), now);
-        fleet.merge_dns(HashMap::new(), now);
-        let (due, next) = fleet.due(now, &ListPace::new(resync, fast));
-        assert!(due.is_empty());
-        assert!(next.is_some_and(|n| n >= now + resync - Duration::from_secs(1)));
-        fleet.wait_for_tunnel("uid");
-        let (due, _) = fleet.due(now + fast + Duration::from_secs(1), &ListPace::new(resync, fast));
-        assert_eq!(due, vec![Collection::Tunnels], "only the collection someone waits on goes fast");
-        fleet.done_waiting("uid");
-        let (due, _) = fleet.due(now + fast + Duration::from_secs(1), &ListPace::new(resync, fast));
-        assert!(due.is_empty());
-    }
-
-    /// While objects wait, a list of 120 servers (three pages) runs every three fast periods:
-    /// one page per period, whatever the size of the fleet, and never less often than a resync.
-    #[test]
-    fn waiting_costs_one_page_per_fast_period() {
-        let fleet = Fleet::default();
-        let (resync, fast) = (Duration::from_secs(300), Duration::from_secs(2));
-        let now = Instant::now();
-        let servers: HashMap<_, _> = (0..120).map(|i| (format!("uid-{i}"), server(i, "initializing"))).collect();
-        fleet.merge_servers(servers, now);
-        fleet.wait_for_servers("uid-1");
-        let (due, _) = fleet.due(now + fast * 2, &ListPace::new(resync, fast));
-        assert!(!due.contains(&Collection::Servers), "{due:?}");
-        let (due, _) = fleet.due(now + fast * 3 + Duration::from_secs(1), &ListPace::new(resync, fast));
-        assert!(due.contains(&Collection::Servers), "{due:?}");
-        let (_, next) = fleet.due(now, &ListPace::new(Duration::from_secs(4), fast));
-        assert!(next.is_some_and(|n| n <= Instant::now() + Duration::from_secs(4)), "capped at the resync period");
-    }
-
-    #[test]
-    fn firewalls_are_listed_at_start_then_only_while_plainvms_or_firewalls_exist() {
-        let fleet = Fleet::default();
-        let resync = Duration::from_secs(10);
-        let now = Instant::now();
-        fleet.merge_firewalls(HashMap::new(), now);
-        let later = now + resync * 3;
-        let (due, _) = fleet.due(later, &ListPace::new(resync, resync));
-        assert!(!due.contains(&Collection::Firewalls), "an Agent-only fleet spends no firewall page");
-        let fw: Firewall = serde_json::from_value(serde_json::json!({
-            "id": 1, "name": "f", "labels": {}, "created": "2026-01-01T00:00:00Z", "applied_to": [], "rules": []
-        }))
-        .expect("firewall");
-        fleet.merge_firewalls(HashMap::from([("orphan".to_owned(), fw)]), now);
-        assert!(
-            fleet.due(later, &ListPace::new(resync, resync)).0.contains(&Collection::Firewalls),
-            "one is left to watch"
-        );
-        fleet.merge_firewalls(HashMap::new(), now);
-        fleet.want_firewalls();
-        assert!(
-            fleet.due(later, &ListPace::new(resync, resync)).0.contains(&Collection::Firewalls),
-            "a PlainVM exists"
-        );
-        assert!(
-            !fleet.due(now, &ListPace::new(resync, resync)).0.contains(&Collection::Firewalls),
-            "at the resync pace"
-        );
-    }
-
-    /// A firewall taken off its server shows in the server list; the firewall list itself
-    /// (console rule edits, orphans) runs once per audit period, not at every resync.
-    #[test]
-    fn the_firewall_list_runs_at_the_audit_pace_the_servers_at_the_resync() {
-        let fleet = Fleet::default();
-        let resync = Duration::from_secs(10);
-        let pace = ListPace { resync, fast: resync, firewall_audit: resync * 12 };
-        let now = Instant::now();
-        fleet.want_firewalls();
-        fleet.merge_servers(HashMap::new(), now);
-        fleet.merge_firewalls(HashMap::new(), now);
-        fleet.merge_tunnels(HashMap::new(), now);
-        fleet.merge_dns(HashMap::new(), now);
-        let (due, _) = fleet.due(now + resync * 2, &pace);
-        assert!(due.contains(&Collection::Servers), "servers at the resync: {due:?}");
-        assert!(!due.contains(&Collection::Firewalls), "firewalls not yet: {due:?}");
-        let (due, _) = fleet.due(now + resync * 12 + Duration::from_secs(1), &pace);
-        assert!(due.contains(&Collection::Firewalls), "{due:?}");
-    }
-
-    #[test]
-    fn tunnel_connection_needs_a_connector() {
-        let t = |status: &str, connections| ObservedTunnel {
-            id: "i".into(),
-            name: "n".into(),
-            status: status.into(),
-            connections,
-        };
-        assert!(t("healthy", 1).connected());
-        assert!(!t("healthy", 0).connected());
-        assert!(!t("inactive", 0).connected());
-        assert!(!t("down", 0).connected());
     }
 }

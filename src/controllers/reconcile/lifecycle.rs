@@ -13,6 +13,7 @@
 use std::fmt::Debug;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -33,6 +34,7 @@ pub use crate::controllers::reconcile::outcome::{
     SELF_CLEARING, Stall, phase, retry_reason, set_ready_reason, stall_reason, summary_conditions,
 };
 use crate::controllers::reconcile::status_patch::status_merge_patch;
+use crate::controllers::server::names::tunnel_name;
 use crate::controllers::server::{self, Owner, ServerIntent};
 
 /// The finalizer that holds an object until its cloud resources are gone and its destroy event
@@ -184,8 +186,12 @@ pub trait Pass: Sync {
     }
 }
 
-/// Pure: the requeue after a pass that ended without error.
-pub fn next_action(stalled: Option<&'static str>, wait: Wait, ctx: &Context, uid: &str) -> Action {
+/// The requeue after a pass that ended without error, and what the object now waits on. An
+/// object waiting for its server or tunnel is woken by the list that shows the change (see
+/// [`crate::controllers::fleet::waiters`]); its requeue is the resync's safety net, or the
+/// moment an ACPI shutdown turns into a hard power-off, which no list shows.
+pub fn next_action(stalled: Option<&'static str>, wait: Wait, ctx: &Context, owner: &Owner) -> Action {
+    let uid = owner.uid.as_str();
     match (stalled, wait) {
         (Some(reason), _) => {
             ctx.shared.fleet.done_waiting(uid);
@@ -199,15 +205,24 @@ pub fn next_action(stalled: Option<&'static str>, wait: Wait, ctx: &Context, uid
         }
         (None, Wait::Lists) => Action::requeue(ctx.config.fast_poll),
         (None, Wait::Tunnel) => {
-            ctx.shared.fleet.wait_for_tunnel(uid);
-            Action::requeue(ctx.config.fast_poll)
+            ctx.shared.fleet.wait_for_tunnel(owner, &tunnel_name(ctx.config.installation(), uid));
+            Action::requeue(ctx.config.resync)
         }
         (None, Wait::Server) => {
-            ctx.shared.fleet.wait_for_servers(uid);
-            Action::requeue(ctx.config.fast_poll)
+            ctx.shared.fleet.wait_for_servers(owner);
+            let shutdown_left = ctx
+                .power
+                .shutdown_sent_at(uid)
+                .and_then(|sent| ctx.config.shutdown_timeout.checked_sub(sent.elapsed()));
+            // Just past the timeout, so the pass it starts decides the power-off.
+            let deadline = shutdown_left.map_or(ctx.config.resync, |left| left + Duration::from_millis(50));
+            Action::requeue(deadline.min(ctx.config.resync))
         }
     }
 }
+
+/// Steps a pass takes at most; the rest are taken by the next pass, at once.
+const MAX_STEPS: usize = 10;
 
 /// One pass: up to ten steps (each one's result is in the fleet view for the next), the
 /// timeline row the observed power calls for, the status patch, the requeue. A step is taken
@@ -218,7 +233,8 @@ pub async fn apply<P: Pass>(pass: &P, ctx: &Context) -> Result<Action, Reconcile
     let object = object.as_ref();
     // Until the first complete lists, absence proves nothing: deciding (or describing the
     // world in status) then would flap conditions of every object at each operator restart.
-    if !pass.lists_known(ctx) {
+    // At start they come within moments: wait for them here rather than in another reconcile.
+    if !ctx.shared.fleet.until(|_| pass.lists_known(ctx), ctx.config.fast_poll).await {
         return Ok(Action::requeue(ctx.config.fast_poll));
     }
     let old = object.status().cloned().unwrap_or_default();
@@ -230,9 +246,14 @@ pub async fn apply<P: Pass>(pass: &P, ctx: &Context) -> Result<Action, Reconcile
     record_usage(pass, ctx, &status, &mut tail).await?;
     let mut plan = Plan { steps: Vec::new(), wait: Wait::Lists };
     let mut taken: Vec<P::Step> = Vec::new();
-    for _ in 0..10 {
+    let mut more_to_do = false;
+    for round in 0..=MAX_STEPS {
         plan = pass.plan(ctx, &status);
         let Some(step) = next_step(&plan.steps, &taken) else { break };
+        if round == MAX_STEPS {
+            more_to_do = true;
+            break;
+        }
         taken.push(step.clone());
         if let Err(e) = pass.act(ctx, &mut status, &step).await {
             if let Some(stall) = pass.stall(&step, &e) {
@@ -254,8 +275,17 @@ pub async fn apply<P: Pass>(pass: &P, ctx: &Context) -> Result<Action, Reconcile
     let next = pass.describe(ctx, &status, stalled.clone());
     write_status(ctx, object, &old, &next).await?;
     ctx.failures.succeeded(&owner.uid);
-    tracing::debug!(wait = ?plan.wait, stalled = stalled.is_some(), "pass done");
-    Ok(next_action(stalled.map(|(reason, _)| reason), plan.wait, ctx, &owner.uid))
+    tracing::debug!(wait = ?plan.wait, stalled = stalled.is_some(), more_to_do, "pass done");
+    let stalled = stalled.map(|(reason, _)| reason);
+    let action = next_action(stalled, plan.wait, ctx, owner);
+    // Our own status write starts no reconcile (see `trigger`): steps left go on at once. So
+    // does a pass whose view changed after it decided but before its wait was registered (no
+    // list wakes it for a change merged before).
+    let changed_since = || stalled.is_none() && plan.wait != Wait::Nothing && pass.plan(ctx, &status) != plan;
+    if more_to_do || changed_since() {
+        return Ok(Action::requeue(Duration::ZERO));
+    }
+    Ok(action)
 }
 
 /// Pure: the first planned step not yet taken in this pass. A step planned again after it

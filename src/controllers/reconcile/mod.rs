@@ -1,6 +1,7 @@
 //! The reconcile skeleton every kind runs on, and what it is made of: the per-kind lifecycle
 //! (pause, finalizer, plan, act, one status write, error policy), conditions, status patches,
-//! errors, Events, the trimmed controller caches, their observer and per-object failures.
+//! errors, Events, the trimmed controller caches, what starts a reconcile, the caches' observer
+//! and per-object failures.
 
 pub mod conditions;
 pub mod destroy;
@@ -11,4 +12,5 @@ pub mod lifecycle;
 pub mod observe;
 pub mod outcome;
 pub mod status_patch;
+pub mod trigger;
 pub mod trim;

@@ -4,10 +4,12 @@
 //! older than the scrape and cost nothing between scrapes.
 //!
 //! Queue depth: kube-runtime's controller does not expose its scheduler, so it is counted
-//! here. An object waits when the cache holds a version of it that no reconcile has started
-//! on yet (a new object, a spec or status change, a deletion request: each one a watch event
-//! the controller has queued). Timer requeues (the periodic resync, a backoff) are scheduled
-//! work, not backlog, and are not counted; an object whose reconcile runs is not waiting.
+//! here. An object waits when the cache holds a version of it whose trigger
+//! ([`trigger_hash`]: a new object, a spec change, a deletion request, finalizers, labels,
+//! annotations) no reconcile has started on yet: each one a watch event the controller has
+//! queued. A status change alone queues nothing, so it is not counted. Timer requeues (the
+//! periodic resync, a backoff) and fleet wakes are scheduled work, not backlog, and are not
+//! counted; an object whose reconcile runs is not waiting.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -16,12 +18,13 @@ use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 
 use crate::controllers::metrics::{ControllerMetrics, KindLabel, KindPhase};
+use crate::controllers::reconcile::trigger::trigger_hash;
 
 /// One kind's cache, as the scrape reads it.
 trait CacheView: Send + Sync {
     fn kind(&self) -> &'static str;
-    /// `(uid, resourceVersion, phase)` of every cached object.
-    fn snapshot(&self) -> Vec<(String, String, String)>;
+    /// `(uid, trigger hash, phase)` of every cached object.
+    fn snapshot(&self) -> Vec<(String, Option<u64>, String)>;
     fn synced(&self) -> bool;
 }
 
@@ -36,11 +39,11 @@ impl<K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static> CacheV
         self.kind
     }
 
-    fn snapshot(&self) -> Vec<(String, String, String)> {
+    fn snapshot(&self) -> Vec<(String, Option<u64>, String)> {
         self.store
             .state()
             .iter()
-            .map(|o| (o.uid().unwrap_or_default(), o.resource_version().unwrap_or_default(), (self.phase)(o)))
+            .map(|o| (o.uid().unwrap_or_default(), trigger_hash(o.as_ref()), (self.phase)(o)))
             .collect()
     }
 
@@ -54,8 +57,8 @@ impl<K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static> CacheV
 #[derive(Default)]
 pub struct Observer {
     caches: Mutex<Vec<Box<dyn CacheView>>>,
-    /// Per UID: the resourceVersion the last reconcile started on.
-    started: Mutex<HashMap<String, String>>,
+    /// Per UID: the trigger hash of the version the last reconcile started on.
+    started: Mutex<HashMap<String, Option<u64>>>,
 }
 
 impl std::fmt::Debug for Observer {
@@ -77,8 +80,7 @@ impl Observer {
     /// A reconcile starts on this version of the object.
     pub fn started<K: kube::Resource>(&self, object: &K) {
         let uid = object.meta().uid.clone().unwrap_or_default();
-        let version = object.meta().resource_version.clone().unwrap_or_default();
-        self.started.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(uid, version);
+        self.started.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(uid, trigger_hash(object));
     }
 
     /// Whether every controller's cache has seen its first complete list (false before any
@@ -157,7 +159,12 @@ mod tests {
         assert_eq!(depth(&metrics), 1);
         writer.apply_watcher_event(&Event::Apply(agent("a", "2")));
         observer.fill(&metrics);
-        assert_eq!(depth(&metrics), 2, "a change queues it again");
+        assert_eq!(depth(&metrics), 1, "a status write queues nothing");
+        let mut edited = agent("a", "3");
+        edited.metadata.generation = Some(2);
+        writer.apply_watcher_event(&Event::Apply(edited));
+        observer.fill(&metrics);
+        assert_eq!(depth(&metrics), 2, "a spec change queues it again");
         let pending = metrics.objects.get_or_create(&KindPhase { kind: "Agent".into(), phase: "Pending".into() }).get();
         assert_eq!(pending, 2);
     }

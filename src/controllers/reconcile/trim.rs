@@ -12,9 +12,11 @@ use futures::TryStreamExt;
 use kube::api::PartialObjectMeta;
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{self, reflector};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
+
+use crate::controllers::reconcile::trigger::trigger_hash;
 
 /// The annotation `kubectl apply` writes: a whole copy of the last applied manifest.
 pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
@@ -28,7 +30,8 @@ pub fn trim<K: Resource>(object: &mut K) {
     }
 }
 
-/// `Controller::new`, with the cache trimmed.
+/// `Controller::new`, with the cache trimmed and only the changes of
+/// [`trigger_hash`] starting a reconcile (the cache still holds every version).
 pub fn controller<K>(api: Api<K>, config: watcher::Config) -> Controller<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -37,7 +40,9 @@ where
     let writer = reflector::store::Writer::<K>::default();
     let reader = writer.as_reader();
     // The same backoff `Controller::new` gives its watcher: an API outage is retried, not spun on.
-    let stream = reflector(writer, watcher(api, config).default_backoff().modify(trim::<K>)).applied_objects();
+    let stream = reflector(writer, watcher(api, config).default_backoff().modify(trim::<K>))
+        .applied_objects()
+        .predicate_filter(trigger_hash::<K>, PredicateConfig::default());
     Controller::for_stream(stream, reader)
 }
 

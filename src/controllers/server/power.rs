@@ -87,13 +87,13 @@ pub async fn apply_power(
         if !matches!(e, CloudError::Permanent(_) | CloudError::NotFound(_)) {
             seen.status = UNKNOWN_STATUS.to_owned();
             ctx.shared.fleet.record_server(&owner.uid, seen);
-            ctx.shared.fleet.wait_for_servers(&owner.uid);
+            ctx.shared.fleet.wait_for_servers(owner);
         }
         return Err(ReconcileError::Hetzner(e));
     }
     seen.status = under_way.to_owned();
     ctx.shared.fleet.record_server(&owner.uid, seen);
-    ctx.shared.fleet.wait_for_servers(&owner.uid);
+    ctx.shared.fleet.wait_for_servers(owner);
     ctx.telemetry.metrics.count_step(owner.kind, step_name(step));
     Ok(())
 }

@@ -38,7 +38,7 @@ pub async fn settle_before_removal<K: Resource>(
         .and_then(|t| Duration::try_from(k8s_openapi::jiff::Timestamp::now().duration_since(t.0)).ok())
         .unwrap_or_default();
     if removal_waits(observed_status.as_deref(), asked_for, ctx.config.removal_settle_timeout) {
-        ctx.shared.fleet.wait_for_servers(&owner.uid);
+        ctx.shared.fleet.wait_for_servers(owner);
         return Err(ReconcileError::NotReady("the server to settle in a power state before it is removed"));
     }
     if let Some(observed) = observed_status
