@@ -11,6 +11,7 @@ mod virtualkeys {
     mod flush;
     mod grace_terms;
     mod lifecycle;
+    mod pause;
     mod private_redis;
     mod proxy;
     mod restores;

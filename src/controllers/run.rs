@@ -3,18 +3,14 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
-use kube::runtime::reflector::ObjectRef;
-
 use crate::api::{Agent, PlainVM};
 use crate::controllers::anchor;
 use crate::controllers::context::Context;
 use crate::controllers::fleet::{refresher, sweeper};
-use crate::controllers::reconcile::lifecycle::{self, ManagedObject};
-use crate::controllers::reconcile::trim;
+use crate::controllers::reconcile::lifecycle::ManagedObject;
+use crate::controllers::reconcile::runner;
 use crate::controllers::server::legacy;
 use crate::controllers::task::{AbortOnDrop, retry_until_stopped};
-use crate::controllers::watch::{controller_config, scoped_api, watcher_config};
 
 /// Runs every controller until `stop` turns true; returns once in-flight reconciles finished.
 pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
@@ -57,26 +53,5 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
 
 /// One kind's controller until `stop` turns true (in-flight reconciles finish).
 async fn run_controller<K: ManagedObject>(ctx: &Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
-    let mut shutdown = stop;
-    // Objects a fleet list shows their awaited change to come back at once (not at a poll).
-    let woken = ctx.shared.fleet.wakes.subscribe(K::KIND).map(|o| ObjectRef::<K>::new(&o.name).within(&o.namespace));
-    let controller = trim::controller(scoped_api::<K>(ctx), watcher_config(&ctx.config).any_semantic())
-        .with_config(controller_config(&ctx.config))
-        .reconcile_on(woken);
-    ctx.shared.observer.watch(K::KIND, controller.store(), K::phase_name);
-    controller
-        .graceful_shutdown_on(async move {
-            while !*shutdown.borrow() {
-                if shutdown.changed().await.is_err() {
-                    break;
-                }
-            }
-        })
-        .run(lifecycle::reconcile::<K>, lifecycle::error_policy::<K>, Arc::clone(ctx))
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(kind = K::KIND, error = %e, "controller event");
-            }
-        })
-        .await;
+    runner::run_until_stopped(runner::controller::<K>(ctx), ctx, stop).await;
 }

@@ -21,9 +21,9 @@ use crate::store::seal::CredentialId;
 use crate::controllers::context::Context;
 use crate::controllers::fleet::tunnel::ObservedTunnel;
 use crate::controllers::reconcile::error::ReconcileError;
-use crate::controllers::reconcile::lifecycle::{self, Destroyed, ManagedObject, Pass, Stall, Target};
+use crate::controllers::reconcile::lifecycle::{self, Destroyed, ManagedObject, Pass, ServerObject, Stall, Target};
 use crate::controllers::server::names::{dns_mark, tunnel_name, tunnel_target};
-use crate::controllers::server::{self, Owner, PowerStep};
+use crate::controllers::server::{self, Owner, PowerStep, ServerIntent};
 
 use super::decide::*;
 use super::observe::observe;
@@ -427,6 +427,12 @@ impl Pass for AgentPass {
             &server,
             ctx.shared.fleet.tunnel(&tunnel_name(ctx.config.installation(), &self.target.owner.uid)).as_ref(),
         ))
+    }
+}
+
+impl ServerObject for Agent {
+    fn intent(&self) -> ServerIntent {
+        intent(&self.spec)
     }
 }
 

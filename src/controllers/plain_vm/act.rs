@@ -17,8 +17,8 @@ use super::firewall;
 use super::observe::observe;
 use crate::controllers::context::Context;
 use crate::controllers::reconcile::error::ReconcileError;
-use crate::controllers::reconcile::lifecycle::{self, Destroyed, ManagedObject, Pass, Stall, Target};
-use crate::controllers::server::{self, Owner};
+use crate::controllers::reconcile::lifecycle::{self, Destroyed, ManagedObject, Pass, ServerObject, Stall, Target};
+use crate::controllers::server::{self, Owner, ServerIntent};
 
 /// One pass's fixed inputs.
 pub(super) struct PlainVmPass {
@@ -144,6 +144,12 @@ impl Pass for PlainVmPass {
 
     fn target(&self) -> &Target<PlainVM> {
         &self.target
+    }
+}
+
+impl ServerObject for PlainVM {
+    fn intent(&self) -> ServerIntent {
+        intent(&self.spec)
     }
 }
 

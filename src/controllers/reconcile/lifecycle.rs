@@ -1,14 +1,16 @@
-//! The reconcile skeleton every server-backed kind (Agent, PlainVM) runs on: the finalizer and
-//! pause handling around a pass, the pass itself (observe -> decide -> act, a few steps at a
-//! time, a permanent error stalls, a retryable one is named in `Ready` and backed off), the
-//! usage-timeline row after it, the status patch (only on change), the requeue that follows
-//! from what the pass waits for, and the error policy. How an outcome shows (stall or retry,
-//! summary conditions, phase) is [`super::outcome`]'s; the destroy transaction (closing usage
-//! row and destroy event in one commit) is [`super::destroy`]'s. Both are re-exported here.
+//! The reconcile skeleton every kind runs on. For all three ([`ManagedObject`]): the pause
+//! annotation, the finalizer around the kind's pass or cleanup, the reconcile log line and
+//! metrics, the status patch (only on change) and the error policy. For the server-backed
+//! kinds ([`ServerObject`], Agent and PlainVM), the pass itself: observe -> decide -> act, a
+//! few steps at a time, a permanent error stalls, a retryable one is named in `Ready` and
+//! backed off; the usage-timeline row after it, and the requeue that follows from what the
+//! pass waits for. How an outcome shows (stall or retry, summary conditions, phase) is
+//! [`super::outcome`]'s; the destroy transaction (closing usage row and destroy event in one
+//! commit) is [`super::destroy`]'s. Both are re-exported here.
 //!
 //! A kind supplies its observations, its pure decision, its steps and its status through
-//! [`ManagedObject`] and [`Pass`]; this module never knows what a tunnel or a firewall is, never
-//! talks to a cloud itself, and never writes `spec`.
+//! [`ManagedObject`] and [`Pass`]; this module never knows what a tunnel, a firewall or a key
+//! is, never talks to a cloud itself, and never writes `spec`.
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -74,12 +76,10 @@ pub trait ManagedObject:
     + 'static
 {
     type Status: Clone + Debug + Default + PartialEq + Serialize + Send + Sync;
-    /// `Agent`, `PlainVM`: spans, metrics, Events.
+    /// `Agent`, `PlainVM`, `VirtualKey`: spans, metrics, Events.
     const KIND: &'static str;
 
     fn status(&self) -> Option<&Self::Status>;
-    /// What the object asks of its server.
-    fn intent(&self) -> ServerIntent;
     fn conditions(status: &Self::Status) -> &[Condition];
     fn conditions_mut(status: &mut Self::Status) -> &mut Vec<Condition>;
     /// The phase in status (`Pending` before the first status write), for the objects gauge.
@@ -90,6 +90,12 @@ pub trait ManagedObject:
     /// Tears the object's cloud resources down (or orphans them) and commits its destroy event.
     /// Any `Ok` releases the finalizer: return an error while anything is left.
     fn cleanup(object: Arc<Self>, ctx: Arc<Context>) -> impl Future<Output = Result<Action, ReconcileError>> + Send;
+}
+
+/// A kind backed by a server of its own (Agent, PlainVM): what [`apply`]'s passes run on.
+pub trait ServerObject: ManagedObject {
+    /// What the object asks of its server.
+    fn intent(&self) -> ServerIntent;
 }
 
 /// The status accessors of [`ManagedObject`] for a kind whose status has `conditions`.
@@ -109,16 +115,12 @@ macro_rules! status_access {
 pub(crate) use status_access;
 
 /// The parts of a [`ManagedObject`] impl every server-backed kind writes the same way: its
-/// status type, its kind name, the status accessors, and the intent from its spec (through
-/// the kind's own `intent(&spec)`).
+/// status type, its kind name, the status accessors, and the phase from `status.phase`.
 macro_rules! managed_kind {
     ($status:ty, $kind:expr) => {
         type Status = $status;
         const KIND: &'static str = $kind;
         $crate::controllers::reconcile::lifecycle::status_access!($status);
-        fn intent(&self) -> $crate::controllers::server::ServerIntent {
-            intent(&self.spec)
-        }
         fn phase_name(&self) -> String {
             format!("{:?}", self.status.as_ref().and_then(|s| s.phase).unwrap_or_default())
         }
@@ -132,7 +134,7 @@ pub struct Target<K> {
     pub owner: Owner,
 }
 
-impl<K: ManagedObject> Target<K> {
+impl<K: ServerObject> Target<K> {
     pub fn of(object: Arc<K>) -> Result<Self, ReconcileError> {
         let owner = Owner::of(object.as_ref(), K::KIND)?;
         Ok(Target { object, owner })
@@ -141,7 +143,7 @@ impl<K: ManagedObject> Target<K> {
 
 /// One kind's pass over one object: what [`apply`] needs of it.
 pub trait Pass: Sync {
-    type Object: ManagedObject;
+    type Object: ServerObject;
     type Step: Clone + Debug + PartialEq + Send + Sync;
 
     fn target(&self) -> &Target<Self::Object>;

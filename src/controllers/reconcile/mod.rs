@@ -1,5 +1,6 @@
 //! The reconcile skeleton every kind runs on, and what it is made of: the per-kind lifecycle
-//! (pause, finalizer, plan, act, one status write, error policy), conditions, status patches,
+//! (pause, finalizer, plan, act, one status write, error policy), each kind's controller
+//! (`runner`), conditions, status patches,
 //! errors, Events, the trimmed controller caches, what starts a reconcile, the caches' observer
 //! and per-object failures.
 
@@ -11,6 +12,7 @@ pub mod failures;
 pub mod lifecycle;
 pub mod observe;
 pub mod outcome;
+pub mod runner;
 pub mod status_patch;
 pub mod trigger;
 pub mod trim;

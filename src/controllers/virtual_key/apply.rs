@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use kube::ResourceExt;
 use kube::runtime::controller::Action;
-use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use crate::api::virtual_key::{Spend, VirtualKey, VirtualKeyStatus};
@@ -24,7 +23,7 @@ use super::runtime::*;
 use crate::controllers::context::Context;
 use crate::controllers::reconcile::conditions::{self, Desired};
 use crate::controllers::reconcile::error::ReconcileError;
-use crate::controllers::reconcile::status_patch::status_merge_patch;
+use crate::controllers::reconcile::lifecycle::write_status;
 use crate::controllers::virtual_key::spend_refresh;
 
 pub(super) async fn apply(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, ReconcileError> {
@@ -97,7 +96,7 @@ pub(super) async fn apply(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, 
         rotation_token: vk.spec.rotation_token.clone(),
         conditions: conditions::merge(&old.conditions, &desired_conditions, vk.metadata.generation, Timestamp::now()),
     };
-    write_status(ctx, &vk, &old, &next).await?;
+    write_status(ctx, vk.as_ref(), &old, &next).await?;
     ctx.failures.succeeded(&uid);
 
     // Look again at the expiry time itself, not a resync later; the refresher's trigger
@@ -257,19 +256,6 @@ pub(super) async fn not_served(vk: &VirtualKey, ctx: &Context) -> Result<Action,
     };
     write_status(ctx, vk, &old, &next).await?;
     Ok(Action::await_change())
-}
-
-pub(super) async fn write_status(
-    ctx: &Context,
-    vk: &VirtualKey,
-    old: &VirtualKeyStatus,
-    new: &VirtualKeyStatus,
-) -> Result<(), ReconcileError> {
-    let Some(patch) = status_merge_patch(old, new) else { return Ok(()) };
-    let api: Api<VirtualKey> = Api::namespaced(ctx.clients.kube.clone(), &vk.namespace().unwrap_or_default());
-    api.patch_status(&vk.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    ctx.telemetry.metrics.count_status_write(KIND);
-    Ok(())
 }
 
 /// Delete: the Redis entry goes first (the key stops working), then the row is revoked and

@@ -1,56 +1,41 @@
-//! The VirtualKey controller's loop: its watches (VirtualKeys and the Secrets they own), the
-//! spend refresher beside it, and the error policy.
+//! The VirtualKey controller: the kind on the reconcile skeleton (pause, finalizer, status
+//! write, error policy are [`lifecycle`]'s), its watches (VirtualKeys and the Secrets they own)
+//! and the spend refresher beside it.
 
 use std::sync::Arc;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
-use kube::{Api, ResourceExt};
-use tracing::Instrument;
 
-use crate::api::virtual_key::VirtualKey;
+use crate::api::virtual_key::{VirtualKey, VirtualKeyStatus};
 
 use super::apply::*;
 use super::decide::*;
 use crate::controllers::context::Context;
 use crate::controllers::reconcile::error::ReconcileError;
+use crate::controllers::reconcile::lifecycle::{self, ManagedObject};
+use crate::controllers::reconcile::runner;
 use crate::controllers::task::AbortOnDrop;
 use crate::controllers::virtual_key::spend_refresh;
 
-pub async fn reconcile(vk: Arc<VirtualKey>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-    // `object_name`, not `name`: JSON log lines give the span's own name under `name`.
-    let span = tracing::info_span!("reconcile", kind = KIND, namespace = %vk.namespace().unwrap_or_default(), object_name = %vk.name_any());
-    async move {
-        ctx.shared.observer.started(vk.as_ref());
-        let started = std::time::Instant::now();
-        let api: Api<VirtualKey> = Api::namespaced(ctx.clients.kube.clone(), &vk.namespace().unwrap_or_default());
-        let result = finalizer(&api, FINALIZER, vk, |event| async {
-            match event {
-                Finalizer::Apply(vk) => apply(vk, &ctx).await,
-                Finalizer::Cleanup(vk) => cleanup(vk, &ctx).await,
-            }
-        })
-        .await;
-        ctx.telemetry.metrics.count_reconcile(KIND, if result.is_ok() { "ok" } else { "error" }, started.elapsed());
-        crate::controllers::reconcile::lifecycle::log_reconcile(KIND, result.is_ok(), started);
-        result.map_err(|e| match e {
-            kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-            other => ReconcileError::Finalizer(other.to_string()),
-        })
-    }
-    .instrument(span)
-    .await
-}
+impl ManagedObject for VirtualKey {
+    type Status = VirtualKeyStatus;
+    const KIND: &'static str = KIND;
+    lifecycle::status_access!(VirtualKeyStatus);
 
-/// Requeue after an error: capped exponential backoff with jitter, per object.
-pub fn error_policy(vk: Arc<VirtualKey>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
-    let failures = ctx.failures.failed(&vk.uid().unwrap_or_default());
-    let delay = crate::backoff::after_failures(failures, ctx.config.fast_poll, ctx.config.max_backoff);
-    tracing::warn!(kind = KIND, namespace = %vk.namespace().unwrap_or_default(), object_name = %vk.name_any(), error = %error, class = error.metric_label(), retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
+    fn phase_name(&self) -> String {
+        phase_name(self)
+    }
+
+    async fn apply(vk: Arc<VirtualKey>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+        apply(vk, &ctx).await
+    }
+
+    async fn cleanup(vk: Arc<VirtualKey>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+        cleanup(vk, &ctx).await
+    }
 }
 
 /// Runs the VirtualKey controller (and its refresher) until `stop` turns true. Does nothing
@@ -73,15 +58,8 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
         return;
     };
     let mut refresher = AbortOnDrop::spawn(spend_refresh::refresh_loop(Arc::clone(&ctx), stop.clone()));
-    let vks: Api<VirtualKey> = crate::controllers::watch::scoped_api(&ctx);
     let label = format!("{}={}", MANAGED_BY_LABEL.0, MANAGED_BY_LABEL.1);
-    let mut shutdown = stop.clone();
-    let mut controller = crate::controllers::reconcile::trim::controller(
-        vks,
-        crate::controllers::watch::watcher_config(&ctx.config).any_semantic(),
-    )
-    .with_config(crate::controllers::watch::controller_config(&ctx.config));
-    ctx.shared.observer.watch(KIND, controller.store(), phase_name);
+    let mut controller = runner::controller::<VirtualKey>(&ctx);
     let watching = Arc::clone(&ctx);
     let observe = move |event: &watcher::Event<kube::api::PartialObjectMeta<Secret>>| {
         if let Some(rt) = watching.virtual_keys.as_ref() {
@@ -100,22 +78,8 @@ pub async fn run(ctx: Arc<Context>, stop: tokio::sync::watch::Receiver<bool>) {
             observe.clone(),
         );
     }
-    controller
-        .reconcile_all_on(refreshed)
-        .graceful_shutdown_on(async move {
-            while !*shutdown.borrow() {
-                if shutdown.changed().await.is_err() {
-                    break;
-                }
-            }
-        })
-        .run(reconcile, error_policy, Arc::clone(&ctx))
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "virtualkey controller event");
-            }
-        })
-        .await;
+    // Each spend refresh judges every key on the new spend.
+    runner::run_until_stopped(controller.reconcile_all_on(refreshed), &ctx, stop.clone()).await;
     refresher.join().await;
 }
 
