@@ -423,7 +423,10 @@ async fn run(n: usize, scale: f64) {
             percentile(&of_kind, 99.0)
         );
     }
-    per_object_until_ready(&reconciles, [("Agent", &ready_agents), ("PlainVM", &ready_vms), ("VirtualKey", &ready_keys)]);
+    per_object_until_ready(
+        &reconciles,
+        [("Agent", &ready_agents), ("PlainVM", &ready_vms), ("VirtualKey", &ready_keys)],
+    );
     println!(
         "| reconciles per second (wall clock, until Ready) | {:.0} | |",
         until_ready.len() as f64 / converged_wall.as_secs_f64().max(1e-3)
