@@ -1,7 +1,7 @@
 //! The operator under test as its own process: the release `crabglamp-operator run` binary
 //! pointed at the stand-ins, so its memory is measured apart from theirs (`VmHWM` from
 //! `/proc/<pid>/status`). Its reconciles come from its JSON log: one `crabglamp::reconcile`
-//! line per finished reconcile, carrying the kind, the duration and (in its span) the object.
+//! line per finished reconcile, carrying the kind, the object's name and the duration.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -47,7 +47,7 @@ fn read_log(stderr: impl std::io::Read, log: &Mutex<Log>) {
             let reconcile = Reconcile {
                 at: Instant::now(),
                 kind: fields["kind"].as_str().unwrap_or_default().to_owned(),
-                object: json["span"]["object_name"].as_str().unwrap_or_default().to_owned(),
+                object: fields["object_name"].as_str().unwrap_or_default().to_owned(),
                 ok: fields["outcome"] == "ok",
                 elapsed: Duration::from_micros(fields["elapsed_us"].as_u64().unwrap_or_default()),
             };

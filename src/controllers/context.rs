@@ -20,6 +20,7 @@ use crate::controllers::reconcile::error::ReconcileError;
 use crate::controllers::reconcile::events::EventPublisher;
 use crate::controllers::reconcile::failures::Failures;
 use crate::controllers::reconcile::observe::Observer;
+use crate::controllers::reconcile::written::WrittenStatuses;
 use crate::controllers::server::power_memory::PowerMemory;
 use crate::controllers::virtual_key::runtime::KeyRuntime;
 
@@ -42,6 +43,8 @@ pub struct Shared {
     pub(crate) observer: Observer,
     /// Publishes the audit chain's head outside the database.
     pub(crate) anchor: AnchorPublisher,
+    /// The statuses written and not yet in the controllers' caches.
+    pub(crate) written: WrittenStatuses,
 }
 
 /// What the controllers tell the outside: metrics and Events.
@@ -82,6 +85,7 @@ impl Context {
             fleet_firewall: Mutex::new(None),
             observer: Observer::default(),
             anchor: AnchorPublisher::new(&clients.kube, &config),
+            written: WrittenStatuses::default(),
         };
         Context {
             clients,

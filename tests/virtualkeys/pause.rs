@@ -1,22 +1,19 @@
-//! The pause annotation holds a VirtualKey as it holds the other kinds: a key created paused is
-//! not issued (no Secret, no key id, a `Paused` condition says why) until the annotation goes.
+//! The pause annotation holds Agents and PlainVMs, never a VirtualKey: a key's budget and expiry
+//! are kept while it exists, so a key created with the annotation is issued and judged like any
+//! other, and its status says the annotation has no effect. Its finalizer is the one keys have
+//! always carried (a new name would leave the old one on existing keys for good).
 
 use std::time::Duration;
 
-use kube::api::{Patch, PatchParams, PostParams};
-use serde_json::json;
+use kube::api::PostParams;
 
 use super::fixture::*;
 
 const NS: &str = "keys";
 const WAIT: Duration = Duration::from_secs(30);
 
-fn paused(v: &crabglamp_operator::api::VirtualKey) -> bool {
-    condition(v, "Paused").is_some_and(|(s, _)| s == "True")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_created_paused_is_issued_only_once_unpaused() {
+async fn a_key_is_never_paused_and_keeps_its_finalizer() {
     let op = KeyOperator::start(Duration::from_secs(1), 500).await;
     op.create_namespace(NS).await;
     let api = op.keys(NS);
@@ -24,20 +21,19 @@ async fn a_key_created_paused_is_issued_only_once_unpaused() {
     vk.metadata.annotations = Some([("crabglamp.com/paused".to_owned(), "true".to_owned())].into());
     api.create(&PostParams::default(), &vk).await.expect("create");
 
-    let held = wait_for(&api, "held-paused", WAIT, "Paused", paused).await;
-    assert_eq!(condition(&held, "Paused"), Some(("True".into(), "PauseAnnotation".into())));
-    let status = held.status.clone().unwrap_or_default();
-    assert_eq!((status.key_id, status.secret_name), (None, None), "nothing issued while paused");
-    assert!(
-        op.secrets(NS).get_opt("held-paused-key").await.expect("read the Secret").is_none(),
-        "no Secret while paused"
-    );
-
-    let unpause = json!({"metadata": {"annotations": {"crabglamp.com/paused": null}}});
-    api.patch("held-paused", &PatchParams::default(), &Patch::Merge(&unpause)).await.expect("unpause");
     let issued = wait_for(&api, "held-paused", WAIT, "Ready", ready).await;
-    assert_eq!(condition(&issued, "Paused"), None, "the condition goes with the annotation");
+    assert_eq!(condition(&issued, "Paused"), Some(("False".into(), "NotPausable".into())));
+    assert_eq!(
+        issued.metadata.finalizers,
+        Some(vec![crabglamp_operator::controllers::virtual_key::FINALIZER.to_owned()]),
+        "the keys' own finalizer, alone"
+    );
     let key = op.key_in_secret(NS, "held-paused-key").await;
-    assert!(op.auth_entry(&key).await.is_some(), "published once unpaused");
+    assert!(op.auth_entry(&key).await.is_some(), "published although annotated");
+
+    // Spend past the budget blocks it, annotation or not.
+    let uid = issued.metadata.uid.clone().expect("uid");
+    op.spend(&uid, "llm", "gpt-4o", 1_000_000).await;
+    wait_for(&api, "held-paused", WAIT, "blocked by the budget", blocked).await;
     op.stop().await;
 }

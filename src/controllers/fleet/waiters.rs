@@ -13,6 +13,7 @@ use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
 
 use crate::cloud::hetzner::ServerSummary;
 use crate::controllers::fleet::tunnel::ObservedTunnel;
+use crate::controllers::server::intent::UNKNOWN_STATUS;
 use crate::controllers::server::marks::Owner;
 
 /// An object to reconcile again, as its kind's controller finds it.
@@ -68,9 +69,12 @@ impl Waiters {
 }
 
 /// Pure: whether a server's change is one a waiter waits for: it settled (`running`, `off`) in
-/// another state than before, appeared, or went.
+/// another state than before, appeared, or went. Not a status the operator recorded as
+/// `unknown` after a failed call: that object retries on its error backoff, and a wake at each
+/// list would retry it at the list's pace through a whole cloud outage.
 pub(super) fn server_settled(before: Option<&ServerSummary>, after: Option<&ServerSummary>) -> bool {
     match (before, after) {
+        (Some(b), Some(_)) if b.status == UNKNOWN_STATUS => false,
         (Some(b), Some(a)) => b.status != a.status && matches!(a.status.as_str(), "running" | "off"),
         (None, None) => false,
         _ => true,
@@ -141,6 +145,8 @@ mod tests {
         assert!(server_settled(Some(&running), None), "gone");
         assert!(server_settled(None, Some(&init)), "appeared");
         assert!(!server_settled(None, None));
+        let unknown = server(UNKNOWN_STATUS);
+        assert!(!server_settled(Some(&unknown), Some(&running)), "after a failed call: the error backoff, not a wake");
     }
 
     #[test]

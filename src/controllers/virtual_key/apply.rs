@@ -23,7 +23,7 @@ use super::runtime::*;
 use crate::controllers::context::Context;
 use crate::controllers::reconcile::conditions::{self, Desired};
 use crate::controllers::reconcile::error::ReconcileError;
-use crate::controllers::reconcile::lifecycle::write_status;
+use crate::controllers::reconcile::lifecycle::{self, write_status};
 use crate::controllers::virtual_key::spend_refresh;
 
 pub(super) async fn apply(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, ReconcileError> {
@@ -83,9 +83,12 @@ pub(super) async fn apply(vk: Arc<VirtualKey>, ctx: &Context) -> Result<Action, 
     let next_retirement = retire_past_grace(ctx, rt, &vk, retiring, now).await?;
 
     // Status.
-    let old = vk.status.clone().unwrap_or_default();
+    let old = lifecycle::latest_status(ctx, vk.as_ref());
     let spend_text = format!("{} of {} USD this month", micros_to_usd(view.micros), micros_to_usd(budget_micros));
-    let desired_conditions = key_conditions(&record.key_id, &name, block, &view, &spend_text, refused);
+    let mut desired_conditions = key_conditions(&record.key_id, &name, block, &view, &spend_text, refused);
+    if lifecycle::paused(vk.as_ref()) {
+        desired_conditions.push(not_pausable());
+    }
     let next = VirtualKeyStatus {
         observed_generation: vk.metadata.generation,
         key_id: Some(record.key_id.clone()),

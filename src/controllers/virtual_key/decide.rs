@@ -373,6 +373,17 @@ pub fn key_conditions(
     desired.into_iter().chain(refused.map(|why| Desired::new("Stalled", true, "SecretNameTaken", why))).collect()
 }
 
+/// Pure: the condition a VirtualKey carrying the pause annotation shows: the annotation holds
+/// the other kinds, never a key (its budget and expiry are kept while it exists).
+pub fn not_pausable() -> Desired {
+    Desired::new(
+        "Paused",
+        false,
+        "NotPausable",
+        "A VirtualKey is never paused: its budget and expiry are enforced while it exists (the annotation has no effect)",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,6 +23,10 @@ use crate::controllers::virtual_key::spend_refresh;
 impl ManagedObject for VirtualKey {
     type Status = VirtualKeyStatus;
     const KIND: &'static str = KIND;
+    const FINALIZER: &'static str = FINALIZER;
+    /// A key's budget and expiry are kept while it exists: a paused key could spend past its
+    /// budget unblocked. Its status says the annotation has no effect.
+    const PAUSABLE: bool = false;
     lifecycle::status_access!(VirtualKeyStatus);
 
     fn phase_name(&self) -> String {
