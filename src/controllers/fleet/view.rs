@@ -342,18 +342,18 @@ impl Fleet {
         }
     }
 
-    /// Waits until `known` holds of the view, at most `limit`: a pass that comes before the
-    /// first complete lists (at start) waits for them rather than looking again later.
-    pub async fn until(&self, known: impl Fn(&Fleet) -> bool, limit: Duration) -> bool {
+    /// Waits until `known` holds, looked at after each list, at most `limit`: a pass that comes
+    /// before the first complete lists (at start) waits for them rather than looking again later.
+    pub async fn until(&self, known: impl Fn() -> bool, limit: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             // Registered before the check: a list that ends in between is not missed.
             let listed = self.listed.notified();
-            if known(self) {
+            if known() {
                 return true;
             }
             if tokio::time::timeout_at(deadline, listed).await.is_err() {
-                return known(self);
+                return known();
             }
         }
     }

@@ -241,7 +241,7 @@ pub async fn apply<P: Pass>(pass: &P, ctx: &Context) -> Result<Action, Reconcile
     // Until the first complete lists, absence proves nothing: deciding (or describing the
     // world in status) then would flap conditions of every object at each operator restart.
     // At start they come within moments: wait for them here rather than in another reconcile.
-    if !ctx.shared.fleet.until(|_| pass.lists_known(ctx), ctx.config.fast_poll).await {
+    if !ctx.shared.fleet.until(|| pass.lists_known(ctx), ctx.config.fast_poll).await {
         return Ok(Action::requeue(ctx.config.fast_poll));
     }
     let old = latest_status(ctx, object);
