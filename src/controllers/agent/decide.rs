@@ -15,7 +15,7 @@ use crate::controllers::fleet::tunnel::ObservedTunnel;
 use crate::controllers::reconcile::conditions::{self, Desired};
 use crate::controllers::reconcile::lifecycle::{self, Stall};
 use crate::controllers::server::names::{settled_default_hostname, tunnel_target};
-use crate::controllers::server::{self, PowerStep, ServerIntent};
+use crate::controllers::server::{self, PowerStep, ServerIntent, TimelineTail};
 
 pub use crate::controllers::reconcile::lifecycle::{FINALIZER, PAUSE_ANNOTATION, Wait};
 
@@ -27,9 +27,20 @@ pub(super) const SECRET_NAME: &str = "tunnel-secret";
 /// `DnsReady`'s reason while someone else's record holds the hostname.
 pub(super) const DNS_NAME_TAKEN: &str = "DnsNameTaken";
 
+/// The tail of an Agent's audit trail: its transfers, and the owner the last one moved it to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TransferTrail {
+    pub transfers: usize,
+    pub last_to: Option<String>,
+}
+
 /// What the reconciler knows of the world for one Agent.
 #[derive(Clone, Debug, Default)]
 pub struct Observed {
+    /// The hostname the Agent is served at (see [`hostname`]).
+    pub hostname: String,
+    /// The tunnel's name (this installation's, from the Agent's UID).
+    pub tunnel_name: String,
     /// A complete server list has been seen (absence means absence).
     pub servers_known: bool,
     pub server: Option<ServerSummary>,
@@ -42,26 +53,85 @@ pub struct Observed {
     pub shutdown_sent: Option<Instant>,
     /// The hostname was refused because a record we do not own holds it (this generation).
     pub dns_name_taken: Option<String>,
+    /// The audit trail's transfers: ahead of any cached `status.owner` (a transfer's status
+    /// write follows its event, and a cache may not have seen that write yet).
+    pub trail: TransferTrail,
+    /// The usage timeline's tail, read when there is a server.
+    pub timeline: Option<TimelineTail>,
 }
 
-/// One idempotent step.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One idempotent step, with the ids it acts on.
+#[derive(Clone, Debug, PartialEq)]
 pub enum Step {
     /// First sight: the spec's owner becomes the recorded one (no transfer).
     AcceptOwner,
-    /// The owner changed: one `agent.transferred` event, then `status.owner` moves.
+    /// The owner changed: the trail's `sequence`th `agent.transferred` event, then
+    /// `status.owner` moves. `from` is the trail's last owner (or, before any transfer, the
+    /// accepted one).
     RecordTransfer {
         from: String,
         to: String,
+        sequence: usize,
     },
-    CreateTunnel,
-    ConfigureTunnel,
-    CreateDns,
+    /// The tunnel, under its name, with the secret sealed first. `replaces`: the tunnel id
+    /// status recorded, gone from the account.
+    CreateTunnel {
+        name: String,
+        replaces: Option<String>,
+    },
+    ConfigureTunnel {
+        tunnel_id: String,
+        hostname: String,
+        service: String,
+    },
+    /// The hostname's record; `replaces`: our record for an earlier hostname, deleted after.
+    CreateDns {
+        hostname: String,
+        tunnel_id: String,
+        replaces: Option<String>,
+    },
     /// Our record points elsewhere (the tunnel was re-created): point it at the tunnel.
-    RepointDns,
-    CreateServer,
-    AttachFirewall,
-    Power(PowerStep),
+    RepointDns {
+        record_id: String,
+        hostname: String,
+        tunnel_id: String,
+    },
+    /// The server, behind the fleet firewall, with the tunnel's token in its user data.
+    /// `replaces`: the server id status recorded, gone from the project.
+    CreateServer {
+        tunnel_id: String,
+        tunnel_name: String,
+        firewall: Option<i64>,
+        replaces: Option<i64>,
+    },
+    AttachFirewall {
+        server_id: i64,
+        firewall_id: i64,
+    },
+    /// A power step on the server as observed (`observed`: its status to believe).
+    Power {
+        step: PowerStep,
+        server: Box<ServerSummary>,
+        observed: String,
+        tunnel_name: String,
+    },
+}
+
+impl Step {
+    /// The step's name, as metrics and logs call it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Step::AcceptOwner => "accept_owner",
+            Step::RecordTransfer { .. } => "record_transfer",
+            Step::CreateTunnel { .. } => "create_tunnel",
+            Step::ConfigureTunnel { .. } => "configure_tunnel",
+            Step::CreateDns { .. } => "create_dns",
+            Step::RepointDns { .. } => "repoint_dns",
+            Step::CreateServer { .. } => "create_server",
+            Step::AttachFirewall { .. } => "attach_firewall",
+            Step::Power { step, .. } => step.name(),
+        }
+    }
 }
 
 /// The decision for one pass: the steps to take now, in order, and what to wait for after.
@@ -78,17 +148,19 @@ pub fn effective_server_status(server: &ServerSummary, tunnel: Option<&ObservedT
 pub fn decide(
     spec: &AgentSpec,
     status: &AgentStatus,
-    hostname: &str,
     observed: &Observed,
     now: Instant,
     shutdown_timeout: Duration,
 ) -> Plan {
+    let hostname = observed.hostname.as_str();
     let mut steps = Vec::new();
     match status.owner.as_deref() {
         None => steps.push(Step::AcceptOwner),
-        Some(from) if from != spec.owner => {
-            steps.push(Step::RecordTransfer { from: from.to_owned(), to: spec.owner.clone() })
-        }
+        Some(from) if from != spec.owner => steps.push(Step::RecordTransfer {
+            from: from.to_owned(),
+            to: spec.owner.clone(),
+            sequence: observed.trail.transfers + 1,
+        }),
         Some(_) => {}
     }
     if !(observed.servers_known && observed.tunnels_known && observed.dns_known) {
@@ -96,39 +168,58 @@ pub fn decide(
     }
     let recorded = status.tunnel.clone().unwrap_or_default();
     let Some(tunnel) = &observed.tunnel else {
-        steps.push(Step::CreateTunnel);
+        steps.push(Step::CreateTunnel { name: observed.tunnel_name.clone(), replaces: recorded.id.clone() });
         return Plan { steps, wait: Wait::Nothing };
     };
     let configured = recorded.id.as_deref() == Some(tunnel.id.as_str())
         && recorded.hostname.as_deref() == Some(hostname)
         && recorded.service.as_deref() == Some(spec.tunnel.service.as_str());
     if !configured {
-        steps.push(Step::ConfigureTunnel);
+        steps.push(Step::ConfigureTunnel {
+            tunnel_id: tunnel.id.clone(),
+            hostname: hostname.to_owned(),
+            service: spec.tunnel.service.clone(),
+        });
     }
     match &observed.dns {
         Some(r) if r.name == hostname => {
             if !r.content.eq_ignore_ascii_case(&tunnel_target(&tunnel.id)) {
-                steps.push(Step::RepointDns);
+                let (record_id, tunnel_id) = (r.id.clone(), tunnel.id.clone());
+                steps.push(Step::RepointDns { record_id, hostname: hostname.to_owned(), tunnel_id });
             }
         }
         // Refused this resync (a foreign record holds the name), whether or not our record for
         // an earlier hostname is still there: asked again only after the refusal expires.
         _ if observed.dns_name_taken.as_deref() == Some(hostname) => {}
-        _ => steps.push(Step::CreateDns),
+        earlier => steps.push(Step::CreateDns {
+            hostname: hostname.to_owned(),
+            tunnel_id: tunnel.id.clone(),
+            replaces: earlier.as_ref().map(|r| r.id.clone()),
+        }),
     }
     let Some(server) = &observed.server else {
-        steps.push(Step::CreateServer);
+        steps.push(Step::CreateServer {
+            tunnel_id: tunnel.id.clone(),
+            tunnel_name: tunnel.name.clone(),
+            firewall: observed.fleet_firewall,
+            replaces: status.server.as_ref().and_then(|s| s.id),
+        });
         return Plan { steps, wait: Wait::Nothing };
     };
     if let Some(fw) = observed.fleet_firewall
         && !server.public_net.firewalls.iter().any(|a| a.id == fw)
     {
-        steps.push(Step::AttachFirewall);
+        steps.push(Step::AttachFirewall { server_id: server.id, firewall_id: fw });
     }
     let effective = effective_server_status(server, Some(tunnel));
     let power = server::decide_power(spec.running, &effective, observed.shutdown_sent, now, shutdown_timeout);
     if power != PowerStep::Hold {
-        steps.push(Step::Power(power));
+        steps.push(Step::Power {
+            step: power,
+            server: Box::new(server.clone()),
+            observed: effective.clone(),
+            tunnel_name: tunnel.name.clone(),
+        });
     }
     let wait = if spec.running {
         match effective.as_str() {
@@ -152,11 +243,11 @@ pub fn desired_status(
     agent_generation: Option<i64>,
     spec: &AgentSpec,
     old: &AgentStatus,
-    hostname: &str,
     observed: &Observed,
     stalled: Option<Stall>,
     now: Timestamp,
 ) -> AgentStatus {
+    let hostname = observed.hostname.as_str();
     let server = observed.server.as_ref();
     let tunnel = observed.tunnel.as_ref();
     let effective = server.map(|s| effective_server_status(s, tunnel));
@@ -292,6 +383,8 @@ mod tests {
             tunnels_known: true,
             dns_known: true,
             fleet_firewall: Some(99),
+            hostname: HOST.into(),
+            tunnel_name: "crabglamp-u".into(),
             ..Observed::default()
         }
     }
@@ -309,8 +402,12 @@ mod tests {
         }
     }
 
+    fn names(plan: &Plan) -> Vec<&'static str> {
+        plan.steps.iter().map(Step::name).collect()
+    }
+
     fn plan(spec: &AgentSpec, status: &AgentStatus, observed: &Observed) -> Plan {
-        decide(spec, status, HOST, observed, Instant::now(), Duration::from_secs(60))
+        decide(spec, status, observed, Instant::now(), Duration::from_secs(60))
     }
 
     #[test]
@@ -323,11 +420,19 @@ mod tests {
     fn a_new_agent_gets_its_tunnel_first_then_config_dns_and_server() {
         let s = spec(true);
         let p = plan(&s, &AgentStatus::default(), &known());
-        assert_eq!(p.steps, vec![Step::AcceptOwner, Step::CreateTunnel]);
+        assert_eq!(names(&p), ["accept_owner", "create_tunnel"]);
+        assert_eq!(p.steps[1], Step::CreateTunnel { name: "crabglamp-u".into(), replaces: None });
         let mut o = known();
         o.tunnel = Some(tunnel(0));
         let p = plan(&s, &AgentStatus { owner: Some("acct_a".into()), ..AgentStatus::default() }, &o);
-        assert_eq!(p.steps, vec![Step::ConfigureTunnel, Step::CreateDns, Step::CreateServer]);
+        assert_eq!(names(&p), ["configure_tunnel", "create_dns", "create_server"]);
+        let server = Step::CreateServer {
+            tunnel_id: "t1".into(),
+            tunnel_name: "crabglamp-u".into(),
+            firewall: Some(99),
+            replaces: None,
+        };
+        assert_eq!(p.steps[2], server, "the steps carry the ids they act on");
     }
 
     #[test]
@@ -356,16 +461,14 @@ mod tests {
         o.dns = Some(dns(HOST, "t1.cfargotunnel.com"));
         o.server = Some(server("running", &[99]));
         let p = plan(&spec(false), &configured("acct_a"), &o);
-        assert_eq!(p, Plan { steps: vec![Step::Power(PowerStep::Shutdown)], wait: Wait::Server });
+        assert_eq!((names(&p), p.wait), (vec!["shutdown"], Wait::Server));
         o.shutdown_sent = Instant::now().checked_sub(Duration::from_secs(61));
-        assert_eq!(plan(&spec(false), &configured("acct_a"), &o).steps, vec![Step::Power(PowerStep::PowerOff)]);
+        assert_eq!(names(&plan(&spec(false), &configured("acct_a"), &o)), ["power_off"]);
         o.server = Some(server("off", &[99]));
         assert_eq!(plan(&spec(false), &configured("acct_a"), &o), Plan { steps: vec![], wait: Wait::Nothing });
         o.tunnel = Some(tunnel(0));
-        assert_eq!(
-            plan(&spec(true), &configured("acct_a"), &o),
-            Plan { steps: vec![Step::Power(PowerStep::PowerOn)], wait: Wait::Server }
-        );
+        let p = plan(&spec(true), &configured("acct_a"), &o);
+        assert_eq!((names(&p), p.wait), (vec!["power_on"], Wait::Server));
     }
 
     #[test]
@@ -374,17 +477,17 @@ mod tests {
         o.tunnel = Some(tunnel(1));
         o.dns = Some(dns(HOST, "t1.cfargotunnel.com"));
         o.server = Some(server("running", &[]));
-        assert_eq!(plan(&spec(true), &configured("acct_a"), &o).steps, vec![Step::AttachFirewall], "firewall detached");
+        assert_eq!(names(&plan(&spec(true), &configured("acct_a"), &o)), ["attach_firewall"], "firewall detached");
         o.server = None;
-        assert_eq!(plan(&spec(true), &configured("acct_a"), &o).steps, vec![Step::CreateServer], "server deleted");
+        assert_eq!(names(&plan(&spec(true), &configured("acct_a"), &o)), ["create_server"], "server deleted");
         o.server = Some(server("running", &[99]));
         o.dns = Some(dns(HOST, "old.cfargotunnel.com"));
-        assert_eq!(plan(&spec(true), &configured("acct_a"), &o).steps, vec![Step::RepointDns]);
+        assert_eq!(names(&plan(&spec(true), &configured("acct_a"), &o)), ["repoint_dns"]);
         o.dns = None;
         o.dns_name_taken = Some(HOST.into());
-        assert_eq!(plan(&spec(true), &configured("acct_a"), &o).steps, vec![], "a foreign record is left alone");
+        assert!(plan(&spec(true), &configured("acct_a"), &o).steps.is_empty(), "a foreign record is left alone");
         o.dns_name_taken = None;
-        assert_eq!(plan(&spec(true), &configured("acct_a"), &o).steps, vec![Step::CreateDns]);
+        assert_eq!(names(&plan(&spec(true), &configured("acct_a"), &o)), ["create_dns"]);
     }
 
     #[test]
@@ -394,15 +497,14 @@ mod tests {
         o.tunnel = Some(tunnel(0));
         o.dns = Some(dns("old.agents.example.com", "t1.cfargotunnel.com"));
         o.dns_name_taken = Some(HOST.into());
-        assert_eq!(plan(&spec(true), &configured("acct_a"), &o).steps, vec![Step::CreateServer]);
+        assert_eq!(names(&plan(&spec(true), &configured("acct_a"), &o)), ["create_server"]);
         o.server = Some(server("off", &[]));
-        assert_eq!(
-            plan(&spec(true), &configured("acct_a"), &o).steps,
-            vec![Step::AttachFirewall, Step::Power(PowerStep::PowerOn)]
-        );
+        assert_eq!(names(&plan(&spec(true), &configured("acct_a"), &o)), ["attach_firewall", "power_on"]);
         // The refusal expired: asked again.
         o.dns_name_taken = None;
-        assert_eq!(plan(&spec(true), &configured("acct_a"), &o).steps[0], Step::CreateDns);
+        let p = plan(&spec(true), &configured("acct_a"), &o);
+        let create = Step::CreateDns { hostname: HOST.into(), tunnel_id: "t1".into(), replaces: Some("r1".into()) };
+        assert_eq!(p.steps[0], create, "our record for the old name goes after");
     }
 
     #[test]
@@ -437,7 +539,12 @@ mod tests {
         let mut s = spec(true);
         s.owner = "acct_b".into();
         let p = plan(&s, &configured("acct_a"), &known());
-        assert_eq!(p.steps.first(), Some(&Step::RecordTransfer { from: "acct_a".into(), to: "acct_b".into() }));
+        let first = Step::RecordTransfer { from: "acct_a".into(), to: "acct_b".into(), sequence: 1 };
+        assert_eq!(p.steps.first(), Some(&first));
+        let mut o = known();
+        o.trail = TransferTrail { transfers: 2, last_to: Some("acct_a".into()) };
+        let p = plan(&s, &configured("acct_a"), &o);
+        assert!(matches!(p.steps.first(), Some(Step::RecordTransfer { sequence: 3, .. })), "the trail's next");
         let p = plan(&s, &configured("acct_b"), &known());
         assert!(!p.steps.iter().any(|s| matches!(s, Step::RecordTransfer { .. })));
     }
@@ -449,19 +556,19 @@ mod tests {
         o.tunnel = Some(tunnel(1));
         o.dns = Some(dns(HOST, "t1.cfargotunnel.com"));
         o.server = Some(server("running", &[99]));
-        let st = desired_status(Some(1), &spec(true), &configured("acct_a"), HOST, &o, None, now);
+        let st = desired_status(Some(1), &spec(true), &configured("acct_a"), &o, None, now);
         let ready = conditions::find(&st.conditions, "Ready").map(|c| c.status.clone());
         assert_eq!(ready.as_deref(), Some("True"));
         assert_eq!(st.phase, Some(Phase::Running));
         assert_eq!(st.price_cell.as_deref(), Some("agent-eu-cpx22"));
         assert!(conditions::find(&st.conditions, "Reconciling").is_none());
         // The same world described again is the same status: no write.
-        assert_eq!(desired_status(Some(1), &spec(true), &st, HOST, &o, None, now), st);
+        assert_eq!(desired_status(Some(1), &spec(true), &st, &o, None, now), st);
         o.tunnel = Some(tunnel(0));
-        let st = desired_status(Some(1), &spec(true), &st, HOST, &o, None, now);
+        let st = desired_status(Some(1), &spec(true), &st, &o, None, now);
         assert_eq!(conditions::find(&st.conditions, "Ready").map(|c| c.reason.as_str()), Some("WaitingForConnector"));
         let stalled =
-            desired_status(Some(1), &spec(true), &st, HOST, &o, Some(("QuotaExceeded", "no more servers".into())), now);
+            desired_status(Some(1), &spec(true), &st, &o, Some(("QuotaExceeded", "no more servers".into())), now);
         assert_eq!(stalled.phase, Some(Phase::Failed));
         assert_eq!(conditions::find(&stalled.conditions, "Stalled").map(|c| c.status.as_str()), Some("True"));
         let _ = Region::Eu;

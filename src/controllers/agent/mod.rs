@@ -10,6 +10,7 @@
 pub mod act;
 pub mod decide;
 pub mod dns_taken;
+pub mod object;
 pub mod observe;
 
 pub use decide::*;

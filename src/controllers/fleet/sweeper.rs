@@ -281,8 +281,11 @@ async fn close_books(ctx: &Context, uid: &str, server: &ServerSummary) -> Result
     let Some(owner) = owner_of(uid, server) else { return Ok(()) };
     let rows = usage::transitions_for_resource(&ctx.clients.db, uid).await?;
     // The owner the object was billed to last: an Agent's transfer trail is ahead of its rows.
-    let transferred =
-        if owner.kind == "Agent" { crate::controllers::agent::act::last_transfer_to(ctx, uid).await? } else { None };
+    let transferred = if owner.kind == "Agent" {
+        crate::controllers::agent::observe::transfer_trail(ctx, uid).await?.last_to
+    } else {
+        None
+    };
     let billed_owner = transferred.or_else(|| rows.last().map(|r| r.owner.clone()));
     let region = server
         .location

@@ -218,6 +218,16 @@ impl Fleet {
         self.with(|s| s.servers.record(uid, Some(server), Instant::now()));
     }
 
+    /// Our own request applied `firewall` to the object's server: the view shows it attached
+    /// (pending) until a list shows it as Hetzner has it.
+    pub fn record_attachment(&self, uid: &str, firewall: i64) {
+        if let Some(mut server) = self.server(uid) {
+            let attachment = crate::cloud::hetzner::FirewallAttachment { id: firewall, status: Some("pending".into()) };
+            server.public_net.firewalls.push(attachment);
+            self.record_server(uid, server);
+        }
+    }
+
     pub fn forget_server(&self, uid: &str) {
         self.with(|s| s.servers.record(uid, None, Instant::now()));
     }

@@ -15,25 +15,53 @@ use crate::controllers::reconcile::error::ReconcileError;
 use super::firewall;
 use crate::controllers::reconcile::conditions::{self, Desired};
 use crate::controllers::reconcile::lifecycle::{self, Stall, Wait};
-use crate::controllers::server::{self, PowerStep, ServerIntent};
+use crate::controllers::server::{self, PowerStep, ServerIntent, TimelineTail};
 
 pub(super) const KIND: &str = "PlainVM";
 pub(super) const PRODUCT: &str = "plainvm";
 /// The stall reason of a refused firewall create.
 pub const FIREWALL_QUOTA: &str = "FirewallQuotaExceeded";
 
-/// One idempotent step.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One idempotent step, with the ids it acts on.
+#[derive(Clone, Debug, PartialEq)]
 pub enum Step {
-    /// The firewall, with the spec's rules, before anything else.
-    CreateFirewall,
+    /// The firewall, with the spec's rules, before anything else. `replaces`: the firewall id
+    /// status recorded, gone from the project.
+    CreateFirewall {
+        replaces: Option<i64>,
+    },
     /// The rules differ from the spec (a spec change, or an edit in the console).
-    SetRules,
-    /// The server, created with the firewall attached.
-    CreateServer,
+    SetRules {
+        firewall: Box<Firewall>,
+    },
+    /// The server, created with the firewall attached. `replaces`: the server id status
+    /// recorded, gone from the project.
+    CreateServer {
+        firewall_id: i64,
+        replaces: Option<i64>,
+    },
     /// The firewall was detached in the console.
-    AttachFirewall,
-    Power(PowerStep),
+    AttachFirewall {
+        firewall: Box<Firewall>,
+        server_id: i64,
+    },
+    Power {
+        step: PowerStep,
+        server: Box<ServerSummary>,
+    },
+}
+
+impl Step {
+    /// The step's name, as metrics and logs call it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Step::CreateFirewall { .. } => "create_firewall",
+            Step::SetRules { .. } => "set_firewall_rules",
+            Step::CreateServer { .. } => "create_server",
+            Step::AttachFirewall { .. } => "attach_firewall",
+            Step::Power { step, .. } => step.name(),
+        }
+    }
 }
 
 /// What the reconciler knows of the world for one PlainVM.
@@ -46,6 +74,8 @@ pub struct Observed {
     pub server: Option<ServerSummary>,
     /// When this process asked the guest to shut down.
     pub shutdown_sent: Option<Instant>,
+    /// The usage timeline's tail, read when there is a server.
+    pub timeline: Option<TimelineTail>,
 }
 
 /// The decision for one pass.
@@ -58,29 +88,36 @@ pub(super) fn attached(server: &ServerSummary, firewall: &Firewall) -> bool {
 }
 
 /// Pure: the steps a PlainVM needs now.
-pub fn decide(spec: &PlainVMSpec, observed: &Observed, now: Instant, shutdown_timeout: Duration) -> Plan {
+pub fn decide(
+    spec: &PlainVMSpec,
+    status: &PlainVMStatus,
+    observed: &Observed,
+    now: Instant,
+    shutdown_timeout: Duration,
+) -> Plan {
     let mut steps = Vec::new();
     if !observed.lists_known {
         return Plan { steps, wait: Wait::Lists };
     }
     let Some(fw) = &observed.firewall else {
         // First the firewall: no server exists, or is re-created, without it.
-        steps.push(Step::CreateFirewall);
+        steps.push(Step::CreateFirewall { replaces: status.firewall.as_ref().and_then(|f| f.id) });
         return Plan { steps, wait: Wait::Nothing };
     };
     if !firewall::rules_match(&spec.firewall.inbound, fw) {
-        steps.push(Step::SetRules);
+        steps.push(Step::SetRules { firewall: Box::new(fw.clone()) });
     }
     let Some(server) = &observed.server else {
-        steps.push(Step::CreateServer);
+        let replaces = status.server.as_ref().and_then(|s| s.id);
+        steps.push(Step::CreateServer { firewall_id: fw.id, replaces });
         return Plan { steps, wait: Wait::Nothing };
     };
     if !attached(server, fw) {
-        steps.push(Step::AttachFirewall);
+        steps.push(Step::AttachFirewall { firewall: Box::new(fw.clone()), server_id: server.id });
     }
     let power = server::decide_power(spec.running, &server.status, observed.shutdown_sent, now, shutdown_timeout);
     if power != PowerStep::Hold {
-        steps.push(Step::Power(power));
+        steps.push(Step::Power { step: power, server: Box::new(server.clone()) });
     }
     let settled = if spec.running { "running" } else { "off" };
     let wait = if server.status == settled { Wait::Nothing } else { Wait::Server };
@@ -223,31 +260,49 @@ mod tests {
         Observed { firewall: Some(fw_for(spec)), server: Some(server(status, &[40])), ..known() }
     }
 
-    fn plan(spec: &PlainVMSpec, observed: &Observed) -> Plan {
-        decide(spec, observed, Instant::now(), Duration::from_secs(60))
+    /// The plan, its steps by name.
+    fn plan(spec: &PlainVMSpec, observed: &Observed) -> lifecycle::Plan<&'static str> {
+        let plan = decide(spec, &PlainVMStatus::default(), observed, Instant::now(), Duration::from_secs(60));
+        lifecycle::Plan { steps: plan.steps.iter().map(Step::name).collect(), wait: plan.wait }
+    }
+
+    #[test]
+    fn the_steps_carry_the_ids_they_act_on() {
+        let s = spec(true, ssh());
+        let o = Observed { firewall: Some(fw_for(&s)), ..known() };
+        let status = PlainVMStatus {
+            server: Some(crate::api::shared::ServerStatus { id: Some(7), ..Default::default() }),
+            ..PlainVMStatus::default()
+        };
+        let p = decide(&s, &status, &o, Instant::now(), Duration::from_secs(60));
+        assert_eq!(p.steps, vec![Step::CreateServer { firewall_id: 40, replaces: Some(7) }]);
     }
 
     #[test]
     fn nothing_before_the_first_complete_lists() {
         let s = spec(true, ssh());
-        assert_eq!(plan(&s, &Observed::default()), Plan { steps: vec![], wait: Wait::Lists });
+        assert_eq!(plan(&s, &Observed::default()), lifecycle::Plan { steps: vec![], wait: Wait::Lists });
         let mut o = Observed { server: Some(server("running", &[])), ..Observed::default() };
-        assert_eq!(plan(&s, &o).steps, vec![], "a partial picture decides nothing");
+        assert!(plan(&s, &o).steps.is_empty(), "a partial picture decides nothing");
         o.lists_known = true;
-        assert_eq!(plan(&s, &o).steps, vec![Step::CreateFirewall]);
+        assert_eq!(plan(&s, &o).steps, vec!["create_firewall"]);
     }
 
     #[test]
     fn the_firewall_comes_first_then_the_server_behind_it() {
         let s = spec(true, ssh());
-        assert_eq!(plan(&s, &known()), Plan { steps: vec![Step::CreateFirewall], wait: Wait::Nothing });
+        assert_eq!(plan(&s, &known()), lifecycle::Plan { steps: vec!["create_firewall"], wait: Wait::Nothing });
         let mut o = known();
         o.firewall = Some(fw_for(&s));
-        assert_eq!(plan(&s, &o), Plan { steps: vec![Step::CreateServer], wait: Wait::Nothing });
+        assert_eq!(plan(&s, &o), lifecycle::Plan { steps: vec!["create_server"], wait: Wait::Nothing });
         o.server = Some(server("initializing", &[40]));
-        assert_eq!(plan(&s, &o), Plan { steps: vec![], wait: Wait::Server }, "booting: watch the server list");
+        assert_eq!(
+            plan(&s, &o),
+            lifecycle::Plan { steps: vec![], wait: Wait::Server },
+            "booting: watch the server list"
+        );
         o.server = Some(server("running", &[40]));
-        assert_eq!(plan(&s, &o), Plan { steps: vec![], wait: Wait::Nothing });
+        assert_eq!(plan(&s, &o), lifecycle::Plan { steps: vec![], wait: Wait::Nothing });
     }
 
     #[test]
@@ -255,18 +310,18 @@ mod tests {
         let s = spec(true, ssh());
         let mut o = known();
         o.server = Some(server("running", &[40]));
-        assert_eq!(plan(&s, &o).steps, vec![Step::CreateFirewall], "the firewall vanished: re-created first");
+        assert_eq!(plan(&s, &o).steps, vec!["create_firewall"], "the firewall vanished: re-created first");
     }
 
     #[test]
     fn a_rule_change_is_one_set_rules_on_the_same_firewall() {
         let mut o = built(&spec(true, ssh()), "running");
         let new = spec(true, json!([{"protocol": "tcp", "port": "443", "sourceIPs": ["0.0.0.0/0", "::/0"]}]));
-        assert_eq!(plan(&new, &o).steps, vec![Step::SetRules]);
+        assert_eq!(plan(&new, &o).steps, vec!["set_firewall_rules"]);
         let closed = spec(true, json!([]));
-        assert_eq!(plan(&closed, &o).steps, vec![Step::SetRules], "empty inbound: every rule goes");
+        assert_eq!(plan(&closed, &o).steps, vec!["set_firewall_rules"], "empty inbound: every rule goes");
         o.firewall = Some(fw_for(&closed));
-        assert_eq!(plan(&closed, &o).steps, vec![]);
+        assert!(plan(&closed, &o).steps.is_empty());
     }
 
     #[test]
@@ -275,31 +330,28 @@ mod tests {
         let mut o = known();
         o.firewall = Some(fw_for(&s));
         o.server = Some(server("running", &[]));
-        assert_eq!(plan(&s, &o).steps, vec![Step::AttachFirewall], "detached in the console");
+        assert_eq!(plan(&s, &o).steps, vec!["attach_firewall"], "detached in the console");
         o.server = Some(server("running", &[40, 41]));
-        assert_eq!(plan(&s, &o).steps, vec![], "another firewall of the owner's is not ours to judge");
+        assert!(plan(&s, &o).steps.is_empty(), "another firewall of the owner's is not ours to judge");
         let mut edited = fw_for(&s);
         edited.rules[0].port = Some("1-65535".into());
         o.firewall = Some(edited);
-        assert_eq!(plan(&s, &o).steps, vec![Step::SetRules], "a rule widened in the console");
+        assert_eq!(plan(&s, &o).steps, vec!["set_firewall_rules"], "a rule widened in the console");
         o.firewall = Some(fw_for(&s));
         o.server = None;
-        assert_eq!(plan(&s, &o).steps, vec![Step::CreateServer], "the server deleted in the console");
+        assert_eq!(plan(&s, &o).steps, vec!["create_server"], "the server deleted in the console");
     }
 
     #[test]
     fn power_follows_the_spec() {
         let s = spec(false, ssh());
         let mut o = built(&s, "running");
-        assert_eq!(plan(&s, &o), Plan { steps: vec![Step::Power(PowerStep::Shutdown)], wait: Wait::Server });
+        assert_eq!(plan(&s, &o), lifecycle::Plan { steps: vec!["shutdown"], wait: Wait::Server });
         o.shutdown_sent = Instant::now().checked_sub(Duration::from_secs(61));
-        assert_eq!(plan(&s, &o).steps, vec![Step::Power(PowerStep::PowerOff)]);
+        assert_eq!(plan(&s, &o).steps, vec!["power_off"]);
         o.server = Some(server("off", &[40]));
-        assert_eq!(plan(&s, &o), Plan { steps: vec![], wait: Wait::Nothing });
-        assert_eq!(
-            plan(&spec(true, ssh()), &o),
-            Plan { steps: vec![Step::Power(PowerStep::PowerOn)], wait: Wait::Server }
-        );
+        assert_eq!(plan(&s, &o), lifecycle::Plan { steps: vec![], wait: Wait::Nothing });
+        assert_eq!(plan(&spec(true, ssh()), &o), lifecycle::Plan { steps: vec!["power_on"], wait: Wait::Server });
     }
 
     fn cond<'a>(st: &'a PlainVMStatus, t: &str) -> Option<(&'a str, &'a str)> {

@@ -203,13 +203,7 @@ pub async fn attach(ctx: &Context, owner: &Owner, firewall: &Firewall, server_id
     target.server = Some(Box::new(models::ResourceId::new(server_id)));
     seen.applied_to.push(target);
     ctx.shared.fleet.record_firewall(&owner.uid, seen);
-    if let Some(mut server) = ctx.shared.fleet.server(&owner.uid) {
-        server
-            .public_net
-            .firewalls
-            .push(crate::cloud::hetzner::FirewallAttachment { id: firewall.id, status: Some("pending".into()) });
-        ctx.shared.fleet.record_server(&owner.uid, server);
-    }
+    ctx.shared.fleet.record_attachment(&owner.uid, firewall.id);
     ctx.telemetry.metrics.count_step(owner.kind, "attach_firewall");
     Ok(())
 }

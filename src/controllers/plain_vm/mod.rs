@@ -12,6 +12,7 @@
 pub mod act;
 pub mod decide;
 pub mod firewall;
+pub mod object;
 pub mod observe;
 
 pub use decide::*;

@@ -1,14 +1,23 @@
-//! What the reconciler knows of the world for one PlainVM: the shared fleet view.
+//! What the reconciler knows of the world for one PlainVM, read once per decision: the shared
+//! fleet view and, when it has a server, the tail of its usage timeline.
 
 use super::decide::*;
 use crate::controllers::context::Context;
-use crate::controllers::server::Owner;
+use crate::controllers::reconcile::error::ReconcileError;
+use crate::controllers::server::{self, Owner};
 
-pub(super) fn observe(ctx: &Context, owner: &Owner) -> Observed {
-    Observed {
-        lists_known: ctx.shared.fleet.servers_known() && ctx.shared.fleet.firewalls_known(),
-        firewall: ctx.shared.fleet.firewall(&owner.uid),
-        server: ctx.shared.fleet.server(&owner.uid),
+pub(super) async fn observe(ctx: &Context, owner: &Owner) -> Result<Observed, ReconcileError> {
+    let fleet = &ctx.shared.fleet;
+    let server = fleet.server(&owner.uid);
+    let timeline = match &server {
+        Some(_) => Some(server::timeline_tail(ctx, &owner.uid).await?),
+        None => None,
+    };
+    Ok(Observed {
+        lists_known: fleet.servers_known() && fleet.firewalls_known(),
+        firewall: fleet.firewall(&owner.uid),
+        server,
         shutdown_sent: ctx.power.shutdown_sent_at(&owner.uid),
-    }
+        timeline,
+    })
 }

@@ -1,21 +1,18 @@
-//! The reconcile skeleton every kind runs on. For all three ([`ManagedObject`]): the pause
-//! annotation, the finalizer around the kind's pass or cleanup, the reconcile log line and
-//! metrics, the status patch (only on change) and the error policy. For the server-backed
-//! kinds ([`ServerObject`], Agent and PlainVM), the pass itself: observe -> decide -> act, a
-//! few steps at a time, a permanent error stalls, a retryable one is named in `Ready` and
-//! backed off; the usage-timeline row after it, and the requeue that follows from what the
-//! pass waits for. How an outcome shows (stall or retry, summary conditions, phase) is
-//! [`super::outcome`]'s; the destroy transaction (closing usage row and destroy event in one
-//! commit) is [`super::destroy`]'s. Both are re-exported here.
+//! The reconcile skeleton every kind runs on ([`ManagedObject`]): the pause annotation, the
+//! finalizer around the kind's pass ([`super::pass`]: observe -> decide -> act, one status
+//! write, the requeue) or its cleanup, the reconcile log line and metrics, the status patch
+//! (only on change) and the error policy. How an outcome shows (stall or retry, summary
+//! conditions, phase) is [`super::outcome`]'s; the destroy transaction (closing usage row and
+//! destroy event in one commit) is [`super::destroy`]'s. Both are re-exported here.
 //!
-//! A kind supplies its observations, its pure decision, its steps and its status through
-//! [`ManagedObject`] and [`Pass`]; this module never knows what a tunnel, a firewall or a key
-//! is, never talks to a cloud itself, and never writes `spec`.
+//! A kind supplies its observation, its pure decision, its steps and its status through
+//! [`ManagedObject`]; the skeleton never knows what a tunnel, a firewall or a key is, never
+//! talks to a cloud itself, and never writes `spec`.
 
 use std::fmt::Debug;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -28,6 +25,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
+use crate::controllers::config::ControllerConfig;
 use crate::controllers::context::Context;
 use crate::controllers::reconcile::conditions::{self, Desired};
 pub use crate::controllers::reconcile::destroy::{Destroyed, commit_destroy, record_destroy};
@@ -35,34 +33,15 @@ use crate::controllers::reconcile::error::ReconcileError;
 pub use crate::controllers::reconcile::outcome::{
     SELF_CLEARING, Stall, phase, retry_reason, set_ready_reason, stall_reason, summary_conditions,
 };
+pub use crate::controllers::reconcile::pass::{Plan, UsageSeen, Wait, pass};
 use crate::controllers::reconcile::status_patch::status_merge_patch;
-use crate::controllers::server::names::tunnel_name;
-use crate::controllers::server::{self, Owner, ServerIntent};
+use crate::controllers::server::Owner;
 
 /// The finalizer that holds an object until its cloud resources are gone and its destroy event
 /// is committed.
 pub const FINALIZER: &str = "crabglamp.com/cleanup";
 /// `"true"` stops reconciling the object (nothing is created, changed or deleted for it).
 pub const PAUSE_ANNOTATION: &str = "crabglamp.com/paused";
-
-/// What the next pass waits for, if anything.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Wait {
-    Nothing,
-    /// A list to show the first complete picture.
-    Lists,
-    /// The tunnel to connect (Agents).
-    Tunnel,
-    /// The server to reach the desired power state.
-    Server,
-}
-
-/// The decision for one pass: the steps to take now, in order, and what to wait for after.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Plan<S> {
-    pub steps: Vec<S>,
-    pub wait: Wait,
-}
 
 /// A kind this skeleton reconciles.
 pub trait ManagedObject:
@@ -76,6 +55,10 @@ pub trait ManagedObject:
     + 'static
 {
     type Status: Clone + Debug + Default + PartialEq + Serialize + Send + Sync;
+    /// Everything one decision needs (see [`ManagedObject::observe`]).
+    type Observed: Send + Sync;
+    /// One idempotent step, carrying the ids it acts on.
+    type Step: Clone + Debug + PartialEq + Send + Sync;
     /// `Agent`, `PlainVM`, `VirtualKey`: spans, metrics, Events.
     const KIND: &'static str;
     /// The finalizer that holds an object until its cleanup is done: a kind keeps the name its
@@ -90,17 +73,67 @@ pub trait ManagedObject:
     /// The phase in status (`Pending` before the first status write), for the objects gauge.
     fn phase_name(&self) -> String;
 
-    /// One pass over a live object.
-    fn apply(object: Arc<Self>, ctx: Arc<Context>) -> impl Future<Output = Result<Action, ReconcileError>> + Send;
+    /// Whether every shared list this kind decides on has been seen complete (until then,
+    /// absence proves nothing); a kind whose list runs on demand asks for it here.
+    fn lists_known(_ctx: &Context) -> bool {
+        true
+    }
+    /// Reads everything the decision needs, once per decision: the fleet snapshot, the tails
+    /// of the object's audit trail and usage timeline, the kind's own stores.
+    fn observe(
+        &self,
+        ctx: &Context,
+        owner: &Owner,
+    ) -> impl Future<Output = Result<Self::Observed, ReconcileError>> + Send;
+    /// Pure: the status a pass starts from: the object's, with what the observation knows
+    /// better than a possibly stale status (an Agent's owner, from the transfer trail). The
+    /// status write compares against the object's own, so a correction is written.
+    fn working_status(old: &Self::Status, _observed: &Self::Observed) -> Self::Status {
+        old.clone()
+    }
+    /// Pure: the steps to take now, in order, and what to wait for after.
+    fn decide(
+        &self,
+        status: &Self::Status,
+        observed: &Self::Observed,
+        config: &ControllerConfig,
+        now: Instant,
+    ) -> Plan<Self::Step>;
+    /// One idempotent step; what it learns goes into `status` and the fleet view. It acts on
+    /// the ids the step carries and reads no observation again.
+    fn act(
+        &self,
+        ctx: &Context,
+        owner: &Owner,
+        status: &mut Self::Status,
+        step: &Self::Step,
+    ) -> impl Future<Output = Result<(), ReconcileError>> + Send;
+    /// Pure: the status that describes what is observed (`stalled`: a permanent error).
+    fn describe(
+        &self,
+        status: &Self::Status,
+        observed: &Self::Observed,
+        stalled: Option<Stall>,
+        now: Timestamp,
+    ) -> Self::Status;
+    /// What the usage timeline needs of the observation: `None` without a server (and for a
+    /// kind that has none).
+    fn usage<'a>(&self, _observed: &'a Self::Observed) -> Option<UsageSeen<'a>> {
+        None
+    }
+    /// The owner a usage row written now bills: the one the operator has accepted, never a
+    /// new spec owner whose transfer is not recorded yet. `None`: no row until one is.
+    fn billed_owner(&self, _status: &Self::Status) -> Option<String> {
+        None
+    }
+    /// A permanent error's reason, or `None` when retrying can help. Kinds may name a step's
+    /// refusal more precisely than [`stall_reason`] does.
+    fn stall(_step: &Self::Step, error: &ReconcileError) -> Option<Stall> {
+        stall_reason(error)
+    }
     /// Tears the object's cloud resources down (or orphans them) and commits its destroy event.
     /// Any `Ok` releases the finalizer: return an error while anything is left.
     fn cleanup(object: Arc<Self>, ctx: Arc<Context>) -> impl Future<Output = Result<Action, ReconcileError>> + Send;
-}
-
-/// A kind backed by a server of its own (Agent, PlainVM): what [`apply`]'s passes run on.
-pub trait ServerObject: ManagedObject {
-    /// What the object asks of its server.
-    fn intent(&self) -> ServerIntent;
 }
 
 /// The status accessors of [`ManagedObject`] for a kind whose status has `conditions`.
@@ -132,209 +165,6 @@ macro_rules! managed_kind {
     };
 }
 pub(crate) use managed_kind;
-
-/// The object of one pass and its identity.
-pub struct Target<K> {
-    pub object: Arc<K>,
-    pub owner: Owner,
-}
-
-impl<K: ServerObject> Target<K> {
-    pub fn of(object: Arc<K>) -> Result<Self, ReconcileError> {
-        let owner = Owner::of(object.as_ref(), K::KIND)?;
-        Ok(Target { object, owner })
-    }
-}
-
-/// One kind's pass over one object: what [`apply`] needs of it.
-pub trait Pass: Sync {
-    type Object: ServerObject;
-    type Step: Clone + Debug + PartialEq + Send + Sync;
-
-    fn target(&self) -> &Target<Self::Object>;
-    /// Whether every shared list this kind decides on has been seen complete.
-    fn lists_known(&self, ctx: &Context) -> bool;
-    /// Observe and decide (pure but for reading the fleet view).
-    fn plan(&self, ctx: &Context, status: &<Self::Object as ManagedObject>::Status) -> Plan<Self::Step>;
-    /// One idempotent step; what it learns goes into `status` and the fleet view.
-    fn act(
-        &self,
-        ctx: &Context,
-        status: &mut <Self::Object as ManagedObject>::Status,
-        step: &Self::Step,
-    ) -> impl Future<Output = Result<(), ReconcileError>> + Send;
-    /// The status that describes what is observed now (`stalled`: a permanent error).
-    fn describe(
-        &self,
-        ctx: &Context,
-        status: &<Self::Object as ManagedObject>::Status,
-        stalled: Option<Stall>,
-    ) -> <Self::Object as ManagedObject>::Status;
-    /// The status the pass starts from: the object's, with what the kind knows better than a
-    /// possibly stale status (an Agent's owner, from the transfer trail). The status write
-    /// compares against the object's own, so a correction is written.
-    fn working_status(&self, old: &<Self::Object as ManagedObject>::Status) -> <Self::Object as ManagedObject>::Status {
-        old.clone()
-    }
-    /// The server status the usage timeline should believe, if there is a server.
-    fn power_status(&self, ctx: &Context) -> Option<String>;
-    /// The owner a usage row written now bills: the one the operator has accepted (for an
-    /// Agent, `status.owner` as the pass's working status holds it, the transfer trail's),
-    /// never a new spec owner whose transfer is not recorded yet. `None`: no owner accepted
-    /// yet, so no row is written until one is. By default the spec's owner (a kind whose owner
-    /// cannot change).
-    fn billed_owner(&self, _status: &<Self::Object as ManagedObject>::Status) -> Option<String> {
-        Some(self.target().object.intent().owner)
-    }
-    /// A permanent error's reason, or `None` when retrying can help. Kinds may name a step's
-    /// refusal more precisely than [`stall_reason`] does.
-    fn stall(&self, _step: &Self::Step, error: &ReconcileError) -> Option<Stall> {
-        stall_reason(error)
-    }
-}
-
-/// The requeue after a pass that ended without error, and what the object now waits on. An
-/// object waiting for its server or tunnel is woken by the list that shows the change (see
-/// [`crate::controllers::fleet::waiters`]); its requeue is the resync's safety net, or the
-/// moment an ACPI shutdown turns into a hard power-off, which no list shows.
-pub fn next_action(stalled: Option<&'static str>, wait: Wait, ctx: &Context, owner: &Owner) -> Action {
-    let uid = owner.uid.as_str();
-    match (stalled, wait) {
-        (Some(reason), _) => {
-            ctx.shared.fleet.done_waiting(uid);
-            // A quota or a sold-out type clears by itself: look again each resync (a periodic
-            // retry, never a tight loop). A bad spec does not: wait for the spec to change.
-            if SELF_CLEARING.contains(&reason) { Action::requeue(ctx.config.resync) } else { Action::await_change() }
-        }
-        (None, Wait::Nothing) => {
-            ctx.shared.fleet.done_waiting(uid);
-            Action::requeue(ctx.config.resync)
-        }
-        (None, Wait::Lists) => Action::requeue(ctx.config.fast_poll),
-        (None, Wait::Tunnel) => {
-            ctx.shared.fleet.wait_for_tunnel(owner, &tunnel_name(ctx.config.installation(), uid));
-            Action::requeue(ctx.config.resync)
-        }
-        (None, Wait::Server) => {
-            ctx.shared.fleet.wait_for_servers(owner);
-            let shutdown_left = ctx
-                .power
-                .shutdown_sent_at(uid)
-                .and_then(|sent| ctx.config.shutdown_timeout.checked_sub(sent.elapsed()));
-            // Just past the timeout, so the pass it starts decides the power-off.
-            let deadline = shutdown_left.map_or(ctx.config.resync, |left| left + Duration::from_millis(50));
-            Action::requeue(deadline.min(ctx.config.resync))
-        }
-    }
-}
-
-/// Steps a pass takes at most; the rest are taken by the next pass, at once.
-const MAX_STEPS: usize = 10;
-
-/// One pass: up to ten steps (each one's result is in the fleet view for the next), the
-/// timeline row the observed power calls for, the status patch, the requeue. A step is taken
-/// at most once a pass: one that left nothing the decision sees (a DNS name refused) must not
-/// be taken again and again while the steps after it never run.
-pub async fn apply<P: Pass>(pass: &P, ctx: &Context) -> Result<Action, ReconcileError> {
-    let Target { object, owner } = pass.target();
-    let object = object.as_ref();
-    // Until the first complete lists, absence proves nothing: deciding (or describing the
-    // world in status) then would flap conditions of every object at each operator restart.
-    // At start they come within moments: wait for them here rather than in another reconcile.
-    if !ctx.shared.fleet.until(|| pass.lists_known(ctx), ctx.config.fast_poll).await {
-        return Ok(Action::requeue(ctx.config.fast_poll));
-    }
-    let old = latest_status(ctx, object);
-    let mut status = pass.working_status(&old);
-    let mut stalled: Option<Stall> = None;
-    // What happened before this pass (a stop in the console) is recorded before this pass
-    // changes it (powers the server on again), or the timeline would never show it.
-    let mut tail = None;
-    record_usage(pass, ctx, &status, &mut tail).await?;
-    let mut plan = Plan { steps: Vec::new(), wait: Wait::Lists };
-    let mut taken: Vec<P::Step> = Vec::new();
-    let mut more_to_do = false;
-    for round in 0..=MAX_STEPS {
-        plan = pass.plan(ctx, &status);
-        let Some(step) = next_step(&plan.steps, &taken) else { break };
-        if round == MAX_STEPS {
-            more_to_do = true;
-            break;
-        }
-        taken.push(step.clone());
-        if let Err(e) = pass.act(ctx, &mut status, &step).await {
-            if let Some(stall) = pass.stall(&step, &e) {
-                tracing::warn!(error = %e, ?step, "permanent error: stalled");
-                ctx.event(object, true, stall.0, "Reconcile", stall.1.clone()).await;
-                stalled = Some(stall);
-                break;
-            }
-            // Keep what was done so far (e.g. a new server's id) and say what failed, then
-            // back off.
-            let (reason, message) = retry_reason(&e);
-            let mut next = pass.describe(ctx, &status, None);
-            set_ready_reason(P::Object::conditions_mut(&mut next), reason, &message);
-            write_status(ctx, object, &old, &next).await?;
-            return Err(e);
-        }
-    }
-    record_usage(pass, ctx, &status, &mut tail).await?;
-    let next = pass.describe(ctx, &status, stalled.clone());
-    write_status(ctx, object, &old, &next).await?;
-    ctx.failures.succeeded(&owner.uid);
-    tracing::debug!(wait = ?plan.wait, stalled = stalled.is_some(), more_to_do, "pass done");
-    let stalled = stalled.map(|(reason, _)| reason);
-    let action = next_action(stalled, plan.wait, ctx, owner);
-    // Our own status write starts no reconcile (see `trigger`): steps left go on at once. So
-    // does a pass whose view changed after it decided but before its wait was registered (no
-    // list wakes it for a change merged before).
-    let changed_since = || stalled.is_none() && plan.wait != Wait::Nothing && pass.plan(ctx, &status) != plan;
-    if more_to_do || changed_since() {
-        return Ok(Action::requeue(Duration::ZERO));
-    }
-    Ok(action)
-}
-
-/// Pure: the first planned step not yet taken in this pass. A step planned again after it
-/// was taken changed nothing the decision reads; it is logged (a decision that does not see
-/// its own step's outcome is a bug) and passed over so the steps after it still run.
-fn next_step<S: Clone + Debug + PartialEq>(planned: &[S], taken: &[S]) -> Option<S> {
-    for step in planned {
-        if !taken.contains(step) {
-            return Some(step.clone());
-        }
-        tracing::warn!(?step, "a step was planned again after it was taken in this pass; passed over");
-    }
-    None
-}
-
-/// Appends the usage-timeline row the observed power state calls for, if any. `tail` is the
-/// timeline's tail as this pass knows it: read from PostgreSQL at most once per pass (a pass
-/// is the only writer of its object's timeline while it runs) and kept up to date here.
-async fn record_usage<P: Pass>(
-    pass: &P,
-    ctx: &Context,
-    status: &<P::Object as ManagedObject>::Status,
-    tail: &mut Option<server::TimelineTail>,
-) -> Result<(), ReconcileError> {
-    let Target { object, owner } = pass.target();
-    let Some(observed) = pass.power_status(ctx) else { return Ok(()) };
-    let known = match *tail {
-        Some(known) => known,
-        None => server::timeline_tail(ctx, &owner.uid).await?,
-    };
-    *tail = Some(known);
-    let Some(row) = server::next_row(known, &observed) else { return Ok(()) };
-    // A copy read before the owner was accepted (the cache behind our own status write) must
-    // not bill the spec's owner: it may be a new one whose transfer is not recorded yet.
-    let Some(billed) = pass.billed_owner(status) else { return Ok(()) };
-    // A failed write ends the pass (the memo with it): the next pass reads the tail again.
-    let server = ctx.shared.fleet.server(&owner.uid);
-    server::record_transition(ctx, owner, (&object.intent(), server.as_ref()), &billed, row).await?;
-    *tail = Some((row.0, Some(row.1)));
-    tracing::info!(transition = row.1.as_str(), "usage timeline");
-    Ok(())
-}
 
 /// Patches `/status` with the difference, only when something changed.
 pub async fn write_status<K: ManagedObject>(
@@ -397,7 +227,7 @@ pub async fn reconcile<K: ManagedObject>(object: Arc<K>, ctx: Arc<Context>) -> R
         }
         let result = finalizer(&api, K::FINALIZER, object, |event| async {
             let result = match event {
-                Finalizer::Apply(o) => K::apply(o, Arc::clone(&ctx)).await,
+                Finalizer::Apply(o) => pass(o.as_ref(), &ctx).await,
                 Finalizer::Cleanup(o) => K::cleanup(o, Arc::clone(&ctx)).await,
             };
             done_if_destroyed(result, &uid, &ctx)
@@ -471,17 +301,4 @@ pub fn error_policy<K: ManagedObject>(object: Arc<K>, error: &ReconcileError, ct
     let delay = crate::backoff::after_failures(failures, ctx.config.fast_poll, ctx.config.max_backoff);
     tracing::warn!(kind = K::KIND, namespace = %object.namespace().unwrap_or_default(), object_name = %object.name_any(), error = %error, class = error.metric_label(), retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_step_is_taken_at_most_once_a_pass() {
-        let taken = vec!["dns"];
-        assert_eq!(next_step(&["dns", "server"], &taken), Some("server"));
-        assert_eq!(next_step(&["dns"], &taken), None);
-        assert_eq!(next_step(&["server", "dns"], &[]), Some("server"));
-    }
 }

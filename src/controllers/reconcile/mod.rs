@@ -12,6 +12,7 @@ pub mod failures;
 pub mod lifecycle;
 pub mod observe;
 pub mod outcome;
+pub mod pass;
 pub mod runner;
 pub mod status_patch;
 pub mod trigger;

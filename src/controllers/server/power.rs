@@ -39,6 +39,18 @@ pub enum PowerStep {
     PowerOff,
 }
 
+impl PowerStep {
+    /// The step's name, as metrics and logs call it.
+    pub fn name(self) -> &'static str {
+        match self {
+            PowerStep::Hold => "hold",
+            PowerStep::PowerOn => "power_on",
+            PowerStep::Shutdown => "shutdown",
+            PowerStep::PowerOff => "power_off",
+        }
+    }
+}
+
 /// Pure: what to do about power. `shutdown_sent` is when this operator last asked the guest to
 /// shut down (none = never, or the request was forgotten in a restart: then it is asked again).
 pub fn decide_power(
@@ -94,7 +106,7 @@ pub async fn apply_power(
     seen.status = under_way.to_owned();
     ctx.shared.fleet.record_server(&owner.uid, seen);
     ctx.shared.fleet.wait_for_servers(owner);
-    ctx.telemetry.metrics.count_step(owner.kind, step_name(step));
+    ctx.telemetry.metrics.count_step(owner.kind, step.name());
     Ok(())
 }
 
@@ -135,13 +147,4 @@ pub async fn power_step<K: Resource<DynamicType = ()>>(
     let (warning, note) = power_note(step);
     ctx.event(object, warning, "Power", "Power", note.to_owned()).await;
     Ok(())
-}
-
-pub(super) fn step_name(step: PowerStep) -> &'static str {
-    match step {
-        PowerStep::Hold => "hold",
-        PowerStep::PowerOn => "power_on",
-        PowerStep::Shutdown => "shutdown",
-        PowerStep::PowerOff => "power_off",
-    }
 }

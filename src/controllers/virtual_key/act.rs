@@ -16,6 +16,7 @@ use crate::store::audit::{self, AuditKind, NewAuditEvent};
 use crate::store::keys::{self, KeyTerms, NewVirtualKey, VirtualKeyRecord};
 
 use super::decide::*;
+use super::plan::Step;
 use super::runtime::*;
 use crate::controllers::context::Context;
 use crate::controllers::reconcile::error::ReconcileError;
@@ -163,15 +164,6 @@ pub(super) async fn record_key(
     keys::live_for_resource(&ctx.clients.db, uid).await?.ok_or(ReconcileError::Decode("the key row just recorded"))
 }
 
-/// Where the key is after the key half of a reconcile.
-pub(super) struct Located {
-    pub(super) record: VirtualKeyRecord,
-    /// The Secret holding it: the spec's, or the previous one while the spec's name is taken.
-    pub(super) secret_name: String,
-    /// Why the key is not in the spec's Secret, if it is not.
-    pub(super) refused: Option<String>,
-}
-
 /// The key half of a reconcile: reads the Secret (and, while `spec.secretName` changes, the
 /// previous one, named by the status), moves the live key to the spec's Secret or issues a key
 /// into it when neither holds a usable one (or a rotation was asked), makes PostgreSQL follow
@@ -183,13 +175,14 @@ pub(super) struct Located {
 /// Secret only finishes the delete.
 pub(super) async fn ensure_key(
     ctx: &Context,
-    rt: &KeyRuntime,
     vk: &VirtualKey,
     uid: &str,
-    name: &str,
+    requested: &str,
     mut live: Option<VirtualKeyRecord>,
-    t: &KeyTerms,
-) -> Result<Located, ReconcileError> {
+) -> Result<(), ReconcileError> {
+    let rt = ctx.key_runtime()?;
+    let t = &terms(vk)?;
+    let name = requested;
     let secrets: Api<Secret> = Api::namespaced(ctx.clients.kube.clone(), &vk.namespace().unwrap_or_default());
     let previous_name = vk.status.as_ref().and_then(|s| s.secret_name.clone()).filter(|p| p != name);
     let mut target = secrets.get_opt(name).await?;
@@ -246,20 +239,108 @@ pub(super) async fn ensure_key(
     if live.as_ref().is_none_or(|l| l.key_id != held.key_id) {
         live = Some(record_key(ctx, vk, uid, &name, &held, live.take(), t).await?);
     }
-    let record = live.ok_or(ReconcileError::Decode("the live key"))?;
+    live.ok_or(ReconcileError::Decode("the live key"))?;
     if let Some(previous) = &previous {
         delete_moved_from(ctx, vk, uid, previous).await?;
     }
     if let Some(resource_version) = version {
-        rt.secrets.checked(
-            uid,
-            Checked {
-                secret_name: name.clone(),
-                resource_version,
-                key_id: held.key_id.clone(),
-                rotation: held.rotation.clone(),
-            },
-        );
+        let checked = Checked {
+            requested: requested.to_owned(),
+            secret_name: name,
+            refused,
+            at: std::time::Instant::now(),
+            resource_version,
+            key_id: held.key_id.clone(),
+            rotation: held.rotation.clone(),
+        };
+        rt.secrets.checked(uid, checked);
     }
-    Ok(Located { record, secret_name: name, refused })
+    Ok(())
+}
+
+/// One step of a VirtualKey's pass.
+pub(super) async fn act(ctx: &Context, vk: &VirtualKey, uid: &str, step: &Step) -> Result<(), ReconcileError> {
+    let rt = ctx.key_runtime()?;
+    match step {
+        Step::EnsureKey { secret_name, live } => ensure_key(ctx, vk, uid, secret_name, live.as_deref().cloned()).await,
+        Step::FollowTerms { key_id, transfer_from } => {
+            follow_spec_terms(ctx, vk, uid, key_id, transfer_from.as_deref()).await
+        }
+        Step::Publish { view, entry, was_blocked } => {
+            let json = serde_json::to_string(entry).map_err(|_| ReconcileError::Decode("an auth entry"))?;
+            rt.cache.publish(&view.key_sha256, &json).await?;
+            ctx.telemetry.metrics.count_step(KIND, "publish");
+            rt.remember(uid, SpendView { auth: Some(json), ..view.as_ref().clone() });
+            match (was_blocked, &entry.blocked_reason) {
+                (Some(false) | None, Some(reason)) => {
+                    let note = format!("The proxy now refuses key {}: {reason}", entry.key_id);
+                    ctx.event(vk, true, reason, "Block", note).await;
+                }
+                (Some(true), None) => {
+                    let note = format!("The proxy accepts key {} again", entry.key_id);
+                    ctx.event(vk, false, "Unblocked", "Unblock", note).await;
+                }
+                _ => {}
+            }
+            Ok(())
+        }
+        Step::PublishGrace { entries } => {
+            let mut written = Vec::with_capacity(entries.len());
+            for (hash, entry) in entries {
+                let json = serde_json::to_string(entry).map_err(|_| ReconcileError::Decode("an auth entry"))?;
+                written.push((hash.clone(), json));
+            }
+            rt.cache.publish_many(&written).await?;
+            ctx.telemetry.metrics.count_step(KIND, "publish");
+            Ok(())
+        }
+        Step::Retire { key_id, key_sha256 } => {
+            rt.cache.remove(std::slice::from_ref(key_sha256)).await?;
+            keys::mark_unpublished(&ctx.clients.db, key_id).await?;
+            let note = format!("Previous key {key_id} removed from the proxy");
+            ctx.event(vk, false, "Retired", "Revoke", note).await;
+            Ok(())
+        }
+    }
+}
+
+/// Writes the spec's terms to the key's row, with one transfer event per generation when the
+/// owner changed (`transfer_from`: the owner the row has), both in one transaction.
+async fn follow_spec_terms(
+    ctx: &Context,
+    vk: &VirtualKey,
+    uid: &str,
+    key_id: &str,
+    transfer_from: Option<&str>,
+) -> Result<(), ReconcileError> {
+    let t = terms(vk)?;
+    let mut tx = ctx.clients.db.begin().await.during("starting a terms update")?;
+    keys::update_terms(&mut *tx, key_id, &t).await?;
+    let mut appended = None;
+    if let Some(from) = transfer_from {
+        let event = NewAuditEvent {
+            event_key: format!(
+                "{}/{}/{}",
+                AuditKind::VirtualKeyTransferred.as_str(),
+                uid,
+                vk.metadata.generation.unwrap_or(0)
+            ),
+            kind: AuditKind::VirtualKeyTransferred,
+            resource: resource_ref(vk, uid),
+            owners: vec![from.to_owned(), t.owner.clone()],
+            region: None,
+            cloud_ids: json!({"keyId": key_id}),
+            details: json!({"from": from, "to": t.owner, "generation": vk.metadata.generation}),
+            occurred_at: Utc::now(),
+        };
+        appended = Some(audit::append(&mut *tx, &event).await?);
+    }
+    tx.commit().await.during("committing a terms update")?;
+    if let Some(appended) = &appended {
+        ctx.audit_committed(appended);
+    }
+    if let Some(from) = transfer_from {
+        ctx.event(vk, false, "Transferred", "Transfer", format!("Owner changed from {from} to {}", t.owner)).await;
+    }
+    Ok(())
 }

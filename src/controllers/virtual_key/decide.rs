@@ -29,6 +29,8 @@ pub const KEY_ID_ANNOTATION: &str = "crabglamp.com/key-id";
 pub const ROTATION_ANNOTATION: &str = "crabglamp.com/rotation-token";
 /// The label the controller's Secret watch selects on (it never caches other Secrets).
 pub const MANAGED_BY_LABEL: (&str, &str) = ("app.kubernetes.io/managed-by", "crabglamp-operator");
+/// The stall reason while someone else's Secret holds the name the spec asks for.
+pub const SECRET_NAME_TAKEN: &str = "SecretNameTaken";
 /// Characters of the key shown in status (enough to tell keys apart, far too few to guess).
 pub(super) const PREFIX_LEN: usize = 12;
 
@@ -172,7 +174,7 @@ pub fn auth_entry(key_id: &str, budget_id: &str, t: &KeyTerms, block: Option<Blo
     }
 }
 
-/// The auth entries of the keys still in their rotation grace at `now`, `(sha256 hex, JSON)`:
+/// The auth entries of the keys still in their rotation grace at `now`, `(sha256 hex, entry)`:
 /// each carries the live key's terms and block under its own key id (its budget is the same
 /// VirtualKey's), so an old key is never laxer than the new one. Keys whose grace is over get
 /// none: they are removed.
@@ -182,25 +184,27 @@ pub fn grace_entries(
     block: Option<BlockReason>,
     retiring: &[keys::RetiringKey],
     now: DateTime<Utc>,
-) -> Result<Vec<(String, String)>, ReconcileError> {
-    retiring
-        .iter()
-        .filter(|r| r.revoked_at > now)
-        .map(|r| {
-            let entry = serde_json::to_string(&auth_entry(&r.key_id, budget_id, t, block))
-                .map_err(|_| ReconcileError::Decode("an auth entry"))?;
-            Ok((hex::encode(&r.key_sha256), entry))
-        })
-        .collect()
+) -> Vec<(String, AuthEntry)> {
+    in_grace(retiring, now).map(|r| (hex::encode(&r.key_sha256), auth_entry(&r.key_id, budget_id, t, block))).collect()
+}
+
+/// The rotated-away keys still in their grace period at `now`.
+pub fn in_grace(retiring: &[keys::RetiringKey], now: DateTime<Utc>) -> impl Iterator<Item = &keys::RetiringKey> {
+    retiring.iter().filter(move |r| r.revoked_at > now)
+}
+
+/// Whether Redis holds `entry` as it should be (`held`: its value; one it cannot read is not).
+pub fn holds(held: Option<&str>, entry: &AuthEntry) -> bool {
+    held.and_then(|h| serde_json::from_str::<AuthEntry>(h).ok()).as_ref() == Some(entry)
 }
 
 /// Of the `desired` entries, the ones Redis does not hold as they are (`held`: what Redis
 /// holds, in the same order): those, and only those, are written.
-pub fn entries_to_publish(desired: Vec<(String, String)>, held: &[Option<String>]) -> Vec<(String, String)> {
+pub fn entries_to_publish(desired: Vec<(String, AuthEntry)>, held: &[Option<String>]) -> Vec<(String, AuthEntry)> {
     desired
         .into_iter()
         .zip(held.iter().map(Option::as_deref).chain(std::iter::repeat(None)))
-        .filter(|((_, want), have)| *have != Some(want.as_str()))
+        .filter(|((_, want), have)| !holds(*have, want))
         .map(|(entry, _)| entry)
         .collect()
 }
@@ -370,7 +374,7 @@ pub fn key_conditions(
             None => Desired::new("Ready", true, "Ready", "The key is published and within its budget"),
         },
     ];
-    desired.into_iter().chain(refused.map(|why| Desired::new("Stalled", true, "SecretNameTaken", why))).collect()
+    desired.into_iter().chain(refused.map(|why| Desired::new("Stalled", true, SECRET_NAME_TAKEN, why))).collect()
 }
 
 /// Pure: the condition a VirtualKey carrying the pause annotation shows: the annotation holds
@@ -453,21 +457,30 @@ mod tests {
         let t = terms_for_test();
         let later = now + chrono::Duration::seconds(60);
         let keys = [retiring("vk_old", 1, later), retiring("vk_over", 2, now), retiring("vk_older", 3, later)];
-        let entries = grace_entries("uid-1", &t, Some(BlockReason::BudgetExceeded), &keys, now).expect("entries");
+        let entries = grace_entries("uid-1", &t, Some(BlockReason::BudgetExceeded), &keys, now);
         let hashes: Vec<&str> = entries.iter().map(|(h, _)| h.as_str()).collect();
         assert_eq!(hashes, [hex::encode([1u8; 32]), hex::encode([3u8; 32])], "the grace over at `now` is over");
-        let entry: AuthEntry = serde_json::from_str(&entries[0].1).expect("json");
+        let entry = entries[0].1.clone();
         let live = auth_entry("vk_new", "uid-1", &t, Some(BlockReason::BudgetExceeded));
         assert_eq!(entry, AuthEntry { key_id: "vk_old".into(), ..live }, "only the key id differs");
-        assert!(grace_entries("uid-1", &t, None, &[], now).expect("none").is_empty());
+        assert!(grace_entries("uid-1", &t, None, &[], now).is_empty());
     }
 
     #[test]
     fn only_entries_redis_lost_or_holds_otherwise_are_written() {
-        let desired = vec![("a".to_owned(), "A".to_owned()), ("b".into(), "B".into()), ("c".into(), "C".into())];
-        let held = [Some("A".to_owned()), None, Some("laxer".to_owned())];
+        let t = terms_for_test();
+        let entry = |id: &str| auth_entry(id, "uid-1", &t, None);
+        let json = |e: &AuthEntry| serde_json::to_string(e).expect("json");
+        let desired = vec![("a".to_owned(), entry("A")), ("b".into(), entry("B")), ("c".into(), entry("C"))];
+        let laxer = AuthEntry { rate_limit_rpm: Some(1000), ..entry("C") };
+        let held = [Some(json(&entry("A"))), None, Some(json(&laxer))];
         assert_eq!(entries_to_publish(desired.clone(), &held), desired[1..].to_vec());
-        let all_held: Vec<Option<String>> = desired.iter().map(|(_, j)| Some(j.clone())).collect();
+        assert_eq!(
+            entries_to_publish(desired[..1].to_vec(), &[Some("{not json".to_owned())]),
+            desired[..1].to_vec(),
+            "an entry Redis holds unreadable is written again"
+        );
+        let all_held: Vec<Option<String>> = desired.iter().map(|(_, e)| Some(json(e))).collect();
         assert!(entries_to_publish(desired.clone(), &all_held).is_empty(), "nothing changed, nothing written");
         assert_eq!(entries_to_publish(desired.clone(), &[]), desired, "an answer too short writes the rest");
     }

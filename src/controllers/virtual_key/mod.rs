@@ -10,8 +10,10 @@
 //! N/batch Redis round trips, not N.
 
 pub mod act;
-pub mod apply;
 pub mod decide;
+pub mod object;
+pub mod observe;
+pub mod plan;
 pub mod run;
 pub mod runtime;
 pub mod secret_versions;

@@ -6,41 +6,15 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::runtime::controller::Action;
 use kube::runtime::watcher;
 
-use crate::api::virtual_key::{VirtualKey, VirtualKeyStatus};
+use crate::api::virtual_key::VirtualKey;
 
-use super::apply::*;
 use super::decide::*;
 use crate::controllers::context::Context;
-use crate::controllers::reconcile::error::ReconcileError;
-use crate::controllers::reconcile::lifecycle::{self, ManagedObject};
 use crate::controllers::reconcile::runner;
 use crate::controllers::task::AbortOnDrop;
 use crate::controllers::virtual_key::spend_refresh;
-
-impl ManagedObject for VirtualKey {
-    type Status = VirtualKeyStatus;
-    const KIND: &'static str = KIND;
-    const FINALIZER: &'static str = FINALIZER;
-    /// A key's budget and expiry are kept while it exists: a paused key could spend past its
-    /// budget unblocked. Its status says the annotation has no effect.
-    const PAUSABLE: bool = false;
-    lifecycle::status_access!(VirtualKeyStatus);
-
-    fn phase_name(&self) -> String {
-        phase_name(self)
-    }
-
-    async fn apply(vk: Arc<VirtualKey>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-        apply(vk, &ctx).await
-    }
-
-    async fn cleanup(vk: Arc<VirtualKey>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-        cleanup(vk, &ctx).await
-    }
-}
 
 /// Runs the VirtualKey controller (and its refresher) until `stop` turns true. Does nothing
 /// without a Redis connection. The first refresh completes before any reconcile, so a

@@ -18,9 +18,17 @@ use kube::runtime::watcher;
 /// The key a Secret held when it was checked, and in which Secret and version.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Checked {
-    /// The Secret's name: a changed `spec.secretName` is not settled until the key is found
-    /// (or moved) under the new name.
+    /// The Secret the spec named then: a changed `spec.secretName` is not settled until the
+    /// key is looked for under the new name.
+    pub requested: String,
+    /// The Secret holding the key: the requested one, or the previous one while a move to the
+    /// requested name is refused (someone else's Secret holds it).
     pub secret_name: String,
+    /// Why the key is not in the requested Secret, if it is not.
+    pub refused: Option<String>,
+    /// When it was checked: a refusal is looked at again after a while (the Secret in the
+    /// way is not ours, so no watch event says it went).
+    pub at: std::time::Instant,
     pub resource_version: String,
     pub key_id: String,
     /// The Secret's rotation token annotation then.
@@ -77,20 +85,35 @@ impl SecretVersions {
     }
 
     /// Records that the key in version `checked.resource_version` of `uid`'s Secret was read
-    /// and is the one PostgreSQL holds.
+    /// (or written) and is the one PostgreSQL holds. That version is also the latest known of
+    /// the Secret until the watch delivers another: so the pass that wrote it goes on at once,
+    /// and any later change (or an older event still on its way) still means "read again".
     pub fn checked(&self, uid: &str, checked: Checked) {
-        self.with(|v| v.checked.insert(uid.to_owned(), checked));
+        self.with(|v| {
+            v.seen.insert((uid.to_owned(), checked.secret_name.clone()), checked.resource_version.clone());
+            v.checked.insert(uid.to_owned(), checked);
+        });
     }
 
-    /// Whether `uid`'s Secret `secret_name` is, as far as the watch knows, the version last
-    /// checked, holding `key_id` for rotation token `rotation`: then a GET would only confirm it.
-    pub fn unchanged(&self, uid: &str, secret_name: &str, key_id: &str, rotation: Option<&str>) -> bool {
+    /// Where `uid`'s key is when, as far as the watch knows, the Secret the spec names
+    /// (`requested`) was checked and the Secret holding the key is the version last checked,
+    /// holding `key_id` for rotation token `rotation`: then a GET would only confirm it. A
+    /// refused move counts for `refusal_age` only. `None`: the Secrets must be read.
+    pub fn settled(
+        &self,
+        uid: &str,
+        requested: &str,
+        (key_id, rotation): (&str, Option<&str>),
+        refusal_age: std::time::Duration,
+    ) -> Option<Checked> {
         self.with(|v| {
-            let Some(c) = v.checked.get(uid) else { return false };
-            c.secret_name == secret_name
+            let c = v.checked.get(uid)?;
+            let unchanged = c.requested == requested
                 && c.key_id == key_id
                 && c.rotation.as_deref() == rotation
-                && v.seen.get(&(uid.to_owned(), c.secret_name.clone())).is_some_and(|seen| *seen == c.resource_version)
+                && (c.refused.is_none() || c.at.elapsed() < refusal_age)
+                && v.seen.get(&(uid.to_owned(), c.secret_name.clone())).is_some_and(|seen| *seen == c.resource_version);
+            unchanged.then(|| c.clone())
         })
     }
 
@@ -122,21 +145,48 @@ mod tests {
     }
 
     fn checked(rv: &str) -> Checked {
-        Checked { secret_name: "k".into(), resource_version: rv.into(), key_id: "vk_1".into(), rotation: None }
+        Checked {
+            requested: "k".into(),
+            secret_name: "k".into(),
+            refused: None,
+            at: std::time::Instant::now(),
+            resource_version: rv.into(),
+            key_id: "vk_1".into(),
+            rotation: None,
+        }
+    }
+
+    fn unchanged(v: &SecretVersions, uid: &str, name: &str, key_id: &str, rotation: Option<&str>) -> bool {
+        v.settled(uid, name, (key_id, rotation), std::time::Duration::from_secs(60)).is_some()
+    }
+
+    #[test]
+    fn a_refused_move_is_looked_at_again_after_a_while() {
+        let v = SecretVersions::default();
+        let refused = Checked { requested: "taken".into(), refused: Some("not ours".into()), ..checked("5") };
+        v.checked("u", refused.clone());
+        v.observe(&watcher::Event::Apply(secret("u", "5")));
+        let settled = v.settled("u", "taken", ("vk_1", None), std::time::Duration::from_secs(60));
+        assert_eq!(settled.map(|c| c.secret_name), Some("k".to_owned()), "the key stays where it is");
+        let old = std::time::Instant::now().checked_sub(std::time::Duration::from_secs(61));
+        v.checked("u", Checked { at: old.unwrap_or_else(std::time::Instant::now), ..refused });
+        assert!(!unchanged(&v, "u", "taken", "vk_1", None), "read again: the Secret in the way may be gone");
     }
 
     #[test]
     fn only_the_version_checked_spares_the_read() {
         let v = SecretVersions::default();
-        assert!(!v.unchanged("u", "k", "vk_1", None), "never checked");
+        assert!(!unchanged(&v, "u", "k", "vk_1", None), "never checked");
         v.checked("u", checked("5"));
-        assert!(!v.unchanged("u", "k", "vk_1", None), "the watch has not delivered that version yet");
+        assert!(unchanged(&v, "u", "k", "vk_1", None), "read or written here: known before the watch shows it");
+        v.observe(&watcher::Event::Apply(secret("u", "4")));
+        assert!(!unchanged(&v, "u", "k", "vk_1", None), "an older event on its way: read again");
         v.observe(&watcher::Event::Apply(secret("u", "5")));
-        assert!(v.unchanged("u", "k", "vk_1", None));
-        assert!(!v.unchanged("u", "k", "vk_2", None), "another key is live");
-        assert!(!v.unchanged("u", "k", "vk_1", Some("r1")), "a rotation was asked");
+        assert!(unchanged(&v, "u", "k", "vk_1", None));
+        assert!(!unchanged(&v, "u", "k", "vk_2", None), "another key is live");
+        assert!(!unchanged(&v, "u", "k", "vk_1", Some("r1")), "a rotation was asked");
         v.observe(&watcher::Event::Apply(secret("u", "6")));
-        assert!(!v.unchanged("u", "k", "vk_1", None), "edited since");
+        assert!(!unchanged(&v, "u", "k", "vk_1", None), "edited since");
     }
 
     #[test]
@@ -145,26 +195,26 @@ mod tests {
         v.checked("u", checked("5"));
         v.observe(&watcher::Event::Apply(secret("u", "5")));
         v.observe(&watcher::Event::Delete(secret("u", "5")));
-        assert!(!v.unchanged("u", "k", "vk_1", None), "deleted");
+        assert!(!unchanged(&v, "u", "k", "vk_1", None), "deleted");
         v.observe(&watcher::Event::InitApply(secret("u", "5")));
-        assert!(v.unchanged("u", "k", "vk_1", None));
+        assert!(unchanged(&v, "u", "k", "vk_1", None));
         v.observe(&watcher::Event::Init);
-        assert!(!v.unchanged("u", "k", "vk_1", None), "relisting: not listed again yet");
+        assert!(!unchanged(&v, "u", "k", "vk_1", None), "relisting: not listed again yet");
         v.observe(&watcher::Event::InitApply(secret("u", "5")));
         v.observe(&watcher::Event::InitDone);
-        assert!(v.unchanged("u", "k", "vk_1", None));
+        assert!(unchanged(&v, "u", "k", "vk_1", None));
         v.forget("u");
-        assert!(!v.unchanged("u", "k", "vk_1", None));
+        assert!(!unchanged(&v, "u", "k", "vk_1", None));
     }
 
     #[test]
     fn secrets_nobody_controls_are_ignored() {
         let v = SecretVersions::default();
-        let mut s = secret("u", "5");
+        v.checked("u", checked("5"));
+        let mut s = secret("u", "6");
         s.metadata.owner_references = None;
         v.observe(&watcher::Event::Apply(s));
-        v.checked("u", checked("5"));
-        assert!(!v.unchanged("u", "k", "vk_1", None));
+        assert!(unchanged(&v, "u", "k", "vk_1", None), "not this VirtualKey's Secret's event");
     }
 
     #[test]
@@ -172,13 +222,13 @@ mod tests {
         let v = SecretVersions::default();
         v.checked("u", checked("5"));
         v.observe(&watcher::Event::Apply(secret("u", "5")));
-        assert!(!v.unchanged("u", "moved", "vk_1", None), "spec.secretName changed: look");
-        v.checked("u", Checked { secret_name: "moved".into(), ..checked("7") });
+        assert!(!unchanged(&v, "u", "moved", "vk_1", None), "spec.secretName changed: look");
+        v.checked("u", Checked { requested: "moved".into(), secret_name: "moved".into(), ..checked("7") });
         v.observe(&watcher::Event::Apply(named("u", "moved", "7")));
-        assert!(v.unchanged("u", "moved", "vk_1", None));
+        assert!(unchanged(&v, "u", "moved", "vk_1", None));
         v.observe(&watcher::Event::Delete(secret("u", "5")));
-        assert!(v.unchanged("u", "moved", "vk_1", None), "the old Secret's delete is not the new one's");
+        assert!(unchanged(&v, "u", "moved", "vk_1", None), "the old Secret's delete is not the new one's");
         v.observe(&watcher::Event::Apply(named("u", "moved", "8")));
-        assert!(!v.unchanged("u", "moved", "vk_1", None), "the new one edited");
+        assert!(!unchanged(&v, "u", "moved", "vk_1", None), "the new one edited");
     }
 }
