@@ -9,188 +9,29 @@
 //! [`ManagedObject`]; the skeleton never knows what a tunnel, a firewall or a key is, never
 //! talks to a cloud itself, and never writes `spec`.
 
-use std::fmt::Debug;
-use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
 
-use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::ResourceExt;
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::{Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
-use crate::controllers::config::ControllerConfig;
 use crate::controllers::context::Context;
 use crate::controllers::reconcile::conditions::{self, Desired};
 pub use crate::controllers::reconcile::destroy::{Destroyed, commit_destroy, record_destroy};
 use crate::controllers::reconcile::error::ReconcileError;
+pub use crate::controllers::reconcile::kind::{FINALIZER, ManagedObject, Plan, UsageSeen, Wait};
+pub(crate) use crate::controllers::reconcile::kind::{managed_kind, status_access};
 pub use crate::controllers::reconcile::outcome::{
     SELF_CLEARING, Stall, phase, retry_reason, set_ready_reason, stall_reason, summary_conditions,
 };
-pub use crate::controllers::reconcile::pass::{Plan, UsageSeen, Wait, pass};
-use crate::controllers::reconcile::status_patch::status_merge_patch;
-use crate::controllers::server::Owner;
+use crate::controllers::reconcile::pass::pass;
+pub use crate::controllers::reconcile::status_write::{latest_status, write_status};
 
-/// The finalizer that holds an object until its cloud resources are gone and its destroy event
-/// is committed.
-pub const FINALIZER: &str = "crabglamp.com/cleanup";
 /// `"true"` stops reconciling the object (nothing is created, changed or deleted for it).
 pub const PAUSE_ANNOTATION: &str = "crabglamp.com/paused";
-
-/// A kind this skeleton reconciles.
-pub trait ManagedObject:
-    Resource<DynamicType = (), Scope = NamespaceResourceScope>
-    + Clone
-    + Debug
-    + Serialize
-    + DeserializeOwned
-    + Send
-    + Sync
-    + 'static
-{
-    type Status: Clone + Debug + Default + PartialEq + Serialize + Send + Sync;
-    /// Everything one decision needs (see [`ManagedObject::observe`]).
-    type Observed: Send + Sync;
-    /// One idempotent step, carrying the ids it acts on.
-    type Step: Clone + Debug + PartialEq + Send + Sync;
-    /// `Agent`, `PlainVM`, `VirtualKey`: spans, metrics, Events.
-    const KIND: &'static str;
-    /// The finalizer that holds an object until its cleanup is done: a kind keeps the name its
-    /// objects already carry (a new one would leave the old one on them for good).
-    const FINALIZER: &'static str = FINALIZER;
-    /// Whether the pause annotation holds the object (see [`PAUSE_ANNOTATION`]).
-    const PAUSABLE: bool = true;
-
-    fn status(&self) -> Option<&Self::Status>;
-    fn conditions(status: &Self::Status) -> &[Condition];
-    fn conditions_mut(status: &mut Self::Status) -> &mut Vec<Condition>;
-    /// The phase in status (`Pending` before the first status write), for the objects gauge.
-    fn phase_name(&self) -> String;
-
-    /// Whether every shared list this kind decides on has been seen complete (until then,
-    /// absence proves nothing); a kind whose list runs on demand asks for it here.
-    fn lists_known(_ctx: &Context) -> bool {
-        true
-    }
-    /// Reads everything the decision needs, once per decision: the fleet snapshot, the tails
-    /// of the object's audit trail and usage timeline, the kind's own stores.
-    fn observe(
-        &self,
-        ctx: &Context,
-        owner: &Owner,
-    ) -> impl Future<Output = Result<Self::Observed, ReconcileError>> + Send;
-    /// Pure: the status a pass starts from: the object's, with what the observation knows
-    /// better than a possibly stale status (an Agent's owner, from the transfer trail). The
-    /// status write compares against the object's own, so a correction is written.
-    fn working_status(old: &Self::Status, _observed: &Self::Observed) -> Self::Status {
-        old.clone()
-    }
-    /// Pure: the steps to take now, in order, and what to wait for after.
-    fn decide(
-        &self,
-        status: &Self::Status,
-        observed: &Self::Observed,
-        config: &ControllerConfig,
-        now: Instant,
-    ) -> Plan<Self::Step>;
-    /// One idempotent step; what it learns goes into `status` and the fleet view. It acts on
-    /// the ids the step carries and reads no observation again.
-    fn act(
-        &self,
-        ctx: &Context,
-        owner: &Owner,
-        status: &mut Self::Status,
-        step: &Self::Step,
-    ) -> impl Future<Output = Result<(), ReconcileError>> + Send;
-    /// Pure: the status that describes what is observed (`stalled`: a permanent error).
-    fn describe(
-        &self,
-        status: &Self::Status,
-        observed: &Self::Observed,
-        stalled: Option<Stall>,
-        now: Timestamp,
-    ) -> Self::Status;
-    /// What the usage timeline needs of the observation: `None` without a server (and for a
-    /// kind that has none).
-    fn usage<'a>(&self, _observed: &'a Self::Observed) -> Option<UsageSeen<'a>> {
-        None
-    }
-    /// The owner a usage row written now bills: the one the operator has accepted, never a
-    /// new spec owner whose transfer is not recorded yet. `None`: no row until one is.
-    fn billed_owner(&self, _status: &Self::Status) -> Option<String> {
-        None
-    }
-    /// A permanent error's reason, or `None` when retrying can help. Kinds may name a step's
-    /// refusal more precisely than [`stall_reason`] does.
-    fn stall(_step: &Self::Step, error: &ReconcileError) -> Option<Stall> {
-        stall_reason(error)
-    }
-    /// Tears the object's cloud resources down (or orphans them) and commits its destroy event.
-    /// Any `Ok` releases the finalizer: return an error while anything is left.
-    fn cleanup(object: Arc<Self>, ctx: Arc<Context>) -> impl Future<Output = Result<Action, ReconcileError>> + Send;
-}
-
-/// The status accessors of [`ManagedObject`] for a kind whose status has `conditions`.
-macro_rules! status_access {
-    ($status:ty) => {
-        fn status(&self) -> Option<&$status> {
-            self.status.as_ref()
-        }
-        fn conditions(status: &$status) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
-            &status.conditions
-        }
-        fn conditions_mut(status: &mut $status) -> &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-            &mut status.conditions
-        }
-    };
-}
-pub(crate) use status_access;
-
-/// The parts of a [`ManagedObject`] impl every server-backed kind writes the same way: its
-/// status type, its kind name, the status accessors, and the phase from `status.phase`.
-macro_rules! managed_kind {
-    ($status:ty, $kind:expr) => {
-        type Status = $status;
-        const KIND: &'static str = $kind;
-        $crate::controllers::reconcile::lifecycle::status_access!($status);
-        fn phase_name(&self) -> String {
-            format!("{:?}", self.status.as_ref().and_then(|s| s.phase).unwrap_or_default())
-        }
-    };
-}
-pub(crate) use managed_kind;
-
-/// Patches `/status` with the difference, only when something changed.
-pub async fn write_status<K: ManagedObject>(
-    ctx: &Context,
-    object: &K,
-    old: &K::Status,
-    new: &K::Status,
-) -> Result<(), ReconcileError> {
-    if old == new {
-        return Ok(());
-    }
-    let Some(patch) = status_merge_patch(old, new) else { return Ok(()) };
-    let api: Api<K> = Api::namespaced(ctx.clients.kube.clone(), &object.namespace().unwrap_or_default());
-    api.patch_status(&object.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    ctx.telemetry.metrics.count_status_write(K::KIND);
-    let (uid, version) = (object.uid().unwrap_or_default(), object.resource_version().unwrap_or_default());
-    ctx.shared.written.remember(&uid, &version, new);
-    Ok(())
-}
-
-/// The object's status as a pass starts from it: ours if the cache has not shown our last
-/// write yet (see [`crate::controllers::reconcile::written`]).
-pub fn latest_status<K: ManagedObject>(ctx: &Context, object: &K) -> K::Status {
-    let (uid, version) = (object.uid().unwrap_or_default(), object.resource_version().unwrap_or_default());
-    ctx.shared.written.latest(&uid, &version, object.status())
-}
 
 /// Target of the one line per finished reconcile (at `debug`): `RUST_LOG=crabglamp::reconcile=debug`
 /// turns on just these lines, which the scale benchmark reads for reconcile counts and latency.

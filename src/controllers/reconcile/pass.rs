@@ -10,46 +10,12 @@ use std::time::{Duration, Instant};
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
 
-use crate::cloud::hetzner::ServerSummary;
 use crate::controllers::context::Context;
 use crate::controllers::reconcile::error::ReconcileError;
-use crate::controllers::reconcile::lifecycle::{ManagedObject, latest_status, write_status};
+use crate::controllers::reconcile::kind::{ManagedObject, Plan, Wait};
 use crate::controllers::reconcile::outcome::{SELF_CLEARING, Stall, retry_reason, set_ready_reason};
-use crate::controllers::server::{self, Owner, ServerIntent, TimelineTail};
-
-/// What the next pass waits for, if anything.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Wait {
-    /// Nothing: the next pass is the periodic resync.
-    Nothing,
-    /// A list to show the first complete picture.
-    Lists,
-    /// The tunnel to connect (Agents).
-    Tunnel,
-    /// The server to reach the desired power state.
-    Server,
-    /// A moment no list shows (a key's expiry, the end of a rotation's grace), or the resync.
-    Until(Duration),
-    /// A change of the object itself: nothing else can help.
-    Change,
-}
-
-/// The decision for one pass: the steps to take now, in order, and what to wait for after.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Plan<S> {
-    pub steps: Vec<S>,
-    pub wait: Wait,
-}
-
-/// What the usage timeline needs of one observation of a server-backed object.
-pub struct UsageSeen<'a> {
-    /// The server's status to believe (an Agent's counts a connected tunnel as booted).
-    pub power: String,
-    pub server: &'a ServerSummary,
-    /// The timeline's tail as PostgreSQL had it when observed.
-    pub tail: TimelineTail,
-    pub intent: ServerIntent,
-}
+use crate::controllers::reconcile::status_write::{latest_status, write_status};
+use crate::controllers::server::{self, Owner};
 
 /// Steps a pass takes at most; the rest are taken by the next pass, at once.
 const MAX_STEPS: usize = 10;
