@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use crabglamp_operator::api::Agent;
 use crabglamp_operator::cloud::cloudflare::{TunnelSecret, derive_tunnel_token};
 use crabglamp_operator::operator::Ending;
 use crabglamp_operator::store::audit::{self, AuditKind, NewAuditEvent, ResourceRef};
@@ -88,7 +89,10 @@ async fn a_stalled_lease_renewal_stops_the_leader_before_a_standby_may_take_over
     );
     assert!(!a.leading());
     assert_eq!(a.stop().await, Ending::LostLeadership);
-    wait_for(&agents, "busy", SETTLE, "busy Ready under the new leader", ready).await;
+    // Ready on the re-created server: the status from before the stall (Ready on the vanished
+    // one) proves nothing about the new leader.
+    let on_new_server = |a: &Agent| ready(a) && a.status.as_ref().and_then(|s| s.server.as_ref()?.id) != Some(server);
+    wait_for(&agents, "busy", SETTLE, "busy Ready on its re-created server under the new leader", on_new_server).await;
     assert_eq!(servers_of(&op, "busy"), 1, "no duplicate after the take-over");
     b.stop().await;
     drop(relay);

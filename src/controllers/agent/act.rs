@@ -260,11 +260,13 @@ async fn record_transfer(
     };
     let appended = audit::append(&ctx.clients.db, &event).await?;
     ctx.audit_committed(&appended);
-    // The same key holding another transfer: another writer extended the trail since it was
-    // observed. The next pass observes it again.
-    let recorded = &appended.event().details;
-    if recorded["from"] != from || recorded["to"] != to {
-        return Err(ReconcileError::NotReady("the audit trail as another writer extended it"));
+    // Recorded before (another writer, e.g. an overlapping leader): it counts only as the
+    // trail's last word, or the Agent would follow an owner the trail has moved past.
+    if let audit::Appended::AlreadyRecorded(earlier) = &appended {
+        let last_to = super::observe::transfer_trail(ctx, &owner.uid).await?.last_to;
+        if earlier.details["from"] != from || earlier.details["to"] != to || last_to.as_deref() != Some(to) {
+            return Err(ReconcileError::NotReady("the audit trail as another writer extended it"));
+        }
     }
     Ok(())
 }

@@ -14,16 +14,17 @@ use super::decide::*;
 
 pub(super) async fn observe(ctx: &Context, agent: &Agent, owner: &Owner) -> Result<Observed, ReconcileError> {
     let fleet = &ctx.shared.fleet;
-    let tunnel_name = tunnel_name(ctx.config.installation(), &owner.uid);
-    let server = fleet.server(&owner.uid);
-    let timeline = match &server {
+    let trail = transfer_trail(ctx, &owner.uid).await?;
+    let timeline = match fleet.server(&owner.uid) {
         Some(_) => Some(server::timeline_tail(ctx, &owner.uid).await?),
         None => None,
     };
+    // The fleet last, after the database: what the decision acts on is as fresh as it can be.
+    let tunnel_name = tunnel_name(ctx.config.installation(), &owner.uid);
     Ok(Observed {
         hostname: hostname(agent, &ctx.config.zone_name),
         servers_known: fleet.servers_known(),
-        server,
+        server: fleet.server(&owner.uid),
         tunnels_known: fleet.tunnels_known(),
         tunnel: fleet.tunnel(&tunnel_name),
         tunnel_name,
@@ -32,7 +33,7 @@ pub(super) async fn observe(ctx: &Context, agent: &Agent, owner: &Owner) -> Resu
         fleet_firewall: ctx.fleet_firewall(),
         shutdown_sent: ctx.power.shutdown_sent_at(&owner.uid),
         dns_name_taken: ctx.dns_taken.get(&owner.uid),
-        trail: transfer_trail(ctx, &owner.uid).await?,
+        trail,
         timeline,
     })
 }

@@ -8,15 +8,15 @@ use crate::controllers::server::{self, Owner};
 
 pub(super) async fn observe(ctx: &Context, owner: &Owner) -> Result<Observed, ReconcileError> {
     let fleet = &ctx.shared.fleet;
-    let server = fleet.server(&owner.uid);
-    let timeline = match &server {
+    let timeline = match fleet.server(&owner.uid) {
         Some(_) => Some(server::timeline_tail(ctx, &owner.uid).await?),
         None => None,
     };
+    // The fleet after the database: what the decision acts on is as fresh as it can be.
     Ok(Observed {
         lists_known: fleet.servers_known() && fleet.firewalls_known(),
         firewall: fleet.firewall(&owner.uid),
-        server,
+        server: fleet.server(&owner.uid),
         shutdown_sent: ctx.power.shutdown_sent_at(&owner.uid),
         timeline,
     })

@@ -58,9 +58,13 @@ pub async fn pass<K: ManagedObject>(object: &K, ctx: &Context) -> Result<Action,
                 break;
             }
             // Keep what was done so far (e.g. a new server's id) and say what failed, then
-            // back off.
+            // back off. The step's error is the one reported, even when the world cannot be
+            // observed again (the same outage): then the observation before the step stands.
             let (reason, message) = retry_reason(&e);
-            let mut next = object.describe(&status, &object.observe(ctx, &owner).await?, None, Timestamp::now());
+            if let Ok(now) = object.observe(ctx, &owner).await {
+                observed = now;
+            }
+            let mut next = object.describe(&status, &observed, None, Timestamp::now());
             set_ready_reason(K::conditions_mut(&mut next), reason, &message);
             write_status(ctx, object, &old, &next).await?;
             return Err(e);
@@ -80,13 +84,28 @@ pub async fn pass<K: ManagedObject>(object: &K, ctx: &Context) -> Result<Action,
     // does a pass whose world changed after it decided but before its wait was registered (no
     // list wakes it for a change merged before).
     let waits_on_lists = stalled.is_none() && matches!(plan.wait, Wait::Lists | Wait::Tunnel | Wait::Server);
-    if more_to_do
-        || (waits_on_lists
-            && object.decide(&status, &object.observe(ctx, &owner).await?, &ctx.config, Instant::now()) != plan)
-    {
+    if more_to_do || (waits_on_lists && changed_since(object, ctx, &owner, &status, &plan).await) {
         return Ok(Action::requeue(Duration::ZERO));
     }
     Ok(action)
+}
+
+/// Whether the decision is another now than `plan` (a list merged after it was made). A pass
+/// that cannot observe again now is done all the same: its wait stands.
+async fn changed_since<K: ManagedObject>(
+    object: &K,
+    ctx: &Context,
+    owner: &Owner,
+    status: &K::Status,
+    plan: &Plan<K::Step>,
+) -> bool {
+    match object.observe(ctx, owner).await {
+        Ok(observed) => object.decide(status, &observed, &ctx.config, Instant::now()) != *plan,
+        Err(e) => {
+            tracing::debug!(error = %e, "not observed again after the pass; its wait stands");
+            false
+        }
+    }
 }
 
 /// Pure: the first planned step not yet taken in this pass. A step planned again after it

@@ -181,6 +181,9 @@ pub(super) async fn ensure_key(
     mut live: Option<VirtualKeyRecord>,
 ) -> Result<(), ReconcileError> {
     let rt = ctx.key_runtime()?;
+    // What the watch has told of these Secrets before they are read: an event after this is
+    // newer than what this check finds.
+    let since = rt.secrets.token(uid);
     let t = &terms(vk)?;
     let name = requested;
     let secrets: Api<Secret> = Api::namespaced(ctx.clients.kube.clone(), &vk.namespace().unwrap_or_default());
@@ -253,7 +256,7 @@ pub(super) async fn ensure_key(
             key_id: held.key_id.clone(),
             rotation: held.rotation.clone(),
         };
-        rt.secrets.checked(uid, checked);
+        rt.secrets.checked(uid, checked, since);
     }
     Ok(())
 }

@@ -343,21 +343,32 @@ pub(super) fn phase_name(vk: &VirtualKey) -> String {
 /// The conditions a VirtualKey's status shows: its key, budget, expiry, usage read, readiness,
 /// and a refused `spec.secretName` change (the key works on from its Secret, and the status
 /// says the spec is not followed: kstatus and Argo CD then call it failed, not progressing).
+/// `published`: whether Redis holds the key's auth entry as it should be (a publish that
+/// failed leaves the key not ready, whatever its budget).
 pub fn key_conditions(
-    key_id: &str,
-    secret_name: &str,
+    (key_id, secret_name): (&str, &str),
+    published: bool,
     block: Option<BlockReason>,
-    view: &SpendView,
-    spend_text: &str,
+    (view, spend_text): (&SpendView, &str),
     refused: Option<String>,
 ) -> Vec<Desired> {
-    let desired = [
+    let key_ready = if published {
         Desired::new(
             "KeyReady",
             true,
             "Published",
             format!("Key {key_id} is in Secret {secret_name} and published to the proxy"),
-        ),
+        )
+    } else {
+        Desired::new(
+            "KeyReady",
+            false,
+            "Publishing",
+            format!("Key {key_id} is in Secret {secret_name}; its entry is being published to the proxy"),
+        )
+    };
+    let desired = [
+        key_ready,
         match block {
             Some(BlockReason::BudgetExceeded) => {
                 Desired::new("BudgetExceeded", true, "BudgetReached", format!("Spend reached the budget: {spend_text}"))
@@ -371,6 +382,9 @@ pub fn key_conditions(
         usage_read(view, spend_text),
         match block {
             Some(r) => Desired::new("Ready", false, r.as_str(), format!("The proxy refuses the key: {}", r.as_str())),
+            None if !published => {
+                Desired::new("Ready", false, "Publishing", "The key's entry is being published to the proxy")
+            }
             None => Desired::new("Ready", true, "Ready", "The key is published and within its budget"),
         },
     ];

@@ -49,7 +49,7 @@ impl ManagedObject for VirtualKey {
         config: &ControllerConfig,
         _now: Instant,
     ) -> Plan<Step> {
-        plan::decide(self, self.uid().as_deref().unwrap_or_default(), observed, config.resync)
+        plan::decide(self, observed, config.resync)
     }
 
     async fn act(

@@ -70,8 +70,10 @@ pub enum Step {
 }
 
 /// Pure: the steps a VirtualKey needs now, and when to look again.
-pub fn decide(vk: &VirtualKey, uid: &str, observed: &Observed, resync: Duration) -> Plan<Step> {
+pub fn decide(vk: &VirtualKey, observed: &Observed, resync: Duration) -> Plan<Step> {
     let Observed::Served(o) = observed else { return Plan { steps: Vec::new(), wait: Wait::Change } };
+    let uid = vk_uid(vk);
+    let uid = uid.as_str();
     let mut steps = Vec::new();
     let (Some(record), Some(_), Some(view)) = (&o.live, &o.location, &o.spend) else {
         let live = o.live.clone().map(Box::new);
@@ -136,8 +138,9 @@ pub fn describe(
                 let spend_text =
                     format!("{} of {} USD this month", micros_to_usd(view.micros), micros_to_usd(budget_micros));
                 let refused = location.refused.clone();
-                let mut desired =
-                    key_conditions(&record.key_id, &location.secret_name, block, view, &spend_text, refused);
+                let published = holds(view.auth.as_deref(), &auth_entry(&record.key_id, &vk_uid(vk), &o.terms, block));
+                let names = (record.key_id.as_str(), location.secret_name.as_str());
+                let mut desired = key_conditions(names, published, block, (view, &spend_text), refused);
                 if lifecycle::paused(vk) {
                     desired.push(not_pausable());
                 }
@@ -166,6 +169,11 @@ pub fn describe(
         conditions: conditions::merge(&old.conditions, &desired, generation, now),
         ..old.clone()
     }
+}
+
+/// The VirtualKey's UID: its keys' budget id.
+fn vk_uid(vk: &VirtualKey) -> String {
+    vk.metadata.uid.clone().unwrap_or_default()
 }
 
 /// Pure: the conditions of a VirtualKey outside the served namespaces. Stalled: nothing
@@ -253,7 +261,7 @@ mod tests {
     }
 
     fn decided(o: KeyObserved) -> Plan<Step> {
-        decide(&vk(), "uid-1", &Observed::Served(Box::new(o)), RESYNC)
+        decide(&vk(), &Observed::Served(Box::new(o)), RESYNC)
     }
 
     #[test]
@@ -261,7 +269,7 @@ mod tests {
         let p = decided(settled(0));
         assert!(p.steps.is_empty());
         assert_eq!(p.wait, Wait::Until(RESYNC * 2));
-        let outside = decide(&vk(), "uid-1", &Observed::NotServed { served: "team-b".into() }, RESYNC);
+        let outside = decide(&vk(), &Observed::NotServed { served: "team-b".into() }, RESYNC);
         assert_eq!(outside, Plan { steps: vec![], wait: Wait::Change });
     }
 

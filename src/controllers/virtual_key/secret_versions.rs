@@ -43,6 +43,17 @@ struct Versions {
     seen: HashMap<(String, String), String>,
     /// VirtualKey UID -> the version its key was last checked in.
     checked: HashMap<String, Checked>,
+    /// VirtualKey UID -> how many events of its Secrets the watch delivered, and how many
+    /// relists: what a check started at knew (see [`SecretVersions::token`]).
+    touched: HashMap<String, u64>,
+    relists: u64,
+}
+
+/// What the watch had told of one VirtualKey's Secrets when a check started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WatchToken {
+    relists: u64,
+    touched: u64,
 }
 
 /// Shared by the metadata watch (which records versions) and the reconciles (which ask).
@@ -67,30 +78,44 @@ impl SecretVersions {
         self.with(|v| match event {
             // A relist: what was seen before may be gone. Until each Secret is listed again,
             // its VirtualKey reads it (a few GETs after a watch restart, never a stale answer).
-            watcher::Event::Init => v.seen.clear(),
+            watcher::Event::Init => {
+                v.seen.clear();
+                v.relists += 1;
+            }
             watcher::Event::InitApply(s) | watcher::Event::Apply(s) => {
                 if let (Some(uid), Some(name), Some(rv)) =
                     (controller_uid(s), s.metadata.name.as_ref(), s.metadata.resource_version.as_ref())
                 {
                     v.seen.insert((uid.to_owned(), name.clone()), rv.clone());
+                    *v.touched.entry(uid.to_owned()).or_default() += 1;
                 }
             }
             watcher::Event::Delete(s) => {
                 if let (Some(uid), Some(name)) = (controller_uid(s), s.metadata.name.as_ref()) {
                     v.seen.remove(&(uid.to_owned(), name.clone()));
+                    *v.touched.entry(uid.to_owned()).or_default() += 1;
                 }
             }
             watcher::Event::InitDone => {}
         });
     }
 
+    /// What the watch has told of `uid`'s Secrets so far: taken when a check starts.
+    pub fn token(&self, uid: &str) -> WatchToken {
+        self.with(|v| WatchToken { relists: v.relists, touched: v.touched.get(uid).copied().unwrap_or(0) })
+    }
+
     /// Records that the key in version `checked.resource_version` of `uid`'s Secret was read
-    /// (or written) and is the one PostgreSQL holds. That version is also the latest known of
-    /// the Secret until the watch delivers another: so the pass that wrote it goes on at once,
-    /// and any later change (or an older event still on its way) still means "read again".
-    pub fn checked(&self, uid: &str, checked: Checked) {
+    /// (or written) and is the one PostgreSQL holds. When the watch delivered nothing of the
+    /// VirtualKey's Secrets since the check started (`since`), that version is also the latest
+    /// known, so the pass that wrote it goes on at once; an event in between (a newer version,
+    /// a delete) is newer than the check and stands: the next pass reads again.
+    pub fn checked(&self, uid: &str, checked: Checked, since: WatchToken) {
         self.with(|v| {
-            v.seen.insert((uid.to_owned(), checked.secret_name.clone()), checked.resource_version.clone());
+            let now = WatchToken { relists: v.relists, touched: v.touched.get(uid).copied().unwrap_or(0) };
+            if now == since {
+                v.seen.insert((uid.to_owned(), checked.secret_name.clone()), checked.resource_version.clone());
+            }
             v.checked.insert(uid.to_owned(), checked);
         });
     }
@@ -121,6 +146,7 @@ impl SecretVersions {
     pub fn forget(&self, uid: &str) {
         self.with(|v| {
             v.checked.remove(uid);
+            v.touched.remove(uid);
             v.seen.retain(|(owner, _), _| owner != uid);
         });
     }
@@ -164,12 +190,12 @@ mod tests {
     fn a_refused_move_is_looked_at_again_after_a_while() {
         let v = SecretVersions::default();
         let refused = Checked { requested: "taken".into(), refused: Some("not ours".into()), ..checked("5") };
-        v.checked("u", refused.clone());
+        v.checked("u", refused.clone(), v.token("u"));
         v.observe(&watcher::Event::Apply(secret("u", "5")));
         let settled = v.settled("u", "taken", ("vk_1", None), std::time::Duration::from_secs(60));
         assert_eq!(settled.map(|c| c.secret_name), Some("k".to_owned()), "the key stays where it is");
         let old = std::time::Instant::now().checked_sub(std::time::Duration::from_secs(61));
-        v.checked("u", Checked { at: old.unwrap_or_else(std::time::Instant::now), ..refused });
+        v.checked("u", Checked { at: old.unwrap_or_else(std::time::Instant::now), ..refused }, v.token("u"));
         assert!(!unchanged(&v, "u", "taken", "vk_1", None), "read again: the Secret in the way may be gone");
     }
 
@@ -177,7 +203,7 @@ mod tests {
     fn only_the_version_checked_spares_the_read() {
         let v = SecretVersions::default();
         assert!(!unchanged(&v, "u", "k", "vk_1", None), "never checked");
-        v.checked("u", checked("5"));
+        v.checked("u", checked("5"), v.token("u"));
         assert!(unchanged(&v, "u", "k", "vk_1", None), "read or written here: known before the watch shows it");
         v.observe(&watcher::Event::Apply(secret("u", "4")));
         assert!(!unchanged(&v, "u", "k", "vk_1", None), "an older event on its way: read again");
@@ -190,9 +216,23 @@ mod tests {
     }
 
     #[test]
+    fn an_event_during_a_check_is_newer_than_it() {
+        let v = SecretVersions::default();
+        let since = v.token("u");
+        v.observe(&watcher::Event::Apply(secret("u", "6")));
+        v.observe(&watcher::Event::Delete(secret("u", "6")));
+        v.checked("u", checked("5"), since);
+        assert!(!unchanged(&v, "u", "k", "vk_1", None), "deleted while the check ran: read again");
+        let since = v.token("u");
+        v.observe(&watcher::Event::Apply(named("u", "other", "9")));
+        v.checked("u", checked("5"), since);
+        assert!(!unchanged(&v, "u", "k", "vk_1", None), "any event of its Secrets stands");
+    }
+
+    #[test]
     fn a_delete_or_a_relist_means_read_again() {
         let v = SecretVersions::default();
-        v.checked("u", checked("5"));
+        v.checked("u", checked("5"), v.token("u"));
         v.observe(&watcher::Event::Apply(secret("u", "5")));
         v.observe(&watcher::Event::Delete(secret("u", "5")));
         assert!(!unchanged(&v, "u", "k", "vk_1", None), "deleted");
@@ -210,7 +250,7 @@ mod tests {
     #[test]
     fn secrets_nobody_controls_are_ignored() {
         let v = SecretVersions::default();
-        v.checked("u", checked("5"));
+        v.checked("u", checked("5"), v.token("u"));
         let mut s = secret("u", "6");
         s.metadata.owner_references = None;
         v.observe(&watcher::Event::Apply(s));
@@ -220,10 +260,14 @@ mod tests {
     #[test]
     fn another_secret_name_is_not_settled_and_the_old_secrets_events_do_not_count() {
         let v = SecretVersions::default();
-        v.checked("u", checked("5"));
+        v.checked("u", checked("5"), v.token("u"));
         v.observe(&watcher::Event::Apply(secret("u", "5")));
         assert!(!unchanged(&v, "u", "moved", "vk_1", None), "spec.secretName changed: look");
-        v.checked("u", Checked { requested: "moved".into(), secret_name: "moved".into(), ..checked("7") });
+        v.checked(
+            "u",
+            Checked { requested: "moved".into(), secret_name: "moved".into(), ..checked("7") },
+            v.token("u"),
+        );
         v.observe(&watcher::Event::Apply(named("u", "moved", "7")));
         assert!(unchanged(&v, "u", "moved", "vk_1", None));
         v.observe(&watcher::Event::Delete(secret("u", "5")));
