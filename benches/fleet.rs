@@ -25,6 +25,11 @@ async fn run(n: usize) {
     let op = Operator::start_with(config).await;
     crabglamp_sandbox::hetzner::set_firewall_limit(&op.hetzner, vms + 1);
     crabglamp_sandbox::hetzner::set_server_limit(&op.hetzner, n + vms);
+    // Beyond 1,000 Agents, a fleet no single Cloudflare account holds: the limit is lifted.
+    crabglamp_sandbox::cloudflare::set_tunnel_limit(
+        &op.cloudflare,
+        n.max(crabglamp_sandbox::cloudflare::TUNNELS_PER_ACCOUNT),
+    );
     op.create_namespace("bench").await;
     let agents = op.agents("bench");
     let plainvms = op.plainvms("bench");

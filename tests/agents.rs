@@ -18,5 +18,6 @@ mod agents {
     mod lifecycle;
     mod secrets;
     mod settings;
+    mod tunnel_quota;
     mod wedges;
 }

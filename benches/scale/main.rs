@@ -189,7 +189,13 @@ async fn run(n: usize, scale: f64) {
     println!("## N = {n}: {n} Agents, {vms} PlainVMs, {keys} VirtualKeys");
     let hetzner = HetznerSimConfig { time_scale: scale, ..HetznerSimConfig::default() };
     let durations = hetzner.durations.clone();
-    let cloudflare = CloudflareSimConfig { time_scale: scale, ..CloudflareSimConfig::default() };
+    // One account holds 1,000 tunnels (Cloudflare's limit): a larger single-account fleet is
+    // one no real account can hold, measured here with the limit lifted (and said so).
+    let tunnel_limit = n.max(crabglamp_sandbox::cloudflare::TUNNELS_PER_ACCOUNT);
+    if tunnel_limit > crabglamp_sandbox::cloudflare::TUNNELS_PER_ACCOUNT {
+        println!("Cloudflare tunnel limit lifted to {tunnel_limit} for one account (a real account holds 1,000)");
+    }
+    let cloudflare = CloudflareSimConfig { time_scale: scale, tunnel_limit, ..CloudflareSimConfig::default() };
     let options = SandboxOptions { hetzner, cloudflare, ..SandboxOptions::default() };
     let sandbox = match Sandbox::start(options).await {
         Ok(s) => s,

@@ -60,6 +60,9 @@ pub enum SimProvider {
         /// Requests per five minutes.
         #[arg(long, default_value_t = 1200)]
         rate_limit: u32,
+        /// Most cloudflared tunnels the account may hold (Cloudflare's limit: 1,000).
+        #[arg(long, default_value_t = cloudflare::TUNNELS_PER_ACCOUNT)]
+        tunnel_limit: usize,
         /// How much faster than real time simulated time runs (the five-minute window).
         #[arg(long, default_value_t = 1.0)]
         time_scale: f64,
@@ -242,6 +245,7 @@ impl SimCommand {
                 zone_id,
                 zone_name,
                 rate_limit,
+                tunnel_limit,
                 time_scale,
                 faults,
             } => {
@@ -255,6 +259,7 @@ impl SimCommand {
                     rate_limit,
                     rate_refill_per_sec: None,
                     time_scale,
+                    tunnel_limit,
                 };
                 (listen, cloudflare::spawn(config, listener).await, faults)
             }

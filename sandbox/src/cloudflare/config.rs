@@ -21,7 +21,12 @@ pub struct CloudflareSimConfig {
     /// How much faster than real time the simulated world runs: the five-minute window lasts
     /// `300 s / time_scale`, as Hetzner's actions do under the same scale.
     pub time_scale: f64,
+    /// Most cloudflared tunnels the account may hold (Cloudflare's account limit: 1,000).
+    pub tunnel_limit: usize,
 }
+
+/// Cloudflare's published limit of cloudflared tunnels per account.
+pub const TUNNELS_PER_ACCOUNT: usize = 1000;
 
 impl Default for CloudflareSimConfig {
     fn default() -> Self {
@@ -33,6 +38,7 @@ impl Default for CloudflareSimConfig {
             rate_limit: 1200,
             rate_refill_per_sec: None,
             time_scale: 1.0,
+            tunnel_limit: TUNNELS_PER_ACCOUNT,
         }
     }
 }
@@ -48,6 +54,7 @@ impl std::fmt::Debug for CloudflareSimConfig {
             .field("rate_limit", &self.rate_limit)
             .field("rate_refill_per_sec", &self.rate_refill_per_sec)
             .field("time_scale", &self.time_scale)
+            .field("tunnel_limit", &self.tunnel_limit)
             .finish()
     }
 }

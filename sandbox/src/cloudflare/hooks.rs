@@ -14,6 +14,13 @@ pub fn connect_tunnel(sim: &RunningSim, tunnel_id: &str) -> bool {
     sim.state::<CfState>().is_some_and(|st| lock(&st.tunnels).connect(tunnel_id))
 }
 
+/// Test hook: the account may hold at most `limit` tunnels from now on.
+pub fn set_tunnel_limit(sim: &RunningSim, limit: usize) {
+    if let Some(st) = sim.state::<CfState>() {
+        st.tunnel_limit.store(limit, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Names of the tunnels not deleted (tests check for duplicates with it).
 pub fn live_tunnel_names(sim: &RunningSim) -> Vec<String> {
     sim.state::<CfState>().map(|st| lock(&st.tunnels).live_names()).unwrap_or_default()

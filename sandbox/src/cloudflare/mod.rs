@@ -33,13 +33,14 @@ use tokio::net::TcpListener;
 pub use crate::http::RunningSim;
 use crate::http::{SimParts, serve};
 pub use cloudflared::{ConnectorChange, Origin};
-pub use config::CloudflareSimConfig;
+pub use config::{CloudflareSimConfig, TUNNELS_PER_ACCOUNT};
 use dialect::CloudflareDialect;
 pub use hooks::{
-    connect_tunnel, dns_record_count, dns_records, live_tunnel_names, sync_origins, tunnel_status, vanish_dns_record,
-    vanish_tunnel,
+    connect_tunnel, dns_record_count, dns_records, live_tunnel_names, set_tunnel_limit, sync_origins, tunnel_status,
+    vanish_dns_record, vanish_tunnel,
 };
 use state::CfState;
+pub use tunnel_routes::TUNNEL_LIMIT_CODE;
 pub use tunnel_token::{TunnelToken, find_tunnel_tokens};
 
 /// Serves a fresh account and zone on `listener`; the base URL ends in `/client/v4`.

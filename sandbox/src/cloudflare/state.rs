@@ -3,6 +3,7 @@
 //! running cloudflared.
 
 use std::sync::Mutex;
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use super::cloudflared::{self, ConnectorChange, Origin, Origins};
@@ -17,12 +18,15 @@ pub struct CfState {
     pub dns: Mutex<Records>,
     /// Machines seen running cloudflared and since when ([`cloudflared::sync`]).
     pub origins: Mutex<Origins>,
+    /// Most tunnels the account may hold now (the configured limit; tests change it).
+    pub tunnel_limit: AtomicUsize,
 }
 
 impl CfState {
     /// A fresh account and zone: no tunnel, no record, no machine seen.
     pub fn new(config: CloudflareSimConfig) -> Self {
         CfState {
+            tunnel_limit: AtomicUsize::new(config.tunnel_limit),
             config,
             tunnels: Mutex::new(Tunnels::default()),
             dns: Mutex::new(Records::default()),

@@ -55,6 +55,20 @@ fn parse_secret(v: Option<&Value>) -> Result<Option<Vec<u8>>, CfError> {
     }
 }
 
+/// The refusal of a tunnel beyond the account's limit. Cloudflare documents the limit (1,000
+/// cloudflared tunnels per account) but not this error's code: the stand-in answers in
+/// Cloudflare's envelope with a 400 and a message naming the limit, which is what the
+/// operator reads (any permanent refusal of a create that names a limit).
+pub(super) fn tunnel_limit_reached(limit: usize) -> CfError {
+    CfError::bad_request(
+        TUNNEL_LIMIT_CODE,
+        format!("Tunnel limit reached: this account may hold at most {limit} cloudflared tunnels"),
+    )
+}
+
+/// The error code of [`tunnel_limit_reached`].
+pub const TUNNEL_LIMIT_CODE: u32 = 1014;
+
 async fn create(State(st): St, Path(account): Path<String>, body: Bytes) -> Reply {
     check_account(&st, &account)?;
     let body = body_object(&body)?;
@@ -79,6 +93,10 @@ async fn create(State(st): St, Path(account): Path<String>, body: Bytes) -> Repl
     let mut tunnels = lock(&st.tunnels);
     if tunnels.by_id.values().any(|t| t.deleted_at.is_none() && t.name == name) {
         return Err(CfError::new(StatusCode::CONFLICT, 1013, "Tunnel with name already exists"));
+    }
+    let limit = st.tunnel_limit.load(std::sync::atomic::Ordering::Relaxed);
+    if tunnels.live_count() >= limit {
+        return Err(tunnel_limit_reached(limit));
     }
     let id = Uuid::new_v4();
     let tunnel = Tunnel {

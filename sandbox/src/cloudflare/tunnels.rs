@@ -218,6 +218,11 @@ impl Tunnels {
         Uuid::parse_str(id).ok().and_then(|id| self.by_id.get(&id)).map(Tunnel::status)
     }
 
+    /// How many tunnels the account holds (deleted ones do not count against its limit).
+    pub fn live_count(&self) -> usize {
+        self.by_id.values().filter(|t| t.deleted_at.is_none()).count()
+    }
+
     pub fn live_names(&self) -> Vec<String> {
         self.by_id.values().filter(|t| t.deleted_at.is_none()).map(|t| t.name.clone()).collect()
     }

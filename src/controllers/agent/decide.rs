@@ -26,6 +26,8 @@ pub(super) const SECRET_SCOPE: &str = "agent-tunnel";
 pub(super) const SECRET_NAME: &str = "tunnel-secret";
 /// `DnsReady`'s reason while someone else's record holds the hostname.
 pub(super) const DNS_NAME_TAKEN: &str = "DnsNameTaken";
+/// `TunnelReady`'s reason (and the stall's) while the Cloudflare account holds all it may.
+pub const TUNNEL_QUOTA: &str = "TunnelQuotaExceeded";
 
 /// The tail of an Agent's audit trail: its transfers, and the owner the last one moved it to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -265,7 +267,12 @@ pub fn desired_status(
             "WaitingForConnector",
             "The tunnel exists; waiting for cloudflared on the server to connect.",
         ),
-        None => Desired::new("TunnelReady", false, "Provisioning", "The tunnel is being created."),
+        None => match &stalled {
+            Some((reason, message)) if *reason == TUNNEL_QUOTA => {
+                Desired::new("TunnelReady", false, TUNNEL_QUOTA, message.clone())
+            }
+            _ => Desired::new("TunnelReady", false, "Provisioning", "The tunnel is being created."),
+        },
     };
     let dns_ready = match (&observed.dns, &observed.dns_name_taken) {
         (Some(r), _) if r.name == hostname => {

@@ -23,6 +23,22 @@ use crate::controllers::server::{self, Owner};
 use super::act::{act, owner_on_record, secret_id};
 use super::decide::*;
 
+/// The stall of a tunnel create the account refused at its limit (1,000 cloudflared tunnels
+/// by default). Cloudflare documents the limit, not its error's code: any permanent refusal of
+/// the create whose message names a limit is taken for it.
+fn tunnel_stall(error: &ReconcileError) -> Option<Stall> {
+    let cloud = error.cloud()?;
+    let detail = cloud.detail();
+    let at_limit = matches!(cloud, CloudError::Permanent(_)) && detail.message.to_ascii_lowercase().contains("limit");
+    at_limit.then(|| {
+        let advice = "the Cloudflare account holds as many tunnels as it may (1,000 per account by default): \
+                      delete tunnels it no longer needs, ask Cloudflare for a higher limit, or give this Agent \
+                      a shard with another account (the crabglamp.com/shard label). No server is created \
+                      without its tunnel; retried every resync.";
+        (TUNNEL_QUOTA, format!("{detail}; {advice}"))
+    })
+}
+
 impl ManagedObject for Agent {
     type Observed = Observed;
     type Step = Step;
@@ -82,6 +98,15 @@ impl ManagedObject for Agent {
             tail: observed.timeline?,
             intent: intent(&self.spec),
         })
+    }
+
+    /// A tunnel create refused at the account's limit names the quota (and what to do); a
+    /// stall stops the pass, so no server is created without its tunnel.
+    fn stall(step: &Step, error: &ReconcileError) -> Option<Stall> {
+        match step {
+            Step::CreateTunnel { .. } => tunnel_stall(error).or_else(|| lifecycle::stall_reason(error)),
+            _ => lifecycle::stall_reason(error),
+        }
     }
 
     /// The working status's owner: the trail's (see [`Self::working_status`]), or the one a

@@ -403,7 +403,7 @@ pub fn not_pausable() -> Desired {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]
@@ -503,7 +503,7 @@ mod tests {
         SecretKey { key: key.into(), key_id: key_id.into(), rotation: rotation.map(str::to_owned) }
     }
 
-    fn live_record(key_id: &str, key: &str) -> VirtualKeyRecord {
+    pub(in crate::controllers::virtual_key) fn live_record(key_id: &str, key: &str) -> VirtualKeyRecord {
         VirtualKeyRecord {
             key_id: key_id.into(),
             resource_uid: "uid-1".into(),

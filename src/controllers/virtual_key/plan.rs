@@ -208,19 +208,7 @@ mod tests {
     }
 
     fn record() -> VirtualKeyRecord {
-        VirtualKeyRecord {
-            key_id: "vk_1".into(),
-            resource_uid: "uid-1".into(),
-            owner: "acct_a".into(),
-            key_sha256: vec![7; 32],
-            prefix: "cgk_abcdefgh".into(),
-            models: vec![],
-            budget_monthly_usd: "1.00".into(),
-            rate_limit_rpm: None,
-            expires_at: None,
-            created_at: Utc::now(),
-            revoked_at: None,
-        }
+        super::super::decide::tests::live_record("vk_1", "cgk_abcdefghijkl")
     }
 
     /// A located key whose entry Redis holds as it should be, at `micros` spent.
@@ -232,7 +220,7 @@ mod tests {
         let spend = SpendView {
             period: period(now),
             micros,
-            key_sha256: hex::encode([7u8; 32]),
+            key_sha256: hex::encode(record().key_sha256),
             auth: Some(serde_json::to_string(&entry).expect("json")),
             problems: vec![],
         };
