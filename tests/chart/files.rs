@@ -227,3 +227,57 @@ fn the_readme_documents_every_value() {
         .collect();
     assert!(undocumented.is_empty(), "values missing from the README's table: {undocumented:?}");
 }
+
+#[test]
+fn shards_render_one_deployment_lease_and_budget_each_with_their_own_account() {
+    let sets = [
+        "shards[0].name=eu-1",
+        "shards[0].existingSecret=crabglamp-shard-eu-1",
+        "shards[0].cloudflare.accountId=00000000000000000000000000000001",
+        "shards[0].cloudflare.zoneName=agents-1.example.com",
+        "shards[1].name=eu-2",
+    ];
+    let objects = helm::template(&[], &sets).expect("render");
+    let of_kind = |kind: &str| objects.iter().filter(|o| o["kind"] == kind).cloned().collect::<Vec<_>>();
+    let deployments = of_kind("Deployment");
+    let names: Vec<&str> = deployments.iter().filter_map(|d| d["metadata"]["name"].as_str()).collect();
+    // The release's full name, as the single Deployment of the defaults carries it.
+    let base = one(&helm::defaults(), "Deployment")["metadata"]["name"].as_str().expect("name").to_owned();
+    assert_eq!(names, [format!("{base}-eu-1"), format!("{base}-eu-2")]);
+    for (deployment, shard) in deployments.iter().zip(["eu-1", "eu-2"]) {
+        // Selectors that cannot overlap: each Deployment owns its shard's pods only.
+        assert_eq!(deployment["spec"]["selector"]["matchLabels"]["crabglamp.com/shard"], shard);
+        assert_eq!(deployment["spec"]["template"]["metadata"]["labels"]["crabglamp.com/shard"], shard);
+        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+        let args: Vec<&str> = container["args"].as_array().expect("args").iter().filter_map(|a| a.as_str()).collect();
+        assert!(args.contains(&format!("--shard={shard}").as_str()), "{args:?}");
+        let env = container["env"].as_array().expect("env");
+        let by_name = |n: &str| env.iter().find(|e| e["name"] == n).cloned().unwrap_or_default();
+        let token_secret = if shard == "eu-1" { "crabglamp-shard-eu-1" } else { "crabglamp-operator" };
+        for name in ["HCLOUD_TOKEN", "CLOUDFLARE_API_TOKEN"] {
+            assert_eq!(by_name(name)["valueFrom"]["secretKeyRef"]["name"], token_secret, "{shard} {name}");
+        }
+        assert_eq!(by_name("DATABASE_URL")["valueFrom"]["secretKeyRef"]["name"], "crabglamp-operator", "shared");
+        if shard == "eu-1" {
+            assert_eq!(by_name("CLOUDFLARE_ACCOUNT_ID")["value"], "00000000000000000000000000000001");
+            assert_eq!(by_name("CLOUDFLARE_ZONE_NAME")["value"], "agents-1.example.com");
+        }
+    }
+    let budgets = of_kind("PodDisruptionBudget");
+    assert_eq!(budgets.len(), 2, "one budget per shard's Deployment");
+    // Each shard's leader elects on its own Lease: the Role names every one of them.
+    let self_role = objects
+        .iter()
+        .find(|o| o["kind"] == "Role" && o["metadata"]["namespace"] == helm::NAMESPACE)
+        .expect("the release-namespace Role");
+    let leases = self_role["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .find(|r| r["resources"][0] == "leases" && r.get("resourceNames").is_some())
+        .map(|r| r["resourceNames"].clone());
+    assert_eq!(leases, Some(serde_json::json!([format!("{base}-eu-1"), format!("{base}-eu-2")])));
+    // One shard or several, never both.
+    let both = helm::template(&[], &["shard=eu-1", "shards[0].name=eu-2"]).expect_err("shard and shards together");
+    assert!(both.contains("set either shard"), "{both}");
+}

@@ -43,13 +43,47 @@ app.kubernetes.io/component: operator
 {{- default (include "crabglamp.fullname" .) .Values.leaderElection.leaseName }}
 {{- end }}
 
-{{/* The Lease the operator really uses: the base name, with -<shard> appended per shard. */}}
-{{- define "crabglamp.leaseName" -}}
+{{/*
+  The shards this release runs, as a JSON list: each `shards` entry (one Deployment and Lease
+  each, with its own credentials and Cloudflare account when given), else one entry for the
+  single `shard` value ("" for every object) that keeps the release's plain names.
+*/}}
+{{- define "crabglamp.shardList" -}}
+{{- if .Values.shards }}
 {{- if .Values.shard }}
-{{- printf "%s-%s" (include "crabglamp.leaseBase" .) .Values.shard }}
-{{- else }}
-{{- include "crabglamp.leaseBase" . }}
+{{- fail "set either shard (one shard) or shards (several), not both" }}
 {{- end }}
+{{- toJson .Values.shards }}
+{{- else }}
+{{- toJson (list (dict "name" .Values.shard "single" true)) }}
+{{- end }}
+{{- end }}
+
+{{/* A shard's Deployment name: the release's full name, with -<shard> for a listed shard. */}}
+{{- define "crabglamp.shardFullname" -}}
+{{- if .shard.single }}
+{{- include "crabglamp.fullname" .root }}
+{{- else }}
+{{- printf "%s-%s" (include "crabglamp.fullname" .root) .shard.name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{/* A shard's pod selector: the release's, with the shard's label for a listed shard. */}}
+{{- define "crabglamp.shardSelectorLabels" -}}
+{{ include "crabglamp.selectorLabels" .root }}
+{{- if not .shard.single }}
+crabglamp.com/shard: {{ .shard.name | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The Leases the operator really uses: the base name, with -<shard> appended per shard. */}}
+{{- define "crabglamp.leaseNames" -}}
+{{- $base := include "crabglamp.leaseBase" . }}
+{{- $names := list }}
+{{- range include "crabglamp.shardList" . | fromJsonArray }}
+{{- $names = append $names (ternary (printf "%s-%s" $base .name) $base (ne .name "")) }}
+{{- end }}
+{{- toJson $names }}
 {{- end }}
 
 {{/* The ConfigMap the operator anchors the audit chain's head in (fixed by the binary). */}}
@@ -66,17 +100,29 @@ crabglamp-audit-anchor
 {{- end }}
 
 {{/*
-  The container's environment: the pod's name and namespace from the downward API, each
-  credential from its existing Secret (the optional ones only when named), then every
-  non-empty setting. Numbers are rendered as integers, never in exponent form.
+  A shard's container environment (`root`: the chart's context, `shard`: one entry of
+  crabglamp.shardList): the pod's name and namespace from the downward API, each credential
+  from its existing Secret (the optional ones only when named; a listed shard's Hetzner and
+  Cloudflare tokens from its own Secret), then every non-empty setting (a listed shard's
+  Cloudflare account and zone where it names them). Numbers are rendered as integers, never in
+  exponent form.
 */}}
 {{- define "crabglamp.env" -}}
-{{- $c := .Values.config }}
-{{- $s := .Values.secrets }}
+{{- $root := .root }}
+{{- $shard := .shard }}
+{{- $c := $root.Values.config }}
+{{- $s := $root.Values.secrets }}
+{{- $cf := mergeOverwrite (deepCopy $c.cloudflare) (default dict $shard.cloudflare) }}
+{{- $hcloud := $s.hcloudToken }}
+{{- $cloudflare := $s.cloudflareApiToken }}
+{{- with $shard.existingSecret }}
+{{- $hcloud = dict "existingSecret" . "key" $s.hcloudToken.key }}
+{{- $cloudflare = dict "existingSecret" . "key" $s.cloudflareApiToken.key }}
+{{- end }}
 {{- $env := list }}
 {{- $env = append $env (dict "name" "POD_NAME" "valueFrom" (dict "fieldRef" (dict "fieldPath" "metadata.name"))) }}
 {{- $env = append $env (dict "name" "POD_NAMESPACE" "valueFrom" (dict "fieldRef" (dict "fieldPath" "metadata.namespace"))) }}
-{{- range $name, $ref := dict "HCLOUD_TOKEN" $s.hcloudToken "CLOUDFLARE_API_TOKEN" $s.cloudflareApiToken "DATABASE_URL" $s.databaseUrl "CRABGLAMP_SEALING_KEY" $s.sealingKey "CRABGLAMP_SEALING_PREVIOUS_KEYS" $s.sealingPreviousKeys "REDIS_URL" $s.redisUrl }}
+{{- range $name, $ref := dict "HCLOUD_TOKEN" $hcloud "CLOUDFLARE_API_TOKEN" $cloudflare "DATABASE_URL" $s.databaseUrl "CRABGLAMP_SEALING_KEY" $s.sealingKey "CRABGLAMP_SEALING_PREVIOUS_KEYS" $s.sealingPreviousKeys "REDIS_URL" $s.redisUrl }}
 {{- if $ref.existingSecret }}
 {{- $env = append $env (dict "name" $name "valueFrom" (dict "secretKeyRef" (dict "name" $ref.existingSecret "key" $ref.key))) }}
 {{- end }}
@@ -84,10 +130,10 @@ crabglamp-audit-anchor
 {{- $plain := list
   (list "CRABGLAMP_SEALING_KEY_ID" $c.sealingKeyId)
   (list "HCLOUD_ENDPOINT" $c.hcloudEndpoint)
-  (list "CLOUDFLARE_ACCOUNT_ID" $c.cloudflare.accountId)
-  (list "CLOUDFLARE_ZONE_ID" $c.cloudflare.zoneId)
-  (list "CLOUDFLARE_ZONE_NAME" $c.cloudflare.zoneName)
-  (list "CLOUDFLARE_ENDPOINT" $c.cloudflare.endpoint)
+  (list "CLOUDFLARE_ACCOUNT_ID" $cf.accountId)
+  (list "CLOUDFLARE_ZONE_ID" $cf.zoneId)
+  (list "CLOUDFLARE_ZONE_NAME" $cf.zoneName)
+  (list "CLOUDFLARE_ENDPOINT" $cf.endpoint)
   (list "CRABGLAMP_RESYNC_SECONDS" (int64 $c.resyncSeconds))
   (list "CRABGLAMP_FAST_POLL_MS" (int64 $c.fastPollMs))
   (list "CRABGLAMP_FIREWALL_AUDIT_EVERY" (int64 $c.firewallAuditEvery))
@@ -95,7 +141,7 @@ crabglamp-audit-anchor
   (list "CRABGLAMP_SWEEPER_GRACE_SECONDS" (int64 $c.sweeperGraceSeconds))
   (list "CRABGLAMP_HETZNER_REQUESTS_PER_HOUR" (int64 $c.hetznerRequestsPerHour))
   (list "CRABGLAMP_CLOUDFLARE_REQUESTS_PER_5MIN" (int64 $c.cloudflareRequestsPer5min))
-  (list "RUST_LOG" .Values.logLevel) }}
+  (list "RUST_LOG" $root.Values.logLevel) }}
 {{- range $plain }}
 {{- $value := index . 1 | toString }}
 {{- if $value }}
