@@ -56,6 +56,12 @@ pub struct WatchToken {
     touched: u64,
 }
 
+impl Versions {
+    fn token(&self, uid: &str) -> WatchToken {
+        WatchToken { relists: self.relists, touched: self.touched.get(uid).copied().unwrap_or(0) }
+    }
+}
+
 /// Shared by the metadata watch (which records versions) and the reconciles (which ask).
 #[derive(Debug, Default)]
 pub struct SecretVersions {
@@ -102,7 +108,7 @@ impl SecretVersions {
 
     /// What the watch has told of `uid`'s Secrets so far: taken when a check starts.
     pub fn token(&self, uid: &str) -> WatchToken {
-        self.with(|v| WatchToken { relists: v.relists, touched: v.touched.get(uid).copied().unwrap_or(0) })
+        self.with(|v| v.token(uid))
     }
 
     /// Records that the key in version `checked.resource_version` of `uid`'s Secret was read
@@ -112,8 +118,7 @@ impl SecretVersions {
     /// a delete) is newer than the check and stands: the next pass reads again.
     pub fn checked(&self, uid: &str, checked: Checked, since: WatchToken) {
         self.with(|v| {
-            let now = WatchToken { relists: v.relists, touched: v.touched.get(uid).copied().unwrap_or(0) };
-            if now == since {
+            if v.token(uid) == since {
                 v.seen.insert((uid.to_owned(), checked.secret_name.clone()), checked.resource_version.clone());
             }
             v.checked.insert(uid.to_owned(), checked);
