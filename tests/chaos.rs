@@ -177,17 +177,18 @@ fn run_seeds(seeds: &[u64]) {
                     println!("{line}");
                 }
                 println!("--- replay: CRABGLAMP_CHAOS_SEEDS={seed} cargo test --test chaos -- --nocapture ---");
-                failed.push(seed);
+                failed.push(format!("seed {seed}: {why}"));
             }
         }
     }
     println!(
-        "chaos: {} seeds, {} failed {failed:?}, {:.0}s",
+        "chaos: {} seeds, {} failed, {:.0}s",
         seeds.len(),
         failed.len(),
         started.elapsed().as_secs_f64()
     );
-    assert!(failed.is_empty(), "chaos seeds failed: {failed:?}");
+    // Each failure's reason again, last: the seed's log tail above can be long.
+    assert!(failed.is_empty(), "chaos seeds failed:\n{}", failed.join("\n"));
 }
 
 /// The CI set and the regression seeds, or `CRABGLAMP_CHAOS_SEEDS`.

@@ -23,6 +23,8 @@ mod idle;
 mod plot;
 mod process;
 mod progress;
+mod requests;
+mod shards;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -41,14 +43,15 @@ use kube::api::PostParams;
 
 use floor::Floor;
 use process::{OperatorProcess, percentile};
+use requests::AccountRequests;
 
-const NAMESPACE: &str = "bench";
+pub const NAMESPACE: &str = "bench";
 /// The sandbox's cloudflared connects this long (simulated) after a server booted.
-const CLOUDFLARED_DELAY: Duration = Duration::from_secs(3);
+pub const CLOUDFLARED_DELAY: Duration = Duration::from_secs(3);
 /// Creates in flight at once while applying (as `kubectl apply` of a large directory would).
 const APPLY_CONCURRENCY: usize = 8;
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
@@ -58,16 +61,28 @@ fn main() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let scale: f64 = env_or("CRABGLAMP_BENCH_SCALE", 20.0);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let shards: usize = env_or("CRABGLAMP_BENCH_SHARDS", 0);
+    if shards > 0 {
+        let n = sizes.first().copied().filter(|_| std::env::var_os("CRABGLAMP_BENCH_SIZES").is_some()).unwrap_or(1000);
+        let scale = env_or("CRABGLAMP_BENCH_SCALE", shards::DEFAULT_SCALE);
+        print_scale(scale);
+        runtime.block_on(shards::run(shards, n, scale));
+        return;
+    }
+    let scale: f64 = env_or("CRABGLAMP_BENCH_SCALE", 20.0);
+    print_scale(scale);
+    for n in sizes {
+        runtime.block_on(run(n, scale));
+    }
+}
+
+fn print_scale(scale: f64) {
     println!(
         "scale benchmark: time scale {scale}x (simulated actions, boots, rate refills and windows all run {scale} times faster; \
          every time below is real-world time = wall clock x {scale})"
     );
     println!("machine: {} cores, load average {}", num_cpus(), load_average());
-    for n in sizes {
-        runtime.block_on(run(n, scale));
-    }
 }
 
 fn num_cpus() -> usize {
@@ -80,7 +95,7 @@ fn load_average() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-fn virtual_key(name: &str) -> VirtualKey {
+pub fn virtual_key(name: &str) -> VirtualKey {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "crabglamp.com/v1alpha1",
         "kind": "VirtualKey",
@@ -90,28 +105,51 @@ fn virtual_key(name: &str) -> VirtualKey {
     .expect("virtual key manifest")
 }
 
-/// The operator's settings for the stand-ins, every period divided by the time scale.
-fn operator_env(
-    sandbox: &Sandbox,
+/// One simulated Hetzner project and Cloudflare account: what one operator process uses.
+pub struct CloudAccount<'a> {
+    pub hcloud: &'a RunningSim,
+    pub hetzner: &'a HetznerSimConfig,
+    pub cloudflare: &'a RunningSim,
+    pub cf: &'a CloudflareSimConfig,
+}
+
+impl<'a> CloudAccount<'a> {
+    fn of(sandbox: &'a Sandbox) -> Self {
+        CloudAccount {
+            hcloud: &sandbox.hcloud,
+            hetzner: &sandbox.hetzner_config,
+            cloudflare: &sandbox.cloudflare,
+            cf: &sandbox.cloudflare_config,
+        }
+    }
+}
+
+/// The operator's settings for one account of the stand-ins, every period divided by the time
+/// scale; `shard` names the shard it serves (its objects carry the shard label).
+pub fn operator_env(
+    account: &CloudAccount<'_>,
+    redis_url: &str,
     kubeconfig: &std::path::Path,
     database_url: &str,
     scale: f64,
+    shard: Option<&str>,
 ) -> Vec<(String, String)> {
     let scaled_secs = |real: f64| ((real / scale).round() as u64).max(1).to_string();
     let sealing_key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
-    let hz = &sandbox.hetzner_config;
-    let cf = &sandbox.cloudflare_config;
-    [
+    let cf = account.cf;
+    let mut env: Vec<(String, String)> = [
         ("KUBECONFIG", kubeconfig.display().to_string()),
         ("DATABASE_URL", database_url.to_owned()),
-        ("REDIS_URL", sandbox.redis.url.clone()),
-        ("HCLOUD_ENDPOINT", sandbox.hcloud.base_url.clone()),
-        ("HCLOUD_TOKEN", hz.token.clone()),
-        ("CLOUDFLARE_ENDPOINT", sandbox.cloudflare.base_url.clone()),
+        ("REDIS_URL", redis_url.to_owned()),
+        ("HCLOUD_ENDPOINT", account.hcloud.base_url.clone()),
+        ("HCLOUD_TOKEN", account.hetzner.token.clone()),
+        ("CLOUDFLARE_ENDPOINT", account.cloudflare.base_url.clone()),
         ("CLOUDFLARE_API_TOKEN", cf.token.clone()),
         ("CLOUDFLARE_ACCOUNT_ID", cf.account_id.clone()),
         ("CLOUDFLARE_ZONE_ID", cf.zone_id.clone()),
         ("CLOUDFLARE_ZONE_NAME", cf.zone_name.clone()),
+        // Any free port: several operators share the machine.
+        ("CRABGLAMP_METRICS_ADDR", "127.0.0.1:0".to_owned()),
         // The budgets are per real hour and per real five minutes: scaled like the clouds'.
         ("CRABGLAMP_HETZNER_REQUESTS_PER_HOUR", ((3600.0 * scale) as u64).to_string()),
         ("CRABGLAMP_CLOUDFLARE_REQUESTS_PER_5MIN", ((1200.0 * scale) as u64).to_string()),
@@ -124,16 +162,11 @@ fn operator_env(
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
-    .collect()
-}
-
-/// Requests by method, route and status since the simulator started.
-fn routes(sim: &RunningSim) -> BTreeMap<String, u64> {
-    sim.control()
-        .route_counts()
-        .into_iter()
-        .map(|r| (format!("{} {} {}", r.method, r.route.unwrap_or_default(), r.status), r.count))
-        .collect()
+    .collect();
+    if let Some(shard) = shard {
+        env.push(("CRABGLAMP_SHARD".to_owned(), shard.to_owned()));
+    }
+    env
 }
 
 /// The operator's API-server requests in these audit events, by verb and resource.
@@ -152,33 +185,24 @@ fn api_requests(events: &[kube_server::AuditEvent]) -> BTreeMap<String, u64> {
     by
 }
 
-/// Hetzner requests that belong to one kind (its servers' and firewalls' creates, by the
-/// kind label in the logged body); everything else (lists, the fleet firewall) is shared.
-fn hetzner_by_kind(sim: &RunningSim) -> BTreeMap<&'static str, u64> {
-    let mut by = BTreeMap::new();
-    for r in sim.requests() {
-        let kind = r
-            .body
-            .as_ref()
-            .and_then(|b| b["labels"][crabglamp_operator::controllers::server::KIND_LABEL].as_str().map(str::to_owned));
-        let key = match (r.method.as_str(), kind.as_deref()) {
-            ("POST", Some("agent")) => "Agent",
-            ("POST", Some("plainvm")) => "PlainVM",
-            _ => "shared",
-        };
-        *by.entry(key).or_insert(0) += 1;
+/// Prints the goals, each met or missed.
+pub fn print_goals(title: &str, goals: &[Goal]) {
+    println!();
+    println!("| goal ({title}) | goal | measured | |");
+    println!("| --- | --- | --- | --- |");
+    for g in goals {
+        println!("| {} | {} | {} | {} |", g.name, g.goal, g.measured, if g.met { "met" } else { "missed" });
     }
-    by
 }
 
-struct Goal {
+pub struct Goal {
     name: &'static str,
     goal: String,
     measured: String,
     met: bool,
 }
 
-fn goal(name: &'static str, goal: String, measured: String, met: bool) -> Goal {
+pub fn goal(name: &'static str, goal: String, measured: String, met: bool) -> Goal {
     Goal { name, goal, measured, met }
 }
 
@@ -235,7 +259,7 @@ async fn run(n: usize, scale: f64) {
         serde_json::from_value(serde_json::json!({"metadata": {"name": NAMESPACE}})).expect("namespace");
     Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace).await.expect("namespace");
 
-    let env = operator_env(&sandbox, &kubeconfig, &db.url, scale);
+    let env = operator_env(&CloudAccount::of(&sandbox), &sandbox.redis.url, &kubeconfig, &db.url, scale, None);
     let resync_wall =
         Duration::from_secs(env_or("CRABGLAMP_BENCH_RESYNC_WALL", (300.0 / scale).round().max(1.0) as u64));
 
@@ -254,17 +278,7 @@ async fn run(n: usize, scale: f64) {
                 .map(|i| Object::Vm(fixture::plainvm(&format!("vm-{i:05}"), "acct_a", true, serde_json::json!([])))),
         )
         .chain((0..keys).map(|i| Object::Key(virtual_key(&format!("vk-{i:05}")))));
-    let applying = Instant::now();
-    let failed = futures::stream::iter(creates)
-        .map(|o| o.create(&agents, &plainvms, &vks))
-        .buffer_unordered(APPLY_CONCURRENCY)
-        .filter(|ok| futures::future::ready(!*ok))
-        .count()
-        .await;
-    let applied = applying.elapsed();
-    if failed > 0 {
-        println!("{failed} creates failed");
-    }
+    let applied = apply(creates, &agents, &plainvms, &vks).await;
 
     // The clock starts with the operator, every manifest already applied: the API server is
     // not time-scaled, so applying while the clock runs would count its wall time (on two
@@ -316,11 +330,8 @@ async fn run(n: usize, scale: f64) {
         .max()
         .map_or(converged_wall, |last| last.duration_since(started));
     let converged_at = Instant::now();
-    let hz_routes = routes(&sandbox.hcloud);
-    let cf_routes = routes(&sandbox.cloudflare);
-    let hz_total: u64 = hz_routes.values().sum();
-    let cf_total: u64 = cf_routes.values().sum();
-    let hz_kinds = hetzner_by_kind(&sandbox.hcloud);
+    let requests = AccountRequests::count(&sandbox.hcloud, &sandbox.cloudflare, n, vms);
+    let hz_total = requests.hetzner_total;
     let api_until_ready = real_kube.as_ref().map(|k| api_requests(&k.audit_events()));
     let reconciles = operator.reconciles();
     let rss_converged = operator.peak_rss();
@@ -376,18 +387,13 @@ async fn run(n: usize, scale: f64) {
         n + vms + keys,
         applied.as_secs_f64()
     );
-    let share = |kind: &str| hz_kinds.get(kind).copied().unwrap_or(0) as f64;
-    let shared = share("shared");
-    let weight_a = n as f64 * floor::AGENT_HETZNER;
-    let weight_v = vms as f64 * floor::PLAINVM_HETZNER;
-    let hz_agent = (share("Agent") + shared * weight_a / (weight_a + weight_v)) / n.max(1) as f64;
-    let hz_vm = (share("PlainVM") + shared * weight_v / (weight_a + weight_v)) / vms.max(1) as f64;
+    let (hz_agent, hz_vm) = (requests.hetzner_per_agent, requests.hetzner_per_plainvm);
     println!("| Hetzner requests until Ready, total | {hz_total} | floor {} |", floor.hetzner_requests);
     println!(
         "| Hetzner requests per Agent (its create + its share of the shared lists) | {hz_agent:.3} | floor 1, goal <= 1.1 |"
     );
     println!("| Hetzner requests per PlainVM (firewall + server + share) | {hz_vm:.3} | floor 2, goal <= 2.2 |");
-    let cf_agent = cf_total as f64 / n.max(1) as f64;
+    let cf_agent = requests.cloudflare_per_agent;
     println!("| Cloudflare requests per Agent | {cf_agent:.3} | floor 3, goal <= 3.2 |");
     let servers = n + vms;
     let idle_goal = servers as f64 / 50.0;
@@ -429,9 +435,15 @@ async fn run(n: usize, scale: f64) {
             percentile(&of_kind, 99.0)
         );
     }
-    per_object_until_ready(
+    let per_object = reconciles_per_object(
         &reconciles,
         [("Agent", &ready_agents), ("PlainVM", &ready_vms), ("VirtualKey", &ready_keys)],
+    );
+    println!(
+        "| reconciles per object until its Ready: {} | {:.2} (most {}) | goal <= 3 |",
+        per_object.kinds.join(", "),
+        per_object.mean,
+        per_object.most
     );
     println!(
         "| reconciles per second (wall clock, until Ready) | {:.0} | |",
@@ -456,10 +468,10 @@ async fn run(n: usize, scale: f64) {
     println!(
         "Requests until Ready, by endpoint (per object: per Agent for Cloudflare, per Agent + PlainVM for Hetzner):"
     );
-    for (route, count) in &hz_routes {
+    for (route, count) in &requests.hetzner_routes {
         println!("  Hetzner    {count:6}  {:.3}  {route}", *count as f64 / servers as f64);
     }
-    for (route, count) in &cf_routes {
+    for (route, count) in &requests.cloudflare_routes {
         println!("  Cloudflare {count:6}  {:.3}  {route}", *count as f64 / n.max(1) as f64);
     }
 
@@ -501,12 +513,7 @@ async fn run(n: usize, scale: f64) {
         goal("API-server writes at idle", "0".into(), idle_writes.to_string(), idle_writes == 0),
         goal("operator peak RSS (the goal is set at N = 5000)", "<= 100 MiB".into(), mib(peak_rss), rss_ok),
     ];
-    println!();
-    println!("| goal (N = {n}) | goal | measured | |");
-    println!("| --- | --- | --- | --- |");
-    for g in &goals {
-        println!("| {} | {} | {} | {} |", g.name, g.goal, g.measured, if g.met { "met" } else { "missed" });
-    }
+    print_goals(&format!("N = {n}"), &goals);
 
     let plot_dir = std::env::var("CRABGLAMP_BENCH_PLOT_DIR").unwrap_or_else(|_| "docs".into());
     if !plot_dir.is_empty() {
@@ -524,12 +531,32 @@ async fn run(n: usize, scale: f64) {
 }
 
 /// Whole seconds first, so 4739.6 s reads "79 min 00 s", never "78 min 60 s".
-fn minutes(secs: f64) -> String {
+pub fn minutes(secs: f64) -> String {
     let whole = secs.round() as u64;
     format!("{} min {:02} s", whole / 60, whole % 60)
 }
 
-enum Object {
+/// Creates every object, [`APPLY_CONCURRENCY`] at a time, and says how long it took.
+pub async fn apply(
+    objects: impl Iterator<Item = Object>,
+    agents: &Api<Agent>,
+    plainvms: &Api<PlainVM>,
+    vks: &Api<VirtualKey>,
+) -> Duration {
+    let applying = Instant::now();
+    let failed = futures::stream::iter(objects)
+        .map(|o| o.create(agents, plainvms, vks))
+        .buffer_unordered(APPLY_CONCURRENCY)
+        .filter(|ok| futures::future::ready(!*ok))
+        .count()
+        .await;
+    if failed > 0 {
+        println!("{failed} creates failed");
+    }
+    applying.elapsed()
+}
+
+pub enum Object {
     Agent(Agent),
     Vm(PlainVM),
     Key(VirtualKey),
@@ -550,10 +577,17 @@ impl Object {
     }
 }
 
-/// Prints, per kind and for all, the reconciles each object had until it was first Ready (its
-/// own Ready, not the last object's): those that started before it, the one that made it Ready
-/// included. The mean is the goal's figure; the most any object had shows the tail.
-fn per_object_until_ready(reconciles: &[process::Reconcile], kinds: [(&str, &progress::Shared); 3]) {
+/// Reconciles each object had until it was first Ready (its own Ready, not the last object's):
+/// those that started before it, the one that made it Ready included. The mean is the goal's
+/// figure; the most any object had shows the tail.
+pub struct PerObject {
+    /// Per kind: "Agent 2.95 (most 3)".
+    pub kinds: Vec<String>,
+    pub mean: f64,
+    pub most: usize,
+}
+
+pub fn reconciles_per_object(reconciles: &[process::Reconcile], kinds: [(&str, &progress::Shared); 3]) -> PerObject {
     let mut all: Vec<usize> = Vec::new();
     let mut cells = Vec::new();
     for (kind, ready) in kinds {
@@ -570,10 +604,9 @@ fn per_object_until_ready(reconciles: &[process::Reconcile], kinds: [(&str, &pro
         cells.push(format!("{kind} {mean:.2} (most {})", counts.iter().max().unwrap_or(&0)));
         all.extend(counts);
     }
-    let mean = all.iter().sum::<usize>() as f64 / all.len().max(1) as f64;
-    println!(
-        "| reconciles per object until its Ready: {} | {mean:.2} (most {}) | goal <= 3 |",
-        cells.join(", "),
-        all.iter().max().unwrap_or(&0)
-    );
+    PerObject {
+        kinds: cells,
+        mean: all.iter().sum::<usize>() as f64 / all.len().max(1) as f64,
+        most: all.iter().copied().max().unwrap_or(0),
+    }
 }

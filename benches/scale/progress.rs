@@ -28,6 +28,15 @@ impl ReadySet {
         self.first_ready.values().max().copied()
     }
 
+    /// How many of those whose names start with `prefix` have been Ready, and when the last
+    /// of them turned Ready.
+    pub fn of(&self, prefix: &str) -> (usize, Option<Instant>) {
+        self.first_ready
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .fold((0, None), |(count, last), (_, at)| (count + 1, last.max(Some(*at))))
+    }
+
     /// When the object named `name` first was Ready.
     pub fn ready_at(&self, name: &str) -> Option<Instant> {
         self.first_ready.get(name).copied()

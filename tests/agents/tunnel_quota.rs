@@ -1,5 +1,5 @@
-//! The Cloudflare account full (its limit of cloudflared tunnels reached): an Agent that
-//! cannot get a tunnel shows `TunnelReady=False`, reason `TunnelQuotaExceeded`, and `Stalled`,
+//! The Cloudflare account full (its limit of 1,000 cloudflared tunnels reached): the 1,001st
+//! Agent, which cannot get a tunnel, shows `TunnelReady=False`, reason `TunnelQuotaExceeded`, and `Stalled`,
 //! with advice in an Event; no server is created for it (nothing billed); and it turns Ready by
 //! itself once another Agent's deletion frees a tunnel.
 
@@ -21,12 +21,16 @@ fn reason_of(a: &Agent, type_: &str) -> Option<(String, String)> {
 async fn a_full_account_stalls_the_next_agent_without_a_server_until_a_tunnel_frees() {
     let op = Operator::start().await;
     op.create_namespace("full").await;
-    // An account that holds one tunnel: the first Agent fills it.
-    crabglamp_sandbox::cloudflare::set_tunnel_limit(&op.cloudflare, 1);
+    // Cloudflare's limit as it is: 999 tunnels made by someone else (left alone by the
+    // operator), then the 1,000th Agent fills the account.
+    let limit = crabglamp_sandbox::cloudflare::TUNNELS_PER_ACCOUNT;
+    crabglamp_sandbox::cloudflare::add_foreign_tunnels(&op.cloudflare, "other-team", limit - 1);
     let api = op.agents("full");
     api.create(&PostParams::default(), &agent("first", "acct_a", true)).await.expect("create first");
-    wait_for(&api, "first", DEADLINE, "the first Agent Ready", ready).await;
+    wait_for(&api, "first", DEADLINE, "the 1,000th Agent Ready", ready).await;
+    assert_eq!(crabglamp_sandbox::cloudflare::live_tunnel_names(&op.cloudflare).len(), limit);
 
+    // The 1,001st.
     api.create(&PostParams::default(), &agent("second", "acct_a", true)).await.expect("create second");
     let second = wait_for(&api, "second", DEADLINE, "stalled at the tunnel limit", |a| {
         reason_of(a, "TunnelReady") == Some(("False".into(), "TunnelQuotaExceeded".into()))
@@ -43,13 +47,15 @@ async fn a_full_account_stalls_the_next_agent_without_a_server_until_a_tunnel_fr
     assert!(message.contains("ask Cloudflare for a higher limit"), "{message}");
     wait_for_event(&op, "full", "TunnelQuotaExceeded", DEADLINE).await;
     assert_eq!(crabglamp_sandbox::hetzner::servers_created(&op.hetzner), 1, "no server without its tunnel");
-    assert_eq!(crabglamp_sandbox::cloudflare::live_tunnel_names(&op.cloudflare).len(), 1);
+    assert_eq!(crabglamp_sandbox::cloudflare::live_tunnel_names(&op.cloudflare).len(), limit);
 
     // The first Agent goes: its tunnel frees the slot, and the second resumes by itself.
     api.delete("first", &DeleteParams::default()).await.expect("delete first");
     wait_gone(&api, "first", DEADLINE).await;
     let second = wait_for(&api, "second", DEADLINE, "Ready once a tunnel is free", ready).await;
     assert!(reason_of(&second, "Stalled").is_none(), "the stall cleared");
-    assert_eq!(crabglamp_sandbox::cloudflare::live_tunnel_names(&op.cloudflare).len(), 1);
+    let live = crabglamp_sandbox::cloudflare::live_tunnel_names(&op.cloudflare);
+    assert_eq!(live.len(), limit);
+    assert_eq!(live.iter().filter(|n| n.starts_with("other-team-")).count(), limit - 1, "the other tunnels untouched");
     op.stop().await;
 }

@@ -21,6 +21,18 @@ pub fn set_tunnel_limit(sim: &RunningSim, limit: usize) {
     }
 }
 
+/// Test hook: the account gains `count` tunnels made by someone else (another team, another
+/// tool), named `<prefix>-<n>`, without spending a request: they count towards its limit.
+pub fn add_foreign_tunnels(sim: &RunningSim, prefix: &str, count: usize) {
+    if let Some(st) = sim.state::<CfState>() {
+        let mut tunnels = lock(&st.tunnels);
+        for n in 0..count {
+            let tunnel = super::tunnels::Tunnel::new(&format!("{prefix}-{n}"), "cloudflare", vec![7; 32]);
+            tunnels.by_id.insert(tunnel.id, tunnel);
+        }
+    }
+}
+
 /// Names of the tunnels not deleted (tests check for duplicates with it).
 pub fn live_tunnel_names(sim: &RunningSim) -> Vec<String> {
     sim.state::<CfState>().map(|st| lock(&st.tunnels).live_names()).unwrap_or_default()

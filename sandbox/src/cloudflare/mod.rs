@@ -36,7 +36,8 @@ pub use cloudflared::{ConnectorChange, Origin};
 pub use config::{CloudflareSimConfig, TUNNELS_PER_ACCOUNT};
 use dialect::CloudflareDialect;
 pub use hooks::{
-    connect_tunnel, dns_record_count, dns_records, live_tunnel_names, set_tunnel_limit, sync_origins, tunnel_status,
+    add_foreign_tunnels, connect_tunnel, dns_record_count, dns_records, live_tunnel_names, set_tunnel_limit, sync_origins,
+    tunnel_status,
     vanish_dns_record, vanish_tunnel,
 };
 use state::CfState;

@@ -98,20 +98,8 @@ async fn create(State(st): St, Path(account): Path<String>, body: Bytes) -> Repl
     if tunnels.live_count() >= limit {
         return Err(tunnel_limit_reached(limit));
     }
-    let id = Uuid::new_v4();
-    let tunnel = Tunnel {
-        id,
-        name: name.to_owned(),
-        created_at: now(),
-        deleted_at: None,
-        config_src: config_src.to_owned(),
-        secret,
-        connections: Vec::new(),
-        config: None,
-        origins: BTreeMap::new(),
-        conns_active_at: None,
-        conns_inactive_at: None,
-    };
+    let tunnel = Tunnel::new(name, config_src, secret);
+    let id = tunnel.id;
     let json = tunnel.json(&account);
     tunnels.by_id.insert(id, tunnel);
     ok(json)

@@ -36,6 +36,23 @@ const HA_CONNECTIONS: usize = 4;
 const COLOS: [&str; 2] = ["fra06", "ams01"];
 
 impl Tunnel {
+    /// A tunnel just created: no connections, no remote configuration.
+    pub fn new(name: &str, config_src: &str, secret: Vec<u8>) -> Self {
+        Tunnel {
+            id: Uuid::new_v4(),
+            name: name.to_owned(),
+            created_at: now(),
+            deleted_at: None,
+            config_src: config_src.to_owned(),
+            secret,
+            connections: Vec::new(),
+            config: None,
+            origins: BTreeMap::new(),
+            conns_active_at: None,
+            conns_inactive_at: None,
+        }
+    }
+
     /// Cloudflare's statuses: `inactive` never ran, `healthy` has connections, `down` had
     /// some and has none now (`degraded`, some connections failing, is not simulated).
     pub fn status(&self) -> &'static str {
