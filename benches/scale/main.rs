@@ -124,18 +124,30 @@ impl<'a> CloudAccount<'a> {
     }
 }
 
+/// A fresh sealing key (standard base64 of 32 random bytes). One installation has one: its
+/// shards share it (the audit anchor they all move is sealed with it).
+pub fn sealing_key() -> String {
+    base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
+}
+
+/// What every operator process of one installation shares.
+pub struct Installation<'a> {
+    pub redis_url: &'a str,
+    pub kubeconfig: &'a std::path::Path,
+    pub database_url: &'a str,
+    pub sealing_key: &'a str,
+}
+
 /// The operator's settings for one account of the stand-ins, every period divided by the time
 /// scale; `shard` names the shard it serves (its objects carry the shard label).
 pub fn operator_env(
+    installation: &Installation<'_>,
     account: &CloudAccount<'_>,
-    redis_url: &str,
-    kubeconfig: &std::path::Path,
-    database_url: &str,
     scale: f64,
     shard: Option<&str>,
 ) -> Vec<(String, String)> {
     let scaled_secs = |real: f64| ((real / scale).round() as u64).max(1).to_string();
-    let sealing_key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
+    let Installation { redis_url, kubeconfig, database_url, sealing_key } = *installation;
     let cf = account.cf;
     let mut env: Vec<(String, String)> = [
         ("KUBECONFIG", kubeconfig.display().to_string()),
@@ -158,7 +170,7 @@ pub fn operator_env(
         ("CRABGLAMP_SHUTDOWN_TIMEOUT_SECONDS", scaled_secs(120.0)),
         ("CRABGLAMP_REMOVAL_SETTLE_TIMEOUT_SECONDS", scaled_secs(600.0)),
         ("CRABGLAMP_SWEEPER_GRACE_SECONDS", scaled_secs(600.0)),
-        ("CRABGLAMP_SEALING_KEY", sealing_key),
+        ("CRABGLAMP_SEALING_KEY", sealing_key.to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -259,7 +271,10 @@ async fn run(n: usize, scale: f64) {
         serde_json::from_value(serde_json::json!({"metadata": {"name": NAMESPACE}})).expect("namespace");
     Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace).await.expect("namespace");
 
-    let env = operator_env(&CloudAccount::of(&sandbox), &sandbox.redis.url, &kubeconfig, &db.url, scale, None);
+    let sealing_key = sealing_key();
+    let installation =
+        Installation { redis_url: &sandbox.redis.url, kubeconfig: &kubeconfig, database_url: &db.url, sealing_key: &sealing_key };
+    let env = operator_env(&installation, &CloudAccount::of(&sandbox), scale, None);
     let resync_wall =
         Duration::from_secs(env_or("CRABGLAMP_BENCH_RESYNC_WALL", (300.0 / scale).round().max(1.0) as u64));
 

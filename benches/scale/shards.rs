@@ -112,6 +112,7 @@ struct ShardFigures {
     rss_at_ready: Option<u64>,
     rss_peak: Option<u64>,
     warnings: usize,
+    first_warnings: Vec<String>,
 }
 
 pub async fn run(shards: usize, n: usize, scale: f64) {
@@ -177,9 +178,17 @@ pub async fn run(shards: usize, n: usize, scale: f64) {
         applied.as_secs_f64()
     );
 
+    // One installation: the shards share the database, Redis and the sealing key.
+    let sealing_key = crate::sealing_key();
+    let installation = crate::Installation {
+        redis_url: &sandbox.redis.url,
+        kubeconfig: &kubeconfig,
+        database_url: &db.url,
+        sealing_key: &sealing_key,
+    };
     let mut operators = Vec::with_capacity(shards);
     for c in &clouds {
-        let env = crate::operator_env(&c.account(), &sandbox.redis.url, &kubeconfig, &db.url, scale, Some(&c.name));
+        let env = crate::operator_env(&installation, &c.account(), scale, Some(&c.name));
         match OperatorProcess::spawn(&env) {
             Ok(p) => operators.push(p),
             Err(e) => {
@@ -234,6 +243,7 @@ pub async fn run(shards: usize, n: usize, scale: f64) {
                 rss_at_ready: operator.peak_rss(),
                 rss_peak: None,
                 warnings: 0,
+                first_warnings: Vec::new(),
             }
         })
         .collect();
@@ -261,7 +271,7 @@ pub async fn run(shards: usize, n: usize, scale: f64) {
         f.idle_cloudflare_per_hour =
             (c.cloudflare.control().total_requests() - cf_before) as f64 / idle_real.max(1e-9) * 3600.0;
         f.rss_peak = operator.peak_rss();
-        f.warnings = operator.warnings().0;
+        (f.warnings, f.first_warnings) = operator.warnings();
     }
     for operator in operators {
         operator.stop();
@@ -365,6 +375,11 @@ fn print_tables(report: &Report<'_>, figures: &[ShardFigures]) {
     );
     println!("| the largest operator's peak RSS | {} | goal < 40 MiB each |", mib(rss_worst));
     println!("| operator warnings logged, all shards | {} | |", figures.iter().map(|f| f.warnings).sum::<usize>());
+    for (index, f) in figures.iter().enumerate() {
+        for w in f.first_warnings.iter().take(2) {
+            println!("  warning (s{index:02}): {w}");
+        }
+    }
     let goals = [
         goal("all Ready within 1.3x the floor", "<= 1.30".into(), format!("{ratio:.2}"), all_ready && ratio <= 1.3),
         goal("Hetzner requests per Agent", "<= 1.10".into(), format!("{hz_agent:.3}"), hz_agent <= 1.1),
