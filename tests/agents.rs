@@ -18,6 +18,6 @@ mod agents {
     mod lifecycle;
     mod secrets;
     mod settings;
-    mod tunnel_quota;
+    mod cloudflare_quotas;
     mod wedges;
 }

@@ -8,6 +8,8 @@ use crabglamp_testkit::{db, kube_server};
 
 mod real_kube {
     mod chart_install;
+    mod chart_shards;
     mod conformance;
     mod crds;
+    mod release;
 }

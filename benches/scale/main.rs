@@ -231,7 +231,13 @@ async fn run(n: usize, scale: f64) {
     if tunnel_limit > crabglamp_sandbox::cloudflare::TUNNELS_PER_ACCOUNT {
         println!("Cloudflare tunnel limit lifted to {tunnel_limit} for one account (a real account holds 1,000)");
     }
-    let cloudflare = CloudflareSimConfig { time_scale: scale, tunnel_limit, ..CloudflareSimConfig::default() };
+    // Likewise the zone's DNS records quota (3,500 on a Pro zone), one record per Agent.
+    let dns_record_limit = n.max(crabglamp_sandbox::cloudflare::DNS_RECORDS_PER_ZONE);
+    if dns_record_limit > crabglamp_sandbox::cloudflare::DNS_RECORDS_PER_ZONE {
+        println!("Cloudflare DNS records quota lifted to {dns_record_limit} for one zone (a Pro zone holds 3,500)");
+    }
+    let cloudflare =
+        CloudflareSimConfig { time_scale: scale, tunnel_limit, dns_record_limit, ..CloudflareSimConfig::default() };
     let options = SandboxOptions { hetzner, cloudflare, ..SandboxOptions::default() };
     let sandbox = match Sandbox::start(options).await {
         Ok(s) => s,

@@ -63,6 +63,9 @@ pub enum SimProvider {
         /// Most cloudflared tunnels the account may hold (Cloudflare's limit: 1,000).
         #[arg(long, default_value_t = cloudflare::TUNNELS_PER_ACCOUNT)]
         tunnel_limit: usize,
+        /// Most DNS records the zone may hold (its plan's quota: 200 on a Free zone, 3,500 on Pro).
+        #[arg(long, default_value_t = cloudflare::DNS_RECORDS_PER_ZONE)]
+        dns_record_limit: usize,
         /// How much faster than real time simulated time runs (the five-minute window).
         #[arg(long, default_value_t = 1.0)]
         time_scale: f64,
@@ -246,6 +249,7 @@ impl SimCommand {
                 zone_name,
                 rate_limit,
                 tunnel_limit,
+                dns_record_limit,
                 time_scale,
                 faults,
             } => {
@@ -260,6 +264,7 @@ impl SimCommand {
                     rate_refill_per_sec: None,
                     time_scale,
                     tunnel_limit,
+                    dns_record_limit,
                 };
                 (listen, cloudflare::spawn(config, listener).await, faults)
             }

@@ -10,20 +10,18 @@
 //! object of the release and leaves the CRDs, as Helm promises.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
 use crabglamp_sandbox::cloudflare::{self as cfsim, CloudflareSimConfig};
 use crabglamp_sandbox::hetzner::{self as hzsim, ActionDurations, HetznerSimConfig};
 use kube::api::{Api, DynamicObject};
-use kube::discovery::ApiResource;
 use redis::AsyncCommands;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::Digest;
-use tokio::io::AsyncBufReadExt;
 
+use super::release::*;
 use crate::db::TestDb;
 use crate::kube_server::{ControlPlane, KubeServer, run_kubectl};
 
@@ -42,70 +40,6 @@ const VIRTUAL_KEY_NAMESPACE: &str = "team-a";
 const REDIS_DB: u32 = 11;
 /// The pod name the downward API would give the container (`POD_NAME`).
 const POD_NAME: &str = "cg-crabglamp-operator-5d8f7c9b6-x2x7q";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn chart() -> PathBuf {
-    repo().join("charts/crabglamp-operator")
-}
-
-/// What one helm run printed.
-struct HelmRun {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs helm 4 ($HELM) as the admin, with its caches and config in `home` (never the user's).
-fn helm(plane: &ControlPlane, home: &Path, args: &[&str]) -> HelmRun {
-    let helm = std::env::var_os("HELM").filter(|v| !v.is_empty()).unwrap_or_else(|| {
-        panic!("HELM is not set: this test runs the real helm 4 (scripts/test installs it and exports HELM)")
-    });
-    let out = std::process::Command::new(&helm)
-        .args(args)
-        .arg("--kubeconfig")
-        .arg(&plane.kubeconfig)
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", PathBuf::from(&helm).display()));
-    HelmRun {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn helm_ok(plane: &ControlPlane, home: &Path, args: &[&str]) -> HelmRun {
-    let run = helm(plane, home, args);
-    assert!(run.ok, "helm {} failed: {}{}", args.join(" "), run.stderr, run.stdout);
-    run
-}
-
-fn kubectl_json(plane: &ControlPlane, args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.extend(["-o", "json"]);
-    serde_json::from_str(&plane.kubectl(&all, None)).expect("kubectl prints JSON")
-}
-
-/// Polls `check` until it answers `Ok`; after `deadline`, panics with `what` and its last `Err`.
-async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let start = tokio::time::Instant::now();
-    loop {
-        match check().await {
-            Ok(value) => return value,
-            Err(last) if start.elapsed() > deadline => panic!("{what}: not within {deadline:?}; last: {last}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-}
 
 /// If the test fails between deleting the CRDs and helm installing them, the next tests of
 /// this binary still find them (from `crds/`, as the control plane installed them).
@@ -156,103 +90,6 @@ fn examples() -> Vec<Example> {
         }
     }
     out
-}
-
-fn resource(kind: &str) -> ApiResource {
-    ApiResource {
-        group: "crabglamp.com".into(),
-        version: "v1alpha1".into(),
-        api_version: "crabglamp.com/v1alpha1".into(),
-        kind: kind.into(),
-        plural: format!("{}s", kind.to_lowercase()),
-    }
-}
-
-fn condition<'a>(object: &'a DynamicObject, kind: &str) -> Option<&'a Value> {
-    object.data["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == kind)
-}
-
-/// A Pod made of a Deployment's pod template, as the ReplicaSet controller would create it.
-fn pod_from_template(deployment: &Value, name: &str) -> Value {
-    let template = &deployment["spec"]["template"];
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": NAMESPACE, "labels": template["metadata"]["labels"]},
-        "spec": template["spec"],
-    })
-}
-
-/// The command line and environment the Deployment's container would run with: its args
-/// (the image's entrypoint is the binary), with `--kubeconfig` standing in for the in-cluster
-/// service account mount and the metrics address on loopback (a pod has its own network;
-/// this host may have 8080 taken); its env, with `fieldRef`s answered as the downward API
-/// would and `secretKeyRef`s read from the Secrets in the cluster as the kubelet would.
-fn container_launch(
-    plane: &ControlPlane,
-    deployment: &Value,
-    kubeconfig: &Path,
-) -> (Vec<String>, Vec<(String, String)>) {
-    let containers = deployment["spec"]["template"]["spec"]["containers"].as_array().expect("containers");
-    assert_eq!(containers.len(), 1, "the chart runs one container");
-    let container = &containers[0];
-    assert!(container.get("command").is_none(), "the container overrides the image's entrypoint");
-    let args: Vec<String> =
-        container["args"].as_array().expect("args").iter().map(|a| a.as_str().expect("arg").to_owned()).collect();
-    assert_eq!(args.first().map(String::as_str), Some("run"), "{args:?}");
-    let mut command = vec!["run".to_owned(), "--kubeconfig".to_owned(), kubeconfig.display().to_string()];
-    for arg in &args[1..] {
-        if arg.starts_with("--metrics-addr=") {
-            command.push("--metrics-addr=127.0.0.1:0".to_owned());
-        } else {
-            command.push(arg.clone());
-        }
-    }
-    let mut env = Vec::new();
-    for var in container["env"].as_array().expect("env") {
-        let name = var["name"].as_str().expect("env name").to_owned();
-        let value = if let Some(value) = var["value"].as_str() {
-            value.to_owned()
-        } else if let Some(path) = var["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
-            match path {
-                "metadata.name" => POD_NAME.to_owned(),
-                "metadata.namespace" => NAMESPACE.to_owned(),
-                other => panic!("{name}: the test does not answer fieldRef {other}"),
-            }
-        } else if let Some(reference) = var["valueFrom"].get("secretKeyRef") {
-            let secret_name = reference["name"].as_str().expect("secretKeyRef name");
-            let key = reference["key"].as_str().expect("secretKeyRef key");
-            let secret = kubectl_json(plane, &["get", "secret", secret_name, "-n", NAMESPACE]);
-            let encoded = secret["data"][key]
-                .as_str()
-                .unwrap_or_else(|| panic!("{name}: Secret {secret_name} has no key {key}: the pod would not start"));
-            let bytes = base64::engine::general_purpose::STANDARD.decode(encoded).expect("Secret data is base64");
-            String::from_utf8(bytes).expect("Secret value is UTF-8")
-        } else {
-            panic!("{name}: an env source the test does not resolve: {}", var["valueFrom"]);
-        };
-        env.push((name, value));
-    }
-    (command, env)
-}
-
-/// A kubeconfig holding `token` (what a pod of the release would mount), its namespace the
-/// release namespace.
-fn token_kubeconfig(plane: &ControlPlane, token: &str) -> String {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "testenv", "cluster": {"server": plane.server, "certificate-authority": plane.ca_file}}],
-        "users": [{"name": "operator", "user": {"token": token}}],
-        "contexts": [{"name": "testenv", "context": {"cluster": "testenv", "user": "operator", "namespace": NAMESPACE}}],
-        "current-context": "testenv",
-    })
-    .to_string()
-}
-
-/// A request URI without its query.
-fn path_of(uri: &str) -> &str {
-    uri.split('?').next().unwrap_or(uri)
 }
 
 fn redis_url() -> String {
@@ -495,47 +332,20 @@ async fn the_chart_installs_upgrades_rolls_back_and_uninstalls_and_its_operator_
     let user = format!("system:serviceaccount:{NAMESPACE}:{account}");
     let token = plane.kubectl(&["create", "token", account, "-n", NAMESPACE, "--duration", "1h"], None);
     let kubeconfig = home.join("operator.kubeconfig");
-    std::fs::write(&kubeconfig, token_kubeconfig(plane, token.trim())).expect("write kubeconfig");
+    std::fs::write(&kubeconfig, token_kubeconfig(plane, token.trim(), NAMESPACE)).expect("write kubeconfig");
     // One request the account may not make, so the audit check below is shown to see this
     // account's refusals: it must be the only 403 in the end.
     let probe = run_kubectl(Path::new(&kubectl), &kubeconfig, &["get", "pods", "-n", NAMESPACE, "-o", "name"], None);
     assert!(!probe.ok && probe.stderr.contains("Forbidden"), "the account may list pods: {}", probe.stderr);
     let probe_request = format!("list /api/v1/namespaces/{NAMESPACE}/pods");
 
-    let (args, env) = container_launch(plane, &deployment, &kubeconfig);
+    let (args, env) = container_launch(plane, &deployment, &kubeconfig, POD_NAME);
     for name in ["HCLOUD_TOKEN", "CLOUDFLARE_API_TOKEN", "DATABASE_URL", "CRABGLAMP_SEALING_KEY", "REDIS_URL"] {
         assert!(env.iter().any(|(n, _)| n == name), "the Deployment does not give the operator {name}");
     }
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_crabglamp-operator"))
-        .args(&args)
-        // Nothing from this test's environment: the Deployment's environment alone must do.
-        .env_clear()
-        .envs(env.iter().map(|(n, v)| (n.as_str(), v.as_str())))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("crabglamp-operator starts");
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let mut stderr = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let sink = Arc::clone(&lines);
-    let reader = tokio::spawn(async move {
-        while let Ok(Some(line)) = stderr.next_line().await {
-            sink.lock().expect("log lines").push(line);
-        }
-    });
-    let logs = || lines.lock().expect("log lines").join("\n");
+    let operator = ContainerRun::spawn(&args, &env);
     // The chart asks for JSON lines; the endpoints' address is in one of them.
-    let addr: String = eventually(Duration::from_secs(60), "the operator logs where it serves", || async {
-        let seen = logs();
-        seen.lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|l| l["fields"]["message"] == "serving /metrics, /healthz and /readyz")
-            .and_then(|l| l["fields"]["addr"].as_str().map(str::to_owned))
-            .ok_or(seen)
-    })
-    .await;
+    let addr = operator.endpoints_addr().await;
     // The Deployment's probes answer 200 on the running binary.
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("HTTP client");
@@ -639,13 +449,7 @@ async fn the_chart_installs_upgrades_rolls_back_and_uninstalls_and_its_operator_
     }
 
     // SIGTERM as the kubelet sends it: the operator drains and exits cleanly.
-    let pid = child.id().expect("pid");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-    let status =
-        tokio::time::timeout(Duration::from_secs(40), child.wait()).await.expect("exits after SIGTERM").expect("wait");
-    let _ = reader.await;
-    let logs = logs();
-    assert!(status.success(), "the operator exited with {status}:\n{logs}");
+    let logs = operator.terminate().await;
     for (what, secret) in [("Hetzner token", &hz_token), ("Cloudflare token", &cf_token), ("sealing key", &sealing_key)]
     {
         assert!(!logs.contains(secret.as_str()), "the operator logged the {what}");

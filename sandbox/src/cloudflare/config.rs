@@ -23,10 +23,17 @@ pub struct CloudflareSimConfig {
     pub time_scale: f64,
     /// Most cloudflared tunnels the account may hold (Cloudflare's account limit: 1,000).
     pub tunnel_limit: usize,
+    /// Most DNS records the zone may hold (its plan's quota).
+    pub dns_record_limit: usize,
 }
 
 /// Cloudflare's published limit of cloudflared tunnels per account.
 pub const TUNNELS_PER_ACCOUNT: usize = 1000;
+
+/// The DNS records quota of a zone on Cloudflare's Pro and Business plans (a Free zone made
+/// since September 2024 holds 200; Enterprise zones more): with one record per Agent, a Pro
+/// zone outlasts the account's tunnels, a Free one binds first.
+pub const DNS_RECORDS_PER_ZONE: usize = 3500;
 
 impl Default for CloudflareSimConfig {
     fn default() -> Self {
@@ -39,6 +46,7 @@ impl Default for CloudflareSimConfig {
             rate_refill_per_sec: None,
             time_scale: 1.0,
             tunnel_limit: TUNNELS_PER_ACCOUNT,
+            dns_record_limit: DNS_RECORDS_PER_ZONE,
         }
     }
 }
@@ -55,6 +63,7 @@ impl std::fmt::Debug for CloudflareSimConfig {
             .field("rate_refill_per_sec", &self.rate_refill_per_sec)
             .field("time_scale", &self.time_scale)
             .field("tunnel_limit", &self.tunnel_limit)
+            .field("dns_record_limit", &self.dns_record_limit)
             .finish()
     }
 }

@@ -17,6 +17,9 @@ use super::envelope::{CfError, Reply, body_object, now, ok, ok_page};
 use super::state::CfState;
 use crate::http::{lock, query_param};
 
+/// Cloudflare's code for a create past the zone's DNS records quota ("Record quota exceeded.").
+pub const DNS_QUOTA_CODE: u32 = 81045;
+
 type St = State<Arc<CfState>>;
 type Q = Query<Vec<(String, String)>>;
 
@@ -47,7 +50,7 @@ fn full_name(name: &str, zone: &str) -> String {
 }
 
 /// Builds a record from a request body; `base` supplies missing fields (PATCH).
-fn parse_record(body: &serde_json::Map<String, Value>, base: Option<&Record>, zone: &str) -> Result<Record, CfError> {
+pub(super) fn parse_record(body: &serde_json::Map<String, Value>, base: Option<&Record>, zone: &str) -> Result<Record, CfError> {
     let str_field = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_owned);
     let kind = str_field("type")
         .or_else(|| base.map(|b| b.kind.clone()))
@@ -148,6 +151,9 @@ async fn create(State(st): St, Path(zone): Path<String>, body: Bytes) -> Reply {
     let record = parse_record(&body, None, &st.config.zone_name)?;
     let mut records = lock(&st.dns);
     check_conflicts(&records, &record)?;
+    if records.len() >= st.dns_record_limit.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(CfError::bad_request(DNS_QUOTA_CODE, "Record quota exceeded."));
+    }
     let json = record.json(&zone, &st.config.zone_name);
     records.by_id.insert(record.id.clone(), record);
     ok(json)

@@ -33,6 +33,27 @@ pub fn add_foreign_tunnels(sim: &RunningSim, prefix: &str, count: usize) {
     }
 }
 
+/// Test hook: the zone may hold at most `limit` DNS records from now on (its plan's quota).
+pub fn set_dns_record_limit(sim: &RunningSim, limit: usize) {
+    if let Some(st) = sim.state::<CfState>() {
+        st.dns_record_limit.store(limit, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Test hook: the zone gains `count` A records made by someone else, named
+/// `<prefix>-<n>.<zone>`, without spending a request: they count towards its quota.
+pub fn add_foreign_dns_records(sim: &RunningSim, prefix: &str, count: usize) {
+    let Some(st) = sim.state::<CfState>() else { return };
+    let mut records = lock(&st.dns);
+    for n in 0..count {
+        let body = serde_json::json!({"type": "A", "name": format!("{prefix}-{n}"), "content": "192.0.2.1"});
+        let Some(body) = body.as_object() else { continue };
+        if let Ok(record) = super::dns_routes::parse_record(body, None, &st.config.zone_name) {
+            records.by_id.insert(record.id.clone(), record);
+        }
+    }
+}
+
 /// Names of the tunnels not deleted (tests check for duplicates with it).
 pub fn live_tunnel_names(sim: &RunningSim) -> Vec<String> {
     sim.state::<CfState>().map(|st| lock(&st.tunnels).live_names()).unwrap_or_default()

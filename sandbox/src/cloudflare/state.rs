@@ -20,6 +20,8 @@ pub struct CfState {
     pub origins: Mutex<Origins>,
     /// Most tunnels the account may hold now (the configured limit; tests change it).
     pub tunnel_limit: AtomicUsize,
+    /// Most DNS records the zone may hold now (the configured quota; tests change it).
+    pub dns_record_limit: AtomicUsize,
 }
 
 impl CfState {
@@ -27,6 +29,7 @@ impl CfState {
     pub fn new(config: CloudflareSimConfig) -> Self {
         CfState {
             tunnel_limit: AtomicUsize::new(config.tunnel_limit),
+            dns_record_limit: AtomicUsize::new(config.dns_record_limit),
             config,
             tunnels: Mutex::new(Tunnels::default()),
             dns: Mutex::new(Records::default()),

@@ -2,7 +2,6 @@
 //! delete (deleted tunnels stay listable), token, configurations and connections.
 //! Secrets are kept to derive tokens and are never rendered except in the token call.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;

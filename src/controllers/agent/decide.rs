@@ -28,6 +28,8 @@ pub(super) const SECRET_NAME: &str = "tunnel-secret";
 pub(super) const DNS_NAME_TAKEN: &str = "DnsNameTaken";
 /// `TunnelReady`'s reason (and the stall's) while the Cloudflare account holds all it may.
 pub const TUNNEL_QUOTA: &str = "TunnelQuotaExceeded";
+/// `DnsReady`'s reason (and the stall's) while the zone holds all the records its plan allows.
+pub const DNS_QUOTA: &str = "DnsQuotaExceeded";
 
 /// The tail of an Agent's audit trail: its transfers, and the owner the last one moved it to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -286,9 +288,17 @@ pub fn desired_status(
                 "{hostname} is held by a DNS record this operator does not own; remove it or choose another spec.tunnel.hostname."
             ),
         ),
-        _ => {
-            Desired::new("DnsReady", false, "Provisioning", format!("The DNS record for {hostname} is being created."))
-        }
+        _ => match &stalled {
+            Some((reason, message)) if *reason == DNS_QUOTA => {
+                Desired::new("DnsReady", false, DNS_QUOTA, message.clone())
+            }
+            _ => Desired::new(
+                "DnsReady",
+                false,
+                "Provisioning",
+                format!("The DNS record for {hostname} is being created."),
+            ),
+        },
     };
     // A stopped Agent needs no connector (nor, for Ready, its DNS record).
     let parts =

@@ -23,21 +23,39 @@ use crate::controllers::server::{self, Owner};
 use super::act::{act, owner_on_record, secret_id};
 use super::decide::*;
 
-/// The stall of a tunnel create the account refused at its limit (1,000 cloudflared tunnels
-/// by default). Cloudflare documents the limit, not its error's code: any permanent refusal of
-/// the create whose message names a limit is taken for it.
-fn tunnel_stall(error: &ReconcileError) -> Option<Stall> {
+/// The stall of a create Cloudflare refused at a quota, or `None` for any other error. The
+/// tunnel limit (1,000 per account by default) is documented, not its error's code: any
+/// permanent refusal of the tunnel create whose message names a limit is taken for it. The
+/// DNS records quota of the zone's plan answers code 81045, "Record quota exceeded.".
+fn quota_stall(step: &Step, error: &ReconcileError) -> Option<Stall> {
     let cloud = error.cloud()?;
+    if !matches!(cloud, CloudError::Permanent(_)) {
+        return None;
+    }
     let detail = cloud.detail();
-    let at_limit = matches!(cloud, CloudError::Permanent(_)) && detail.message.to_ascii_lowercase().contains("limit");
-    at_limit.then(|| {
-        let advice = "the Cloudflare account holds as many tunnels as it may (1,000 per account by default): \
-                      delete tunnels it no longer needs, ask Cloudflare for a higher limit, or give this Agent \
-                      a shard with another account (the crabglamp.com/shard label). No server is created \
-                      without its tunnel; retried every resync.";
-        (TUNNEL_QUOTA, format!("{detail}; {advice}"))
-    })
+    let message = detail.message.to_ascii_lowercase();
+    let (reason, advice) = match step {
+        Step::CreateTunnel { .. } if message.contains("limit") => (
+            TUNNEL_QUOTA,
+            "the Cloudflare account holds as many tunnels as it may (1,000 per account by default): \
+             delete tunnels it no longer needs, ask Cloudflare for a higher limit, or give this Agent \
+             a shard with another account (the crabglamp.com/shard label). No server is created \
+             without its tunnel; retried every resync.",
+        ),
+        Step::CreateDns { .. } if detail.code == DNS_QUOTA_CODE || message.contains("quota") => (
+            DNS_QUOTA,
+            "the zone holds as many DNS records as its plan allows (200 on a Free zone, 3,500 on Pro \
+             and Business): delete records it no longer needs, move the zone to a larger plan, or give \
+             this Agent a shard with another zone (the crabglamp.com/shard label). No server is \
+             created without its record; retried every resync.",
+        ),
+        _ => return None,
+    };
+    Some((reason, format!("{detail}; {advice}")))
 }
+
+/// Cloudflare's error code for a DNS record create past the zone's quota.
+const DNS_QUOTA_CODE: &str = "81045";
 
 impl ManagedObject for Agent {
     type Observed = Observed;
@@ -100,13 +118,10 @@ impl ManagedObject for Agent {
         })
     }
 
-    /// A tunnel create refused at the account's limit names the quota (and what to do); a
-    /// stall stops the pass, so no server is created without its tunnel.
+    /// A tunnel or DNS record create refused at Cloudflare's quota names the quota (and what to
+    /// do); a stall stops the pass, so no server is created without its tunnel and record.
     fn stall(step: &Step, error: &ReconcileError) -> Option<Stall> {
-        match step {
-            Step::CreateTunnel { .. } => tunnel_stall(error).or_else(|| lifecycle::stall_reason(error)),
-            _ => lifecycle::stall_reason(error),
-        }
+        quota_stall(step, error).or_else(|| lifecycle::stall_reason(error))
     }
 
     /// The working status's owner: the trail's (see [`Self::working_status`]), or the one a
@@ -189,5 +204,42 @@ impl ManagedObject for Agent {
             }),
         };
         lifecycle::commit_destroy(ctx, &owner, destroyed).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::{Provider, ProviderError};
+
+    fn refused(operation: &'static str, code: &str, message: &str, permanent: bool) -> ReconcileError {
+        let detail = ProviderError {
+            provider: Provider::Cloudflare,
+            operation,
+            status: Some(400),
+            code: code.to_owned(),
+            message: message.to_owned(),
+        };
+        ReconcileError::Cloudflare(if permanent { CloudError::Permanent(detail) } else { CloudError::Retryable(detail) })
+    }
+
+    #[test]
+    fn a_refusal_at_a_cloudflare_quota_stalls_with_its_own_reason() {
+        let tunnel = Step::CreateTunnel { name: "crabglamp-u".into(), replaces: None };
+        let dns = Step::CreateDns { hostname: "a.example.com".into(), tunnel_id: "t1".into(), replaces: None };
+        let at_limit = refused("create_tunnel", "1014", "Tunnel limit reached", true);
+        let over_quota = refused("create_dns_record", "81045", "Record quota exceeded.", true);
+        let reason = |step: &Step, error: &ReconcileError| Agent::stall(step, error).map(|(reason, _)| reason);
+        assert_eq!(reason(&tunnel, &at_limit), Some(TUNNEL_QUOTA));
+        assert_eq!(reason(&dns, &over_quota), Some(DNS_QUOTA));
+        // The message says what to do.
+        let (_, message) = Agent::stall(&dns, &over_quota).unwrap_or_default();
+        assert!(message.contains("move the zone to a larger plan"), "{message}");
+        // Each quota only where its create refused it; a retryable refusal never stalls.
+        assert_ne!(reason(&tunnel, &over_quota), Some(DNS_QUOTA));
+        assert_ne!(reason(&dns, &at_limit), Some(TUNNEL_QUOTA));
+        assert_eq!(reason(&dns, &refused("create_dns_record", "81045", "Record quota exceeded.", false)), None);
+        // Another permanent refusal of the record is not the quota.
+        assert_ne!(reason(&dns, &refused("create_dns_record", "9005", "Content for CNAME record is invalid", true)), Some(DNS_QUOTA));
     }
 }

@@ -13,8 +13,14 @@ pub type Stall = (&'static str, String);
 
 /// Stall reasons that clear by themselves (a limit raised, a name freed by whoever holds it):
 /// the object is looked at again each resync. Any other stall waits for a spec change.
-pub const SELF_CLEARING: [&str; 5] =
-    ["QuotaExceeded", "ServerNameTaken", "FirewallQuotaExceeded", "SecretNameTaken", "TunnelQuotaExceeded"];
+pub const SELF_CLEARING: [&str; 6] = [
+    "QuotaExceeded",
+    "ServerNameTaken",
+    "FirewallQuotaExceeded",
+    "SecretNameTaken",
+    "TunnelQuotaExceeded",
+    "DnsQuotaExceeded",
+];
 
 /// A permanent error's condition reason and message, or `None` when retrying can help.
 pub fn stall_reason(error: &ReconcileError) -> Option<Stall> {
