@@ -15,9 +15,9 @@ mod agents {
     mod external;
     mod faults;
     use crabglamp_testkit::fixture;
+    mod cloudflare_quotas;
     mod lifecycle;
     mod secrets;
     mod settings;
-    mod cloudflare_quotas;
     mod wedges;
 }

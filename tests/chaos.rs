@@ -181,12 +181,7 @@ fn run_seeds(seeds: &[u64]) {
             }
         }
     }
-    println!(
-        "chaos: {} seeds, {} failed, {:.0}s",
-        seeds.len(),
-        failed.len(),
-        started.elapsed().as_secs_f64()
-    );
+    println!("chaos: {} seeds, {} failed, {:.0}s", seeds.len(), failed.len(), started.elapsed().as_secs_f64());
     // Each failure's reason again, last: the seed's log tail above can be long.
     assert!(failed.is_empty(), "chaos seeds failed:\n{}", failed.join("\n"));
 }

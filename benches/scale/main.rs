@@ -278,8 +278,12 @@ async fn run(n: usize, scale: f64) {
     Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace).await.expect("namespace");
 
     let sealing_key = sealing_key();
-    let installation =
-        Installation { redis_url: &sandbox.redis.url, kubeconfig: &kubeconfig, database_url: &db.url, sealing_key: &sealing_key };
+    let installation = Installation {
+        redis_url: &sandbox.redis.url,
+        kubeconfig: &kubeconfig,
+        database_url: &db.url,
+        sealing_key: &sealing_key,
+    };
     let env = operator_env(&installation, &CloudAccount::of(&sandbox), scale, None);
     let resync_wall =
         Duration::from_secs(env_or("CRABGLAMP_BENCH_RESYNC_WALL", (300.0 / scale).round().max(1.0) as u64));

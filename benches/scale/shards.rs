@@ -253,16 +253,16 @@ pub async fn run(shards: usize, n: usize, scale: f64) {
     let resync_wall =
         Duration::from_secs(env_or("CRABGLAMP_BENCH_RESYNC_WALL", (300.0 / scale).round().max(1.0) as u64));
     tokio::time::sleep(resync_wall).await;
-    let before: Vec<(u64, u64)> = clouds
-        .iter()
-        .map(|c| (c.hcloud.control().total_requests(), c.cloudflare.control().total_requests()))
-        .collect();
+    let before: Vec<(u64, u64)> =
+        clouds.iter().map(|c| (c.hcloud.control().total_requests(), c.cloudflare.control().total_requests())).collect();
     let writes_before = sandbox.kube.resource_version();
     let idle_started = Instant::now();
     tokio::time::sleep(resync_wall * (idle_resyncs + 1)).await;
     let idle_real = real(idle_started.elapsed());
     let idle_writes = sandbox.kube.resource_version() - writes_before;
-    for ((f, c), ((hz_before, cf_before), operator)) in figures.iter_mut().zip(&clouds).zip(before.iter().zip(&operators)) {
+    for ((f, c), ((hz_before, cf_before), operator)) in
+        figures.iter_mut().zip(&clouds).zip(before.iter().zip(&operators))
+    {
         let records = c.hcloud.control().requests_since(*hz_before, usize::MAX);
         if let Some(cycles) = crate::idle::hetzner_cycles(&records) {
             f.idle_hetzner_per_resync = cycles.requests as f64 / cycles.cycles as f64;
@@ -307,7 +307,9 @@ fn print_tables(report: &Report<'_>, figures: &[ShardFigures]) {
     let servers = n + vms;
     let idle_goal = servers as f64 / 50.0;
     println!();
-    println!("Floor of each shard ({n} Agents, {vms} PlainVMs; the shards' accounts run in parallel, so it is the fleet's):");
+    println!(
+        "Floor of each shard ({n} Agents, {vms} PlainVMs; the shards' accounts run in parallel, so it is the fleet's):"
+    );
     for line in floor.explain() {
         println!("  {line}");
     }
@@ -348,7 +350,11 @@ fn print_tables(report: &Report<'_>, figures: &[ShardFigures]) {
     println!();
     println!("| total ({shards} shards) | measured | floor / goal |");
     println!("| --- | --- | --- |");
-    println!("| time to all Ready (the last shard, real-world) | {} | floor {} |", minutes(t_ready), minutes(floor.total()));
+    println!(
+        "| time to all Ready (the last shard, real-world) | {} | floor {} |",
+        minutes(t_ready),
+        minutes(floor.total())
+    );
     println!("| ratio to the floor | {ratio:.2} | goal <= 1.30 |");
     println!(
         "| Hetzner requests until Ready, all projects | {} | floor {:.0} |",
@@ -360,9 +366,13 @@ fn print_tables(report: &Report<'_>, figures: &[ShardFigures]) {
         figures.iter().map(|f| f.requests.cloudflare_total).sum::<u64>(),
         floor.cloudflare_requests * shards as f64
     );
-    println!("| Hetzner requests per Agent / per PlainVM (mean of the shards) | {hz_agent:.3} / {hz_vm:.3} | goal <= 1.10 / 2.20 |");
+    println!(
+        "| Hetzner requests per Agent / per PlainVM (mean of the shards) | {hz_agent:.3} / {hz_vm:.3} | goal <= 1.10 / 2.20 |"
+    );
     println!("| Cloudflare requests per Agent (mean of the shards) | {cf_agent:.3} | goal <= 3.20 |");
-    println!("| idle Hetzner requests per resync, the busiest shard | {idle_worst:.2} | goal <= {idle_goal:.1} (1 per 50 servers) |");
+    println!(
+        "| idle Hetzner requests per resync, the busiest shard | {idle_worst:.2} | goal <= {idle_goal:.1} (1 per 50 servers) |"
+    );
     println!(
         "| API-server writes at idle ({} resync periods), per object | {idle_writes} ({:.4}) | goal 0 |",
         idle_resyncs + 1,

@@ -107,7 +107,8 @@ async fn a_full_free_zone_stalls_the_next_agent_without_a_server_until_a_record_
         held: |op| cfsim::dns_record_count(&op.cloudflare),
     };
     the_next_agent_stalls_until_a_slot_frees(&op, "free-zone", &quota).await;
-    let others = cfsim::dns_records(&op.cloudflare).into_iter().filter(|(_, name, _)| name.starts_with("other-site-")).count();
+    let others =
+        cfsim::dns_records(&op.cloudflare).into_iter().filter(|(_, name, _)| name.starts_with("other-site-")).count();
     assert_eq!(others, limit - 1, "the other site's records untouched");
     op.stop().await;
 }

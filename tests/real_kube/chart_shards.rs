@@ -84,8 +84,12 @@ async fn a_sharded_release_installs_and_each_shard_reconciles_its_own_agents_in_
         };
         let sim = cfsim::spawn(config.clone(), listener().await).await.expect("Cloudflare simulator");
         // Each account's cloudflared connects the servers whose tunnel token is for it.
-        let cloudflared =
-            crabglamp_sandbox::stack::cloudflared::start(hetzner.handle(), sim.handle(), 1.0, Duration::from_millis(100));
+        let cloudflared = crabglamp_sandbox::stack::cloudflared::start(
+            hetzner.handle(),
+            sim.handle(),
+            1.0,
+            Duration::from_millis(100),
+        );
         accounts.push(ShardAccount { name, token, config, sim, cloudflared });
     }
     let db = TestDb::fresh().await;
@@ -152,13 +156,15 @@ async fn a_sharded_release_installs_and_each_shard_reconciles_its_own_agents_in_
     let budgets = of_kind("PodDisruptionBudget");
     assert_eq!(deployments.len(), SHARDS.len(), "one Deployment per shard");
     assert_eq!(budgets.len(), SHARDS.len(), "one PodDisruptionBudget per shard");
-    let shard_of = |o: &Value, path: &str| o.pointer(path).and_then(|l| l["crabglamp.com/shard"].as_str()).map(str::to_owned);
+    let shard_of =
+        |o: &Value, path: &str| o.pointer(path).and_then(|l| l["crabglamp.com/shard"].as_str()).map(str::to_owned);
     for shard in SHARDS {
         let deployment = deployments
             .iter()
             .find(|d| shard_of(d, "/spec/selector/matchLabels").as_deref() == Some(shard))
             .unwrap_or_else(|| panic!("no Deployment selects shard {shard}"));
-        let budget_selects = budgets.iter().any(|b| shard_of(b, "/spec/selector/matchLabels").as_deref() == Some(shard));
+        let budget_selects =
+            budgets.iter().any(|b| shard_of(b, "/spec/selector/matchLabels").as_deref() == Some(shard));
         assert!(budget_selects, "no PodDisruptionBudget selects shard {shard}");
         // Its Pod, judged by the real PodSecurity admission.
         let name = deployment["metadata"]["name"].as_str().expect("name");
@@ -213,7 +219,11 @@ async fn a_sharded_release_installs_and_each_shard_reconciles_its_own_agents_in_
         assert_eq!(cfsim::live_tunnel_names(&account.sim).len(), 1, "shard {}'s account", account.name);
         let records = cfsim::dns_records(&account.sim);
         assert_eq!(records.len(), 1, "shard {}'s zone: {records:?}", account.name);
-        assert!(records[0].1.starts_with(&format!("on-{}", account.name)), "shard {}'s zone: {records:?}", account.name);
+        assert!(
+            records[0].1.starts_with(&format!("on-{}", account.name)),
+            "shard {}'s zone: {records:?}",
+            account.name
+        );
     }
     assert_eq!(hzsim::servers_created(&hetzner), 2, "one server per labelled Agent");
     // Nobody took the unlabelled Agent: no finalizer, no status.

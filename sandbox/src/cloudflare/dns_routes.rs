@@ -50,7 +50,11 @@ fn full_name(name: &str, zone: &str) -> String {
 }
 
 /// Builds a record from a request body; `base` supplies missing fields (PATCH).
-pub(super) fn parse_record(body: &serde_json::Map<String, Value>, base: Option<&Record>, zone: &str) -> Result<Record, CfError> {
+pub(super) fn parse_record(
+    body: &serde_json::Map<String, Value>,
+    base: Option<&Record>,
+    zone: &str,
+) -> Result<Record, CfError> {
     let str_field = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_owned);
     let kind = str_field("type")
         .or_else(|| base.map(|b| b.kind.clone()))

@@ -35,13 +35,12 @@ use crate::http::{SimParts, serve};
 pub use cloudflared::{ConnectorChange, Origin};
 pub use config::{CloudflareSimConfig, DNS_RECORDS_PER_ZONE, TUNNELS_PER_ACCOUNT};
 use dialect::CloudflareDialect;
+pub use dns_routes::DNS_QUOTA_CODE;
 pub use hooks::{
     add_foreign_dns_records, add_foreign_tunnels, connect_tunnel, dns_record_count, dns_records, live_tunnel_names,
-    set_dns_record_limit, set_tunnel_limit, sync_origins, tunnel_status,
-    vanish_dns_record, vanish_tunnel,
+    set_dns_record_limit, set_tunnel_limit, sync_origins, tunnel_status, vanish_dns_record, vanish_tunnel,
 };
 use state::CfState;
-pub use dns_routes::DNS_QUOTA_CODE;
 pub use tunnel_routes::TUNNEL_LIMIT_CODE;
 pub use tunnel_token::{TunnelToken, find_tunnel_tokens};
 

@@ -220,7 +220,11 @@ mod tests {
             code: code.to_owned(),
             message: message.to_owned(),
         };
-        ReconcileError::Cloudflare(if permanent { CloudError::Permanent(detail) } else { CloudError::Retryable(detail) })
+        ReconcileError::Cloudflare(if permanent {
+            CloudError::Permanent(detail)
+        } else {
+            CloudError::Retryable(detail)
+        })
     }
 
     #[test]
@@ -240,6 +244,9 @@ mod tests {
         assert_ne!(reason(&dns, &at_limit), Some(TUNNEL_QUOTA));
         assert_eq!(reason(&dns, &refused("create_dns_record", "81045", "Record quota exceeded.", false)), None);
         // Another permanent refusal of the record is not the quota.
-        assert_ne!(reason(&dns, &refused("create_dns_record", "9005", "Content for CNAME record is invalid", true)), Some(DNS_QUOTA));
+        assert_ne!(
+            reason(&dns, &refused("create_dns_record", "9005", "Content for CNAME record is invalid", true)),
+            Some(DNS_QUOTA)
+        );
     }
 }
