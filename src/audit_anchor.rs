@@ -113,6 +113,10 @@ pub enum Published {
         /// The sequence anchored now.
         to: i64,
     },
+    /// Other writers kept moving the anchor forward (to `to`) while this one tried: shards or
+    /// replicas sharing the trail, each nudged by its own appends. Nothing is lost: whoever
+    /// publishes next anchors the head as it is then, this writer included, every resync.
+    Overtaken { to: i64 },
 }
 
 /// The anchor as read, with what a conditional write needs.
@@ -181,6 +185,10 @@ pub async fn publish(
     keys: &SealingKeys,
 ) -> Result<Published, PublishError> {
     let untrusted = |source| PublishError::Untrusted { location: location.clone(), source };
+    // The sequences anchored at the first and the latest read: a write lost to a writer that
+    // moved the anchor forward is that writer's progress, not this one's failure.
+    let mut first_read: Option<Option<i64>> = None;
+    let mut latest_read = None;
     for _ in 0..MAX_ATTEMPTS {
         let stored = read(api, location).await?;
         let current = match &stored {
@@ -191,6 +199,8 @@ pub async fn publish(
                 Some(anchor)
             }
         };
+        latest_read = current.as_ref().map(|a| a.seq);
+        first_read.get_or_insert(latest_read);
         let (from_seq, from_hash) = current.as_ref().map_or((0, GENESIS_HASH.to_vec()), |a| (a.seq, a.hash.clone()));
         let held = stored_hash_at(pool, from_seq).await?;
         if let Some(anchor) = current.as_ref().filter(|a| held.as_deref() != Some(a.hash.as_slice())) {
@@ -226,7 +236,10 @@ pub async fn publish(
             Err(source) => return Err(PublishError::Kube { what: "write", location: location.clone(), source }),
         }
     }
-    Err(PublishError::Contended(location.clone()))
+    match (first_read.flatten(), latest_read) {
+        (first, Some(to)) if first.is_none_or(|first| to > first) => Ok(Published::Overtaken { to }),
+        _ => Err(PublishError::Contended(location.clone())),
+    }
 }
 
 /// What the anchor says about the database.

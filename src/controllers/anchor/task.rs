@@ -20,6 +20,12 @@ pub async fn publish_and_count(ctx: &Context) -> bool {
             tracing::debug!(from, to, anchor = %publisher.location, "audit anchor moved");
             true
         }
+        Ok(Published::Overtaken { to }) => {
+            ctx.telemetry.metrics.count_anchor_publish("overtaken");
+            ctx.telemetry.metrics.set_anchored_seq(to);
+            tracing::debug!(to, anchor = %publisher.location, "audit anchor moved forward by other writers meanwhile");
+            true
+        }
         Err(e) => {
             let outcome = e.metric_label();
             ctx.telemetry.metrics.count_anchor_publish(outcome);
