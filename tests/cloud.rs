@@ -6,6 +6,7 @@
 mod cloud {
     mod cloudflare;
     mod faults;
+    mod glamp_store;
     mod hetzner;
     mod limits;
     mod secrets;

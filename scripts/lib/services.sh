@@ -133,15 +133,15 @@ find_or_start_redis() {
 }
 
 # Exports CRABGLAMP_PYTHON: a venv with the official Hetzner, Cloudflare and Kubernetes Python
-# clients, the independent judges of the simulators.
+# clients and AWS's botocore, the independent judges of the simulators and the presigned URLs.
 ensure_python_clients() {
-  local venv="$HOME/.cache/crabglamp-venv" stamp="$HOME/.cache/crabglamp-venv/.crabglamp-clients-v1"
+  local venv="$HOME/.cache/crabglamp-venv" stamp="$HOME/.cache/crabglamp-venv/.crabglamp-clients-v2"
   if [ ! -f "$stamp" ]; then
     command -v python3 >/dev/null 2>&1 || { can_apt && apt_install python3; } || die "python3 is missing (Debian: apt-get install python3 python3-venv)"
     python3 -m venv "$venv" >/dev/null 2>&1 || { rm -rf "$venv"; can_apt && apt_install python3-venv && python3 -m venv "$venv"; } \
       || die "cannot create a Python venv (Debian: apt-get install python3-venv)"
     log "installing the official Python clients into $venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check hcloud cloudflare kubernetes || die "pip install of the Python clients failed"
+    "$venv/bin/pip" install -q --disable-pip-version-check hcloud cloudflare kubernetes botocore || die "pip install of the Python clients failed"
     touch "$stamp"
   fi
   export CRABGLAMP_PYTHON="$venv/bin/python"

@@ -1,8 +1,10 @@
 //! Clients of the outside APIs (Hetzner Cloud, Cloudflare): typed requests, one retry
-//! taxonomy for their errors, and the rate limiting shared by every caller of one account.
+//! taxonomy for their errors, and the rate limiting shared by every caller of one account; and
+//! the presigned URLs of the glamps' object storage.
 
 pub mod cloudflare;
 pub mod error;
+pub mod glamp_store;
 pub mod hetzner;
 pub mod hetzner_shapes;
 pub mod metrics;
