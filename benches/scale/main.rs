@@ -11,6 +11,7 @@
 //! `CRABGLAMP_BENCH_SIZES=100,1000,5000`, `CRABGLAMP_BENCH_SCALE=20` (simulated time runs that
 //! many times faster: actions, boots, rate refills and windows alike),
 //! `CRABGLAMP_BENCH_IDLE_RESYNCS=12`, `CRABGLAMP_BENCH_PLOT_DIR=docs` (empty: no plot).
+//! `CRABGLAMP_BENCH_SHARDS=10` runs the fleet across shards instead (see `shards.rs`).
 //!
 //! `CRABGLAMP_TEST_KUBE=real` (with `CRABGLAMP_TESTENV`, `HELM` and `KUBECTL` as scripts/test
 //! sets them): the objects live on the real kube-apiserver of `testenv/` instead of the stand-in,
