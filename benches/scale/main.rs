@@ -293,9 +293,8 @@ async fn run(n: usize, scale: f64) {
     let agents: Api<Agent> = Api::namespaced(client.clone(), NAMESPACE);
     let plainvms: Api<PlainVM> = Api::namespaced(client.clone(), NAMESPACE);
     let vks: Api<VirtualKey> = Api::namespaced(client.clone(), NAMESPACE);
-    let (ready_agents, watch_a) = progress::watch_ready(agents.clone(), |a| a.status.as_ref().map(|s| &s.conditions));
-    let (ready_vms, watch_v) = progress::watch_ready(plainvms.clone(), |v| v.status.as_ref().map(|s| &s.conditions));
-    let (ready_keys, watch_k) = progress::watch_ready(vks.clone(), |k| k.status.as_ref().map(|s| &s.conditions));
+    let (ready, watches) = progress::watch_all(&agents, &plainvms, &vks);
+    let [ready_agents, ready_vms, ready_keys] = &ready;
 
     let creates = (0..n)
         .map(|i| Object::Agent(fixture::agent(&format!("ag-{i:05}"), "acct_a", true)))
@@ -318,39 +317,20 @@ async fn run(n: usize, scale: f64) {
     };
     let started = Instant::now();
     let every = Duration::from_secs_f64((floor.total() / scale / 300.0).clamp(0.05, 2.0));
-    let (samples, sampler) = progress::sample(
-        started,
-        every,
-        [ready_agents.clone(), ready_vms.clone(), ready_keys.clone()],
-        [sandbox.hcloud.handle(), sandbox.cloudflare.handle()],
-    );
+    let (samples, sampler) =
+        progress::sample(started, every, ready.clone(), [sandbox.hcloud.handle(), sandbox.cloudflare.handle()]);
 
     let deadline = Duration::from_secs_f64(floor.total() / scale * 5.0 + 120.0);
-    let all_ready = loop {
-        let (a, v, k) = (
-            progress::lock(&ready_agents).count(),
-            progress::lock(&ready_vms).count(),
-            progress::lock(&ready_keys).count(),
-        );
-        if a >= n && v >= vms && k >= keys {
-            break true;
-        }
-        if started.elapsed() > deadline || !operator.running() {
-            println!(
-                "stopped waiting after {:.0?} (wall), operator running: {}: {a}/{n} Agents, {v}/{vms} PlainVMs, {k}/{keys} VirtualKeys Ready",
-                started.elapsed(),
-                operator.running()
-            );
-            break false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let converged_wall = [&ready_agents, &ready_vms, &ready_keys]
+    let all_ready = progress::wait_ready(&ready, [n, vms, keys], started, deadline, || {
+        (!operator.running()).then(|| "the operator exited".to_owned())
+    })
+    .await;
+    let converged_wall = [ready_agents, ready_vms, ready_keys]
         .iter()
         .filter_map(|s| progress::lock(s).last())
         .max()
         .map_or(started.elapsed(), |last| last.duration_since(started));
-    let cloud_ready_wall = [&ready_agents, &ready_vms]
+    let cloud_ready_wall = [ready_agents, ready_vms]
         .iter()
         .filter_map(|s| progress::lock(s).last())
         .max()
@@ -387,7 +367,7 @@ async fn run(n: usize, scale: f64) {
     sampler.abort();
     let samples: Vec<progress::Sample> = samples.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     operator.stop();
-    for task in [watch_a, watch_v, watch_k] {
+    for task in watches {
         task.abort();
     }
     cloudflared.abort();
@@ -463,7 +443,7 @@ async fn run(n: usize, scale: f64) {
     }
     let per_object = reconciles_per_object(
         &reconciles,
-        [("Agent", &ready_agents), ("PlainVM", &ready_vms), ("VirtualKey", &ready_keys)],
+        [("Agent", ready_agents), ("PlainVM", ready_vms), ("VirtualKey", ready_keys)],
     );
     println!(
         "| reconciles per object until its Ready: {} | {:.2} (most {}) | goal <= 3 |",

@@ -111,3 +111,45 @@ pub fn sample(
     });
     (samples, task)
 }
+
+/// One Ready watch per kind: Agents, PlainVMs and VirtualKeys, in that order.
+pub fn watch_all(
+    agents: &kube::Api<crabglamp_operator::api::Agent>,
+    plainvms: &kube::Api<crabglamp_operator::api::PlainVM>,
+    vks: &kube::Api<crabglamp_operator::api::VirtualKey>,
+) -> ([Shared; 3], [tokio::task::JoinHandle<()>; 3]) {
+    let (a, watch_a) = watch_ready(agents.clone(), |a| a.status.as_ref().map(|s| &s.conditions));
+    let (v, watch_v) = watch_ready(plainvms.clone(), |v| v.status.as_ref().map(|s| &s.conditions));
+    let (k, watch_k) = watch_ready(vks.clone(), |k| k.status.as_ref().map(|s| &s.conditions));
+    ([a, v, k], [watch_a, watch_v, watch_k])
+}
+
+/// Waits until at least `want` objects of each kind are Ready (true), or until `deadline` after
+/// `started` or until `stopped` names operators that exited (false, saying how far it got).
+pub async fn wait_ready(
+    sets: &[Shared; 3],
+    want: [usize; 3],
+    started: Instant,
+    deadline: Duration,
+    mut stopped: impl FnMut() -> Option<String>,
+) -> bool {
+    loop {
+        let [a, v, k] = sets.each_ref().map(|s| lock(s).count());
+        if a >= want[0] && v >= want[1] && k >= want[2] {
+            return true;
+        }
+        let exited = stopped();
+        if started.elapsed() > deadline || exited.is_some() {
+            println!(
+                "stopped waiting after {:.0?} (wall){}: {a}/{} Agents, {v}/{} PlainVMs, {k}/{} VirtualKeys Ready",
+                started.elapsed(),
+                exited.map(|e| format!(", {e}")).unwrap_or_default(),
+                want[0],
+                want[1],
+                want[2],
+            );
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

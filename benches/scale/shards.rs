@@ -158,9 +158,8 @@ pub async fn run(shards: usize, n: usize, scale: f64) {
     let agents: Api<Agent> = Api::namespaced(client.clone(), NAMESPACE);
     let plainvms: Api<PlainVM> = Api::namespaced(client.clone(), NAMESPACE);
     let vks: Api<VirtualKey> = Api::namespaced(client.clone(), NAMESPACE);
-    let (ready_agents, watch_a) = progress::watch_ready(agents.clone(), |a| a.status.as_ref().map(|s| &s.conditions));
-    let (ready_vms, watch_v) = progress::watch_ready(plainvms.clone(), |v| v.status.as_ref().map(|s| &s.conditions));
-    let (ready_keys, watch_k) = progress::watch_ready(vks.clone(), |k| k.status.as_ref().map(|s| &s.conditions));
+    let (ready, watches) = progress::watch_all(&agents, &plainvms, &vks);
+    let [ready_agents, ready_vms, ready_keys] = &ready;
     let creates = clouds.iter().flat_map(|c| {
         let shard = c.name.clone();
         let (s1, s2, s3) = (shard.clone(), shard.clone(), shard);
@@ -199,39 +198,25 @@ pub async fn run(shards: usize, n: usize, scale: f64) {
         }
     }
     let started = Instant::now();
-    let (total_a, total_v, total_k) = (shards * n, shards * vms, shards * keys);
     let deadline = Duration::from_secs_f64(floor.total() / scale * 5.0 + 120.0);
-    let all_ready = loop {
-        let (a, v, k) = (
-            progress::lock(&ready_agents).count(),
-            progress::lock(&ready_vms).count(),
-            progress::lock(&ready_keys).count(),
-        );
-        if a >= total_a && v >= total_v && k >= total_k {
-            break true;
-        }
-        let stopped = operators.iter_mut().map(OperatorProcess::running).filter(|running| !running).count();
-        if started.elapsed() > deadline || stopped > 0 {
-            println!(
-                "stopped waiting after {:.0?} (wall), {stopped} operators exited: {a}/{total_a} Agents, {v}/{total_v} PlainVMs, {k}/{total_k} VirtualKeys Ready",
-                started.elapsed()
-            );
-            break false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let want = [shards * n, shards * vms, shards * keys];
+    let all_ready = progress::wait_ready(&ready, want, started, deadline, || {
+        let exited = operators.iter_mut().map(OperatorProcess::running).filter(|running| !running).count();
+        (exited > 0).then(|| format!("{exited} operators exited"))
+    })
+    .await;
     let real = |wall: Duration| wall.as_secs_f64() * scale;
     let mut figures: Vec<ShardFigures> = clouds
         .iter()
         .zip(&operators)
         .map(|(c, operator)| {
             let prefix = c.prefix();
-            let sets = [&ready_agents, &ready_vms, &ready_keys].map(|s| progress::lock(s).of(&prefix));
+            let sets = [ready_agents, ready_vms, ready_keys].map(|s| progress::lock(s).of(&prefix));
             let complete = sets[0].0 >= n && sets[1].0 >= vms && sets[2].0 >= keys;
             let last = sets.iter().filter_map(|(_, at)| *at).max();
             let per_object = crate::reconciles_per_object(
                 &operator.reconciles(),
-                [("Agent", &ready_agents), ("PlainVM", &ready_vms), ("VirtualKey", &ready_keys)],
+                [("Agent", ready_agents), ("PlainVM", ready_vms), ("VirtualKey", ready_keys)],
             );
             ShardFigures {
                 ready_real: last.filter(|_| complete).map(|at| real(at.duration_since(started))),
@@ -277,7 +262,7 @@ pub async fn run(shards: usize, n: usize, scale: f64) {
     for operator in operators {
         operator.stop();
     }
-    for task in [watch_a, watch_v, watch_k] {
+    for task in watches {
         task.abort();
     }
     for c in &clouds {

@@ -48,10 +48,9 @@ struct CrdsBack<'a>(&'a ControlPlane);
 impl Drop for CrdsBack<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
             let crds = repo().join("crds").display().to_string();
             let args = ["apply", "--server-side", "--force-conflicts", "-f", &crds];
-            let _ = run_kubectl(Path::new(&kubectl), &self.0.kubeconfig, &args, None);
+            let _ = run_kubectl(&kubectl_path(), &self.0.kubeconfig, &args, None);
         }
     }
 }
@@ -151,34 +150,24 @@ async fn the_chart_installs_upgrades_rolls_back_and_uninstalls_and_its_operator_
     delete.extend(crd_names.iter().map(String::as_str));
     plane.kubectl(&delete, None);
 
-    let namespace = json!({
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": {"name": NAMESPACE, "labels": {
-            "pod-security.kubernetes.io/enforce": "restricted",
-            // Enforcement judges Pods only; `warn` also judges the Deployment's template.
-            "pod-security.kubernetes.io/warn": "restricted",
-        }},
-    });
-    plane.kubectl(&["create", "-f", "-"], Some(&namespace.to_string()));
+    create_restricted_namespace(plane, NAMESPACE);
     // The examples' namespace, where their VirtualKey lives: the chart's Secret Role goes there,
     // so it exists before the install (as the README asks).
     plane.kubectl(&["create", "namespace", VIRTUAL_KEY_NAMESPACE], None);
     // The chart never holds a secret: the credentials' Secret comes first (its values are
     // the simulators', this test's database and Redis database, and a fresh sealing key).
-    let secret = json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": SECRET, "namespace": NAMESPACE},
-        "stringData": {
+    create_secret(
+        plane,
+        NAMESPACE,
+        SECRET,
+        json!({
             "HCLOUD_TOKEN": hz_token,
             "CLOUDFLARE_API_TOKEN": cf_token,
             "DATABASE_URL": db.url,
             "CRABGLAMP_SEALING_KEY": sealing_key,
             "REDIS_URL": redis_url(),
-        },
-    });
-    plane.kubectl(&["create", "-f", "-"], Some(&secret.to_string()));
+        }),
+    );
 
     let chart_path = chart().display().to_string();
     let sets = [
@@ -248,15 +237,8 @@ async fn the_chart_installs_upgrades_rolls_back_and_uninstalls_and_its_operator_
         .expect("Deployment name")
         .to_owned();
     let deployment = kubectl_json(plane, &["get", "deployment", &deployment_name, "-n", NAMESPACE]);
-    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
-    let dry_run = |pod: &Value| {
-        run_kubectl(
-            Path::new(&kubectl),
-            &plane.kubeconfig,
-            &["apply", "--dry-run=server", "-f", "-"],
-            Some(&pod.to_string()),
-        )
-    };
+    let kubectl = kubectl_path();
+    let dry_run = |pod: &Value| dry_run(plane, pod);
     let pod = pod_from_template(&deployment, "pss-probe");
     let admitted = dry_run(&pod);
     assert!(admitted.ok, "the real server refuses the chart's pod: {}{}", admitted.stderr, admitted.stdout);
@@ -480,17 +462,7 @@ async fn the_chart_installs_upgrades_rolls_back_and_uninstalls_and_its_operator_
     );
 
     // (5) Uninstall: every object of the release goes; the CRDs stay (Helm never deletes them).
-    helm_ok(plane, home, &["uninstall", RELEASE, "-n", NAMESPACE]);
-    eventually(Duration::from_secs(60), "the release's objects are gone", || async {
-        let run = run_kubectl(
-            Path::new(&kubectl),
-            &plane.kubeconfig,
-            &["get", "-f", "-", "--ignore-not-found", "-o", "name"],
-            Some(&manifest),
-        );
-        if run.ok && run.stdout.trim().is_empty() { Ok(()) } else { Err(format!("{}{}", run.stdout, run.stderr)) }
-    })
-    .await;
+    uninstall(plane, home, RELEASE, NAMESPACE, &manifest).await;
     let releases = helm_ok(plane, home, &["list", "-n", NAMESPACE, "-q"]).stdout;
     assert!(releases.trim().is_empty(), "helm still lists: {releases}");
     // Its history went with it (no --keep-history).

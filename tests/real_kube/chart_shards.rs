@@ -7,7 +7,6 @@
 //! with no shard label is left to nobody, as the chart's README says; the real authorizer
 //! refuses them nothing; `helm uninstall` removes every object of the release.
 
-use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
@@ -19,7 +18,7 @@ use serde_json::{Value, json};
 
 use super::release::*;
 use crate::db::TestDb;
-use crate::kube_server::{KubeServer, run_kubectl};
+use crate::kube_server::KubeServer;
 
 const RELEASE: &str = "cgs";
 const NAMESPACE: &str = "cg-shards";
@@ -95,32 +94,14 @@ async fn a_sharded_release_installs_and_each_shard_reconciles_its_own_agents_in_
     let db = TestDb::fresh().await;
     let sealing_key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>());
 
-    let namespace = json!({
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": {"name": NAMESPACE, "labels": {
-            "pod-security.kubernetes.io/enforce": "restricted",
-            "pod-security.kubernetes.io/warn": "restricted",
-        }},
-    });
-    plane.kubectl(&["create", "-f", "-"], Some(&namespace.to_string()));
+    create_restricted_namespace(plane, NAMESPACE);
     plane.kubectl(&["create", "namespace", AGENT_NAMESPACE], None);
     // What the shards share, and each shard's own tokens (under the chart's default keys).
-    let shared = json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": SHARED_SECRET, "namespace": NAMESPACE},
-        "stringData": {"DATABASE_URL": db.url, "CRABGLAMP_SEALING_KEY": sealing_key},
-    });
-    plane.kubectl(&["create", "-f", "-"], Some(&shared.to_string()));
+    let shared = json!({"DATABASE_URL": db.url, "CRABGLAMP_SEALING_KEY": sealing_key});
+    create_secret(plane, NAMESPACE, SHARED_SECRET, shared);
     for account in &accounts {
-        let secret = json!({
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": format!("shard-{}", account.name), "namespace": NAMESPACE},
-            "stringData": {"HCLOUD_TOKEN": hz_token, "CLOUDFLARE_API_TOKEN": account.token},
-        });
-        plane.kubectl(&["create", "-f", "-"], Some(&secret.to_string()));
+        let tokens = json!({"HCLOUD_TOKEN": hz_token, "CLOUDFLARE_API_TOKEN": account.token});
+        create_secret(plane, NAMESPACE, &format!("shard-{}", account.name), tokens);
     }
 
     // The release: the shards as a values file, as a user would write it.
@@ -170,13 +151,7 @@ async fn a_sharded_release_installs_and_each_shard_reconciles_its_own_agents_in_
         let name = deployment["metadata"]["name"].as_str().expect("name");
         let deployment = kubectl_json(plane, &["get", "deployment", name, "-n", NAMESPACE]);
         let pod = pod_from_template(&deployment, &format!("pss-{shard}"));
-        let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
-        let admitted = run_kubectl(
-            Path::new(&kubectl),
-            &plane.kubeconfig,
-            &["apply", "--dry-run=server", "-f", "-"],
-            Some(&pod.to_string()),
-        );
+        let admitted = dry_run(plane, &pod);
         assert!(admitted.ok && !admitted.stderr.contains("Warning"), "shard {shard}'s pod: {}", admitted.stderr);
     }
 
@@ -272,18 +247,7 @@ async fn a_sharded_release_installs_and_each_shard_reconciles_its_own_agents_in_
     assert!(refused.is_empty(), "the real server refused {user}: {refused:#?}");
 
     // Uninstall: every object of the release goes.
-    helm_ok(plane, home, &["uninstall", RELEASE, "-n", NAMESPACE]);
-    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
-    eventually(Duration::from_secs(60), "the release's objects are gone", || async {
-        let run = run_kubectl(
-            Path::new(&kubectl),
-            &plane.kubeconfig,
-            &["get", "-f", "-", "--ignore-not-found", "-o", "name"],
-            Some(&manifest),
-        );
-        if run.ok && run.stdout.trim().is_empty() { Ok(()) } else { Err(format!("{}{}", run.stdout, run.stderr)) }
-    })
-    .await;
+    uninstall(plane, home, RELEASE, NAMESPACE, &manifest).await;
     // The unlabelled Agent has no finalizer, so its namespace goes with it.
     for namespace in [AGENT_NAMESPACE, NAMESPACE] {
         plane.kubectl(&["delete", "namespace", namespace, "--wait=false", "--ignore-not-found"], None);

@@ -13,7 +13,7 @@ use kube::discovery::ApiResource;
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 
-use crate::kube_server::ControlPlane;
+use crate::kube_server::{ControlPlane, KubectlRun, run_kubectl};
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -244,4 +244,57 @@ impl ContainerRun {
         assert!(status.success(), "the operator exited with {status}:\n{logs}");
         logs
     }
+}
+
+/// The `kubectl` the tests run as the admin ($KUBECTL, or the one on PATH).
+pub fn kubectl_path() -> PathBuf {
+    PathBuf::from(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()))
+}
+
+/// A namespace enforcing the restricted Pod Security Standard. Enforcement judges Pods only;
+/// `warn` also judges a Deployment's template, so helm prints a template that breaks it.
+pub fn create_restricted_namespace(plane: &ControlPlane, name: &str) {
+    let namespace = json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name, "labels": {
+            "pod-security.kubernetes.io/enforce": "restricted",
+            "pod-security.kubernetes.io/warn": "restricted",
+        }},
+    });
+    plane.kubectl(&["create", "-f", "-"], Some(&namespace.to_string()));
+}
+
+/// A Secret holding `data` (as its `stringData`), made before the release that reads it.
+pub fn create_secret(plane: &ControlPlane, namespace: &str, name: &str, data: Value) {
+    let secret = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "stringData": data,
+    });
+    plane.kubectl(&["create", "-f", "-"], Some(&secret.to_string()));
+}
+
+/// The real server's judgement of creating `object` (a server-side dry run: admission
+/// included, PodSecurity among it).
+pub fn dry_run(plane: &ControlPlane, object: &Value) -> KubectlRun {
+    run_kubectl(
+        &kubectl_path(),
+        &plane.kubeconfig,
+        &["apply", "--dry-run=server", "-f", "-"],
+        Some(&object.to_string()),
+    )
+}
+
+/// `helm uninstall`, then waits until no object of `manifest` (the release's, from `helm get
+/// manifest`) is left.
+pub async fn uninstall(plane: &ControlPlane, home: &Path, release: &str, namespace: &str, manifest: &str) {
+    helm_ok(plane, home, &["uninstall", release, "-n", namespace]);
+    eventually(Duration::from_secs(60), "the release's objects are gone", || async {
+        let args = ["get", "-f", "-", "--ignore-not-found", "-o", "name"];
+        let run = run_kubectl(&kubectl_path(), &plane.kubeconfig, &args, Some(manifest));
+        if run.ok && run.stdout.trim().is_empty() { Ok(()) } else { Err(format!("{}{}", run.stdout, run.stderr)) }
+    })
+    .await;
 }
