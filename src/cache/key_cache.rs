@@ -2,7 +2,7 @@
 //! restore atomically, and scan its namespace.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use redis::aio::ConnectionManager;
 
@@ -16,6 +16,9 @@ pub struct KeyCache {
     conn: ConnectionManager,
     namespace: String,
     round_trips: std::sync::Arc<AtomicU64>,
+    /// The highest value of the removal counter (`{ns}epoch`) this instance has written or
+    /// read, shared by the caches of one instance ([`KeyCache::sharing_epoch`]).
+    epoch_seen: std::sync::Arc<AtomicI64>,
 }
 
 impl std::fmt::Debug for KeyCache {
@@ -39,7 +42,20 @@ impl KeyCache {
     ) -> Result<Self, CacheError> {
         let client = redis::Client::open(url).map_err(CacheError::Connect)?;
         let conn = Self::manager(&client, deadline).await?;
-        Ok(KeyCache { client, deadline, conn, namespace: namespace.to_owned(), round_trips: Default::default() })
+        Ok(KeyCache {
+            client,
+            deadline,
+            conn,
+            namespace: namespace.to_owned(),
+            round_trips: Default::default(),
+            epoch_seen: Default::default(),
+        })
+    }
+
+    /// This cache, keeping track of the removal counter together with `other` (the reconciles'
+    /// cache and the refresher's are one instance's: either one's removals count for both).
+    pub fn sharing_epoch(self, other: &KeyCache) -> Self {
+        KeyCache { epoch_seen: std::sync::Arc::clone(&other.epoch_seen), ..self }
     }
 
     async fn manager(client: &redis::Client, deadline: std::time::Duration) -> Result<ConnectionManager, CacheError> {
@@ -83,6 +99,12 @@ impl KeyCache {
 
     pub fn base_key(&self, budget_id: &str, month: &str) -> String {
         format!("{}base:{budget_id}:{month}", self.namespace)
+    }
+
+    /// The removal counter: raised with every removal of auth entries, by any instance. A
+    /// Redis restored from a snapshot taken before a removal holds a lower value, or none.
+    pub fn epoch_key(&self) -> String {
+        format!("{}epoch", self.namespace)
     }
 
     async fn query<T: redis::FromRedisValue>(
@@ -130,14 +152,35 @@ impl KeyCache {
         self.query::<()>("publishing auth entries", &pipe).await
     }
 
-    /// Removes auth entries (one round trip).
+    /// Removes auth entries and raises the removal counter (one round trip).
     pub async fn remove(&self, sha256_hexes: &[String]) -> Result<(), CacheError> {
         if sha256_hexes.is_empty() {
             return Ok(());
         }
         let mut pipe = redis::pipe();
         pipe.cmd("DEL").arg(sha256_hexes.iter().map(|h| self.auth_key(h)).collect::<Vec<_>>()).ignore();
-        self.query::<()>("removing auth entries", &pipe).await
+        pipe.cmd("INCR").arg(self.epoch_key());
+        let (epoch,): (i64,) = self.query("removing auth entries", &pipe).await?;
+        self.epoch_seen.fetch_max(epoch, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether Redis went back in time since this instance last looked: its removal counter is
+    /// below the highest this instance wrote or read (or gone: a flush, or a snapshot from
+    /// before the first removal). Then a removal may be undone, and a revoked key's entry back.
+    /// One `GET`. Other instances' removals only raise the counter, so they never count.
+    pub async fn went_back(&self) -> Result<bool, CacheError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(self.epoch_key());
+        let (epoch,): (Option<i64>,) = self.query("reading the removal counter", &pipe).await?;
+        let epoch = epoch.unwrap_or(0);
+        let seen = self.epoch_seen.fetch_max(epoch, Ordering::Relaxed);
+        if epoch < seen {
+            // Counted from here on: the restored value is the new baseline.
+            self.epoch_seen.store(epoch, Ordering::Relaxed);
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     /// Reads the auth entry, the month's counter, its marker and the usage hashes of `days`

@@ -146,6 +146,6 @@ pub async fn connect_runtime(
     deadline: Duration,
 ) -> Result<KeyRuntime, CacheError> {
     let cache = KeyCache::connect_with_deadline(url, namespace, deadline).await?;
-    let refresh_cache = KeyCache::connect_with_deadline(url, namespace, deadline).await?;
+    let refresh_cache = KeyCache::connect_with_deadline(url, namespace, deadline).await?.sharing_epoch(&cache);
     Ok(KeyRuntime::new(cache, refresh_cache, batch))
 }

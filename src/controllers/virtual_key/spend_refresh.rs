@@ -429,20 +429,46 @@ async fn sweep_revoked_entries(ctx: &Context, rt: &KeyRuntime, stats: &mut Refre
 
 /// Starts [`refresh_spend`] once per resync until `stop` turns true. The period runs from
 /// pass start to pass start (a pass that outlasts it delays the next, never overlaps it), so
-/// the sweep that opens each pass comes at most one resync after the last.
+/// the sweep that opens each pass comes at most one resync after the last; in between, a look
+/// each fast poll runs a pass at once when Redis went back in time.
 pub async fn refresh_loop(ctx: Arc<Context>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let resync = ctx.config.resync;
     let mut passes = tokio::time::interval_at(tokio::time::Instant::now() + resync, resync);
     passes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut looks = tokio::time::interval(ctx.config.fast_poll);
+    looks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = passes.tick() => {}
+            _ = looks.tick() => {
+                pass_if_went_back(&ctx).await;
+                continue;
+            }
             changed = stop.changed() => if changed.is_err() || *stop.borrow() { return },
         }
         match refresh_spend(&ctx).await {
             Ok(stats) => tracing::debug!(?stats, "spend refreshed"),
             Err(e) => tracing::warn!(error = %e, "cannot refresh spend; keys keep their last judgement"),
         }
+    }
+}
+
+/// Between passes, one `GET` per fast poll: when Redis went back in time (a restore from an
+/// older snapshot, a flush), revoked keys' entries may be back and live keys' gone, so a pass
+/// runs at once (it opens with the sweep, restores the lost months, and has every key
+/// reconciled, which publishes missing entries again) rather than at the next pass, a whole
+/// resync later (five minutes by default). A failed look waits for the next one.
+async fn pass_if_went_back(ctx: &Context) {
+    let Ok(rt) = ctx.key_runtime() else { return };
+    match rt.refresh_cache().went_back().await {
+        Ok(true) => {
+            tracing::info!("Redis went back in time (a restore or a flush): refreshing every key now");
+            if let Err(e) = refresh_spend(ctx).await {
+                tracing::warn!(error = %e, "cannot refresh spend after Redis went back; the next pass retries");
+            }
+        }
+        Ok(false) => {}
+        Err(e) => tracing::debug!(error = %e, "cannot read Redis's removal counter"),
     }
 }
 

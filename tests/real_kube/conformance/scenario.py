@@ -371,11 +371,12 @@ record("watch.from-rv", watch_from_rv)
 
 
 def streaming_from_rv():
-    # A streaming list from an older resourceVersion (what client-go 1.35 and kube-rs'
-    # streaming lists send): the current state as ADDED events, then the bookmark annotated
+    # A streaming list from a resourceVersion (what client-go 1.35 and kube-rs' streaming
+    # lists send): the state at least that new as ADDED events, then the bookmark annotated
     # k8s.io/initial-events-end; then a write made after it arrives as MODIFIED.
-    rv = list_agents(limit=1)["metadata"]["resourceVersion"]
-    patch_agent("sel-0", {"metadata": {"labels": {"stream": "before"}}}, MERGE)
+    # From the version of the "before" write itself: NotOlderThan an older one lets the real
+    # server's watch cache answer from a state without it when it lags (it did, under load).
+    rv = patch_agent("sel-0", {"metadata": {"labels": {"stream": "before"}}}, MERGE)["metadata"]["resourceVersion"]
 
     def on_event(event):
         if event["type"] == "BOOKMARK":
