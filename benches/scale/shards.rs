@@ -376,11 +376,8 @@ fn print_tables(report: &Report<'_>, figures: &[ShardFigures]) {
             println!("  warning (s{index:02}): {w}");
         }
     }
-    let goals = [
-        goal("all Ready within 1.3x the floor", "<= 1.30".into(), format!("{ratio:.2}"), all_ready && ratio <= 1.3),
-        goal("Hetzner requests per Agent", "<= 1.10".into(), format!("{hz_agent:.3}"), hz_agent <= 1.1),
-        goal("Hetzner requests per PlainVM", "<= 2.20".into(), format!("{hz_vm:.3}"), hz_vm <= 2.2),
-        goal("Cloudflare requests per Agent", "<= 3.20".into(), format!("{cf_agent:.3}"), cf_agent <= 3.2),
+    let mut goals = crate::time_and_request_goals(all_ready.then_some(ratio), [hz_agent, hz_vm, cf_agent]);
+    goals.extend([
         goal(
             "idle Hetzner requests per resync, every shard",
             format!("<= {idle_goal:.1}"),
@@ -394,6 +391,6 @@ fn print_tables(report: &Report<'_>, figures: &[ShardFigures]) {
             mib(rss_worst),
             rss_known && rss_worst.is_some_and(|b| b < 40 * 1048576),
         ),
-    ];
+    ]);
     crate::print_goals(&format!("{shards} shards of N = {n}"), &goals);
 }

@@ -446,6 +446,15 @@ pub fn condition(a: &Agent, type_: &str) -> Option<String> {
     a.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).map(|c| c.status.clone())
 }
 
+/// The message of a condition of the Agent (empty when it has none).
+pub fn condition_message(a: &Agent, type_: &str) -> String {
+    a.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
 /// A PlainVM manifest in `eu` with the given inbound rules (JSON, as in the CRD).
 pub fn plainvm(name: &str, owner: &str, running: bool, inbound: serde_json::Value) -> PlainVM {
     serde_json::from_value(serde_json::json!({

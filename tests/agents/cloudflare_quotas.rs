@@ -20,14 +20,6 @@ fn reason_of(a: &Agent, type_: &str) -> Option<(String, String)> {
     Some((c.status.clone(), c.reason.clone()))
 }
 
-fn message_of(a: &Agent, type_: &str) -> String {
-    a.status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
-        .map(|c| c.message.clone())
-        .unwrap_or_default()
-}
-
 /// A quota, how a test fills it to one short of full with someone else's objects, and how it
 /// counts what the account holds.
 struct Quota {
@@ -58,7 +50,7 @@ async fn the_next_agent_stalls_until_a_slot_frees(op: &Operator, ns: &str, quota
     .await;
     assert_eq!(reason_of(&second, "Stalled"), Some(("True".into(), quota.reason.into())));
     assert_eq!(reason_of(&second, "Ready").map(|r| r.0), Some("False".to_owned()));
-    let message = message_of(&second, quota.condition);
+    let message = condition_message(&second, quota.condition);
     assert!(message.contains(quota.advice), "{message}");
     wait_for_event(op, ns, quota.reason, DEADLINE).await;
     assert_eq!(crabglamp_sandbox::hetzner::servers_created(&op.hetzner), 1, "no server for the Agent past the quota");

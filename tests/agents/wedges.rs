@@ -47,14 +47,6 @@ fn reason(a: &Agent, type_: &str) -> Option<String> {
     a.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).map(|c| c.reason.clone())
 }
 
-fn message(a: &Agent, type_: &str) -> String {
-    a.status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
-        .map(|c| c.message.clone())
-        .unwrap_or_default()
-}
-
 fn server_id(a: &Agent) -> Option<i64> {
     a.status.as_ref()?.server.as_ref()?.id
 }
@@ -106,7 +98,7 @@ async fn a_taken_hostname_leaves_the_other_steps_running_and_is_asked_once_a_res
     .await;
     let a = api.get("bot").await.expect("get");
     assert_eq!(reason(&a, "DnsReady").as_deref(), Some("DnsNameTaken"), "still reported");
-    assert!(message(&a, "DnsReady").contains(taken), "{}", message(&a, "DnsReady"));
+    assert!(condition_message(&a, "DnsReady").contains(taken), "{}", condition_message(&a, "DnsReady"));
 
     // Cloudflare was asked for the taken name once when it changed and once a resync after
     // (the refusal is remembered that long), never again within a pass.
@@ -164,7 +156,7 @@ async fn user_data_that_cannot_be_rendered_stalls_with_its_cause_and_sends_nothi
     api.create(&PostParams::default(), &bot).await.expect("create");
     let a = wait_for(&api, "bot", DEADLINE, "Stalled", |a| reason(a, "Stalled").is_some()).await;
     assert_eq!(reason(&a, "Stalled").as_deref(), Some("UserDataInvalid"), "{:#?}", a.status);
-    let why = message(&a, "Stalled");
+    let why = condition_message(&a, "Stalled");
     assert!(why.contains("32768") && why.contains("SSH keys"), "{why}");
     assert_eq!(server_creates(&op), 0, "nothing sent");
     // The keys are immutable at admission (they are installed only at create): the fix is a
@@ -219,7 +211,7 @@ async fn a_server_name_held_by_someone_else_stalls_with_the_name_until_it_is_fre
 
     let a = wait_for(&api, "bot", DEADLINE, "Stalled", |a| reason(a, "Stalled").is_some()).await;
     assert_eq!(reason(&a, "Stalled").as_deref(), Some("ServerNameTaken"), "{:#?}", a.status);
-    assert!(message(&a, "Stalled").contains(&name), "{}", message(&a, "Stalled"));
+    assert!(condition_message(&a, "Stalled").contains(&name), "{}", condition_message(&a, "Stalled"));
     assert_eq!(reason(&a, "Ready").as_deref(), Some("ServerNameTaken"));
     let servers = crabglamp_sandbox::hetzner::servers(&op.hetzner);
     assert_eq!(servers.len(), 1, "never adopted nor duplicated: {servers:?}");
